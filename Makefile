@@ -1,0 +1,49 @@
+# Tether developer entry points. `make run` starts the control plane on its embedded etcd;
+# `make demo` starts the whole local demo; `make test` runs every test.
+GO       ?= go
+BIN      ?= bin
+VERSION  ?= 0.1.0
+LDFLAGS  := -s -w -X github.com/tetherlb/tether/agent.Version=$(VERSION)
+PKGS     := ./...
+
+.PHONY: all build run demo test test-short lint fmt cross fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/... ./examples/sessionapp
+
+run:
+	$(GO) run ./cmd/tether-controlplane --data-dir .tether-data --log-format console
+
+demo: build
+	./examples/demo.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+test: lint
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+test-short:
+	$(GO) test -count=1 -short $(PKGS)
+
+cross:
+	GOOS=linux   GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/linux-amd64/   ./cmd/tether-agent
+	GOOS=linux   GOARCH=arm64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/linux-arm64/   ./cmd/tether-agent
+	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/windows-amd64/ ./cmd/tether-agent
+
+fuzz:
+	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime 60s
+	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime 60s
+
+bench:
+	$(GO) test ./controlplane/translate -run '^$$' -bench . -benchmem
+
+clean:
+	rm -rf $(BIN) .tether-data

@@ -1,0 +1,146 @@
+// Command tether-controlplane watches the Tether registry in etcd and serves it to Envoy over
+// xDS. With no --etcd-endpoints it runs its own embedded etcd.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/status"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stderr))
+}
+
+// options are the parsed command line.
+type options struct {
+	cfg                    controlplane.Config
+	logLevel, logFormat    string
+	xdsCert, xdsKey, xdsCA string
+}
+
+func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("tether-controlplane", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &options{}
+	var etcd cli.EtcdFlags
+	etcd.Register(fs, "")
+	var listenPort uint
+	fs.StringVar(&o.cfg.DataDir, "data-dir", "tether-data", "data directory of the embedded etcd (used when --etcd-endpoints is empty)")
+	fs.StringVar(&o.cfg.EmbeddedClientURL, "embedded-client-url", controlplane.DefaultEmbeddedClientURL, "client URL the embedded etcd serves (agents and etcdctl connect here)")
+	fs.StringVar(&o.cfg.EmbeddedPeerURL, "embedded-peer-url", controlplane.DefaultEmbeddedPeerURL, "peer URL of the embedded etcd")
+	fs.StringVar(&o.cfg.Prefix, "prefix", "/tether", "etcd key prefix of the registry")
+	fs.StringVar(&o.cfg.XDSAddr, "xds-addr", controlplane.DefaultXDSAddr, "listen address of the xDS (ADS) gRPC server")
+	fs.StringVar(&o.cfg.AdminAddr, "admin-addr", controlplane.DefaultAdminAddr, "listen address of the admin HTTP server (/metrics, /healthz, /readyz, /debug/config)")
+	fs.UintVar(&listenPort, "envoy-listen-port", controlplane.DefaultListenPort, "port of the HTTP listener given to Envoy")
+	fs.DurationVar(&o.cfg.CoalesceQuiet, "coalesce-quiet", controlplane.DefaultCoalesceQuiet, "push after registry changes have been quiet this long")
+	fs.DurationVar(&o.cfg.CoalesceMax, "coalesce-max", controlplane.DefaultCoalesceMax, "push at the latest this long after the first unpushed change")
+	fs.StringVar(&o.xdsCert, "xds-tls-cert", "", "certificate file to serve xDS over TLS (with --xds-tls-key)")
+	fs.StringVar(&o.xdsKey, "xds-tls-key", "", "private key file to serve xDS over TLS")
+	fs.StringVar(&o.xdsCA, "xds-client-ca", "", "CA file: require Envoys to present a client certificate it signs (mutual TLS)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.logFormat, "log-format", "", "log format: json or console (default: console on a terminal, else json)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q: tether-controlplane takes only flags (see -h)", fs.Arg(0))
+	}
+	if err := cli.BindEnv(fs, lookup); err != nil {
+		return nil, err
+	}
+	if listenPort < 1 || listenPort > 65535 {
+		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
+	}
+	o.cfg.ListenPort = uint32(listenPort)
+	if o.cfg.CoalesceQuiet <= 0 || o.cfg.CoalesceMax <= 0 {
+		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 10ms and 100ms")
+	}
+	if etcd.Endpoints != "" {
+		ec, err := etcd.ClientConfig(lookup)
+		if err != nil {
+			return nil, err
+		}
+		o.cfg.Etcd = ec
+	}
+	tc, err := xdsTLS(o.xdsCert, o.xdsKey, o.xdsCA)
+	if err != nil {
+		return nil, err
+	}
+	o.cfg.XDSTLS = tc
+	return o, nil
+}
+
+// xdsTLS builds the xDS server's TLS configuration, or nil for plaintext.
+func xdsTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	if certFile == "" && keyFile == "" {
+		if caFile != "" {
+			return nil, errors.New("--xds-client-ca needs --xds-tls-cert and --xds-tls-key")
+		}
+		return nil, nil
+	}
+	if certFile == "" || keyFile == "" {
+		return nil, errors.New("--xds-tls-cert and --xds-tls-key: give both or neither")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--xds-tls-cert/--xds-tls-key: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--xds-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--xds-client-ca: %s holds no PEM certificate", caFile)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+func run(args []string, lookup func(string) (string, bool), stderr *os.File) int {
+	if len(args) > 0 && args[0] == "status" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return status.Main(ctx, args[1:], lookup, os.Stdout, stderr)
+	}
+	o, err := parse(args, lookup, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tether-controlplane: %v\n", err)
+		return 2
+	}
+	log, err := cli.NewLogger(o.logLevel, o.logFormat, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tether-controlplane: %v\n", err)
+		return 2
+	}
+	o.cfg.Logger = log
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	if err := controlplane.Run(ctx, o.cfg); err != nil {
+		log.Error().Err(err).Msg("control plane stopped")
+		return 1
+	}
+	log.Info().Dur("uptime", time.Since(start)).Msg("control plane stopped cleanly")
+	return 0
+}

@@ -1,0 +1,355 @@
+// Package controlplane watches the etcd registry and serves it to Envoy over xDS (ADS, both
+// state-of-the-world and delta), with an admin HTTP server for metrics, health and debugging.
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/registry"
+)
+
+// Config configures a control plane. Zero values take the defaults of the flags.
+type Config struct {
+	// Etcd is the etcd client configuration; with no endpoints an embedded etcd is started.
+	Etcd clientv3.Config
+	// DataDir holds the embedded etcd's data.
+	DataDir string
+	// EmbeddedClientURL and EmbeddedPeerURL are the embedded etcd's URLs.
+	EmbeddedClientURL, EmbeddedPeerURL string
+	// Prefix is the registry's etcd key prefix.
+	Prefix string
+	// XDSAddr and AdminAddr are the listen addresses of the xDS gRPC and admin HTTP servers.
+	XDSAddr, AdminAddr string
+	// XDSTLS, when set, serves xDS over TLS (require client certificates for mutual TLS).
+	XDSTLS *tls.Config
+	// ListenPort is the Envoy listener port.
+	ListenPort uint32
+	// CoalesceQuiet and CoalesceMax bound how registry changes are batched into one push.
+	CoalesceQuiet, CoalesceMax time.Duration
+	// ShutdownTimeout bounds the graceful stop of the servers.
+	ShutdownTimeout time.Duration
+	// Logger receives the control plane's logs.
+	Logger zerolog.Logger
+}
+
+// Defaults of Config.
+const (
+	DefaultXDSAddr           = ":18000"
+	DefaultAdminAddr         = "127.0.0.1:18001"
+	DefaultListenPort        = 10000
+	DefaultEmbeddedClientURL = "http://127.0.0.1:2379"
+	DefaultEmbeddedPeerURL   = "http://127.0.0.1:2380"
+	DefaultCoalesceQuiet     = 10 * time.Millisecond
+	DefaultCoalesceMax       = 100 * time.Millisecond
+)
+
+func (c *Config) withDefaults() error {
+	if c.Prefix == "" {
+		c.Prefix = registry.DefaultPrefix
+	}
+	p, err := registry.NormalizePrefix(c.Prefix)
+	if err != nil {
+		return fmt.Errorf("--prefix: %w", err)
+	}
+	c.Prefix = p
+	if c.XDSAddr == "" {
+		c.XDSAddr = DefaultXDSAddr
+	}
+	if c.AdminAddr == "" {
+		c.AdminAddr = DefaultAdminAddr
+	}
+	if c.ListenPort == 0 {
+		c.ListenPort = DefaultListenPort
+	}
+	if c.ListenPort > 65535 {
+		return fmt.Errorf("--envoy-listen-port: %d is not a port (1-65535)", c.ListenPort)
+	}
+	if c.EmbeddedClientURL == "" {
+		c.EmbeddedClientURL = DefaultEmbeddedClientURL
+	}
+	if c.EmbeddedPeerURL == "" {
+		c.EmbeddedPeerURL = DefaultEmbeddedPeerURL
+	}
+	if c.DataDir == "" {
+		c.DataDir = "tether-data"
+	}
+	if c.CoalesceQuiet <= 0 {
+		c.CoalesceQuiet = DefaultCoalesceQuiet
+	}
+	if c.CoalesceMax <= 0 {
+		c.CoalesceMax = DefaultCoalesceMax
+	}
+	if c.CoalesceMax < c.CoalesceQuiet {
+		return fmt.Errorf("--coalesce-max (%s) must not be shorter than --coalesce-quiet (%s)", c.CoalesceMax, c.CoalesceQuiet)
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	return nil
+}
+
+// ControlPlane is a running control plane.
+type ControlPlane struct {
+	cfg      Config
+	log      zerolog.Logger
+	m        *metrics
+	embedded *registry.Embedded
+	cli      *clientv3.Client
+	watcher  *registry.Watcher
+	pub      *publisher
+	tracker  *tracker
+	grpc     *grpc.Server
+	admin    *http.Server
+	xdsLn    net.Listener
+	adminLn  net.Listener
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errMu  sync.Mutex
+	err    error
+	done   chan struct{}
+}
+
+// Run starts a control plane and blocks until ctx ends and it has shut down.
+func Run(ctx context.Context, cfg Config) error {
+	cp, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return cp.Wait()
+}
+
+// Start starts the control plane: the embedded etcd when no endpoints are configured, the
+// registry watch, the xDS and admin servers. It returns once every listener is bound; the
+// control plane shuts down when ctx ends (see Wait).
+func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
+	if err := cfg.withDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, m: newMetrics(), cancel: cancel, done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			cancel()
+			cp.closeAll()
+		}
+	}()
+
+	if len(cfg.Etcd.Endpoints) == 0 {
+		dir, err := filepath.Abs(cfg.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("--data-dir %q: %w", cfg.DataDir, err)
+		}
+		cp.log.Info().Str("dataDir", dir).Str("clientURL", cfg.EmbeddedClientURL).Msg("no --etcd-endpoints: starting embedded etcd")
+		e, err := registry.StartEmbedded(ctx, registry.EmbedConfig{Dir: dir, ClientURL: cfg.EmbeddedClientURL, PeerURL: cfg.EmbeddedPeerURL})
+		if err != nil {
+			return nil, fmt.Errorf("%w (is another etcd already on %s? pass --etcd-endpoints to use it)", err, cfg.EmbeddedClientURL)
+		}
+		cp.embedded = e
+		cfg.Etcd.Endpoints = e.Endpoints
+	}
+	if cfg.Etcd.DialTimeout == 0 {
+		cfg.Etcd.DialTimeout = 5 * time.Second
+	}
+	cfg.Etcd.Context = ctx
+	if cfg.Etcd.Logger == nil {
+		cfg.Etcd.Logger = zap.NewNop() // etcd client retries are reported by the watcher
+	}
+	cli, err := clientv3.New(cfg.Etcd)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Etcd.Endpoints, err)
+	}
+	cp.cli = cli
+
+	cache := newSnapshotCache(cp.log.With().Str("component", "xds-cache").Logger())
+	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax)
+	cp.tracker = newTracker(cp.log, cp.m, cp.pub.addGroup)
+	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
+		Prefix: cfg.Prefix,
+		Logger: cp.log.With().Str("component", "registry").Logger(),
+		OnReject: func(key string, _ error) {
+			kind, _, _, _ := registry.ParseKey(cfg.Prefix, key)
+			cp.m.rejected.WithLabelValues(kindLabel(kind)).Inc()
+		},
+		OnEvent: func(n int) { cp.m.etcdEvents.Add(float64(n)) },
+	})
+
+	var opts []grpc.ServerOption
+	if cfg.XDSTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.XDSTLS)))
+	}
+	opts = append(opts,
+		grpc.MaxConcurrentStreams(1<<20),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	cp.grpc = grpc.NewServer(opts...)
+	xds := serverv3.NewServer(ctx, cache, cp.tracker.callbacks())
+	discovery.RegisterAggregatedDiscoveryServiceServer(cp.grpc, xds)
+	clusterservice.RegisterClusterDiscoveryServiceServer(cp.grpc, xds)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(cp.grpc, xds)
+	listenerservice.RegisterListenerDiscoveryServiceServer(cp.grpc, xds)
+	routeservice.RegisterRouteDiscoveryServiceServer(cp.grpc, xds)
+
+	if cp.xdsLn, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
+		return nil, fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
+	}
+	if cp.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+		return nil, fmt.Errorf("--admin-addr %s: %w", cfg.AdminAddr, err)
+	}
+	cp.admin = &http.Server{Handler: cp.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	cp.goRun("registry watch", func() error {
+		return cp.watcher.Run(ctx, cp.pub.offer)
+	})
+	cp.goRun("publisher", func() error { cp.pub.run(ctx); return nil })
+	cp.goRun("xDS server", func() error {
+		if err := cp.grpc.Serve(cp.xdsLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("xDS server: %w", err)
+		}
+		return nil
+	})
+	cp.goRun("admin server", func() error {
+		if err := cp.admin.Serve(cp.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("admin server: %w", err)
+		}
+		return nil
+	})
+	if cp.embedded != nil {
+		cp.goRun("embedded etcd", func() error {
+			select {
+			case err := <-cp.embedded.Err():
+				if err != nil {
+					return fmt.Errorf("embedded etcd: %w", err)
+				}
+			case <-ctx.Done():
+			}
+			return nil
+		})
+	}
+	go func() {
+		<-ctx.Done()
+		cp.shutdown()
+		cp.wg.Wait()
+		cp.closeAll()
+		close(cp.done)
+	}()
+	ok = true
+	cp.log.Info().Str("xds", cp.xdsLn.Addr().String()).Str("admin", cp.adminLn.Addr().String()).
+		Str("prefix", cfg.Prefix).Strs("etcd", cfg.Etcd.Endpoints).Uint32("envoyListenPort", cfg.ListenPort).
+		Msg("control plane started")
+	return cp, nil
+}
+
+func kindLabel(k registry.KeyKind) string {
+	switch k {
+	case registry.KeyService:
+		return "service"
+	case registry.KeyInstance:
+		return "instance"
+	}
+	return "unknown"
+}
+
+// goRun runs f in the background; an error from it stops the whole control plane.
+func (cp *ControlPlane) goRun(name string, f func() error) {
+	cp.wg.Add(1)
+	go func() {
+		defer cp.wg.Done()
+		if err := f(); err != nil {
+			cp.log.Error().Err(err).Str("component", name).Msg("stopping the control plane")
+			cp.errMu.Lock()
+			if cp.err == nil {
+				cp.err = err
+			}
+			cp.errMu.Unlock()
+			cp.cancel()
+		}
+	}()
+}
+
+func (cp *ControlPlane) shutdown() {
+	cp.log.Info().Msg("shutting down")
+	stopped := make(chan struct{})
+	go func() { cp.grpc.GracefulStop(); close(stopped) }()
+	t := time.NewTimer(cp.cfg.ShutdownTimeout)
+	defer t.Stop()
+	select {
+	case <-stopped:
+	case <-t.C:
+		cp.grpc.Stop()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cp.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := cp.admin.Shutdown(ctx); err != nil {
+		cp.admin.Close()
+	}
+}
+
+func (cp *ControlPlane) closeAll() {
+	if cp.xdsLn != nil && cp.grpc == nil {
+		cp.xdsLn.Close()
+	}
+	if cp.adminLn != nil && cp.admin == nil {
+		cp.adminLn.Close()
+	}
+	if cp.cli != nil {
+		cp.cli.Close()
+	}
+	if cp.embedded != nil {
+		cp.embedded.Close()
+	}
+}
+
+// Wait blocks until the control plane has shut down and returns the error that stopped it,
+// or nil when its context ended.
+func (cp *ControlPlane) Wait() error {
+	<-cp.done
+	cp.errMu.Lock()
+	defer cp.errMu.Unlock()
+	return cp.err
+}
+
+// Stop shuts the control plane down and waits for it.
+func (cp *ControlPlane) Stop() error {
+	cp.cancel()
+	return cp.Wait()
+}
+
+// Ready is closed once the first full registry list is translated and published.
+func (cp *ControlPlane) Ready() <-chan struct{} { return cp.pub.ready() }
+
+// XDSAddr is the bound xDS address.
+func (cp *ControlPlane) XDSAddr() string { return cp.xdsLn.Addr().String() }
+
+// AdminAddr is the bound admin address.
+func (cp *ControlPlane) AdminAddr() string { return cp.adminLn.Addr().String() }
+
+// EtcdEndpoints are the endpoints the control plane reads (the embedded etcd's, if any).
+func (cp *ControlPlane) EtcdEndpoints() []string { return cp.cfg.Etcd.Endpoints }
+
+// Clients returns the connected Envoy streams.
+func (cp *ControlPlane) Clients() []ClientInfo { return cp.tracker.clients() }

@@ -1,0 +1,470 @@
+package controlplane_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/xdsclient"
+)
+
+const serviceJSON = `{
+  "domains": ["*"],
+  "pathPrefix": "/",
+  "affinity": {"mode": "cookie", "cookieName": "tether-app", "cookiePath": "/", "cookieTTL": "0s", "strict": false},
+  "websocket": true,
+  "retryInitialOn503": {"enabled": true, "attempts": 2, "perTryTimeout": "15s"},
+  "lbPolicy": "least_request",
+  "weights": "load",
+  "healthCheck": {"path": "/healthcheck", "interval": "5s", "timeout": "2s", "expectedStatuses": [200, 202]},
+  "overload": {"status": 503, "retryAfterSeconds": 600, "returnUrl": ""},
+  "limits": {"maxConnections": 0, "maxRequests": 0, "maxPendingRequests": 0},
+  "slowStart": "0s"
+}`
+
+func instanceJSON(id string, port int, state string, sessions int) string {
+	return fmt.Sprintf(`{
+  "id": %q, "address": "127.0.0.1", "port": %d, "zone": "eu-west-1a", "labels": {"version": "1.4.2"},
+  "thresholds": {"maxSessions": 500, "maxCPU": 85, "maxMemory": 70, "maxMemoryMB": 0},
+  "load": {"sessions": %d, "cpu": 37.5, "memory": 41.0, "memoryMB": 812},
+  "state": %q, "reason": "", "updatedAt": "2026-11-22T15:40:00Z",
+  "agent": {"version": "0.1.0", "startedAt": "2026-11-22T15:00:00Z"}
+}`, id, port, sessions, state)
+}
+
+func testLogger(t *testing.T) zerolog.Logger {
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+}
+
+func startCP(t *testing.T, endpoints []string) *controlplane.ControlPlane {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		Etcd:          clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second},
+		XDSAddr:       "127.0.0.1:0",
+		AdminAddr:     "127.0.0.1:0",
+		CoalesceQuiet: 5 * time.Millisecond,
+		CoalesceMax:   50 * time.Millisecond,
+		Logger:        testLogger(t),
+	})
+	if err != nil {
+		cancel()
+		t.Fatalf("start control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := cp.Wait(); err != nil {
+			t.Errorf("control plane stopped with %v", err)
+		}
+	})
+	return cp
+}
+
+func connect(t *testing.T, cp *controlplane.ControlPlane, v xdsclient.Variant, node, group string) *xdsclient.Client {
+	t.Helper()
+	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial xDS: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := xdsclient.New(v, node, group)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Run(ctx, conn)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		conn.Close()
+	})
+	return c
+}
+
+func put(t *testing.T, cli *clientv3.Client, key, val string, opts ...clientv3.OpOption) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Put(ctx, key, val, opts...)
+	if err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+	return resp.Header.Revision
+}
+
+func waitFor(t *testing.T, c *xdsclient.Client, what string, cond func(xdsclient.View) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := c.WaitFor(ctx, cond); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+// endpoints returns host port -> (health, weight) of every endpoint the client holds.
+func endpoints(v xdsclient.View) map[uint32]*endpointv3.LbEndpoint {
+	out := map[uint32]*endpointv3.LbEndpoint{}
+	for _, m := range v.Resources[resourcev3.EndpointType] {
+		for _, l := range m.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
+			for _, e := range l.GetLbEndpoints() {
+				out[e.GetEndpoint().GetAddress().GetSocketAddress().GetPortValue()] = e
+			}
+		}
+	}
+	return out
+}
+
+func hasStatefulSessionFilter(v xdsclient.View) bool {
+	for _, m := range v.Resources[resourcev3.ListenerType] {
+		for _, fc := range m.(*listenerv3.Listener).GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				var h hcm.HttpConnectionManager
+				if f.GetTypedConfig().UnmarshalTo(&h) != nil {
+					continue
+				}
+				hasWS := false
+				for _, u := range h.GetUpgradeConfigs() {
+					hasWS = hasWS || u.GetUpgradeType() == "websocket"
+				}
+				for _, hf := range h.GetHttpFilters() {
+					if hf.GetName() == "envoy.filters.http.stateful_session" && hasWS {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+// routeFacts reports whether some route retries 503s and some route upgrades WebSockets
+// with no timeout.
+func routeFacts(v xdsclient.View) (retry503, websocket bool) {
+	for _, m := range v.Resources[resourcev3.RouteType] {
+		for _, vh := range m.(*routev3.RouteConfiguration).GetVirtualHosts() {
+			for _, r := range vh.GetRoutes() {
+				ra := r.GetRoute()
+				if ra == nil {
+					continue
+				}
+				for _, c := range ra.GetRetryPolicy().GetRetriableStatusCodes() {
+					retry503 = retry503 || c == 503
+				}
+				if ra.GetTimeout() != nil && ra.GetTimeout().AsDuration() == 0 {
+					for _, u := range ra.GetUpgradeConfigs() {
+						websocket = websocket || (u.GetUpgradeType() == "websocket" && (u.GetEnabled() == nil || u.GetEnabled().GetValue()))
+					}
+					for _, hm := range r.GetMatch().GetHeaders() {
+						websocket = websocket || strings.EqualFold(hm.GetName(), "upgrade")
+					}
+				}
+			}
+		}
+	}
+	return
+}
+
+func panicThresholdZero(v xdsclient.View) bool {
+	if len(v.Resources[resourcev3.ClusterType]) == 0 {
+		return false
+	}
+	for _, m := range v.Resources[resourcev3.ClusterType] {
+		c := m.(*clusterv3.Cluster)
+		pt := c.GetCommonLbConfig().GetHealthyPanicThreshold()
+		if pt == nil || pt.GetValue() != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// TestEndToEnd writes the documented schema to a real etcd and follows it to real ADS clients
+// of both variants: new instances, a state change, a load change, a malformed entry, an entry
+// with an unknown field and a lease expiry.
+func TestEndToEnd(t *testing.T) {
+	for _, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
+		t.Run(string(variant), func(t *testing.T) {
+			srv := etcdtest.Start(t)
+			cli := srv.Client(t)
+			cp := startCP(t, srv.Endpoints())
+			put(t, cli, "/tether/services/app", serviceJSON)
+			put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 120))
+			put(t, cli, "/tether/instances/app/a2", instanceJSON("a2", 5002, "available", 400))
+			c := connect(t, cp, variant, "envoy-1", "default")
+
+			waitFor(t, c, "two healthy endpoints and routes", func(v xdsclient.View) bool {
+				eps := endpoints(v)
+				return len(v.Resources[resourcev3.RouteType]) > 0 && len(eps) == 2 && eps[5001].GetHealthStatus() == core.HealthStatus_HEALTHY &&
+					eps[5002].GetHealthStatus() == core.HealthStatus_HEALTHY
+			})
+			v := c.View()
+			if !hasStatefulSessionFilter(v) {
+				t.Error("listener lacks the stateful session filter with WebSocket upgrades")
+			}
+			retry, ws := routeFacts(v)
+			if !retry || !ws {
+				t.Errorf("routes: retry on 503 %v, WebSocket route with timeout 0 %v; want both", retry, ws)
+			}
+			if !panicThresholdZero(v) {
+				t.Error("a cluster lacks healthy_panic_threshold 0")
+			}
+			eps := endpoints(v)
+			w1, w2 := eps[5001].GetLoadBalancingWeight().GetValue(), eps[5002].GetLoadBalancingWeight().GetValue()
+			if w1 <= w2 {
+				t.Errorf("weights: a1 (120/500 sessions) got %d, a2 (400/500) got %d; want a1 heavier", w1, w2)
+			}
+
+			// A full instance keeps its sessions but takes no new ones: DRAINING.
+			put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "full", 520))
+			waitFor(t, c, "a1 draining", func(v xdsclient.View) bool {
+				return endpoints(v)[5001].GetHealthStatus() == core.HealthStatus_DRAINING
+			})
+
+			// A load change touches only endpoints.
+			before := c.View()
+			put(t, cli, "/tether/instances/app/a2", instanceJSON("a2", 5002, "available", 10))
+			waitFor(t, c, "a2 weight up", func(v xdsclient.View) bool {
+				return endpoints(v)[5002].GetLoadBalancingWeight().GetValue() > w2
+			})
+			after := c.View()
+			for _, typ := range []string{resourcev3.ClusterType, resourcev3.ListenerType, resourcev3.RouteType} {
+				if before.Versions[typ] != after.Versions[typ] {
+					t.Errorf("a load change moved the %s version %s -> %s; want only endpoints to change", typ, before.Versions[typ], after.Versions[typ])
+				}
+			}
+
+			// A malformed entry is rejected alone; an unknown field is ignored.
+			put(t, cli, "/tether/instances/app/bad", `{"id":"bad","address":"not-an-ip","port":0,"state":"available"}`)
+			put(t, cli, "/tether/instances/app/a3", strings.Replace(instanceJSON("a3", 5003, "available", 0), `"zone"`, `"futureField": {"x": 1}, "zone"`, 1))
+			waitFor(t, c, "a3 served beside the bad entry", func(v xdsclient.View) bool {
+				eps := endpoints(v)
+				return len(eps) == 3 && eps[5003] != nil
+			})
+			dbg := debugConfig(t, cp)
+			if _, ok := dbg.Rejected["/tether/instances/app/bad"]; !ok {
+				t.Errorf("/debug/config rejected = %v; want the bad key", dbg.Rejected)
+			}
+			if n := metric(t, cp, `tether_registry_rejected_entries_total{kind="instance"}`); n < 1 {
+				t.Errorf("rejected entries metric = %v; want >= 1", n)
+			}
+
+			// A lapsed lease removes the instance.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			lease, err := cli.Grant(ctx, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			put(t, cli, "/tether/instances/app/a4", instanceJSON("a4", 5004, "available", 0), clientv3.WithLease(lease.ID))
+			waitFor(t, c, "a4 registered", func(v xdsclient.View) bool { return endpoints(v)[5004] != nil })
+			waitFor(t, c, "a4 gone after its lease", func(v xdsclient.View) bool { return endpoints(v)[5004] == nil && endpoints(v)[5003] != nil })
+		})
+	}
+}
+
+func debugConfig(t *testing.T, cp *controlplane.ControlPlane) controlplane.DebugConfig {
+	t.Helper()
+	body := get(t, "http://"+cp.AdminAddr()+"/debug/config", http.StatusOK)
+	var d controlplane.DebugConfig
+	if err := json.Unmarshal([]byte(body), &d); err != nil {
+		t.Fatalf("decode /debug/config: %v", err)
+	}
+	return d
+}
+
+func get(t *testing.T, url string, want int) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("GET %s: status %d, want %d: %s", url, resp.StatusCode, want, b)
+	}
+	return string(b)
+}
+
+// metric reads one sample from /metrics by its exact name and labels.
+func metric(t *testing.T, cp *controlplane.ControlPlane, series string) float64 {
+	t.Helper()
+	body := get(t, "http://"+cp.AdminAddr()+"/metrics", http.StatusOK)
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, series+" ") {
+			var v float64
+			if _, err := fmt.Sscan(strings.TrimPrefix(line, series+" "), &v); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// TestReplicasServeIdenticalVersions runs two control planes on one registry: an Envoy moved
+// from one to the other sees the same versions, so nothing is re-sent.
+func TestReplicasServeIdenticalVersions(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	put(t, cli, "/tether/services/app", serviceJSON)
+	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 120))
+	put(t, cli, "/tether/instances/app/a2", instanceJSON("a2", 5002, "full", 500))
+	cp1, cp2 := startCP(t, srv.Endpoints()), startCP(t, srv.Endpoints())
+	for _, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
+		c1 := connect(t, cp1, variant, "envoy-1", "default")
+		c2 := connect(t, cp2, variant, "envoy-2", "default")
+		full := func(v xdsclient.View) bool {
+			for _, typ := range xdsclient.Types {
+				if len(v.Resources[typ]) == 0 {
+					return false
+				}
+			}
+			return len(endpoints(v)) == 2
+		}
+		waitFor(t, c1, "full config from replica 1", full)
+		waitFor(t, c2, "full config from replica 2", full)
+		v1, v2 := c1.View(), c2.View()
+		for _, typ := range xdsclient.Types {
+			if variant == xdsclient.SotW && v1.Versions[typ] != v2.Versions[typ] {
+				t.Errorf("%s %s: versions differ: %q vs %q", variant, typ, v1.Versions[typ], v2.Versions[typ])
+			}
+			for name, rv := range v1.ResourceVersions[typ] {
+				if v2.ResourceVersions[typ][name] != rv {
+					t.Errorf("%s %s %s: resource versions differ: %q vs %q", variant, typ, name, rv, v2.ResourceVersions[typ][name])
+				}
+			}
+			for name, m := range v1.Resources[typ] {
+				if !proto.Equal(m, v2.Resources[typ][name]) {
+					t.Errorf("%s %s %s: resources differ between replicas", variant, typ, name)
+				}
+			}
+		}
+	}
+}
+
+// TestNACKIsCountedAndLogged has a client reject every cluster update.
+func TestNACKIsCountedAndLogged(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 1))
+	cp := startCP(t, srv.Endpoints())
+	for i, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
+		c := xdsclient.New(variant, "nacker-"+string(variant), "default")
+		c.NACK = func(typeURL string, _ map[string]proto.Message) string {
+			if typeURL == resourcev3.ClusterType {
+				return "test rejects clusters"
+			}
+			return ""
+		}
+		conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = c.Run(ctx, conn) }()
+		waitFor(t, c, "a NACK sent", func(v xdsclient.View) bool { return v.NACKs > 0 })
+		want := float64(i + 1)
+		deadline := time.Now().Add(5 * time.Second)
+		for metric(t, cp, `tether_xds_nacks_total{type="Cluster"}`) < want && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := metric(t, cp, `tether_xds_nacks_total{type="Cluster"}`); got < want {
+			t.Errorf("%s: tether_xds_nacks_total{type=\"Cluster\"} = %v; want %v", variant, got, want)
+		}
+		var nacks int
+		for _, cl := range cp.Clients() {
+			if cl.NodeID == "nacker-"+string(variant) {
+				nacks = cl.NACKs
+			}
+		}
+		if nacks < 1 {
+			t.Errorf("%s: Clients() shows %d NACKs for the client; want >= 1", variant, nacks)
+		}
+		cancel()
+		<-done
+		conn.Close()
+	}
+}
+
+// TestEtcdRestart restarts etcd under a running control plane: the last configuration stays
+// served, and changes made after the restart arrive.
+func TestEtcdRestart(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 1))
+	cp := startCP(t, srv.Endpoints())
+	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
+	waitFor(t, c, "a1", func(v xdsclient.View) bool { return endpoints(v)[5001] != nil })
+	srv.Stop()
+	time.Sleep(300 * time.Millisecond) // let the watch notice the outage
+	if endpoints(c.View())[5001] == nil {
+		t.Fatal("a1 disappeared while etcd was down")
+	}
+	srv.StartAgain(t)
+	put(t, srv.Client(t), "/tether/instances/app/a2", instanceJSON("a2", 5002, "available", 1))
+	waitFor(t, c, "a2 after the restart", func(v xdsclient.View) bool {
+		return endpoints(v)[5001] != nil && endpoints(v)[5002] != nil
+	})
+}
+
+// TestReadyzWithoutEtcd: a control plane that never listed the registry is not ready.
+func TestReadyzWithoutEtcd(t *testing.T) {
+	dead := fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))
+	cp := startCP(t, []string{dead})
+	get(t, "http://"+cp.AdminAddr()+"/healthz", http.StatusOK)
+	get(t, "http://"+cp.AdminAddr()+"/readyz", http.StatusServiceUnavailable)
+}
+
+// TestEmbeddedEtcd starts the control plane with no etcd endpoints: it runs its own etcd,
+// which clients reach on the embedded client URL.
+func TestEmbeddedEtcd(t *testing.T) {
+	clientURL := fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		DataDir: t.TempDir(), EmbeddedClientURL: clientURL,
+		EmbeddedPeerURL: fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
+		XDSAddr:         "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	select {
+	case <-cp.Ready():
+	case <-time.After(15 * time.Second):
+		t.Fatal("not ready with embedded etcd")
+	}
+	get(t, "http://"+cp.AdminAddr()+"/readyz", http.StatusOK)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{clientURL}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 1))
+	c := connect(t, cp, xdsclient.SotW, "envoy-1", "")
+	waitFor(t, c, "a1 via embedded etcd", func(v xdsclient.View) bool { return endpoints(v)[5001] != nil })
+	if err := cp.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}

@@ -1,0 +1,84 @@
+package controlplane
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the control plane's Prometheus metrics, on a private registry.
+type metrics struct {
+	reg            *prometheus.Registry
+	instances      *prometheus.GaugeVec
+	services       prometheus.Gauge
+	rejected       *prometheus.CounterVec
+	rejectedNow    prometheus.Gauge
+	problems       prometheus.Gauge
+	streams        *prometheus.GaugeVec
+	responses      *prometheus.CounterVec
+	nacks          *prometheus.CounterVec
+	snapshots      prometheus.Counter
+	snapshotErrors prometheus.Counter
+	translate      prometheus.Histogram
+	eventToPush    prometheus.Histogram
+	etcdEvents     prometheus.Counter
+	revision       prometheus.Gauge
+	ready          prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	reg := prometheus.NewRegistry()
+	latency := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+	m := &metrics{
+		reg: reg,
+		instances: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_registry_instances", Help: "Registered instances by state.",
+		}, []string{"state"}),
+		services: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_registry_services", Help: "Services in the registry (configured or with instances).",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_registry_rejected_entries_total", Help: "Registry values rejected by decoding or validation.",
+		}, []string{"kind"}),
+		rejectedNow: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_registry_rejected_entries", Help: "Registry keys whose current value is rejected.",
+		}),
+		problems: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_translate_problems", Help: "Conflicts found by the last translation (e.g. two services claiming one domain and path).",
+		}),
+		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_xds_streams", Help: "Connected xDS streams by variant (sotw, delta).",
+		}, []string{"variant"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_xds_responses_total", Help: "xDS responses sent, by variant and resource type.",
+		}, []string{"variant", "type"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_xds_nacks_total", Help: "xDS NACKs received from Envoys, by resource type.",
+		}, []string{"type"}),
+		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_snapshots_total", Help: "Configuration snapshots published (pushes).",
+		}),
+		snapshotErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_snapshot_errors_total", Help: "Translations not published because the snapshot was invalid; the last good one stays.",
+		}),
+		translate: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tether_translate_duration_seconds", Help: "Time to translate the registry into Envoy resources and build the snapshot.", Buckets: latency,
+		}),
+		eventToPush: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tether_event_to_push_seconds", Help: "Time from receiving an etcd change to publishing the snapshot holding it.", Buckets: latency,
+		}),
+		etcdEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_etcd_events_total", Help: "etcd watch events applied to the registry.",
+		}),
+		revision: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_registry_revision", Help: "etcd revision of the last published snapshot.",
+		}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_ready", Help: "1 once the first full registry list is translated and published.",
+		}),
+	}
+	reg.MustRegister(m.instances, m.services, m.rejected, m.rejectedNow, m.problems, m.streams,
+		m.responses, m.nacks, m.snapshots, m.snapshotErrors, m.translate, m.eventToPush,
+		m.etcdEvents, m.revision, m.ready,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

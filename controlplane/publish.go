@@ -1,0 +1,296 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/registry"
+)
+
+// published is one snapshot handed to the xDS cache, with what produced it.
+type published struct {
+	snap      *cachev3.Snapshot
+	res       *translate.Resources
+	state     *registry.State
+	versions  map[string]string // short type -> version
+	at        time.Time
+	translate time.Duration
+}
+
+// hashed memoizes a resource's content hash by the resource's pointer: the translation cache
+// hands back the same pointer for an unchanged service, so only changed resources are hashed.
+type hashed struct {
+	msg  proto.Message
+	hash string
+}
+
+// publisher coalesces registry states, translates them and publishes snapshots to every
+// known gateway group.
+type publisher struct {
+	log   zerolog.Logger
+	m     *metrics
+	cache cachev3.SnapshotCache
+	tr    *translate.Cache
+	quiet time.Duration
+	max   time.Duration
+
+	notify chan struct{}
+
+	mu       sync.Mutex
+	latest   *registry.State
+	since    time.Time // when the oldest unpublished state arrived
+	groups   map[string]bool
+	current  *published
+	hashes   map[string]hashed // type URL + "/" + name -> hash
+	readyCh  chan struct{}
+	isReady  bool
+	pubCount int
+}
+
+func newPublisher(log zerolog.Logger, m *metrics, cache cachev3.SnapshotCache, opts translate.Options, quiet, max time.Duration) *publisher {
+	return &publisher{
+		log: log, m: m, cache: cache, tr: translate.NewCache(opts), quiet: quiet, max: max,
+		notify: make(chan struct{}, 1), groups: map[string]bool{}, hashes: map[string]hashed{},
+		readyCh: make(chan struct{}),
+	}
+}
+
+// offer records the newest registry state; the publish loop picks it up.
+func (p *publisher) offer(st *registry.State) {
+	p.mu.Lock()
+	if p.latest == nil || p.since.IsZero() {
+		p.since = time.Now()
+	}
+	p.latest = st
+	p.mu.Unlock()
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+}
+
+// addGroup makes sure a newly seen gateway group has the current snapshot.
+func (p *publisher) addGroup(group string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.groups[group] {
+		return
+	}
+	p.groups[group] = true
+	if p.current != nil {
+		if err := p.cache.SetSnapshot(context.Background(), group, p.current.snap); err != nil {
+			p.log.Error().Err(err).Str("group", group).Msg("set snapshot for new group")
+		}
+	}
+}
+
+// run publishes coalesced states until ctx ends: after a change it waits for a quiet window
+// with no further change, but never longer than max after the first unpublished change.
+func (p *publisher) run(ctx context.Context) {
+	var timer *time.Timer
+	var timerC <-chan time.Time
+	var deadline time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return
+		case <-p.notify:
+			now := time.Now()
+			if timerC == nil {
+				deadline = now.Add(p.max)
+			}
+			wait := p.quiet
+			if now.Add(wait).After(deadline) {
+				wait = deadline.Sub(now)
+			}
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			} else {
+				timer.Stop()
+				timer.Reset(wait)
+			}
+			timerC = timer.C
+		case <-timerC:
+			timerC = nil
+			p.publishLatest()
+		}
+	}
+}
+
+func (p *publisher) publishLatest() {
+	p.mu.Lock()
+	st, since := p.latest, p.since
+	p.since = time.Time{}
+	p.mu.Unlock()
+	if st == nil {
+		return
+	}
+	start := time.Now()
+	res := p.tr.Translate(st)
+	snap, versions, err := p.snapshot(res)
+	took := time.Since(start)
+	p.m.translate.Observe(took.Seconds())
+	if err != nil {
+		p.m.snapshotErrors.Inc()
+		p.log.Error().Err(err).Int64("revision", st.Revision).Msg("translation gave an invalid snapshot; keeping the last good configuration")
+		return
+	}
+	pub := &published{snap: snap, res: res, state: st, versions: versions, at: time.Now().UTC(), translate: took}
+
+	p.mu.Lock()
+	p.current = pub
+	groups := make([]string, 0, len(p.groups)+1)
+	for g := range p.groups {
+		groups = append(groups, g)
+	}
+	if !p.groups[DefaultGroup] {
+		// The default group always has a snapshot, so /debug/config and new Envoys see it.
+		p.groups[DefaultGroup] = true
+		groups = append(groups, DefaultGroup)
+	}
+	sort.Strings(groups)
+	for _, g := range groups {
+		if err := p.cache.SetSnapshot(context.Background(), g, snap); err != nil {
+			p.log.Error().Err(err).Str("group", g).Msg("set snapshot")
+		}
+	}
+	p.pubCount++
+	if !p.isReady {
+		p.isReady = true
+		close(p.readyCh)
+		p.m.ready.Set(1)
+	}
+	p.mu.Unlock()
+
+	p.m.snapshots.Inc()
+	p.m.eventToPush.Observe(time.Since(since).Seconds())
+	p.m.revision.Set(float64(st.Revision))
+	p.observeState(st, res)
+	p.log.Debug().Int64("revision", st.Revision).Dur("translate", took).Interface("versions", versions).
+		Int("groups", len(groups)).Msg("published snapshot")
+}
+
+func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
+	counts := map[string]int{registry.StateAvailable: 0, registry.StateFull: 0, registry.StateDraining: 0, registry.StateUnhealthy: 0}
+	for _, svc := range st.Services {
+		for _, in := range svc.Instances {
+			counts[in.State]++
+		}
+	}
+	for s, n := range counts {
+		p.m.instances.WithLabelValues(s).Set(float64(n))
+	}
+	p.m.services.Set(float64(len(st.Services)))
+	p.m.rejectedNow.Set(float64(len(st.Rejected)))
+	p.m.problems.Set(float64(len(res.Problems)))
+	for _, pr := range res.Problems {
+		p.log.Warn().Str("service", pr.Service).Str("problem", pr.Message).Msg("translation problem")
+	}
+}
+
+// snapshot builds a consistent snapshot whose versions derive from content only: every
+// resource's version is a hash of its deterministic encoding, and each type's version a hash
+// of its resources' names and versions. Two replicas serving the same registry, or a
+// restarted control plane, therefore hand Envoy identical versions.
+func (p *publisher) snapshot(res *translate.Resources) (*cachev3.Snapshot, map[string]string, error) {
+	groups := []struct {
+		typeURL string
+		items   []types.Resource
+	}{
+		{resourcev3.ListenerType, toResources(res.Listeners)},
+		{resourcev3.RouteType, toResources(res.Routes)},
+		{resourcev3.ClusterType, toResources(res.Clusters)},
+		{resourcev3.EndpointType, toResources(res.Endpoints)},
+	}
+	snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
+	versions := map[string]string{}
+	next := make(map[string]hashed, len(p.hashes))
+	for _, g := range groups {
+		vm := make(map[string]string, len(g.items))
+		typeHash := sha256.New()
+		for _, item := range g.items {
+			name := cachev3.GetResourceName(item)
+			key := g.typeURL + "/" + name
+			h, ok := p.hashes[key]
+			if !ok || h.msg != item {
+				if err := validate(item); err != nil {
+					return nil, nil, fmt.Errorf("%s %q: %w", shortType(g.typeURL), name, err)
+				}
+				b, err := proto.MarshalOptions{Deterministic: true}.Marshal(item)
+				if err != nil {
+					return nil, nil, fmt.Errorf("encode %s %q: %w", shortType(g.typeURL), name, err)
+				}
+				sum := sha256.Sum256(b)
+				h = hashed{msg: item, hash: hex.EncodeToString(sum[:8])}
+			}
+			next[key] = h
+			vm[name] = h.hash
+			typeHash.Write([]byte(name))
+			typeHash.Write([]byte{0})
+			typeHash.Write([]byte(h.hash))
+			typeHash.Write([]byte{0})
+		}
+		version := hex.EncodeToString(typeHash.Sum(nil)[:8])
+		snap.Resources[cachev3.GetResponseType(g.typeURL)] = cachev3.NewResources(version, g.items)
+		snap.VersionMap[g.typeURL] = vm
+		versions[shortType(g.typeURL)] = version
+	}
+	if err := snap.Consistent(); err != nil {
+		return nil, nil, fmt.Errorf("inconsistent snapshot: %w", err)
+	}
+	p.hashes = next
+	return snap, versions, nil
+}
+
+// validate runs Envoy's own proto validation on a resource.
+func validate(m types.Resource) error {
+	if v, ok := m.(interface{ ValidateAll() error }); ok {
+		return v.ValidateAll()
+	}
+	return nil
+}
+
+func toResources[T types.Resource](in []T) []types.Resource {
+	out := make([]types.Resource, len(in))
+	for i, r := range in {
+		out[i] = r
+	}
+	return out
+}
+
+// ready is closed once the first snapshot is published.
+func (p *publisher) ready() <-chan struct{} { return p.readyCh }
+
+// snapshotNow returns the current published snapshot, or nil before the first.
+func (p *publisher) snapshotNow() *published {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.current
+}
+
+// groupList returns the gateway groups seen so far.
+func (p *publisher) groupList() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]string, 0, len(p.groups))
+	for g := range p.groups {
+		out = append(out, g)
+	}
+	sort.Strings(out)
+	return out
+}

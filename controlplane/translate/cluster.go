@@ -1,0 +1,307 @@
+package translate
+
+import (
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+const (
+	connectTimeout = 5 * time.Second
+	// Active health checks are for liveness: a dead server is out after 3 failed checks,
+	// back after 2 good ones (Envoy takes a new host in after its first good check).
+	unhealthyThreshold = 3
+	healthyThreshold   = 2
+	// A dead server (connect failures, resets, timeouts: local-origin errors) is ejected
+	// after this many in a row; the 503s of a full server never eject it.
+	consecutiveLocalOriginFailures = 5
+	maxEjectionPercent             = 50
+	// Retry budget: at most 20% of active requests may be retries (at least 3 at once).
+	retryBudgetPercent  = 20
+	minRetryConcurrency = 3
+	// clusterLimit replaces Envoy's default of 1024 connections and requests per cluster,
+	// which would cap a service at 1024 concurrent WebSockets.
+	clusterLimit = 100000
+	// Endpoint weights: 10 steps from minWeight to maxWeight.
+	minWeight   = 10
+	maxWeight   = 100
+	weightSteps = 10
+	// metadataNamespace holds Tether's notes in cluster and endpoint metadata.
+	metadataNamespace = "tether"
+)
+
+// cluster builds the service's EDS cluster.
+func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Cluster {
+	var notes []string
+	c := &clusterv3.Cluster{
+		Name:                 ClusterName(svc),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{
+			// No panic routing: full and draining servers never get new sessions.
+			HealthyPanicThreshold: &typev3.Percent{Value: 0},
+			// A request pinned by the stateful session filter reaches its server while
+			// it is HEALTHY, DEGRADED or DRAINING (full or shutting down). Tether always
+			// sends an explicit EDS status and Envoy reports a host failing active health
+			// checks or ejected as UNHEALTHY, so UNKNOWN is not needed.
+			OverrideHostStatus: &corev3.HealthStatusSet{Statuses: []corev3.HealthStatus{
+				corev3.HealthStatus_HEALTHY, corev3.HealthStatus_DEGRADED, corev3.HealthStatus_DRAINING,
+			}},
+		},
+		// A host removed from EDS (agent deregistered or lease expired) goes at once,
+		// even while it still passes active health checks.
+		IgnoreHealthOnHostRemoval: true,
+		OutlierDetection:          outlierDetection(),
+		CircuitBreakers:           circuitBreakers(cfg.Limits),
+	}
+
+	policy := cfg.LBPolicy
+	hashMode := cfg.Affinity.Mode == registry.AffinityAppCookie || cfg.Affinity.Mode == registry.AffinitySourceIP
+	if hashMode && policy != registry.LBRingHash && policy != registry.LBMaglev {
+		notes = append(notes, "lbPolicy "+policy+" replaced by ring_hash: affinity "+cfg.Affinity.Mode+" needs a hash load balancer")
+		policy = registry.LBRingHash
+	}
+	c.LbPolicy = lbPolicy(policy)
+	if ss := cfg.SlowStart.D(); ss > 0 {
+		ssc := &clusterv3.Cluster_SlowStartConfig{SlowStartWindow: durationpb.New(ss)}
+		switch policy {
+		case registry.LBLeastRequest:
+			c.LbConfig = &clusterv3.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: &clusterv3.Cluster_LeastRequestLbConfig{SlowStartConfig: ssc}}
+		case registry.LBRoundRobin:
+			c.LbConfig = &clusterv3.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &clusterv3.Cluster_RoundRobinLbConfig{SlowStartConfig: ssc}}
+		default:
+			notes = append(notes, "slowStart ignored: Envoy supports it only with least_request and round_robin")
+		}
+	}
+	if hc := cfg.HealthCheck; hc.Path != "" {
+		c.HealthChecks = []*corev3.HealthCheck{{
+			Timeout:  durationpb.New(hc.Timeout.D()),
+			Interval: durationpb.New(hc.Interval.D()),
+			// Check idle clusters as often as busy ones (Envoy's default is 60 s), so
+			// that a new instance of an idle service is taken in quickly.
+			NoTrafficInterval:  durationpb.New(hc.Interval.D()),
+			UnhealthyThreshold: u32(unhealthyThreshold),
+			HealthyThreshold:   u32(healthyThreshold),
+			HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+				Path:             hc.Path,
+				ExpectedStatuses: statusRanges(hc.ExpectedStatuses),
+			}},
+		}}
+	}
+	if len(notes) > 0 {
+		vals := make([]any, len(notes))
+		for i, n := range notes {
+			vals[i] = n
+		}
+		list, err := structpb.NewList(vals)
+		if err != nil && p.err == nil {
+			p.err = err
+		}
+		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			metadataNamespace: {Fields: map[string]*structpb.Value{"notes": structpb.NewListValue(list)}},
+		}}
+	}
+	return c
+}
+
+func lbPolicy(p string) clusterv3.Cluster_LbPolicy {
+	switch p {
+	case registry.LBRoundRobin:
+		return clusterv3.Cluster_ROUND_ROBIN
+	case registry.LBRandom:
+		return clusterv3.Cluster_RANDOM
+	case registry.LBRingHash:
+		return clusterv3.Cluster_RING_HASH
+	case registry.LBMaglev:
+		return clusterv3.Cluster_MAGLEV
+	}
+	return clusterv3.Cluster_LEAST_REQUEST
+}
+
+// statusRanges turns status codes into Envoy's half-open ranges, merging neighbours:
+// [200, 202] gives [200,201) and [202,203); [200, 201, 202] gives [200,203).
+func statusRanges(codes []int) []*typev3.Int64Range {
+	sorted := slices.Clone(codes)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	var out []*typev3.Int64Range
+	for _, c := range sorted {
+		if n := len(out); n > 0 && out[n-1].End == int64(c) {
+			out[n-1].End++
+			continue
+		}
+		out = append(out, &typev3.Int64Range{Start: int64(c), End: int64(c) + 1})
+	}
+	return out
+}
+
+// outlierDetection ejects dead servers only: 5xx and success-rate ejection are off (a full
+// server answers 503 on purpose), local-origin errors are counted apart from the
+// upstream's own responses.
+func outlierDetection() *clusterv3.OutlierDetection {
+	return &clusterv3.OutlierDetection{
+		EnforcingConsecutive_5Xx:               u32(0),
+		EnforcingSuccessRate:                   u32(0),
+		EnforcingConsecutiveGatewayFailure:     u32(0),
+		SplitExternalLocalOriginErrors:         true,
+		ConsecutiveLocalOriginFailure:          u32(consecutiveLocalOriginFailures),
+		EnforcingConsecutiveLocalOriginFailure: u32(100),
+		EnforcingLocalOriginSuccessRate:        u32(0),
+		MaxEjectionPercent:                     u32(maxEjectionPercent),
+	}
+}
+
+// circuitBreakers: limits.maxConnections per host (the only per-host threshold Envoy
+// supports), maxRequests and maxPendingRequests for the cluster, and a retry budget in
+// place of Envoy's default of 3 concurrent retries.
+func circuitBreakers(l registry.Limits) *clusterv3.CircuitBreakers {
+	th := &clusterv3.CircuitBreakers_Thresholds{
+		Priority:       corev3.RoutingPriority_DEFAULT,
+		MaxConnections: u32(clusterLimit),
+		MaxRequests:    u32(clusterLimit),
+		RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+			BudgetPercent:       &typev3.Percent{Value: retryBudgetPercent},
+			MinRetryConcurrency: u32(minRetryConcurrency),
+		},
+	}
+	if l.MaxRequests > 0 {
+		th.MaxRequests = u32(l.MaxRequests)
+	}
+	if l.MaxPendingRequests > 0 {
+		th.MaxPendingRequests = u32(l.MaxPendingRequests)
+	}
+	cb := &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{th}}
+	if l.MaxConnections > 0 {
+		cb.PerHostThresholds = []*clusterv3.CircuitBreakers_Thresholds{{
+			Priority:       corev3.RoutingPriority_DEFAULT,
+			MaxConnections: u32(l.MaxConnections),
+		}}
+	}
+	return cb
+}
+
+// endpoints builds the service's ClusterLoadAssignment: one locality per zone (sorted),
+// endpoints sorted by instance ID (insts is sorted), health from state, weight from load.
+func endpoints(svc string, cfg registry.ServiceConfig, insts []registry.Instance) *endpointv3.ClusterLoadAssignment {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: ClusterName(svc)}
+	byZone := map[string]*endpointv3.LocalityLbEndpoints{}
+	for _, in := range insts {
+		loc := byZone[in.Zone]
+		if loc == nil {
+			loc = &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{Zone: in.Zone}}
+			byZone[in.Zone] = loc
+			cla.Endpoints = append(cla.Endpoints, loc)
+		}
+		loc.LbEndpoints = append(loc.LbEndpoints, &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address:       in.Address,
+					PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(in.Port)},
+				}}},
+				Hostname: in.ID,
+			}},
+			HealthStatus:        healthStatus(in.State),
+			LoadBalancingWeight: u32(weight(in, cfg.Weights)),
+			Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNamespace: {Fields: map[string]*structpb.Value{
+				"id":    structpb.NewStringValue(in.ID),
+				"state": structpb.NewStringValue(in.State),
+			}}}},
+		})
+	}
+	slices.SortFunc(cla.Endpoints, func(a, b *endpointv3.LocalityLbEndpoints) int {
+		return strings.Compare(a.Locality.Zone, b.Locality.Zone)
+	})
+	return cla
+}
+
+// healthStatus maps an instance state to its EDS health: full and draining instances are
+// DRAINING (they keep their sessions through override_host_status, take no new ones).
+func healthStatus(state string) corev3.HealthStatus {
+	switch state {
+	case registry.StateAvailable:
+		return corev3.HealthStatus_HEALTHY
+	case registry.StateFull, registry.StateDraining:
+		return corev3.HealthStatus_DRAINING
+	}
+	return corev3.HealthStatus_UNHEALTHY
+}
+
+// weight is the endpoint's load_balancing_weight. With weights "load" it follows the
+// instance's headroom: the tightest of 1-load/threshold over its configured thresholds
+// (0 = unlimited, skipped), clamped to [0,1], quantized into 10 steps from 10 to 100 so
+// that small load noise causes no push. No thresholds, weights "equal", or an instance that
+// is not available (its weight is not used for new sessions) give a fixed weight.
+func weight(in registry.Instance, mode string) uint32 {
+	if in.State != registry.StateAvailable {
+		return minWeight
+	}
+	if mode == registry.WeightsEqual {
+		return maxWeight
+	}
+	h := headroom(in)
+	step := min(int(h*weightSteps), weightSteps-1)
+	return uint32(minWeight + step*(maxWeight-minWeight)/(weightSteps-1))
+}
+
+// headroom is the instance's spare capacity in [0,1] against its own thresholds.
+func headroom(in registry.Instance) float64 {
+	h := 1.0
+	check := func(load, limit float64) {
+		if limit > 0 {
+			h = min(h, 1-load/limit)
+		}
+	}
+	t, l := in.Thresholds, in.Load
+	check(float64(l.Sessions), float64(t.MaxSessions))
+	check(l.CPU, t.MaxCPU)
+	check(l.Memory, t.MaxMemory)
+	check(l.MemoryMB, t.MaxMemoryMB)
+	if math.IsNaN(h) || h < 0 {
+		return 0
+	}
+	return h
+}
+
+// localReplyMapper turns Envoy's own 503 for this service (no healthy upstream, UH, or
+// circuit breaker overflow, UO) into the service's overload reply. It is scoped to the
+// service by ServiceHeader, which the service's forwarding routes set.
+func localReplyMapper(svc string, o registry.Overload) *hcmv3.ResponseMapper {
+	m := &hcmv3.ResponseMapper{
+		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{AndFilter: &accesslogv3.AndFilter{
+			Filters: []*accesslogv3.AccessLogFilter{
+				{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{
+					Flags: []string{"UH", "UO"},
+				}}},
+				{FilterSpecifier: &accesslogv3.AccessLogFilter_HeaderFilter{HeaderFilter: &accesslogv3.HeaderFilter{
+					Header: &routev3.HeaderMatcher{
+						Name: ServiceHeader,
+						HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+							MatchPattern: &matcherv3.StringMatcher_Exact{Exact: svc},
+						}},
+					},
+				}}},
+			},
+		}}},
+		StatusCode:   u32(overloadStatus(o)),
+		HeadersToAdd: overloadHeaders(o),
+	}
+	if o.ReturnURL == "" {
+		m.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: overloadBody}}
+	}
+	return m
+}

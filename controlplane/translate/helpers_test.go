@@ -1,0 +1,206 @@
+package translate
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+	"sigs.k8s.io/yaml"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// loadState reads an etcd key→value map, as agents and operators write it, into a State,
+// decoding every value with the registry's own decoders.
+func loadState(t testing.TB, path string) *registry.State {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	var kv map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &kv); err != nil {
+		t.Fatalf("parse %s: %v", path, err)
+	}
+	st, err := stateFromKV(kv)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return st
+}
+
+func stateFromKV(kv map[string]json.RawMessage) (*registry.State, error) {
+	st := &registry.State{Revision: 1, Services: map[string]*registry.Service{}}
+	get := func(name string) *registry.Service {
+		s := st.Services[name]
+		if s == nil {
+			s = &registry.Service{Name: name, Config: registry.DefaultServiceConfig(name), Instances: map[string]registry.Instance{}, Revision: 1}
+			st.Services[name] = s
+		}
+		return s
+	}
+	for key, val := range kv {
+		kind, svc, id, err := registry.ParseKey(registry.DefaultPrefix, key)
+		if err != nil {
+			return nil, err
+		}
+		switch kind {
+		case registry.KeyService:
+			cfg, err := registry.DecodeServiceConfig(svc, val)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", key, err)
+			}
+			s := get(svc)
+			s.Config, s.Configured = cfg, true
+		case registry.KeyInstance:
+			in, err := registry.DecodeInstance(svc, id, val)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", key, err)
+			}
+			get(svc).Instances[id] = in
+		}
+	}
+	return st, nil
+}
+
+// checkResources validates every resource, including the typed configs packed in Any, and
+// requires a consistent go-control-plane snapshot.
+func checkResources(t testing.TB, res *Resources) {
+	t.Helper()
+	for _, m := range allMessages(res) {
+		validateDeep(t, m)
+	}
+	snap, err := cachev3.NewSnapshot("1", map[resourcev3.Type][]types.Resource{
+		resourcev3.ListenerType: toResources(res.Listeners),
+		resourcev3.RouteType:    toResources(res.Routes),
+		resourcev3.ClusterType:  toResources(res.Clusters),
+		resourcev3.EndpointType: toResources(res.Endpoints),
+	})
+	if err != nil {
+		t.Fatalf("NewSnapshot: %v", err)
+	}
+	if err := snap.Consistent(); err != nil {
+		t.Errorf("snapshot not consistent: %v", err)
+	}
+}
+
+func toResources[T types.Resource](in []T) []types.Resource {
+	out := make([]types.Resource, len(in))
+	for i, r := range in {
+		out[i] = r
+	}
+	return out
+}
+
+func allMessages(res *Resources) []proto.Message {
+	var out []proto.Message
+	for _, m := range res.Listeners {
+		out = append(out, m)
+	}
+	for _, m := range res.Routes {
+		out = append(out, m)
+	}
+	for _, m := range res.Clusters {
+		out = append(out, m)
+	}
+	for _, m := range res.Endpoints {
+		out = append(out, m)
+	}
+	return out
+}
+
+func validateDeep(t testing.TB, m proto.Message) {
+	t.Helper()
+	if v, ok := m.(interface{ ValidateAll() error }); ok {
+		if err := v.ValidateAll(); err != nil {
+			t.Errorf("%s: %v", m.ProtoReflect().Descriptor().FullName(), err)
+		}
+	}
+	walkAnys(t, m.ProtoReflect())
+}
+
+// walkAnys unpacks and validates every Any below m.
+func walkAnys(t testing.TB, m protoreflect.Message) {
+	t.Helper()
+	if a, ok := m.Interface().(*anypb.Any); ok {
+		inner, err := a.UnmarshalNew()
+		if err != nil {
+			t.Errorf("unpack %s: %v", a.GetTypeUrl(), err)
+			return
+		}
+		validateDeep(t, inner)
+		return
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList():
+			if fd.Kind() == protoreflect.MessageKind {
+				for i := 0; i < v.List().Len(); i++ {
+					walkAnys(t, v.List().Get(i).Message())
+				}
+			}
+		case fd.IsMap():
+			if fd.MapValue().Kind() == protoreflect.MessageKind {
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					walkAnys(t, mv.Message())
+					return true
+				})
+			}
+		case fd.Kind() == protoreflect.MessageKind:
+			walkAnys(t, v.Message())
+		}
+		return true
+	})
+}
+
+// renderYAML renders resources as stable YAML: protojson (proto field names) of each
+// resource, keys sorted by the JSON→YAML conversion.
+func renderYAML(t testing.TB, res *Resources) []byte {
+	t.Helper()
+	js := func(ms []proto.Message) []json.RawMessage {
+		out := []json.RawMessage{}
+		for _, m := range ms {
+			b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+			if err != nil {
+				t.Fatalf("protojson: %v", err)
+			}
+			out = append(out, b)
+		}
+		return out
+	}
+	doc := map[string]any{
+		"listeners": js(toMessages(res.Listeners)),
+		"routes":    js(toMessages(res.Routes)),
+		"clusters":  js(toMessages(res.Clusters)),
+		"endpoints": js(toMessages(res.Endpoints)),
+		"problems":  res.Problems,
+	}
+	if res.Problems == nil {
+		doc["problems"] = []Problem{}
+	}
+	j, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatalf("json: %v", err)
+	}
+	y, err := yaml.JSONToYAML(j)
+	if err != nil {
+		t.Fatalf("yaml: %v", err)
+	}
+	return y
+}
+
+func toMessages[T proto.Message](in []T) []proto.Message {
+	out := make([]proto.Message, len(in))
+	for i, m := range in {
+		out[i] = m
+	}
+	return out
+}

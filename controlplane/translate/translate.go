@@ -1,0 +1,231 @@
+// Package translate turns a registry.State into the Envoy configuration of one gateway group:
+// one HTTP listener, one route configuration, and a cluster with its endpoints per service.
+//
+// The translation is pure and deterministic: the same State and Options always give
+// proto.Equal resources whose typed configs are marshalled deterministically. It is split
+// per service (TranslateService) so that a Cache can re-translate only the services whose
+// *registry.Service changed, and Assemble joins the parts into the listener and routes.
+//
+// Decisions worth knowing when operating Tether:
+//   - Session marker. cookie mode: the affinity cookie; header mode: the affinity header;
+//     app-cookie mode: the application's cookie. source-ip and none have no marker, so every
+//     request counts as an initial one.
+//   - Retry of initial requests is done with two routes per service instead of
+//     retriable_request_headers: a route matching the marker (no retry policy at all, so a
+//     request of an existing session is never moved by a retry), placed before a catch-all
+//     route with the 503 retry. The split is visible in a config dump, does not depend on
+//     treat_missing_header_as_empty, and gives the catch-all route a place of its own to
+//     answer the overload reply directly when no instance is available while requests of
+//     existing sessions still reach their server.
+//   - Overload reply. When no instance of a service is available, requests without the
+//     marker get the overload reply straight from the route (direct_response: overload
+//     status with Retry-After, or 302 to overload.returnUrl). As a backstop, the listener's
+//     local_reply_config maps Envoy's own 503s with response flag UH (no healthy upstream) or
+//     UO (circuit breaker overflow) to the same reply. Those mappers are scoped per service
+//     by the request header x-tether-service, which every route that forwards to a cluster
+//     sets (overwriting any client value) through the header_mutation filter placed before
+//     the router; direct-response routes never produce UH/UO.
+//   - Path prefixes: "/" and prefixes ending in "/" are plain prefixes; "/app" is a
+//     path-separated prefix that matches /app and /app/..., not /apple.
+//   - Host matching ignores the port of the Host header (ignore_port_in_host_matching)
+//     unless some service lists a domain with an explicit port.
+//   - Route timeout is 60 s (or longer to cover every retry's per-try timeout); WebSocket
+//     routes have no timeout and a 1 h idle timeout.
+//   - Cluster-wide circuit breakers: Envoy's default of 1024 connections and requests per
+//     cluster would cap a service at 1024 concurrent WebSockets, so Tether sets 100000
+//     unless limits.maxRequests is given; limits.maxConnections is per host (Envoy's
+//     per-host thresholds support only max_connections), limits.maxRequests and
+//     limits.maxPendingRequests apply to the whole cluster.
+//   - app-cookie and source-ip need a hash load balancer: lbPolicy is forced to ring_hash
+//     unless it is ring_hash or maglev (noted in the cluster metadata). In those modes a full
+//     or draining instance leaves the hash ring, so its users move to another instance.
+//   - The cookie-mode cookie is HttpOnly (Envoy always sets it), its value is unsigned base64
+//     of the upstream address, and its ttl defaults to 0s (a session cookie).
+package translate
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// Names of the generated resources and of the Envoy extensions they use.
+const (
+	DefaultListenPort = 10000
+	ListenerName      = "tether_http"
+	RouteConfigName   = "tether_routes"
+	// ServiceHeader is set on every forwarded request to the name of its service; the
+	// listener's local reply mappers match on it.
+	ServiceHeader = "x-tether-service"
+
+	clusterPrefix         = "tether_"
+	hcmFilterName         = "envoy.filters.network.http_connection_manager"
+	statefulSessionFilter = "envoy.filters.http.stateful_session"
+	headerMutationFilter  = "envoy.filters.http.header_mutation"
+	routerFilter          = "envoy.filters.http.router"
+)
+
+// Options for the translation (from control-plane flags).
+type Options struct {
+	ListenPort uint32 // Envoy listener port, default 10000
+}
+
+func (o Options) withDefaults() Options {
+	if o.ListenPort == 0 {
+		o.ListenPort = DefaultListenPort
+	}
+	return o
+}
+
+// Resources is the Envoy configuration of one gateway group, every slice sorted by name.
+type Resources struct {
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+	// Problems found while translating: a service left out because its configuration
+	// cannot be translated, an instance left out, or a route lost to a domain+path
+	// conflict (the later service by name loses). The caller logs and counts them.
+	Problems []Problem
+}
+
+// Problem is one issue found while translating, attributed to a service.
+type Problem struct {
+	Service string `json:"service"`
+	Message string `json:"message"`
+}
+
+// ClusterName returns the name of a service's cluster (and of its ClusterLoadAssignment).
+func ClusterName(service string) string { return clusterPrefix + service }
+
+// Translate is pure and deterministic: same State and Options, byte-identical output
+// (deterministic proto marshal).
+func Translate(st *registry.State, opts Options) *Resources {
+	var parts []*ServiceResources
+	if st != nil {
+		for _, svc := range st.Services {
+			if svc != nil {
+				parts = append(parts, TranslateService(svc, opts))
+			}
+		}
+	}
+	return Assemble(parts, opts)
+}
+
+// Assemble builds the listener and the route configuration from the per-service parts and
+// collects their clusters and endpoints. Services sharing a domain share its virtual host;
+// within it routes are ordered by path prefix length (longest first), then service name.
+// When two services claim the same domain and path prefix, the later one by name loses
+// that route and a Problem says so.
+func Assemble(svcs []*ServiceResources, opts Options) *Resources {
+	return assemble(svcs, opts, nil)
+}
+
+// listenerMemo remembers the last listener built and the local reply mappers it holds, so
+// that a Cache rebuilds (and re-marshals) the listener only when a mapper changed.
+type listenerMemo struct {
+	mappers  []*hcmv3.ResponseMapper
+	listener *listenerv3.Listener
+	err      error
+}
+
+func (m *listenerMemo) get(opts Options, mappers []*hcmv3.ResponseMapper) (*listenerv3.Listener, error) {
+	if m == nil {
+		return listener(opts, mappers)
+	}
+	same := m.listener != nil && slices.EqualFunc(m.mappers, mappers, func(a, b *hcmv3.ResponseMapper) bool {
+		return a == b || proto.Equal(a, b)
+	})
+	if !same {
+		m.listener, m.err = listener(opts, mappers)
+	}
+	m.mappers = mappers
+	return m.listener, m.err
+}
+
+func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resources {
+	opts = opts.withDefaults()
+	sorted := slices.Clone(svcs)
+	sorted = slices.DeleteFunc(sorted, func(s *ServiceResources) bool { return s == nil })
+	slices.SortFunc(sorted, func(a, b *ServiceResources) int { return strings.Compare(a.Name, b.Name) })
+
+	res := &Resources{}
+	type claim struct{ domain, prefix string }
+	owner := map[claim]string{}
+	byDomain := map[string][]*ServiceResources{}
+	var mappers []*hcmv3.ResponseMapper
+	portInDomain := false
+	for _, s := range sorted {
+		res.Problems = append(res.Problems, s.Problems...)
+		if s.Cluster == nil {
+			continue // left out; its Problems say why
+		}
+		res.Clusters = append(res.Clusters, s.Cluster)
+		res.Endpoints = append(res.Endpoints, s.Endpoints)
+		mappers = append(mappers, s.LocalReplyMappers...)
+		for _, d := range s.Domains {
+			k := claim{d, s.PathPrefix}
+			if prev, taken := owner[k]; taken {
+				res.Problems = append(res.Problems, Problem{s.Name,
+					"domain " + d + " path prefix " + s.PathPrefix + " is already served by service " + prev + "; this service's route for it is left out"})
+				continue
+			}
+			owner[k] = s.Name
+			byDomain[d] = append(byDomain[d], s)
+			portInDomain = portInDomain || strings.Contains(d, ":")
+		}
+	}
+
+	rc := &routev3.RouteConfiguration{
+		Name:                     RouteConfigName,
+		IgnorePortInHostMatching: !portInDomain,
+		VirtualHosts:             make([]*routev3.VirtualHost, 0, len(byDomain)),
+	}
+	domains := make([]string, 0, len(byDomain))
+	for d := range byDomain {
+		domains = append(domains, d)
+	}
+	slices.Sort(domains)
+	for _, d := range domains {
+		parts := byDomain[d]
+		slices.SortStableFunc(parts, func(a, b *ServiceResources) int {
+			if c := cmp.Compare(len(b.PathPrefix), len(a.PathPrefix)); c != 0 {
+				return c
+			}
+			return strings.Compare(a.Name, b.Name)
+		})
+		vh := &routev3.VirtualHost{Name: d, Domains: []string{d}}
+		for _, p := range parts {
+			vh.Routes = append(vh.Routes, p.Routes...)
+		}
+		rc.VirtualHosts = append(rc.VirtualHosts, vh)
+	}
+	res.Routes = []*routev3.RouteConfiguration{rc}
+	l, err := memo.get(opts, mappers)
+	if err != nil {
+		res.Problems = append(res.Problems, Problem{Message: err.Error()})
+	}
+	res.Listeners = []*listenerv3.Listener{l}
+	return res
+}
+
+// adsSource is the config source "over the ADS stream, v3".
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+	}
+}
+
+func u32(v uint32) *wrapperspb.UInt32Value { return wrapperspb.UInt32(v) }

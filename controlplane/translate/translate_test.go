@@ -1,0 +1,513 @@
+package translate
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	statefulsessionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	cookiev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/cookie/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
+
+func translateFile(t testing.TB, name string) *Resources {
+	t.Helper()
+	return Translate(loadState(t, filepath.Join("testdata", "states", name+".json")), Options{})
+}
+
+func TestGolden(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "states", "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no input states: %v", err)
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".json")
+		t.Run(name, func(t *testing.T) {
+			res := Translate(loadState(t, f), Options{})
+			checkResources(t, res)
+			got := renderYAML(t, res)
+			golden := filepath.Join("testdata", "golden", name+".yaml")
+			if *update {
+				if err := os.WriteFile(golden, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./controlplane/translate -update)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s differs from the translation (update with -update): %s", golden, firstDiff(want, got))
+			}
+		})
+	}
+}
+
+// firstDiff describes the first line where two texts differ.
+func firstDiff(want, got []byte) string {
+	w, g := strings.Split(string(want), "\n"), strings.Split(string(got), "\n")
+	for i := range max(len(w), len(g)) {
+		var wl, gl string
+		if i < len(w) {
+			wl = w[i]
+		}
+		if i < len(g) {
+			gl = g[i]
+		}
+		if wl != gl {
+			return fmt.Sprintf("line %d: want %q, got %q", i+1, wl, gl)
+		}
+	}
+	return "same lines"
+}
+
+func clusterNamed(t *testing.T, res *Resources, name string) *clusterv3.Cluster {
+	t.Helper()
+	for _, c := range res.Clusters {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no cluster %s", name)
+	return nil
+}
+
+func endpointsByID(t *testing.T, res *Resources, cluster string) map[string]*endpointv3.LbEndpoint {
+	t.Helper()
+	out := map[string]*endpointv3.LbEndpoint{}
+	for _, cla := range res.Endpoints {
+		if cla.ClusterName != cluster {
+			continue
+		}
+		for _, loc := range cla.Endpoints {
+			for _, e := range loc.LbEndpoints {
+				out[e.GetEndpoint().GetHostname()] = e
+			}
+		}
+	}
+	return out
+}
+
+func allRoutes(res *Resources) []*routev3.Route {
+	var out []*routev3.Route
+	for _, rc := range res.Routes {
+		for _, vh := range rc.VirtualHosts {
+			out = append(out, vh.Routes...)
+		}
+	}
+	return out
+}
+
+func hasHeader(r *routev3.Route, name string) bool {
+	return slices.ContainsFunc(r.GetMatch().GetHeaders(), func(h *routev3.HeaderMatcher) bool { return h.Name == name })
+}
+
+func TestClusterLoadBalancing(t *testing.T) {
+	res := translateFile(t, "affinity-cookie")
+	c := clusterNamed(t, res, "tether_app")
+	if got := c.GetCommonLbConfig().GetHealthyPanicThreshold(); got == nil || got.Value != 0 {
+		t.Errorf("healthy_panic_threshold = %v, want explicit 0", got)
+	}
+	want := []corev3.HealthStatus{corev3.HealthStatus_HEALTHY, corev3.HealthStatus_DEGRADED, corev3.HealthStatus_DRAINING}
+	if got := c.GetCommonLbConfig().GetOverrideHostStatus().GetStatuses(); !slices.Equal(got, want) {
+		t.Errorf("override_host_status = %v, want %v", got, want)
+	}
+	od := c.GetOutlierDetection()
+	if od.GetEnforcingConsecutive_5Xx() == nil || od.GetEnforcingConsecutive_5Xx().Value != 0 || od.GetEnforcingSuccessRate().GetValue() != 0 || !od.GetSplitExternalLocalOriginErrors() {
+		t.Errorf("outlier detection ejects on 5xx or mixes local-origin errors: %v", od)
+	}
+	if c.GetCircuitBreakers().GetThresholds()[0].GetRetryBudget() == nil {
+		t.Error("no retry budget")
+	}
+	hc := c.GetHealthChecks()[0].GetHttpHealthCheck()
+	if hc.Path != "/healthcheck" || len(hc.ExpectedStatuses) != 2 || hc.ExpectedStatuses[1].Start != 202 || hc.ExpectedStatuses[1].End != 203 {
+		t.Errorf("health check = %v, want /healthcheck with [200,201) [202,203)", hc)
+	}
+
+	for _, tc := range []struct{ file, cluster string }{{"affinity-app-cookie", "tether_shop"}, {"affinity-source-ip", "tether_legacy"}} {
+		c := clusterNamed(t, translateFile(t, tc.file), tc.cluster)
+		if c.LbPolicy != clusterv3.Cluster_RING_HASH && c.LbPolicy != clusterv3.Cluster_MAGLEV {
+			t.Errorf("%s: lb_policy %v, want a hash policy", tc.file, c.LbPolicy)
+		}
+	}
+}
+
+func TestStatusRanges(t *testing.T) {
+	got := statusRanges([]int{204, 200, 202, 201, 202})
+	if len(got) != 2 || got[0].Start != 200 || got[0].End != 203 || got[1].Start != 204 || got[1].End != 205 {
+		t.Errorf("statusRanges = %v, want [200,203) [204,205)", got)
+	}
+}
+
+func TestRetryOnlyWithoutMarker(t *testing.T) {
+	for _, tc := range []struct{ file, marker string }{
+		{"affinity-cookie", "cookie"}, {"affinity-header", "x-session"}, {"affinity-app-cookie", "cookie"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			var marked, unmarked int
+			for _, r := range allRoutes(translateFile(t, tc.file)) {
+				ra := r.GetRoute()
+				if ra == nil {
+					t.Fatalf("route %s does not forward although instances are available", r.Name)
+				}
+				if hasHeader(r, tc.marker) {
+					marked++
+					if ra.RetryPolicy != nil {
+						t.Errorf("route %s carries the session marker but retries: %v", r.Name, ra.RetryPolicy)
+					}
+					continue
+				}
+				unmarked++
+				rp := ra.GetRetryPolicy()
+				if !slices.Contains(rp.GetRetriableStatusCodes(), 503) || !strings.Contains(rp.GetRetryOn(), "retriable-status-codes") ||
+					len(rp.GetRetryHostPredicate()) != 1 || rp.GetHostSelectionRetryMaxAttempts() < 3 {
+					t.Errorf("route %s (no marker) lacks the 503 retry on another host: %v", r.Name, rp)
+				}
+			}
+			if marked == 0 || unmarked == 0 {
+				t.Errorf("marked %d, unmarked %d routes: want both", marked, unmarked)
+			}
+		})
+	}
+	// Without a marker every forwarding route retries.
+	for _, r := range allRoutes(translateFile(t, "affinity-none")) {
+		if r.GetRoute().GetRetryPolicy() == nil {
+			t.Errorf("none mode: route %s does not retry", r.Name)
+		}
+	}
+}
+
+func TestCookieMarkerRegex(t *testing.T) {
+	m := markerMatcher(registry.Affinity{Mode: registry.AffinityCookie, CookieName: "ASP.NET_SessionId"})
+	re := regexp.MustCompile(m.GetStringMatch().GetSafeRegex().GetRegex())
+	for header, want := range map[string]bool{
+		"ASP.NET_SessionId=abc":             true,
+		"a=1; ASP.NET_SessionId=abc; b=2":   true,
+		"a=1,ASP.NET_SessionId=abc":         true,
+		"xASP.NET_SessionId=abc":            false,
+		"ASPxNET_SessionId=abc":             false,
+		"ASP.NET_SessionId=":                false,
+		"a=1; ASP.NET_SessionId=; b=2":      false,
+		"a=ASP.NET_SessionId=1":             false,
+		"other=1":                           false,
+		"a=1;ASP.NET_SessionId=q%3D%3D; z=": true,
+	} {
+		if got := re.MatchString(header); got != want {
+			t.Errorf("cookie %q: marker match %v, want %v", header, got, want)
+		}
+	}
+}
+
+func TestWebSocketRoutes(t *testing.T) {
+	var ws int
+	for _, r := range allRoutes(translateFile(t, "affinity-cookie")) {
+		ra := r.GetRoute()
+		if hasHeader(r, "upgrade") {
+			ws++
+			if ra.GetTimeout() == nil || ra.GetTimeout().AsDuration() != 0 || ra.GetIdleTimeout().AsDuration() < webSocketIdleTimeout {
+				t.Errorf("websocket route %s: timeout %v idle %v, want 0s and >= 1h", r.Name, ra.GetTimeout(), ra.GetIdleTimeout())
+			}
+		} else if ra.GetTimeout().AsDuration() == 0 {
+			t.Errorf("route %s has no timeout", r.Name)
+		}
+	}
+	if ws != 2 {
+		t.Errorf("%d websocket routes, want 2 (with and without session)", ws)
+	}
+	for _, r := range allRoutes(translateFile(t, "websocket-off")) {
+		if hasHeader(r, "upgrade") {
+			t.Errorf("websocket off: route %s matches upgrades", r.Name)
+		}
+		uc := r.GetRoute().GetUpgradeConfigs()
+		if len(uc) != 1 || uc[0].UpgradeType != "websocket" || uc[0].GetEnabled().GetValue() {
+			t.Errorf("websocket off: route %s upgrade_configs %v, want websocket disabled", r.Name, uc)
+		}
+	}
+}
+
+func TestStatefulSessionPerRoute(t *testing.T) {
+	for _, r := range allRoutes(translateFile(t, "affinity-cookie")) {
+		var ss statefulsessionv3.StatefulSessionPerRoute
+		if err := r.TypedPerFilterConfig[statefulSessionFilter].UnmarshalTo(&ss); err != nil {
+			t.Fatalf("route %s: %v", r.Name, err)
+		}
+		var cs cookiev3.CookieBasedSessionState
+		if err := ss.GetStatefulSession().GetSessionState().GetTypedConfig().UnmarshalTo(&cs); err != nil {
+			t.Fatalf("route %s: stateful session not on: %v", r.Name, err)
+		}
+		c := cs.Cookie
+		attrs := map[string]string{}
+		for _, a := range c.Attributes {
+			attrs[a.Name] = a.Value
+		}
+		if c.Name != "tether-app" || c.Path != "/" || c.Ttl.AsDuration() != 0 || attrs["SameSite"] != "Strict" || !hasKey(attrs, "Secure") {
+			t.Errorf("route %s cookie = %v", r.Name, c)
+		}
+	}
+	for _, r := range allRoutes(translateFile(t, "affinity-none")) {
+		var ss statefulsessionv3.StatefulSessionPerRoute
+		if err := r.TypedPerFilterConfig[statefulSessionFilter].UnmarshalTo(&ss); err != nil || !ss.GetDisabled() {
+			t.Errorf("none mode: route %s stateful session not disabled (%v)", r.Name, err)
+		}
+	}
+}
+
+func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
+
+func TestInstanceStates(t *testing.T) {
+	eps := endpointsByID(t, translateFile(t, "instance-states"), "tether_app")
+	for id, want := range map[string]corev3.HealthStatus{
+		"available": corev3.HealthStatus_HEALTHY,
+		"full":      corev3.HealthStatus_DRAINING,
+		"draining":  corev3.HealthStatus_DRAINING,
+		"unhealthy": corev3.HealthStatus_UNHEALTHY,
+	} {
+		if e := eps[id]; e == nil || e.HealthStatus != want {
+			t.Errorf("instance %s: %v, want %v", id, e.GetHealthStatus(), want)
+		}
+	}
+}
+
+func TestWeights(t *testing.T) {
+	eps := endpointsByID(t, translateFile(t, "weights-load"), "tether_app")
+	w := func(id string) uint32 { return eps[id].GetLoadBalancingWeight().GetValue() }
+	// Headroom: idle 0.93 (memory), half 0.5 (sessions), busy 0.18 (cpu), over 0 (clamped).
+	order := []string{"idle", "half", "busy", "over"}
+	for i := 1; i < len(order); i++ {
+		if w(order[i-1]) <= w(order[i]) {
+			t.Errorf("weight %s=%d not above %s=%d", order[i-1], w(order[i-1]), order[i], w(order[i]))
+		}
+	}
+	if w("nolimits") != maxWeight || w("over") != minWeight {
+		t.Errorf("weights nolimits %d over %d, want %d and %d", w("nolimits"), w("over"), maxWeight, minWeight)
+	}
+	eq := endpointsByID(t, translateFile(t, "weights-equal"), "tether_app")
+	if a, b := eq["idle"].GetLoadBalancingWeight().GetValue(), eq["busy"].GetLoadBalancingWeight().GetValue(); a != b || a == 0 {
+		t.Errorf("equal weights: %d and %d", a, b)
+	}
+	// Quantization: small noise keeps the weight.
+	in := registry.Instance{State: registry.StateAvailable, Thresholds: registry.Thresholds{MaxCPU: 100}, Load: registry.Load{CPU: 41}}
+	w1 := weight(in, registry.WeightsLoad)
+	in.Load.CPU = 42.5
+	if w2 := weight(in, registry.WeightsLoad); w1 != w2 {
+		t.Errorf("cpu 41%% → %d, 42.5%% → %d: noise changes the weight", w1, w2)
+	}
+}
+
+func TestOverload(t *testing.T) {
+	check := func(file string, status uint32, header, value string) {
+		t.Helper()
+		res := translateFile(t, file)
+		var direct, forward int
+		for _, r := range allRoutes(res) {
+			if hasHeader(r, "cookie") {
+				forward++
+				if r.GetRoute() == nil {
+					t.Errorf("%s: session route %s does not reach the cluster", file, r.Name)
+				}
+				continue
+			}
+			direct++
+			dr := r.GetDirectResponse()
+			if dr.GetStatus() != status || !slices.ContainsFunc(r.ResponseHeadersToAdd, func(h *corev3.HeaderValueOption) bool {
+				return h.Header.Key == header && h.Header.Value == value
+			}) {
+				t.Errorf("%s: route %s = %v headers %v, want %d with %s: %s", file, r.Name, dr, r.ResponseHeadersToAdd, status, header, value)
+			}
+		}
+		if direct == 0 || forward == 0 {
+			t.Errorf("%s: %d direct, %d forwarding routes", file, direct, forward)
+		}
+		mappers := localReplyMappers(t, res)
+		if len(mappers) != 1 || mappers[0].GetStatusCode().GetValue() != status {
+			t.Errorf("%s: local reply mappers %v", file, mappers)
+		}
+	}
+	check("all-full", 503, "retry-after", "120")
+	check("return-url", 302, "location", "https://status.example.com/busy?from=app")
+	check("no-instances", 503, "retry-after", "600")
+}
+
+func localReplyMappers(t *testing.T, res *Resources) []*hcmv3.ResponseMapper {
+	t.Helper()
+	var hcm hcmv3.HttpConnectionManager
+	if err := res.Listeners[0].FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+		t.Fatal(err)
+	}
+	return hcm.GetLocalReplyConfig().GetMappers()
+}
+
+func TestDomainsAndConflicts(t *testing.T) {
+	res := translateFile(t, "mixed-domains")
+	vhosts := map[string][]string{}
+	for _, vh := range res.Routes[0].VirtualHosts {
+		for _, r := range vh.Routes {
+			vhosts[vh.Name] = append(vhosts[vh.Name], r.Name)
+		}
+	}
+	if got := vhosts["*"]; len(got) == 0 || !strings.HasPrefix(got[0], "admin/") || !strings.HasPrefix(got[len(got)-1], "portal/") {
+		t.Errorf(`virtual host "*" routes %v: want admin (/admin) before portal (/)`, got)
+	}
+	if _, ok := vhosts["admin.example.com"]; !ok {
+		t.Errorf("no lower-cased virtual host admin.example.com: %v", vhosts)
+	}
+	if len(res.Problems) != 0 {
+		t.Errorf("problems %v", res.Problems)
+	}
+
+	res = translateFile(t, "conflict")
+	if len(res.Problems) != 1 || res.Problems[0].Service != "beta" || !strings.Contains(res.Problems[0].Message, "alpha") {
+		t.Errorf("problems %v, want beta losing shop.example.com / to alpha", res.Problems)
+	}
+	for _, vh := range res.Routes[0].VirtualHosts {
+		for _, r := range vh.Routes {
+			if strings.HasPrefix(r.Name, "beta/") {
+				t.Errorf("beta's route %s kept in %s", r.Name, vh.Name)
+			}
+		}
+	}
+	if len(res.Clusters) != 3 {
+		t.Errorf("%d clusters, want 3 (the loser keeps its cluster)", len(res.Clusters))
+	}
+}
+
+func TestBadServiceIsLeftOut(t *testing.T) {
+	st := loadState(t, filepath.Join("testdata", "states", "affinity-cookie.json"))
+	bad := registry.DefaultServiceConfig("bad")
+	bad.Domains = nil
+	st.Services["bad"] = &registry.Service{Name: "bad", Config: bad}
+	st.Services["app"].Instances["broken"] = registry.Instance{ID: "broken", Address: "not-an-ip", Port: 1, State: registry.StateAvailable}
+	res := Translate(st, Options{})
+	checkResources(t, res)
+	var msgs []string
+	for _, p := range res.Problems {
+		msgs = append(msgs, p.Service+": "+p.Message)
+	}
+	if len(res.Problems) != 2 || !strings.Contains(strings.Join(msgs, "\n"), "bad: service left out") ||
+		!strings.Contains(strings.Join(msgs, "\n"), "instance broken left out") {
+		t.Errorf("problems:\n%s", strings.Join(msgs, "\n"))
+	}
+	if len(res.Clusters) != 1 || res.Clusters[0].Name != "tether_app" || len(endpointsByID(t, res, "tether_app")) != 2 {
+		t.Errorf("clusters %d, want only tether_app with its 2 valid instances", len(res.Clusters))
+	}
+}
+
+func TestListener(t *testing.T) {
+	res := Translate(&registry.State{}, Options{ListenPort: 8080})
+	checkResources(t, res)
+	l := res.Listeners[0]
+	if l.Name != ListenerName || l.GetAddress().GetSocketAddress().GetPortValue() != 8080 {
+		t.Errorf("listener %s port %d", l.Name, l.GetAddress().GetSocketAddress().GetPortValue())
+	}
+	var hcm hcmv3.HttpConnectionManager
+	if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range hcm.HttpFilters {
+		names = append(names, f.Name)
+	}
+	if !slices.Equal(names, []string{headerMutationFilter, statefulSessionFilter, routerFilter}) {
+		t.Errorf("http filters %v", names)
+	}
+	var ss statefulsessionv3.StatefulSession
+	if err := hcm.HttpFilters[1].GetTypedConfig().UnmarshalTo(&ss); err != nil || ss.SessionState != nil {
+		t.Errorf("listener-level stateful session must be inert: %v %v", &ss, err)
+	}
+	if !hcm.GetUseRemoteAddress().GetValue() || hcm.GetRds().GetRouteConfigName() != RouteConfigName || hcm.GetRds().GetConfigSource().GetAds() == nil {
+		t.Errorf("hcm: %v", &hcm)
+	}
+	if len(res.Routes) != 1 || len(res.Routes[0].VirtualHosts) != 0 || len(res.Clusters) != 0 {
+		t.Errorf("empty registry: %d route configs, clusters %d", len(res.Routes), len(res.Clusters))
+	}
+}
+
+func TestDeterminism(t *testing.T) {
+	st := loadState(t, filepath.Join("testdata", "states", "mixed-domains.json"))
+	a, b := Translate(st, Options{}), Translate(st, Options{})
+	ma, mb := allMessages(a), allMessages(b)
+	if len(ma) != len(mb) || len(ma) == 0 {
+		t.Fatalf("%d vs %d resources", len(ma), len(mb))
+	}
+	opts := proto.MarshalOptions{Deterministic: true}
+	for i := range ma {
+		if !proto.Equal(ma[i], mb[i]) {
+			t.Errorf("resource %d differs between two translations", i)
+		}
+		ba, err1 := opts.Marshal(ma[i])
+		bb, err2 := opts.Marshal(mb[i])
+		if err1 != nil || err2 != nil || !bytes.Equal(ba, bb) {
+			t.Errorf("resource %d: deterministic bytes differ (%v %v)", i, err1, err2)
+		}
+	}
+}
+
+func TestCacheRetranslatesOnlyChanged(t *testing.T) {
+	st1 := loadState(t, filepath.Join("testdata", "states", "mixed-domains.json"))
+	c := NewCache(Options{})
+	r1 := c.Translate(st1)
+
+	// The watcher's next State: same pointers for unchanged services, a new one for api.
+	st2 := &registry.State{Revision: 2, Services: map[string]*registry.Service{}}
+	for k, v := range st1.Services {
+		st2.Services[k] = v
+	}
+	api := *st1.Services["api"]
+	api.Instances = map[string]registry.Instance{}
+	for id, in := range st1.Services["api"].Instances {
+		in.Load.Sessions = 480 // headroom 0.04
+		api.Instances[id] = in
+	}
+	api.Revision = 2
+	st2.Services["api"] = &api
+	r2 := c.Translate(st2)
+
+	byName := func(res *Resources) map[string]*clusterv3.Cluster {
+		m := map[string]*clusterv3.Cluster{}
+		for _, cl := range res.Clusters {
+			m[cl.Name] = cl
+		}
+		return m
+	}
+	c1, c2 := byName(r1), byName(r2)
+	for _, name := range []string{"tether_admin", "tether_portal"} {
+		if c1[name] == nil || c1[name] != c2[name] {
+			t.Errorf("%s was re-translated although its service did not change", name)
+		}
+	}
+	if c1["tether_api"] == c2["tether_api"] {
+		t.Error("tether_api was not re-translated")
+	}
+	fresh := Translate(st2, Options{})
+	m2, mf := allMessages(r2), allMessages(fresh)
+	for i := range mf {
+		if !proto.Equal(m2[i], mf[i]) {
+			t.Errorf("cached translation differs from a fresh one at resource %d", i)
+		}
+	}
+	if w := endpointsByID(t, r2, "tether_api")["v1"].GetLoadBalancingWeight().GetValue(); w != minWeight {
+		t.Errorf("api weight after load change = %d, want %d", w, minWeight)
+	}
+
+	// A service removed from the State is dropped.
+	delete(st2.Services, "admin")
+	if _, ok := byName(c.Translate(st2))["tether_admin"]; ok {
+		t.Error("removed service still translated")
+	}
+}

@@ -1,0 +1,214 @@
+package controlplane
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/log"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/rs/zerolog"
+)
+
+// DefaultGroup is the gateway group of an Envoy whose node.cluster is empty.
+const DefaultGroup = "default"
+
+// groupHash groups Envoys by node.cluster so that one snapshot serves a whole group.
+type groupHash struct{}
+
+// ID returns the node's gateway group.
+func (groupHash) ID(node *core.Node) string { return groupOf(node) }
+
+func groupOf(node *core.Node) string {
+	if node == nil || node.GetCluster() == "" {
+		return DefaultGroup
+	}
+	return node.GetCluster()
+}
+
+// shortType turns a type URL into its last element, e.g. "Cluster".
+func shortType(typeURL string) string {
+	if i := strings.LastIndexByte(typeURL, '.'); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
+}
+
+// ClientInfo describes one connected Envoy stream.
+type ClientInfo struct {
+	StreamID    int64             `json:"streamId"`
+	Variant     string            `json:"variant"` // sotw or delta
+	NodeID      string            `json:"nodeId"`
+	Group       string            `json:"group"`
+	ConnectedAt time.Time         `json:"connectedAt"`
+	Acked       map[string]string `json:"acked"` // resource type -> last ACKed version
+	NACKs       int               `json:"nacks"`
+	LastNACK    string            `json:"lastNack,omitempty"`
+}
+
+// tracker follows connected streams, their ACKs and NACKs, and the gateway groups seen.
+type tracker struct {
+	log     zerolog.Logger
+	m       *metrics
+	onGroup func(group string)
+
+	mu      sync.Mutex
+	streams map[int64]*ClientInfo
+	sent    map[int64]map[string]string // stream -> nonce -> type version sent
+}
+
+func newTracker(log zerolog.Logger, m *metrics, onGroup func(string)) *tracker {
+	return &tracker{log: log, m: m, onGroup: onGroup,
+		streams: map[int64]*ClientInfo{}, sent: map[int64]map[string]string{}}
+}
+
+func (t *tracker) open(id int64, variant string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.streams[id] = &ClientInfo{StreamID: id, Variant: variant, ConnectedAt: time.Now().UTC(), Acked: map[string]string{}}
+	t.sent[id] = map[string]string{}
+	t.m.streams.WithLabelValues(variant).Inc()
+}
+
+func (t *tracker) closed(id int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if c, ok := t.streams[id]; ok {
+		t.m.streams.WithLabelValues(c.Variant).Dec()
+		t.log.Info().Int64("stream", id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream closed")
+	}
+	delete(t.streams, id)
+	delete(t.sent, id)
+}
+
+// request records a request: its node, and whether it ACKs or NACKs the response of nonce.
+func (t *tracker) request(id int64, node *core.Node, typeURL, nonce string, nack *errorDetail) {
+	var newGroup string
+	t.mu.Lock()
+	c, ok := t.streams[id]
+	if ok && node != nil && c.NodeID == "" {
+		c.NodeID, c.Group = node.GetId(), groupOf(node)
+		newGroup = c.Group
+		t.log.Info().Int64("stream", id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream opened")
+	}
+	if ok && nonce != "" {
+		version := t.sent[id][nonce]
+		delete(t.sent[id], nonce)
+		if nack != nil {
+			c.NACKs++
+			c.LastNACK = nack.message
+			t.m.nacks.WithLabelValues(shortType(typeURL)).Inc()
+			t.log.Error().Int64("stream", id).Str("node", c.NodeID).Str("group", c.Group).Str("type", shortType(typeURL)).
+				Str("version", version).Int32("code", nack.code).Str("error", nack.message).Msg("Envoy rejected configuration (NACK)")
+		} else if version != "" {
+			c.Acked[shortType(typeURL)] = version
+		}
+	}
+	t.mu.Unlock()
+	if newGroup != "" && t.onGroup != nil {
+		t.onGroup(newGroup)
+	}
+}
+
+func (t *tracker) response(id int64, variant, typeURL, nonce, version string) {
+	t.m.responses.WithLabelValues(variant, shortType(typeURL)).Inc()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s, ok := t.sent[id]; ok && nonce != "" {
+		// Bound the map: Envoy ACKs or NACKs every nonce, but a misbehaving client may not.
+		if len(s) > 256 {
+			clear(s)
+		}
+		s[nonce] = version
+	}
+}
+
+// clients returns the connected streams, by stream ID.
+func (t *tracker) clients() []ClientInfo {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]ClientInfo, 0, len(t.streams))
+	for _, c := range t.streams {
+		cp := *c
+		cp.Acked = make(map[string]string, len(c.Acked))
+		for k, v := range c.Acked {
+			cp.Acked[k] = v
+		}
+		out = append(out, cp)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].StreamID < out[j].StreamID })
+	return out
+}
+
+type errorDetail struct {
+	code    int32
+	message string
+}
+
+func detail(s interface {
+	GetCode() int32
+	GetMessage() string
+}) *errorDetail {
+	if s == nil || (s.GetCode() == 0 && s.GetMessage() == "") {
+		return nil
+	}
+	return &errorDetail{code: s.GetCode(), message: s.GetMessage()}
+}
+
+// callbacks wires the tracker into go-control-plane's server.
+func (t *tracker) callbacks() serverv3.Callbacks {
+	return serverv3.CallbackFuncs{
+		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+			t.open(id, "sotw")
+			return nil
+		},
+		StreamClosedFunc: func(id int64, _ *core.Node) { t.closed(id) },
+		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
+			var nack *errorDetail
+			if req.GetErrorDetail() != nil {
+				nack = detail(req.GetErrorDetail())
+			}
+			t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
+			return nil
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+			t.response(id, "sotw", resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+		},
+		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+			t.open(id, "delta")
+			return nil
+		},
+		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { t.closed(id) },
+		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			var nack *errorDetail
+			if req.GetErrorDetail() != nil {
+				nack = detail(req.GetErrorDetail())
+			}
+			t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
+			return nil
+		},
+		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+			t.response(id, "delta", resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+		},
+	}
+}
+
+// cacheLogger adapts zerolog to go-control-plane's logger; its debug chatter stays at trace.
+func cacheLogger(l zerolog.Logger) log.Logger {
+	return log.LoggerFuncs{
+		DebugFunc: func(f string, a ...any) { l.Trace().Msgf(f, a...) },
+		InfoFunc:  func(f string, a ...any) { l.Debug().Msgf(f, a...) },
+		WarnFunc:  func(f string, a ...any) { l.Warn().Msgf(f, a...) },
+		ErrorFunc: func(f string, a ...any) { l.Error().Msgf(f, a...) },
+	}
+}
+
+// newSnapshotCache returns the ADS snapshot cache keyed by gateway group.
+func newSnapshotCache(l zerolog.Logger) cachev3.SnapshotCache {
+	return cachev3.NewSnapshotCache(true, groupHash{}, cacheLogger(l))
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Local demo without Docker: the control plane on its embedded etcd, three sessionapp
+# instances with their agents on loopback, and Envoy when an `envoy` binary is on PATH.
+# Ctrl-C stops everything: agents drain first, then the apps, then the control plane.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+DATA=$(mktemp -d -t tether-demo.XXXXXX)
+ADMIN=127.0.0.1:18001
+agents=() apps=() others=()
+
+stop() {
+  trap - EXIT INT TERM
+  echo; echo "demo: stopping (agents drain first)..."
+  [ ${#agents[@]} -gt 0 ] && kill -TERM "${agents[@]}" 2>/dev/null || true
+  for p in "${agents[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ ${#apps[@]} -gt 0 ] && kill -TERM "${apps[@]}" 2>/dev/null || true
+  [ ${#others[@]} -gt 0 ] && kill -TERM "${others[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$DATA"
+  echo "demo: stopped"
+}
+trap stop EXIT INT TERM
+
+"$BIN/tether-controlplane" --data-dir "$DATA/etcd" --admin-addr "$ADMIN" --log-format console --log-level warn &
+others+=($!)
+for _ in $(seq 1 120); do
+  curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+curl -fsS "http://$ADMIN/readyz" >/dev/null || { echo "demo: control plane not ready after 60 s" >&2; exit 1; }
+
+for i in 1 2 3; do
+  port=500$i
+  "$BIN/sessionapp" --listen "127.0.0.1:$port" --name "app$i" &
+  apps+=($!)
+  "$BIN/tether-agent" --service app --id "app$i" --address 127.0.0.1 --port "$port" \
+    --health-url "http://127.0.0.1:$port/healthcheck" --sessions-url "http://127.0.0.1:$port/sessions" \
+    --max-sessions 100 --interval 1s --drain-timeout 5s --metrics-addr "127.0.0.1:910$i" \
+    --log-format console --log-level warn &
+  agents+=($!)
+done
+
+if command -v envoy >/dev/null 2>&1; then
+  envoy -c envoy/bootstrap.yaml --service-node envoy-demo --service-cluster default --log-level warn &
+  others+=($!)
+  envoy_line="  through Envoy:   http://127.0.0.1:10000/   (Envoy admin http://127.0.0.1:9901/)"
+else
+  envoy_line="  no envoy on PATH: install Envoy 1.3x (https://www.envoyproxy.io/docs/envoy/latest/start/install)
+                   and run: envoy -c envoy/bootstrap.yaml --service-cluster default"
+fi
+
+cat <<MSG
+
+Tether demo is up.
+  monitor:         http://$ADMIN/        (/metrics, /debug/config, /api/state)
+  apps directly:   http://127.0.0.1:5001/  http://127.0.0.1:5002/  http://127.0.0.1:5003/
+$envoy_line
+  registry:        ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2379 get --prefix /tether/
+  fill app1:       curl -X POST 'http://127.0.0.1:5001/load?sessions=150'   (over its 100 sessions: full)
+  empty it:        curl -X POST 'http://127.0.0.1:5001/load?sessions=0'
+Press Ctrl-C to stop.
+MSG
+wait "${others[0]}"

@@ -1,0 +1,185 @@
+// Package cli holds the command-line helpers shared by tether-agent and tether-controlplane:
+// environment binding of flags, the etcd client flags and the logger.
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// EnvName returns the environment variable that backs a flag: TETHER_ and the flag name in
+// upper case with '-' replaced by '_' (max-sessions -> TETHER_MAX_SESSIONS).
+func EnvName(flagName string) string {
+	return "TETHER_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// BindEnv sets each flag of fs that was not given on the command line from TETHER_<NAME>
+// (upper case, '-' -> '_'); call after fs.Parse. A bad value yields an error naming the
+// variable and the flag.
+func BindEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		env := EnvName(f.Name)
+		v, ok := lookup(env)
+		if !ok {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("environment %s=%q: invalid value for --%s: %w", env, v, f.Name, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// EtcdFlags are the etcd client flags shared by both binaries.
+type EtcdFlags struct {
+	Endpoints, CA, Cert, Key, User, PasswordFile string
+	DialTimeout                                  time.Duration
+}
+
+// PasswordEnv is the environment variable holding the etcd password when
+// --etcd-password-file is not given. The password is never a plain flag.
+const PasswordEnv = "TETHER_ETCD_PASSWORD"
+
+// Register defines --etcd-endpoints, --etcd-ca, --etcd-cert, --etcd-key, --etcd-user,
+// --etcd-password-file and --etcd-dial-timeout on fs.
+func (e *EtcdFlags) Register(fs *flag.FlagSet, defaultEndpoints string) {
+	fs.StringVar(&e.Endpoints, "etcd-endpoints", defaultEndpoints, "comma-separated etcd endpoints (host:port or URL)")
+	fs.StringVar(&e.CA, "etcd-ca", "", "CA certificate file that signs the etcd server certificates (enables TLS)")
+	fs.StringVar(&e.Cert, "etcd-cert", "", "client certificate file for etcd TLS (with --etcd-key)")
+	fs.StringVar(&e.Key, "etcd-key", "", "client private key file for etcd TLS (with --etcd-cert)")
+	fs.StringVar(&e.User, "etcd-user", "", "etcd user name (password from --etcd-password-file or "+PasswordEnv+")")
+	fs.StringVar(&e.PasswordFile, "etcd-password-file", "", "file holding the etcd password")
+	fs.DurationVar(&e.DialTimeout, "etcd-dial-timeout", 5*time.Second, "timeout of the first connection to etcd")
+}
+
+// ClientConfig builds the etcd client configuration. Endpoints without a scheme get http://
+// (https:// when --etcd-ca or --etcd-cert is given). Errors name the flag at fault.
+func (e *EtcdFlags) ClientConfig(lookup func(string) (string, bool)) (clientv3.Config, error) {
+	var cfg clientv3.Config
+	tlsOn := e.CA != "" || e.Cert != "" || e.Key != ""
+	for _, ep := range strings.Split(e.Endpoints, ",") {
+		ep = strings.TrimSpace(ep)
+		if ep == "" {
+			continue
+		}
+		if strings.ContainsAny(ep, " \t") {
+			return cfg, fmt.Errorf("--etcd-endpoints: %q holds a space; use a comma-separated list such as 10.0.0.1:2379,10.0.0.2:2379", ep)
+		}
+		if !strings.Contains(ep, "://") {
+			if tlsOn {
+				ep = "https://" + ep
+			} else {
+				ep = "http://" + ep
+			}
+		} else if !strings.HasPrefix(ep, "http://") && !strings.HasPrefix(ep, "https://") && !strings.HasPrefix(ep, "unix://") && !strings.HasPrefix(ep, "unixs://") {
+			return cfg, fmt.Errorf("--etcd-endpoints: %q has an unknown scheme; use host:port, http://, https:// or unix://", ep)
+		}
+		cfg.Endpoints = append(cfg.Endpoints, ep)
+	}
+	if len(cfg.Endpoints) == 0 {
+		return cfg, errors.New("--etcd-endpoints: no endpoint given; use e.g. 127.0.0.1:2379")
+	}
+	if e.DialTimeout <= 0 {
+		return cfg, fmt.Errorf("--etcd-dial-timeout: %s must be positive, e.g. 5s", e.DialTimeout)
+	}
+	cfg.DialTimeout = e.DialTimeout
+	cfg.Logger = zap.NewNop()
+	if (e.Cert == "") != (e.Key == "") {
+		return cfg, errors.New("--etcd-cert and --etcd-key: give both or neither")
+	}
+	if tlsOn {
+		for flagName, file := range map[string]string{"--etcd-ca": e.CA, "--etcd-cert": e.Cert, "--etcd-key": e.Key} {
+			if file == "" {
+				continue
+			}
+			if _, err := os.Stat(file); err != nil {
+				return cfg, fmt.Errorf("%s: %w", flagName, err)
+			}
+		}
+		info := transport.TLSInfo{CertFile: e.Cert, KeyFile: e.Key, TrustedCAFile: e.CA}
+		tc, err := info.ClientConfig()
+		if err != nil {
+			return cfg, fmt.Errorf("--etcd-ca/--etcd-cert/--etcd-key: %w", err)
+		}
+		cfg.TLS = tc
+	}
+	if e.User != "" {
+		pw, err := e.password(lookup)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Username, cfg.Password = e.User, pw
+	} else if e.PasswordFile != "" {
+		return cfg, errors.New("--etcd-password-file needs --etcd-user")
+	}
+	return cfg, nil
+}
+
+func (e *EtcdFlags) password(lookup func(string) (string, bool)) (string, error) {
+	if e.PasswordFile != "" {
+		b, err := os.ReadFile(e.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("--etcd-password-file: %w", err)
+		}
+		pw := strings.TrimRight(string(b), "\r\n")
+		if pw == "" {
+			return "", fmt.Errorf("--etcd-password-file: %s is empty", e.PasswordFile)
+		}
+		return pw, nil
+	}
+	if pw, ok := lookup(PasswordEnv); ok && pw != "" {
+		return pw, nil
+	}
+	return "", fmt.Errorf("--etcd-user %q needs a password: --etcd-password-file or %s", e.User, PasswordEnv)
+}
+
+// NewLogger builds the zerolog logger: level debug|info|warn|error, format json|console
+// ("" = console when w is a terminal, else json).
+func NewLogger(level, format string, w *os.File) (zerolog.Logger, error) {
+	var lvl zerolog.Level
+	switch level {
+	case "debug":
+		lvl = zerolog.DebugLevel
+	case "info", "":
+		lvl = zerolog.InfoLevel
+	case "warn":
+		lvl = zerolog.WarnLevel
+	case "error":
+		lvl = zerolog.ErrorLevel
+	default:
+		return zerolog.Nop(), fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", level)
+	}
+	if format == "" {
+		format = "json"
+		if isatty.IsTerminal(w.Fd()) || isatty.IsCygwinTerminal(w.Fd()) {
+			format = "console"
+		}
+	}
+	var out io.Writer
+	switch format {
+	case "json":
+		out = w
+	case "console":
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Nop(), fmt.Errorf("--log-format: %q is not one of json, console", format)
+	}
+	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), nil
+}

@@ -1,0 +1,461 @@
+// Package xdsclient is a simulated Envoy: an ADS client, state-of-the-world or delta, that
+// subscribes to listeners and clusters, follows them to routes and endpoints, and ACKs every
+// response the way Envoy does. Tests and the load harness use it to see what the control
+// plane serves.
+package xdsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3" // ClusterLoadAssignment
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"    // RouteConfiguration
+)
+
+// Variant of the ADS protocol.
+type Variant string
+
+// ADS variants.
+const (
+	SotW  Variant = "sotw"
+	Delta Variant = "delta"
+)
+
+// Types in the order Envoy asks for them.
+var Types = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// Update is one response received.
+type Update struct {
+	TypeURL string
+	Version string
+	Names   []string // resources added or changed (all of them for state-of-the-world)
+	Removed []string
+	Bytes   int
+	At      time.Time
+	// Resources are the resources of this response by name; they are shared with the
+	// client: read them only.
+	Resources map[string]proto.Message
+}
+
+// Client is one simulated Envoy.
+type Client struct {
+	Variant Variant
+	Node    *core.Node
+	// NACK, when set, is asked about every response; returning a non-empty message rejects it.
+	NACK func(typeURL string, resources map[string]proto.Message) string
+	// OnUpdate, when set, is called for every response after it is applied.
+	OnUpdate func(Update)
+
+	mu        sync.Mutex
+	resources map[string]map[string]proto.Message
+	rversions map[string]map[string]string
+	versions  map[string]string
+	subs      map[string][]string
+	bytes     int64
+	responses int64
+	nacks     int64
+	changed   chan struct{}
+}
+
+// New returns a client of the given variant for node (id, cluster).
+func New(v Variant, nodeID, cluster string) *Client {
+	c := &Client{Variant: v, Node: &core.Node{Id: nodeID, Cluster: cluster},
+		resources: map[string]map[string]proto.Message{}, rversions: map[string]map[string]string{},
+		versions: map[string]string{}, subs: map[string][]string{}, changed: make(chan struct{})}
+	for _, t := range Types {
+		c.resources[t] = map[string]proto.Message{}
+		c.rversions[t] = map[string]string{}
+	}
+	return c
+}
+
+// Run opens the ADS stream on conn and keeps it until ctx ends or the stream fails.
+func (c *Client) Run(ctx context.Context, conn grpc.ClientConnInterface) error {
+	ads := discovery.NewAggregatedDiscoveryServiceClient(conn)
+	if c.Variant == Delta {
+		return c.runDelta(ctx, ads)
+	}
+	return c.runSotW(ctx, ads)
+}
+
+func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient) error {
+	stream, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		return fmt.Errorf("open ADS stream: %w", err)
+	}
+	first := true
+	send := func(typeURL, version, nonce string, names []string, nack string) error {
+		req := &discovery.DiscoveryRequest{TypeUrl: typeURL, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names}
+		if first {
+			req.Node, first = c.Node, false
+		}
+		if nack != "" {
+			req.ErrorDetail = &status.Status{Code: 3, Message: nack}
+		}
+		if err := stream.Send(req); err != nil {
+			return fmt.Errorf("send %s request: %w", typeURL, err)
+		}
+		return nil
+	}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if err := send(t, "", "", nil, ""); err != nil {
+			return err
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		got := map[string]proto.Message{}
+		for _, a := range resp.GetResources() {
+			m, name, err := unpack(a)
+			if err != nil {
+				return err
+			}
+			got[name] = m
+		}
+		typeURL := resp.GetTypeUrl()
+		if msg := c.nackMessage(typeURL, got); msg != "" {
+			c.mu.Lock()
+			prev, names := c.versions[typeURL], c.subs[typeURL]
+			c.mu.Unlock()
+			if err := send(typeURL, prev, resp.GetNonce(), names, msg); err != nil {
+				return err
+			}
+			c.countNACK()
+			continue
+		}
+		upd := Update{TypeURL: typeURL, Version: resp.GetVersionInfo(), Bytes: proto.Size(resp), At: time.Now(), Resources: got}
+		c.mu.Lock()
+		c.bytes += int64(upd.Bytes)
+		c.responses++
+		old := c.resources[typeURL]
+		if typeURL == resourcev3.EndpointType || typeURL == resourcev3.RouteType {
+			// Non-wildcard types: a response may carry a subset of the subscribed names.
+			for n, m := range got {
+				old[n] = m
+			}
+		} else {
+			for n := range old {
+				if _, ok := got[n]; !ok {
+					upd.Removed = append(upd.Removed, n)
+				}
+			}
+			c.resources[typeURL] = got
+		}
+		for n := range got {
+			upd.Names = append(upd.Names, n)
+		}
+		c.versions[typeURL] = resp.GetVersionInfo()
+		follow, followNames := c.followLocked(typeURL)
+		names := c.subs[typeURL]
+		c.notifyLocked()
+		c.mu.Unlock()
+		sort.Strings(upd.Names)
+		if c.OnUpdate != nil {
+			c.OnUpdate(upd)
+		}
+		if err := send(typeURL, resp.GetVersionInfo(), resp.GetNonce(), names, ""); err != nil {
+			return err
+		}
+		if follow != "" {
+			c.mu.Lock()
+			v := c.versions[follow]
+			c.mu.Unlock()
+			if err := send(follow, v, "", followNames, ""); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient) error {
+	stream, err := ads.DeltaAggregatedResources(ctx)
+	if err != nil {
+		return fmt.Errorf("open delta ADS stream: %w", err)
+	}
+	first := true
+	send := func(req *discovery.DeltaDiscoveryRequest) error {
+		if first {
+			req.Node, first = c.Node, false
+		}
+		if err := stream.Send(req); err != nil {
+			return fmt.Errorf("send delta %s request: %w", req.GetTypeUrl(), err)
+		}
+		return nil
+	}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if err := send(&discovery.DeltaDiscoveryRequest{TypeUrl: t}); err != nil {
+			return err
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		typeURL := resp.GetTypeUrl()
+		got := map[string]proto.Message{}
+		gotVersions := map[string]string{}
+		for _, r := range resp.GetResources() {
+			m, name, err := unpack(r.GetResource())
+			if err != nil {
+				return err
+			}
+			got[name] = m
+			gotVersions[name] = r.GetVersion()
+		}
+		if msg := c.nackMessage(typeURL, got); msg != "" {
+			if err := send(&discovery.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: resp.GetNonce(),
+				ErrorDetail: &status.Status{Code: 3, Message: msg}}); err != nil {
+				return err
+			}
+			c.countNACK()
+			continue
+		}
+		upd := Update{TypeURL: typeURL, Version: resp.GetSystemVersionInfo(), Removed: resp.GetRemovedResources(), Bytes: proto.Size(resp), At: time.Now(), Resources: got}
+		c.mu.Lock()
+		c.bytes += int64(upd.Bytes)
+		c.responses++
+		for n, m := range got {
+			c.resources[typeURL][n] = m
+			c.rversions[typeURL][n] = gotVersions[n]
+			upd.Names = append(upd.Names, n)
+		}
+		for _, n := range resp.GetRemovedResources() {
+			delete(c.resources[typeURL], n)
+			delete(c.rversions[typeURL], n)
+		}
+		c.versions[typeURL] = resp.GetSystemVersionInfo()
+		prevNames := c.subs[followType(typeURL)]
+		follow, followNames := c.followLocked(typeURL)
+		c.notifyLocked()
+		c.mu.Unlock()
+		sort.Strings(upd.Names)
+		if c.OnUpdate != nil {
+			c.OnUpdate(upd)
+		}
+		if err := send(&discovery.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: resp.GetNonce()}); err != nil {
+			return err
+		}
+		if follow != "" {
+			sub, unsub := diff(prevNames, followNames)
+			if len(sub) > 0 || len(unsub) > 0 {
+				if err := send(&discovery.DeltaDiscoveryRequest{TypeUrl: follow, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// followType is the type whose names a response of typeURL determines.
+func followType(typeURL string) string {
+	switch typeURL {
+	case resourcev3.ClusterType:
+		return resourcev3.EndpointType
+	case resourcev3.ListenerType:
+		return resourcev3.RouteType
+	}
+	return ""
+}
+
+// followLocked updates the subscription that follows typeURL (endpoints of EDS clusters,
+// routes of listeners) and returns it when it changed.
+func (c *Client) followLocked(typeURL string) (string, []string) {
+	f := followType(typeURL)
+	if f == "" {
+		return "", nil
+	}
+	var names []string
+	for _, m := range c.resources[typeURL] {
+		switch r := m.(type) {
+		case *clusterv3.Cluster:
+			if r.GetType() == clusterv3.Cluster_EDS {
+				n := r.GetName()
+				if sn := r.GetEdsClusterConfig().GetServiceName(); sn != "" {
+					n = sn
+				}
+				names = append(names, n)
+			}
+		case *listenerv3.Listener:
+			for _, fc := range r.GetFilterChains() {
+				for _, fl := range fc.GetFilters() {
+					var h hcm.HttpConnectionManager
+					if fl.GetTypedConfig().UnmarshalTo(&h) == nil && h.GetRds() != nil {
+						names = append(names, h.GetRds().GetRouteConfigName())
+					}
+				}
+			}
+		}
+	}
+	sort.Strings(names)
+	names = dedupe(names)
+	if equal(names, c.subs[f]) {
+		return "", nil
+	}
+	// Forget resources no longer subscribed.
+	keep := map[string]bool{}
+	for _, n := range names {
+		keep[n] = true
+	}
+	for n := range c.resources[f] {
+		if !keep[n] {
+			delete(c.resources[f], n)
+			delete(c.rversions[f], n)
+		}
+	}
+	c.subs[f] = names
+	return f, names
+}
+
+func (c *Client) nackMessage(typeURL string, got map[string]proto.Message) string {
+	if c.NACK == nil {
+		return ""
+	}
+	return c.NACK(typeURL, got)
+}
+
+// countNACK records a NACK that was sent.
+func (c *Client) countNACK() {
+	c.mu.Lock()
+	c.nacks++
+	c.notifyLocked()
+	c.mu.Unlock()
+}
+
+func (c *Client) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func unpack(a *anypb.Any) (proto.Message, string, error) {
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		return nil, "", fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err)
+	}
+	switch r := m.(type) {
+	case interface{ GetClusterName() string }: // ClusterLoadAssignment
+		return m, r.GetClusterName(), nil
+	case interface{ GetName() string }:
+		return m, r.GetName(), nil
+	}
+	return nil, "", fmt.Errorf("resource %s has no name", a.GetTypeUrl())
+}
+
+// View is what the client holds at one moment.
+type View struct {
+	Resources map[string]map[string]proto.Message // type URL -> name -> resource
+	Versions  map[string]string                   // type URL -> last version (system version for delta)
+	// ResourceVersions are the per-resource versions of the delta variant.
+	ResourceVersions map[string]map[string]string
+	Bytes            int64
+	Responses        int64
+	NACKs            int64
+}
+
+// View returns a copy of what the client holds (the resources themselves are shared: do not modify them).
+func (c *Client) View() View {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v := View{Resources: map[string]map[string]proto.Message{}, Versions: map[string]string{},
+		ResourceVersions: map[string]map[string]string{}, Bytes: c.bytes, Responses: c.responses, NACKs: c.nacks}
+	for t, rs := range c.resources {
+		v.Resources[t] = make(map[string]proto.Message, len(rs))
+		for n, m := range rs {
+			v.Resources[t][n] = m
+		}
+		v.ResourceVersions[t] = make(map[string]string, len(c.rversions[t]))
+		for n, rv := range c.rversions[t] {
+			v.ResourceVersions[t][n] = rv
+		}
+	}
+	for t, ver := range c.versions {
+		v.Versions[t] = ver
+	}
+	return v
+}
+
+// Count returns how many resources of typeURL the client holds, without copying them.
+func (c *Client) Count(typeURL string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.resources[typeURL])
+}
+
+// ErrTimeout is returned by WaitFor when ctx ends before the condition holds.
+var ErrTimeout = errors.New("condition not met before the deadline")
+
+// WaitFor blocks until cond holds on the client's view or ctx ends.
+func (c *Client) WaitFor(ctx context.Context, cond func(View) bool) error {
+	for {
+		c.mu.Lock()
+		ch := c.changed
+		c.mu.Unlock()
+		if cond(c.View()) {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrTimeout, ctx.Err())
+		}
+	}
+}
+
+func dedupe(s []string) []string {
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func diff(old, cur []string) (sub, unsub []string) {
+	o, n := map[string]bool{}, map[string]bool{}
+	for _, v := range old {
+		o[v] = true
+	}
+	for _, v := range cur {
+		n[v] = true
+		if !o[v] {
+			sub = append(sub, v)
+		}
+	}
+	for _, v := range old {
+		if !n[v] {
+			unsub = append(unsub, v)
+		}
+	}
+	return sub, unsub
+}

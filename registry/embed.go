@@ -1,0 +1,106 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// EmbedConfig configures the embedded single-node etcd.
+type EmbedConfig struct {
+	// Dir holds etcd's data; it survives restarts.
+	Dir string
+	// ClientURL is where clients (agents, etcdctl) connect, e.g. http://127.0.0.1:2379.
+	ClientURL string
+	// PeerURL is the (unused by a single node, but required) peer URL, e.g. http://127.0.0.1:2380.
+	PeerURL string
+	// TickMs and ElectionMs are etcd's heartbeat and election times; 0 keeps etcd's defaults.
+	TickMs, ElectionMs uint
+	// LogLevel of etcd's own logger (debug, info, warn, error); empty discards etcd's logs,
+	// whose shutdown chatter is logged at error level.
+	LogLevel string
+	// StartTimeout bounds the wait for the server to be ready; 0 means 60 s.
+	StartTimeout time.Duration
+	// Configure, when set, may adjust etcd's configuration further (TLS, auth) before start.
+	Configure func(*embed.Config)
+}
+
+// Embedded is a running embedded etcd server.
+type Embedded struct {
+	etcd      *embed.Etcd
+	Endpoints []string
+}
+
+// StartEmbedded starts a single-node etcd and waits until it serves clients.
+func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
+	cu, err := url.Parse(c.ClientURL)
+	if err != nil || cu.Host == "" {
+		return nil, fmt.Errorf("embedded etcd: client URL %q is not a URL such as http://127.0.0.1:2379", c.ClientURL)
+	}
+	pu, err := url.Parse(c.PeerURL)
+	if err != nil || pu.Host == "" {
+		return nil, fmt.Errorf("embedded etcd: peer URL %q is not a URL such as http://127.0.0.1:2380", c.PeerURL)
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "tether"
+	cfg.Dir = c.Dir
+	cfg.ListenClientUrls = []url.URL{*cu}
+	cfg.AdvertiseClientUrls = []url.URL{*cu}
+	cfg.ListenPeerUrls = []url.URL{*pu}
+	cfg.AdvertisePeerUrls = []url.URL{*pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	if c.LogLevel != "" {
+		cfg.LogLevel = c.LogLevel
+	} else {
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	}
+	if c.TickMs > 0 {
+		cfg.TickMs = c.TickMs
+	}
+	if c.ElectionMs > 0 {
+		cfg.ElectionMs = c.ElectionMs
+	}
+	// Keep one hour of history so that watchers can resume; older revisions are compacted.
+	cfg.AutoCompactionMode = "periodic"
+	cfg.AutoCompactionRetention = "1h"
+	if c.Configure != nil {
+		c.Configure(cfg)
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: start with data dir %q: %w", c.Dir, err)
+	}
+	timeout := c.StartTimeout
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-t.C:
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: not ready after %s", timeout)
+	case <-ctx.Done():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", ctx.Err())
+	}
+	eps := make([]string, 0, len(cfg.AdvertiseClientUrls))
+	for _, u := range cfg.AdvertiseClientUrls {
+		eps = append(eps, u.String())
+	}
+	return &Embedded{etcd: e, Endpoints: eps}, nil
+}
+
+// Err reports a fatal server error.
+func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
+
+// Close stops the server and waits for it.
+func (e *Embedded) Close() { e.etcd.Close() }

@@ -1,0 +1,72 @@
+package registry
+
+import (
+	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// DefaultPrefix is the default etcd key prefix.
+const DefaultPrefix = "/tether"
+
+// NormalizePrefix checks an etcd key prefix and returns it without a trailing slash.
+func NormalizePrefix(prefix string) (string, error) {
+	p := strings.TrimRight(prefix, "/")
+	if !strings.HasPrefix(p, "/") || len(p) > 128 || !utf8.ValidString(p) ||
+		strings.IndexFunc(p, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return "", fmt.Errorf("prefix %q must start with '/', e.g. /tether, and hold no spaces", prefix)
+	}
+	return p, nil
+}
+
+// ServicesPrefix returns the key prefix of all service configurations.
+func ServicesPrefix(prefix string) string { return prefix + "/services/" }
+
+// InstancesPrefix returns the key prefix of all instances.
+func InstancesPrefix(prefix string) string { return prefix + "/instances/" }
+
+// ServiceKey returns the key of a service's configuration.
+func ServiceKey(prefix, service string) string { return ServicesPrefix(prefix) + service }
+
+// InstanceKey returns the key of one instance.
+func InstanceKey(prefix, service, id string) string {
+	return InstancesPrefix(prefix) + service + "/" + id
+}
+
+// KeyKind tells what a registry key names.
+type KeyKind int
+
+// Key kinds.
+const (
+	KeyUnknown KeyKind = iota
+	KeyService
+	KeyInstance
+)
+
+// ParseKey splits a key under prefix into its kind, service and instance ID. Keys outside
+// the schema return KeyUnknown and an error.
+func ParseKey(prefix, key string) (KeyKind, string, string, error) {
+	switch {
+	case strings.HasPrefix(key, ServicesPrefix(prefix)):
+		svc := strings.TrimPrefix(key, ServicesPrefix(prefix))
+		if err := ValidateServiceName(svc); err != nil {
+			return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
+		}
+		return KeyService, svc, "", nil
+	case strings.HasPrefix(key, InstancesPrefix(prefix)):
+		rest := strings.TrimPrefix(key, InstancesPrefix(prefix))
+		svc, id, ok := strings.Cut(rest, "/")
+		if !ok {
+			return KeyUnknown, "", "", fmt.Errorf("key %q: want %s<service>/<id>", key, InstancesPrefix(prefix))
+		}
+		if err := ValidateServiceName(svc); err != nil {
+			return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
+		}
+		if err := ValidateInstanceID(id); err != nil {
+			return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
+		}
+		return KeyInstance, svc, id, nil
+	}
+	return KeyUnknown, "", "", fmt.Errorf("key %q is neither under %s nor %s", key, ServicesPrefix(prefix), InstancesPrefix(prefix))
+}

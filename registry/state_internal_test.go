@@ -1,0 +1,154 @@
+package registry
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func instJSON(id, state string, sessions int) string {
+	return fmt.Sprintf(`{"id":%q,"address":"10.0.0.5","port":5000,"state":%q,"load":{"sessions":%d}}`, id, state, sessions)
+}
+
+func put(key, value string, rev int64) *clientv3.Event {
+	return &clientv3.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte(key), Value: []byte(value), ModRevision: rev}}
+}
+
+func del(key string, rev int64) *clientv3.Event {
+	return &clientv3.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte(key), ModRevision: rev}}
+}
+
+// rejects collects the keys passed to a reject hook.
+type rejects []string
+
+func (r *rejects) hook(key string, _ error) { *r = append(*r, key) }
+
+func TestBuildState(t *testing.T) {
+	kvs := []*mvccpb.KeyValue{
+		{Key: []byte("/tether/services/app"), Value: []byte(`{"domains":["app.example.com"]}`), ModRevision: 3},
+		{Key: []byte("/tether/instances/app/a1"), Value: []byte(instJSON("a1", "available", 1)), ModRevision: 5},
+		{Key: []byte("/tether/instances/app/a2"), Value: []byte(`{"port":0}`), ModRevision: 6},
+		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "full", 2)), ModRevision: 4},
+		{Key: []byte("/tether/junk"), Value: []byte(`{}`), ModRevision: 2},
+		{Key: []byte("/tether/services/only"), Value: []byte(`{}`), ModRevision: 7},
+	}
+	var rej rejects
+	st := BuildState("/tether", 9, kvs, rej.hook)
+	if st.Revision != 9 {
+		t.Errorf("revision %d, want 9", st.Revision)
+	}
+	if len(st.Services) != 3 {
+		t.Fatalf("services %v, want app, web, only", st.Services)
+	}
+	app := st.Services["app"]
+	if !app.Configured || app.Config.Domains[0] != "app.example.com" || len(app.Instances) != 1 || app.Revision != 5 {
+		t.Errorf("app = %+v", app)
+	}
+	web := st.Services["web"]
+	if web.Configured || web.Config.Affinity.CookieName != "tether-web" || web.Instances["w1"].State != StateFull || web.Revision != 4 {
+		t.Errorf("web = %+v", web)
+	}
+	if o := st.Services["only"]; !o.Configured || len(o.Instances) != 0 {
+		t.Errorf("only = %+v", o)
+	}
+	if len(rej) != 2 || len(st.Rejected) != 2 || !strings.Contains(st.Rejected["/tether/instances/app/a2"], "port") ||
+		!strings.Contains(st.Rejected["/tether/junk"], "neither under") {
+		t.Errorf("rejected hook %v, state %v", rej, st.Rejected)
+	}
+}
+
+func TestApplyEventsCopyOnWrite(t *testing.T) {
+	log := zerolog.Nop()
+	base := BuildState("/tether", 10, []*mvccpb.KeyValue{
+		{Key: []byte("/tether/instances/app/a1"), Value: []byte(instJSON("a1", "available", 1)), ModRevision: 5},
+		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "available", 1)), ModRevision: 6},
+	}, nil)
+	webBefore := base.Services["web"]
+	var rej rejects
+
+	// An identical put changes nothing.
+	if st, changed := applyEvents("/tether", base, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "available", 1), 11)}, rej.hook, log); changed || st != base {
+		t.Fatalf("identical put: changed=%v", changed)
+	}
+
+	s1, changed := applyEvents("/tether", base, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "full", 3), 12)}, rej.hook, log)
+	if !changed || s1.Revision != 12 {
+		t.Fatalf("changed=%v revision=%d, want true 12", changed, s1.Revision)
+	}
+	if s1.Services["web"] != webBefore {
+		t.Error("unchanged service web was copied; want the same pointer")
+	}
+	if s1.Services["app"] == base.Services["app"] || s1.Services["app"].Revision != 12 || s1.Services["app"].Instances["a1"].State != StateFull {
+		t.Errorf("app after the put: %+v", s1.Services["app"])
+	}
+	if base.Services["app"].Instances["a1"].State != StateAvailable || base.Revision != 10 {
+		t.Error("applyEvents modified its base state")
+	}
+
+	// A bad update keeps the last good value, and records the rejection.
+	s2, changed := applyEvents("/tether", s1, []*clientv3.Event{put("/tether/instances/app/a1", `{"id":"a1","port":"x"}`, 13)}, rej.hook, log)
+	if !changed || s2.Services["app"].Instances["a1"].State != StateFull || s2.Rejected["/tether/instances/app/a1"] == "" || len(rej) != 1 {
+		t.Fatalf("bad update: changed=%v app=%+v rejected=%v hook=%v", changed, s2.Services["app"], s2.Rejected, rej)
+	}
+	if s2.Services["app"] != s1.Services["app"] {
+		t.Error("a rejected update copied the service")
+	}
+	// A good value clears the rejection.
+	s3, _ := applyEvents("/tether", s2, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "draining", 3), 14)}, rej.hook, log)
+	if _, ok := s3.Rejected["/tether/instances/app/a1"]; ok || s3.Services["app"].Instances["a1"].State != StateDraining {
+		t.Errorf("good update after a bad one: %+v %v", s3.Services["app"], s3.Rejected)
+	}
+
+	// Config put then delete with instances remaining returns to defaults; the last instance's
+	// delete removes the service. Events of one response apply in order.
+	s4, _ := applyEvents("/tether", s3, []*clientv3.Event{
+		put("/tether/services/app", `{"lbPolicy":"round_robin"}`, 15),
+		put("/tether/instances/app/bad", `nope`, 15),
+	}, rej.hook, log)
+	if a := s4.Services["app"]; !a.Configured || a.Config.LBPolicy != LBRoundRobin || a.Revision != 15 {
+		t.Errorf("after config put: %+v", a)
+	}
+	s5, _ := applyEvents("/tether", s4, []*clientv3.Event{del("/tether/services/app", 16), del("/tether/instances/app/bad", 17)}, rej.hook, log)
+	if a := s5.Services["app"]; a == nil || a.Configured || a.Config.LBPolicy != LBLeastRequest || a.Revision != 16 || len(s5.Rejected) != 0 {
+		t.Errorf("after config delete: %+v rejected %v", a, s5.Rejected)
+	}
+	s6, _ := applyEvents("/tether", s5, []*clientv3.Event{del("/tether/instances/app/a1", 18)}, rej.hook, log)
+	if _, ok := s6.Services["app"]; ok || s6.Services["web"] != webBefore || s6.Revision != 18 {
+		t.Errorf("after the last instance's delete: %v", s6.Services)
+	}
+	// Deleting what is not there changes nothing.
+	if _, changed := applyEvents("/tether", s6, []*clientv3.Event{del("/tether/instances/app/a1", 19), del("/tether/services/x", 19)}, rej.hook, log); changed {
+		t.Error("deleting absent keys reported a change")
+	}
+}
+
+func TestRebuildStateKeepsAndShares(t *testing.T) {
+	prev := BuildState("/tether", 10, []*mvccpb.KeyValue{
+		{Key: []byte("/tether/services/app"), Value: []byte(`{"lbPolicy":"random"}`), ModRevision: 3},
+		{Key: []byte("/tether/instances/app/a1"), Value: []byte(instJSON("a1", "available", 1)), ModRevision: 5},
+		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "available", 1)), ModRevision: 6},
+		{Key: []byte("/tether/instances/web/w2"), Value: []byte(instJSON("w2", "available", 1)), ModRevision: 7},
+	}, nil)
+	var rej rejects
+	st := rebuildState("/tether", 20, []*mvccpb.KeyValue{
+		{Key: []byte("/tether/services/app"), Value: []byte(`{"lbPolicy":"bogus"}`), ModRevision: 12},
+		{Key: []byte("/tether/instances/app/a1"), Value: []byte(`{]`), ModRevision: 13},
+		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "available", 1)), ModRevision: 6},
+	}, prev, rej.hook, zerolog.Nop())
+	if st.Revision != 20 || len(rej) != 2 || len(st.Rejected) != 2 {
+		t.Fatalf("revision %d, hook %v, rejected %v", st.Revision, rej, st.Rejected)
+	}
+	if st.Services["app"] != prev.Services["app"] {
+		t.Errorf("app's rejected keys kept their last good values, so app should be prev's pointer: %+v", st.Services["app"])
+	}
+	if w := st.Services["web"]; w == prev.Services["web"] || len(w.Instances) != 1 || w.Revision != 20 {
+		t.Errorf("web lost w2 while unwatched: want a new service at the list revision, got %+v", w)
+	}
+	if st.Services["app"].Config.LBPolicy != LBRandom {
+		t.Error("kept config lost")
+	}
+}

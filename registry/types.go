@@ -1,0 +1,217 @@
+// Package registry holds Tether's etcd schema: the service and instance types with their JSON
+// encoding and validation, the key names, the write side used by agents, a typed watch that
+// yields a consistent State, and the embedded-etcd helper.
+package registry
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Duration is a time.Duration encoded in JSON as a Go duration string ("15s", "1m30s").
+type Duration time.Duration
+
+// MarshalJSON encodes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON accepts a duration string such as "15s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string such as \"15s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Affinity modes.
+const (
+	AffinityCookie    = "cookie"     // Envoy-issued session cookie (stateful session filter).
+	AffinityHeader    = "header"     // stateful session by header, for non-browser clients.
+	AffinityAppCookie = "app-cookie" // consistent hash on a cookie the application sets.
+	AffinitySourceIP  = "source-ip"  // hash of the client address: breaks for users behind NAT.
+	AffinityNone      = "none"       // stateless services.
+)
+
+// Load-balancing policies accepted in ServiceConfig.LBPolicy.
+const (
+	LBLeastRequest = "least_request"
+	LBRoundRobin   = "round_robin"
+	LBRandom       = "random"
+	LBRingHash     = "ring_hash"
+	LBMaglev       = "maglev"
+)
+
+// Weight modes accepted in ServiceConfig.Weights.
+const (
+	WeightsLoad  = "load"  // endpoint weight from the instance's load headroom.
+	WeightsEqual = "equal" // every available endpoint weighs the same.
+)
+
+// ServiceConfig is the operator-written configuration at <prefix>/services/<service>.
+// Fields left out of the JSON keep the values of DefaultServiceConfig.
+type ServiceConfig struct {
+	Domains           []string    `json:"domains"`
+	PathPrefix        string      `json:"pathPrefix"`
+	Affinity          Affinity    `json:"affinity"`
+	WebSocket         bool        `json:"websocket"`
+	RetryInitialOn503 Retry       `json:"retryInitialOn503"`
+	LBPolicy          string      `json:"lbPolicy"`
+	Weights           string      `json:"weights"`
+	HealthCheck       HealthCheck `json:"healthCheck"`
+	Overload          Overload    `json:"overload"`
+	Limits            Limits      `json:"limits"`
+	SlowStart         Duration    `json:"slowStart"`
+}
+
+// Affinity says how a user's requests are pinned to one instance.
+type Affinity struct {
+	Mode       string   `json:"mode"`
+	CookieName string   `json:"cookieName"`
+	CookiePath string   `json:"cookiePath"`
+	CookieTTL  Duration `json:"cookieTTL"`
+	// Strict makes Envoy answer 503 instead of picking a new host when the pinned host is gone.
+	Strict bool `json:"strict"`
+	// HeaderName is the header carrying the session in "header" mode.
+	HeaderName string `json:"headerName,omitempty"`
+	// SameSite is the cookie's SameSite attribute: "Lax" (default), "Strict", "None" or "" (unset).
+	SameSite string `json:"sameSite"`
+	// Secure adds the Secure attribute to the cookie (set it when clients reach Envoy over TLS).
+	Secure bool `json:"secure"`
+}
+
+// Retry configures the resubmission of initial requests (no session yet) refused with 503.
+type Retry struct {
+	Enabled       bool     `json:"enabled"`
+	Attempts      int      `json:"attempts"`
+	PerTryTimeout Duration `json:"perTryTimeout"`
+}
+
+// HealthCheck configures Envoy's active liveness check of each instance.
+type HealthCheck struct {
+	Path             string   `json:"path"`
+	Interval         Duration `json:"interval"`
+	Timeout          Duration `json:"timeout"`
+	ExpectedStatuses []int    `json:"expectedStatuses"`
+}
+
+// Overload configures the reply when no instance can take a new session.
+type Overload struct {
+	Status            int    `json:"status"`
+	RetryAfterSeconds int    `json:"retryAfterSeconds"`
+	ReturnURL         string `json:"returnUrl"`
+}
+
+// Limits are per-host circuit-breaker limits; 0 keeps Envoy's default.
+type Limits struct {
+	MaxConnections     uint32 `json:"maxConnections"`
+	MaxRequests        uint32 `json:"maxRequests"`
+	MaxPendingRequests uint32 `json:"maxPendingRequests"`
+}
+
+// DefaultServiceConfig returns the configuration of a service with no config key.
+func DefaultServiceConfig(service string) ServiceConfig {
+	return ServiceConfig{
+		Domains:    []string{"*"},
+		PathPrefix: "/",
+		Affinity: Affinity{
+			Mode:       AffinityCookie,
+			CookieName: "tether-" + service,
+			CookiePath: "/",
+			HeaderName: "x-tether-session",
+			SameSite:   "Lax",
+		},
+		WebSocket:         true,
+		RetryInitialOn503: Retry{Enabled: true, Attempts: 2, PerTryTimeout: Duration(15 * time.Second)},
+		LBPolicy:          LBLeastRequest,
+		Weights:           WeightsLoad,
+		HealthCheck: HealthCheck{
+			Path:             "/healthcheck",
+			Interval:         Duration(5 * time.Second),
+			Timeout:          Duration(2 * time.Second),
+			ExpectedStatuses: []int{200, 202},
+		},
+		Overload: Overload{Status: 503, RetryAfterSeconds: 600},
+	}
+}
+
+// Instance states.
+const (
+	StateAvailable = "available" // takes new sessions.
+	StateFull      = "full"      // a threshold is crossed: keeps its sessions, takes no new ones.
+	StateDraining  = "draining"  // shutting down: keeps its sessions, takes no new ones.
+	StateUnhealthy = "unhealthy" // the backend's health probe fails.
+)
+
+// Instance is one backend instance at <prefix>/instances/<service>/<id>, written by its agent
+// under a lease.
+type Instance struct {
+	ID         string            `json:"id"`
+	Address    string            `json:"address"`
+	Port       int               `json:"port"`
+	Zone       string            `json:"zone,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	Thresholds Thresholds        `json:"thresholds"`
+	Load       Load              `json:"load"`
+	State      string            `json:"state"`
+	Reason     string            `json:"reason"`
+	UpdatedAt  time.Time         `json:"updatedAt"`
+	Agent      AgentInfo         `json:"agent"`
+}
+
+// Thresholds follow Wisej's HealthCheck.json; 0 means unlimited.
+type Thresholds struct {
+	MaxSessions int     `json:"maxSessions"`
+	MaxCPU      float64 `json:"maxCPU"`      // percent
+	MaxMemory   float64 `json:"maxMemory"`   // percent of memory
+	MaxMemoryMB float64 `json:"maxMemoryMB"` // absolute, MiB
+}
+
+// Load is the instance's last sampled load.
+type Load struct {
+	Sessions int     `json:"sessions"`
+	CPU      float64 `json:"cpu"`      // percent
+	Memory   float64 `json:"memory"`   // percent
+	MemoryMB float64 `json:"memoryMB"` // MiB
+}
+
+// AgentInfo describes the agent that wrote the instance.
+type AgentInfo struct {
+	Version   string    `json:"version"`
+	StartedAt time.Time `json:"startedAt"`
+}
+
+// Service is one service of a State: its configuration and its live instances.
+type Service struct {
+	Name string
+	// Config is the service's configuration (defaults when Configured is false).
+	Config ServiceConfig
+	// Configured is true when an operator wrote <prefix>/services/<name>.
+	Configured bool
+	// Instances by instance ID.
+	Instances map[string]Instance
+	// Revision is the highest etcd revision that changed this service (its config or an
+	// instance, including deletions) as seen by the watcher; a cache key, not content.
+	Revision int64
+}
+
+// State is the whole registry at one etcd revision. A State handed out by the watcher is
+// never modified afterwards; unchanged services are shared between successive States.
+type State struct {
+	Revision int64
+	Services map[string]*Service
+	// Rejected maps each key whose value failed decoding or validation to the error, in words.
+	// Rejected entries are left out of Services; an instance rejected after an earlier valid
+	// value keeps that earlier value (see Watcher).
+	Rejected map[string]string
+}

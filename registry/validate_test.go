@@ -1,0 +1,285 @@
+package registry_test
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// The examples of DESIGN.md, verbatim.
+const (
+	exampleService = `{
+  "domains": ["*"],
+  "pathPrefix": "/",
+  "affinity": {"mode": "cookie", "cookieName": "tether-app", "cookiePath": "/", "cookieTTL": "0s", "strict": false},
+  "websocket": true,
+  "retryInitialOn503": {"enabled": true, "attempts": 2, "perTryTimeout": "15s"},
+  "lbPolicy": "least_request",
+  "weights": "load",
+  "healthCheck": {"path": "/healthcheck", "interval": "5s", "timeout": "2s", "expectedStatuses": [200, 202]},
+  "overload": {"status": 503, "retryAfterSeconds": 600, "returnUrl": ""},
+  "limits": {"maxConnections": 0, "maxRequests": 0, "maxPendingRequests": 0},
+  "slowStart": "0s"
+}`
+	exampleInstance = `{
+  "id": "app-7f3c",
+  "address": "10.0.0.5",
+  "port": 5000,
+  "zone": "eu-west-1a",
+  "labels": {"version": "1.4.2"},
+  "thresholds": {"maxSessions": 500, "maxCPU": 85, "maxMemory": 70, "maxMemoryMB": 0},
+  "load": {"sessions": 120, "cpu": 37.5, "memory": 41.0, "memoryMB": 812},
+  "state": "available",
+  "reason": "",
+  "updatedAt": "2026-11-22T15:40:00Z",
+  "agent": {"version": "0.1.0", "startedAt": "2026-11-22T15:00:00Z"}
+}`
+)
+
+// withField returns the JSON object raw with field set to the JSON value val (nil deletes it).
+func withField(t testing.TB, raw, field string, val any) string {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(raw), &m); err != nil {
+		t.Fatalf("example: %v", err)
+	}
+	if val == nil {
+		delete(m, field)
+	} else {
+		m[field] = val
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestDecodeExamples(t *testing.T) {
+	cfg, err := registry.DecodeServiceConfig("app", []byte(exampleService))
+	if err != nil {
+		t.Fatalf("service example: %v", err)
+	}
+	want := registry.DefaultServiceConfig("app")
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("service example decodes to\n%+v\nwant the defaults\n%+v", cfg, want)
+	}
+	inst, err := registry.DecodeInstance("app", "app-7f3c", []byte(exampleInstance))
+	if err != nil {
+		t.Fatalf("instance example: %v", err)
+	}
+	wantInst := registry.Instance{
+		ID: "app-7f3c", Address: "10.0.0.5", Port: 5000, Zone: "eu-west-1a",
+		Labels:     map[string]string{"version": "1.4.2"},
+		Thresholds: registry.Thresholds{MaxSessions: 500, MaxCPU: 85, MaxMemory: 70},
+		Load:       registry.Load{Sessions: 120, CPU: 37.5, Memory: 41, MemoryMB: 812},
+		State:      registry.StateAvailable,
+		UpdatedAt:  time.Date(2026, 11, 22, 15, 40, 0, 0, time.UTC),
+		Agent:      registry.AgentInfo{Version: "0.1.0", StartedAt: time.Date(2026, 11, 22, 15, 0, 0, 0, time.UTC)},
+	}
+	if !reflect.DeepEqual(inst, wantInst) {
+		t.Errorf("instance example decodes to\n%+v\nwant\n%+v", inst, wantInst)
+	}
+}
+
+func TestDecodeInstance(t *testing.T) {
+	deep := `{"x":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `,` + exampleInstance[1:]
+	tests := []struct {
+		name, service, id, raw string
+		wantErr                string // substring of the error; empty: accepted
+	}{
+		{"example", "app", "app-7f3c", exampleInstance, ""},
+		{"unknown fields ignored", "app", "app-7f3c", withField(t, exampleInstance, "futureField", map[string]any{"a": []int{1}}), ""},
+		{"empty id takes the key's", "app", "app-7f3c", withField(t, exampleInstance, "id", nil), ""},
+		{"ipv6", "app", "app-7f3c", withField(t, exampleInstance, "address", "fd00::5"), ""},
+		{"offset time", "app", "app-7f3c", withField(t, exampleInstance, "updatedAt", "2026-11-22T17:40:00+02:00"), ""},
+		{"nesting within the limit", "app", "app-7f3c", `{"x":[[[[[[[[1]]]]]]]],` + exampleInstance[1:], ""},
+		{"id mismatch", "app", "app-other", exampleInstance, `does not match the key's "app-other"`},
+		{"port 0", "app", "app-7f3c", withField(t, exampleInstance, "port", 0), "port: 0 must be between 1 and 65535"},
+		{"port 65536", "app", "app-7f3c", withField(t, exampleInstance, "port", 65536), "port: 65536"},
+		{"port not an integer", "app", "app-7f3c", withField(t, exampleInstance, "port", 50.5), "invalid JSON"},
+		{"host name", "app", "app-7f3c", withField(t, exampleInstance, "address", "app.example.com"), "not an IP address"},
+		{"empty address", "app", "app-7f3c", withField(t, exampleInstance, "address", ""), "not an IP address"},
+		{"unspecified address", "app", "app-7f3c", withField(t, exampleInstance, "address", "0.0.0.0"), "unspecified"},
+		{"ipv6 zone", "app", "app-7f3c", withField(t, exampleInstance, "address", "fe80::1%eth0"), "zone"},
+		{"service with a slash", "app/x", "app-7f3c", exampleInstance, "service name"},
+		{"id with a slash", "app", "app/7f3c", withField(t, exampleInstance, "id", nil), "instance id"},
+		{"id with dots only", "app", "..", withField(t, exampleInstance, "id", nil), "instance id"},
+		{"not UTF-8", "app", "app-7f3c", strings.Replace(exampleInstance, "eu-west-1a", "eu-\xff", 1), "not valid UTF-8"},
+		{"trailing object", "app", "app-7f3c", exampleInstance + ` {}`, "invalid JSON"},
+		{"trailing brace", "app", "app-7f3c", exampleInstance + `}`, "invalid JSON"},
+		{"trailing garbage", "app", "app-7f3c", exampleInstance + `x`, "invalid JSON"},
+		{"null", "app", "app-7f3c", `null`, "must be a JSON object"},
+		{"array", "app", "app-7f3c", `[]`, "must be a JSON object"},
+		{"empty", "app", "app-7f3c", ``, "must be a JSON object"},
+		{"over MaxValueBytes", "app", "app-7f3c", withField(t, exampleInstance, "pad", strings.Repeat("a", registry.MaxValueBytes)), "byte limit"},
+		{"deeply nested", "app", "app-7f3c", deep, "nested more than"},
+		{"cpu over 100", "app", "app-7f3c", withField(t, exampleInstance, "load", map[string]any{"cpu": 100.5}), "load.cpu"},
+		{"maxCPU over 100", "app", "app-7f3c", withField(t, exampleInstance, "thresholds", map[string]any{"maxCPU": 101}), "thresholds.maxCPU"},
+		{"negative sessions", "app", "app-7f3c", withField(t, exampleInstance, "load", map[string]any{"sessions": -1}), "load.sessions"},
+		{"bad state", "app", "app-7f3c", withField(t, exampleInstance, "state", "busy"), `state: "busy"`},
+		{"missing state", "app", "app-7f3c", withField(t, exampleInstance, "state", nil), `state: ""`},
+		{"label key with space", "app", "app-7f3c", withField(t, exampleInstance, "labels", map[string]string{"a b": "c"}), "labels: key"},
+		{"time out of range in UTC", "app", "app-7f3c", withField(t, exampleInstance, "updatedAt", "9999-12-31T23:00:00-02:00"), "updatedAt"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			inst, err := registry.DecodeInstance(tc.service, tc.id, []byte(tc.raw))
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("rejected: %v", err)
+				}
+				if inst.ID != tc.id {
+					t.Errorf("id %q, want the key's %q", inst.ID, tc.id)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestDecodeInstanceNormalizes(t *testing.T) {
+	raw := withField(t, withField(t, exampleInstance, "updatedAt", "2026-11-22T17:40:00+02:00"), "labels", map[string]string{})
+	inst, err := registry.DecodeInstance("app", "app-7f3c", []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.UpdatedAt != time.Date(2026, 11, 22, 15, 40, 0, 0, time.UTC) {
+		t.Errorf("updatedAt %v, want 15:40 UTC", inst.UpdatedAt)
+	}
+	if inst.Labels != nil {
+		t.Errorf("empty labels decode to %#v, want nil", inst.Labels)
+	}
+}
+
+func TestDecodeServiceConfig(t *testing.T) {
+	tests := []struct {
+		name, service, raw string
+		wantErr            string
+		check              func(registry.ServiceConfig) bool
+	}{
+		{"example", "app", exampleService, "", nil},
+		{"empty object is the defaults", "app", `{}`, "", func(c registry.ServiceConfig) bool {
+			return reflect.DeepEqual(c, registry.DefaultServiceConfig("app"))
+		}},
+		{"fields left out keep defaults", "shop", `{"domains":["shop.example.com"]}`, "", func(c registry.ServiceConfig) bool {
+			return c.Domains[0] == "shop.example.com" && c.Affinity.CookieName == "tether-shop" && c.LBPolicy == registry.LBLeastRequest
+		}},
+		{"unknown fields ignored", "app", withField(t, exampleService, "gateways", []string{"a"}), "", nil},
+		{"header mode", "app", `{"affinity":{"mode":"header"}}`, "", func(c registry.ServiceConfig) bool {
+			return c.Affinity.HeaderName == "x-tether-session"
+		}},
+		{"empty header name means the default", "app", `{"affinity":{"headerName":""}}`, "", func(c registry.ServiceConfig) bool {
+			return c.Affinity.HeaderName == "x-tether-session"
+		}},
+		{"bad affinity mode", "app", `{"affinity":{"mode":"sticky"}}`, "affinity.mode", nil},
+		{"bad cookie name", "app", `{"affinity":{"cookieName":"a b"}}`, "affinity.cookieName", nil},
+		{"SameSite None without Secure", "app", `{"affinity":{"sameSite":"None"}}`, "needs secure", nil},
+		{"bad duration", "app", `{"slowStart":"soon"}`, "invalid duration", nil},
+		{"duration as number", "app", `{"slowStart":5}`, "duration must be a string", nil},
+		{"negative duration", "app", `{"slowStart":"-1s"}`, "slowStart", nil},
+		{"no domains", "app", `{"domains":[]}`, "domains: need 1", nil},
+		{"duplicate domains", "app", `{"domains":["a.com","A.com"]}`, "listed twice", nil},
+		{"bad lb policy", "app", `{"lbPolicy":"fastest"}`, "lbPolicy", nil},
+		{"too many retries", "app", `{"retryInitialOn503":{"attempts":11}}`, "attempts", nil},
+		{"health status out of range", "app", `{"healthCheck":{"expectedStatuses":[99]}}`, "expectedStatuses", nil},
+		{"return url not absolute", "app", `{"overload":{"returnUrl":"/busy"}}`, "returnUrl", nil},
+		{"negative limit", "app", `{"limits":{"maxConnections":-1}}`, "invalid JSON", nil},
+		{"service name with a slash", "a/b", `{}`, "service name", nil},
+		{"service name upper case", "App", `{}`, "service name", nil},
+		{"service name too long", strings.Repeat("a", 64), `{}`, "service name", nil},
+		{"not UTF-8", "app", "{\"pathPrefix\":\"/\xc3\x28\"}", "not valid UTF-8", nil},
+		{"trailing data", "app", `{}{}`, "invalid JSON", nil},
+		{"trailing bracket", "app", `{}]`, "invalid JSON", nil},
+		{"over MaxValueBytes", "app", `{"pad":"` + strings.Repeat("a", registry.MaxValueBytes) + `"}`, "byte limit", nil},
+		{"deeply nested", "app", `{"x":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}`, "nested more than", nil},
+		{"brackets in strings do not nest", "app", `{"x":"` + strings.Repeat("[", 100) + `\"{"}`, "", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := registry.DecodeServiceConfig(tc.service, []byte(tc.raw))
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("rejected: %v", err)
+				}
+				if tc.check != nil && !tc.check(cfg) {
+					t.Errorf("decoded %+v", cfg)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestParseKey(t *testing.T) {
+	tests := []struct {
+		key      string
+		kind     registry.KeyKind
+		svc, id  string
+		wantFail bool
+	}{
+		{"/tether/services/app", registry.KeyService, "app", "", false},
+		{"/tether/instances/app/app-7f3c", registry.KeyInstance, "app", "app-7f3c", false},
+		{"/tether/services/", 0, "", "", true},
+		{"/tether/services/app/extra", 0, "", "", true},
+		{"/tether/services/App", 0, "", "", true},
+		{"/tether/instances/app", 0, "", "", true},
+		{"/tether/instances/app/", 0, "", "", true},
+		{"/tether/instances/app/a/b", 0, "", "", true},
+		{"/tether/instances//a", 0, "", "", true},
+		{"/tether/instances/app/\xff", 0, "", "", true},
+		{"/tether/other/app", 0, "", "", true},
+		{"/tether/servicesapp", 0, "", "", true},
+		{"/tetherx/services/app", 0, "", "", true},
+	}
+	for _, tc := range tests {
+		kind, svc, id, err := registry.ParseKey("/tether", tc.key)
+		if tc.wantFail {
+			if err == nil || kind != registry.KeyUnknown || !strings.Contains(err.Error(), "key ") {
+				t.Errorf("ParseKey(%q) = %v %q %q %v, want KeyUnknown and an error naming the key", tc.key, kind, svc, id, err)
+			}
+			continue
+		}
+		if err != nil || kind != tc.kind || svc != tc.svc || id != tc.id {
+			t.Errorf("ParseKey(%q) = %v %q %q %v, want %v %q %q", tc.key, kind, svc, id, err, tc.kind, tc.svc, tc.id)
+		}
+	}
+}
+
+func TestNormalizePrefix(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"/tether", "/tether"},
+		{"/tether/", "/tether"},
+		{"/tether//", "/tether"},
+		{"/a/b", "/a/b"},
+		{"", ""},
+		{"/", ""},
+		{"tether", ""},
+		{"/te ther", ""},
+		{"/te\x00ther", ""},
+		{"/te\xffther", ""},
+		{"/" + strings.Repeat("a", 128), ""},
+	}
+	for _, tc := range tests {
+		got, err := registry.NormalizePrefix(tc.in)
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("NormalizePrefix(%q) = %q, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("NormalizePrefix(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
