@@ -48,6 +48,11 @@ type Config struct {
 	ListenPort uint32
 	// CoalesceQuiet and CoalesceMax bound how registry changes are batched into one push.
 	CoalesceQuiet, CoalesceMax time.Duration
+	// HoldShare and HoldGrace configure the mass-disappearance guard: when more than HoldShare
+	// of a service's instances leave the registry at once, they stay served for HoldGrace.
+	// HoldShare < 0 disables the guard; 0 takes the default.
+	HoldShare float64
+	HoldGrace time.Duration
 	// ShutdownTimeout bounds the graceful stop of the servers.
 	ShutdownTimeout time.Duration
 	// Logger receives the control plane's logs.
@@ -63,6 +68,8 @@ const (
 	DefaultEmbeddedPeerURL   = "http://127.0.0.1:2380"
 	DefaultCoalesceQuiet     = 10 * time.Millisecond
 	DefaultCoalesceMax       = 100 * time.Millisecond
+	DefaultHoldShare         = 0.5
+	DefaultHoldGrace         = 30 * time.Second
 )
 
 func (c *Config) withDefaults() error {
@@ -103,6 +110,15 @@ func (c *Config) withDefaults() error {
 	}
 	if c.CoalesceMax < c.CoalesceQuiet {
 		return fmt.Errorf("--coalesce-max (%s) must not be shorter than --coalesce-quiet (%s)", c.CoalesceMax, c.CoalesceQuiet)
+	}
+	if c.HoldShare == 0 {
+		c.HoldShare = DefaultHoldShare
+	}
+	if c.HoldShare > 1 {
+		return fmt.Errorf("--hold-share: %g must be between 0 and 1 (a share of a service's instances), or negative to disable", c.HoldShare)
+	}
+	if c.HoldGrace <= 0 {
+		c.HoldGrace = DefaultHoldGrace
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
@@ -185,7 +201,9 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.cli = cli
 
 	cache := newSnapshotCache(cp.log.With().Str("component", "xds-cache").Logger())
-	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax)
+	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cp.log.With().Str("component", "guard").Logger(),
+		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
+	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.tracker = newTracker(cp.log, cp.m, cp.pub.addGroup)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
 		Prefix: cfg.Prefix,

@@ -468,3 +468,62 @@ func TestEmbeddedEtcd(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 }
+
+// TestMassDisappearanceIsHeld revokes the lease of most of a service's instances at once, as
+// when leases lapse during an etcd outage: they stay served for the grace period, while a
+// deliberate deregistration (a draining instance) and a lone removal go at once.
+func TestMassDisappearanceIsHeld(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	grace := 2 * time.Second
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		Etcd:    clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
+		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HoldGrace: grace, Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = cp.Wait() }()
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		put(t, cli, fmt.Sprintf("/tether/instances/app/m%d", i), instanceJSON(fmt.Sprintf("m%d", i), 5000+i, "available", 1), clientv3.WithLease(lease.ID))
+	}
+	put(t, cli, "/tether/instances/app/m4", instanceJSON("m4", 5004, "available", 1))
+	put(t, cli, "/tether/instances/app/m5", instanceJSON("m5", 5005, "draining", 1))
+	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
+	waitFor(t, c, "five endpoints", func(v xdsclient.View) bool { return len(endpoints(v)) == 5 })
+
+	// A deliberate deregistration of a draining instance goes at once.
+	if _, err := cli.Delete(ctx, "/tether/instances/app/m5"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c, "draining m5 removed", func(v xdsclient.View) bool { return len(endpoints(v)) == 4 })
+
+	// Three of four at once: held.
+	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	deadline := time.Now().Add(5 * time.Second)
+	for metric(t, cp, "tether_held_instances") != 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := metric(t, cp, "tether_held_instances"); got != 3 {
+		t.Fatalf("tether_held_instances = %v; want 3", got)
+	}
+	if n := len(endpoints(c.View())); n != 4 {
+		t.Fatalf("right after the mass disappearance the Envoy holds %d endpoints; want all 4 held", n)
+	}
+	waitFor(t, c, "held instances released after the grace period", func(v xdsclient.View) bool { return len(endpoints(v)) == 1 })
+	if held := time.Since(revoked); held < grace-100*time.Millisecond {
+		t.Errorf("instances released after %s; want about the %s grace", held, grace)
+	}
+	if got := metric(t, cp, `tether_mass_removals_total{service="app"}`); got != 3 {
+		t.Errorf("tether_mass_removals_total = %v; want 3", got)
+	}
+}

@@ -23,6 +23,8 @@ type metrics struct {
 	etcdEvents     prometheus.Counter
 	revision       prometheus.Gauge
 	ready          prometheus.Gauge
+	held           prometheus.Gauge
+	massRemovals   *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -72,13 +74,19 @@ func newMetrics() *metrics {
 		revision: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_registry_revision", Help: "etcd revision of the last published snapshot.",
 		}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_held_instances", Help: "Instances gone from the registry but held in the configuration by the mass-disappearance guard.",
+		}),
+		massRemovals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_mass_removals_total", Help: "Instances held back for the grace period by the mass-disappearance guard, by service.",
+		}, []string{"service"}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_ready", Help: "1 once the first full registry list is translated and published.",
 		}),
 	}
 	reg.MustRegister(m.instances, m.services, m.rejected, m.rejectedNow, m.problems, m.streams,
 		m.responses, m.nacks, m.snapshots, m.snapshotErrors, m.translate, m.eventToPush,
-		m.etcdEvents, m.revision, m.ready,
+		m.etcdEvents, m.revision, m.ready, m.held, m.massRemovals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -47,6 +47,10 @@ type publisher struct {
 	max   time.Duration
 
 	notify chan struct{}
+	guard  *removalGuard
+	// releaseAt is when the guard releases its next held instance (zero: none held); only
+	// the run goroutine touches it.
+	releaseAt time.Time
 
 	mu       sync.Mutex
 	latest   *registry.State
@@ -54,14 +58,13 @@ type publisher struct {
 	groups   map[string]bool
 	current  *published
 	hashes   map[string]hashed // type URL + "/" + name -> hash
-	readyCh  chan struct{}
-	isReady  bool
-	pubCount int
+	readyCh chan struct{}
+	isReady bool
 }
 
-func newPublisher(log zerolog.Logger, m *metrics, cache cachev3.SnapshotCache, opts translate.Options, quiet, max time.Duration) *publisher {
+func newPublisher(log zerolog.Logger, m *metrics, cache cachev3.SnapshotCache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
 	return &publisher{
-		log: log, m: m, cache: cache, tr: translate.NewCache(opts), quiet: quiet, max: max,
+		log: log, m: m, cache: cache, tr: translate.NewCache(opts), quiet: quiet, max: max, guard: guard,
 		notify: make(chan struct{}, 1), groups: map[string]bool{}, hashes: map[string]hashed{},
 		readyCh: make(chan struct{}),
 	}
@@ -102,6 +105,9 @@ func (p *publisher) run(ctx context.Context) {
 	var timer *time.Timer
 	var timerC <-chan time.Time
 	var deadline time.Time
+	release := time.NewTimer(time.Hour)
+	release.Stop()
+	defer release.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -109,6 +115,9 @@ func (p *publisher) run(ctx context.Context) {
 				timer.Stop()
 			}
 			return
+		case <-release.C:
+			p.publishLatest()
+			arm(release, p.releaseAt)
 		case <-p.notify:
 			now := time.Now()
 			if timerC == nil {
@@ -128,7 +137,16 @@ func (p *publisher) run(ctx context.Context) {
 		case <-timerC:
 			timerC = nil
 			p.publishLatest()
+			arm(release, p.releaseAt)
 		}
+	}
+}
+
+// arm sets t to fire at when, or stops it when when is zero.
+func arm(t *time.Timer, when time.Time) {
+	t.Stop()
+	if !when.IsZero() {
+		t.Reset(time.Until(when))
 	}
 }
 
@@ -141,6 +159,10 @@ func (p *publisher) publishLatest() {
 		return
 	}
 	start := time.Now()
+	if p.guard != nil {
+		st, p.releaseAt = p.guard.apply(st, start)
+		p.m.held.Set(float64(p.guard.heldCount()))
+	}
 	res := p.tr.Translate(st)
 	snap, versions, err := p.snapshot(res)
 	took := time.Since(start)
@@ -169,7 +191,6 @@ func (p *publisher) publishLatest() {
 			p.log.Error().Err(err).Str("group", g).Msg("set snapshot")
 		}
 	}
-	p.pubCount++
 	if !p.isReady {
 		p.isReady = true
 		close(p.readyCh)
@@ -178,7 +199,9 @@ func (p *publisher) publishLatest() {
 	p.mu.Unlock()
 
 	p.m.snapshots.Inc()
-	p.m.eventToPush.Observe(time.Since(since).Seconds())
+	if !since.IsZero() {
+		p.m.eventToPush.Observe(time.Since(since).Seconds())
+	}
 	p.m.revision.Set(float64(st.Revision))
 	p.observeState(st, res)
 	p.log.Debug().Int64("revision", st.Revision).Dur("translate", took).Interface("versions", versions).

@@ -112,7 +112,11 @@ type Overload struct {
 	ReturnURL         string `json:"returnUrl"`
 }
 
-// Limits are per-host circuit-breaker limits; 0 keeps Envoy's default.
+// Limits are circuit-breaker limits (the analogue of WCF's maxConcurrentCalls). Envoy's only
+// per-host threshold is MaxConnections; MaxRequests and MaxPendingRequests apply to the whole
+// cluster. 0 means Tether's default: no per-host limit, and cluster limits of 100000
+// connections and requests, because Envoy's own default of 1024 would cap a service at 1024
+// open WebSockets.
 type Limits struct {
 	MaxConnections     uint32 `json:"maxConnections"`
 	MaxRequests        uint32 `json:"maxRequests"`
@@ -211,7 +215,7 @@ type State struct {
 	Revision int64
 	Services map[string]*Service
 	// Rejected maps each key whose value failed decoding or validation to the error, in words.
-	// Rejected entries are left out of Services; an instance rejected after an earlier valid
-	// value keeps that earlier value (see Watcher).
+	// A rejected key with an earlier valid value (instance or service configuration) keeps
+	// that value; one without is left out of Services.
 	Rejected map[string]string
 }
