@@ -22,9 +22,9 @@ type heldInstance struct {
 // draining when it left is a deliberate deregistration and is never held. An instance that
 // comes back is served from the registry again at once.
 type removalGuard struct {
-	share float64
-	grace time.Duration
-	log   zerolog.Logger
+	share  float64
+	grace  time.Duration
+	log    zerolog.Logger
 	onHold func(service string, n int)
 
 	last *registry.State // the last guarded state, as published

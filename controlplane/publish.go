@@ -52,12 +52,12 @@ type publisher struct {
 	// the run goroutine touches it.
 	releaseAt time.Time
 
-	mu       sync.Mutex
-	latest   *registry.State
-	since    time.Time // when the oldest unpublished state arrived
-	groups   map[string]bool
-	current  *published
-	hashes   map[string]hashed // type URL + "/" + name -> hash
+	mu      sync.Mutex
+	latest  *registry.State
+	since   time.Time // when the oldest unpublished state arrived
+	groups  map[string]bool
+	current *published
+	hashes  map[string]hashed // type URL + "/" + name -> hash
 	readyCh chan struct{}
 	isReady bool
 }

@@ -1,0 +1,116 @@
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/registry"
+)
+
+// Main runs `tether-controlplane status [flags]`: it reads the registry once from etcd and
+// prints the overview as a table, or as JSON with --json. args are the arguments after
+// "status"; flags also read TETHER_<FLAG> from lookup. It returns the exit code: 0 on
+// success, 1 when etcd cannot be read, 2 on a usage error.
+func Main(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tether-controlplane status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: tether-controlplane status [flags]\n\nPrints every service and instance of the registry, read once from etcd.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	var etcd cli.EtcdFlags
+	etcd.Register(fs, "127.0.0.1:2379")
+	prefix := fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
+	asJSON := fs.Bool("json", false, "print the overview as JSON instead of a table")
+	timeout := fs.Duration("timeout", 10*time.Second, "time limit for reading etcd")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	fail := func(code int, err error) int {
+		fmt.Fprintf(stderr, "tether-controlplane status: %v\n", err)
+		return code
+	}
+	if fs.NArg() > 0 {
+		return fail(2, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)))
+	}
+	if err := cli.BindEnv(fs, lookup); err != nil {
+		return fail(2, err)
+	}
+	p, err := registry.NormalizePrefix(*prefix)
+	if err != nil {
+		return fail(2, fmt.Errorf("--prefix: %w", err))
+	}
+	if *timeout <= 0 {
+		return fail(2, fmt.Errorf("--timeout: %s must be positive, e.g. 10s", *timeout))
+	}
+	ec, err := etcd.ClientConfig(lookup)
+	if err != nil {
+		return fail(2, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	st, err := Read(ctx, ec, p)
+	if err != nil {
+		return fail(1, err)
+	}
+	ov := FromState(st)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(ov)
+	} else {
+		err = WriteTable(stdout, ov, time.Now())
+	}
+	if err != nil {
+		return fail(1, err)
+	}
+	return 0
+}
+
+// listPage is the number of keys read per request.
+const listPage = 1000
+
+// Read lists the registry under prefix once, at one revision (page by page), with a client
+// of cfg.
+func Read(ctx context.Context, cfg clientv3.Config, prefix string) (*registry.State, error) {
+	cfg.Context = ctx
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
+	}
+	defer cli.Close()
+	start, end := prefix+"/", clientv3.GetPrefixRangeEnd(prefix+"/")
+	var kvs []*mvccpb.KeyValue
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := cli.Get(ctx, start, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("read %s/ from etcd %v: %w", prefix, cfg.Endpoints, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		kvs = append(kvs, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	return registry.BuildState(prefix, rev, kvs, nil), nil
+}

@@ -1,0 +1,111 @@
+// Package status builds the operator's overview of the registry (services, their instances
+// with load against thresholds, rejected keys) and implements `tether-controlplane status`,
+// which prints it as a table (or JSON) after reading etcd once. The control plane's web
+// monitor serves the same Overview, extended with what Envoy was given.
+package status
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// Overview is the registry at one etcd revision, sorted for display.
+type Overview struct {
+	Revision int64      `json:"revision"`
+	Summary  Summary    `json:"summary"`
+	Services []Service  `json:"services"`
+	Rejected []Rejected `json:"rejected"`
+}
+
+// Summary counts instances by state, and their sessions.
+type Summary struct {
+	Services  int `json:"services"`
+	Instances int `json:"instances"`
+	Available int `json:"available"`
+	Full      int `json:"full"`
+	Draining  int `json:"draining"`
+	Unhealthy int `json:"unhealthy"`
+	Sessions  int `json:"sessions"`
+}
+
+// Service is one service and its instances, sorted by ID.
+type Service struct {
+	Name string `json:"name"`
+	// Configured is true when an operator wrote the service's configuration key.
+	Configured bool       `json:"configured"`
+	Domains    []string   `json:"domains"`
+	PathPrefix string     `json:"pathPrefix"`
+	Affinity   string     `json:"affinity"`
+	Instances  []Instance `json:"instances"`
+}
+
+// Instance is an instance as its agent wrote it (the etcd value's fields, inlined in JSON),
+// plus what Envoy was given for it when known.
+type Instance struct {
+	registry.Instance
+	// Envoy is the endpoint served to Envoy; nil when the instance is not in the published
+	// configuration, or when the overview was read from etcd directly.
+	Envoy *Endpoint `json:"envoy,omitempty"`
+}
+
+// Endpoint is what Envoy was given for an instance.
+type Endpoint struct {
+	// Weight is the endpoint's load_balancing_weight (0 when none was set).
+	Weight uint32 `json:"weight"`
+	// Health is the EDS health status: HEALTHY, DRAINING, UNHEALTHY, ...
+	Health string `json:"health"`
+}
+
+// Rejected is a registry key whose value failed decoding or validation.
+type Rejected struct {
+	Key   string `json:"key"`
+	Error string `json:"error"`
+}
+
+// FromState builds the overview of st; a nil st gives an empty overview.
+func FromState(st *registry.State) Overview {
+	ov := Overview{Services: []Service{}, Rejected: []Rejected{}}
+	if st == nil {
+		return ov
+	}
+	ov.Revision = st.Revision
+	for _, s := range st.Services {
+		if s == nil {
+			continue
+		}
+		svc := Service{
+			Name: s.Name, Configured: s.Configured, Domains: slices.Clone(s.Config.Domains),
+			PathPrefix: s.Config.PathPrefix, Affinity: s.Config.Affinity.Mode,
+			Instances: make([]Instance, 0, len(s.Instances)),
+		}
+		if svc.Domains == nil {
+			svc.Domains = []string{}
+		}
+		for _, in := range s.Instances {
+			svc.Instances = append(svc.Instances, Instance{Instance: in})
+			ov.Summary.Instances++
+			ov.Summary.Sessions += in.Load.Sessions
+			switch in.State {
+			case registry.StateAvailable:
+				ov.Summary.Available++
+			case registry.StateFull:
+				ov.Summary.Full++
+			case registry.StateDraining:
+				ov.Summary.Draining++
+			case registry.StateUnhealthy:
+				ov.Summary.Unhealthy++
+			}
+		}
+		slices.SortFunc(svc.Instances, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
+		ov.Services = append(ov.Services, svc)
+	}
+	slices.SortFunc(ov.Services, func(a, b Service) int { return strings.Compare(a.Name, b.Name) })
+	ov.Summary.Services = len(ov.Services)
+	for k, e := range st.Rejected {
+		ov.Rejected = append(ov.Rejected, Rejected{Key: k, Error: e})
+	}
+	slices.SortFunc(ov.Rejected, func(a, b Rejected) int { return strings.Compare(a.Key, b.Key) })
+	return ov
+}
