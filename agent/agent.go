@@ -1,0 +1,363 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tetherlb/tether/registry"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ErrIDHeld is returned by Run when another live agent holds the instance ID.
+var ErrIDHeld = errors.New("another live agent holds this instance id")
+
+// heldMargin is added to the holder's remaining lease TTL before a held ID is final: etcd
+// expires leases on its own schedule, slightly after the TTL.
+const heldMargin = 2 * time.Second
+
+// drainReason is the reason published while draining.
+const drainReason = "agent shutting down"
+
+type runner struct {
+	cfg       Config
+	prefix    string
+	key       string
+	log       zerolog.Logger
+	cli       *clientv3.Client
+	m         *metrics
+	probe     prober
+	load      sampler
+	adm       admission
+	health    healthTracker
+	opTimeout time.Duration
+	startedAt time.Time
+	backoff   backoff
+
+	lastLoad      registry.Load
+	sessionsKnown bool
+	failing       map[string]bool // probes failing, to log transitions only
+	draining      bool
+	current       registry.Instance // last evaluated value
+
+	lease         clientv3.LeaseID
+	leaseAlive    bool
+	leaseLost     <-chan struct{}
+	stopKeepAlive context.CancelFunc
+	registered    bool
+	written       registry.Instance
+	writtenAt     time.Time
+}
+
+// Run registers the instance and keeps it up to date until ctx is canceled, then drains:
+// it publishes "draining", waits until the session count reaches zero or cfg.DrainTimeout
+// passes (or skipDrain is closed), deletes the key, revokes the lease and returns nil.
+// It returns an error when the agent cannot run (ErrIDHeld when another live agent holds
+// the ID). Etcd outages are ridden out with re-registration and backoff.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan struct{}) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := resolveIdentity(ctx, &cfg); err != nil {
+		return err
+	}
+	prefix, _ := registry.NormalizePrefix(cfg.Prefix)
+	log = log.With().Str("service", cfg.Service).Str("instance", cfg.ID).Logger()
+	load, err := newSampler(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	cli, err := clientv3.New(cfg.Etcd)
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer cli.Close()
+	r := &runner{
+		cfg: cfg, prefix: prefix, key: registry.InstanceKey(prefix, cfg.Service, cfg.ID), log: log, cli: cli,
+		m:         newMetrics(cfg.Service, cfg.ID),
+		probe:     prober{client: &http.Client{Timeout: cfg.ProbeTimeout}},
+		load:      load,
+		adm:       admission{th: cfg.Thresholds},
+		opTimeout: min(max(cfg.TTL/2, time.Second), 5*time.Second),
+		startedAt: time.Now().UTC(),
+		failing:   map[string]bool{},
+	}
+	if cfg.MetricsAddr != "" {
+		stop, err := r.serveMetrics()
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	return r.run(ctx, skipDrain)
+}
+
+func (r *runner) serveMetrics() (func(), error) {
+	l, err := net.Listen("tcp", r.cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	srv := &http.Server{Handler: r.m.handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.log.Error().Err(err).Msg("metrics server stopped")
+		}
+	}()
+	r.log.Info().Str("addr", l.Addr().String()).Msg("serving /metrics and /healthz")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
+}
+
+func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
+	bg := context.WithoutCancel(ctx) // etcd and probes keep working while draining
+	defer r.stopLease(bg)
+	r.log.Info().Str("version", Version).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
+		Interface("thresholds", r.cfg.Thresholds).Str("loadSource", r.cfg.LoadSource).Msg("agent starting")
+	if err := r.registerFirst(ctx, bg); err != nil {
+		if ctx.Err() != nil && !errors.Is(err, ErrIDHeld) {
+			r.log.Info().Msg("stopped before the instance was registered")
+			return nil
+		}
+		return err
+	}
+	ticker := time.NewTicker(r.cfg.Interval)
+	defer ticker.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	var skip <-chan struct{}
+	var drainDeadline <-chan time.Time
+	var retryAt time.Time // after a failed write, ticks wait for the backoff
+	done := ctx.Done()
+	for {
+		force := false
+		select {
+		case <-done:
+			done, skip, r.draining, force = nil, skipDrain, true, true
+			if r.cfg.DrainTimeout == 0 {
+				return r.deregister(bg, "--drain-timeout is 0")
+			}
+			timer := time.NewTimer(r.cfg.DrainTimeout)
+			defer timer.Stop()
+			drainDeadline = timer.C
+			ev := r.log.Info().Dur("timeout", r.cfg.DrainTimeout)
+			if r.cfg.SessionsURL == "" {
+				ev.Msg("draining: no --sessions-url, so waiting the whole drain timeout; signal again to stop now")
+			} else {
+				ev.Int("sessions", r.lastLoad.Sessions).Msg("draining: waiting for sessions to end; signal again to stop now")
+			}
+			r.current = r.instance()
+		case <-skip:
+			return r.deregister(bg, "second signal")
+		case <-drainDeadline:
+			return r.deregister(bg, "drain timeout")
+		case <-r.leaseLost:
+			r.leaseLost, r.leaseAlive, force = nil, false, true
+			r.log.Warn().Msg("lease keep-alive lost; registering again")
+		case <-retry.C:
+			force = true
+		case <-ticker.C:
+			r.sample(bg)
+		}
+		if force || !time.Now().Before(retryAt) {
+			if err := r.sync(bg); err != nil {
+				d := r.backoff.next()
+				retryAt = time.Now().Add(d)
+				retry.Reset(d)
+				r.log.Warn().Err(err).Dur("retryIn", d).Msg("cannot write the instance to etcd")
+			}
+		}
+		if r.draining && r.cfg.SessionsURL != "" && r.sessionsKnown && r.lastLoad.Sessions == 0 {
+			return r.deregister(bg, "no sessions left")
+		}
+	}
+}
+
+// registerFirst registers the instance at start. A key held by another lease may be a
+// crashed agent's: wait for that lease to expire (its remaining TTL plus a margin) before
+// concluding another live agent holds the ID. Other errors (etcd unreachable) are retried
+// with backoff until ctx ends.
+func (r *runner) registerFirst(ctx, bg context.Context) error {
+	var heldUntil time.Time
+	for {
+		r.sample(bg)
+		err := r.ensureRegistered(bg, r.current)
+		if err == nil {
+			return nil
+		}
+		delay := r.backoff.next()
+		if errors.Is(err, registry.ErrInstanceExists) {
+			lease, remaining, exists, herr := r.holder(bg)
+			switch {
+			case herr != nil:
+				r.log.Warn().Err(herr).Msg("cannot inspect the key's holder")
+			case exists && lease == 0:
+				return fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
+			case !exists:
+				delay = 0
+			case heldUntil.IsZero():
+				heldUntil = time.Now().Add(remaining + heldMargin)
+				r.log.Warn().Str("key", r.key).Str("holder", fmt.Sprintf("%x", int64(lease))).Dur("leaseLeft", remaining).
+					Msg("instance id is held by another lease; waiting for it to expire in case it was a crashed agent's")
+			case time.Now().After(heldUntil):
+				return fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
+					ErrIDHeld, r.cfg.ID, r.key, int64(lease))
+			}
+			delay = min(delay, 250*time.Millisecond)
+		} else {
+			r.log.Warn().Err(err).Dur("retryIn", delay).Msg("cannot register yet")
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// sync brings etcd up to date with r.current: registration when needed, else a write when
+// the change is past the dead band or the heartbeat is due.
+func (r *runner) sync(ctx context.Context) error {
+	if !r.leaseAlive || !r.registered {
+		return r.ensureRegistered(ctx, r.current)
+	}
+	cause := writeReason(r.written, r.current, time.Since(r.writtenAt), r.cfg.Heartbeat)
+	if cause == "" {
+		return nil
+	}
+	if cause == writeState {
+		r.log.Info().Str("from", r.written.State).Str("to", r.current.State).Str("reason", r.current.Reason).Msg("state changed")
+	}
+	err := r.write(ctx, r.current, cause)
+	if errors.Is(err, registry.ErrLeaseLost) {
+		r.log.Warn().Msg("instance key no longer held by our lease; registering again")
+		return r.ensureRegistered(ctx, r.current)
+	}
+	return err
+}
+
+// deregister ends the drain: delete the key, revoke the lease.
+func (r *runner) deregister(ctx context.Context, why string) error {
+	log := r.log.Info().Str("why", why)
+	if r.cfg.SessionsURL != "" {
+		log = log.Int("sessions", r.lastLoad.Sessions)
+	}
+	log.Msg("drain finished; removing the instance")
+	if r.registered && r.leaseAlive {
+		octx, cancel := context.WithTimeout(ctx, r.opTimeout)
+		err := registry.DeleteInstance(octx, r.cli, r.prefix, r.cfg.Service, r.cfg.ID, r.lease)
+		cancel()
+		if err != nil {
+			r.m.etcdErrors.WithLabelValues("delete").Inc()
+			r.log.Warn().Err(err).Msg("cannot delete the instance key; revoking the lease removes it")
+		}
+	}
+	r.registered = false
+	r.m.setRegistered(false)
+	r.stopLease(ctx)
+	r.log.Info().Msg("instance removed; agent stopped")
+	return nil
+}
+
+// sample measures load and probes the backend (concurrently, each bounded by ProbeTimeout),
+// then evaluates the instance's state into r.current.
+func (r *runner) sample(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var healthErr, availErr, sessErr error
+	var sessions int
+	if r.cfg.HealthURL != "" {
+		wg.Go(func() { healthErr = r.probe.check(pctx, r.cfg.HealthURL) })
+	}
+	if r.cfg.AvailableURL != "" {
+		wg.Go(func() { availErr = r.probe.check(pctx, r.cfg.AvailableURL) })
+	}
+	if r.cfg.SessionsURL != "" {
+		wg.Go(func() { sessions, sessErr = r.probe.sessions(pctx, r.cfg.SessionsURL, r.cfg.SessionsMetric) })
+	}
+	u, loadErr := r.load.sample(pctx)
+	wg.Wait()
+
+	if r.probeResult("load", loadErr) {
+		r.lastLoad.CPU, r.lastLoad.Memory, r.lastLoad.MemoryMB = round1(u.CPU), round1(u.Memory), round1(u.MemoryMB)
+	}
+	if r.cfg.SessionsURL != "" {
+		r.sessionsKnown = r.probeResult("sessions", sessErr)
+		if r.sessionsKnown {
+			r.lastLoad.Sessions = sessions
+		}
+	}
+	healthy, healthReason := true, ""
+	if r.cfg.HealthURL != "" {
+		r.probeResult("health", healthErr)
+		healthy, healthReason = r.health.update(healthErr)
+	}
+	full, reason := r.adm.evaluate(r.lastLoad)
+	if r.cfg.AvailableURL != "" && !r.probeResult("available", availErr) {
+		full = true
+		reason = joinReasons(reason, "application says unavailable")
+	}
+	in := r.instance()
+	switch {
+	case r.draining:
+	case !healthy:
+		in.State, in.Reason = registry.StateUnhealthy, healthReason
+	case full:
+		in.State, in.Reason = registry.StateFull, reason
+	default:
+		in.State, in.Reason = registry.StateAvailable, ""
+	}
+	r.current = in
+	r.m.observe(in)
+}
+
+// instance builds the instance value from the last sample; draining when shutting down.
+func (r *runner) instance() registry.Instance {
+	in := registry.Instance{
+		ID: r.cfg.ID, Address: r.cfg.Address, Port: r.cfg.Port, Zone: r.cfg.Zone, Labels: r.cfg.Labels,
+		Thresholds: r.cfg.Thresholds, Load: r.lastLoad, State: r.current.State, Reason: r.current.Reason,
+		UpdatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		Agent:     registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second)},
+	}
+	if r.draining {
+		in.State, in.Reason = registry.StateDraining, drainReason
+	}
+	return in
+}
+
+// probeResult counts a failed probe and logs only its transitions; it reports success.
+func (r *runner) probeResult(name string, err error) bool {
+	if err != nil {
+		r.m.probeFails.WithLabelValues(name).Inc()
+		if !r.failing[name] {
+			r.log.Warn().Err(err).Str("probe", name).Msg("probe failing")
+		}
+		r.failing[name] = true
+		return false
+	}
+	if r.failing[name] {
+		r.log.Info().Str("probe", name).Msg("probe recovered")
+	}
+	r.failing[name] = false
+	return true
+}
+
+func joinReasons(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+func round1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }

@@ -1,0 +1,469 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tetherlb/tether/agent"
+	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/registry"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// backend is a real HTTP backend on loopback with settable sessions, health and availability.
+type backend struct {
+	srv      *httptest.Server
+	sessions atomic.Int64
+	health   atomic.Int64 // status of /healthcheck
+	avail    atomic.Int64 // status of /available
+}
+
+func newBackend(t *testing.T) *backend {
+	t.Helper()
+	b := &backend{}
+	b.health.Store(http.StatusAccepted) // as Wisej's healthcheck.wx
+	b.avail.Store(http.StatusOK)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthcheck", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(b.health.Load())) })
+	mux.HandleFunc("GET /available", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(b.avail.Load())) })
+	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
+	})
+	b.srv = httptest.NewServer(mux)
+	t.Cleanup(b.srv.Close)
+	return b
+}
+
+func (b *backend) port(t *testing.T) int {
+	_, p, err := net.SplitHostPort(b.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+func config(t *testing.T, etcd *etcdtest.Server, b *backend, id string) agent.Config {
+	return agent.Config{
+		Etcd:   clientv3.Config{Endpoints: etcd.Endpoints(), DialTimeout: 2 * time.Second},
+		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.port(t),
+		HealthURL: b.srv.URL + "/healthcheck", SessionsURL: b.srv.URL + "/sessions",
+		LoadSource: agent.LoadHost, TTL: 2 * time.Second, Interval: 50 * time.Millisecond,
+		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, ProbeTimeout: time.Second,
+	}
+}
+
+// running is an agent started by a test.
+type running struct {
+	cancel context.CancelFunc
+	skip   chan struct{}
+	done   chan error
+}
+
+func start(t *testing.T, cfg agent.Config) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cancel: cancel, skip: make(chan struct{}), done: make(chan error, 1)}
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	go func() { r.done <- agent.Run(ctx, cfg, log, r.skip) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.skip:
+		default:
+			close(r.skip)
+		}
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Error("agent did not stop within 10s of cleanup")
+		}
+	})
+	return r
+}
+
+// wait returns Run's result, failing after timeout.
+func (r *running) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		r.done <- err // keep it for cleanup
+		return err
+	case <-time.After(timeout):
+		t.Fatalf("agent still running after %s", timeout)
+		return nil
+	}
+}
+
+// waitKey polls the instance key until cond holds (inst nil = key absent) or the deadline.
+func waitKey(t *testing.T, cli *clientv3.Client, id string, timeout time.Duration, what string, cond func(*registry.Instance, int64) bool) *registry.Instance {
+	t.Helper()
+	key := registry.InstanceKey("/tether", "app", id)
+	deadline := time.Now().Add(timeout)
+	var last *registry.Instance
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		resp, err := cli.Get(ctx, key)
+		cancel()
+		if err == nil {
+			last = nil
+			var lease int64
+			if len(resp.Kvs) == 1 {
+				in, derr := registry.DecodeInstance("app", id, resp.Kvs[0].Value)
+				if derr != nil {
+					t.Fatalf("agent wrote an invalid instance: %v\n%s", derr, resp.Kvs[0].Value)
+				}
+				last, lease = &in, resp.Kvs[0].Lease
+			}
+			if cond(last, lease) {
+				return last
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not reached within %s; last value %+v", what, timeout, last)
+	return nil
+}
+
+func state(s string) func(*registry.Instance, int64) bool {
+	return func(in *registry.Instance, _ int64) bool { return in != nil && in.State == s }
+}
+
+func gone(in *registry.Instance, _ int64) bool { return in == nil }
+
+func countInstances(t *testing.T, cli *clientv3.Client) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, registry.InstancesPrefix("/tether"), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Count
+}
+
+func TestRegistrationWithAllFields(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	b.sessions.Store(3)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Zone = "eu-west-1a"
+	cfg.Labels = map[string]string{"version": "1.4.2"}
+	cfg.Thresholds = registry.Thresholds{MaxSessions: 500, MaxCPU: 100, MaxMemory: 100, MaxMemoryMB: 1 << 20}
+	cfg.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
+	before := time.Now().UTC().Add(-time.Second)
+	start(t, cfg)
+
+	var leaseID int64
+	in := waitKey(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
+		leaseID = lease
+		return in != nil && in.Load.Sessions == 3
+	})
+	if in.ID != "app-1" || in.Address != "127.0.0.1" || in.Port != cfg.Port || in.Zone != "eu-west-1a" ||
+		in.Labels["version"] != "1.4.2" || in.Thresholds != cfg.Thresholds || in.State != registry.StateAvailable || in.Reason != "" {
+		t.Fatalf("instance %+v does not match the config", in)
+	}
+	if in.Load.Memory <= 0 || in.Load.MemoryMB <= 0 {
+		t.Errorf("load %+v: host memory not sampled", in.Load)
+	}
+	if in.Agent.Version != agent.Version || in.Agent.StartedAt.Before(before.Truncate(time.Second)) || in.UpdatedAt.Before(before) {
+		t.Errorf("agent info %+v, updatedAt %s", in.Agent, in.UpdatedAt)
+	}
+	ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(leaseID))
+	if err != nil || ttl.GrantedTTL != 2 {
+		t.Errorf("lease %x: granted TTL %v, %v; want 2 (--ttl)", leaseID, ttl, err)
+	}
+	for path, want := range map[string]string{"/healthz": "ok", "/metrics": `tether_agent_sessions 3`} {
+		resp, err := http.Get("http://" + cfg.MetricsAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("%s: %d, body lacks %q:\n%.2000s", path, resp.StatusCode, want, body)
+		}
+	}
+}
+
+// fakeCgroup is a cgroup v2 directory whose CPU and memory the test sets.
+type fakeCgroup struct {
+	dir  string
+	busy atomic.Bool
+	stop chan struct{}
+	done chan struct{}
+}
+
+func newFakeCgroup(t *testing.T) *fakeCgroup {
+	t.Helper()
+	c := &fakeCgroup{dir: t.TempDir(), stop: make(chan struct{}), done: make(chan struct{})}
+	c.write(t, "cpu.max", "100000 100000") // one core
+	c.write(t, "memory.max", strconv.Itoa(1000<<20))
+	c.write(t, "memory.stat", "inactive_file 0\n")
+	c.setMemoryMB(t, 100)
+	c.write(t, "cpu.stat", "usage_usec 0\n")
+	// While busy, CPU usage grows faster than wall time: the sampler reads 100%.
+	go func() {
+		defer close(c.done)
+		var usec int64
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.stop:
+				return
+			case <-tick.C:
+				if c.busy.Load() {
+					usec += 100_000
+					_ = os.WriteFile(filepath.Join(c.dir, "cpu.stat"), []byte(fmt.Sprintf("usage_usec %d\n", usec)), 0o644)
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { close(c.stop); <-c.done })
+	return c
+}
+
+func (c *fakeCgroup) write(t *testing.T, name, v string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(c.dir, name), []byte(v), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *fakeCgroup) setMemoryMB(t *testing.T, mb int) {
+	c.write(t, "memory.current", strconv.Itoa(mb<<20))
+}
+
+func TestThresholdsCrossedAndBack(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cg := newFakeCgroup(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.LoadSource, cfg.CgroupDir = agent.LoadCgroup, cg.dir
+	cfg.AvailableURL = b.srv.URL + "/available"
+	cfg.Thresholds = registry.Thresholds{MaxSessions: 100, MaxCPU: 80, MaxMemory: 70, MaxMemoryMB: 500}
+	start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "available at start", state(registry.StateAvailable))
+
+	full := func(what, reason string) {
+		t.Helper()
+		in := waitKey(t, cli, "app-1", 5*time.Second, what, state(registry.StateFull))
+		if !strings.Contains(in.Reason, reason) {
+			t.Fatalf("%s: reason %q, want it to name %q", what, in.Reason, reason)
+		}
+	}
+	back := func(what string) {
+		t.Helper()
+		waitKey(t, cli, "app-1", 5*time.Second, what, state(registry.StateAvailable))
+	}
+
+	b.sessions.Store(100)
+	full("sessions at maxSessions", "sessions 100 >= maxSessions 100")
+	b.sessions.Store(97) // inside the hysteresis band: stays full for several samples
+	waitKey(t, cli, "app-1", 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.Load.Sessions == 97
+	})
+	time.Sleep(10 * cfg.Interval)
+	waitKey(t, cli, "app-1", time.Second, "still full at 97", state(registry.StateFull))
+	b.sessions.Store(95)
+	back("sessions released at 95")
+
+	cg.setMemoryMB(t, 750) // 75% of the cgroup's 1000 MB, and over 500 MB
+	full("memory over maxMemory", "maxMemory 70%")
+	cg.setMemoryMB(t, 520) // 52%: memory% released, still over maxMemoryMB
+	full("memory over maxMemoryMB", "maxMemoryMB 500")
+	cg.setMemoryMB(t, 400)
+	back("memory released")
+
+	cg.busy.Store(true)
+	full("cpu over maxCPU", "maxCPU 80%")
+	cg.busy.Store(false)
+	back("cpu released")
+
+	b.avail.Store(http.StatusServiceUnavailable)
+	full("application veto", "application says unavailable")
+	b.avail.Store(http.StatusOK)
+	back("application available again")
+
+	b.health.Store(http.StatusInternalServerError)
+	in := waitKey(t, cli, "app-1", 5*time.Second, "health failing", state(registry.StateUnhealthy))
+	if in.Reason != "health check failed: status 500" {
+		t.Errorf("unhealthy reason %q", in.Reason)
+	}
+	b.health.Store(http.StatusOK)
+	back("healthy again")
+}
+
+func TestDrainWaitsForSessions(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	b.sessions.Store(3)
+	cfg := config(t, etcd, b, "app-1")
+	r := start(t, cfg)
+	var leaseID int64
+	waitKey(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
+		leaseID = lease
+		return in != nil && in.State == registry.StateAvailable
+	})
+	r.cancel()
+	in := waitKey(t, cli, "app-1", 5*time.Second, "draining", state(registry.StateDraining))
+	if in.Reason == "" || in.Load.Sessions != 3 {
+		t.Errorf("draining instance %+v: want a reason and the 3 sessions", in)
+	}
+	time.Sleep(10 * cfg.Interval) // sessions remain: the instance must stay
+	select {
+	case err := <-r.done:
+		t.Fatalf("agent stopped (%v) while 3 sessions were open", err)
+	default:
+	}
+	waitKey(t, cli, "app-1", time.Second, "still draining", state(registry.StateDraining))
+	b.sessions.Store(0)
+	if err := r.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	waitKey(t, cli, "app-1", time.Second, "removed", gone)
+	ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(leaseID))
+	if err != nil || ttl.TTL != -1 {
+		t.Errorf("lease after drain: %+v, %v; want revoked (TTL -1)", ttl, err)
+	}
+}
+
+func TestDrainTimeoutAndSkip(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	b.sessions.Store(3)
+
+	cfg := config(t, etcd, b, "timeout")
+	cfg.DrainTimeout = 700 * time.Millisecond
+	r := start(t, cfg)
+	waitKey(t, cli, "timeout", 5*time.Second, "registered", state(registry.StateAvailable))
+	r.cancel()
+	waitKey(t, cli, "timeout", 5*time.Second, "draining", state(registry.StateDraining))
+	if err := r.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run after drain timeout: %v", err)
+	}
+	waitKey(t, cli, "timeout", time.Second, "removed after the drain timeout", gone)
+
+	cfg = config(t, etcd, b, "skip")
+	cfg.DrainTimeout = time.Hour
+	r = start(t, cfg)
+	waitKey(t, cli, "skip", 5*time.Second, "registered", state(registry.StateAvailable))
+	r.cancel()
+	waitKey(t, cli, "skip", 5*time.Second, "draining", state(registry.StateDraining))
+	close(r.skip)
+	if err := r.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run after skip: %v", err)
+	}
+	waitKey(t, cli, "skip", time.Second, "removed after the second signal", gone)
+}
+
+func TestEtcdOutageAndLostLease(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+
+	// An outage longer than the TTL: the client gives up on the lease; the server keeps it.
+	etcd.Stop()
+	time.Sleep(cfg.TTL + time.Second)
+	b.sessions.Store(42)
+	etcd.StartAgain(t)
+	waitKey(t, cli, "app-1", 15*time.Second, "updated after the outage", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.Load.Sessions == 42
+	})
+
+	// The lease revoked under the agent: the key goes, the agent registers again.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", "app-1"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("get: %v", err)
+	}
+	old := resp.Kvs[0].Lease
+	if _, err := cli.Revoke(ctx, clientv3.LeaseID(old)); err != nil {
+		t.Fatal(err)
+	}
+	waitKey(t, cli, "app-1", 10*time.Second, "registered again under a new lease", func(in *registry.Instance, lease int64) bool {
+		return in != nil && lease != old && lease != 0
+	})
+
+	// The key deleted by hand: re-created.
+	if _, err := cli.Delete(ctx, registry.InstanceKey("/tether", "app", "app-1")); err != nil {
+		t.Fatal(err)
+	}
+	b.sessions.Store(7)
+	waitKey(t, cli, "app-1", 10*time.Second, "re-created after deletion", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.Load.Sessions == 7
+	})
+	if n := countInstances(t, cli); n != 1 {
+		t.Fatalf("%d instance keys, want 1: no duplicates", n)
+	}
+}
+
+func TestDuplicateID(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	start(t, cfg)
+	var first int64
+	waitKey(t, cli, "app-1", 5*time.Second, "first agent registered", func(in *registry.Instance, lease int64) bool {
+		first = lease
+		return in != nil
+	})
+	second := start(t, cfg)
+	err := second.wait(t, 10*time.Second)
+	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
+		t.Fatalf("second agent: %v, want ErrIDHeld naming the id", err)
+	}
+	waitKey(t, cli, "app-1", time.Second, "first agent's key untouched", func(in *registry.Instance, lease int64) bool {
+		return in != nil && lease == first
+	})
+}
+
+func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	// A crashed agent: its key under a lease nobody keeps alive.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dead, err := cli.Grant(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := registry.Instance{ID: "app-1", Address: "127.0.0.1", Port: 1, State: registry.StateAvailable}
+	if err := registry.CreateInstance(ctx, cli, "/tether", "app", old, dead.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, cfg)
+	waitKey(t, cli, "app-1", 10*time.Second, "registered once the dead lease expired", func(in *registry.Instance, lease int64) bool {
+		return in != nil && lease != int64(dead.ID) && in.Port == cfg.Port
+	})
+	select {
+	case err := <-r.done:
+		t.Fatalf("agent stopped: %v", err)
+	default:
+	}
+}

@@ -1,0 +1,182 @@
+// Package agent is tether-agent: it registers one backend instance in etcd under a lease,
+// samples its load, evaluates Wisej-style thresholds with hysteresis, probes the backend's
+// health, publishes the instance's state when it changes meaningfully, and drains on shutdown.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/tetherlb/tether/registry"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Version is the agent's version, written into every instance value; set with
+// -ldflags "-X github.com/tetherlb/tether/agent.Version=1.2.3".
+var Version = "0.1.0"
+
+// Load sources for CPU and memory.
+const (
+	LoadHost    = "host"    // the whole host (or VM).
+	LoadProcess = "process" // one process, --pid, in percent of the host.
+	LoadCgroup  = "cgroup"  // a cgroup v2 directory, normally the container's own.
+)
+
+// Config is everything Run needs. Zero durations are not defaults: the binary fills them.
+type Config struct {
+	Etcd    clientv3.Config
+	Prefix  string
+	Service string
+	// ID is the instance ID; empty means <hostname>-<port>, stable across restarts.
+	ID string
+	// Address is an IP or a host name resolved at start; empty means the host's primary address.
+	Address string
+	Port    int
+	Zone    string
+	Labels  map[string]string
+
+	// HealthURL is probed every Interval; a 2xx answer (Wisej's 202 included) is healthy.
+	HealthURL string
+	// AvailableURL, when set, lets the application veto new sessions: non-2xx means full.
+	AvailableURL string
+	// SessionsURL answers {"sessions": N}, or Prometheus text when SessionsMetric is set.
+	SessionsURL    string
+	SessionsMetric string
+	// ProbeTimeout bounds each HTTP probe.
+	ProbeTimeout time.Duration
+
+	Thresholds registry.Thresholds
+
+	// LoadSource is LoadHost, LoadProcess (with PID) or LoadCgroup (with CgroupDir).
+	LoadSource string
+	PID        int
+	CgroupDir  string
+
+	TTL          time.Duration // lease TTL
+	Interval     time.Duration // sampling period
+	Heartbeat    time.Duration // longest time between two writes
+	DrainTimeout time.Duration // longest wait for sessions to end on shutdown
+	// MetricsAddr serves /metrics and /healthz; empty disables it.
+	MetricsAddr string
+}
+
+// Validate checks the configuration without I/O; errors name the flag at fault.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if _, err := registry.NormalizePrefix(c.Prefix); err != nil {
+		add("--prefix: %v", err)
+	}
+	if c.Service == "" {
+		add("--service: required, the service this instance belongs to, e.g. --service app")
+	} else if err := registry.ValidateServiceName(c.Service); err != nil {
+		add("--service: %v", err)
+	}
+	if c.ID != "" {
+		if err := registry.ValidateInstanceID(c.ID); err != nil {
+			add("--id: %v", err)
+		}
+	}
+	if c.Address != "" && net.ParseIP(c.Address) == nil && !validHostName(c.Address) {
+		add("--address: %q is neither an IP address nor a host name", c.Address)
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		add("--port: %d must be the backend's port, 1-65535", c.Port)
+	}
+	if len(c.Zone) > 64 || strings.ContainsAny(c.Zone, " \t\r\n/") {
+		add("--zone: %q must be at most 64 characters without spaces or '/'", c.Zone)
+	}
+	probe := registry.Instance{ID: "x", Address: "127.0.0.1", Port: 1, State: registry.StateAvailable, Labels: c.Labels}
+	if err := probe.Validate(); err != nil {
+		add("--label: %v", err)
+	}
+	for flagName, u := range map[string]string{"--health-url": c.HealthURL, "--available-url": c.AvailableURL, "--sessions-url": c.SessionsURL} {
+		if u == "" {
+			continue
+		}
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			add("%s: %q must be an absolute http(s) URL, e.g. http://127.0.0.1:5000/healthcheck", flagName, u)
+		}
+	}
+	if c.SessionsMetric != "" && c.SessionsURL == "" {
+		add("--sessions-metric: needs --sessions-url, the Prometheus endpoint to read it from")
+	}
+	t := c.Thresholds
+	if t.MaxSessions < 0 {
+		add("--max-sessions: %d must be 0 (unlimited) or more", t.MaxSessions)
+	}
+	if t.MaxSessions > 0 && c.SessionsURL == "" {
+		add("--max-sessions: needs --sessions-url to count sessions")
+	}
+	if !(t.MaxCPU >= 0 && t.MaxCPU <= 100) {
+		add("--max-cpu: %g must be a percentage between 0 (unlimited) and 100", t.MaxCPU)
+	}
+	if !(t.MaxMemory >= 0 && t.MaxMemory <= 100) {
+		add("--max-memory: %g must be a percentage between 0 (unlimited) and 100", t.MaxMemory)
+	}
+	if !(t.MaxMemoryMB >= 0 && t.MaxMemoryMB <= 1<<30) {
+		add("--max-memory-mb: %g must be 0 (unlimited) or more", t.MaxMemoryMB)
+	}
+	switch c.LoadSource {
+	case LoadHost:
+	case LoadProcess:
+		if c.PID <= 0 {
+			add("--load-source=process: needs --pid, the backend's process id")
+		}
+	case LoadCgroup:
+		if c.CgroupDir == "" {
+			add("--load-source=cgroup: needs --cgroup, e.g. /sys/fs/cgroup")
+		}
+	default:
+		add("--load-source: %q is not one of host, process, cgroup", c.LoadSource)
+	}
+	if c.PID < 0 {
+		add("--pid: %d must be a process id", c.PID)
+	}
+	if c.TTL < 2*time.Second || c.TTL > time.Hour {
+		add("--ttl: %s must be between 2s and 1h (etcd leases have whole seconds)", c.TTL)
+	} else if c.TTL%time.Second != 0 {
+		add("--ttl: %s must be a whole number of seconds", c.TTL)
+	}
+	if c.Interval < 10*time.Millisecond || c.Interval > time.Hour {
+		add("--interval: %s must be between 10ms and 1h", c.Interval)
+	} else if c.Interval >= c.TTL {
+		add("--interval: %s must be shorter than --ttl %s", c.Interval, c.TTL)
+	}
+	if c.Heartbeat < c.Interval {
+		add("--heartbeat: %s must be at least --interval %s", c.Heartbeat, c.Interval)
+	}
+	if c.DrainTimeout < 0 {
+		add("--drain-timeout: %s must be 0 (no wait) or more", c.DrainTimeout)
+	}
+	if c.ProbeTimeout <= 0 {
+		add("--probe-timeout: %s must be positive", c.ProbeTimeout)
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			add("--metrics-addr: %q must be host:port, e.g. 127.0.0.1:9100, or empty to disable", c.MetricsAddr)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validHostName(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,80 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+func validConfig() Config {
+	return Config{
+		Prefix: "/tether", Service: "app", Port: 5000, LoadSource: LoadHost,
+		TTL: 10 * time.Second, Interval: 2 * time.Second, Heartbeat: 30 * time.Second,
+		DrainTimeout: time.Minute, ProbeTimeout: time.Second, MetricsAddr: "127.0.0.1:9100",
+		SessionsURL: "http://127.0.0.1:5000/sessions",
+	}
+}
+
+func TestValidateNamesFlag(t *testing.T) {
+	if cfg := validConfig(); cfg.Validate() != nil {
+		t.Fatalf("valid config rejected: %v", cfg.Validate())
+	}
+	cases := []struct {
+		flag string
+		edit func(*Config)
+	}{
+		{"--service", func(c *Config) { c.Service = "" }},
+		{"--service", func(c *Config) { c.Service = "App_1" }},
+		{"--id", func(c *Config) { c.ID = "bad id" }},
+		{"--port", func(c *Config) { c.Port = 70000 }},
+		{"--address", func(c *Config) { c.Address = "no spaces.example" }},
+		{"--prefix", func(c *Config) { c.Prefix = "tether" }},
+		{"--max-cpu", func(c *Config) { c.Thresholds.MaxCPU = 101 }},
+		{"--max-memory", func(c *Config) { c.Thresholds.MaxMemory = -1 }},
+		{"--max-memory-mb", func(c *Config) { c.Thresholds.MaxMemoryMB = -5 }},
+		{"--max-sessions", func(c *Config) { c.Thresholds.MaxSessions = -1 }},
+		{"--max-sessions", func(c *Config) { c.Thresholds.MaxSessions = 10; c.SessionsURL = "" }},
+		{"--health-url", func(c *Config) { c.HealthURL = "127.0.0.1:5000/healthcheck" }},
+		{"--sessions-metric", func(c *Config) { c.SessionsURL = ""; c.SessionsMetric = "x" }},
+		{"--load-source", func(c *Config) { c.LoadSource = "vm" }},
+		{"--pid", func(c *Config) { c.LoadSource = LoadProcess }},
+		{"--ttl", func(c *Config) { c.TTL = time.Second }},
+		{"--ttl", func(c *Config) { c.TTL = 2500 * time.Millisecond }},
+		{"--interval", func(c *Config) { c.Interval = 20 * time.Second }},
+		{"--heartbeat", func(c *Config) { c.Heartbeat = time.Second }},
+		{"--drain-timeout", func(c *Config) { c.DrainTimeout = -time.Second }},
+		{"--metrics-addr", func(c *Config) { c.MetricsAddr = "9100" }},
+		{"--label", func(c *Config) { c.Labels = map[string]string{"bad key": "v"} }},
+		{"--zone", func(c *Config) { c.Zone = "a/b" }},
+	}
+	for _, c := range cases {
+		cfg := validConfig()
+		c.edit(&cfg)
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), c.flag) {
+			t.Errorf("error %v, want one naming %s", err, c.flag)
+		}
+	}
+}
+
+func TestDefaultID(t *testing.T) {
+	for _, c := range []struct{ host, want string }{
+		{"web-01", "web-01-5000"},
+		{"WEB01.corp.example.com", "web01-5000"},
+		{"my_host", "my_host-5000"},
+		{"host(1)", "host-1-5000"},
+	} {
+		got, err := DefaultID(c.host, 5000)
+		if err != nil || got != c.want {
+			t.Errorf("DefaultID(%q) = %q, %v; want %q", c.host, got, err, c.want)
+		}
+		if err := registry.ValidateInstanceID(got); err != nil {
+			t.Errorf("DefaultID(%q) is not a valid id: %v", c.host, err)
+		}
+	}
+	if _, err := DefaultID("---", 5000); err == nil || !strings.Contains(err.Error(), "--id") {
+		t.Errorf("unusable host name: %v", err)
+	}
+}

@@ -1,0 +1,175 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"sort"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// HealthCheck is a Wisej HealthCheck.json: the thresholds of Wisej's healthcheck.wx and the
+// answer it gives when the server is not available.
+type HealthCheck struct {
+	// Enabled turns the load checks on; when false Wisej ignores the thresholds and so does
+	// the agent (Thresholds returns zeros).
+	Enabled     bool
+	MaxSessions int
+	MaxMemory   float64 // percent
+	MaxCPU      float64 // percent
+	// ReturnCode, RetryAfterMinutes and ReturnURL describe the overload answer. In Tether they
+	// are service settings (the "overload" object of <prefix>/services/<service>), not the
+	// instance's: the agent reports them so that the operator can copy them there.
+	ReturnCode        int
+	RetryAfterMinutes int
+	ReturnURL         string
+	// Unknown lists fields of the file the agent does not know (ignored).
+	Unknown []string
+}
+
+// Thresholds returns the file's thresholds, or zeros (unlimited) when the file is disabled.
+func (h HealthCheck) Thresholds() registry.Thresholds {
+	if !h.Enabled {
+		return registry.Thresholds{}
+	}
+	return registry.Thresholds{MaxSessions: h.MaxSessions, MaxCPU: h.MaxCPU, MaxMemory: h.MaxMemory}
+}
+
+// LoadHealthCheck reads a Wisej HealthCheck.json, with its /* ... */ header and any // or
+// /* */ comments. Missing fields keep Wisej's defaults (returnCode 503, retryAfter 10).
+// Errors name the file and the field.
+func LoadHealthCheck(path string) (HealthCheck, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return HealthCheck{}, fmt.Errorf("--healthcheck-file: %w", err)
+	}
+	hc, err := ParseHealthCheck(b)
+	if err != nil {
+		return hc, fmt.Errorf("--healthcheck-file %s: %w", path, err)
+	}
+	return hc, nil
+}
+
+// ParseHealthCheck parses the content of a HealthCheck.json; see LoadHealthCheck.
+func ParseHealthCheck(b []byte) (HealthCheck, error) {
+	hc := HealthCheck{ReturnCode: 503, RetryAfterMinutes: 10}
+	clean, err := stripComments(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf")))
+	if err != nil {
+		return hc, err
+	}
+	var raw map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(clean))
+	if err := dec.Decode(&raw); err != nil {
+		return hc, fmt.Errorf("not a JSON object after the comments: %w", err)
+	}
+	if dec.More() {
+		return hc, errors.New("trailing data after the JSON object")
+	}
+	var errs []error
+	field := func(name string, dst any) {
+		v, ok := raw[name]
+		if !ok {
+			return
+		}
+		delete(raw, name)
+		if err := json.Unmarshal(v, dst); err != nil {
+			errs = append(errs, fmt.Errorf("field %q: %s is not a %T", name, v, dst))
+		}
+	}
+	field("enabled", &hc.Enabled)
+	field("maxSessions", &hc.MaxSessions)
+	field("maxMemory", &hc.MaxMemory)
+	field("maxCPU", &hc.MaxCPU)
+	field("returnCode", &hc.ReturnCode)
+	field("retryAfter", &hc.RetryAfterMinutes)
+	var misspelt string
+	field("returUrl", &misspelt) // Wisej's own spelling
+	field("returnUrl", &hc.ReturnURL)
+	if hc.ReturnURL == "" {
+		hc.ReturnURL = misspelt
+	}
+	for k := range raw {
+		hc.Unknown = append(hc.Unknown, k)
+	}
+	sort.Strings(hc.Unknown)
+	if len(errs) > 0 {
+		return hc, errors.Join(errs...)
+	}
+	return hc, hc.validate()
+}
+
+func (h HealthCheck) validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if h.MaxSessions < 0 {
+		add("field \"maxSessions\": %d must be 0 (unlimited) or more", h.MaxSessions)
+	}
+	if !(h.MaxMemory >= 0 && h.MaxMemory <= 100) {
+		add("field \"maxMemory\": %g must be a percentage between 0 (unlimited) and 100", h.MaxMemory)
+	}
+	if !(h.MaxCPU >= 0 && h.MaxCPU <= 100) {
+		add("field \"maxCPU\": %g must be a percentage between 0 (unlimited) and 100", h.MaxCPU)
+	}
+	if h.ReturnCode < 200 || h.ReturnCode > 599 {
+		add("field \"returnCode\": %d must be an HTTP status between 200 and 599", h.ReturnCode)
+	}
+	if h.RetryAfterMinutes < 0 || h.RetryAfterMinutes > 1440 {
+		add("field \"retryAfter\": %d must be between 0 and 1440 minutes", h.RetryAfterMinutes)
+	}
+	if h.ReturnURL != "" {
+		if u, err := url.Parse(h.ReturnURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("field \"returnUrl\": %q must be empty or an absolute http(s) URL", h.ReturnURL)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stripComments blanks /* */ and // comments outside JSON strings, keeping line breaks so
+// that JSON errors keep meaningful offsets.
+func stripComments(in []byte) ([]byte, error) {
+	out := make([]byte, 0, len(in))
+	inString, escaped := false, false
+	for i := 0; i < len(in); i++ {
+		c := in[i]
+		switch {
+		case inString:
+			out = append(out, c)
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+			out = append(out, c)
+		case c == '/' && i+1 < len(in) && in[i+1] == '*':
+			end := bytes.Index(in[i+2:], []byte("*/"))
+			if end < 0 {
+				return nil, errors.New("a /* comment is not closed with */")
+			}
+			for _, cc := range in[i : i+2+end+2] {
+				if cc == '\n' {
+					out = append(out, '\n')
+				}
+			}
+			i += 2 + end + 1
+		case c == '/' && i+1 < len(in) && in[i+1] == '/':
+			for i < len(in) && in[i] != '\n' {
+				i++
+			}
+			if i < len(in) {
+				out = append(out, '\n')
+			}
+		default:
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}

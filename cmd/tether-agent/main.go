@@ -1,0 +1,56 @@
+// Command tether-agent registers one backend instance in Tether's etcd registry, keeps its
+// state and load up to date, and drains it on SIGTERM or SIGINT (a second signal skips the
+// wait). Exit codes: 0 clean drain, 1 runtime failure, 2 bad flags.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tetherlb/tether/agent"
+	"github.com/tetherlb/tether/internal/cli"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stderr))
+}
+
+func run(args []string, lookup func(string) (string, bool), stderr *os.File) int {
+	o, err := parseFlags(args, lookup, stderr)
+	if err != nil {
+		if isHelp(err) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "tether-agent: %v\n", err)
+		return 2
+	}
+	log, err := cli.NewLogger(o.logLevel, o.logFormat, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tether-agent: %v\n", err)
+		return 2
+	}
+	o.logDefaults(log)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	skip := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		s := <-sigs
+		log.Info().Str("signal", s.String()).Msg("shutting down: draining")
+		cancel()
+		s = <-sigs
+		log.Info().Str("signal", s.String()).Msg("second signal: skipping the drain wait")
+		close(skip)
+	}()
+	if err := agent.Run(ctx, o.cfg, log, skip); err != nil {
+		log.Error().Err(err).Msg("agent failed")
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,309 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/registry"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	buildDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// binary builds tether-agent once for all tests.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "tether-agent-test")
+		if buildErr != nil {
+			return
+		}
+		binPath = filepath.Join(buildDir, "tether-agent")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// syncBuffer is a goroutine-safe output buffer.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+func startAgent(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(binary(t), args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("agent output:\n%s", p.out.String())
+		}
+	})
+	return p
+}
+
+// exitCode waits for the process and returns its exit code.
+func (p *proc) exitCode(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("agent still running after %s; output:\n%s", timeout, p.out.String())
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+type backend struct {
+	srv      *httptest.Server
+	sessions atomic.Int64
+}
+
+func newBackend(t *testing.T) *backend {
+	b := &backend{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthcheck", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) })
+	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load()) })
+	b.srv = httptest.NewServer(mux)
+	t.Cleanup(b.srv.Close)
+	return b
+}
+
+func (b *backend) args(etcd *etcdtest.Server, id string, extra ...string) []string {
+	_, port, _ := net.SplitHostPort(b.srv.Listener.Addr().String())
+	return append([]string{
+		"--etcd-endpoints", etcd.ClientURL, "--service", "app", "--id", id, "--address", "127.0.0.1", "--port", port,
+		"--health-url", b.srv.URL + "/healthcheck", "--sessions-url", b.srv.URL + "/sessions",
+		"--ttl", "2s", "--interval", "100ms", "--heartbeat", "1s", "--metrics-addr", "",
+	}, extra...)
+}
+
+func getInstance(t *testing.T, cli *clientv3.Client, id string, timeout time.Duration, what string, cond func(*registry.Instance) bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last *registry.Instance
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", id))
+		cancel()
+		if err == nil {
+			last = nil
+			if len(resp.Kvs) == 1 {
+				in, err := registry.DecodeInstance("app", id, resp.Kvs[0].Value)
+				if err != nil {
+					t.Fatalf("invalid instance: %v", err)
+				}
+				last = &in
+			}
+			if cond(last) {
+				return
+			}
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("%s: not reached within %s; last %+v", what, timeout, last)
+}
+
+func inState(s string) func(*registry.Instance) bool {
+	return func(in *registry.Instance) bool { return in != nil && in.State == s }
+}
+
+func absent(in *registry.Instance) bool { return in == nil }
+
+func TestKill9KeyExpires(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	p := startAgent(t, b.args(etcd, "k9")...)
+	getInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p.exitCode(t, 5*time.Second)
+	killed := time.Now()
+	getInstance(t, cli, "k9", 10*time.Second, "gone after the TTL", absent)
+	if waited := time.Since(killed); waited < time.Second {
+		t.Errorf("key gone %s after kill -9: it should live until the 2s lease expires", waited)
+	}
+}
+
+func TestSIGTERMDrainsThenExits0(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	b.sessions.Store(2)
+	p := startAgent(t, b.args(etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
+	getInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	getInstance(t, cli, "drain", 5*time.Second, "draining", inState(registry.StateDraining))
+	select {
+	case <-p.done:
+		t.Fatalf("exited with 2 sessions open; output:\n%s", p.out.String())
+	case <-time.After(500 * time.Millisecond):
+	}
+	b.sessions.Store(0)
+	if code := p.exitCode(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	getInstance(t, cli, "drain", time.Second, "removed", absent)
+}
+
+func TestDrainTimeoutExits0(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	b.sessions.Store(5)
+	p := startAgent(t, b.args(etcd, "dt", "--drain-timeout", "1s")...)
+	getInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	getInstance(t, cli, "dt", 5*time.Second, "draining", inState(registry.StateDraining))
+	if code := p.exitCode(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	getInstance(t, cli, "dt", time.Second, "removed at the timeout", absent)
+	if !strings.Contains(p.out.String(), "drain timeout") {
+		t.Errorf("log does not say the drain timed out:\n%s", p.out.String())
+	}
+}
+
+func TestDuplicateIDExitsNonZero(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	startAgent(t, b.args(etcd, "dup")...)
+	getInstance(t, cli, "dup", 10*time.Second, "first registered", inState(registry.StateAvailable))
+	second := startAgent(t, b.args(etcd, "dup")...)
+	if code := second.exitCode(t, 15*time.Second); code != 1 {
+		t.Fatalf("second agent exit code %d, want 1", code)
+	}
+	if out := second.out.String(); !strings.Contains(out, "another live agent holds") || !strings.Contains(out, `\"dup\"`) {
+		t.Fatalf("second agent's message does not explain the duplicate id:\n%s", out)
+	}
+	getInstance(t, cli, "dup", time.Second, "first still registered", inState(registry.StateAvailable))
+}
+
+func TestBadFlagsExit2(t *testing.T) {
+	dir := t.TempDir()
+	broken := filepath.Join(dir, "HealthCheck.json")
+	if err := os.WriteFile(broken, []byte("/* header */\n{\"maxCPU\": 150}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--service", "app", "--port", "5000", "--sessions-url", "http://127.0.0.1:5000/sessions"}
+	cases := []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{[]string{"--port", "5000"}, "", "--service"},
+		{append(base, "--max-cpu", "120"), "", "--max-cpu"},
+		{append(base, "--max-sessions", "-1"), "", "--max-sessions"},
+		{append(base, "--ttl", "soon"), "", "-ttl"},
+		{append(base, "--healthcheck-file", broken), "", `"maxCPU"`},
+		{base, "TETHER_MAX_SESSIONS=many", "TETHER_MAX_SESSIONS"},
+		{base, "TETHER_INTERVAL=1h", "--interval"},
+		{append(base, "--log-format", "xml"), "", "--log-format"},
+	}
+	for _, c := range cases {
+		cmd := exec.Command(binary(t), c.args...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		if c.env != "" {
+			cmd.Env = append(cmd.Env, c.env)
+		}
+		out, _ := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), c.want) {
+			t.Errorf("%v %s: exit %d, output %q; want exit 2 naming %s", c.args, c.env, code, out, c.want)
+		}
+	}
+}
+
+func TestFlagsHealthCheckFileAndEnv(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "HealthCheck.json")
+	src := "/**\n * HealthCheck.json\n */\n{\n\t\"enabled\": true,\n\t\"maxSessions\": 50,\n\t\"maxMemory\": 70,\n\t\"maxCPU\": 90,\n\t\"returUrl\": \"\"\n}\n"
+	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"TETHER_MAX_CPU": "80", "TETHER_PORT": "5000"}
+	o, err := parseFlags([]string{"--service", "app", "--sessions-url", "http://127.0.0.1:5000/s", "--healthcheck-file", file,
+		"--max-sessions", "60", "--label", "a=1,b=2", "--label", "c=3", "--pid", strconv.Itoa(os.Getpid())},
+		func(k string) (string, bool) { v, ok := env[k]; return v, ok }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	th := o.cfg.Thresholds
+	if th.MaxSessions != 60 || th.MaxCPU != 80 || th.MaxMemory != 70 {
+		t.Errorf("thresholds %+v: want the flag's 60 sessions, the environment's 80%% CPU, the file's 70%% memory", th)
+	}
+	if o.cfg.Port != 5000 || len(o.cfg.Labels) != 3 || o.cfg.Labels["b"] != "2" || o.cfg.LoadSource != "process" {
+		t.Errorf("config %+v", o.cfg)
+	}
+	o, err = parseFlags([]string{"--service", "app", "--port", "5000", "--health-url", "http://10.0.0.5:5000/healthcheck", "--max-sessions", "100"},
+		func(string) (string, bool) { return "", false }, &bytes.Buffer{})
+	if err != nil || o.cfg.SessionsURL != "http://10.0.0.5:5000/sessions" {
+		t.Fatalf("--max-sessions without --sessions-url: %v, sessions URL %q; want /sessions on the health URL's host", err, o.cfg.SessionsURL)
+	}
+	if got := o.cfg.Etcd.Endpoints; len(got) != 1 || got[0] != "http://127.0.0.1:2379" {
+		t.Errorf("etcd endpoints %v", got)
+	}
+}
