@@ -3,6 +3,9 @@
 # instances with their agents on loopback, and Envoy when an `envoy` binary is on PATH.
 # Ctrl-C stops everything: agents drain first, then the apps, then the control plane.
 set -euo pipefail
+# Job control puts every background process in its own process group, so a Ctrl-C in the
+# terminal reaches only this script, which then stops the others in order.
+set -m
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
 DATA=$(mktemp -d -t tether-demo.XXXXXX)
