@@ -144,14 +144,16 @@ func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, instanc
 		ra.UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket", Enabled: wrapperspb.Bool(false)}}
 	}
 	if retrying {
-		ra.RetryPolicy = retryPolicy(r, instances, p)
+		ra.RetryPolicy = retryPolicy(r, instances, ws, p)
 	}
 	return ra
 }
 
 // retryPolicy resubmits an initial request refused with 503 (or whose connection failed or
 // was reset) to a host not tried yet. The cluster's retry budget bounds concurrent retries.
-func retryPolicy(r registry.Retry, instances int, p *packer) *routev3.RetryPolicy {
+// WebSocket routes get no per-try timeout: since Envoy 1.36 timeouts apply to the upgrade
+// request, and a per-try timer must never be able to cut a long-lived socket.
+func retryPolicy(r registry.Retry, instances int, ws bool, p *packer) *routev3.RetryPolicy {
 	attempts := min(max(instances, minHostSelectionAttempts), maxHostSelectionAttempts)
 	rp := &routev3.RetryPolicy{
 		RetryOn:              retryOn,
@@ -164,7 +166,7 @@ func retryPolicy(r registry.Retry, instances int, p *packer) *routev3.RetryPolic
 		}},
 		HostSelectionRetryMaxAttempts: int64(attempts),
 	}
-	if r.PerTryTimeout > 0 {
+	if r.PerTryTimeout > 0 && !ws {
 		rp.PerTryTimeout = durationpb.New(r.PerTryTimeout.D())
 	}
 	return rp
