@@ -28,9 +28,11 @@ const (
 	defaultRouteTimeout = 60 * time.Second
 	// webSocketIdleTimeout replaces the HCM stream_idle_timeout (5 min) on WebSocket routes.
 	webSocketIdleTimeout = time.Hour
-	// Bounds of host_selection_retry_max_attempts: about the number of instances.
-	minHostSelectionAttempts = 3
-	maxHostSelectionAttempts = 10
+	// hostSelectionAttempts is host_selection_retry_max_attempts. DESIGN asks for about the
+	// number of hosts; a constant keeps the route configuration, which all services share,
+	// unchanged when instances come and go (otherwise every registration would resend every
+	// route to every Envoy). Host selection is in memory, so a few spare attempts cost nothing.
+	hostSelectionAttempts = 10
 	// retryOn lists the conditions retried for initial requests; 503 comes through
 	// retriable-status-codes.
 	retryOn = "connect-failure,refused-stream,reset,retriable-status-codes"
@@ -44,7 +46,7 @@ const (
 // service allows WebSockets. Routes with the marker forward without a retry policy; the
 // others retry 503/connect failure/reset on another host, or, when no instance is
 // available, answer the overload reply directly.
-func routes(svc string, cfg registry.ServiceConfig, instances int, available bool, p *packer) []*routev3.Route {
+func routes(svc string, cfg registry.ServiceConfig, available bool, p *packer) []*routev3.Route {
 	marker := markerMatcher(cfg.Affinity)
 	perFilter := perFilterConfig(svc, cfg.Affinity, p)
 	var out []*routev3.Route
@@ -59,7 +61,7 @@ func routes(svc string, cfg registry.ServiceConfig, instances int, available boo
 		if !withMarker && !available {
 			setOverload(r, cfg.Overload)
 		} else {
-			r.Action = &routev3.Route_Route{Route: routeAction(svc, cfg, ws, !withMarker, instances, p)}
+			r.Action = &routev3.Route_Route{Route: routeAction(svc, cfg, ws, !withMarker, p)}
 			r.TypedPerFilterConfig = perFilter
 		}
 		out = append(out, r)
@@ -123,7 +125,7 @@ func markerMatcher(a registry.Affinity) *routev3.HeaderMatcher {
 
 // routeAction forwards to the service's cluster. WebSocket routes have no timeout and a
 // long idle timeout; initial requests (retry true) get the 503 retry policy.
-func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, instances int, p *packer) *routev3.RouteAction {
+func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, p *packer) *routev3.RouteAction {
 	ra := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(svc)},
 		HashPolicy:       hashPolicy(cfg.Affinity),
@@ -144,7 +146,7 @@ func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, instanc
 		ra.UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket", Enabled: wrapperspb.Bool(false)}}
 	}
 	if retrying {
-		ra.RetryPolicy = retryPolicy(r, instances, ws, p)
+		ra.RetryPolicy = retryPolicy(r, ws, p)
 	}
 	return ra
 }
@@ -153,8 +155,7 @@ func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, instanc
 // was reset) to a host not tried yet. The cluster's retry budget bounds concurrent retries.
 // WebSocket routes get no per-try timeout: since Envoy 1.36 timeouts apply to the upgrade
 // request, and a per-try timer must never be able to cut a long-lived socket.
-func retryPolicy(r registry.Retry, instances int, ws bool, p *packer) *routev3.RetryPolicy {
-	attempts := min(max(instances, minHostSelectionAttempts), maxHostSelectionAttempts)
+func retryPolicy(r registry.Retry, ws bool, p *packer) *routev3.RetryPolicy {
 	rp := &routev3.RetryPolicy{
 		RetryOn:              retryOn,
 		RetriableStatusCodes: []uint32{503},
@@ -164,7 +165,7 @@ func retryPolicy(r registry.Retry, instances int, ws bool, p *packer) *routev3.R
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{
 				TypedConfig: p.pack(&previoushostsv3.PreviousHostsPredicate{})},
 		}},
-		HostSelectionRetryMaxAttempts: int64(attempts),
+		HostSelectionRetryMaxAttempts: hostSelectionAttempts,
 	}
 	if r.PerTryTimeout > 0 && !ws {
 		rp.PerTryTimeout = durationpb.New(r.PerTryTimeout.D())

@@ -77,7 +77,7 @@ func translateService(svc *registry.Service, opts Options) (*ServiceResources, e
 	var p packer
 	sr.Endpoints = endpoints(svc.Name, cfg, insts)
 	sr.Cluster = cluster(svc.Name, cfg, &p)
-	sr.Routes = routes(svc.Name, cfg, len(insts), sr.Available > 0, &p)
+	sr.Routes = routes(svc.Name, cfg, sr.Available > 0, &p)
 	sr.LocalReplyMappers = []*hcmv3.ResponseMapper{localReplyMapper(svc.Name, cfg.Overload)}
 	if p.err != nil {
 		return sr, p.err

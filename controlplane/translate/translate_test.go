@@ -511,3 +511,41 @@ func TestCacheRetranslatesOnlyChanged(t *testing.T) {
 		t.Error("removed service still translated")
 	}
 }
+
+// TestRegistrationTouchesOnlyEndpoints: an instance joining or leaving a service that still
+// has an available instance changes that service's endpoints and nothing else, so a delta
+// Envoy receives one ClusterLoadAssignment, not the shared route configuration.
+func TestRegistrationTouchesOnlyEndpoints(t *testing.T) {
+	st1 := loadState(t, filepath.Join("testdata", "states", "mixed-domains.json"))
+	st2 := &registry.State{Revision: 2, Services: map[string]*registry.Service{}}
+	for k, v := range st1.Services {
+		st2.Services[k] = v
+	}
+	api := *st1.Services["api"]
+	api.Instances = map[string]registry.Instance{}
+	var extra registry.Instance
+	for id, in := range st1.Services["api"].Instances {
+		api.Instances[id] = in
+		extra = in
+	}
+	for i := range 6 { // enough to move any instance-count-derived setting
+		extra.ID, extra.Port = fmt.Sprintf("new-%d", i), 6100+i
+		api.Instances[extra.ID] = extra
+	}
+	st2.Services["api"] = &api
+	r1, r2 := Translate(st1, Options{}), Translate(st2, Options{})
+	for i, pair := range [][2][]proto.Message{
+		{toMessages(r1.Listeners), toMessages(r2.Listeners)},
+		{toMessages(r1.Routes), toMessages(r2.Routes)},
+		{toMessages(r1.Clusters), toMessages(r2.Clusters)},
+	} {
+		for j := range pair[0] {
+			if !proto.Equal(pair[0][j], pair[1][j]) {
+				t.Errorf("resource kind %d #%d changed when an instance registered; want only endpoints to change", i, j)
+			}
+		}
+	}
+	if proto.Equal(endpointsByID(t, r1, "tether_api")[extra.ID], endpointsByID(t, r2, "tether_api")[extra.ID]) {
+		t.Error("the new instance is missing from tether_api's endpoints")
+	}
+}
