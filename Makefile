@@ -6,7 +6,7 @@ VERSION  ?= 0.1.0
 LDFLAGS  := -s -w -X github.com/tetherlb/tether/agent.Version=$(VERSION)
 PKGS     := ./...
 
-.PHONY: all build run demo test test-short lint fmt cross fuzz bench clean
+.PHONY: all build run demo test test-short lint fmt cross fuzz bench e2e clean
 
 all: build
 
@@ -32,6 +32,10 @@ test: lint
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)
+
+# The end-to-end tests against a real Envoy (skipped by `make test` when ENVOY_BIN is unset).
+e2e:
+	ENVOY_BIN=$${ENVOY_BIN:?set ENVOY_BIN to an Envoy 1.3x binary} $(GO) test -race -count=1 -timeout 10m -v ./e2e/
 
 cross:
 	GOOS=linux   GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/linux-amd64/   ./cmd/tether-agent

@@ -1,0 +1,227 @@
+package e2e_test
+
+import (
+	"bufio"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The tests below are issue 4 item 5, against a real Envoy. Each starts its own setup
+// (newEnv, startEnvoy), so that a failure in one cannot leak into another.
+
+// pinnedBrowser is a browser whose session lives on one instance.
+type pinnedBrowser struct {
+	b        *browser
+	instance string
+	counter  int
+}
+
+// pin opens new browsers through Envoy until every instance of want holds at least n of
+// them, trying at most maxNew browsers. Every first page must be a new session.
+func pin(t *testing.T, base string, want []string, n, maxNew int) map[string][]*pinnedBrowser {
+	t.Helper()
+	got := map[string][]*pinnedBrowser{}
+	short := func() bool {
+		for _, w := range want {
+			if len(got[w]) < n {
+				return true
+			}
+		}
+		return false
+	}
+	for i := 0; i < maxNew && short(); i++ {
+		b := newBrowser(t, base)
+		p := b.mustPage(t)
+		if p.Counter != 1 {
+			t.Fatalf("a new browser got counter %d on %s, want 1 (a new session)", p.Counter, p.Instance)
+		}
+		got[p.Instance] = append(got[p.Instance], &pinnedBrowser{b: b, instance: p.Instance, counter: 1})
+	}
+	if short() {
+		counts := map[string]int{}
+		for k, v := range got {
+			counts[k] = len(v)
+		}
+		t.Fatalf("after %d new browsers the sessions are spread %v; want at least %d on each of %v", maxNew, counts, n, want)
+	}
+	return got
+}
+
+// next loads the page again and requires the same instance and session counter + 1.
+func (p *pinnedBrowser) next(t *testing.T, what string) {
+	t.Helper()
+	pg := p.b.mustPage(t)
+	if pg.Instance != p.instance || pg.Counter != p.counter+1 {
+		t.Fatalf("%s: served by %s with counter %d, want %s with counter %d (the session was lost)",
+			what, pg.Instance, pg.Counter, p.instance, p.counter+1)
+	}
+	p.counter = pg.Counter
+}
+
+// TestEnvoyStickyCookie: Envoy's cookie keeps a browser-like client on one instance and one
+// session across 50 requests.
+func TestEnvoyStickyCookie(t *testing.T) {
+	bin := envoyBin(t)
+	e := newEnv(t)
+	ev := e.startEnvoy(t, bin)
+
+	b := newBrowser(t, ev.base)
+	first := b.mustPage(t)
+	if first.Counter != 1 {
+		t.Fatalf("first page: counter %d, want 1 (a new session)", first.Counter)
+	}
+	if b.cookie(t, cookieName) == "" {
+		t.Fatalf("no %s cookie after the first response: Envoy's stateful session filter did not set it", cookieName)
+	}
+	for i := 2; i <= 50; i++ {
+		p := b.mustPage(t)
+		if p.Instance != first.Instance || p.Session != first.Session || p.Counter != i {
+			t.Fatalf("request %d: %s session %s counter %d; want %s session %s counter %d",
+				i, p.Instance, p.Session, p.Counter, first.Instance, first.Session, i)
+		}
+	}
+}
+
+// TestEnvoyWebSocket: a WebSocket through Envoy reaches the session's instance and stays up,
+// both ways, for 3 s.
+func TestEnvoyWebSocket(t *testing.T) {
+	bin := envoyBin(t)
+	e := newEnv(t)
+	ev := e.startEnvoy(t, bin)
+
+	b := newBrowser(t, ev.base)
+	p := b.mustPage(t)
+	c := b.dialWS(t)
+	pushes, counter := holdWS(t, c, 3*time.Second, p.Instance, p.Session)
+	if pushes < 3 {
+		t.Fatalf("%d pushes in 3 s, want at least 3 (one a second)", pushes)
+	}
+	closeWS(t, c)
+	after := b.mustPage(t)
+	if after.Instance != p.Instance || after.Session != p.Session || after.Counter != counter+1 {
+		t.Fatalf("after the WebSocket: %s session %s counter %d; want %s session %s counter %d",
+			after.Instance, after.Session, after.Counter, p.Instance, p.Session, counter+1)
+	}
+}
+
+// TestEnvoyFullInstance: a full instance (its agent publishes "full", Envoy sees DRAINING)
+// keeps the sessions it holds and gets no new ones.
+func TestEnvoyFullInstance(t *testing.T) {
+	bin := envoyBin(t)
+	e := newEnv(t)
+	ev := e.startEnvoy(t, bin)
+
+	p1 := pin(t, ev.base, []string{"app1"}, 1, 40)["app1"][0]
+	e.setFull(t, "app1", true)
+	want := allHealthy()
+	want["app1"] = "DRAINING"
+	e.waitEnvoy(t, ev, "app1 full (DRAINING) in Envoy", want)
+
+	for i := 0; i < 5; i++ {
+		p1.next(t, "the session pinned to the full app1")
+	}
+	for i := 0; i < 20; i++ {
+		p := newBrowser(t, ev.base).mustPage(t)
+		if p.Instance == "app1" {
+			t.Fatalf("new client %d was given a session on the full app1", i)
+		}
+		if p.Counter != 1 {
+			t.Fatalf("new client %d: counter %d on %s, want 1", i, p.Counter, p.Instance)
+		}
+	}
+	p1.next(t, "the session pinned to the full app1, after 20 new clients")
+}
+
+// TestEnvoyRetryInitial503: with app2 answering 503 to requests without its session, 30 new
+// clients all get a 200 from app1 or app3, because Envoy retries the initial request on
+// another instance, and their cookie then points at the instance that answered.
+func TestEnvoyRetryInitial503(t *testing.T) {
+	bin := envoyBin(t)
+	e := newEnv(t)
+	ev := e.startEnvoy(t, bin)
+
+	e.setRefuse(t, "app2", true)
+	if status, body, err := plainGet(e.backends["app2"].url("/")); err != nil || status != http.StatusServiceUnavailable {
+		t.Fatalf("app2 in refuse mode answered %d (%v) directly, want 503: %.200s", status, err, body)
+	}
+	before := refusedCount(t, e.backends["app2"])
+	seen := map[string]int{}
+	for i := 0; i < 30; i++ {
+		b := newBrowser(t, ev.base)
+		p := b.page(t)
+		if p.Status != http.StatusOK {
+			t.Fatalf("new client %d got %d, want 200 after a retry on another instance: %.300s", i, p.Status, p.Body)
+		}
+		if p.Instance == "app2" {
+			t.Fatalf("new client %d got a session on app2, which refuses new sessions", i)
+		}
+		seen[p.Instance]++
+		again := b.mustPage(t)
+		if again.Instance != p.Instance || again.Counter != 2 {
+			t.Fatalf("new client %d: second request on %s counter %d, want %s counter 2 (the cookie must name the instance that answered)",
+				i, again.Instance, again.Counter, p.Instance)
+		}
+	}
+	retried := refusedCount(t, e.backends["app2"]) - before
+	if retried == 0 {
+		t.Fatalf("app2 refused none of 30 new clients (sessions on %v): the retry was never exercised", seen)
+	}
+	t.Logf("sessions on %v; app2 refused %d initial requests, each retried elsewhere", seen, retried)
+}
+
+// TestEnvoyRemoveInstance: removing app3 from the registry (its agent stops) moves app3's
+// sessions to the other instances and leaves the sessions of app1 and app2 where they were.
+func TestEnvoyRemoveInstance(t *testing.T) {
+	bin := envoyBin(t)
+	e := newEnv(t)
+	ev := e.startEnvoy(t, bin)
+
+	pins := pin(t, ev.base, names, 2, 60)
+	e.backends["app3"].stop(t)
+	e.waitEnvoy(t, ev, "app3 removed from Envoy", endpointStates{"app1": "HEALTHY", "app2": "HEALTHY"})
+	if status, _, err := plainGet(e.backends["app3"].url("/healthcheck")); err != nil || status != http.StatusAccepted {
+		t.Fatalf("app3 itself should still run: /healthcheck %d, %v", status, err)
+	}
+
+	for name, ps := range pins {
+		for i, p := range ps {
+			if name != "app3" {
+				p.next(t, name+" session "+strconv.Itoa(i)+" after app3's removal")
+				continue
+			}
+			moved := p.b.mustPage(t)
+			if moved.Instance == "app3" || moved.Counter != 1 {
+				t.Fatalf("app3 session %d after app3's removal: %s counter %d, want a new session on app1 or app2",
+					i, moved.Instance, moved.Counter)
+			}
+			p.instance, p.counter = moved.Instance, moved.Counter
+			p.next(t, "app3 session "+strconv.Itoa(i)+" after its move")
+		}
+	}
+}
+
+// refusedCount reads sessionapp_refused_requests_total from a backend's /metrics.
+func refusedCount(t *testing.T, b *backend) int {
+	t.Helper()
+	status, body, err := plainGet(b.url("/metrics"))
+	if err != nil || status != http.StatusOK {
+		t.Fatalf("%s /metrics: %d, %v", b.name, status, err)
+	}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		v, ok := strings.CutPrefix(sc.Text(), "sessionapp_refused_requests_total ")
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			t.Fatalf("%s sessionapp_refused_requests_total %q: %v", b.name, v, err)
+		}
+		return int(f)
+	}
+	t.Fatalf("%s /metrics has no sessionapp_refused_requests_total:\n%.500s", b.name, body)
+	return 0
+}
