@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +44,9 @@ type publisher struct {
 	log   zerolog.Logger
 	m     *metrics
 	cache cachev3.SnapshotCache
+	// eds serves endpoints to every group: one marshalled copy per ClusterLoadAssignment, and
+	// a change sends only the changed assignments, to state-of-the-world Envoys as well.
+	eds   *cachev3.LinearCache
 	tr    *translate.Cache
 	quiet time.Duration
 	max   time.Duration
@@ -58,13 +63,14 @@ type publisher struct {
 	groups  map[string]bool
 	current *published
 	hashes  map[string]hashed // type URL + "/" + name -> hash
+	edsSets uint64            // updates made to eds: its version, as it reports it to Envoys
 	readyCh chan struct{}
 	isReady bool
 }
 
-func newPublisher(log zerolog.Logger, m *metrics, cache cachev3.SnapshotCache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
+func newPublisher(log zerolog.Logger, m *metrics, cache cachev3.SnapshotCache, eds *cachev3.LinearCache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
 	return &publisher{
-		log: log, m: m, cache: cache, tr: translate.NewCache(opts), quiet: quiet, max: max, guard: guard,
+		log: log, m: m, cache: cache, eds: eds, tr: translate.NewCache(opts), quiet: quiet, max: max, guard: guard,
 		notify: make(chan struct{}, 1), groups: map[string]bool{}, hashes: map[string]hashed{},
 		readyCh: make(chan struct{}),
 	}
@@ -164,7 +170,7 @@ func (p *publisher) publishLatest() {
 		p.m.held.Set(float64(p.guard.heldCount()))
 	}
 	res := p.tr.Translate(st)
-	snap, versions, err := p.snapshot(res)
+	b, err := p.snapshot(res)
 	took := time.Since(start)
 	p.m.translate.Observe(took.Seconds())
 	if err != nil {
@@ -172,9 +178,19 @@ func (p *publisher) publishLatest() {
 		p.log.Error().Err(err).Int64("revision", st.Revision).Msg("translation gave an invalid snapshot; keeping the last good configuration")
 		return
 	}
+	versions := b.versions
+	p.mu.Lock()
+	// Endpoints first: a new cluster's assignment is there when Envoy asks for it.
+	if len(b.edsUpdate) > 0 || len(b.edsDelete) > 0 {
+		if err := p.eds.UpdateResources(b.edsUpdate, b.edsDelete); err != nil {
+			p.log.Error().Err(err).Msg("update endpoints")
+		}
+		p.edsSets++
+	}
+	versions[shortType(resourcev3.EndpointType)] = strconv.FormatUint(p.edsSets, 10)
+	snap := b.snap
 	pub := &published{snap: snap, res: res, state: st, versions: versions, at: time.Now().UTC(), translate: took}
 
-	p.mu.Lock()
 	p.current = pub
 	groups := make([]string, 0, len(p.groups)+1)
 	for g := range p.groups {
@@ -226,11 +242,23 @@ func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
 	}
 }
 
-// snapshot builds a consistent snapshot whose versions derive from content only: every
+// built is a translation ready to publish.
+type built struct {
+	// snap holds listeners, routes and clusters (endpoints go to the linear cache).
+	snap      *cachev3.Snapshot
+	versions  map[string]string
+	edsUpdate map[string]types.Resource // changed or new assignments
+	edsDelete []string                  // assignments gone
+}
+
+// snapshot checks a translation (Envoy's validation of every changed resource, snapshot
+// consistency) and builds what to publish. Versions derive from content only: every
 // resource's version is a hash of its deterministic encoding, and each type's version a hash
-// of its resources' names and versions. Two replicas serving the same registry, or a
-// restarted control plane, therefore hand Envoy identical versions.
-func (p *publisher) snapshot(res *translate.Resources) (*cachev3.Snapshot, map[string]string, error) {
+// of its resources' names and versions, so two replicas serving the same registry, or a
+// restarted control plane, hand Envoy identical versions. Endpoints are served by the linear
+// cache, whose delta versions are the same content hashes and whose state-of-the-world
+// version is its own update counter.
+func (p *publisher) snapshot(res *translate.Resources) (*built, error) {
 	groups := []struct {
 		typeURL string
 		items   []types.Resource
@@ -252,14 +280,15 @@ func (p *publisher) snapshot(res *translate.Resources) (*cachev3.Snapshot, map[s
 			h, ok := p.hashes[key]
 			if !ok || h.msg != item {
 				if err := validate(item); err != nil {
-					return nil, nil, fmt.Errorf("%s %q: %w", shortType(g.typeURL), name, err)
+					return nil, fmt.Errorf("%s %q: %w", shortType(g.typeURL), name, err)
 				}
 				b, err := proto.MarshalOptions{Deterministic: true}.Marshal(item)
 				if err != nil {
-					return nil, nil, fmt.Errorf("encode %s %q: %w", shortType(g.typeURL), name, err)
+					return nil, fmt.Errorf("encode %s %q: %w", shortType(g.typeURL), name, err)
 				}
-				sum := sha256.Sum256(b)
-				h = hashed{msg: item, hash: hex.EncodeToString(sum[:8])}
+				// The very hash go-control-plane sends Envoy as the delta resource version, so
+				// that the initial_resource_versions of a reconnecting Envoy match it.
+				h = hashed{msg: item, hash: cachev3.HashResource(b)}
 			}
 			next[key] = h
 			vm[name] = h.hash
@@ -274,10 +303,28 @@ func (p *publisher) snapshot(res *translate.Resources) (*cachev3.Snapshot, map[s
 		versions[shortType(g.typeURL)] = version
 	}
 	if err := snap.Consistent(); err != nil {
-		return nil, nil, fmt.Errorf("inconsistent snapshot: %w", err)
+		return nil, fmt.Errorf("inconsistent snapshot: %w", err)
 	}
+	b := &built{versions: versions, edsUpdate: map[string]types.Resource{}}
+	for name, item := range snap.Resources[types.Endpoint].Items {
+		key := resourcev3.EndpointType + "/" + name
+		if old, ok := p.hashes[key]; !ok || old.hash != next[key].hash {
+			b.edsUpdate[name] = item.Resource
+		}
+	}
+	for key := range p.hashes {
+		if name, ok := strings.CutPrefix(key, resourcev3.EndpointType+"/"); ok {
+			if _, still := next[key]; !still {
+				b.edsDelete = append(b.edsDelete, name)
+			}
+		}
+	}
+	sort.Strings(b.edsDelete)
+	snap.Resources[types.Endpoint] = cachev3.Resources{}
+	delete(snap.VersionMap, resourcev3.EndpointType)
+	b.snap = snap
 	p.hashes = next
-	return snap, versions, nil
+	return b, nil
 }
 
 // validate runs Envoy's own proto validation on a resource.

@@ -11,6 +11,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/log"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/rs/zerolog"
 )
@@ -58,43 +59,50 @@ type tracker struct {
 	onGroup func(group string)
 
 	mu      sync.Mutex
-	streams map[int64]*ClientInfo
-	sent    map[int64]map[string]string // stream -> nonce -> type version sent
+	streams map[streamKey]*ClientInfo
+	sent    map[streamKey]map[string]string // stream -> nonce -> type version sent
+}
+
+// streamKey names a stream: go-control-plane numbers state-of-the-world and delta streams
+// separately, so an ID alone is ambiguous.
+type streamKey struct {
+	variant string
+	id      int64
 }
 
 func newTracker(log zerolog.Logger, m *metrics, onGroup func(string)) *tracker {
 	return &tracker{log: log, m: m, onGroup: onGroup,
-		streams: map[int64]*ClientInfo{}, sent: map[int64]map[string]string{}}
+		streams: map[streamKey]*ClientInfo{}, sent: map[streamKey]map[string]string{}}
 }
 
-func (t *tracker) open(id int64, variant string) {
+func (t *tracker) open(id streamKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.streams[id] = &ClientInfo{StreamID: id, Variant: variant, ConnectedAt: time.Now().UTC(), Acked: map[string]string{}}
+	t.streams[id] = &ClientInfo{StreamID: id.id, Variant: id.variant, ConnectedAt: time.Now().UTC(), Acked: map[string]string{}}
 	t.sent[id] = map[string]string{}
-	t.m.streams.WithLabelValues(variant).Inc()
+	t.m.streams.WithLabelValues(id.variant).Inc()
 }
 
-func (t *tracker) closed(id int64) {
+func (t *tracker) closed(id streamKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if c, ok := t.streams[id]; ok {
 		t.m.streams.WithLabelValues(c.Variant).Dec()
-		t.log.Info().Int64("stream", id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream closed")
+		t.log.Info().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream closed")
 	}
 	delete(t.streams, id)
 	delete(t.sent, id)
 }
 
 // request records a request: its node, and whether it ACKs or NACKs the response of nonce.
-func (t *tracker) request(id int64, node *core.Node, typeURL, nonce string, nack *errorDetail) {
+func (t *tracker) request(id streamKey, node *core.Node, typeURL, nonce string, nack *errorDetail) {
 	var newGroup string
 	t.mu.Lock()
 	c, ok := t.streams[id]
 	if ok && node != nil && c.NodeID == "" {
 		c.NodeID, c.Group = node.GetId(), groupOf(node)
 		newGroup = c.Group
-		t.log.Info().Int64("stream", id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream opened")
+		t.log.Info().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream opened")
 	}
 	if ok && nonce != "" {
 		version := t.sent[id][nonce]
@@ -103,7 +111,7 @@ func (t *tracker) request(id int64, node *core.Node, typeURL, nonce string, nack
 			c.NACKs++
 			c.LastNACK = nack.message
 			t.m.nacks.WithLabelValues(shortType(typeURL)).Inc()
-			t.log.Error().Int64("stream", id).Str("node", c.NodeID).Str("group", c.Group).Str("type", shortType(typeURL)).
+			t.log.Error().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("type", shortType(typeURL)).
 				Str("version", version).Int32("code", nack.code).Str("error", nack.message).Msg("Envoy rejected configuration (NACK)")
 		} else if version != "" {
 			c.Acked[shortType(typeURL)] = version
@@ -115,8 +123,8 @@ func (t *tracker) request(id int64, node *core.Node, typeURL, nonce string, nack
 	}
 }
 
-func (t *tracker) response(id int64, variant, typeURL, nonce, version string) {
-	t.m.responses.WithLabelValues(variant, shortType(typeURL)).Inc()
+func (t *tracker) response(id streamKey, typeURL, nonce, version string) {
+	t.m.responses.WithLabelValues(id.variant, shortType(typeURL)).Inc()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s, ok := t.sent[id]; ok && nonce != "" {
@@ -141,7 +149,12 @@ func (t *tracker) clients() []ClientInfo {
 		}
 		out = append(out, cp)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].StreamID < out[j].StreamID })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].StreamID != out[j].StreamID {
+			return out[i].StreamID < out[j].StreamID
+		}
+		return out[i].Variant < out[j].Variant
+	})
 	return out
 }
 
@@ -164,36 +177,36 @@ func detail(s interface {
 func (t *tracker) callbacks() serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
 		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
-			t.open(id, "sotw")
+			t.open(streamKey{"sotw", id})
 			return nil
 		},
-		StreamClosedFunc: func(id int64, _ *core.Node) { t.closed(id) },
+		StreamClosedFunc: func(id int64, _ *core.Node) { t.closed(streamKey{"sotw", id}) },
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			var nack *errorDetail
 			if req.GetErrorDetail() != nil {
 				nack = detail(req.GetErrorDetail())
 			}
-			t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
+			t.request(streamKey{"sotw", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
 			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-			t.response(id, "sotw", resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+			t.response(streamKey{"sotw", id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 		},
 		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error {
-			t.open(id, "delta")
+			t.open(streamKey{"delta", id})
 			return nil
 		},
-		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { t.closed(id) },
+		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { t.closed(streamKey{"delta", id}) },
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
 			var nack *errorDetail
 			if req.GetErrorDetail() != nil {
 				nack = detail(req.GetErrorDetail())
 			}
-			t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
+			t.request(streamKey{"delta", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
 			return nil
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
-			t.response(id, "delta", resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+			t.response(streamKey{"delta", id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
 		},
 	}
 }
@@ -205,6 +218,26 @@ func cacheLogger(l zerolog.Logger) log.Logger {
 		InfoFunc:  func(f string, a ...any) { l.Debug().Msgf(f, a...) },
 		WarnFunc:  func(f string, a ...any) { l.Warn().Msgf(f, a...) },
 		ErrorFunc: func(f string, a ...any) { l.Error().Msgf(f, a...) },
+	}
+}
+
+// muxCache serves endpoints from the linear cache and every other type from the snapshot
+// cache. Endpoints change most and are the largest part of the configuration: the linear
+// cache marshals each assignment once for all Envoys and sends only the assignments that
+// changed. Every gateway group currently gets the same endpoints; groups with their own
+// gateways would need a linear cache per group.
+func muxCache(snapshots cachev3.SnapshotCache, eds *cachev3.LinearCache) cachev3.Cache {
+	const snap, lin = "snapshot", "linear"
+	classify := func(typeURL string) string {
+		if typeURL == resourcev3.EndpointType {
+			return lin
+		}
+		return snap
+	}
+	return &cachev3.MuxCache{
+		Classify:      func(r *cachev3.Request) string { return classify(r.GetTypeUrl()) },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetTypeUrl()) },
+		Caches:        map[string]cachev3.Cache{snap: snapshots, lin: eds},
 	}
 }
 

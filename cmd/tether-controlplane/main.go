@@ -82,6 +82,9 @@ func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) 
 		return nil, err
 	}
 	o.cfg.XDSTLS = tc
+	if err := o.cfg.Validate(); err != nil {
+		return nil, err
+	}
 	return o, nil
 }
 
