@@ -53,9 +53,11 @@ type publisher struct {
 
 	notify chan struct{}
 	guard  *removalGuard
-	// releaseAt is when the guard releases its next held instance (zero: none held); only
-	// the run goroutine touches it.
+	// releaseAt is when the guard releases its next held instance (zero: none held), and
+	// lastRaw the registry state last published (before the guard); only the run goroutine
+	// touches them.
 	releaseAt time.Time
+	lastRaw   *registry.State
 
 	mu      sync.Mutex
 	latest  *registry.State
@@ -161,10 +163,11 @@ func (p *publisher) publishLatest() {
 	st, since := p.latest, p.since
 	p.since = time.Time{}
 	p.mu.Unlock()
-	if st == nil {
-		return
-	}
 	start := time.Now()
+	if st == nil || (st == p.lastRaw && (p.releaseAt.IsZero() || start.Before(p.releaseAt))) {
+		return // nothing new: a wake-up queued before the last publish, or an early timer
+	}
+	p.lastRaw = st
 	if p.guard != nil {
 		st, p.releaseAt = p.guard.apply(st, start)
 		p.m.held.Set(float64(p.guard.heldCount()))
