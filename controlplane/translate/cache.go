@@ -1,7 +1,12 @@
 package translate
 
 import (
+	"slices"
 	"sync"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/registry"
 )
@@ -41,7 +46,11 @@ func (c *Cache) Translate(st *registry.State) *Resources {
 			}
 			e, ok := c.entries[name]
 			if !ok || e.svc != svc {
-				e = cacheEntry{svc: svc, res: TranslateService(svc, c.opts)}
+				r := TranslateService(svc, c.opts)
+				if ok {
+					keepUnchanged(r, e.res)
+				}
+				e = cacheEntry{svc: svc, res: r}
 			}
 			next[name] = e
 			parts = append(parts, e.res)
@@ -49,4 +58,23 @@ func (c *Cache) Translate(st *registry.State) *Resources {
 	}
 	c.entries = next
 	return assemble(parts, c.opts, &c.memo)
+}
+
+// keepUnchanged puts back into r the parts of prev that have the same content, so that
+// consumers comparing by pointer (the route configuration memo, the publisher's hashes) see
+// them unchanged: a load change re-translates a service but usually changes only its
+// endpoints, or nothing at all when the weight stays in its quantization step.
+func keepUnchanged(r, prev *ServiceResources) {
+	if r.Cluster != nil && proto.Equal(r.Cluster, prev.Cluster) {
+		r.Cluster = prev.Cluster
+	}
+	if r.Endpoints != nil && proto.Equal(r.Endpoints, prev.Endpoints) {
+		r.Endpoints = prev.Endpoints
+	}
+	if slices.EqualFunc(r.Routes, prev.Routes, func(a, b *routev3.Route) bool { return proto.Equal(a, b) }) {
+		r.Routes = prev.Routes
+	}
+	if slices.EqualFunc(r.LocalReplyMappers, prev.LocalReplyMappers, func(a, b *hcmv3.ResponseMapper) bool { return proto.Equal(a, b) }) {
+		r.LocalReplyMappers = prev.LocalReplyMappers
+	}
 }

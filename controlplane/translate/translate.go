@@ -138,6 +138,33 @@ type listenerMemo struct {
 	mappers  []*hcmv3.ResponseMapper
 	listener *listenerv3.Listener
 	err      error
+	// The last route configuration and the route slices it was built from: when every
+	// service hands back the same slices (the Cache keeps unchanged routes' pointers), the
+	// configuration is reused, and not rebuilt and re-marshalled on each push.
+	routeParts []routePart
+	routes     *routev3.RouteConfiguration
+}
+
+// routePart identifies one service's routes by the identity of its slice.
+type routePart struct {
+	name  string
+	first *routev3.Route
+	n     int
+}
+
+func routePartsOf(sorted []*ServiceResources) []routePart {
+	out := make([]routePart, 0, len(sorted))
+	for _, s := range sorted {
+		if s.Cluster == nil {
+			continue
+		}
+		rp := routePart{name: s.Name, n: len(s.Routes)}
+		if len(s.Routes) > 0 {
+			rp.first = s.Routes[0]
+		}
+		out = append(out, rp)
+	}
+	return out
 }
 
 func (m *listenerMemo) get(opts Options, mappers []*hcmv3.ResponseMapper) (*listenerv3.Listener, error) {
@@ -187,6 +214,26 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 		}
 	}
 
+	parts := routePartsOf(sorted)
+	if memo != nil && memo.routes != nil && slices.Equal(parts, memo.routeParts) {
+		res.Routes = []*routev3.RouteConfiguration{memo.routes}
+	} else {
+		res.Routes = []*routev3.RouteConfiguration{routeConfig(byDomain, portInDomain)}
+		if memo != nil {
+			memo.routeParts, memo.routes = parts, res.Routes[0]
+		}
+	}
+	l, err := memo.get(opts, mappers)
+	if err != nil {
+		res.Problems = append(res.Problems, Problem{Message: err.Error()})
+	}
+	res.Listeners = []*listenerv3.Listener{l}
+	return res
+}
+
+// routeConfig builds the route configuration: a virtual host per domain, its services'
+// routes ordered by path prefix length (longest first), then service name.
+func routeConfig(byDomain map[string][]*ServiceResources, portInDomain bool) *routev3.RouteConfiguration {
 	rc := &routev3.RouteConfiguration{
 		Name:                     RouteConfigName,
 		IgnorePortInHostMatching: !portInDomain,
@@ -211,13 +258,7 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 		}
 		rc.VirtualHosts = append(rc.VirtualHosts, vh)
 	}
-	res.Routes = []*routev3.RouteConfiguration{rc}
-	l, err := memo.get(opts, mappers)
-	if err != nil {
-		res.Problems = append(res.Problems, Problem{Message: err.Error()})
-	}
-	res.Listeners = []*listenerv3.Listener{l}
-	return res
+	return rc
 }
 
 // adsSource is the config source "over the ADS stream, v3".

@@ -491,8 +491,22 @@ func TestCacheRetranslatesOnlyChanged(t *testing.T) {
 			t.Errorf("%s was re-translated although its service did not change", name)
 		}
 	}
-	if c1["tether_api"] == c2["tether_api"] {
-		t.Error("tether_api was not re-translated")
+	if c1["tether_api"] != c2["tether_api"] {
+		t.Error("tether_api's cluster did not change, yet a new pointer was handed out: the publisher would re-hash it")
+	}
+	eps := func(res *Resources) *endpointv3.ClusterLoadAssignment {
+		for _, e := range res.Endpoints {
+			if e.GetClusterName() == "tether_api" {
+				return e
+			}
+		}
+		return nil
+	}
+	if eps(r1) == eps(r2) || proto.Equal(eps(r1), eps(r2)) {
+		t.Error("tether_api's endpoints were not re-translated after its load changed")
+	}
+	if r1.Routes[0] != r2.Routes[0] {
+		t.Error("the route configuration was rebuilt although no route changed")
 	}
 	fresh := Translate(st2, Options{})
 	m2, mf := allMessages(r2), allMessages(fresh)
