@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -111,6 +112,17 @@ func (e *EtcdFlags) ClientConfig(lookup func(string) (string, bool)) (clientv3.C
 			}
 			if _, err := os.Stat(file); err != nil {
 				return cfg, fmt.Errorf("%s: %w", flagName, err)
+			}
+		}
+		if e.CA != "" {
+			// etcd's TLS helper accepts a CA file with no certificate in it, which then
+			// fails every handshake at run time; refuse it here.
+			pem, err := os.ReadFile(e.CA)
+			if err != nil {
+				return cfg, fmt.Errorf("--etcd-ca: %w", err)
+			}
+			if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+				return cfg, fmt.Errorf("--etcd-ca: %s holds no PEM certificate", e.CA)
 			}
 		}
 		info := transport.TLSInfo{CertFile: e.Cert, KeyFile: e.Key, TrustedCAFile: e.CA}

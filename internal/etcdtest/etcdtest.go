@@ -6,10 +6,12 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"testing"
 	"time"
 
 	"github.com/tetherlb/tether/registry"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -26,6 +28,24 @@ type Server struct {
 
 // Option adjusts the embedded etcd's configuration (TLS, auth).
 type Option func(*embed.Config)
+
+// WithTLS serves clients over TLS with info; set info.ClientCertAuth to require client
+// certificates. The client URL becomes https://.
+func WithTLS(info transport.TLSInfo) Option {
+	return func(c *embed.Config) {
+		c.ClientTLSInfo = info
+		for _, urls := range [][]url.URL{c.ListenClientUrls, c.AdvertiseClientUrls} {
+			for i := range urls {
+				urls[i].Scheme = "https"
+			}
+		}
+	}
+}
+
+// WithFastPasswords makes password hashing cheap (bcrypt's minimum cost), for tests with auth.
+func WithFastPasswords() Option {
+	return func(c *embed.Config) { c.BcryptCost = 4 } // bcrypt.MinCost
+}
 
 // FreePort returns a free TCP port on 127.0.0.1.
 func FreePort(t testing.TB) int {
@@ -70,6 +90,7 @@ func (s *Server) start(t testing.TB) {
 		t.Fatalf("start embedded etcd: %v", err)
 	}
 	s.e = e
+	s.ClientURL = e.Endpoints[0] // an Option may have changed the scheme (WithTLS)
 }
 
 // Endpoints returns the client endpoints.

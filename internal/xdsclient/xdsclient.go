@@ -84,7 +84,11 @@ func New(v Variant, nodeID, cluster string) *Client {
 	return c
 }
 
-// Run opens the ADS stream on conn and keeps it until ctx ends or the stream fails.
+// Run opens the ADS stream on conn and keeps it until ctx ends or the stream fails. Run may
+// be called again after it returned, on the same or another control plane: like Envoy, the new
+// stream starts from what the client holds, with its last version_info per type (state of
+// the world) or its initial_resource_versions (delta), so that a server with the same
+// configuration re-sends nothing in delta.
 func (c *Client) Run(ctx context.Context, conn grpc.ClientConnInterface) error {
 	ads := discovery.NewAggregatedDiscoveryServiceClient(conn)
 	if c.Variant == Delta {
@@ -112,8 +116,8 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 		}
 		return nil
 	}
-	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
-		if err := send(t, "", "", nil, ""); err != nil {
+	for _, r := range c.resume() {
+		if err := send(r.typeURL, r.version, "", r.names, ""); err != nil {
 			return err
 		}
 	}
@@ -200,8 +204,9 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 		}
 		return nil
 	}
-	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
-		if err := send(&discovery.DeltaDiscoveryRequest{TypeUrl: t}); err != nil {
+	for _, r := range c.resume() {
+		req := &discovery.DeltaDiscoveryRequest{TypeUrl: r.typeURL, ResourceNamesSubscribe: r.names, InitialResourceVersions: r.versions}
+		if err := send(req); err != nil {
 			return err
 		}
 	}
@@ -263,6 +268,37 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 			}
 		}
 	}
+}
+
+// resumeRequest is the first request of one type on a new stream.
+type resumeRequest struct {
+	typeURL, version string
+	names            []string          // nil: wildcard
+	versions         map[string]string // per-resource versions held (delta)
+}
+
+// resume returns the first requests of a new stream, in Envoy's order: the wildcard types
+// (clusters, listeners) always, the others (endpoints, routes) when the client already
+// subscribes to some, each with the versions the client holds.
+func (c *Client) resume() []resumeRequest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []resumeRequest
+	for _, t := range Types {
+		wildcard := t == resourcev3.ClusterType || t == resourcev3.ListenerType
+		if !wildcard && len(c.subs[t]) == 0 {
+			continue
+		}
+		r := resumeRequest{typeURL: t, version: c.versions[t], names: append([]string(nil), c.subs[t]...)}
+		if len(c.rversions[t]) > 0 {
+			r.versions = make(map[string]string, len(c.rversions[t]))
+			for n, v := range c.rversions[t] {
+				r.versions[n] = v
+			}
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // followType is the type whose names a response of typeURL determines.

@@ -1,0 +1,110 @@
+// Command tether-bench is Tether's load harness: it runs a real embedded etcd, the control
+// plane as a child process and many simulated Envoys on loopback, drives a timed scenario of
+// instance changes and prints propagation latency, cost and scale figures as a table and,
+// with -json, as JSON. See docs/performance.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tetherlb/tether/internal/bench"
+	"github.com/tetherlb/tether/internal/cli"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout io.Writer, stderr *os.File) int {
+	fs := flag.NewFlagSet("tether-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var base bench.Config
+	fs.IntVar(&base.Instances, "n", 100, "instances (N)")
+	fs.IntVar(&base.Envoys, "e", 10, "simulated Envoys (E); with -variant both, half delta and half state-of-the-world")
+	fs.IntVar(&base.Services, "s", 0, "services (S); 0 means N/10")
+	fs.Float64Var(&base.Rate, "rate", 200, "instance changes per second during the scenario")
+	fs.DurationVar(&base.Duration, "duration", 0, "scenario length (default 30s)")
+	fs.StringVar(&base.Variant, "variant", bench.VariantBoth, "ADS variant of the simulated Envoys: sotw, delta or both")
+	fs.DurationVar(&base.ChangeTimeout, "change-timeout", 0, "longest wait for every Envoy to hold one change (default 10s)")
+	fs.Uint64Var(&base.Seed, "seed", 1, "seed of the scenario's random choices")
+	scales := fs.String("scales", "", "comma-separated NxE list run one after another with S = N/10, e.g. 100x10,1000x100,10000x1000 (overrides -n, -e, -s)")
+	jsonOut := fs.String("json", "", "also write the reports as JSON to this file")
+	cpBin := fs.String("controlplane", "", "tether-controlplane binary to run (default: built with the go tool)")
+	logLevel := fs.String("log-level", "info", "log level of the harness: debug, info, warn, error")
+	fs.StringVar(&base.WorkDir, "workdir", "", "keep etcd's data and the control plane's log in this directory (default: a temporary one, removed at the end)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	log, err := cli.NewLogger(*logLevel, "", stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tether-bench: %v\n", err)
+		return 2
+	}
+	base.Logger = log
+	configs := []bench.Config{base}
+	if *scales != "" {
+		list, err := bench.ParseScales(*scales)
+		if err != nil {
+			fmt.Fprintf(stderr, "tether-bench: -scales: %v\n", err)
+			return 2
+		}
+		configs = configs[:0]
+		for _, sc := range list {
+			c := base
+			c.Instances, c.Envoys, c.Services = sc.Instances, sc.Envoys, 0
+			configs = append(configs, c)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *cpBin == "" {
+		dir, err := os.MkdirTemp("", "tether-bench-bin-")
+		if err != nil {
+			fmt.Fprintf(stderr, "tether-bench: %v\n", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		if *cpBin, err = bench.BuildControlPlane(ctx, dir); err != nil {
+			fmt.Fprintf(stderr, "tether-bench: %v\n", err)
+			return 1
+		}
+	}
+	var reports []*bench.Report
+	for _, c := range configs {
+		c.ControlPlaneBin = *cpBin
+		log.Info().Int("n", c.Instances).Int("e", c.Envoys).Float64("rate", c.Rate).Str("variant", c.Variant).Msg("run")
+		rep, err := bench.Run(ctx, c)
+		if err != nil {
+			fmt.Fprintf(stderr, "tether-bench: N=%d E=%d: %v\n", c.Instances, c.Envoys, err)
+			return 1
+		}
+		reports = append(reports, rep)
+	}
+	if err := bench.WriteTable(stdout, reports); err != nil {
+		fmt.Fprintf(stderr, "tether-bench: %v\n", err)
+		return 1
+	}
+	if *jsonOut != "" {
+		b, err := json.MarshalIndent(reports, "", "  ")
+		if err == nil {
+			err = os.WriteFile(*jsonOut, append(b, '\n'), 0o644)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "tether-bench: -json: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}

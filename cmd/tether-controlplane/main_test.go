@@ -1,0 +1,149 @@
+package main
+
+import (
+	"crypto/tls"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/tlstest"
+)
+
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+// runCaptured runs the command with args and env and returns its exit code and stderr.
+func runCaptured(t *testing.T, args []string, env map[string]string) (int, string) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	code := run(args, envOf(env), f)
+	out, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, string(out)
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestBadFlagsExit2: every bad flag or environment value stops the start with exit code 2
+// and a message naming the flag (or variable) at fault.
+func TestBadFlagsExit2(t *testing.T) {
+	dir := t.TempDir()
+	garbage := writeFile(t, dir, "garbage.pem", "not a certificate")
+	empty := writeFile(t, dir, "empty", "")
+	password := writeFile(t, dir, "password", "s3cret\n")
+	missing := filepath.Join(dir, "missing.pem")
+	ca := tlstest.New(t, "test-ca")
+	kp := ca.Server(t, "controlplane")
+	etcd := []string{"--etcd-endpoints", "127.0.0.1:2379"}
+	with := func(a ...string) []string { return append(append([]string{}, etcd...), a...) }
+	cases := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"listen port 0", []string{"--envoy-listen-port", "0"}, nil, "--envoy-listen-port"},
+		{"listen port 65536", []string{"--envoy-listen-port", "65536"}, nil, "--envoy-listen-port"},
+		{"listen port not a number", []string{"--envoy-listen-port", "http"}, nil, "envoy-listen-port"},
+		{"coalesce quiet zero", []string{"--coalesce-quiet", "0s"}, nil, "--coalesce-quiet"},
+		{"coalesce max below quiet", []string{"--coalesce-quiet", "50ms", "--coalesce-max", "10ms"}, nil, "--coalesce-max"},
+		{"hold share over 1", []string{"--hold-share", "1.5"}, nil, "--hold-share"},
+		{"hold grace not a duration", []string{"--hold-grace", "soon"}, nil, "hold-grace"},
+		{"prefix without slash", []string{"--prefix", "tether"}, nil, "--prefix"},
+		{"log level", []string{"--log-level", "loud"}, nil, "--log-level"},
+		{"log format", []string{"--log-format", "xml"}, nil, "--log-format"},
+		{"endpoints with a space", []string{"--etcd-endpoints", "10.0.0.1:2379 10.0.0.2:2379"}, nil, "--etcd-endpoints"},
+		{"endpoint scheme", []string{"--etcd-endpoints", "ftp://10.0.0.1:2379"}, nil, "--etcd-endpoints"},
+		{"etcd cert without key", with("--etcd-cert", kp.CertFile), nil, "--etcd-cert"},
+		{"etcd CA missing", with("--etcd-ca", missing), nil, "--etcd-ca"},
+		{"etcd CA not PEM", with("--etcd-ca", garbage), nil, "--etcd-ca"},
+		{"etcd user without password", with("--etcd-user", "tether-controlplane"), nil, "--etcd-user"},
+		{"etcd password file missing", with("--etcd-user", "u", "--etcd-password-file", missing), nil, "--etcd-password-file"},
+		{"etcd password file empty", with("--etcd-user", "u", "--etcd-password-file", empty), nil, "--etcd-password-file"},
+		{"etcd password file without user", with("--etcd-password-file", password), nil, "--etcd-password-file"},
+		{"etcd password is no flag", with("--etcd-user", "u", "--etcd-password", "s3cret"), nil, "etcd-password"},
+		{"etcd dial timeout", with("--etcd-dial-timeout", "0s"), nil, "--etcd-dial-timeout"},
+		{"xDS cert without key", []string{"--xds-tls-cert", kp.CertFile}, nil, "--xds-tls-cert"},
+		{"xDS client CA without cert", []string{"--xds-client-ca", ca.CAFile}, nil, "--xds-client-ca"},
+		{"xDS cert not PEM", []string{"--xds-tls-cert", garbage, "--xds-tls-key", garbage}, nil, "--xds-tls-cert"},
+		{"xDS key missing", []string{"--xds-tls-cert", kp.CertFile, "--xds-tls-key", missing}, nil, "--xds-tls-key"},
+		{"xDS client CA not PEM", []string{"--xds-tls-cert", kp.CertFile, "--xds-tls-key", kp.KeyFile, "--xds-client-ca", garbage}, nil, "--xds-client-ca"},
+		{"positional argument", []string{"serve"}, nil, "unexpected argument"},
+		{"env listen port", nil, map[string]string{"TETHER_ENVOY_LISTEN_PORT": "abc"}, "TETHER_ENVOY_LISTEN_PORT"},
+		{"env hold grace", nil, map[string]string{"TETHER_HOLD_GRACE": "forever"}, "--hold-grace"},
+		{"env endpoints", nil, map[string]string{"TETHER_ETCD_ENDPOINTS": "a:1 b:2"}, "--etcd-endpoints"},
+		{"env prefix", nil, map[string]string{"TETHER_PREFIX": "no-slash"}, "--prefix"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := runCaptured(t, tc.args, tc.env)
+			if code != 2 {
+				t.Errorf("exit code %d; want 2; stderr:\n%s", code, out)
+			}
+			if !strings.Contains(out, tc.want) {
+				t.Errorf("stderr does not name %s:\n%s", tc.want, out)
+			}
+			if strings.Contains(out, "s3cret") {
+				t.Errorf("stderr shows the password:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestListenFailureExit1: an address already in use is a runtime failure (exit 1), and the
+// log line names the flag.
+func TestListenFailureExit1(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, flagName := range []string{"--xds-addr", "--admin-addr"} {
+		args := []string{"--etcd-endpoints", "127.0.0.1:1", "--xds-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", flagName, l.Addr().String()}
+		code, out := runCaptured(t, args, nil)
+		if code != 1 || !strings.Contains(out, flagName) {
+			t.Errorf("%s in use: exit %d, stderr:\n%s\nwant exit 1 naming the flag", flagName, code, out)
+		}
+	}
+}
+
+// TestSecurityFlags: the xDS TLS flags give TLS or mutual TLS, and the etcd password comes
+// from the environment when no file is given.
+func TestSecurityFlags(t *testing.T) {
+	ca := tlstest.New(t, "test-ca")
+	kp := ca.Server(t, "controlplane")
+	o, err := parse(nil, envOf(nil), os.Stderr)
+	if err != nil || o.cfg.XDSTLS != nil {
+		t.Fatalf("no TLS flags: %v, TLS %v; want plaintext", err, o.cfg.XDSTLS)
+	}
+	o, err = parse([]string{"--xds-tls-cert", kp.CertFile, "--xds-tls-key", kp.KeyFile}, envOf(nil), os.Stderr)
+	if err != nil || o.cfg.XDSTLS == nil || o.cfg.XDSTLS.ClientAuth != tls.NoClientCert {
+		t.Fatalf("TLS flags: %v; want TLS without client certificates", err)
+	}
+	o, err = parse([]string{"--xds-tls-cert", kp.CertFile, "--xds-tls-key", kp.KeyFile, "--xds-client-ca", ca.CAFile}, envOf(nil), os.Stderr)
+	if err != nil || o.cfg.XDSTLS == nil || o.cfg.XDSTLS.ClientAuth != tls.RequireAndVerifyClientCert || o.cfg.XDSTLS.ClientCAs == nil {
+		t.Fatalf("mutual TLS flags: %v; want client certificates required", err)
+	}
+	o, err = parse([]string{"--etcd-endpoints", "127.0.0.1:2379", "--etcd-user", "tether-controlplane"},
+		envOf(map[string]string{cli.PasswordEnv: "from-env"}), os.Stderr)
+	if err != nil || o.cfg.Etcd.Username != "tether-controlplane" || o.cfg.Etcd.Password != "from-env" {
+		t.Fatalf("password from %s: %v", cli.PasswordEnv, err)
+	}
+}

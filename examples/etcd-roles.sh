@@ -1,0 +1,36 @@
+#!/bin/sh
+# etcd-roles.sh creates Tether's least-privilege etcd users and roles, then enables auth.
+#
+#   tether-controlplane  read-only on $PREFIX/ (lists and watches the registry)
+#   tether-agent         read-write on $PREFIX/instances/ only (cannot touch service configs)
+#   root                 etcd's administrator (required by etcd before auth can be enabled)
+#
+# Run it once against a cluster whose auth is not enabled yet, with etcdctl v3 and the
+# connection settings in the environment, e.g.
+#   ETCDCTL_ENDPOINTS=https://10.0.0.1:2379 ETCDCTL_CACERT=ca.pem \
+#   ETCDCTL_CERT=admin.pem ETCDCTL_KEY=admin-key.pem \
+#   ROOT_PASSWORD=... CONTROLPLANE_PASSWORD=... AGENT_PASSWORD=... ./examples/etcd-roles.sh
+# Passwords reach etcdctl on its standard input (printf is a shell builtin), never on a
+# command line where process listings would show them; they must not contain spaces.
+# The commands below are applied verbatim by the tests (internal/etcdtest.ApplyRolesScript).
+set -eu
+
+PREFIX="${TETHER_PREFIX:-/tether}"
+: "${ROOT_PASSWORD:?set ROOT_PASSWORD}"
+: "${CONTROLPLANE_PASSWORD:?set CONTROLPLANE_PASSWORD}"
+: "${AGENT_PASSWORD:?set AGENT_PASSWORD}"
+
+printf '%s\n' "$ROOT_PASSWORD" | etcdctl user add root --interactive=false
+etcdctl user grant-role root root
+
+etcdctl role add tether-controlplane
+etcdctl role grant-permission tether-controlplane read --prefix=true "$PREFIX/"
+printf '%s\n' "$CONTROLPLANE_PASSWORD" | etcdctl user add tether-controlplane --interactive=false
+etcdctl user grant-role tether-controlplane tether-controlplane
+
+etcdctl role add tether-agent
+etcdctl role grant-permission tether-agent readwrite --prefix=true "$PREFIX/instances/"
+printf '%s\n' "$AGENT_PASSWORD" | etcdctl user add tether-agent --interactive=false
+etcdctl user grant-role tether-agent tether-agent
+
+etcdctl auth enable

@@ -1,0 +1,407 @@
+// Package bench is Tether's load harness. It starts a real embedded etcd, runs the control
+// plane as a child process against it, writes a registry of N instances across S services,
+// connects E simulated Envoys (internal/xdsclient, state-of-the-world and delta ADS) and
+// runs a timed scenario of instance changes (load updates, state flips, registrations,
+// lease expiries). It measures propagation latency from the etcd write returning to each
+// Envoy holding the change, the raw etcd write-to-watch floor, the control plane's CPU and
+// peak memory, bytes sent per change per Envoy, pushes per second and the time for a new
+// Envoy to receive the full configuration.
+//
+// Method notes (also in docs/performance.md):
+//   - A change is "held" by an Envoy when the ClusterLoadAssignment it received for the
+//     service shows the changed instance's endpoint with the health and weight that
+//     translate.TranslateService predicts (or shows it present/absent for a registration
+//     or an expiry). Each change is made visible: a load change moves the weight across the
+//     quantization step, a state flip moves available <-> full (HEALTHY <-> DRAINING).
+//   - At most one change per service is in flight, so that a prediction cannot be
+//     overtaken by a later change to the same service.
+//   - A lease expiry is a LeaseRevoke of the instance's own lease: etcd deletes the key
+//     through the same path as an expiry, and the revoke's return gives a precise start.
+//   - Simulated Envoys share one gRPC connection per ClientsPerConn streams; real Envoys
+//     would each have their own.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tetherlb/tether/internal/xdsclient"
+	"github.com/tetherlb/tether/registry"
+)
+
+// Variants accepted in Config.Variant.
+const (
+	VariantSotW  = "sotw"
+	VariantDelta = "delta"
+	VariantBoth  = "both"
+)
+
+// Config describes one run at one scale. Zero values take the documented defaults.
+type Config struct {
+	Instances int // N, default 100
+	Services  int // S, default N/10 (at least 1)
+	Envoys    int // E, default 10; with VariantBoth half are delta, half state-of-the-world
+	// Rate is scheduled changes per second (default 200) during Duration (default 30 s).
+	Rate     float64
+	Duration time.Duration
+	Variant  string // sotw, delta or both (default)
+	// ControlPlaneBin is a built tether-controlplane; empty builds one with the go tool.
+	ControlPlaneBin string
+	// WorkDir holds etcd's data and the control plane's log; empty uses a temporary
+	// directory removed at the end.
+	WorkDir string
+	// ChangeTimeout bounds the wait for every Envoy to hold one change (default 10 s).
+	ChangeTimeout time.Duration
+	// ClientsPerConn is how many simulated Envoys share one gRPC connection (default 100).
+	ClientsPerConn int
+	// LoadProbes is the number of isolated load changes measured after the scenario
+	// (default 5).
+	LoadProbes int
+	// Seed makes the scenario's random choices repeatable.
+	Seed   uint64
+	Logger zerolog.Logger
+}
+
+func (c *Config) withDefaults() error {
+	if c.Instances <= 0 {
+		c.Instances = 100
+	}
+	if c.Services <= 0 {
+		c.Services = max(c.Instances/10, 1)
+	}
+	if c.Services > c.Instances {
+		return fmt.Errorf("services (%d) must not outnumber instances (%d)", c.Services, c.Instances)
+	}
+	if c.Envoys <= 0 {
+		c.Envoys = 10
+	}
+	if c.Rate <= 0 {
+		c.Rate = 200
+	}
+	if c.Duration <= 0 {
+		c.Duration = 30 * time.Second
+	}
+	switch c.Variant {
+	case "":
+		c.Variant = VariantBoth
+	case VariantSotW, VariantDelta, VariantBoth:
+	default:
+		return fmt.Errorf("variant %q: want sotw, delta or both", c.Variant)
+	}
+	if c.ChangeTimeout <= 0 {
+		c.ChangeTimeout = 10 * time.Second
+	}
+	if c.ClientsPerConn <= 0 {
+		c.ClientsPerConn = 100
+	}
+	if c.LoadProbes <= 0 {
+		c.LoadProbes = 5
+	}
+	return nil
+}
+
+// Limits of the phases outside the scenario.
+const (
+	seedWorkers    = 32
+	changeWorkers  = 256
+	readyTimeout   = 3 * time.Minute
+	connectTimeout = 5 * time.Minute
+	leaseTTL       = 3600 // seconds: no lease expires on its own during a run
+)
+
+// harness is one run.
+type harness struct {
+	cfg      Config
+	log      zerolog.Logger
+	etcd     *registry.Embedded
+	cli      *clientv3.Client
+	cp       *childControlPlane
+	svcs     []*svcState
+	nextID   atomic.Int64
+	variants []string
+	envoys   []*simEnvoy
+	conns    []*grpc.ClientConn
+	obs      *observer
+	wg       sync.WaitGroup // simulated Envoy streams
+}
+
+// simEnvoy is one simulated Envoy with its byte counter.
+type simEnvoy struct {
+	c       *xdsclient.Client
+	idx     int
+	variant int // index into harness.variants
+	bytes   atomic.Int64
+	failed  atomic.Bool
+}
+
+// Run runs the harness once at one scale and returns its report.
+func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
+	if err := cfg.withDefaults(); err != nil {
+		return nil, err
+	}
+	h := &harness{cfg: cfg, log: cfg.Logger, obs: newObserver()}
+	switch cfg.Variant {
+	case VariantBoth:
+		h.variants = []string{VariantDelta, VariantSotW}
+	default:
+		h.variants = []string{cfg.Variant}
+	}
+	dir := cfg.WorkDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "tether-bench-"); err != nil {
+			return nil, fmt.Errorf("work dir: %w", err)
+		}
+		defer os.RemoveAll(dir)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer func() {
+		if cerr := h.close(cancel); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	return h.run(ctx, dir)
+}
+
+func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
+	cfg := h.cfg
+	rep := &Report{Instances: cfg.Instances, Services: cfg.Services, Envoys: cfg.Envoys, Rate: cfg.Rate, Changes: map[string]int{}}
+	if err := h.startEtcd(ctx, dir); err != nil {
+		return nil, err
+	}
+	bin := cfg.ControlPlaneBin
+	if bin == "" {
+		var err error
+		if bin, err = BuildControlPlane(ctx, dir); err != nil {
+			return nil, err
+		}
+	}
+	start := time.Now()
+	if err := h.seed(ctx); err != nil {
+		return nil, err
+	}
+	rep.SeedSeconds = time.Since(start).Seconds()
+	h.log.Info().Int("instances", cfg.Instances).Int("services", cfg.Services).Dur("took", time.Since(start)).Msg("registry written")
+
+	start = time.Now()
+	cp, err := startControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), readyTimeout)
+	if err != nil {
+		return nil, err
+	}
+	h.cp = cp
+	rep.ControlPlaneReadySeconds = time.Since(start).Seconds()
+
+	start = time.Now()
+	if err := h.connect(ctx); err != nil {
+		return nil, err
+	}
+	rep.ConnectSeconds = time.Since(start).Seconds()
+	h.log.Info().Int("envoys", cfg.Envoys).Dur("took", time.Since(start)).Msg("simulated Envoys hold the full configuration")
+
+	if err := h.scenario(ctx, rep); err != nil {
+		return nil, err
+	}
+	if err := h.loadProbes(ctx, rep); err != nil {
+		return nil, err
+	}
+	for i, v := range h.variants {
+		d, err := h.firstConfig(ctx, v, i)
+		if err != nil {
+			return nil, err
+		}
+		rep.Variants[i].FirstConfigMs = float64(d.Microseconds()) / 1000
+	}
+	u, err := h.cp.usage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.ControlPlanePeakRSSBytes = u.peakRSS
+	for _, e := range h.envoys {
+		if e.failed.Load() {
+			rep.Variants[e.variant].StreamErrors++
+		}
+	}
+	return rep, nil
+}
+
+func (h *harness) startEtcd(ctx context.Context, dir string) error {
+	client, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	peer, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	e, err := registry.StartEmbedded(ctx, registry.EmbedConfig{
+		Dir: filepath.Join(dir, "etcd"), ClientURL: "http://" + client, PeerURL: "http://" + peer,
+		// etcd logs its own shutdown as errors; failures reach the harness as API errors.
+		LogLevel: "fatal",
+	})
+	if err != nil {
+		return err
+	}
+	h.etcd = e
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	h.cli = cli
+	return nil
+}
+
+// connect opens the simulated Envoys and waits until every one holds the full configuration.
+func (h *harness) connect(ctx context.Context) error {
+	for i := range h.cfg.Envoys {
+		if i%h.cfg.ClientsPerConn == 0 {
+			conn, err := dial(h.cp.xds)
+			if err != nil {
+				return err
+			}
+			h.conns = append(h.conns, conn)
+		}
+		v := i % len(h.variants)
+		e := &simEnvoy{idx: i, variant: v,
+			c: xdsclient.New(xdsclient.Variant(h.variants[v]), fmt.Sprintf("bench-envoy-%05d", i), "")}
+		e.c.OnUpdate = func(u xdsclient.Update) {
+			e.bytes.Add(int64(u.Bytes))
+			h.obs.onUpdate(e.idx, u)
+		}
+		h.envoys = append(h.envoys, e)
+		conn := h.conns[len(h.conns)-1]
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			if err := e.c.Run(ctx, conn); err != nil && ctx.Err() == nil {
+				e.failed.Store(true)
+				h.log.Warn().Err(err).Int("envoy", e.idx).Msg("simulated Envoy stream failed")
+			}
+		}()
+	}
+	h.obs.setClients(len(h.envoys))
+	deadline := time.Now().Add(connectTimeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		synced := 0
+		for _, e := range h.envoys {
+			if e.failed.Load() {
+				return fmt.Errorf("simulated Envoy %d: stream failed while connecting (see the log)", e.idx)
+			}
+			if h.complete(e.c) {
+				synced++
+			}
+		}
+		if synced == len(h.envoys) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d simulated Envoys hold the full configuration after %s", synced, len(h.envoys), connectTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("connect: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// complete reports whether c holds every service's cluster and endpoints, the listener and
+// the route configuration.
+func (h *harness) complete(c *xdsclient.Client) bool {
+	return c.Count(resourcev3.ClusterType) >= h.cfg.Services && c.Count(resourcev3.EndpointType) >= h.cfg.Services &&
+		c.Count(resourcev3.ListenerType) >= 1 && c.Count(resourcev3.RouteType) >= 1
+}
+
+func dial(addr string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
+		grpc.WithInitialWindowSize(8<<20), grpc.WithInitialConnWindowSize(64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("dial xDS %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// firstConfig connects one more Envoy of variant and times how long it takes to hold the
+// full configuration.
+func (h *harness) firstConfig(ctx context.Context, variant string, vi int) (time.Duration, error) {
+	conn, err := dial(h.cp.xds)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	c := xdsclient.New(xdsclient.Variant(variant), "bench-new-"+variant, "")
+	done := make(chan time.Time, 1)
+	c.OnUpdate = func(u xdsclient.Update) {
+		if h.complete(c) {
+			select {
+			case done <- u.At:
+			default:
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(ctx, conn) }()
+	defer func() { cancel(); <-errc }()
+	select {
+	case at := <-done:
+		return at.Sub(start), nil
+	case err := <-errc:
+		return 0, fmt.Errorf("new %s Envoy: %w", variant, err)
+	case <-ctx.Done():
+		return 0, fmt.Errorf("new %s Envoy did not get the full configuration within %s", variant, connectTimeout)
+	}
+}
+
+// close stops the Envoys, the control plane and etcd.
+func (h *harness) close(cancel context.CancelFunc) error {
+	cancel()
+	var errs []error
+	h.wg.Wait()
+	for _, c := range h.conns {
+		c.Close()
+	}
+	if h.cp != nil {
+		errs = append(errs, h.cp.stop())
+	}
+	if h.cli != nil {
+		h.cli.Close()
+	}
+	if h.etcd != nil {
+		h.etcd.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// cpuSelf is the harness process's CPU time so far.
+func cpuSelf() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// newRand returns a random source for stream i of the run.
+func (h *harness) newRand(i uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(h.cfg.Seed, i))
+}

@@ -1,0 +1,135 @@
+package bench
+
+import (
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/tetherlb/tether/internal/xdsclient"
+)
+
+// sig is what an Envoy sees of one instance in its service's ClusterLoadAssignment.
+type sig struct {
+	present bool
+	health  corev3.HealthStatus
+	weight  uint32
+}
+
+// sigOf finds the endpoint address:port in cla.
+func sigOf(cla *endpointv3.ClusterLoadAssignment, addr string, port uint32) sig {
+	for _, loc := range cla.GetEndpoints() {
+		for _, lb := range loc.GetLbEndpoints() {
+			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+			if sa.GetAddress() == addr && sa.GetPortValue() == port {
+				return sig{present: true, health: lb.GetHealthStatus(), weight: lb.GetLoadBalancingWeight().GetValue()}
+			}
+		}
+	}
+	return sig{}
+}
+
+// pending is one change waiting to be seen by every Envoy and by the etcd watch.
+type pending struct {
+	cluster string
+	key     string
+	addr    string
+	port    uint32
+	want    sig
+
+	seen      []time.Time // per Envoy, zero until it holds the change
+	remaining int
+	floor     time.Time // when the harness's own etcd watch saw the key change
+	done      chan struct{}
+}
+
+// observer matches the updates the Envoys receive, and the harness's etcd watch events,
+// against the changes in flight.
+type observer struct {
+	mu        sync.Mutex
+	clients   int
+	byCluster map[string]*pending
+	byKey     map[string]*pending
+}
+
+func newObserver() *observer {
+	return &observer{byCluster: map[string]*pending{}, byKey: map[string]*pending{}}
+}
+
+func (o *observer) setClients(n int) {
+	o.mu.Lock()
+	o.clients = n
+	o.mu.Unlock()
+}
+
+// add registers a change before it is written. The caller guarantees one change per
+// service (cluster) at a time.
+func (o *observer) add(cluster, key, addr string, port uint32, want sig) *pending {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	p := &pending{cluster: cluster, key: key, addr: addr, port: port, want: want,
+		seen: make([]time.Time, o.clients), remaining: o.clients, done: make(chan struct{})}
+	if p.remaining == 0 {
+		close(p.done)
+	}
+	o.byCluster[cluster] = p
+	o.byKey[key] = p
+	return p
+}
+
+// remove forgets p and returns a copy of what was seen of it.
+func (o *observer) remove(p *pending) (seen []time.Time, floor time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.byCluster, p.cluster)
+	delete(o.byKey, p.key)
+	return append([]time.Time(nil), p.seen...), p.floor
+}
+
+// onUpdate is called by Envoy idx for every response it applied.
+func (o *observer) onUpdate(idx int, u xdsclient.Update) {
+	if u.TypeURL != resourcev3.EndpointType {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.byCluster) == 0 || idx >= o.clients {
+		return
+	}
+	check := func(p *pending) {
+		if !p.seen[idx].IsZero() {
+			return
+		}
+		cla, ok := u.Resources[p.cluster].(*endpointv3.ClusterLoadAssignment)
+		if !ok || sigOf(cla, p.addr, p.port) != p.want {
+			return
+		}
+		p.seen[idx] = u.At
+		p.remaining--
+		if p.remaining == 0 {
+			close(p.done)
+		}
+	}
+	if len(u.Resources) < len(o.byCluster) {
+		for name := range u.Resources {
+			if p, ok := o.byCluster[name]; ok {
+				check(p)
+			}
+		}
+		return
+	}
+	for _, p := range o.byCluster {
+		check(p)
+	}
+}
+
+// onWatch records the harness's own etcd watch seeing key change.
+func (o *observer) onWatch(key string, at time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if p, ok := o.byKey[key]; ok && p.floor.IsZero() {
+		p.floor = at
+	}
+}

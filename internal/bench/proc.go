@@ -1,0 +1,238 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/shirou/gopsutil/v4/process"
+)
+
+// controlPlanePkg is the import path of the control plane's main package.
+const controlPlanePkg = "github.com/tetherlb/tether/cmd/tether-controlplane"
+
+// BuildControlPlane compiles tether-controlplane into dir with the go tool and returns the
+// binary's path. It must run inside the module (make bench and go test do).
+func BuildControlPlane(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "tether-controlplane")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, controlPlanePkg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w: %s", controlPlanePkg, err, bytes.TrimSpace(out))
+	}
+	return bin, nil
+}
+
+// childControlPlane is tether-controlplane running as a child process, so that its CPU time
+// and memory are its own and not mixed with the harness's.
+type childControlPlane struct {
+	cmd   *exec.Cmd
+	proc  *process.Process
+	xds   string
+	admin string
+	log   *os.File
+	done  chan struct{}
+	err   error
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startControlPlane starts bin against etcd endpoints and waits until /readyz answers 200.
+// The control plane's logs (warnings and errors) go to logPath.
+func startControlPlane(ctx context.Context, bin string, endpoints []string, logPath string, readyTimeout time.Duration) (*childControlPlane, error) {
+	xds, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	admin, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, fmt.Errorf("control plane log: %w", err)
+	}
+	cmd := exec.Command(bin,
+		"--etcd-endpoints", strings.Join(endpoints, ","),
+		"--xds-addr", xds, "--admin-addr", admin,
+		"--log-level", "warn", "--log-format", "json")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	c := &childControlPlane{cmd: cmd, xds: xds, admin: admin, log: logf, done: make(chan struct{})}
+	go func() {
+		c.err = cmd.Wait()
+		close(c.done)
+	}()
+	if c.proc, err = process.NewProcess(int32(cmd.Process.Pid)); err != nil {
+		c.stop()
+		return nil, fmt.Errorf("inspect control plane process: %w", err)
+	}
+	if err := c.waitReady(ctx, readyTimeout); err != nil {
+		c.stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *childControlPlane) waitReady(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	client := &http.Client{Timeout: time.Second}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.admin+"/readyz", nil)
+		if err != nil {
+			return fmt.Errorf("readyz request: %w", err)
+		}
+		if resp, err := client.Do(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-c.done:
+			return fmt.Errorf("control plane exited before it was ready: %v (log: %s)", c.err, c.log.Name())
+		case <-ctx.Done():
+			return fmt.Errorf("control plane not ready after %s (log: %s)", timeout, c.log.Name())
+		case <-tick.C:
+		}
+	}
+}
+
+// usage is the control plane's CPU time so far and its peak resident memory.
+type usage struct {
+	cpuSeconds float64
+	peakRSS    int64
+}
+
+func (c *childControlPlane) usage(ctx context.Context) (usage, error) {
+	t, err := c.proc.TimesWithContext(ctx)
+	if err != nil {
+		return usage{}, fmt.Errorf("control plane CPU times: %w", err)
+	}
+	hwm, err := peakRSS(c.cmd.Process.Pid)
+	if err != nil {
+		return usage{}, err
+	}
+	return usage{cpuSeconds: t.User + t.System, peakRSS: hwm}, nil
+}
+
+// peakRSS reads VmHWM, the peak resident set size, from /proc/<pid>/status.
+func peakRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read peak RSS: %w", err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse VmHWM %q: %w", rest, err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc status")
+}
+
+// metrics scrapes the control plane's /metrics and sums every sample by metric name.
+func (c *childControlPlane) metrics(ctx context.Context) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.admin+"/metrics", nil)
+	if err != nil {
+		return nil, fmt.Errorf("metrics request: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape control plane metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape control plane metrics: status %s", resp.Status)
+	}
+	return parseMetrics(resp.Body)
+}
+
+// parseMetrics sums the samples of a Prometheus text exposition by metric name (labels
+// dropped); enough for the counters the harness reads.
+func parseMetrics(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, rest := line, ""
+		if i := strings.IndexAny(line, "{ "); i >= 0 {
+			name, rest = line[:i], line[i:]
+		}
+		if i := strings.LastIndexByte(rest, '}'); i >= 0 {
+			rest = rest[i+1:]
+		}
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			continue
+		}
+		out[name] += v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read metrics: %w", err)
+	}
+	return out, nil
+}
+
+// stop sends SIGTERM, waits up to 15 s for a graceful exit, then kills the process.
+func (c *childControlPlane) stop() error {
+	defer c.log.Close()
+	select {
+	case <-c.done:
+		return nil
+	default:
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop control plane: %w", err)
+	}
+	t := time.NewTimer(15 * time.Second)
+	defer t.Stop()
+	select {
+	case <-c.done:
+		return nil
+	case <-t.C:
+		c.cmd.Process.Kill()
+		<-c.done
+		return errors.New("control plane did not stop within 15 s of SIGTERM; killed")
+	}
+}
