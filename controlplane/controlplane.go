@@ -227,7 +227,9 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	opts = append(opts,
 		grpc.MaxConcurrentStreams(1<<20),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		// gRPC also sets TCP_USER_TIMEOUT to Timeout: a busy Envoy reading a large initial
+		// configuration slowly must not be cut off, so it is generous.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 30 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cp.grpc = grpc.NewServer(opts...)
