@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/etcdtest"
@@ -50,6 +51,17 @@ func instanceJSON(id string, port int, state string, sessions int) string {
   "state": %q, "reason": "", "updatedAt": "2026-11-22T15:40:00Z",
   "agent": {"version": "0.1.0", "startedAt": "2026-11-22T15:00:00Z"}
 }`, id, port, sessions, state)
+}
+
+// twoInstances starts etcd holding service app with instances a1 (available, port 5001) and
+// a2 (full, port 5002).
+func twoInstances(t *testing.T) *etcdtest.Server {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	put(t, cli, "/tether/services/app", serviceJSON)
+	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 120))
+	put(t, cli, "/tether/instances/app/a2", instanceJSON("a2", 5002, "full", 500))
+	return srv
 }
 
 func testLogger(t *testing.T) zerolog.Logger {
@@ -322,11 +334,7 @@ func metric(t *testing.T, cp *controlplane.ControlPlane, series string) float64 
 // TestReplicasServeIdenticalVersions runs two control planes on one registry: an Envoy moved
 // from one to the other sees the same versions, so nothing is re-sent.
 func TestReplicasServeIdenticalVersions(t *testing.T) {
-	srv := etcdtest.Start(t)
-	cli := srv.Client(t)
-	put(t, cli, "/tether/services/app", serviceJSON)
-	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 120))
-	put(t, cli, "/tether/instances/app/a2", instanceJSON("a2", 5002, "full", 500))
+	srv := twoInstances(t)
 	cp1, cp2 := startCP(t, srv.Endpoints()), startCP(t, srv.Endpoints())
 	for _, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
 		c1 := connect(t, cp1, variant, "envoy-1", "default")
@@ -525,5 +533,81 @@ func TestMassDisappearanceIsHeld(t *testing.T) {
 	}
 	if got := metric(t, cp, `tether_mass_removals_total{service="app"}`); got != 3 {
 		t.Errorf("tether_mass_removals_total = %v; want 3", got)
+	}
+}
+
+// TestLightClientHoldsTheSameNames checks the load harness's light simulated Envoy against a
+// full one: the same resource names and versions, and endpoint updates that decode to what
+// the full client holds.
+func TestLightClientHoldsTheSameNames(t *testing.T) {
+	srv := twoInstances(t)
+	cp := startCP(t, srv.Endpoints())
+	for _, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
+		full := connect(t, cp, variant, "full-"+string(variant), "default")
+		waitFor(t, full, "full config", func(v xdsclient.View) bool { return len(endpoints(v)) == 2 })
+
+		conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatalf("dial xDS: %v", err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		light := xdsclient.New(variant, "light-"+string(variant), "default")
+		light.Light = true
+		cla := make(chan *anypb.Any, 16)
+		light.OnUpdate = func(u xdsclient.Update) {
+			if u.TypeURL != resourcev3.EndpointType {
+				return
+			}
+			a, ok := u.Resources["tether_app"].(*anypb.Any)
+			if !ok {
+				t.Errorf("%s: light endpoint update holds %T, want *anypb.Any (names %v)", variant, u.Resources["tether_app"], u.Names)
+				return
+			}
+			select {
+			case cla <- a:
+			default:
+			}
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); _ = light.Run(ctx, conn) }()
+		waitFor(t, light, "light config", func(v xdsclient.View) bool {
+			for _, typ := range xdsclient.Types {
+				if len(v.Resources[typ]) != len(full.View().Resources[typ]) {
+					return false
+				}
+			}
+			return true
+		})
+		lv, fv := light.View(), full.View()
+		for _, typ := range xdsclient.Types {
+			for name, m := range lv.Resources[typ] {
+				if m != nil {
+					t.Errorf("%s %s %s: light client keeps %T, want nothing", variant, typ, name, m)
+				}
+				if _, ok := fv.Resources[typ][name]; !ok {
+					t.Errorf("%s %s: light client holds %q, the full one does not", variant, typ, name)
+				}
+			}
+			for name, rv := range fv.ResourceVersions[typ] {
+				if lv.ResourceVersions[typ][name] != rv {
+					t.Errorf("%s %s %s: versions %q (light) and %q (full)", variant, typ, name, lv.ResourceVersions[typ][name], rv)
+				}
+			}
+		}
+		var got endpointv3.ClusterLoadAssignment
+		select {
+		case a := <-cla:
+			if err := a.UnmarshalTo(&got); err != nil {
+				t.Fatalf("%s: decode light endpoint update: %v", variant, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: light client saw no endpoint update", variant)
+		}
+		if want := fv.Resources[resourcev3.EndpointType]["tether_app"]; !proto.Equal(&got, want) {
+			t.Errorf("%s: light endpoint update differs from the full client's:\n%v\n%v", variant, &got, want)
+		}
+		cancel()
+		<-done
+		conn.Close()
 	}
 }

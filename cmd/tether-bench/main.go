@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/tetherlb/tether/internal/bench"
@@ -39,7 +40,7 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	jsonOut := fs.String("json", "", "also write the reports as JSON to this file")
 	cpBin := fs.String("controlplane", "", "tether-controlplane binary to run (default: built with the go tool)")
 	logLevel := fs.String("log-level", "info", "log level of the harness: debug, info, warn, error")
-	fs.StringVar(&base.WorkDir, "workdir", "", "keep etcd's data and the control plane's log in this directory (default: a temporary one, removed at the end)")
+	fs.StringVar(&base.WorkDir, "workdir", "", "keep etcd's data and the control plane's log in this directory, one subdirectory per scale with -scales (default: a temporary one, removed at the end)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -63,6 +64,9 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 		for _, sc := range list {
 			c := base
 			c.Instances, c.Envoys, c.Services = sc.Instances, sc.Envoys, 0
+			if base.WorkDir != "" {
+				c.WorkDir = filepath.Join(base.WorkDir, fmt.Sprintf("%dx%d", sc.Instances, sc.Envoys))
+			}
 			configs = append(configs, c)
 		}
 	}

@@ -161,6 +161,12 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		h.variants = []string{cfg.Variant}
 	}
 	dir := cfg.WorkDir
+	if dir != "" {
+		// A registry left by an earlier run would be seeded on top of: refuse it.
+		if _, err := os.Stat(filepath.Join(dir, "etcd")); err == nil {
+			return nil, fmt.Errorf("work dir %s already holds etcd data from an earlier run: give an empty or new directory", dir)
+		}
+	}
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "tether-bench-"); err != nil {
 			return nil, fmt.Errorf("work dir: %w", err)
@@ -211,6 +217,15 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	}
 	rep.ConnectSeconds = time.Since(start).Seconds()
 	h.log.Info().Int("envoys", cfg.Envoys).Dur("took", time.Since(start)).Msg("simulated Envoys hold the full configuration")
+	u, err := h.cp.usage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep.ConnectPeakRSSBytes = u.peakRSS
+	reset := h.cp.resetPeakRSS()
+	if reset != nil {
+		h.log.Warn().Err(reset).Msg("the scenario's peak memory is not told apart from the connection's")
+	}
 
 	if err := h.scenario(ctx, rep); err != nil {
 		return nil, err
@@ -225,11 +240,13 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		}
 		rep.Variants[i].FirstConfigMs = float64(d.Microseconds()) / 1000
 	}
-	u, err := h.cp.usage(ctx)
-	if err != nil {
+	if u, err = h.cp.usage(ctx); err != nil {
 		return nil, err
 	}
-	rep.ControlPlanePeakRSSBytes = u.peakRSS
+	rep.ControlPlanePeakRSSBytes = max(u.peakRSS, rep.ConnectPeakRSSBytes)
+	if reset != nil {
+		rep.ScenarioPeakRSSBytes = 0
+	}
 	for _, e := range h.envoys {
 		if e.failed.Load() {
 			rep.Variants[e.variant].StreamErrors++
@@ -277,6 +294,7 @@ func (h *harness) connect(ctx context.Context) error {
 		v := i % len(h.variants)
 		e := &simEnvoy{idx: i, variant: v,
 			c: xdsclient.New(xdsclient.Variant(h.variants[v]), fmt.Sprintf("bench-envoy-%05d", i), "")}
+		e.c.Light = true
 		e.c.OnUpdate = func(u xdsclient.Update) {
 			e.bytes.Add(int64(u.Bytes))
 			h.obs.onUpdate(e.idx, u)
@@ -347,6 +365,7 @@ func (h *harness) firstConfig(ctx context.Context, variant string, vi int) (time
 	}
 	defer conn.Close()
 	c := xdsclient.New(xdsclient.Variant(variant), "bench-new-"+variant, "")
+	c.Light = true
 	done := make(chan time.Time, 1)
 	c.OnUpdate = func(u xdsclient.Update) {
 		if h.complete(c) {

@@ -53,6 +53,10 @@ func TestRunTiny(t *testing.T) {
 			t.Errorf("%s: incomplete figures %+v", v.Variant, v)
 		}
 	}
+	if rep.ConnectPeakRSSBytes <= 0 || rep.ScenarioPeakRSSBytes <= 0 || rep.ControlPlanePeakRSSBytes < rep.ConnectPeakRSSBytes {
+		t.Errorf("peak RSS: connect %d, scenario %d, run %d; want positive, the run's at least the connection's",
+			rep.ConnectPeakRSSBytes, rep.ScenarioPeakRSSBytes, rep.ControlPlanePeakRSSBytes)
+	}
 	if rep.ControlPlaneCPUSeconds <= 0 || rep.ControlPlanePeakRSSBytes <= 0 || rep.PushesPerSecond <= 0 {
 		t.Errorf("control plane cost missing: cpu %v s, peak RSS %d, pushes/s %v", rep.ControlPlaneCPUSeconds, rep.ControlPlanePeakRSSBytes, rep.PushesPerSecond)
 	}

@@ -7,6 +7,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
@@ -29,6 +31,21 @@ func sigOf(cla *endpointv3.ClusterLoadAssignment, addr string, port uint32) sig 
 		}
 	}
 	return sig{}
+}
+
+// claOf returns m as a ClusterLoadAssignment, decoding it when a light client handed it
+// over in its wire form; nil when it is neither.
+func claOf(m proto.Message) *endpointv3.ClusterLoadAssignment {
+	switch r := m.(type) {
+	case *endpointv3.ClusterLoadAssignment:
+		return r
+	case *anypb.Any:
+		var cla endpointv3.ClusterLoadAssignment
+		if r.UnmarshalTo(&cla) == nil {
+			return &cla
+		}
+	}
+	return nil
 }
 
 // pending is one change waiting to be seen by every Envoy and by the etcd watch.
@@ -102,8 +119,8 @@ func (o *observer) onUpdate(idx int, u xdsclient.Update) {
 		if !p.seen[idx].IsZero() {
 			return
 		}
-		cla, ok := u.Resources[p.cluster].(*endpointv3.ClusterLoadAssignment)
-		if !ok || sigOf(cla, p.addr, p.port) != p.want {
+		cla := claOf(u.Resources[p.cluster])
+		if cla == nil || sigOf(cla, p.addr, p.port) != p.want {
 			return
 		}
 		p.seen[idx] = u.At

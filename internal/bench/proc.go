@@ -142,6 +142,15 @@ func (c *childControlPlane) usage(ctx context.Context) (usage, error) {
 	return usage{cpuSeconds: t.User + t.System, peakRSS: hwm}, nil
 }
 
+// resetPeakRSS starts a new VmHWM measurement of the control plane (Linux's clear_refs 5),
+// so that the scenario's peak is told apart from the initial connection of every Envoy.
+func (c *childControlPlane) resetPeakRSS() error {
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", c.cmd.Process.Pid), []byte("5"), 0); err != nil {
+		return fmt.Errorf("reset peak RSS: %w", err)
+	}
+	return nil
+}
+
 // peakRSS reads VmHWM, the peak resident set size, from /proc/<pid>/status.
 func peakRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

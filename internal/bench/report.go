@@ -79,8 +79,13 @@ type Report struct {
 	// ControlPlaneCores divides it by the scenario's wall time.
 	ControlPlaneCPUSeconds float64 `json:"controlPlaneCpuSeconds"`
 	ControlPlaneCores      float64 `json:"controlPlaneCores"`
-	// ControlPlanePeakRSSBytes is the control plane's peak resident memory over the whole run.
+	// ControlPlanePeakRSSBytes is the control plane's peak resident memory over the whole run;
+	// ConnectPeakRSSBytes its peak until every Envoy held the full configuration, and
+	// ScenarioPeakRSSBytes its peak during the scenario (0 when the kernel could not reset the
+	// peak in between). Memory the Go runtime kept from the connection is counted in both.
 	ControlPlanePeakRSSBytes int64 `json:"controlPlanePeakRssBytes"`
+	ConnectPeakRSSBytes      int64 `json:"connectPeakRssBytes"`
+	ScenarioPeakRSSBytes     int64 `json:"scenarioPeakRssBytes"`
 	// HarnessCores is the harness's own CPU use (etcd and simulated Envoys) during the scenario.
 	HarnessCores float64 `json:"harnessCores"`
 	// PushesPerSecond is snapshots published per second; ResponsesPerSecond is xDS responses
@@ -104,7 +109,7 @@ type Report struct {
 func WriteTable(w io.Writer, reports []*Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	cols := []string{"N", "S", "E", "variant", "changes", "p50 ms", "p99 ms", "max ms", "etcd p50", "etcd p99",
-		"ratio p99", "missed", "B/chg/Envoy", "B/load chg", "first cfg ms", "pushes/s", "CP cores", "CP peak MB", "harness cores", ""}
+		"ratio p99", "missed", "B/chg/Envoy", "B/load chg", "first cfg ms", "pushes/s", "CP cores", "CP MB connect", "CP MB scenario", "harness cores", ""}
 	fmt.Fprintln(tw, strings.Join(cols, "\t"))
 	for _, r := range reports {
 		total := 0
@@ -112,10 +117,10 @@ func WriteTable(w io.Writer, reports []*Report) error {
 			total += n
 		}
 		for _, v := range r.Variants {
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t%.2f\t%.0f\t%.2f\t\n",
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t%.2f\t%.0f\t%.0f\t%.2f\t\n",
 				r.Instances, r.Services, v.Envoys, v.Variant, total, v.Propagation.P50, v.Propagation.P99, v.Propagation.Max,
 				r.EtcdFloor.P50, r.EtcdFloor.P99, v.FloorRatioP99, v.Missed, v.BytesPerChangePerEnvoy, v.LoadChangeBytesPerEnvoy,
-				v.FirstConfigMs, r.PushesPerSecond, r.ControlPlaneCores, float64(r.ControlPlanePeakRSSBytes)/(1<<20), r.HarnessCores)
+				v.FirstConfigMs, r.PushesPerSecond, r.ControlPlaneCores, float64(r.ConnectPeakRSSBytes)/(1<<20), float64(r.ScenarioPeakRSSBytes)/(1<<20), r.HarnessCores)
 		}
 	}
 	if err := tw.Flush(); err != nil {

@@ -20,6 +20,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -48,7 +49,7 @@ type Update struct {
 	Bytes   int
 	At      time.Time
 	// Resources are the resources of this response by name; they are shared with the
-	// client: read them only.
+	// client: read them only. A Light client hands them over undecoded, as *anypb.Any.
 	Resources map[string]proto.Message
 }
 
@@ -60,9 +61,15 @@ type Client struct {
 	NACK func(typeURL string, resources map[string]proto.Message) string
 	// OnUpdate, when set, is called for every response after it is applied.
 	OnUpdate func(Update)
+	// Light, when set before Run, keeps no resources, only their names and versions, and
+	// decodes only clusters and listeners (to follow them to endpoints and routes): Update
+	// carries resources as *anypb.Any and View holds nil values. A load harness running a
+	// thousand clients needs this; a test that looks at resources does not.
+	Light bool
 
 	mu        sync.Mutex
 	resources map[string]map[string]proto.Message
+	follows   map[string]map[string][]string // cluster or listener type -> name -> the names it points to
 	rversions map[string]map[string]string
 	versions  map[string]string
 	subs      map[string][]string
@@ -76,10 +83,12 @@ type Client struct {
 func New(v Variant, nodeID, cluster string) *Client {
 	c := &Client{Variant: v, Node: &core.Node{Id: nodeID, Cluster: cluster},
 		resources: map[string]map[string]proto.Message{}, rversions: map[string]map[string]string{},
-		versions: map[string]string{}, subs: map[string][]string{}, changed: make(chan struct{})}
+		versions: map[string]string{}, subs: map[string][]string{}, changed: make(chan struct{}),
+		follows: map[string]map[string][]string{}}
 	for _, t := range Types {
 		c.resources[t] = map[string]proto.Message{}
 		c.rversions[t] = map[string]string{}
+		c.follows[t] = map[string][]string{}
 	}
 	return c
 }
@@ -126,15 +135,15 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 		if err != nil {
 			return fmt.Errorf("receive: %w", err)
 		}
-		got := map[string]proto.Message{}
+		typeURL := resp.GetTypeUrl()
+		got, follows := map[string]proto.Message{}, map[string][]string{}
 		for _, a := range resp.GetResources() {
-			m, name, err := unpack(a)
+			m, name, follow, err := c.unpack(a, "")
 			if err != nil {
 				return err
 			}
-			got[name] = m
+			got[name], follows[name] = m, follow
 		}
-		typeURL := resp.GetTypeUrl()
 		if msg := c.nackMessage(typeURL, got); msg != "" {
 			c.mu.Lock()
 			prev, names := c.versions[typeURL], c.subs[typeURL]
@@ -153,7 +162,7 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 		if typeURL == resourcev3.EndpointType || typeURL == resourcev3.RouteType {
 			// Non-wildcard types: a response may carry a subset of the subscribed names.
 			for n, m := range got {
-				old[n] = m
+				old[n] = c.keep(m)
 			}
 		} else {
 			for n := range old {
@@ -161,7 +170,11 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 					upd.Removed = append(upd.Removed, n)
 				}
 			}
-			c.resources[typeURL] = got
+			held := make(map[string]proto.Message, len(got))
+			for n, m := range got {
+				held[n] = c.keep(m)
+			}
+			c.resources[typeURL], c.follows[typeURL] = held, follows
 		}
 		for n := range got {
 			upd.Names = append(upd.Names, n)
@@ -216,14 +229,14 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 			return fmt.Errorf("receive: %w", err)
 		}
 		typeURL := resp.GetTypeUrl()
-		got := map[string]proto.Message{}
+		got, follows := map[string]proto.Message{}, map[string][]string{}
 		gotVersions := map[string]string{}
 		for _, r := range resp.GetResources() {
-			m, name, err := unpack(r.GetResource())
+			m, name, follow, err := c.unpack(r.GetResource(), r.GetName())
 			if err != nil {
 				return err
 			}
-			got[name] = m
+			got[name], follows[name] = m, follow
 			gotVersions[name] = r.GetVersion()
 		}
 		if msg := c.nackMessage(typeURL, got); msg != "" {
@@ -239,13 +252,15 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 		c.bytes += int64(upd.Bytes)
 		c.responses++
 		for n, m := range got {
-			c.resources[typeURL][n] = m
+			c.resources[typeURL][n] = c.keep(m)
 			c.rversions[typeURL][n] = gotVersions[n]
+			c.follows[typeURL][n] = follows[n]
 			upd.Names = append(upd.Names, n)
 		}
 		for _, n := range resp.GetRemovedResources() {
 			delete(c.resources[typeURL], n)
 			delete(c.rversions[typeURL], n)
+			delete(c.follows[typeURL], n)
 		}
 		c.versions[typeURL] = resp.GetSystemVersionInfo()
 		prevNames := c.subs[followType(typeURL)]
@@ -320,26 +335,8 @@ func (c *Client) followLocked(typeURL string) (string, []string) {
 		return "", nil
 	}
 	var names []string
-	for _, m := range c.resources[typeURL] {
-		switch r := m.(type) {
-		case *clusterv3.Cluster:
-			if r.GetType() == clusterv3.Cluster_EDS {
-				n := r.GetName()
-				if sn := r.GetEdsClusterConfig().GetServiceName(); sn != "" {
-					n = sn
-				}
-				names = append(names, n)
-			}
-		case *listenerv3.Listener:
-			for _, fc := range r.GetFilterChains() {
-				for _, fl := range fc.GetFilters() {
-					var h hcm.HttpConnectionManager
-					if fl.GetTypedConfig().UnmarshalTo(&h) == nil && h.GetRds() != nil {
-						names = append(names, h.GetRds().GetRouteConfigName())
-					}
-				}
-			}
-		}
+	for _, fs := range c.follows[typeURL] {
+		names = append(names, fs...)
 	}
 	sort.Strings(names)
 	names = dedupe(names)
@@ -381,18 +378,89 @@ func (c *Client) notifyLocked() {
 	c.changed = make(chan struct{})
 }
 
-func unpack(a *anypb.Any) (proto.Message, string, error) {
+// keep is what the client holds of a received resource: nothing but its name when Light.
+func (c *Client) keep(m proto.Message) proto.Message {
+	if c.Light {
+		return nil
+	}
+	return m
+}
+
+// unpack returns a received resource (decoded, or as it came when Light), its name (given
+// by a delta response, else read from the resource) and the names it points to.
+func (c *Client) unpack(a *anypb.Any, name string) (proto.Message, string, []string, error) {
+	follows := a.GetTypeUrl() == resourcev3.ClusterType || a.GetTypeUrl() == resourcev3.ListenerType
+	if c.Light && !follows {
+		if name == "" {
+			var err error
+			if name, err = wireName(a); err != nil {
+				return nil, "", nil, err
+			}
+		}
+		return a, name, nil, nil
+	}
 	m, err := a.UnmarshalNew()
 	if err != nil {
-		return nil, "", fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err)
+		return nil, "", nil, fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err)
 	}
+	var follow []string
 	switch r := m.(type) {
+	case *clusterv3.Cluster:
+		name = r.GetName()
+		if r.GetType() == clusterv3.Cluster_EDS {
+			n := r.GetName()
+			if sn := r.GetEdsClusterConfig().GetServiceName(); sn != "" {
+				n = sn
+			}
+			follow = append(follow, n)
+		}
+	case *listenerv3.Listener:
+		name = r.GetName()
+		for _, fc := range r.GetFilterChains() {
+			for _, fl := range fc.GetFilters() {
+				var h hcm.HttpConnectionManager
+				if fl.GetTypedConfig().UnmarshalTo(&h) == nil && h.GetRds() != nil {
+					follow = append(follow, h.GetRds().GetRouteConfigName())
+				}
+			}
+		}
 	case interface{ GetClusterName() string }: // ClusterLoadAssignment
-		return m, r.GetClusterName(), nil
+		name = r.GetClusterName()
 	case interface{ GetName() string }:
-		return m, r.GetName(), nil
+		name = r.GetName()
+	default:
+		return nil, "", nil, fmt.Errorf("resource %s has no name", a.GetTypeUrl())
 	}
-	return nil, "", fmt.Errorf("resource %s has no name", a.GetTypeUrl())
+	if c.Light {
+		m = a
+	}
+	return m, name, follow, nil
+}
+
+// wireName reads field 1 of an encoded resource without decoding the rest: the name of a
+// RouteConfiguration and the cluster_name of a ClusterLoadAssignment.
+func wireName(a *anypb.Any) (string, error) {
+	b := a.GetValue()
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", fmt.Errorf("read name of %s: %w", a.GetTypeUrl(), protowire.ParseError(n))
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return "", fmt.Errorf("read name of %s: %w", a.GetTypeUrl(), protowire.ParseError(n))
+			}
+			return string(v), nil
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return "", fmt.Errorf("read name of %s: %w", a.GetTypeUrl(), protowire.ParseError(n))
+		}
+		b = b[n:]
+	}
+	return "", fmt.Errorf("resource %s has no name", a.GetTypeUrl())
 }
 
 // View is what the client holds at one moment.
