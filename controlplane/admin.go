@@ -3,6 +3,7 @@ package controlplane
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -12,8 +13,8 @@ import (
 	"github.com/tetherlb/tether/controlplane/translate"
 )
 
-// adminHandler serves /metrics, /healthz, /readyz, /debug/config and the monitor (/, /ui/,
-// /api/state, /api/events).
+// adminHandler serves /metrics, /healthz, /readyz, /debug/config, /debug/pprof/ and the
+// monitor (/, /ui/, /api/state, /api/events).
 func (cp *ControlPlane) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cp.m.reg, promhttp.HandlerOpts{Registry: cp.m.reg}))
@@ -32,6 +33,11 @@ func (cp *ControlPlane) adminHandler() http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /debug/config", cp.debugConfig)
+	// Go's profiler, for "why is it slow" on a live control plane (loopback by default, like
+	// the rest of the admin; it shows code and command line, no secrets: there is no password flag).
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mon := cp.newMonitor()
 	mux.HandleFunc("GET /{$}", mon.index)
 	mux.HandleFunc("GET /ui/", mon.asset)

@@ -102,7 +102,7 @@ func TestEtcdMutualTLSAndAuth(t *testing.T) {
 		cp := startCPWith(t, controlplane.Config{Etcd: etcdCfg, Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)})
 		c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 		waitFor(t, c, "the agent's instance over mutual TLS and auth", func(v xdsclient.View) bool { return endpoints(v)[5001] != nil })
-		for _, page := range []string{"/debug/config", "/metrics", "/api/state", "/", "/readyz"} {
+		for _, page := range []string{"/debug/config", "/metrics", "/api/state", "/", "/readyz", "/debug/pprof/", "/debug/pprof/goroutine?debug=2"} {
 			body := get(t, "http://"+cp.AdminAddr()+page, http.StatusOK)
 			for _, secret := range []string{cpPassword, "tether-controlplane", pwFile} {
 				if strings.Contains(body, secret) {
