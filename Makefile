@@ -29,6 +29,8 @@ fmt:
 
 test: lint
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime 10s
+	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime 10s
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)
@@ -46,8 +48,10 @@ fuzz:
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime 60s
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime 60s
 
+# Go benchmarks of the translation, then the load harness at the three scales of docs/performance.md.
 bench:
 	$(GO) test ./controlplane/translate -run '^$$' -bench . -benchmem
+	$(GO) run ./cmd/tether-bench -scales 100x10,1000x100,10000x1000 -duration 30s -json bench.json
 
 clean:
 	rm -rf $(BIN) .tether-data
