@@ -5,6 +5,7 @@ BIN      ?= bin
 VERSION  ?= 0.1.0
 LDFLAGS  := -s -w -X github.com/tetherlb/tether/agent.Version=$(VERSION)
 PKGS     := ./...
+FUZZTIME ?= 60s
 
 .PHONY: all build run demo test test-short lint fmt cross fuzz bench e2e clean
 
@@ -29,8 +30,7 @@ fmt:
 
 test: lint
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
-	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime 10s
-	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime 10s
+	$(MAKE) --no-print-directory fuzz FUZZTIME=10s
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)
@@ -45,8 +45,8 @@ cross:
 	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/windows-amd64/ ./cmd/tether-agent
 
 fuzz:
-	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime 60s
-	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime 60s
+	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime $(FUZZTIME)
+	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime $(FUZZTIME)
 
 # Go benchmarks of the translation, then the load harness at the three scales of docs/performance.md.
 bench:

@@ -94,12 +94,19 @@ func startCP(t *testing.T, endpoints []string) *controlplane.ControlPlane {
 
 func connect(t *testing.T, cp *controlplane.ControlPlane, v xdsclient.Variant, node, group string) *xdsclient.Client {
 	t.Helper()
+	c := xdsclient.New(v, node, group)
+	run(t, cp, c)
+	return c
+}
+
+// run runs c against cp until the test ends.
+func run(t *testing.T, cp *controlplane.ControlPlane, c *xdsclient.Client) {
+	t.Helper()
 	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatalf("dial xDS: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := xdsclient.New(v, node, group)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -110,7 +117,6 @@ func connect(t *testing.T, cp *controlplane.ControlPlane, v xdsclient.Variant, n
 		<-done
 		conn.Close()
 	})
-	return c
 }
 
 func put(t *testing.T, cli *clientv3.Client, key, val string, opts ...clientv3.OpOption) int64 {
@@ -546,11 +552,6 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 		full := connect(t, cp, variant, "full-"+string(variant), "default")
 		waitFor(t, full, "full config", func(v xdsclient.View) bool { return len(endpoints(v)) == 2 })
 
-		conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatalf("dial xDS: %v", err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
 		light := xdsclient.New(variant, "light-"+string(variant), "default")
 		light.Light = true
 		cla := make(chan *anypb.Any, 16)
@@ -568,8 +569,7 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 			default:
 			}
 		}
-		done := make(chan struct{})
-		go func() { defer close(done); _ = light.Run(ctx, conn) }()
+		run(t, cp, light)
 		waitFor(t, light, "light config", func(v xdsclient.View) bool {
 			for _, typ := range xdsclient.Types {
 				if len(v.Resources[typ]) != len(full.View().Resources[typ]) {
@@ -606,8 +606,5 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 		if want := fv.Resources[resourcev3.EndpointType]["tether_app"]; !proto.Equal(&got, want) {
 			t.Errorf("%s: light endpoint update differs from the full client's:\n%v\n%v", variant, &got, want)
 		}
-		cancel()
-		<-done
-		conn.Close()
 	}
 }

@@ -230,6 +230,12 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	if err := h.scenario(ctx, rep); err != nil {
 		return nil, err
 	}
+	if reset == nil {
+		if u, err = h.cp.usage(ctx); err != nil {
+			return nil, err
+		}
+		rep.ScenarioPeakRSSBytes = u.peakRSS
+	}
 	if err := h.loadProbes(ctx, rep); err != nil {
 		return nil, err
 	}
@@ -244,9 +250,6 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		return nil, err
 	}
 	rep.ControlPlanePeakRSSBytes = max(u.peakRSS, rep.ConnectPeakRSSBytes)
-	if reset != nil {
-		rep.ScenarioPeakRSSBytes = 0
-	}
 	for _, e := range h.envoys {
 		if e.failed.Load() {
 			rep.Variants[e.variant].StreamErrors++

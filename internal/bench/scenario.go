@@ -428,7 +428,6 @@ func (h *harness) scenario(ctx context.Context, rep *Report) error {
 	rep.FloorMissed = res.floorNo
 	rep.EtcdWrite = summarize(res.write)
 	rep.ControlPlaneCPUSeconds = u1.cpuSeconds - u0.cpuSeconds
-	rep.ScenarioPeakRSSBytes = u1.peakRSS
 	rep.ControlPlaneCores = rep.ControlPlaneCPUSeconds / wall
 	rep.HarnessCores = (cpuSelf() - self0) / wall
 	rep.PushesPerSecond = (m1["tether_snapshots_total"] - m0["tether_snapshots_total"]) / wall
