@@ -240,6 +240,10 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cp.xdsLn, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
 		return nil, fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
 	}
+	if cfg.XDSTLS == nil && !loopback(cp.xdsLn.Addr()) {
+		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
+			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")
+	}
 	if cp.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("--admin-addr %s: %w", cfg.AdminAddr, err)
 	}
@@ -285,6 +289,12 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		Str("prefix", cfg.Prefix).Strs("etcd", cfg.Etcd.Endpoints).Uint32("envoyListenPort", cfg.ListenPort).
 		Msg("control plane started")
 	return cp, nil
+}
+
+// loopback reports whether a listener's address is reachable from this host only.
+func loopback(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t.IP.IsLoopback()
 }
 
 func kindLabel(k registry.KeyKind) string {

@@ -56,6 +56,7 @@ type Options struct {
 type entry struct {
 	res     types.Resource // as given: an unchanged pointer is not marshalled again
 	version string         // content hash of the deterministic encoding
+	sum     [32]byte       // hash of name and version: what the type's version hashes
 	any     *anypb.Any
 	dres    *discovery.Resource
 }
@@ -149,6 +150,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 	short := old.url[strings.LastIndexByte(old.url, '.')+1:]
 	entries := make(map[string]*entry, len(items))
 	var changed []string
+	added := false
 	for _, r := range items {
 		name := cachev3.GetResourceName(r)
 		if name == "" {
@@ -174,11 +176,13 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 		version := cachev3.HashResource(b)
 		if o != nil && o.version == version {
 			// Same content, new pointer: keep the encoding, remember the pointer.
-			entries[name] = &entry{res: r, version: version, any: o.any, dres: o.dres}
+			entries[name] = &entry{res: r, version: version, sum: o.sum, any: o.any, dres: o.dres}
 			continue
 		}
+		added = added || o == nil
 		a := &anypb.Any{TypeUrl: old.url, Value: b}
-		entries[name] = &entry{res: r, version: version, any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a}}
+		entries[name] = &entry{res: r, version: version, sum: sha256.Sum256([]byte(name + "\x00" + version)),
+			any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a}}
 		changed = append(changed, name)
 	}
 	for name := range old.entries {
@@ -189,11 +193,14 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 	if len(changed) == 0 && len(entries) == len(old.entries) {
 		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all}, nil, nil
 	}
-	names := make([]string, 0, len(entries))
-	for n := range entries {
-		names = append(names, n)
+	names := old.names // the same names: no need to sort them again
+	if added || len(entries) != len(old.entries) {
+		names = make([]string, 0, len(entries))
+		for n := range entries {
+			names = append(names, n)
+		}
+		sort.Strings(names)
 	}
-	sort.Strings(names)
 	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: typeVersion(names, entries)}
 	if ts.full {
 		ts.all = make([]*anypb.Any, len(names))
@@ -208,14 +215,12 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 // typeVersion hashes a type's names and resource versions: the same resources give the same
 // version in every replica and after every restart.
 func typeVersion(names []string, entries map[string]*entry) string {
-	h := sha256.New()
+	buf := make([]byte, 0, 32*len(names))
 	for _, n := range names {
-		h.Write([]byte(n))
-		h.Write([]byte{0})
-		h.Write([]byte(entries[n].version))
-		h.Write([]byte{0})
+		buf = append(buf, entries[n].sum[:]...)
 	}
-	return hex.EncodeToString(h.Sum(nil)[:8])
+	sum := sha256.Sum256(buf)
+	return hex.EncodeToString(sum[:8])
 }
 
 // Versions returns every type's version, by type URL.

@@ -53,7 +53,7 @@ type watcher struct {
 	// server keeps as the subscription's ReturnedResources.
 	held     map[string]string
 	sent     string              // SotW full-state types: the type version last sent
-	pending  map[string]struct{} // names changed since the last response
+	pending  map[string]struct{} // names changed since the last response, all subscribed
 	answered bool                // a first response was sent
 	removed  bool                // its stream closed
 	queued   bool                // waits for an initial-sync slot
@@ -256,7 +256,11 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 				delete(w.names, n)
 				c.unindexName(w, n)
 			}
-			w.pending[n] = struct{}{} // wildcard: resent or removed, as the protocol asks
+			if w.wildcard {
+				w.pending[n] = struct{}{} // resent or removed, as the protocol asks
+			} else {
+				delete(w.pending, n)
+			}
 		}
 	}
 	w.armed, w.dreq, w.dch = true, req, ch
@@ -305,6 +309,7 @@ func (c *Cache) resubscribe(w *watcher, wildcard bool, names map[string]struct{}
 		if _, ok := names[n]; !ok {
 			delete(w.names, n)
 			c.unindexName(w, n)
+			delete(w.pending, n)
 			delete(w.held, n) // sent again if subscribed again
 			changed = true
 		}
@@ -319,6 +324,7 @@ func (c *Cache) setWhole(w *watcher, wildcard bool, names map[string]struct{}) {
 	if w.names != nil {
 		c.unindex(w)
 	}
+	resetPending(w)
 	w.wildcard, w.names = wildcard, maps.Clone(names)
 	if w.names == nil {
 		w.names = map[string]struct{}{}
@@ -462,9 +468,19 @@ func pendingNames(w *watcher) []string {
 	for n := range w.pending {
 		names = append(names, n)
 	}
-	clear(w.pending)
+	resetPending(w)
 	sort.Strings(names)
 	return names
+}
+
+// resetPending empties w's pending names. A map that held many (a first sync) is dropped, not
+// cleared: ranging over a cleared map still costs its capacity, every push.
+func resetPending(w *watcher) {
+	if len(w.pending) > 32 {
+		w.pending = map[string]struct{}{}
+		return
+	}
+	clear(w.pending)
 }
 
 func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
@@ -472,7 +488,7 @@ func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 	var gone []string
 	var commit func()
 	if ts.full {
-		clear(w.pending)
+		resetPending(w)
 		if w.answered && w.sent == ts.version {
 			return false
 		}
@@ -495,9 +511,6 @@ func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 		names := pendingNames(w)
 		var got []string
 		for _, n := range names {
-			if !w.subscribed(n) {
-				continue
-			}
 			if e := ts.entries[n]; e != nil {
 				if v, ok := w.held[n]; !ok || v != e.version {
 					body = append(body, e.any)
@@ -541,9 +554,6 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 	var res []*discovery.Resource
 	var removed []string
 	for _, n := range names {
-		if !w.subscribed(n) {
-			continue
-		}
 		if e := ts.entries[n]; e != nil {
 			if v, ok := w.held[n]; !ok || v != e.version {
 				res = append(res, e.dres)

@@ -1,0 +1,272 @@
+package xdscache
+
+import (
+	"context"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func cluster(name string, timeout time.Duration) *clusterv3.Cluster {
+	return &clusterv3.Cluster{Name: name, ConnectTimeout: durationpb.New(timeout)}
+}
+
+func update(t *testing.T, c *Cache, res map[string][]types.Resource) map[string]string {
+	t.Helper()
+	var got map[string]string
+	if err := c.Update(res, func(v map[string]string) { got = v }); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestVersionsAreContentHashes: two caches reaching the same resources by different histories
+// (another order, another update count, new pointers to equal messages) serve the same
+// version of every type, as two replicas or a restarted control plane must.
+func TestVersionsAreContentHashes(t *testing.T) {
+	a, b := New(Options{}), New(Options{})
+	update(t, a, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	update(t, a, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second), cluster("y", time.Second)}})
+	va := update(t, a, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second), cluster("y", time.Second)}})
+	vb := update(t, b, map[string][]types.Resource{resourcev3.ClusterType: {cluster("y", time.Second), cluster("x", 2*time.Second)}})
+	for _, url := range Types {
+		if va[url] != vb[url] || va[url] == "" {
+			t.Errorf("%s: versions %q and %q; want equal", url, va[url], vb[url])
+		}
+	}
+	vc := update(t, b, map[string][]types.Resource{resourcev3.ClusterType: {cluster("y", time.Second), cluster("x", 3*time.Second)}})
+	if vc[resourcev3.ClusterType] == vb[resourcev3.ClusterType] {
+		t.Error("a changed cluster left the cluster version as it was")
+	}
+	if vc[resourcev3.ListenerType] != vb[resourcev3.ListenerType] {
+		t.Error("a changed cluster moved the listener version")
+	}
+}
+
+// TestUpdateIsAllOrNothing: a resource failing the check leaves every type as it was.
+func TestUpdateIsAllOrNothing(t *testing.T) {
+	c := New(Options{Check: func(r types.Resource) error {
+		if r.(interface{ GetName() string }).GetName() == "bad" {
+			return status.Error(codes.InvalidArgument, "bad")
+		}
+		return nil
+	}})
+	before := update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	err := c.Update(map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second), cluster("bad", time.Second)}}, nil)
+	if err == nil {
+		t.Fatal("a resource failing the check was accepted")
+	}
+	if after := c.Versions(); after[resourcev3.ClusterType] != before[resourcev3.ClusterType] {
+		t.Errorf("a refused update moved the cluster version %s -> %s", before[resourcev3.ClusterType], after[resourcev3.ClusterType])
+	}
+}
+
+// serve runs go-control-plane's server on c on a loopback port and returns a connection to it.
+func serve(t *testing.T, c *Cache) *grpc.ClientConn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(srv, serverv3.NewServer(ctx, c, c.Callbacks(nil)))
+	go func() { _ = srv.Serve(ln) }()
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(); cancel(); srv.Stop() })
+	return conn
+}
+
+// sotwStream is a raw ADS stream whose responses arrive on a channel.
+type sotwStream struct {
+	s      discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	cancel context.CancelFunc
+	resp   chan *discovery.DiscoveryResponse
+	err    chan error
+}
+
+func openSotW(t *testing.T, conn *grpc.ClientConn) *sotwStream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &sotwStream{s: s, cancel: cancel, resp: make(chan *discovery.DiscoveryResponse, 16), err: make(chan error, 1)}
+	go func() {
+		for {
+			r, err := s.Recv()
+			if err != nil {
+				st.err <- err
+				return
+			}
+			st.resp <- r
+		}
+	}()
+	return st
+}
+
+func (s *sotwStream) send(t *testing.T, req *discovery.DiscoveryRequest) {
+	t.Helper()
+	if err := s.s.Send(req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *sotwStream) next(t *testing.T, what string) *discovery.DiscoveryResponse {
+	t.Helper()
+	select {
+	case r := <-s.resp:
+		return r
+	case err := <-s.err:
+		t.Fatalf("%s: stream ended: %v", what, err)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: no response within 10 s", what)
+	}
+	return nil
+}
+
+// waitUntil polls a condition of the cache's state, for at most 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestUnknownTypeEndsStream: a type other than the four served ends the stream (each would
+// add a watch) before it is counted anywhere.
+func TestUnknownTypeEndsStream(t *testing.T) {
+	c := New(Options{})
+	conn := serve(t, c)
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: "type.googleapis.com/made.Up", Node: &corev3.Node{Id: "n", Cluster: "edge"}})
+	select {
+	case err := <-s.err:
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("stream ended with %v; want InvalidArgument", err)
+		}
+	case r := <-s.resp:
+		t.Fatalf("got a response for an unknown type: %v", r)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream asking for an unknown type is still open after 10 s")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: "type.googleapis.com/made.Up", Node: &corev3.Node{Id: "n"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("delta stream ended with %v; want InvalidArgument", err)
+	}
+	waitUntil(t, "no group left", func() bool { return len(c.Groups()) == 0 })
+}
+
+// TestGroupForgotten: a gateway group exists while one of its Envoys is connected.
+func TestGroupForgotten(t *testing.T) {
+	c := New(Options{})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	conn := serve(t, c)
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "n", Cluster: "edge"}})
+	if r := s.next(t, "clusters"); len(r.GetResources()) != 1 || r.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
+		t.Fatalf("response %v", r)
+	}
+	if g := c.Groups(); !slices.Equal(g, []string{"edge"}) {
+		t.Fatalf("groups %v; want [edge]", g)
+	}
+	s.cancel()
+	waitUntil(t, "group edge forgotten after its last stream", func() bool { return len(c.Groups()) == 0 })
+}
+
+// TestInitialSyncsBounded: with two slots, a third Envoy's first response waits until one of
+// the first two ACKs; an ACK that changes nothing is not answered, and a change reaches all.
+func TestInitialSyncsBounded(t *testing.T) {
+	c := New(Options{MaxInitialSyncs: 2})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	conn := serve(t, c)
+	var streams []*sotwStream
+	for i := range 3 {
+		s := openSotW(t, conn)
+		s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: string(rune('a' + i))}})
+		streams = append(streams, s)
+	}
+	queued := func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		n := 0
+		for _, w := range c.queue {
+			if w.queued {
+				n++
+			}
+		}
+		return n
+	}
+	waitUntil(t, "two syncs in flight and one queued", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.inflight == 2
+	})
+	waitUntil(t, "one queued", func() bool { return queued() == 1 })
+	// Two responses are on their way; the third stream's is not.
+	got := map[*sotwStream]*discovery.DiscoveryResponse{}
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 2 && time.Now().Before(deadline); {
+		for _, s := range streams {
+			select {
+			case r := <-s.resp:
+				got[s] = r
+			default:
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var first []*sotwStream
+	var waiting *sotwStream
+	for _, s := range streams {
+		if got[s] != nil {
+			first = append(first, s)
+		} else {
+			waiting = s
+		}
+	}
+	if len(first) != 2 || waiting == nil {
+		t.Fatalf("%d streams answered before any ACK; want 2", len(first))
+	}
+	if queued() != 1 {
+		t.Fatal("the third stream is no longer queued, yet no slot was freed")
+	}
+	r := got[first[0]]
+	first[0].send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
+	if got := waiting.next(t, "the queued Envoy's first response after an ACK freed a slot"); len(got.GetResources()) != 1 {
+		t.Errorf("queued Envoy got %d clusters; want 1", len(got.GetResources()))
+	}
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second)}})
+	if got := first[0].next(t, "the change"); got.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
+		t.Errorf("change delivered with version %s; want %s", got.GetVersionInfo(), c.Versions()[resourcev3.ClusterType])
+	}
+}
