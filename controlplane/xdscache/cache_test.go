@@ -9,6 +9,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -268,5 +269,58 @@ func TestInitialSyncsBounded(t *testing.T) {
 	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second)}})
 	if got := first[0].next(t, "the change"); got.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
 		t.Errorf("change delivered with version %s; want %s", got.GetVersionInfo(), c.Versions()[resourcev3.ClusterType])
+	}
+}
+
+func cla(name string, port uint32) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Address: "10.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}}}}}}}}
+}
+
+// TestSotWPushes holds the two Envoy rules a SotW push relies on. Clusters (and listeners) are
+// sent whole: Envoy's WatchMap::onConfigUpdate hands the single wildcard watch every update,
+// and CDS removes a cluster missing from it. Endpoints (and routes) are sent as they change:
+// WatchMap gives the watch of an assignment left out an empty update, which
+// EdsClusterImpl::onConfigUpdate (and RdsRouteConfigSubscription) ignores.
+func TestSotWPushes(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{
+			resourcev3.ClusterType:  {cluster("a", time.Second), cluster("b", time.Duration(port)*time.Millisecond)},
+			resourcev3.EndpointType: {cla("a", 5000), cla("b", port)},
+		}
+	}
+	update(t, c, res(5001))
+	conn := serve(t, c)
+	s := openSotW(t, conn)
+	node := &corev3.Node{Id: "n"}
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node})
+	cds := s.next(t, "clusters")
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: cds.GetNonce()})
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"a", "b"}})
+	eds := s.next(t, "endpoints")
+	if len(eds.GetResources()) != 2 {
+		t.Fatalf("first endpoints response has %d assignments; want 2", len(eds.GetResources()))
+	}
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: eds.GetVersionInfo(), ResponseNonce: eds.GetNonce(), ResourceNames: []string{"a", "b"}})
+
+	v := update(t, c, res(5002)) // b's cluster and assignment change
+	got := map[string]*discovery.DiscoveryResponse{}
+	for len(got) < 2 {
+		r := s.next(t, "the change")
+		got[r.GetTypeUrl()] = r
+	}
+	if r := got[resourcev3.ClusterType]; len(r.GetResources()) != 2 || r.GetVersionInfo() != v[resourcev3.ClusterType] {
+		t.Errorf("cluster push: %d clusters, version %s; want both clusters, version %s", len(r.GetResources()), r.GetVersionInfo(), v[resourcev3.ClusterType])
+	}
+	r := got[resourcev3.EndpointType]
+	if len(r.GetResources()) != 1 || r.GetVersionInfo() != v[resourcev3.EndpointType] {
+		t.Fatalf("endpoint push: %d assignments, version %s; want only b's, version %s", len(r.GetResources()), r.GetVersionInfo(), v[resourcev3.EndpointType])
+	}
+	var b endpointv3.ClusterLoadAssignment
+	if err := r.GetResources()[0].UnmarshalTo(&b); err != nil || b.GetClusterName() != "b" {
+		t.Errorf("endpoint push carries %q (%v); want b", b.GetClusterName(), err)
 	}
 }
