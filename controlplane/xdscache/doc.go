@@ -37,14 +37,19 @@
 //     snapshot and status (Tether's publisher set every snapshot into every group).
 //
 // # What this cache does instead
-//   - Per stream and type it keeps a watcher: what that Envoy holds (name -> version, as sent;
-//     go-control-plane does the same, a NACK keeps the sent version), what it subscribes to,
+//   - Per stream and type it keeps a watcher: what that Envoy subscribes to, what it holds
 //     and the names changed since its last response (pending). The watcher lives from the
 //     stream's open to its close (the cache's Callbacks bind each request to its stream), so
 //     an ACK that changes no subscription re-arms in O(1): nothing pending, nothing to do. A
-//     delta watcher's held map is the very map the server keeps as ReturnedResources: the
-//     server only touches it between cancelling a watch and creating the next (under this
-//     cache's lock ordering), and its edits (forgetting unsubscribed names) are the truth.
+//     first sync marks "everything pending" without listing it.
+//   - What a delta Envoy holds (name -> version, as sent; go-control-plane does the same, a
+//     NACK keeps the sent version) is the very map the server keeps as ReturnedResources, and
+//     the names subscribed are the server's own map: nothing is copied per stream. The server
+//     touches both only between cancelling a watch and creating the next, and every cancel
+//     takes this cache's lock, which orders its edits (forgetting unsubscribed names) after
+//     this cache's writes. A SotW watcher keeps no held map: SotW cannot remove endpoints or
+//     routes anyway, so it sends the changed names (an A -> B -> A change while unarmed sends A
+//     again, which Envoy takes as no change), and listeners and clusters go by type version.
 //   - Per group and type, an index name -> watchers (and the wildcard watchers) is kept while
 //     a watcher subscribes, not per watch: a change visits only the watchers of changed
 //     names, adds the names to their pending sets, and answers those armed now.

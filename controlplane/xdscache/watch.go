@@ -2,7 +2,6 @@ package xdscache
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -45,20 +44,25 @@ type watcher struct {
 	t        int
 	delta    bool
 	wildcard bool
-	names    map[string]struct{} // subscribed by name (own copy)
+	// names are the names subscribed: the server's own map, never written here. The SotW
+	// server makes a new one per request; the delta server edits its map in place, between
+	// cancelling a watch and creating the next.
+	names map[string]struct{}
 	// lastNames are the resource_names of the last SotW request: an ACK repeating them
 	// changes nothing.
 	lastNames []string
-	// held is what the Envoy holds, name -> version sent. A delta watcher's map is the one the
-	// server keeps as the subscription's ReturnedResources.
-	held     map[string]string
-	sent     string              // SotW full-state types: the type version last sent
-	pending  map[string]struct{} // names changed since the last response, all subscribed
-	answered bool                // a first response was sent
-	removed  bool                // its stream closed
-	queued   bool                // waits for an initial-sync slot
-	slot     *time.Timer         // set while holding an initial-sync slot
-	epoch    uint64              // last notify that found it
+	// held is what a delta Envoy holds, name -> version sent: the map the server keeps as the
+	// subscription's ReturnedResources. A SotW watcher keeps none: it sends what changed
+	// (an A -> B -> A change while it is unarmed sends A again, which Envoy takes as no change).
+	held       map[string]string
+	sent       string              // SotW full-state types: the type version last sent
+	pending    map[string]struct{} // names changed since the last response, all subscribed
+	pendingAll bool                // every subscribed name (and held one) is pending: a first sync
+	answered   bool                // a first response was sent
+	removed    bool                // its stream closed
+	queued     bool                // waits for an initial-sync slot
+	slot       *time.Timer         // set while holding an initial-sync slot
+	epoch      uint64              // last notify that found it
 
 	armed      bool
 	gen        uint64 // arming count: a cancel only disarms its own arming
@@ -192,7 +196,7 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 	st.sotwReq = nil
 	w := st.watchers[t]
 	if w == nil {
-		w = &watcher{st: st, t: t, held: map[string]string{}, pending: map[string]struct{}{}}
+		w = &watcher{st: st, t: t, pending: map[string]struct{}{}}
 		st.watchers[t] = w
 		c.resubscribe(w, sub.IsWildcard(), sub.SubscribedResources())
 	} else {
@@ -206,7 +210,7 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 	w.gen++
 	w.replyEmpty = !w.answered && req.GetVersionInfo() == ""
 	// Full-state types go by version (a change while unarmed leaves no pending names).
-	if ts := c.types[t]; !w.answered || len(w.pending) > 0 || (ts.full && w.sent != ts.version) {
+	if ts := c.types[t]; !w.answered || w.hasPending() || (ts.full && w.sent != ts.version) {
 		c.respond(w)
 	}
 	return c.canceller(w), nil
@@ -238,24 +242,25 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
 	case w.wildcard != sub.IsWildcard():
 		c.releaseSlot(w)
+		// The server has already edited the names: forget this request's unsubscriptions
+		// first, then the rest.
+		for _, n := range req.GetResourceNamesUnsubscribe() {
+			c.unindexName(w, n)
+		}
 		w.held = sub.ReturnedResources()
 		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
 	default:
 		c.releaseSlot(w)
+		// The server has already added and removed these names in w.names; indexing is
+		// idempotent.
 		for _, n := range req.GetResourceNamesSubscribe() {
-			if _, ok := w.names[n]; !ok && n != "*" {
-				w.names[n] = struct{}{}
-				c.indexName(w, n)
-			}
 			if n != "*" {
+				c.indexName(w, n)
 				w.pending[n] = struct{}{}
 			}
 		}
 		for _, n := range req.GetResourceNamesUnsubscribe() {
-			if _, ok := w.names[n]; ok {
-				delete(w.names, n)
-				c.unindexName(w, n)
-			}
+			c.unindexName(w, n)
 			if w.wildcard {
 				w.pending[n] = struct{}{} // resent or removed, as the protocol asks
 			} else {
@@ -266,7 +271,7 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 	w.armed, w.dreq, w.dch = true, req, ch
 	w.gen++
 	w.replyEmpty = w.wildcard && req.GetResponseNonce() == ""
-	if !w.answered || len(w.pending) > 0 || w.replyEmpty {
+	if !w.answered || w.hasPending() || w.replyEmpty {
 		c.respond(w)
 	}
 	return c.canceller(w), nil
@@ -299,7 +304,6 @@ func (c *Cache) resubscribe(w *watcher, wildcard bool, names map[string]struct{}
 	changed := false
 	for n := range names {
 		if _, ok := w.names[n]; !ok {
-			w.names[n] = struct{}{}
 			c.indexName(w, n)
 			w.pending[n] = struct{}{}
 			changed = true
@@ -307,13 +311,12 @@ func (c *Cache) resubscribe(w *watcher, wildcard bool, names map[string]struct{}
 	}
 	for n := range w.names {
 		if _, ok := names[n]; !ok {
-			delete(w.names, n)
 			c.unindexName(w, n)
 			delete(w.pending, n)
-			delete(w.held, n) // sent again if subscribed again
 			changed = true
 		}
 	}
+	w.names = names
 	if changed && c.types[w.t].full {
 		w.sent = "" // the full-state body changes with the names
 	}
@@ -325,30 +328,21 @@ func (c *Cache) setWhole(w *watcher, wildcard bool, names map[string]struct{}) {
 		c.unindex(w)
 	}
 	resetPending(w)
-	w.wildcard, w.names = wildcard, maps.Clone(names)
+	w.wildcard, w.names = wildcard, names
 	if w.names == nil {
 		w.names = map[string]struct{}{}
 	}
 	c.index(w)
-	ts := c.types[w.t]
-	if !w.delta && ts.full {
+	if !w.delta && c.types[w.t].full {
 		w.sent = "" // full-state responses go by version: send again
 		return
 	}
-	if wildcard {
-		for _, n := range ts.names {
-			w.pending[n] = struct{}{}
-		}
-	} else {
-		for n := range w.names {
-			w.pending[n] = struct{}{}
-		}
-	}
-	for n := range w.held {
-		if wildcard || w.subscribed(n) {
-			w.pending[n] = struct{}{}
-		} else {
-			delete(w.held, n) // an initial version of a name not subscribed: forget it
+	w.pendingAll = true
+	if !wildcard {
+		for n := range w.held {
+			if !w.subscribed(n) {
+				delete(w.held, n) // an initial version of a name not subscribed: forget it
+			}
 		}
 	}
 }
@@ -462,15 +456,36 @@ func (c *Cache) respond(w *watcher) {
 	}
 }
 
-// pendingNames returns w's pending names, sorted, and clears them.
-func pendingNames(w *watcher) []string {
-	names := make([]string, 0, len(w.pending))
+func (w *watcher) hasPending() bool { return w.pendingAll || len(w.pending) > 0 }
+
+// pendingNames returns w's pending names, sorted, and clears them. A first sync (pendingAll)
+// lists every name subscribed (every name of the type, for a wildcard) and every name held,
+// without keeping a copy of them in the meantime.
+func pendingNames(w *watcher, ts *typeState) []string {
+	var names []string
+	if w.pendingAll {
+		all := ts.names
+		if !w.wildcard {
+			all = nil
+			for n := range w.names {
+				all = append(all, n)
+			}
+		}
+		names = make([]string, 0, len(all)+len(w.held)+len(w.pending))
+		names = append(names, all...)
+		for n := range w.held {
+			names = append(names, n)
+		}
+		w.pendingAll = false
+	} else {
+		names = make([]string, 0, len(w.pending))
+	}
 	for n := range w.pending {
 		names = append(names, n)
 	}
 	resetPending(w)
 	sort.Strings(names)
-	return names
+	return slices.Compact(names)
 }
 
 // resetPending empties w's pending names. A map that held many (a first sync) is dropped, not
@@ -485,10 +500,9 @@ func resetPending(w *watcher) {
 
 func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 	var body []*anypb.Any
-	var gone []string
-	var commit func()
 	if ts.full {
 		resetPending(w)
+		w.pendingAll = false
 		if w.answered && w.sent == ts.version {
 			return false
 		}
@@ -508,28 +522,13 @@ func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 			}
 		}
 	} else {
-		names := pendingNames(w)
-		var got []string
-		for _, n := range names {
+		for _, n := range pendingNames(w, ts) {
 			if e := ts.entries[n]; e != nil {
-				if v, ok := w.held[n]; !ok || v != e.version {
-					body = append(body, e.any)
-					got = append(got, n)
-				}
-			} else if _, ok := w.held[n]; ok {
-				gone = append(gone, n)
+				body = append(body, e.any)
 			}
-		}
-		for _, n := range gone {
-			delete(w.held, n) // SotW cannot say so; sent again if it comes back
 		}
 		if len(body) == 0 && !w.replyEmpty {
 			return false
-		}
-		commit = func() {
-			for _, n := range got {
-				w.held[n] = ts.entries[n].version
-			}
 		}
 	}
 	resp := &cachev3.PassthroughResponse{Request: w.sreq, DiscoveryResponse: &discovery.DiscoveryResponse{
@@ -541,16 +540,13 @@ func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 		c.opts.Logger.Error().Str("type", ts.url).Msg("xDS watch channel full; response dropped")
 		return false
 	}
-	if commit != nil {
-		commit()
-	}
 	w.sent = ts.version
 	c.disarm(w)
 	return true
 }
 
 func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
-	names := pendingNames(w)
+	names := pendingNames(w, ts)
 	var res []*discovery.Resource
 	var removed []string
 	for _, n := range names {
