@@ -411,10 +411,19 @@ func TestNoRouteTimeoutByDefault(t *testing.T) {
 			t.Errorf("route %s: timeout %v idle %v, want the service's 120s and 10m", r.GetName(), ra.GetTimeout(), ra.GetIdleTimeout())
 		}
 	}
-	// The initial route keeps its per-try timeout.
+	// The initial route keeps its per-try timeout where requests of a session have a route
+	// of their own; without a marker every request, long polls included, retries, and none
+	// has a per-try timeout.
 	for _, r := range allRoutes(translateFile(t, "affinity-cookie")) {
 		if r.GetName() == "app/initial" && r.GetRoute().GetRetryPolicy().GetPerTryTimeout().AsDuration() != 15*time.Second {
 			t.Errorf("initial route per-try timeout %v, want 15s", r.GetRoute().GetRetryPolicy().GetPerTryTimeout())
+		}
+	}
+	for _, file := range []string{"affinity-none", "affinity-source-ip"} {
+		for _, r := range allRoutes(translateFile(t, file)) {
+			if rp := r.GetRoute().GetRetryPolicy(); rp == nil || rp.GetPerTryTimeout() != nil {
+				t.Errorf("%s: route %s retry policy %v, want a retry without a per-try timeout", file, r.GetName(), rp)
+			}
 		}
 	}
 }

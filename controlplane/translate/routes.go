@@ -80,7 +80,7 @@ func routes(svc string, cfg registry.ServiceConfig, available bool, p *packer) [
 		if !withMarker && !available {
 			setOverload(r, cfg.Overload)
 		} else {
-			r.Action = &routev3.Route_Route{Route: routeAction(svc, cfg, ws, !withMarker, p)}
+			r.Action = &routev3.Route_Route{Route: routeAction(svc, cfg, ws, !withMarker, marker != nil, p)}
 			r.TypedPerFilterConfig = perFilter[withMarker]
 		}
 		out = append(out, r)
@@ -153,7 +153,7 @@ func cookieMarkerRegex(name string) string {
 // long idle timeout; HTTP routes have timeouts.request (none by default: a route timeout
 // covers the whole response and would cut long polls and downloads) and timeouts.idle;
 // initial requests (retry true) get the 503 retry policy.
-func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, p *packer) *routev3.RouteAction {
+func routeAction(svc string, cfg registry.ServiceConfig, ws, retry, hasMarker bool, p *packer) *routev3.RouteAction {
 	ra := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(svc)},
 		HashPolicy:       hashPolicy(cfg.Affinity),
@@ -171,7 +171,7 @@ func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, p *pack
 		ra.UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket", Enabled: wrapperspb.Bool(false)}}
 	}
 	if retrying {
-		ra.RetryPolicy = retryPolicy(r, ws, p)
+		ra.RetryPolicy = retryPolicy(r, ws || !hasMarker, p)
 	}
 	return ra
 }
@@ -187,8 +187,11 @@ func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, p *pack
 // count as local-origin failures for outlier detection, which is one reason Tether runs
 // none (see outlier notes in cluster.go).
 // WebSocket routes get no per-try timeout: since Envoy 1.36 timeouts apply to the upgrade
-// request, and a per-try timer must never be able to cut a long-lived socket.
-func retryPolicy(r registry.Retry, ws bool, p *packer) *routev3.RetryPolicy {
+// request, and a per-try timer must never be able to cut a long-lived socket. Nor do the
+// routes of modes without a session marker (source-ip, none): every request of theirs goes
+// through the retrying route, long polls included, and a long poll sends no headers until
+// it answers.
+func retryPolicy(r registry.Retry, noPerTry bool, p *packer) *routev3.RetryPolicy {
 	rp := &routev3.RetryPolicy{
 		RetryOn:              retryOn,
 		RetriableStatusCodes: []uint32{503},
@@ -200,7 +203,7 @@ func retryPolicy(r registry.Retry, ws bool, p *packer) *routev3.RetryPolicy {
 		}},
 		HostSelectionRetryMaxAttempts: hostSelectionAttempts,
 	}
-	if r.PerTryTimeout > 0 && !ws {
+	if r.PerTryTimeout > 0 && !noPerTry {
 		rp.PerTryTimeout = durationpb.New(r.PerTryTimeout.D())
 	}
 	return rp
