@@ -204,6 +204,9 @@ func TestCookieMarkerRegex(t *testing.T) {
 		"a=ASP.NET_SessionId=1":             false,
 		"other=1":                           false,
 		"a=1;ASP.NET_SessionId=q%3D%3D; z=": true,
+		// Envoy sends its cookie quoted (Http::Utility::makeSetCookieValue), and browsers
+		// send it back so.
+		`ASP.NET_SessionId="CgwxMC4wLjAuNTo1MDAw"`: true,
 	} {
 		if got := re.MatchString(header); got != want {
 			t.Errorf("cookie %q: marker match %v, want %v", header, got, want)
