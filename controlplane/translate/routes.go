@@ -57,7 +57,7 @@ const (
 )
 
 // routes returns the service's routes in match order. With a session marker (cookie,
-// header, app-cookie): [WebSocket with marker, WebSocket,] with marker, catch-all; without
+// header): [WebSocket with marker, WebSocket,] with marker, catch-all; without
 // one (source-ip, none): [WebSocket,] catch-all. WebSocket routes exist only when the
 // service allows WebSockets. Routes with the marker forward without a retry policy; the
 // others retry 503/connect failure/reset on another host, or, when no instance is

@@ -25,7 +25,8 @@
 //     status with Retry-After, or 302 to overload.returnUrl). As a backstop, the listener's
 //     fixed local reply mappers turn Envoy's own 503s into Tether's replies, reading the
 //     service's settings from request headers that each forwarding route sets (and removes
-//     when unset, so that clients cannot forge them): no healthy upstream (UH) gives the
+//     when unset, so that clients cannot forge them; backends see them too): no healthy
+//     upstream (UH) gives the
 //     overload reply, or for a strict service's session the reply that its server is gone
 //     (with the session cookie expired); a circuit-breaker overflow (UO) gives a plain
 //     "retry in a moment", never the overload reply.
