@@ -26,10 +26,9 @@
 //     fixed local reply mappers turn Envoy's own 503s into Tether's replies, reading the
 //     service's settings from request headers that each forwarding route sets (and removes
 //     when unset, so that clients cannot forge them; backends see them too): no healthy
-//     upstream (UH) gives the
-//     overload reply, or for a strict service's session the reply that its server is gone
-//     (with the session cookie expired); a circuit-breaker overflow (UO) gives a plain
-//     "retry in a moment", never the overload reply.
+//     upstream (UH) gives the overload reply, or for a strict service's session the reply
+//     that its server is gone (with the session cookie expired); a circuit-breaker overflow
+//     (UO) gives a plain "retry in a moment", never the overload reply.
 //   - Path prefixes: "/" and prefixes ending in "/" are plain prefixes; "/app" is a
 //     path-separated prefix that matches /app and /app/..., not /apple.
 //   - Host matching ignores the port of the Host header (ignore_port_in_host_matching)
