@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -211,7 +213,7 @@ func (w *wsWatcher) finish(t testing.TB) (int, error) {
 // envoyStat reads one counter or gauge from Envoy's admin /stats.
 func envoyStat(t testing.TB, ev *envoy, name string) int {
 	t.Helper()
-	status, body, err := plainGet(ev.admin + "/stats?filter=^" + strings.ReplaceAll(name, ".", `\.`) + "$")
+	status, body, err := plainGet(ev.admin + "/stats?filter=" + url.QueryEscape("^"+strings.ReplaceAll(name, ".", `\.`)+"$"))
 	if err != nil || status != http.StatusOK {
 		t.Fatalf("GET /stats %s: %d %v", name, status, err)
 	}
@@ -448,5 +450,27 @@ func TestEnvoyLongServiceName(t *testing.T) {
 		if p := b.mustPage(t); p.Instance != first.Instance || p.Counter != i {
 			t.Fatalf("request %d: %s counter %d, want %s counter %d", i, p.Instance, p.Counter, first.Instance, i)
 		}
+	}
+}
+
+// TestFullByReadinessWithoutEnvoy: the setup of TestEnvoyFullServerKeepsSessions through the
+// simulated Envoy: app1's readiness URL answering 503 makes it DRAINING (full), never
+// UNHEALTHY, and its cluster has neither an active health check nor outlier detection that
+// could fail it while full.
+func TestFullByReadinessWithoutEnvoy(t *testing.T) {
+	e := newEnvWith(t, envConfig{AvailablePath: "/ready"})
+	sim := simulatedEnvoy(t, e.cp.XDSAddr())
+	e.waitSim(t, sim, "app1..app3 HEALTHY", allHealthy())
+	e.setRefuse(t, "app1", true)
+	want := allHealthy()
+	want["app1"] = "DRAINING"
+	e.waitSim(t, sim, "app1 DRAINING (full by its readiness URL)", want)
+	c, ok := sim.View().Resources[resourcev3.ClusterType][translate.ClusterName(e.service)].(*clusterv3.Cluster)
+	if !ok {
+		t.Fatal("no cluster for the service")
+	}
+	if len(c.GetHealthChecks()) != 0 || c.GetOutlierDetection() != nil {
+		t.Errorf("cluster %s: health checks %v, outlier detection %v; either would fail a full server and move its sessions",
+			c.GetName(), c.GetHealthChecks(), c.GetOutlierDetection())
 	}
 }
