@@ -550,7 +550,16 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 	cp := startCP(t, srv.Endpoints())
 	for _, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
 		full := connect(t, cp, variant, "full-"+string(variant), "default")
-		waitFor(t, full, "full config", func(v xdsclient.View) bool { return len(endpoints(v)) == 2 })
+		// Every type held before the light client starts: its wait below compares with the
+		// full client's view, and is woken only by its own updates.
+		waitFor(t, full, "full config", func(v xdsclient.View) bool {
+			for _, typ := range xdsclient.Types {
+				if len(v.Resources[typ]) == 0 {
+					return false
+				}
+			}
+			return len(endpoints(v)) == 2
+		})
 
 		light := xdsclient.New(variant, "light-"+string(variant), "default")
 		light.Light = true
