@@ -51,6 +51,7 @@ fuzz:
 # Go benchmarks of the translation, then the load harness at the three scales of docs/performance.md.
 bench:
 	$(GO) test ./controlplane/translate -run '^$$' -bench . -benchmem
+	$(GO) test ./controlplane/xdscache -run '^$$' -bench EndpointPush -benchmem
 	$(GO) run ./cmd/tether-bench -scales 100x10,1000x100,10000x1000 -duration 30s -json bench.json
 
 clean:
