@@ -48,7 +48,7 @@ fuzz:
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime $(FUZZTIME)
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime $(FUZZTIME)
 
-# Go benchmarks of the translation, then the load harness at the three scales of docs/performance.md.
+# Go benchmarks of the translation and of one xDS push, then the load harness at the three scales of docs/performance.md.
 bench:
 	$(GO) test ./controlplane/translate -run '^$$' -bench . -benchmem
 	$(GO) test ./controlplane/xdscache -run '^$$' -bench EndpointPush -benchmem
