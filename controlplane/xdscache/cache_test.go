@@ -324,3 +324,132 @@ func TestSotWPushes(t *testing.T) {
 		t.Errorf("endpoint push carries %q (%v); want b", b.GetClusterName(), err)
 	}
 }
+
+// deltaStream is a raw delta ADS stream whose responses arrive on a channel.
+type deltaStream struct {
+	s    discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	resp chan *discovery.DeltaDiscoveryResponse
+	err  chan error
+}
+
+func openDelta(t *testing.T, conn *grpc.ClientConn) *deltaStream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &deltaStream{s: s, resp: make(chan *discovery.DeltaDiscoveryResponse, 16), err: make(chan error, 1)}
+	go func() {
+		for {
+			r, err := s.Recv()
+			if err != nil {
+				d.err <- err
+				return
+			}
+			d.resp <- r
+		}
+	}()
+	return d
+}
+
+func (d *deltaStream) send(t *testing.T, req *discovery.DeltaDiscoveryRequest) {
+	t.Helper()
+	if err := d.s.Send(req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// next returns the next response, ACKed.
+func (d *deltaStream) next(t *testing.T, what string) (names, removed []string) {
+	t.Helper()
+	select {
+	case r := <-d.resp:
+		for _, res := range r.GetResources() {
+			names = append(names, res.GetName())
+		}
+		d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
+		return names, r.GetRemovedResources()
+	case err := <-d.err:
+		t.Fatalf("%s: stream ended: %v", what, err)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: no response within 10 s", what)
+	}
+	return nil, nil
+}
+
+// TestDeltaSubscriptions follows one delta Envoy's endpoint subscription through the changes
+// Envoy makes to it and the changes the registry makes to the resources: it is sent exactly
+// what it subscribes to and lacks, and told of removals. The wildcard cluster subscription
+// resumes from initial_resource_versions: a cluster it holds at the current version is not
+// sent, one that no longer exists is removed.
+func TestDeltaSubscriptions(t *testing.T) {
+	c := New(Options{})
+	res := func(clas ...*endpointv3.ClusterLoadAssignment) map[string][]types.Resource {
+		m := map[string][]types.Resource{resourcev3.ClusterType: {cluster("a", time.Second)}}
+		for _, x := range clas {
+			m[resourcev3.EndpointType] = append(m[resourcev3.EndpointType], x)
+		}
+		return m
+	}
+	update(t, c, res(cla("a", 1), cla("b", 1)))
+	conn := serve(t, c)
+	d := openDelta(t, conn)
+	node := &corev3.Node{Id: "n"}
+
+	// Clusters: "a" held at its current version, "gone" held but gone.
+	var aVersion string
+	c.mu.Lock()
+	aVersion = c.types[typeIndex(resourcev3.ClusterType)].entries["a"].version
+	c.mu.Unlock()
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node,
+		InitialResourceVersions: map[string]string{"a": aVersion, "gone": "v0"}})
+	if names, removed := d.next(t, "clusters"); len(names) != 0 || !slices.Equal(removed, []string{"gone"}) {
+		t.Errorf("cluster resume: sent %v, removed %v; want nothing sent, gone removed", names, removed)
+	}
+
+	expect := func(what string, wantNames, wantRemoved []string) {
+		t.Helper()
+		names, removed := d.next(t, what)
+		slices.Sort(names)
+		if !slices.Equal(names, wantNames) || !slices.Equal(removed, wantRemoved) {
+			t.Errorf("%s: sent %v, removed %v; want %v, %v", what, names, removed, wantNames, wantRemoved)
+		}
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a", "b", "c"}})
+	expect("first endpoints", []string{"a", "b"}, nil)
+
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesUnsubscribe: []string{"b"}})
+	// Nothing answers an unsubscription: wait for the server to re-arm the watch without b.
+	waitUntil(t, "b unsubscribed", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, st := range c.streams {
+			// Armed: the server edits names only after cancelling, which takes c.mu.
+			if w := st.watchers[typeIndex(resourcev3.EndpointType)]; w != nil && w.armed {
+				_, ok := w.names["b"]
+				return !ok
+			}
+		}
+		return false
+	})
+	update(t, c, res(cla("a", 1), cla("b", 2))) // b changes, but is no longer subscribed
+	update(t, c, res(cla("a", 2), cla("b", 2)))
+	expect("a changed", []string{"a"}, nil)
+
+	update(t, c, res(cla("a", 2), cla("b", 2), cla("c", 1)))
+	expect("c appears", []string{"c"}, nil)
+
+	update(t, c, res(cla("b", 2), cla("c", 1)))
+	expect("a removed", nil, []string{"a"})
+
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}})
+	expect("b subscribed again", []string{"b"}, nil)
+
+	select {
+	case r := <-d.resp:
+		t.Errorf("unexpected response %v", r)
+	default:
+	}
+}
