@@ -35,7 +35,7 @@ const (
 // Defaults.
 const (
 	defaultWaitTimeout = time.Hour
-	opTimeout          = 10 * time.Second // one etcd request
+	defaultOpTimeout   = 10 * time.Second // one etcd request
 )
 
 // pollInterval is how often --wait reads the registry; tests shorten it.
@@ -63,19 +63,24 @@ func (l labelFlags) Set(s string) error {
 
 // common holds the flags every drain command takes.
 type common struct {
-	etcd   cli.EtcdFlags
-	prefix *string
+	etcd      cli.EtcdFlags
+	prefix    *string
+	opTimeout *time.Duration
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	c.etcd.Register(fs, "127.0.0.1:2379")
 	c.prefix = fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
+	c.opTimeout = fs.Duration("request-timeout", defaultOpTimeout, "time limit of each etcd request")
 }
 
 // connect checks the common flags and opens an etcd client.
 func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(string) (string, bool)) (*clientv3.Client, string, int, error) {
 	if err := cli.BindEnv(fs, lookup); err != nil {
 		return nil, "", exitUsage, err
+	}
+	if *c.opTimeout <= 0 {
+		return nil, "", exitUsage, fmt.Errorf("--request-timeout: %s must be positive, e.g. 10s", *c.opTimeout)
 	}
 	p, err := registry.NormalizePrefix(*c.prefix)
 	if err != nil {
@@ -167,7 +172,7 @@ Flags:
 		return fail(code, err)
 	}
 	defer cl.Close()
-	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr}
+	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.opTimeout}
 	if *undo {
 		code, err = cmd.undo(ctx, d)
 	} else {
@@ -206,11 +211,12 @@ func target(pos []string, labels labelFlags) (string, registry.Drain, error) {
 }
 
 type command struct {
-	cli    *clientv3.Client
-	prefix string
-	svc    string
-	stdout io.Writer
-	stderr io.Writer
+	opTimeout time.Duration
+	cli       *clientv3.Client
+	prefix    string
+	svc       string
+	stdout    io.Writer
+	stderr    io.Writer
 }
 
 // snapshot is the registry at one revision, with each key's ModRevision.
@@ -221,7 +227,7 @@ type snapshot struct {
 
 // read lists the registry once, at one revision.
 func (c *command) read(ctx context.Context) (*snapshot, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
 	start, end := c.prefix+"/", clientv3.GetPrefixRangeEnd(c.prefix+"/")
 	var kvs []*mvccpb.KeyValue
@@ -289,7 +295,7 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 	ids := matched(st, c.svc, d)
 	name := registry.DrainName(d)
 	d.CreatedAt = time.Now().UTC().Truncate(time.Second)
-	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	octx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	stored, created, err := registry.PutDrain(octx, c.cli, c.prefix, c.svc, name, d)
 	cancel()
 	if err != nil {
@@ -370,7 +376,7 @@ func (c *command) undo(ctx context.Context, d registry.Drain) (int, error) {
 		return exitUsage, fmt.Errorf("%s is not drained: nothing to undo (tether-controlplane drains lists the drains)", c.what(d))
 	}
 	for _, name := range names {
-		octx, cancel := context.WithTimeout(ctx, opTimeout)
+		octx, cancel := context.WithTimeout(ctx, c.opTimeout)
 		_, err := registry.DeleteDrain(octx, c.cli, c.prefix, c.svc, name)
 		cancel()
 		if err != nil {
@@ -503,7 +509,7 @@ func ListMain(ctx context.Context, args []string, lookup func(string) (string, b
 		return fail(code, err)
 	}
 	defer cl.Close()
-	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr}
+	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.opTimeout}
 	snap, err := cmd.read(ctx)
 	if err != nil {
 		return fail(exitFailure, err)
