@@ -308,6 +308,9 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 			fmt.Fprintf(c.stderr, "warning: no instance of %s has labels %s now; instances that register with them will start drained\n", c.svc, registry.LabelString(d.Labels))
 		}
 	}
+	if s := st.Services[c.svc]; s != nil && len(ids) > 0 && !anyAvailable(s, ids) {
+		fmt.Fprintf(c.stderr, "warning: no other instance of %s is available for new sessions now: new users get the service's overload reply until one is (start the new instances first, or undo with --undo)\n", c.svc)
+	}
 	if created {
 		fmt.Fprintf(c.stdout, "drained %s (drain %s): %s\n", c.what(d), name, describe(st, c.svc, ids))
 	} else {
@@ -317,6 +320,16 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 		return exitOK, nil
 	}
 	return c.wait(ctx, name, stored, timeout)
+}
+
+// anyAvailable reports whether an instance of s outside drained takes new sessions.
+func anyAvailable(s *registry.Service, drained []string) bool {
+	for id, in := range s.Instances {
+		if in.State == registry.StateAvailable && !slices.Contains(drained, id) {
+			return true
+		}
+	}
+	return false
 }
 
 func since(t time.Time) string {
@@ -334,6 +347,9 @@ func describe(st *registry.State, svc string, ids []string) string {
 	n := 0
 	for _, id := range ids {
 		n += st.Services[svc].Instances[id].Load.Sessions
+	}
+	if len(ids) == 1 {
+		return fmt.Sprintf("%s keeps its %s and takes no new ones", ids[0], plural(n, "session"))
 	}
 	return fmt.Sprintf("%s (%s) keep their %s and take no new ones", plural(len(ids), "instance"), strings.Join(ids, ", "), plural(n, "session"))
 }

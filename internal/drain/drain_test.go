@@ -238,7 +238,7 @@ func TestDrainByIDLabelUndoAndLater(t *testing.T) {
 
 	// By label: the unhealthy instance stays UNHEALTHY; the other version is untouched.
 	r = runCmd(t, etcd, nil, "drain", "app", "--label", "version=1")
-	if r.code != 0 || !strings.Contains(r.stdout, "3 instances (a1, a2, u1) keep their 8 sessions") {
+	if r.code != 0 || !strings.Contains(r.stdout, "3 instances (a1, a2, u1) keep their 8 sessions") || r.stderr != "" {
 		t.Fatalf("drain by label: %+v", r)
 	}
 	f.waitHealth(t, "version 1 drained", map[string]string{"a1": "DRAINING", "a2": "DRAINING", "u1": "UNHEALTHY", "b1": "HEALTHY"})
@@ -392,6 +392,7 @@ func TestDrainErrors(t *testing.T) {
 		{[]string{"drain", "app", "--label", "version=9"}, 0, "warning: no instance of app has labels version=9 now"},
 		{[]string{"drain", "app/later"}, 0, "warning: no instance app/later is registered now; it will start drained"},
 		{[]string{"drain", "newsvc/x", "--force"}, 0, "warning"},
+		{[]string{"drain", "app/a1"}, 0, "warning: no other instance of app is available for new sessions now"},
 	}
 	for _, c := range cases {
 		r := runCmd(t, etcd, nil, c.args...)

@@ -158,7 +158,7 @@ func WriteDrains(w io.Writer, drains []Drain, now time.Time) error {
 	for _, d := range drains {
 		insts := strings.Join(d.Matched, ",")
 		if insts == "" {
-			insts = "(none yet)"
+			insts = "(none)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", clean(d.Service, 0), clean(d.Name, 0),
 			clean(d.Selector(), 64), age(d.CreatedAt, now), clean(insts, 64), d.Sessions, orDash(clean(d.Reason, maxReason)))
