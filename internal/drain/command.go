@@ -46,18 +46,21 @@ type labelFlags map[string]string
 
 func (l labelFlags) String() string { return registry.LabelString(l) }
 
+// Set takes KEY=VALUE, or a comma-separated list of them, as the agent's --label does.
 func (l labelFlags) Set(s string) error {
-	k, v, ok := strings.Cut(s, "=")
-	if !ok {
-		return fmt.Errorf("%q is not KEY=VALUE, e.g. version=1.4.1", s)
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return fmt.Errorf("%q is not KEY=VALUE, e.g. version=1.4.1", kv)
+		}
+		if err := registry.ValidateLabel(k, v); err != nil {
+			return err
+		}
+		if old, dup := l[k]; dup && old != v {
+			return fmt.Errorf("label %q given twice (%q and %q): an instance has one value per label", k, old, v)
+		}
+		l[k] = v
 	}
-	if err := registry.ValidateLabel(k, v); err != nil {
-		return err
-	}
-	if old, dup := l[k]; dup && old != v {
-		return fmt.Errorf("label %q given twice (%q and %q): an instance has one value per label", k, old, v)
-	}
-	l[k] = v
 	return nil
 }
 
@@ -137,7 +140,7 @@ Flags:
 	var c common
 	c.register(fs)
 	labels := labelFlags{}
-	fs.Var(labels, "label", "select the instances carrying this label, KEY=VALUE (repeat: all must match)")
+	fs.Var(labels, "label", "select the instances carrying this label, KEY=VALUE (repeat, or comma-separate: all must match)")
 	undo := fs.Bool("undo", false, "remove the drain: the instances take new sessions again")
 	wait := fs.Bool("wait", false, "after draining, wait until the drained instances hold no sessions, printing the count as it falls")
 	timeout := fs.Duration("timeout", defaultWaitTimeout, "with --wait: give up after this long (exit code 3)")

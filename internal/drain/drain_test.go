@@ -382,6 +382,8 @@ func TestDrainErrors(t *testing.T) {
 		{[]string{"drain", "app", "--label", "version"}, 2, `"version" is not KEY=VALUE`},
 		{[]string{"drain", "app", "--label", "-v=1"}, 2, `label key "-v"`},
 		{[]string{"drain", "app", "--label", "v=1", "--label", "v=2"}, 2, "given twice"},
+		{[]string{"drain", "app", "--label", "v=1,v=2"}, 2, "given twice"},
+		{[]string{"drain", "app", "--label", "version=1,zone"}, 2, `"zone" is not KEY=VALUE`},
 		{[]string{"drain", "app/a1", "--label", "v=1"}, 2, "names one instance"},
 		{[]string{"drain", "app/a 1"}, 2, "instance id"},
 		{[]string{"drain", "App/a1"}, 2, "service name"},
