@@ -289,18 +289,34 @@ func PutDrain(ctx context.Context, cli *clientv3.Client, prefix, service, name s
 		return d, true, nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().GetKvs()
-	if len(kvs) == 1 {
-		if old, err := DecodeDrain(service, name, kvs[0].Value); err == nil && old.Instance == d.Instance && maps.Equal(old.Labels, d.Labels) {
+	if len(kvs) != 1 {
+		return d, false, fmt.Errorf("put %s: the key changed meanwhile; try again", key)
+	}
+	old, err := DecodeDrain(service, name, kvs[0].Value)
+	if err == nil {
+		if old.Instance == d.Instance && maps.Equal(old.Labels, d.Labels) {
 			return old, false, nil
 		}
+		// Replacing it would silently undrain what it selects.
+		return old, false, fmt.Errorf("%w: %s selects %s, not %s", ErrDrainNameTaken, key, old.Selector(), d.Selector())
 	}
-	// The key holds something else (an invalid value, another selector): the command's
-	// drain replaces it.
-	if _, err := cli.Put(ctx, key, string(b)); err != nil {
+	// An invalid value drains nothing: the command's drain replaces it, if it is still there.
+	resp, err = cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", kvs[0].ModRevision)).
+		Then(clientv3.OpPut(key, string(b))).
+		Commit()
+	if err != nil {
 		return d, false, fmt.Errorf("put %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return d, false, fmt.Errorf("put %s: the key changed meanwhile; try again", key)
 	}
 	return d, true, nil
 }
+
+// ErrDrainNameTaken is returned by PutDrain when the key holds a valid drain of another
+// selection (written by hand under the name the command would use).
+var ErrDrainNameTaken = errors.New("drain name taken by another selection")
 
 // DeleteDrain removes a drain; it reports whether the key existed.
 func DeleteDrain(ctx context.Context, cli *clientv3.Client, prefix, service, name string) (bool, error) {

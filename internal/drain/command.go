@@ -301,6 +301,9 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 	octx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	stored, created, err := registry.PutDrain(octx, c.cli, c.prefix, c.svc, name, d)
 	cancel()
+	if errors.Is(err, registry.ErrDrainNameTaken) {
+		return exitUsage, fmt.Errorf("%w; remove or rename it first (etcdctl del %s)", err, registry.DrainKey(c.prefix, c.svc, name))
+	}
 	if err != nil {
 		return exitFailure, err
 	}

@@ -276,6 +276,16 @@ func TestDrainByIDLabelUndoAndLater(t *testing.T) {
 	if _, err := f.cli.Put(context.Background(), "/tether/drains/app/b1", `{"instance":"b1"}`); err != nil {
 		t.Fatal(err)
 	}
+	// A drain by hand whose name the command would use for another selection is not replaced.
+	if _, err := f.cli.Put(context.Background(), "/tether/drains/app/a2", `{"labels":{"version":"1"}}`); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCmd(t, etcd, nil, "drain", "app/a2"); r.code != 2 || !strings.Contains(r.stderr, "/tether/drains/app/a2 selects labels version=1, not instance a2") {
+		t.Errorf("drain over a hand-written drain of the same name: %+v", r)
+	}
+	if _, err := f.cli.Delete(context.Background(), "/tether/drains/app/a2"); err != nil {
+		t.Fatal(err)
+	}
 	f.waitHealth(t, "good drain after the bad one", map[string]string{"b1": "DRAINING", "a1": "DRAINING"})
 	if _, err := f.cli.Delete(context.Background(), "/tether/drains/app/b1"); err != nil {
 		t.Fatal(err)
@@ -401,6 +411,16 @@ func TestDrainErrors(t *testing.T) {
 		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d and %q", c.args, r.code, r.stderr, c.code, c.want)
 		}
+	}
+	// An invalid value under the command's name drains nothing: the command replaces it.
+	if _, err := cli.Put(context.Background(), "/tether/drains/app/zz", `{"instance":`); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCmd(t, etcd, nil, "drain", "app/zz"); r.code != 0 || !strings.Contains(r.stdout, "drained app/zz") {
+		t.Errorf("drain over an invalid value: %+v", r)
+	}
+	if r := runCmd(t, etcd, nil, "drain", "app/zz", "--undo"); r.code != 0 {
+		t.Errorf("undo: %+v", r)
 	}
 	port := etcdtest.FreePort(t)
 	r := runCmd(t, fmt.Sprintf("127.0.0.1:%d", port), nil, "drain", "app/a1", "--etcd-dial-timeout", "200ms", "--request-timeout", "500ms")

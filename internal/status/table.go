@@ -154,7 +154,7 @@ func plural(n int, word string) string {
 // instances it drains now and their sessions.
 func WriteDrains(w io.Writer, drains []Drain, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tDRAIN\tSELECTS\tSINCE\tINSTANCES\tSESSIONS\tREASON")
+	fmt.Fprintln(tw, "SERVICE\tDRAIN\tSELECTS\tAGE\tINSTANCES\tSESSIONS\tREASON")
 	for _, d := range drains {
 		insts := strings.Join(d.Matched, ",")
 		if insts == "" {
