@@ -41,8 +41,11 @@ func newDrainWatch(cli *clientv3.Client, prefix, service string, log zerolog.Log
 		drains: map[string]registry.Drain{}, changed: make(chan struct{}, 1)}
 }
 
-// match returns the drain that selects in, if any.
+// match returns the drain that selects in, if any; a nil watch selects nothing.
 func (w *drainWatch) match(in *registry.Instance) (registry.DrainMark, bool) {
+	if w == nil {
+		return registry.DrainMark{}, false
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return registry.DrainFor(w.drains, in)
