@@ -144,7 +144,7 @@ function drainsCard(state) {
       h("span", { class: "addr", text: d.instance ? "instance " + d.instance :
         "labels " + Object.keys(d.labels || {}).sort().map((k) => k + "=" + d.labels[k]).join(",") })),
     h("td", null, d.createdAt ? timeCell(d.createdAt) : h("span", { class: "muted", text: "–" })),
-    h("td", { text: d.matched.length ? d.matched.join(", ") : "none yet" }),
+    h("td", { text: d.matched.length ? d.matched.join(", ") : "none" }),
     h("td", null, h("b", { class: d.sessions ? "" : "sync-ok", text: String(d.sessions) }),
       d.matched.length && !d.sessions ? h("span", { class: "addr", text: "safe to stop" }) : null),
     h("td", { text: d.reason || "–" })));
