@@ -85,7 +85,7 @@ type Rejected struct {
 
 // FromState builds the overview of st; a nil st gives an empty overview.
 func FromState(st *registry.State) Overview {
-	ov := Overview{Services: []Service{}, Rejected: []Rejected{}}
+	ov := Overview{Services: []Service{}, Rejected: []Rejected{}, Drains: []Drain{}}
 	if st == nil {
 		return ov
 	}
