@@ -2,9 +2,16 @@ package agent_test
 
 import (
 	"context"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/registry"
 )
@@ -69,4 +76,67 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 		t.Errorf("undrained instance keeps reason %q", in.Reason)
 	}
 	waitKey(t, cli, "app-2", 5*time.Second, "late instance undrained", state(registry.StateAvailable))
+}
+
+// logBuffer collects an agent's log lines for a test to wait on.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAgentWithoutDrainsPermission: an agent whose etcd role cannot read the drains (the
+// roles script of an older release) says so once and keeps registering its own state.
+func TestAgentWithoutDrainsPermission(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.WithFastPasswords())
+	admin := etcd.Client(t)
+	etcdtest.ApplyRolesScript(t, admin, "../examples/etcd-roles.sh", "/tether", map[string]string{
+		"ROOT_PASSWORD": "root-pw", "CONTROLPLANE_PASSWORD": "cp-pw", "AGENT_PASSWORD": "agent-pw", "OPERATOR_PASSWORD": "op-pw",
+	})
+	root, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-pw", DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := root.RoleRevokePermission(ctx, "tether-agent", "/tether/drains/", clientv3.GetPrefixRangeEnd("/tether/drains/")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := registry.PutDrain(ctx, root, "/tether", "app", "app-1", registry.Drain{Instance: "app-1"}); err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Etcd.Username, cfg.Etcd.Password = "tether-agent", "agent-pw"
+	var logs logBuffer
+	actx, acancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(actx, cfg, zerolog.New(&logs), nil) }()
+	defer func() {
+		acancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("agent did not stop")
+		}
+	}()
+	for !strings.Contains(logs.String(), "cannot read the operators' drains") {
+		if ctx.Err() != nil {
+			t.Fatalf("no warning about the drains permission; logs:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitKey(t, root, "app-1", 5*time.Second, "registered as its own state", state(registry.StateAvailable))
 }
