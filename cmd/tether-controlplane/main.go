@@ -42,6 +42,18 @@ type options struct {
 func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("tether-controlplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage:
+  tether-controlplane [flags]                     run the control plane
+  tether-controlplane status [flags]              print the registry (services, instances, drains)
+  tether-controlplane drain SERVICE/ID [flags]    drain one instance (--label k=v for a selection, --undo, --wait)
+  tether-controlplane drains [SERVICE] [flags]    list the drains
+Each command takes -h.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	o := &options{}
 	var etcd cli.EtcdFlags
 	etcd.Register(fs, "")
