@@ -2,6 +2,9 @@ package controlplane
 
 import (
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/tetherlb/tether/registry"
 )
@@ -47,5 +50,29 @@ func TestDrainApplierKeepsPointers(t *testing.T) {
 	st4 := &registry.State{Services: st.Services}
 	if a.apply(st4) != st4 {
 		t.Error("a state without drains was copied")
+	}
+}
+
+// TestDrainsSurviveAHold: while the guard holds a mass disappearance, the state it serves
+// keeps the drains, so a drained instance stays drained through an etcd hiccup.
+func TestDrainsSurviveAHold(t *testing.T) {
+	inst := func(id string) registry.Instance {
+		return registry.Instance{ID: id, Address: "10.0.0.1", Port: 5000, State: registry.StateAvailable}
+	}
+	drains := map[string]map[string]registry.Drain{"app": {"m4": {Instance: "m4"}}}
+	all := &registry.Service{Name: "app", Instances: map[string]registry.Instance{"m1": inst("m1"), "m2": inst("m2"), "m3": inst("m3"), "m4": inst("m4")}}
+	left := &registry.Service{Name: "app", Instances: map[string]registry.Instance{"m4": inst("m4")}}
+	g := newRemovalGuard(0.5, time.Minute, zerolog.Nop(), nil)
+	now := time.Now()
+	g.apply(&registry.State{Revision: 1, Services: map[string]*registry.Service{"app": all}, Drains: drains}, now)
+	held, _ := g.apply(&registry.State{Revision: 2, Services: map[string]*registry.Service{"app": left}, Drains: drains}, now)
+	if g.heldCount() != 3 {
+		t.Fatalf("held %d, want 3", g.heldCount())
+	}
+	var a drainApplier
+	out := a.apply(held)
+	app := out.Services["app"]
+	if len(app.Instances) != 4 || app.Instances["m4"].State != registry.StateDraining || app.Instances["m1"].State != registry.StateAvailable {
+		t.Errorf("served during the hold: %+v", app.Instances)
 	}
 }
