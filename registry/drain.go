@@ -182,9 +182,14 @@ func DrainName(d Drain) string {
 // DrainFor returns the drain among drains that selects inst, or false. When several do, the
 // oldest wins (then the first by name), so the answer is deterministic.
 func DrainFor(drains map[string]Drain, inst *Instance) (DrainMark, bool) {
+	return drainFor(slices.Sorted(maps.Keys(drains)), drains, inst)
+}
+
+// drainFor is DrainFor with the drains' names already sorted.
+func drainFor(names []string, drains map[string]Drain, inst *Instance) (DrainMark, bool) {
 	var best DrainMark
 	found := false
-	for _, name := range slices.Sorted(maps.Keys(drains)) {
+	for _, name := range names {
 		d := drains[name]
 		if !d.Matches(inst) {
 			continue
@@ -231,8 +236,9 @@ func DrainService(svc *Service, drains map[string]Drain) *Service {
 		return svc
 	}
 	var out *Service
+	names := slices.Sorted(maps.Keys(drains))
 	for id, in := range svc.Instances {
-		mark, ok := DrainFor(drains, &in)
+		mark, ok := drainFor(names, drains, &in)
 		if !ok {
 			continue
 		}
