@@ -122,8 +122,9 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	bg := context.WithoutCancel(ctx) // etcd and probes keep working while draining
 	defer r.stopLease(bg)
 	dctx, stopDrains := context.WithCancel(bg)
-	defer stopDrains()
-	go r.drains.run(dctx)
+	drainsDone := make(chan struct{})
+	go func() { defer close(drainsDone); r.drains.run(dctx) }()
+	defer func() { stopDrains(); <-drainsDone }() // it logs: it must end before Run returns
 	r.log.Info().Str("version", Version).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
 		Interface("thresholds", r.cfg.Thresholds).Str("loadSource", r.cfg.LoadSource).Msg("agent starting")
 	if err := r.registerFirst(ctx, bg); err != nil {
