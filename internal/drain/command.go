@@ -121,7 +121,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 func Main(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether-controlplane drain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
+	usage := func() {
 		fmt.Fprint(stderr, `Usage:
   tether-controlplane drain SERVICE/ID [flags]                  drain one instance
   tether-controlplane drain SERVICE --label KEY=VALUE [flags]   drain every instance with these labels
@@ -146,9 +146,12 @@ Flags:
 	timeout := fs.Duration("timeout", defaultWaitTimeout, "with --wait: give up after this long (exit code 3)")
 	reason := fs.String("reason", "", "a note stored with the drain and shown with the drained instances")
 	force := fs.Bool("force", false, "drain a service the registry does not know yet (no configuration, no instance)")
+	// A bad flag gets its one-line error (printed by the flag package), not the whole usage.
+	fs.Usage = func() { fmt.Fprintln(stderr, "see tether-controlplane drain -h") }
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			usage()
 			return exitOK
 		}
 		return exitUsage
@@ -311,7 +314,8 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 		if d.Instance != "" {
 			fmt.Fprintf(c.stderr, "warning: no instance %s is registered now; it will start drained when it registers\n", c.what(d))
 		} else {
-			fmt.Fprintf(c.stderr, "warning: no instance of %s has labels %s now; instances that register with them will start drained\n", c.svc, registry.LabelString(d.Labels))
+			fmt.Fprintf(c.stderr, "warning: no instance of %s has labels %s now; instances that register with them will start drained%s\n",
+				c.svc, registry.LabelString(d.Labels), labelsInUse(st.Services[c.svc], d.Labels))
 		}
 	}
 	if s := st.Services[c.svc]; s != nil && len(ids) > 0 && !anyAvailable(s, ids) {
@@ -326,6 +330,39 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 		return exitOK, nil
 	}
 	return c.wait(ctx, name, stored, timeout)
+}
+
+// labelsInUse lists the values the instances of s carry for the label keys of want, to spot
+// a typo: " (instances of app carry version=1.4.1 (3), version=1.4.2 (2))".
+func labelsInUse(s *registry.Service, want map[string]string) string {
+	if s == nil {
+		return ""
+	}
+	counts := map[string]int{}
+	for _, in := range s.Instances {
+		for k, v := range in.Labels {
+			if _, ok := want[k]; ok {
+				counts[k+"="+v]++
+			}
+		}
+	}
+	if len(counts) == 0 {
+		keys := map[string]bool{}
+		for _, in := range s.Instances {
+			for k := range in.Labels {
+				keys[k] = true
+			}
+		}
+		if len(keys) == 0 {
+			return " (its instances carry no labels)"
+		}
+		return " (its instances carry no such label key; their keys: " + strings.Join(slices.Sorted(maps.Keys(keys)), ", ") + ")"
+	}
+	parts := make([]string, 0, len(counts))
+	for _, kv := range slices.Sorted(maps.Keys(counts)) {
+		parts = append(parts, fmt.Sprintf("%s (%d)", kv, counts[kv]))
+	}
+	return " (instances of " + s.Name + " carry " + strings.Join(parts, ", ") + ")"
 }
 
 // anyAvailable reports whether an instance of s outside drained takes new sessions.

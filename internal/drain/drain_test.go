@@ -389,7 +389,7 @@ func TestDrainErrors(t *testing.T) {
 	}{
 		{[]string{"drain", "nope/x"}, 2, `unknown service "nope"`},
 		{[]string{"drain", "app"}, 2, "is a whole service"},
-		{[]string{"drain", "app", "--label", "version"}, 2, `"version" is not KEY=VALUE`},
+		{[]string{"drain", "app", "--label", "version"}, 2, "invalid value \"version\" for flag -label: \"version\" is not KEY=VALUE, e.g. version=1.4.1\nsee tether-controlplane drain -h\n"},
 		{[]string{"drain", "app", "--label", "-v=1"}, 2, `label key "-v"`},
 		{[]string{"drain", "app", "--label", "v=1", "--label", "v=2"}, 2, "given twice"},
 		{[]string{"drain", "app", "--label", "v=1,v=2"}, 2, "given twice"},
@@ -401,7 +401,8 @@ func TestDrainErrors(t *testing.T) {
 		{[]string{"drain", "app/a1", "--undo"}, 2, "app/a1 is not drained"},
 		{[]string{"drain", "app/a1", "app/a2"}, 2, "give one target"},
 		{[]string{"drains", "app", "web"}, 2, "unexpected argument"},
-		{[]string{"drain", "app", "--label", "version=9"}, 0, "warning: no instance of app has labels version=9 now"},
+		{[]string{"drain", "app", "--label", "version=9"}, 0, "warning: no instance of app has labels version=9 now; instances that register with them will start drained (instances of app carry version=1 (1))"},
+		{[]string{"drain", "app", "--label", "verison=1"}, 0, "(its instances carry no such label key; their keys: version)"},
 		{[]string{"drain", "app/later"}, 0, "warning: no instance app/later is registered now; it will start drained"},
 		{[]string{"drain", "newsvc/x", "--force"}, 0, "warning"},
 		{[]string{"drain", "app/a1"}, 0, "warning: no other instance of app is available for new sessions now"},
