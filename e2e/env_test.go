@@ -225,7 +225,9 @@ func newEnv(t testing.TB) *env {
 		XDSAddr:    "127.0.0.1:0",
 		AdminAddr:  "127.0.0.1:0",
 		ListenPort: uint32(e.listenPort),
-		Logger:     e.log.With().Str("component", "controlplane").Logger(),
+		// Envoy and the backends share this host.
+		AllowLoopback: true,
+		Logger:        e.log.With().Str("component", "controlplane").Logger(),
 	})
 	if err != nil {
 		cancel()
