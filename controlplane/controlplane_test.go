@@ -486,7 +486,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 
 // TestMassDisappearanceIsHeld revokes the lease of most of a service's instances at once, as
 // when leases lapse during an etcd outage: they stay served for the grace period, while a
-// deliberate deregistration (a draining instance) and a lone removal go at once.
+// deliberate deregistration (a draining instance) goes at once.
 func TestMassDisappearanceIsHeld(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
