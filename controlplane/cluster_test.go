@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,13 +109,17 @@ func startAgent(t *testing.T, c *etcdtest.Cluster, first int, id string, port in
 	return &agent{cli: cli, lease: l.ID}
 }
 
+// clusterServiceJSON is app's configuration in the cluster tests: not the defaults, so that
+// serving the defaults shows.
+var clusterServiceJSON = strings.Replace(serviceJSON, `"cookieName": "tether-app"`, `"cookieName": "app-session"`, 1)
+
 // clusterSetup starts a three-member cluster, the configured service app with three agents,
 // and a control plane listing every member with the guard off (so that any lapse shows).
 func clusterSetup(t *testing.T, ttl int64) (*etcdtest.Cluster, *clientv3.Client, []*agent, *controlplane.ControlPlane) {
 	t.Helper()
 	c := etcdtest.StartCluster(t, 3)
 	cli := c.Client(t)
-	put(t, cli, "/tether/services/app", serviceJSON)
+	put(t, cli, "/tether/services/app", clusterServiceJSON)
 	var agents []*agent
 	for i := range 3 {
 		agents = append(agents, startAgent(t, c, i, fmt.Sprintf("a%d", i), 5000+i, ttl))
@@ -196,9 +201,20 @@ func TestClusterMemberDownLongerThanLeaseTTL(t *testing.T) {
 }
 
 // Two control-plane replicas on the cluster: an Envoy moving from one to the other (delta,
-// with its resource versions) is sent nothing it already holds, then only what changes.
+// with its resource versions) is sent nothing it already holds, then only what changes. The
+// second replica starts after a bad edit of the service's configuration, which the first saw
+// happen: both must still serve the same.
 func TestClusterReplicasHandOver(t *testing.T) {
 	c, cli, _, cp1 := clusterSetup(t, 10)
+	x0 := xdsclient.New(xdsclient.Delta, "envoy-0", "default")
+	runClient(t, x0, cp1.XDSAddr(), nil)
+	waitFor(t, x0, "everything from the first replica", complete(3))
+	rev := put(t, cli, "/tether/services/app", strings.Replace(clusterServiceJSON, `"mode": "cookie"`, `"mode": "sticky"`, 1))
+	deadline := time.Now().Add(10 * time.Second)
+	for metric(t, cp1, "tether_registry_revision") < float64(rev) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+
 	eps := c.Endpoints()
 	slices.Reverse(eps)
 	cp2 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: eps}, HoldShare: -1, Logger: testLogger(t)})
@@ -222,7 +238,7 @@ func TestClusterReplicasHandOver(t *testing.T) {
 	rec.start()
 	runClient(t, x, cp2.XDSAddr(), nil)
 	// Wait until the second replica lists the client, so the next change reaches it there.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for len(cp2.Clients()) == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
