@@ -111,8 +111,9 @@ func (w *Watcher) lastValidConfig(ctx context.Context, key, svc string, created,
 // Run lists the prefix, emits the first State, then watches from the next revision and emits
 // a new State after each watch response that changed anything. It returns nil when ctx ends,
 // and retries etcd errors meanwhile with exponential backoff (100ms to 5s); while etcd is
-// unreachable nothing is emitted and the last State stands. A compacted watch revision makes
-// it list again and emit the listed State. emit is called from Run's goroutine; the States it
+// unreachable nothing is emitted and the last State stands. A compacted watch revision, or an
+// etcd that went back to an older revision (restored from a backup) or to another cluster,
+// makes it list again and emit the listed State. emit is called from Run's goroutine; the States it
 // receives are never modified afterwards and must not be modified by the receiver. Run must
 // not be called twice at once.
 func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
