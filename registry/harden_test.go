@@ -2,12 +2,14 @@ package registry_test
 
 import (
 	"context"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/registry"
@@ -152,4 +154,37 @@ func TestWatcherRelistsAfterRestoreFromBackup(t *testing.T) {
 	// The watch goes on from the restored revision.
 	mustPut(t, cli, "/tether/instances/app/later", withField(t, exampleInstance, "id", "later"))
 	r.waitFor(t, "a later instance", func(st *registry.State) bool { _, ok := instance(st, "app", "later"); return ok })
+}
+
+// Another etcd cluster behind the same address, ahead in revisions (a different cluster
+// restored or moved there): its events carry another cluster ID, and the watcher lists again
+// instead of applying them on top of the old cluster's keys.
+func TestWatcherRelistsWhenClusterChanges(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	mustPut(t, cli, "/tether/instances/app/old", withField(t, exampleInstance, "id", "old"))
+	// Only the watch's own responses can tell here: the revision check waits an hour.
+	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = time.Hour })
+	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
+
+	addr := srv.ClientURL
+	srv.Stop()
+	other := etcdtest.Start(t, func(c *embed.Config) {
+		u, err := url.Parse(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ListenClientUrls, c.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
+		c.InitialClusterToken = "another-cluster"
+	})
+	ocli := other.Client(t)
+	for range 20 {
+		mustPut(t, ocli, "/tether/junk-counter", "x")
+	}
+	mustPut(t, ocli, "/tether/instances/app/new", withField(t, exampleInstance, "id", "new"))
+	r.waitFor(t, "the other cluster's contents only", func(st *registry.State) bool {
+		_, n := instance(st, "app", "new")
+		_, old := instance(st, "app", "old")
+		return n && !old
+	})
 }
