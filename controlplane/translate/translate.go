@@ -29,6 +29,10 @@
 //     upstream (UH) gives the overload reply, or for a strict service's session the reply
 //     that its server is gone (with the session cookie expired); a circuit-breaker overflow
 //     (UO) gives a plain "retry in a moment", never the overload reply.
+//   - A contested domain and path prefix goes to a configured service before an unconfigured
+//     one, then to the older claim (etcd create revision), then by name (see Assemble): a
+//     mistyped or hostile agent never takes a configured service's users, and replicas agree.
+//     A service whose configuration is rejected with no valid version left is left out.
 //   - Path prefixes: "/" and prefixes ending in "/" are plain prefixes; "/app" is a
 //     path-separated prefix that matches /app and /app/..., not /apple.
 //   - Host matching ignores the port of the Host header (ignore_port_in_host_matching)
