@@ -15,7 +15,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/... ./examples/sessionapp
 
 run:
-	$(GO) run ./cmd/tether-controlplane --data-dir .tether-data --log-format console
+	$(GO) run ./cmd/tether-controlplane --data-dir .tether-data --log-format console --allow-loopback-backends
 
 demo: build
 	./examples/demo.sh

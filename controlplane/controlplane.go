@@ -50,11 +50,17 @@ type Config struct {
 	ListenPort uint32
 	// CoalesceQuiet and CoalesceMax bound how registry changes are batched into one push.
 	CoalesceQuiet, CoalesceMax time.Duration
-	// HoldShare and HoldGrace configure the mass-disappearance guard: when more than HoldShare
-	// of a service's instances leave the registry at once, they stay served for HoldGrace.
-	// HoldShare < 0 disables the guard; 0 takes the default.
-	HoldShare float64
-	HoldGrace time.Duration
+	// HoldShare, HoldWindow and HoldGrace configure the mass-disappearance guard: when more
+	// than HoldShare of a service's instances leave the registry within HoldWindow of the
+	// first removal (draining ones aside), they stay served for HoldGrace. HoldWindow should
+	// be about the agents' lease TTL. HoldShare < 0 disables the guard; 0 takes the default.
+	HoldShare  float64
+	HoldGrace  time.Duration
+	HoldWindow time.Duration
+	// AllowLoopback accepts instances on loopback addresses. Only for a demo or tests with
+	// Envoy and the backends on one host: otherwise a registered 127.0.0.1 makes Envoy
+	// connect to itself or to whatever listens on the gateway host.
+	AllowLoopback bool
 	// ShutdownTimeout bounds the graceful stop of the servers.
 	ShutdownTimeout time.Duration
 	// Logger receives the control plane's logs.
@@ -72,6 +78,7 @@ const (
 	DefaultCoalesceMax       = 100 * time.Millisecond
 	DefaultHoldShare         = 0.5
 	DefaultHoldGrace         = 30 * time.Second
+	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
 )
 
 func (c *Config) withDefaults() error {
@@ -121,6 +128,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.HoldGrace <= 0 {
 		c.HoldGrace = DefaultHoldGrace
+	}
+	if c.HoldWindow <= 0 {
+		c.HoldWindow = DefaultHoldWindow
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
@@ -206,7 +216,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.cli = cli
 
 	cache := newSnapshotCache(cp.log.With().Str("component", "xds-cache").Logger())
-	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cp.log.With().Str("component", "guard").Logger(),
+	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	eds := cachev3.NewLinearCache(resourcev3.EndpointType, cachev3.WithLogger(cacheLogger(cp.log.With().Str("component", "eds-cache").Logger())))
 	cp.pub = newPublisher(cp.log, cp.m, cache, eds, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
@@ -218,7 +228,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 			kind, _, _, _ := registry.ParseKey(cfg.Prefix, key)
 			cp.m.rejected.WithLabelValues(kindLabel(kind)).Inc()
 		},
-		OnEvent: func(n int) { cp.m.etcdEvents.Add(float64(n)) },
+		OnEvent:       func(n int) { cp.m.etcdEvents.Add(float64(n)) },
+		AllowLoopback: cfg.AllowLoopback,
 	})
 
 	var opts []grpc.ServerOption

@@ -77,6 +77,7 @@ func startCP(t *testing.T, endpoints []string) *controlplane.ControlPlane {
 		AdminAddr:     "127.0.0.1:0",
 		CoalesceQuiet: 5 * time.Millisecond,
 		CoalesceMax:   50 * time.Millisecond,
+		AllowLoopback: true,
 		Logger:        testLogger(t),
 	})
 	if err != nil {
@@ -459,7 +460,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 	cp, err := controlplane.Start(ctx, controlplane.Config{
 		DataDir: t.TempDir(), EmbeddedClientURL: clientURL,
 		EmbeddedPeerURL: fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
-		XDSAddr:         "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: testLogger(t),
+		XDSAddr:         "127.0.0.1:0", AdminAddr: "127.0.0.1:0", AllowLoopback: true, Logger: testLogger(t),
 	})
 	if err != nil {
 		t.Fatalf("start: %v", err)
@@ -485,7 +486,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 
 // TestMassDisappearanceIsHeld revokes the lease of most of a service's instances at once, as
 // when leases lapse during an etcd outage: they stay served for the grace period, while a
-// deliberate deregistration (a draining instance) and a lone removal go at once.
+// deliberate deregistration (a draining instance) goes at once.
 func TestMassDisappearanceIsHeld(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
@@ -494,7 +495,7 @@ func TestMassDisappearanceIsHeld(t *testing.T) {
 	grace := 2 * time.Second
 	cp, err := controlplane.Start(ctx, controlplane.Config{
 		Etcd:    clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
-		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HoldGrace: grace, Logger: testLogger(t),
+		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HoldGrace: grace, AllowLoopback: true, Logger: testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -62,7 +62,7 @@ func TestDrainsSurviveAHold(t *testing.T) {
 	drains := map[string]map[string]registry.Drain{"app": {"m4": {Instance: "m4"}}}
 	all := &registry.Service{Name: "app", Instances: map[string]registry.Instance{"m1": inst("m1"), "m2": inst("m2"), "m3": inst("m3"), "m4": inst("m4")}}
 	left := &registry.Service{Name: "app", Instances: map[string]registry.Instance{"m4": inst("m4")}}
-	g := newRemovalGuard(0.5, time.Minute, zerolog.Nop(), nil)
+	g := newRemovalGuard(0.5, time.Minute, time.Minute, zerolog.Nop(), nil)
 	now := time.Now()
 	g.apply(&registry.State{Revision: 1, Services: map[string]*registry.Service{"app": all}, Drains: drains}, now)
 	held, _ := g.apply(&registry.State{Revision: 2, Services: map[string]*registry.Service{"app": left}, Drains: drains}, now)

@@ -24,8 +24,8 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// startCPWith starts a control plane from cfg with test defaults for the addresses and timings
-// cfg leaves empty (cfg.Logger is used as given); it is stopped when the test ends unless the test stops it first.
+// startCPWith starts a control plane from cfg, allowing loopback backends, with test defaults
+// for the addresses and timings cfg leaves empty (cfg.Logger is used as given); it is stopped when the test ends unless the test stops it first.
 func startCPWith(t *testing.T, cfg controlplane.Config) *controlplane.ControlPlane {
 	t.Helper()
 	if cfg.XDSAddr == "" {
@@ -43,6 +43,7 @@ func startCPWith(t *testing.T, cfg controlplane.Config) *controlplane.ControlPla
 	if cfg.Etcd.DialTimeout == 0 {
 		cfg.Etcd.DialTimeout = 2 * time.Second
 	}
+	cfg.AllowLoopback = true // the tests' backends are on 127.0.0.1
 	ctx, cancel := context.WithCancel(context.Background())
 	cp, err := controlplane.Start(ctx, cfg)
 	if err != nil {
@@ -372,10 +373,15 @@ func TestHostileValuesRejectedAlone(t *testing.T) {
 	if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
 		t.Fatalf("write all at once: %v", err)
 	}
+	// web's configuration is rejected with no valid version before it: web is left out
+	// (never served with the defaults), its good instance w1 with it.
 	waitFor(t, c, "the good entries", func(v xdsclient.View) bool {
 		eps := endpoints(v)
-		return len(eps) == 3 && eps[5001] != nil && eps[5002] != nil && eps[6001] != nil
+		return len(eps) == 2 && eps[5001] != nil && eps[5002] != nil && v.Resources[resourcev3.ClusterType]["tether_app"] != nil
 	})
+	if _, ok := c.View().Resources[resourcev3.ClusterType]["tether_web"]; ok {
+		t.Error("web, whose only configuration is rejected, is served")
+	}
 	dbg := debugConfig(t, cp)
 	for k := range bad {
 		if _, ok := dbg.Rejected[k]; !ok {
@@ -397,7 +403,6 @@ func TestHostileValuesRejectedAlone(t *testing.T) {
 	if counted != float64(len(bad)) {
 		t.Errorf("tether_registry_rejected_entries_total sums to %v; want %d", counted, len(bad))
 	}
-	// The web service's bad config leaves web served with defaults; its instance stays.
 	if eps := endpoints(c.View()); eps[7000] != nil {
 		t.Error("an endpoint on port 7000 (only hostile entries use it) is served")
 	}

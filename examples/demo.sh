@@ -25,7 +25,8 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-"$BIN/tether-controlplane" --data-dir "$DATA/etcd" --admin-addr "$ADMIN" --log-format console --log-level warn &
+# The demo's backends and Envoy share this host: allow loopback backends (never in production).
+"$BIN/tether-controlplane" --data-dir "$DATA/etcd" --admin-addr "$ADMIN" --allow-loopback-backends --log-format console --log-level warn &
 others+=($!)
 for _ in $(seq 1 120); do
   curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1 && break

@@ -134,7 +134,8 @@ func TestDrainEventsCopyOnWrite(t *testing.T) {
 		{Key: []byte("/tether/drains/web/w1"), Value: []byte(`{"instance":"w1"}`), ModRevision: 6},
 	}, nil)
 	var rej rejects
-	s1, changed := applyEvents("/tether", base, []*clientv3.Event{put("/tether/drains/app/a1", `{"instance":"a1"}`, 11)}, rej.hook, log)
+	opts := buildOptions{prefix: "/tether", reject: rej.hook, log: log, allowLoopback: true}
+	s1, changed, _ := applyEvents(opts, base, []*clientv3.Event{put("/tether/drains/app/a1", `{"instance":"a1"}`, 11)})
 	if !changed || s1.Drains["app"]["a1"].Instance != "a1" || len(s1.Drains["web"]) != 1 {
 		t.Fatalf("drain put: changed %v, drains %v", changed, s1.Drains)
 	}
@@ -145,21 +146,21 @@ func TestDrainEventsCopyOnWrite(t *testing.T) {
 		t.Error("a drain copied the service it drains: the watcher's services stay as the agents wrote them")
 	}
 	// Identical put: no change. Bad put: rejected, last good kept.
-	if _, changed := applyEvents("/tether", s1, []*clientv3.Event{put("/tether/drains/app/a1", `{"instance":"a1"}`, 12)}, rej.hook, log); changed {
+	if _, changed, _ := applyEvents(opts, s1, []*clientv3.Event{put("/tether/drains/app/a1", `{"instance":"a1"}`, 12)}); changed {
 		t.Error("identical drain put reported a change")
 	}
-	s2, _ := applyEvents("/tether", s1, []*clientv3.Event{put("/tether/drains/app/a1", `{"instance":""}`, 13)}, rej.hook, log)
+	s2, _, _ := applyEvents(opts, s1, []*clientv3.Event{put("/tether/drains/app/a1", `{"instance":""}`, 13)})
 	if s2.Drains["app"]["a1"].Instance != "a1" || s2.Rejected["/tether/drains/app/a1"] == "" {
 		t.Errorf("bad drain update: %v %v", s2.Drains, s2.Rejected)
 	}
-	s3, _ := applyEvents("/tether", s2, []*clientv3.Event{del("/tether/drains/app/a1", 14), del("/tether/drains/web/w1", 15)}, rej.hook, log)
+	s3, _, _ := applyEvents(opts, s2, []*clientv3.Event{del("/tether/drains/app/a1", 14), del("/tether/drains/web/w1", 15)})
 	if len(s3.Drains) != 0 || len(s3.Rejected) != 0 || len(s2.Drains["app"]) != 1 {
 		t.Errorf("after deletes: %v %v (s2 %v)", s3.Drains, s3.Rejected, s2.Drains)
 	}
 	// A re-list keeps a drain whose new value is rejected.
-	st := rebuildState("/tether", 20, []*mvccpb.KeyValue{
+	st, _ := rebuildState(opts, 20, []*mvccpb.KeyValue{
 		{Key: []byte("/tether/drains/web/w1"), Value: []byte(`{]`), ModRevision: 16},
-	}, base, rej.hook, log)
+	}, base)
 	if st.Drains["web"]["w1"].Instance != "w1" {
 		t.Errorf("re-list lost the last good drain: %v", st.Drains)
 	}

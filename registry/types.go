@@ -254,6 +254,20 @@ type Service struct {
 	// Drained maps each instance an operator's drain selects to that drain. Set by
 	// ApplyDrains only (the watcher leaves it nil); its instances are then served drained.
 	Drained map[string]DrainMark
+	// Created is the etcd create revision of the service's claim to its domains and path:
+	// its configuration key's when Configured, else the oldest of its instance keys'. Every
+	// replica reads the same value from etcd; the older claim wins a contested route. 0 when
+	// unknown (a State built by hand).
+	Created int64
+	// ConfigError is set when the configuration key exists but neither its value nor any
+	// earlier version of it still in etcd's history validates: the service is then left
+	// out of the translation rather than served with defaults (another cookie name, "*"
+	// domains), so that every replica and every restart serve it the same way.
+	ConfigError string
+
+	// The create revisions behind Created, kept by the watcher's state builder.
+	configCreated int64
+	instCreated   map[string]int64
 }
 
 // State is the whole registry at one etcd revision. A State handed out by the watcher is

@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/tlstest"
 )
@@ -66,6 +68,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"coalesce max below quiet", []string{"--coalesce-quiet", "50ms", "--coalesce-max", "10ms"}, nil, "--coalesce-max"},
 		{"hold share over 1", []string{"--hold-share", "1.5"}, nil, "--hold-share"},
 		{"hold grace not a duration", []string{"--hold-grace", "soon"}, nil, "hold-grace"},
+		{"hold window not a duration", []string{"--hold-window", "a while"}, nil, "hold-window"},
+		{"env allow loopback not a boolean", nil, map[string]string{"TETHER_ALLOW_LOOPBACK_BACKENDS": "maybe"}, "allow-loopback-backends"},
 		{"prefix without slash", []string{"--prefix", "tether"}, nil, "--prefix"},
 		{"log level", []string{"--log-level", "loud"}, nil, "--log-level"},
 		{"log format", []string{"--log-format", "xml"}, nil, "--log-format"},
@@ -145,6 +149,14 @@ func TestSecurityFlags(t *testing.T) {
 		envOf(map[string]string{cli.PasswordEnv: "from-env"}), os.Stderr)
 	if err != nil || o.cfg.Etcd.Username != "tether-controlplane" || o.cfg.Etcd.Password != "from-env" {
 		t.Fatalf("password from %s: %v", cli.PasswordEnv, err)
+	}
+	o, err = parse(nil, envOf(nil), os.Stderr)
+	if err != nil || o.cfg.AllowLoopback || o.cfg.HoldWindow != controlplane.DefaultHoldWindow {
+		t.Fatalf("defaults: %v, loopback %v, hold window %s; want loopback refused and %s", err, o.cfg.AllowLoopback, o.cfg.HoldWindow, controlplane.DefaultHoldWindow)
+	}
+	o, err = parse([]string{"--allow-loopback-backends", "--hold-window", "3s"}, envOf(nil), os.Stderr)
+	if err != nil || !o.cfg.AllowLoopback || o.cfg.HoldWindow != 3*time.Second {
+		t.Fatalf("--allow-loopback-backends --hold-window 3s: %v, %+v", err, o.cfg)
 	}
 }
 

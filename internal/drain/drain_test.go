@@ -115,8 +115,9 @@ func start(t *testing.T) *fixture {
 	f.cli = f.etcd.Client(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cp, err := controlplane.Start(ctx, controlplane.Config{
-		Etcd:    clientv3.Config{Endpoints: f.etcd.Endpoints(), DialTimeout: 2 * time.Second},
-		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		AllowLoopback: true,
+		Etcd:          clientv3.Config{Endpoints: f.etcd.Endpoints(), DialTimeout: 2 * time.Second},
+		XDSAddr:       "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		CoalesceQuiet: 5 * time.Millisecond, CoalesceMax: 50 * time.Millisecond,
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 	})
