@@ -99,24 +99,11 @@ func connect(t *testing.T, cp *controlplane.ControlPlane, v xdsclient.Variant, n
 	return c
 }
 
-// run runs c against cp until the test ends.
+// run runs c against cp until the test ends. A stream that fails before then ends every
+// WaitFor on c at once with the stream's error (xdsclient.ErrStopped).
 func run(t *testing.T, cp *controlplane.ControlPlane, c *xdsclient.Client) {
 	t.Helper()
-	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("dial xDS: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.Run(ctx, conn)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		conn.Close()
-	})
+	runClient(t, c, cp.XDSAddr(), nil)
 }
 
 func put(t *testing.T, cli *clientv3.Client, key, val string, opts ...clientv3.OpOption) int64 {
@@ -395,8 +382,7 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = c.Run(ctx, conn) }()
+		done := c.Start(ctx, conn)
 		waitFor(t, c, "a NACK sent", func(v xdsclient.View) bool { return v.NACKs > 0 })
 		want := float64(i + 1)
 		deadline := time.Now().Add(5 * time.Second)
@@ -414,6 +400,11 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 		}
 		if nacks < 1 {
 			t.Errorf("%s: Clients() shows %d NACKs for the client; want >= 1", variant, nacks)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("%s: the NACKing client's stream ended: %v", variant, err)
+		default:
 		}
 		cancel()
 		<-done
@@ -550,7 +541,10 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 	cp := startCP(t, srv.Endpoints())
 	for _, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
 		full := connect(t, cp, variant, "full-"+string(variant), "default")
-		waitFor(t, full, "full config", func(v xdsclient.View) bool { return len(endpoints(v)) == 2 })
+		waitFor(t, full, "full config", complete(2))
+		// The registry no longer changes: what the full client holds now is the whole
+		// configuration, which the light client's condition compares against.
+		fv := full.View()
 
 		light := xdsclient.New(variant, "light-"+string(variant), "default")
 		light.Light = true
@@ -572,13 +566,23 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 		run(t, cp, light)
 		waitFor(t, light, "light config", func(v xdsclient.View) bool {
 			for _, typ := range xdsclient.Types {
-				if len(v.Resources[typ]) != len(full.View().Resources[typ]) {
+				if len(v.Resources[typ]) != len(fv.Resources[typ]) || len(v.ResourceVersions[typ]) != len(fv.ResourceVersions[typ]) {
 					return false
+				}
+				for name := range fv.Resources[typ] {
+					if _, ok := v.Resources[typ][name]; !ok {
+						return false
+					}
+				}
+				for name, rv := range fv.ResourceVersions[typ] {
+					if v.ResourceVersions[typ][name] != rv {
+						return false
+					}
 				}
 			}
 			return true
 		})
-		lv, fv := light.View(), full.View()
+		lv := light.View()
 		for _, typ := range xdsclient.Types {
 			for name, m := range lv.Resources[typ] {
 				if m != nil {

@@ -77,7 +77,8 @@ func runClient(t *testing.T, c *xdsclient.Client, addr string, creds credentials
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{cancel: cancel, done: make(chan error, 1), conn: conn}
-	go func() { s.done <- c.Run(ctx, conn) }()
+	done := c.Start(ctx, conn)
+	go func() { s.done <- <-done }()
 	t.Cleanup(func() { s.stop(t) })
 	return s
 }
