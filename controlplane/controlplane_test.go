@@ -461,16 +461,25 @@ func TestReadyzWithoutEtcd(t *testing.T) {
 // TestEmbeddedEtcd starts the control plane with no etcd endpoints: it runs its own etcd,
 // which clients reach on the embedded client URL.
 func TestEmbeddedEtcd(t *testing.T) {
-	clientURL := fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		DataDir: t.TempDir(), EmbeddedClientURL: clientURL,
-		EmbeddedPeerURL: fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
-		XDSAddr:         "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: testLogger(t),
-	})
-	if err != nil {
-		t.Fatalf("start: %v", err)
+	var cp *controlplane.ControlPlane
+	var clientURL string
+	for attempt := 1; ; attempt++ {
+		// A free port may be taken by a test running in parallel before etcd binds it.
+		clientURL = fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))
+		var err error
+		cp, err = controlplane.Start(ctx, controlplane.Config{
+			DataDir: t.TempDir(), EmbeddedClientURL: clientURL,
+			EmbeddedPeerURL: fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
+			XDSAddr:         "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: testLogger(t),
+		})
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "address already in use") || attempt == 3 {
+			t.Fatalf("start: %v", err)
+		}
 	}
 	select {
 	case <-cp.Ready():
