@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"sync"
 	"time"
@@ -169,7 +170,7 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 			req.ErrorDetail = &status.Status{Code: 3, Message: nack}
 		}
 		if err := stream.Send(req); err != nil {
-			return fmt.Errorf("send %s request: %w", typeURL, err)
+			return fmt.Errorf("send %s request: %w", typeURL, streamErr(stream, err))
 		}
 		return nil
 	}
@@ -261,7 +262,7 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 			req.Node, first = c.Node, false
 		}
 		if err := stream.Send(req); err != nil {
-			return fmt.Errorf("send delta %s request: %w", req.GetTypeUrl(), err)
+			return fmt.Errorf("send delta %s request: %w", req.GetTypeUrl(), streamErr(stream, err))
 		}
 		return nil
 	}
@@ -331,6 +332,19 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 			}
 		}
 	}
+}
+
+// streamErr returns why a stream failed: a failed Send says only io.EOF, and the stream's
+// status comes from Recv.
+func streamErr(stream interface{ RecvMsg(any) error }, err error) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	var m discovery.DiscoveryResponse
+	if rerr := stream.RecvMsg(&m); rerr != nil && !errors.Is(rerr, io.EOF) {
+		return rerr
+	}
+	return err
 }
 
 // resumeRequest is the first request of one type on a new stream.
