@@ -396,10 +396,12 @@ func TestThresholdsCrossedAndBack(t *testing.T) {
 	full("sessions at maxSessions", "sessions 100 >= maxSessions 100")
 	w := watchKey(t, cli, "app-1")
 	b.sessions.Store(97) // inside the hysteresis band: stays full for several samples
-	w.next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
+	if in := w.next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 97
-	}, nil)
-	// Ten samples at 97: every value written meanwhile is full.
+	}, state(registry.StateFull)); in.State != registry.StateFull {
+		t.Fatalf("sessions 97 (inside the hysteresis band) published as %s; want still full", in.State)
+	}
+	// Ten samples at 97: every value written since 100, 97 included, is full.
 	b.waitSamples(t, 10, 5*time.Second)
 	w.quiet(t, "full at 97 for ten samples", state(registry.StateFull))
 	b.sessions.Store(95)
