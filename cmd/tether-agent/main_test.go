@@ -254,6 +254,9 @@ func TestKill9KeyExpires(t *testing.T) {
 		t.Fatalf("instance key %v, %v: want one key under a lease", resp, err)
 	}
 	lease := clientv3.LeaseID(resp.Kvs[0].Lease)
+	if ttl, err := cli.TimeToLive(ctx, lease); err != nil || ttl.GrantedTTL != 2 {
+		t.Fatalf("lease %x: %+v, %v; want granted for the 2s --ttl", int64(lease), ttl, err)
+	}
 	events := keyEvents(t, cli, "k9")
 	// The agent's last keep-alive was before the kill: the lease's remaining TTL is at least
 	// 2 s less the keep-alive period (a third of it), so the key outlives the kill by over 1 s.
