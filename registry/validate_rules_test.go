@@ -76,7 +76,8 @@ func TestServiceConfigRules(t *testing.T) {
 		// healthCheck.path: empty (no active check) or starting with '/'.
 		{"health path without a slash", `{"healthCheck":{"path":"healthcheck"}}`, "healthCheck.path:"},
 		{"health path with a space", `{"healthCheck":{"path":"/health check"}}`, "healthCheck.path:"},
-		{"no active check: its other fields are not checked", `{"healthCheck":{"path":"","interval":"1ms","timeout":"0s","expectedStatuses":[]}}`, ""},
+		{"no active check: its other fields are checked all the same", `{"healthCheck":{"path":"","interval":"1ms"}}`, "healthCheck.interval:"},
+		{"health path accepted", `{"healthCheck":{"path":"/healthz"}}`, ""},
 
 		// healthCheck.interval (with a path): 100ms to 1h.
 		{"health interval under 100ms", `{"healthCheck":{"interval":"99ms"}}`, "healthCheck.interval:"},
@@ -95,6 +96,10 @@ func TestServiceConfigRules(t *testing.T) {
 		{"expected status 600", `{"healthCheck":{"expectedStatuses":[600]}}`, "healthCheck.expectedStatuses:"},
 		{"expected statuses 100 and 599", `{"healthCheck":{"expectedStatuses":[100, 599]}}`, ""},
 
+		// healthCheck.host: a host name or address, optionally with a port.
+		{"health host with a path", `{"healthCheck":{"host":"example.com/x"}}`, "healthCheck.host:"},
+		{"health host with a port", `{"healthCheck":{"host":"app.example.com:8080"}}`, ""},
+
 		// overload.status: 200-599.
 		{"overload status 199", `{"overload":{"status":199}}`, "overload.status:"},
 		{"overload status 600", `{"overload":{"status":600}}`, "overload.status:"},
@@ -106,6 +111,13 @@ func TestServiceConfigRules(t *testing.T) {
 		{"retryAfterSeconds over a day", `{"overload":{"retryAfterSeconds":86401}}`, "overload.retryAfterSeconds:"},
 		{"retryAfterSeconds a day", `{"overload":{"retryAfterSeconds":86400}}`, ""},
 		{"retryAfterSeconds 0", `{"overload":{"retryAfterSeconds":0}}`, ""},
+
+		// timeouts: request 0s (no limit) to 24h, idle 1s to 24h.
+		{"request timeout negative", `{"timeouts":{"request":"-1s"}}`, "timeouts.request:"},
+		{"request timeout over a day", `{"timeouts":{"request":"24h0m1s"}}`, "timeouts.request:"},
+		{"request timeout a day", `{"timeouts":{"request":"24h"}}`, ""},
+		{"idle timeout under a second", `{"timeouts":{"idle":"999ms"}}`, "timeouts.idle:"},
+		{"idle timeout a second", `{"timeouts":{"idle":"1s"}}`, ""},
 
 		// overload.returnUrl and slowStart, beside the rows of TestDecodeServiceConfig.
 		{"returnUrl not http", `{"overload":{"returnUrl":"javascript:alert(1)"}}`, "overload.returnUrl:"},

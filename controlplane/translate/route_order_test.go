@@ -79,7 +79,6 @@ func TestMarkerRoutesComeFirst(t *testing.T) {
 		marker map[string]string // headers that carry the session marker; nil: the mode has none
 	}{
 		{registry.AffinityCookie, map[string]string{"cookie": "other=1; tether-app=MTAuMC4wLjE6NTAwMQ=="}},
-		{registry.AffinityAppCookie, map[string]string{"cookie": "ASP.NET_SessionId=abc"}},
 		{registry.AffinityHeader, map[string]string{"x-tether-session": "MTAuMC4wLjE6NTAwMQ=="}},
 		{registry.AffinitySourceIP, nil},
 		{registry.AffinityNone, nil},
@@ -91,9 +90,6 @@ func TestMarkerRoutesComeFirst(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					cfg := registry.DefaultServiceConfig("app")
 					cfg.Affinity.Mode, cfg.WebSocket = m.mode, ws
-					if m.mode == registry.AffinityAppCookie {
-						cfg.Affinity.CookieName = "ASP.NET_SessionId"
-					}
 					state := registry.StateAvailable
 					if !available {
 						state = registry.StateFull
@@ -145,8 +141,8 @@ func TestMarkerRoutesComeFirst(t *testing.T) {
 									t.Errorf("%s goes to route %s: action %v; want the overload reply", what, r.Name, r.GetAction())
 								}
 							}
-							if up != nil && ra != nil && ra.GetTimeout().AsDuration() != 0 {
-								t.Errorf("%s goes to route %s, which is not a WebSocket route (timeout %v)", what, r.Name, ra.GetTimeout())
+							if isWS := ra.GetIdleTimeout().AsDuration() == webSocketIdleTimeout; ra != nil && isWS != (up != nil) {
+								t.Errorf("%s goes to route %s, whose idle timeout is %v", what, r.Name, ra.GetIdleTimeout().AsDuration())
 							}
 						}
 					}
