@@ -251,6 +251,9 @@ type Service struct {
 	// Revision is the highest etcd revision that changed this service (its config or an
 	// instance, including deletions) as seen by the watcher; a cache key, not content.
 	Revision int64
+	// Drained maps each instance an operator's drain selects to that drain. Set by
+	// ApplyDrains only (the watcher leaves it nil); its instances are then served drained.
+	Drained map[string]DrainMark
 }
 
 // State is the whole registry at one etcd revision. A State handed out by the watcher is
@@ -262,4 +265,7 @@ type State struct {
 	// A rejected key with an earlier valid value (instance or service configuration) keeps
 	// that value; one without is left out of Services.
 	Rejected map[string]string
+	// Drains are the operators' drains by service and drain name. A drain does not make its
+	// service exist: drains of a service with no instances and no configuration wait for it.
+	Drains map[string]map[string]Drain
 }
