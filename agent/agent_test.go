@@ -29,6 +29,7 @@ type backend struct {
 	sessions atomic.Int64
 	health   atomic.Int64 // status of /healthcheck
 	avail    atomic.Int64 // status of /available
+	asked    atomic.Int64 // requests to /sessions: the agent's samples
 }
 
 func newBackend(t *testing.T) *backend {
@@ -41,6 +42,7 @@ func newBackend(t *testing.T) *backend {
 	mux.HandleFunc("GET /available", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(b.avail.Load())) })
 	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
+		b.asked.Add(1)
 	})
 	b.srv = httptest.NewServer(mux)
 	t.Cleanup(b.srv.Close)
@@ -136,6 +138,123 @@ func waitKey(t *testing.T, cli *clientv3.Client, id string, timeout time.Duratio
 	}
 	t.Fatalf("%s: not reached within %s; last value %+v", what, timeout, last)
 	return nil
+}
+
+// waitSamples waits until the agent has sampled the backend's sessions n more times.
+func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
+	t.Helper()
+	want := b.asked.Load() + n
+	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
+		}
+	}
+}
+
+// keyEvent is one value the instance key took (in nil: deleted).
+type keyEvent struct {
+	in    *registry.Instance
+	lease int64
+}
+
+// keyWatch records every value the instance key takes after it starts: unlike polling, it
+// misses no state, however briefly the key holds it.
+type keyWatch struct {
+	id     string
+	cli    *clientv3.Client
+	ctx    context.Context // the watch's: RequestProgress reaches the watch only with it
+	events chan keyEvent
+	rev    atomic.Int64 // revision up to which the watch has delivered every event
+}
+
+// watchKey starts recording the instance key from the current revision on.
+func watchKey(t *testing.T, cli *clientv3.Client, id string) *keyWatch {
+	t.Helper()
+	key := registry.InstanceKey("/tether", "app", id)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+	resp, err := cli.Get(gctx, key)
+	gcancel()
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	w := &keyWatch{id: id, cli: cli, ctx: clientv3.WithRequireLeader(ctx), events: make(chan keyEvent, 10000)}
+	wch := cli.Watch(w.ctx, key, clientv3.WithRev(resp.Header.Revision+1))
+	go func() {
+		defer close(w.events)
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				e := keyEvent{lease: ev.Kv.Lease}
+				if ev.Type == clientv3.EventTypePut {
+					in, err := registry.DecodeInstance("app", id, ev.Kv.Value)
+					if err != nil {
+						t.Errorf("agent wrote an invalid instance: %v\n%s", err, ev.Kv.Value)
+						continue
+					}
+					e.in = &in
+				}
+				w.events <- e
+			}
+			w.rev.Store(max(w.rev.Load(), wr.Header.Revision))
+		}
+	}()
+	return w
+}
+
+// next returns the first recorded value for which cond holds; every value before it must
+// satisfy meanwhile (nil: anything goes).
+func (w *keyWatch) next(t *testing.T, timeout time.Duration, what string, cond, meanwhile func(*registry.Instance, int64) bool) *registry.Instance {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case e, ok := <-w.events:
+			if !ok {
+				t.Fatalf("%s: the watch of %s ended", what, w.id)
+			}
+			if cond(e.in, e.lease) {
+				return e.in
+			}
+			if meanwhile != nil && !meanwhile(e.in, e.lease) {
+				t.Fatalf("%s: before it, %s took the value %+v", what, w.id, e.in)
+			}
+		case <-deadline:
+			t.Fatalf("%s: not seen within %s", what, timeout)
+		}
+	}
+}
+
+// quiet checks that every value the key took up to now satisfies cond.
+func (w *keyWatch) quiet(t *testing.T, what string, cond func(*registry.Instance, int64) bool) {
+	t.Helper()
+	// Catch up: etcd's current revision, then a progress notification at or past it.
+	ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+	defer cancel()
+	resp, err := w.cli.Get(ctx, "/tether/none")
+	if err != nil {
+		t.Fatalf("%s: read the revision: %v", what, err)
+	}
+	for w.rev.Load() < resp.Header.Revision {
+		if err := w.cli.RequestProgress(w.ctx); err != nil {
+			t.Fatalf("%s: request watch progress: %v", what, err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: the watch did not reach revision %d", what, resp.Header.Revision)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	for {
+		select {
+		case e := <-w.events:
+			if !cond(e.in, e.lease) {
+				t.Fatalf("%s: %s took the value %+v", what, w.id, e.in)
+			}
+		default:
+			return
+		}
+	}
 }
 
 func state(s string) func(*registry.Instance, int64) bool {
@@ -275,12 +394,16 @@ func TestThresholdsCrossedAndBack(t *testing.T) {
 
 	b.sessions.Store(100)
 	full("sessions at maxSessions", "sessions 100 >= maxSessions 100")
+	w := watchKey(t, cli, "app-1")
 	b.sessions.Store(97) // inside the hysteresis band: stays full for several samples
-	waitKey(t, cli, "app-1", 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
+	if in := w.next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 97
-	})
-	time.Sleep(10 * cfg.Interval)
-	waitKey(t, cli, "app-1", time.Second, "still full at 97", state(registry.StateFull))
+	}, state(registry.StateFull)); in.State != registry.StateFull {
+		t.Fatalf("sessions 97 (inside the hysteresis band) published as %s; want still full", in.State)
+	}
+	// Ten samples at 97: every value written since 100, 97 included, is full.
+	b.waitSamples(t, 10, 5*time.Second)
+	w.quiet(t, "full at 97 for ten samples", state(registry.StateFull))
 	b.sessions.Store(95)
 	back("sessions released at 95")
 
@@ -322,23 +445,25 @@ func TestDrainWaitsForSessions(t *testing.T) {
 		leaseID = lease
 		return in != nil && in.State == registry.StateAvailable
 	})
+	w := watchKey(t, cli, "app-1")
 	r.cancel()
-	in := waitKey(t, cli, "app-1", 5*time.Second, "draining", state(registry.StateDraining))
+	in := w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	if in.Reason == "" || in.Load.Sessions != 3 {
 		t.Errorf("draining instance %+v: want a reason and the 3 sessions", in)
 	}
-	time.Sleep(10 * cfg.Interval) // sessions remain: the instance must stay
+	// Sessions remain: for ten samples the instance stays, draining, and the agent runs.
+	b.waitSamples(t, 10, 5*time.Second)
 	select {
 	case err := <-r.done:
 		t.Fatalf("agent stopped (%v) while 3 sessions were open", err)
 	default:
 	}
-	waitKey(t, cli, "app-1", time.Second, "still draining", state(registry.StateDraining))
+	w.quiet(t, "draining with 3 sessions open", state(registry.StateDraining))
 	b.sessions.Store(0)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	waitKey(t, cli, "app-1", time.Second, "removed", gone)
+	w.next(t, time.Second, "removed", gone, state(registry.StateDraining))
 	ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(leaseID))
 	if err != nil || ttl.TTL != -1 {
 		t.Errorf("lease after drain: %+v, %v; want revoked (TTL -1)", ttl, err)
@@ -355,24 +480,26 @@ func TestDrainTimeoutAndSkip(t *testing.T) {
 	cfg.DrainTimeout = 700 * time.Millisecond
 	r := start(t, cfg)
 	waitKey(t, cli, "timeout", 5*time.Second, "registered", state(registry.StateAvailable))
+	w := watchKey(t, cli, "timeout")
 	r.cancel()
-	waitKey(t, cli, "timeout", 5*time.Second, "draining", state(registry.StateDraining))
+	w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run after drain timeout: %v", err)
 	}
-	waitKey(t, cli, "timeout", time.Second, "removed after the drain timeout", gone)
+	w.next(t, time.Second, "removed after the drain timeout", gone, state(registry.StateDraining))
 
 	cfg = config(t, etcd, b, "skip")
 	cfg.DrainTimeout = time.Hour
 	r = start(t, cfg)
 	waitKey(t, cli, "skip", 5*time.Second, "registered", state(registry.StateAvailable))
+	w = watchKey(t, cli, "skip")
 	r.cancel()
-	waitKey(t, cli, "skip", 5*time.Second, "draining", state(registry.StateDraining))
+	w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	close(r.skip)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run after skip: %v", err)
 	}
-	waitKey(t, cli, "skip", time.Second, "removed after the second signal", gone)
+	w.next(t, time.Second, "removed after the second signal", gone, state(registry.StateDraining))
 }
 
 func TestEtcdOutageAndLostLease(t *testing.T) {

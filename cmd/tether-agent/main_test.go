@@ -115,13 +115,17 @@ func (p *proc) exitCode(t *testing.T, timeout time.Duration) int {
 type backend struct {
 	srv      *httptest.Server
 	sessions atomic.Int64
+	asked    atomic.Int64 // requests to /sessions: the agent's samples
 }
 
 func newBackend(t *testing.T) *backend {
 	b := &backend{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthcheck", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load()) })
+	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
+		b.asked.Add(1)
+	})
 	b.srv = httptest.NewServer(mux)
 	t.Cleanup(b.srv.Close)
 	return b
@@ -162,6 +166,75 @@ func getInstance(t *testing.T, cli *clientv3.Client, id string, timeout time.Dur
 	t.Fatalf("%s: not reached within %s; last %+v", what, timeout, last)
 }
 
+// waitSamples waits until the agent has sampled the backend's sessions n more times.
+func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
+	t.Helper()
+	want := b.asked.Load() + n
+	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
+		}
+	}
+}
+
+// keyEvents follows the instance key with an etcd watch from the current revision on: every
+// value it takes arrives (nil: deleted), however briefly it holds it.
+func keyEvents(t *testing.T, cli *clientv3.Client, id string) <-chan *registry.Instance {
+	t.Helper()
+	key := registry.InstanceKey("/tether", "app", id)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+	resp, err := cli.Get(gctx, key)
+	gcancel()
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	out := make(chan *registry.Instance, 10000)
+	wch := cli.Watch(clientv3.WithRequireLeader(ctx), key, clientv3.WithRev(resp.Header.Revision+1))
+	go func() {
+		defer close(out)
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					out <- nil
+					continue
+				}
+				in, err := registry.DecodeInstance("app", id, ev.Kv.Value)
+				if err != nil {
+					t.Errorf("invalid instance: %v", err)
+					continue
+				}
+				out <- &in
+			}
+		}
+	}()
+	return out
+}
+
+// nextEvent returns the first value from events for which cond holds; every value before
+// it must satisfy meanwhile.
+func nextEvent(t *testing.T, events <-chan *registry.Instance, timeout time.Duration, what string, cond, meanwhile func(*registry.Instance) bool) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case in, ok := <-events:
+			if !ok {
+				t.Fatalf("%s: the watch ended", what)
+			}
+			if cond(in) {
+				return
+			}
+			if !meanwhile(in) {
+				t.Fatalf("%s: before it, the key took the value %+v", what, in)
+			}
+		case <-deadline:
+			t.Fatalf("%s: not seen within %s", what, timeout)
+		}
+	}
+}
+
 func inState(s string) func(*registry.Instance) bool {
 	return func(in *registry.Instance) bool { return in != nil && in.State == s }
 }
@@ -174,14 +247,30 @@ func TestKill9KeyExpires(t *testing.T) {
 	b := newBackend(t)
 	p := startAgent(t, b.args(etcd, "k9")...)
 	getInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", "k9"))
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		t.Fatalf("instance key %v, %v: want one key under a lease", resp, err)
+	}
+	lease := clientv3.LeaseID(resp.Kvs[0].Lease)
+	if ttl, err := cli.TimeToLive(ctx, lease); err != nil || ttl.GrantedTTL != 2 {
+		t.Fatalf("lease %x: %+v, %v; want granted for the 2s --ttl", int64(lease), ttl, err)
+	}
+	events := keyEvents(t, cli, "k9")
+	// The agent's last keep-alive was before the kill: the lease's remaining TTL is at least
+	// 2 s less the keep-alive period (a third of it), so the key outlives the kill by over 1 s.
+	killed := time.Now()
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	p.exitCode(t, 5*time.Second)
-	killed := time.Now()
-	getInstance(t, cli, "k9", 10*time.Second, "gone after the TTL", absent)
+	nextEvent(t, events, 10*time.Second, "gone after the TTL", absent, inState(registry.StateAvailable))
 	if waited := time.Since(killed); waited < time.Second {
 		t.Errorf("key gone %s after kill -9: it should live until the 2s lease expires", waited)
+	}
+	if ttl, err := cli.TimeToLive(ctx, lease); err != nil || ttl.TTL != -1 {
+		t.Errorf("lease %x after the key went: %+v, %v; want expired (TTL -1)", int64(lease), ttl, err)
 	}
 }
 
@@ -192,20 +281,23 @@ func TestSIGTERMDrainsThenExits0(t *testing.T) {
 	b.sessions.Store(2)
 	p := startAgent(t, b.args(etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
 	getInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
+	events := keyEvents(t, cli, "drain")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	getInstance(t, cli, "drain", 5*time.Second, "draining", inState(registry.StateDraining))
+	nextEvent(t, events, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
+	// Sessions remain: for five samples the agent runs and the key stays draining.
+	b.waitSamples(t, 5, 5*time.Second)
 	select {
 	case <-p.done:
 		t.Fatalf("exited with 2 sessions open; output:\n%s", p.out.String())
-	case <-time.After(500 * time.Millisecond):
+	default:
 	}
 	b.sessions.Store(0)
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	getInstance(t, cli, "drain", time.Second, "removed", absent)
+	nextEvent(t, events, time.Second, "removed", absent, inState(registry.StateDraining))
 }
 
 func TestDrainTimeoutExits0(t *testing.T) {
@@ -215,14 +307,15 @@ func TestDrainTimeoutExits0(t *testing.T) {
 	b.sessions.Store(5)
 	p := startAgent(t, b.args(etcd, "dt", "--drain-timeout", "1s")...)
 	getInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
+	events := keyEvents(t, cli, "dt")
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	getInstance(t, cli, "dt", 5*time.Second, "draining", inState(registry.StateDraining))
+	nextEvent(t, events, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	getInstance(t, cli, "dt", time.Second, "removed at the timeout", absent)
+	nextEvent(t, events, time.Second, "removed at the timeout", absent, inState(registry.StateDraining))
 	if !strings.Contains(p.out.String(), "drain timeout") {
 		t.Errorf("log does not say the drain timed out:\n%s", p.out.String())
 	}

@@ -153,8 +153,8 @@ func start(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	xctx, xcancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = f.xds.Run(xctx, conn) }()
+	// A stream that fails ends every WaitFor on the client at once with its error.
+	done := f.xds.Start(xctx, conn)
 	t.Cleanup(func() { xcancel(); <-done; conn.Close() })
 	return f
 }
