@@ -56,7 +56,10 @@ type runner struct {
 
 // Run registers the instance and keeps it up to date until ctx is canceled, then drains:
 // it publishes "draining", waits until the session count reaches zero or cfg.DrainTimeout
-// passes (or skipDrain is closed), deletes the key, revokes the lease and returns nil.
+// passes (or skipDrain is closed), deletes the key, revokes the lease and returns nil. Zero
+// sessions count only in a sample taken cfg.DrainSettle after "draining" reached etcd: a
+// session opened just before the signal, or sent by an Envoy that had not yet received the
+// draining state, keeps the instance.
 // It returns an error when the agent cannot run (ErrIDHeld when another live agent holds
 // the ID). Etcd outages are ridden out with re-registration and backoff.
 func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan struct{}) error {
@@ -134,7 +137,8 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	retry.Stop()
 	defer retry.Stop()
 	var skip <-chan struct{}
-	var drainDeadline <-chan time.Time
+	var drainDeadline, settle <-chan time.Time
+	settled := false // a sample taken DrainSettle after "draining" reached etcd
 	var retryAt time.Time // after a failed write, ticks wait for the backoff
 	done := ctx.Done()
 	for {
@@ -164,6 +168,11 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			r.log.Warn().Msg("lease keep-alive lost; registering again")
 		case <-retry.C:
 			force = true
+		case <-settle:
+			// Envoy has had the coalescing window to stop sending new sessions here:
+			// count what the app holds now, not what it held before the signal.
+			settle, settled = nil, true
+			r.sample(bg)
 		case <-ticker.C:
 			r.sample(bg)
 		}
@@ -175,7 +184,12 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 				r.log.Warn().Err(err).Dur("retryIn", d).Msg("cannot write the instance to etcd")
 			}
 		}
-		if r.draining && r.cfg.SessionsURL != "" && r.sessionsKnown && r.lastLoad.Sessions == 0 {
+		if r.draining && !settled && settle == nil && r.registered && r.written.State == registry.StateDraining {
+			t := time.NewTimer(r.cfg.DrainSettle)
+			defer t.Stop()
+			settle = t.C
+		}
+		if settled && r.cfg.SessionsURL != "" && r.sessionsKnown && r.lastLoad.Sessions == 0 {
 			return r.deregister(bg, "no sessions left")
 		}
 	}

@@ -62,7 +62,8 @@ func config(t *testing.T, etcd *etcdtest.Server, b *backend, id string) agent.Co
 		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.port(t),
 		HealthURL: b.srv.URL + "/healthcheck", SessionsURL: b.srv.URL + "/sessions",
 		LoadSource: agent.LoadHost, TTL: 2 * time.Second, Interval: 50 * time.Millisecond,
-		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, ProbeTimeout: time.Second,
+		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, DrainSettle: 200 * time.Millisecond,
+		ProbeTimeout: time.Second,
 	}
 }
 
@@ -343,6 +344,36 @@ func TestDrainWaitsForSessions(t *testing.T) {
 	if err != nil || ttl.TTL != -1 {
 		t.Errorf("lease after drain: %+v, %v; want revoked (TTL -1)", ttl, err)
 	}
+}
+
+// A session opened just before the signal, after the last sample, must keep the instance:
+// the drain decides on a sample taken after "draining" reached etcd, not the stale one.
+func TestDrainDecidesOnFreshSample(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Thresholds.MaxSessions = 10 // a one-session change is past the dead band: written
+	cfg.Interval = 500 * time.Millisecond
+	r := start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "registered with no session", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateAvailable && in.Load.Sessions == 0
+	})
+	b.sessions.Store(1)
+	r.cancel()
+	waitKey(t, cli, "app-1", 5*time.Second, "draining with the session opened before the signal", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateDraining && in.Load.Sessions == 1
+	})
+	select {
+	case err := <-r.done:
+		t.Fatalf("agent stopped (%v) with a session open", err)
+	default:
+	}
+	b.sessions.Store(0)
+	if err := r.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	waitKey(t, cli, "app-1", time.Second, "removed once the session ended", gone)
 }
 
 func TestDrainTimeoutAndSkip(t *testing.T) {

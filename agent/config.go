@@ -60,6 +60,9 @@ type Config struct {
 	Interval     time.Duration // sampling period
 	Heartbeat    time.Duration // longest time between two writes
 	DrainTimeout time.Duration // longest wait for sessions to end on shutdown
+	// DrainSettle is the wait between publishing "draining" and the sample that may find no
+	// session left: the control plane's coalescing window plus Envoy applying the push.
+	DrainSettle time.Duration
 	// MetricsAddr serves /metrics and /healthz; empty disables it.
 	MetricsAddr string
 }
@@ -152,6 +155,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DrainTimeout < 0 {
 		add("--drain-timeout: %s must be 0 (no wait) or more", c.DrainTimeout)
+	}
+	if c.DrainSettle < 0 || c.DrainSettle > time.Minute {
+		add("--drain-settle: %s must be between 0 and 1m", c.DrainSettle)
 	}
 	if c.ProbeTimeout <= 0 {
 		add("--probe-timeout: %s must be positive", c.ProbeTimeout)

@@ -87,6 +87,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.DurationVar(&c.Interval, "interval", 2*time.Second, "sampling and probing period")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 30*time.Second, "longest time between two writes of an unchanged instance")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Minute, "longest wait for sessions to end on shutdown")
+	fs.DurationVar(&c.DrainSettle, "drain-settle", time.Second, "wait after publishing draining before a sample may find no session left (Envoy gets the push meanwhile)")
 	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", 2*time.Second, "timeout of each HTTP probe")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9100", "address of /metrics and /healthz (empty disables)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
