@@ -138,7 +138,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	defer retry.Stop()
 	var skip <-chan struct{}
 	var drainDeadline, settle <-chan time.Time
-	settled := false // a sample taken DrainSettle after "draining" reached etcd
+	settled := false      // a sample taken DrainSettle after "draining" reached etcd
 	var retryAt time.Time // after a failed write, ticks wait for the backoff
 	done := ctx.Done()
 	for {
