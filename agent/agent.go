@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -38,6 +39,8 @@ type runner struct {
 	opTimeout time.Duration
 	startedAt time.Time
 	backoff   backoff
+	// metricsAddr is the /metrics listener's address as published ("" when disabled).
+	metricsAddr string
 
 	lastLoad      registry.Load
 	sessionsKnown bool
@@ -100,23 +103,51 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 	return r.run(ctx, skipDrain)
 }
 
+// serveMetrics listens on the first free address of --metrics-addr and records it for the
+// registry's "agent" field.
 func (r *runner) serveMetrics() (func(), error) {
-	l, err := net.Listen("tcp", r.cfg.MetricsAddr)
+	addrs, err := metricsListenAddrs(r.cfg.MetricsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr: %w", err)
 	}
+	var l net.Listener
+	for _, a := range addrs {
+		if l, err = net.Listen("tcp", a); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		if len(addrs) > 1 {
+			return nil, fmt.Errorf("--metrics-addr %s: no free port in %s-%s: %w", r.cfg.MetricsAddr, addrs[0], addrs[len(addrs)-1], err)
+		}
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	r.metricsAddr = advertised(l.Addr().(*net.TCPAddr), r.cfg.Address)
 	srv := &http.Server{Handler: r.m.handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			r.log.Error().Err(err).Msg("metrics server stopped")
 		}
 	}()
-	r.log.Info().Str("addr", l.Addr().String()).Msg("serving /metrics and /healthz")
+	r.log.Info().Str("addr", l.Addr().String()).Str("advertised", r.metricsAddr).Msg("serving /metrics and /healthz")
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}, nil
+}
+
+// advertised is the metrics address published in the registry: the listener's, with an
+// unspecified IP (all interfaces) replaced by the instance's address.
+func advertised(a *net.TCPAddr, instanceAddr string) string {
+	ip, _ := netip.AddrFromSlice(a.IP)
+	ip = ip.Unmap()
+	if ip.IsUnspecified() || !ip.IsValid() {
+		if inst, err := netip.ParseAddr(instanceAddr); err == nil {
+			ip = inst.Unmap()
+		}
+	}
+	return netip.AddrPortFrom(ip, uint16(a.Port)).String()
 }
 
 func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
@@ -342,7 +373,7 @@ func (r *runner) instance() registry.Instance {
 		ID: r.cfg.ID, Address: r.cfg.Address, Port: r.cfg.Port, Zone: r.cfg.Zone, Labels: r.cfg.Labels,
 		Thresholds: r.cfg.Thresholds, Load: r.lastLoad, State: r.current.State, Reason: r.current.Reason,
 		UpdatedAt: time.Now().UTC().Truncate(time.Millisecond),
-		Agent:     registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second)},
+		Agent:     registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second), Metrics: r.metricsAddr},
 	}
 	if r.draining {
 		in.State, in.Reason = registry.StateDraining, drainReason

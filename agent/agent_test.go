@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -496,5 +497,42 @@ func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 	case err := <-r.done:
 		t.Fatalf("agent stopped: %v", err)
 	default:
+	}
+}
+
+// Two agents on one host with the default --metrics-addr, beside something that holds the
+// first port of the range: each serves /metrics on its own free port and publishes it.
+func TestMetricsAutoPortPerAgent(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	first := fmt.Sprintf("127.0.0.1:%d", agent.MetricsPortFirst)
+	if l, err := net.Listen("tcp", first); err == nil { // else something already holds it
+		t.Cleanup(func() { l.Close() })
+	}
+	seen := map[string]string{}
+	for _, id := range []string{"app-1", "app-2"} {
+		cfg := config(t, etcd, b, id)
+		cfg.MetricsAddr = agent.MetricsAuto
+		start(t, cfg)
+		in := waitKey(t, cli, id, 5*time.Second, id+" registered", state(registry.StateAvailable))
+		addr := in.Agent.Metrics
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil || addr == first || ap.Port() < agent.MetricsPortFirst || ap.Port() >= agent.MetricsPortFirst+agent.MetricsPortCount {
+			t.Fatalf("%s: agent.metrics %q, want a free port of the range other than the busy %s", id, addr, first)
+		}
+		if other, dup := seen[addr]; dup {
+			t.Fatalf("%s and %s both publish %s", other, id, addr)
+		}
+		seen[addr] = id
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := `instance="` + id + `"`; !strings.Contains(string(body), want) {
+			t.Errorf("%s: /metrics at %s lacks %s", id, addr, want)
+		}
 	}
 }

@@ -89,7 +89,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Minute, "longest wait for sessions to end on shutdown")
 	fs.DurationVar(&c.DrainSettle, "drain-settle", time.Second, "wait after publishing draining before a sample may find no session left (Envoy gets the push meanwhile)")
 	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", 2*time.Second, "timeout of each HTTP probe")
-	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9100", "address of /metrics and /healthz (empty disables)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", agent.MetricsAuto, "address of /metrics and /healthz: host:port, or auto (127.0.0.1, first free port from 18100; also host:auto); empty disables")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "", "json or console (default console on a terminal, else json)")
 

@@ -307,3 +307,41 @@ func TestFlagsHealthCheckFileAndEnv(t *testing.T) {
 		t.Errorf("etcd endpoints %v", got)
 	}
 }
+
+// node_exporter's 9100 is taken on many hosts: the agent with its default --metrics-addr
+// must still start, and publish where its /metrics went.
+func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
+	if l, err := net.Listen("tcp", "127.0.0.1:9100"); err == nil { // else something holds it already
+		t.Cleanup(func() { l.Close() })
+	}
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	var args []string
+	for _, a := range b.args(etcd, "ne") {
+		if a == "--metrics-addr" {
+			break // the rest of b.args is the metrics flag's value: left at its default
+		}
+		args = append(args, a)
+	}
+	startAgent(t, args...)
+	var metrics string
+	getInstance(t, cli, "ne", 10*time.Second, "registered with its metrics address", func(in *registry.Instance) bool {
+		if in == nil || in.State != registry.StateAvailable {
+			return false
+		}
+		metrics = in.Agent.Metrics
+		return true
+	})
+	if !strings.HasPrefix(metrics, "127.0.0.1:181") {
+		t.Fatalf("agent.metrics %q, want 127.0.0.1 on a port from 18100", metrics)
+	}
+	resp, err := http.Get("http://" + metrics + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz at %s: %d", metrics, resp.StatusCode)
+	}
+}
