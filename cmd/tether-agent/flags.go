@@ -44,6 +44,7 @@ type options struct {
 	logLevel        string
 	logFormat       string
 	healthCheckFile string
+	wisejVersion    string
 	hc              *agent.HealthCheck // the --healthcheck-file, when given
 	// derivedSessionsURL is set when --sessions-url was derived (see defaultSessionsURL).
 	derivedSessionsURL bool
@@ -74,6 +75,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.StringVar(&c.HealthURL, "health-url", "", "backend health URL; 2xx (Wisej's 202 included) is healthy")
 	fs.StringVar(&c.AvailableURL, "available-url", "", "URL where the application may veto new sessions: non-2xx means full")
 	fs.StringVar(&o.healthCheckFile, "healthcheck-file", "", "Wisej HealthCheck.json to read thresholds from (flags override it)")
+	fs.StringVar(&o.wisejVersion, "wisej-version", agent.WisejAuto, "Wisej generation that wrote --healthcheck-file: 2 (maxMemory in percent), 3 (in MB) or auto (over 100 is MB)")
 	fs.IntVar(&c.Thresholds.MaxSessions, "max-sessions", 0, "full at this many sessions (0 = unlimited)")
 	fs.Float64Var(&c.Thresholds.MaxCPU, "max-cpu", 0, "full over this CPU percent (0 = unlimited)")
 	fs.Float64Var(&c.Thresholds.MaxMemory, "max-memory", 0, "full over this memory percent (0 = unlimited)")
@@ -116,7 +118,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 		}
 	}
 	if o.healthCheckFile != "" {
-		hc, err := agent.LoadHealthCheck(o.healthCheckFile)
+		hc, err := agent.LoadHealthCheck(o.healthCheckFile, o.wisejVersion)
 		if err != nil {
 			return nil, err
 		}
@@ -129,6 +131,9 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 		}
 		if !set["max-memory"] {
 			c.Thresholds.MaxMemory = th.MaxMemory
+		}
+		if !set["max-memory-mb"] {
+			c.Thresholds.MaxMemoryMB = th.MaxMemoryMB
 		}
 		o.hc = &hc
 	}
@@ -163,6 +168,10 @@ func (o *options) logDefaults(log zerolog.Logger) {
 	hc := *o.hc
 	if len(hc.Unknown) > 0 {
 		log.Warn().Strs("fields", hc.Unknown).Str("file", o.healthCheckFile).Msg("unknown HealthCheck.json fields ignored")
+	}
+	if hc.MemoryAmbiguous && hc.Enabled {
+		log.Warn().Float64("maxMemory", hc.MaxMemory).Str("file", o.healthCheckFile).
+			Msg("HealthCheck.json maxMemory read as a percentage (Wisej 2); Wisej 3 means MB: pass --wisej-version 3 (or 2 to silence this)")
 	}
 	if !hc.Enabled {
 		log.Info().Str("file", o.healthCheckFile).Msg(`HealthCheck.json has "enabled": false: its thresholds are ignored`)

@@ -345,3 +345,22 @@ func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
 		t.Errorf("/healthz at %s: %d", metrics, resp.StatusCode)
 	}
 }
+
+func TestFlagsWisej3HealthCheckFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "HealthCheck.json")
+	if err := os.WriteFile(file, []byte("/* Wisej 3 */\n{\"enabled\": true, \"maxMemory\": 2048}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	none := func(string) (string, bool) { return "", false }
+	o, err := parseFlags([]string{"--service", "app", "--port", "5000", "--healthcheck-file", file}, none, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if th := o.cfg.Thresholds; th.MaxMemoryMB != 2048 || th.MaxMemory != 0 {
+		t.Errorf("thresholds %+v: want maxMemory 2048 read as 2048 MB", th)
+	}
+	_, err = parseFlags([]string{"--service", "app", "--port", "5000", "--healthcheck-file", file, "--wisej-version", "2"}, none, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "maxMemory") {
+		t.Errorf("--wisej-version 2 with maxMemory 2048: %v, want an error naming maxMemory", err)
+	}
+}
