@@ -48,6 +48,9 @@ type options struct {
 	hc              *agent.HealthCheck // the --healthcheck-file, when given
 	// derivedSessionsURL is set when --sessions-url was derived (see defaultSessionsURL).
 	derivedSessionsURL bool
+	// given holds the flags set on the command line or in the environment, by name, with
+	// their values as parsed (for the command line stored with a Windows service).
+	given map[string]string
 }
 
 // parseFlags reads args and the TETHER_* environment into options. Errors name the flag,
@@ -110,7 +113,8 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	}
 	c.Etcd = etcdCfg
 	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	o.given = map[string]string{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name], o.given[f.Name] = true, f.Value.String() })
 	if c.LoadSource == "" {
 		c.LoadSource = agent.LoadHost
 		if c.PID > 0 {
