@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -78,8 +79,14 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 	if err != nil {
 		return err
 	}
-	cli, err := clientv3.New(cfg.Etcd)
+	cli, err := etcdconn.Dial(ctx, cfg.Etcd, func(err error, wait time.Duration) {
+		log.Warn().Err(err).Strs("endpoints", cfg.Etcd.Endpoints).Dur("retryIn", wait).Msg("etcd not reachable yet")
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info().Msg("stopped before etcd was reached")
+			return nil
+		}
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer cli.Close()

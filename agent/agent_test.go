@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -534,5 +535,74 @@ func TestMetricsAutoPortPerAgent(t *testing.T) {
 		if want := `instance="` + id + `"`; !strings.Contains(string(body), want) {
 			t.Errorf("%s: /metrics at %s lacks %s", id, addr, want)
 		}
+	}
+}
+
+// logBuffer collects log lines written from several goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// With an etcd user, the client authenticates at start: an agent started before etcd must
+// wait for it, as without a user, and a wrong password must stop it at once.
+func TestWaitsForEtcdWithAuth(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.WithFastPasswords())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin := etcd.Client(t)
+	if _, err := admin.UserAdd(ctx, "root", "root-pw"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	etcd.Stop()
+
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Etcd.Username, cfg.Etcd.Password, cfg.Etcd.DialTimeout = "root", "root-pw", 300*time.Millisecond
+	var logs logBuffer
+	done := make(chan error, 1)
+	runCtx, stop := context.WithCancel(context.Background())
+	go func() { done <- agent.Run(runCtx, cfg, zerolog.New(&logs), nil) }()
+	t.Cleanup(func() { stop(); <-done })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "etcd not reachable yet") {
+		select {
+		case err := <-done:
+			done <- err // for the cleanup
+			t.Fatalf("agent stopped while etcd was down: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no retry logged within 10s:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	etcd.StartAgain(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-pw", DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	waitKey(t, cli, "app-1", 15*time.Second, "registered once etcd is up", state(registry.StateAvailable))
+
+	wrong := config(t, etcd, b, "app-2")
+	wrong.Etcd.Username, wrong.Etcd.Password = "root", "not-the-password"
+	r := start(t, wrong)
+	if err := r.wait(t, 10*time.Second); err == nil || !strings.Contains(err.Error(), "authentication failed") {
+		t.Fatalf("wrong password: %v, want an authentication error at once", err)
 	}
 }
