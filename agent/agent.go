@@ -370,6 +370,7 @@ func (r *runner) sample(ctx context.Context) {
 	default:
 		in.State, in.Reason = registry.StateAvailable, ""
 	}
+	in.Reason = cleanReason(in.Reason)
 	r.current = in
 	r.m.observe(in)
 }

@@ -606,3 +606,22 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 		t.Fatalf("wrong password: %v, want an authentication error at once", err)
 	}
 }
+
+// A probe error longer than the registry's reason limit (a long URL) must still be
+// published, cut to the limit, without the URL's query (a token): before, every write of the
+// instance failed validation and it stayed "available" with its backend dead.
+func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.HealthURL = fmt.Sprintf("http://127.0.0.1:%d/%s?token=s3cret", etcdtest.FreePort(t), strings.Repeat("a", 700))
+	start(t, cfg)
+	in := waitKey(t, cli, "app-1", 10*time.Second, "unhealthy", state(registry.StateUnhealthy))
+	if len(in.Reason) > 512 || !strings.HasPrefix(in.Reason, "health check failed: ") || !strings.HasSuffix(in.Reason, "...") {
+		t.Errorf("reason (%d bytes) %q: want the health error cut to 512 bytes", len(in.Reason), in.Reason)
+	}
+	if strings.Contains(in.Reason, "s3cret") || strings.Contains(in.Reason, "token") {
+		t.Errorf("reason %q shows the URL's query", in.Reason)
+	}
+}
