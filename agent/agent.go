@@ -178,6 +178,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	var drainDeadline, settle <-chan time.Time
 	settled := false      // a sample taken DrainSettle after "draining" reached etcd
 	var retryAt time.Time // after a failed write, ticks wait for the backoff
+	var held heldWatch    // the key taken by another lease while this agent was cut off
 	done := ctx.Done()
 	for {
 		force := false
@@ -217,9 +218,21 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 		if force || !time.Now().Before(retryAt) {
 			if err := r.sync(bg); err != nil {
 				d := r.backoff.next()
+				if errors.Is(err, registry.ErrInstanceExists) {
+					retryNow, herr := r.checkHeld(bg, &held)
+					if herr != nil {
+						return herr // the same end as a duplicate id at start
+					}
+					if retryNow {
+						d = 0
+					}
+					d = min(d, 250*time.Millisecond)
+				}
 				retryAt = time.Now().Add(d)
 				retry.Reset(d)
 				r.log.Warn().Err(err).Dur("retryIn", d).Msg("cannot write the instance to etcd")
+			} else {
+				held = heldWatch{}
 			}
 		}
 		if r.draining && !settled && settle == nil && r.registered && r.written.State == registry.StateDraining {
@@ -238,7 +251,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 // concluding another live agent holds the ID. Other errors (etcd unreachable) are retried
 // with backoff until ctx ends.
 func (r *runner) registerFirst(ctx, bg context.Context) error {
-	var heldUntil time.Time
+	var held heldWatch
 	for {
 		r.sample(bg)
 		err := r.ensureRegistered(bg, r.current)
@@ -247,21 +260,12 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		}
 		delay := r.backoff.next()
 		if errors.Is(err, registry.ErrInstanceExists) {
-			lease, remaining, exists, herr := r.holder(bg)
-			switch {
-			case herr != nil:
-				r.log.Warn().Err(herr).Msg("cannot inspect the key's holder")
-			case exists && lease == 0:
-				return fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
-			case !exists:
+			retryNow, herr := r.checkHeld(bg, &held)
+			if herr != nil {
+				return herr
+			}
+			if retryNow {
 				delay = 0
-			case heldUntil.IsZero():
-				heldUntil = time.Now().Add(remaining + heldMargin)
-				r.log.Warn().Str("key", r.key).Str("holder", fmt.Sprintf("%x", int64(lease))).Dur("leaseLeft", remaining).
-					Msg("instance id is held by another lease; waiting for it to expire in case it was a crashed agent's")
-			case time.Now().After(heldUntil):
-				return fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
-					ErrIDHeld, r.cfg.ID, r.key, int64(lease))
 			}
 			delay = min(delay, 250*time.Millisecond)
 		} else {
@@ -275,6 +279,34 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// heldWatch follows a key held by another lease: when it was first seen held, and until when
+// that lease may still be a crashed agent's.
+type heldWatch struct{ until time.Time }
+
+// checkHeld inspects the key after ErrInstanceExists. A key held by another lease may be a
+// crashed agent's (or, after this agent was cut off, its own former key's successor): it
+// waits for that lease's remaining TTL plus a margin, then returns ErrIDHeld. retryNow is set
+// when the key is gone.
+func (r *runner) checkHeld(ctx context.Context, held *heldWatch) (retryNow bool, err error) {
+	lease, remaining, exists, herr := r.holder(ctx)
+	switch {
+	case herr != nil:
+		r.log.Warn().Err(herr).Msg("cannot inspect the key's holder")
+	case exists && lease == 0:
+		return false, fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
+	case !exists:
+		return true, nil
+	case held.until.IsZero():
+		held.until = time.Now().Add(remaining + heldMargin)
+		r.log.Warn().Str("key", r.key).Str("holder", fmt.Sprintf("%x", int64(lease))).Dur("leaseLeft", remaining).
+			Msg("instance id is held by another lease; waiting for it to expire in case it was a crashed agent's")
+	case time.Now().After(held.until):
+		return false, fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
+			ErrIDHeld, r.cfg.ID, r.key, int64(lease))
+	}
+	return false, nil
 }
 
 // sync brings etcd up to date with r.current: registration when needed, else a write when

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -624,4 +625,49 @@ func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
 	if strings.Contains(in.Reason, "s3cret") || strings.Contains(in.Reason, "token") {
 		t.Errorf("reason %q shows the URL's query", in.Reason)
 	}
+}
+
+// An agent whose key was taken by another agent (another lease) while it was cut off stops
+// as a duplicate id at start does, once that lease has outlived its TTL, instead of retrying
+// for ever.
+func TestIDTakenWhileCutOffStops(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	r := start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+
+	// Another agent takes the key: the first finds it at its next write.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	other, err := cli.Grant(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.KeepAlive(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	key := registry.InstanceKey("/tether", "app", "app-1")
+	val := instanceValue(t, registry.Instance{ID: "app-1", Address: "127.0.0.2", Port: 9, State: registry.StateAvailable})
+	if _, err := cli.Put(ctx, key, val, clientv3.WithLease(other.ID)); err != nil {
+		t.Fatal(err)
+	}
+	err = r.wait(t, 20*time.Second)
+	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
+		t.Fatalf("agent cut off from its id: %v, want ErrIDHeld naming the id", err)
+	}
+	waitKey(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
+		return in != nil && lease == int64(other.ID) && in.Address == "127.0.0.2"
+	})
+}
+
+func instanceValue(t *testing.T, in registry.Instance) string {
+	t.Helper()
+	in.UpdatedAt = time.Now().UTC()
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
