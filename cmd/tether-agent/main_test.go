@@ -267,6 +267,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{base, "TETHER_MAX_SESSIONS=many", "TETHER_MAX_SESSIONS"},
 		{base, "TETHER_INTERVAL=1h", "--interval"},
 		{append(base, "--log-format", "xml"), "", "--log-format"},
+		{append(base, "--etcd-endpoints", "http://127.0.0.1:2379", "--etcd-ca", broken), "", "plaintext"},
+		{append(base, "--wisej-version", "4", "--healthcheck-file", broken), "", "--wisej-version"},
 	}
 	for _, c := range cases {
 		cmd := exec.Command(binary(t), c.args...)

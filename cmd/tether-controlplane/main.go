@@ -70,6 +70,9 @@ func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) 
 	if o.cfg.CoalesceQuiet <= 0 || o.cfg.CoalesceMax <= 0 {
 		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 10ms and 100ms")
 	}
+	if err := etcd.NeedEndpoints(); err != nil {
+		return nil, err
+	}
 	if etcd.Endpoints != "" {
 		ec, err := etcd.ClientConfig(lookup)
 		if err != nil {
