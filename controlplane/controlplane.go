@@ -45,6 +45,10 @@ type Config struct {
 	Prefix string
 	// XDSAddr and AdminAddr are the listen addresses of the xDS gRPC and admin HTTP servers.
 	XDSAddr, AdminAddr string
+	// AdminHosts are the Host names (or IPs) the admin server answers besides loopback and
+	// its own listen IP: it refuses any other, so that a page rebinding a DNS name to
+	// 127.0.0.1 in a browser on this host cannot read it.
+	AdminHosts []string
 	// XDSTLS, when set, serves xDS over TLS (require client certificates for mutual TLS).
 	XDSTLS *tls.Config
 	// ListenPort is the Envoy listener port.

@@ -81,6 +81,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"etcd password is no flag", with("--etcd-user", "u", "--etcd-password", "s3cret"), nil, "etcd-password"},
 		{"etcd dial timeout", with("--etcd-dial-timeout", "0s"), nil, "--etcd-dial-timeout"},
 		{"etcd TLS with http://", []string{"--etcd-endpoints", "http://127.0.0.1:2379", "--etcd-ca", ca.CAFile}, nil, "plaintext"},
+		{"admin host with a scheme", []string{"--admin-hosts", "localhost,http://tether.example.com"}, nil, "--admin-hosts"},
 		{"etcd flags without endpoints", []string{"--etcd-user", "u", "--etcd-password-file", password}, nil, "need --etcd-endpoints"},
 		{"xDS cert without key", []string{"--xds-tls-cert", kp.CertFile}, nil, "--xds-tls-cert"},
 		{"xDS client CA without cert", []string{"--xds-client-ca", ca.CAFile}, nil, "--xds-client-ca"},
