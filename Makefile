@@ -48,6 +48,7 @@ cross:
 fuzz:
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime $(FUZZTIME)
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime $(FUZZTIME)
+	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeDrain -fuzztime $(FUZZTIME)
 
 # Go benchmarks of the translation, then the load harness at the three scales of docs/performance.md.
 bench:

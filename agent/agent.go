@@ -37,6 +37,7 @@ type runner struct {
 	load      sampler
 	adm       admission
 	health    healthTracker
+	drains    *drainWatch // the operators' drains of the service
 	opTimeout time.Duration
 	startedAt time.Time
 	backoff   backoff
@@ -99,6 +100,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		opTimeout: min(max(cfg.TTL/2, time.Second), 5*time.Second),
 		startedAt: time.Now().UTC(),
 		failing:   map[string]bool{},
+		drains:    newDrainWatch(cli, prefix, cfg.Service, log),
 	}
 	if cfg.MetricsAddr != "" {
 		stop, err := r.serveMetrics()
@@ -160,6 +162,10 @@ func advertised(a *net.TCPAddr, instanceAddr string) string {
 func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	bg := context.WithoutCancel(ctx) // etcd and probes keep working while draining
 	defer r.stopLease(bg)
+	dctx, stopDrains := context.WithCancel(bg)
+	drainsDone := make(chan struct{})
+	go func() { defer close(drainsDone); r.drains.run(dctx) }()
+	defer func() { stopDrains(); <-drainsDone }() // it logs: it must end before Run returns
 	r.log.Info().Str("version", Version).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
 		Interface("thresholds", r.cfg.Thresholds).Str("loadSource", r.cfg.LoadSource).Msg("agent starting")
 	if err := r.registerFirst(ctx, bg); err != nil {
@@ -213,6 +219,8 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			settle, settled = nil, true
 			r.sample(bg)
 		case <-ticker.C:
+			r.sample(bg)
+		case <-r.drains.changed:
 			r.sample(bg)
 		}
 		if force || !time.Now().Before(retryAt) {
@@ -393,10 +401,13 @@ func (r *runner) sample(ctx context.Context) {
 		reason = joinReasons(reason, "application says unavailable")
 	}
 	in := r.instance()
+	mark, drained := r.drains.match(&in)
 	switch {
 	case r.draining:
 	case !healthy:
 		in.State, in.Reason = registry.StateUnhealthy, healthReason
+	case drained: // an operator's drain: keep the sessions, take no new ones
+		in.State, in.Reason = registry.StateDraining, registry.OperatorDrainReason(mark.Name)
 	case full:
 		in.State, in.Reason = registry.StateFull, reason
 	default:

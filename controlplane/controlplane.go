@@ -304,6 +304,8 @@ func kindLabel(k registry.KeyKind) string {
 		return "service"
 	case registry.KeyInstance:
 		return "instance"
+	case registry.KeyDrain:
+		return "drain"
 	}
 	return "unknown"
 }

@@ -81,7 +81,9 @@ func (g *removalGuard) apply(next *registry.State, now time.Time) (*registry.Sta
 			continue
 		}
 		if out == next {
-			out = &registry.State{Revision: next.Revision, Services: maps.Clone(next.Services), Rejected: next.Rejected}
+			c := *next // every field (drains included), with services of its own
+			c.Services = maps.Clone(next.Services)
+			out = &c
 		}
 		cp := &registry.Service{Name: name, Config: registry.DefaultServiceConfig(name), Instances: map[string]registry.Instance{}}
 		if svc != nil {

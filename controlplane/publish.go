@@ -58,6 +58,9 @@ type publisher struct {
 	// touches them.
 	releaseAt time.Time
 	lastRaw   *registry.State
+	// drains applies the operators' drains after the guard (which sees the registry as the
+	// agents wrote it) and before translation.
+	drains drainApplier
 
 	mu      sync.Mutex
 	latest  *registry.State
@@ -172,6 +175,7 @@ func (p *publisher) publishLatest() {
 		st, p.releaseAt = p.guard.apply(st, start)
 		p.m.held.Set(float64(p.guard.heldCount()))
 	}
+	st = p.drains.apply(st)
 	res := p.tr.Translate(st)
 	b, err := p.snapshot(res)
 	took := time.Since(start)

@@ -51,3 +51,25 @@ func FuzzDecodeServiceConfig(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeDrain(f *testing.F) {
+	f.Add([]byte(`{"labels":{"version":"1.4.1"},"reason":"deploy","createdAt":"2026-11-22T15:40:00Z"}`))
+	f.Add([]byte(`{"instance":"app-7f3c"}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		d, err := registry.DecodeDrain("app", "version=1.4.1", raw)
+		if err != nil {
+			return
+		}
+		b, err := json.Marshal(d)
+		if err != nil {
+			t.Fatalf("accepted value does not encode: %v", err)
+		}
+		again, err := registry.DecodeDrain("app", "version=1.4.1", b)
+		if err != nil {
+			t.Fatalf("re-encoded value %s is rejected: %v", b, err)
+		}
+		if !reflect.DeepEqual(d, again) {
+			t.Fatalf("round trip changed the value:\n%#v\n%#v", d, again)
+		}
+	})
+}

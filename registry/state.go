@@ -78,6 +78,9 @@ type stateBuilder struct {
 	changed  bool
 	reject   func(key string, err error)
 	log      zerolog.Logger
+	// drainsOwned: State.Drains is this builder's copy; drainOwned: so is that service's map.
+	drainsOwned bool
+	drainOwned  map[string]bool
 }
 
 func newStateBuilder(prefix string, base *State, reject func(string, error), log zerolog.Logger) *stateBuilder {
@@ -86,6 +89,7 @@ func newStateBuilder(prefix string, base *State, reject func(string, error), log
 		st.Revision = base.Revision
 		st.Services = maps.Clone(base.Services)
 		st.Rejected = maps.Clone(base.Rejected)
+		st.Drains = base.Drains // copied on the first change (drainsOf)
 	}
 	return &stateBuilder{prefix: prefix, st: st, owned: map[string]bool{}, reject: reject, log: log}
 }
@@ -117,6 +121,11 @@ func (b *stateBuilder) put(key string, value []byte, rev int64) {
 			b.mutable(svc, rev).Instances[id] = inst
 			return
 		}
+	case KeyDrain:
+		if err = b.putDrain(svc, id, value); err == nil {
+			b.clearRejected(key)
+			return
+		}
 	}
 	b.rejectKey(key, kind, svc, id, err, rev)
 }
@@ -126,6 +135,10 @@ func (b *stateBuilder) del(key string, rev int64) {
 	b.clearRejected(key)
 	kind, svc, id, err := ParseKey(b.prefix, key)
 	if err != nil {
+		return
+	}
+	if kind == KeyDrain {
+		b.delDrain(svc, id)
 		return
 	}
 	cur := b.st.Services[svc]
@@ -173,6 +186,9 @@ func (b *stateBuilder) rejectKey(key string, kind KeyKind, svc, id string, err e
 // keepLastGood reports whether the key has a last good value, taking it from the fallback
 // state during a re-list.
 func (b *stateBuilder) keepLastGood(kind KeyKind, svc, id string, rev int64) bool {
+	if kind == KeyDrain {
+		return b.keepLastDrain(svc, id)
+	}
 	has := func(st *State) bool {
 		if st == nil || st.Services[svc] == nil {
 			return false

@@ -19,8 +19,16 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/drain"
 	"github.com/tetherlb/tether/internal/status"
 )
+
+// subcommands are the operator's commands; without one the binary runs the control plane.
+var subcommands = map[string]func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int{
+	"status": status.Main,
+	"drain":  drain.Main,
+	"drains": drain.ListMain,
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stderr))
@@ -36,6 +44,18 @@ type options struct {
 func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("tether-controlplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage:
+  tether-controlplane [flags]                     run the control plane
+  tether-controlplane status [flags]              print the registry (services, instances, drains)
+  tether-controlplane drain SERVICE/ID [flags]    drain one instance (--label k=v for a selection, --undo, --wait)
+  tether-controlplane drains [SERVICE] [flags]    list the drains
+Each command takes -h.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	o := &options{}
 	var etcd cli.EtcdFlags
 	etcd.Register(fs, "")
@@ -135,10 +155,12 @@ func xdsTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 }
 
 func run(args []string, lookup func(string) (string, bool), stderr *os.File) int {
-	if len(args) > 0 && args[0] == "status" {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		return status.Main(ctx, args[1:], lookup, os.Stdout, stderr)
+	if len(args) > 0 {
+		if sub, ok := subcommands[args[0]]; ok {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return sub(ctx, args[1:], lookup, os.Stdout, stderr)
+		}
 	}
 	o, err := parse(args, lookup, stderr)
 	if errors.Is(err, flag.ErrHelp) {

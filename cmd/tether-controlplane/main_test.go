@@ -150,3 +150,23 @@ func TestSecurityFlags(t *testing.T) {
 		t.Fatalf("password from %s: %v", cli.PasswordEnv, err)
 	}
 }
+
+// TestSubcommands: the operator's commands are reached by their names; their usage errors
+// exit 2 naming the command.
+func TestSubcommands(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"drain", "-h"}, 0, "tether-controlplane drain SERVICE/ID"},
+		{[]string{"drain", "app"}, 2, "tether-controlplane drain: app is a whole service"},
+		{[]string{"drains", "a", "b"}, 2, "tether-controlplane drains: unexpected argument"},
+		{[]string{"status", "extra"}, 2, "tether-controlplane status: unexpected argument"},
+	} {
+		code, out := runCaptured(t, c.args, nil)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, %q; want %d and %q", c.args, code, out, c.code, c.want)
+		}
+	}
+}
