@@ -66,8 +66,8 @@ const (
 )
 
 // Serve runs run as a service: it reports StartPending then Running, turns the first Stop or
-// Shutdown into a drain (like SIGTERM), a second one (or ShutdownGrace after a Shutdown) into
-// skipping the drain's wait, reports StopPending with a growing checkpoint while the drain
+// Shutdown into a drain (like SIGTERM), a second Stop (or ShutdownGrace after a Shutdown, even
+// one that comes during a drain) into skipping the drain's wait, reports StopPending with a growing checkpoint while the drain
 // lasts, and returns the exit code once run has returned (after reporting Stopped). It
 // returns when run returns on its own too (a failure such as a duplicate instance ID).
 func Serve(requests <-chan Request, report func(Status), run RunFunc, opt Options) uint32 {
@@ -93,30 +93,30 @@ func Serve(requests <-chan Request, report func(Status), run RunFunc, opt Option
 	go func() { done <- run(ctx, skip) }()
 	send(Status{State: Running})
 
-	var progress <-chan time.Time
-	var grace <-chan time.Time
+	var progress, grace <-chan time.Time
+	shutdown := false
 	for {
 		select {
 		case req := <-requests:
-			switch {
-			case req == Interrogate:
+			if req == Interrogate {
 				report(cur)
-			case cur.State == Running:
-				what := "stop"
-				if req == Shutdown {
-					what = "shutdown"
-					t := time.NewTimer(opt.ShutdownGrace)
-					defer t.Stop()
-					grace = t.C
-				}
-				opt.Log.Info().Str("request", what).Msg("service stopping: draining")
+				continue
+			}
+			if req == Shutdown && !shutdown { // also during a drain a stop began
+				shutdown = true
+				t := time.NewTimer(opt.ShutdownGrace)
+				defer t.Stop()
+				grace = t.C
+			} else if cur.State != Running {
+				skipNow("second stop request")
+			}
+			if cur.State == Running {
+				opt.Log.Info().Bool("shutdown", shutdown).Msg("service stopping: draining")
 				cancel()
 				tick := time.NewTicker(opt.WaitHint / 2)
 				defer tick.Stop()
 				progress = tick.C
 				send(Status{State: StopPending, CheckPoint: 1, WaitHint: opt.WaitHint})
-			default:
-				skipNow("second stop request")
 			}
 		case <-grace:
 			grace = nil

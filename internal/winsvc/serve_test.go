@@ -200,6 +200,17 @@ func TestShutdownBoundsTheDrain(t *testing.T) {
 		t.Fatalf("exit code after a second stop %d, want 0", code)
 	}
 	f.state(t, "")
+
+	// Windows shutting down during a drain an operator's stop began: bounded by the grace too.
+	s = serve(t, f.run(zerolog.New(zerolog.NewTestWriter(t))), winsvc.Options{WaitHint: time.Second, ShutdownGrace: 300 * time.Millisecond})
+	f.state(t, registry.StateAvailable)
+	s.send(t, winsvc.Stop)
+	f.state(t, registry.StateDraining)
+	s.send(t, winsvc.Shutdown)
+	if code := s.exitCode(t); code != winsvc.ExitOK {
+		t.Fatalf("exit code after a shutdown during a drain %d, want 0", code)
+	}
+	f.state(t, "")
 }
 
 // An agent that cannot run (here: another live agent holds its ID) stops the service with
