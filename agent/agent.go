@@ -156,6 +156,9 @@ func advertised(a *net.TCPAddr, instanceAddr string) string {
 			ip = inst.Unmap()
 		}
 	}
+	if !ip.IsValid() || ip.IsUnspecified() {
+		return "" // nothing a monitor could link; the registry would refuse it
+	}
 	return netip.AddrPortFrom(ip, uint16(a.Port)).String()
 }
 
