@@ -2,12 +2,14 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -64,7 +66,8 @@ func config(t *testing.T, etcd *etcdtest.Server, b *backend, id string) agent.Co
 		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.port(t),
 		HealthURL: b.srv.URL + "/healthcheck", SessionsURL: b.srv.URL + "/sessions",
 		LoadSource: agent.LoadHost, TTL: 2 * time.Second, Interval: 50 * time.Millisecond,
-		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, ProbeTimeout: time.Second,
+		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, DrainSettle: 200 * time.Millisecond,
+		ProbeTimeout: time.Second,
 	}
 }
 
@@ -470,6 +473,36 @@ func TestDrainWaitsForSessions(t *testing.T) {
 	}
 }
 
+// A session opened just before the signal, after the last sample, must keep the instance:
+// the drain decides on a sample taken after "draining" reached etcd, not the stale one.
+func TestDrainDecidesOnFreshSample(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Thresholds.MaxSessions = 10 // a one-session change is past the dead band: written
+	cfg.Interval = 500 * time.Millisecond
+	r := start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "registered with no session", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateAvailable && in.Load.Sessions == 0
+	})
+	b.sessions.Store(1)
+	r.cancel()
+	waitKey(t, cli, "app-1", 5*time.Second, "draining with the session opened before the signal", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateDraining && in.Load.Sessions == 1
+	})
+	select {
+	case err := <-r.done:
+		t.Fatalf("agent stopped (%v) with a session open", err)
+	default:
+	}
+	b.sessions.Store(0)
+	if err := r.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	waitKey(t, cli, "app-1", time.Second, "removed once the session ended", gone)
+}
+
 func TestDrainTimeoutAndSkip(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
@@ -593,4 +626,160 @@ func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 		t.Fatalf("agent stopped: %v", err)
 	default:
 	}
+}
+
+// Two agents on one host with the default --metrics-addr, beside something that holds the
+// first port of the range: each serves /metrics on its own free port and publishes it.
+func TestMetricsAutoPortPerAgent(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	first := fmt.Sprintf("127.0.0.1:%d", agent.MetricsPortFirst)
+	if l, err := net.Listen("tcp", first); err == nil { // else something already holds it
+		t.Cleanup(func() { l.Close() })
+	}
+	seen := map[string]string{}
+	for _, id := range []string{"app-1", "app-2"} {
+		cfg := config(t, etcd, b, id)
+		cfg.MetricsAddr = agent.MetricsAuto
+		start(t, cfg)
+		in := waitKey(t, cli, id, 5*time.Second, id+" registered", state(registry.StateAvailable))
+		addr := in.Agent.Metrics
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil || addr == first || ap.Port() < agent.MetricsPortFirst || ap.Port() >= agent.MetricsPortFirst+agent.MetricsPortCount {
+			t.Fatalf("%s: agent.metrics %q, want a free port of the range other than the busy %s", id, addr, first)
+		}
+		if other, dup := seen[addr]; dup {
+			t.Fatalf("%s and %s both publish %s", other, id, addr)
+		}
+		seen[addr] = id
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := `instance="` + id + `"`; !strings.Contains(string(body), want) {
+			t.Errorf("%s: /metrics at %s lacks %s", id, addr, want)
+		}
+	}
+}
+
+// With an etcd user, the client authenticates at start: an agent started before etcd must
+// wait for it, as without a user, and a wrong password must stop it at once.
+func TestWaitsForEtcdWithAuth(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.WithFastPasswords())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin := etcd.Client(t)
+	if _, err := admin.UserAdd(ctx, "root", "root-pw"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	etcd.Stop()
+
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Etcd.Username, cfg.Etcd.Password, cfg.Etcd.DialTimeout = "root", "root-pw", 300*time.Millisecond
+	var logs logBuffer
+	done := make(chan error, 1)
+	runCtx, stop := context.WithCancel(context.Background())
+	go func() { done <- agent.Run(runCtx, cfg, zerolog.New(&logs), nil) }()
+	t.Cleanup(func() { stop(); <-done })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "etcd not reachable yet") {
+		select {
+		case err := <-done:
+			done <- err // for the cleanup
+			t.Fatalf("agent stopped while etcd was down: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no retry logged within 10s:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	etcd.StartAgain(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-pw", DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	waitKey(t, cli, "app-1", 15*time.Second, "registered once etcd is up", state(registry.StateAvailable))
+
+	wrong := config(t, etcd, b, "app-2")
+	wrong.Etcd.Username, wrong.Etcd.Password = "root", "not-the-password"
+	r := start(t, wrong)
+	if err := r.wait(t, 10*time.Second); err == nil || !strings.Contains(err.Error(), "authentication failed") {
+		t.Fatalf("wrong password: %v, want an authentication error at once", err)
+	}
+}
+
+// A probe error longer than the registry's reason limit (a long URL) must still be
+// published, cut to the limit, without the URL's query (a token): before, every write of the
+// instance failed validation and it stayed "available" with its backend dead.
+func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.HealthURL = fmt.Sprintf("http://127.0.0.1:%d/%s?token=s3cret", etcdtest.FreePort(t), strings.Repeat("a", 700))
+	start(t, cfg)
+	in := waitKey(t, cli, "app-1", 10*time.Second, "unhealthy", state(registry.StateUnhealthy))
+	if len(in.Reason) > 512 || !strings.HasPrefix(in.Reason, "health check failed: ") || !strings.HasSuffix(in.Reason, "...") {
+		t.Errorf("reason (%d bytes) %q: want the health error cut to 512 bytes", len(in.Reason), in.Reason)
+	}
+	if strings.Contains(in.Reason, "s3cret") || strings.Contains(in.Reason, "token") {
+		t.Errorf("reason %q shows the URL's query", in.Reason)
+	}
+}
+
+// An agent whose key was taken by another agent (another lease) while it was cut off stops
+// as a duplicate id at start does, once that lease has outlived its TTL, instead of retrying
+// for ever.
+func TestIDTakenWhileCutOffStops(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	r := start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+
+	// Another agent takes the key: the first finds it at its next write.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	other, err := cli.Grant(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.KeepAlive(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	key := registry.InstanceKey("/tether", "app", "app-1")
+	val := instanceValue(t, registry.Instance{ID: "app-1", Address: "127.0.0.2", Port: 9, State: registry.StateAvailable})
+	if _, err := cli.Put(ctx, key, val, clientv3.WithLease(other.ID)); err != nil {
+		t.Fatal(err)
+	}
+	err = r.wait(t, 20*time.Second)
+	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
+		t.Fatalf("agent cut off from its id: %v, want ErrIDHeld naming the id", err)
+	}
+	waitKey(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
+		return in != nil && lease == int64(other.ID) && in.Address == "127.0.0.2"
+	})
+}
+
+func instanceValue(t *testing.T, in registry.Instance) string {
+	t.Helper()
+	in.UpdatedAt = time.Now().UTC()
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

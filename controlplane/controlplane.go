@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -44,6 +45,10 @@ type Config struct {
 	Prefix string
 	// XDSAddr and AdminAddr are the listen addresses of the xDS gRPC and admin HTTP servers.
 	XDSAddr, AdminAddr string
+	// AdminHosts are the Host names (or IPs) the admin server answers besides loopback and
+	// its own listen IP: it refuses any other, so that a page rebinding a DNS name to
+	// 127.0.0.1 in a browser on this host cannot read it.
+	AdminHosts []string
 	// XDSTLS, when set, serves xDS over TLS (require client certificates for mutual TLS).
 	XDSTLS *tls.Config
 	// ListenPort is the Envoy listener port.
@@ -209,7 +214,10 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cfg.Etcd.Logger == nil {
 		cfg.Etcd.Logger = zap.NewNop() // etcd client retries are reported by the watcher
 	}
-	cli, err := clientv3.New(cfg.Etcd)
+	// With --etcd-user the client authenticates at once: wait for etcd as without a user.
+	cli, err := etcdconn.Dial(ctx, cfg.Etcd, func(err error, wait time.Duration) {
+		cp.log.Warn().Err(err).Strs("endpoints", cfg.Etcd.Endpoints).Dur("retryIn", wait).Msg("etcd not reachable yet")
+	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Etcd.Endpoints, err)
 	}

@@ -40,7 +40,7 @@ for i in 1 2 3; do
   apps+=($!)
   "$BIN/tether-agent" --service app --id "app$i" --address 127.0.0.1 --port "$port" \
     --health-url "http://127.0.0.1:$port/healthcheck" --sessions-url "http://127.0.0.1:$port/sessions" \
-    --label version=1 --max-sessions 100 --interval 1s --drain-timeout 5s --metrics-addr "127.0.0.1:910$i" \
+    --label version=1 --max-sessions 100 --interval 1s --drain-timeout 5s --metrics-addr "127.0.0.1:$((18100 + i))" \
     --log-format console --log-level warn &
   agents+=($!)
 done

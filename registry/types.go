@@ -237,6 +237,9 @@ type Load struct {
 type AgentInfo struct {
 	Version   string    `json:"version"`
 	StartedAt time.Time `json:"startedAt"`
+	// Metrics is the agent's /metrics listener, ip:port (empty when disabled), so that a
+	// monitor can link it when several agents share a host on ports chosen at start.
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // Service is one service of a State: its configuration and its live instances.

@@ -350,6 +350,11 @@ func (in *Instance) Validate() error {
 	if len(in.Agent.Version) > 64 {
 		add("agent.version: over 64 characters")
 	}
+	if m := in.Agent.Metrics; m != "" {
+		if ap, err := netip.ParseAddrPort(m); err != nil || ap.Port() == 0 {
+			add("agent.metrics: %.80q must be ip:port", m)
+		}
+	}
 	// Decoding normalizes times to UTC; a time whose UTC year leaves 1-9999 could not be encoded.
 	if y := in.UpdatedAt.UTC().Year(); y < 1 || y > 9999 {
 		add("updatedAt: %s is outside years 1-9999 in UTC", in.UpdatedAt.Format(time.RFC3339))

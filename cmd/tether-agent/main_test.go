@@ -10,6 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -357,6 +360,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{base, "TETHER_MAX_SESSIONS=many", "TETHER_MAX_SESSIONS"},
 		{base, "TETHER_INTERVAL=1h", "--interval"},
 		{append(base, "--log-format", "xml"), "", "--log-format"},
+		{append(base, "--etcd-endpoints", "http://127.0.0.1:2379", "--etcd-ca", broken), "", "plaintext"},
+		{append(base, "--wisej-version", "4", "--healthcheck-file", broken), "", "--wisej-version"},
 	}
 	for _, c := range cases {
 		cmd := exec.Command(binary(t), c.args...)
@@ -398,5 +403,130 @@ func TestFlagsHealthCheckFileAndEnv(t *testing.T) {
 	}
 	if got := o.cfg.Etcd.Endpoints; len(got) != 1 || got[0] != "http://127.0.0.1:2379" {
 		t.Errorf("etcd endpoints %v", got)
+	}
+}
+
+// node_exporter's 9100 is taken on many hosts: the agent with its default --metrics-addr
+// must still start, and publish where its /metrics went.
+func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
+	if l, err := net.Listen("tcp", "127.0.0.1:9100"); err == nil { // else something holds it already
+		t.Cleanup(func() { l.Close() })
+	}
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	var args []string
+	for _, a := range b.args(etcd, "ne") {
+		if a == "--metrics-addr" {
+			break // the rest of b.args is the metrics flag's value: left at its default
+		}
+		args = append(args, a)
+	}
+	startAgent(t, args...)
+	var metrics string
+	getInstance(t, cli, "ne", 10*time.Second, "registered with its metrics address", func(in *registry.Instance) bool {
+		if in == nil || in.State != registry.StateAvailable {
+			return false
+		}
+		metrics = in.Agent.Metrics
+		return true
+	})
+	if !strings.HasPrefix(metrics, "127.0.0.1:181") {
+		t.Fatalf("agent.metrics %q, want 127.0.0.1 on a port from 18100", metrics)
+	}
+	resp, err := http.Get("http://" + metrics + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz at %s: %d", metrics, resp.StatusCode)
+	}
+}
+
+func TestFlagsWisej3HealthCheckFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "HealthCheck.json")
+	if err := os.WriteFile(file, []byte("/* Wisej 3 */\n{\"enabled\": true, \"maxMemory\": 2048}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	none := func(string) (string, bool) { return "", false }
+	o, err := parseFlags([]string{"--service", "app", "--port", "5000", "--healthcheck-file", file}, none, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if th := o.cfg.Thresholds; th.MaxMemoryMB != 2048 || th.MaxMemory != 0 {
+		t.Errorf("thresholds %+v: want maxMemory 2048 read as 2048 MB", th)
+	}
+	_, err = parseFlags([]string{"--service", "app", "--port", "5000", "--healthcheck-file", file, "--wisej-version", "2"}, none, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "maxMemory") {
+		t.Errorf("--wisej-version 2 with maxMemory 2048: %v, want an error naming maxMemory", err)
+	}
+}
+
+// The flags stored with a Windows service give the same configuration when the service
+// starts in System32: relative file paths are made absolute.
+func TestServiceArgsRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "HealthCheck.json"), []byte(`{"enabled": true, "maxSessions": 40, "maxMemory": 4096}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	none := func(string) (string, bool) { return "", false }
+	args := []string{"--service", "app", "--port", "5000", "--healthcheck-file", "HealthCheck.json", "--label", "a=1",
+		"--health-url", "http://127.0.0.1:5000/healthcheck.wx", "--drain-timeout", "3m", "--metrics-addr", "0.0.0.0:auto"}
+	o, err := parseFlags(args, none, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := serviceArgs(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "--healthcheck-file=" + filepath.Join(dir, "HealthCheck.json")
+	if !slices.Contains(stored, want) {
+		t.Errorf("stored %v lacks %s", stored, want)
+	}
+	t.Chdir(t.TempDir()) // as a service, elsewhere
+	again, err := parseFlags(stored, none, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("stored flags %v: %v", stored, err)
+	}
+	if !reflect.DeepEqual(again.cfg, o.cfg) {
+		t.Errorf("stored flags give\n%+v\nwant\n%+v", again.cfg, o.cfg)
+	}
+}
+
+func TestServiceCommandInput(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{}, 2, "Usage"},
+		{[]string{"restart"}, 2, "Usage"},
+		{[]string{"start"}, 2, "--name"},
+		{[]string{"install", "--port", "5000"}, 2, "--service"},
+		{[]string{"install", "--service", "app", "--port", "5000", "--etcd-user", "u"}, 2, "--etcd-password-file"},
+	}
+	if runtime.GOOS != "windows" {
+		cases = append(cases, struct {
+			args []string
+			code int
+			want string
+		}{[]string{"stop", "--service", "app", "--port", "5000"}, 1, "only on Windows"})
+	}
+	for _, c := range cases {
+		var out, errOut bytes.Buffer
+		code := serviceCommand(c.args, &out, &errOut)
+		if code != c.code || !strings.Contains(errOut.String(), c.want) {
+			t.Errorf("service %v: exit %d, %q; want exit %d naming %s", c.args, code, errOut.String(), c.code, c.want)
+		}
+	}
+	name, rest, err := serviceName([]string{"--service=app", "--port", "5000", "--name", "web", "--max-sessions", "9"})
+	if err != nil || name != "web" || strings.Join(rest, " ") != "--service=app --port 5000 --max-sessions 9" {
+		t.Errorf("serviceName: %q %v %v", name, rest, err)
+	}
+	if name, _, _ := serviceName([]string{"--service", "app", "--port=5000"}); name != "tether-agent-app-5000" {
+		t.Errorf("derived name %q", name)
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -58,12 +60,14 @@ Flags:
 	var etcd cli.EtcdFlags
 	etcd.Register(fs, "")
 	var listenPort uint
+	var adminHosts string
 	fs.StringVar(&o.cfg.DataDir, "data-dir", "tether-data", "data directory of the embedded etcd (used when --etcd-endpoints is empty)")
 	fs.StringVar(&o.cfg.EmbeddedClientURL, "embedded-client-url", controlplane.DefaultEmbeddedClientURL, "client URL the embedded etcd serves (agents and etcdctl connect here)")
 	fs.StringVar(&o.cfg.EmbeddedPeerURL, "embedded-peer-url", controlplane.DefaultEmbeddedPeerURL, "peer URL of the embedded etcd")
 	fs.StringVar(&o.cfg.Prefix, "prefix", "/tether", "etcd key prefix of the registry")
 	fs.StringVar(&o.cfg.XDSAddr, "xds-addr", controlplane.DefaultXDSAddr, "listen address of the xDS (ADS) gRPC server")
 	fs.StringVar(&o.cfg.AdminAddr, "admin-addr", controlplane.DefaultAdminAddr, "listen address of the admin HTTP server (/metrics, /healthz, /readyz, /debug/config)")
+	fs.StringVar(&adminHosts, "admin-hosts", "", "comma-separated host names (or IPs) the admin server answers besides loopback and its own IP, e.g. tether.example.com")
 	fs.UintVar(&listenPort, "envoy-listen-port", controlplane.DefaultListenPort, "port of the HTTP listener given to Envoy")
 	fs.DurationVar(&o.cfg.CoalesceQuiet, "coalesce-quiet", controlplane.DefaultCoalesceQuiet, "push after registry changes have been quiet this long")
 	fs.DurationVar(&o.cfg.CoalesceMax, "coalesce-max", controlplane.DefaultCoalesceMax, "push at the latest this long after the first unpushed change")
@@ -89,8 +93,19 @@ Flags:
 		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
 	}
 	o.cfg.ListenPort = uint32(listenPort)
+	for _, h := range strings.Split(adminHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err != nil && strings.Trim(strings.ToLower(h), "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" {
+				return nil, fmt.Errorf("--admin-hosts: %q must be a host name or an IP, without scheme or port", h)
+			}
+			o.cfg.AdminHosts = append(o.cfg.AdminHosts, h)
+		}
+	}
 	if o.cfg.CoalesceQuiet <= 0 || o.cfg.CoalesceMax <= 0 {
 		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 10ms and 100ms")
+	}
+	if err := etcd.NeedEndpoints(); err != nil {
+		return nil, err
 	}
 	if etcd.Endpoints != "" {
 		ec, err := etcd.ClientConfig(lookup)

@@ -197,8 +197,17 @@ function instanceRow(svc, inst) {
       spark(pts, "s", thr.maxSessions, "l-s", "sessions"), spark(pts, "c", thr.maxCPU, "l-c", "cpu"))),
     envoy,
     h("td", { text: inst.zone || "–" }),
-    h("td", { class: "mono", text: inst.agent && inst.agent.version ? inst.agent.version : "–" }),
+    agentCell(inst.agent),
     h("td", null, timeCell(inst.updatedAt)));
+}
+
+// agentCell shows the agent's version, linked to its /metrics when it published the address
+// (agent.metrics is validated as ip:port by the registry).
+function agentCell(agent) {
+  const version = agent && agent.version ? agent.version : "–";
+  if (!agent || !agent.metrics) return h("td", { class: "mono", text: version });
+  return h("td", { class: "mono" },
+    h("a", { href: "http://" + agent.metrics + "/metrics", title: "the agent's /metrics at " + agent.metrics, text: version }));
 }
 
 function serviceCard(svc) {
