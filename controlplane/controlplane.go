@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -42,17 +43,27 @@ type Config struct {
 	Prefix string
 	// XDSAddr and AdminAddr are the listen addresses of the xDS gRPC and admin HTTP servers.
 	XDSAddr, AdminAddr string
+	// AdminHosts are the Host names (or IPs) the admin server answers besides loopback and
+	// its own listen IP: it refuses any other, so that a page rebinding a DNS name to
+	// 127.0.0.1 in a browser on this host cannot read it.
+	AdminHosts []string
 	// XDSTLS, when set, serves xDS over TLS (require client certificates for mutual TLS).
 	XDSTLS *tls.Config
 	// ListenPort is the Envoy listener port.
 	ListenPort uint32
 	// CoalesceQuiet and CoalesceMax bound how registry changes are batched into one push.
 	CoalesceQuiet, CoalesceMax time.Duration
-	// HoldShare and HoldGrace configure the mass-disappearance guard: when more than HoldShare
-	// of a service's instances leave the registry at once, they stay served for HoldGrace.
-	// HoldShare < 0 disables the guard; 0 takes the default.
-	HoldShare float64
-	HoldGrace time.Duration
+	// HoldShare, HoldWindow and HoldGrace configure the mass-disappearance guard: when more
+	// than HoldShare of a service's instances leave the registry within HoldWindow of the
+	// first removal (draining ones aside), they stay served for HoldGrace. HoldWindow should
+	// be about the agents' lease TTL. HoldShare < 0 disables the guard; 0 takes the default.
+	HoldShare  float64
+	HoldGrace  time.Duration
+	HoldWindow time.Duration
+	// AllowLoopback accepts instances on loopback addresses. Only for a demo or tests with
+	// Envoy and the backends on one host: otherwise a registered 127.0.0.1 makes Envoy
+	// connect to itself or to whatever listens on the gateway host.
+	AllowLoopback bool
 	// ShutdownTimeout bounds the graceful stop of the servers.
 	ShutdownTimeout time.Duration
 	// Logger receives the control plane's logs.
@@ -70,6 +81,7 @@ const (
 	DefaultCoalesceMax       = 100 * time.Millisecond
 	DefaultHoldShare         = 0.5
 	DefaultHoldGrace         = 30 * time.Second
+	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
 )
 
 func (c *Config) withDefaults() error {
@@ -119,6 +131,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.HoldGrace <= 0 {
 		c.HoldGrace = DefaultHoldGrace
+	}
+	if c.HoldWindow <= 0 {
+		c.HoldWindow = DefaultHoldWindow
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
@@ -197,14 +212,17 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cfg.Etcd.Logger == nil {
 		cfg.Etcd.Logger = zap.NewNop() // etcd client retries are reported by the watcher
 	}
-	cli, err := clientv3.New(cfg.Etcd)
+	// With --etcd-user the client authenticates at once: wait for etcd as without a user.
+	cli, err := etcdconn.Dial(ctx, cfg.Etcd, func(err error, wait time.Duration) {
+		cp.log.Warn().Err(err).Strs("endpoints", cfg.Etcd.Endpoints).Dur("retryIn", wait).Msg("etcd not reachable yet")
+	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Etcd.Endpoints, err)
 	}
 	cp.cli = cli
 
 	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger())
-	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cp.log.With().Str("component", "guard").Logger(),
+	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.tracker = newTracker(cp.log, cp.m)
@@ -215,7 +233,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 			kind, _, _, _ := registry.ParseKey(cfg.Prefix, key)
 			cp.m.rejected.WithLabelValues(kindLabel(kind)).Inc()
 		},
-		OnEvent: func(n int) { cp.m.etcdEvents.Add(float64(n)) },
+		OnEvent:       func(n int) { cp.m.etcdEvents.Add(float64(n)) },
+		AllowLoopback: cfg.AllowLoopback,
 	})
 
 	var opts []grpc.ServerOption
@@ -303,6 +322,8 @@ func kindLabel(k registry.KeyKind) string {
 		return "service"
 	case registry.KeyInstance:
 		return "instance"
+	case registry.KeyDrain:
+		return "drain"
 	}
 	return "unknown"
 }

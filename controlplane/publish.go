@@ -46,6 +46,9 @@ type publisher struct {
 	// touches them.
 	releaseAt time.Time
 	lastRaw   *registry.State
+	// drains applies the operators' drains after the guard (which sees the registry as the
+	// agents wrote it) and before translation.
+	drains drainApplier
 
 	mu      sync.Mutex
 	latest  *registry.State
@@ -141,6 +144,7 @@ func (p *publisher) publishLatest() {
 		st, p.releaseAt = p.guard.apply(st, start)
 		p.m.held.Set(float64(p.guard.heldCount()))
 	}
+	st = p.drains.apply(st)
 	res := p.tr.Translate(st)
 	var versions map[string]string
 	var took time.Duration
