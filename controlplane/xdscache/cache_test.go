@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -12,7 +13,9 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -452,4 +455,57 @@ func TestDeltaSubscriptions(t *testing.T) {
 		t.Errorf("unexpected response %v", r)
 	default:
 	}
+}
+
+// TestACKIsConstantWork: an ACK re-arms a delta watch with the same allocations whether the
+// Envoy subscribes to 10 assignments or 2,000 (LinearCache's re-arm walked all of them).
+func TestACKIsConstantWork(t *testing.T) {
+	allocs := func(n int) float64 {
+		c := New(Options{})
+		names := make([]string, n)
+		all := make([]types.Resource, n)
+		for i := range names {
+			names[i] = "svc" + strconv.Itoa(i)
+			all[i] = cla(names[i], 5000)
+		}
+		update(t, c, map[string][]types.Resource{resourcev3.EndpointType: all})
+		cb := c.Callbacks(nil)
+		if err := cb.OnDeltaStreamOpen(context.Background(), 1, resourcev3.AnyType); err != nil {
+			t.Fatal(err)
+		}
+		sub := streamv3.NewDeltaSubscription(names, nil, nil, false)
+		ch := make(chan cachev3.DeltaResponse, 1)
+		arm := func(req *discovery.DeltaDiscoveryRequest) func() {
+			if err := cb.OnStreamDeltaRequest(1, req); err != nil {
+				t.Fatal(err)
+			}
+			cancel, err := c.CreateDeltaWatch(req, &sub, ch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cancel
+		}
+		cancel := arm(&discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNamesSubscribe: names})
+		resp := <-ch
+		if r, _ := resp.GetDeltaDiscoveryResponse(); len(r.GetResources()) != n {
+			t.Fatalf("first response has %d assignments; want %d", len(r.GetResources()), n)
+		}
+		sub.SetReturnedResources(resp.GetReturnedResources())
+		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: "1"}
+		a := testing.AllocsPerRun(200, func() {
+			cancel()
+			cancel = arm(ack)
+		})
+		select {
+		case r := <-ch:
+			t.Fatalf("an ACK was answered: %v", r)
+		default:
+		}
+		return a
+	}
+	small, large := allocs(10), allocs(2000)
+	if large > small {
+		t.Errorf("an ACK allocates %v times with 2,000 names, %v with 10; want no more", large, small)
+	}
+	t.Logf("allocations per ACK: %v (10 names), %v (2,000 names)", small, large)
 }
