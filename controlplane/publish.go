@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -49,6 +50,10 @@ type publisher struct {
 	// drains applies the operators' drains after the guard (which sees the registry as the
 	// agents wrote it) and before translation.
 	drains drainApplier
+	// phase publishes new endpoints as DRAINING until every Envoy knows them (nil: off);
+	// repub asks for a publication of the same registry state (a promotion).
+	phase *phaser
+	repub atomic.Bool
 
 	mu      sync.Mutex
 	latest  *registry.State
@@ -136,7 +141,8 @@ func (p *publisher) publishLatest() {
 	p.since = time.Time{}
 	p.mu.Unlock()
 	start := time.Now()
-	if st == nil || (st == p.lastRaw && (p.releaseAt.IsZero() || start.Before(p.releaseAt))) {
+	force := p.repub.Swap(false)
+	if st == nil || (!force && st == p.lastRaw && (p.releaseAt.IsZero() || start.Before(p.releaseAt))) {
 		return // nothing new: a wake-up queued before the last publish, or an early timer
 	}
 	p.lastRaw = st
@@ -145,7 +151,12 @@ func (p *publisher) publishLatest() {
 		p.m.held.Set(float64(p.guard.heldCount()))
 	}
 	st = p.drains.apply(st)
-	res := p.tr.Translate(st)
+	served := st
+	if p.phase != nil {
+		// After the drains: the phase only ever turns an available instance into a draining one.
+		served = p.phase.apply(st, start)
+	}
+	res := p.tr.Translate(served)
 	var versions map[string]string
 	var took time.Duration
 	err := p.snapshot(res, func(v map[string]string) {
@@ -162,6 +173,9 @@ func (p *publisher) publishLatest() {
 		return
 	}
 	p.m.translate.Observe(took.Seconds())
+	if p.phase != nil {
+		p.phase.published(st.Revision, versions[shortType(resourcev3.EndpointType)])
+	}
 	p.mu.Lock()
 	if !p.isReady {
 		p.isReady = true
@@ -234,6 +248,16 @@ func toResources[T types.Resource](in []T) []types.Resource {
 		out[i] = r
 	}
 	return out
+}
+
+// republish asks the run loop for a publication of the same registry state: a promotion
+// changes what is served, not the registry. Safe from any goroutine.
+func (p *publisher) republish() {
+	p.repub.Store(true)
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
 }
 
 // ready is closed once the first snapshot is published.

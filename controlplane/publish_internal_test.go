@@ -18,7 +18,7 @@ import (
 func TestBurstIsCoalesced(t *testing.T) {
 	const quiet, maxDelay, changes = 10 * time.Millisecond, 100 * time.Millisecond, 2000
 	m := newMetrics()
-	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop()), translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
+	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop(), nil), translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.run(ctx) }()

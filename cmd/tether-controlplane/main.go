@@ -71,6 +71,7 @@ Flags:
 	fs.UintVar(&listenPort, "envoy-listen-port", controlplane.DefaultListenPort, "port of the HTTP listener given to Envoy")
 	fs.DurationVar(&o.cfg.CoalesceQuiet, "coalesce-quiet", controlplane.DefaultCoalesceQuiet, "push after registry changes have been quiet this long")
 	fs.DurationVar(&o.cfg.CoalesceMax, "coalesce-max", controlplane.DefaultCoalesceMax, "push at the latest this long after the first unpushed change")
+	fs.DurationVar(&o.cfg.PublishSettle, "publish-settle", controlplane.DefaultPublishSettle, "a new endpoint is served as DRAINING until every Envoy has acknowledged it; an Envoy that has not answered after this long stops holding it back and is reported as lagging")
 	fs.Float64Var(&o.cfg.HoldShare, "hold-share", controlplane.DefaultHoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
 	fs.DurationVar(&o.cfg.HoldGrace, "hold-grace", controlplane.DefaultHoldGrace, "how long a mass disappearance is held back")
 	fs.DurationVar(&o.cfg.HoldWindow, "hold-window", controlplane.DefaultHoldWindow, "removals of one service within this long of the first count together against --hold-share (about the agents' --ttl)")
@@ -103,6 +104,9 @@ Flags:
 	}
 	if o.cfg.CoalesceQuiet <= 0 || o.cfg.CoalesceMax <= 0 {
 		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 10ms and 100ms")
+	}
+	if o.cfg.PublishSettle <= 0 {
+		return nil, errors.New("--publish-settle must be positive, e.g. 10s")
 	}
 	if err := etcd.NeedEndpoints(); err != nil {
 		return nil, err
