@@ -156,6 +156,7 @@ type ControlPlane struct {
 	cli      *clientv3.Client
 	watcher  *registry.Watcher
 	pub      *publisher
+	phase    *phaser
 	tracker  *tracker
 	grpc     *grpc.Server
 	admin    *http.Server
@@ -227,6 +228,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
 	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal)
 	phase.xds = cache
+	cp.phase = phase
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
