@@ -18,7 +18,7 @@ import (
 )
 
 // startCPSettle starts a control plane with --publish-settle settle.
-func startCPSettle(t *testing.T, endpoints []string, settle time.Duration) *controlplane.ControlPlane {
+func startCPSettle(t testing.TB, endpoints []string, settle time.Duration) *controlplane.ControlPlane {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cp, err := controlplane.Start(ctx, controlplane.Config{
