@@ -364,23 +364,36 @@ type EndpointPhase struct {
 }
 
 // status returns, per cluster and instance ID, how many Envoys know each reachable endpoint
-// and whether it is in its first phase. It walks every stream once per cluster: for the
-// monitor, not for a hot path.
+// and whether it is in its first phase. Subscriptions are checked for first-phase endpoints
+// only (a later endpoint of a known cluster is known from the revision alone): the monitor
+// pays O(streams x first-phase clusters + endpoints x log streams), not endpoints x streams.
 func (ph *phaser) status() map[string]map[string]EndpointPhase {
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
 	clusters := map[string]bool{}
-	for k := range ph.reach {
-		clusters[k.cluster] = true
+	for k, e := range ph.reach {
+		if e.first && !e.promoted {
+			clusters[k.cluster] = true
+		}
 	}
 	views := ph.viewsLocked(clusters)
+	revs := make([]int64, len(views))
+	for i, v := range views {
+		revs[i] = v.rev
+	}
+	slices.Sort(revs)
 	out := map[string]map[string]EndpointPhase{}
 	for k, e := range ph.reach {
 		p := EndpointPhase{FirstPhase: e.first && !e.promoted, Envoys: len(views)}
-		for _, v := range views {
-			if v.rev >= e.rev && v.clusters[k.cluster] {
-				p.KnownBy++
+		if p.FirstPhase {
+			for _, v := range views {
+				if v.rev >= e.rev && v.clusters[k.cluster] {
+					p.KnownBy++
+				}
 			}
+		} else {
+			i, _ := slices.BinarySearch(revs, e.rev)
+			p.KnownBy = len(revs) - i
 		}
 		if out[k.cluster] == nil {
 			out[k.cluster] = map[string]EndpointPhase{}

@@ -78,8 +78,8 @@ type Client struct {
 	responses int64
 	nacks     int64
 	changed   chan struct{}
-	running   int   // runs under way
-	runErr    error // what ended the last run, when it failed on its own (not by its ctx)
+	running   int           // runs under way
+	runErr    error         // what ended the last run, when it failed on its own (not by its ctx)
 	held      string        // type whose ACKs are held back (see HoldACKs)
 	release   chan struct{} // closed by ReleaseACKs
 }
