@@ -5,9 +5,12 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 )
 
@@ -91,5 +94,59 @@ func TestAcksAreExact(t *testing.T) {
 	waitUntil(t, "delta ACK", func() bool { a, _, _ := ackOf(c); return a.Version == resp.GetSystemVersionInfo() })
 	if a, subA, subB := ackOf(c); !a.Delta || !a.Whole || !subA || !subB {
 		t.Fatalf("delta ACK: %+v (a %v, b %v)", a, subA, subB)
+	}
+}
+
+// TestSotWResendsADroppedResponse: go-control-plane's SotW ADS loop discards a queued
+// response of a type when a request of that type arrives first (processAllExcept). The
+// request then still names the version before: the cache sends again what the lost response
+// carried instead of taking it as delivered (an endpoint change would be lost until the next).
+func TestSotWResendsADroppedResponse(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", port)}}
+	}
+	update(t, c, res(5001))
+	c.open(streamKey{false, 1})
+	names := []string{"a", "b"}
+	sub := streamv3.NewSotwSubscription(names, false)
+	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
+		t.Helper()
+		if err := c.bindSotw(1, req); err != nil {
+			t.Fatal(err)
+		}
+		ch := make(chan cachev3.Response, 1)
+		cancel, err := c.CreateWatch(req, sub, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ch, cancel
+	}
+	ch, cancel := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
+	r1, err := (<-ch).GetDiscoveryResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	ch, cancel = watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: "1", ResourceNames: names})
+	update(t, c, res(5002)) // b changes: a response is queued, and the server drops it
+	<-ch
+	cancel()
+	ch, _ = watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: "1", ResourceNames: names})
+	select {
+	case r := <-ch:
+		dr, _ := r.GetDiscoveryResponse()
+		got := false
+		for _, a := range dr.GetResources() {
+			var x endpointv3.ClusterLoadAssignment
+			if a.UnmarshalTo(&x) == nil && x.GetClusterName() == "b" {
+				got = x.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue() == 5002
+			}
+		}
+		if !got {
+			t.Errorf("resent response lacks b's new assignment: %v", dr.GetResources())
+		}
+	default:
+		t.Fatal("the change the lost response carried was never sent again")
 	}
 }

@@ -212,6 +212,13 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 		c.resubscribe(w, sub.IsWildcard(), sub.SubscribedResources())
 	} else {
 		c.releaseSlot(w)
+		if w.outstanding && req.GetErrorDetail() == nil && req.GetVersionInfo() != w.sent {
+			// The Envoy never got the last response: go-control-plane's ADS loop discards a
+			// queued response of the type it re-watches when a request of that type crosses it
+			// (processAllExcept), and this request carries the nonce before it. Everything it
+			// carried is sent again.
+			w.outstanding, w.pendingAll, w.sent = false, true, ""
+		}
 		// The server drops a request whose nonce is stale: this one answers the last response,
 		// and a SotW ACK repeats the version it accepts.
 		c.recordAnswer(w, req.GetErrorDetail() == nil && req.GetVersionInfo() == w.sent && req.GetResponseNonce() != "",
