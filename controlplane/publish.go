@@ -162,6 +162,10 @@ func (p *publisher) publishLatest() {
 	err := p.snapshot(res, func(v map[string]string) {
 		// Before any Envoy is sent it: /debug/config shows what an Envoy may hold.
 		versions, took = v, time.Since(start)
+		if p.phase != nil {
+			// Before any Envoy is sent it: an ACK of this version must map to its revision.
+			p.phase.published(st.Revision, versions[shortType(resourcev3.EndpointType)])
+		}
 		p.mu.Lock()
 		p.current = &published{res: res, state: st, versions: versions, at: time.Now().UTC(), translate: took}
 		p.mu.Unlock()
@@ -173,9 +177,6 @@ func (p *publisher) publishLatest() {
 		return
 	}
 	p.m.translate.Observe(took.Seconds())
-	if p.phase != nil {
-		p.phase.published(st.Revision, versions[shortType(resourcev3.EndpointType)])
-	}
 	p.mu.Lock()
 	if !p.isReady {
 		p.isReady = true
