@@ -36,6 +36,13 @@ import (
 // applied to the state before translation (the instance's state set to draining in a copy),
 // so translation stays a pure function of its input.
 //
+// Replicas promote on their own Envoys' ACKs. Sharing ACK state would make every control
+// plane an etcd writer (its role is read-only, docs/security.md) for a gap that exists only
+// when one replica sees a registry change later than another by more than a push, an ACK
+// and a coalesce window; the way to close it without writes is to keep one site's Envoys on
+// one replica. (Were it shared, the report would be one number per replica under its lease:
+// the lowest revision every one of its Envoys holds, which this revision bookkeeping gives.)
+//
 // Endpoints of the first publication are not phased: Envoys reconnecting to a restarted
 // control plane hold them already, and holding every endpoint DRAINING until a thousand
 // Envoys ACK would refuse every new session. Promotion waits for the Envoys of every group,
