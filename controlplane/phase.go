@@ -283,6 +283,11 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 			clusters[k.cluster] = true
 		}
 	}
+	if len(phase) == 0 && len(ph.lagging) == 0 {
+		// Nothing to promote and nobody to clear: an ordinary push's ACKs cost nothing here.
+		ph.m.lagging.Set(0)
+		return time.Time{}
+	}
 	views := ph.viewsLocked(clusters)
 	promoted := 0
 	var next time.Time
