@@ -278,7 +278,9 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 	var phase []epKey
 	clusters := map[string]bool{}
 	for k, e := range ph.reach {
-		if e.first && !e.promoted {
+		// An endpoint of a state not published (its snapshot was refused) is not waited for:
+		// no Envoy could know it, and none is to be reported lagging for it.
+		if e.first && !e.promoted && e.rev <= ph.latestRev {
 			phase = append(phase, k)
 			clusters[k.cluster] = true
 		}
