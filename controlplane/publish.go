@@ -38,8 +38,8 @@ type hashed struct {
 	hash string
 }
 
-// publisher coalesces registry states, translates them and publishes snapshots to every
-// known gateway group.
+// publisher translates registry states, when its coalescer says, and publishes snapshots to
+// every known gateway group.
 type publisher struct {
 	log   zerolog.Logger
 	m     *metrics
@@ -48,8 +48,9 @@ type publisher struct {
 	// a change sends only the changed assignments, to state-of-the-world Envoys as well.
 	eds   *cachev3.LinearCache
 	tr    *translate.Cache
-	quiet time.Duration
-	max   time.Duration
+	// translateState is tr.Translate; a test swaps it to make a translation Envoy would reject.
+	translateState func(*registry.State) *translate.Resources
+	co    coalescer // touched by the run goroutine only
 
 	notify chan struct{}
 	guard  *removalGuard
@@ -71,11 +72,13 @@ type publisher struct {
 }
 
 func newPublisher(log zerolog.Logger, m *metrics, cache cachev3.SnapshotCache, eds *cachev3.LinearCache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
-	return &publisher{
-		log: log, m: m, cache: cache, eds: eds, tr: translate.NewCache(opts), quiet: quiet, max: max, guard: guard,
+	p := &publisher{
+		log: log, m: m, cache: cache, eds: eds, tr: translate.NewCache(opts), co: coalescer{quiet: quiet, max: max}, guard: guard,
 		notify: make(chan struct{}, 1), groups: map[string]bool{}, hashes: map[string]hashed{},
 		readyCh: make(chan struct{}),
 	}
+	p.translateState = p.tr.Translate
+	return p
 }
 
 // offer records the newest registry state; the publish loop picks it up.
@@ -107,46 +110,39 @@ func (p *publisher) addGroup(group string) {
 	}
 }
 
-// run publishes coalesced states until ctx ends: after a change it waits for a quiet window
-// with no further change, but never longer than max after the first unpublished change.
+// run publishes registry states until ctx ends, when the coalescer says (see coalescer),
+// and when the removal guard releases a held instance.
 func (p *publisher) run(ctx context.Context) {
-	var timer *time.Timer
-	var timerC <-chan time.Time
-	var deadline time.Time
-	release := time.NewTimer(time.Hour)
-	release.Stop()
-	defer release.Stop()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			if timer != nil {
-				timer.Stop()
-			}
 			return
-		case <-release.C:
-			p.publishLatest()
-			arm(release, p.releaseAt)
 		case <-p.notify:
-			now := time.Now()
-			if timerC == nil {
-				deadline = now.Add(p.max)
-			}
-			wait := p.quiet
-			if now.Add(wait).After(deadline) {
-				wait = deadline.Sub(now)
-			}
-			if timer == nil {
-				timer = time.NewTimer(wait)
-			} else {
-				timer.Stop()
-				timer.Reset(wait)
-			}
-			timerC = timer.C
-		case <-timerC:
-			timerC = nil
-			p.publishLatest()
-			arm(release, p.releaseAt)
+			p.co.change(time.Now())
+		case <-timer.C:
 		}
+		now := time.Now()
+		due, pending := p.co.due()
+		if (pending && !due.After(now)) || (!p.releaseAt.IsZero() && !p.releaseAt.After(now)) {
+			if p.publishLatest() {
+				p.co.pushed(time.Now())
+			} else {
+				p.co.discard() // a wake-up for a state already pushed
+			}
+			due, pending = p.co.due()
+		}
+		// The next wake-up: the coalescer's push or the guard's release, whichever is first.
+		var next time.Time
+		if pending {
+			next = due
+		}
+		if !p.releaseAt.IsZero() && (next.IsZero() || p.releaseAt.Before(next)) {
+			next = p.releaseAt
+		}
+		arm(timer, next)
 	}
 }
 
@@ -158,28 +154,30 @@ func arm(t *time.Timer, when time.Time) {
 	}
 }
 
-func (p *publisher) publishLatest() {
+// publishLatest translates and publishes the newest state; it reports false when there was
+// nothing new to publish.
+func (p *publisher) publishLatest() bool {
 	p.mu.Lock()
 	st, since := p.latest, p.since
 	p.since = time.Time{}
 	p.mu.Unlock()
 	start := time.Now()
 	if st == nil || (st == p.lastRaw && (p.releaseAt.IsZero() || start.Before(p.releaseAt))) {
-		return // nothing new: a wake-up queued before the last publish, or an early timer
+		return false // nothing new: a wake-up queued before the last publish, or an early timer
 	}
 	p.lastRaw = st
 	if p.guard != nil {
 		st, p.releaseAt = p.guard.apply(st, start)
 		p.m.held.Set(float64(p.guard.heldCount()))
 	}
-	res := p.tr.Translate(st)
+	res := p.translateState(st)
 	b, err := p.snapshot(res)
 	took := time.Since(start)
 	p.m.translate.Observe(took.Seconds())
 	if err != nil {
 		p.m.snapshotErrors.Inc()
 		p.log.Error().Err(err).Int64("revision", st.Revision).Msg("translation gave an invalid snapshot; keeping the last good configuration")
-		return
+		return true
 	}
 	versions := b.versions
 	p.mu.Lock()
@@ -225,6 +223,7 @@ func (p *publisher) publishLatest() {
 	p.observeState(st, res)
 	p.log.Debug().Int64("revision", st.Revision).Dur("translate", took).Interface("versions", versions).
 		Int("groups", len(groups)).Msg("published snapshot")
+	return true
 }
 
 func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
