@@ -46,11 +46,11 @@ type publisher struct {
 	cache cachev3.SnapshotCache
 	// eds serves endpoints to every group: one marshalled copy per ClusterLoadAssignment, and
 	// a change sends only the changed assignments, to state-of-the-world Envoys as well.
-	eds   *cachev3.LinearCache
-	tr    *translate.Cache
+	eds *cachev3.LinearCache
+	tr  *translate.Cache
 	// translateState is tr.Translate; a test swaps it to make a translation Envoy would reject.
 	translateState func(*registry.State) *translate.Resources
-	co    coalescer // touched by the run goroutine only
+	co             coalescer // touched by the run goroutine only
 
 	notify chan struct{}
 	guard  *removalGuard
