@@ -50,7 +50,9 @@ type publisher struct {
 	tr  *translate.Cache
 	// translateState is tr.Translate; a test swaps it to make a translation Envoy would reject.
 	translateState func(*registry.State) *translate.Resources
-	co             coalescer // touched by the run goroutine only
+	// co and problems are touched by the run goroutine only.
+	co       coalescer
+	problems problemLog
 
 	notify chan struct{}
 	guard  *removalGuard
@@ -78,6 +80,7 @@ func newPublisher(log zerolog.Logger, m *metrics, cache cachev3.SnapshotCache, e
 		readyCh: make(chan struct{}),
 	}
 	p.translateState = p.tr.Translate
+	p.problems.log = log
 	return p
 }
 
@@ -239,9 +242,7 @@ func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
 	p.m.services.Set(float64(len(st.Services)))
 	p.m.rejectedNow.Set(float64(len(st.Rejected)))
 	p.m.problems.Set(float64(len(res.Problems)))
-	for _, pr := range res.Problems {
-		p.log.Warn().Str("service", pr.Service).Str("problem", pr.Message).Msg("translation problem")
-	}
+	p.problems.update(res.Problems)
 }
 
 // built is a translation ready to publish.

@@ -146,6 +146,6 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 		log.Error().Err(err).Msg("control plane stopped")
 		return 1
 	}
-	log.Info().Dur("uptime", time.Since(start)).Msg("control plane stopped cleanly")
+	log.Info().Dur("uptime", time.Since(start).Round(time.Millisecond)).Msg("control plane stopped cleanly")
 	return 0
 }
