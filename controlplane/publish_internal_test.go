@@ -1,7 +1,12 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"maps"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -183,4 +188,71 @@ func TestInvalidSnapshotKeepsTheLastGood(t *testing.T) {
 			t.Errorf("the next good state is not published: revision %d, want 3", got)
 		}
 	})
+}
+
+// TestPersistentProblemsAreLoggedOnce: 50 unconfigured services all claim * and /, 49
+// conflicts that last across pushes: each is logged when it appears, not on every push, and
+// logged again when it clears.
+func TestPersistentProblemsAreLoggedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var buf logBuffer
+		m := newMetrics()
+		p := newPublisher(zerolog.New(&buf), m, newSnapshotCache(zerolog.Nop()), cachev3.NewLinearCache(resourcev3.EndpointType),
+			translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); p.run(ctx) }()
+		defer func() { cancel(); <-done }()
+
+		const services, pushes = 50, 20
+		st := &registry.State{Services: map[string]*registry.Service{}}
+		for i := range services {
+			name := fmt.Sprintf("svc-%02d", i)
+			st.Services[name] = &registry.Service{Name: name, Config: registry.DefaultServiceConfig(name),
+				Instances: map[string]registry.Instance{"a": {ID: "a", Address: "10.0.0.1", Port: 5000 + i, State: registry.StateAvailable}}}
+		}
+		for rev := range pushes {
+			next := &registry.State{Revision: int64(rev + 1), Services: maps.Clone(st.Services)}
+			svc := *next.Services["svc-00"]
+			svc.Instances = map[string]registry.Instance{"a": {ID: "a", Address: "10.0.0.1", Port: 5000, State: registry.StateAvailable,
+				Thresholds: registry.Thresholds{MaxSessions: 100}, Load: registry.Load{Sessions: rev}}}
+			next.Services["svc-00"] = &svc
+			p.offer(next)
+			time.Sleep(time.Second)
+			synctest.Wait()
+		}
+		if n := testutil.ToFloat64(m.snapshots); n != pushes {
+			t.Fatalf("%v pushes, want %d", n, pushes)
+		}
+		if n := testutil.ToFloat64(m.problems); n != services-1 {
+			t.Fatalf("%v problems, want %d", n, services-1)
+		}
+		if n := strings.Count(buf.String(), `"message":"translation problem"`); n != services-1 {
+			t.Errorf("%d pushes with %d lasting problems logged %d problem lines, want %d (each once)", pushes, services-1, n, services-1)
+		}
+		p.offer(&registry.State{Revision: pushes + 1, Services: map[string]*registry.Service{"svc-00": st.Services["svc-00"]}})
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if n := strings.Count(buf.String(), `"message":"translation problem cleared"`); n != services-1 {
+			t.Errorf("the conflicts resolved: %d lines say a problem cleared, want %d", n, services-1)
+		}
+	})
+}
+
+// logBuffer is a log sink safe for the publisher's goroutine and the test's.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
