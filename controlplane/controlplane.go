@@ -48,7 +48,9 @@ type Config struct {
 	XDSTLS *tls.Config
 	// ListenPort is the Envoy listener port.
 	ListenPort uint32
-	// CoalesceQuiet and CoalesceMax bound how registry changes are batched into one push.
+	// CoalesceQuiet and CoalesceMax bound how registry changes are batched into one push: a
+	// change CoalesceQuiet after the last push is pushed at once; later ones wait for
+	// CoalesceQuiet of quiet, at most CoalesceMax (see coalescer).
 	CoalesceQuiet, CoalesceMax time.Duration
 	// HoldShare and HoldGrace configure the mass-disappearance guard: when more than HoldShare
 	// of a service's instances leave the registry at once, they stay served for HoldGrace.
