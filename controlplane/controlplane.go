@@ -70,8 +70,8 @@ const (
 	DefaultListenPort        = 10000
 	DefaultEmbeddedClientURL = "http://127.0.0.1:2379"
 	DefaultEmbeddedPeerURL   = "http://127.0.0.1:2380"
-	DefaultCoalesceQuiet     = 10 * time.Millisecond
-	DefaultCoalesceMax       = 100 * time.Millisecond
+	DefaultCoalesceQuiet     = 5 * time.Millisecond
+	DefaultCoalesceMax       = 50 * time.Millisecond
 	DefaultHoldShare         = 0.5
 	DefaultHoldGrace         = 30 * time.Second
 )

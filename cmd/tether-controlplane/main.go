@@ -68,7 +68,7 @@ func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) 
 	}
 	o.cfg.ListenPort = uint32(listenPort)
 	if o.cfg.CoalesceQuiet <= 0 || o.cfg.CoalesceMax <= 0 {
-		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 10ms and 100ms")
+		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 5ms and 50ms")
 	}
 	if etcd.Endpoints != "" {
 		ec, err := etcd.ClientConfig(lookup)
