@@ -196,9 +196,19 @@ type backend struct {
 // url is the backend's own URL for path, bypassing Envoy.
 func (b *backend) url(path string) string { return "http://" + b.addr + path }
 
+// envConfig varies the setup: the service the three instances register under (default
+// service) and the agents' --available-url path (default none).
+type envConfig struct {
+	Service       string
+	AvailablePath string
+}
+
 // env is the whole setup but Envoy: etcd, the control plane, three sessionapp instances,
 // each registered by a real agent.
 type env struct {
+	cfg        envConfig
+	service    string // the instances' service
+	cookieName string // its default session cookie
 	etcd       *etcdtest.Server
 	cp         *controlplane.ControlPlane
 	listenPort int
@@ -213,7 +223,17 @@ type env struct {
 // plane has published its first snapshot.
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{logs: &output{}, backends: map[string]*backend{}, byAddr: map[string]string{}}
+	return newEnvWith(t, envConfig{})
+}
+
+// newEnvWith is newEnv with a varied setup.
+func newEnvWith(t testing.TB, cfg envConfig) *env {
+	t.Helper()
+	if cfg.Service == "" {
+		cfg.Service = service
+	}
+	e := &env{cfg: cfg, service: cfg.Service, cookieName: registry.DefaultCookieName(cfg.Service),
+		logs: &output{}, backends: map[string]*backend{}, byAddr: map[string]string{}}
 	dumpOnFailure(t, "control plane and agent logs", e.logs)
 	e.log = zerolog.New(e.logs).With().Timestamp().Logger().Level(zerolog.InfoLevel)
 	e.etcd = etcdtest.Start(t)
@@ -278,11 +298,12 @@ func (e *env) startBackend(t testing.TB, name string) {
 	cfg := agent.Config{
 		Etcd:         clientv3.Config{Endpoints: e.etcd.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()},
 		Prefix:       registry.DefaultPrefix,
-		Service:      service,
+		Service:      e.service,
 		ID:           name,
 		Address:      "127.0.0.1",
 		Port:         port,
 		HealthURL:    base + "/healthcheck",
+		AvailableURL: availableURL(base, e.cfg.AvailablePath),
 		SessionsURL:  base + "/sessions",
 		ProbeTimeout: time.Second,
 		Thresholds:   registry.Thresholds{MaxSessions: maxSessions},
@@ -300,6 +321,14 @@ func (e *env) startBackend(t testing.TB, name string) {
 	t.Cleanup(func() { b.stop(t) })
 	e.backends[name] = b
 	e.byAddr[addr] = name
+}
+
+// availableURL is the agent's --available-url: base+path, or none when path is empty.
+func availableURL(base, path string) string {
+	if path == "" {
+		return ""
+	}
+	return base + path
 }
 
 // stop stops the backend's agent, which deletes its instance key (drain timeout 0); the

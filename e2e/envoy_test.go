@@ -115,6 +115,9 @@ func plainGet(url string) (int, string, error) {
 	return resp.StatusCode, string(body), nil
 }
 
+// envoyDrainSeconds is Envoy's --drain-time-s in the tests.
+const envoyDrainSeconds = 2
+
 // envoy is a running Envoy.
 type envoy struct {
 	proc  *proc
@@ -130,9 +133,12 @@ func (e *env) startEnvoy(t testing.TB, bin string) *envoy {
 	path, _ := renderBootstrap(t, e.cp.XDSAddr(), adminPort)
 	// A random base id keeps this Envoy's shared memory apart from any other on the host.
 	baseID := 1000 + rand.IntN(1_000_000)
+	// A short drain time: were a registry change to modify the listener, Envoy would close
+	// the connections of its old filter chain after this, and the tests holding a WebSocket
+	// across changes would see it (Envoy's default is 600 s).
 	p := startProc(t, "envoy", &output{}, 10*time.Second, bin,
 		"-c", path, "--service-node", "e2e", "--service-cluster", "default",
-		"--log-level", "warn", "--base-id", strconv.Itoa(baseID))
+		"--log-level", "warn", "--base-id", strconv.Itoa(baseID), "--drain-time-s", strconv.Itoa(envoyDrainSeconds))
 	ev := &envoy{proc: p, admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort), base: fmt.Sprintf("http://127.0.0.1:%d", e.listenPort)}
 
 	alive := func() {
@@ -201,7 +207,7 @@ func (e *env) envoyEndpoints(ev *envoy) (endpointStates, error) {
 	}
 	out := endpointStates{}
 	for _, c := range cs.ClusterStatuses {
-		if c.Name != translate.ClusterName(service) {
+		if c.Name != translate.ClusterName(e.service) {
 			continue
 		}
 		for _, h := range c.HostStatuses {

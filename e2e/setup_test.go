@@ -65,7 +65,7 @@ func TestSetupWithoutEnvoy(t *testing.T) {
 	if got := l.GetAddress().GetSocketAddress().GetPortValue(); int(got) != e.listenPort {
 		t.Errorf("listener %s on port %d, want %d", translate.ListenerName, got, e.listenPort)
 	}
-	checkSessionCookie(t, v)
+	checkSessionCookie(t, v, service, cookieName)
 	for _, m := range v.Resources[resourcev3.EndpointType] {
 		for _, loc := range m.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
 			for _, lb := range loc.GetLbEndpoints() {
@@ -155,7 +155,7 @@ func simulatedEnvoy(t *testing.T, xdsAddr string) *xdsclient.Client {
 // instance name (address for an unknown one).
 func (e *env) simEndpoints(v xdsclient.View) endpointStates {
 	out := endpointStates{}
-	cla, _ := v.Resources[resourcev3.EndpointType][translate.ClusterName(service)].(*endpointv3.ClusterLoadAssignment)
+	cla, _ := v.Resources[resourcev3.EndpointType][translate.ClusterName(e.service)].(*endpointv3.ClusterLoadAssignment)
 	for _, loc := range cla.GetEndpoints() {
 		for _, lb := range loc.GetLbEndpoints() {
 			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
@@ -187,7 +187,7 @@ func (e *env) waitSim(t *testing.T, sim *xdsclient.Client, what string, want end
 // checkSessionCookie checks the fact the Envoy tests rely on: every route forwarding to the
 // service turns on the cookie session state with cookieName, without the Secure attribute
 // (a browser, and Go's cookie jar, would not send a Secure cookie over plain HTTP).
-func checkSessionCookie(t *testing.T, v xdsclient.View) {
+func checkSessionCookie(t *testing.T, v xdsclient.View, service, cookieName string) {
 	t.Helper()
 	rc, _ := v.Resources[resourcev3.RouteType][translate.RouteConfigName].(*routev3.RouteConfiguration)
 	routes := 0

@@ -4,6 +4,8 @@
 package registry
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -36,12 +38,17 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // Affinity modes.
 const (
-	AffinityCookie    = "cookie"     // Envoy-issued session cookie (stateful session filter).
-	AffinityHeader    = "header"     // stateful session by header, for non-browser clients.
-	AffinityAppCookie = "app-cookie" // consistent hash on a cookie the application sets.
-	AffinitySourceIP  = "source-ip"  // hash of the client address: breaks for users behind NAT.
-	AffinityNone      = "none"       // stateless services.
+	AffinityCookie   = "cookie"    // Envoy-issued session cookie (stateful session filter).
+	AffinityHeader   = "header"    // stateful session by header, for non-browser clients.
+	AffinitySourceIP = "source-ip" // hash of the client address: breaks for users behind NAT.
+	AffinityNone     = "none"      // stateless services.
 )
+
+// removedAppCookie is the former "app-cookie" mode (a consistent hash on the application's
+// own cookie). Envoy hashes that cookie only from the second request on: the first request
+// carries no cookie and goes to a random server, so with n servers the session made there is
+// lost with probability (n-1)/n. The decoder rejects it and points to "cookie" mode.
+const removedAppCookie = "app-cookie"
 
 // Load-balancing policies accepted in ServiceConfig.LBPolicy.
 const (
@@ -72,6 +79,16 @@ type ServiceConfig struct {
 	Overload          Overload    `json:"overload"`
 	Limits            Limits      `json:"limits"`
 	SlowStart         Duration    `json:"slowStart"`
+	Timeouts          Timeouts    `json:"timeouts"`
+}
+
+// Timeouts bound the requests of a service's HTTP routes (WebSockets are never cut by them).
+type Timeouts struct {
+	// Request bounds a whole request and its response, 0 (the default) for no limit: a route
+	// timeout would cut long polls, server-sent events and slow downloads.
+	Request Duration `json:"request"`
+	// Idle ends a request whose stream has been silent this long (default 5m).
+	Idle Duration `json:"idle"`
 }
 
 // Affinity says how a user's requests are pinned to one instance.
@@ -97,9 +114,15 @@ type Retry struct {
 	PerTryTimeout Duration `json:"perTryTimeout"`
 }
 
-// HealthCheck configures Envoy's active liveness check of each instance.
+// HealthCheck configures Envoy's active liveness check of each instance; off unless Path is
+// set. A failing active check makes Envoy drop the instance's sessions (it overrides the
+// DRAINING status of a full instance), so Path must answer 2xx whenever the process is alive,
+// full or not.
 type HealthCheck struct {
-	Path             string   `json:"path"`
+	Path string `json:"path"`
+	// Host is the Host header of the check; empty means the service's first domain without a
+	// wildcard, or "localhost" when every domain has one.
+	Host             string   `json:"host"`
 	Interval         Duration `json:"interval"`
 	Timeout          Duration `json:"timeout"`
 	ExpectedStatuses []int    `json:"expectedStatuses"`
@@ -123,6 +146,24 @@ type Limits struct {
 	MaxPendingRequests uint32 `json:"maxPendingRequests"`
 }
 
+// MaxCookieName is the longest cookie name Tether accepts. A request of an existing session
+// is recognised by a regular expression on the Cookie header whose RE2 program size is 37 plus
+// the length of the name, and Envoy rejects regexes over a program size of 100.
+const MaxCookieName = 63
+
+// DefaultCookieName is the session cookie name of a service that names none: tether-<service>,
+// or, when that is over MaxCookieName, its first characters and a stable hash of the service
+// name, so that every allowed service name gets a cookie of its own.
+func DefaultCookieName(service string) string {
+	name := "tether-" + service
+	if len(name) <= MaxCookieName {
+		return name
+	}
+	sum := sha256.Sum256([]byte(service))
+	suffix := "-" + hex.EncodeToString(sum[:4])
+	return name[:MaxCookieName-len(suffix)] + suffix
+}
+
 // DefaultServiceConfig returns the configuration of a service with no config key.
 func DefaultServiceConfig(service string) ServiceConfig {
 	return ServiceConfig{
@@ -130,7 +171,7 @@ func DefaultServiceConfig(service string) ServiceConfig {
 		PathPrefix: "/",
 		Affinity: Affinity{
 			Mode:       AffinityCookie,
-			CookieName: "tether-" + service,
+			CookieName: DefaultCookieName(service),
 			CookiePath: "/",
 			HeaderName: "x-tether-session",
 			SameSite:   "Lax",
@@ -139,13 +180,16 @@ func DefaultServiceConfig(service string) ServiceConfig {
 		RetryInitialOn503: Retry{Enabled: true, Attempts: 2, PerTryTimeout: Duration(15 * time.Second)},
 		LBPolicy:          LBLeastRequest,
 		Weights:           WeightsLoad,
+		// No active check by default: the agent is the health authority (it probes the app
+		// and publishes unhealthy), and a check that failed while the app is only full would
+		// move its sessions.
 		HealthCheck: HealthCheck{
-			Path:             "/healthcheck",
 			Interval:         Duration(5 * time.Second),
 			Timeout:          Duration(2 * time.Second),
-			ExpectedStatuses: []int{200, 202},
+			ExpectedStatuses: []int{200, 201, 202},
 		},
 		Overload: Overload{Status: 503, RetryAfterSeconds: 600},
+		Timeouts: Timeouts{Idle: Duration(5 * time.Minute)},
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -29,7 +30,8 @@ var (
 	serviceNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	instanceIDRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$`)
 	labelKeyRE    = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$`)
-	cookieNameRE  = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_` + "`" + `|~-]{1,64}$`)
+	cookieNameRE  = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_` + "`" + `|~-]{1,` + strconv.Itoa(MaxCookieName) + `}$`)
+	hostHeaderRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$`)
 	headerNameRE  = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 	domainRE      = regexp.MustCompile(`^(\*|(\*[.-])?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(\*)?)(:[0-9]{1,5})?$`)
 )
@@ -178,17 +180,20 @@ func (c *ServiceConfig) Validate() error {
 	}
 	a := c.Affinity
 	switch a.Mode {
-	case AffinityCookie, AffinityAppCookie:
+	case AffinityCookie:
 		if !cookieNameRE.MatchString(a.CookieName) {
-			add("affinity.cookieName: %q is not a valid cookie name", a.CookieName)
+			add("affinity.cookieName: %q is not a valid cookie name of 1 to %d characters", a.CookieName, MaxCookieName)
 		}
 	case AffinityHeader:
 		if !headerNameRE.MatchString(a.HeaderName) {
 			add("affinity.headerName: %q must be 1-64 lowercase letters, digits or '-'", a.HeaderName)
 		}
 	case AffinitySourceIP, AffinityNone:
+	case removedAppCookie:
+		add(`affinity.mode: "app-cookie" is no longer supported: Envoy hashes the application's cookie only from the second request on, ` +
+			`so the server that served the first request is lost for most users; use "cookie" (Envoy's own session cookie, set on the first response)`)
 	default:
-		add("affinity.mode: %q is not one of cookie, header, app-cookie, source-ip, none", a.Mode)
+		add("affinity.mode: %q is not one of cookie, header, source-ip, none", a.Mode)
 	}
 	if !strings.HasPrefix(a.CookiePath, "/") || len(a.CookiePath) > maxShortString || strings.ContainsAny(a.CookiePath, " ;,\t\r\n") {
 		add("affinity.cookiePath: %q must start with '/' and hold no spaces, ';' or ','", a.CookiePath)
@@ -225,7 +230,8 @@ func (c *ServiceConfig) Validate() error {
 	if h.Path != "" && (!strings.HasPrefix(h.Path, "/") || len(h.Path) > maxShortString || strings.ContainsAny(h.Path, " \t\r\n")) {
 		add("healthCheck.path: %q must be empty (no active check) or start with '/'", h.Path)
 	}
-	if h.Path != "" {
+	// Checked even when the check is off, so that turning it on cannot meet a bad value.
+	{
 		if h.Interval.D() < 100*time.Millisecond || h.Interval.D() > time.Hour {
 			add("healthCheck.interval: %s must be between 100ms and 1h", h.Interval.D())
 		}
@@ -234,6 +240,9 @@ func (c *ServiceConfig) Validate() error {
 		}
 		if len(h.ExpectedStatuses) == 0 || len(h.ExpectedStatuses) > 100 {
 			add("healthCheck.expectedStatuses: need 1 to 100 status codes")
+		}
+		if h.Host != "" && (len(h.Host) > maxShortString || !hostHeaderRE.MatchString(h.Host)) {
+			add("healthCheck.host: %q must be a host name or address, optionally with a port", h.Host)
 		}
 		for _, s := range h.ExpectedStatuses {
 			if s < 100 || s > 599 {
@@ -254,6 +263,12 @@ func (c *ServiceConfig) Validate() error {
 			(u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			add("overload.returnUrl: %q must be an absolute http or https URL", o.ReturnURL)
 		}
+	}
+	if t := c.Timeouts.Request; t < 0 || t.D() > 24*time.Hour {
+		add("timeouts.request: %s must be between 0s (no limit) and 24h", t.D())
+	}
+	if t := c.Timeouts.Idle; t.D() < time.Second || t.D() > 24*time.Hour {
+		add("timeouts.idle: %s must be between 1s and 24h", t.D())
 	}
 	if c.SlowStart < 0 || c.SlowStart.D() > time.Hour {
 		add("slowStart: %s must be between 0s and 1h", c.SlowStart.D())

@@ -20,10 +20,11 @@ const (
   "retryInitialOn503": {"enabled": true, "attempts": 2, "perTryTimeout": "15s"},
   "lbPolicy": "least_request",
   "weights": "load",
-  "healthCheck": {"path": "/healthcheck", "interval": "5s", "timeout": "2s", "expectedStatuses": [200, 202]},
+  "healthCheck": {"path": "", "host": "", "interval": "5s", "timeout": "2s", "expectedStatuses": [200, 201, 202]},
   "overload": {"status": 503, "retryAfterSeconds": 600, "returnUrl": ""},
   "limits": {"maxConnections": 0, "maxRequests": 0, "maxPendingRequests": 0},
-  "slowStart": "0s"
+  "slowStart": "0s",
+  "timeouts": {"request": "0s", "idle": "5m"}
 }`
 	exampleInstance = `{
   "id": "app-7f3c",

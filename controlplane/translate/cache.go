@@ -5,7 +5,6 @@ import (
 	"sync"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/registry"
@@ -73,8 +72,5 @@ func keepUnchanged(r, prev *ServiceResources) {
 	}
 	if slices.EqualFunc(r.Routes, prev.Routes, func(a, b *routev3.Route) bool { return proto.Equal(a, b) }) {
 		r.Routes = prev.Routes
-	}
-	if slices.EqualFunc(r.LocalReplyMappers, prev.LocalReplyMappers, func(a, b *hcmv3.ResponseMapper) bool { return proto.Equal(a, b) }) {
-		r.LocalReplyMappers = prev.LocalReplyMappers
 	}
 }

@@ -6,13 +6,9 @@ import (
 	"strings"
 	"time"
 
-	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -22,14 +18,16 @@ import (
 
 const (
 	connectTimeout = 5 * time.Second
-	// Active health checks are for liveness: a dead server is out after 3 failed checks,
-	// back after 2 good ones (Envoy takes a new host in after its first good check).
+	// Active health checks (when configured) are for liveness: a dead server is out after 3
+	// failed checks, back after 2 good ones (Envoy takes a new host in after its first good
+	// check).
 	unhealthyThreshold = 3
 	healthyThreshold   = 2
-	// A dead server (connect failures, resets, timeouts: local-origin errors) is ejected
-	// after this many in a row; the 503s of a full server never eject it.
-	consecutiveLocalOriginFailures = 5
-	maxEjectionPercent             = 50
+	// healthCheckHostFallback is the Host header of the active check when every domain of
+	// the service is a wildcard. Without one Envoy sends the cluster name (tether_<service>,
+	// HealthCheckerFactory::getHostname), which IIS host bindings and ASP.NET's
+	// AllowedHosts reject.
+	healthCheckHostFallback = "localhost"
 	// Retry budget: at most 20% of active requests may be retries (at least 3 at once).
 	retryBudgetPercent  = 20
 	minRetryConcurrency = 3
@@ -45,6 +43,14 @@ const (
 )
 
 // cluster builds the service's EDS cluster.
+//
+// It has no outlier detection. Envoy counts per-try timeouts (LocalOriginTimeout) in the same
+// consecutive local-origin counter as connect failures
+// (DetectorHostMonitorImpl::putResultWithLocalExternalSplit), so a few slow first requests
+// would eject a live server, and an ejected host is UNHEALTHY (HostImplBase::healthStatus),
+// which override_host_status refuses: its pinned sessions would move. A dead server is taken
+// out by its agent (unhealthy, or its lease expiring), and initial requests meanwhile retry
+// connect failures on another host.
 func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Cluster {
 	var notes []string
 	c := &clusterv3.Cluster{
@@ -66,15 +72,12 @@ func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Clust
 		// A host removed from EDS (agent deregistered or lease expired) goes at once,
 		// even while it still passes active health checks.
 		IgnoreHealthOnHostRemoval: true,
-		OutlierDetection:          outlierDetection(),
 		CircuitBreakers:           circuitBreakers(cfg.Limits),
 	}
 
-	policy := cfg.LBPolicy
-	hashMode := cfg.Affinity.Mode == registry.AffinityAppCookie || cfg.Affinity.Mode == registry.AffinitySourceIP
-	if hashMode && policy != registry.LBRingHash && policy != registry.LBMaglev {
-		notes = append(notes, "lbPolicy "+policy+" replaced by ring_hash: affinity "+cfg.Affinity.Mode+" needs a hash load balancer")
-		policy = registry.LBRingHash
+	policy := effectivePolicy(cfg)
+	if policy != cfg.LBPolicy {
+		notes = append(notes, "lbPolicy "+cfg.LBPolicy+" replaced by ring_hash: affinity "+cfg.Affinity.Mode+" needs a hash load balancer")
 	}
 	c.LbPolicy = lbPolicy(policy)
 	if ss := cfg.SlowStart.D(); ss > 0 {
@@ -98,6 +101,7 @@ func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Clust
 			UnhealthyThreshold: u32(unhealthyThreshold),
 			HealthyThreshold:   u32(healthyThreshold),
 			HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+				Host:             healthCheckHost(cfg),
 				Path:             hc.Path,
 				ExpectedStatuses: statusRanges(hc.ExpectedStatuses),
 			}},
@@ -117,6 +121,31 @@ func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Clust
 		}}
 	}
 	return c
+}
+
+// effectivePolicy is the service's load-balancing policy: source-ip needs a hash load
+// balancer and gets ring_hash unless maglev was chosen.
+func effectivePolicy(cfg registry.ServiceConfig) string {
+	if cfg.Affinity.Mode == registry.AffinitySourceIP && !hashPolicyName(cfg.LBPolicy) {
+		return registry.LBRingHash
+	}
+	return cfg.LBPolicy
+}
+
+func hashPolicyName(p string) bool { return p == registry.LBRingHash || p == registry.LBMaglev }
+
+// healthCheckHost is the Host header of the active check: healthCheck.host, else the
+// service's first domain (in configuration order) without a wildcard, else "localhost".
+func healthCheckHost(cfg registry.ServiceConfig) string {
+	if cfg.HealthCheck.Host != "" {
+		return cfg.HealthCheck.Host
+	}
+	for _, d := range cfg.Domains {
+		if !strings.Contains(d, "*") {
+			return strings.ToLower(d)
+		}
+	}
+	return healthCheckHostFallback
 }
 
 func lbPolicy(p string) clusterv3.Cluster_LbPolicy {
@@ -150,30 +179,15 @@ func statusRanges(codes []int) []*typev3.Int64Range {
 	return out
 }
 
-// outlierDetection ejects dead servers only: 5xx and success-rate ejection are off (a full
-// server answers 503 on purpose), local-origin errors are counted apart from the
-// upstream's own responses.
-func outlierDetection() *clusterv3.OutlierDetection {
-	return &clusterv3.OutlierDetection{
-		EnforcingConsecutive_5Xx:               u32(0),
-		EnforcingSuccessRate:                   u32(0),
-		EnforcingConsecutiveGatewayFailure:     u32(0),
-		SplitExternalLocalOriginErrors:         true,
-		ConsecutiveLocalOriginFailure:          u32(consecutiveLocalOriginFailures),
-		EnforcingConsecutiveLocalOriginFailure: u32(100),
-		EnforcingLocalOriginSuccessRate:        u32(0),
-		MaxEjectionPercent:                     u32(maxEjectionPercent),
-	}
-}
-
 // circuitBreakers: limits.maxConnections per host (the only per-host threshold Envoy
-// supports), maxRequests and maxPendingRequests for the cluster, and a retry budget in
-// place of Envoy's default of 3 concurrent retries.
+// supports), maxRequests and maxPendingRequests for the cluster (each 100000 when 0, in place
+// of Envoy's 1024), and a retry budget in place of Envoy's default of 3 concurrent retries.
 func circuitBreakers(l registry.Limits) *clusterv3.CircuitBreakers {
 	th := &clusterv3.CircuitBreakers_Thresholds{
-		Priority:       corev3.RoutingPriority_DEFAULT,
-		MaxConnections: u32(clusterLimit),
-		MaxRequests:    u32(clusterLimit),
+		Priority:           corev3.RoutingPriority_DEFAULT,
+		MaxConnections:     u32(clusterLimit),
+		MaxRequests:        u32(clusterLimit),
+		MaxPendingRequests: u32(clusterLimit),
 		RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
 			BudgetPercent:       &typev3.Percent{Value: retryBudgetPercent},
 			MinRetryConcurrency: u32(minRetryConcurrency),
@@ -216,7 +230,7 @@ func endpoints(svc string, cfg registry.ServiceConfig, insts []registry.Instance
 				Hostname: in.ID,
 			}},
 			HealthStatus:        healthStatus(in.State),
-			LoadBalancingWeight: u32(weight(in, cfg.Weights)),
+			LoadBalancingWeight: u32(weight(in, weightMode(cfg))),
 			Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNamespace: {Fields: map[string]*structpb.Value{
 				"id":    structpb.NewStringValue(in.ID),
 				"state": structpb.NewStringValue(in.State),
@@ -239,6 +253,18 @@ func healthStatus(state string) corev3.HealthStatus {
 		return corev3.HealthStatus_DRAINING
 	}
 	return corev3.HealthStatus_UNHEALTHY
+}
+
+// weightMode is the service's weights setting, except that hash load balancers always get
+// equal weights: ring_hash and maglev build their table from the host weights
+// (ThreadAwareLoadBalancerBase, normalizeHostWeights), so every weight step would remap part
+// of the ring and move users between available servers. A full server still leaves the ring
+// through its health status (DRAINING).
+func weightMode(cfg registry.ServiceConfig) string {
+	if hashPolicyName(effectivePolicy(cfg)) {
+		return registry.WeightsEqual
+	}
+	return cfg.Weights
 }
 
 // weight is the endpoint's load_balancing_weight. With weights "load" it follows the
@@ -275,33 +301,4 @@ func headroom(in registry.Instance) float64 {
 		return 0
 	}
 	return h
-}
-
-// localReplyMapper turns Envoy's own 503 for this service (no healthy upstream, UH, or
-// circuit breaker overflow, UO) into the service's overload reply. It is scoped to the
-// service by ServiceHeader, which the service's forwarding routes set.
-func localReplyMapper(svc string, o registry.Overload) *hcmv3.ResponseMapper {
-	m := &hcmv3.ResponseMapper{
-		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{AndFilter: &accesslogv3.AndFilter{
-			Filters: []*accesslogv3.AccessLogFilter{
-				{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{
-					Flags: []string{"UH", "UO"},
-				}}},
-				{FilterSpecifier: &accesslogv3.AccessLogFilter_HeaderFilter{HeaderFilter: &accesslogv3.HeaderFilter{
-					Header: &routev3.HeaderMatcher{
-						Name: ServiceHeader,
-						HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-							MatchPattern: &matcherv3.StringMatcher_Exact{Exact: svc},
-						}},
-					},
-				}}},
-			},
-		}}},
-		StatusCode:   u32(overloadStatus(o)),
-		HeadersToAdd: overloadHeaders(o),
-	}
-	if o.ReturnURL == "" {
-		m.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: overloadBody}}
-	}
-	return m
 }

@@ -6,11 +6,13 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	statefulsessionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -35,10 +37,15 @@ func (p *packer) pack(m proto.Message) *anypb.Any {
 
 // listener builds the single HTTP listener: HCM with RDS over ADS, WebSocket upgrades
 // (disabled per route for services that do not allow them), the header_mutation filter
-// (per-route service header), the stateful session filter (inert here: no session_state;
-// each route turns it on or off), the router, an access log to stdout and the services'
-// local reply mappers.
-func listener(opts Options, mappers []*hcmv3.ResponseMapper) (*listenerv3.Listener, error) {
+// (per-route reply headers), the stateful session filter (inert here: no session_state;
+// each route turns it on or off), the router, an access log to stdout and the fixed local
+// reply mappers.
+//
+// It depends on opts alone, never on the registry: when a listener's filter chain changes,
+// Envoy drains the old chain (ListenerManagerImpl::drainFilterChains) and closes every
+// connection still on it when the drain time ends, WebSockets included. Everything that
+// differs per service lives in routes (RDS) and clusters, which update in place.
+func listener(opts Options) (*listenerv3.Listener, error) {
 	var p packer
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: ListenerName,
@@ -64,9 +71,7 @@ func listener(opts Options, mappers []*hcmv3.ResponseMapper) (*listenerv3.Listen
 			ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: p.pack(&streamv3.StdoutAccessLog{})},
 		}},
 	}
-	if len(mappers) > 0 {
-		hcm.LocalReplyConfig = &hcmv3.LocalReplyConfig{Mappers: mappers}
-	}
+	hcm.LocalReplyConfig = &hcmv3.LocalReplyConfig{Mappers: localReplyMappers()}
 	l := &listenerv3.Listener{
 		Name: ListenerName,
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
@@ -84,4 +89,77 @@ func listener(opts Options, mappers []*hcmv3.ResponseMapper) (*listenerv3.Listen
 		return l, fmt.Errorf("listener %s: %w", ListenerName, p.err)
 	}
 	return l, nil
+}
+
+// Bodies of the local replies.
+const (
+	overflowBody = "This service has reached its limit of concurrent requests. Please retry in a moment.\n"
+	goneBody     = "The server that held your session is no longer available, so your session has ended. " +
+		"Reload the page to start a new one.\n"
+)
+
+// localReplyMappers turn Envoy's own 503s into Tether's replies. They are fixed: each
+// forwarding route states its service's reply in request headers (requestMutations), which
+// the mappers match and copy through %REQ(...)% (LocalReply ResponseMapper::matchAndRewrite
+// evaluates headers_to_add with the request headers; a status_code left unset keeps Envoy's
+// 503). The first match wins:
+//  1. circuit-breaker overflow (UO): a plain "retry in a moment", never the overload reply
+//     and its long Retry-After, since the request may belong to a session whose server is
+//     there;
+//  2. no healthy upstream (UH) on a strict service's session route: the server is gone, and
+//     the session cookie is expired so that a reload starts a new session;
+//  3. UH with a return URL: 302 to it;
+//  4. UH: the overload reply, with Retry-After when the service has one.
+//
+// UH happens when the routes still forward but no host can be chosen (the instances became
+// unavailable between two route updates, or the pinned server of a session is gone and no
+// other can take it); when no instance is available at translation time, the route itself
+// answers the overload reply with the service's own status. These fallbacks keep Envoy's 503.
+func localReplyMappers() []*hcmv3.ResponseMapper {
+	flag := func(f string) *accesslogv3.AccessLogFilter {
+		return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
+			ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{f}}}}
+	}
+	header := func(name, exact string) *accesslogv3.AccessLogFilter {
+		m := &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}}
+		if exact != "" {
+			m.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+				MatchPattern: &matcherv3.StringMatcher_Exact{Exact: exact}}}
+		}
+		return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_HeaderFilter{
+			HeaderFilter: &accesslogv3.HeaderFilter{Header: m}}}
+	}
+	and := func(fs ...*accesslogv3.AccessLogFilter) *accesslogv3.AccessLogFilter {
+		return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{
+			AndFilter: &accesslogv3.AndFilter{Filters: fs}}}
+	}
+	set := func(k, v string) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: k, Value: v},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}
+	}
+	body := func(s string) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: s}}
+	}
+	noStore := set("cache-control", "no-store")
+	fromReq := func(h string) string { return "%REQ(" + h + ")%" }
+	return []*hcmv3.ResponseMapper{
+		{Filter: and(flag("UO"), header(replyHeader, "")),
+			Body: body(overflowBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
+		{Filter: and(flag("UH"), header(replyHeader, replyGone), header(expireCookieHeader, "")),
+			Body:         body(goneBody),
+			HeadersToAdd: []*corev3.HeaderValueOption{noStore, set("set-cookie", fromReq(expireCookieHeader))}},
+		{Filter: and(flag("UH"), header(replyHeader, replyGone)),
+			Body: body(goneBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
+		{Filter: and(flag("UH"), header(replyHeader, replyOverload), header(returnURLHeader, "")),
+			StatusCode:   u32(302),
+			Body:         body("No server can take a new session right now.\n"),
+			HeadersToAdd: []*corev3.HeaderValueOption{noStore, set("location", fromReq(returnURLHeader))}},
+		{Filter: and(flag("UH"), header(replyHeader, replyOverload), header(retryAfterHeader, "")),
+			Body:         body(overloadBody),
+			HeadersToAdd: []*corev3.HeaderValueOption{noStore, set("retry-after", fromReq(retryAfterHeader))}},
+		{Filter: and(flag("UH"), header(replyHeader, replyOverload)),
+			Body: body(overloadBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
+	}
 }

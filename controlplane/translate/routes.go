@@ -24,8 +24,6 @@ import (
 )
 
 const (
-	// defaultRouteTimeout bounds a non-WebSocket request (Envoy's own default is 15 s).
-	defaultRouteTimeout = 60 * time.Second
 	// webSocketIdleTimeout replaces the HCM stream_idle_timeout (5 min) on WebSocket routes.
 	webSocketIdleTimeout = time.Hour
 	// hostSelectionAttempts is host_selection_retry_max_attempts. DESIGN asks for about the
@@ -40,15 +38,36 @@ const (
 	overloadBody = "No server can take a new session right now. Please retry later.\n"
 )
 
+// Request headers that a forwarding route sets (or removes, so that a client cannot forge
+// them) for the listener's fixed local reply mappers to read: the route carries the
+// service's reply settings, so the listener never changes with the registry.
+const (
+	// replyHeader says which reply an Envoy "no healthy upstream" (UH) gets: replyOverload,
+	// or replyGone on the session routes of a strict service.
+	replyHeader   = "x-tether-reply"
+	replyOverload = "overload"
+	replyGone     = "gone"
+	// retryAfterHeader carries overload.retryAfterSeconds (absent when 0).
+	retryAfterHeader = "x-tether-retry-after"
+	// returnURLHeader carries overload.returnUrl (absent when empty).
+	returnURLHeader = "x-tether-return-url"
+	// expireCookieHeader carries a Set-Cookie value that expires the session cookie, for the
+	// reply of a strict service whose pinned server is gone (absent in header mode).
+	expireCookieHeader = "x-tether-expire-cookie"
+)
+
 // routes returns the service's routes in match order. With a session marker (cookie,
-// header, app-cookie): [WebSocket with marker, WebSocket,] with marker, catch-all; without
+// header): [WebSocket with marker, WebSocket,] with marker, catch-all; without
 // one (source-ip, none): [WebSocket,] catch-all. WebSocket routes exist only when the
 // service allows WebSockets. Routes with the marker forward without a retry policy; the
 // others retry 503/connect failure/reset on another host, or, when no instance is
 // available, answer the overload reply directly.
 func routes(svc string, cfg registry.ServiceConfig, available bool, p *packer) []*routev3.Route {
 	marker := markerMatcher(cfg.Affinity)
-	perFilter := perFilterConfig(svc, cfg.Affinity, p)
+	perFilter := map[bool]map[string]*anypb.Any{
+		false: perFilterConfig(svc, cfg, false, p),
+		true:  perFilterConfig(svc, cfg, true, p),
+	}
 	var out []*routev3.Route
 	add := func(name string, ws, withMarker bool) {
 		r := &routev3.Route{Name: svc + "/" + name, Match: match(cfg.PathPrefix)}
@@ -61,8 +80,8 @@ func routes(svc string, cfg registry.ServiceConfig, available bool, p *packer) [
 		if !withMarker && !available {
 			setOverload(r, cfg.Overload)
 		} else {
-			r.Action = &routev3.Route_Route{Route: routeAction(svc, cfg, ws, !withMarker, p)}
-			r.TypedPerFilterConfig = perFilter
+			r.Action = &routev3.Route_Route{Route: routeAction(svc, cfg, ws, !withMarker, marker != nil, p)}
+			r.TypedPerFilterConfig = perFilter[withMarker]
 		}
 		out = append(out, r)
 	}
@@ -105,12 +124,12 @@ func webSocketMatcher() *routev3.HeaderMatcher {
 // a session.
 func markerMatcher(a registry.Affinity) *routev3.HeaderMatcher {
 	switch a.Mode {
-	case registry.AffinityCookie, registry.AffinityAppCookie:
+	case registry.AffinityCookie:
 		return &routev3.HeaderMatcher{
 			Name: "cookie",
 			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
 				MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
-					Regex: `^(.*[;,])?[ \t]*` + regexp.QuoteMeta(a.CookieName) + `=[^;, \t].*$`,
+					Regex: cookieMarkerRegex(a.CookieName),
 				}},
 			}},
 		}
@@ -123,9 +142,18 @@ func markerMatcher(a registry.Affinity) *routev3.HeaderMatcher {
 	return nil
 }
 
+// cookieMarkerRegex is the regular expression that recognises a request carrying the
+// cookie. Its RE2 program size is 37 plus the length of the name (QuoteMeta's escapes add
+// none), so registry.MaxCookieName keeps it within Envoy's limit of 100.
+func cookieMarkerRegex(name string) string {
+	return `^(.*[;,])?[ \t]*` + regexp.QuoteMeta(name) + `=[^;, \t].*$`
+}
+
 // routeAction forwards to the service's cluster. WebSocket routes have no timeout and a
-// long idle timeout; initial requests (retry true) get the 503 retry policy.
-func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, p *packer) *routev3.RouteAction {
+// long idle timeout; HTTP routes have timeouts.request (none by default: a route timeout
+// covers the whole response and would cut long polls and downloads) and timeouts.idle;
+// initial requests (retry true) get the 503 retry policy.
+func routeAction(svc string, cfg registry.ServiceConfig, ws, retry, hasMarker bool, p *packer) *routev3.RouteAction {
 	ra := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(svc)},
 		HashPolicy:       hashPolicy(cfg.Affinity),
@@ -136,26 +164,34 @@ func routeAction(svc string, cfg registry.ServiceConfig, ws, retry bool, p *pack
 		ra.Timeout = durationpb.New(0)
 		ra.IdleTimeout = durationpb.New(webSocketIdleTimeout)
 	} else {
-		timeout := defaultRouteTimeout
-		if total := r.PerTryTimeout.D() * time.Duration(r.Attempts+1); retrying && total > timeout {
-			timeout = total
-		}
-		ra.Timeout = durationpb.New(timeout)
+		ra.Timeout = durationpb.New(cfg.Timeouts.Request.D())
+		ra.IdleTimeout = durationpb.New(cfg.Timeouts.Idle.D())
 	}
 	if !cfg.WebSocket {
 		ra.UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket", Enabled: wrapperspb.Bool(false)}}
 	}
 	if retrying {
-		ra.RetryPolicy = retryPolicy(r, ws, p)
+		ra.RetryPolicy = retryPolicy(r, ws || !hasMarker, p)
 	}
 	return ra
 }
 
 // retryPolicy resubmits an initial request refused with 503 (or whose connection failed or
 // was reset) to a host not tried yet. The cluster's retry budget bounds concurrent retries.
+//
+// The per-try timeout only ever covers the wait for response headers: Envoy's
+// UpstreamRequest::onPerTryTimeout ignores the timer once the downstream response has
+// started, and FilterUtility::finalTimeout keeps it when the route timeout is 0 (it drops
+// it only when it is >= a non-zero route timeout). So a slow first page is retried
+// elsewhere, and a long response that has begun is never cut by it. Per-try timeouts
+// count as local-origin failures for outlier detection, which is one reason Tether runs
+// none (see outlier notes in cluster.go).
 // WebSocket routes get no per-try timeout: since Envoy 1.36 timeouts apply to the upgrade
-// request, and a per-try timer must never be able to cut a long-lived socket.
-func retryPolicy(r registry.Retry, ws bool, p *packer) *routev3.RetryPolicy {
+// request, and a per-try timer must never be able to cut a long-lived socket. Nor do the
+// routes of modes without a session marker (source-ip, none): every request of theirs goes
+// through the retrying route, long polls included, and a long poll sends no headers until
+// it answers.
+func retryPolicy(r registry.Retry, noPerTry bool, p *packer) *routev3.RetryPolicy {
 	rp := &routev3.RetryPolicy{
 		RetryOn:              retryOn,
 		RetriableStatusCodes: []uint32{503},
@@ -167,36 +203,76 @@ func retryPolicy(r registry.Retry, ws bool, p *packer) *routev3.RetryPolicy {
 		}},
 		HostSelectionRetryMaxAttempts: hostSelectionAttempts,
 	}
-	if r.PerTryTimeout > 0 && !ws {
+	if r.PerTryTimeout > 0 && !noPerTry {
 		rp.PerTryTimeout = durationpb.New(r.PerTryTimeout.D())
 	}
 	return rp
 }
 
-// hashPolicy gives the hash-based affinity modes their hash key. app-cookie hashes on the
-// application's cookie without a ttl, so Envoy never generates that cookie.
+// hashPolicy gives source-ip mode its hash key.
 func hashPolicy(a registry.Affinity) []*routev3.RouteAction_HashPolicy {
-	switch a.Mode {
-	case registry.AffinitySourceIP:
+	if a.Mode == registry.AffinitySourceIP {
 		return []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_ConnectionProperties_{
 			ConnectionProperties: &routev3.RouteAction_HashPolicy_ConnectionProperties{SourceIp: true}}}}
-	case registry.AffinityAppCookie:
-		return []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Cookie_{
-			Cookie: &routev3.RouteAction_HashPolicy_Cookie{Name: a.CookieName}}}}
 	}
 	return nil
 }
 
-// perFilterConfig is the per-route configuration of the service's forwarding routes: the
-// header_mutation filter sets ServiceHeader (scoping the local reply mappers), and the
-// stateful session filter is turned on for cookie and header modes, off for the others.
-func perFilterConfig(svc string, a registry.Affinity, p *packer) map[string]*anypb.Any {
-	mut := &headermutationv3.HeaderMutationPerRoute{Mutations: &headermutationv3.Mutations{
-		RequestMutations: []*mutationv3.HeaderMutation{{Action: &mutationv3.HeaderMutation_Append{
+// requestMutations are the request headers a forwarding route sets for the listener's local
+// reply mappers (see the reply header constants), every one overwritten or removed so that a
+// client cannot choose its own reply (an open redirect through returnURLHeader, say).
+func requestMutations(svc string, cfg registry.ServiceConfig, session bool) []*mutationv3.HeaderMutation {
+	var out []*mutationv3.HeaderMutation
+	set := func(k, v string) {
+		out = append(out, &mutationv3.HeaderMutation{Action: &mutationv3.HeaderMutation_Append{
 			Append: &corev3.HeaderValueOption{
-				Header:       &corev3.HeaderValue{Key: ServiceHeader, Value: svc},
+				Header:       &corev3.HeaderValue{Key: k, Value: formatLiteral(v)},
 				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			}}}},
+			}}})
+	}
+	remove := func(k string) {
+		out = append(out, &mutationv3.HeaderMutation{Action: &mutationv3.HeaderMutation_Remove{Remove: k}})
+	}
+	set(ServiceHeader, svc)
+	a, o := cfg.Affinity, cfg.Overload
+	gone := session && a.Strict
+	if gone {
+		set(replyHeader, replyGone)
+	} else {
+		set(replyHeader, replyOverload)
+	}
+	if !gone && o.RetryAfterSeconds > 0 {
+		set(retryAfterHeader, strconv.Itoa(o.RetryAfterSeconds))
+	} else {
+		remove(retryAfterHeader)
+	}
+	if !gone && o.ReturnURL != "" {
+		set(returnURLHeader, o.ReturnURL)
+	} else {
+		remove(returnURLHeader)
+	}
+	if gone && a.Mode == registry.AffinityCookie {
+		set(expireCookieHeader, a.CookieName+"=; Path="+a.CookiePath+"; Max-Age=0; HttpOnly")
+	} else {
+		remove(expireCookieHeader)
+	}
+	return out
+}
+
+// formatLiteral escapes v for a header value that Envoy reads as a substitution format
+// string: '%' starts a command there and "%%" is a literal '%' (Router::HeaderParser and
+// Formatter::SubstitutionFormatParser), so a return URL such as ".../a%20b" is sent as is
+// instead of making Envoy reject the configuration.
+func formatLiteral(v string) string { return strings.ReplaceAll(v, "%", "%%") }
+
+// perFilterConfig is the per-route configuration of the service's forwarding routes: the
+// header_mutation filter sets the reply headers (requestMutations), and the stateful session
+// filter is turned on for cookie and header modes, off for the others. session is true for
+// the routes matching the session marker.
+func perFilterConfig(svc string, cfg registry.ServiceConfig, session bool, p *packer) map[string]*anypb.Any {
+	a := cfg.Affinity
+	mut := &headermutationv3.HeaderMutationPerRoute{Mutations: &headermutationv3.Mutations{
+		RequestMutations: requestMutations(svc, cfg, session),
 	}}
 	ss := &statefulsessionv3.StatefulSessionPerRoute{Override: &statefulsessionv3.StatefulSessionPerRoute_Disabled{Disabled: true}}
 	var state *corev3.TypedExtensionConfig
@@ -261,7 +337,7 @@ func overloadHeaders(o registry.Overload) []*corev3.HeaderValueOption {
 	h := []*corev3.HeaderValueOption{set("cache-control", "no-store")}
 	switch {
 	case o.ReturnURL != "":
-		h = append(h, set("location", o.ReturnURL))
+		h = append(h, set("location", formatLiteral(o.ReturnURL)))
 	case o.RetryAfterSeconds > 0:
 		h = append(h, set("retry-after", strconv.Itoa(o.RetryAfterSeconds)))
 	}

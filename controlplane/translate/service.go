@@ -9,7 +9,6 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/tetherlb/tether/registry"
 )
@@ -26,8 +25,6 @@ type ServiceResources struct {
 	// Domains are the service's domains, lower-cased and sorted.
 	Domains    []string
 	PathPrefix string
-	// LocalReplyMappers turn Envoy's own 503s for this service into its overload reply.
-	LocalReplyMappers []*hcmv3.ResponseMapper
 	// Available is the number of instances in state available.
 	Available int
 	// Problems found in this service: the service itself left out (Cluster nil) or some
@@ -35,8 +32,7 @@ type ServiceResources struct {
 	Problems []Problem
 }
 
-// TranslateService translates one service: its cluster, endpoints, routes and local reply
-// mapper. A service whose configuration fails validation, or whose generated resources
+// TranslateService translates one service: its cluster, endpoints and routes. A service whose configuration fails validation, or whose generated resources
 // would fail Envoy's validation, is left out with a Problem so that it cannot make Envoy
 // reject the configuration of every other service.
 func TranslateService(svc *registry.Service, opts Options) *ServiceResources {
@@ -78,7 +74,12 @@ func translateService(svc *registry.Service, opts Options) (*ServiceResources, e
 	sr.Endpoints = endpoints(svc.Name, cfg, insts)
 	sr.Cluster = cluster(svc.Name, cfg, &p)
 	sr.Routes = routes(svc.Name, cfg, sr.Available > 0, &p)
-	sr.LocalReplyMappers = []*hcmv3.ResponseMapper{localReplyMapper(svc.Name, cfg.Overload)}
+	if cfg.LBPolicy == registry.LBRandom && cfg.Weights == registry.WeightsLoad {
+		// Served as configured, but said: Envoy's random load balancer ignores endpoint
+		// weights (RandomLoadBalancer::peekOrChoose picks uniformly among healthy hosts).
+		sr.Problems = append(sr.Problems, Problem{svc.Name,
+			`lbPolicy random ignores endpoint weights, so weights "load" has no effect; use least_request or round_robin to spread new sessions by load, or set weights "equal"`})
+	}
 	if p.err != nil {
 		return sr, p.err
 	}
@@ -91,11 +92,6 @@ func translateService(svc *registry.Service, opts Options) (*ServiceResources, e
 	for _, r := range sr.Routes {
 		if err := r.ValidateAll(); err != nil {
 			return sr, fmt.Errorf("route %s: %w", r.GetName(), err)
-		}
-	}
-	for _, m := range sr.LocalReplyMappers {
-		if err := m.ValidateAll(); err != nil {
-			return sr, fmt.Errorf("local reply mapper: %w", err)
 		}
 	}
 	return sr, nil

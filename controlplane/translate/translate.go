@@ -6,41 +6,58 @@
 // per service (TranslateService) so that a Cache can re-translate only the services whose
 // *registry.Service changed, and Assemble joins the parts into the listener and routes.
 //
-// Decisions worth knowing when operating Tether:
-//   - Session marker. cookie mode: the affinity cookie; header mode: the affinity header;
-//     app-cookie mode: the application's cookie. source-ip and none have no marker, so every
-//     request counts as an initial one.
+// Decisions worth knowing when operating Tether (docs/envoy-rules.md lists the Envoy
+// behaviour behind each, where in Envoy's source it was read, and the test that holds it):
+//   - The listener never changes with the registry: it depends on Options alone. Envoy
+//     drains a changed filter chain and closes its connections (WebSockets too) when the
+//     drain time ends; routes, clusters and endpoints update in place.
+//   - Session marker. cookie mode: the affinity cookie; header mode: the affinity header.
+//     source-ip and none have no marker, so every request counts as an initial one.
 //   - Retry of initial requests is done with two routes per service instead of
 //     retriable_request_headers: a route matching the marker (no retry policy at all, so a
-//     request of an existing session is never moved by a retry), placed before a catch-all
-//     route with the 503 retry. The split is visible in a config dump, does not depend on
-//     treat_missing_header_as_empty, and gives the catch-all route a place of its own to
-//     answer the overload reply directly when no instance is available while requests of
-//     existing sessions still reach their server.
+//     request of an existing session is never moved by a retry: Envoy ignores the session
+//     override on retries), placed before a catch-all route with the 503 retry. The split
+//     does not depend on treat_missing_header_as_empty, and gives the catch-all route a place
+//     of its own to answer the overload reply directly when no instance is available while
+//     requests of existing sessions still reach their server.
 //   - Overload reply. When no instance of a service is available, requests without the
 //     marker get the overload reply straight from the route (direct_response: overload
 //     status with Retry-After, or 302 to overload.returnUrl). As a backstop, the listener's
-//     local_reply_config maps Envoy's own 503s with response flag UH (no healthy upstream) or
-//     UO (circuit breaker overflow) to the same reply. Those mappers are scoped per service
-//     by the request header x-tether-service, which every route that forwards to a cluster
-//     sets (overwriting any client value) through the header_mutation filter placed before
-//     the router; direct-response routes never produce UH/UO.
+//     fixed local reply mappers turn Envoy's own 503s into Tether's replies, reading the
+//     service's settings from request headers that each forwarding route sets (and removes
+//     when unset, so that clients cannot forge them; backends see them too): no healthy
+//     upstream (UH) gives the overload reply, or for a strict service's session the reply
+//     that its server is gone (with the session cookie expired); a circuit-breaker overflow
+//     (UO) gives a plain "retry in a moment", never the overload reply.
 //   - Path prefixes: "/" and prefixes ending in "/" are plain prefixes; "/app" is a
 //     path-separated prefix that matches /app and /app/..., not /apple.
 //   - Host matching ignores the port of the Host header (ignore_port_in_host_matching)
 //     unless some service lists a domain with an explicit port.
-//   - Route timeout is 60 s (or longer to cover every retry's per-try timeout); WebSocket
-//     routes have no timeout and a 1 h idle timeout.
-//   - Cluster-wide circuit breakers: Envoy's default of 1024 connections and requests per
-//     cluster would cap a service at 1024 concurrent WebSockets, so Tether sets 100000
-//     unless limits.maxRequests is given; limits.maxConnections is per host (Envoy's
-//     per-host thresholds support only max_connections), limits.maxRequests and
+//   - Timeouts: HTTP routes have no route timeout by default (timeouts.request 0: a route
+//     timeout covers the whole response and would cut long polls, server-sent events and
+//     downloads) and an idle timeout (timeouts.idle, 5 min); WebSocket routes have no
+//     timeout and a 1 h idle timeout. The initial-request retry's per-try timeout only
+//     covers the wait for response headers.
+//   - Cluster-wide circuit breakers: Envoy's default of 1024 connections, requests and
+//     pending requests per cluster would cap a service at 1024 concurrent WebSockets, so
+//     Tether sets 100000 unless limits say otherwise; limits.maxConnections is per host
+//     (Envoy's per-host thresholds support only max_connections), limits.maxRequests and
 //     limits.maxPendingRequests apply to the whole cluster.
-//   - app-cookie and source-ip need a hash load balancer: lbPolicy is forced to ring_hash
-//     unless it is ring_hash or maglev (noted in the cluster metadata). In those modes a full
-//     or draining instance leaves the hash ring, so its users move to another instance.
-//   - The cookie-mode cookie is HttpOnly (Envoy always sets it), its value is unsigned base64
-//     of the upstream address, and its ttl defaults to 0s (a session cookie).
+//   - Health: no active health check unless healthCheck.path is set, and no outlier
+//     detection. A failing active check or an ejection makes the host UNHEALTHY whatever its
+//     EDS status, and the session override refuses UNHEALTHY hosts, so either would move the
+//     sessions of a server that is only full or slow. The agent is the health authority.
+//     When set, the check is for liveness and sends a Host header an IIS or ASP.NET app
+//     accepts (healthCheck.host, else the first exact domain, else localhost).
+//   - source-ip needs a hash load balancer: lbPolicy is forced to ring_hash unless it is
+//     ring_hash or maglev (noted in the cluster metadata), and hash load balancers get equal
+//     weights whatever the load, since a weight change remaps part of the ring. A full or
+//     draining instance leaves the ring, so its users move.
+//   - lbPolicy random ignores weights; with weights "load" a Problem says so.
+//   - The cookie-mode cookie is HttpOnly (Envoy always sets it), its value is base64 of a
+//     serialized envoy.Cookie message holding the upstream address (and an expiry when
+//     cookieTTL is set), and its ttl defaults to 0s (a session cookie). Cookie names are at
+//     most 63 characters so that the marker regex stays within RE2 program size 100.
 package translate
 
 import (
@@ -53,8 +70,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tetherlb/tether/registry"
@@ -132,10 +147,9 @@ func Assemble(svcs []*ServiceResources, opts Options) *Resources {
 	return assemble(svcs, opts, nil)
 }
 
-// listenerMemo remembers the last listener built and the local reply mappers it holds, so
-// that a Cache rebuilds (and re-marshals) the listener only when a mapper changed.
+// listenerMemo remembers the listener (it depends on Options alone), so that a Cache builds
+// and marshals it once.
 type listenerMemo struct {
-	mappers  []*hcmv3.ResponseMapper
 	listener *listenerv3.Listener
 	err      error
 	// The last route configuration and the route slices it was built from: when every
@@ -167,17 +181,13 @@ func routePartsOf(sorted []*ServiceResources) []routePart {
 	return out
 }
 
-func (m *listenerMemo) get(opts Options, mappers []*hcmv3.ResponseMapper) (*listenerv3.Listener, error) {
+func (m *listenerMemo) get(opts Options) (*listenerv3.Listener, error) {
 	if m == nil {
-		return listener(opts, mappers)
+		return listener(opts)
 	}
-	same := m.listener != nil && slices.EqualFunc(m.mappers, mappers, func(a, b *hcmv3.ResponseMapper) bool {
-		return a == b || proto.Equal(a, b)
-	})
-	if !same {
-		m.listener, m.err = listener(opts, mappers)
+	if m.listener == nil {
+		m.listener, m.err = listener(opts)
 	}
-	m.mappers = mappers
 	return m.listener, m.err
 }
 
@@ -191,7 +201,6 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 	type claim struct{ domain, prefix string }
 	owner := map[claim]string{}
 	byDomain := map[string][]*ServiceResources{}
-	var mappers []*hcmv3.ResponseMapper
 	portInDomain := false
 	for _, s := range sorted {
 		res.Problems = append(res.Problems, s.Problems...)
@@ -200,7 +209,6 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 		}
 		res.Clusters = append(res.Clusters, s.Cluster)
 		res.Endpoints = append(res.Endpoints, s.Endpoints)
-		mappers = append(mappers, s.LocalReplyMappers...)
 		for _, d := range s.Domains {
 			k := claim{d, s.PathPrefix}
 			if prev, taken := owner[k]; taken {
@@ -223,7 +231,7 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 			memo.routeParts, memo.routes = parts, res.Routes[0]
 		}
 	}
-	l, err := memo.get(opts, mappers)
+	l, err := memo.get(opts)
 	if err != nil {
 		res.Problems = append(res.Problems, Problem{Message: err.Error()})
 	}

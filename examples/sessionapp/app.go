@@ -142,6 +142,8 @@ func (a *App) routes() {
 	a.mux.HandleFunc("GET /ws", a.handleWS)
 	a.mux.HandleFunc("GET /healthcheck", a.handleHealth)
 	a.mux.HandleFunc("GET /healthcheck.wx", a.handleHealth)
+	a.mux.HandleFunc("GET /ready", a.handleReady)
+	a.mux.HandleFunc("GET /poll", a.handlePoll)
 	a.mux.HandleFunc("GET /sessions", a.handleSessions)
 	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	a.mux.HandleFunc("GET /load", a.handleGetLoad)
@@ -421,6 +423,50 @@ func (a *App) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	// Wisej's healthcheck.wx answers 202 Accepted; a full (refusing) app stays
 	// healthy: fullness is load, not liveness.
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// handleReady is the kind of health endpoint many ASP.NET apps have: 503 while the app
+// refuses new sessions (full), 200 otherwise. It is a readiness signal for the agent's
+// --available-url, never a liveness check: an Envoy health check on it would move the
+// sessions of a full server.
+func (a *App) handleReady(w http.ResponseWriter, _ *http.Request) {
+	a.mu.Lock()
+	refusing := a.refusing
+	a.mu.Unlock()
+	if refusing {
+		http.Error(w, a.cfg.Name+" is full", http.StatusServiceUnavailable)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// maxPoll bounds GET /poll.
+const maxPoll = 10 * time.Minute
+
+// handlePoll is a long poll, as SignalR's fallback transports make: it holds the request
+// for ?seconds=N (at most maxPoll) before answering the session's counter as a Push. It
+// answers early only when the client goes away or the app closes.
+func (a *App) handlePoll(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.Atoi(r.URL.Query().Get("seconds"))
+	if err != nil || n < 0 || time.Duration(n)*time.Second > maxPoll {
+		http.Error(w, fmt.Sprintf("seconds must be an integer in [0, %d]", int(maxPoll.Seconds())), http.StatusBadRequest)
+		return
+	}
+	v, ok := a.session(w, r, 1)
+	if !ok {
+		return
+	}
+	timer := time.NewTimer(time.Duration(n) * time.Second)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-r.Context().Done():
+		return
+	case <-a.ctx.Done():
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	writeJSON(w, Push{Instance: a.cfg.Name, Counter: v.Counter, Session: prefix(v.ID)})
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

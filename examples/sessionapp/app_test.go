@@ -487,3 +487,62 @@ func TestServeGracefulShutdown(t *testing.T) {
 		t.Fatal("serve did not return after cancel")
 	}
 }
+
+func statusOf(t *testing.T, c *http.Client, url string) int {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// TestReady: /ready answers 503 while the app refuses new sessions (the readiness endpoint of
+// many ASP.NET apps), while /healthcheck stays 202.
+func TestReady(t *testing.T) {
+	_, srv := newTestApp(t, Config{})
+	c := jarClient(t)
+	if got := statusOf(t, c, srv.URL+"/ready"); got != http.StatusOK {
+		t.Fatalf("/ready %d, want 200", got)
+	}
+	if got := post(t, srv.URL+"/admin/refuse?on=true"); got != http.StatusOK {
+		t.Fatalf("refuse on: %d", got)
+	}
+	if got := statusOf(t, c, srv.URL+"/ready"); got != http.StatusServiceUnavailable {
+		t.Fatalf("/ready while refusing %d, want 503", got)
+	}
+	if got := statusOf(t, c, srv.URL+"/healthcheck"); got != http.StatusAccepted {
+		t.Fatalf("/healthcheck while refusing %d, want 202", got)
+	}
+}
+
+// TestPoll: /poll holds the request for the given seconds, then answers the session's
+// counter; bad durations are refused.
+func TestPoll(t *testing.T) {
+	_, srv := newTestApp(t, Config{})
+	c := jarClient(t)
+	first := getPage(t, c, srv.URL)
+	start := time.Now()
+	resp, err := c.Get(srv.URL + "/poll?seconds=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p Push
+	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("poll: status %d, %v", resp.StatusCode, err)
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("poll answered after %v, want at least 1s", d)
+	}
+	if p.Session != first.session || p.Counter != int64(first.counter+1) {
+		t.Errorf("poll %+v, want session %s counter %d", p, first.session, first.counter+1)
+	}
+	for _, q := range []string{"-1", "x", "601"} {
+		if got := statusOf(t, c, srv.URL+"/poll?seconds="+q); got != http.StatusBadRequest {
+			t.Errorf("poll?seconds=%s: %d, want 400", q, got)
+		}
+	}
+}
