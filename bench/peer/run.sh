@@ -18,8 +18,6 @@ if [ -z "${TRAEFIK:-}" ]; then
   src=$(cd "$WORK" && GOFLAGS=-mod=mod go mod download -json "github.com/traefik/traefik/v3@$TRAEFIK_VERSION" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   cp -r "$src" "$WORK/traefik-src" && chmod -R u+w "$WORK/traefik-src"
-  # The web UI is not in the module zip; the binary serves the API without it.
-  mkdir -p "$WORK/traefik-src/webui/static" && touch "$WORK/traefik-src/webui/static/index.html"
   (cd "$WORK/traefik-src" && go build -o "$WORK/traefik" ./cmd/traefik)
   TRAEFIK="$WORK/traefik"
 fi
