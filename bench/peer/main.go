@@ -123,7 +123,7 @@ func run(ctx context.Context, c config) error {
 	}
 	defer tether.stop()
 	api := freeAddr()
-	targs := []string{"--providers.etcd.endpoints=" + strings.TrimPrefix(clientURL, "http://"), "--providers.etcd.rootkey=traefik",
+	targs := []string{"--providers.etcd.endpoints=" + strings.TrimPrefix(clientURL, "http://"), "--providers.etcd.rootKey=traefik",
 		"--api.insecure=true", "--entrypoints.traefik.address=" + api, "--entrypoints.web.address=" + freeAddr(), "--log.level=ERROR"}
 	if c.throttle != "" {
 		targs = append(targs, "--providers.providersThrottleDuration="+c.throttle)
@@ -199,8 +199,9 @@ func orDefault(s, d string) string {
 type world struct {
 	cli   *clientv3.Client
 	lease clientv3.LeaseID
-	extra map[int]string // service -> address of the server added by the last change
-	next  int
+	extra   map[int]string // service -> address of the server added by the last change
+	next    int
+	servers int // seeded servers per service
 }
 
 func svcName(i int) string { return fmt.Sprintf("svc-%04d", i) }
@@ -212,7 +213,7 @@ func (w *world) addr() string {
 
 // seed writes both systems' configuration of every service and its servers.
 func (w *world) seed(ctx context.Context, c config) error {
-	w.extra = map[int]string{}
+	w.extra, w.servers = map[int]string{}, c.servers
 	for i := range c.services {
 		name := svcName(i)
 		cfg := registry.DefaultServiceConfig(name)
@@ -224,8 +225,8 @@ func (w *world) seed(ctx context.Context, c config) error {
 			clientv3.OpPut("traefik/http/routers/"+name+"/rule", "Host(`"+name+".peer.test`)"),
 			clientv3.OpPut("traefik/http/routers/"+name+"/service", name),
 		}
-		for range c.servers {
-			ch, err := w.serverOps(name, w.addr(), true)
+		for j := range c.servers {
+			ch, err := w.serverOps(name, w.addr(), j, true)
 			if err != nil {
 				return err
 			}
@@ -259,10 +260,12 @@ type change struct {
 	issued  time.Time
 }
 
-func (w *world) serverOps(service, addr string, add bool) (*change, error) {
+// serverOps returns the change adding or removing the server at addr, which Traefik's keys
+// list at index idx (Traefik reads a list from numbered keys).
+func (w *world) serverOps(service, addr string, idx int, add bool) (*change, error) {
 	id := "i-" + strings.ReplaceAll(addr, ".", "-")
 	ikey := registry.InstanceKey(registry.DefaultPrefix, service, id)
-	tkey := "traefik/http/services/" + service + "/loadbalancer/servers/" + id + "/url"
+	tkey := fmt.Sprintf("traefik/http/services/%s/loadBalancer/servers/%d/url", service, idx)
 	ch := &change{service: service, addr: addr, add: add}
 	if !add {
 		ch.ops = []clientv3.Op{clientv3.OpDelete(ikey), clientv3.OpDelete(tkey)}
@@ -279,16 +282,16 @@ func (w *world) serverOps(service, addr string, add bool) (*change, error) {
 	return ch, nil
 }
 
-// change alternates, per service: add a server, then remove it.
+// change alternates, per service: add a server after the seeded ones, then remove it.
 func (w *world) change(svc int) (*change, error) {
 	name := svcName(svc)
 	if a, ok := w.extra[svc]; ok {
 		delete(w.extra, svc)
-		return w.serverOps(name, a, false)
+		return w.serverOps(name, a, w.servers, false)
 	}
 	a := w.addr()
 	w.extra[svc] = a
-	return w.serverOps(name, a, true)
+	return w.serverOps(name, a, w.servers, true)
 }
 
 func (w *world) commit(ctx context.Context, ch *change) error {
