@@ -197,8 +197,8 @@ func orDefault(s, d string) string {
 
 // world is the registry both systems read, and the harness's record of it.
 type world struct {
-	cli   *clientv3.Client
-	lease clientv3.LeaseID
+	cli     *clientv3.Client
+	lease   clientv3.LeaseID
 	extra   map[int]string // service -> address of the server added by the last change
 	next    int
 	servers int // seeded servers per service
