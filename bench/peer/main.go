@@ -124,7 +124,7 @@ func run(ctx context.Context, c config) error {
 	defer tether.stop()
 	api := freeAddr()
 	targs := []string{"--providers.etcd.endpoints=" + strings.TrimPrefix(clientURL, "http://"), "--providers.etcd.rootKey=traefik",
-		"--api.insecure=true", "--entrypoints.traefik.address=" + api, "--entrypoints.web.address=" + freeAddr(), "--log.level=ERROR"}
+		"--api.insecure=true", "--entrypoints.traefik.address=" + api, "--entrypoints.web.address=" + freeAddr(), "--api.dashboard=false", "--log.level=ERROR"}
 	if c.throttle != "" {
 		targs = append(targs, "--providers.providersThrottleDuration="+c.throttle)
 	}
@@ -134,6 +134,11 @@ func run(ctx context.Context, c config) error {
 	}
 	defer traefik.stop()
 
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer wcancel()
+	if err := waitOK(wctx, "http://"+adminAddr+"/readyz"); err != nil {
+		return fmt.Errorf("tether (log %s): %w", filepath.Join(dir, "tether.log"), err)
+	}
 	conn, err := grpc.NewClient("passthrough:///"+xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
@@ -144,9 +149,17 @@ func run(ctx context.Context, c config) error {
 	x.OnUpdate = obs.onUpdate
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go x.Run(cctx, conn)
-	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer wcancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- x.Run(cctx, conn) }()
+	defer func() {
+		select {
+		case err := <-runErr: // ended before the harness stopped it
+			fmt.Fprintln(os.Stderr, "peer: the simulated Envoy's stream ended early:", err)
+		default:
+			cancel()
+			<-runErr
+		}
+	}()
 	if err := x.WaitFor(wctx, func(v xdsclient.View) bool { return len(v.Resources[resourcev3.EndpointType]) == c.services }); err != nil {
 		return fmt.Errorf("tether: the simulated Envoy did not get every service: %w", err)
 	}
@@ -186,6 +199,27 @@ func run(ctx context.Context, c config) error {
 		fmt.Printf("%-8s %8.1f %8.1f %8.1f %10.2f %10.0f\n", r.name, p50, p99, mx, r.u1.cpu-r.u0.cpu, float64(r.u1.peak)/(1<<20))
 	}
 	return nil
+}
+
+// waitOK polls url until it answers 200.
+func waitOK(ctx context.Context, url string) error {
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready: %w", url, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func orDefault(s, d string) string {

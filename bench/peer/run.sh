@@ -18,7 +18,8 @@ if [ -z "${TRAEFIK:-}" ]; then
   src=$(cd "$WORK" && GOFLAGS=-mod=mod go mod download -json "github.com/traefik/traefik/v3@$TRAEFIK_VERSION" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   cp -r "$src" "$WORK/traefik-src" && chmod -R u+w "$WORK/traefik-src"
-  (cd "$WORK/traefik-src" && go build -o "$WORK/traefik" ./cmd/traefik)
+  (cd "$WORK/traefik-src" && go build -ldflags "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+    -o "$WORK/traefik" ./cmd/traefik)
   TRAEFIK="$WORK/traefik"
 fi
 "$TRAEFIK" version
