@@ -15,7 +15,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/... ./examples/sessionapp
 
 run:
-	$(GO) run ./cmd/tether-controlplane --data-dir .tether-data --log-format console
+	$(GO) run ./cmd/tether-controlplane --data-dir .tether-data --log-format console --allow-loopback-backends
 
 demo: build
 	./examples/demo.sh
@@ -24,6 +24,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	GOOS=windows $(GO) vet $(PKGS)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
@@ -47,10 +48,12 @@ cross:
 fuzz:
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime $(FUZZTIME)
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime $(FUZZTIME)
+	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeDrain -fuzztime $(FUZZTIME)
 
-# Go benchmarks of the translation, then the load harness at the three scales of docs/performance.md.
+# Go benchmarks of the translation and of one xDS push, then the load harness at the three scales of docs/performance.md.
 bench:
 	$(GO) test ./controlplane/translate -run '^$$' -bench . -benchmem
+	$(GO) test ./controlplane/xdscache -run '^$$' -bench EndpointPush -benchmem
 	$(GO) run ./cmd/tether-bench -scales 100x10,1000x100,10000x1000 -duration 30s -json bench.json
 
 clean:

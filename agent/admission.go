@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/tetherlb/tether/registry"
 )
@@ -103,4 +105,28 @@ func (h *healthTracker) update(err error) (bool, string) {
 		return true, ""
 	}
 	return false, h.lastErr
+}
+
+// maxReason is the registry's limit on an instance's reason, in bytes.
+const maxReason = 512
+
+// cleanReason makes a reason fit the registry: valid UTF-8, control characters as spaces, and
+// at most maxReason bytes, cut on a character boundary with "...". A reason over the limit
+// would fail validation and block every later write of the instance (its state included).
+func cleanReason(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) <= maxReason {
+		return s
+	}
+	const ellipsis = "..."
+	cut := maxReason - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + ellipsis
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -35,9 +37,12 @@ type runner struct {
 	load      sampler
 	adm       admission
 	health    healthTracker
+	drains    *drainWatch // the operators' drains of the service
 	opTimeout time.Duration
 	startedAt time.Time
 	backoff   backoff
+	// metricsAddr is the /metrics listener's address as published ("" when disabled).
+	metricsAddr string
 
 	lastLoad      registry.Load
 	sessionsKnown bool
@@ -56,7 +61,10 @@ type runner struct {
 
 // Run registers the instance and keeps it up to date until ctx is canceled, then drains:
 // it publishes "draining", waits until the session count reaches zero or cfg.DrainTimeout
-// passes (or skipDrain is closed), deletes the key, revokes the lease and returns nil.
+// passes (or skipDrain is closed), deletes the key, revokes the lease and returns nil. Zero
+// sessions count only in a sample taken cfg.DrainSettle after "draining" reached etcd: a
+// session opened just before the signal, or sent by an Envoy that had not yet received the
+// draining state, keeps the instance.
 // It returns an error when the agent cannot run (ErrIDHeld when another live agent holds
 // the ID). Etcd outages are ridden out with re-registration and backoff.
 func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan struct{}) error {
@@ -72,8 +80,14 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 	if err != nil {
 		return err
 	}
-	cli, err := clientv3.New(cfg.Etcd)
+	cli, err := etcdconn.Dial(ctx, cfg.Etcd, func(err error, wait time.Duration) {
+		log.Warn().Err(err).Strs("endpoints", cfg.Etcd.Endpoints).Dur("retryIn", wait).Msg("etcd not reachable yet")
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info().Msg("stopped before etcd was reached")
+			return nil
+		}
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer cli.Close()
@@ -86,6 +100,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		opTimeout: min(max(cfg.TTL/2, time.Second), 5*time.Second),
 		startedAt: time.Now().UTC(),
 		failing:   map[string]bool{},
+		drains:    newDrainWatch(cli, prefix, cfg.Service, log),
 	}
 	if cfg.MetricsAddr != "" {
 		stop, err := r.serveMetrics()
@@ -97,18 +112,33 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 	return r.run(ctx, skipDrain)
 }
 
+// serveMetrics listens on the first free address of --metrics-addr and records it for the
+// registry's "agent" field.
 func (r *runner) serveMetrics() (func(), error) {
-	l, err := net.Listen("tcp", r.cfg.MetricsAddr)
+	addrs, err := metricsListenAddrs(r.cfg.MetricsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr: %w", err)
 	}
+	var l net.Listener
+	for _, a := range addrs {
+		if l, err = net.Listen("tcp", a); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		if len(addrs) > 1 {
+			return nil, fmt.Errorf("--metrics-addr %s: no free port in %s-%s: %w", r.cfg.MetricsAddr, addrs[0], addrs[len(addrs)-1], err)
+		}
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	r.metricsAddr = advertised(l.Addr().(*net.TCPAddr), r.cfg.Address)
 	srv := &http.Server{Handler: r.m.handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			r.log.Error().Err(err).Msg("metrics server stopped")
 		}
 	}()
-	r.log.Info().Str("addr", l.Addr().String()).Msg("serving /metrics and /healthz")
+	r.log.Info().Str("addr", l.Addr().String()).Str("advertised", r.metricsAddr).Msg("serving /metrics and /healthz")
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -116,9 +146,29 @@ func (r *runner) serveMetrics() (func(), error) {
 	}, nil
 }
 
+// advertised is the metrics address published in the registry: the listener's, with an
+// unspecified IP (all interfaces) replaced by the instance's address.
+func advertised(a *net.TCPAddr, instanceAddr string) string {
+	ip, _ := netip.AddrFromSlice(a.IP)
+	ip = ip.Unmap()
+	if ip.IsUnspecified() || !ip.IsValid() {
+		if inst, err := netip.ParseAddr(instanceAddr); err == nil {
+			ip = inst.Unmap()
+		}
+	}
+	if !ip.IsValid() || ip.IsUnspecified() {
+		return "" // nothing a monitor could link; the registry would refuse it
+	}
+	return netip.AddrPortFrom(ip, uint16(a.Port)).String()
+}
+
 func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	bg := context.WithoutCancel(ctx) // etcd and probes keep working while draining
 	defer r.stopLease(bg)
+	dctx, stopDrains := context.WithCancel(bg)
+	drainsDone := make(chan struct{})
+	go func() { defer close(drainsDone); r.drains.run(dctx) }()
+	defer func() { stopDrains(); <-drainsDone }() // it logs: it must end before Run returns
 	r.log.Info().Str("version", Version).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
 		Interface("thresholds", r.cfg.Thresholds).Str("loadSource", r.cfg.LoadSource).Msg("agent starting")
 	if err := r.registerFirst(ctx, bg); err != nil {
@@ -134,8 +184,10 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	retry.Stop()
 	defer retry.Stop()
 	var skip <-chan struct{}
-	var drainDeadline <-chan time.Time
+	var drainDeadline, settle <-chan time.Time
+	settled := false      // a sample taken DrainSettle after "draining" reached etcd
 	var retryAt time.Time // after a failed write, ticks wait for the backoff
+	var held heldWatch    // the key taken by another lease while this agent was cut off
 	done := ctx.Done()
 	for {
 		force := false
@@ -164,18 +216,42 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			r.log.Warn().Msg("lease keep-alive lost; registering again")
 		case <-retry.C:
 			force = true
+		case <-settle:
+			// Envoy has had the coalescing window to stop sending new sessions here:
+			// count what the app holds now, not what it held before the signal.
+			settle, settled = nil, true
+			r.sample(bg)
 		case <-ticker.C:
+			r.sample(bg)
+		case <-r.drains.changed:
 			r.sample(bg)
 		}
 		if force || !time.Now().Before(retryAt) {
 			if err := r.sync(bg); err != nil {
 				d := r.backoff.next()
+				if errors.Is(err, registry.ErrInstanceExists) {
+					retryNow, herr := r.checkHeld(bg, &held)
+					if herr != nil {
+						return herr // the same end as a duplicate id at start
+					}
+					if retryNow {
+						d = 0
+					}
+					d = min(d, 250*time.Millisecond)
+				}
 				retryAt = time.Now().Add(d)
 				retry.Reset(d)
 				r.log.Warn().Err(err).Dur("retryIn", d).Msg("cannot write the instance to etcd")
+			} else {
+				held = heldWatch{}
 			}
 		}
-		if r.draining && r.cfg.SessionsURL != "" && r.sessionsKnown && r.lastLoad.Sessions == 0 {
+		if r.draining && !settled && settle == nil && r.registered && r.written.State == registry.StateDraining {
+			t := time.NewTimer(r.cfg.DrainSettle)
+			defer t.Stop()
+			settle = t.C
+		}
+		if settled && r.cfg.SessionsURL != "" && r.sessionsKnown && r.lastLoad.Sessions == 0 {
 			return r.deregister(bg, "no sessions left")
 		}
 	}
@@ -186,7 +262,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 // concluding another live agent holds the ID. Other errors (etcd unreachable) are retried
 // with backoff until ctx ends.
 func (r *runner) registerFirst(ctx, bg context.Context) error {
-	var heldUntil time.Time
+	var held heldWatch
 	for {
 		r.sample(bg)
 		err := r.ensureRegistered(bg, r.current)
@@ -195,21 +271,12 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		}
 		delay := r.backoff.next()
 		if errors.Is(err, registry.ErrInstanceExists) {
-			lease, remaining, exists, herr := r.holder(bg)
-			switch {
-			case herr != nil:
-				r.log.Warn().Err(herr).Msg("cannot inspect the key's holder")
-			case exists && lease == 0:
-				return fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
-			case !exists:
+			retryNow, herr := r.checkHeld(bg, &held)
+			if herr != nil {
+				return herr
+			}
+			if retryNow {
 				delay = 0
-			case heldUntil.IsZero():
-				heldUntil = time.Now().Add(remaining + heldMargin)
-				r.log.Warn().Str("key", r.key).Str("holder", fmt.Sprintf("%x", int64(lease))).Dur("leaseLeft", remaining).
-					Msg("instance id is held by another lease; waiting for it to expire in case it was a crashed agent's")
-			case time.Now().After(heldUntil):
-				return fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
-					ErrIDHeld, r.cfg.ID, r.key, int64(lease))
 			}
 			delay = min(delay, 250*time.Millisecond)
 		} else {
@@ -223,6 +290,34 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// heldWatch follows a key held by another lease: when it was first seen held, and until when
+// that lease may still be a crashed agent's.
+type heldWatch struct{ until time.Time }
+
+// checkHeld inspects the key after ErrInstanceExists. A key held by another lease may be a
+// crashed agent's (or, after this agent was cut off, its own former key's successor): it
+// waits for that lease's remaining TTL plus a margin, then returns ErrIDHeld. retryNow is set
+// when the key is gone.
+func (r *runner) checkHeld(ctx context.Context, held *heldWatch) (retryNow bool, err error) {
+	lease, remaining, exists, herr := r.holder(ctx)
+	switch {
+	case herr != nil:
+		r.log.Warn().Err(herr).Msg("cannot inspect the key's holder")
+	case exists && lease == 0:
+		return false, fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
+	case !exists:
+		return true, nil
+	case held.until.IsZero():
+		held.until = time.Now().Add(remaining + heldMargin)
+		r.log.Warn().Str("key", r.key).Str("holder", fmt.Sprintf("%x", int64(lease))).Dur("leaseLeft", remaining).
+			Msg("instance id is held by another lease; waiting for it to expire in case it was a crashed agent's")
+	case time.Now().After(held.until):
+		return false, fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
+			ErrIDHeld, r.cfg.ID, r.key, int64(lease))
+	}
+	return false, nil
 }
 
 // sync brings etcd up to date with r.current: registration when needed, else a write when
@@ -309,15 +404,19 @@ func (r *runner) sample(ctx context.Context) {
 		reason = joinReasons(reason, "application says unavailable")
 	}
 	in := r.instance()
+	mark, drained := r.drains.match(&in)
 	switch {
 	case r.draining:
 	case !healthy:
 		in.State, in.Reason = registry.StateUnhealthy, healthReason
+	case drained: // an operator's drain: keep the sessions, take no new ones
+		in.State, in.Reason = registry.StateDraining, registry.OperatorDrainReason(mark.Name)
 	case full:
 		in.State, in.Reason = registry.StateFull, reason
 	default:
 		in.State, in.Reason = registry.StateAvailable, ""
 	}
+	in.Reason = cleanReason(in.Reason)
 	r.current = in
 	r.m.observe(in)
 }
@@ -328,7 +427,7 @@ func (r *runner) instance() registry.Instance {
 		ID: r.cfg.ID, Address: r.cfg.Address, Port: r.cfg.Port, Zone: r.cfg.Zone, Labels: r.cfg.Labels,
 		Thresholds: r.cfg.Thresholds, Load: r.lastLoad, State: r.current.State, Reason: r.current.Reason,
 		UpdatedAt: time.Now().UTC().Truncate(time.Millisecond),
-		Agent:     registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second)},
+		Agent:     registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second), Metrics: r.metricsAddr},
 	}
 	if r.draining {
 		in.State, in.Reason = registry.StateDraining, drainReason

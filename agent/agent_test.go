@@ -2,12 +2,14 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +31,7 @@ type backend struct {
 	sessions atomic.Int64
 	health   atomic.Int64 // status of /healthcheck
 	avail    atomic.Int64 // status of /available
+	asked    atomic.Int64 // requests to /sessions: the agent's samples
 }
 
 func newBackend(t *testing.T) *backend {
@@ -41,6 +44,7 @@ func newBackend(t *testing.T) *backend {
 	mux.HandleFunc("GET /available", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(b.avail.Load())) })
 	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
+		b.asked.Add(1)
 	})
 	b.srv = httptest.NewServer(mux)
 	t.Cleanup(b.srv.Close)
@@ -62,7 +66,8 @@ func config(t *testing.T, etcd *etcdtest.Server, b *backend, id string) agent.Co
 		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.port(t),
 		HealthURL: b.srv.URL + "/healthcheck", SessionsURL: b.srv.URL + "/sessions",
 		LoadSource: agent.LoadHost, TTL: 2 * time.Second, Interval: 50 * time.Millisecond,
-		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, ProbeTimeout: time.Second,
+		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, DrainSettle: 200 * time.Millisecond,
+		ProbeTimeout: time.Second,
 	}
 }
 
@@ -136,6 +141,123 @@ func waitKey(t *testing.T, cli *clientv3.Client, id string, timeout time.Duratio
 	}
 	t.Fatalf("%s: not reached within %s; last value %+v", what, timeout, last)
 	return nil
+}
+
+// waitSamples waits until the agent has sampled the backend's sessions n more times.
+func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
+	t.Helper()
+	want := b.asked.Load() + n
+	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
+		}
+	}
+}
+
+// keyEvent is one value the instance key took (in nil: deleted).
+type keyEvent struct {
+	in    *registry.Instance
+	lease int64
+}
+
+// keyWatch records every value the instance key takes after it starts: unlike polling, it
+// misses no state, however briefly the key holds it.
+type keyWatch struct {
+	id     string
+	cli    *clientv3.Client
+	ctx    context.Context // the watch's: RequestProgress reaches the watch only with it
+	events chan keyEvent
+	rev    atomic.Int64 // revision up to which the watch has delivered every event
+}
+
+// watchKey starts recording the instance key from the current revision on.
+func watchKey(t *testing.T, cli *clientv3.Client, id string) *keyWatch {
+	t.Helper()
+	key := registry.InstanceKey("/tether", "app", id)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+	resp, err := cli.Get(gctx, key)
+	gcancel()
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	w := &keyWatch{id: id, cli: cli, ctx: clientv3.WithRequireLeader(ctx), events: make(chan keyEvent, 10000)}
+	wch := cli.Watch(w.ctx, key, clientv3.WithRev(resp.Header.Revision+1))
+	go func() {
+		defer close(w.events)
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				e := keyEvent{lease: ev.Kv.Lease}
+				if ev.Type == clientv3.EventTypePut {
+					in, err := registry.DecodeInstance("app", id, ev.Kv.Value)
+					if err != nil {
+						t.Errorf("agent wrote an invalid instance: %v\n%s", err, ev.Kv.Value)
+						continue
+					}
+					e.in = &in
+				}
+				w.events <- e
+			}
+			w.rev.Store(max(w.rev.Load(), wr.Header.Revision))
+		}
+	}()
+	return w
+}
+
+// next returns the first recorded value for which cond holds; every value before it must
+// satisfy meanwhile (nil: anything goes).
+func (w *keyWatch) next(t *testing.T, timeout time.Duration, what string, cond, meanwhile func(*registry.Instance, int64) bool) *registry.Instance {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case e, ok := <-w.events:
+			if !ok {
+				t.Fatalf("%s: the watch of %s ended", what, w.id)
+			}
+			if cond(e.in, e.lease) {
+				return e.in
+			}
+			if meanwhile != nil && !meanwhile(e.in, e.lease) {
+				t.Fatalf("%s: before it, %s took the value %+v", what, w.id, e.in)
+			}
+		case <-deadline:
+			t.Fatalf("%s: not seen within %s", what, timeout)
+		}
+	}
+}
+
+// quiet checks that every value the key took up to now satisfies cond.
+func (w *keyWatch) quiet(t *testing.T, what string, cond func(*registry.Instance, int64) bool) {
+	t.Helper()
+	// Catch up: etcd's current revision, then a progress notification at or past it.
+	ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+	defer cancel()
+	resp, err := w.cli.Get(ctx, "/tether/none")
+	if err != nil {
+		t.Fatalf("%s: read the revision: %v", what, err)
+	}
+	for w.rev.Load() < resp.Header.Revision {
+		if err := w.cli.RequestProgress(w.ctx); err != nil {
+			t.Fatalf("%s: request watch progress: %v", what, err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: the watch did not reach revision %d", what, resp.Header.Revision)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	for {
+		select {
+		case e := <-w.events:
+			if !cond(e.in, e.lease) {
+				t.Fatalf("%s: %s took the value %+v", what, w.id, e.in)
+			}
+		default:
+			return
+		}
+	}
 }
 
 func state(s string) func(*registry.Instance, int64) bool {
@@ -275,12 +397,16 @@ func TestThresholdsCrossedAndBack(t *testing.T) {
 
 	b.sessions.Store(100)
 	full("sessions at maxSessions", "sessions 100 >= maxSessions 100")
+	w := watchKey(t, cli, "app-1")
 	b.sessions.Store(97) // inside the hysteresis band: stays full for several samples
-	waitKey(t, cli, "app-1", 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
+	if in := w.next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 97
-	})
-	time.Sleep(10 * cfg.Interval)
-	waitKey(t, cli, "app-1", time.Second, "still full at 97", state(registry.StateFull))
+	}, state(registry.StateFull)); in.State != registry.StateFull {
+		t.Fatalf("sessions 97 (inside the hysteresis band) published as %s; want still full", in.State)
+	}
+	// Ten samples at 97: every value written since 100, 97 included, is full.
+	b.waitSamples(t, 10, 5*time.Second)
+	w.quiet(t, "full at 97 for ten samples", state(registry.StateFull))
 	b.sessions.Store(95)
 	back("sessions released at 95")
 
@@ -322,27 +448,59 @@ func TestDrainWaitsForSessions(t *testing.T) {
 		leaseID = lease
 		return in != nil && in.State == registry.StateAvailable
 	})
+	w := watchKey(t, cli, "app-1")
 	r.cancel()
-	in := waitKey(t, cli, "app-1", 5*time.Second, "draining", state(registry.StateDraining))
+	in := w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	if in.Reason == "" || in.Load.Sessions != 3 {
 		t.Errorf("draining instance %+v: want a reason and the 3 sessions", in)
 	}
-	time.Sleep(10 * cfg.Interval) // sessions remain: the instance must stay
+	// Sessions remain: for ten samples the instance stays, draining, and the agent runs.
+	b.waitSamples(t, 10, 5*time.Second)
 	select {
 	case err := <-r.done:
 		t.Fatalf("agent stopped (%v) while 3 sessions were open", err)
 	default:
 	}
-	waitKey(t, cli, "app-1", time.Second, "still draining", state(registry.StateDraining))
+	w.quiet(t, "draining with 3 sessions open", state(registry.StateDraining))
 	b.sessions.Store(0)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	waitKey(t, cli, "app-1", time.Second, "removed", gone)
+	w.next(t, time.Second, "removed", gone, state(registry.StateDraining))
 	ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(leaseID))
 	if err != nil || ttl.TTL != -1 {
 		t.Errorf("lease after drain: %+v, %v; want revoked (TTL -1)", ttl, err)
 	}
+}
+
+// A session opened just before the signal, after the last sample, must keep the instance:
+// the drain decides on a sample taken after "draining" reached etcd, not the stale one.
+func TestDrainDecidesOnFreshSample(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Thresholds.MaxSessions = 10 // a one-session change is past the dead band: written
+	cfg.Interval = 500 * time.Millisecond
+	r := start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "registered with no session", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateAvailable && in.Load.Sessions == 0
+	})
+	b.sessions.Store(1)
+	r.cancel()
+	waitKey(t, cli, "app-1", 5*time.Second, "draining with the session opened before the signal", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateDraining && in.Load.Sessions == 1
+	})
+	select {
+	case err := <-r.done:
+		t.Fatalf("agent stopped (%v) with a session open", err)
+	default:
+	}
+	b.sessions.Store(0)
+	if err := r.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	waitKey(t, cli, "app-1", time.Second, "removed once the session ended", gone)
 }
 
 func TestDrainTimeoutAndSkip(t *testing.T) {
@@ -355,24 +513,26 @@ func TestDrainTimeoutAndSkip(t *testing.T) {
 	cfg.DrainTimeout = 700 * time.Millisecond
 	r := start(t, cfg)
 	waitKey(t, cli, "timeout", 5*time.Second, "registered", state(registry.StateAvailable))
+	w := watchKey(t, cli, "timeout")
 	r.cancel()
-	waitKey(t, cli, "timeout", 5*time.Second, "draining", state(registry.StateDraining))
+	w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run after drain timeout: %v", err)
 	}
-	waitKey(t, cli, "timeout", time.Second, "removed after the drain timeout", gone)
+	w.next(t, time.Second, "removed after the drain timeout", gone, state(registry.StateDraining))
 
 	cfg = config(t, etcd, b, "skip")
 	cfg.DrainTimeout = time.Hour
 	r = start(t, cfg)
 	waitKey(t, cli, "skip", 5*time.Second, "registered", state(registry.StateAvailable))
+	w = watchKey(t, cli, "skip")
 	r.cancel()
-	waitKey(t, cli, "skip", 5*time.Second, "draining", state(registry.StateDraining))
+	w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	close(r.skip)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run after skip: %v", err)
 	}
-	waitKey(t, cli, "skip", time.Second, "removed after the second signal", gone)
+	w.next(t, time.Second, "removed after the second signal", gone, state(registry.StateDraining))
 }
 
 func TestEtcdOutageAndLostLease(t *testing.T) {
@@ -466,4 +626,160 @@ func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 		t.Fatalf("agent stopped: %v", err)
 	default:
 	}
+}
+
+// Two agents on one host with the default --metrics-addr, beside something that holds the
+// first port of the range: each serves /metrics on its own free port and publishes it.
+func TestMetricsAutoPortPerAgent(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	first := fmt.Sprintf("127.0.0.1:%d", agent.MetricsPortFirst)
+	if l, err := net.Listen("tcp", first); err == nil { // else something already holds it
+		t.Cleanup(func() { l.Close() })
+	}
+	seen := map[string]string{}
+	for _, id := range []string{"app-1", "app-2"} {
+		cfg := config(t, etcd, b, id)
+		cfg.MetricsAddr = agent.MetricsAuto
+		start(t, cfg)
+		in := waitKey(t, cli, id, 5*time.Second, id+" registered", state(registry.StateAvailable))
+		addr := in.Agent.Metrics
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil || addr == first || ap.Port() < agent.MetricsPortFirst || ap.Port() >= agent.MetricsPortFirst+agent.MetricsPortCount {
+			t.Fatalf("%s: agent.metrics %q, want a free port of the range other than the busy %s", id, addr, first)
+		}
+		if other, dup := seen[addr]; dup {
+			t.Fatalf("%s and %s both publish %s", other, id, addr)
+		}
+		seen[addr] = id
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := `instance="` + id + `"`; !strings.Contains(string(body), want) {
+			t.Errorf("%s: /metrics at %s lacks %s", id, addr, want)
+		}
+	}
+}
+
+// With an etcd user, the client authenticates at start: an agent started before etcd must
+// wait for it, as without a user, and a wrong password must stop it at once.
+func TestWaitsForEtcdWithAuth(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.WithFastPasswords())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin := etcd.Client(t)
+	if _, err := admin.UserAdd(ctx, "root", "root-pw"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	etcd.Stop()
+
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Etcd.Username, cfg.Etcd.Password, cfg.Etcd.DialTimeout = "root", "root-pw", 300*time.Millisecond
+	var logs logBuffer
+	done := make(chan error, 1)
+	runCtx, stop := context.WithCancel(context.Background())
+	go func() { done <- agent.Run(runCtx, cfg, zerolog.New(&logs), nil) }()
+	t.Cleanup(func() { stop(); <-done })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "etcd not reachable yet") {
+		select {
+		case err := <-done:
+			done <- err // for the cleanup
+			t.Fatalf("agent stopped while etcd was down: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no retry logged within 10s:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	etcd.StartAgain(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-pw", DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	waitKey(t, cli, "app-1", 15*time.Second, "registered once etcd is up", state(registry.StateAvailable))
+
+	wrong := config(t, etcd, b, "app-2")
+	wrong.Etcd.Username, wrong.Etcd.Password = "root", "not-the-password"
+	r := start(t, wrong)
+	if err := r.wait(t, 10*time.Second); err == nil || !strings.Contains(err.Error(), "authentication failed") {
+		t.Fatalf("wrong password: %v, want an authentication error at once", err)
+	}
+}
+
+// A probe error longer than the registry's reason limit (a long URL) must still be
+// published, cut to the limit, without the URL's query (a token): before, every write of the
+// instance failed validation and it stayed "available" with its backend dead.
+func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.HealthURL = fmt.Sprintf("http://127.0.0.1:%d/%s?token=s3cret", etcdtest.FreePort(t), strings.Repeat("a", 700))
+	start(t, cfg)
+	in := waitKey(t, cli, "app-1", 10*time.Second, "unhealthy", state(registry.StateUnhealthy))
+	if len(in.Reason) > 512 || !strings.HasPrefix(in.Reason, "health check failed: ") || !strings.HasSuffix(in.Reason, "...") {
+		t.Errorf("reason (%d bytes) %q: want the health error cut to 512 bytes", len(in.Reason), in.Reason)
+	}
+	if strings.Contains(in.Reason, "s3cret") || strings.Contains(in.Reason, "token") {
+		t.Errorf("reason %q shows the URL's query", in.Reason)
+	}
+}
+
+// An agent whose key was taken by another agent (another lease) while it was cut off stops
+// as a duplicate id at start does, once that lease has outlived its TTL, instead of retrying
+// for ever.
+func TestIDTakenWhileCutOffStops(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	r := start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+
+	// Another agent takes the key: the first finds it at its next write.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	other, err := cli.Grant(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.KeepAlive(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	key := registry.InstanceKey("/tether", "app", "app-1")
+	val := instanceValue(t, registry.Instance{ID: "app-1", Address: "127.0.0.2", Port: 9, State: registry.StateAvailable})
+	if _, err := cli.Put(ctx, key, val, clientv3.WithLease(other.ID)); err != nil {
+		t.Fatal(err)
+	}
+	err = r.wait(t, 20*time.Second)
+	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
+		t.Fatalf("agent cut off from its id: %v, want ErrIDHeld naming the id", err)
+	}
+	waitKey(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
+		return in != nil && lease == int64(other.ID) && in.Address == "127.0.0.2"
+	})
+}
+
+func instanceValue(t *testing.T, in registry.Instance) string {
+	t.Helper()
+	in.UpdatedAt = time.Now().UTC()
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,8 +61,46 @@ type Config struct {
 	Interval     time.Duration // sampling period
 	Heartbeat    time.Duration // longest time between two writes
 	DrainTimeout time.Duration // longest wait for sessions to end on shutdown
-	// MetricsAddr serves /metrics and /healthz; empty disables it.
+	// DrainSettle is the wait between publishing "draining" and the sample that may find no
+	// session left: the control plane's coalescing window plus Envoy applying the push.
+	DrainSettle time.Duration
+	// MetricsAddr serves /metrics and /healthz: host:port, or MetricsAuto ("auto", or
+	// "host:auto") for the first free port from MetricsPortFirst; empty disables it.
 	MetricsAddr string
+}
+
+// The automatic metrics port: the first free one of MetricsPortCount ports from
+// MetricsPortFirst. The range sits beside Tether's own ports (18000 xDS, 18001 admin), below
+// the ephemeral ranges of Linux and Windows, and away from 9100-9999, where Prometheus
+// exporters register their defaults (node_exporter has 9100, windows_exporter 9182): agents
+// of several apps on one host take 18100, 18101, ... and each publishes its address in the
+// registry's "agent" field.
+const (
+	MetricsAuto      = "auto"
+	MetricsPortFirst = 18100
+	MetricsPortCount = 100
+)
+
+// metricsListenAddrs returns the addresses to try in order for addr (see Config.MetricsAddr).
+func metricsListenAddrs(addr string) ([]string, error) {
+	if addr == MetricsAuto {
+		addr = "127.0.0.1:" + MetricsAuto
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("%q must be host:port, host:auto or auto, e.g. 127.0.0.1:18100, or empty to disable", addr)
+	}
+	if port != MetricsAuto {
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return nil, fmt.Errorf("%q: port %q must be 0-65535 or auto", addr, port)
+		}
+		return []string{addr}, nil
+	}
+	out := make([]string, MetricsPortCount)
+	for i := range out {
+		out[i] = net.JoinHostPort(host, strconv.Itoa(MetricsPortFirst+i))
+	}
+	return out, nil
 }
 
 // Validate checks the configuration without I/O; errors name the flag at fault.
@@ -153,12 +192,15 @@ func (c *Config) Validate() error {
 	if c.DrainTimeout < 0 {
 		add("--drain-timeout: %s must be 0 (no wait) or more", c.DrainTimeout)
 	}
+	if c.DrainSettle < 0 || c.DrainSettle > time.Minute {
+		add("--drain-settle: %s must be between 0 and 1m", c.DrainSettle)
+	}
 	if c.ProbeTimeout <= 0 {
 		add("--probe-timeout: %s must be positive", c.ProbeTimeout)
 	}
 	if c.MetricsAddr != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
-			add("--metrics-addr: %q must be host:port, e.g. 127.0.0.1:9100, or empty to disable", c.MetricsAddr)
+		if _, err := metricsListenAddrs(c.MetricsAddr); err != nil {
+			add("--metrics-addr: %v", err)
 		}
 	}
 	return errors.Join(errs...)

@@ -46,8 +46,17 @@ func TestValidateNamesFlag(t *testing.T) {
 		{"--heartbeat", func(c *Config) { c.Heartbeat = time.Second }},
 		{"--drain-timeout", func(c *Config) { c.DrainTimeout = -time.Second }},
 		{"--metrics-addr", func(c *Config) { c.MetricsAddr = "9100" }},
+		{"--metrics-addr", func(c *Config) { c.MetricsAddr = "127.0.0.1:next" }},
+		{"--drain-settle", func(c *Config) { c.DrainSettle = -time.Second }},
 		{"--label", func(c *Config) { c.Labels = map[string]string{"bad key": "v"} }},
 		{"--zone", func(c *Config) { c.Zone = "a/b" }},
+	}
+	for _, addr := range []string{MetricsAuto, "0.0.0.0:auto", "[::1]:auto", "127.0.0.1:0"} {
+		cfg := validConfig()
+		cfg.MetricsAddr = addr
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("--metrics-addr %s refused: %v", addr, err)
+		}
 	}
 	for _, c := range cases {
 		cfg := validConfig()

@@ -12,6 +12,17 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
+// Wisej generations, for the meaning of HealthCheck.json's maxMemory: a percentage of memory
+// up to Wisej 2, an absolute value in MB from Wisej 3 on. WisejAuto reads a value over 100 as
+// MB (no percentage exceeds 100) and a value up to 100 as a percentage, flagged ambiguous:
+// reading a Wisej 2 "70" (percent) as 70 MB would make every server full at once, the
+// opposite mistake only leaves the memory limit looser.
+const (
+	WisejAuto = "auto"
+	Wisej2    = "2"
+	Wisej3    = "3"
+)
+
 // HealthCheck is a Wisej HealthCheck.json: the thresholds of Wisej's healthcheck.wx and the
 // answer it gives when the server is not available.
 type HealthCheck struct {
@@ -19,8 +30,12 @@ type HealthCheck struct {
 	// the agent (Thresholds returns zeros).
 	Enabled     bool
 	MaxSessions int
-	MaxMemory   float64 // percent
-	MaxCPU      float64 // percent
+	MaxMemory   float64 // percent (Wisej 2's maxMemory)
+	MaxMemoryMB float64 // MB (Wisej 3's maxMemory)
+	// MemoryAmbiguous is set when maxMemory was read as a percentage by WisejAuto only
+	// because it is at most 100: with Wisej 3 it would mean MB.
+	MemoryAmbiguous bool
+	MaxCPU          float64 // percent
 	// ReturnCode, RetryAfterMinutes and ReturnURL describe the overload answer. In Tether they
 	// are service settings (the "overload" object of <prefix>/services/<service>), not the
 	// instance's: the agent reports them so that the operator can copy them there.
@@ -36,18 +51,19 @@ func (h HealthCheck) Thresholds() registry.Thresholds {
 	if !h.Enabled {
 		return registry.Thresholds{}
 	}
-	return registry.Thresholds{MaxSessions: h.MaxSessions, MaxCPU: h.MaxCPU, MaxMemory: h.MaxMemory}
+	return registry.Thresholds{MaxSessions: h.MaxSessions, MaxCPU: h.MaxCPU, MaxMemory: h.MaxMemory, MaxMemoryMB: h.MaxMemoryMB}
 }
 
 // LoadHealthCheck reads a Wisej HealthCheck.json, with its /* ... */ header and any // or
-// /* */ comments. Missing fields keep Wisej's defaults (returnCode 503, retryAfter 10).
-// Errors name the file and the field.
-func LoadHealthCheck(path string) (HealthCheck, error) {
+// /* */ comments, written by the Wisej generation wisej (WisejAuto, Wisej2 or Wisej3).
+// Missing fields keep Wisej's defaults (returnCode 503, retryAfter 10). Errors name the file
+// and the field.
+func LoadHealthCheck(path, wisej string) (HealthCheck, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return HealthCheck{}, fmt.Errorf("--healthcheck-file: %w", err)
 	}
-	hc, err := ParseHealthCheck(b)
+	hc, err := ParseHealthCheck(b, wisej)
 	if err != nil {
 		return hc, fmt.Errorf("--healthcheck-file %s: %w", path, err)
 	}
@@ -55,8 +71,13 @@ func LoadHealthCheck(path string) (HealthCheck, error) {
 }
 
 // ParseHealthCheck parses the content of a HealthCheck.json; see LoadHealthCheck.
-func ParseHealthCheck(b []byte) (HealthCheck, error) {
+func ParseHealthCheck(b []byte, wisej string) (HealthCheck, error) {
 	hc := HealthCheck{ReturnCode: 503, RetryAfterMinutes: 10}
+	switch wisej {
+	case WisejAuto, Wisej2, Wisej3:
+	default:
+		return hc, fmt.Errorf("--wisej-version: %q is not one of auto, 2, 3", wisej)
+	}
 	clean, err := stripComments(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf")))
 	if err != nil {
 		return hc, err
@@ -82,7 +103,8 @@ func ParseHealthCheck(b []byte) (HealthCheck, error) {
 	}
 	field("enabled", &hc.Enabled)
 	field("maxSessions", &hc.MaxSessions)
-	field("maxMemory", &hc.MaxMemory)
+	var maxMemory float64
+	field("maxMemory", &maxMemory)
 	field("maxCPU", &hc.MaxCPU)
 	field("returnCode", &hc.ReturnCode)
 	field("retryAfter", &hc.RetryAfterMinutes)
@@ -99,7 +121,27 @@ func ParseHealthCheck(b []byte) (HealthCheck, error) {
 	if len(errs) > 0 {
 		return hc, errors.Join(errs...)
 	}
-	return hc, hc.validate()
+	if err := hc.setMemory(maxMemory, wisej); err != nil {
+		errs = append(errs, err)
+	}
+	return hc, errors.Join(append(errs, hc.validate())...)
+}
+
+// setMemory reads maxMemory as the given Wisej generation writes it.
+func (h *HealthCheck) setMemory(v float64, wisej string) error {
+	if !(v >= 0 && v <= 1<<30) {
+		return fmt.Errorf("field \"maxMemory\": %g must be 0 (unlimited) or more", v)
+	}
+	switch {
+	case wisej == Wisej3, wisej == WisejAuto && v > 100:
+		h.MaxMemoryMB = v
+	case v > 100:
+		return fmt.Errorf("field \"maxMemory\": %g is over 100, not a percentage as Wisej 2 writes it; with Wisej 3 (MB) pass --wisej-version 3", v)
+	default:
+		h.MaxMemory = v
+		h.MemoryAmbiguous = wisej == WisejAuto && v > 0
+	}
+	return nil
 }
 
 func (h HealthCheck) validate() error {
@@ -107,9 +149,6 @@ func (h HealthCheck) validate() error {
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if h.MaxSessions < 0 {
 		add("field \"maxSessions\": %d must be 0 (unlimited) or more", h.MaxSessions)
-	}
-	if !(h.MaxMemory >= 0 && h.MaxMemory <= 100) {
-		add("field \"maxMemory\": %g must be a percentage between 0 (unlimited) and 100", h.MaxMemory)
 	}
 	if !(h.MaxCPU >= 0 && h.MaxCPU <= 100) {
 		add("field \"maxCPU\": %g must be a percentage between 0 (unlimited) and 100", h.MaxCPU)

@@ -10,7 +10,7 @@ import (
 )
 
 func TestWisejDefaultFile(t *testing.T) {
-	hc, err := LoadHealthCheck(filepath.Join("testdata", "HealthCheck.json"))
+	hc, err := LoadHealthCheck(filepath.Join("testdata", "HealthCheck.json"), WisejAuto)
 	if err != nil {
 		t.Fatalf("Wisej's default file: %v", err)
 	}
@@ -26,7 +26,7 @@ func TestWisejDefaultFile(t *testing.T) {
 }
 
 func TestExampleFileDisabled(t *testing.T) {
-	hc, err := LoadHealthCheck(filepath.Join("..", "examples", "HealthCheck.json"))
+	hc, err := LoadHealthCheck(filepath.Join("..", "examples", "HealthCheck.json"), WisejAuto)
 	if err != nil {
 		t.Fatalf("examples/HealthCheck.json: %v", err)
 	}
@@ -46,7 +46,7 @@ func TestCommentedFile(t *testing.T) {
   "retryAfter": 2,
   "futureField": 1
 }`
-	hc, err := ParseHealthCheck([]byte(src))
+	hc, err := ParseHealthCheck([]byte(src), WisejAuto)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestCommentedFile(t *testing.T) {
 	if strings.Join(hc.Unknown, ",") != "futureField" {
 		t.Fatalf("unknown fields %v", hc.Unknown)
 	}
-	hc, err = ParseHealthCheck([]byte(`{"returUrl": "http://b.example.com/"}`))
+	hc, err = ParseHealthCheck([]byte(`{"returUrl": "http://b.example.com/"}`), WisejAuto)
 	if err != nil || hc.ReturnURL != "http://b.example.com/" {
 		t.Fatalf("Wisej's misspelt returUrl: %q, %v", hc.ReturnURL, err)
 	}
@@ -74,23 +74,60 @@ func TestBrokenFiles(t *testing.T) {
 		{"CPU over 100", `{"maxCPU": 150}`, `"maxCPU"`},
 		{"negative sessions", `{"maxSessions": -1}`, `"maxSessions"`},
 		{"memory as text", `{"maxMemory": "70%"}`, `"maxMemory"`},
+		{"negative memory", `{"maxMemory": -1}`, `"maxMemory"`},
 		{"bad return code", `{"returnCode": 42}`, `"returnCode"`},
 		{"bad url", `{"returUrl": "busy.html"}`, `"returnUrl"`},
 	}
 	for _, c := range cases {
-		_, err := ParseHealthCheck([]byte(c.src))
+		_, err := ParseHealthCheck([]byte(c.src), WisejAuto)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one mentioning %s", c.name, err, c.want)
 		}
 	}
-	if _, err := LoadHealthCheck(filepath.Join(t.TempDir(), "missing.json")); err == nil || !strings.Contains(err.Error(), "--healthcheck-file") {
+	if _, err := LoadHealthCheck(filepath.Join(t.TempDir(), "missing.json"), WisejAuto); err == nil || !strings.Contains(err.Error(), "--healthcheck-file") {
 		t.Errorf("missing file: %v", err)
 	}
 	path := filepath.Join(t.TempDir(), "HealthCheck.json")
 	if err := os.WriteFile(path, []byte(`{"maxCPU": 101}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadHealthCheck(path); err == nil || !strings.Contains(err.Error(), path) {
+	if _, err := LoadHealthCheck(path, WisejAuto); err == nil || !strings.Contains(err.Error(), path) {
 		t.Errorf("error %v does not name the file", err)
+	}
+}
+
+// Wisej 3 writes maxMemory in MB: 2048 is 2 GB, not a percentage over 100.
+func TestWisej3MaxMemoryInMB(t *testing.T) {
+	src := []byte("/* Wisej 3 */\n{\"enabled\": true, \"maxMemory\": 2048, \"maxSessions\": 200}")
+	for _, gen := range []string{WisejAuto, Wisej3} {
+		hc, err := ParseHealthCheck(src, gen)
+		if err != nil {
+			t.Fatalf("--wisej-version %s: %v", gen, err)
+		}
+		if got, want := hc.Thresholds(), (registry.Thresholds{MaxSessions: 200, MaxMemoryMB: 2048}); got != want || hc.MemoryAmbiguous {
+			t.Errorf("--wisej-version %s: thresholds %+v (ambiguous %v), want %+v", gen, got, hc.MemoryAmbiguous, want)
+		}
+	}
+	if _, err := ParseHealthCheck(src, Wisej2); err == nil || !strings.Contains(err.Error(), "--wisej-version 3") {
+		t.Errorf("--wisej-version 2 with maxMemory 2048: %v, want an error pointing at --wisej-version 3", err)
+	}
+	small := []byte(`{"enabled": true, "maxMemory": 70}`)
+	cases := []struct {
+		gen       string
+		want      registry.Thresholds
+		ambiguous bool
+	}{
+		{WisejAuto, registry.Thresholds{MaxMemory: 70}, true}, // read as Wisej 2's percent, flagged
+		{Wisej2, registry.Thresholds{MaxMemory: 70}, false},
+		{Wisej3, registry.Thresholds{MaxMemoryMB: 70}, false},
+	}
+	for _, c := range cases {
+		hc, err := ParseHealthCheck(small, c.gen)
+		if err != nil || hc.Thresholds() != c.want || hc.MemoryAmbiguous != c.ambiguous {
+			t.Errorf("maxMemory 70, --wisej-version %s: %+v ambiguous %v, %v; want %+v ambiguous %v", c.gen, hc.Thresholds(), hc.MemoryAmbiguous, err, c.want, c.ambiguous)
+		}
+	}
+	if _, err := ParseHealthCheck(small, "4"); err == nil || !strings.Contains(err.Error(), "--wisej-version") {
+		t.Errorf("unknown generation: %v", err)
 	}
 }

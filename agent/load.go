@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -213,20 +214,25 @@ type prober struct {
 	client *http.Client
 }
 
-// get fetches url and returns the status and up to maxBodyBytes of the body.
+// get fetches url and returns the status and up to maxBodyBytes of the body. Errors show
+// the URL without its query, fragment or password (tokens), as reasons are published.
 func (p *prober) get(ctx context.Context, url string) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, fmt.Errorf("%s: bad URL", redactURL(url))
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			ue.URL = redactURL(ue.URL) // a redirect may have led elsewhere
+		}
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes))
 	if err != nil {
-		return resp.StatusCode, nil, fmt.Errorf("read %s: %w", url, err)
+		return resp.StatusCode, nil, fmt.Errorf("read %s: %w", redactURL(url), err)
 	}
 	return resp.StatusCode, body, nil
 }
@@ -251,7 +257,7 @@ func (p *prober) sessions(ctx context.Context, url, metric string) (int, error) 
 		return 0, err
 	}
 	if status < 200 || status > 299 {
-		return 0, fmt.Errorf("%s: status %d", url, status)
+		return 0, fmt.Errorf("%s: status %d", redactURL(url), status)
 	}
 	if metric != "" {
 		return parseSessionsMetric(body, metric)
@@ -260,10 +266,10 @@ func (p *prober) sessions(ctx context.Context, url, metric string) (int, error) 
 		Sessions *float64 `json:"sessions"`
 	}
 	if err := json.Unmarshal(body, &v); err != nil {
-		return 0, fmt.Errorf("%s: want JSON {\"sessions\": N} (or set --sessions-metric for Prometheus text): %w", url, err)
+		return 0, fmt.Errorf("%s: want JSON {\"sessions\": N} (or set --sessions-metric for Prometheus text): %w", redactURL(url), err)
 	}
 	if v.Sessions == nil {
-		return 0, fmt.Errorf("%s: the JSON has no \"sessions\" field", url)
+		return 0, fmt.Errorf("%s: the JSON has no \"sessions\" field", redactURL(url))
 	}
 	return toCount(*v.Sessions)
 }
@@ -300,4 +306,17 @@ func toCount(v float64) (int, error) {
 		return 0, errors.New("session count " + strconv.FormatFloat(v, 'g', -1, 64) + " is not a count between 0 and 1e9")
 	}
 	return int(math.Round(v)), nil
+}
+
+// redactURL drops what may hold a secret from a URL: the query, the fragment and a password.
+func redactURL(raw string) string {
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
+	if u.User != nil {
+		u.User = neturl.User(u.User.Username())
+	}
+	return u.String()
 }

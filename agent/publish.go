@@ -39,9 +39,13 @@ func writeReason(last, next registry.Instance, sinceLast, heartbeat time.Duratio
 	}
 	d := func(a, b float64) float64 { return math.Abs(a - b) }
 	th := next.Thresholds
+	step := sessionStep(th.MaxSessions)
+	if next.State == registry.StateDraining {
+		step = 1 // every session that ends is news to whoever waits for the drain (drain --wait)
+	}
 	switch {
 	case last.Thresholds != th,
-		abs(last.Load.Sessions-next.Load.Sessions) >= sessionStep(th.MaxSessions),
+		abs(last.Load.Sessions-next.Load.Sessions) >= step,
 		d(last.Load.CPU, next.Load.CPU) >= percentStep,
 		d(last.Load.Memory, next.Load.Memory) >= percentStep,
 		th.MaxMemoryMB > 0 && d(last.Load.MemoryMB, next.Load.MemoryMB) >= th.MaxMemoryMB*memoryMBStep:

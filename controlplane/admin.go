@@ -2,8 +2,11 @@ package controlplane
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -43,7 +46,47 @@ func (cp *ControlPlane) adminHandler() http.Handler {
 	mux.HandleFunc("GET /ui/", mon.asset)
 	mux.HandleFunc("GET /api/state", mon.state)
 	mux.HandleFunc("GET /api/events", mon.events)
-	return mux
+	return cp.hostGuard(mux)
+}
+
+// hostGuard answers only requests whose Host header is a loopback name or IP, the admin
+// listener's own IP, or one of cfg.AdminHosts. A web page that rebinds its DNS name to
+// 127.0.0.1 makes a browser on this host send that name as Host: refused with 403, it cannot
+// read /debug/config, /api/state or /debug/pprof/.
+func (cp *ControlPlane) hostGuard(next http.Handler) http.Handler {
+	allowed := map[string]bool{"localhost": true}
+	for _, h := range cp.cfg.AdminHosts {
+		allowed[normalHost(h)] = true
+	}
+	var own netip.Addr
+	if cp.adminLn != nil {
+		if ta, ok := cp.adminLn.Addr().(*net.TCPAddr); ok {
+			own, _ = netip.AddrFromSlice(ta.IP)
+			own = own.Unmap()
+		}
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = normalHost(host)
+		ok := allowed[host]
+		if ip, err := netip.ParseAddr(host); err == nil {
+			ip = ip.Unmap()
+			ok = ok || ip.IsLoopback() || (own.IsValid() && !own.IsUnspecified() && ip == own) || allowed[ip.String()]
+		}
+		if !ok {
+			http.Error(w, "Host not allowed: the admin server answers loopback and the names given to --admin-hosts", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// normalHost lower-cases a host name and drops IPv6 brackets and a trailing dot.
+func normalHost(h string) string {
+	return strings.ToLower(strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(h), "["), "]"), "."))
 }
 
 // DebugConfig is the JSON document of /debug/config.

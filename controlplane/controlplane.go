@@ -18,8 +18,6 @@ import (
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -29,6 +27,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -44,6 +43,10 @@ type Config struct {
 	Prefix string
 	// XDSAddr and AdminAddr are the listen addresses of the xDS gRPC and admin HTTP servers.
 	XDSAddr, AdminAddr string
+	// AdminHosts are the Host names (or IPs) the admin server answers besides loopback and
+	// its own listen IP: it refuses any other, so that a page rebinding a DNS name to
+	// 127.0.0.1 in a browser on this host cannot read it.
+	AdminHosts []string
 	// XDSTLS, when set, serves xDS over TLS (require client certificates for mutual TLS).
 	XDSTLS *tls.Config
 	// ListenPort is the Envoy listener port.
@@ -52,11 +55,17 @@ type Config struct {
 	// change CoalesceQuiet after the last push is pushed at once; later ones wait for
 	// CoalesceQuiet of quiet, at most CoalesceMax (see coalescer).
 	CoalesceQuiet, CoalesceMax time.Duration
-	// HoldShare and HoldGrace configure the mass-disappearance guard: when more than HoldShare
-	// of a service's instances leave the registry at once, they stay served for HoldGrace.
-	// HoldShare < 0 disables the guard; 0 takes the default.
-	HoldShare float64
-	HoldGrace time.Duration
+	// HoldShare, HoldWindow and HoldGrace configure the mass-disappearance guard: when more
+	// than HoldShare of a service's instances leave the registry within HoldWindow of the
+	// first removal (draining ones aside), they stay served for HoldGrace. HoldWindow should
+	// be about the agents' lease TTL. HoldShare < 0 disables the guard; 0 takes the default.
+	HoldShare  float64
+	HoldGrace  time.Duration
+	HoldWindow time.Duration
+	// AllowLoopback accepts instances on loopback addresses. Only for a demo or tests with
+	// Envoy and the backends on one host: otherwise a registered 127.0.0.1 makes Envoy
+	// connect to itself or to whatever listens on the gateway host.
+	AllowLoopback bool
 	// ShutdownTimeout bounds the graceful stop of the servers.
 	ShutdownTimeout time.Duration
 	// Logger receives the control plane's logs.
@@ -74,6 +83,7 @@ const (
 	DefaultCoalesceMax       = 50 * time.Millisecond
 	DefaultHoldShare         = 0.5
 	DefaultHoldGrace         = 30 * time.Second
+	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
 )
 
 func (c *Config) withDefaults() error {
@@ -123,6 +133,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.HoldGrace <= 0 {
 		c.HoldGrace = DefaultHoldGrace
+	}
+	if c.HoldWindow <= 0 {
+		c.HoldWindow = DefaultHoldWindow
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
@@ -201,18 +214,20 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cfg.Etcd.Logger == nil {
 		cfg.Etcd.Logger = zap.NewNop() // etcd client retries are reported by the watcher
 	}
-	cli, err := clientv3.New(cfg.Etcd)
+	// With --etcd-user the client authenticates at once: wait for etcd as without a user.
+	cli, err := etcdconn.Dial(ctx, cfg.Etcd, func(err error, wait time.Duration) {
+		cp.log.Warn().Err(err).Strs("endpoints", cfg.Etcd.Endpoints).Dur("retryIn", wait).Msg("etcd not reachable yet")
+	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Etcd.Endpoints, err)
 	}
 	cp.cli = cli
 
-	cache := newSnapshotCache(cp.log.With().Str("component", "xds-cache").Logger())
-	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cp.log.With().Str("component", "guard").Logger(),
+	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger())
+	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
-	eds := cachev3.NewLinearCache(resourcev3.EndpointType, cachev3.WithLogger(cacheLogger(cp.log.With().Str("component", "eds-cache").Logger())))
-	cp.pub = newPublisher(cp.log, cp.m, cache, eds, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
-	cp.tracker = newTracker(cp.log, cp.m, cp.pub.addGroup)
+	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
+	cp.tracker = newTracker(cp.log, cp.m)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
 		Prefix: cfg.Prefix,
 		Logger: cp.log.With().Str("component", "registry").Logger(),
@@ -220,7 +235,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 			kind, _, _, _ := registry.ParseKey(cfg.Prefix, key)
 			cp.m.rejected.WithLabelValues(kindLabel(kind)).Inc()
 		},
-		OnEvent: func(n int) { cp.m.etcdEvents.Add(float64(n)) },
+		OnEvent:       func(n int) { cp.m.etcdEvents.Add(float64(n)) },
+		AllowLoopback: cfg.AllowLoopback,
 	})
 
 	var opts []grpc.ServerOption
@@ -235,7 +251,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cp.grpc = grpc.NewServer(opts...)
-	xds := serverv3.NewServer(ctx, muxCache(cache, eds), cp.tracker.callbacks())
+	xds := serverv3.NewServer(ctx, cache, cache.Callbacks(cp.tracker.callbacks()))
 	discovery.RegisterAggregatedDiscoveryServiceServer(cp.grpc, xds)
 	clusterservice.RegisterClusterDiscoveryServiceServer(cp.grpc, xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(cp.grpc, xds)
@@ -244,6 +260,10 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 
 	if cp.xdsLn, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
 		return nil, fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
+	}
+	if cfg.XDSTLS == nil && !loopback(cp.xdsLn.Addr()) {
+		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
+			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")
 	}
 	if cp.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("--admin-addr %s: %w", cfg.AdminAddr, err)
@@ -292,12 +312,20 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	return cp, nil
 }
 
+// loopback reports whether a listener's address is reachable from this host only.
+func loopback(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t.IP.IsLoopback()
+}
+
 func kindLabel(k registry.KeyKind) string {
 	switch k {
 	case registry.KeyService:
 		return "service"
 	case registry.KeyInstance:
 		return "instance"
+	case registry.KeyDrain:
+		return "drain"
 	}
 	return "unknown"
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,6 +78,7 @@ func startCP(t *testing.T, endpoints []string) *controlplane.ControlPlane {
 		AdminAddr:     "127.0.0.1:0",
 		CoalesceQuiet: 5 * time.Millisecond,
 		CoalesceMax:   50 * time.Millisecond,
+		AllowLoopback: true,
 		Logger:        testLogger(t),
 	})
 	if err != nil {
@@ -99,24 +101,11 @@ func connect(t *testing.T, cp *controlplane.ControlPlane, v xdsclient.Variant, n
 	return c
 }
 
-// run runs c against cp until the test ends.
+// run runs c against cp until the test ends. A stream that fails before then ends every
+// WaitFor on c at once with the stream's error (xdsclient.ErrStopped).
 func run(t *testing.T, cp *controlplane.ControlPlane, c *xdsclient.Client) {
 	t.Helper()
-	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("dial xDS: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.Run(ctx, conn)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		conn.Close()
-	})
+	runClient(t, c, cp.XDSAddr(), nil)
 }
 
 func put(t *testing.T, cli *clientv3.Client, key, val string, opts ...clientv3.OpOption) int64 {
@@ -357,9 +346,9 @@ func TestReplicasServeIdenticalVersions(t *testing.T) {
 		waitFor(t, c2, "full config from replica 2", full)
 		v1, v2 := c1.View(), c2.View()
 		for _, typ := range xdsclient.Types {
-			// State-of-the-world endpoint versions are each replica's own update counter
-			// (the linear cache's); every other version is derived from content.
-			if variant == xdsclient.SotW && typ != resourcev3.EndpointType && v1.Versions[typ] != v2.Versions[typ] {
+			// Every type's version (SotW version_info, delta system_version_info) is derived
+			// from content.
+			if v1.Versions[typ] != v2.Versions[typ] {
 				t.Errorf("%s %s: versions differ: %q vs %q", variant, typ, v1.Versions[typ], v2.Versions[typ])
 			}
 			for name, rv := range v1.ResourceVersions[typ] {
@@ -395,8 +384,7 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = c.Run(ctx, conn) }()
+		done := c.Start(ctx, conn)
 		waitFor(t, c, "a NACK sent", func(v xdsclient.View) bool { return v.NACKs > 0 })
 		want := float64(i + 1)
 		deadline := time.Now().Add(5 * time.Second)
@@ -415,6 +403,11 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 		if nacks < 1 {
 			t.Errorf("%s: Clients() shows %d NACKs for the client; want >= 1", variant, nacks)
 		}
+		select {
+		case err := <-done:
+			t.Fatalf("%s: the NACKing client's stream ended: %v", variant, err)
+		default:
+		}
 		cancel()
 		<-done
 		conn.Close()
@@ -422,24 +415,40 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 }
 
 // TestEtcdRestart restarts etcd under a running control plane: the last configuration stays
-// served, and changes made after the restart arrive.
+// served the whole time (no response ever leaves a1 out), and changes made after the restart
+// arrive.
 func TestEtcdRestart(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 1))
 	cp := startCP(t, srv.Endpoints())
-	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
+	c := xdsclient.New(xdsclient.Delta, "envoy-1", "default")
+	var lost atomic.Value // the first response that left a1 out
+	c.OnUpdate = func(u xdsclient.Update) {
+		if len(u.Removed) > 0 {
+			lost.CompareAndSwap(nil, fmt.Sprintf("%s removed %v", u.TypeURL, u.Removed))
+		}
+		if u.TypeURL != resourcev3.EndpointType {
+			return
+		}
+		for name, m := range u.Resources {
+			if endpoints(xdsclient.View{Resources: map[string]map[string]proto.Message{u.TypeURL: {name: m}}})[5001] == nil {
+				lost.CompareAndSwap(nil, fmt.Sprintf("endpoints %s without a1", name))
+			}
+		}
+	}
+	run(t, cp, c)
 	waitFor(t, c, "a1", func(v xdsclient.View) bool { return endpoints(v)[5001] != nil })
 	srv.Stop()
-	time.Sleep(300 * time.Millisecond) // let the watch notice the outage
-	if endpoints(c.View())[5001] == nil {
-		t.Fatal("a1 disappeared while etcd was down")
-	}
+	time.Sleep(300 * time.Millisecond) // the outage: time for the watch to fail
 	srv.StartAgain(t)
 	put(t, srv.Client(t), "/tether/instances/app/a2", instanceJSON("a2", 5002, "available", 1))
 	waitFor(t, c, "a2 after the restart", func(v xdsclient.View) bool {
 		return endpoints(v)[5001] != nil && endpoints(v)[5002] != nil
 	})
+	if l := lost.Load(); l != nil {
+		t.Errorf("a1 was not served throughout the restart: %s", l)
+	}
 }
 
 // TestReadyzWithoutEtcd: a control plane that never listed the registry is not ready.
@@ -453,16 +462,25 @@ func TestReadyzWithoutEtcd(t *testing.T) {
 // TestEmbeddedEtcd starts the control plane with no etcd endpoints: it runs its own etcd,
 // which clients reach on the embedded client URL.
 func TestEmbeddedEtcd(t *testing.T) {
-	clientURL := fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		DataDir: t.TempDir(), EmbeddedClientURL: clientURL,
-		EmbeddedPeerURL: fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
-		XDSAddr:         "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: testLogger(t),
-	})
-	if err != nil {
-		t.Fatalf("start: %v", err)
+	var cp *controlplane.ControlPlane
+	var clientURL string
+	for attempt := 1; ; attempt++ {
+		// A free port may be taken by a test running in parallel before etcd binds it.
+		clientURL = fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))
+		var err error
+		cp, err = controlplane.Start(ctx, controlplane.Config{
+			DataDir: t.TempDir(), EmbeddedClientURL: clientURL,
+			EmbeddedPeerURL: fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t)),
+			XDSAddr:         "127.0.0.1:0", AdminAddr: "127.0.0.1:0", AllowLoopback: true, Logger: testLogger(t),
+		})
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "address already in use") || attempt == 3 {
+			t.Fatalf("start: %v", err)
+		}
 	}
 	select {
 	case <-cp.Ready():
@@ -485,7 +503,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 
 // TestMassDisappearanceIsHeld revokes the lease of most of a service's instances at once, as
 // when leases lapse during an etcd outage: they stay served for the grace period, while a
-// deliberate deregistration (a draining instance) and a lone removal go at once.
+// deliberate deregistration (a draining instance) goes at once.
 func TestMassDisappearanceIsHeld(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
@@ -494,7 +512,7 @@ func TestMassDisappearanceIsHeld(t *testing.T) {
 	grace := 2 * time.Second
 	cp, err := controlplane.Start(ctx, controlplane.Config{
 		Etcd:    clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
-		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HoldGrace: grace, Logger: testLogger(t),
+		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HoldGrace: grace, AllowLoopback: true, Logger: testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -550,7 +568,10 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 	cp := startCP(t, srv.Endpoints())
 	for _, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
 		full := connect(t, cp, variant, "full-"+string(variant), "default")
-		waitFor(t, full, "full config", func(v xdsclient.View) bool { return len(endpoints(v)) == 2 })
+		waitFor(t, full, "full config", complete(2))
+		// The registry no longer changes: what the full client holds now is the whole
+		// configuration, which the light client's condition compares against.
+		fv := full.View()
 
 		light := xdsclient.New(variant, "light-"+string(variant), "default")
 		light.Light = true
@@ -572,13 +593,23 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 		run(t, cp, light)
 		waitFor(t, light, "light config", func(v xdsclient.View) bool {
 			for _, typ := range xdsclient.Types {
-				if len(v.Resources[typ]) != len(full.View().Resources[typ]) {
+				if len(v.Resources[typ]) != len(fv.Resources[typ]) || len(v.ResourceVersions[typ]) != len(fv.ResourceVersions[typ]) {
 					return false
+				}
+				for name := range fv.Resources[typ] {
+					if _, ok := v.Resources[typ][name]; !ok {
+						return false
+					}
+				}
+				for name, rv := range fv.ResourceVersions[typ] {
+					if v.ResourceVersions[typ][name] != rv {
+						return false
+					}
 				}
 			}
 			return true
 		})
-		lv, fv := light.View(), full.View()
+		lv := light.View()
 		for _, typ := range xdsclient.Types {
 			for name, m := range lv.Resources[typ] {
 				if m != nil {

@@ -24,8 +24,8 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// startCPWith starts a control plane from cfg with test defaults for the addresses and timings
-// cfg leaves empty (cfg.Logger is used as given); it is stopped when the test ends unless the test stops it first.
+// startCPWith starts a control plane from cfg, allowing loopback backends, with test defaults
+// for the addresses and timings cfg leaves empty (cfg.Logger is used as given); it is stopped when the test ends unless the test stops it first.
 func startCPWith(t *testing.T, cfg controlplane.Config) *controlplane.ControlPlane {
 	t.Helper()
 	if cfg.XDSAddr == "" {
@@ -43,6 +43,7 @@ func startCPWith(t *testing.T, cfg controlplane.Config) *controlplane.ControlPla
 	if cfg.Etcd.DialTimeout == 0 {
 		cfg.Etcd.DialTimeout = 2 * time.Second
 	}
+	cfg.AllowLoopback = true // the tests' backends are on 127.0.0.1
 	ctx, cancel := context.WithCancel(context.Background())
 	cp, err := controlplane.Start(ctx, cfg)
 	if err != nil {
@@ -77,7 +78,8 @@ func runClient(t *testing.T, c *xdsclient.Client, addr string, creds credentials
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{cancel: cancel, done: make(chan error, 1), conn: conn}
-	go func() { s.done <- c.Run(ctx, conn) }()
+	done := c.Start(ctx, conn)
+	go func() { s.done <- <-done }()
 	t.Cleanup(func() { s.stop(t) })
 	return s
 }
@@ -92,6 +94,17 @@ func (s *session) wait(t *testing.T, within time.Duration) error {
 	case <-time.After(within):
 		t.Fatalf("xDS client still running after %s", within)
 		return nil
+	}
+}
+
+// running fails the test if the run has ended.
+func (s *session) running(t *testing.T, who string) {
+	t.Helper()
+	select {
+	case err := <-s.done:
+		s.done <- err
+		t.Fatalf("%s: the xDS stream ended: %v", who, err)
+	default:
 	}
 }
 
@@ -274,14 +287,18 @@ func TestEtcdOutageKeepsServing(t *testing.T) {
 	seedRegistry(t, srv.Client(t))
 	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
 	old := []*xdsclient.Client{xdsclient.New(xdsclient.Delta, "old-delta", "default"), xdsclient.New(xdsclient.SotW, "old-sotw", "default")}
+	var rec recorder // what the delta Envoy receives from the outage on
+	old[0].OnUpdate = rec.record
+	var sessions []*session
 	for _, c := range old {
-		runClient(t, c, cp.XDSAddr(), nil)
+		sessions = append(sessions, runClient(t, c, cp.XDSAddr(), nil))
 		waitFor(t, c, c.Node.Id+": full config", complete(3))
 	}
 	reference := old[0].View()
 	snapshots := metric(t, cp, "tether_snapshots_total")
 	responses := []int64{old[0].View().Responses, old[1].View().Responses}
 
+	rec.start()
 	srv.Stop()
 	outage := time.Now()
 	for _, variant := range []xdsclient.Variant{xdsclient.Delta, xdsclient.SotW} {
@@ -299,10 +316,12 @@ func TestEtcdOutageKeepsServing(t *testing.T) {
 	}
 	get(t, "http://"+cp.AdminAddr()+"/readyz", http.StatusOK)
 	time.Sleep(time.Until(outage.Add(2 * time.Second))) // the outage itself lasts two seconds
+	// Counters over the whole outage: no push, no response, to Envoys whose streams are up.
 	if got := metric(t, cp, "tether_snapshots_total"); got != snapshots {
 		t.Errorf("tether_snapshots_total went %v -> %v during the outage; want no push", snapshots, got)
 	}
 	for i, c := range old {
+		sessions[i].running(t, c.Node.Id+" during the outage")
 		if got := c.View().Responses; got != responses[i] {
 			t.Errorf("%s received %d responses during the outage; want none", c.Node.Id, got-responses[i])
 		}
@@ -321,8 +340,18 @@ func TestEtcdOutageKeepsServing(t *testing.T) {
 	if pushes := metric(t, cp, "tether_snapshots_total") - snapshots; pushes < 1 || pushes > 2 {
 		t.Errorf("%v pushes after etcd came back with one change; want 1 or 2", pushes)
 	}
-	if got := old[0].View().Responses - responses[0]; got != 1 {
-		t.Errorf("delta Envoy received %d responses after the outage for one endpoint change; want 1", got)
+	// Delta: whatever the number of pushes, nothing but the changed endpoints was sent since
+	// the outage began, and nothing removed.
+	appEndpoints := endpointsResource(reference, 5002)
+	for _, u := range rec.updates() {
+		if len(u.Removed) > 0 {
+			t.Errorf("delta Envoy: %s removed %v after the outage", u.TypeURL, u.Removed)
+		}
+		for _, n := range u.Names {
+			if u.TypeURL != resourcev3.EndpointType || n != appEndpoints {
+				t.Errorf("delta Envoy received %s %s after the outage; want only the changed endpoints %s", u.TypeURL, n, appEndpoints)
+			}
+		}
 	}
 }
 
@@ -372,10 +401,15 @@ func TestHostileValuesRejectedAlone(t *testing.T) {
 	if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
 		t.Fatalf("write all at once: %v", err)
 	}
+	// web's configuration is rejected with no valid version before it: web is left out
+	// (never served with the defaults), its good instance w1 with it.
 	waitFor(t, c, "the good entries", func(v xdsclient.View) bool {
 		eps := endpoints(v)
-		return len(eps) == 3 && eps[5001] != nil && eps[5002] != nil && eps[6001] != nil
+		return len(eps) == 2 && eps[5001] != nil && eps[5002] != nil && v.Resources[resourcev3.ClusterType]["tether_app"] != nil
 	})
+	if _, ok := c.View().Resources[resourcev3.ClusterType]["tether_web"]; ok {
+		t.Error("web, whose only configuration is rejected, is served")
+	}
 	dbg := debugConfig(t, cp)
 	for k := range bad {
 		if _, ok := dbg.Rejected[k]; !ok {
@@ -397,7 +431,6 @@ func TestHostileValuesRejectedAlone(t *testing.T) {
 	if counted != float64(len(bad)) {
 		t.Errorf("tether_registry_rejected_entries_total sums to %v; want %d", counted, len(bad))
 	}
-	// The web service's bad config leaves web served with defaults; its instance stays.
 	if eps := endpoints(c.View()); eps[7000] != nil {
 		t.Error("an endpoint on port 7000 (only hostile entries use it) is served")
 	}

@@ -10,43 +10,160 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
+// removalGuard holds back mass disappearances. Leases lapsing in an etcd outage or a
+// partition do not leave in one update: each lapses at its agent's last keep-alive plus the
+// TTL and etcd revokes them in batches, so the guard counts a service's removals over a
+// window (about the agents' lease TTL) from the first one, against the number of instances
+// the service had then. When more than share of them have left (not back, not draining),
+// every one of them that is still gone is served again, as it last was, for grace (those
+// already withdrawn come back: their users still have sessions there). Below the share,
+// removals go at once, so a single instance crashing among several leaves at once.
+// A service's only instance leaving is more than any share below 1: it is held, since with
+// it goes every user of the service and there is no other instance to move them to.
+// An instance that was draining when it left is a deliberate deregistration and is never
+// counted or held. An instance that comes back is served from the registry at once.
+//
+// apply is deterministic in its arguments and the guard's own state: the clock is a
+// parameter (tests pass a fake one); it only logs and calls onHold besides.
+type removalGuard struct {
+	share  float64
+	grace  time.Duration
+	window time.Duration
+	log    zerolog.Logger
+	onHold func(service string, n int)
+
+	last    *registry.State // the last state returned by apply, held instances included
+	windows map[string]*removalWindow
+	held    map[string]*heldService
+}
+
+// removalWindow counts one service's removals since its first one.
+type removalWindow struct {
+	start time.Time
+	base  int                          // instances of the service when the window opened
+	gone  map[string]registry.Instance // non-draining removals in the window still gone
+	mass  bool                         // the share was crossed: later removals are held at once
+}
+
+// heldService is what the guard serves for a service in place of the registry.
+type heldService struct {
+	svc   *registry.Service // the service as last served, for when it left the registry too
+	insts map[string]heldInstance
+}
+
 // heldInstance is an instance kept in the configuration after it left the registry.
 type heldInstance struct {
 	inst  registry.Instance
 	until time.Time
 }
 
-// removalGuard holds back mass disappearances: when more than share of a service's instances
-// leave the registry in one update (typically leases that lapsed while etcd was unreachable),
-// they stay in the served configuration, as they last were, for grace. An instance that was
-// draining when it left is a deliberate deregistration and is never held. An instance that
-// comes back is served from the registry again at once.
-type removalGuard struct {
-	share  float64
-	grace  time.Duration
-	log    zerolog.Logger
-	onHold func(service string, n int)
-
-	last *registry.State // the last guarded state, as published
-	held map[string]map[string]heldInstance
-}
-
-func newRemovalGuard(share float64, grace time.Duration, log zerolog.Logger, onHold func(string, int)) *removalGuard {
-	return &removalGuard{share: share, grace: grace, log: log, onHold: onHold, held: map[string]map[string]heldInstance{}}
+func newRemovalGuard(share float64, grace, window time.Duration, log zerolog.Logger, onHold func(string, int)) *removalGuard {
+	return &removalGuard{share: share, grace: grace, window: window, log: log, onHold: onHold,
+		windows: map[string]*removalWindow{}, held: map[string]*heldService{}}
 }
 
 // apply returns next with held instances added back, and the time of the next release (zero
-// when nothing is held).
+// when nothing is held). Calls must come with non-decreasing now.
 func (g *removalGuard) apply(next *registry.State, now time.Time) (*registry.State, time.Time) {
 	if g.share <= 0 || g.grace <= 0 {
 		g.last = next
 		return next, time.Time{}
 	}
-	if g.last != nil {
-		for name, prev := range g.last.Services {
-			g.check(name, prev, next.Services[name], now)
+	for name, w := range g.windows {
+		if !now.Before(w.start.Add(g.window)) {
+			delete(g.windows, name)
 		}
 	}
+	if g.last != nil {
+		names := make([]string, 0, len(g.last.Services))
+		for name := range g.last.Services {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			g.count(name, g.last.Services[name], next.Services[name], now)
+		}
+	}
+	out, release := g.serve(next, now)
+	g.last = out
+	return out, release
+}
+
+// count records the removals from prev to next of one service, and starts holding them when
+// its window shows a mass disappearance.
+func (g *removalGuard) count(name string, prev, next *registry.Service, now time.Time) {
+	h := g.held[name]
+	w := g.windows[name]
+	if w != nil && next != nil {
+		for id := range w.gone {
+			if _, back := next.Instances[id]; back {
+				delete(w.gone, id)
+			}
+		}
+	}
+	var gone []registry.Instance
+	for id, in := range prev.Instances {
+		if next != nil {
+			if _, ok := next.Instances[id]; ok {
+				continue
+			}
+		}
+		if h != nil {
+			if _, already := h.insts[id]; already {
+				continue
+			}
+		}
+		if in.State == registry.StateDraining {
+			continue
+		}
+		gone = append(gone, in)
+	}
+	if len(gone) == 0 {
+		return
+	}
+	if w == nil {
+		base := len(prev.Instances)
+		if h != nil {
+			base -= len(h.insts) // instances already held are not the service's any more
+		}
+		w = &removalWindow{start: now, base: base, gone: map[string]registry.Instance{}}
+		g.windows[name] = w
+	}
+	for _, in := range gone {
+		w.gone[in.ID] = in
+	}
+	if !w.mass && float64(len(w.gone)) <= g.share*float64(w.base) {
+		return
+	}
+	hold := gone
+	if !w.mass {
+		w.mass = true
+		hold = make([]registry.Instance, 0, len(w.gone))
+		for _, in := range w.gone {
+			hold = append(hold, in)
+		}
+	}
+	if h == nil {
+		h = &heldService{insts: map[string]heldInstance{}}
+		g.held[name] = h
+	}
+	h.svc = prev
+	ids := make([]string, 0, len(hold))
+	for _, in := range hold {
+		h.insts[in.ID] = heldInstance{inst: in, until: now.Add(g.grace)}
+		ids = append(ids, in.ID)
+	}
+	sort.Strings(ids)
+	g.log.Warn().Str("service", name).Strs("instances", ids).Int("gone", len(w.gone)).Int("of", w.base).
+		Dur("window", g.window).Dur("grace", g.grace).
+		Msg("mass disappearance from the registry: holding these instances in the configuration for the grace period")
+	if g.onHold != nil {
+		g.onHold(name, len(hold))
+	}
+}
+
+// serve returns next with the held instances that are still gone and within their grace.
+func (g *removalGuard) serve(next *registry.State, now time.Time) (*registry.State, time.Time) {
 	out := next
 	var release time.Time
 	names := make([]string, 0, len(g.held))
@@ -55,86 +172,59 @@ func (g *removalGuard) apply(next *registry.State, now time.Time) (*registry.Sta
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		svc := next.Services[name]
+		h, svc := g.held[name], next.Services[name]
 		var add []registry.Instance
-		for id, h := range g.held[name] {
+		for id, hi := range h.insts {
 			if svc != nil {
 				if _, back := svc.Instances[id]; back {
-					delete(g.held[name], id)
+					delete(h.insts, id) // served fresh from the registry
 					continue
 				}
 			}
-			if !now.Before(h.until) {
-				delete(g.held[name], id)
+			if !now.Before(hi.until) {
+				delete(h.insts, id)
 				g.log.Warn().Str("service", name).Str("instance", id).Msg("grace period over: removing the held instance")
 				continue
 			}
-			add = append(add, h.inst)
-			if release.IsZero() || h.until.Before(release) {
-				release = h.until
+			add = append(add, hi.inst)
+			if release.IsZero() || hi.until.Before(release) {
+				release = hi.until
 			}
 		}
-		if len(g.held[name]) == 0 {
+		if len(h.insts) == 0 {
 			delete(g.held, name)
 		}
 		if len(add) == 0 {
 			continue
 		}
 		if out == next {
-			out = &registry.State{Revision: next.Revision, Services: maps.Clone(next.Services), Rejected: next.Rejected}
+			c := *next // every field (drains included), with services of its own
+			c.Services = maps.Clone(next.Services)
+			out = &c
 		}
-		cp := &registry.Service{Name: name, Config: registry.DefaultServiceConfig(name), Instances: map[string]registry.Instance{}}
+		// A copy of the registry's service or, when it left the registry altogether, of its
+		// configuration as last served: never the defaults, which would change its cookie.
+		var cp registry.Service
 		if svc != nil {
-			cp.Config, cp.Configured, cp.Revision = svc.Config, svc.Configured, svc.Revision
+			cp = *svc
 			cp.Instances = maps.Clone(svc.Instances)
+		} else {
+			cp = *h.svc
+			cp.Instances = make(map[string]registry.Instance, len(add))
 		}
 		for _, in := range add {
 			cp.Instances[in.ID] = in
 		}
-		out.Services[name] = cp
+		out.Services[name] = &cp
 	}
-	g.last = out
 	return out, release
-}
-
-// check starts holding the instances of prev missing from next when they are too many.
-func (g *removalGuard) check(name string, prev, next *registry.Service, now time.Time) {
-	var gone []registry.Instance
-	for id, in := range prev.Instances {
-		if next != nil {
-			if _, ok := next.Instances[id]; ok {
-				continue
-			}
-		}
-		if _, already := g.held[name][id]; already || in.State == registry.StateDraining {
-			continue
-		}
-		gone = append(gone, in)
-	}
-	if len(gone) == 0 || float64(len(gone)) <= g.share*float64(len(prev.Instances)) {
-		return
-	}
-	if g.held[name] == nil {
-		g.held[name] = map[string]heldInstance{}
-	}
-	ids := make([]string, 0, len(gone))
-	for _, in := range gone {
-		g.held[name][in.ID] = heldInstance{inst: in, until: now.Add(g.grace)}
-		ids = append(ids, in.ID)
-	}
-	sort.Strings(ids)
-	g.log.Warn().Str("service", name).Strs("instances", ids).Int("of", len(prev.Instances)).Dur("grace", g.grace).
-		Msg("mass disappearance from the registry: holding these instances in the configuration for the grace period")
-	if g.onHold != nil {
-		g.onHold(name, len(gone))
-	}
 }
 
 // heldCount returns how many instances are held now.
 func (g *removalGuard) heldCount() int {
 	n := 0
-	for _, m := range g.held {
-		n += len(m)
+	for _, h := range g.held {
+		n += len(h.insts)
 	}
 	return n
 }

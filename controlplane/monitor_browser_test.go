@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -157,6 +158,19 @@ func TestMonitorInBrowser(t *testing.T) {
 	}
 	if s := eval(`document.querySelector(".tile.t-full").className + " " + document.querySelector(".tile.t-full .n").textContent`); s != "tile t-full hot 1" {
 		t.Errorf("full tile = %q", s)
+	}
+
+	// An operator drains app-1: its row names the drain and the drains card lists it.
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	if _, _, err := registry.PutDrain(dctx, cli, "/tether", "app", "app-1", registry.Drain{Instance: "app-1", Reason: "maintenance", CreatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	step("app-1 shows its drain", 15*time.Second,
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-instance="app/app-1"][data-state="draining"] .drained[data-drain="app-1"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#drains tr[data-drain="app/app-1"]`)))
+	if r := eval(`document.querySelector('#drains tr[data-drain="app/app-1"]').textContent`); !strings.Contains(r, "maintenance") || !strings.Contains(r, "app-1") {
+		t.Errorf("drains card row = %q", r)
 	}
 
 	// Let the change's highlight fade, then take the screenshot.

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
@@ -31,8 +29,7 @@ import (
 // ends; call it inside synctest.Test.
 func startPublisher(t *testing.T, quiet, maxDelay time.Duration) (*publisher, *metrics) {
 	m := newMetrics()
-	p := newPublisher(zerolog.Nop(), m, newSnapshotCache(zerolog.Nop()), cachev3.NewLinearCache(resourcev3.EndpointType),
-		translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
+	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop()), translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.run(ctx) }()
@@ -166,14 +163,15 @@ func TestInvalidSnapshotKeepsTheLastGood(t *testing.T) {
 		if good == nil || good.state.Revision != 1 {
 			t.Fatal("the first state was not published")
 		}
+		goodVersions := p.xds.Versions()
 		p.offer(oneInstance(badRev, 2))
 		time.Sleep(time.Second)
 		synctest.Wait()
 		if cur := p.snapshotNow(); cur != good {
 			t.Fatalf("an invalid snapshot replaced the last good one (now revision %d)", cur.state.Revision)
 		}
-		if snap, err := p.cache.GetSnapshot(DefaultGroup); err != nil || snap != good.snap {
-			t.Fatalf("the xDS cache does not hold the last good snapshot any more (err %v)", err)
+		if v := p.xds.Versions(); !maps.Equal(v, goodVersions) {
+			t.Fatalf("the xDS cache's versions moved from %v to %v: it does not serve the last good configuration any more", goodVersions, v)
 		}
 		if n := testutil.ToFloat64(m.snapshotErrors); n != 1 {
 			t.Errorf("tether_snapshot_errors_total = %v, want 1", n)
@@ -197,8 +195,7 @@ func TestPersistentProblemsAreLoggedOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var buf logBuffer
 		m := newMetrics()
-		p := newPublisher(zerolog.New(&buf), m, newSnapshotCache(zerolog.Nop()), cachev3.NewLinearCache(resourcev3.EndpointType),
-			translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
+		p := newPublisher(zerolog.New(&buf), m, newXDSCache(zerolog.Nop()), translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); p.run(ctx) }()

@@ -68,6 +68,7 @@ func TestEtcdMutualTLSAndAuth(t *testing.T) {
 	const cpPassword, agentPassword = "cp-Secret-7f3c9", "agent-Secret-1d2e"
 	etcdtest.ApplyRolesScript(t, etcdClient("", ""), "../examples/etcd-roles.sh", registry.DefaultPrefix, map[string]string{
 		"ROOT_PASSWORD": "root-Secret-0a0b", "CONTROLPLANE_PASSWORD": cpPassword, "AGENT_PASSWORD": agentPassword,
+		"OPERATOR_PASSWORD": "operator-Secret-5e6f",
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -245,7 +245,9 @@ func newEnvWith(t testing.TB, cfg envConfig) *env {
 		XDSAddr:    "127.0.0.1:0",
 		AdminAddr:  "127.0.0.1:0",
 		ListenPort: uint32(e.listenPort),
-		Logger:     e.log.With().Str("component", "controlplane").Logger(),
+		// Envoy and the backends share this host.
+		AllowLoopback: true,
+		Logger:        e.log.With().Str("component", "controlplane").Logger(),
 	})
 	if err != nil {
 		cancel()

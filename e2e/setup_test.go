@@ -138,11 +138,8 @@ func simulatedEnvoy(t *testing.T, xdsAddr string) *xdsclient.Client {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := xdsclient.New(xdsclient.Delta, "e2e-simulated", "default")
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.Run(ctx, conn)
-	}()
+	// A stream that fails ends every WaitFor on c at once with its error (xdsclient.ErrStopped).
+	done := c.Start(ctx, conn)
 	t.Cleanup(func() {
 		cancel()
 		<-done

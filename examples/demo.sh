@@ -25,7 +25,8 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-"$BIN/tether-controlplane" --data-dir "$DATA/etcd" --admin-addr "$ADMIN" --log-format console --log-level warn &
+# The demo's backends and Envoy share this host: allow loopback backends (never in production).
+"$BIN/tether-controlplane" --data-dir "$DATA/etcd" --admin-addr "$ADMIN" --allow-loopback-backends --log-format console --log-level warn &
 others+=($!)
 for _ in $(seq 1 120); do
   curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1 && break
@@ -39,7 +40,7 @@ for i in 1 2 3; do
   apps+=($!)
   "$BIN/tether-agent" --service app --id "app$i" --address 127.0.0.1 --port "$port" \
     --health-url "http://127.0.0.1:$port/healthcheck" --sessions-url "http://127.0.0.1:$port/sessions" \
-    --max-sessions 100 --interval 1s --drain-timeout 5s --metrics-addr "127.0.0.1:910$i" \
+    --label version=1 --max-sessions 100 --interval 1s --drain-timeout 5s --metrics-addr "127.0.0.1:$((18100 + i))" \
     --log-format console --log-level warn &
   agents+=($!)
 done
@@ -62,6 +63,8 @@ $envoy_line
   registry:        ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2379 get --prefix /tether/
   fill app1:       curl -X POST 'http://127.0.0.1:5001/load?sessions=150'   (over its 100 sessions: full)
   empty it:        curl -X POST 'http://127.0.0.1:5001/load?sessions=0'
+  drain app2:      $BIN/tether-controlplane drain app/app2        (undo: add --undo)
+  drain a version: $BIN/tether-controlplane drain app --label version=1 --wait   (see docs/deploy.md)
 Press Ctrl-C to stop.
 MSG
 wait "${others[0]}"

@@ -34,6 +34,7 @@ func startSecureEtcd(t *testing.T) *secureEtcd {
 	server := ca.Server(t, "etcd-server")
 	s := &secureEtcd{ca: ca, client: ca.Client(t, "tether-test-client"), passwords: map[string]string{
 		"root": "root-secret-1", "tether-controlplane": "cp-secret-2", "tether-agent": "agent-secret-3",
+		"tether-operator": "operator-secret-4",
 	}}
 	s.srv = etcdtest.Start(t, etcdtest.WithFastPasswords(), etcdtest.WithTLS(transport.TLSInfo{
 		CertFile: server.CertFile, KeyFile: server.KeyFile, TrustedCAFile: ca.CAFile, ClientCertAuth: true,
@@ -41,7 +42,7 @@ func startSecureEtcd(t *testing.T) *secureEtcd {
 	admin := s.connect(t, s.client, "", "")
 	etcdtest.ApplyRolesScript(t, admin, rolesScript, registry.DefaultPrefix, map[string]string{
 		"ROOT_PASSWORD": s.passwords["root"], "CONTROLPLANE_PASSWORD": s.passwords["tether-controlplane"],
-		"AGENT_PASSWORD": s.passwords["tether-agent"],
+		"AGENT_PASSWORD": s.passwords["tether-agent"], "OPERATOR_PASSWORD": s.passwords["tether-operator"],
 	})
 	return s
 }
@@ -143,6 +144,42 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		}
 		if _, err := registry.DecodeServiceConfig("app", got.Kvs[0].Value); err != nil {
 			t.Errorf("service config changed by the agent: %v", err)
+		}
+	})
+
+	t.Run("operator", func(t *testing.T) {
+		op := s.connect(t, s.client, "tether-operator", s.passwords["tether-operator"])
+		d := registry.Drain{Labels: map[string]string{"version": "1.4.1"}, CreatedAt: time.Date(2026, 11, 22, 15, 40, 0, 0, time.UTC)}
+		if _, created, err := registry.PutDrain(ctx, op, p, "app", registry.DrainName(d), d); err != nil || !created {
+			t.Fatalf("operator writes a drain: created %v, %v", created, err)
+		}
+		if _, err := op.Get(ctx, p+"/", clientv3.WithPrefix()); err != nil {
+			t.Errorf("operator reads the registry: %v", err)
+		}
+		wantDenied(t, "operator writes a service config", registry.PutServiceConfig(ctx, op, p, "app", registry.DefaultServiceConfig("app")))
+		_, err := op.Put(ctx, registry.InstanceKey(p, "app", "fake"), `{"address":"10.6.6.6","port":80,"state":"available"}`)
+		wantDenied(t, "operator registers an instance", err)
+		_, err = op.Delete(ctx, registry.InstancesPrefix(p), clientv3.WithPrefix())
+		wantDenied(t, "operator deletes instances", err)
+		_, err = op.Put(ctx, "/elsewhere", "x")
+		wantDenied(t, "operator writes outside the prefix", err)
+
+		// The agent reads the drains (to report them) but cannot write or remove one.
+		agent := s.connect(t, s.client, "tether-agent", s.passwords["tether-agent"])
+		if got, err := agent.Get(ctx, registry.ServiceDrainsPrefix(p, "app"), clientv3.WithPrefix()); err != nil || len(got.Kvs) != 1 {
+			t.Errorf("agent reads the drains: %v", err)
+		}
+		_, err = agent.Delete(ctx, registry.DrainKey(p, "app", registry.DrainName(d)))
+		wantDenied(t, "agent removes a drain", err)
+		_, err = agent.Put(ctx, registry.DrainKey(p, "app", "x"), `{"instance":"a1"}`)
+		wantDenied(t, "agent writes a drain", err)
+		// The control plane reads them and cannot write one.
+		cp := s.connect(t, s.client, "tether-controlplane", s.passwords["tether-controlplane"])
+		_, err = cp.Put(ctx, registry.DrainKey(p, "app", "x"), `{"instance":"a1"}`)
+		wantDenied(t, "control plane writes a drain", err)
+
+		if ok, err := registry.DeleteDrain(ctx, op, p, "app", registry.DrainName(d)); err != nil || !ok {
+			t.Errorf("operator removes the drain: existed %v, %v", ok, err)
 		}
 	})
 

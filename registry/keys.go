@@ -42,10 +42,11 @@ const (
 	KeyUnknown KeyKind = iota
 	KeyService
 	KeyInstance
+	KeyDrain
 )
 
-// ParseKey splits a key under prefix into its kind, service and instance ID. Keys outside
-// the schema return KeyUnknown and an error.
+// ParseKey splits a key under prefix into its kind, service and instance ID (the drain's
+// name for a drain). Keys outside the schema return KeyUnknown and an error.
 func ParseKey(prefix, key string) (KeyKind, string, string, error) {
 	switch {
 	case strings.HasPrefix(key, ServicesPrefix(prefix)):
@@ -67,6 +68,8 @@ func ParseKey(prefix, key string) (KeyKind, string, string, error) {
 			return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
 		}
 		return KeyInstance, svc, id, nil
+	case strings.HasPrefix(key, DrainsPrefix(prefix)):
+		return parseDrainKey(prefix, key)
 	}
-	return KeyUnknown, "", "", fmt.Errorf("key %q is neither under %s nor %s", key, ServicesPrefix(prefix), InstancesPrefix(prefix))
+	return KeyUnknown, "", "", fmt.Errorf("key %q is neither under %s nor %s nor %s", key, ServicesPrefix(prefix), InstancesPrefix(prefix), DrainsPrefix(prefix))
 }

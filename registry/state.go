@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"fmt"
 	"maps"
 	"reflect"
 
@@ -11,34 +12,52 @@ import (
 
 // BuildState builds the State of the key-values of one listing of prefix at revision rev.
 // Each rejected key (outside the schema, bad JSON, failed validation) is left out, recorded
-// in State.Rejected and passed to reject, which may be nil. Service.Revision is the highest
-// ModRevision among the service's keys.
+// in State.Rejected and passed to reject, which may be nil; a service whose configuration
+// is rejected gets ConfigError (BuildState has no etcd history to look in). Loopback
+// addresses are accepted. Service.Revision is the highest ModRevision among the service's
+// keys.
 func BuildState(prefix string, rev int64, kvs []*mvccpb.KeyValue, reject func(key string, err error)) *State {
-	b := newStateBuilder(prefix, nil, reject, zerolog.Nop())
+	b := newStateBuilder(buildOptions{prefix: prefix, reject: reject, log: zerolog.Nop(), allowLoopback: true}, nil)
 	for _, kv := range kvs {
-		b.put(string(kv.Key), kv.Value, kv.ModRevision)
+		b.put(kv)
 	}
 	b.st.Revision = rev
 	return b.st
 }
 
-// rebuildState is BuildState for a re-list that replaces prev (which may be nil): a key
-// rejected in the listing keeps its value from prev, as it would have under the watch; a
-// service with the same content as in prev is prev's *Service; a service whose content
-// changed gets Revision rev, since the listing cannot tell when a deletion happened.
-func rebuildState(prefix string, rev int64, kvs []*mvccpb.KeyValue, prev *State, reject func(key string, err error), log zerolog.Logger) *State {
-	b := newStateBuilder(prefix, nil, reject, log)
+// buildOptions are what a stateBuilder applies besides the keys themselves.
+type buildOptions struct {
+	prefix string
+	reject func(key string, err error) // may be nil
+	log    zerolog.Logger
+	// allowLoopback accepts instances on loopback addresses (demo and tests only).
+	allowLoopback bool
+	// lastValidConfig returns the newest valid version of a rejected service configuration
+	// key older than its current version mod, from the same incarnation (create revision
+	// created), if etcd still holds one; nil finds none. An error means etcd could not tell.
+	lastValidConfig func(key, service string, created, mod int64) (ServiceConfig, bool, error)
+}
+
+// rebuildState is BuildState for a re-list that replaces prev (which may be nil): an
+// instance key rejected in the listing keeps its value from prev, as it would have under
+// the watch; a service with the same content as in prev is prev's *Service; a service whose
+// content changed gets Revision rev, since the listing cannot tell when a deletion happened.
+func rebuildState(o buildOptions, rev int64, kvs []*mvccpb.KeyValue, prev *State) (*State, error) {
+	b := newStateBuilder(o, nil)
 	b.fallback = prev
 	for _, kv := range kvs {
-		b.put(string(kv.Key), kv.Value, kv.ModRevision)
+		b.put(kv)
+	}
+	if b.err != nil {
+		return nil, b.err
 	}
 	b.st.Revision = rev
 	if prev == nil {
-		return b.st
+		return b.st, nil
 	}
 	for key := range prev.Rejected {
 		if _, still := b.st.Rejected[key]; !still {
-			log.Info().Str("key", key).Msg("registry key no longer rejected")
+			b.log.Info().Str("key", key).Msg("registry key no longer rejected")
 		}
 	}
 	for name, s := range b.st.Services {
@@ -49,81 +68,143 @@ func rebuildState(prefix string, rev int64, kvs []*mvccpb.KeyValue, prev *State,
 			s.Revision = rev
 		}
 	}
-	return b.st
+	return b.st, nil
 }
 
 // applyEvents returns the successor of base after the events of one watch response, and
 // whether anything changed; unchanged, it returns base itself. The successor shares every
-// unchanged *Service with base; base is not modified.
-func applyEvents(prefix string, base *State, evs []*clientv3.Event, reject func(key string, err error), log zerolog.Logger) (*State, bool) {
-	b := newStateBuilder(prefix, base, reject, log)
+// unchanged *Service with base; base is not modified. An error (etcd's history could not
+// be read) leaves base current: the caller applies the events again later.
+func applyEvents(o buildOptions, base *State, evs []*clientv3.Event) (*State, bool, error) {
+	b := newStateBuilder(o, base)
 	for _, ev := range evs {
-		key, rev := string(ev.Kv.Key), ev.Kv.ModRevision
 		switch ev.Type {
 		case clientv3.EventTypePut:
-			b.put(key, ev.Kv.Value, rev)
+			b.put(ev.Kv)
 		case clientv3.EventTypeDelete:
-			b.del(key, rev)
+			b.del(string(ev.Kv.Key), ev.Kv.ModRevision)
 		}
-		b.st.Revision = rev
+		b.st.Revision = ev.Kv.ModRevision
+	}
+	if b.err != nil {
+		return base, false, b.err
 	}
 	if !b.changed {
-		return base, false
+		return base, false, nil
 	}
-	return b.st, true
+	return b.st, true, nil
 }
 
 // stateBuilder edits a copy-on-write successor of a State: the Services and Rejected maps
 // are copied, a *Service is cloned the first time it changes.
 type stateBuilder struct {
-	prefix   string
+	buildOptions
 	st       *State
 	owned    map[string]bool // services cloned by this builder, safe to modify
-	fallback *State          // re-list only: where a rejected key's last good value comes from
+	fallback *State          // re-list only: where a rejected instance's last good value comes from
 	changed  bool
-	reject   func(key string, err error)
-	log      zerolog.Logger
+	err      error // the first error reading etcd's history
+	// drainsOwned: State.Drains is this builder's copy; drainOwned: so is that service's map.
+	drainsOwned bool
+	drainOwned  map[string]bool
 }
 
-func newStateBuilder(prefix string, base *State, reject func(string, error), log zerolog.Logger) *stateBuilder {
+func newStateBuilder(o buildOptions, base *State) *stateBuilder {
 	st := &State{Services: map[string]*Service{}, Rejected: map[string]string{}}
 	if base != nil {
 		st.Revision = base.Revision
 		st.Services = maps.Clone(base.Services)
 		st.Rejected = maps.Clone(base.Rejected)
+		st.Drains = base.Drains // copied on the first change (drainsOf)
 	}
-	return &stateBuilder{prefix: prefix, st: st, owned: map[string]bool{}, reject: reject, log: log}
+	return &stateBuilder{buildOptions: o, st: st, owned: map[string]bool{}}
 }
 
-// put applies the value of key at revision rev.
-func (b *stateBuilder) put(key string, value []byte, rev int64) {
+// put applies the value of one key.
+func (b *stateBuilder) put(kv *mvccpb.KeyValue) {
+	key, value, rev := string(kv.Key), kv.Value, kv.ModRevision
 	kind, svc, id, err := ParseKey(b.prefix, key)
 	switch kind {
 	case KeyService:
 		var cfg ServiceConfig
 		if cfg, err = DecodeServiceConfig(svc, value); err == nil {
 			b.clearRejected(key)
-			if cur := b.st.Services[svc]; cur != nil && cur.Configured && reflect.DeepEqual(cur.Config, cfg) {
-				return
-			}
-			s := b.mutable(svc, rev)
-			s.Config, s.Configured = cfg, true
+			b.setConfig(svc, cfg, "", kv.CreateRevision, rev)
 			return
 		}
+		b.rejectConfig(key, svc, err, kv)
+		return
 	case KeyInstance:
 		var inst Instance
-		if inst, err = DecodeInstance(svc, id, value); err == nil {
+		if inst, err = DecodeInstance(svc, id, value); err == nil && !b.allowLoopback && IsLoopback(inst.Address) {
+			err = fmt.Errorf("address: %s is a loopback address, which the control plane accepts only with --allow-loopback-backends (demo and tests)", inst.Address)
+		}
+		if err == nil {
 			b.clearRejected(key)
 			if cur := b.st.Services[svc]; cur != nil {
-				if old, ok := cur.Instances[id]; ok && reflect.DeepEqual(old, inst) {
+				if old, ok := cur.Instances[id]; ok && reflect.DeepEqual(old, inst) && cur.instCreated[id] == kv.CreateRevision {
 					return
 				}
 			}
-			b.mutable(svc, rev).Instances[id] = inst
+			s := b.mutable(svc, rev)
+			s.Instances[id] = inst
+			s.instCreated[id] = kv.CreateRevision
+			s.claimed()
+			return
+		}
+	case KeyDrain:
+		if err = b.putDrain(svc, id, value); err == nil {
+			b.clearRejected(key)
 			return
 		}
 	}
 	b.rejectKey(key, kind, svc, id, err, rev)
+}
+
+// setConfig gives service svc configuration cfg, or leaves it out with configErr.
+func (b *stateBuilder) setConfig(svc string, cfg ServiceConfig, configErr string, created, rev int64) {
+	if cur := b.st.Services[svc]; cur != nil && cur.Configured && cur.ConfigError == configErr &&
+		cur.configCreated == created && reflect.DeepEqual(cur.Config, cfg) {
+		return
+	}
+	s := b.mutable(svc, rev)
+	s.Config, s.Configured, s.ConfigError, s.configCreated = cfg, true, configErr, created
+	s.claimed()
+}
+
+// rejectConfig handles a service configuration that failed validation. Falling back to the
+// defaults would change the cookie name (every session ends) and claim "*", and keeping the
+// last value this process saw would make replicas and restarts disagree. So the service is
+// served with the newest valid earlier version of the key that etcd still holds, which every
+// replica reads alike; with none, the service is left out (ConfigError) and reported.
+func (b *stateBuilder) rejectConfig(key, svc string, err error, kv *mvccpb.KeyValue) {
+	if b.st.Rejected[key] != err.Error() {
+		b.st.Rejected[key] = err.Error()
+		b.changed = true
+	}
+	if b.reject != nil {
+		b.reject(key, err)
+	}
+	var last ServiceConfig
+	found := false
+	if b.lastValidConfig != nil {
+		var herr error
+		last, found, herr = b.lastValidConfig(key, svc, kv.CreateRevision, kv.ModRevision)
+		if herr != nil {
+			if b.err == nil {
+				b.err = fmt.Errorf("history of rejected %s: %w", key, herr)
+			}
+			return
+		}
+	}
+	ev := b.log.Warn().Str("key", key).Int64("revision", kv.ModRevision).Err(err)
+	if found {
+		ev.Msg("service configuration rejected; serving its newest valid earlier version from etcd's history")
+		b.setConfig(svc, last, "", kv.CreateRevision, kv.ModRevision)
+		return
+	}
+	ev.Msg("service configuration rejected and no valid earlier version is in etcd's history; leaving the service out")
+	b.setConfig(svc, DefaultServiceConfig(svc), "configuration rejected: "+err.Error(), kv.CreateRevision, kv.ModRevision)
 }
 
 // del applies the deletion of key at revision rev.
@@ -131,6 +212,10 @@ func (b *stateBuilder) del(key string, rev int64) {
 	b.clearRejected(key)
 	kind, svc, id, err := ParseKey(b.prefix, key)
 	if err != nil {
+		return
+	}
+	if kind == KeyDrain {
+		b.delDrain(svc, id)
 		return
 	}
 	cur := b.st.Services[svc]
@@ -144,14 +229,16 @@ func (b *stateBuilder) del(key string, rev int64) {
 			return
 		}
 		s = b.mutable(svc, rev)
-		s.Config, s.Configured = DefaultServiceConfig(svc), false
+		s.Config, s.Configured, s.ConfigError, s.configCreated = DefaultServiceConfig(svc), false, "", 0
 	case KeyInstance:
 		if _, ok := cur.Instances[id]; !ok {
 			return
 		}
 		s = b.mutable(svc, rev)
 		delete(s.Instances, id)
+		delete(s.instCreated, id)
 	}
+	s.claimed()
 	if !s.Configured && len(s.Instances) == 0 {
 		delete(b.st.Services, svc)
 	}
@@ -179,22 +266,21 @@ func (b *stateBuilder) rejectKey(key string, kind KeyKind, svc, id string, err e
 	}
 }
 
-// keepLastGood reports whether the key has a last good value, taking it from the fallback
-// state during a re-list.
+// keepLastGood reports whether the instance key has a last good value, taking it from the
+// fallback state during a re-list.
 func (b *stateBuilder) keepLastGood(kind KeyKind, svc, id string, rev int64) bool {
+	if kind == KeyDrain {
+		return b.keepLastDrain(svc, id)
+	}
+	if kind != KeyInstance {
+		return false
+	}
 	has := func(st *State) bool {
 		if st == nil || st.Services[svc] == nil {
 			return false
 		}
-		s := st.Services[svc]
-		switch kind {
-		case KeyService:
-			return s.Configured
-		case KeyInstance:
-			_, ok := s.Instances[id]
-			return ok
-		}
-		return false
+		_, ok := st.Services[svc].Instances[id]
+		return ok
 	}
 	if has(b.st) {
 		return true
@@ -203,11 +289,11 @@ func (b *stateBuilder) keepLastGood(kind KeyKind, svc, id string, rev int64) boo
 		return false
 	}
 	old, s := b.fallback.Services[svc], b.mutable(svc, rev)
-	if kind == KeyService {
-		s.Config, s.Configured = old.Config, true
-	} else {
-		s.Instances[id] = old.Instances[id]
+	s.Instances[id] = old.Instances[id]
+	if c, ok := old.instCreated[id]; ok {
+		s.instCreated[id] = c
 	}
+	s.claimed()
 	return true
 }
 
@@ -226,10 +312,14 @@ func (b *stateBuilder) mutable(svc string, rev int64) *Service {
 	s := b.st.Services[svc]
 	if !b.owned[svc] {
 		if s == nil {
-			s = &Service{Name: svc, Config: DefaultServiceConfig(svc), Instances: map[string]Instance{}}
+			s = &Service{Name: svc, Config: DefaultServiceConfig(svc), Instances: map[string]Instance{}, instCreated: map[string]int64{}}
 		} else {
 			c := *s
 			c.Instances = maps.Clone(s.Instances)
+			c.instCreated = maps.Clone(s.instCreated)
+			if c.instCreated == nil {
+				c.instCreated = map[string]int64{}
+			}
 			s = &c
 		}
 		b.st.Services[svc] = s
@@ -239,7 +329,24 @@ func (b *stateBuilder) mutable(svc string, rev int64) *Service {
 	return s
 }
 
+// claimed recomputes Created: the configuration key's create revision when configured,
+// else the oldest instance key's.
+func (s *Service) claimed() {
+	if s.Configured {
+		s.Created = s.configCreated
+		return
+	}
+	s.Created = 0
+	for _, c := range s.instCreated {
+		if s.Created == 0 || c < s.Created {
+			s.Created = c
+		}
+	}
+}
+
 // sameContent reports whether two services hold the same configuration and instances.
 func sameContent(a, b *Service) bool {
-	return a.Configured == b.Configured && reflect.DeepEqual(a.Config, b.Config) && reflect.DeepEqual(a.Instances, b.Instances)
+	return a.Configured == b.Configured && a.ConfigError == b.ConfigError && a.Created == b.Created &&
+		reflect.DeepEqual(a.Config, b.Config) && reflect.DeepEqual(a.Instances, b.Instances) &&
+		maps.Equal(a.instCreated, b.instCreated)
 }

@@ -69,13 +69,14 @@ func TestApplyEventsCopyOnWrite(t *testing.T) {
 	}, nil)
 	webBefore := base.Services["web"]
 	var rej rejects
+	opts := buildOptions{prefix: "/tether", reject: rej.hook, log: log, allowLoopback: true}
 
 	// An identical put changes nothing.
-	if st, changed := applyEvents("/tether", base, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "available", 1), 11)}, rej.hook, log); changed || st != base {
+	if st, changed, _ := applyEvents(opts, base, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "available", 1), 11)}); changed || st != base {
 		t.Fatalf("identical put: changed=%v", changed)
 	}
 
-	s1, changed := applyEvents("/tether", base, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "full", 3), 12)}, rej.hook, log)
+	s1, changed, _ := applyEvents(opts, base, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "full", 3), 12)})
 	if !changed || s1.Revision != 12 {
 		t.Fatalf("changed=%v revision=%d, want true 12", changed, s1.Revision)
 	}
@@ -90,7 +91,7 @@ func TestApplyEventsCopyOnWrite(t *testing.T) {
 	}
 
 	// A bad update keeps the last good value, and records the rejection.
-	s2, changed := applyEvents("/tether", s1, []*clientv3.Event{put("/tether/instances/app/a1", `{"id":"a1","port":"x"}`, 13)}, rej.hook, log)
+	s2, changed, _ := applyEvents(opts, s1, []*clientv3.Event{put("/tether/instances/app/a1", `{"id":"a1","port":"x"}`, 13)})
 	if !changed || s2.Services["app"].Instances["a1"].State != StateFull || s2.Rejected["/tether/instances/app/a1"] == "" || len(rej) != 1 {
 		t.Fatalf("bad update: changed=%v app=%+v rejected=%v hook=%v", changed, s2.Services["app"], s2.Rejected, rej)
 	}
@@ -98,30 +99,30 @@ func TestApplyEventsCopyOnWrite(t *testing.T) {
 		t.Error("a rejected update copied the service")
 	}
 	// A good value clears the rejection.
-	s3, _ := applyEvents("/tether", s2, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "draining", 3), 14)}, rej.hook, log)
+	s3, _, _ := applyEvents(opts, s2, []*clientv3.Event{put("/tether/instances/app/a1", instJSON("a1", "draining", 3), 14)})
 	if _, ok := s3.Rejected["/tether/instances/app/a1"]; ok || s3.Services["app"].Instances["a1"].State != StateDraining {
 		t.Errorf("good update after a bad one: %+v %v", s3.Services["app"], s3.Rejected)
 	}
 
 	// Config put then delete with instances remaining returns to defaults; the last instance's
 	// delete removes the service. Events of one response apply in order.
-	s4, _ := applyEvents("/tether", s3, []*clientv3.Event{
+	s4, _, _ := applyEvents(opts, s3, []*clientv3.Event{
 		put("/tether/services/app", `{"lbPolicy":"round_robin"}`, 15),
 		put("/tether/instances/app/bad", `nope`, 15),
-	}, rej.hook, log)
+	})
 	if a := s4.Services["app"]; !a.Configured || a.Config.LBPolicy != LBRoundRobin || a.Revision != 15 {
 		t.Errorf("after config put: %+v", a)
 	}
-	s5, _ := applyEvents("/tether", s4, []*clientv3.Event{del("/tether/services/app", 16), del("/tether/instances/app/bad", 17)}, rej.hook, log)
+	s5, _, _ := applyEvents(opts, s4, []*clientv3.Event{del("/tether/services/app", 16), del("/tether/instances/app/bad", 17)})
 	if a := s5.Services["app"]; a == nil || a.Configured || a.Config.LBPolicy != LBLeastRequest || a.Revision != 16 || len(s5.Rejected) != 0 {
 		t.Errorf("after config delete: %+v rejected %v", a, s5.Rejected)
 	}
-	s6, _ := applyEvents("/tether", s5, []*clientv3.Event{del("/tether/instances/app/a1", 18)}, rej.hook, log)
+	s6, _, _ := applyEvents(opts, s5, []*clientv3.Event{del("/tether/instances/app/a1", 18)})
 	if _, ok := s6.Services["app"]; ok || s6.Services["web"] != webBefore || s6.Revision != 18 {
 		t.Errorf("after the last instance's delete: %v", s6.Services)
 	}
 	// Deleting what is not there changes nothing.
-	if _, changed := applyEvents("/tether", s6, []*clientv3.Event{del("/tether/instances/app/a1", 19), del("/tether/services/x", 19)}, rej.hook, log); changed {
+	if _, changed, _ := applyEvents(opts, s6, []*clientv3.Event{del("/tether/instances/app/a1", 19), del("/tether/services/x", 19)}); changed {
 		t.Error("deleting absent keys reported a change")
 	}
 }
@@ -134,21 +135,25 @@ func TestRebuildStateKeepsAndShares(t *testing.T) {
 		{Key: []byte("/tether/instances/web/w2"), Value: []byte(instJSON("w2", "available", 1)), ModRevision: 7},
 	}, nil)
 	var rej rejects
-	st := rebuildState("/tether", 20, []*mvccpb.KeyValue{
+	st, err := rebuildState(buildOptions{prefix: "/tether", reject: rej.hook, log: zerolog.Nop()}, 20, []*mvccpb.KeyValue{
 		{Key: []byte("/tether/services/app"), Value: []byte(`{"lbPolicy":"bogus"}`), ModRevision: 12},
 		{Key: []byte("/tether/instances/app/a1"), Value: []byte(`{]`), ModRevision: 13},
 		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "available", 1)), ModRevision: 6},
-	}, prev, rej.hook, zerolog.Nop())
+	}, prev)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if st.Revision != 20 || len(rej) != 2 || len(st.Rejected) != 2 {
 		t.Fatalf("revision %d, hook %v, rejected %v", st.Revision, rej, st.Rejected)
 	}
-	if st.Services["app"] != prev.Services["app"] {
-		t.Errorf("app's rejected keys kept their last good values, so app should be prev's pointer: %+v", st.Services["app"])
+	// The rejected instance keeps its last good value; the rejected configuration does not
+	// fall back to what this process saw (a new replica could not), and with no etcd history
+	// to read here the service is left out.
+	if a := st.Services["app"]; a.ConfigError == "" || a.Instances["a1"].State != StateAvailable {
+		t.Errorf("app: want ConfigError and a1 kept, got %+v", a)
 	}
 	if w := st.Services["web"]; w == prev.Services["web"] || len(w.Instances) != 1 || w.Revision != 20 {
 		t.Errorf("web lost w2 while unwatched: want a new service at the list revision, got %+v", w)
 	}
-	if st.Services["app"].Config.LBPolicy != LBRandom {
-		t.Error("kept config lost")
-	}
+
 }

@@ -237,6 +237,9 @@ type Load struct {
 type AgentInfo struct {
 	Version   string    `json:"version"`
 	StartedAt time.Time `json:"startedAt"`
+	// Metrics is the agent's /metrics listener, ip:port (empty when disabled), so that a
+	// monitor can link it when several agents share a host on ports chosen at start.
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // Service is one service of a State: its configuration and its live instances.
@@ -251,6 +254,23 @@ type Service struct {
 	// Revision is the highest etcd revision that changed this service (its config or an
 	// instance, including deletions) as seen by the watcher; a cache key, not content.
 	Revision int64
+	// Drained maps each instance an operator's drain selects to that drain. Set by
+	// ApplyDrains only (the watcher leaves it nil); its instances are then served drained.
+	Drained map[string]DrainMark
+	// Created is the etcd create revision of the service's claim to its domains and path:
+	// its configuration key's when Configured, else the oldest of its instance keys'. Every
+	// replica reads the same value from etcd; the older claim wins a contested route. 0 when
+	// unknown (a State built by hand).
+	Created int64
+	// ConfigError is set when the configuration key exists but neither its value nor any
+	// earlier version of it still in etcd's history validates: the service is then left
+	// out of the translation rather than served with defaults (another cookie name, "*"
+	// domains), so that every replica and every restart serve it the same way.
+	ConfigError string
+
+	// The create revisions behind Created, kept by the watcher's state builder.
+	configCreated int64
+	instCreated   map[string]int64
 }
 
 // State is the whole registry at one etcd revision. A State handed out by the watcher is
@@ -262,4 +282,7 @@ type State struct {
 	// A rejected key with an earlier valid value (instance or service configuration) keeps
 	// that value; one without is left out of Services.
 	Rejected map[string]string
+	// Drains are the operators' drains by service and drain name. A drain does not make its
+	// service exist: drains of a service with no instances and no configuration wait for it.
+	Drains map[string]map[string]Drain
 }

@@ -291,8 +291,10 @@ func (in *Instance) Validate() error {
 		add("address: %q is not an IP address (the agent resolves host names before it registers)", in.Address)
 	case ip.Zone() != "":
 		add("address: %q has an IPv6 zone, which Envoy cannot route to", in.Address)
-	case ip.IsUnspecified() || ip.IsMulticast():
-		add("address: %s is unspecified or multicast, not an instance's address", in.Address)
+	default:
+		if why := unroutable(ip); why != "" {
+			add("address: %s is %s, not an instance's address", in.Address, why)
+		}
 	}
 	if in.Port < 1 || in.Port > 65535 {
 		add("port: %d must be between 1 and 65535", in.Port)
@@ -348,6 +350,11 @@ func (in *Instance) Validate() error {
 	if len(in.Agent.Version) > 64 {
 		add("agent.version: over 64 characters")
 	}
+	if m := in.Agent.Metrics; m != "" {
+		if ap, err := netip.ParseAddrPort(m); err != nil || ap.Port() == 0 {
+			add("agent.metrics: %.80q must be ip:port", m)
+		}
+	}
 	// Decoding normalizes times to UTC; a time whose UTC year leaves 1-9999 could not be encoded.
 	if y := in.UpdatedAt.UTC().Year(); y < 1 || y > 9999 {
 		add("updatedAt: %s is outside years 1-9999 in UTC", in.UpdatedAt.Format(time.RFC3339))
@@ -356,6 +363,30 @@ func (in *Instance) Validate() error {
 		add("agent.startedAt: %s is outside years 1-9999 in UTC", in.Agent.StartedAt.Format(time.RFC3339))
 	}
 	return errors.Join(errs...)
+}
+
+// unroutable says why Envoy must never be sent to ip (IPv4-mapped addresses are judged as
+// the IPv4 address they carry, so ::ffff:0.0.0.0 is unspecified), or "" when it may.
+// Loopback is allowed here and refused by the watcher unless the control plane allows it.
+func unroutable(ip netip.Addr) string {
+	ip = ip.Unmap()
+	switch {
+	case ip.IsUnspecified():
+		return "unspecified"
+	case ip.IsMulticast():
+		return "multicast"
+	case ip.IsLinkLocalUnicast():
+		return "link-local (169.254.0.0/16 holds cloud metadata services)"
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	}
+	return ""
+}
+
+// IsLoopback reports whether addr is a loopback IP address, IPv4-mapped ones included.
+func IsLoopback(addr string) bool {
+	ip, err := netip.ParseAddr(addr)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // inRange reports lo <= v <= hi, false for NaN.

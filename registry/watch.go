@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,6 +20,12 @@ const (
 	backoffMax  = 5 * time.Second
 	listTimeout = 15 * time.Second // one page of a listing, etcd's client waits for a connection
 	listPage    = 1000             // keys per page of a listing
+	// maxHistory bounds how many earlier versions of a rejected service configuration are
+	// read back looking for a valid one.
+	maxHistory = 64
+	// DefaultProgressInterval is how often the watcher reads etcd's revision: an etcd
+	// restored from an older backup stands below the revision already applied.
+	DefaultProgressInterval = 5 * time.Second
 )
 
 // WatchOptions configure a Watcher.
@@ -29,10 +36,17 @@ type WatchOptions struct {
 	OnReject func(key string, err error)
 	// OnEvent is called with the number of etcd events of each watch response (metrics); may be nil.
 	OnEvent func(n int)
+	// AllowLoopback accepts instances registered on loopback addresses (127.0.0.0/8, ::1).
+	// Without it they are rejected: Envoy would connect to itself. For demos and tests.
+	AllowLoopback bool
+	// ProgressInterval is how often etcd's revision is read to notice a restore from an
+	// older backup; 0 means DefaultProgressInterval.
+	ProgressInterval time.Duration
 }
 
 // Watcher turns the registry under a prefix into a stream of consistent States.
 type Watcher struct {
+	cluster   uint64 // etcd cluster ID of the last listing; only Run's goroutine uses it
 	cli       *clientv3.Client
 	opts      WatchOptions
 	ready     chan struct{}
@@ -50,11 +64,56 @@ func (w *Watcher) Ready() <-chan struct{} { return w.ready }
 // errCompacted says that the watch must start again from a new listing.
 var errCompacted = errors.New("watch revision compacted")
 
+// errRestored says that etcd's history no longer follows what was applied (a restore from a
+// backup, or another cluster behind the same endpoints): the watch must list again.
+var errRestored = errors.New("etcd revision went back or cluster changed")
+
+// buildOptions returns the options of the watcher's state builder; ctx bounds the reads of
+// etcd's history.
+func (w *Watcher) buildOptions(ctx context.Context) buildOptions {
+	return buildOptions{prefix: w.opts.Prefix, reject: w.opts.OnReject, log: w.opts.Logger,
+		allowLoopback: w.opts.AllowLoopback,
+		lastValidConfig: func(key, svc string, created, mod int64) (ServiceConfig, bool, error) {
+			return w.lastValidConfig(ctx, key, svc, created, mod)
+		}}
+}
+
+// lastValidConfig reads back the versions of a service configuration key older than mod, of
+// the incarnation created at created, and returns the newest one that validates. A compacted
+// history finds none; so does a key with more than maxHistory invalid versions since.
+func (w *Watcher) lastValidConfig(ctx context.Context, key, svc string, created, mod int64) (ServiceConfig, bool, error) {
+	rev := mod - 1
+	for range maxHistory {
+		if rev < created || rev <= 0 {
+			return ServiceConfig{}, false, nil
+		}
+		gctx, cancel := context.WithTimeout(ctx, listTimeout)
+		resp, err := w.cli.Get(gctx, key, clientv3.WithRev(rev))
+		cancel()
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return ServiceConfig{}, false, nil
+		}
+		if err != nil {
+			return ServiceConfig{}, false, fmt.Errorf("read %s at revision %d: %w", key, rev, err)
+		}
+		if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != created {
+			return ServiceConfig{}, false, nil
+		}
+		kv := resp.Kvs[0]
+		if cfg, err := DecodeServiceConfig(svc, kv.Value); err == nil {
+			return cfg, true, nil
+		}
+		rev = kv.ModRevision - 1
+	}
+	return ServiceConfig{}, false, nil
+}
+
 // Run lists the prefix, emits the first State, then watches from the next revision and emits
 // a new State after each watch response that changed anything. It returns nil when ctx ends,
 // and retries etcd errors meanwhile with exponential backoff (100ms to 5s); while etcd is
-// unreachable nothing is emitted and the last State stands. A compacted watch revision makes
-// it list again and emit the listed State. emit is called from Run's goroutine; the States it
+// unreachable nothing is emitted and the last State stands. A compacted watch revision, or an
+// etcd that went back to an older revision (restored from a backup) or to another cluster,
+// makes it list again and emit the listed State. emit is called from Run's goroutine; the States it
 // receives are never modified afterwards and must not be modified by the receiver. Run must
 // not be called twice at once.
 func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
@@ -66,8 +125,14 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 		var err error
 		if relist {
 			var st *State
-			if st, err = w.list(ctx, cur); err == nil {
+			var cluster uint64
+			if st, cluster, err = w.list(ctx, cur); err == nil {
+				if st.Revision < rev || (w.cluster != 0 && cluster != w.cluster) {
+					w.opts.Logger.Warn().Int64("revision", st.Revision).Int64("applied", rev).
+						Msg("etcd's revision went back or its cluster changed (restored from a backup?): serving what it holds now")
+				}
 				cur, rev, relist, delay = st, st.Revision, false, backoffMin
+				w.cluster = cluster
 				emit(cur)
 				w.readyOnce.Do(func() { close(w.ready) })
 				w.opts.Logger.Info().Int64("revision", rev).Int("services", len(cur.Services)).
@@ -76,13 +141,13 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 		}
 		if err == nil {
 			err = w.watch(ctx, &cur, &rev, emit, func() { delay = backoffMin })
-			relist = errors.Is(err, errCompacted)
+			relist = errors.Is(err, errCompacted) || errors.Is(err, errRestored)
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
 		if relist {
-			w.opts.Logger.Warn().Err(err).Int64("revision", rev).Msg("registry watch behind compaction; listing again")
+			w.opts.Logger.Warn().Err(err).Int64("revision", rev).Msg("registry watch cannot resume; listing again")
 			continue
 		}
 		w.opts.Logger.Warn().Err(err).Dur("retry_in", delay).Msg("registry watch failed; keeping the last state")
@@ -99,10 +164,11 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 
 // list reads the whole prefix at one revision and builds its State; prev is the State it
 // replaces (nil at first).
-func (w *Watcher) list(ctx context.Context, prev *State) (*State, error) {
+func (w *Watcher) list(ctx context.Context, prev *State) (*State, uint64, error) {
 	start, end := w.opts.Prefix+"/", clientv3.GetPrefixRangeEnd(w.opts.Prefix+"/")
 	var kvs []*mvccpb.KeyValue
 	var rev int64
+	var cluster uint64
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
 		if rev != 0 {
@@ -112,10 +178,10 @@ func (w *Watcher) list(ctx context.Context, prev *State) (*State, error) {
 		resp, err := w.cli.Get(pctx, start, opts...)
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("list %s at revision %d: %w", start, rev, err)
+			return nil, 0, fmt.Errorf("list %s at revision %d: %w", start, rev, err)
 		}
 		if rev == 0 {
-			rev = resp.Header.Revision
+			rev, cluster = resp.Header.Revision, resp.Header.ClusterId
 		}
 		kvs = append(kvs, resp.Kvs...)
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -123,27 +189,55 @@ func (w *Watcher) list(ctx context.Context, prev *State) (*State, error) {
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	return rebuildState(w.opts.Prefix, rev, kvs, prev, w.opts.OnReject, w.opts.Logger), nil
+	st, err := rebuildState(w.buildOptions(ctx), rev, kvs, prev)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %s: %w", w.opts.Prefix+"/", err)
+	}
+	return st, cluster, nil
 }
 
 // watch follows the prefix from *rev+1, applying each response to *cur and emitting the
 // result, until the watch fails; ok is called after each good response. It returns
-// errCompacted (wrapped) when *rev+1 is no longer available.
+// errCompacted (wrapped) when *rev+1 is no longer available, and errRestored (wrapped) when
+// etcd answers from another cluster or stands at a revision below *rev: a restored backup
+// would otherwise leave the watch waiting for revisions that will mean something else (etcd
+// sends no progress notification to a watch that starts beyond its revision).
 func (w *Watcher) watch(ctx context.Context, cur **State, rev *int64, emit func(*State), ok func()) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	key := w.opts.Prefix + "/"
 	wch := w.cli.Watch(wctx, key, clientv3.WithPrefix(), clientv3.WithRev(*rev+1), clientv3.WithProgressNotify())
-	for resp := range wch {
+
+	var applied atomic.Int64
+	applied.Store(*rev)
+	restored := make(chan error, 1)
+	go w.checkRestoredEvery(wctx, w.cluster, &applied, restored)
+
+	bo := w.buildOptions(ctx)
+	for {
+		var resp clientv3.WatchResponse
+		var open bool
+		select {
+		case err := <-restored:
+			return fmt.Errorf("watch %s: %w", key, err)
+		case resp, open = <-wch:
+		}
+		if !open {
+			break
+		}
 		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 			return fmt.Errorf("watch %s from revision %d (compacted at %d): %w", key, *rev+1, resp.CompactRevision, errCompacted)
 		}
 		if err := resp.Err(); err != nil {
 			return fmt.Errorf("watch %s from revision %d: %w", key, *rev+1, err)
 		}
+		if w.cluster != 0 && resp.Header.ClusterId != 0 && resp.Header.ClusterId != w.cluster {
+			return fmt.Errorf("watch %s: etcd cluster %x, listed from %x: %w", key, resp.Header.ClusterId, w.cluster, errRestored)
+		}
 		ok()
 		if resp.IsProgressNotify() {
 			*rev = max(*rev, resp.Header.Revision)
+			applied.Store(*rev)
 			continue
 		}
 		if len(resp.Events) == 0 {
@@ -152,8 +246,12 @@ func (w *Watcher) watch(ctx context.Context, cur **State, rev *int64, emit func(
 		if w.opts.OnEvent != nil {
 			w.opts.OnEvent(len(resp.Events))
 		}
-		next, changed := applyEvents(w.opts.Prefix, *cur, resp.Events, w.opts.OnReject, w.opts.Logger)
+		next, changed, err := applyEvents(bo, *cur, resp.Events)
+		if err != nil {
+			return fmt.Errorf("watch %s: %w", key, err)
+		}
 		*rev = max(*rev, resp.Events[len(resp.Events)-1].Kv.ModRevision)
+		applied.Store(*rev)
 		if changed {
 			*cur = next
 			emit(next)
@@ -164,4 +262,41 @@ func (w *Watcher) watch(ctx context.Context, cur **State, rev *int64, emit func(
 		return fmt.Errorf("watch %s: %w", key, err)
 	}
 	return fmt.Errorf("watch %s from revision %d: channel closed", key, *rev+1)
+}
+
+// checkRestoredEvery reads etcd's revision every ProgressInterval until ctx ends, and sends
+// errRestored (wrapped) on found when it is below the applied one or the cluster changed.
+// The read is linearizable, so it is never below a revision etcd has committed: only a
+// restore (or another cluster behind the endpoints) makes it go back. Failed reads are
+// left to the watch, which sees the same outage.
+func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applied *atomic.Int64, found chan<- error) {
+	every := w.opts.ProgressInterval
+	if every <= 0 {
+		every = DefaultProgressInterval
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		gctx, cancel := context.WithTimeout(ctx, listTimeout)
+		resp, err := w.cli.Get(gctx, w.opts.Prefix+"/", clientv3.WithCountOnly())
+		cancel()
+		if err != nil {
+			continue
+		}
+		var why error
+		if a := applied.Load(); resp.Header.Revision < a {
+			why = fmt.Errorf("etcd at revision %d, below the %d applied: %w", resp.Header.Revision, a, errRestored)
+		} else if cluster != 0 && resp.Header.ClusterId != cluster {
+			why = fmt.Errorf("etcd cluster %x, listed from %x: %w", resp.Header.ClusterId, cluster, errRestored)
+		}
+		if why != nil {
+			found <- why
+			return
+		}
+	}
 }

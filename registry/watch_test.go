@@ -49,10 +49,10 @@ type watchRun struct {
 	events   int
 }
 
-func startWatcher(t *testing.T, cli *clientv3.Client) *watchRun {
+func startWatcher(t *testing.T, cli *clientv3.Client, adjust ...func(*registry.WatchOptions)) *watchRun {
 	t.Helper()
 	r := &watchRun{log: &syncBuffer{}, notify: make(chan struct{}, 1)}
-	r.w = registry.NewWatcher(cli, registry.WatchOptions{
+	opts := registry.WatchOptions{
 		Prefix: "/tether",
 		Logger: zerolog.New(r.log),
 		OnReject: func(key string, _ error) {
@@ -65,7 +65,11 @@ func startWatcher(t *testing.T, cli *clientv3.Client) *watchRun {
 			defer r.mu.Unlock()
 			r.events += n
 		},
-	})
+	}
+	for _, a := range adjust {
+		a(&opts)
+	}
+	r.w = registry.NewWatcher(cli, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -44,9 +44,13 @@ type options struct {
 	logLevel        string
 	logFormat       string
 	healthCheckFile string
+	wisejVersion    string
 	hc              *agent.HealthCheck // the --healthcheck-file, when given
 	// derivedSessionsURL is set when --sessions-url was derived (see defaultSessionsURL).
 	derivedSessionsURL bool
+	// given holds the flags set on the command line or in the environment, by name, with
+	// their values as parsed (for the command line stored with a Windows service).
+	given map[string]string
 }
 
 // parseFlags reads args and the TETHER_* environment into options. Errors name the flag,
@@ -58,7 +62,8 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs := flag.NewFlagSet("tether-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: tether-agent --service NAME --port PORT [flags]\n\n"+
+		fmt.Fprintf(stderr, "Usage: tether-agent --service NAME --port PORT [flags]\n"+
+			"       tether-agent service install|uninstall|start|stop ... (Windows service; see tether-agent service)\n\n"+
 			"Registers one backend instance in etcd and keeps its state and load up to date.\n"+
 			"Every flag can also be set as TETHER_<FLAG> (e.g. TETHER_MAX_SESSIONS); the command line wins.\n\n")
 		fs.PrintDefaults()
@@ -74,6 +79,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.StringVar(&c.HealthURL, "health-url", "", "backend health URL; 2xx (Wisej's 202 included) is healthy")
 	fs.StringVar(&c.AvailableURL, "available-url", "", "URL where the application may veto new sessions: non-2xx means full")
 	fs.StringVar(&o.healthCheckFile, "healthcheck-file", "", "Wisej HealthCheck.json to read thresholds from (flags override it)")
+	fs.StringVar(&o.wisejVersion, "wisej-version", agent.WisejAuto, "Wisej generation that wrote --healthcheck-file: 2 (maxMemory in percent), 3 (in MB) or auto (over 100 is MB)")
 	fs.IntVar(&c.Thresholds.MaxSessions, "max-sessions", 0, "full at this many sessions (0 = unlimited)")
 	fs.Float64Var(&c.Thresholds.MaxCPU, "max-cpu", 0, "full over this CPU percent (0 = unlimited)")
 	fs.Float64Var(&c.Thresholds.MaxMemory, "max-memory", 0, "full over this memory percent (0 = unlimited)")
@@ -87,8 +93,9 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.DurationVar(&c.Interval, "interval", 2*time.Second, "sampling and probing period")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 30*time.Second, "longest time between two writes of an unchanged instance")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Minute, "longest wait for sessions to end on shutdown")
+	fs.DurationVar(&c.DrainSettle, "drain-settle", time.Second, "wait after publishing draining before a sample may find no session left (Envoy gets the push meanwhile)")
 	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", 2*time.Second, "timeout of each HTTP probe")
-	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:9100", "address of /metrics and /healthz (empty disables)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", agent.MetricsAuto, "address of /metrics and /healthz: host:port, or auto (127.0.0.1, first free port from 18100; also host:auto); empty disables")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "", "json or console (default console on a terminal, else json)")
 
@@ -107,7 +114,8 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	}
 	c.Etcd = etcdCfg
 	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	o.given = map[string]string{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name], o.given[f.Name] = true, f.Value.String() })
 	if c.LoadSource == "" {
 		c.LoadSource = agent.LoadHost
 		if c.PID > 0 {
@@ -115,7 +123,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 		}
 	}
 	if o.healthCheckFile != "" {
-		hc, err := agent.LoadHealthCheck(o.healthCheckFile)
+		hc, err := agent.LoadHealthCheck(o.healthCheckFile, o.wisejVersion)
 		if err != nil {
 			return nil, err
 		}
@@ -128,6 +136,9 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 		}
 		if !set["max-memory"] {
 			c.Thresholds.MaxMemory = th.MaxMemory
+		}
+		if !set["max-memory-mb"] {
+			c.Thresholds.MaxMemoryMB = th.MaxMemoryMB
 		}
 		o.hc = &hc
 	}
@@ -162,6 +173,10 @@ func (o *options) logDefaults(log zerolog.Logger) {
 	hc := *o.hc
 	if len(hc.Unknown) > 0 {
 		log.Warn().Strs("fields", hc.Unknown).Str("file", o.healthCheckFile).Msg("unknown HealthCheck.json fields ignored")
+	}
+	if hc.MemoryAmbiguous && hc.Enabled {
+		log.Warn().Float64("maxMemory", hc.MaxMemory).Str("file", o.healthCheckFile).
+			Msg("HealthCheck.json maxMemory read as a percentage (Wisej 2); Wisej 3 means MB: pass --wisej-version 3 (or 2 to silence this)")
 	}
 	if !hc.Enabled {
 		log.Info().Str("file", o.healthCheckFile).Msg(`HealthCheck.json has "enabled": false: its thresholds are ignored`)

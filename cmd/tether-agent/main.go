@@ -1,6 +1,8 @@
 // Command tether-agent registers one backend instance in Tether's etcd registry, keeps its
 // state and load up to date, and drains it on SIGTERM or SIGINT (a second signal skips the
-// wait). Exit codes: 0 clean drain, 1 runtime failure, 2 bad flags.
+// wait). Exit codes: 0 clean drain, 1 runtime failure, 2 bad flags. On Windows it runs as a
+// service too: `tether-agent service install|uninstall|start|stop`, where a service stop drains
+// as SIGTERM does.
 package main
 
 import (
@@ -12,6 +14,7 @@ import (
 
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/winsvc"
 )
 
 func main() {
@@ -19,6 +22,12 @@ func main() {
 }
 
 func run(args []string, lookup func(string) (string, bool), stderr *os.File) int {
+	if len(args) > 0 && args[0] == "service" {
+		return serviceCommand(args[1:], os.Stdout, stderr)
+	}
+	if isService, err := winsvc.IsService(); err == nil && isService {
+		return runService(args)
+	}
 	o, err := parseFlags(args, lookup, stderr)
 	if err != nil {
 		if isHelp(err) {

@@ -10,6 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -115,13 +118,17 @@ func (p *proc) exitCode(t *testing.T, timeout time.Duration) int {
 type backend struct {
 	srv      *httptest.Server
 	sessions atomic.Int64
+	asked    atomic.Int64 // requests to /sessions: the agent's samples
 }
 
 func newBackend(t *testing.T) *backend {
 	b := &backend{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthcheck", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load()) })
+	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
+		b.asked.Add(1)
+	})
 	b.srv = httptest.NewServer(mux)
 	t.Cleanup(b.srv.Close)
 	return b
@@ -162,6 +169,75 @@ func getInstance(t *testing.T, cli *clientv3.Client, id string, timeout time.Dur
 	t.Fatalf("%s: not reached within %s; last %+v", what, timeout, last)
 }
 
+// waitSamples waits until the agent has sampled the backend's sessions n more times.
+func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
+	t.Helper()
+	want := b.asked.Load() + n
+	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
+		}
+	}
+}
+
+// keyEvents follows the instance key with an etcd watch from the current revision on: every
+// value it takes arrives (nil: deleted), however briefly it holds it.
+func keyEvents(t *testing.T, cli *clientv3.Client, id string) <-chan *registry.Instance {
+	t.Helper()
+	key := registry.InstanceKey("/tether", "app", id)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
+	resp, err := cli.Get(gctx, key)
+	gcancel()
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	out := make(chan *registry.Instance, 10000)
+	wch := cli.Watch(clientv3.WithRequireLeader(ctx), key, clientv3.WithRev(resp.Header.Revision+1))
+	go func() {
+		defer close(out)
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					out <- nil
+					continue
+				}
+				in, err := registry.DecodeInstance("app", id, ev.Kv.Value)
+				if err != nil {
+					t.Errorf("invalid instance: %v", err)
+					continue
+				}
+				out <- &in
+			}
+		}
+	}()
+	return out
+}
+
+// nextEvent returns the first value from events for which cond holds; every value before
+// it must satisfy meanwhile.
+func nextEvent(t *testing.T, events <-chan *registry.Instance, timeout time.Duration, what string, cond, meanwhile func(*registry.Instance) bool) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case in, ok := <-events:
+			if !ok {
+				t.Fatalf("%s: the watch ended", what)
+			}
+			if cond(in) {
+				return
+			}
+			if !meanwhile(in) {
+				t.Fatalf("%s: before it, the key took the value %+v", what, in)
+			}
+		case <-deadline:
+			t.Fatalf("%s: not seen within %s", what, timeout)
+		}
+	}
+}
+
 func inState(s string) func(*registry.Instance) bool {
 	return func(in *registry.Instance) bool { return in != nil && in.State == s }
 }
@@ -174,14 +250,30 @@ func TestKill9KeyExpires(t *testing.T) {
 	b := newBackend(t)
 	p := startAgent(t, b.args(etcd, "k9")...)
 	getInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", "k9"))
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		t.Fatalf("instance key %v, %v: want one key under a lease", resp, err)
+	}
+	lease := clientv3.LeaseID(resp.Kvs[0].Lease)
+	if ttl, err := cli.TimeToLive(ctx, lease); err != nil || ttl.GrantedTTL != 2 {
+		t.Fatalf("lease %x: %+v, %v; want granted for the 2s --ttl", int64(lease), ttl, err)
+	}
+	events := keyEvents(t, cli, "k9")
+	// The agent's last keep-alive was before the kill: the lease's remaining TTL is at least
+	// 2 s less the keep-alive period (a third of it), so the key outlives the kill by over 1 s.
+	killed := time.Now()
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	p.exitCode(t, 5*time.Second)
-	killed := time.Now()
-	getInstance(t, cli, "k9", 10*time.Second, "gone after the TTL", absent)
+	nextEvent(t, events, 10*time.Second, "gone after the TTL", absent, inState(registry.StateAvailable))
 	if waited := time.Since(killed); waited < time.Second {
 		t.Errorf("key gone %s after kill -9: it should live until the 2s lease expires", waited)
+	}
+	if ttl, err := cli.TimeToLive(ctx, lease); err != nil || ttl.TTL != -1 {
+		t.Errorf("lease %x after the key went: %+v, %v; want expired (TTL -1)", int64(lease), ttl, err)
 	}
 }
 
@@ -192,20 +284,23 @@ func TestSIGTERMDrainsThenExits0(t *testing.T) {
 	b.sessions.Store(2)
 	p := startAgent(t, b.args(etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
 	getInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
+	events := keyEvents(t, cli, "drain")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	getInstance(t, cli, "drain", 5*time.Second, "draining", inState(registry.StateDraining))
+	nextEvent(t, events, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
+	// Sessions remain: for five samples the agent runs and the key stays draining.
+	b.waitSamples(t, 5, 5*time.Second)
 	select {
 	case <-p.done:
 		t.Fatalf("exited with 2 sessions open; output:\n%s", p.out.String())
-	case <-time.After(500 * time.Millisecond):
+	default:
 	}
 	b.sessions.Store(0)
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	getInstance(t, cli, "drain", time.Second, "removed", absent)
+	nextEvent(t, events, time.Second, "removed", absent, inState(registry.StateDraining))
 }
 
 func TestDrainTimeoutExits0(t *testing.T) {
@@ -215,14 +310,15 @@ func TestDrainTimeoutExits0(t *testing.T) {
 	b.sessions.Store(5)
 	p := startAgent(t, b.args(etcd, "dt", "--drain-timeout", "1s")...)
 	getInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
+	events := keyEvents(t, cli, "dt")
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	getInstance(t, cli, "dt", 5*time.Second, "draining", inState(registry.StateDraining))
+	nextEvent(t, events, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	getInstance(t, cli, "dt", time.Second, "removed at the timeout", absent)
+	nextEvent(t, events, time.Second, "removed at the timeout", absent, inState(registry.StateDraining))
 	if !strings.Contains(p.out.String(), "drain timeout") {
 		t.Errorf("log does not say the drain timed out:\n%s", p.out.String())
 	}
@@ -264,6 +360,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{base, "TETHER_MAX_SESSIONS=many", "TETHER_MAX_SESSIONS"},
 		{base, "TETHER_INTERVAL=1h", "--interval"},
 		{append(base, "--log-format", "xml"), "", "--log-format"},
+		{append(base, "--etcd-endpoints", "http://127.0.0.1:2379", "--etcd-ca", broken), "", "plaintext"},
+		{append(base, "--wisej-version", "4", "--healthcheck-file", broken), "", "--wisej-version"},
 	}
 	for _, c := range cases {
 		cmd := exec.Command(binary(t), c.args...)
@@ -305,5 +403,130 @@ func TestFlagsHealthCheckFileAndEnv(t *testing.T) {
 	}
 	if got := o.cfg.Etcd.Endpoints; len(got) != 1 || got[0] != "http://127.0.0.1:2379" {
 		t.Errorf("etcd endpoints %v", got)
+	}
+}
+
+// node_exporter's 9100 is taken on many hosts: the agent with its default --metrics-addr
+// must still start, and publish where its /metrics went.
+func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
+	if l, err := net.Listen("tcp", "127.0.0.1:9100"); err == nil { // else something holds it already
+		t.Cleanup(func() { l.Close() })
+	}
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	var args []string
+	for _, a := range b.args(etcd, "ne") {
+		if a == "--metrics-addr" {
+			break // the rest of b.args is the metrics flag's value: left at its default
+		}
+		args = append(args, a)
+	}
+	startAgent(t, args...)
+	var metrics string
+	getInstance(t, cli, "ne", 10*time.Second, "registered with its metrics address", func(in *registry.Instance) bool {
+		if in == nil || in.State != registry.StateAvailable {
+			return false
+		}
+		metrics = in.Agent.Metrics
+		return true
+	})
+	if !strings.HasPrefix(metrics, "127.0.0.1:181") {
+		t.Fatalf("agent.metrics %q, want 127.0.0.1 on a port from 18100", metrics)
+	}
+	resp, err := http.Get("http://" + metrics + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz at %s: %d", metrics, resp.StatusCode)
+	}
+}
+
+func TestFlagsWisej3HealthCheckFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "HealthCheck.json")
+	if err := os.WriteFile(file, []byte("/* Wisej 3 */\n{\"enabled\": true, \"maxMemory\": 2048}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	none := func(string) (string, bool) { return "", false }
+	o, err := parseFlags([]string{"--service", "app", "--port", "5000", "--healthcheck-file", file}, none, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if th := o.cfg.Thresholds; th.MaxMemoryMB != 2048 || th.MaxMemory != 0 {
+		t.Errorf("thresholds %+v: want maxMemory 2048 read as 2048 MB", th)
+	}
+	_, err = parseFlags([]string{"--service", "app", "--port", "5000", "--healthcheck-file", file, "--wisej-version", "2"}, none, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "maxMemory") {
+		t.Errorf("--wisej-version 2 with maxMemory 2048: %v, want an error naming maxMemory", err)
+	}
+}
+
+// The flags stored with a Windows service give the same configuration when the service
+// starts in System32: relative file paths are made absolute.
+func TestServiceArgsRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "HealthCheck.json"), []byte(`{"enabled": true, "maxSessions": 40, "maxMemory": 4096}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	none := func(string) (string, bool) { return "", false }
+	args := []string{"--service", "app", "--port", "5000", "--healthcheck-file", "HealthCheck.json", "--label", "a=1",
+		"--health-url", "http://127.0.0.1:5000/healthcheck.wx", "--drain-timeout", "3m", "--metrics-addr", "0.0.0.0:auto"}
+	o, err := parseFlags(args, none, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := serviceArgs(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "--healthcheck-file=" + filepath.Join(dir, "HealthCheck.json")
+	if !slices.Contains(stored, want) {
+		t.Errorf("stored %v lacks %s", stored, want)
+	}
+	t.Chdir(t.TempDir()) // as a service, elsewhere
+	again, err := parseFlags(stored, none, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("stored flags %v: %v", stored, err)
+	}
+	if !reflect.DeepEqual(again.cfg, o.cfg) {
+		t.Errorf("stored flags give\n%+v\nwant\n%+v", again.cfg, o.cfg)
+	}
+}
+
+func TestServiceCommandInput(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{}, 2, "Usage"},
+		{[]string{"restart"}, 2, "Usage"},
+		{[]string{"start"}, 2, "--name"},
+		{[]string{"install", "--port", "5000"}, 2, "--service"},
+		{[]string{"install", "--service", "app", "--port", "5000", "--etcd-user", "u"}, 2, "--etcd-password-file"},
+	}
+	if runtime.GOOS != "windows" {
+		cases = append(cases, struct {
+			args []string
+			code int
+			want string
+		}{[]string{"stop", "--service", "app", "--port", "5000"}, 1, "only on Windows"})
+	}
+	for _, c := range cases {
+		var out, errOut bytes.Buffer
+		code := serviceCommand(c.args, &out, &errOut)
+		if code != c.code || !strings.Contains(errOut.String(), c.want) {
+			t.Errorf("service %v: exit %d, %q; want exit %d naming %s", c.args, code, errOut.String(), c.code, c.want)
+		}
+	}
+	name, rest, err := serviceName([]string{"--service=app", "--port", "5000", "--name", "web", "--max-sessions", "9"})
+	if err != nil || name != "web" || strings.Join(rest, " ") != "--service=app --port 5000 --max-sessions 9" {
+		t.Errorf("serviceName: %q %v %v", name, rest, err)
+	}
+	if name, _, _ := serviceName([]string{"--service", "app", "--port=5000"}); name != "tether-agent-app-5000" {
+		t.Errorf("derived name %q", name)
 	}
 }

@@ -10,15 +10,25 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/drain"
 	"github.com/tetherlb/tether/internal/status"
 )
+
+// subcommands are the operator's commands; without one the binary runs the control plane.
+var subcommands = map[string]func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int{
+	"status": status.Main,
+	"drain":  drain.Main,
+	"drains": drain.ListMain,
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stderr))
@@ -34,21 +44,37 @@ type options struct {
 func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("tether-controlplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage:
+  tether-controlplane [flags]                     run the control plane
+  tether-controlplane status [flags]              print the registry (services, instances, drains)
+  tether-controlplane drain SERVICE/ID [flags]    drain one instance (--label k=v for a selection, --undo, --wait)
+  tether-controlplane drains [SERVICE] [flags]    list the drains
+Each command takes -h.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	o := &options{}
 	var etcd cli.EtcdFlags
 	etcd.Register(fs, "")
 	var listenPort uint
+	var adminHosts string
 	fs.StringVar(&o.cfg.DataDir, "data-dir", "tether-data", "data directory of the embedded etcd (used when --etcd-endpoints is empty)")
 	fs.StringVar(&o.cfg.EmbeddedClientURL, "embedded-client-url", controlplane.DefaultEmbeddedClientURL, "client URL the embedded etcd serves (agents and etcdctl connect here)")
 	fs.StringVar(&o.cfg.EmbeddedPeerURL, "embedded-peer-url", controlplane.DefaultEmbeddedPeerURL, "peer URL of the embedded etcd")
 	fs.StringVar(&o.cfg.Prefix, "prefix", "/tether", "etcd key prefix of the registry")
 	fs.StringVar(&o.cfg.XDSAddr, "xds-addr", controlplane.DefaultXDSAddr, "listen address of the xDS (ADS) gRPC server")
 	fs.StringVar(&o.cfg.AdminAddr, "admin-addr", controlplane.DefaultAdminAddr, "listen address of the admin HTTP server (/metrics, /healthz, /readyz, /debug/config)")
+	fs.StringVar(&adminHosts, "admin-hosts", "", "comma-separated host names (or IPs) the admin server answers besides loopback and its own IP, e.g. tether.example.com")
 	fs.UintVar(&listenPort, "envoy-listen-port", controlplane.DefaultListenPort, "port of the HTTP listener given to Envoy")
 	fs.DurationVar(&o.cfg.CoalesceQuiet, "coalesce-quiet", controlplane.DefaultCoalesceQuiet, "a change this long after the last push is pushed at once; changes within this window of a push are batched until quiet this long")
 	fs.DurationVar(&o.cfg.CoalesceMax, "coalesce-max", controlplane.DefaultCoalesceMax, "a batched change is pushed at the latest this long after the first of its batch")
-	fs.Float64Var(&o.cfg.HoldShare, "hold-share", controlplane.DefaultHoldShare, "when more than this share of a service's instances leave the registry at once, keep serving them for --hold-grace (negative disables)")
+	fs.Float64Var(&o.cfg.HoldShare, "hold-share", controlplane.DefaultHoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
 	fs.DurationVar(&o.cfg.HoldGrace, "hold-grace", controlplane.DefaultHoldGrace, "how long a mass disappearance is held back")
+	fs.DurationVar(&o.cfg.HoldWindow, "hold-window", controlplane.DefaultHoldWindow, "removals of one service within this long of the first count together against --hold-share (about the agents' --ttl)")
+	fs.BoolVar(&o.cfg.AllowLoopback, "allow-loopback-backends", false, "accept instances registered on loopback addresses (127.0.0.1, ::1): only for a demo or tests with Envoy and the backends on one host")
 	fs.StringVar(&o.xdsCert, "xds-tls-cert", "", "certificate file to serve xDS over TLS (with --xds-tls-key)")
 	fs.StringVar(&o.xdsKey, "xds-tls-key", "", "private key file to serve xDS over TLS")
 	fs.StringVar(&o.xdsCA, "xds-client-ca", "", "CA file: require Envoys to present a client certificate it signs (mutual TLS)")
@@ -67,8 +93,19 @@ func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) 
 		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
 	}
 	o.cfg.ListenPort = uint32(listenPort)
+	for _, h := range strings.Split(adminHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err != nil && strings.Trim(strings.ToLower(h), "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" {
+				return nil, fmt.Errorf("--admin-hosts: %q must be a host name or an IP, without scheme or port", h)
+			}
+			o.cfg.AdminHosts = append(o.cfg.AdminHosts, h)
+		}
+	}
 	if o.cfg.CoalesceQuiet <= 0 || o.cfg.CoalesceMax <= 0 {
 		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 5ms and 50ms")
+	}
+	if err := etcd.NeedEndpoints(); err != nil {
+		return nil, err
 	}
 	if etcd.Endpoints != "" {
 		ec, err := etcd.ClientConfig(lookup)
@@ -120,10 +157,12 @@ func xdsTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 }
 
 func run(args []string, lookup func(string) (string, bool), stderr *os.File) int {
-	if len(args) > 0 && args[0] == "status" {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		return status.Main(ctx, args[1:], lookup, os.Stdout, stderr)
+	if len(args) > 0 {
+		if sub, ok := subcommands[args[0]]; ok {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return sub(ctx, args[1:], lookup, os.Stdout, stderr)
+		}
 	}
 	o, err := parse(args, lookup, stderr)
 	if errors.Is(err, flag.ErrHelp) {

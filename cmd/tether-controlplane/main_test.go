@@ -7,7 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/tlstest"
 )
@@ -66,6 +68,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"coalesce max below quiet", []string{"--coalesce-quiet", "50ms", "--coalesce-max", "10ms"}, nil, "--coalesce-max"},
 		{"hold share over 1", []string{"--hold-share", "1.5"}, nil, "--hold-share"},
 		{"hold grace not a duration", []string{"--hold-grace", "soon"}, nil, "hold-grace"},
+		{"hold window not a duration", []string{"--hold-window", "a while"}, nil, "hold-window"},
+		{"env allow loopback not a boolean", nil, map[string]string{"TETHER_ALLOW_LOOPBACK_BACKENDS": "maybe"}, "allow-loopback-backends"},
 		{"prefix without slash", []string{"--prefix", "tether"}, nil, "--prefix"},
 		{"log level", []string{"--log-level", "loud"}, nil, "--log-level"},
 		{"log format", []string{"--log-format", "xml"}, nil, "--log-format"},
@@ -80,6 +84,9 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"etcd password file without user", with("--etcd-password-file", password), nil, "--etcd-password-file"},
 		{"etcd password is no flag", with("--etcd-user", "u", "--etcd-password", "s3cret"), nil, "etcd-password"},
 		{"etcd dial timeout", with("--etcd-dial-timeout", "0s"), nil, "--etcd-dial-timeout"},
+		{"etcd TLS with http://", []string{"--etcd-endpoints", "http://127.0.0.1:2379", "--etcd-ca", ca.CAFile}, nil, "plaintext"},
+		{"admin host with a scheme", []string{"--admin-hosts", "localhost,http://tether.example.com"}, nil, "--admin-hosts"},
+		{"etcd flags without endpoints", []string{"--etcd-user", "u", "--etcd-password-file", password}, nil, "need --etcd-endpoints"},
 		{"xDS cert without key", []string{"--xds-tls-cert", kp.CertFile}, nil, "--xds-tls-cert"},
 		{"xDS client CA without cert", []string{"--xds-client-ca", ca.CAFile}, nil, "--xds-client-ca"},
 		{"xDS cert not PEM", []string{"--xds-tls-cert", garbage, "--xds-tls-key", garbage}, nil, "--xds-tls-cert"},
@@ -145,5 +152,33 @@ func TestSecurityFlags(t *testing.T) {
 		envOf(map[string]string{cli.PasswordEnv: "from-env"}), os.Stderr)
 	if err != nil || o.cfg.Etcd.Username != "tether-controlplane" || o.cfg.Etcd.Password != "from-env" {
 		t.Fatalf("password from %s: %v", cli.PasswordEnv, err)
+	}
+	o, err = parse(nil, envOf(nil), os.Stderr)
+	if err != nil || o.cfg.AllowLoopback || o.cfg.HoldWindow != controlplane.DefaultHoldWindow {
+		t.Fatalf("defaults: %v, loopback %v, hold window %s; want loopback refused and %s", err, o.cfg.AllowLoopback, o.cfg.HoldWindow, controlplane.DefaultHoldWindow)
+	}
+	o, err = parse([]string{"--allow-loopback-backends", "--hold-window", "3s"}, envOf(nil), os.Stderr)
+	if err != nil || !o.cfg.AllowLoopback || o.cfg.HoldWindow != 3*time.Second {
+		t.Fatalf("--allow-loopback-backends --hold-window 3s: %v, %+v", err, o.cfg)
+	}
+}
+
+// TestSubcommands: the operator's commands are reached by their names; their usage errors
+// exit 2 naming the command.
+func TestSubcommands(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"drain", "-h"}, 0, "tether-controlplane drain SERVICE/ID"},
+		{[]string{"drain", "app"}, 2, "tether-controlplane drain: app is a whole service"},
+		{[]string{"drains", "a", "b"}, 2, "tether-controlplane drains: unexpected argument"},
+		{[]string{"status", "extra"}, 2, "tether-controlplane status: unexpected argument"},
+	} {
+		code, out := runCaptured(t, c.args, nil)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, %q; want %d and %q", c.args, code, out, c.code, c.want)
+		}
 	}
 }

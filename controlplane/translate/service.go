@@ -27,6 +27,10 @@ type ServiceResources struct {
 	PathPrefix string
 	// Available is the number of instances in state available.
 	Available int
+	// Configured and Created rank the service's claim to its domains and path (see
+	// Assemble): from registry.Service.
+	Configured bool
+	Created    int64
 	// Problems found in this service: the service itself left out (Cluster nil) or some
 	// of its instances left out.
 	Problems []Problem
@@ -38,6 +42,10 @@ type ServiceResources struct {
 func TranslateService(svc *registry.Service, opts Options) *ServiceResources {
 	if svc == nil {
 		return &ServiceResources{Problems: []Problem{{Message: "nil service left out"}}}
+	}
+	if svc.ConfigError != "" {
+		return &ServiceResources{Name: svc.Name, Problems: []Problem{{svc.Name, "service left out: " + svc.ConfigError +
+			"; no valid earlier version of its configuration is in etcd's history, and its defaults would change its cookie and domains"}}}
 	}
 	sr, err := translateService(svc, opts.withDefaults())
 	if err != nil {
@@ -51,7 +59,7 @@ func TranslateService(svc *registry.Service, opts Options) *ServiceResources {
 
 func translateService(svc *registry.Service, opts Options) (*ServiceResources, error) {
 	cfg := svc.Config
-	sr := &ServiceResources{Name: svc.Name, PathPrefix: cfg.PathPrefix}
+	sr := &ServiceResources{Name: svc.Name, PathPrefix: cfg.PathPrefix, Configured: svc.Configured, Created: svc.Created}
 	if err := registry.ValidateServiceName(svc.Name); err != nil {
 		return sr, err
 	}

@@ -29,6 +29,10 @@
 //     upstream (UH) gives the overload reply, or for a strict service's session the reply
 //     that its server is gone (with the session cookie expired); a circuit-breaker overflow
 //     (UO) gives a plain "retry in a moment", never the overload reply.
+//   - A contested domain and path prefix goes to a configured service before an unconfigured
+//     one, then to the older claim (etcd create revision), then by name (see Assemble): a
+//     mistyped or hostile agent never takes a configured service's users, and replicas agree.
+//     A service whose configuration is rejected with no valid version left is left out.
 //   - Path prefixes: "/" and prefixes ending in "/" are plain prefixes; "/app" is a
 //     path-separated prefix that matches /app and /app/..., not /apple.
 //   - Host matching ignores the port of the Host header (ignore_port_in_host_matching)
@@ -62,6 +66,7 @@ package translate
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -111,7 +116,7 @@ type Resources struct {
 	Endpoints []*endpointv3.ClusterLoadAssignment
 	// Problems found while translating: a service left out because its configuration
 	// cannot be translated, an instance left out, or a route lost to a domain+path
-	// conflict (the later service by name loses). The caller logs and counts them.
+	// conflict (see Assemble). The caller logs and counts them.
 	Problems []Problem
 }
 
@@ -141,8 +146,13 @@ func Translate(st *registry.State, opts Options) *Resources {
 // Assemble builds the listener and the route configuration from the per-service parts and
 // collects their clusters and endpoints. Services sharing a domain share its virtual host;
 // within it routes are ordered by path prefix length (longest first), then service name.
-// When two services claim the same domain and path prefix, the later one by name loses
-// that route and a Problem says so.
+// When services claim the same domain and path prefix, one keeps the route and each other
+// loses it with a Problem (it keeps its cluster). The route goes to a configured service
+// before an unconfigured one, then to the older claim (lower create revision), then by
+// name. So an agent started with a mistyped or hostile --service never takes a configured
+// service's users, and an unconfigured service gets the default "*" catch-all only while
+// no configured or older service holds it. Create revisions come from etcd, so every
+// replica picks the same winner; a later edit of the winner does not move its users.
 func Assemble(svcs []*ServiceResources, opts Options) *Resources {
 	return assemble(svcs, opts, nil)
 }
@@ -164,6 +174,9 @@ type routePart struct {
 	name  string
 	first *routev3.Route
 	n     int
+	// The claim's rank: a change of it can move a contested route without changing routes.
+	configured bool
+	created    int64
 }
 
 func routePartsOf(sorted []*ServiceResources) []routePart {
@@ -172,7 +185,7 @@ func routePartsOf(sorted []*ServiceResources) []routePart {
 		if s.Cluster == nil {
 			continue
 		}
-		rp := routePart{name: s.Name, n: len(s.Routes)}
+		rp := routePart{name: s.Name, n: len(s.Routes), configured: s.Configured, created: s.Created}
 		if len(s.Routes) > 0 {
 			rp.first = s.Routes[0]
 		}
@@ -198,10 +211,6 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 	slices.SortFunc(sorted, func(a, b *ServiceResources) int { return strings.Compare(a.Name, b.Name) })
 
 	res := &Resources{}
-	type claim struct{ domain, prefix string }
-	owner := map[claim]string{}
-	byDomain := map[string][]*ServiceResources{}
-	portInDomain := false
 	for _, s := range sorted {
 		res.Problems = append(res.Problems, s.Problems...)
 		if s.Cluster == nil {
@@ -209,14 +218,21 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 		}
 		res.Clusters = append(res.Clusters, s.Cluster)
 		res.Endpoints = append(res.Endpoints, s.Endpoints)
+	}
+
+	type claim struct{ domain, prefix string }
+	owner := map[claim]*ServiceResources{}
+	byDomain := map[string][]*ServiceResources{}
+	portInDomain := false
+	for _, s := range claimOrder(sorted) {
 		for _, d := range s.Domains {
 			k := claim{d, s.PathPrefix}
 			if prev, taken := owner[k]; taken {
-				res.Problems = append(res.Problems, Problem{s.Name,
-					"domain " + d + " path prefix " + s.PathPrefix + " is already served by service " + prev + "; this service's route for it is left out"})
+				res.Problems = append(res.Problems, Problem{s.Name, "domain " + d + " path prefix " + s.PathPrefix +
+					" is held by service " + prev.Name + " (" + whyWins(prev, s) + "); this service's route for it is left out"})
 				continue
 			}
-			owner[k] = s.Name
+			owner[k] = s
 			byDomain[d] = append(byDomain[d], s)
 			portInDomain = portInDomain || strings.Contains(d, ":")
 		}
@@ -237,6 +253,42 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 	}
 	res.Listeners = []*listenerv3.Listener{l}
 	return res
+}
+
+// claimOrder returns the translated services in the order they claim routes: configured
+// first, then by create revision (0, unknown, last), then by name.
+func claimOrder(sorted []*ServiceResources) []*ServiceResources {
+	out := slices.DeleteFunc(slices.Clone(sorted), func(s *ServiceResources) bool { return s.Cluster == nil })
+	slices.SortStableFunc(out, func(a, b *ServiceResources) int {
+		if a.Configured != b.Configured {
+			if a.Configured {
+				return -1
+			}
+			return 1
+		}
+		if a.Created != b.Created {
+			switch {
+			case a.Created == 0:
+				return 1
+			case b.Created == 0:
+				return -1
+			}
+			return cmp.Compare(a.Created, b.Created)
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out
+}
+
+// whyWins says in words why winner holds a route loser claims too.
+func whyWins(winner, loser *ServiceResources) string {
+	switch {
+	case winner.Configured && !loser.Configured:
+		return "configured, and this service is not"
+	case winner.Created != loser.Created:
+		return fmt.Sprintf("older claim: revision %d before %d", winner.Created, loser.Created)
+	}
+	return "first by name"
 }
 
 // routeConfig builds the route configuration: a virtual host per domain, its services'

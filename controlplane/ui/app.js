@@ -127,9 +127,34 @@ function summaryTiles(state) {
     tile("t-full", s.full, "full", s.full > 0),
     tile("t-draining", s.draining, "draining", s.draining > 0),
     tile("t-unhealthy", s.unhealthy, "unhealthy", s.unhealthy > 0),
+    tile("t-draining", s.drained || 0, "drained by operator"),
     tile("", s.sessions, "sessions"),
     tile("", envoys ? inSync + "/" + envoys : "none", "envoys in sync"),
   ];
+}
+
+// drainsCard lists the operators' drains: what each selects, since when, the instances it
+// drains now and the sessions they still hold (when it reaches 0 they can be stopped).
+function drainsCard(state) {
+  const drains = state.drains || [];
+  if (!drains.length) return [];
+  const rows = drains.map((d) => h("tr", { "data-drain": d.service + "/" + d.name },
+    h("td", { class: "id", text: d.service }),
+    h("td", null, h("span", { class: "id", text: d.name }),
+      h("span", { class: "addr", text: d.instance ? "instance " + d.instance :
+        "labels " + Object.keys(d.labels || {}).sort().map((k) => k + "=" + d.labels[k]).join(",") })),
+    h("td", null, d.createdAt ? timeCell(d.createdAt) : h("span", { class: "muted", text: "–" })),
+    h("td", { text: d.matched.length ? d.matched.join(", ") : "none" }),
+    h("td", null, h("b", { class: d.sessions ? "" : "sync-ok", text: String(d.sessions) }),
+      d.matched.length && !d.sessions ? h("span", { class: "addr", text: "safe to stop" }) : null),
+    h("td", { text: d.reason || "–" })));
+  const cols = ["Service", "Drain", "Since", "Drained instances", "Sessions left", "Reason"];
+  return [h("div", { class: "card drains" },
+    h("div", { class: "card-head" }, h("h2", { text: "Drains" }),
+      h("span", { class: "sub", text: "set by operators (tether-controlplane drain): no new sessions, existing ones stay" })),
+    h("div", { class: "scroll" }, h("table", null,
+      h("thead", null, h("tr", null, ...cols.map((c) => h("th", { text: c })))),
+      h("tbody", null, ...rows))))];
 }
 
 function alerts(state) {
@@ -159,6 +184,10 @@ function instanceRow(svc, inst) {
     : h("td", { class: "muted", title: "not in the configuration served to Envoy", text: "not served" });
   return h("tr", { class: "inst st-" + inst.state + (changed ? " flash" : ""), "data-instance": key, "data-state": inst.state },
     h("td", null, h("span", { class: "badge b-" + inst.state, text: inst.state }),
+      inst.drain ? h("span", { class: "drained", "data-drain": inst.drain.name,
+        title: "drained by the operator's drain " + inst.drain.name + (inst.drain.since ? " since " + inst.drain.since : ""),
+        text: "⏏ drain " + inst.drain.name }) : null,
+      inst.drain && inst.drain.since && !inst.drain.since.startsWith("0001-") ? timeCell(inst.drain.since, "drained-since") : null,
       inst.reason ? h("span", { class: "reason", text: inst.reason }) : null),
     h("td", null, h("span", { class: "id", text: inst.id }), h("span", { class: "addr", text: addr })),
     h("td", null, meter(load.sessions, thr.maxSessions, "", null)),
@@ -168,8 +197,17 @@ function instanceRow(svc, inst) {
       spark(pts, "s", thr.maxSessions, "l-s", "sessions"), spark(pts, "c", thr.maxCPU, "l-c", "cpu"))),
     envoy,
     h("td", { text: inst.zone || "–" }),
-    h("td", { class: "mono", text: inst.agent && inst.agent.version ? inst.agent.version : "–" }),
+    agentCell(inst.agent),
     h("td", null, timeCell(inst.updatedAt)));
+}
+
+// agentCell shows the agent's version, linked to its /metrics when it published the address
+// (agent.metrics is validated as ip:port by the registry).
+function agentCell(agent) {
+  const version = agent && agent.version ? agent.version : "–";
+  if (!agent || !agent.metrics) return h("td", { class: "mono", text: version });
+  return h("td", { class: "mono" },
+    h("a", { href: "http://" + agent.metrics + "/metrics", title: "the agent's /metrics at " + agent.metrics, text: version }));
 }
 
 function serviceCard(svc) {
@@ -235,6 +273,7 @@ function render(state) {
     h("span", null, "published ", state.ready ? timeCell(state.publishedAt) : h("b", { text: "not yet" })));
   document.getElementById("summary").replaceChildren(...summaryTiles(state));
   document.getElementById("alerts").replaceChildren(...alerts(state));
+  document.getElementById("drains").replaceChildren(...drainsCard(state));
   const services = document.getElementById("services");
   if (!state.ready) {
     services.replaceChildren(h("p", { class: "empty", text: "The control plane has not read the registry from etcd yet." }));

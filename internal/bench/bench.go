@@ -30,11 +30,11 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/rs/zerolog"
+	"github.com/shirou/gopsutil/v4/process"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -439,13 +439,18 @@ func (h *harness) close(cancel context.CancelFunc) error {
 	return errors.Join(errs...)
 }
 
-// cpuSelf is the harness process's CPU time so far.
+// cpuSelf is the harness process's CPU time so far, in seconds (user and system; through
+// gopsutil, so that the harness builds on Windows too).
 func cpuSelf() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	p, err := process.NewProcess(int32(os.Getpid()))
+	if err != nil {
 		return 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	t, err := p.Times()
+	if err != nil {
+		return 0
+	}
+	return t.User + t.System
 }
 
 // newRand returns a random source for stream i of the run.

@@ -96,6 +96,10 @@ func (e *EtcdFlags) ClientConfig(lookup func(string) (string, bool)) (clientv3.C
 			}
 		} else if !strings.HasPrefix(ep, "http://") && !strings.HasPrefix(ep, "https://") && !strings.HasPrefix(ep, "unix://") && !strings.HasPrefix(ep, "unixs://") {
 			return cfg, fmt.Errorf("--etcd-endpoints: %q has an unknown scheme; use host:port, http://, https:// or unix://", ep)
+		} else if tlsOn && (strings.HasPrefix(ep, "http://") || strings.HasPrefix(ep, "unix://")) {
+			// The etcd client lets the scheme win: TLS (and the password's protection) would
+			// be dropped without a word.
+			return cfg, fmt.Errorf("--etcd-endpoints: %q is plaintext but --etcd-ca, --etcd-cert or --etcd-key ask for TLS; use https:// (unixs://) or host:port", ep)
 		}
 		cfg.Endpoints = append(cfg.Endpoints, ep)
 	}
@@ -147,6 +151,26 @@ func (e *EtcdFlags) ClientConfig(lookup func(string) (string, bool)) (clientv3.C
 		return cfg, errors.New("--etcd-password-file needs --etcd-user")
 	}
 	return cfg, nil
+}
+
+// NeedEndpoints refuses etcd client flags given without --etcd-endpoints, for a binary that
+// starts an embedded etcd when the endpoints are empty: the flags would be silently ignored.
+func (e *EtcdFlags) NeedEndpoints() error {
+	if strings.TrimSpace(e.Endpoints) != "" {
+		return nil
+	}
+	var given []string
+	for _, f := range []struct{ name, v string }{
+		{"--etcd-ca", e.CA}, {"--etcd-cert", e.Cert}, {"--etcd-key", e.Key}, {"--etcd-user", e.User}, {"--etcd-password-file", e.PasswordFile},
+	} {
+		if f.v != "" {
+			given = append(given, f.name)
+		}
+	}
+	if len(given) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: need --etcd-endpoints; without it the embedded etcd starts and they would be ignored", strings.Join(given, ", "))
 }
 
 func (e *EtcdFlags) password(lookup func(string) (string, bool)) (string, error) {

@@ -94,6 +94,8 @@ func TestClientConfigErrorsNameFlag(t *testing.T) {
 		{"missing CA", EtcdFlags{Endpoints: "x:1", DialTimeout: time.Second, CA: filepath.Join(dir, "nope.pem")}, "--etcd-ca"},
 		{"user without password", EtcdFlags{Endpoints: "x:1", DialTimeout: time.Second, User: "root"}, "--etcd-password-file"},
 		{"password file without user", EtcdFlags{Endpoints: "x:1", DialTimeout: time.Second, PasswordFile: "p"}, "--etcd-user"},
+		{"TLS with http://", EtcdFlags{Endpoints: "x:1,http://y:2", DialTimeout: time.Second, CA: filepath.Join(dir, "ca.pem")}, `"http://y:2" is plaintext`},
+		{"TLS with unix://", EtcdFlags{Endpoints: "unix:///run/etcd.sock", DialTimeout: time.Second, Cert: "c", Key: "k"}, "plaintext"},
 	}
 	for _, c := range cases {
 		_, err := c.e.ClientConfig(env(nil))
@@ -165,5 +167,18 @@ func TestLogDurationsAreReadable(t *testing.T) {
 	}
 	if !strings.Contains(string(b), `"timeout":"10m0s"`) {
 		t.Errorf("log line %s: want \"timeout\":\"10m0s\"", b)
+	}
+}
+
+func TestNeedEndpoints(t *testing.T) {
+	if err := (&EtcdFlags{}).NeedEndpoints(); err != nil {
+		t.Errorf("no etcd flag: %v", err)
+	}
+	if err := (&EtcdFlags{Endpoints: "x:1", CA: "ca.pem"}).NeedEndpoints(); err != nil {
+		t.Errorf("with endpoints: %v", err)
+	}
+	err := (&EtcdFlags{CA: "ca.pem", User: "u"}).NeedEndpoints()
+	if err == nil || !strings.Contains(err.Error(), "--etcd-ca, --etcd-user: need --etcd-endpoints") {
+		t.Errorf("TLS and user flags without endpoints: %v", err)
 	}
 }

@@ -1,12 +1,21 @@
 // Package etcdtest runs a real embedded etcd for tests, on free loopback ports with short
 // tick and election times.
+//
+// Ports. Packages' tests run in parallel processes, each taking free ports. A first start
+// that finds its ports taken (between FreePort closing its probe and etcd binding) tries
+// again on fresh ones. A stopped server keeps its ports bound, without listening (clients
+// are refused as by a stopped etcd), so that no other test can take them before StartAgain
+// binds them again; a start on kept ports that still finds them taken retries for a while.
 package etcdtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +33,7 @@ type Server struct {
 	PeerURL   string
 	configure func(*embed.Config)
 	e         *registry.Embedded
+	held      []func() // release the ports kept while stopped
 }
 
 // Option adjusts the embedded etcd's configuration (TLS, auth).
@@ -61,11 +71,7 @@ func FreePort(t testing.TB) int {
 // Start starts an embedded etcd that is closed when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	s := &Server{
-		Dir:       t.TempDir(),
-		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-	}
+	s := &Server{Dir: t.TempDir()}
 	if len(opts) > 0 {
 		s.configure = func(c *embed.Config) {
 			for _, o := range opts {
@@ -73,13 +79,26 @@ func Start(t testing.TB, opts ...Option) *Server {
 			}
 		}
 	}
-	s.start(t)
-	t.Cleanup(s.Stop)
-	return s
+	t.Cleanup(s.close)
+	for attempt := 1; ; attempt++ {
+		s.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
+		s.PeerURL = fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
+		err := s.start()
+		if err == nil {
+			return s
+		}
+		if !addrInUse(err) || attempt == 5 {
+			t.Fatalf("start embedded etcd: %v", err)
+		}
+	}
 }
 
-func (s *Server) start(t testing.TB) {
-	t.Helper()
+// addrInUse reports whether err is a listen failing on a taken port.
+func addrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+func (s *Server) start() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	e, err := registry.StartEmbedded(ctx, registry.EmbedConfig{
@@ -87,10 +106,56 @@ func (s *Server) start(t testing.TB) {
 		TickMs: 10, ElectionMs: 50, Configure: s.configure,
 	})
 	if err != nil {
-		t.Fatalf("start embedded etcd: %v", err)
+		return err
 	}
 	s.e = e
 	s.ClientURL = e.Endpoints[0] // an Option may have changed the scheme (WithTLS)
+	return nil
+}
+
+// startKept starts the server again on its kept ports, retrying for a while if one is taken.
+func (s *Server) startKept(t testing.TB) {
+	t.Helper()
+	s.release()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := s.start()
+		if err == nil {
+			return
+		}
+		if !addrInUse(err) || time.Now().After(deadline) {
+			t.Fatalf("start embedded etcd again on %s: %v", s.ClientURL, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// keep binds the stopped server's ports without listening on them.
+func (s *Server) keep() {
+	for _, raw := range []string{s.ClientURL, s.PeerURL} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			continue
+		}
+		if release, err := hold(u.Host); err == nil {
+			s.held = append(s.held, release)
+		}
+	}
+}
+
+func (s *Server) release() {
+	for _, r := range s.held {
+		r()
+	}
+	s.held = nil
+}
+
+func (s *Server) close() {
+	if s.e != nil {
+		s.e.Close()
+		s.e = nil
+	}
+	s.release()
 }
 
 // Endpoints returns the client endpoints.
@@ -107,11 +172,12 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// Stop stops the server; it is safe to call more than once.
+// Stop stops the server, keeping its ports for StartAgain; it is safe to call more than once.
 func (s *Server) Stop() {
 	if s.e != nil {
 		s.e.Close()
 		s.e = nil
+		s.keep()
 	}
 }
 
@@ -119,13 +185,13 @@ func (s *Server) Stop() {
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop()
-	s.start(t)
+	s.startKept(t)
 }
 
-// Start again after Stop, on the same data and ports.
+// StartAgain starts the server again after Stop, on the same data and ports.
 func (s *Server) StartAgain(t testing.TB) {
 	t.Helper()
 	if s.e == nil {
-		s.start(t)
+		s.startKept(t)
 	}
 }

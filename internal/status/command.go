@@ -112,5 +112,6 @@ func Read(ctx context.Context, cfg clientv3.Config, prefix string) (*registry.St
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	return registry.BuildState(prefix, rev, kvs, nil), nil
+	// Drains applied as the control plane applies them, so that both show the same states.
+	return registry.ApplyDrains(registry.BuildState(prefix, rev, kvs, nil)), nil
 }

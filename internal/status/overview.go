@@ -5,6 +5,7 @@
 package status
 
 import (
+	"maps"
 	"slices"
 	"strings"
 
@@ -17,6 +18,8 @@ type Overview struct {
 	Summary  Summary    `json:"summary"`
 	Services []Service  `json:"services"`
 	Rejected []Rejected `json:"rejected"`
+	// Drains are the operators' drains, sorted by service and name.
+	Drains []Drain `json:"drains"`
 }
 
 // Summary counts instances by state, and their sessions.
@@ -28,6 +31,8 @@ type Summary struct {
 	Draining  int `json:"draining"`
 	Unhealthy int `json:"unhealthy"`
 	Sessions  int `json:"sessions"`
+	// Drained counts instances selected by an operator's drain (whatever their state).
+	Drained int `json:"drained"`
 }
 
 // Service is one service and its instances, sorted by ID.
@@ -48,6 +53,20 @@ type Instance struct {
 	// Envoy is the endpoint served to Envoy; nil when the instance is not in the published
 	// configuration, or when the overview was read from etcd directly.
 	Envoy *Endpoint `json:"envoy,omitempty"`
+	// Drain is the operator's drain that selects the instance (name, since when); nil when
+	// none does.
+	Drain *registry.DrainMark `json:"drain,omitempty"`
+}
+
+// Drain is one operator's drain with what it selects now.
+type Drain struct {
+	Service string `json:"service"`
+	Name    string `json:"name"`
+	registry.Drain
+	// Matched are the IDs of the registered instances it selects, sorted.
+	Matched []string `json:"matched"`
+	// Sessions is the sum of the matched instances' sessions.
+	Sessions int `json:"sessions"`
 }
 
 // Endpoint is what Envoy was given for an instance.
@@ -66,7 +85,7 @@ type Rejected struct {
 
 // FromState builds the overview of st; a nil st gives an empty overview.
 func FromState(st *registry.State) Overview {
-	ov := Overview{Services: []Service{}, Rejected: []Rejected{}}
+	ov := Overview{Services: []Service{}, Rejected: []Rejected{}, Drains: []Drain{}}
 	if st == nil {
 		return ov
 	}
@@ -83,8 +102,13 @@ func FromState(st *registry.State) Overview {
 		if svc.Domains == nil {
 			svc.Domains = []string{}
 		}
-		for _, in := range s.Instances {
-			svc.Instances = append(svc.Instances, Instance{Instance: in})
+		for id, in := range s.Instances {
+			oi := Instance{Instance: in}
+			if m, ok := s.Drained[id]; ok {
+				oi.Drain = &m
+				ov.Summary.Drained++
+			}
+			svc.Instances = append(svc.Instances, oi)
 			ov.Summary.Instances++
 			ov.Summary.Sessions += in.Load.Sessions
 			switch in.State {
@@ -107,5 +131,27 @@ func FromState(st *registry.State) Overview {
 		ov.Rejected = append(ov.Rejected, Rejected{Key: k, Error: e})
 	}
 	slices.SortFunc(ov.Rejected, func(a, b Rejected) int { return strings.Compare(a.Key, b.Key) })
+	ov.Drains = drains(st)
 	return ov
+}
+
+// drains lists st's drains with the instances each selects now.
+func drains(st *registry.State) []Drain {
+	out := []Drain{}
+	for _, svcName := range slices.Sorted(maps.Keys(st.Drains)) {
+		for _, name := range slices.Sorted(maps.Keys(st.Drains[svcName])) {
+			d := Drain{Service: svcName, Name: name, Drain: st.Drains[svcName][name], Matched: []string{}}
+			if s := st.Services[svcName]; s != nil {
+				for id, in := range s.Instances {
+					if d.Matches(&in) {
+						d.Matched = append(d.Matched, id)
+						d.Sessions += in.Load.Sessions
+					}
+				}
+			}
+			slices.Sort(d.Matched)
+			out = append(out, d)
+		}
+	}
+	return out
 }

@@ -43,6 +43,12 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 	fmt.Fprintf(w, "\nrevision %d: %s, %s (%d available, %d full, %d draining, %d unhealthy), %s\n",
 		ov.Revision, plural(sm.Services, "service"), plural(sm.Instances, "instance"),
 		sm.Available, sm.Full, sm.Draining, sm.Unhealthy, plural(sm.Sessions, "session"))
+	if len(ov.Drains) > 0 {
+		fmt.Fprintf(w, "\n%s:\n", plural(len(ov.Drains), "drain"))
+		if err := WriteDrains(w, ov.Drains, now); err != nil {
+			return err
+		}
+	}
 	if len(ov.Rejected) == 0 {
 		return nil
 	}
@@ -142,4 +148,23 @@ func plural(n int, word string) string {
 		return "1 " + word
 	}
 	return strconv.Itoa(n) + " " + word + "s"
+}
+
+// WriteDrains prints drains as an aligned table: what each selects, since when, the
+// instances it drains now and their sessions.
+func WriteDrains(w io.Writer, drains []Drain, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tDRAIN\tSELECTS\tAGE\tINSTANCES\tSESSIONS\tREASON")
+	for _, d := range drains {
+		insts := strings.Join(d.Matched, ",")
+		if insts == "" {
+			insts = "(none)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", clean(d.Service, 0), clean(d.Name, 0),
+			clean(d.Selector(), 64), age(d.CreatedAt, now), clean(insts, 64), d.Sessions, orDash(clean(d.Reason, maxReason)))
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write table: %w", err)
+	}
+	return nil
 }

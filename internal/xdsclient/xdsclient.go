@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"sync"
 	"time"
@@ -77,6 +78,8 @@ type Client struct {
 	responses int64
 	nacks     int64
 	changed   chan struct{}
+	running   int   // runs under way
+	runErr    error // what ended the last run, when it failed on its own (not by its ctx)
 }
 
 // New returns a client of the given variant for node (id, cluster).
@@ -99,11 +102,57 @@ func New(v Variant, nodeID, cluster string) *Client {
 // the world) or its initial_resource_versions (delta), so that a server with the same
 // configuration re-sends nothing in delta.
 func (c *Client) Run(ctx context.Context, conn grpc.ClientConnInterface) error {
+	c.begin()
+	return c.run(ctx, conn)
+}
+
+// Start runs the client in a goroutine, as Run does, and returns a channel that receives
+// Run's result. The run counts as under way from the moment Start returns, so a WaitFor
+// called right after it never mistakes an earlier failed run for this one.
+func (c *Client) Start(ctx context.Context, conn grpc.ClientConnInterface) <-chan error {
+	c.begin()
+	done := make(chan error, 1)
+	go func() { done <- c.run(ctx, conn) }()
+	return done
+}
+
+// begin marks a run as under way.
+func (c *Client) begin() {
+	c.mu.Lock()
+	c.running++
+	c.runErr = nil
+	c.notifyLocked()
+	c.mu.Unlock()
+}
+
+// run runs the stream of the client's variant and records how it ended.
+func (c *Client) run(ctx context.Context, conn grpc.ClientConnInterface) error {
 	ads := discovery.NewAggregatedDiscoveryServiceClient(conn)
+	var err error
 	if c.Variant == Delta {
-		return c.runDelta(ctx, ads)
+		err = c.runDelta(ctx, ads)
+	} else {
+		err = c.runSotW(ctx, ads)
 	}
-	return c.runSotW(ctx, ads)
+	c.mu.Lock()
+	c.running--
+	if ctx.Err() == nil {
+		c.runErr = err
+	}
+	c.notifyLocked()
+	c.mu.Unlock()
+	return err
+}
+
+// Err returns the error that ended the client's last run when no run is under way and that
+// run failed on its own (its stream broke, not its context ended); nil otherwise.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.running > 0 {
+		return nil
+	}
+	return c.runErr
 }
 
 func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient) error {
@@ -121,7 +170,7 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 			req.ErrorDetail = &status.Status{Code: 3, Message: nack}
 		}
 		if err := stream.Send(req); err != nil {
-			return fmt.Errorf("send %s request: %w", typeURL, err)
+			return fmt.Errorf("send %s request: %w", typeURL, streamErr(stream, err))
 		}
 		return nil
 	}
@@ -213,7 +262,7 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 			req.Node, first = c.Node, false
 		}
 		if err := stream.Send(req); err != nil {
-			return fmt.Errorf("send delta %s request: %w", req.GetTypeUrl(), err)
+			return fmt.Errorf("send delta %s request: %w", req.GetTypeUrl(), streamErr(stream, err))
 		}
 		return nil
 	}
@@ -283,6 +332,19 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 			}
 		}
 	}
+}
+
+// streamErr returns why a stream failed: a failed Send says only io.EOF, and the stream's
+// status comes from Recv.
+func streamErr(stream interface{ RecvMsg(any) error }, err error) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	var m discovery.DiscoveryResponse
+	if rerr := stream.RecvMsg(&m); rerr != nil && !errors.Is(rerr, io.EOF) {
+		return rerr
+	}
+	return err
 }
 
 // resumeRequest is the first request of one type on a new stream.
@@ -506,14 +568,28 @@ func (c *Client) Count(typeURL string) int {
 // ErrTimeout is returned by WaitFor when ctx ends before the condition holds.
 var ErrTimeout = errors.New("condition not met before the deadline")
 
-// WaitFor blocks until cond holds on the client's view or ctx ends.
+// ErrStopped is returned by WaitFor when the client's stream failed: no later change can
+// make the condition hold.
+var ErrStopped = errors.New("client stopped")
+
+// WaitFor blocks until cond holds on the client's view, ctx ends, or the client's run fails
+// (ErrStopped, wrapping the run's error). cond is checked again only when this client's view
+// changes, so it must depend on the view it is given alone: a condition that reads another
+// client's state may miss the moment it becomes true and wait until ctx ends.
 func (c *Client) WaitFor(ctx context.Context, cond func(View) bool) error {
 	for {
 		c.mu.Lock()
 		ch := c.changed
+		var failed error
+		if c.running == 0 {
+			failed = c.runErr
+		}
 		c.mu.Unlock()
 		if cond(c.View()) {
 			return nil
+		}
+		if failed != nil {
+			return fmt.Errorf("%w: %w", ErrStopped, failed)
 		}
 		select {
 		case <-ch:

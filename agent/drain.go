@@ -1,0 +1,147 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// drainRetryMax bounds the wait between two attempts to follow the drains.
+const drainRetryMax = 30 * time.Second
+
+// drainWatch follows the operators' drains of the agent's service
+// (<prefix>/drains/<service>/), so that the agent reports its instance as draining, with the
+// drain's name in its reason, while a drain selects it. The control plane serves a drained
+// instance as draining whatever the agent reports; this only makes etcdctl, status and the
+// monitor agree with what Envoy is told. An agent that cannot read the drains (an etcd role
+// without read on <prefix>/drains/) logs it and keeps running.
+type drainWatch struct {
+	cli     *clientv3.Client
+	key     string // the service's drains prefix
+	service string
+	log     zerolog.Logger
+
+	mu     sync.Mutex
+	drains map[string]registry.Drain
+	// changed is signalled (without blocking) whenever the drains change.
+	changed chan struct{}
+}
+
+func newDrainWatch(cli *clientv3.Client, prefix, service string, log zerolog.Logger) *drainWatch {
+	return &drainWatch{cli: cli, key: registry.ServiceDrainsPrefix(prefix, service), service: service, log: log,
+		drains: map[string]registry.Drain{}, changed: make(chan struct{}, 1)}
+}
+
+// match returns the drain that selects in, if any; a nil watch selects nothing.
+func (w *drainWatch) match(in *registry.Instance) (registry.DrainMark, bool) {
+	if w == nil {
+		return registry.DrainMark{}, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return registry.DrainFor(w.drains, in)
+}
+
+// run lists and watches the drains until ctx ends, listing again after any failure with a
+// backoff from 100ms to drainRetryMax.
+func (w *drainWatch) run(ctx context.Context) {
+	delay := 100 * time.Millisecond
+	denied := false
+	for ctx.Err() == nil {
+		err := w.follow(ctx, func() { delay = 100 * time.Millisecond })
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case errors.Is(err, rpctypes.ErrPermissionDenied):
+			if !denied {
+				w.log.Warn().Err(err).Str("key", w.key).Msg("cannot read the operators' drains (give the agent's etcd role read on them, see examples/etcd-roles.sh); the control plane still applies them")
+			}
+			denied, delay = true, drainRetryMax
+		default:
+			w.log.Debug().Err(err).Dur("retryIn", delay).Msg("following the drains failed")
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		delay = min(2*delay, drainRetryMax)
+	}
+}
+
+// follow lists the drains, then applies the watch's events until it fails; ok is called
+// after each good listing or response.
+func (w *drainWatch) follow(ctx context.Context, ok func()) error {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := w.cli.Get(lctx, w.key, clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("list %s: %w", w.key, err)
+	}
+	ok()
+	next := map[string]registry.Drain{}
+	for _, kv := range resp.Kvs {
+		w.decode(next, string(kv.Key), kv.Value)
+	}
+	w.set(next)
+	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer wcancel()
+	for wr := range w.cli.Watch(wctx, w.key, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch %s: %w", w.key, err)
+		}
+		ok()
+		w.mu.Lock()
+		next := maps.Clone(w.drains)
+		w.mu.Unlock()
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				delete(next, string(ev.Kv.Key[len(w.key):]))
+			} else {
+				w.decode(next, string(ev.Kv.Key), ev.Kv.Value)
+			}
+		}
+		w.set(next)
+	}
+	return fmt.Errorf("watch %s: channel closed", w.key)
+}
+
+// decode puts a drain's value into m; an invalid one is left out, as the control plane
+// leaves it out.
+func (w *drainWatch) decode(m map[string]registry.Drain, key string, value []byte) {
+	name := key[len(w.key):]
+	d, err := registry.DecodeDrain(w.service, name, value)
+	if err != nil {
+		delete(m, name)
+		w.log.Debug().Err(err).Str("key", key).Msg("ignoring an invalid drain")
+		return
+	}
+	m[name] = d
+}
+
+func (w *drainWatch) set(m map[string]registry.Drain) {
+	w.mu.Lock()
+	same := maps.EqualFunc(w.drains, m, func(a, b registry.Drain) bool {
+		return a.Instance == b.Instance && maps.Equal(a.Labels, b.Labels) && a.CreatedAt.Equal(b.CreatedAt)
+	})
+	w.drains = m
+	w.mu.Unlock()
+	if !same {
+		select {
+		case w.changed <- struct{}{}:
+		default:
+		}
+	}
+}

@@ -1,0 +1,142 @@
+package agent_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tetherlb/tether/agent"
+	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/registry"
+)
+
+// TestAgentReportsOperatorDrain: an agent whose instance an operator's drain selects reports
+// it as draining with the drain in its reason, writes every session that ends while drained,
+// keeps running at zero sessions (only its own shutdown deregisters it), and reports
+// available again when the drain is removed. An agent starting under a drain starts drained.
+func TestAgentReportsOperatorDrain(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := newBackend(t)
+	b.sessions.Store(40)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Labels = map[string]string{"version": "1"}
+	cfg.Heartbeat = time.Hour // writes come from state changes and the dead band only
+	r := start(t, cfg)
+	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	other := registry.Drain{Instance: "app-9"}
+	if _, _, err := registry.PutDrain(ctx, cli, "/tether", "app", "app-9", other); err != nil {
+		t.Fatal(err)
+	}
+	d := registry.Drain{Labels: map[string]string{"version": "1"}, CreatedAt: time.Now().UTC()}
+	if _, _, err := registry.PutDrain(ctx, cli, "/tether", "app", "version=1", d); err != nil {
+		t.Fatal(err)
+	}
+	in := waitKey(t, cli, "app-1", 5*time.Second, "drained", state(registry.StateDraining))
+	if in.Reason != registry.OperatorDrainReason("version=1") || in.Load.Sessions != 40 {
+		t.Errorf("drained instance: reason %q, sessions %d", in.Reason, in.Load.Sessions)
+	}
+	// Without the drain, one session less is inside the dead band (5) and the heartbeat is an
+	// hour away: a write of 39 shows the drained agent writes every change.
+	b.sessions.Store(39)
+	waitKey(t, cli, "app-1", 5*time.Second, "39 sessions written", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.Load.Sessions == 39 && in.State == registry.StateDraining
+	})
+	b.sessions.Store(0)
+	waitKey(t, cli, "app-1", 5*time.Second, "0 sessions written", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.Load.Sessions == 0 && in.State == registry.StateDraining
+	})
+
+	// A second agent of the same version registers while the drain stands: it reports drained.
+	b2 := newBackend(t)
+	cfg2 := config(t, etcd, b2, "app-2")
+	cfg2.Labels = map[string]string{"version": "1"}
+	start(t, cfg2)
+	waitKey(t, cli, "app-2", 5*time.Second, "late instance drained", state(registry.StateDraining))
+
+	select {
+	case err := <-r.done:
+		t.Fatalf("a drained agent at zero sessions stopped (%v); only its own shutdown may deregister it", err)
+	default:
+	}
+	if ok, err := registry.DeleteDrain(ctx, cli, "/tether", "app", "version=1"); err != nil || !ok {
+		t.Fatalf("undo: %v %v", ok, err)
+	}
+	in = waitKey(t, cli, "app-1", 5*time.Second, "undrained", state(registry.StateAvailable))
+	if in.Reason != "" {
+		t.Errorf("undrained instance keeps reason %q", in.Reason)
+	}
+	waitKey(t, cli, "app-2", 5*time.Second, "late instance undrained", state(registry.StateAvailable))
+}
+
+// logBuffer collects an agent's log lines for a test to wait on.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAgentWithoutDrainsPermission: an agent whose etcd role cannot read the drains (the
+// roles script of an older release) says so once and keeps registering its own state.
+func TestAgentWithoutDrainsPermission(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.WithFastPasswords())
+	admin := etcd.Client(t)
+	etcdtest.ApplyRolesScript(t, admin, "../examples/etcd-roles.sh", "/tether", map[string]string{
+		"ROOT_PASSWORD": "root-pw", "CONTROLPLANE_PASSWORD": "cp-pw", "AGENT_PASSWORD": "agent-pw", "OPERATOR_PASSWORD": "op-pw",
+	})
+	root, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-pw", DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := root.RoleRevokePermission(ctx, "tether-agent", "/tether/drains/", clientv3.GetPrefixRangeEnd("/tether/drains/")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := registry.PutDrain(ctx, root, "/tether", "app", "app-1", registry.Drain{Instance: "app-1"}); err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(t)
+	cfg := config(t, etcd, b, "app-1")
+	cfg.Etcd.Username, cfg.Etcd.Password = "tether-agent", "agent-pw"
+	var logs logBuffer
+	actx, acancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(actx, cfg, zerolog.New(&logs), nil) }()
+	defer func() {
+		acancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("agent did not stop")
+		}
+	}()
+	for !strings.Contains(logs.String(), "cannot read the operators' drains") {
+		if ctx.Err() != nil {
+			t.Fatalf("no warning about the drains permission; logs:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitKey(t, root, "app-1", 5*time.Second, "registered as its own state", state(registry.StateAvailable))
+}

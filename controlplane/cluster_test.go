@@ -1,0 +1,272 @@
+package controlplane_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/xdsclient"
+)
+
+// lossWatch checks every update an xDS client receives: once a port is required, every
+// endpoints update of tether_app must still hold it, and nothing may be removed.
+type lossWatch struct {
+	mu       sync.Mutex
+	required map[uint32]bool
+	losses   []string
+}
+
+func newLossWatch(c *xdsclient.Client) *lossWatch {
+	l := &lossWatch{required: map[uint32]bool{}}
+	c.OnUpdate = l.check
+	return l
+}
+
+func (l *lossWatch) require(ports ...uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range ports {
+		l.required[p] = true
+	}
+}
+
+func (l *lossWatch) check(u xdsclient.Update) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(u.Removed) > 0 {
+		l.losses = append(l.losses, fmt.Sprintf("%s removed %v", u.TypeURL, u.Removed))
+	}
+	if u.TypeURL != resourcev3.EndpointType {
+		return
+	}
+	cla, ok := u.Resources["tether_app"].(*endpointv3.ClusterLoadAssignment)
+	if !ok {
+		return
+	}
+	have := map[uint32]bool{}
+	for _, le := range cla.GetEndpoints() {
+		for _, e := range le.GetLbEndpoints() {
+			have[e.GetEndpoint().GetAddress().GetSocketAddress().GetPortValue()] = true
+		}
+	}
+	for p := range l.required {
+		if !have[p] {
+			l.losses = append(l.losses, fmt.Sprintf("endpoints update at %s without port %d", u.At.Format(time.StampMilli), p))
+		}
+	}
+}
+
+func (l *lossWatch) verify(t *testing.T) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.losses {
+		t.Error("lost: " + s)
+	}
+}
+
+// agent keeps one instance registered under its own lease through its own etcd client, as
+// tether-agent does, listing the members starting at first.
+type agent struct {
+	cli   *clientv3.Client
+	lease clientv3.LeaseID
+}
+
+func startAgent(t *testing.T, c *etcdtest.Cluster, first int, id string, port int, ttl int64) *agent {
+	t.Helper()
+	eps := c.Endpoints()
+	eps = append(eps[first:], eps[:first]...)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); cli.Close() })
+	l, err := cli.Grant(ctx, ttl)
+	if err != nil {
+		t.Fatalf("grant: %v", err)
+	}
+	ka, err := cli.KeepAlive(ctx, l.ID)
+	if err != nil {
+		t.Fatalf("keep-alive: %v", err)
+	}
+	go func() {
+		for range ka { //nolint:revive // drain the keep-alive responses
+		}
+	}()
+	put(t, cli, "/tether/instances/app/"+id, instanceJSON(id, port, "available", 1), clientv3.WithLease(l.ID))
+	return &agent{cli: cli, lease: l.ID}
+}
+
+// clusterServiceJSON is app's configuration in the cluster tests: not the defaults, so that
+// serving the defaults shows.
+var clusterServiceJSON = strings.Replace(serviceJSON, `"cookieName": "tether-app"`, `"cookieName": "app-session"`, 1)
+
+// clusterSetup starts a three-member cluster, the configured service app with three agents,
+// and a control plane listing every member with the guard off (so that any lapse shows).
+func clusterSetup(t *testing.T, ttl int64) (*etcdtest.Cluster, *clientv3.Client, []*agent, *controlplane.ControlPlane) {
+	t.Helper()
+	c := etcdtest.StartCluster(t, 3)
+	cli := c.Client(t)
+	put(t, cli, "/tether/services/app", clusterServiceJSON)
+	var agents []*agent
+	for i := range 3 {
+		agents = append(agents, startAgent(t, c, i, fmt.Sprintf("a%d", i), 5000+i, ttl))
+	}
+	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: c.Endpoints()}, HoldShare: -1, Logger: testLogger(t)})
+	return c, cli, agents, cp
+}
+
+// Each member in turn, the leader first, is stopped while the control plane serves: a change
+// made meanwhile reaches Envoy, and no update ever lacks an instance. The control plane talks
+// to one of the members, so one of these steps stops it.
+func TestClusterMemberStops(t *testing.T) {
+	c, cli, _, cp := clusterSetup(t, 10)
+	x := xdsclient.New(xdsclient.Delta, "envoy-1", "default")
+	loss := newLossWatch(x)
+	runClient(t, x, cp.XDSAddr(), nil)
+	waitFor(t, x, "the three instances", complete(3))
+	loss.require(5000, 5001, 5002)
+
+	leader := c.Leader(t)
+	order := []*etcdtest.Member{leader}
+	for _, m := range c.Members {
+		if m != leader {
+			order = append(order, m)
+		}
+	}
+	for i, m := range order {
+		what := "member " + m.Name
+		if i == 0 {
+			what = "the leader " + m.Name
+		}
+		start := time.Now()
+		m.Stop()
+		port := uint32(6000 + i)
+		put(t, cli, fmt.Sprintf("/tether/instances/app/n%d", i), instanceJSON(fmt.Sprintf("n%d", i), int(port), "available", 1))
+		waitFor(t, x, "a change made while "+what+" is down", func(v xdsclient.View) bool { return endpoints(v)[port] != nil })
+		loss.require(port)
+		seen := time.Since(start)
+		m.StartAgain(t)
+		c.WaitHealthy(t)
+		t.Logf("%s down: change served after %s; back and healthy after %s", what, seen.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	}
+	loss.verify(t)
+}
+
+// A member is down for three lease TTLs while the agents keep their leases through the
+// others: no instance leaves the served configuration at any moment, and every lease lives.
+func TestClusterMemberDownLongerThanLeaseTTL(t *testing.T) {
+	const ttl = 2
+	c, cli, agents, cp := clusterSetup(t, ttl)
+	x := xdsclient.New(xdsclient.Delta, "envoy-1", "default")
+	loss := newLossWatch(x)
+	runClient(t, x, cp.XDSAddr(), nil)
+	waitFor(t, x, "the three instances", complete(3))
+	loss.require(5000, 5001, 5002)
+
+	// Agent a0 lists member 0 first, so its keep-alive stream most likely runs through it.
+	down := c.Members[0]
+	down.Stop()
+	// The promise holds across the whole period, so the test spans it.
+	time.Sleep(3 * ttl * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i, a := range agents {
+		resp, err := cli.TimeToLive(ctx, a.lease)
+		if err != nil || resp.TTL <= 0 {
+			t.Errorf("agent a%d's lease after %ds with %s down: ttl %d, %v", i, 3*ttl, down.Name, resp.TTL, err)
+		}
+	}
+	if n := len(endpoints(x.View())); n != 3 {
+		t.Errorf("%d endpoints served, want 3", n)
+	}
+	down.StartAgain(t)
+	c.WaitHealthy(t)
+	// Still live after the member is back.
+	put(t, cli, "/tether/instances/app/late", instanceJSON("late", 6000, "available", 1))
+	waitFor(t, x, "a change after the member came back", func(v xdsclient.View) bool { return endpoints(v)[6000] != nil })
+	loss.verify(t)
+}
+
+// Two control-plane replicas on the cluster: an Envoy moving from one to the other (delta,
+// with its resource versions) is sent nothing it already holds, then only what changes. The
+// second replica starts after a bad edit of the service's configuration, which the first saw
+// happen: both must still serve the same.
+func TestClusterReplicasHandOver(t *testing.T) {
+	c, cli, _, cp1 := clusterSetup(t, 10)
+	x0 := xdsclient.New(xdsclient.Delta, "envoy-0", "default")
+	runClient(t, x0, cp1.XDSAddr(), nil)
+	waitFor(t, x0, "everything from the first replica", complete(3))
+	rev := put(t, cli, "/tether/services/app", strings.Replace(clusterServiceJSON, `"mode": "cookie"`, `"mode": "sticky"`, 1))
+	deadline := time.Now().Add(10 * time.Second)
+	for metric(t, cp1, "tether_registry_revision") < float64(rev) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	eps := c.Endpoints()
+	slices.Reverse(eps)
+	cp2 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: eps}, HoldShare: -1, Logger: testLogger(t)})
+	select {
+	case <-cp2.Ready():
+	case <-time.After(15 * time.Second):
+		t.Fatal("the second replica is not ready")
+	}
+
+	x := xdsclient.New(xdsclient.Delta, "envoy-1", "default")
+	var rec recorder
+	loss := newLossWatch(x)
+	check := x.OnUpdate
+	x.OnUpdate = func(u xdsclient.Update) { check(u); rec.record(u) }
+	s1 := runClient(t, x, cp1.XDSAddr(), nil)
+	waitFor(t, x, "everything from the first replica", complete(3))
+	loss.require(5000, 5001, 5002)
+	before := x.View()
+	s1.stop(t)
+
+	rec.start()
+	runClient(t, x, cp2.XDSAddr(), nil)
+	// Wait until the second replica lists the client, so the next change reaches it there.
+	deadline = time.Now().Add(10 * time.Second)
+	for len(cp2.Clients()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(cp2.Clients()) == 0 {
+		t.Fatal("the client is not connected to the second replica")
+	}
+	put(t, cli, "/tether/instances/app/new", instanceJSON("new", 6000, "available", 1))
+	waitFor(t, x, "the change from the second replica", func(v xdsclient.View) bool { return endpoints(v)[6000] != nil })
+
+	var got []string
+	for _, u := range rec.updates() {
+		for _, n := range u.Names {
+			got = append(got, u.TypeURL+" "+n)
+		}
+	}
+	if want := []string{resourcev3.EndpointType + " tether_app"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("received from the second replica %v; want only %v", got, want)
+	}
+	after := x.View()
+	for _, typ := range xdsclient.Types {
+		for name, rv := range before.ResourceVersions[typ] {
+			if typ == resourcev3.EndpointType && name == "tether_app" {
+				continue
+			}
+			if after.ResourceVersions[typ][name] != rv {
+				t.Errorf("%s %s: version %q from the second replica, %q from the first", typ, name, after.ResourceVersions[typ][name], rv)
+			}
+		}
+	}
+	loss.verify(t)
+}

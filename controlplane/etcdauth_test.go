@@ -1,0 +1,97 @@
+package controlplane_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/etcdtest"
+)
+
+// With an etcd user the client authenticates at start: a control plane started before etcd
+// must wait for it (retrying with backoff), as it does without a user.
+func TestStartWaitsForEtcdWithAuth(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.WithFastPasswords())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin := etcd.Client(t)
+	for _, step := range []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "root-pw"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcd.Stop()
+
+	var logs syncBuffer
+	runCtx, stop := context.WithCancel(context.Background())
+	type started struct {
+		cp  *controlplane.ControlPlane
+		err error
+	}
+	result := make(chan started, 1)
+	go func() {
+		cp, err := controlplane.Start(runCtx, controlplane.Config{
+			Etcd:    clientv3.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-pw", DialTimeout: 300 * time.Millisecond},
+			XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: zerolog.New(&logs),
+		})
+		result <- started{cp, err}
+	}()
+	var got *started
+	t.Cleanup(func() {
+		stop()
+		if got == nil {
+			r := <-result
+			got = &r
+		}
+		if got.cp != nil {
+			_ = got.cp.Wait()
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "etcd not reachable yet") {
+		select {
+		case r := <-result:
+			got = &r
+			t.Fatalf("Start returned while etcd was down: %v", r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no retry logged within 10s:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	etcd.StartAgain(t)
+	select {
+	case r := <-result:
+		got = &r
+	case <-time.After(15 * time.Second):
+		t.Fatal("Start did not return within 15s of etcd coming up")
+	}
+	if got.err != nil {
+		t.Fatalf("Start: %v", got.err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + got.cp.AdminAddr() + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz not 200 within 10s of etcd coming up: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,154 @@
+package controlplane
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// reg builds a registry state of service app from "id" or "id:state" or "id:state:sessions".
+func reg(rev int64, insts ...string) *registry.State {
+	cfg := registry.DefaultServiceConfig("app")
+	cfg.Affinity.CookieName = "app-session"
+	svc := &registry.Service{Name: "app", Config: cfg, Configured: true, Created: 1, Revision: rev, Instances: map[string]registry.Instance{}}
+	for _, spec := range insts {
+		var id, state string
+		sessions := 0
+		if _, err := fmt.Sscanf(spec, "%s %s %d", &id, &state, &sessions); err != nil && id == "" {
+			panic(spec)
+		}
+		if state == "" {
+			state = registry.StateAvailable
+		}
+		svc.Instances[id] = registry.Instance{ID: id, Address: "10.0.0.1", Port: 5000, State: state, Load: registry.Load{Sessions: sessions}}
+	}
+	st := &registry.State{Revision: rev, Services: map[string]*registry.Service{}}
+	if len(insts) > 0 {
+		st.Services["app"] = svc
+	}
+	return st
+}
+
+// served returns the served instance IDs of app, sorted.
+func served(st *registry.State) []string {
+	svc := st.Services["app"]
+	if svc == nil {
+		return nil
+	}
+	var ids []string
+	for id := range svc.Instances {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func TestRemovalGuard(t *testing.T) {
+	six := []string{"m1", "m2", "m3", "m4", "m5", "m6"}
+	type step struct {
+		at   time.Duration // since the start, on the fake clock
+		reg  *registry.State
+		want []string // served instances of app
+	}
+	tests := []struct {
+		name  string
+		share float64
+		steps []step
+	}{
+		{"leases lapsing in batches are counted over the window and all held", 0.5, []step{
+			{0, reg(1, six...), six},
+			{400 * time.Millisecond, reg(2, "m3", "m4", "m5", "m6"), []string{"m3", "m4", "m5", "m6"}},
+			{800 * time.Millisecond, reg(3, "m4", "m5", "m6"), []string{"m4", "m5", "m6"}},
+			// 4 of 6 gone within the window: every one of them comes back.
+			{1200 * time.Millisecond, reg(4, "m5", "m6"), six},
+			{1600 * time.Millisecond, reg(5, "m6"), six},
+			{2000 * time.Millisecond, reg(6), six},
+			// The grace (10 s from each one's hold) runs out.
+			{11300 * time.Millisecond, reg(7), []string{"m5", "m6"}},
+			{12100 * time.Millisecond, reg(7), nil},
+		}},
+		{"a draining instance's deregistration inside a mass removal goes at once", 0.5, []step{
+			{0, reg(1, "m1", "m2", "m3", "d1 draining"), []string{"d1", "m1", "m2", "m3"}},
+			{time.Second, reg(2), []string{"m1", "m2", "m3"}},
+		}},
+		{"a share exactly at the threshold goes, one more is held", 0.5, []step{
+			{0, reg(1, "m1", "m2", "m3", "m4"), []string{"m1", "m2", "m3", "m4"}},
+			{time.Second, reg(2, "m3", "m4"), []string{"m3", "m4"}},
+			{2 * time.Second, reg(3, "m4"), []string{"m1", "m2", "m3", "m4"}},
+		}},
+		{"removals further apart than the window are not counted together", 0.5, []step{
+			{0, reg(1, "m1", "m2", "m3", "m4"), []string{"m1", "m2", "m3", "m4"}},
+			{time.Second, reg(2, "m2", "m3", "m4"), []string{"m2", "m3", "m4"}},
+			{12 * time.Second, reg(3, "m3", "m4"), []string{"m3", "m4"}},
+			{24 * time.Second, reg(4, "m4"), []string{"m4"}},
+		}},
+		// Documented decision: with the last instance go all the service's users, and there is
+		// no other instance to move them to.
+		{"a lone last instance is held", 0.5, []step{
+			{0, reg(1, "m1"), []string{"m1"}},
+			{time.Second, reg(2), []string{"m1"}},
+			{11 * time.Second, reg(2), nil},
+		}},
+		{"the guard disabled", -1, []step{
+			{0, reg(1, six...), six},
+			{time.Second, reg(2), nil},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newRemovalGuard(tc.share, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
+			t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+			for i, s := range tc.steps {
+				out, _ := g.apply(s.reg, t0.Add(s.at))
+				if got := served(out); !slices.Equal(got, s.want) {
+					t.Fatalf("step %d (at %s): served %v, want %v", i, s.at, got, s.want)
+				}
+			}
+		})
+	}
+}
+
+// An instance that comes back during the grace period is served from the registry (its new
+// load, state), not as held, and is not released when the grace period ends.
+func TestRemovalGuardServesReturningInstanceFresh(t *testing.T) {
+	g := newRemovalGuard(0.5, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	g.apply(reg(1, "m1 available 5", "m2 available 5", "m3 available 5"), t0)
+	out, release := g.apply(reg(2, "m3 available 5"), t0.Add(time.Second))
+	if got := served(out); len(got) != 3 || release != t0.Add(11*time.Second) {
+		t.Fatalf("served %v release %v, want m1 and m2 held until %v", got, release, t0.Add(11*time.Second))
+	}
+	out, release = g.apply(reg(3, "m1 full 9", "m3 available 5"), t0.Add(2*time.Second))
+	if in := out.Services["app"].Instances["m1"]; in.State != registry.StateFull || in.Load.Sessions != 9 {
+		t.Errorf("returning m1 served as %+v, want the registry's (full, 9 sessions)", in)
+	}
+	if g.heldCount() != 1 {
+		t.Errorf("%d held, want m2 only", g.heldCount())
+	}
+	out, _ = g.apply(reg(3, "m1 full 9", "m3 available 5"), release)
+	if got := served(out); !slices.Equal(got, []string{"m1", "m3"}) {
+		t.Errorf("after the grace period: served %v, want m1 and m3", got)
+	}
+}
+
+// When a service leaves the registry altogether, its held instances are served with its
+// configuration as last served: never the defaults, whose cookie name would end every session.
+func TestRemovalGuardKeepsConfigOfVanishedService(t *testing.T) {
+	g := newRemovalGuard(0.5, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	g.apply(reg(1, "m1", "m2", "d1 draining"), t0)
+	out, _ := g.apply(reg(2), t0.Add(time.Second))
+	svc := out.Services["app"]
+	if svc == nil || svc.Config.Affinity.CookieName != "app-session" || !svc.Configured {
+		t.Fatalf("held service %+v, want app's own configuration", svc)
+	}
+	if got := served(out); !slices.Equal(got, []string{"m1", "m2"}) {
+		t.Errorf("served %v, want m1 and m2 held and draining d1 gone", got)
+	}
+}

@@ -1,0 +1,602 @@
+// Package drain implements `tether-controlplane drain` and `tether-controlplane drains`: an
+// operator takes instances out of rotation (by ID, or every instance of a version by label)
+// by writing a drain under <prefix>/drains/<service>/<name>, removes it with --undo, waits
+// with --wait until the drained instances hold no sessions, and lists the drains.
+package drain
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/status"
+	"github.com/tetherlb/tether/registry"
+)
+
+// Exit codes of the commands.
+const (
+	exitOK      = 0
+	exitFailure = 1 // etcd unreachable, permission denied, the drain removed during --wait
+	exitUsage   = 2 // bad arguments: unknown service, bad labels, ...
+	exitTimeout = 3 // --wait reached --timeout with sessions left
+)
+
+// Defaults.
+const (
+	defaultWaitTimeout = time.Hour
+	defaultOpTimeout   = 10 * time.Second // one etcd request
+)
+
+// pollInterval is how often --wait reads the registry; tests shorten it.
+var pollInterval = time.Second
+
+// labelFlags collects repeated --label k=v.
+type labelFlags map[string]string
+
+func (l labelFlags) String() string { return registry.LabelString(l) }
+
+// Set takes KEY=VALUE, or a comma-separated list of them, as the agent's --label does.
+func (l labelFlags) Set(s string) error {
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return fmt.Errorf("%q is not KEY=VALUE, e.g. version=1.4.1", kv)
+		}
+		if err := registry.ValidateLabel(k, v); err != nil {
+			return err
+		}
+		if old, dup := l[k]; dup && old != v {
+			return fmt.Errorf("label %q given twice (%q and %q): an instance has one value per label", k, old, v)
+		}
+		l[k] = v
+	}
+	return nil
+}
+
+// common holds the flags every drain command takes.
+type common struct {
+	etcd      cli.EtcdFlags
+	prefix    *string
+	opTimeout *time.Duration
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	c.etcd.Register(fs, "127.0.0.1:2379")
+	c.prefix = fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
+	c.opTimeout = fs.Duration("request-timeout", defaultOpTimeout, "time limit of each etcd request")
+}
+
+// connect checks the common flags and opens an etcd client.
+func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(string) (string, bool)) (*clientv3.Client, string, int, error) {
+	if err := cli.BindEnv(fs, lookup); err != nil {
+		return nil, "", exitUsage, err
+	}
+	if *c.opTimeout <= 0 {
+		return nil, "", exitUsage, fmt.Errorf("--request-timeout: %s must be positive, e.g. 10s", *c.opTimeout)
+	}
+	p, err := registry.NormalizePrefix(*c.prefix)
+	if err != nil {
+		return nil, "", exitUsage, fmt.Errorf("--prefix: %w", err)
+	}
+	ec, err := c.etcd.ClientConfig(lookup)
+	if err != nil {
+		return nil, "", exitUsage, err
+	}
+	ec.Context = ctx
+	cl, err := clientv3.New(ec)
+	if err != nil {
+		return nil, "", exitFailure, fmt.Errorf("etcd client for %v: %w", ec.Endpoints, err)
+	}
+	return cl, p, exitOK, nil
+}
+
+// parseInterspersed parses flags placed before, between or after the positional arguments
+// (`drain app/a1 --wait` as well as `drain --wait app/a1`).
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// Main runs `tether-controlplane drain`; args follow "drain". It returns the exit code.
+func Main(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tether-controlplane drain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	usage := func() {
+		fmt.Fprint(stderr, `Usage:
+  tether-controlplane drain SERVICE/ID [flags]                  drain one instance
+  tether-controlplane drain SERVICE --label KEY=VALUE [flags]   drain every instance with these labels
+  tether-controlplane drain ... --undo                          remove the drain
+
+A drained instance keeps the sessions it holds (their requests still reach it through the
+session cookie) and gets no new session, whatever its agent reports, until the drain is
+removed. A label drain also drains instances that register later with those labels.
+
+Exit codes: 0 done, 1 etcd failure, 2 bad arguments, 3 --wait timed out with sessions left.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	var c common
+	c.register(fs)
+	labels := labelFlags{}
+	fs.Var(labels, "label", "select the instances carrying this label, KEY=VALUE (repeat, or comma-separate: all must match)")
+	undo := fs.Bool("undo", false, "remove the drain: the instances take new sessions again")
+	wait := fs.Bool("wait", false, "after draining, wait until the drained instances hold no sessions, printing the count as it falls")
+	timeout := fs.Duration("timeout", defaultWaitTimeout, "with --wait: give up after this long (exit code 3)")
+	reason := fs.String("reason", "", "a note stored with the drain and shown with the drained instances")
+	force := fs.Bool("force", false, "drain a service the registry does not know yet (no configuration, no instance)")
+	// A bad flag gets its one-line error (printed by the flag package), not the whole usage.
+	fs.Usage = func() { fmt.Fprintln(stderr, "see tether-controlplane drain -h") }
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage()
+			return exitOK
+		}
+		return exitUsage
+	}
+	fail := func(code int, err error) int {
+		fmt.Fprintf(stderr, "tether-controlplane drain: %v\n", err)
+		return code
+	}
+	svc, d, err := target(pos, labels)
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	d.Reason = *reason
+	switch {
+	case *undo && *wait:
+		return fail(exitUsage, errors.New("--undo and --wait do not go together"))
+	case *wait && *timeout <= 0:
+		return fail(exitUsage, fmt.Errorf("--timeout: %s must be positive, e.g. 30m", *timeout))
+	case len(d.Reason) > 512:
+		return fail(exitUsage, errors.New("--reason: over 512 characters"))
+	}
+	cl, prefix, code, err := c.connect(ctx, fs, lookup)
+	if err != nil {
+		return fail(code, err)
+	}
+	defer cl.Close()
+	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.opTimeout}
+	if *undo {
+		code, err = cmd.undo(ctx, d)
+	} else {
+		code, err = cmd.drain(ctx, d, *force, *wait, *timeout)
+	}
+	if err != nil {
+		return fail(code, err)
+	}
+	return code
+}
+
+// target reads SERVICE/ID or SERVICE with labels into a service and a drain.
+func target(pos []string, labels labelFlags) (string, registry.Drain, error) {
+	var d registry.Drain
+	if len(pos) != 1 {
+		return "", d, errors.New("give one target: SERVICE/ID, or SERVICE with --label KEY=VALUE (see -h)")
+	}
+	svc, id, byID := strings.Cut(pos[0], "/")
+	if err := registry.ValidateServiceName(svc); err != nil {
+		return "", d, err
+	}
+	switch {
+	case byID && len(labels) > 0:
+		return "", d, fmt.Errorf("%s names one instance: drop --label, or drain %s --label ... for a selection", pos[0], svc)
+	case byID:
+		if err := registry.ValidateInstanceID(id); err != nil {
+			return "", d, err
+		}
+		d.Instance = id
+	case len(labels) == 0:
+		return "", d, fmt.Errorf("%s is a whole service: give SERVICE/ID for one instance, or --label KEY=VALUE for a selection (draining every instance would leave no server for new sessions)", svc)
+	default:
+		d.Labels = maps.Clone(labels)
+	}
+	return svc, d, nil
+}
+
+type command struct {
+	opTimeout time.Duration
+	cli       *clientv3.Client
+	prefix    string
+	svc       string
+	stdout    io.Writer
+	stderr    io.Writer
+}
+
+// snapshot is the registry at one revision, with each key's ModRevision.
+type snapshot struct {
+	st   *registry.State // drains applied
+	mods map[string]int64
+}
+
+// read lists the registry once, at one revision.
+func (c *command) read(ctx context.Context) (*snapshot, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
+	defer cancel()
+	start, end := c.prefix+"/", clientv3.GetPrefixRangeEnd(c.prefix+"/")
+	var kvs []*mvccpb.KeyValue
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(1000)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := c.cli.Get(ctx, start, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("read %s from etcd: %w", start, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		kvs = append(kvs, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	s := &snapshot{st: registry.ApplyDrains(registry.BuildState(c.prefix, rev, kvs, nil)), mods: make(map[string]int64, len(kvs))}
+	for _, kv := range kvs {
+		s.mods[string(kv.Key)] = kv.ModRevision
+	}
+	return s, nil
+}
+
+// matched returns the IDs of the service's instances d selects, sorted.
+func matched(st *registry.State, svc string, d registry.Drain) []string {
+	var ids []string
+	if s := st.Services[svc]; s != nil {
+		for id, in := range s.Instances {
+			if d.Matches(&in) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (c *command) what(d registry.Drain) string {
+	if d.Instance != "" {
+		return c.svc + "/" + d.Instance
+	}
+	return "the instances of " + c.svc + " with labels " + registry.LabelString(d.Labels)
+}
+
+func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool, timeout time.Duration) (int, error) {
+	snap, err := c.read(ctx)
+	if err != nil {
+		return exitFailure, err
+	}
+	st := snap.st
+	if st.Services[c.svc] == nil && len(st.Drains[c.svc]) == 0 && !force {
+		known := slices.Sorted(maps.Keys(st.Services))
+		list := "none"
+		if len(known) > 0 {
+			list = strings.Join(known, ", ")
+		}
+		return exitUsage, fmt.Errorf("unknown service %q: it has no configuration and no instance under %s (known services: %s); pass --force to drain it before it exists", c.svc, c.prefix, list)
+	}
+	ids := matched(st, c.svc, d)
+	name := registry.DrainName(d)
+	d.CreatedAt = time.Now().UTC().Truncate(time.Second)
+	octx, cancel := context.WithTimeout(ctx, c.opTimeout)
+	stored, created, err := registry.PutDrain(octx, c.cli, c.prefix, c.svc, name, d)
+	cancel()
+	if errors.Is(err, registry.ErrDrainNameTaken) {
+		return exitUsage, fmt.Errorf("%w; remove or rename it first (etcdctl del %s)", err, registry.DrainKey(c.prefix, c.svc, name))
+	}
+	if err != nil {
+		return exitFailure, err
+	}
+	if len(ids) == 0 {
+		if d.Instance != "" {
+			fmt.Fprintf(c.stderr, "warning: no instance %s is registered now; it will start drained when it registers\n", c.what(d))
+		} else {
+			fmt.Fprintf(c.stderr, "warning: no instance of %s has labels %s now; instances that register with them will start drained%s\n",
+				c.svc, registry.LabelString(d.Labels), labelsInUse(st.Services[c.svc], d.Labels))
+		}
+	}
+	if s := st.Services[c.svc]; s != nil && len(ids) > 0 && !anyAvailable(s, ids) {
+		fmt.Fprintf(c.stderr, "warning: no other instance of %s is available for new sessions now: new users get the service's overload reply until one is (start the new instances first, or undo with --undo)\n", c.svc)
+	}
+	if created {
+		fmt.Fprintf(c.stdout, "drained %s (drain %s): %s\n", c.what(d), name, describe(st, c.svc, ids))
+	} else {
+		fmt.Fprintf(c.stdout, "%s already drained since %s (drain %s): %s\n", c.what(d), since(stored.CreatedAt), name, describe(st, c.svc, ids))
+	}
+	if !wait {
+		return exitOK, nil
+	}
+	return c.wait(ctx, name, stored, timeout)
+}
+
+// labelsInUse lists the values the instances of s carry for the label keys of want, to spot
+// a typo: " (instances of app carry version=1.4.1 (3), version=1.4.2 (2))".
+func labelsInUse(s *registry.Service, want map[string]string) string {
+	if s == nil {
+		return ""
+	}
+	counts := map[string]int{}
+	for _, in := range s.Instances {
+		for k, v := range in.Labels {
+			if _, ok := want[k]; ok {
+				counts[k+"="+v]++
+			}
+		}
+	}
+	if len(counts) == 0 {
+		keys := map[string]bool{}
+		for _, in := range s.Instances {
+			for k := range in.Labels {
+				keys[k] = true
+			}
+		}
+		if len(keys) == 0 {
+			return " (its instances carry no labels)"
+		}
+		return " (its instances carry no such label key; their keys: " + strings.Join(slices.Sorted(maps.Keys(keys)), ", ") + ")"
+	}
+	parts := make([]string, 0, len(counts))
+	for _, kv := range slices.Sorted(maps.Keys(counts)) {
+		parts = append(parts, fmt.Sprintf("%s (%d)", kv, counts[kv]))
+	}
+	return " (instances of " + s.Name + " carry " + strings.Join(parts, ", ") + ")"
+}
+
+// anyAvailable reports whether an instance of s outside drained takes new sessions.
+func anyAvailable(s *registry.Service, drained []string) bool {
+	for id, in := range s.Instances {
+		if in.State == registry.StateAvailable && !slices.Contains(drained, id) {
+			return true
+		}
+	}
+	return false
+}
+
+func since(t time.Time) string {
+	if t.IsZero() {
+		return "an unknown time"
+	}
+	return t.Local().Format(time.DateTime)
+}
+
+// describe says what the drain means for the instances it selects now.
+func describe(st *registry.State, svc string, ids []string) string {
+	if len(ids) == 0 {
+		return "no instance selected now"
+	}
+	n := 0
+	for _, id := range ids {
+		n += st.Services[svc].Instances[id].Load.Sessions
+	}
+	if len(ids) == 1 {
+		return fmt.Sprintf("%s keeps its %s and takes no new ones", ids[0], plural(n, "session"))
+	}
+	return fmt.Sprintf("%s (%s) keep their %s and take no new ones", plural(len(ids), "instance"), strings.Join(ids, ", "), plural(n, "session"))
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// undo deletes every drain of the service with d's selector.
+func (c *command) undo(ctx context.Context, d registry.Drain) (int, error) {
+	snap, err := c.read(ctx)
+	if err != nil {
+		return exitFailure, err
+	}
+	var names []string
+	for name, other := range snap.st.Drains[c.svc] {
+		if other.Instance == d.Instance && maps.Equal(other.Labels, d.Labels) {
+			names = append(names, name)
+		}
+	}
+	// A value that failed validation still deserves removal under the command's own name.
+	if _, bad := snap.st.Rejected[registry.DrainKey(c.prefix, c.svc, registry.DrainName(d))]; bad {
+		names = append(names, registry.DrainName(d))
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	if len(names) == 0 {
+		if d.Instance != "" {
+			if s := snap.st.Services[c.svc]; s != nil {
+				if m, ok := s.Drained[d.Instance]; ok {
+					dd := snap.st.Drains[c.svc][m.Name]
+					return exitUsage, fmt.Errorf("%s is not drained by itself but by drain %s (%s): undo that one, e.g. tether-controlplane drain %s --label %s --undo",
+						c.what(d), m.Name, dd.Selector(), c.svc, strings.ReplaceAll(registry.LabelString(dd.Labels), ",", " --label "))
+				}
+			}
+		}
+		return exitUsage, fmt.Errorf("%s is not drained: nothing to undo (tether-controlplane drains lists the drains)", c.what(d))
+	}
+	for _, name := range names {
+		octx, cancel := context.WithTimeout(ctx, c.opTimeout)
+		_, err := registry.DeleteDrain(octx, c.cli, c.prefix, c.svc, name)
+		cancel()
+		if err != nil {
+			return exitFailure, err
+		}
+	}
+	ids := matched(snap.st, c.svc, d)
+	fmt.Fprintf(c.stdout, "undrained %s (drain %s): ", c.what(d), strings.Join(names, ", "))
+	still := []string{}
+	rest := maps.Clone(snap.st.Drains[c.svc])
+	for _, n := range names {
+		delete(rest, n)
+	}
+	for _, id := range ids {
+		in := snap.st.Services[c.svc].Instances[id]
+		if m, ok := registry.DrainFor(rest, &in); ok {
+			still = append(still, id+" (drain "+m.Name+")")
+		}
+	}
+	switch {
+	case len(ids) == 0:
+		fmt.Fprintln(c.stdout, "no instance was selected")
+	case len(still) > 0:
+		fmt.Fprintf(c.stdout, "%s may take new sessions again; still drained by another drain: %s\n", strings.Join(ids, ", "), strings.Join(still, ", "))
+	default:
+		fmt.Fprintf(c.stdout, "%s may take new sessions again\n", strings.Join(ids, ", "))
+	}
+	return exitOK, nil
+}
+
+// wait polls the registry until every instance the drain selects has reported since the
+// drain was written and reports no sessions (instances that leave the registry count as
+// done), printing the count each time it changes.
+func (c *command) wait(ctx context.Context, name string, d registry.Drain, timeout time.Duration) (int, error) {
+	key := registry.DrainKey(c.prefix, c.svc, name)
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	last := ""
+	for {
+		snap, err := c.read(ctx)
+		if err != nil {
+			fmt.Fprintf(c.stderr, "warning: %v; trying again\n", err)
+		} else {
+			drainRev, ok := snap.mods[key]
+			if !ok {
+				return exitFailure, fmt.Errorf("drain %s of %s was removed while waiting", name, c.svc)
+			}
+			line, left, done := progress(snap, c.prefix, c.svc, d, drainRev)
+			if line != last {
+				fmt.Fprintf(c.stdout, "%s %s\n", time.Now().Format(time.TimeOnly), line)
+				last = line
+			}
+			if done {
+				fmt.Fprintf(c.stdout, "no sessions left on %s: its agents can be stopped\n", c.what(d))
+				return exitOK, nil
+			}
+			if !time.Now().Before(deadline) {
+				return exitTimeout, fmt.Errorf("timed out after %s with %s left on %s", timeout, plural(left, "session"), c.what(d))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return exitFailure, fmt.Errorf("stopped while waiting: %w (the drain stays in place)", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// progress describes the sessions left on the instances d selects; done when every one has
+// written since the drain (ModRevision after drainRev) and reports zero sessions.
+func progress(snap *snapshot, prefix, svc string, d registry.Drain, drainRev int64) (string, int, bool) {
+	ids := matched(snap.st, svc, d)
+	total, done := 0, true
+	var parts []string
+	for _, id := range ids {
+		in := snap.st.Services[svc].Instances[id]
+		total += in.Load.Sessions
+		switch {
+		case snap.mods[registry.InstanceKey(prefix, svc, id)] <= drainRev:
+			done = false
+			parts = append(parts, fmt.Sprintf("%s: %d, not reported since the drain", id, in.Load.Sessions))
+		default:
+			if in.Load.Sessions > 0 {
+				done = false
+			}
+			parts = append(parts, fmt.Sprintf("%s: %d", id, in.Load.Sessions))
+		}
+	}
+	if len(ids) == 0 {
+		return "no drained instance left in the registry", 0, true
+	}
+	return fmt.Sprintf("%s on %s (%s)", plural(total, "session"), plural(len(ids), "drained instance"), strings.Join(parts, ", ")), total, done
+}
+
+// ListMain runs `tether-controlplane drains`; args follow "drains".
+func ListMain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tether-controlplane drains", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: tether-controlplane drains [SERVICE] [flags]\n\nLists the operators' drains: what each selects, since when, the instances it drains now and their sessions.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	var c common
+	c.register(fs)
+	asJSON := fs.Bool("json", false, "print the drains as JSON")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	fail := func(code int, err error) int {
+		fmt.Fprintf(stderr, "tether-controlplane drains: %v\n", err)
+		return code
+	}
+	if len(pos) > 1 {
+		return fail(exitUsage, fmt.Errorf("unexpected argument %q (see -h)", pos[1]))
+	}
+	svc := ""
+	if len(pos) == 1 {
+		svc = pos[0]
+		if err := registry.ValidateServiceName(svc); err != nil {
+			return fail(exitUsage, err)
+		}
+	}
+	cl, prefix, code, err := c.connect(ctx, fs, lookup)
+	if err != nil {
+		return fail(code, err)
+	}
+	defer cl.Close()
+	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.opTimeout}
+	snap, err := cmd.read(ctx)
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	drains := status.FromState(snap.st).Drains
+	if svc != "" {
+		drains = slices.DeleteFunc(drains, func(d status.Drain) bool { return d.Service != svc })
+	}
+	var bad []string
+	for key := range snap.st.Rejected {
+		if kind, _, _, _ := registry.ParseKey(prefix, key); kind == registry.KeyDrain || strings.HasPrefix(key, registry.DrainsPrefix(prefix)) {
+			bad = append(bad, key)
+		}
+	}
+	slices.Sort(bad)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(drains); err != nil {
+			return fail(exitFailure, err)
+		}
+	} else if len(drains) == 0 {
+		fmt.Fprintln(stdout, "no drains")
+	} else if err := status.WriteDrains(stdout, drains, time.Now()); err != nil {
+		return fail(exitFailure, err)
+	}
+	for _, key := range bad {
+		fmt.Fprintf(stderr, "warning: %s is not a valid drain and is ignored: %s\n", key, strings.ReplaceAll(snap.st.Rejected[key], "\n", "; "))
+	}
+	return exitOK
+}

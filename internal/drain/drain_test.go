@@ -1,0 +1,464 @@
+package drain
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/status"
+	"github.com/tetherlb/tether/internal/xdsclient"
+	"github.com/tetherlb/tether/registry"
+)
+
+func init() { pollInterval = 20 * time.Millisecond }
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// runCmd runs `tether-controlplane drain` (or `drains` when the first argument is "drains")
+// against etcd with env as the environment.
+func runCmd(t *testing.T, etcd string, env map[string]string, args ...string) result {
+	t.Helper()
+	var out, errb syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	args = append(args, "--etcd-endpoints", etcd)
+	var code int
+	if args[0] == "drains" {
+		code = ListMain(ctx, args[1:], lookup, &out, &errb)
+	} else {
+		code = Main(ctx, args[1:], lookup, &out, &errb)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+func putInstance(t *testing.T, cli *clientv3.Client, id string, port int, version, state string, sessions int) {
+	t.Helper()
+	in := registry.Instance{ID: id, Address: "127.0.0.1", Port: port, Labels: map[string]string{"version": version},
+		Thresholds: registry.Thresholds{MaxSessions: 100}, Load: registry.Load{Sessions: sessions},
+		State: state, UpdatedAt: time.Now().UTC()}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, registry.InstanceKey("/tether", "app", id), string(b)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// health returns the EDS health of every endpoint of the view, by instance ID.
+func health(v xdsclient.View) map[string]string {
+	out := map[string]string{}
+	for _, m := range v.Resources[resourcev3.EndpointType] {
+		for _, l := range m.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
+			for _, e := range l.GetLbEndpoints() {
+				out[e.GetEndpoint().GetHostname()] = e.GetHealthStatus().String()
+			}
+		}
+	}
+	return out
+}
+
+// fixture is a control plane on a test etcd with one real ADS client.
+type fixture struct {
+	etcd *etcdtest.Server
+	cli  *clientv3.Client
+	cp   *controlplane.ControlPlane
+	xds  *xdsclient.Client
+
+	mu   sync.Mutex
+	seen map[string][]string // instance ID -> every EDS health it was given, in order
+}
+
+func start(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{etcd: etcdtest.Start(t), seen: map[string][]string{}}
+	f.cli = f.etcd.Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		AllowLoopback: true,
+		Etcd:          clientv3.Config{Endpoints: f.etcd.Endpoints(), DialTimeout: 2 * time.Second},
+		XDSAddr:       "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		CoalesceQuiet: 5 * time.Millisecond, CoalesceMax: 50 * time.Millisecond,
+		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+	})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	f.cp = cp
+	t.Cleanup(func() {
+		cancel()
+		if err := cp.Wait(); err != nil {
+			t.Errorf("control plane: %v", err)
+		}
+	})
+	f.xds = xdsclient.New(xdsclient.Delta, "envoy-1", "default")
+	f.xds.OnUpdate = func(u xdsclient.Update) {
+		if u.TypeURL != resourcev3.EndpointType {
+			return
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, m := range u.Resources {
+			for _, l := range m.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
+				for _, e := range l.GetLbEndpoints() {
+					id := e.GetEndpoint().GetHostname()
+					f.seen[id] = append(f.seen[id], e.GetHealthStatus().String())
+				}
+			}
+		}
+	}
+	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	xctx, xcancel := context.WithCancel(context.Background())
+	// A stream that fails ends every WaitFor on the client at once with its error.
+	done := f.xds.Start(xctx, conn)
+	t.Cleanup(func() { xcancel(); <-done; conn.Close() })
+	return f
+}
+
+// waitHealth waits until the client holds the given EDS health for each instance ("" = absent).
+func (f *fixture) waitHealth(t *testing.T, what string, want map[string]string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	err := f.xds.WaitFor(ctx, func(v xdsclient.View) bool {
+		h := health(v)
+		for id, s := range want {
+			if h[id] != s {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatalf("%s: %v; Envoy holds %v, want %v", what, err, health(f.xds.View()), want)
+	}
+}
+
+func (f *fixture) apiState(t *testing.T) controlplane.MonitorState {
+	t.Helper()
+	resp, err := http.Get("http://" + f.cp.AdminAddr() + "/api/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var ms controlplane.MonitorState
+	if err := json.Unmarshal(b, &ms); err != nil {
+		t.Fatalf("decode /api/state: %v\n%s", err, b)
+	}
+	return ms
+}
+
+func (f *fixture) seenOf(id string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.seen[id]...)
+}
+
+// TestDrainByIDLabelUndoAndLater drives the commands against a control plane on a real etcd
+// with a real ADS client: a drained instance is DRAINING for Envoy (an unhealthy one stays
+// UNHEALTHY), --undo brings it back, a label drain selects a whole version, an instance that
+// registers under a drain is DRAINING from its first push, and /api/state and `drains` show
+// which drain, since when and the sessions left.
+func TestDrainByIDLabelUndoAndLater(t *testing.T) {
+	f := start(t)
+	etcd := f.etcd.ClientURL
+	putInstance(t, f.cli, "a1", 5001, "1", registry.StateAvailable, 5)
+	putInstance(t, f.cli, "a2", 5002, "1", registry.StateFull, 3)
+	putInstance(t, f.cli, "u1", 5003, "1", registry.StateUnhealthy, 0)
+	putInstance(t, f.cli, "b1", 5004, "2", registry.StateAvailable, 0)
+	f.waitHealth(t, "registered", map[string]string{"a1": "HEALTHY", "a2": "DRAINING", "u1": "UNHEALTHY", "b1": "HEALTHY"})
+
+	// By ID.
+	r := runCmd(t, etcd, nil, "drain", "app/b1", "--reason", "disk swap")
+	if r.code != 0 || !strings.Contains(r.stdout, "drained app/b1 (drain b1)") {
+		t.Fatalf("drain app/b1: %+v", r)
+	}
+	f.waitHealth(t, "b1 drained", map[string]string{"b1": "DRAINING", "a1": "HEALTHY"})
+	ms := f.apiState(t)
+	b1 := findInstance(t, ms, "b1")
+	if b1.State != registry.StateDraining || b1.Drain == nil || b1.Drain.Name != "b1" || b1.Drain.Since.IsZero() ||
+		b1.Reason != registry.OperatorDrainReason("b1") || b1.Envoy == nil || b1.Envoy.Health != "DRAINING" {
+		t.Errorf("/api/state b1: %+v drain %+v envoy %+v", b1.Instance, b1.Drain, b1.Envoy)
+	}
+	if len(ms.Drains) != 1 || ms.Drains[0].Reason != "disk swap" || strings.Join(ms.Drains[0].Matched, ",") != "b1" || ms.Summary.Drained != 1 {
+		t.Errorf("/api/state drains %+v, summary %+v", ms.Drains, ms.Summary)
+	}
+	// Draining it again is no error and keeps the first createdAt.
+	if r := runCmd(t, etcd, nil, "drain", "app/b1"); r.code != 0 || !strings.Contains(r.stdout, "already drained since") {
+		t.Errorf("second drain: %+v", r)
+	}
+	if r := runCmd(t, etcd, nil, "drain", "app/b1", "--undo"); r.code != 0 || !strings.Contains(r.stdout, "undrained app/b1") {
+		t.Fatalf("undo: %+v", r)
+	}
+	f.waitHealth(t, "b1 back", map[string]string{"b1": "HEALTHY"})
+
+	// By label: the unhealthy instance stays UNHEALTHY; the other version is untouched.
+	r = runCmd(t, etcd, nil, "drain", "app", "--label", "version=1")
+	if r.code != 0 || !strings.Contains(r.stdout, "3 instances (a1, a2, u1) keep their 8 sessions") || r.stderr != "" {
+		t.Fatalf("drain by label: %+v", r)
+	}
+	f.waitHealth(t, "version 1 drained", map[string]string{"a1": "DRAINING", "a2": "DRAINING", "u1": "UNHEALTHY", "b1": "HEALTHY"})
+
+	// An instance registering under the drain is DRAINING from its very first push.
+	putInstance(t, f.cli, "a3", 5005, "1", registry.StateAvailable, 0)
+	f.waitHealth(t, "a3 registered drained", map[string]string{"a3": "DRAINING"})
+	for _, h := range f.seenOf("a3") {
+		if h != "DRAINING" {
+			t.Errorf("a3 was given %v: it must never be HEALTHY under the drain", f.seenOf("a3"))
+			break
+		}
+	}
+
+	// Undoing the instance alone names the label drain that holds it.
+	if r := runCmd(t, etcd, nil, "drain", "app/a1", "--undo"); r.code != 2 || !strings.Contains(r.stderr, "drain version=1") {
+		t.Errorf("undo of an instance drained by label: %+v", r)
+	}
+	r = runCmd(t, etcd, nil, "drains")
+	if r.code != 0 || !strings.Contains(r.stdout, "version=1") || !strings.Contains(r.stdout, "a1,a2,a3,u1") || !strings.Contains(r.stdout, "labels version=1") {
+		t.Errorf("drains: %+v", r)
+	}
+	ms = f.apiState(t)
+	if a3 := findInstance(t, ms, "a3"); a3.Drain == nil || a3.Drain.Name != "version=1" || a3.State != registry.StateDraining {
+		t.Errorf("/api/state a3: %+v %+v", a3.Instance, a3.Drain)
+	}
+	if u1 := findInstance(t, ms, "u1"); u1.Drain == nil || u1.State != registry.StateUnhealthy {
+		t.Errorf("/api/state u1: %+v %+v", u1.Instance, u1.Drain)
+	}
+
+	// A bad drain written by hand is rejected alone: it drains nothing, the others stand.
+	if _, err := f.cli.Put(context.Background(), "/tether/drains/app/bad", `{"instance":"b1","labels":{"version":"2"}}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.cli.Put(context.Background(), "/tether/drains/app/b1", `{"instance":"b1"}`); err != nil {
+		t.Fatal(err)
+	}
+	// A drain by hand whose name the command would use for another selection is not replaced.
+	if _, err := f.cli.Put(context.Background(), "/tether/drains/app/a2", `{"labels":{"version":"1"}}`); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCmd(t, etcd, nil, "drain", "app/a2"); r.code != 2 || !strings.Contains(r.stderr, "/tether/drains/app/a2 selects labels version=1, not instance a2") {
+		t.Errorf("drain over a hand-written drain of the same name: %+v", r)
+	}
+	if _, err := f.cli.Delete(context.Background(), "/tether/drains/app/a2"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitHealth(t, "good drain after the bad one", map[string]string{"b1": "DRAINING", "a1": "DRAINING"})
+	if _, err := f.cli.Delete(context.Background(), "/tether/drains/app/b1"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitHealth(t, "b1 back", map[string]string{"b1": "HEALTHY", "a1": "DRAINING"})
+	if r := runCmd(t, etcd, nil, "drains"); !strings.Contains(r.stderr, "/tether/drains/app/bad is not a valid drain") {
+		t.Errorf("drains does not warn about the bad drain: %+v", r)
+	}
+
+	if r := runCmd(t, etcd, nil, "drain", "app", "--label", "version=1", "--undo"); r.code != 0 || !strings.Contains(r.stdout, "a1, a2, a3, u1 may take new sessions again") {
+		t.Fatalf("undo label: %+v", r)
+	}
+	f.waitHealth(t, "version 1 back", map[string]string{"a1": "HEALTHY", "a2": "DRAINING", "a3": "HEALTHY", "u1": "UNHEALTHY"})
+}
+
+func findInstance(t *testing.T, ms controlplane.MonitorState, id string) statusInstance {
+	t.Helper()
+	for _, s := range ms.Services {
+		for _, in := range s.Instances {
+			if in.ID == id {
+				return in
+			}
+		}
+	}
+	t.Fatalf("/api/state lacks instance %s", id)
+	return statusInstance{}
+}
+
+// TestWaitReturnsAtZeroSessions: --wait prints the falling count and returns 0 once every
+// drained instance has reported since the drain with no sessions; it gives up with exit code
+// 3 at --timeout.
+func TestWaitReturnsAtZeroSessions(t *testing.T) {
+	f := start(t)
+	etcd := f.etcd.ClientURL
+	putInstance(t, f.cli, "a1", 5001, "1", registry.StateAvailable, 5)
+	putInstance(t, f.cli, "a2", 5002, "1", registry.StateAvailable, 3)
+	putInstance(t, f.cli, "b1", 5003, "2", registry.StateAvailable, 7)
+	f.waitHealth(t, "registered", map[string]string{"a1": "HEALTHY", "a2": "HEALTHY", "b1": "HEALTHY"})
+
+	var out, errb syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"app", "--label", "version=1", "--wait", "--timeout", "20s", "--etcd-endpoints", etcd},
+			func(string) (string, bool) { return "", false }, &out, &errb)
+	}()
+	waitOutput(t, &out, "8 sessions on 2 drained instances")
+	f.waitHealth(t, "drained", map[string]string{"a1": "DRAINING", "a2": "DRAINING", "b1": "HEALTHY"})
+	// a1's 0 is news; a2 has not reported since the drain: not done yet, even at 3+0.
+	putInstance(t, f.cli, "a1", 5001, "1", registry.StateDraining, 0)
+	waitOutput(t, &out, "3 sessions on 2 drained instances (a1: 0, a2: 3, not reported since the drain)")
+	// a2's last report was before the drain: a stale 0 must not end the wait.
+	select {
+	case code := <-done:
+		t.Fatalf("--wait returned %d with a2 not reported since the drain:\n%s", code, out.String())
+	default:
+	}
+	putInstance(t, f.cli, "a2", 5002, "1", registry.StateDraining, 1)
+	waitOutput(t, &out, "1 session on 2 drained instances (a1: 0, a2: 1)")
+	putInstance(t, f.cli, "a2", 5002, "1", registry.StateDraining, 0)
+	select {
+	case code := <-done:
+		if code != 0 || !strings.Contains(out.String(), "no sessions left on the instances of app with labels version=1") {
+			t.Errorf("--wait: exit %d\n%s\n%s", code, out.String(), errb.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("--wait did not return at zero sessions:\n%s", out.String())
+	}
+	t.Logf("--wait printed:\n%s", out.String())
+
+	// Timeout: b1 keeps its sessions.
+	r := runCmd(t, etcd, nil, "drain", "app/b1", "--wait", "--timeout", "300ms")
+	if r.code != 3 || !strings.Contains(r.stderr, "timed out after 300ms with 7 sessions left") {
+		t.Errorf("--wait timeout: %+v", r)
+	}
+}
+
+func waitOutput(t *testing.T, b *syncBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(b.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("output lacks %q:\n%s", want, b.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDrainErrors: clear errors, with exit code 2, for mistakes; a selector that matches
+// nothing is written with a warning.
+func TestDrainErrors(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 0)
+	etcd := srv.ClientURL
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"drain", "nope/x"}, 2, `unknown service "nope"`},
+		{[]string{"drain", "app"}, 2, "is a whole service"},
+		{[]string{"drain", "app", "--label", "version"}, 2, "invalid value \"version\" for flag -label: \"version\" is not KEY=VALUE, e.g. version=1.4.1\nsee tether-controlplane drain -h\n"},
+		{[]string{"drain", "app", "--label", "-v=1"}, 2, `label key "-v"`},
+		{[]string{"drain", "app", "--label", "v=1", "--label", "v=2"}, 2, "given twice"},
+		{[]string{"drain", "app", "--label", "v=1,v=2"}, 2, "given twice"},
+		{[]string{"drain", "app", "--label", "version=1,zone"}, 2, `"zone" is not KEY=VALUE`},
+		{[]string{"drain", "app/a1", "--label", "v=1"}, 2, "names one instance"},
+		{[]string{"drain", "app/a 1"}, 2, "instance id"},
+		{[]string{"drain", "App/a1"}, 2, "service name"},
+		{[]string{"drain", "app/a1", "--undo", "--wait"}, 2, "do not go together"},
+		{[]string{"drain", "app/a1", "--undo"}, 2, "app/a1 is not drained"},
+		{[]string{"drain", "app/a1", "app/a2"}, 2, "give one target"},
+		{[]string{"drains", "app", "web"}, 2, "unexpected argument"},
+		{[]string{"drain", "app", "--label", "version=9"}, 0, "warning: no instance of app has labels version=9 now; instances that register with them will start drained (instances of app carry version=1 (1))"},
+		{[]string{"drain", "app", "--label", "verison=1"}, 0, "(its instances carry no such label key; their keys: version)"},
+		{[]string{"drain", "app/later"}, 0, "warning: no instance app/later is registered now; it will start drained"},
+		{[]string{"drain", "newsvc/x", "--force"}, 0, "warning"},
+		{[]string{"drain", "app/a1"}, 0, "warning: no other instance of app is available for new sessions now"},
+	}
+	for _, c := range cases {
+		r := runCmd(t, etcd, nil, c.args...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d and %q", c.args, r.code, r.stderr, c.code, c.want)
+		}
+	}
+	// An invalid value under the command's name drains nothing: the command replaces it.
+	if _, err := cli.Put(context.Background(), "/tether/drains/app/zz", `{"instance":`); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCmd(t, etcd, nil, "drain", "app/zz"); r.code != 0 || !strings.Contains(r.stdout, "drained app/zz") {
+		t.Errorf("drain over an invalid value: %+v", r)
+	}
+	if r := runCmd(t, etcd, nil, "drain", "app/zz", "--undo"); r.code != 0 {
+		t.Errorf("undo: %+v", r)
+	}
+	port := etcdtest.FreePort(t)
+	r := runCmd(t, fmt.Sprintf("127.0.0.1:%d", port), nil, "drain", "app/a1", "--etcd-dial-timeout", "200ms", "--request-timeout", "500ms")
+	if r.code != 1 || !strings.Contains(r.stderr, "etcd") {
+		t.Errorf("unreachable etcd: %+v", r)
+	}
+}
+
+// TestOperatorRole: with the roles of examples/etcd-roles.sh, the operator user drains and
+// undrains with the command, the agent user cannot.
+func TestOperatorRole(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.WithFastPasswords())
+	admin := srv.Client(t)
+	putInstance(t, admin, "a1", 5001, "1", registry.StateAvailable, 0)
+	etcdtest.ApplyRolesScript(t, admin, "../../examples/etcd-roles.sh", registry.DefaultPrefix, map[string]string{
+		"ROOT_PASSWORD": "root-pw-1", "CONTROLPLANE_PASSWORD": "cp-pw-2", "AGENT_PASSWORD": "agent-pw-3", "OPERATOR_PASSWORD": "op-pw-4",
+	})
+	as := func(user, pw string) map[string]string {
+		return map[string]string{"TETHER_ETCD_USER": user, "TETHER_ETCD_PASSWORD": pw}
+	}
+	op := as("tether-operator", "op-pw-4")
+	if r := runCmd(t, srv.ClientURL, op, "drain", "app/a1"); r.code != 0 {
+		t.Fatalf("operator drains: %+v", r)
+	}
+	if r := runCmd(t, srv.ClientURL, op, "drains"); r.code != 0 || !strings.Contains(r.stdout, "a1") {
+		t.Errorf("operator lists: %+v", r)
+	}
+	if r := runCmd(t, srv.ClientURL, as("tether-agent", "agent-pw-3"), "drain", "app/a1", "--undo"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
+		t.Errorf("agent undoes a drain: %+v; want permission denied", r)
+	}
+	if r := runCmd(t, srv.ClientURL, as("tether-controlplane", "cp-pw-2"), "drain", "app", "--label", "version=1"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
+		t.Errorf("control plane writes a drain: %+v; want permission denied", r)
+	}
+	if r := runCmd(t, srv.ClientURL, op, "drain", "app/a1", "--undo"); r.code != 0 {
+		t.Errorf("operator undoes: %+v", r)
+	}
+}
+
+type statusInstance = status.Instance

@@ -1,0 +1,190 @@
+package registry_test
+
+import (
+	"context"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/registry"
+)
+
+// An agent holding etcd credentials must not point Envoy at the gateway host itself: a
+// loopback address is rejected unless the control plane allows it (demo, tests), in every
+// spelling, and rejected alone.
+func TestWatcherRefusesLoopbackUnlessAllowed(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	mustPut(t, cli, "/tether/instances/app/good", withField(t, exampleInstance, "id", "good"))
+	for id, addr := range map[string]string{"v4": "127.0.0.1", "other": "127.1.2.3", "v6": "::1", "mapped": "::ffff:127.0.0.1"} {
+		mustPut(t, cli, "/tether/instances/app/"+id, withField(t, withField(t, exampleInstance, "id", id), "address", addr))
+	}
+
+	strict := startWatcher(t, cli)
+	st := strict.waitFor(t, "the listing", func(*registry.State) bool { return true })
+	if app := st.Services["app"]; app == nil || len(app.Instances) != 1 {
+		t.Fatalf("without AllowLoopback: want only instance good, got %+v", app)
+	}
+	for _, id := range []string{"v4", "other", "v6", "mapped"} {
+		if why := st.Rejected["/tether/instances/app/"+id]; !strings.Contains(why, "loopback") {
+			t.Errorf("instance %s: rejected for %q, want loopback", id, why)
+		}
+	}
+
+	demo := startWatcher(t, cli, func(o *registry.WatchOptions) { o.AllowLoopback = true })
+	st = demo.waitFor(t, "the listing", func(*registry.State) bool { return true })
+	if app := st.Services["app"]; app == nil || len(app.Instances) != 5 || len(st.Rejected) != 0 {
+		t.Fatalf("with AllowLoopback: want all five instances, got %+v rejected %v", app, st.Rejected)
+	}
+}
+
+// A rejected service configuration is served identically by a watcher that saw the last
+// good value and by one started afterwards: both read the newest valid version from etcd's
+// history. Without one (a key invalid since its creation, or history compacted away) the
+// service is left out with ConfigError by both, never served with the defaults.
+func TestRejectedConfigIsServedAlikeByEveryWatcher(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	good := withField(t, withField(t, exampleService, "lbPolicy", "random"), "domains", []string{"app.example.com"})
+	mustPut(t, cli, svcKey, good)
+	mustPut(t, cli, instKey, exampleInstance)
+	mustPut(t, cli, "/tether/services/web", `{"affinity":{"mode":"sticky"}}`)
+	mustPut(t, cli, "/tether/instances/web/w1", withField(t, exampleInstance, "id", "w1"))
+
+	old := startWatcher(t, cli)
+	old.waitFor(t, "app's configuration", func(st *registry.State) bool { return st.Services["app"] != nil })
+	mustPut(t, cli, svcKey, withField(t, good, "lbPolicy", "fastest"))
+	rev := mustPut(t, cli, svcKey, withField(t, good, "weights", "heaviest"))
+	oldSt := old.waitFor(t, "the second bad edit", func(st *registry.State) bool { return st.Revision >= rev })
+
+	newSt := startWatcher(t, cli).waitFor(t, "the listing", func(*registry.State) bool { return true })
+	for name, st := range map[string]*registry.State{"running watcher": oldSt, "new watcher": newSt} {
+		app := st.Services["app"]
+		if app == nil || app.ConfigError != "" || app.Config.LBPolicy != registry.LBRandom || app.Config.Domains[0] != "app.example.com" {
+			t.Errorf("%s: app = %+v, want the last valid configuration", name, app)
+		}
+		if !strings.Contains(st.Rejected[svcKey], "weights") {
+			t.Errorf("%s: rejected %v, want the bad edit reported", name, st.Rejected)
+		}
+		web := st.Services["web"]
+		if web == nil || !strings.Contains(web.ConfigError, "sticky") || len(web.Instances) != 1 {
+			t.Errorf("%s: web = %+v, want left out (ConfigError) with its instance kept", name, web)
+		}
+	}
+	if !reflect.DeepEqual(oldSt.Services["app"].Config, newSt.Services["app"].Config) {
+		t.Errorf("the watchers disagree:\n%+v\n%+v", oldSt.Services["app"].Config, newSt.Services["app"].Config)
+	}
+
+	// Once compaction has removed the valid version, no replica can derive it: a new
+	// watcher leaves app out and reports it, rather than serving the defaults.
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	st := startWatcher(t, cli).waitFor(t, "the listing", func(*registry.State) bool { return true })
+	if app := st.Services["app"]; app == nil || !strings.Contains(app.ConfigError, "weights") {
+		t.Errorf("after compaction: app = %+v, want ConfigError", app)
+	}
+
+	// A valid edit ends it for everyone.
+	mustPut(t, cli, svcKey, good)
+	old.waitFor(t, "the fixed configuration", func(st *registry.State) bool {
+		_, rejected := st.Rejected[svcKey]
+		return !rejected && st.Services["app"].ConfigError == ""
+	})
+}
+
+// Created is the create revision of the service's claim: its configuration key's, else its
+// oldest instance key's; it follows deletions.
+func TestWatcherCreatedRevisions(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	first := mustPut(t, cli, "/tether/instances/web/w1", withField(t, exampleInstance, "id", "w1"))
+	second := mustPut(t, cli, "/tether/instances/web/w2", withField(t, exampleInstance, "id", "w2"))
+	mustPut(t, cli, "/tether/instances/web/w1", withField(t, withField(t, exampleInstance, "id", "w1"), "port", 5001))
+	r := startWatcher(t, cli)
+	st := r.waitFor(t, "web", func(st *registry.State) bool { return st.Services["web"] != nil })
+	if got := st.Services["web"].Created; got != first {
+		t.Errorf("web created %d, want its oldest instance's %d", got, first)
+	}
+	mustDelete(t, cli, "/tether/instances/web/w1")
+	r.waitFor(t, "web's claim passing to w2", func(st *registry.State) bool { return st.Services["web"].Created == second })
+	cfg := mustPut(t, cli, "/tether/services/web", exampleService)
+	r.waitFor(t, "web's configuration's claim", func(st *registry.State) bool { return st.Services["web"].Created == cfg })
+	mustPut(t, cli, "/tether/services/web", withField(t, exampleService, "lbPolicy", "random"))
+	st = r.waitFor(t, "the edit", func(st *registry.State) bool { return st.Services["web"].Config.LBPolicy == registry.LBRandom })
+	if got := st.Services["web"].Created; got != cfg {
+		t.Errorf("an edit moved the claim to %d, want %d", got, cfg)
+	}
+}
+
+// An etcd restored from an older backup (here: a fresh etcd on the same address, at a lower
+// revision) is noticed by the progress check and listed again; before, the watch waited for
+// revisions that would come with other meanings.
+func TestWatcherRelistsAfterRestoreFromBackup(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	for range 30 {
+		mustPut(t, cli, "/tether/instances/app/old", withField(t, exampleInstance, "id", "old"))
+		mustPut(t, cli, "/tether/junk-counter", "x")
+	}
+	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = 100 * time.Millisecond })
+	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
+
+	srv.Stop()
+	srv.Dir = t.TempDir() // the "backup": an etcd with other, older contents
+	srv.StartAgain(t)
+	mustPut(t, cli, "/tether/instances/app/restored", withField(t, exampleInstance, "id", "restored"))
+
+	st := r.waitFor(t, "the restored contents", func(st *registry.State) bool {
+		_, restored := instance(st, "app", "restored")
+		_, old := instance(st, "app", "old")
+		return restored && !old
+	})
+	if st.Revision >= 60 {
+		t.Errorf("state at revision %d, want the restored etcd's lower one", st.Revision)
+	}
+	// The watch goes on from the restored revision.
+	mustPut(t, cli, "/tether/instances/app/later", withField(t, exampleInstance, "id", "later"))
+	r.waitFor(t, "a later instance", func(st *registry.State) bool { _, ok := instance(st, "app", "later"); return ok })
+}
+
+// Another etcd cluster behind the same address, ahead in revisions (a different cluster
+// restored or moved there): its events carry another cluster ID, and the watcher lists again
+// instead of applying them on top of the old cluster's keys.
+func TestWatcherRelistsWhenClusterChanges(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	mustPut(t, cli, "/tether/instances/app/old", withField(t, exampleInstance, "id", "old"))
+	// Only the watch's own responses can tell here: the revision check waits an hour.
+	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = time.Hour })
+	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
+
+	addr := srv.ClientURL
+	srv.Stop()
+	other := etcdtest.Start(t, func(c *embed.Config) {
+		u, err := url.Parse(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ListenClientUrls, c.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
+		c.InitialClusterToken = "another-cluster"
+	})
+	ocli := other.Client(t)
+	for range 20 {
+		mustPut(t, ocli, "/tether/junk-counter", "x")
+	}
+	mustPut(t, ocli, "/tether/instances/app/new", withField(t, exampleInstance, "id", "new"))
+	r.waitFor(t, "the other cluster's contents only", func(st *registry.State) bool {
+		_, n := instance(st, "app", "new")
+		_, old := instance(st, "app", "old")
+		return n && !old
+	})
+}
