@@ -117,7 +117,10 @@ func run(ctx context.Context, c config) error {
 
 	xdsAddr, adminAddr := freeAddr(), freeAddr()
 	tether, err := start(filepath.Join(dir, "tether.log"), c.cp, append([]string{"--etcd-endpoints", strings.Join(etcd.Endpoints, ","),
-		"--xds-addr", xdsAddr, "--admin-addr", adminAddr, "--log-level", "warn"}, strings.Fields(c.cpArgs)...)...)
+		"--xds-addr", xdsAddr, "--admin-addr", adminAddr, "--log-level", "warn",
+		// The changes delete servers outright, a service's every few seconds: Tether's guard
+		// against mass disappearances would hold them (Traefik has no such guard).
+		"--hold-share", "-1"}, strings.Fields(c.cpArgs)...)...)
 	if err != nil {
 		return err
 	}
