@@ -51,7 +51,9 @@ type Config struct {
 	XDSTLS *tls.Config
 	// ListenPort is the Envoy listener port.
 	ListenPort uint32
-	// CoalesceQuiet and CoalesceMax bound how registry changes are batched into one push.
+	// CoalesceQuiet and CoalesceMax bound how registry changes are batched into one push: a
+	// change CoalesceQuiet after the last push is pushed at once; later ones wait for
+	// CoalesceQuiet of quiet, at most CoalesceMax (see coalescer).
 	CoalesceQuiet, CoalesceMax time.Duration
 	// PublishSettle bounds how long an Envoy that neither ACKs nor NACKs delays the promotion
 	// of a new endpoint from DRAINING (two-phase publication, see phase.go); 0 takes the default.
@@ -80,8 +82,8 @@ const (
 	DefaultListenPort        = 10000
 	DefaultEmbeddedClientURL = "http://127.0.0.1:2379"
 	DefaultEmbeddedPeerURL   = "http://127.0.0.1:2380"
-	DefaultCoalesceQuiet     = 10 * time.Millisecond
-	DefaultCoalesceMax       = 100 * time.Millisecond
+	DefaultCoalesceQuiet     = 5 * time.Millisecond
+	DefaultCoalesceMax       = 50 * time.Millisecond
 	DefaultHoldShare         = 0.5
 	DefaultHoldGrace         = 30 * time.Second
 	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl

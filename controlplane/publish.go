@@ -28,17 +28,20 @@ type published struct {
 	translate time.Duration
 }
 
-// publisher coalesces registry states, translates them and hands the resources to the xDS
-// cache, which serves them to every gateway group.
+// publisher translates registry states, when its coalescer says, and hands the resources to
+// the xDS cache, which serves them to every gateway group.
 type publisher struct {
 	log zerolog.Logger
 	m   *metrics
 	// xds owns the served resources, their versions and the gateway groups; it marshals each
 	// changed resource once and pushes it to the Envoys subscribed to it.
-	xds   *xdscache.Cache
-	tr    *translate.Cache
-	quiet time.Duration
-	max   time.Duration
+	xds *xdscache.Cache
+	tr  *translate.Cache
+	// translateState is tr.Translate; a test swaps it to make a translation Envoy would reject.
+	translateState func(*registry.State) *translate.Resources
+	// co and problems are touched by the run goroutine only.
+	co       coalescer
+	problems problemLog
 
 	notify chan struct{}
 	guard  *removalGuard
@@ -64,10 +67,13 @@ type publisher struct {
 }
 
 func newPublisher(log zerolog.Logger, m *metrics, xds *xdscache.Cache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
-	return &publisher{
-		log: log, m: m, xds: xds, tr: translate.NewCache(opts), quiet: quiet, max: max, guard: guard,
+	p := &publisher{
+		log: log, m: m, xds: xds, tr: translate.NewCache(opts), co: coalescer{quiet: quiet, max: max}, guard: guard,
 		notify: make(chan struct{}, 1), readyCh: make(chan struct{}),
 	}
+	p.translateState = p.tr.Translate
+	p.problems.log = log
+	return p
 }
 
 // offer records the newest registry state; the publish loop picks it up.
@@ -84,46 +90,39 @@ func (p *publisher) offer(st *registry.State) {
 	}
 }
 
-// run publishes coalesced states until ctx ends: after a change it waits for a quiet window
-// with no further change, but never longer than max after the first unpublished change.
+// run publishes registry states until ctx ends, when the coalescer says (see coalescer),
+// and when the removal guard releases a held instance.
 func (p *publisher) run(ctx context.Context) {
-	var timer *time.Timer
-	var timerC <-chan time.Time
-	var deadline time.Time
-	release := time.NewTimer(time.Hour)
-	release.Stop()
-	defer release.Stop()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			if timer != nil {
-				timer.Stop()
-			}
 			return
-		case <-release.C:
-			p.publishLatest()
-			arm(release, p.releaseAt)
 		case <-p.notify:
-			now := time.Now()
-			if timerC == nil {
-				deadline = now.Add(p.max)
-			}
-			wait := p.quiet
-			if now.Add(wait).After(deadline) {
-				wait = deadline.Sub(now)
-			}
-			if timer == nil {
-				timer = time.NewTimer(wait)
-			} else {
-				timer.Stop()
-				timer.Reset(wait)
-			}
-			timerC = timer.C
-		case <-timerC:
-			timerC = nil
-			p.publishLatest()
-			arm(release, p.releaseAt)
+			p.co.change(time.Now())
+		case <-timer.C:
 		}
+		now := time.Now()
+		due, pending := p.co.due()
+		if (pending && !due.After(now)) || (!p.releaseAt.IsZero() && !p.releaseAt.After(now)) {
+			if p.publishLatest() {
+				p.co.pushed(time.Now())
+			} else {
+				p.co.discard() // a wake-up for a state already pushed
+			}
+			due, pending = p.co.due()
+		}
+		// The next wake-up: the coalescer's push or the guard's release, whichever is first.
+		var next time.Time
+		if pending {
+			next = due
+		}
+		if !p.releaseAt.IsZero() && (next.IsZero() || p.releaseAt.Before(next)) {
+			next = p.releaseAt
+		}
+		arm(timer, next)
 	}
 }
 
@@ -135,7 +134,9 @@ func arm(t *time.Timer, when time.Time) {
 	}
 }
 
-func (p *publisher) publishLatest() {
+// publishLatest translates and publishes the newest state; it reports false when there was
+// nothing new to publish.
+func (p *publisher) publishLatest() bool {
 	p.mu.Lock()
 	st, since := p.latest, p.since
 	p.since = time.Time{}
@@ -143,7 +144,7 @@ func (p *publisher) publishLatest() {
 	start := time.Now()
 	force := p.repub.Swap(false)
 	if st == nil || (!force && st == p.lastRaw && (p.releaseAt.IsZero() || start.Before(p.releaseAt))) {
-		return // nothing new: a wake-up queued before the last publish, or an early timer
+		return false // nothing new: a wake-up queued before the last publish, or an early timer
 	}
 	p.lastRaw = st
 	if p.guard != nil {
@@ -156,7 +157,7 @@ func (p *publisher) publishLatest() {
 		// After the drains: the phase only ever turns an available instance into a draining one.
 		served = p.phase.apply(st, start)
 	}
-	res := p.tr.Translate(served)
+	res := p.translateState(served)
 	var versions map[string]string
 	var took time.Duration
 	err := p.snapshot(res, func(v map[string]string) {
@@ -174,7 +175,7 @@ func (p *publisher) publishLatest() {
 		p.m.translate.Observe(time.Since(start).Seconds())
 		p.m.snapshotErrors.Inc()
 		p.log.Error().Err(err).Int64("revision", st.Revision).Msg("translation gave an invalid snapshot; keeping the last good configuration")
-		return
+		return true
 	}
 	p.m.translate.Observe(took.Seconds())
 	p.mu.Lock()
@@ -193,6 +194,7 @@ func (p *publisher) publishLatest() {
 	p.observeState(st, res)
 	p.log.Debug().Int64("revision", st.Revision).Dur("translate", took).Interface("versions", versions).
 		Msg("published snapshot")
+	return true
 }
 
 func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
@@ -208,9 +210,7 @@ func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
 	p.m.services.Set(float64(len(st.Services)))
 	p.m.rejectedNow.Set(float64(len(st.Rejected)))
 	p.m.problems.Set(float64(len(res.Problems)))
-	for _, pr := range res.Problems {
-		p.log.Warn().Str("service", pr.Service).Str("problem", pr.Message).Msg("translation problem")
-	}
+	p.problems.update(res.Problems)
 }
 
 // snapshot checks a translation and hands it to the xDS cache, which validates each changed

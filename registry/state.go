@@ -55,6 +55,11 @@ func rebuildState(o buildOptions, rev int64, kvs []*mvccpb.KeyValue, prev *State
 	if prev == nil {
 		return b.st, nil
 	}
+	for key := range prev.Rejected {
+		if _, still := b.st.Rejected[key]; !still {
+			b.log.Info().Str("key", key).Msg("registry key no longer rejected")
+		}
+	}
 	for name, s := range b.st.Services {
 		old := prev.Services[name]
 		if old != nil && sameContent(old, s) {
@@ -245,12 +250,16 @@ func (b *stateBuilder) rejectKey(key string, kind KeyKind, svc, id string, err e
 	if b.st.Rejected[key] != err.Error() {
 		b.st.Rejected[key] = err.Error()
 		b.changed = true
-	}
-	ev := b.log.Warn().Str("key", key).Int64("revision", rev).Err(err)
-	if kept {
-		ev.Msg("registry value rejected; keeping the last valid value of this key")
-	} else {
-		ev.Msg("registry value rejected; leaving the key out")
+		// Logged when the key's rejection appears or changes, not on each rewrite of the same
+		// bad value (an agent rewrites its instance every few seconds), nor again on a re-list.
+		if b.fallback == nil || b.fallback.Rejected[key] != err.Error() {
+			ev := b.log.Warn().Str("key", key).Int64("revision", rev).Err(err)
+			if kept {
+				ev.Msg("registry value rejected; keeping the last valid value of this key")
+			} else {
+				ev.Msg("registry value rejected; leaving the key out")
+			}
+		}
 	}
 	if b.reject != nil {
 		b.reject(key, err)
@@ -292,6 +301,7 @@ func (b *stateBuilder) clearRejected(key string) {
 	if _, ok := b.st.Rejected[key]; ok {
 		delete(b.st.Rejected, key)
 		b.changed = true
+		b.log.Info().Str("key", key).Msg("registry key no longer rejected")
 	}
 }
 

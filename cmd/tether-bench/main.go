@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/tetherlb/tether/internal/bench"
 	"github.com/tetherlb/tether/internal/cli"
@@ -36,6 +38,9 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	fs.StringVar(&base.Variant, "variant", bench.VariantBoth, "ADS variant of the simulated Envoys: sotw, delta or both")
 	fs.DurationVar(&base.ChangeTimeout, "change-timeout", 0, "longest wait for every Envoy to hold one change (default 10s)")
 	fs.Uint64Var(&base.Seed, "seed", 1, "seed of the scenario's random choices")
+	fs.IntVar(&base.Spaced, "spaced", 50, "single changes made after the scenario, one at a time on an idle control plane, compared with the etcd watch floor")
+	fs.DurationVar(&base.SpacedGap, "spaced-gap", 250*time.Millisecond, "pause before each spaced change (longer than the coalescing window)")
+	cpArgs := fs.String("cp-args", "", "extra flags for the control plane, space-separated, e.g. \"--coalesce-quiet 5ms --coalesce-max 50ms\"")
 	scales := fs.String("scales", "", "comma-separated NxE list run one after another with S = N/10, e.g. 100x10,1000x100,10000x1000 (overrides -n, -e, -s)")
 	jsonOut := fs.String("json", "", "also write the reports as JSON to this file")
 	cpBin := fs.String("controlplane", "", "tether-controlplane binary to run (default: built with the go tool)")
@@ -53,6 +58,7 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 		return 2
 	}
 	base.Logger = log
+	base.ControlPlaneArgs = strings.Fields(*cpArgs)
 	configs := []bench.Config{base}
 	if *scales != "" {
 		list, err := bench.ParseScales(*scales)

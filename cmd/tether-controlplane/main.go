@@ -69,8 +69,8 @@ Flags:
 	fs.StringVar(&o.cfg.AdminAddr, "admin-addr", controlplane.DefaultAdminAddr, "listen address of the admin HTTP server (/metrics, /healthz, /readyz, /debug/config)")
 	fs.StringVar(&adminHosts, "admin-hosts", "", "comma-separated host names (or IPs) the admin server answers besides loopback and its own IP, e.g. tether.example.com")
 	fs.UintVar(&listenPort, "envoy-listen-port", controlplane.DefaultListenPort, "port of the HTTP listener given to Envoy")
-	fs.DurationVar(&o.cfg.CoalesceQuiet, "coalesce-quiet", controlplane.DefaultCoalesceQuiet, "push after registry changes have been quiet this long")
-	fs.DurationVar(&o.cfg.CoalesceMax, "coalesce-max", controlplane.DefaultCoalesceMax, "push at the latest this long after the first unpushed change")
+	fs.DurationVar(&o.cfg.CoalesceQuiet, "coalesce-quiet", controlplane.DefaultCoalesceQuiet, "a change this long after the last push is pushed at once; changes within this window of a push are batched until quiet this long")
+	fs.DurationVar(&o.cfg.CoalesceMax, "coalesce-max", controlplane.DefaultCoalesceMax, "a batched change is pushed at the latest this long after the first of its batch")
 	fs.DurationVar(&o.cfg.PublishSettle, "publish-settle", controlplane.DefaultPublishSettle, "a new endpoint is served as DRAINING until every Envoy has acknowledged it; an Envoy that has not answered after this long stops holding it back and is reported as lagging")
 	fs.Float64Var(&o.cfg.HoldShare, "hold-share", controlplane.DefaultHoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
 	fs.DurationVar(&o.cfg.HoldGrace, "hold-grace", controlplane.DefaultHoldGrace, "how long a mass disappearance is held back")
@@ -103,7 +103,7 @@ Flags:
 		}
 	}
 	if o.cfg.CoalesceQuiet <= 0 || o.cfg.CoalesceMax <= 0 {
-		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 10ms and 100ms")
+		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 5ms and 50ms")
 	}
 	if o.cfg.PublishSettle <= 0 {
 		return nil, errors.New("--publish-settle must be positive, e.g. 10s")
@@ -189,6 +189,6 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 		log.Error().Err(err).Msg("control plane stopped")
 		return 1
 	}
-	log.Info().Dur("uptime", time.Since(start)).Msg("control plane stopped cleanly")
+	log.Info().Dur("uptime", time.Since(start).Round(time.Millisecond)).Msg("control plane stopped cleanly")
 	return 0
 }

@@ -71,6 +71,14 @@ type Config struct {
 	// LoadProbes is the number of isolated load changes measured after the scenario
 	// (default 5).
 	LoadProbes int
+	// Spaced is the number of single changes made after the scenario, each SpacedGap
+	// (default 250 ms, longer than the coalescing window) after the previous one was held by
+	// every Envoy, to compare a lone change's propagation with the etcd watch floor
+	// (default 50).
+	Spaced    int
+	SpacedGap time.Duration
+	// ControlPlaneArgs are extra flags for the control plane (e.g. --coalesce-max 50ms).
+	ControlPlaneArgs []string
 	// Seed makes the scenario's random choices repeatable.
 	Seed   uint64
 	Logger zerolog.Logger
@@ -110,6 +118,12 @@ func (c *Config) withDefaults() error {
 	}
 	if c.LoadProbes <= 0 {
 		c.LoadProbes = 5
+	}
+	if c.Spaced <= 0 {
+		c.Spaced = 50
+	}
+	if c.SpacedGap <= 0 {
+		c.SpacedGap = 250 * time.Millisecond
 	}
 	return nil
 }
@@ -185,7 +199,8 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 
 func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	cfg := h.cfg
-	rep := &Report{Instances: cfg.Instances, Services: cfg.Services, Envoys: cfg.Envoys, Rate: cfg.Rate, Changes: map[string]int{}}
+	rep := &Report{Instances: cfg.Instances, Services: cfg.Services, Envoys: cfg.Envoys, Rate: cfg.Rate, Changes: map[string]int{},
+		ControlPlaneArgs: cfg.ControlPlaneArgs}
 	if err := h.startEtcd(ctx, dir); err != nil {
 		return nil, err
 	}
@@ -204,7 +219,7 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	h.log.Info().Int("instances", cfg.Instances).Int("services", cfg.Services).Dur("took", time.Since(start)).Msg("registry written")
 
 	start = time.Now()
-	cp, err := startControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), readyTimeout)
+	cp, err := startControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), readyTimeout, cfg.ControlPlaneArgs)
 	if err != nil {
 		return nil, err
 	}
@@ -227,6 +242,13 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		h.log.Warn().Err(reset).Msg("the scenario's peak memory is not told apart from the connection's")
 	}
 
+	wctx, wcancel := context.WithCancel(ctx)
+	watchDone, err := h.watchFloor(wctx)
+	if err != nil {
+		wcancel()
+		return nil, err
+	}
+	defer func() { wcancel(); <-watchDone }()
 	if err := h.scenario(ctx, rep); err != nil {
 		return nil, err
 	}
@@ -237,6 +259,9 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		rep.ScenarioPeakRSSBytes = u.peakRSS
 	}
 	if err := h.loadProbes(ctx, rep); err != nil {
+		return nil, err
+	}
+	if err := h.spaced(ctx, rep); err != nil {
 		return nil, err
 	}
 	for i, v := range h.variants {

@@ -21,7 +21,7 @@ func TestRunTiny(t *testing.T) {
 		t.Fatal(err)
 	}
 	rep, err := Run(ctx, Config{Instances: 20, Envoys: 2, Rate: 20, Duration: 2 * time.Second,
-		ControlPlaneBin: bin, WorkDir: t.TempDir(), LoadProbes: 2})
+		ControlPlaneBin: bin, WorkDir: t.TempDir(), LoadProbes: 2, Spaced: 5, SpacedGap: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,6 +53,16 @@ func TestRunTiny(t *testing.T) {
 			t.Errorf("%s: incomplete figures %+v", v.Variant, v)
 		}
 	}
+	if rep.SpacedChanges != 5 || rep.SpacedFloor.Samples+rep.SpacedFloorMissed != 5 || rep.SpacedFloor.P50 <= 0 {
+		t.Errorf("spaced changes: %d made, floor %+v with %d missed; want 5, every one timed or missed", rep.SpacedChanges, rep.SpacedFloor, rep.SpacedFloorMissed)
+	}
+	for _, v := range rep.Variants {
+		if v.SpacedMissed != 0 || v.SpacedPropagation.Samples != 5 || v.SpacedOverFloor.Samples != rep.SpacedFloor.Samples ||
+			v.SpacedPropagation.P50 <= 0 || v.SpacedOverFloor.P50 > v.SpacedPropagation.P50 {
+			t.Errorf("%s: spaced propagation %+v, over floor %+v, %d missed; want 5 samples each timed, over floor below propagation",
+				v.Variant, v.SpacedPropagation, v.SpacedOverFloor, v.SpacedMissed)
+		}
+	}
 	if rep.ConnectPeakRSSBytes <= 0 || rep.ScenarioPeakRSSBytes <= 0 || rep.ControlPlanePeakRSSBytes < rep.ConnectPeakRSSBytes {
 		t.Errorf("peak RSS: connect %d, scenario %d, run %d; want positive, the run's at least the connection's",
 			rep.ConnectPeakRSSBytes, rep.ScenarioPeakRSSBytes, rep.ControlPlanePeakRSSBytes)
@@ -64,8 +74,8 @@ func TestRunTiny(t *testing.T) {
 	if err := WriteTable(&buf, []*Report{rep}); err != nil {
 		t.Fatal(err)
 	}
-	if lines := strings.Count(buf.String(), "\n"); lines != 3 {
-		t.Errorf("table has %d lines, want a header and one row per variant:\n%s", lines, buf.String())
+	if lines := strings.Count(buf.String(), "\n"); lines != 8 {
+		t.Errorf("tables have %d lines, want two, each a header and one row per variant, with a blank line and a title between:\n%s", lines, buf.String())
 	}
 }
 

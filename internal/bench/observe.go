@@ -58,7 +58,8 @@ type pending struct {
 
 	seen      []time.Time // per Envoy, zero until it holds the change
 	remaining int
-	floor     time.Time // when the harness's own etcd watch saw the key change
+	floor     time.Time     // when the harness's own etcd watch saw the key change
+	floorSeen chan struct{} // closed when floor is set
 	done      chan struct{}
 }
 
@@ -87,7 +88,7 @@ func (o *observer) add(cluster, key, addr string, port uint32, want sig) *pendin
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	p := &pending{cluster: cluster, key: key, addr: addr, port: port, want: want,
-		seen: make([]time.Time, o.clients), remaining: o.clients, done: make(chan struct{})}
+		seen: make([]time.Time, o.clients), remaining: o.clients, done: make(chan struct{}), floorSeen: make(chan struct{})}
 	if p.remaining == 0 {
 		close(p.done)
 	}
@@ -148,5 +149,6 @@ func (o *observer) onWatch(key string, at time.Time) {
 	defer o.mu.Unlock()
 	if p, ok := o.byKey[key]; ok && p.floor.IsZero() {
 		p.floor = at
+		close(p.floorSeen)
 	}
 }

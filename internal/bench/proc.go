@@ -58,7 +58,7 @@ func freeAddr() (string, error) {
 
 // startControlPlane starts bin against etcd endpoints and waits until /readyz answers 200.
 // The control plane's logs (warnings and errors) go to logPath.
-func startControlPlane(ctx context.Context, bin string, endpoints []string, logPath string, readyTimeout time.Duration) (*childControlPlane, error) {
+func startControlPlane(ctx context.Context, bin string, endpoints []string, logPath string, readyTimeout time.Duration, extra []string) (*childControlPlane, error) {
 	xds, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -71,10 +71,11 @@ func startControlPlane(ctx context.Context, bin string, endpoints []string, logP
 	if err != nil {
 		return nil, fmt.Errorf("control plane log: %w", err)
 	}
-	cmd := exec.Command(bin,
+	args := append([]string{
 		"--etcd-endpoints", strings.Join(endpoints, ","),
 		"--xds-addr", xds, "--admin-addr", admin,
-		"--log-level", "warn", "--log-format", "json")
+		"--log-level", "warn", "--log-format", "json"}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()

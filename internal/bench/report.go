@@ -50,6 +50,13 @@ type VariantReport struct {
 	LoadChangeBytesPerEnvoy float64 `json:"loadChangeBytesPerEnvoy"`
 	// FirstConfig is the time for a newly connected Envoy to hold the full configuration.
 	FirstConfigMs float64 `json:"firstConfigMs"`
+	// SpacedPropagation is, for the spaced single changes, from issuing the etcd write to each
+	// Envoy holding the change; SpacedOverFloor is each Envoy's receive time minus the time
+	// the harness's etcd watch saw the same change (what the control plane adds to etcd's
+	// delivery); SpacedMissed counts (change, Envoy) pairs not observed in time.
+	SpacedPropagation Latency `json:"spacedPropagation"`
+	SpacedOverFloor   Latency `json:"spacedOverFloor"`
+	SpacedMissed      int     `json:"spacedMissed"`
 	// StreamErrors counts simulated Envoy streams that failed during the run.
 	StreamErrors int `json:"streamErrors"`
 }
@@ -72,6 +79,14 @@ type Report struct {
 	// no later than the write's reply: measured from the reply it is zero.
 	EtcdFloor   Latency `json:"etcdFloor"`
 	FloorMissed int     `json:"floorMissed"`
+	// SpacedChanges is the number of spaced single changes made after the scenario, each on
+	// an idle control plane; SpacedFloor their etcd floor (as EtcdFloor) and
+	// SpacedFloorMissed those the harness's watch did not see before every Envoy held them.
+	SpacedChanges     int     `json:"spacedChanges"`
+	SpacedFloor       Latency `json:"spacedFloor"`
+	SpacedFloorMissed int     `json:"spacedFloorMissed"`
+	// ControlPlaneArgs are the extra flags the control plane ran with.
+	ControlPlaneArgs []string `json:"controlPlaneArgs,omitempty"`
 	// EtcdWrite is the etcd write itself, from issuing it to its reply.
 	EtcdWrite Latency         `json:"etcdWrite"`
 	Variants  []VariantReport `json:"variants"`
@@ -121,6 +136,24 @@ func WriteTable(w io.Writer, reports []*Report) error {
 				r.Instances, r.Services, v.Envoys, v.Variant, total, v.Propagation.P50, v.Propagation.P99, v.Propagation.Max,
 				r.EtcdFloor.P50, r.EtcdFloor.P99, v.FloorRatioP99, v.Missed, v.BytesPerChangePerEnvoy, v.LoadChangeBytesPerEnvoy,
 				v.FirstConfigMs, r.PushesPerSecond, r.ControlPlaneCores, float64(r.ConnectPeakRSSBytes)/(1<<20), float64(r.ScenarioPeakRSSBytes)/(1<<20), r.HarnessCores)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write table: %w", err)
+	}
+	fmt.Fprintln(w, "\nSpaced single changes (each on an idle control plane), ms from issuing the etcd write:")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	cols = []string{"N", "S", "E", "variant", "CP flags", "changes", "etcd floor p50", "floor p99", "propagation p50", "p99", "over floor p50", "over floor p99", "over floor max", "missed", ""}
+	fmt.Fprintln(tw, strings.Join(cols, "\t"))
+	for _, r := range reports {
+		flags := strings.Join(r.ControlPlaneArgs, " ")
+		if flags == "" {
+			flags = "defaults"
+		}
+		for _, v := range r.Variants {
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t\n",
+				r.Instances, r.Services, v.Envoys, v.Variant, flags, r.SpacedChanges, r.SpacedFloor.P50, r.SpacedFloor.P99,
+				v.SpacedPropagation.P50, v.SpacedPropagation.P99, v.SpacedOverFloor.P50, v.SpacedOverFloor.P99, v.SpacedOverFloor.Max, v.SpacedMissed)
 		}
 	}
 	if err := tw.Flush(); err != nil {

@@ -253,10 +253,16 @@ func (h *harness) change(ctx context.Context, s *svcState, kind string, rng *ran
 	commit()
 	t := time.NewTimer(h.cfg.ChangeTimeout)
 	defer t.Stop()
-	select {
-	case <-p.done:
-	case <-t.C:
-	case <-ctx.Done():
+	// Every Envoy, then the harness's own watch: a fast control plane can beat the latter.
+wait:
+	for _, ch := range []chan struct{}{p.done, p.floorSeen} {
+		select {
+		case <-ch:
+		case <-t.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	seen, floor := h.obs.remove(p)
 	return &outcome{kind: kind, tw: tw, t0: t0, seen: seen, floor: floor}, nil
@@ -300,8 +306,14 @@ func (r *results) skip() {
 	r.mu.Unlock()
 }
 
-// watchFloor runs the harness's plain etcd watch on the instances until ctx ends.
-func (h *harness) watchFloor(ctx context.Context, rev int64) <-chan struct{} {
+// watchFloor runs the harness's plain etcd watch on the instances, from the current
+// revision, until ctx ends; every change the harness makes from then on gets its floor.
+func (h *harness) watchFloor(ctx context.Context) (<-chan struct{}, error) {
+	get, err := h.cli.Get(ctx, registry.InstancesPrefix(registry.DefaultPrefix), clientv3.WithCountOnly())
+	if err != nil {
+		return nil, fmt.Errorf("etcd revision: %w", err)
+	}
+	rev := get.Header.Revision
 	done := make(chan struct{})
 	wch := h.cli.Watch(clientv3.WithRequireLeader(ctx), registry.InstancesPrefix(registry.DefaultPrefix),
 		clientv3.WithPrefix(), clientv3.WithRev(rev+1))
@@ -314,7 +326,7 @@ func (h *harness) watchFloor(ctx context.Context, rev int64) <-chan struct{} {
 			}
 		}
 	}()
-	return done
+	return done, nil
 }
 
 // pick draws a service with no change in flight and marks it busy, or returns nil.
@@ -342,14 +354,6 @@ func drawKind(rng *rand.Rand) string {
 // scenario runs changes at the configured rate for the configured duration.
 func (h *harness) scenario(ctx context.Context, rep *Report) error {
 	cfg := h.cfg
-	get, err := h.cli.Get(ctx, registry.InstancesPrefix(registry.DefaultPrefix), clientv3.WithCountOnly())
-	if err != nil {
-		return fmt.Errorf("etcd revision: %w", err)
-	}
-	wctx, wcancel := context.WithCancel(ctx)
-	watchDone := h.watchFloor(wctx, get.Header.Revision)
-	defer func() { wcancel(); <-watchDone }()
-
 	res := &results{lat: make([][]time.Duration, len(h.variants)), missed: make([]int, len(h.variants)), kinds: map[string]int{}}
 	m0, err := h.cp.metrics(ctx)
 	if err != nil {

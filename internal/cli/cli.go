@@ -19,6 +19,11 @@ import (
 	"go.uber.org/zap"
 )
 
+// Durations in logs read as durations ("uptime":"37h49m24.49s", "timeout":"10m0s"), not as
+// zerolog's default bare number of milliseconds ("uptime":136164490.1). Set before main
+// starts any goroutine, since zerolog reads it unguarded.
+func init() { zerolog.DurationFieldFormat = zerolog.DurationFormatString }
+
 // EnvName returns the environment variable that backs a flag: TETHER_ and the flag name in
 // upper case with '-' replaced by '_' (max-sessions -> TETHER_MAX_SESSIONS).
 func EnvName(flagName string) string {

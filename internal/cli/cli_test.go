@@ -148,6 +148,28 @@ func TestNewLogger(t *testing.T) {
 	}
 }
 
+// TestLogDurationsAreReadable: a duration field reads as a duration, not as a bare number
+// whose unit the reader must guess.
+func TestLogDurationsAreReadable(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	log, err := NewLogger("info", "json", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info().Dur("timeout", 10*time.Minute).Msg("x")
+	b, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"timeout":"10m0s"`) {
+		t.Errorf("log line %s: want \"timeout\":\"10m0s\"", b)
+	}
+}
+
 func TestNeedEndpoints(t *testing.T) {
 	if err := (&EtcdFlags{}).NeedEndpoints(); err != nil {
 		t.Errorf("no etcd flag: %v", err)

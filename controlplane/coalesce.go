@@ -1,0 +1,59 @@
+package controlplane
+
+import "time"
+
+// coalescer decides when registry changes are pushed. It is leading-edge: a change that
+// arrives when no push has happened for a quiet window is pushed at once, so a lone change
+// costs only translation and send. Changes that follow within the window are held and pushed
+// together once the registry has been quiet for the window, but never later than max after
+// the first of them. Every push therefore starts at least quiet after the previous one ended
+// (pushes per second stay below 1/quiet, about 1/max under a continuous stream), and the
+// push that ends a burst holds its newest state.
+//
+// It keeps no clock of its own: every call is given the time, which makes it a pure state
+// machine (tests drive it with made-up times) and leaves timers to its caller.
+type coalescer struct {
+	quiet, max time.Duration
+
+	lastPush    time.Time // when the last push ended; zero before the first
+	first, last time.Time // the first and newest unpushed change; first zero: none
+}
+
+// change records a change seen at now.
+func (c *coalescer) change(now time.Time) {
+	if c.first.IsZero() {
+		c.first = now
+	}
+	c.last = now
+}
+
+// due returns when the unpushed changes must be pushed; ok is false when there are none.
+// A due time not after now means at once.
+func (c *coalescer) due() (at time.Time, ok bool) {
+	if c.first.IsZero() {
+		return time.Time{}, false
+	}
+	if c.lastPush.IsZero() || c.first.Sub(c.lastPush) >= c.quiet {
+		return c.first, true // the first change after a quiet period: leading edge
+	}
+	return minTime(c.last.Add(c.quiet), c.first.Add(c.max)), true
+}
+
+// pushed records that a push ended at now holding every change recorded before it.
+func (c *coalescer) pushed(now time.Time) {
+	c.lastPush = now
+	c.first, c.last = time.Time{}, time.Time{}
+}
+
+// discard forgets the unpushed changes without counting a push: they turned out to be
+// already held by the last push.
+func (c *coalescer) discard() {
+	c.first, c.last = time.Time{}, time.Time{}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
