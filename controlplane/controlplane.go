@@ -30,6 +30,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/internal/etcdconn"
+	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -151,7 +152,7 @@ type ControlPlane struct {
 	cfg      Config
 	log      zerolog.Logger
 	m        *metrics
-	embedded *registry.Embedded
+	embedded *etcdembed.Server
 	cli      *clientv3.Client
 	watcher  *registry.Watcher
 	pub      *publisher
@@ -200,7 +201,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 			return nil, fmt.Errorf("--data-dir %q: %w", cfg.DataDir, err)
 		}
 		cp.log.Info().Str("dataDir", dir).Str("clientURL", cfg.EmbeddedClientURL).Msg("no --etcd-endpoints: starting embedded etcd")
-		e, err := registry.StartEmbedded(ctx, registry.EmbedConfig{Dir: dir, ClientURL: cfg.EmbeddedClientURL, PeerURL: cfg.EmbeddedPeerURL})
+		e, err := etcdembed.Start(ctx, etcdembed.Config{Dir: dir, ClientURL: cfg.EmbeddedClientURL, PeerURL: cfg.EmbeddedPeerURL})
 		if err != nil {
 			return nil, fmt.Errorf("%w (is another etcd already on %s? pass --etcd-endpoints to use it)", err, cfg.EmbeddedClientURL)
 		}

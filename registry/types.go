@@ -1,6 +1,6 @@
 // Package registry holds Tether's etcd schema: the service and instance types with their JSON
 // encoding and validation, the key names, the write side used by agents, a typed watch that
-// yields a consistent State, and the embedded-etcd helper.
+// yields a consistent State. The embedded etcd server lives in internal/etcdembed.
 package registry
 
 import (

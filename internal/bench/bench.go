@@ -39,8 +39,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/internal/xdsclient"
-	"github.com/tetherlb/tether/registry"
 )
 
 // Variants accepted in Config.Variant.
@@ -127,7 +127,7 @@ const (
 type harness struct {
 	cfg      Config
 	log      zerolog.Logger
-	etcd     *registry.Embedded
+	etcd     *etcdembed.Server
 	cli      *clientv3.Client
 	cp       *childControlPlane
 	svcs     []*svcState
@@ -267,7 +267,7 @@ func (h *harness) startEtcd(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	e, err := registry.StartEmbedded(ctx, registry.EmbedConfig{
+	e, err := etcdembed.Start(ctx, etcdembed.Config{
 		Dir: filepath.Join(dir, "etcd"), ClientURL: "http://" + client, PeerURL: "http://" + peer,
 		// etcd logs its own shutdown as errors; failures reach the harness as API errors.
 		LogLevel: "fatal",
