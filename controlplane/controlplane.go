@@ -318,8 +318,9 @@ func kindLabel(k registry.KeyKind) string {
 		return "instance"
 	case registry.KeyDrain:
 		return "drain"
+	default:
+		return "unknown"
 	}
-	return "unknown"
 }
 
 // goRun runs f in the background; an error from it stops the whole control plane.

@@ -409,7 +409,9 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 		default:
 		}
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Logf("%s: client stopped: %v", variant, err)
+		}
 		conn.Close()
 	}
 }

@@ -103,7 +103,7 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	if *jsonOut != "" {
 		b, err := json.MarshalIndent(reports, "", "  ")
 		if err == nil {
-			err = os.WriteFile(*jsonOut, append(b, '\n'), 0o644)
+			err = os.WriteFile(*jsonOut, append(b, '\n'), 0o600)
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "tether-bench: -json: %v\n", err)

@@ -307,7 +307,8 @@ func (h *harness) connect(ctx context.Context) error {
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
-			if err := e.c.Run(ctx, conn); err != nil && ctx.Err() == nil {
+			// Run always ends with an error; only one before our cancel is a failure.
+			if err := e.c.Run(ctx, conn); ctx.Err() == nil {
 				e.failed.Store(true)
 				h.log.Warn().Err(err).Int("envoy", e.idx).Msg("simulated Envoy stream failed")
 			}
@@ -381,9 +382,9 @@ func (h *harness) firstConfig(ctx context.Context, variant string, vi int) (time
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	start := time.Now()
-	errc := make(chan error, 1)
-	go func() { errc <- c.Run(ctx, conn) }()
-	defer func() { cancel(); <-errc }()
+	errc, stopped := make(chan error, 1), make(chan struct{})
+	go func() { defer close(stopped); errc <- c.Run(ctx, conn) }()
+	defer func() { cancel(); <-stopped }()
 	select {
 	case at := <-done:
 		return at.Sub(start), nil
