@@ -43,12 +43,8 @@ import (
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
-// Variants accepted in Config.Variant.
-const (
-	VariantSotW  = "sotw"
-	VariantDelta = "delta"
-	VariantBoth  = "both"
-)
+// VariantBoth, in Config.Variant, runs half the simulated Envoys on each xdsclient variant.
+const VariantBoth xdsclient.Variant = "both"
 
 // Config describes one run at one scale. Zero values take the documented defaults.
 type Config struct {
@@ -58,7 +54,7 @@ type Config struct {
 	// Rate is scheduled changes per second (default 200) during Duration (default 30 s).
 	Rate     float64
 	Duration time.Duration
-	Variant  string // sotw, delta or both (default)
+	Variant  xdsclient.Variant // sotw, delta or both (default)
 	// ControlPlaneBin is a built tether-controlplane; empty builds one with the go tool.
 	ControlPlaneBin string
 	// WorkDir holds etcd's data and the control plane's log; empty uses a temporary
@@ -98,7 +94,7 @@ func (c *Config) withDefaults() error {
 	switch c.Variant {
 	case "":
 		c.Variant = VariantBoth
-	case VariantSotW, VariantDelta, VariantBoth:
+	case xdsclient.SotW, xdsclient.Delta, VariantBoth:
 	default:
 		return fmt.Errorf("variant %q: want sotw, delta or both", c.Variant)
 	}
@@ -132,7 +128,7 @@ type harness struct {
 	cp       *childControlPlane
 	svcs     []*svcState
 	nextID   atomic.Int64
-	variants []string
+	variants []xdsclient.Variant
 	envoys   []*simEnvoy
 	conns    []*grpc.ClientConn
 	obs      *observer
@@ -156,9 +152,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	h := &harness{cfg: cfg, log: cfg.Logger, obs: newObserver()}
 	switch cfg.Variant {
 	case VariantBoth:
-		h.variants = []string{VariantDelta, VariantSotW}
+		h.variants = []xdsclient.Variant{xdsclient.Delta, xdsclient.SotW}
 	default:
-		h.variants = []string{cfg.Variant}
+		h.variants = []xdsclient.Variant{cfg.Variant}
 	}
 	dir := cfg.WorkDir
 	if dir != "" {
@@ -296,7 +292,7 @@ func (h *harness) connect(ctx context.Context) error {
 		}
 		v := i % len(h.variants)
 		e := &simEnvoy{idx: i, variant: v,
-			c: xdsclient.New(xdsclient.Variant(h.variants[v]), fmt.Sprintf("bench-envoy-%05d", i), "")}
+			c: xdsclient.New(h.variants[v], fmt.Sprintf("bench-envoy-%05d", i), "")}
 		e.c.Light = true
 		e.c.OnUpdate = func(u xdsclient.Update) {
 			e.bytes.Add(int64(u.Bytes))
@@ -362,13 +358,13 @@ func dial(addr string) (*grpc.ClientConn, error) {
 
 // firstConfig connects one more Envoy of variant and times how long it takes to hold the
 // full configuration.
-func (h *harness) firstConfig(ctx context.Context, variant string, vi int) (time.Duration, error) {
+func (h *harness) firstConfig(ctx context.Context, variant xdsclient.Variant, vi int) (time.Duration, error) {
 	conn, err := dial(h.cp.xds)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close()
-	c := xdsclient.New(xdsclient.Variant(variant), "bench-new-"+variant, "")
+	c := xdsclient.New(variant, "bench-new-"+string(variant), "")
 	c.Light = true
 	done := make(chan time.Time, 1)
 	c.OnUpdate = func(u xdsclient.Update) {

@@ -39,11 +39,11 @@ type Summary struct {
 type Service struct {
 	Name string `json:"name"`
 	// Configured is true when an operator wrote the service's configuration key.
-	Configured bool       `json:"configured"`
-	Domains    []string   `json:"domains"`
-	PathPrefix string     `json:"pathPrefix"`
-	Affinity   string     `json:"affinity"`
-	Instances  []Instance `json:"instances"`
+	Configured bool                  `json:"configured"`
+	Domains    []string              `json:"domains"`
+	PathPrefix string                `json:"pathPrefix"`
+	Affinity   registry.AffinityMode `json:"affinity"`
+	Instances  []Instance            `json:"instances"`
 }
 
 // Instance is an instance as its agent wrote it (the etcd value's fields, inlined in JSON),
