@@ -20,12 +20,11 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/drain"
-	"github.com/tetherlb/tether/internal/status"
 )
 
 // subcommands are the operator's commands; without one the binary runs the control plane.
 var subcommands = map[string]func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int{
-	"status": status.Main,
+	"status": statusMain,
 	"drain":  drain.Main,
 	"drains": drain.ListMain,
 }

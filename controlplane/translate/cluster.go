@@ -132,7 +132,9 @@ func effectivePolicy(cfg registry.ServiceConfig) registry.LBPolicy {
 	return cfg.LBPolicy
 }
 
-func hashPolicyName(p registry.LBPolicy) bool { return p == registry.LBRingHash || p == registry.LBMaglev }
+func hashPolicyName(p registry.LBPolicy) bool {
+	return p == registry.LBRingHash || p == registry.LBMaglev
+}
 
 // healthCheckHost is the Host header of the active check: healthCheck.host, else the
 // service's first domain (in configuration order) without a wildcard, else "localhost".

@@ -21,7 +21,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/etcdtest"
-	"github.com/tetherlb/tether/internal/status"
+	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -467,4 +467,4 @@ func TestOperatorRole(t *testing.T) {
 	}
 }
 
-type statusInstance = status.Instance
+type statusInstance = overview.Instance
