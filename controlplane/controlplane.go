@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"sync"
 	"time"
 
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
@@ -24,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -163,9 +163,8 @@ type ControlPlane struct {
 	adminLn  net.Listener
 
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errMu  sync.Mutex
-	err    error
+	g      *errgroup.Group
+	err    error // the group's first error, set before done is closed
 	done   chan struct{}
 }
 
@@ -186,11 +185,20 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, m: newMetrics(), cancel: cancel, done: make(chan struct{})}
+	// The first component to fail cancels ctx, which stops the others.
+	g, ctx := errgroup.WithContext(ctx)
+	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, m: newMetrics(), cancel: cancel, g: g, done: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
 			cancel()
+			// Nothing serves the listeners yet: close them here, or a failed bind of the
+			// second would leave the first bound.
+			for _, ln := range []net.Listener{cp.xdsLn, cp.adminLn} {
+				if ln != nil {
+					ln.Close()
+				}
+			}
 			cp.closeAll()
 		}
 	}()
@@ -299,7 +307,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	go func() {
 		<-ctx.Done()
 		cp.shutdown()
-		cp.wg.Wait()
+		cp.err = cp.g.Wait()
 		cp.closeAll()
 		close(cp.done)
 	}()
@@ -323,21 +331,15 @@ func kindLabel(k registry.KeyKind) string {
 	}
 }
 
-// goRun runs f in the background; an error from it stops the whole control plane.
+// goRun runs f in the control plane's group; an error from it stops the whole control plane.
 func (cp *ControlPlane) goRun(name string, f func() error) {
-	cp.wg.Add(1)
-	go func() {
-		defer cp.wg.Done()
-		if err := f(); err != nil {
+	cp.g.Go(func() error {
+		err := f()
+		if err != nil {
 			cp.log.Error().Err(err).Str("component", name).Msg("stopping the control plane")
-			cp.errMu.Lock()
-			if cp.err == nil {
-				cp.err = err
-			}
-			cp.errMu.Unlock()
-			cp.cancel()
 		}
-	}()
+		return err
+	})
 }
 
 func (cp *ControlPlane) shutdown() {
@@ -358,13 +360,8 @@ func (cp *ControlPlane) shutdown() {
 	}
 }
 
+// closeAll closes the etcd client and the embedded etcd; the servers close their listeners.
 func (cp *ControlPlane) closeAll() {
-	if cp.xdsLn != nil && cp.grpc == nil {
-		cp.xdsLn.Close()
-	}
-	if cp.adminLn != nil && cp.admin == nil {
-		cp.adminLn.Close()
-	}
 	if cp.cli != nil {
 		cp.cli.Close()
 	}
@@ -377,8 +374,6 @@ func (cp *ControlPlane) closeAll() {
 // or nil when its context ended.
 func (cp *ControlPlane) Wait() error {
 	<-cp.done
-	cp.errMu.Lock()
-	defer cp.errMu.Unlock()
 	return cp.err
 }
 
@@ -396,9 +391,6 @@ func (cp *ControlPlane) XDSAddr() string { return cp.xdsLn.Addr().String() }
 
 // AdminAddr is the bound admin address.
 func (cp *ControlPlane) AdminAddr() string { return cp.adminLn.Addr().String() }
-
-// EtcdEndpoints are the endpoints the control plane reads (the embedded etcd's, if any).
-func (cp *ControlPlane) EtcdEndpoints() []string { return cp.cfg.Etcd.Endpoints }
 
 // Clients returns the connected Envoy streams.
 func (cp *ControlPlane) Clients() []ClientInfo { return cp.tracker.clients() }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -640,4 +641,28 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 			t.Errorf("%s: light endpoint update differs from the full client's:\n%v\n%v", variant, &got, want)
 		}
 	}
+}
+
+// TestStartReleasesListenersOnFailure: when the admin address is taken, Start fails naming
+// the flag and leaves the xDS address, bound just before, free again.
+func TestStartReleasesListenersOnFailure(t *testing.T) {
+	srv := etcdtest.Start(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	xdsAddr := fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
+	_, err = controlplane.Start(context.Background(), controlplane.Config{
+		Etcd:    clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
+		XDSAddr: xdsAddr, AdminAddr: taken.Addr().String(), Logger: testLogger(t),
+	})
+	if err == nil || !strings.Contains(err.Error(), "--admin-addr") {
+		t.Fatalf("Start with the admin address taken: %v; want an error naming --admin-addr", err)
+	}
+	l, err := net.Listen("tcp", xdsAddr)
+	if err != nil {
+		t.Fatalf("the xDS address is still bound after the failed Start: %v", err)
+	}
+	l.Close()
 }
