@@ -72,27 +72,7 @@ func testLogger(t *testing.T) zerolog.Logger {
 
 func startCP(t *testing.T, endpoints []string) *controlplane.ControlPlane {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		Etcd:          clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second},
-		XDSAddr:       "127.0.0.1:0",
-		AdminAddr:     "127.0.0.1:0",
-		CoalesceQuiet: 5 * time.Millisecond,
-		CoalesceMax:   50 * time.Millisecond,
-		AllowLoopback: true,
-		Logger:        testLogger(t),
-	})
-	if err != nil {
-		cancel()
-		t.Fatalf("start control plane: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := cp.Wait(); err != nil {
-			t.Errorf("control plane stopped with %v", err)
-		}
-	})
-	return cp
+	return startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: endpoints}, Logger: testLogger(t)})
 }
 
 func connect(t *testing.T, cp *controlplane.ControlPlane, v xdsclient.Variant, node, group string) *xdsclient.Client {
@@ -513,14 +493,7 @@ func TestMassDisappearanceIsHeld(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	grace := 2 * time.Second
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		Etcd:    clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
-		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HoldGrace: grace, AllowLoopback: true, Logger: testLogger(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cancel(); _ = cp.Wait() }()
+	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, HoldGrace: grace, Logger: testLogger(t)})
 	lease, err := cli.Grant(ctx, 60)
 	if err != nil {
 		t.Fatal(err)
