@@ -103,6 +103,11 @@ func metricsListenAddrs(addr string) ([]string, error) {
 	return out, nil
 }
 
+// thresholdFlags are the flags of the registry's threshold fields.
+var thresholdFlags = map[string]string{
+	"maxSessions": "--max-sessions", "maxCPU": "--max-cpu", "maxMemory": "--max-memory", "maxMemoryMB": "--max-memory-mb",
+}
+
 // Validate checks the configuration without I/O; errors name the flag at fault.
 func (c *Config) Validate() error {
 	var errs []error
@@ -126,11 +131,10 @@ func (c *Config) Validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		add("--port: %d must be the backend's port, 1-65535", c.Port)
 	}
-	if len(c.Zone) > 64 || strings.ContainsAny(c.Zone, " \t\r\n/") {
-		add("--zone: %q must be at most 64 characters without spaces or '/'", c.Zone)
+	if err := registry.ValidateZone(c.Zone); err != nil {
+		add("--zone: %v", err)
 	}
-	probe := registry.Instance{ID: "x", Address: "127.0.0.1", Port: 1, State: registry.StateAvailable, Labels: c.Labels}
-	if err := probe.Validate(); err != nil {
+	if err := registry.ValidateLabels(c.Labels); err != nil {
 		add("--label: %v", err)
 	}
 	for flagName, u := range map[string]string{"--health-url": c.HealthURL, "--available-url": c.AvailableURL, "--sessions-url": c.SessionsURL} {
@@ -144,21 +148,11 @@ func (c *Config) Validate() error {
 	if c.SessionsMetric != "" && c.SessionsURL == "" {
 		add("--sessions-metric: needs --sessions-url, the Prometheus endpoint to read it from")
 	}
-	t := c.Thresholds
-	if t.MaxSessions < 0 {
-		add("--max-sessions: %d must be 0 (unlimited) or more", t.MaxSessions)
+	if err := c.Thresholds.Validate(func(field string) string { return thresholdFlags[field] }); err != nil {
+		errs = append(errs, err)
 	}
-	if t.MaxSessions > 0 && c.SessionsURL == "" {
+	if c.Thresholds.MaxSessions > 0 && c.SessionsURL == "" {
 		add("--max-sessions: needs --sessions-url to count sessions")
-	}
-	if !(t.MaxCPU >= 0 && t.MaxCPU <= 100) {
-		add("--max-cpu: %g must be a percentage between 0 (unlimited) and 100", t.MaxCPU)
-	}
-	if !(t.MaxMemory >= 0 && t.MaxMemory <= 100) {
-		add("--max-memory: %g must be a percentage between 0 (unlimited) and 100", t.MaxMemory)
-	}
-	if !(t.MaxMemoryMB >= 0 && t.MaxMemoryMB <= 1<<30) {
-		add("--max-memory-mb: %g must be 0 (unlimited) or more", t.MaxMemoryMB)
 	}
 	switch c.LoadSource {
 	case LoadHost:
