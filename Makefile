@@ -55,9 +55,10 @@ fuzz:
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeServiceConfig -fuzztime $(FUZZTIME)
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeDrain -fuzztime $(FUZZTIME)
 
-# Go benchmarks of the translation, then the load harness at the three scales of docs/performance.md.
+# Go benchmarks of the translation and of one xDS push, then the load harness at the three scales of docs/performance.md.
 bench:
 	$(GO) test ./controlplane/translate -run '^$$' -bench . -benchmem
+	$(GO) test ./controlplane/xdscache -run '^$$' -bench EndpointPush -benchmem
 	$(GO) run ./cmd/tether-bench -scales 100x10,1000x100,10000x1000 -duration 30s -json bench.json
 
 clean:

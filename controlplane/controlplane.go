@@ -17,8 +17,6 @@ import (
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -232,12 +230,11 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	cp.cli = cli
 
-	cache := newSnapshotCache(cp.log.With().Str("component", "xds-cache").Logger())
+	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger())
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
-	eds := cachev3.NewLinearCache(resourcev3.EndpointType, cachev3.WithLogger(cacheLogger(cp.log.With().Str("component", "eds-cache").Logger())))
-	cp.pub = newPublisher(cp.log, cp.m, cache, eds, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
-	cp.tracker = newTracker(cp.log, cp.m, cp.pub.addGroup)
+	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
+	cp.tracker = newTracker(cp.log, cp.m)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
 		Prefix: cfg.Prefix,
 		Logger: cp.log.With().Str("component", "registry").Logger(),
@@ -261,7 +258,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cp.grpc = grpc.NewServer(opts...)
-	xds := serverv3.NewServer(ctx, muxCache(cache, eds), cp.tracker.callbacks())
+	xds := serverv3.NewServer(ctx, cache, cache.Callbacks(cp.tracker.callbacks()))
 	discovery.RegisterAggregatedDiscoveryServiceServer(cp.grpc, xds)
 	clusterservice.RegisterClusterDiscoveryServiceServer(cp.grpc, xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(cp.grpc, xds)
@@ -270,6 +267,10 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 
 	if cp.xdsLn, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
 		return nil, fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
+	}
+	if cfg.XDSTLS == nil && !loopback(cp.xdsLn.Addr()) {
+		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
+			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")
 	}
 	if cp.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("--admin-addr %s: %w", cfg.AdminAddr, err)
@@ -316,6 +317,12 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		Str("prefix", cfg.Prefix).Strs("etcd", cfg.Etcd.Endpoints).Uint32("envoyListenPort", cfg.ListenPort).
 		Msg("control plane started")
 	return cp, nil
+}
+
+// loopback reports whether a listener's address is reachable from this host only.
+func loopback(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t.IP.IsLoopback()
 }
 
 func kindLabel(k registry.KeyKind) string {

@@ -327,9 +327,9 @@ func TestReplicasServeIdenticalVersions(t *testing.T) {
 		waitFor(t, c2, "full config from replica 2", full)
 		v1, v2 := c1.View(), c2.View()
 		for _, typ := range xdsclient.Types {
-			// State-of-the-world endpoint versions are each replica's own update counter
-			// (the linear cache's); every other version is derived from content.
-			if variant == xdsclient.SotW && typ != resourcev3.EndpointType && v1.Versions[typ] != v2.Versions[typ] {
+			// Every type's version (SotW version_info, delta system_version_info) is derived
+			// from content.
+			if v1.Versions[typ] != v2.Versions[typ] {
 				t.Errorf("%s %s: versions differ: %q vs %q", variant, typ, v1.Versions[typ], v2.Versions[typ])
 			}
 			for name, rv := range v1.ResourceVersions[typ] {

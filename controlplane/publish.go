@@ -2,12 +2,9 @@ package controlplane
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,15 +12,14 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/rs/zerolog"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/registry"
 )
 
-// published is one snapshot handed to the xDS cache, with what produced it.
+// published is one configuration handed to the xDS cache, with what produced it.
 type published struct {
-	snap      *cachev3.Snapshot
 	res       *translate.Resources
 	state     *registry.State
 	versions  map[string]string // short type -> version
@@ -31,22 +27,14 @@ type published struct {
 	translate time.Duration
 }
 
-// hashed memoizes a resource's content hash by the resource's pointer: the translation cache
-// hands back the same pointer for an unchanged service, so only changed resources are hashed.
-type hashed struct {
-	msg  proto.Message
-	hash string
-}
-
-// publisher coalesces registry states, translates them and publishes snapshots to every
-// known gateway group.
+// publisher coalesces registry states, translates them and hands the resources to the xDS
+// cache, which serves them to every gateway group.
 type publisher struct {
-	log   zerolog.Logger
-	m     *metrics
-	cache cachev3.SnapshotCache
-	// eds serves endpoints to every group: one marshalled copy per ClusterLoadAssignment, and
-	// a change sends only the changed assignments, to state-of-the-world Envoys as well.
-	eds   *cachev3.LinearCache
+	log zerolog.Logger
+	m   *metrics
+	// xds owns the served resources, their versions and the gateway groups; it marshals each
+	// changed resource once and pushes it to the Envoys subscribed to it.
+	xds   *xdscache.Cache
 	tr    *translate.Cache
 	quiet time.Duration
 	max   time.Duration
@@ -65,19 +53,15 @@ type publisher struct {
 	mu      sync.Mutex
 	latest  *registry.State
 	since   time.Time // when the oldest unpublished state arrived
-	groups  map[string]bool
 	current *published
-	hashes  map[string]hashed // type URL + "/" + name -> hash
-	edsSets uint64            // updates made to eds: its version, as it reports it to Envoys
 	readyCh chan struct{}
 	isReady bool
 }
 
-func newPublisher(log zerolog.Logger, m *metrics, cache cachev3.SnapshotCache, eds *cachev3.LinearCache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
+func newPublisher(log zerolog.Logger, m *metrics, xds *xdscache.Cache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
 	return &publisher{
-		log: log, m: m, cache: cache, eds: eds, tr: translate.NewCache(opts), quiet: quiet, max: max, guard: guard,
-		notify: make(chan struct{}, 1), groups: map[string]bool{}, hashes: map[string]hashed{},
-		readyCh: make(chan struct{}),
+		log: log, m: m, xds: xds, tr: translate.NewCache(opts), quiet: quiet, max: max, guard: guard,
+		notify: make(chan struct{}, 1), readyCh: make(chan struct{}),
 	}
 }
 
@@ -92,21 +76,6 @@ func (p *publisher) offer(st *registry.State) {
 	select {
 	case p.notify <- struct{}{}:
 	default:
-	}
-}
-
-// addGroup makes sure a newly seen gateway group has the current snapshot.
-func (p *publisher) addGroup(group string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.groups[group] {
-		return
-	}
-	p.groups[group] = true
-	if p.current != nil {
-		if err := p.cache.SetSnapshot(context.Background(), group, p.current.snap); err != nil {
-			p.log.Error().Err(err).Str("group", group).Msg("set snapshot for new group")
-		}
 	}
 }
 
@@ -177,43 +146,23 @@ func (p *publisher) publishLatest() {
 	}
 	st = p.drains.apply(st)
 	res := p.tr.Translate(st)
-	b, err := p.snapshot(res)
-	took := time.Since(start)
-	p.m.translate.Observe(took.Seconds())
+	var versions map[string]string
+	var took time.Duration
+	err := p.snapshot(res, func(v map[string]string) {
+		// Before any Envoy is sent it: /debug/config shows what an Envoy may hold.
+		versions, took = v, time.Since(start)
+		p.mu.Lock()
+		p.current = &published{res: res, state: st, versions: versions, at: time.Now().UTC(), translate: took}
+		p.mu.Unlock()
+	})
 	if err != nil {
+		p.m.translate.Observe(time.Since(start).Seconds())
 		p.m.snapshotErrors.Inc()
 		p.log.Error().Err(err).Int64("revision", st.Revision).Msg("translation gave an invalid snapshot; keeping the last good configuration")
 		return
 	}
-	versions := b.versions
+	p.m.translate.Observe(took.Seconds())
 	p.mu.Lock()
-	// Endpoints first: a new cluster's assignment is there when Envoy asks for it.
-	if len(b.edsUpdate) > 0 || len(b.edsDelete) > 0 {
-		if err := p.eds.UpdateResources(b.edsUpdate, b.edsDelete); err != nil {
-			p.log.Error().Err(err).Msg("update endpoints")
-		}
-		p.edsSets++
-	}
-	versions[shortType(resourcev3.EndpointType)] = strconv.FormatUint(p.edsSets, 10)
-	snap := b.snap
-	pub := &published{snap: snap, res: res, state: st, versions: versions, at: time.Now().UTC(), translate: took}
-
-	p.current = pub
-	groups := make([]string, 0, len(p.groups)+1)
-	for g := range p.groups {
-		groups = append(groups, g)
-	}
-	if !p.groups[DefaultGroup] {
-		// The default group always has a snapshot, so /debug/config and new Envoys see it.
-		p.groups[DefaultGroup] = true
-		groups = append(groups, DefaultGroup)
-	}
-	sort.Strings(groups)
-	for _, g := range groups {
-		if err := p.cache.SetSnapshot(context.Background(), g, snap); err != nil {
-			p.log.Error().Err(err).Str("group", g).Msg("set snapshot")
-		}
-	}
 	if !p.isReady {
 		p.isReady = true
 		close(p.readyCh)
@@ -228,7 +177,7 @@ func (p *publisher) publishLatest() {
 	p.m.revision.Set(float64(st.Revision))
 	p.observeState(st, res)
 	p.log.Debug().Int64("revision", st.Revision).Dur("translate", took).Interface("versions", versions).
-		Int("groups", len(groups)).Msg("published snapshot")
+		Msg("published snapshot")
 }
 
 func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
@@ -249,97 +198,34 @@ func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
 	}
 }
 
-// built is a translation ready to publish.
-type built struct {
-	// snap holds listeners, routes and clusters (endpoints go to the linear cache).
-	snap      *cachev3.Snapshot
-	versions  map[string]string
-	edsUpdate map[string]types.Resource // changed or new assignments
-	edsDelete []string                  // assignments gone
-}
-
-// snapshot checks a translation (Envoy's validation of every changed resource, snapshot
-// consistency) and builds what to publish. Versions derive from content only: every
-// resource's version is a hash of its deterministic encoding, and each type's version a hash
-// of its resources' names and versions, so two replicas serving the same registry, or a
-// restarted control plane, hand Envoy identical versions. Endpoints are served by the linear
-// cache, whose delta versions are the same content hashes and whose state-of-the-world
-// version is its own update counter.
-func (p *publisher) snapshot(res *translate.Resources) (*built, error) {
-	groups := []struct {
-		typeURL string
-		items   []types.Resource
-	}{
-		{resourcev3.ListenerType, toResources(res.Listeners)},
-		{resourcev3.RouteType, toResources(res.Routes)},
-		{resourcev3.ClusterType, toResources(res.Clusters)},
-		{resourcev3.EndpointType, toResources(res.Endpoints)},
+// snapshot checks a translation and hands it to the xDS cache, which validates each changed
+// resource with Envoy's proto validation, marshals it once and pushes it to the Envoys
+// subscribed to it. Versions derive from content only (see xdscache): two replicas serving the
+// same registry, or a restarted control plane, hand Envoy identical versions. Nothing is
+// published unless every resource and the whole (its references) are valid.
+func (p *publisher) snapshot(res *translate.Resources, ready func(versions map[string]string)) error {
+	byType := map[string][]types.Resource{
+		resourcev3.ClusterType:  toResources(res.Clusters),
+		resourcev3.EndpointType: toResources(res.Endpoints),
+		resourcev3.ListenerType: toResources(res.Listeners),
+		resourcev3.RouteType:    toResources(res.Routes),
 	}
-	snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
-	versions := map[string]string{}
-	next := make(map[string]hashed, len(p.hashes))
-	for _, g := range groups {
-		vm := make(map[string]string, len(g.items))
-		typeHash := sha256.New()
-		for _, item := range g.items {
-			name := cachev3.GetResourceName(item)
-			key := g.typeURL + "/" + name
-			h, ok := p.hashes[key]
-			if !ok || h.msg != item {
-				if err := validate(item); err != nil {
-					return nil, fmt.Errorf("%s %q: %w", shortType(g.typeURL), name, err)
-				}
-				b, err := proto.MarshalOptions{Deterministic: true}.Marshal(item)
-				if err != nil {
-					return nil, fmt.Errorf("encode %s %q: %w", shortType(g.typeURL), name, err)
-				}
-				// The very hash go-control-plane sends Envoy as the delta resource version, so
-				// that the initial_resource_versions of a reconnecting Envoy match it.
-				h = hashed{msg: item, hash: cachev3.HashResource(b)}
-			}
-			next[key] = h
-			vm[name] = h.hash
-			typeHash.Write([]byte(name))
-			typeHash.Write([]byte{0})
-			typeHash.Write([]byte(h.hash))
-			typeHash.Write([]byte{0})
-		}
-		version := hex.EncodeToString(typeHash.Sum(nil)[:8])
-		snap.Resources[cachev3.GetResponseType(g.typeURL)] = cachev3.NewResources(version, g.items)
-		snap.VersionMap[g.typeURL] = vm
-		versions[shortType(g.typeURL)] = version
+	// Consistency (every EDS cluster has its assignment, every listener its route) is checked
+	// on a snapshot that is never marshalled.
+	snap, err := cachev3.NewSnapshot("", byType)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
 	}
 	if err := snap.Consistent(); err != nil {
-		return nil, fmt.Errorf("inconsistent snapshot: %w", err)
+		return fmt.Errorf("inconsistent snapshot: %w", err)
 	}
-	b := &built{versions: versions, edsUpdate: map[string]types.Resource{}}
-	for name, item := range snap.Resources[types.Endpoint].Items {
-		key := resourcev3.EndpointType + "/" + name
-		if old, ok := p.hashes[key]; !ok || old.hash != next[key].hash {
-			b.edsUpdate[name] = item.Resource
+	return p.xds.Update(byType, func(byURL map[string]string) {
+		versions := make(map[string]string, len(byURL))
+		for url, v := range byURL {
+			versions[shortType(url)] = v
 		}
-	}
-	for key := range p.hashes {
-		if name, ok := strings.CutPrefix(key, resourcev3.EndpointType+"/"); ok {
-			if _, still := next[key]; !still {
-				b.edsDelete = append(b.edsDelete, name)
-			}
-		}
-	}
-	sort.Strings(b.edsDelete)
-	snap.Resources[types.Endpoint] = cachev3.Resources{}
-	delete(snap.VersionMap, resourcev3.EndpointType)
-	b.snap = snap
-	p.hashes = next
-	return b, nil
-}
-
-// validate runs Envoy's own proto validation on a resource.
-func validate(m types.Resource) error {
-	if v, ok := m.(interface{ ValidateAll() error }); ok {
-		return v.ValidateAll()
-	}
-	return nil
+		ready(versions)
+	})
 }
 
 func toResources[T types.Resource](in []T) []types.Resource {
@@ -360,14 +246,13 @@ func (p *publisher) snapshotNow() *published {
 	return p.current
 }
 
-// groupList returns the gateway groups seen so far.
+// groupList returns the gateway groups with a connected Envoy, and the default group, which
+// always has the configuration for /debug/config and new Envoys.
 func (p *publisher) groupList() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]string, 0, len(p.groups))
-	for g := range p.groups {
-		out = append(out, g)
+	groups := p.xds.Groups()
+	if !slices.Contains(groups, DefaultGroup) {
+		groups = append(groups, DefaultGroup)
+		sort.Strings(groups)
 	}
-	sort.Strings(out)
-	return out
+	return groups
 }

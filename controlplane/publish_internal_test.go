@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
@@ -20,8 +18,7 @@ import (
 func TestBurstIsCoalesced(t *testing.T) {
 	const quiet, maxDelay, changes = 10 * time.Millisecond, 100 * time.Millisecond, 2000
 	m := newMetrics()
-	p := newPublisher(zerolog.Nop(), m, newSnapshotCache(zerolog.Nop()), cachev3.NewLinearCache(resourcev3.EndpointType),
-		translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
+	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop()), translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.run(ctx) }()

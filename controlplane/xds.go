@@ -1,35 +1,26 @@
 package controlplane
 
 import (
-	"context"
-	"sort"
 	"strings"
-	"sync"
-	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/log"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/rs/zerolog"
+
+	"github.com/tetherlb/tether/controlplane/xdscache"
 )
 
 // DefaultGroup is the gateway group of an Envoy whose node.cluster is empty.
 const DefaultGroup = "default"
 
-// groupHash groups Envoys by node.cluster so that one snapshot serves a whole group.
-type groupHash struct{}
+func groupOf(node *core.Node) string { return groupName(node.GetCluster()) }
 
-// ID returns the node's gateway group.
-func (groupHash) ID(node *core.Node) string { return groupOf(node) }
-
-func groupOf(node *core.Node) string {
-	if node == nil || node.GetCluster() == "" {
+// groupName is the gateway group of a node cluster.
+func groupName(cluster string) string {
+	if cluster == "" {
 		return DefaultGroup
 	}
-	return node.GetCluster()
+	return cluster
 }
 
 // shortType turns a type URL into its last element, e.g. "Cluster".
@@ -40,208 +31,16 @@ func shortType(typeURL string) string {
 	return typeURL
 }
 
-// ClientInfo describes one connected Envoy stream.
-type ClientInfo struct {
-	StreamID    int64             `json:"streamId"`
-	Variant     string            `json:"variant"` // sotw or delta
-	NodeID      string            `json:"nodeId"`
-	Group       string            `json:"group"`
-	ConnectedAt time.Time         `json:"connectedAt"`
-	Acked       map[string]string `json:"acked"` // resource type -> last ACKed version
-	NACKs       int               `json:"nacks"`
-	LastNACK    string            `json:"lastNack,omitempty"`
+// newXDSCache returns the cache serving every gateway group: each resource is checked by
+// Envoy's own proto validation and marshalled once, when it changes.
+func newXDSCache(l zerolog.Logger) *xdscache.Cache {
+	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: l})
 }
 
-// tracker follows connected streams, their ACKs and NACKs, and the gateway groups seen.
-type tracker struct {
-	log     zerolog.Logger
-	m       *metrics
-	onGroup func(group string)
-
-	mu      sync.Mutex
-	streams map[streamKey]*ClientInfo
-	sent    map[streamKey]map[string]string // stream -> nonce -> type version sent
-}
-
-// streamKey names a stream: go-control-plane numbers state-of-the-world and delta streams
-// separately, so an ID alone is ambiguous.
-type streamKey struct {
-	variant string
-	id      int64
-}
-
-func newTracker(log zerolog.Logger, m *metrics, onGroup func(string)) *tracker {
-	return &tracker{log: log, m: m, onGroup: onGroup,
-		streams: map[streamKey]*ClientInfo{}, sent: map[streamKey]map[string]string{}}
-}
-
-func (t *tracker) open(id streamKey) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.streams[id] = &ClientInfo{StreamID: id.id, Variant: id.variant, ConnectedAt: time.Now().UTC(), Acked: map[string]string{}}
-	t.sent[id] = map[string]string{}
-	t.m.streams.WithLabelValues(id.variant).Inc()
-}
-
-func (t *tracker) closed(id streamKey) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if c, ok := t.streams[id]; ok {
-		t.m.streams.WithLabelValues(c.Variant).Dec()
-		t.log.Info().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream closed")
+// validate runs Envoy's own proto validation on a resource.
+func validate(m types.Resource) error {
+	if v, ok := m.(interface{ ValidateAll() error }); ok {
+		return v.ValidateAll()
 	}
-	delete(t.streams, id)
-	delete(t.sent, id)
-}
-
-// request records a request: its node, and whether it ACKs or NACKs the response of nonce.
-func (t *tracker) request(id streamKey, node *core.Node, typeURL, nonce string, nack *errorDetail) {
-	var newGroup string
-	t.mu.Lock()
-	c, ok := t.streams[id]
-	if ok && node != nil && c.NodeID == "" {
-		c.NodeID, c.Group = node.GetId(), groupOf(node)
-		newGroup = c.Group
-		t.log.Info().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream opened")
-	}
-	if ok && nonce != "" {
-		version := t.sent[id][nonce]
-		delete(t.sent[id], nonce)
-		if nack != nil {
-			c.NACKs++
-			c.LastNACK = nack.message
-			t.m.nacks.WithLabelValues(shortType(typeURL)).Inc()
-			t.log.Error().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("type", shortType(typeURL)).
-				Str("version", version).Int32("code", nack.code).Str("error", nack.message).Msg("Envoy rejected configuration (NACK)")
-		} else if version != "" {
-			c.Acked[shortType(typeURL)] = version
-		}
-	}
-	t.mu.Unlock()
-	if newGroup != "" && t.onGroup != nil {
-		t.onGroup(newGroup)
-	}
-}
-
-func (t *tracker) response(id streamKey, typeURL, nonce, version string) {
-	t.m.responses.WithLabelValues(id.variant, shortType(typeURL)).Inc()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if s, ok := t.sent[id]; ok && nonce != "" {
-		// Bound the map: Envoy ACKs or NACKs every nonce, but a misbehaving client may not.
-		if len(s) > 256 {
-			clear(s)
-		}
-		s[nonce] = version
-	}
-}
-
-// clients returns the connected streams, by stream ID.
-func (t *tracker) clients() []ClientInfo {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make([]ClientInfo, 0, len(t.streams))
-	for _, c := range t.streams {
-		cp := *c
-		cp.Acked = make(map[string]string, len(c.Acked))
-		for k, v := range c.Acked {
-			cp.Acked[k] = v
-		}
-		out = append(out, cp)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].StreamID != out[j].StreamID {
-			return out[i].StreamID < out[j].StreamID
-		}
-		return out[i].Variant < out[j].Variant
-	})
-	return out
-}
-
-type errorDetail struct {
-	code    int32
-	message string
-}
-
-func detail(s interface {
-	GetCode() int32
-	GetMessage() string
-}) *errorDetail {
-	if s == nil || (s.GetCode() == 0 && s.GetMessage() == "") {
-		return nil
-	}
-	return &errorDetail{code: s.GetCode(), message: s.GetMessage()}
-}
-
-// callbacks wires the tracker into go-control-plane's server.
-func (t *tracker) callbacks() serverv3.Callbacks {
-	return serverv3.CallbackFuncs{
-		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
-			t.open(streamKey{"sotw", id})
-			return nil
-		},
-		StreamClosedFunc: func(id int64, _ *core.Node) { t.closed(streamKey{"sotw", id}) },
-		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
-			var nack *errorDetail
-			if req.GetErrorDetail() != nil {
-				nack = detail(req.GetErrorDetail())
-			}
-			t.request(streamKey{"sotw", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
-			return nil
-		},
-		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-			t.response(streamKey{"sotw", id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
-		},
-		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error {
-			t.open(streamKey{"delta", id})
-			return nil
-		},
-		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { t.closed(streamKey{"delta", id}) },
-		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
-			var nack *errorDetail
-			if req.GetErrorDetail() != nil {
-				nack = detail(req.GetErrorDetail())
-			}
-			t.request(streamKey{"delta", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
-			return nil
-		},
-		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
-			t.response(streamKey{"delta", id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
-		},
-	}
-}
-
-// cacheLogger adapts zerolog to go-control-plane's logger; its debug chatter stays at trace.
-func cacheLogger(l zerolog.Logger) log.Logger {
-	return log.LoggerFuncs{
-		DebugFunc: func(f string, a ...any) { l.Trace().Msgf(f, a...) },
-		InfoFunc:  func(f string, a ...any) { l.Debug().Msgf(f, a...) },
-		WarnFunc:  func(f string, a ...any) { l.Warn().Msgf(f, a...) },
-		ErrorFunc: func(f string, a ...any) { l.Error().Msgf(f, a...) },
-	}
-}
-
-// muxCache serves endpoints from the linear cache and every other type from the snapshot
-// cache. Endpoints change most and are the largest part of the configuration: the linear
-// cache marshals each assignment once for all Envoys and sends only the assignments that
-// changed. Every gateway group currently gets the same endpoints; groups with their own
-// gateways would need a linear cache per group.
-func muxCache(snapshots cachev3.SnapshotCache, eds *cachev3.LinearCache) cachev3.Cache {
-	const snap, lin = "snapshot", "linear"
-	classify := func(typeURL string) string {
-		if typeURL == resourcev3.EndpointType {
-			return lin
-		}
-		return snap
-	}
-	return &cachev3.MuxCache{
-		Classify:      func(r *cachev3.Request) string { return classify(r.GetTypeUrl()) },
-		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetTypeUrl()) },
-		Caches:        map[string]cachev3.Cache{snap: snapshots, lin: eds},
-	}
-}
-
-// newSnapshotCache returns the ADS snapshot cache keyed by gateway group.
-func newSnapshotCache(l zerolog.Logger) cachev3.SnapshotCache {
-	return cachev3.NewSnapshotCache(true, groupHash{}, cacheLogger(l))
+	return nil
 }

@@ -1,0 +1,47 @@
+package controlplane
+
+import (
+	"net"
+	"testing"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+)
+
+// TestLoopback: the start-up warning about plaintext xDS fires for every address but loopback.
+func TestLoopback(t *testing.T) {
+	for _, c := range []struct {
+		ip   net.IP
+		want bool
+	}{{net.IPv4(127, 0, 0, 1), true}, {net.IPv6loopback, true}, {net.IPv4zero, false}, {net.IPv6unspecified, false}, {net.IPv4(10, 0, 0, 1), false}} {
+		if got := loopback(&net.TCPAddr{IP: c.ip, Port: 18000}); got != c.want {
+			t.Errorf("loopback(%s) = %v; want %v", c.ip, got, c.want)
+		}
+	}
+}
+
+// TestNACKCountsOnlySentNonces: a client cannot mint NACK series or log lines with nonces it
+// was never sent.
+func TestNACKCountsOnlySentNonces(t *testing.T) {
+	m := newMetrics()
+	tr := newTracker(zerolog.Nop(), m)
+	id := streamKey{"sotw", 1}
+	tr.open(id)
+	node := &core.Node{Id: "envoy", Cluster: "edge"}
+	for _, nonce := range []string{"made-up", "1"} {
+		tr.request(id, node, resourcev3.ClusterType, nonce, &errorDetail{code: 3, message: "no"})
+	}
+	if n := testutil.CollectAndCount(m.nacks); n != 0 {
+		t.Fatalf("%d NACK series after NACKs of nonces never sent; want 0", n)
+	}
+	tr.response(id, resourcev3.ClusterType, "1", "v1")
+	tr.request(id, nil, resourcev3.ClusterType, "1", &errorDetail{code: 3, message: "no"})
+	if got := testutil.ToFloat64(m.nacks.WithLabelValues("Cluster")); got != 1 {
+		t.Errorf("NACKs of Cluster = %v; want 1", got)
+	}
+	if c := tr.clients(); len(c) != 1 || c[0].NACKs != 1 || c[0].Group != "edge" {
+		t.Errorf("clients = %+v", c)
+	}
+}

@@ -1,0 +1,256 @@
+package xdscache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Types are the type URLs served, in the order a push answers them: clusters before their
+// endpoints, listeners before their routes.
+var Types = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// typeIndex returns the index of typeURL in Types, or -1 for a type not served.
+func typeIndex(typeURL string) int {
+	for i, t := range Types {
+		if t == typeURL {
+			return i
+		}
+	}
+	return -1
+}
+
+// Defaults of Options.
+const (
+	DefaultMaxInitialSyncs = 32
+	DefaultSlotTimeout     = 10 * time.Second
+)
+
+// Options configure a Cache.
+type Options struct {
+	// Check validates a new or changed resource before it is served; nil checks nothing.
+	Check func(types.Resource) error
+	// MaxInitialSyncs bounds the first responses in flight (sent and not yet ACKed).
+	MaxInitialSyncs int
+	// SlotTimeout frees an initial-sync slot whose Envoy has not answered.
+	SlotTimeout time.Duration
+	// GroupOf names a node's gateway group (nil: every Envoy is in group "").
+	GroupOf func(cluster string) string
+	Logger  zerolog.Logger
+}
+
+// entry is one resource as served: marshalled once, shared by every response.
+type entry struct {
+	res     types.Resource // as given: an unchanged pointer is not marshalled again
+	version string         // content hash of the deterministic encoding
+	sum     [32]byte       // hash of name and version: what the type's version hashes
+	any     *anypb.Any
+	dres    *discovery.Resource
+}
+
+// typeState is one type's resources; replaced, never modified, by Update.
+type typeState struct {
+	url     string
+	full    bool // SotW responses carry every resource (listeners, clusters)
+	entries map[string]*entry
+	names   []string // sorted
+	version string
+	all     []*anypb.Any // every resource in name order: the SotW full-state body
+}
+
+// Cache serves Types to go-control-plane's server. Use it with the Callbacks it returns.
+type Cache struct {
+	opts Options
+	upd  sync.Mutex // serializes Update
+
+	mu        sync.Mutex
+	types     [4]*typeState
+	groups    map[string]*group
+	streams   map[streamKey]*stream
+	sotwReqs  map[*discovery.DiscoveryRequest]*stream
+	deltaReqs map[*discovery.DeltaDiscoveryRequest]*stream
+	epochNow  uint64     // notify count, to list each watcher once
+	inflight  int        // initial-sync slots taken
+	queue     []*watcher // first responses waiting for a slot
+}
+
+var _ cachev3.Cache = (*Cache)(nil)
+
+// New returns an empty cache: every type has no resources and the version of the empty set.
+func New(opts Options) *Cache {
+	if opts.MaxInitialSyncs <= 0 {
+		opts.MaxInitialSyncs = DefaultMaxInitialSyncs
+	}
+	if opts.SlotTimeout <= 0 {
+		opts.SlotTimeout = DefaultSlotTimeout
+	}
+	c := &Cache{opts: opts, groups: map[string]*group{}, streams: map[streamKey]*stream{},
+		sotwReqs: map[*discovery.DiscoveryRequest]*stream{}, deltaReqs: map[*discovery.DeltaDiscoveryRequest]*stream{}}
+	for i, url := range Types {
+		c.types[i] = &typeState{url: url, full: cachev3.ResourceRequiresFullStateInSotw(url), entries: map[string]*entry{}, version: typeVersion(nil, nil)}
+	}
+	return c
+}
+
+// Update replaces the resources served, by type URL (a type left out is emptied), and
+// pushes what changed to the Envoys subscribed to it. Either every type is updated or, when
+// a resource fails Check or encoding, none is. Once the update is known good and before any
+// Envoy is sent it, ready (if not nil) is called with every type's version, by type URL:
+// whatever describes the configuration is then in place when an Envoy holds it.
+func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[string]string)) error {
+	for url := range res {
+		if typeIndex(url) < 0 {
+			return fmt.Errorf("type %s is not served", url)
+		}
+	}
+	c.upd.Lock()
+	defer c.upd.Unlock()
+	// Only Update replaces c.types, and it holds upd: reading them here needs no c.mu.
+	var next [4]*typeState
+	var changed [4][]string
+	for i, url := range Types {
+		ts, ch, err := c.build(c.types[i], res[url])
+		if err != nil {
+			return err
+		}
+		next[i], changed[i] = ts, ch
+	}
+	if ready != nil {
+		versions := make(map[string]string, len(Types))
+		for i, url := range Types {
+			versions[url] = next[i].version
+		}
+		ready(versions)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.types = next
+	for i := range Types {
+		c.notify(i, changed[i])
+	}
+	return nil
+}
+
+// build makes the next state of a type from its resources, reusing the entries of old that
+// did not change, and returns the names changed, added or removed.
+func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []string, error) {
+	short := old.url[strings.LastIndexByte(old.url, '.')+1:]
+	entries := make(map[string]*entry, len(items))
+	var changed []string
+	added := false
+	for _, r := range items {
+		name := cachev3.GetResourceName(r)
+		if name == "" {
+			return nil, nil, fmt.Errorf("%s without a name", short)
+		}
+		if _, dup := entries[name]; dup {
+			return nil, nil, fmt.Errorf("%s %q: two resources with this name", short, name)
+		}
+		o := old.entries[name]
+		if o != nil && o.res == r {
+			entries[name] = o
+			continue
+		}
+		if c.opts.Check != nil {
+			if err := c.opts.Check(r); err != nil {
+				return nil, nil, fmt.Errorf("%s %q: %w", short, name, err)
+			}
+		}
+		b, err := cachev3.MarshalResource(r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("encode %s %q: %w", short, name, err)
+		}
+		version := cachev3.HashResource(b)
+		if o != nil && o.version == version {
+			// Same content, new pointer: keep the encoding, remember the pointer.
+			entries[name] = &entry{res: r, version: version, sum: o.sum, any: o.any, dres: o.dres}
+			continue
+		}
+		added = added || o == nil
+		a := &anypb.Any{TypeUrl: old.url, Value: b}
+		entries[name] = &entry{res: r, version: version, sum: sha256.Sum256([]byte(name + "\x00" + version)),
+			any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a}}
+		changed = append(changed, name)
+	}
+	for name := range old.entries {
+		if _, ok := entries[name]; !ok {
+			changed = append(changed, name)
+		}
+	}
+	if len(changed) == 0 && len(entries) == len(old.entries) {
+		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all}, nil, nil
+	}
+	names := old.names // the same names: no need to sort them again
+	if added || len(entries) != len(old.entries) {
+		names = make([]string, 0, len(entries))
+		for n := range entries {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+	}
+	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: typeVersion(names, entries)}
+	if ts.full {
+		ts.all = make([]*anypb.Any, len(names))
+		for i, n := range names {
+			ts.all[i] = entries[n].any
+		}
+	}
+	sort.Strings(changed)
+	return ts, changed, nil
+}
+
+// typeVersion hashes a type's names and resource versions: the same resources give the same
+// version in every replica and after every restart.
+func typeVersion(names []string, entries map[string]*entry) string {
+	buf := make([]byte, 0, 32*len(names))
+	for _, n := range names {
+		buf = append(buf, entries[n].sum[:]...)
+	}
+	sum := sha256.Sum256(buf)
+	return hex.EncodeToString(sum[:8])
+}
+
+// Versions returns every type's version, by type URL.
+func (c *Cache) Versions() map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.versionsLocked()
+}
+
+func (c *Cache) versionsLocked() map[string]string {
+	out := make(map[string]string, len(Types))
+	for i, url := range Types {
+		out[url] = c.types[i].version
+	}
+	return out
+}
+
+// Groups returns the gateway groups with at least one stream, sorted.
+func (c *Cache) Groups() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.groups))
+	for g := range c.groups {
+		out = append(out, g)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Fetch is not supported: Tether's Envoys use streams (ADS).
+func (c *Cache) Fetch(context.Context, *cachev3.Request) (cachev3.Response, error) {
+	return nil, errors.New("fetch is not supported: use an xDS stream")
+}

@@ -1,0 +1,511 @@
+package xdscache
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func cluster(name string, timeout time.Duration) *clusterv3.Cluster {
+	return &clusterv3.Cluster{Name: name, ConnectTimeout: durationpb.New(timeout)}
+}
+
+func update(t *testing.T, c *Cache, res map[string][]types.Resource) map[string]string {
+	t.Helper()
+	var got map[string]string
+	if err := c.Update(res, func(v map[string]string) { got = v }); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestVersionsAreContentHashes: two caches reaching the same resources by different histories
+// (another order, another update count, new pointers to equal messages) serve the same
+// version of every type, as two replicas or a restarted control plane must.
+func TestVersionsAreContentHashes(t *testing.T) {
+	a, b := New(Options{}), New(Options{})
+	update(t, a, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	update(t, a, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second), cluster("y", time.Second)}})
+	va := update(t, a, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second), cluster("y", time.Second)}})
+	vb := update(t, b, map[string][]types.Resource{resourcev3.ClusterType: {cluster("y", time.Second), cluster("x", 2*time.Second)}})
+	for _, url := range Types {
+		if va[url] != vb[url] || va[url] == "" {
+			t.Errorf("%s: versions %q and %q; want equal", url, va[url], vb[url])
+		}
+	}
+	vc := update(t, b, map[string][]types.Resource{resourcev3.ClusterType: {cluster("y", time.Second), cluster("x", 3*time.Second)}})
+	if vc[resourcev3.ClusterType] == vb[resourcev3.ClusterType] {
+		t.Error("a changed cluster left the cluster version as it was")
+	}
+	if vc[resourcev3.ListenerType] != vb[resourcev3.ListenerType] {
+		t.Error("a changed cluster moved the listener version")
+	}
+}
+
+// TestUpdateIsAllOrNothing: a resource failing the check leaves every type as it was.
+func TestUpdateIsAllOrNothing(t *testing.T) {
+	c := New(Options{Check: func(r types.Resource) error {
+		if r.(interface{ GetName() string }).GetName() == "bad" {
+			return status.Error(codes.InvalidArgument, "bad")
+		}
+		return nil
+	}})
+	before := update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	err := c.Update(map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second), cluster("bad", time.Second)}}, nil)
+	if err == nil {
+		t.Fatal("a resource failing the check was accepted")
+	}
+	if after := c.Versions(); after[resourcev3.ClusterType] != before[resourcev3.ClusterType] {
+		t.Errorf("a refused update moved the cluster version %s -> %s", before[resourcev3.ClusterType], after[resourcev3.ClusterType])
+	}
+}
+
+// serve runs go-control-plane's server on c on a loopback port and returns a connection to it.
+func serve(t *testing.T, c *Cache) *grpc.ClientConn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(srv, serverv3.NewServer(ctx, c, c.Callbacks(nil)))
+	go func() { _ = srv.Serve(ln) }()
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(); cancel(); srv.Stop() })
+	return conn
+}
+
+// sotwStream is a raw ADS stream whose responses arrive on a channel.
+type sotwStream struct {
+	s      discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	cancel context.CancelFunc
+	resp   chan *discovery.DiscoveryResponse
+	err    chan error
+}
+
+func openSotW(t *testing.T, conn *grpc.ClientConn) *sotwStream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &sotwStream{s: s, cancel: cancel, resp: make(chan *discovery.DiscoveryResponse, 16), err: make(chan error, 1)}
+	go func() {
+		for {
+			r, err := s.Recv()
+			if err != nil {
+				st.err <- err
+				return
+			}
+			st.resp <- r
+		}
+	}()
+	return st
+}
+
+func (s *sotwStream) send(t *testing.T, req *discovery.DiscoveryRequest) {
+	t.Helper()
+	if err := s.s.Send(req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *sotwStream) next(t *testing.T, what string) *discovery.DiscoveryResponse {
+	t.Helper()
+	select {
+	case r := <-s.resp:
+		return r
+	case err := <-s.err:
+		t.Fatalf("%s: stream ended: %v", what, err)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: no response within 10 s", what)
+	}
+	return nil
+}
+
+// waitUntil polls a condition of the cache's state, for at most 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestUnknownTypeEndsStream: a type other than the four served ends the stream (each would
+// add a watch) before it is counted anywhere.
+func TestUnknownTypeEndsStream(t *testing.T) {
+	c := New(Options{})
+	conn := serve(t, c)
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: "type.googleapis.com/made.Up", Node: &corev3.Node{Id: "n", Cluster: "edge"}})
+	select {
+	case err := <-s.err:
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("stream ended with %v; want InvalidArgument", err)
+		}
+	case r := <-s.resp:
+		t.Fatalf("got a response for an unknown type: %v", r)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream asking for an unknown type is still open after 10 s")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: "type.googleapis.com/made.Up", Node: &corev3.Node{Id: "n"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("delta stream ended with %v; want InvalidArgument", err)
+	}
+	waitUntil(t, "no group left", func() bool { return len(c.Groups()) == 0 })
+}
+
+// TestGroupForgotten: a gateway group exists while one of its Envoys is connected.
+func TestGroupForgotten(t *testing.T) {
+	c := New(Options{})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	conn := serve(t, c)
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "n", Cluster: "edge"}})
+	if r := s.next(t, "clusters"); len(r.GetResources()) != 1 || r.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
+		t.Fatalf("response %v", r)
+	}
+	if g := c.Groups(); !slices.Equal(g, []string{"edge"}) {
+		t.Fatalf("groups %v; want [edge]", g)
+	}
+	s.cancel()
+	waitUntil(t, "group edge forgotten after its last stream", func() bool { return len(c.Groups()) == 0 })
+}
+
+// TestInitialSyncsBounded: with two slots, a third Envoy's first response waits until one of
+// the first two ACKs; an ACK that changes nothing is not answered, and a change reaches all.
+func TestInitialSyncsBounded(t *testing.T) {
+	c := New(Options{MaxInitialSyncs: 2})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	conn := serve(t, c)
+	var streams []*sotwStream
+	for i := range 3 {
+		s := openSotW(t, conn)
+		s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: string(rune('a' + i))}})
+		streams = append(streams, s)
+	}
+	queued := func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		n := 0
+		for _, w := range c.queue {
+			if w.queued {
+				n++
+			}
+		}
+		return n
+	}
+	waitUntil(t, "two syncs in flight and one queued", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.inflight == 2
+	})
+	waitUntil(t, "one queued", func() bool { return queued() == 1 })
+	// Two responses are on their way; the third stream's is not.
+	got := map[*sotwStream]*discovery.DiscoveryResponse{}
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 2 && time.Now().Before(deadline); {
+		for _, s := range streams {
+			select {
+			case r := <-s.resp:
+				got[s] = r
+			default:
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var first []*sotwStream
+	var waiting *sotwStream
+	for _, s := range streams {
+		if got[s] != nil {
+			first = append(first, s)
+		} else {
+			waiting = s
+		}
+	}
+	if len(first) != 2 || waiting == nil {
+		t.Fatalf("%d streams answered before any ACK; want 2", len(first))
+	}
+	if queued() != 1 {
+		t.Fatal("the third stream is no longer queued, yet no slot was freed")
+	}
+	r := got[first[0]]
+	first[0].send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
+	if got := waiting.next(t, "the queued Envoy's first response after an ACK freed a slot"); len(got.GetResources()) != 1 {
+		t.Errorf("queued Envoy got %d clusters; want 1", len(got.GetResources()))
+	}
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second)}})
+	if got := first[0].next(t, "the change"); got.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
+		t.Errorf("change delivered with version %s; want %s", got.GetVersionInfo(), c.Versions()[resourcev3.ClusterType])
+	}
+}
+
+func cla(name string, port uint32) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Address: "10.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}}}}}}}}
+}
+
+// TestSotWPushes holds the two Envoy rules a SotW push relies on. Clusters (and listeners) are
+// sent whole: Envoy's WatchMap::onConfigUpdate hands the single wildcard watch every update,
+// and CDS removes a cluster missing from it. Endpoints (and routes) are sent as they change:
+// WatchMap gives the watch of an assignment left out an empty update, which
+// EdsClusterImpl::onConfigUpdate (and RdsRouteConfigSubscription) ignores.
+func TestSotWPushes(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{
+			resourcev3.ClusterType:  {cluster("a", time.Second), cluster("b", time.Duration(port)*time.Millisecond)},
+			resourcev3.EndpointType: {cla("a", 5000), cla("b", port)},
+		}
+	}
+	update(t, c, res(5001))
+	conn := serve(t, c)
+	s := openSotW(t, conn)
+	node := &corev3.Node{Id: "n"}
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node})
+	cds := s.next(t, "clusters")
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: cds.GetNonce()})
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"a", "b"}})
+	eds := s.next(t, "endpoints")
+	if len(eds.GetResources()) != 2 {
+		t.Fatalf("first endpoints response has %d assignments; want 2", len(eds.GetResources()))
+	}
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: eds.GetVersionInfo(), ResponseNonce: eds.GetNonce(), ResourceNames: []string{"a", "b"}})
+
+	v := update(t, c, res(5002)) // b's cluster and assignment change
+	got := map[string]*discovery.DiscoveryResponse{}
+	for len(got) < 2 {
+		r := s.next(t, "the change")
+		got[r.GetTypeUrl()] = r
+	}
+	if r := got[resourcev3.ClusterType]; len(r.GetResources()) != 2 || r.GetVersionInfo() != v[resourcev3.ClusterType] {
+		t.Errorf("cluster push: %d clusters, version %s; want both clusters, version %s", len(r.GetResources()), r.GetVersionInfo(), v[resourcev3.ClusterType])
+	}
+	r := got[resourcev3.EndpointType]
+	if len(r.GetResources()) != 1 || r.GetVersionInfo() != v[resourcev3.EndpointType] {
+		t.Fatalf("endpoint push: %d assignments, version %s; want only b's, version %s", len(r.GetResources()), r.GetVersionInfo(), v[resourcev3.EndpointType])
+	}
+	var b endpointv3.ClusterLoadAssignment
+	if err := r.GetResources()[0].UnmarshalTo(&b); err != nil || b.GetClusterName() != "b" {
+		t.Errorf("endpoint push carries %q (%v); want b", b.GetClusterName(), err)
+	}
+}
+
+// deltaStream is a raw delta ADS stream whose responses arrive on a channel.
+type deltaStream struct {
+	s    discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	resp chan *discovery.DeltaDiscoveryResponse
+	err  chan error
+}
+
+func openDelta(t *testing.T, conn *grpc.ClientConn) *deltaStream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &deltaStream{s: s, resp: make(chan *discovery.DeltaDiscoveryResponse, 16), err: make(chan error, 1)}
+	go func() {
+		for {
+			r, err := s.Recv()
+			if err != nil {
+				d.err <- err
+				return
+			}
+			d.resp <- r
+		}
+	}()
+	return d
+}
+
+func (d *deltaStream) send(t *testing.T, req *discovery.DeltaDiscoveryRequest) {
+	t.Helper()
+	if err := d.s.Send(req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// next returns the next response, ACKed.
+func (d *deltaStream) next(t *testing.T, what string) (names, removed []string) {
+	t.Helper()
+	select {
+	case r := <-d.resp:
+		for _, res := range r.GetResources() {
+			names = append(names, res.GetName())
+		}
+		d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
+		return names, r.GetRemovedResources()
+	case err := <-d.err:
+		t.Fatalf("%s: stream ended: %v", what, err)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: no response within 10 s", what)
+	}
+	return nil, nil
+}
+
+// TestDeltaSubscriptions follows one delta Envoy's endpoint subscription through the changes
+// Envoy makes to it and the changes the registry makes to the resources: it is sent exactly
+// what it subscribes to and lacks, and told of removals. The wildcard cluster subscription
+// resumes from initial_resource_versions: a cluster it holds at the current version is not
+// sent, one that no longer exists is removed.
+func TestDeltaSubscriptions(t *testing.T) {
+	c := New(Options{})
+	res := func(clas ...*endpointv3.ClusterLoadAssignment) map[string][]types.Resource {
+		m := map[string][]types.Resource{resourcev3.ClusterType: {cluster("a", time.Second)}}
+		for _, x := range clas {
+			m[resourcev3.EndpointType] = append(m[resourcev3.EndpointType], x)
+		}
+		return m
+	}
+	update(t, c, res(cla("a", 1), cla("b", 1)))
+	conn := serve(t, c)
+	d := openDelta(t, conn)
+	node := &corev3.Node{Id: "n"}
+
+	// Clusters: "a" held at its current version, "gone" held but gone.
+	var aVersion string
+	c.mu.Lock()
+	aVersion = c.types[typeIndex(resourcev3.ClusterType)].entries["a"].version
+	c.mu.Unlock()
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node,
+		InitialResourceVersions: map[string]string{"a": aVersion, "gone": "v0"}})
+	if names, removed := d.next(t, "clusters"); len(names) != 0 || !slices.Equal(removed, []string{"gone"}) {
+		t.Errorf("cluster resume: sent %v, removed %v; want nothing sent, gone removed", names, removed)
+	}
+
+	expect := func(what string, wantNames, wantRemoved []string) {
+		t.Helper()
+		names, removed := d.next(t, what)
+		slices.Sort(names)
+		if !slices.Equal(names, wantNames) || !slices.Equal(removed, wantRemoved) {
+			t.Errorf("%s: sent %v, removed %v; want %v, %v", what, names, removed, wantNames, wantRemoved)
+		}
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a", "b", "c"}})
+	expect("first endpoints", []string{"a", "b"}, nil)
+
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesUnsubscribe: []string{"b"}})
+	// Nothing answers an unsubscription: wait for the server to re-arm the watch without b.
+	waitUntil(t, "b unsubscribed", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, st := range c.streams {
+			// Armed: the server edits names only after cancelling, which takes c.mu.
+			if w := st.watchers[typeIndex(resourcev3.EndpointType)]; w != nil && w.armed {
+				_, ok := w.names["b"]
+				return !ok
+			}
+		}
+		return false
+	})
+	update(t, c, res(cla("a", 1), cla("b", 2))) // b changes, but is no longer subscribed
+	update(t, c, res(cla("a", 2), cla("b", 2)))
+	expect("a changed", []string{"a"}, nil)
+
+	update(t, c, res(cla("a", 2), cla("b", 2), cla("c", 1)))
+	expect("c appears", []string{"c"}, nil)
+
+	update(t, c, res(cla("b", 2), cla("c", 1)))
+	expect("a removed", nil, []string{"a"})
+
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}})
+	expect("b subscribed again", []string{"b"}, nil)
+
+	select {
+	case r := <-d.resp:
+		t.Errorf("unexpected response %v", r)
+	default:
+	}
+}
+
+// TestACKIsConstantWork: an ACK re-arms a delta watch with the same allocations whether the
+// Envoy subscribes to 10 assignments or 2,000 (LinearCache's re-arm walked all of them).
+func TestACKIsConstantWork(t *testing.T) {
+	allocs := func(n int) float64 {
+		c := New(Options{})
+		names := make([]string, n)
+		all := make([]types.Resource, n)
+		for i := range names {
+			names[i] = "svc" + strconv.Itoa(i)
+			all[i] = cla(names[i], 5000)
+		}
+		update(t, c, map[string][]types.Resource{resourcev3.EndpointType: all})
+		cb := c.Callbacks(nil)
+		if err := cb.OnDeltaStreamOpen(context.Background(), 1, resourcev3.AnyType); err != nil {
+			t.Fatal(err)
+		}
+		sub := streamv3.NewDeltaSubscription(names, nil, nil, false)
+		ch := make(chan cachev3.DeltaResponse, 1)
+		arm := func(req *discovery.DeltaDiscoveryRequest) func() {
+			if err := cb.OnStreamDeltaRequest(1, req); err != nil {
+				t.Fatal(err)
+			}
+			cancel, err := c.CreateDeltaWatch(req, &sub, ch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cancel
+		}
+		cancel := arm(&discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNamesSubscribe: names})
+		resp := <-ch
+		if r, _ := resp.GetDeltaDiscoveryResponse(); len(r.GetResources()) != n {
+			t.Fatalf("first response has %d assignments; want %d", len(r.GetResources()), n)
+		}
+		sub.SetReturnedResources(resp.GetReturnedResources())
+		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: "1"}
+		a := testing.AllocsPerRun(200, func() {
+			cancel()
+			cancel = arm(ack)
+		})
+		select {
+		case r := <-ch:
+			t.Fatalf("an ACK was answered: %v", r)
+		default:
+		}
+		return a
+	}
+	small, large := allocs(10), allocs(2000)
+	if large > small {
+		t.Errorf("an ACK allocates %v times with 2,000 names, %v with 10; want no more", large, small)
+	}
+	t.Logf("allocations per ACK: %v (10 names), %v (2,000 names)", small, large)
+}

@@ -1,0 +1,629 @@
+package xdscache
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// streamKey names a stream: go-control-plane numbers SotW and delta streams apart.
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+// stream is one Envoy's stream, from its open to its close.
+type stream struct {
+	key      streamKey
+	group    *group // set by the first request, which names the node
+	watchers [4]*watcher
+	// The request seen by the callbacks and not yet watched (at most one: the server calls
+	// CreateWatch right after the callback, or drops a stale-nonce request).
+	sotwReq  *discovery.DiscoveryRequest
+	deltaReq *discovery.DeltaDiscoveryRequest
+}
+
+// group is a gateway group: the streams of one node cluster, indexed by what they subscribe.
+type group struct {
+	name    string
+	streams int
+	subs    [4]map[string]map[*watcher]struct{} // type -> name -> watchers subscribed by name
+	wild    [4]map[*watcher]struct{}            // type -> wildcard watchers
+}
+
+// watcher is one stream's subscription to one type; it outlives the go-control-plane watches
+// that arm it, one per request.
+type watcher struct {
+	st       *stream
+	t        int
+	delta    bool
+	wildcard bool
+	// names are the names subscribed: the server's own map, never written here. The SotW
+	// server makes a new one per request; the delta server edits its map in place, between
+	// cancelling a watch and creating the next.
+	names map[string]struct{}
+	// lastNames are the resource_names of the last SotW request: an ACK repeating them
+	// changes nothing.
+	lastNames []string
+	// held is what a delta Envoy holds, name -> version sent: the map the server keeps as the
+	// subscription's ReturnedResources. A SotW watcher keeps none: it sends what changed
+	// (an A -> B -> A change while it is unarmed sends A again, which Envoy takes as no change).
+	held       map[string]string
+	sent       string              // SotW full-state types: the type version last sent
+	pending    map[string]struct{} // names changed since the last response, all subscribed
+	pendingAll bool                // every subscribed name (and held one) is pending: a first sync
+	answered   bool                // a first response was sent
+	removed    bool                // its stream closed
+	queued     bool                // waits for an initial-sync slot
+	slot       *time.Timer         // set while holding an initial-sync slot
+	epoch      uint64              // last notify that found it
+
+	armed      bool
+	gen        uint64 // arming count: a cancel only disarms its own arming
+	replyEmpty bool   // answer the armed request even with nothing to send
+	sreq       *discovery.DiscoveryRequest
+	sch        chan cachev3.Response
+	dreq       *discovery.DeltaDiscoveryRequest
+	dch        chan cachev3.DeltaResponse
+}
+
+func (w *watcher) subscribed(name string) bool {
+	if w.wildcard {
+		return true
+	}
+	_, ok := w.names[name]
+	return ok
+}
+
+// open registers a stream.
+func (c *Cache) open(key streamKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.streams[key] = &stream{key: key}
+}
+
+// closeStream forgets a stream, its watchers and, with its last stream, its group.
+func (c *Cache) closeStream(key streamKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.streams[key]
+	if st == nil {
+		return
+	}
+	delete(c.streams, key)
+	if st.sotwReq != nil {
+		delete(c.sotwReqs, st.sotwReq)
+	}
+	if st.deltaReq != nil {
+		delete(c.deltaReqs, st.deltaReq)
+	}
+	freed := false
+	for _, w := range st.watchers {
+		if w == nil {
+			continue
+		}
+		w.removed = true
+		c.unindex(w)
+		c.disarm(w)
+		if w.slot != nil {
+			w.slot.Stop()
+			w.slot = nil
+			c.inflight--
+			freed = true
+		}
+	}
+	if g := st.group; g != nil {
+		if g.streams--; g.streams == 0 {
+			delete(c.groups, g.name)
+		}
+	}
+	if freed {
+		c.pump()
+	}
+}
+
+// bind records which stream a request came on, for the CreateWatch that follows.
+func (c *Cache) bindSotw(id int64, req *discovery.DiscoveryRequest) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.streams[streamKey{false, id}]
+	if st == nil {
+		return fmt.Errorf("stream %d is not open", id)
+	}
+	if st.sotwReq != nil {
+		delete(c.sotwReqs, st.sotwReq)
+	}
+	st.sotwReq = req
+	c.sotwReqs[req] = st
+	c.join(st, req.GetNode())
+	return nil
+}
+
+func (c *Cache) bindDelta(id int64, req *discovery.DeltaDiscoveryRequest) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.streams[streamKey{true, id}]
+	if st == nil {
+		return fmt.Errorf("delta stream %d is not open", id)
+	}
+	if st.deltaReq != nil {
+		delete(c.deltaReqs, st.deltaReq)
+	}
+	st.deltaReq = req
+	c.deltaReqs[req] = st
+	c.join(st, req.GetNode())
+	return nil
+}
+
+// join puts a stream in its node's group, once.
+func (c *Cache) join(st *stream, node *core.Node) {
+	if st.group != nil {
+		return
+	}
+	name := node.GetCluster()
+	if c.opts.GroupOf != nil {
+		name = c.opts.GroupOf(name)
+	}
+	g := c.groups[name]
+	if g == nil {
+		g = &group{name: name}
+		c.groups[name] = g
+	}
+	g.streams++
+	st.group = g
+}
+
+// CreateWatch arms a SotW watch. An ACK that changes nothing costs O(1) beyond comparing its
+// resource names with the last request's (which the server has already decoded and copied).
+func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	t := typeIndex(req.GetTypeUrl())
+	if t < 0 {
+		return nil, fmt.Errorf("type %q is not served", req.GetTypeUrl())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.sotwReqs[req]
+	if st == nil {
+		return nil, fmt.Errorf("request for %s was not seen by the cache's callbacks", req.GetTypeUrl())
+	}
+	delete(c.sotwReqs, req)
+	st.sotwReq = nil
+	w := st.watchers[t]
+	if w == nil {
+		w = &watcher{st: st, t: t, pending: map[string]struct{}{}}
+		st.watchers[t] = w
+		c.resubscribe(w, sub.IsWildcard(), sub.SubscribedResources())
+	} else {
+		c.releaseSlot(w)
+		if w.wildcard != sub.IsWildcard() || !slices.Equal(w.lastNames, req.GetResourceNames()) {
+			c.resubscribe(w, sub.IsWildcard(), sub.SubscribedResources())
+		}
+	}
+	w.lastNames = req.GetResourceNames()
+	w.armed, w.sreq, w.sch = true, req, ch
+	w.gen++
+	w.replyEmpty = !w.answered && req.GetVersionInfo() == ""
+	// Full-state types go by version (a change while unarmed leaves no pending names).
+	if ts := c.types[t]; !w.answered || w.hasPending() || (ts.full && w.sent != ts.version) {
+		c.respond(w)
+	}
+	return c.canceller(w), nil
+}
+
+// CreateDeltaWatch arms a delta watch. An ACK (no subscription change) costs O(1); a
+// subscription change costs O(names it changes).
+func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
+	t := typeIndex(req.GetTypeUrl())
+	if t < 0 {
+		return nil, fmt.Errorf("type %q is not served", req.GetTypeUrl())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.deltaReqs[req]
+	if st == nil {
+		return nil, fmt.Errorf("delta request for %s was not seen by the cache's callbacks", req.GetTypeUrl())
+	}
+	delete(c.deltaReqs, req)
+	st.deltaReq = nil
+	w := st.watchers[t]
+	switch {
+	case w == nil:
+		w = &watcher{st: st, t: t, delta: true, held: sub.ReturnedResources(), pending: map[string]struct{}{}}
+		if w.held == nil {
+			w.held = map[string]string{}
+		}
+		st.watchers[t] = w
+		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
+	case w.wildcard != sub.IsWildcard():
+		c.releaseSlot(w)
+		// The server has already edited the names: forget this request's unsubscriptions
+		// first, then the rest.
+		for _, n := range req.GetResourceNamesUnsubscribe() {
+			c.unindexName(w, n)
+		}
+		w.held = sub.ReturnedResources()
+		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
+	default:
+		c.releaseSlot(w)
+		// The server has already added and removed these names in w.names; indexing is
+		// idempotent.
+		for _, n := range req.GetResourceNamesSubscribe() {
+			if n != "*" {
+				c.indexName(w, n)
+				w.pending[n] = struct{}{}
+			}
+		}
+		for _, n := range req.GetResourceNamesUnsubscribe() {
+			c.unindexName(w, n)
+			if w.wildcard {
+				w.pending[n] = struct{}{} // resent or removed, as the protocol asks
+			} else {
+				delete(w.pending, n)
+			}
+		}
+	}
+	w.armed, w.dreq, w.dch = true, req, ch
+	w.gen++
+	w.replyEmpty = w.wildcard && req.GetResponseNonce() == ""
+	if !w.answered || w.hasPending() || w.replyEmpty {
+		c.respond(w)
+	}
+	return c.canceller(w), nil
+}
+
+// canceller returns the cancel of w's current arming. It always takes the lock: the server
+// edits a delta subscription's map right after cancelling, and the lock orders that edit
+// after this cache's last write.
+func (c *Cache) canceller(w *watcher) func() {
+	gen := w.gen
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if w.gen == gen {
+			c.disarm(w)
+		}
+	}
+}
+
+func (c *Cache) disarm(w *watcher) {
+	w.armed, w.sreq, w.sch, w.dreq, w.dch = false, nil, nil, nil, nil
+}
+
+// resubscribe sets a SotW watcher's subscription from the request's full list of names.
+func (c *Cache) resubscribe(w *watcher, wildcard bool, names map[string]struct{}) {
+	if w.names == nil || w.wildcard != wildcard {
+		c.setWhole(w, wildcard, names)
+		return
+	}
+	changed := false
+	for n := range names {
+		if _, ok := w.names[n]; !ok {
+			c.indexName(w, n)
+			w.pending[n] = struct{}{}
+			changed = true
+		}
+	}
+	for n := range w.names {
+		if _, ok := names[n]; !ok {
+			c.unindexName(w, n)
+			delete(w.pending, n)
+			changed = true
+		}
+	}
+	w.names = names
+	if changed && c.types[w.t].full {
+		w.sent = "" // the full-state body changes with the names
+	}
+}
+
+// setWhole replaces a watcher's subscription and marks everything it may hold or want.
+func (c *Cache) setWhole(w *watcher, wildcard bool, names map[string]struct{}) {
+	if w.names != nil {
+		c.unindex(w)
+	}
+	resetPending(w)
+	w.wildcard, w.names = wildcard, names
+	if w.names == nil {
+		w.names = map[string]struct{}{}
+	}
+	c.index(w)
+	if !w.delta && c.types[w.t].full {
+		w.sent = "" // full-state responses go by version: send again
+		return
+	}
+	w.pendingAll = true
+	if !wildcard {
+		for n := range w.held {
+			if !w.subscribed(n) {
+				delete(w.held, n) // an initial version of a name not subscribed: forget it
+			}
+		}
+	}
+}
+
+func (c *Cache) index(w *watcher) {
+	g := w.st.group
+	if w.wildcard {
+		if g.wild[w.t] == nil {
+			g.wild[w.t] = map[*watcher]struct{}{}
+		}
+		g.wild[w.t][w] = struct{}{}
+		return
+	}
+	for n := range w.names {
+		c.indexName(w, n)
+	}
+}
+
+func (c *Cache) unindex(w *watcher) {
+	g := w.st.group
+	delete(g.wild[w.t], w)
+	for n := range w.names {
+		c.unindexName(w, n)
+	}
+}
+
+func (c *Cache) indexName(w *watcher, n string) {
+	if w.wildcard {
+		return
+	}
+	g := w.st.group
+	if g.subs[w.t] == nil {
+		g.subs[w.t] = map[string]map[*watcher]struct{}{}
+	}
+	ws := g.subs[w.t][n]
+	if ws == nil {
+		ws = map[*watcher]struct{}{}
+		g.subs[w.t][n] = ws
+	}
+	ws[w] = struct{}{}
+}
+
+func (c *Cache) unindexName(w *watcher, n string) {
+	g := w.st.group
+	if ws := g.subs[w.t][n]; ws != nil {
+		delete(ws, w)
+		if len(ws) == 0 {
+			delete(g.subs[w.t], n)
+		}
+	}
+}
+
+// notify records that names of type t changed and answers the armed watchers among their
+// subscribers: O(subscribers of the changed names + wildcard watchers).
+func (c *Cache) notify(t int, changed []string) {
+	if len(changed) == 0 {
+		return
+	}
+	full := c.types[t].full
+	var dirty []*watcher
+	mark := func(w *watcher, n string) {
+		if w.epoch != c.epochNow {
+			w.epoch = c.epochNow
+			dirty = append(dirty, w)
+		}
+		if w.delta || !full {
+			w.pending[n] = struct{}{}
+		}
+	}
+	c.epochNow++
+	for _, g := range c.groups {
+		subs := g.subs[t]
+		for _, n := range changed {
+			for w := range subs[n] {
+				mark(w, n)
+			}
+		}
+		for w := range g.wild[t] {
+			for _, n := range changed {
+				mark(w, n)
+			}
+		}
+	}
+	for _, w := range dirty {
+		if w.armed {
+			c.respond(w)
+		}
+	}
+}
+
+// respond answers an armed watcher with what it lacks, if anything. A first response waits
+// for an initial-sync slot.
+func (c *Cache) respond(w *watcher) {
+	if !w.answered && w.slot == nil && c.inflight >= c.opts.MaxInitialSyncs {
+		if !w.queued {
+			w.queued = true
+			c.queue = append(c.queue, w)
+		}
+		return
+	}
+	ts := c.types[w.t]
+	var sent bool
+	if w.delta {
+		sent = c.respondDelta(w, ts)
+	} else {
+		sent = c.respondSotw(w, ts)
+	}
+	if sent && !w.answered {
+		w.answered = true
+		c.takeSlot(w)
+	}
+}
+
+func (w *watcher) hasPending() bool { return w.pendingAll || len(w.pending) > 0 }
+
+// pendingNames returns w's pending names, sorted, and clears them. A first sync (pendingAll)
+// lists every name subscribed (every name of the type, for a wildcard) and every name held,
+// without keeping a copy of them in the meantime.
+func pendingNames(w *watcher, ts *typeState) []string {
+	var names []string
+	if w.pendingAll {
+		all := ts.names
+		if !w.wildcard {
+			all = nil
+			for n := range w.names {
+				all = append(all, n)
+			}
+		}
+		names = make([]string, 0, len(all)+len(w.held)+len(w.pending))
+		names = append(names, all...)
+		for n := range w.held {
+			names = append(names, n)
+		}
+		w.pendingAll = false
+	} else {
+		names = make([]string, 0, len(w.pending))
+	}
+	for n := range w.pending {
+		names = append(names, n)
+	}
+	resetPending(w)
+	sort.Strings(names)
+	return slices.Compact(names)
+}
+
+// resetPending empties w's pending names. A map that held many (a first sync) is dropped, not
+// cleared: ranging over a cleared map still costs its capacity, every push.
+func resetPending(w *watcher) {
+	if len(w.pending) > 32 {
+		w.pending = map[string]struct{}{}
+		return
+	}
+	clear(w.pending)
+}
+
+func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
+	var body []*anypb.Any
+	if ts.full {
+		resetPending(w)
+		w.pendingAll = false
+		if w.answered && w.sent == ts.version {
+			return false
+		}
+		if w.wildcard {
+			body = ts.all
+		} else {
+			names := make([]string, 0, len(w.names))
+			for n := range w.names {
+				if ts.entries[n] != nil {
+					names = append(names, n)
+				}
+			}
+			sort.Strings(names)
+			body = make([]*anypb.Any, len(names))
+			for i, n := range names {
+				body[i] = ts.entries[n].any
+			}
+		}
+	} else {
+		for _, n := range pendingNames(w, ts) {
+			if e := ts.entries[n]; e != nil {
+				body = append(body, e.any)
+			}
+		}
+		if len(body) == 0 && !w.replyEmpty {
+			return false
+		}
+	}
+	resp := &cachev3.PassthroughResponse{Request: w.sreq, DiscoveryResponse: &discovery.DiscoveryResponse{
+		VersionInfo: ts.version, Resources: body, TypeUrl: ts.url}}
+	select {
+	case w.sch <- resp:
+	default:
+		// Cannot happen: a watch is answered once and its channel holds one response.
+		c.opts.Logger.Error().Str("type", ts.url).Msg("xDS watch channel full; response dropped")
+		return false
+	}
+	w.sent = ts.version
+	c.disarm(w)
+	return true
+}
+
+func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
+	names := pendingNames(w, ts)
+	var res []*discovery.Resource
+	var removed []string
+	for _, n := range names {
+		if e := ts.entries[n]; e != nil {
+			if v, ok := w.held[n]; !ok || v != e.version {
+				res = append(res, e.dres)
+			}
+		} else if _, ok := w.held[n]; ok {
+			removed = append(removed, n)
+		}
+	}
+	if len(res) == 0 && len(removed) == 0 && !w.replyEmpty {
+		return false
+	}
+	resp := &cachev3.DeltaPassthroughResponse{DeltaRequest: w.dreq, NextVersionMap: w.held,
+		DeltaDiscoveryResponse: &discovery.DeltaDiscoveryResponse{Resources: res, RemovedResources: removed,
+			TypeUrl: ts.url, SystemVersionInfo: ts.version}}
+	select {
+	case w.dch <- resp:
+	default:
+		// Cannot happen: the server's channel holds two responses per type, and a watch is
+		// answered once.
+		c.opts.Logger.Error().Str("type", ts.url).Msg("delta xDS channel full; response dropped")
+		for _, n := range names {
+			w.pending[n] = struct{}{}
+		}
+		return false
+	}
+	// The server reads this map only after cancelling the watch, which takes c.mu.
+	for _, r := range res {
+		w.held[r.GetName()] = r.GetVersion()
+	}
+	for _, n := range removed {
+		delete(w.held, n)
+	}
+	w.sent = ts.version
+	c.disarm(w)
+	return true
+}
+
+// takeSlot gives w an initial-sync slot until its ACK, its stream's end or SlotTimeout.
+func (c *Cache) takeSlot(w *watcher) {
+	c.inflight++
+	var tm *time.Timer
+	tm = time.AfterFunc(c.opts.SlotTimeout, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if w.slot == tm {
+			c.freeSlot(w)
+		}
+	})
+	w.slot = tm
+}
+
+// releaseSlot frees w's slot once its first response is answered (ACK or NACK).
+func (c *Cache) releaseSlot(w *watcher) {
+	if w.slot != nil && w.answered {
+		c.freeSlot(w)
+	}
+}
+
+func (c *Cache) freeSlot(w *watcher) {
+	w.slot.Stop()
+	w.slot = nil
+	c.inflight--
+	c.pump()
+}
+
+// pump answers queued first responses while slots are free.
+func (c *Cache) pump() {
+	for c.inflight < c.opts.MaxInitialSyncs && len(c.queue) > 0 {
+		w := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		w.queued = false
+		if w.armed && !w.removed {
+			c.respond(w)
+		}
+	}
+}
