@@ -27,7 +27,8 @@ const (
 	LoadCgroup  = "cgroup"  // a cgroup v2 directory, normally the container's own.
 )
 
-// Config is everything Run needs. Zero durations are not defaults: the binary fills them.
+// Config is everything Run needs. Zero durations are not defaults: start from DefaultConfig,
+// whose values the binary's flags show and override.
 type Config struct {
 	Etcd    clientv3.Config
 	Prefix  string
@@ -67,6 +68,23 @@ type Config struct {
 	// MetricsAddr serves /metrics and /healthz: host:port, or MetricsAuto ("auto", or
 	// "host:auto") for the first free port from MetricsPortFirst; empty disables it.
 	MetricsAddr string
+}
+
+// DefaultConfig is the agent's default configuration; Etcd, Service and Port are the
+// caller's to set.
+func DefaultConfig() Config {
+	return Config{
+		Prefix:       registry.DefaultPrefix,
+		Labels:       map[string]string{},
+		ProbeTimeout: 2 * time.Second,
+		CgroupDir:    "/sys/fs/cgroup",
+		TTL:          10 * time.Second,
+		Interval:     2 * time.Second,
+		Heartbeat:    30 * time.Second,
+		DrainTimeout: 10 * time.Minute,
+		DrainSettle:  time.Second,
+		MetricsAddr:  MetricsAuto,
+	}
 }
 
 // The automatic metrics port: the first free one of MetricsPortCount ports from

@@ -85,9 +85,31 @@ const (
 	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
 )
 
+// DefaultConfig is the control plane's default configuration: embedded etcd in tether-data,
+// the default addresses and timings. The binary's flags show and override it; Start also
+// gives the zero fields of a partial Config these values.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:           "tether-data",
+		EmbeddedClientURL: DefaultEmbeddedClientURL,
+		EmbeddedPeerURL:   DefaultEmbeddedPeerURL,
+		Prefix:            registry.DefaultPrefix,
+		XDSAddr:           DefaultXDSAddr,
+		AdminAddr:         DefaultAdminAddr,
+		ListenPort:        DefaultListenPort,
+		CoalesceQuiet:     DefaultCoalesceQuiet,
+		CoalesceMax:       DefaultCoalesceMax,
+		HoldShare:         DefaultHoldShare,
+		HoldGrace:         DefaultHoldGrace,
+		HoldWindow:        DefaultHoldWindow,
+		ShutdownTimeout:   10 * time.Second,
+	}
+}
+
 func (c *Config) withDefaults() error {
+	d := DefaultConfig()
 	if c.Prefix == "" {
-		c.Prefix = registry.DefaultPrefix
+		c.Prefix = d.Prefix
 	}
 	p, err := registry.NormalizePrefix(c.Prefix)
 	if err != nil {
@@ -95,49 +117,49 @@ func (c *Config) withDefaults() error {
 	}
 	c.Prefix = p
 	if c.XDSAddr == "" {
-		c.XDSAddr = DefaultXDSAddr
+		c.XDSAddr = d.XDSAddr
 	}
 	if c.AdminAddr == "" {
-		c.AdminAddr = DefaultAdminAddr
+		c.AdminAddr = d.AdminAddr
 	}
 	if c.ListenPort == 0 {
-		c.ListenPort = DefaultListenPort
+		c.ListenPort = d.ListenPort
 	}
 	if c.ListenPort > 65535 {
 		return fmt.Errorf("--envoy-listen-port: %d is not a port (1-65535)", c.ListenPort)
 	}
 	if c.EmbeddedClientURL == "" {
-		c.EmbeddedClientURL = DefaultEmbeddedClientURL
+		c.EmbeddedClientURL = d.EmbeddedClientURL
 	}
 	if c.EmbeddedPeerURL == "" {
-		c.EmbeddedPeerURL = DefaultEmbeddedPeerURL
+		c.EmbeddedPeerURL = d.EmbeddedPeerURL
 	}
 	if c.DataDir == "" {
-		c.DataDir = "tether-data"
+		c.DataDir = d.DataDir
 	}
 	if c.CoalesceQuiet <= 0 {
-		c.CoalesceQuiet = DefaultCoalesceQuiet
+		c.CoalesceQuiet = d.CoalesceQuiet
 	}
 	if c.CoalesceMax <= 0 {
-		c.CoalesceMax = DefaultCoalesceMax
+		c.CoalesceMax = d.CoalesceMax
 	}
 	if c.CoalesceMax < c.CoalesceQuiet {
 		return fmt.Errorf("--coalesce-max (%s) must not be shorter than --coalesce-quiet (%s)", c.CoalesceMax, c.CoalesceQuiet)
 	}
 	if c.HoldShare == 0 {
-		c.HoldShare = DefaultHoldShare
+		c.HoldShare = d.HoldShare
 	}
 	if c.HoldShare > 1 {
 		return fmt.Errorf("--hold-share: %g must be between 0 and 1 (a share of a service's instances), or negative to disable", c.HoldShare)
 	}
 	if c.HoldGrace <= 0 {
-		c.HoldGrace = DefaultHoldGrace
+		c.HoldGrace = d.HoldGrace
 	}
 	if c.HoldWindow <= 0 {
-		c.HoldWindow = DefaultHoldWindow
+		c.HoldWindow = d.HoldWindow
 	}
 	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = 10 * time.Second
+		c.ShutdownTimeout = d.ShutdownTimeout
 	}
 	return nil
 }
