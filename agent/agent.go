@@ -50,13 +50,10 @@ type runner struct {
 	draining      bool
 	current       registry.Instance // last evaluated value
 
-	lease         clientv3.LeaseID
-	leaseAlive    bool
-	leaseLost     <-chan struct{}
-	stopKeepAlive context.CancelFunc
-	registered    bool
-	written       registry.Instance
-	writtenAt     time.Time
+	lease      lease
+	registered bool
+	written    registry.Instance
+	writtenAt  time.Time
 }
 
 // Run registers the instance and keeps it up to date until ctx is canceled, then drains:
@@ -91,13 +88,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer cli.Close()
+	opTimeout := min(max(cfg.TTL/2, time.Second), 5*time.Second)
 	r := &runner{
 		cfg: cfg, prefix: prefix, key: registry.InstanceKey(prefix, cfg.Service, cfg.ID), log: log, cli: cli,
 		m:         newMetrics(cfg.Service, cfg.ID),
 		probe:     prober{client: &http.Client{Timeout: cfg.ProbeTimeout}},
 		load:      load,
 		adm:       admission{th: cfg.Thresholds},
-		opTimeout: min(max(cfg.TTL/2, time.Second), 5*time.Second),
+		opTimeout: opTimeout,
+		lease:     lease{cli: cli, ttl: cfg.TTL, opTimeout: opTimeout},
 		startedAt: time.Now().UTC(),
 		failing:   map[string]bool{},
 		drains:    newDrainWatch(cli, prefix, cfg.Service, log),
@@ -211,8 +210,9 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			return r.deregister(bg, "second signal")
 		case <-drainDeadline:
 			return r.deregister(bg, "drain timeout")
-		case <-r.leaseLost:
-			r.leaseLost, r.leaseAlive, force = nil, false, true
+		case <-r.lease.Done():
+			r.lease.keepAliveLost()
+			force = true
 			r.log.Warn().Msg("lease keep-alive lost; registering again")
 		case <-retry.C:
 			force = true
@@ -323,7 +323,7 @@ func (r *runner) checkHeld(ctx context.Context, held *heldWatch) (retryNow bool,
 // sync brings etcd up to date with r.current: registration when needed, else a write when
 // the change is past the dead band or the heartbeat is due.
 func (r *runner) sync(ctx context.Context) error {
-	if !r.leaseAlive || !r.registered {
+	if !r.lease.Alive() || !r.registered {
 		return r.ensureRegistered(ctx, r.current)
 	}
 	cause := writeReason(r.written, r.current, time.Since(r.writtenAt), r.cfg.Heartbeat)
@@ -348,9 +348,9 @@ func (r *runner) deregister(ctx context.Context, why string) error {
 		log = log.Int("sessions", r.lastLoad.Sessions)
 	}
 	log.Msg("drain finished; removing the instance")
-	if r.registered && r.leaseAlive {
+	if r.registered && r.lease.Alive() {
 		octx, cancel := context.WithTimeout(ctx, r.opTimeout)
-		err := registry.DeleteInstance(octx, r.cli, r.prefix, r.cfg.Service, r.cfg.ID, r.lease)
+		err := registry.DeleteInstance(octx, r.cli, r.prefix, r.cfg.Service, r.cfg.ID, r.lease.ID())
 		cancel()
 		if err != nil {
 			r.m.etcdErrors.WithLabelValues("delete").Inc()

@@ -92,7 +92,10 @@ func start(t *testing.T, cfg agent.Config) *running {
 			close(r.skip)
 		}
 		select {
-		case <-r.done:
+		case err := <-r.done:
+			if err != nil {
+				t.Logf("agent stopped: %v", err)
+			}
 		case <-time.After(10 * time.Second):
 			t.Error("agent did not stop within 10s of cleanup")
 		}
@@ -690,7 +693,12 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 	done := make(chan error, 1)
 	runCtx, stop := context.WithCancel(context.Background())
 	go func() { done <- agent.Run(runCtx, cfg, zerolog.New(&logs), nil) }()
-	t.Cleanup(func() { stop(); <-done })
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Logf("agent stopped: %v", err)
+		}
+	})
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(logs.String(), "etcd not reachable yet") {
 		select {

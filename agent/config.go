@@ -27,7 +27,8 @@ const (
 	LoadCgroup  = "cgroup"  // a cgroup v2 directory, normally the container's own.
 )
 
-// Config is everything Run needs. Zero durations are not defaults: the binary fills them.
+// Config is everything Run needs. Zero durations are not defaults: start from DefaultConfig,
+// whose values the binary's flags show and override.
 type Config struct {
 	Etcd    clientv3.Config
 	Prefix  string
@@ -69,6 +70,23 @@ type Config struct {
 	MetricsAddr string
 }
 
+// DefaultConfig is the agent's default configuration; Etcd, Service and Port are the
+// caller's to set.
+func DefaultConfig() Config {
+	return Config{
+		Prefix:       registry.DefaultPrefix,
+		Labels:       map[string]string{},
+		ProbeTimeout: 2 * time.Second,
+		CgroupDir:    "/sys/fs/cgroup",
+		TTL:          10 * time.Second,
+		Interval:     2 * time.Second,
+		Heartbeat:    30 * time.Second,
+		DrainTimeout: 10 * time.Minute,
+		DrainSettle:  time.Second,
+		MetricsAddr:  MetricsAuto,
+	}
+}
+
 // The automatic metrics port: the first free one of MetricsPortCount ports from
 // MetricsPortFirst. The range sits beside Tether's own ports (18000 xDS, 18001 admin), below
 // the ephemeral ranges of Linux and Windows, and away from 9100-9999, where Prometheus
@@ -103,6 +121,11 @@ func metricsListenAddrs(addr string) ([]string, error) {
 	return out, nil
 }
 
+// thresholdFlags are the flags of the registry's threshold fields.
+var thresholdFlags = map[string]string{
+	"maxSessions": "--max-sessions", "maxCPU": "--max-cpu", "maxMemory": "--max-memory", "maxMemoryMB": "--max-memory-mb",
+}
+
 // Validate checks the configuration without I/O; errors name the flag at fault.
 func (c *Config) Validate() error {
 	var errs []error
@@ -126,11 +149,10 @@ func (c *Config) Validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		add("--port: %d must be the backend's port, 1-65535", c.Port)
 	}
-	if len(c.Zone) > 64 || strings.ContainsAny(c.Zone, " \t\r\n/") {
-		add("--zone: %q must be at most 64 characters without spaces or '/'", c.Zone)
+	if err := registry.ValidateZone(c.Zone); err != nil {
+		add("--zone: %v", err)
 	}
-	probe := registry.Instance{ID: "x", Address: "127.0.0.1", Port: 1, State: registry.StateAvailable, Labels: c.Labels}
-	if err := probe.Validate(); err != nil {
+	if err := registry.ValidateLabels(c.Labels); err != nil {
 		add("--label: %v", err)
 	}
 	for flagName, u := range map[string]string{"--health-url": c.HealthURL, "--available-url": c.AvailableURL, "--sessions-url": c.SessionsURL} {
@@ -144,21 +166,11 @@ func (c *Config) Validate() error {
 	if c.SessionsMetric != "" && c.SessionsURL == "" {
 		add("--sessions-metric: needs --sessions-url, the Prometheus endpoint to read it from")
 	}
-	t := c.Thresholds
-	if t.MaxSessions < 0 {
-		add("--max-sessions: %d must be 0 (unlimited) or more", t.MaxSessions)
+	if err := c.Thresholds.Validate(func(field string) string { return thresholdFlags[field] }); err != nil {
+		errs = append(errs, err)
 	}
-	if t.MaxSessions > 0 && c.SessionsURL == "" {
+	if c.Thresholds.MaxSessions > 0 && c.SessionsURL == "" {
 		add("--max-sessions: needs --sessions-url to count sessions")
-	}
-	if !(t.MaxCPU >= 0 && t.MaxCPU <= 100) {
-		add("--max-cpu: %g must be a percentage between 0 (unlimited) and 100", t.MaxCPU)
-	}
-	if !(t.MaxMemory >= 0 && t.MaxMemory <= 100) {
-		add("--max-memory: %g must be a percentage between 0 (unlimited) and 100", t.MaxMemory)
-	}
-	if !(t.MaxMemoryMB >= 0 && t.MaxMemoryMB <= 1<<30) {
-		add("--max-memory-mb: %g must be 0 (unlimited) or more", t.MaxMemoryMB)
 	}
 	switch c.LoadSource {
 	case LoadHost:
@@ -215,7 +227,7 @@ func validHostName(s string) bool {
 			return false
 		}
 		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			if (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '-' {
 				return false
 			}
 		}

@@ -127,7 +127,10 @@ func TestAgentWithoutDrainsPermission(t *testing.T) {
 	defer func() {
 		acancel()
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil {
+				t.Logf("agent stopped: %v", err)
+			}
 		case <-time.After(10 * time.Second):
 			t.Error("agent did not stop")
 		}

@@ -147,11 +147,10 @@ func (h *HealthCheck) setMemory(v float64, wisej string) error {
 func (h HealthCheck) validate() error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if h.MaxSessions < 0 {
-		add("field \"maxSessions\": %d must be 0 (unlimited) or more", h.MaxSessions)
-	}
-	if !(h.MaxCPU >= 0 && h.MaxCPU <= 100) {
-		add("field \"maxCPU\": %g must be a percentage between 0 (unlimited) and 100", h.MaxCPU)
+	// Memory is checked as it is read: its unit depends on the Wisej version.
+	th := registry.Thresholds{MaxSessions: h.MaxSessions, MaxCPU: h.MaxCPU}
+	if err := th.Validate(func(field string) string { return fmt.Sprintf("field %q", field) }); err != nil {
+		errs = append(errs, err)
 	}
 	if h.ReturnCode < 200 || h.ReturnCode > 599 {
 		add("field \"returnCode\": %d must be an HTTP status between 200 and 599", h.ReturnCode)

@@ -30,44 +30,67 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.n = 0 }
 
-// renewLease gets a live lease: the current one if etcd still knows it (after an outage
-// longer than the TTL the client gives up on a lease the server may have kept), else a new one.
-// It starts the keep-alive stream; the lease's loss closes r.leaseLost.
-func (r *runner) renewLease(ctx context.Context) error {
-	if r.lease != 0 {
-		octx, cancel := context.WithTimeout(ctx, r.opTimeout)
-		_, err := r.cli.KeepAliveOnce(octx, r.lease)
+// lease is the agent's etcd lease with its keep-alive, in the manner of etcd's
+// concurrency.Session, except that a lost keep-alive does not end it: after an etcd outage
+// longer than the TTL the client gives up on a lease the server may have kept, so renew
+// tries the same lease first and grants a new one only when etcd no longer knows it.
+type lease struct {
+	cli       *clientv3.Client
+	ttl       time.Duration
+	opTimeout time.Duration
+
+	id    clientv3.LeaseID // 0: none
+	alive bool             // a keep-alive runs for id
+	lost  <-chan struct{}  // closed when that keep-alive ends
+	stop  context.CancelFunc
+}
+
+// ID is the current lease, 0 when there is none.
+func (l *lease) ID() clientv3.LeaseID { return l.id }
+
+// Alive reports whether the lease is kept alive.
+func (l *lease) Alive() bool { return l.alive }
+
+// Done is closed when the keep-alive ends; nil (never ready) while none runs.
+func (l *lease) Done() <-chan struct{} { return l.lost }
+
+// keepAliveLost records that Done was closed: the lease must be renewed.
+func (l *lease) keepAliveLost() { l.lost, l.alive = nil, false }
+
+// renew makes the lease live: the current one if etcd still knows it, else a new one, and
+// starts its keep-alive. expired reports that etcd had forgotten the current lease, with
+// the keys bound to it.
+func (l *lease) renew(ctx context.Context) (expired bool, err error) {
+	if l.id != 0 {
+		octx, cancel := context.WithTimeout(ctx, l.opTimeout)
+		_, err := l.cli.KeepAliveOnce(octx, l.id)
 		cancel()
 		switch {
 		case err == nil:
-			return r.keepAlive(r.lease)
+			return false, l.keepAlive()
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			r.log.Warn().Str("lease", fmt.Sprintf("%x", int64(r.lease))).Msg("lease expired; the instance key is gone, registering again")
-			r.lease, r.registered = 0, false
-			r.m.setRegistered(false)
+			l.id, expired = 0, true
 		default:
-			return fmt.Errorf("renew lease %x: %w", int64(r.lease), err)
+			return false, fmt.Errorf("renew lease %x: %w", int64(l.id), err)
 		}
 	}
-	octx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	octx, cancel := context.WithTimeout(ctx, l.opTimeout)
 	defer cancel()
-	g, err := r.cli.Grant(octx, int64(r.cfg.TTL/time.Second))
+	g, err := l.cli.Grant(octx, int64(l.ttl/time.Second))
 	if err != nil {
-		return fmt.Errorf("grant lease: %w", err)
+		return expired, fmt.Errorf("grant lease: %w", err)
 	}
-	r.lease = g.ID
-	return r.keepAlive(g.ID)
+	l.id = g.ID
+	return expired, l.keepAlive()
 }
 
-func (r *runner) keepAlive(id clientv3.LeaseID) error {
-	if r.stopKeepAlive != nil {
-		r.stopKeepAlive()
-	}
+func (l *lease) keepAlive() error {
+	l.stopKeepAlive()
 	kctx, cancel := context.WithCancel(context.Background())
-	ch, err := r.cli.KeepAlive(kctx, id)
+	ch, err := l.cli.KeepAlive(kctx, l.id)
 	if err != nil {
 		cancel()
-		return fmt.Errorf("keep lease %x alive: %w", int64(id), err)
+		return fmt.Errorf("keep lease %x alive: %w", int64(l.id), err)
 	}
 	lost := make(chan struct{})
 	go func() {
@@ -75,13 +98,54 @@ func (r *runner) keepAlive(id clientv3.LeaseID) error {
 		}
 		close(lost)
 	}()
-	r.stopKeepAlive, r.leaseLost, r.leaseAlive = cancel, lost, true
+	l.stop, l.lost, l.alive = cancel, lost, true
 	return nil
+}
+
+func (l *lease) stopKeepAlive() {
+	if l.stop != nil {
+		l.stop()
+		l.stop = nil
+	}
+}
+
+// forget drops a lease etcd no longer knows, so that the next renew grants a new one.
+func (l *lease) forget() {
+	l.stopKeepAlive()
+	l.id, l.alive, l.lost = 0, false, nil
+}
+
+// revoke ends the keep-alive and revokes the lease, which deletes every key bound to it.
+func (l *lease) revoke(ctx context.Context) error {
+	l.stopKeepAlive()
+	id := l.id
+	l.id, l.alive = 0, false
+	if id == 0 {
+		return nil
+	}
+	octx, cancel := context.WithTimeout(ctx, l.opTimeout)
+	defer cancel()
+	if _, err := l.cli.Revoke(octx, id); err != nil {
+		return fmt.Errorf("revoke lease %x: %w", int64(id), err)
+	}
+	return nil
+}
+
+// renewLease renews r's lease; an expired one took the instance key with it.
+func (r *runner) renewLease(ctx context.Context) error {
+	old := r.lease.ID()
+	expired, err := r.lease.renew(ctx)
+	if expired {
+		r.log.Warn().Str("lease", fmt.Sprintf("%x", int64(old))).Msg("lease expired; the instance key is gone, registering again")
+		r.registered = false
+		r.m.setRegistered(false)
+	}
+	return err
 }
 
 // ensureRegistered makes sure the instance key exists under a live lease, writing next.
 func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) error {
-	if !r.leaseAlive {
+	if !r.lease.Alive() {
 		if err := r.renewLease(ctx); err != nil {
 			return err
 		}
@@ -93,7 +157,7 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 	}
 	octx, cancel := context.WithTimeout(ctx, r.opTimeout)
 	defer cancel()
-	if err := registry.CreateInstance(octx, r.cli, r.prefix, r.cfg.Service, next, r.lease); err != nil {
+	if err := registry.CreateInstance(octx, r.cli, r.prefix, r.cfg.Service, next, r.lease.ID()); err != nil {
 		r.m.etcdErrors.WithLabelValues("create").Inc()
 		r.checkLease(err)
 		return err
@@ -102,7 +166,7 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 	r.m.setRegistered(true)
 	r.m.writes.WithLabelValues("register").Inc()
 	r.backoff.reset()
-	r.log.Info().Str("lease", fmt.Sprintf("%x", int64(r.lease))).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
+	r.log.Info().Str("lease", fmt.Sprintf("%x", int64(r.lease.ID()))).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
 		Str("state", next.State).Msg("instance registered")
 	return nil
 }
@@ -111,7 +175,7 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 func (r *runner) write(ctx context.Context, next registry.Instance, cause string) error {
 	octx, cancel := context.WithTimeout(ctx, r.opTimeout)
 	defer cancel()
-	err := registry.UpdateInstance(octx, r.cli, r.prefix, r.cfg.Service, next, r.lease)
+	err := registry.UpdateInstance(octx, r.cli, r.prefix, r.cfg.Service, next, r.lease.ID())
 	if err != nil {
 		r.m.etcdErrors.WithLabelValues("update").Inc()
 		if errors.Is(err, registry.ErrLeaseLost) {
@@ -133,11 +197,8 @@ func (r *runner) checkLease(err error) {
 	if !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return
 	}
-	if r.stopKeepAlive != nil {
-		r.stopKeepAlive()
-		r.stopKeepAlive = nil
-	}
-	r.lease, r.leaseAlive, r.leaseLost, r.registered = 0, false, nil, false
+	r.lease.forget()
+	r.registered = false
 	r.m.setRegistered(false)
 }
 
@@ -166,18 +227,8 @@ func (r *runner) holder(ctx context.Context) (lease clientv3.LeaseID, remaining 
 
 // stopLease ends the keep-alive and revokes the lease, which deletes any key bound to it.
 func (r *runner) stopLease(ctx context.Context) {
-	if r.stopKeepAlive != nil {
-		r.stopKeepAlive()
-		r.stopKeepAlive = nil
-	}
-	if r.lease == 0 {
-		return
-	}
-	octx, cancel := context.WithTimeout(ctx, r.opTimeout)
-	defer cancel()
-	if _, err := r.cli.Revoke(octx, r.lease); err != nil {
+	if err := r.lease.revoke(ctx); err != nil {
 		r.m.etcdErrors.WithLabelValues("revoke").Inc()
 		r.log.Warn().Err(err).Dur("ttl", r.cfg.TTL).Msg("cannot revoke the lease; it expires after its TTL")
 	}
-	r.lease, r.leaseAlive = 0, false
 }

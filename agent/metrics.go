@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tetherlb/tether/registry"
 )
@@ -53,7 +54,7 @@ func newMetrics(service, id string) *metrics {
 	})
 	info.Set(1)
 	m.reg.MustRegister(m.state, m.registered, m.sessions, m.cpu, m.memory, m.memoryMB, m.writes, m.etcdErrors, m.probeFails, info,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

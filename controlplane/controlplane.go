@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"sync"
 	"time"
 
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
@@ -22,12 +21,14 @@ import (
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/internal/etcdconn"
+	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -89,9 +90,32 @@ const (
 	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
 )
 
+// DefaultConfig is the control plane's default configuration: embedded etcd in tether-data,
+// the default addresses and timings. The binary's flags show and override it; Start also
+// gives the zero fields of a partial Config these values.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:           "tether-data",
+		EmbeddedClientURL: DefaultEmbeddedClientURL,
+		EmbeddedPeerURL:   DefaultEmbeddedPeerURL,
+		Prefix:            registry.DefaultPrefix,
+		XDSAddr:           DefaultXDSAddr,
+		AdminAddr:         DefaultAdminAddr,
+		ListenPort:        DefaultListenPort,
+		CoalesceQuiet:     DefaultCoalesceQuiet,
+		CoalesceMax:       DefaultCoalesceMax,
+		PublishSettle:     DefaultPublishSettle,
+		HoldShare:         DefaultHoldShare,
+		HoldGrace:         DefaultHoldGrace,
+		HoldWindow:        DefaultHoldWindow,
+		ShutdownTimeout:   10 * time.Second,
+	}
+}
+
 func (c *Config) withDefaults() error {
+	d := DefaultConfig()
 	if c.Prefix == "" {
-		c.Prefix = registry.DefaultPrefix
+		c.Prefix = d.Prefix
 	}
 	p, err := registry.NormalizePrefix(c.Prefix)
 	if err != nil {
@@ -99,49 +123,49 @@ func (c *Config) withDefaults() error {
 	}
 	c.Prefix = p
 	if c.XDSAddr == "" {
-		c.XDSAddr = DefaultXDSAddr
+		c.XDSAddr = d.XDSAddr
 	}
 	if c.AdminAddr == "" {
-		c.AdminAddr = DefaultAdminAddr
+		c.AdminAddr = d.AdminAddr
 	}
 	if c.ListenPort == 0 {
-		c.ListenPort = DefaultListenPort
+		c.ListenPort = d.ListenPort
 	}
 	if c.ListenPort > 65535 {
 		return fmt.Errorf("--envoy-listen-port: %d is not a port (1-65535)", c.ListenPort)
 	}
 	if c.EmbeddedClientURL == "" {
-		c.EmbeddedClientURL = DefaultEmbeddedClientURL
+		c.EmbeddedClientURL = d.EmbeddedClientURL
 	}
 	if c.EmbeddedPeerURL == "" {
-		c.EmbeddedPeerURL = DefaultEmbeddedPeerURL
+		c.EmbeddedPeerURL = d.EmbeddedPeerURL
 	}
 	if c.DataDir == "" {
-		c.DataDir = "tether-data"
+		c.DataDir = d.DataDir
 	}
 	if c.CoalesceQuiet <= 0 {
-		c.CoalesceQuiet = DefaultCoalesceQuiet
+		c.CoalesceQuiet = d.CoalesceQuiet
 	}
 	if c.CoalesceMax <= 0 {
-		c.CoalesceMax = DefaultCoalesceMax
+		c.CoalesceMax = d.CoalesceMax
 	}
 	if c.CoalesceMax < c.CoalesceQuiet {
 		return fmt.Errorf("--coalesce-max (%s) must not be shorter than --coalesce-quiet (%s)", c.CoalesceMax, c.CoalesceQuiet)
 	}
 	if c.HoldShare == 0 {
-		c.HoldShare = DefaultHoldShare
+		c.HoldShare = d.HoldShare
 	}
 	if c.HoldShare > 1 {
 		return fmt.Errorf("--hold-share: %g must be between 0 and 1 (a share of a service's instances), or negative to disable", c.HoldShare)
 	}
 	if c.HoldGrace <= 0 {
-		c.HoldGrace = DefaultHoldGrace
+		c.HoldGrace = d.HoldGrace
 	}
 	if c.HoldWindow <= 0 {
-		c.HoldWindow = DefaultHoldWindow
+		c.HoldWindow = d.HoldWindow
 	}
 	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = 10 * time.Second
+		c.ShutdownTimeout = d.ShutdownTimeout
 	}
 	return nil
 }
@@ -154,7 +178,7 @@ type ControlPlane struct {
 	cfg      Config
 	log      zerolog.Logger
 	m        *metrics
-	embedded *registry.Embedded
+	embedded *etcdembed.Server
 	cli      *clientv3.Client
 	watcher  *registry.Watcher
 	pub      *publisher
@@ -166,9 +190,8 @@ type ControlPlane struct {
 	adminLn  net.Listener
 
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errMu  sync.Mutex
-	err    error
+	g      *errgroup.Group
+	err    error // the group's first error, set before done is closed
 	done   chan struct{}
 }
 
@@ -189,11 +212,20 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, m: newMetrics(), cancel: cancel, done: make(chan struct{})}
+	// The first component to fail cancels ctx, which stops the others.
+	g, ctx := errgroup.WithContext(ctx)
+	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, m: newMetrics(), cancel: cancel, g: g, done: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
 			cancel()
+			// Nothing serves the listeners yet: close them here, or a failed bind of the
+			// second would leave the first bound.
+			for _, ln := range []net.Listener{cp.xdsLn, cp.adminLn} {
+				if ln != nil {
+					ln.Close()
+				}
+			}
 			cp.closeAll()
 		}
 	}()
@@ -204,7 +236,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 			return nil, fmt.Errorf("--data-dir %q: %w", cfg.DataDir, err)
 		}
 		cp.log.Info().Str("dataDir", dir).Str("clientURL", cfg.EmbeddedClientURL).Msg("no --etcd-endpoints: starting embedded etcd")
-		e, err := registry.StartEmbedded(ctx, registry.EmbedConfig{Dir: dir, ClientURL: cfg.EmbeddedClientURL, PeerURL: cfg.EmbeddedPeerURL})
+		e, err := etcdembed.Start(ctx, etcdembed.Config{Dir: dir, ClientURL: cfg.EmbeddedClientURL, PeerURL: cfg.EmbeddedPeerURL})
 		if err != nil {
 			return nil, fmt.Errorf("%w (is another etcd already on %s? pass --etcd-endpoints to use it)", err, cfg.EmbeddedClientURL)
 		}
@@ -311,7 +343,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	go func() {
 		<-ctx.Done()
 		cp.shutdown()
-		cp.wg.Wait()
+		cp.err = cp.g.Wait()
 		cp.closeAll()
 		close(cp.done)
 	}()
@@ -336,25 +368,20 @@ func kindLabel(k registry.KeyKind) string {
 		return "instance"
 	case registry.KeyDrain:
 		return "drain"
+	default:
+		return "unknown"
 	}
-	return "unknown"
 }
 
-// goRun runs f in the background; an error from it stops the whole control plane.
+// goRun runs f in the control plane's group; an error from it stops the whole control plane.
 func (cp *ControlPlane) goRun(name string, f func() error) {
-	cp.wg.Add(1)
-	go func() {
-		defer cp.wg.Done()
-		if err := f(); err != nil {
+	cp.g.Go(func() error {
+		err := f()
+		if err != nil {
 			cp.log.Error().Err(err).Str("component", name).Msg("stopping the control plane")
-			cp.errMu.Lock()
-			if cp.err == nil {
-				cp.err = err
-			}
-			cp.errMu.Unlock()
-			cp.cancel()
 		}
-	}()
+		return err
+	})
 }
 
 func (cp *ControlPlane) shutdown() {
@@ -375,13 +402,8 @@ func (cp *ControlPlane) shutdown() {
 	}
 }
 
+// closeAll closes the etcd client and the embedded etcd; the servers close their listeners.
 func (cp *ControlPlane) closeAll() {
-	if cp.xdsLn != nil && cp.grpc == nil {
-		cp.xdsLn.Close()
-	}
-	if cp.adminLn != nil && cp.admin == nil {
-		cp.adminLn.Close()
-	}
 	if cp.cli != nil {
 		cp.cli.Close()
 	}
@@ -394,8 +416,6 @@ func (cp *ControlPlane) closeAll() {
 // or nil when its context ended.
 func (cp *ControlPlane) Wait() error {
 	<-cp.done
-	cp.errMu.Lock()
-	defer cp.errMu.Unlock()
 	return cp.err
 }
 
@@ -413,9 +433,6 @@ func (cp *ControlPlane) XDSAddr() string { return cp.xdsLn.Addr().String() }
 
 // AdminAddr is the bound admin address.
 func (cp *ControlPlane) AdminAddr() string { return cp.adminLn.Addr().String() }
-
-// EtcdEndpoints are the endpoints the control plane reads (the embedded etcd's, if any).
-func (cp *ControlPlane) EtcdEndpoints() []string { return cp.cfg.Etcd.Endpoints }
 
 // Clients returns the connected Envoy streams.
 func (cp *ControlPlane) Clients() []ClientInfo { return cp.tracker.clients() }

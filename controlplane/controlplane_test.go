@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -71,27 +72,7 @@ func testLogger(t testing.TB) zerolog.Logger {
 
 func startCP(t *testing.T, endpoints []string) *controlplane.ControlPlane {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		Etcd:          clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second},
-		XDSAddr:       "127.0.0.1:0",
-		AdminAddr:     "127.0.0.1:0",
-		CoalesceQuiet: 5 * time.Millisecond,
-		CoalesceMax:   50 * time.Millisecond,
-		AllowLoopback: true,
-		Logger:        testLogger(t),
-	})
-	if err != nil {
-		cancel()
-		t.Fatalf("start control plane: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := cp.Wait(); err != nil {
-			t.Errorf("control plane stopped with %v", err)
-		}
-	})
-	return cp
+	return startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: endpoints}, Logger: testLogger(t)})
 }
 
 func connect(t *testing.T, cp *controlplane.ControlPlane, v xdsclient.Variant, node, group string) *xdsclient.Client {
@@ -409,7 +390,9 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 		default:
 		}
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Logf("%s: client stopped: %v", variant, err)
+		}
 		conn.Close()
 	}
 }
@@ -510,14 +493,7 @@ func TestMassDisappearanceIsHeld(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	grace := 2 * time.Second
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		Etcd:    clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
-		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HoldGrace: grace, AllowLoopback: true, Logger: testLogger(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cancel(); _ = cp.Wait() }()
+	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, HoldGrace: grace, Logger: testLogger(t)})
 	lease, err := cli.Grant(ctx, 60)
 	if err != nil {
 		t.Fatal(err)
@@ -638,4 +614,28 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 			t.Errorf("%s: light endpoint update differs from the full client's:\n%v\n%v", variant, &got, want)
 		}
 	}
+}
+
+// TestStartReleasesListenersOnFailure: when the admin address is taken, Start fails naming
+// the flag and leaves the xDS address, bound just before, free again.
+func TestStartReleasesListenersOnFailure(t *testing.T) {
+	srv := etcdtest.Start(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	xdsAddr := fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
+	_, err = controlplane.Start(context.Background(), controlplane.Config{
+		Etcd:    clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
+		XDSAddr: xdsAddr, AdminAddr: taken.Addr().String(), Logger: testLogger(t),
+	})
+	if err == nil || !strings.Contains(err.Error(), "--admin-addr") {
+		t.Fatalf("Start with the admin address taken: %v; want an error naming --admin-addr", err)
+	}
+	l, err := net.Listen("tcp", xdsAddr)
+	if err != nil {
+		t.Fatalf("the xDS address is still bound after the failed Start: %v", err)
+	}
+	l.Close()
 }

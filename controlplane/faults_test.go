@@ -206,7 +206,9 @@ func TestControlPlaneRestartResync(t *testing.T) {
 	if err := s1.wait(t, 10*time.Second); err == nil {
 		t.Error("delta stream ended without error when its control plane stopped")
 	}
-	s2.wait(t, 10*time.Second)
+	if err := s2.wait(t, 10*time.Second); err == nil {
+		t.Error("state-of-the-world stream ended without error when its control plane stopped")
+	}
 
 	cp2 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
 	select {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/controlplane/translate"
-	"github.com/tetherlb/tether/internal/status"
+	"github.com/tetherlb/tether/internal/overview"
 )
 
 // The monitor's page, script and style sheet, embedded so that it needs no network.
@@ -48,7 +48,7 @@ type MonitorState struct {
 	// Versions are the snapshot's versions by resource type (Listener, RouteConfiguration,
 	// Cluster, ClusterLoadAssignment).
 	Versions map[string]string `json:"versions"`
-	status.Overview
+	overview.Overview
 	// Problems found by the translation (services or instances left out, route conflicts).
 	Problems []MonitorProblem `json:"problems"`
 	// Groups are the gateway groups with their connected Envoys.
@@ -175,10 +175,10 @@ func stamped(body []byte, now time.Time) []byte {
 func buildMonitorState(pub *published, groups []string, clients []ClientInfo) MonitorState {
 	ms := MonitorState{Versions: map[string]string{}, Problems: []MonitorProblem{}, Groups: []GroupStatus{}}
 	if pub == nil {
-		ms.Overview = status.FromState(nil)
+		ms.Overview = overview.FromState(nil)
 	} else {
 		ms.Ready, ms.PublishedAt, ms.Versions = true, pub.at, pub.versions
-		ms.Overview = status.FromState(pub.state)
+		ms.Overview = overview.FromState(pub.state)
 		eps := servedEndpoints(pub.res)
 		for i := range ms.Services {
 			svc := &ms.Services[i]
@@ -246,16 +246,16 @@ func addPhases(ms *MonitorState, phases map[string]map[string]EndpointPhase, lag
 
 // servedEndpoints maps cluster name and endpoint hostname (the instance ID) to what Envoy
 // was given.
-func servedEndpoints(res *translate.Resources) map[string]map[string]status.Endpoint {
-	out := map[string]map[string]status.Endpoint{}
+func servedEndpoints(res *translate.Resources) map[string]map[string]overview.Endpoint {
+	out := map[string]map[string]overview.Endpoint{}
 	if res == nil {
 		return out
 	}
 	for _, cla := range res.Endpoints {
-		m := map[string]status.Endpoint{}
+		m := map[string]overview.Endpoint{}
 		for _, loc := range cla.GetEndpoints() {
 			for _, e := range loc.GetLbEndpoints() {
-				m[e.GetEndpoint().GetHostname()] = status.Endpoint{
+				m[e.GetEndpoint().GetHostname()] = overview.Endpoint{
 					Weight: e.GetLoadBalancingWeight().GetValue(), Health: e.GetHealthStatus().String(),
 				}
 			}

@@ -142,7 +142,9 @@ func simulatedEnvoy(t *testing.T, xdsAddr string) *xdsclient.Client {
 	done := c.Start(ctx, conn)
 	t.Cleanup(func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Logf("simulated Envoy stopped: %v", err)
+		}
 		conn.Close()
 	})
 	return c

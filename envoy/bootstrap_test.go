@@ -149,6 +149,8 @@ func walkValue(fd protoreflect.FieldDescriptor, v protoreflect.Value, at string)
 		if opts, ok := ev.Options().(*descriptorpb.EnumValueOptions); ok && opts.GetDeprecated() {
 			return fmt.Errorf("%s: deprecated enum value %s", at, ev.Name())
 		}
+	default:
+		// Scalars have no deprecation of their own; their field's is checked by the caller.
 	}
 	return nil
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// The seed corpus is in testdata/fuzz; f.Add keeps the DESIGN.md examples in it too.
+// The seed corpus is in testdata/fuzz; f.Add keeps the docs/design.md examples in it too.
 // FuzzDecodeServiceConfig also translates every accepted configuration: a value the registry
 // accepts must never be left out by the translation.
 

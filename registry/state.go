@@ -157,6 +157,8 @@ func (b *stateBuilder) put(kv *mvccpb.KeyValue) {
 			b.clearRejected(key)
 			return
 		}
+	case KeyUnknown:
+		// err, from ParseKey, says why the key is outside the schema.
 	}
 	b.rejectKey(key, kind, svc, id, err, rev)
 }
@@ -237,6 +239,8 @@ func (b *stateBuilder) del(key string, rev int64) {
 		s = b.mutable(svc, rev)
 		delete(s.Instances, id)
 		delete(s.instCreated, id)
+	default:
+		return // drains are handled above; unknown keys never get here
 	}
 	s.claimed()
 	if !s.Configured && len(s.Instances) == 0 {

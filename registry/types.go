@@ -1,6 +1,6 @@
 // Package registry holds Tether's etcd schema: the service and instance types with their JSON
 // encoding and validation, the key names, the write side used by agents, a typed watch that
-// yields a consistent State, and the embedded-etcd helper.
+// yields a consistent State. The embedded etcd server lives in internal/etcdembed.
 package registry
 
 import (
@@ -36,33 +36,42 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// AffinityMode says how a user's requests are pinned to one instance.
+type AffinityMode string
+
 // Affinity modes.
 const (
-	AffinityCookie   = "cookie"    // Envoy-issued session cookie (stateful session filter).
-	AffinityHeader   = "header"    // stateful session by header, for non-browser clients.
-	AffinitySourceIP = "source-ip" // hash of the client address: breaks for users behind NAT.
-	AffinityNone     = "none"      // stateless services.
+	AffinityCookie   AffinityMode = "cookie"    // Envoy-issued session cookie (stateful session filter).
+	AffinityHeader   AffinityMode = "header"    // stateful session by header, for non-browser clients.
+	AffinitySourceIP AffinityMode = "source-ip" // hash of the client address: breaks for users behind NAT.
+	AffinityNone     AffinityMode = "none"      // stateless services.
 )
 
 // removedAppCookie is the former "app-cookie" mode (a consistent hash on the application's
 // own cookie). Envoy hashes that cookie only from the second request on: the first request
 // carries no cookie and goes to a random server, so with n servers the session made there is
 // lost with probability (n-1)/n. The decoder rejects it and points to "cookie" mode.
-const removedAppCookie = "app-cookie"
+const removedAppCookie AffinityMode = "app-cookie"
 
-// Load-balancing policies accepted in ServiceConfig.LBPolicy.
+// LBPolicy is Envoy's load-balancing policy among a service's available instances.
+type LBPolicy string
+
+// Load-balancing policies.
 const (
-	LBLeastRequest = "least_request"
-	LBRoundRobin   = "round_robin"
-	LBRandom       = "random"
-	LBRingHash     = "ring_hash"
-	LBMaglev       = "maglev"
+	LBLeastRequest LBPolicy = "least_request"
+	LBRoundRobin   LBPolicy = "round_robin"
+	LBRandom       LBPolicy = "random"
+	LBRingHash     LBPolicy = "ring_hash"
+	LBMaglev       LBPolicy = "maglev"
 )
 
-// Weight modes accepted in ServiceConfig.Weights.
+// WeightMode says how an available endpoint's load-balancing weight is chosen.
+type WeightMode string
+
+// Weight modes.
 const (
-	WeightsLoad  = "load"  // endpoint weight from the instance's load headroom.
-	WeightsEqual = "equal" // every available endpoint weighs the same.
+	WeightsLoad  WeightMode = "load"  // endpoint weight from the instance's load headroom.
+	WeightsEqual WeightMode = "equal" // every available endpoint weighs the same.
 )
 
 // ServiceConfig is the operator-written configuration at <prefix>/services/<service>.
@@ -73,8 +82,8 @@ type ServiceConfig struct {
 	Affinity          Affinity    `json:"affinity"`
 	WebSocket         bool        `json:"websocket"`
 	RetryInitialOn503 Retry       `json:"retryInitialOn503"`
-	LBPolicy          string      `json:"lbPolicy"`
-	Weights           string      `json:"weights"`
+	LBPolicy          LBPolicy    `json:"lbPolicy"`
+	Weights           WeightMode  `json:"weights"`
 	HealthCheck       HealthCheck `json:"healthCheck"`
 	Overload          Overload    `json:"overload"`
 	Limits            Limits      `json:"limits"`
@@ -93,10 +102,10 @@ type Timeouts struct {
 
 // Affinity says how a user's requests are pinned to one instance.
 type Affinity struct {
-	Mode       string   `json:"mode"`
-	CookieName string   `json:"cookieName"`
-	CookiePath string   `json:"cookiePath"`
-	CookieTTL  Duration `json:"cookieTTL"`
+	Mode       AffinityMode `json:"mode"`
+	CookieName string       `json:"cookieName"`
+	CookiePath string       `json:"cookiePath"`
+	CookieTTL  Duration     `json:"cookieTTL"`
 	// Strict makes Envoy answer 503 instead of picking a new host when the pinned host is gone.
 	Strict bool `json:"strict"`
 	// HeaderName is the header carrying the session in "header" mode.

@@ -299,32 +299,14 @@ func (in *Instance) Validate() error {
 	if in.Port < 1 || in.Port > 65535 {
 		add("port: %d must be between 1 and 65535", in.Port)
 	}
-	if len(in.Zone) > 64 || strings.ContainsAny(in.Zone, " \t\r\n/") {
-		add("zone: %q must be at most 64 characters without spaces or '/'", in.Zone)
+	if err := ValidateZone(in.Zone); err != nil {
+		add("zone: %v", err)
 	}
-	if len(in.Labels) > MaxLabels {
-		add("labels: %d entries, at most %d", len(in.Labels), MaxLabels)
+	for _, err := range joined(ValidateLabels(in.Labels)) {
+		add("labels: %v", err)
 	}
-	for k, v := range in.Labels {
-		if len(k) > maxLabelKey || !labelKeyRE.MatchString(k) {
-			add("labels: key %q must be 1-63 letters, digits, '.', '_', '/' or '-'", k)
-		}
-		if len(v) > maxLabelValue {
-			add("labels: value of %q is over %d characters", k, maxLabelValue)
-		}
-	}
-	t := in.Thresholds
-	if t.MaxSessions < 0 {
-		add("thresholds.maxSessions: %d must be 0 (unlimited) or more", t.MaxSessions)
-	}
-	if !inRange(t.MaxCPU, 0, 100) {
-		add("thresholds.maxCPU: %g must be between 0 (unlimited) and 100", t.MaxCPU)
-	}
-	if !inRange(t.MaxMemory, 0, 100) {
-		add("thresholds.maxMemory: %g must be between 0 (unlimited) and 100", t.MaxMemory)
-	}
-	if !inRange(t.MaxMemoryMB, 0, 1<<30) {
-		add("thresholds.maxMemoryMB: %g must be 0 (unlimited) or more", t.MaxMemoryMB)
+	if err := in.Thresholds.Validate(func(field string) string { return "thresholds." + field }); err != nil {
+		errs = append(errs, err)
 	}
 	l := in.Load
 	if l.Sessions < 0 {
@@ -363,6 +345,65 @@ func (in *Instance) Validate() error {
 		add("agent.startedAt: %s is outside years 1-9999 in UTC", in.Agent.StartedAt.Format(time.RFC3339))
 	}
 	return errors.Join(errs...)
+}
+
+// ValidateZone checks an instance's zone.
+func ValidateZone(zone string) error {
+	if len(zone) > 64 || strings.ContainsAny(zone, " \t\r\n/") {
+		return fmt.Errorf("%q must be at most 64 characters without spaces or '/'", zone)
+	}
+	return nil
+}
+
+// ValidateLabels checks an instance's labels, which drains select instances by.
+func ValidateLabels(labels map[string]string) error {
+	var errs []error
+	if len(labels) > MaxLabels {
+		errs = append(errs, fmt.Errorf("%d entries, at most %d", len(labels), MaxLabels))
+	}
+	for k, v := range labels {
+		if len(k) > maxLabelKey || !labelKeyRE.MatchString(k) {
+			errs = append(errs, fmt.Errorf("key %q must be 1-63 letters, digits, '.', '_', '/' or '-'", k))
+		}
+		if len(v) > maxLabelValue {
+			errs = append(errs, fmt.Errorf("value of %q is over %d characters", k, maxLabelValue))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Validate checks the thresholds; each error is reported under name(field), field being
+// the JSON name (maxSessions, maxCPU, maxMemory, maxMemoryMB), so that the agent can name
+// its flags.
+func (t Thresholds) Validate(name func(field string) string) error {
+	var errs []error
+	add := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name(field), fmt.Sprintf(format, a...)))
+	}
+	if t.MaxSessions < 0 {
+		add("maxSessions", "%d must be 0 (unlimited) or more", t.MaxSessions)
+	}
+	if !inRange(t.MaxCPU, 0, 100) {
+		add("maxCPU", "%g must be between 0 (unlimited) and 100", t.MaxCPU)
+	}
+	if !inRange(t.MaxMemory, 0, 100) {
+		add("maxMemory", "%g must be between 0 (unlimited) and 100", t.MaxMemory)
+	}
+	if !inRange(t.MaxMemoryMB, 0, 1<<30) {
+		add("maxMemoryMB", "%g must be 0 (unlimited) or more", t.MaxMemoryMB)
+	}
+	return errors.Join(errs...)
+}
+
+// joined returns the errors err joins: none for nil, err alone when it joins nothing.
+func joined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err == nil {
+		return nil
+	}
+	return []error{err}
 }
 
 // unroutable says why Envoy must never be sent to ip (IPv4-mapped addresses are judged as

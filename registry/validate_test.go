@@ -10,7 +10,7 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// The examples of DESIGN.md, verbatim.
+// The examples of docs/design.md, verbatim.
 const (
 	exampleService = `{
   "domains": ["*"],

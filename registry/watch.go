@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -19,7 +18,6 @@ const (
 	backoffMin  = 100 * time.Millisecond
 	backoffMax  = 5 * time.Second
 	listTimeout = 15 * time.Second // one page of a listing, etcd's client waits for a connection
-	listPage    = 1000             // keys per page of a listing
 	// maxHistory bounds how many earlier versions of a rejected service configuration are
 	// read back looking for a valid one.
 	maxHistory = 64
@@ -165,35 +163,15 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 // list reads the whole prefix at one revision and builds its State; prev is the State it
 // replaces (nil at first).
 func (w *Watcher) list(ctx context.Context, prev *State) (*State, uint64, error) {
-	start, end := w.opts.Prefix+"/", clientv3.GetPrefixRangeEnd(w.opts.Prefix+"/")
-	var kvs []*mvccpb.KeyValue
-	var rev int64
-	var cluster uint64
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		pctx, cancel := context.WithTimeout(ctx, listTimeout)
-		resp, err := w.cli.Get(pctx, start, opts...)
-		cancel()
-		if err != nil {
-			return nil, 0, fmt.Errorf("list %s at revision %d: %w", start, rev, err)
-		}
-		if rev == 0 {
-			rev, cluster = resp.Header.Revision, resp.Header.ClusterId
-		}
-		kvs = append(kvs, resp.Kvs...)
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	l, err := List(ctx, w.cli, w.opts.Prefix)
+	if err != nil {
+		return nil, 0, err
 	}
-	st, err := rebuildState(w.buildOptions(ctx), rev, kvs, prev)
+	st, err := rebuildState(w.buildOptions(ctx), l.Revision, l.KVs, prev)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list %s: %w", w.opts.Prefix+"/", err)
 	}
-	return st, cluster, nil
+	return st, l.ClusterID, nil
 }
 
 // watch follows the prefix from *rev+1, applying each response to *cur and emitting the

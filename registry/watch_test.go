@@ -178,7 +178,7 @@ func TestWatcherFollowsChanges(t *testing.T) {
 	rev := mustPut(t, cli, instKey, exampleInstance)
 
 	r := startWatcher(t, cli)
-	first := r.waitFor(t, "the DESIGN.md example", func(st *registry.State) bool { _, ok := instance(st, "app", "app-7f3c"); return ok })
+	first := r.waitFor(t, "the docs/design.md example", func(st *registry.State) bool { _, ok := instance(st, "app", "app-7f3c"); return ok })
 	if first.Revision != rev || !first.Services["app"].Configured || first.Services["app"].Revision != rev {
 		t.Errorf("first state revision %d, service %+v; want revision %d, configured", first.Revision, first.Services["app"], rev)
 	}

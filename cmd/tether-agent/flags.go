@@ -7,12 +7,10 @@ import (
 	"io"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/cli"
-	"github.com/tetherlb/tether/registry"
 )
 
 // labels is the repeatable --label k=v flag; one value may also hold a comma-separated list
@@ -56,7 +54,7 @@ type options struct {
 // parseFlags reads args and the TETHER_* environment into options. Errors name the flag,
 // variable or file field at fault.
 func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
-	o := &options{cfg: agent.Config{Labels: labels{}}}
+	o := &options{cfg: agent.DefaultConfig()}
 	c := &o.cfg
 	var etcd cli.EtcdFlags
 	fs := flag.NewFlagSet("tether-agent", flag.ContinueOnError)
@@ -69,7 +67,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 		fs.PrintDefaults()
 	}
 	etcd.Register(fs, "127.0.0.1:2379")
-	fs.StringVar(&c.Prefix, "prefix", registry.DefaultPrefix, "etcd key prefix")
+	fs.StringVar(&c.Prefix, "prefix", c.Prefix, "etcd key prefix")
 	fs.StringVar(&c.Service, "service", "", "service name of this instance (required)")
 	fs.StringVar(&c.ID, "id", "", "instance id, stable across restarts (default <hostname>-<port>)")
 	fs.StringVar(&c.Address, "address", "", "address Envoy connects to: IP, or host name resolved at start (default: the host's primary address)")
@@ -88,14 +86,14 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.StringVar(&c.SessionsMetric, "sessions-metric", "", "Prometheus metric at --sessions-url whose samples sum to the session count")
 	fs.StringVar(&c.LoadSource, "load-source", "", "CPU and memory of: host, process (--pid) or cgroup (--cgroup) (default host, process when --pid is set)")
 	fs.IntVar(&c.PID, "pid", 0, "backend process id, for --load-source=process")
-	fs.StringVar(&c.CgroupDir, "cgroup", "/sys/fs/cgroup", "cgroup v2 directory, for --load-source=cgroup (the container's own by default)")
-	fs.DurationVar(&c.TTL, "ttl", 10*time.Second, "lease TTL: a dead agent's instance disappears after it")
-	fs.DurationVar(&c.Interval, "interval", 2*time.Second, "sampling and probing period")
-	fs.DurationVar(&c.Heartbeat, "heartbeat", 30*time.Second, "longest time between two writes of an unchanged instance")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Minute, "longest wait for sessions to end on shutdown")
-	fs.DurationVar(&c.DrainSettle, "drain-settle", time.Second, "wait after publishing draining before a sample may find no session left (Envoy gets the push meanwhile)")
-	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", 2*time.Second, "timeout of each HTTP probe")
-	fs.StringVar(&c.MetricsAddr, "metrics-addr", agent.MetricsAuto, "address of /metrics and /healthz: host:port, or auto (127.0.0.1, first free port from 18100; also host:auto); empty disables")
+	fs.StringVar(&c.CgroupDir, "cgroup", c.CgroupDir, "cgroup v2 directory, for --load-source=cgroup (the container's own by default)")
+	fs.DurationVar(&c.TTL, "ttl", c.TTL, "lease TTL: a dead agent's instance disappears after it")
+	fs.DurationVar(&c.Interval, "interval", c.Interval, "sampling and probing period")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "longest time between two writes of an unchanged instance")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "longest wait for sessions to end on shutdown")
+	fs.DurationVar(&c.DrainSettle, "drain-settle", c.DrainSettle, "wait after publishing draining before a sample may find no session left (Envoy gets the push meanwhile)")
+	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", c.ProbeTimeout, "timeout of each HTTP probe")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of /metrics and /healthz: host:port, or auto (127.0.0.1, first free port from 18100; also host:auto); empty disables")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "", "json or console (default console on a terminal, else json)")
 

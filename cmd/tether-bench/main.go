@@ -20,6 +20,7 @@ import (
 
 	"github.com/tetherlb/tether/internal/bench"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
 func main() {
@@ -35,7 +36,11 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	fs.IntVar(&base.Services, "s", 0, "services (S); 0 means N/10")
 	fs.Float64Var(&base.Rate, "rate", 200, "instance changes per second during the scenario")
 	fs.DurationVar(&base.Duration, "duration", 0, "scenario length (default 30s)")
-	fs.StringVar(&base.Variant, "variant", bench.VariantBoth, "ADS variant of the simulated Envoys: sotw, delta or both")
+	base.Variant = bench.VariantBoth
+	fs.Func("variant", "ADS variant of the simulated Envoys: sotw, delta or both (default both)", func(v string) error {
+		base.Variant = xdsclient.Variant(v) // checked with the rest of the configuration
+		return nil
+	})
 	fs.DurationVar(&base.ChangeTimeout, "change-timeout", 0, "longest wait for every Envoy to hold one change (default 10s)")
 	fs.Uint64Var(&base.Seed, "seed", 1, "seed of the scenario's random choices")
 	fs.IntVar(&base.Spaced, "spaced", 50, "single changes made after the scenario, one at a time on an idle control plane, compared with the etcd watch floor")
@@ -94,7 +99,7 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	var reports []*bench.Report
 	for _, c := range configs {
 		c.ControlPlaneBin = *cpBin
-		log.Info().Int("n", c.Instances).Int("e", c.Envoys).Float64("rate", c.Rate).Str("variant", c.Variant).Msg("run")
+		log.Info().Int("n", c.Instances).Int("e", c.Envoys).Float64("rate", c.Rate).Str("variant", string(c.Variant)).Msg("run")
 		rep, err := bench.Run(ctx, c)
 		if err != nil {
 			fmt.Fprintf(stderr, "tether-bench: N=%d E=%d: %v\n", c.Instances, c.Envoys, err)
@@ -109,7 +114,7 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	if *jsonOut != "" {
 		b, err := json.MarshalIndent(reports, "", "  ")
 		if err == nil {
-			err = os.WriteFile(*jsonOut, append(b, '\n'), 0o644)
+			err = os.WriteFile(*jsonOut, append(b, '\n'), 0o600)
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "tether-bench: -json: %v\n", err)

@@ -20,12 +20,11 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/drain"
-	"github.com/tetherlb/tether/internal/status"
 )
 
 // subcommands are the operator's commands; without one the binary runs the control plane.
 var subcommands = map[string]func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int{
-	"status": status.Main,
+	"status": statusMain,
 	"drain":  drain.Main,
 	"drains": drain.ListMain,
 }
@@ -56,26 +55,27 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	o := &options{}
+	o := &options{cfg: controlplane.DefaultConfig()}
+	c := &o.cfg
 	var etcd cli.EtcdFlags
 	etcd.Register(fs, "")
 	var listenPort uint
 	var adminHosts string
-	fs.StringVar(&o.cfg.DataDir, "data-dir", "tether-data", "data directory of the embedded etcd (used when --etcd-endpoints is empty)")
-	fs.StringVar(&o.cfg.EmbeddedClientURL, "embedded-client-url", controlplane.DefaultEmbeddedClientURL, "client URL the embedded etcd serves (agents and etcdctl connect here)")
-	fs.StringVar(&o.cfg.EmbeddedPeerURL, "embedded-peer-url", controlplane.DefaultEmbeddedPeerURL, "peer URL of the embedded etcd")
-	fs.StringVar(&o.cfg.Prefix, "prefix", "/tether", "etcd key prefix of the registry")
-	fs.StringVar(&o.cfg.XDSAddr, "xds-addr", controlplane.DefaultXDSAddr, "listen address of the xDS (ADS) gRPC server")
-	fs.StringVar(&o.cfg.AdminAddr, "admin-addr", controlplane.DefaultAdminAddr, "listen address of the admin HTTP server (/metrics, /healthz, /readyz, /debug/config)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded etcd (used when --etcd-endpoints is empty)")
+	fs.StringVar(&c.EmbeddedClientURL, "embedded-client-url", c.EmbeddedClientURL, "client URL the embedded etcd serves (agents and etcdctl connect here)")
+	fs.StringVar(&c.EmbeddedPeerURL, "embedded-peer-url", c.EmbeddedPeerURL, "peer URL of the embedded etcd")
+	fs.StringVar(&c.Prefix, "prefix", c.Prefix, "etcd key prefix of the registry")
+	fs.StringVar(&c.XDSAddr, "xds-addr", c.XDSAddr, "listen address of the xDS (ADS) gRPC server")
+	fs.StringVar(&c.AdminAddr, "admin-addr", c.AdminAddr, "listen address of the admin HTTP server (/metrics, /healthz, /readyz, /debug/config)")
 	fs.StringVar(&adminHosts, "admin-hosts", "", "comma-separated host names (or IPs) the admin server answers besides loopback and its own IP, e.g. tether.example.com")
-	fs.UintVar(&listenPort, "envoy-listen-port", controlplane.DefaultListenPort, "port of the HTTP listener given to Envoy")
-	fs.DurationVar(&o.cfg.CoalesceQuiet, "coalesce-quiet", controlplane.DefaultCoalesceQuiet, "a change this long after the last push is pushed at once; changes within this window of a push are batched until quiet this long")
-	fs.DurationVar(&o.cfg.CoalesceMax, "coalesce-max", controlplane.DefaultCoalesceMax, "a batched change is pushed at the latest this long after the first of its batch")
-	fs.DurationVar(&o.cfg.PublishSettle, "publish-settle", controlplane.DefaultPublishSettle, "a new endpoint is served as DRAINING until every Envoy has acknowledged it; an Envoy that has not answered after this long stops holding it back and is reported as lagging")
-	fs.Float64Var(&o.cfg.HoldShare, "hold-share", controlplane.DefaultHoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
-	fs.DurationVar(&o.cfg.HoldGrace, "hold-grace", controlplane.DefaultHoldGrace, "how long a mass disappearance is held back")
-	fs.DurationVar(&o.cfg.HoldWindow, "hold-window", controlplane.DefaultHoldWindow, "removals of one service within this long of the first count together against --hold-share (about the agents' --ttl)")
-	fs.BoolVar(&o.cfg.AllowLoopback, "allow-loopback-backends", false, "accept instances registered on loopback addresses (127.0.0.1, ::1): only for a demo or tests with Envoy and the backends on one host")
+	fs.UintVar(&listenPort, "envoy-listen-port", uint(c.ListenPort), "port of the HTTP listener given to Envoy")
+	fs.DurationVar(&c.CoalesceQuiet, "coalesce-quiet", c.CoalesceQuiet, "a change this long after the last push is pushed at once; changes within this window of a push are batched until quiet this long")
+	fs.DurationVar(&c.CoalesceMax, "coalesce-max", c.CoalesceMax, "a batched change is pushed at the latest this long after the first of its batch")
+	fs.DurationVar(&c.PublishSettle, "publish-settle", c.PublishSettle, "a new endpoint is served as DRAINING until every Envoy has acknowledged it; an Envoy that has not answered after this long stops holding it back and is reported as lagging")
+	fs.Float64Var(&c.HoldShare, "hold-share", c.HoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
+	fs.DurationVar(&c.HoldGrace, "hold-grace", c.HoldGrace, "how long a mass disappearance is held back")
+	fs.DurationVar(&c.HoldWindow, "hold-window", c.HoldWindow, "removals of one service within this long of the first count together against --hold-share (about the agents' --ttl)")
+	fs.BoolVar(&c.AllowLoopback, "allow-loopback-backends", false, "accept instances registered on loopback addresses (127.0.0.1, ::1): only for a demo or tests with Envoy and the backends on one host")
 	fs.StringVar(&o.xdsCert, "xds-tls-cert", "", "certificate file to serve xDS over TLS (with --xds-tls-key)")
 	fs.StringVar(&o.xdsKey, "xds-tls-key", "", "private key file to serve xDS over TLS")
 	fs.StringVar(&o.xdsCA, "xds-client-ca", "", "CA file: require Envoys to present a client certificate it signs (mutual TLS)")
@@ -93,19 +93,19 @@ Flags:
 	if listenPort < 1 || listenPort > 65535 {
 		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
 	}
-	o.cfg.ListenPort = uint32(listenPort)
+	c.ListenPort = uint32(listenPort)
 	for _, h := range strings.Split(adminHosts, ",") {
 		if h = strings.TrimSpace(h); h != "" {
 			if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err != nil && strings.Trim(strings.ToLower(h), "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" {
 				return nil, fmt.Errorf("--admin-hosts: %q must be a host name or an IP, without scheme or port", h)
 			}
-			o.cfg.AdminHosts = append(o.cfg.AdminHosts, h)
+			c.AdminHosts = append(c.AdminHosts, h)
 		}
 	}
-	if o.cfg.CoalesceQuiet <= 0 || o.cfg.CoalesceMax <= 0 {
+	if c.CoalesceQuiet <= 0 || c.CoalesceMax <= 0 {
 		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 5ms and 50ms")
 	}
-	if o.cfg.PublishSettle <= 0 {
+	if c.PublishSettle <= 0 {
 		return nil, errors.New("--publish-settle must be positive, e.g. 10s")
 	}
 	if err := etcd.NeedEndpoints(); err != nil {
@@ -116,14 +116,14 @@ Flags:
 		if err != nil {
 			return nil, err
 		}
-		o.cfg.Etcd = ec
+		c.Etcd = ec
 	}
 	tc, err := xdsTLS(o.xdsCert, o.xdsKey, o.xdsCA)
 	if err != nil {
 		return nil, err
 	}
-	o.cfg.XDSTLS = tc
-	if err := o.cfg.Validate(); err != nil {
+	c.XDSTLS = tc
+	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return o, nil

@@ -77,7 +77,7 @@ func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Clust
 
 	policy := effectivePolicy(cfg)
 	if policy != cfg.LBPolicy {
-		notes = append(notes, "lbPolicy "+cfg.LBPolicy+" replaced by ring_hash: affinity "+cfg.Affinity.Mode+" needs a hash load balancer")
+		notes = append(notes, "lbPolicy "+string(cfg.LBPolicy)+" replaced by ring_hash: affinity "+string(cfg.Affinity.Mode)+" needs a hash load balancer")
 	}
 	c.LbPolicy = lbPolicy(policy)
 	if ss := cfg.SlowStart.D(); ss > 0 {
@@ -125,14 +125,16 @@ func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Clust
 
 // effectivePolicy is the service's load-balancing policy: source-ip needs a hash load
 // balancer and gets ring_hash unless maglev was chosen.
-func effectivePolicy(cfg registry.ServiceConfig) string {
+func effectivePolicy(cfg registry.ServiceConfig) registry.LBPolicy {
 	if cfg.Affinity.Mode == registry.AffinitySourceIP && !hashPolicyName(cfg.LBPolicy) {
 		return registry.LBRingHash
 	}
 	return cfg.LBPolicy
 }
 
-func hashPolicyName(p string) bool { return p == registry.LBRingHash || p == registry.LBMaglev }
+func hashPolicyName(p registry.LBPolicy) bool {
+	return p == registry.LBRingHash || p == registry.LBMaglev
+}
 
 // healthCheckHost is the Host header of the active check: healthCheck.host, else the
 // service's first domain (in configuration order) without a wildcard, else "localhost".
@@ -148,8 +150,10 @@ func healthCheckHost(cfg registry.ServiceConfig) string {
 	return healthCheckHostFallback
 }
 
-func lbPolicy(p string) clusterv3.Cluster_LbPolicy {
+func lbPolicy(p registry.LBPolicy) clusterv3.Cluster_LbPolicy {
 	switch p {
+	case registry.LBLeastRequest:
+		return clusterv3.Cluster_LEAST_REQUEST
 	case registry.LBRoundRobin:
 		return clusterv3.Cluster_ROUND_ROBIN
 	case registry.LBRandom:
@@ -159,7 +163,7 @@ func lbPolicy(p string) clusterv3.Cluster_LbPolicy {
 	case registry.LBMaglev:
 		return clusterv3.Cluster_MAGLEV
 	}
-	return clusterv3.Cluster_LEAST_REQUEST
+	return clusterv3.Cluster_LEAST_REQUEST // the registry's default; its validator refuses others
 }
 
 // statusRanges turns status codes into Envoy's half-open ranges, merging neighbours:
@@ -260,7 +264,7 @@ func healthStatus(state string) corev3.HealthStatus {
 // (ThreadAwareLoadBalancerBase, normalizeHostWeights), so every weight step would remap part
 // of the ring and move users between available servers. A full server still leaves the ring
 // through its health status (DRAINING).
-func weightMode(cfg registry.ServiceConfig) string {
+func weightMode(cfg registry.ServiceConfig) registry.WeightMode {
 	if hashPolicyName(effectivePolicy(cfg)) {
 		return registry.WeightsEqual
 	}
@@ -272,7 +276,7 @@ func weightMode(cfg registry.ServiceConfig) string {
 // (0 = unlimited, skipped), clamped to [0,1], quantized into 10 steps from 10 to 100 so
 // that small load noise causes no push. No thresholds, weights "equal", or an instance that
 // is not available (its weight is not used for new sessions) give a fixed weight.
-func weight(in registry.Instance, mode string) uint32 {
+func weight(in registry.Instance, mode registry.WeightMode) uint32 {
 	if in.State != registry.StateAvailable {
 		return minWeight
 	}

@@ -327,8 +327,9 @@ func TestHealthCheckHost(t *testing.T) {
 func TestHashLoadBalancersHaveEqualWeights(t *testing.T) {
 	loads := []int{0, 20, 45, 70, 95}
 	for _, tc := range []struct {
-		mode, policy string
-		equal        bool
+		mode   registry.AffinityMode
+		policy registry.LBPolicy
+		equal  bool
 	}{
 		{registry.AffinitySourceIP, registry.LBLeastRequest, true}, // forced to ring_hash
 		{registry.AffinitySourceIP, registry.LBMaglev, true},

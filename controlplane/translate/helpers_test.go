@@ -66,6 +66,8 @@ func stateFromKV(kv map[string]json.RawMessage) (*registry.State, error) {
 				return nil, fmt.Errorf("%s: %w", key, err)
 			}
 			get(svc).Instances[id] = in
+		default:
+			// Drains do not reach the translation; ParseKey has refused unknown keys.
 		}
 	}
 	return st, nil

@@ -75,7 +75,7 @@ func routeMatches(t *testing.T, m *routev3.RouteMatch, req request) bool {
 // without it gets the catch-all's 503 retry or overload reply.
 func TestMarkerRoutesComeFirst(t *testing.T) {
 	modes := []struct {
-		mode   string
+		mode   registry.AffinityMode
 		marker map[string]string // headers that carry the session marker; nil: the mode has none
 	}{
 		{registry.AffinityCookie, map[string]string{"cookie": "other=1; tether-app=MTAuMC4wLjE6NTAwMQ=="}},

@@ -138,6 +138,8 @@ func markerMatcher(a registry.Affinity) *routev3.HeaderMatcher {
 			Name:                 a.HeaderName,
 			HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
 		}
+	case registry.AffinitySourceIP, registry.AffinityNone:
+		// No marker: source-ip hashes the address, none pins nothing.
 	}
 	return nil
 }
@@ -294,6 +296,8 @@ func perFilterConfig(svc string, cfg registry.ServiceConfig, session bool, p *pa
 			Name:        "envoy.http.stateful_session.header",
 			TypedConfig: p.pack(&headerv3.HeaderBasedSessionState{Name: a.HeaderName}),
 		}
+	case registry.AffinitySourceIP, registry.AffinityNone:
+		// No session state: the stateful session filter stays disabled on the route.
 	}
 	if state != nil {
 		ss.Override = &statefulsessionv3.StatefulSessionPerRoute_StatefulSession{

@@ -58,6 +58,24 @@ func TestGolden(t *testing.T) {
 			}
 		})
 	}
+	// A golden file whose input state is gone tests nothing: -update deletes it.
+	goldens, err := filepath.Glob(filepath.Join("testdata", "golden", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range goldens {
+		name := strings.TrimSuffix(filepath.Base(g), ".yaml")
+		if _, err := os.Stat(filepath.Join("testdata", "states", name+".json")); err == nil {
+			continue
+		}
+		if !*update {
+			t.Errorf("%s has no input state testdata/states/%s.json (delete it with -update)", g, name)
+			continue
+		}
+		if err := os.Remove(g); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // firstDiff describes the first line where two texts differ.

@@ -351,7 +351,7 @@ func TestWebSocketPushes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
-	defer c.CloseNow()
+	defer func() { _ = c.CloseNow() }()
 
 	var m Push
 	for range 3 { // periodic pushes
@@ -424,7 +424,7 @@ func TestWebSocketCreatesSession(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
-	defer c.CloseNow()
+	defer func() { _ = c.CloseNow() }()
 	if !strings.HasPrefix(resp.Header.Get("Set-Cookie"), "sessionapp_id=") {
 		t.Fatalf("upgrade response lacks the session cookie: %v", resp.Header)
 	}

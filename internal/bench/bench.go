@@ -39,16 +39,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/internal/xdsclient"
-	"github.com/tetherlb/tether/registry"
 )
 
-// Variants accepted in Config.Variant.
-const (
-	VariantSotW  = "sotw"
-	VariantDelta = "delta"
-	VariantBoth  = "both"
-)
+// VariantBoth, in Config.Variant, runs half the simulated Envoys on each xdsclient variant.
+const VariantBoth xdsclient.Variant = "both"
 
 // Config describes one run at one scale. Zero values take the documented defaults.
 type Config struct {
@@ -58,7 +54,7 @@ type Config struct {
 	// Rate is scheduled changes per second (default 200) during Duration (default 30 s).
 	Rate     float64
 	Duration time.Duration
-	Variant  string // sotw, delta or both (default)
+	Variant  xdsclient.Variant // sotw, delta or both (default)
 	// ControlPlaneBin is a built tether-controlplane; empty builds one with the go tool.
 	ControlPlaneBin string
 	// WorkDir holds etcd's data and the control plane's log; empty uses a temporary
@@ -106,7 +102,7 @@ func (c *Config) withDefaults() error {
 	switch c.Variant {
 	case "":
 		c.Variant = VariantBoth
-	case VariantSotW, VariantDelta, VariantBoth:
+	case xdsclient.SotW, xdsclient.Delta, VariantBoth:
 	default:
 		return fmt.Errorf("variant %q: want sotw, delta or both", c.Variant)
 	}
@@ -141,12 +137,12 @@ const (
 type harness struct {
 	cfg      Config
 	log      zerolog.Logger
-	etcd     *registry.Embedded
+	etcd     *etcdembed.Server
 	cli      *clientv3.Client
 	cp       *childControlPlane
 	svcs     []*svcState
 	nextID   atomic.Int64
-	variants []string
+	variants []xdsclient.Variant
 	envoys   []*simEnvoy
 	conns    []*grpc.ClientConn
 	obs      *observer
@@ -170,9 +166,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	h := &harness{cfg: cfg, log: cfg.Logger, obs: newObserver()}
 	switch cfg.Variant {
 	case VariantBoth:
-		h.variants = []string{VariantDelta, VariantSotW}
+		h.variants = []xdsclient.Variant{xdsclient.Delta, xdsclient.SotW}
 	default:
-		h.variants = []string{cfg.Variant}
+		h.variants = []xdsclient.Variant{cfg.Variant}
 	}
 	dir := cfg.WorkDir
 	if dir != "" {
@@ -292,7 +288,7 @@ func (h *harness) startEtcd(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	e, err := registry.StartEmbedded(ctx, registry.EmbedConfig{
+	e, err := etcdembed.Start(ctx, etcdembed.Config{
 		Dir: filepath.Join(dir, "etcd"), ClientURL: "http://" + client, PeerURL: "http://" + peer,
 		// etcd logs its own shutdown as errors; failures reach the harness as API errors.
 		LogLevel: "fatal",
@@ -321,7 +317,7 @@ func (h *harness) connect(ctx context.Context) error {
 		}
 		v := i % len(h.variants)
 		e := &simEnvoy{idx: i, variant: v,
-			c: xdsclient.New(xdsclient.Variant(h.variants[v]), fmt.Sprintf("bench-envoy-%05d", i), "")}
+			c: xdsclient.New(h.variants[v], fmt.Sprintf("bench-envoy-%05d", i), "")}
 		e.c.Light = true
 		e.c.OnUpdate = func(u xdsclient.Update) {
 			e.bytes.Add(int64(u.Bytes))
@@ -332,7 +328,8 @@ func (h *harness) connect(ctx context.Context) error {
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
-			if err := e.c.Run(ctx, conn); err != nil && ctx.Err() == nil {
+			// Run always ends with an error; only one before our cancel is a failure.
+			if err := e.c.Run(ctx, conn); ctx.Err() == nil {
 				e.failed.Store(true)
 				h.log.Warn().Err(err).Int("envoy", e.idx).Msg("simulated Envoy stream failed")
 			}
@@ -386,13 +383,13 @@ func dial(addr string) (*grpc.ClientConn, error) {
 
 // firstConfig connects one more Envoy of variant and times how long it takes to hold the
 // full configuration.
-func (h *harness) firstConfig(ctx context.Context, variant string, vi int) (time.Duration, error) {
+func (h *harness) firstConfig(ctx context.Context, variant xdsclient.Variant, vi int) (time.Duration, error) {
 	conn, err := dial(h.cp.xds)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close()
-	c := xdsclient.New(xdsclient.Variant(variant), "bench-new-"+variant, "")
+	c := xdsclient.New(variant, "bench-new-"+string(variant), "")
 	c.Light = true
 	done := make(chan time.Time, 1)
 	c.OnUpdate = func(u xdsclient.Update) {
@@ -406,9 +403,9 @@ func (h *harness) firstConfig(ctx context.Context, variant string, vi int) (time
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	start := time.Now()
-	errc := make(chan error, 1)
-	go func() { errc <- c.Run(ctx, conn) }()
-	defer func() { cancel(); <-errc }()
+	errc, stopped := make(chan error, 1), make(chan struct{})
+	go func() { defer close(stopped); errc <- c.Run(ctx, conn) }()
+	defer func() { cancel(); <-stopped }()
 	select {
 	case at := <-done:
 		return at.Sub(start), nil

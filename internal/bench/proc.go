@@ -87,12 +87,10 @@ func startControlPlane(ctx context.Context, bin string, endpoints []string, logP
 		close(c.done)
 	}()
 	if c.proc, err = process.NewProcess(int32(cmd.Process.Pid)); err != nil {
-		c.stop()
-		return nil, fmt.Errorf("inspect control plane process: %w", err)
+		return nil, errors.Join(fmt.Errorf("inspect control plane process: %w", err), c.stop())
 	}
 	if err := c.waitReady(ctx, readyTimeout); err != nil {
-		c.stop()
-		return nil, err
+		return nil, errors.Join(err, c.stop())
 	}
 	return c, nil
 }
@@ -109,7 +107,7 @@ func (c *childControlPlane) waitReady(ctx context.Context, timeout time.Duration
 			return fmt.Errorf("readyz request: %w", err)
 		}
 		if resp, err := client.Do(req); err == nil {
-			io.Copy(io.Discard, resp.Body)
+			_, _ = io.Copy(io.Discard, resp.Body) // drained only so the connection is reused
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
@@ -241,8 +239,8 @@ func (c *childControlPlane) stop() error {
 	case <-c.done:
 		return nil
 	case <-t.C:
-		c.cmd.Process.Kill()
+		kerr := c.cmd.Process.Kill()
 		<-c.done
-		return errors.New("control plane did not stop within 15 s of SIGTERM; killed")
+		return errors.Join(errors.New("control plane did not stop within 15 s of SIGTERM; killed"), kerr)
 	}
 }

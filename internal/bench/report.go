@@ -7,6 +7,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
 // Latency summarises latency samples, in milliseconds.
@@ -33,8 +35,8 @@ func summarize(samples []time.Duration) Latency {
 
 // VariantReport holds the figures of one ADS variant.
 type VariantReport struct {
-	Variant string `json:"variant"`
-	Envoys  int    `json:"envoys"`
+	Variant xdsclient.Variant `json:"variant"`
+	Envoys  int               `json:"envoys"`
 	// Propagation is from the etcd write returning to each simulated Envoy holding the change.
 	Propagation Latency `json:"propagation"`
 	// FloorRatio is Propagation.P50 / EtcdFloor.P50 and Propagation.P99 / EtcdFloor.P99.

@@ -61,7 +61,7 @@ type EtcdFlags struct {
 
 // PasswordEnv is the environment variable holding the etcd password when
 // --etcd-password-file is not given. The password is never a plain flag.
-const PasswordEnv = "TETHER_ETCD_PASSWORD"
+const PasswordEnv = "TETHER_ETCD_PASSWORD" //nolint:gosec // G101: the name of the variable, not a password
 
 // Register defines --etcd-endpoints, --etcd-ca, --etcd-cert, --etcd-key, --etcd-user,
 // --etcd-password-file and --etcd-dial-timeout on fs.

@@ -16,11 +16,10 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/internal/cli"
-	"github.com/tetherlb/tether/internal/status"
+	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -235,28 +234,12 @@ type snapshot struct {
 func (c *command) read(ctx context.Context) (*snapshot, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
-	start, end := c.prefix+"/", clientv3.GetPrefixRangeEnd(c.prefix+"/")
-	var kvs []*mvccpb.KeyValue
-	var rev int64
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(1000)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := c.cli.Get(ctx, start, opts...)
-		if err != nil {
-			return nil, fmt.Errorf("read %s from etcd: %w", start, err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		kvs = append(kvs, resp.Kvs...)
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	l, err := registry.List(ctx, c.cli, c.prefix)
+	if err != nil {
+		return nil, fmt.Errorf("read etcd: %w", err)
 	}
-	s := &snapshot{st: registry.ApplyDrains(registry.BuildState(c.prefix, rev, kvs, nil)), mods: make(map[string]int64, len(kvs))}
+	kvs := l.KVs
+	s := &snapshot{st: registry.ApplyDrains(registry.BuildState(c.prefix, l.Revision, kvs, nil)), mods: make(map[string]int64, len(kvs))}
 	for _, kv := range kvs {
 		s.mods[string(kv.Key)] = kv.ModRevision
 	}
@@ -573,9 +556,9 @@ func ListMain(ctx context.Context, args []string, lookup func(string) (string, b
 	if err != nil {
 		return fail(exitFailure, err)
 	}
-	drains := status.FromState(snap.st).Drains
+	drains := overview.FromState(snap.st).Drains
 	if svc != "" {
-		drains = slices.DeleteFunc(drains, func(d status.Drain) bool { return d.Service != svc })
+		drains = slices.DeleteFunc(drains, func(d overview.Drain) bool { return d.Service != svc })
 	}
 	var bad []string
 	for key := range snap.st.Rejected {
@@ -592,7 +575,7 @@ func ListMain(ctx context.Context, args []string, lookup func(string) (string, b
 		}
 	} else if len(drains) == 0 {
 		fmt.Fprintln(stdout, "no drains")
-	} else if err := status.WriteDrains(stdout, drains, time.Now()); err != nil {
+	} else if err := overview.WriteDrains(stdout, drains, time.Now()); err != nil {
 		return fail(exitFailure, err)
 	}
 	for _, key := range bad {

@@ -21,7 +21,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/etcdtest"
-	"github.com/tetherlb/tether/internal/status"
+	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -155,7 +155,13 @@ func start(t *testing.T) *fixture {
 	xctx, xcancel := context.WithCancel(context.Background())
 	// A stream that fails ends every WaitFor on the client at once with its error.
 	done := f.xds.Start(xctx, conn)
-	t.Cleanup(func() { xcancel(); <-done; conn.Close() })
+	t.Cleanup(func() {
+		xcancel()
+		if err := <-done; err != nil {
+			t.Logf("xDS client stopped: %v", err)
+		}
+		conn.Close()
+	})
 	return f
 }
 
@@ -461,4 +467,4 @@ func TestOperatorRole(t *testing.T) {
 	}
 }
 
-type statusInstance = status.Instance
+type statusInstance = overview.Instance

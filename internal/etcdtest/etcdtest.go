@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tetherlb/tether/registry"
+	"github.com/tetherlb/tether/internal/etcdembed"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -32,7 +32,7 @@ type Server struct {
 	ClientURL string
 	PeerURL   string
 	configure func(*embed.Config)
-	e         *registry.Embedded
+	e         *etcdembed.Server
 	held      []func() // release the ports kept while stopped
 }
 
@@ -101,7 +101,7 @@ func addrInUse(err error) bool {
 func (s *Server) start() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	e, err := registry.StartEmbedded(ctx, registry.EmbedConfig{
+	e, err := etcdembed.Start(ctx, etcdembed.Config{
 		Dir: s.Dir, ClientURL: s.ClientURL, PeerURL: s.PeerURL,
 		TickMs: 10, ElectionMs: 50, Configure: s.configure,
 	})

@@ -149,4 +149,4 @@ type InstallOptions struct {
 }
 
 // ErrNotWindows is returned by the service commands on other systems.
-var ErrNotWindows = errors.New("Windows services exist only on Windows")
+var ErrNotWindows = errors.New("service commands work only on Windows, where services exist")

@@ -220,7 +220,12 @@ func TestFailureExits1(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	first := make(chan error, 1)
 	go func() { first <- agent.Run(ctx, f.cfg, zerolog.Nop(), nil) }()
-	t.Cleanup(func() { cancel(); <-first })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-first; err != nil {
+			t.Logf("first agent stopped: %v", err)
+		}
+	})
 	f.state(t, registry.StateAvailable)
 	s := serve(t, f.run(zerolog.Nop()), winsvc.Options{})
 	if code := s.exitCode(t); code != winsvc.ExitFailure {

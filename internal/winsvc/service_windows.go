@@ -52,6 +52,8 @@ func (h *handler) Execute(args []string, r <-chan svc.ChangeRequest, s chan<- sv
 				req = Stop
 			case svc.Shutdown, svc.PreShutdown:
 				req = Shutdown
+			default:
+				// Every other request is answered with the current status.
 			}
 			select {
 			case reqs <- req:
@@ -120,7 +122,8 @@ func InstallService(o InstallOptions) error {
 		return undo(fmt.Errorf("set recovery actions of %q: %w", o.Name, err))
 	}
 	info := struct{ timeoutMs uint32 }{uint32(o.Preshutdown / time.Millisecond)}
-	if err := windows.ChangeServiceConfig2(s.Handle, windows.SERVICE_CONFIG_PRESHUTDOWN_INFO, (*byte)(unsafe.Pointer(&info))); err != nil {
+	// The Windows API takes the SERVICE_PRESHUTDOWN_INFO struct through a *byte.
+	if err := windows.ChangeServiceConfig2(s.Handle, windows.SERVICE_CONFIG_PRESHUTDOWN_INFO, (*byte)(unsafe.Pointer(&info))); err != nil { //nolint:gosec // G103: see above
 		return undo(fmt.Errorf("set the preshutdown time of %q: %w", o.Name, err))
 	}
 	if err := eventlog.InstallAsEventCreate(o.Name, eventlog.Error|eventlog.Warning|eventlog.Info); err != nil &&

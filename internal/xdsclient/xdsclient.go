@@ -9,7 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -275,7 +275,7 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 		names := c.subs[typeURL]
 		c.notifyLocked()
 		c.mu.Unlock()
-		sort.Strings(upd.Names)
+		slices.Sort(upd.Names)
 		if c.OnUpdate != nil {
 			c.OnUpdate(upd)
 		}
@@ -361,7 +361,7 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 		follow, followNames := c.followLocked(typeURL)
 		c.notifyLocked()
 		c.mu.Unlock()
-		sort.Strings(upd.Names)
+		slices.Sort(upd.Names)
 		if c.OnUpdate != nil {
 			c.OnUpdate(upd)
 		}
@@ -448,9 +448,9 @@ func (c *Client) followLocked(typeURL string) (string, []string) {
 	for _, fs := range c.follows[typeURL] {
 		names = append(names, fs...)
 	}
-	sort.Strings(names)
-	names = dedupe(names)
-	if equal(names, c.subs[f]) {
+	slices.Sort(names)
+	names = slices.Compact(names)
+	if slices.Equal(names, c.subs[f]) {
 		return "", nil
 	}
 	// Forget resources no longer subscribed.
@@ -645,28 +645,6 @@ func (c *Client) WaitFor(ctx context.Context, cond func(View) bool) error {
 			return fmt.Errorf("%w: %v", ErrTimeout, ctx.Err())
 		}
 	}
-}
-
-func dedupe(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func diff(old, cur []string) (sub, unsub []string) {

@@ -1,4 +1,7 @@
-package registry
+// Package etcdembed runs a single-node etcd inside a Tether process: the control plane's
+// default store, and the store of tests and the bench. It lives apart from registry so that
+// the agent, which imports registry, links none of etcd's server (raft, bbolt, otel).
+package etcdembed
 
 import (
 	"context"
@@ -10,8 +13,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// EmbedConfig configures the embedded single-node etcd.
-type EmbedConfig struct {
+// Config configures the embedded single-node etcd.
+type Config struct {
 	// Dir holds etcd's data; it survives restarts.
 	Dir string
 	// ClientURL is where clients (agents, etcdctl) connect, e.g. http://127.0.0.1:2379.
@@ -29,14 +32,14 @@ type EmbedConfig struct {
 	Configure func(*embed.Config)
 }
 
-// Embedded is a running embedded etcd server.
-type Embedded struct {
+// Server is a running embedded etcd server.
+type Server struct {
 	etcd      *embed.Etcd
 	Endpoints []string
 }
 
-// StartEmbedded starts a single-node etcd and waits until it serves clients.
-func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
+// Start starts a single-node etcd and waits until it serves clients.
+func Start(ctx context.Context, c Config) (*Server, error) {
 	cu, err := url.Parse(c.ClientURL)
 	if err != nil || cu.Host == "" {
 		return nil, fmt.Errorf("embedded etcd: client URL %q is not a URL such as http://127.0.0.1:2379", c.ClientURL)
@@ -96,11 +99,11 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	for _, u := range cfg.AdvertiseClientUrls {
 		eps = append(eps, u.String())
 	}
-	return &Embedded{etcd: e, Endpoints: eps}, nil
+	return &Server{etcd: e, Endpoints: eps}, nil
 }
 
 // Err reports a fatal server error.
-func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
+func (e *Server) Err() <-chan error { return e.etcd.Err() }
 
 // Close stops the server and waits for it.
-func (e *Embedded) Close() { e.etcd.Close() }
+func (e *Server) Close() { e.etcd.Close() }

@@ -1,8 +1,8 @@
-// Package status builds the operator's overview of the registry (services, their instances
-// with load against thresholds, rejected keys) and implements `tether-controlplane status`,
-// which prints it as a table (or JSON) after reading etcd once. The control plane's web
-// monitor serves the same Overview, extended with what Envoy was given.
-package status
+// Package overview is the operator's view of the registry: services, their instances with
+// load against thresholds, drains and rejected keys, sorted for display, and its rendering as
+// text. `tether-controlplane status` and `drains` print it; the control plane's web monitor
+// serves it, extended with what Envoy was given.
+package overview
 
 import (
 	"maps"
@@ -39,11 +39,11 @@ type Summary struct {
 type Service struct {
 	Name string `json:"name"`
 	// Configured is true when an operator wrote the service's configuration key.
-	Configured bool       `json:"configured"`
-	Domains    []string   `json:"domains"`
-	PathPrefix string     `json:"pathPrefix"`
-	Affinity   string     `json:"affinity"`
-	Instances  []Instance `json:"instances"`
+	Configured bool                  `json:"configured"`
+	Domains    []string              `json:"domains"`
+	PathPrefix string                `json:"pathPrefix"`
+	Affinity   registry.AffinityMode `json:"affinity"`
+	Instances  []Instance            `json:"instances"`
 }
 
 // Instance is an instance as its agent wrote it (the etcd value's fields, inlined in JSON),

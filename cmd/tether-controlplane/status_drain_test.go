@@ -1,4 +1,4 @@
-package status
+package main
 
 import (
 	"context"
@@ -23,7 +23,7 @@ func TestStatusShowsDrains(t *testing.T) {
 	if _, _, err := registry.PutDrain(ctx, cli, "/tether", "app", "app-1", d); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errOut := run(t, "--etcd-endpoints", srv.ClientURL)
+	code, out, errOut := runStatus(t, "--etcd-endpoints", srv.ClientURL)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -37,7 +37,7 @@ func TestStatusShowsDrains(t *testing.T) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}
 	}
-	code, out, _ = run(t, "--etcd-endpoints", srv.ClientURL, "--json")
+	code, out, _ = runStatus(t, "--etcd-endpoints", srv.ClientURL, "--json")
 	if code != 0 || !strings.Contains(out, `"drain": {`) || !strings.Contains(out, `"matched": [`) || !strings.Contains(out, `"drained": 1`) {
 		t.Errorf("status --json lacks the drain:\n%s", out)
 	}

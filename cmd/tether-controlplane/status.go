@@ -1,4 +1,4 @@
-package status
+package main
 
 import (
 	"context"
@@ -9,18 +9,18 @@ import (
 	"io"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
 
-// Main runs `tether-controlplane status [flags]`: it reads the registry once from etcd and
+// statusMain runs `tether-controlplane status [flags]`: it reads the registry once from etcd and
 // prints the overview as a table, or as JSON with --json. args are the arguments after
 // "status"; flags also read TETHER_<FLAG> from lookup. It returns the exit code: 0 on
 // success, 1 when etcd cannot be read, 2 on a usage error.
-func Main(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+func statusMain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether-controlplane status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -61,17 +61,17 @@ func Main(ctx context.Context, args []string, lookup func(string) (string, bool)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	st, err := Read(ctx, ec, p)
+	st, err := readState(ctx, ec, p)
 	if err != nil {
 		return fail(1, err)
 	}
-	ov := FromState(st)
+	ov := overview.FromState(st)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		err = enc.Encode(ov)
 	} else {
-		err = WriteTable(stdout, ov, time.Now())
+		err = overview.WriteTable(stdout, ov, time.Now())
 	}
 	if err != nil {
 		return fail(1, err)
@@ -79,39 +79,18 @@ func Main(ctx context.Context, args []string, lookup func(string) (string, bool)
 	return 0
 }
 
-// listPage is the number of keys read per request.
-const listPage = 1000
-
-// Read lists the registry under prefix once, at one revision (page by page), with a client
-// of cfg.
-func Read(ctx context.Context, cfg clientv3.Config, prefix string) (*registry.State, error) {
+// readState reads the registry under prefix once, at one revision, with a client of cfg, and
+// applies the drains as the control plane does, so that both show the same states.
+func readState(ctx context.Context, cfg clientv3.Config, prefix string) (*registry.State, error) {
 	cfg.Context = ctx
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
 	}
 	defer cli.Close()
-	start, end := prefix+"/", clientv3.GetPrefixRangeEnd(prefix+"/")
-	var kvs []*mvccpb.KeyValue
-	var rev int64
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := cli.Get(ctx, start, opts...)
-		if err != nil {
-			return nil, fmt.Errorf("read %s/ from etcd %v: %w", prefix, cfg.Endpoints, err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		kvs = append(kvs, resp.Kvs...)
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	l, err := registry.List(ctx, cli, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("read etcd %v: %w", cfg.Endpoints, err)
 	}
-	// Drains applied as the control plane applies them, so that both show the same states.
-	return registry.ApplyDrains(registry.BuildState(prefix, rev, kvs, nil)), nil
+	return registry.ApplyDrains(registry.BuildState(prefix, l.Revision, l.KVs, nil)), nil
 }

@@ -1,4 +1,4 @@
-package status
+package main
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -59,12 +60,12 @@ func seed(t *testing.T, cli *clientv3.Client) {
 
 var ageRE = regexp.MustCompile(` [0-9]{1,2}s$`)
 
-func run(t *testing.T, args ...string) (int, string, string) {
+func runStatus(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	code := Main(ctx, args, func(string) (string, bool) { return "", false }, &out, &errb)
+	code := statusMain(ctx, args, func(string) (string, bool) { return "", false }, &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -72,7 +73,7 @@ func TestStatusTable(t *testing.T) {
 	srv := etcdtest.Start(t)
 	seed(t, srv.Client(t))
 
-	code, out, errOut := run(t, "--etcd-endpoints", srv.ClientURL, "--prefix", "/tether/")
+	code, out, errOut := runStatus(t, "--etcd-endpoints", srv.ClientURL, "--prefix", "/tether/")
 	if code != 0 {
 		t.Fatalf("exit %d, stderr: %s", code, errOut)
 	}
@@ -121,11 +122,11 @@ func TestStatusJSON(t *testing.T) {
 	srv := etcdtest.Start(t)
 	seed(t, srv.Client(t))
 
-	code, out, errOut := run(t, "--etcd-endpoints", srv.ClientURL, "--json")
+	code, out, errOut := runStatus(t, "--etcd-endpoints", srv.ClientURL, "--json")
 	if code != 0 {
 		t.Fatalf("exit %d, stderr: %s", code, errOut)
 	}
-	var ov Overview
+	var ov overview.Overview
 	if err := json.Unmarshal([]byte(out), &ov); err != nil {
 		t.Fatalf("decode %s: %v", out, err)
 	}
@@ -148,30 +149,15 @@ func TestStatusJSON(t *testing.T) {
 }
 
 func TestStatusErrors(t *testing.T) {
-	if code, _, errOut := run(t, "extra"); code != 2 || !strings.Contains(errOut, `unexpected argument "extra"`) {
+	if code, _, errOut := runStatus(t, "extra"); code != 2 || !strings.Contains(errOut, `unexpected argument "extra"`) {
 		t.Errorf("extra argument: exit %d, %s", code, errOut)
 	}
-	if code, _, errOut := run(t, "--prefix", "tether"); code != 2 || !strings.Contains(errOut, "--prefix") {
+	if code, _, errOut := runStatus(t, "--prefix", "tether"); code != 2 || !strings.Contains(errOut, "--prefix") {
 		t.Errorf("bad prefix: exit %d, %s", code, errOut)
 	}
 	port := etcdtest.FreePort(t)
-	code, _, errOut := run(t, "--etcd-endpoints", fmt.Sprintf("127.0.0.1:%d", port), "--timeout", "500ms", "--etcd-dial-timeout", "200ms")
+	code, _, errOut := runStatus(t, "--etcd-endpoints", fmt.Sprintf("127.0.0.1:%d", port), "--timeout", "500ms", "--etcd-dial-timeout", "200ms")
 	if code != 1 || !strings.Contains(errOut, "127.0.0.1:") {
 		t.Errorf("unreachable etcd: exit %d, %s", code, errOut)
-	}
-}
-
-func TestClean(t *testing.T) {
-	if got := clean("a\tb\nc", 0); got != "a b c" {
-		t.Errorf("clean = %q", got)
-	}
-	if got := clean("abcdef", 4); got != "abc…" {
-		t.Errorf("clean cut = %q", got)
-	}
-	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	for d, want := range map[time.Duration]string{5 * time.Second: "5s", 125 * time.Second: "2m05s", 3*time.Hour + 4*time.Minute: "3h04m", 72 * time.Hour: "3d", -time.Second: "0s"} {
-		if got := age(now.Add(-d), now); got != want {
-			t.Errorf("age(%s) = %q, want %q", d, got, want)
-		}
 	}
 }
