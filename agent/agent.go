@@ -331,7 +331,7 @@ func (r *runner) sync(ctx context.Context) error {
 		return nil
 	}
 	if cause == writeState {
-		r.log.Info().Str("from", r.written.State).Str("to", r.current.State).Str("reason", r.current.Reason).Msg("state changed")
+		r.log.Info().Str("from", string(r.written.State)).Str("to", string(r.current.State)).Str("reason", r.current.Reason).Msg("state changed")
 	}
 	err := r.write(ctx, r.current, cause)
 	if errors.Is(err, registry.ErrLeaseLost) {

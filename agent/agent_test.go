@@ -263,7 +263,7 @@ func (w *keyWatch) quiet(t *testing.T, what string, cond func(*registry.Instance
 	}
 }
 
-func state(s string) func(*registry.Instance, int64) bool {
+func state(s registry.InstanceState) func(*registry.Instance, int64) bool {
 	return func(in *registry.Instance, _ int64) bool { return in != nil && in.State == s }
 }
 

@@ -167,7 +167,7 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 	r.m.writes.WithLabelValues("register").Inc()
 	r.backoff.reset()
 	r.log.Info().Str("lease", fmt.Sprintf("%x", int64(r.lease.ID()))).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
-		Str("state", next.State).Msg("instance registered")
+		Str("state", string(next.State)).Msg("instance registered")
 	return nil
 }
 

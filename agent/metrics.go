@@ -68,12 +68,12 @@ func (m *metrics) setRegistered(ok bool) {
 }
 
 func (m *metrics) observe(in registry.Instance) {
-	for _, s := range []string{registry.StateAvailable, registry.StateFull, registry.StateDraining, registry.StateUnhealthy} {
+	for _, s := range []registry.InstanceState{registry.StateAvailable, registry.StateFull, registry.StateDraining, registry.StateUnhealthy} {
 		v := 0.0
 		if s == in.State {
 			v = 1
 		}
-		m.state.WithLabelValues(s).Set(v)
+		m.state.WithLabelValues(string(s)).Set(v)
 	}
 	m.sessions.Set(float64(in.Load.Sessions))
 	m.cpu.Set(in.Load.CPU)

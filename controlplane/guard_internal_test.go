@@ -24,9 +24,9 @@ func reg(rev int64, insts ...string) *registry.State {
 			panic(spec)
 		}
 		if state == "" {
-			state = registry.StateAvailable
+			state = string(registry.StateAvailable)
 		}
-		svc.Instances[id] = registry.Instance{ID: id, Address: "10.0.0.1", Port: 5000, State: state, Load: registry.Load{Sessions: sessions}}
+		svc.Instances[id] = registry.Instance{ID: id, Address: "10.0.0.1", Port: 5000, State: registry.InstanceState(state), Load: registry.Load{Sessions: sessions}}
 	}
 	st := &registry.State{Revision: rev, Services: map[string]*registry.Service{}}
 	if len(insts) > 0 {

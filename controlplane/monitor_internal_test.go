@@ -39,7 +39,7 @@ func (f *fakeSource) set(p *published) {
 	f.mu.Unlock()
 }
 
-func snapshotOf(sessions int, state string) *published {
+func snapshotOf(sessions int, state registry.InstanceState) *published {
 	in := registry.Instance{ID: "app-1", Address: "10.0.0.1", Port: 5000, State: state,
 		Thresholds: registry.Thresholds{MaxSessions: 10}, Load: registry.Load{Sessions: sessions}}
 	st := &registry.State{Revision: int64(sessions + 1), Services: map[string]*registry.Service{

@@ -23,7 +23,7 @@ import (
 )
 
 // monitorInstance is a registered demo instance on 127.0.0.1.
-func monitorInstance(id string, port, sessions int, state, reason string) registry.Instance {
+func monitorInstance(id string, port, sessions int, state registry.InstanceState, reason string) registry.Instance {
 	return registry.Instance{
 		ID: id, Address: "127.0.0.1", Port: port, Zone: "zone-a",
 		Thresholds: registry.Thresholds{MaxSessions: 100, MaxCPU: 85, MaxMemory: 70},

@@ -198,14 +198,14 @@ func (p *publisher) publishLatest() bool {
 }
 
 func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
-	counts := map[string]int{registry.StateAvailable: 0, registry.StateFull: 0, registry.StateDraining: 0, registry.StateUnhealthy: 0}
+	counts := map[registry.InstanceState]int{registry.StateAvailable: 0, registry.StateFull: 0, registry.StateDraining: 0, registry.StateUnhealthy: 0}
 	for _, svc := range st.Services {
 		for _, in := range svc.Instances {
 			counts[in.State]++
 		}
 	}
 	for s, n := range counts {
-		p.m.instances.WithLabelValues(s).Set(float64(n))
+		p.m.instances.WithLabelValues(string(s)).Set(float64(n))
 	}
 	p.m.services.Set(float64(len(st.Services)))
 	p.m.rejectedNow.Set(float64(len(st.Rejected)))

@@ -50,7 +50,7 @@ func (e *env) addOther(t testing.TB, cli *clientv3.Client, addr string, port int
 }
 
 // putOtherInstance writes otherService's instance o1 in state.
-func putOtherInstance(t testing.TB, cli *clientv3.Client, addr string, port int, state string) {
+func putOtherInstance(t testing.TB, cli *clientv3.Client, addr string, port int, state registry.InstanceState) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -257,6 +257,8 @@ func DrainService(svc *Service, drains map[string]Drain) *Service {
 			}
 			in.State, in.Reason = StateDraining, reason
 			out.Instances[id] = in
+		case StateDraining, StateUnhealthy:
+			// Already takes no new sessions; an unhealthy instance stays unhealthy.
 		}
 	}
 	if out == nil {

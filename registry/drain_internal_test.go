@@ -100,7 +100,7 @@ func TestApplyDrains(t *testing.T) {
 	}
 	out := ApplyDrains(st)
 	app := out.Services["app"]
-	want := map[string]string{"a1": StateDraining, "a2": StateDraining, "a3": StateUnhealthy, "b1": StateAvailable}
+	want := map[string]InstanceState{"a1": StateDraining, "a2": StateDraining, "a3": StateUnhealthy, "b1": StateAvailable}
 	for id, s := range want {
 		if got := app.Instances[id].State; got != s {
 			t.Errorf("%s: state %s, want %s", id, got, s)

@@ -202,12 +202,16 @@ func DefaultServiceConfig(service string) ServiceConfig {
 	}
 }
 
+// InstanceState is what an agent says of its instance; the control plane maps it to Envoy's
+// health status.
+type InstanceState string
+
 // Instance states.
 const (
-	StateAvailable = "available" // takes new sessions.
-	StateFull      = "full"      // a threshold is crossed: keeps its sessions, takes no new ones.
-	StateDraining  = "draining"  // shutting down: keeps its sessions, takes no new ones.
-	StateUnhealthy = "unhealthy" // the backend's health probe fails.
+	StateAvailable InstanceState = "available" // takes new sessions.
+	StateFull      InstanceState = "full"      // a threshold is crossed: keeps its sessions, takes no new ones.
+	StateDraining  InstanceState = "draining"  // shutting down: keeps its sessions, takes no new ones.
+	StateUnhealthy InstanceState = "unhealthy" // the backend's health probe fails.
 )
 
 // Instance is one backend instance at <prefix>/instances/<service>/<id>, written by its agent
@@ -220,7 +224,7 @@ type Instance struct {
 	Labels     map[string]string `json:"labels,omitempty"`
 	Thresholds Thresholds        `json:"thresholds"`
 	Load       Load              `json:"load"`
-	State      string            `json:"state"`
+	State      InstanceState     `json:"state"`
 	Reason     string            `json:"reason"`
 	UpdatedAt  time.Time         `json:"updatedAt"`
 	Agent      AgentInfo         `json:"agent"`

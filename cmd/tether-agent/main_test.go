@@ -238,7 +238,7 @@ func nextEvent(t *testing.T, events <-chan *registry.Instance, timeout time.Dura
 	}
 }
 
-func inState(s string) func(*registry.Instance) bool {
+func inState(s registry.InstanceState) func(*registry.Instance) bool {
 	return func(in *registry.Instance) bool { return in != nil && in.State == s }
 }
 

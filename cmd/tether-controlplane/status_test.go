@@ -17,7 +17,7 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-func instance(id, addr string, sessions int, state, reason string) registry.Instance {
+func instance(id, addr string, sessions int, state registry.InstanceState, reason string) registry.Instance {
 	return registry.Instance{
 		ID: id, Address: addr, Port: 5000, Zone: "eu-west-1a",
 		Thresholds: registry.Thresholds{MaxSessions: 100, MaxCPU: 85, MaxMemory: 70},

@@ -10,7 +10,7 @@ import (
 // bigState has services×perService instances: a mix of affinity modes, states and loads.
 func bigState(services, perService int) *registry.State {
 	modes := []registry.AffinityMode{registry.AffinityCookie, registry.AffinityHeader, registry.AffinitySourceIP, registry.AffinityNone}
-	states := []string{registry.StateAvailable, registry.StateAvailable, registry.StateAvailable, registry.StateFull, registry.StateDraining}
+	states := []registry.InstanceState{registry.StateAvailable, registry.StateAvailable, registry.StateAvailable, registry.StateFull, registry.StateDraining}
 	st := &registry.State{Revision: 1, Services: map[string]*registry.Service{}}
 	for s := range services {
 		name := fmt.Sprintf("svc-%04d", s)

@@ -237,7 +237,7 @@ func endpoints(svc string, cfg registry.ServiceConfig, insts []registry.Instance
 			LoadBalancingWeight: u32(weight(in, weightMode(cfg))),
 			Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNamespace: {Fields: map[string]*structpb.Value{
 				"id":    structpb.NewStringValue(in.ID),
-				"state": structpb.NewStringValue(in.State),
+				"state": structpb.NewStringValue(string(in.State)),
 			}}}},
 		})
 	}
@@ -249,12 +249,13 @@ func endpoints(svc string, cfg registry.ServiceConfig, insts []registry.Instance
 
 // healthStatus maps an instance state to its EDS health: full and draining instances are
 // DRAINING (they keep their sessions through override_host_status, take no new ones).
-func healthStatus(state string) corev3.HealthStatus {
+func healthStatus(state registry.InstanceState) corev3.HealthStatus {
 	switch state {
 	case registry.StateAvailable:
 		return corev3.HealthStatus_HEALTHY
 	case registry.StateFull, registry.StateDraining:
 		return corev3.HealthStatus_DRAINING
+	case registry.StateUnhealthy:
 	}
 	return corev3.HealthStatus_UNHEALTHY
 }

@@ -69,7 +69,7 @@ func runCmd(t *testing.T, etcd string, env map[string]string, args ...string) re
 	return result{code, out.String(), errb.String()}
 }
 
-func putInstance(t *testing.T, cli *clientv3.Client, id string, port int, version, state string, sessions int) {
+func putInstance(t *testing.T, cli *clientv3.Client, id string, port int, version string, state registry.InstanceState, sessions int) {
 	t.Helper()
 	in := registry.Instance{ID: id, Address: "127.0.0.1", Port: port, Labels: map[string]string{"version": version},
 		Thresholds: registry.Thresholds{MaxSessions: 100}, Load: registry.Load{Sessions: sessions},

@@ -64,11 +64,11 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 	return nil
 }
 
-func stateText(s string) string {
+func stateText(s registry.InstanceState) string {
 	if s == registry.StateAvailable {
-		return s
+		return string(s)
 	}
-	return strings.ToUpper(s)
+	return strings.ToUpper(string(s))
 }
 
 func sessions(n, limit int) string {

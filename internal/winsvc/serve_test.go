@@ -124,10 +124,10 @@ func (f *fixture) run(log zerolog.Logger) winsvc.RunFunc {
 }
 
 // state polls the instance key until it is in state want ("" = gone).
-func (f *fixture) state(t *testing.T, want string) {
+func (f *fixture) state(t *testing.T, want registry.InstanceState) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	got := "?"
+	got := registry.InstanceState("?")
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		resp, err := f.cli.Get(ctx, registry.InstanceKey("/tether", "app", "win-1"))
