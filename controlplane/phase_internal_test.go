@@ -11,7 +11,7 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-func phaseState(rev int64, states map[string]string) *registry.State {
+func phaseState(rev int64, states map[string]registry.InstanceState) *registry.State {
 	svc := &registry.Service{Name: "app", Config: registry.DefaultServiceConfig("app"), Instances: map[string]registry.Instance{}}
 	ports := map[string]int{"old": 5001, "sick": 5002, "new": 5003, "newfull": 5004}
 	for id, s := range states {
@@ -48,12 +48,12 @@ func servedHealth(t *testing.T, st *registry.State) (map[string]corev3.HealthSta
 func TestFirstPhaseIsDrainingAndReachableBySession(t *testing.T) {
 	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
 	now := time.Now()
-	first := phaseState(1, map[string]string{"old": registry.StateAvailable, "sick": registry.StateUnhealthy})
+	first := phaseState(1, map[string]registry.InstanceState{"old": registry.StateAvailable, "sick": registry.StateUnhealthy})
 	got, _ := servedHealth(t, ph.apply(first, now))
 	if got["old"] != corev3.HealthStatus_HEALTHY || got["sick"] != corev3.HealthStatus_UNHEALTHY {
 		t.Fatalf("first publication = %v, want old HEALTHY, sick UNHEALTHY (not phased)", got)
 	}
-	next := phaseState(2, map[string]string{"old": registry.StateAvailable, "sick": registry.StateAvailable,
+	next := phaseState(2, map[string]registry.InstanceState{"old": registry.StateAvailable, "sick": registry.StateAvailable,
 		"new": registry.StateAvailable, "newfull": registry.StateFull})
 	served := ph.apply(next, now)
 	got, override := servedHealth(t, served)
@@ -94,8 +94,8 @@ func TestFirstPhaseIsDrainingAndReachableBySession(t *testing.T) {
 		t.Errorf("after promotion = %v, want new and sick HEALTHY, newfull DRAINING", got)
 	}
 	// Gone and back (or unhealthy and back): a new first phase.
-	ph.apply(phaseState(3, map[string]string{"old": registry.StateAvailable, "new": registry.StateUnhealthy}), now)
-	got, _ = servedHealth(t, ph.apply(phaseState(4, map[string]string{"old": registry.StateAvailable, "new": registry.StateAvailable}), now))
+	ph.apply(phaseState(3, map[string]registry.InstanceState{"old": registry.StateAvailable, "new": registry.StateUnhealthy}), now)
+	got, _ = servedHealth(t, ph.apply(phaseState(4, map[string]registry.InstanceState{"old": registry.StateAvailable, "new": registry.StateAvailable}), now))
 	if got["new"] != corev3.HealthStatus_DRAINING || got["old"] != corev3.HealthStatus_HEALTHY {
 		t.Errorf("back from unhealthy = %v, want new DRAINING again, old HEALTHY", got)
 	}
