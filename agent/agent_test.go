@@ -116,36 +116,6 @@ func (r *running) wait(t *testing.T, timeout time.Duration) error {
 	}
 }
 
-// waitKey polls the instance key until cond holds (inst nil = key absent) or the deadline.
-func waitKey(t *testing.T, cli *clientv3.Client, id string, timeout time.Duration, what string, cond func(*registry.Instance, int64) bool) *registry.Instance {
-	t.Helper()
-	key := registry.InstanceKey("/tether", "app", id)
-	deadline := time.Now().Add(timeout)
-	var last *registry.Instance
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := cli.Get(ctx, key)
-		cancel()
-		if err == nil {
-			last = nil
-			var lease int64
-			if len(resp.Kvs) == 1 {
-				in, derr := registry.DecodeInstance("app", id, resp.Kvs[0].Value)
-				if derr != nil {
-					t.Fatalf("agent wrote an invalid instance: %v\n%s", derr, resp.Kvs[0].Value)
-				}
-				last, lease = &in, resp.Kvs[0].Lease
-			}
-			if cond(last, lease) {
-				return last
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached within %s; last value %+v", what, timeout, last)
-	return nil
-}
-
 // waitSamples waits until the agent has sampled the backend's sessions n more times.
 func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
 	t.Helper()
@@ -153,112 +123,6 @@ func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
 	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
-		}
-	}
-}
-
-// keyEvent is one value the instance key took (in nil: deleted).
-type keyEvent struct {
-	in    *registry.Instance
-	lease int64
-}
-
-// keyWatch records every value the instance key takes after it starts: unlike polling, it
-// misses no state, however briefly the key holds it.
-type keyWatch struct {
-	id     string
-	cli    *clientv3.Client
-	ctx    context.Context // the watch's: RequestProgress reaches the watch only with it
-	events chan keyEvent
-	rev    atomic.Int64 // revision up to which the watch has delivered every event
-}
-
-// watchKey starts recording the instance key from the current revision on.
-func watchKey(t *testing.T, cli *clientv3.Client, id string) *keyWatch {
-	t.Helper()
-	key := registry.InstanceKey("/tether", "app", id)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
-	resp, err := cli.Get(gctx, key)
-	gcancel()
-	if err != nil {
-		t.Fatalf("get %s: %v", key, err)
-	}
-	w := &keyWatch{id: id, cli: cli, ctx: clientv3.WithRequireLeader(ctx), events: make(chan keyEvent, 10000)}
-	wch := cli.Watch(w.ctx, key, clientv3.WithRev(resp.Header.Revision+1))
-	go func() {
-		defer close(w.events)
-		for wr := range wch {
-			for _, ev := range wr.Events {
-				e := keyEvent{lease: ev.Kv.Lease}
-				if ev.Type == clientv3.EventTypePut {
-					in, err := registry.DecodeInstance("app", id, ev.Kv.Value)
-					if err != nil {
-						t.Errorf("agent wrote an invalid instance: %v\n%s", err, ev.Kv.Value)
-						continue
-					}
-					e.in = &in
-				}
-				w.events <- e
-			}
-			w.rev.Store(max(w.rev.Load(), wr.Header.Revision))
-		}
-	}()
-	return w
-}
-
-// next returns the first recorded value for which cond holds; every value before it must
-// satisfy meanwhile (nil: anything goes).
-func (w *keyWatch) next(t *testing.T, timeout time.Duration, what string, cond, meanwhile func(*registry.Instance, int64) bool) *registry.Instance {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case e, ok := <-w.events:
-			if !ok {
-				t.Fatalf("%s: the watch of %s ended", what, w.id)
-			}
-			if cond(e.in, e.lease) {
-				return e.in
-			}
-			if meanwhile != nil && !meanwhile(e.in, e.lease) {
-				t.Fatalf("%s: before it, %s took the value %+v", what, w.id, e.in)
-			}
-		case <-deadline:
-			t.Fatalf("%s: not seen within %s", what, timeout)
-		}
-	}
-}
-
-// quiet checks that every value the key took up to now satisfies cond.
-func (w *keyWatch) quiet(t *testing.T, what string, cond func(*registry.Instance, int64) bool) {
-	t.Helper()
-	// Catch up: etcd's current revision, then a progress notification at or past it.
-	ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
-	defer cancel()
-	resp, err := w.cli.Get(ctx, "/tether/none")
-	if err != nil {
-		t.Fatalf("%s: read the revision: %v", what, err)
-	}
-	for w.rev.Load() < resp.Header.Revision {
-		if err := w.cli.RequestProgress(w.ctx); err != nil {
-			t.Fatalf("%s: request watch progress: %v", what, err)
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s: the watch did not reach revision %d", what, resp.Header.Revision)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	for {
-		select {
-		case e := <-w.events:
-			if !cond(e.in, e.lease) {
-				t.Fatalf("%s: %s took the value %+v", what, w.id, e.in)
-			}
-		default:
-			return
 		}
 	}
 }
@@ -294,7 +158,7 @@ func TestRegistrationWithAllFields(t *testing.T) {
 	start(t, cfg)
 
 	var leaseID int64
-	in := waitKey(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
+	in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
 		leaseID = lease
 		return in != nil && in.Load.Sessions == 3
 	})
@@ -384,32 +248,32 @@ func TestThresholdsCrossedAndBack(t *testing.T) {
 	cfg.AvailableURL = b.srv.URL + "/available"
 	cfg.Thresholds = registry.Thresholds{MaxSessions: 100, MaxCPU: 80, MaxMemory: 70, MaxMemoryMB: 500}
 	start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "available at start", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "available at start", state(registry.StateAvailable))
 
 	full := func(what, reason string) {
 		t.Helper()
-		in := waitKey(t, cli, "app-1", 5*time.Second, what, state(registry.StateFull))
+		in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, what, state(registry.StateFull))
 		if !strings.Contains(in.Reason, reason) {
 			t.Fatalf("%s: reason %q, want it to name %q", what, in.Reason, reason)
 		}
 	}
 	back := func(what string) {
 		t.Helper()
-		waitKey(t, cli, "app-1", 5*time.Second, what, state(registry.StateAvailable))
+		etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, what, state(registry.StateAvailable))
 	}
 
 	b.sessions.Store(100)
 	full("sessions at maxSessions", "sessions 100 >= maxSessions 100")
-	w := watchKey(t, cli, "app-1")
+	w := etcdtest.WatchInstance(t, cli, "app-1")
 	b.sessions.Store(97) // inside the hysteresis band: stays full for several samples
-	if in := w.next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
+	if in := w.Next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 97
 	}, state(registry.StateFull)); in.State != registry.StateFull {
 		t.Fatalf("sessions 97 (inside the hysteresis band) published as %s; want still full", in.State)
 	}
 	// Ten samples at 97: every value written since 100, 97 included, is full.
 	b.waitSamples(t, 10, 5*time.Second)
-	w.quiet(t, "full at 97 for ten samples", state(registry.StateFull))
+	w.Quiet(t, "full at 97 for ten samples", state(registry.StateFull))
 	b.sessions.Store(95)
 	back("sessions released at 95")
 
@@ -431,7 +295,7 @@ func TestThresholdsCrossedAndBack(t *testing.T) {
 	back("application available again")
 
 	b.health.Store(http.StatusInternalServerError)
-	in := waitKey(t, cli, "app-1", 5*time.Second, "health failing", state(registry.StateUnhealthy))
+	in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "health failing", state(registry.StateUnhealthy))
 	if in.Reason != "health check failed: status 500" {
 		t.Errorf("unhealthy reason %q", in.Reason)
 	}
@@ -447,13 +311,13 @@ func TestDrainWaitsForSessions(t *testing.T) {
 	cfg := config(t, etcd, b, "app-1")
 	r := start(t, cfg)
 	var leaseID int64
-	waitKey(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
 		leaseID = lease
 		return in != nil && in.State == registry.StateAvailable
 	})
-	w := watchKey(t, cli, "app-1")
+	w := etcdtest.WatchInstance(t, cli, "app-1")
 	r.cancel()
-	in := w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
+	in := w.Next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	if in.Reason == "" || in.Load.Sessions != 3 {
 		t.Errorf("draining instance %+v: want a reason and the 3 sessions", in)
 	}
@@ -464,12 +328,12 @@ func TestDrainWaitsForSessions(t *testing.T) {
 		t.Fatalf("agent stopped (%v) while 3 sessions were open", err)
 	default:
 	}
-	w.quiet(t, "draining with 3 sessions open", state(registry.StateDraining))
+	w.Quiet(t, "draining with 3 sessions open", state(registry.StateDraining))
 	b.sessions.Store(0)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	w.next(t, time.Second, "removed", gone, state(registry.StateDraining))
+	w.Next(t, time.Second, "removed", gone, state(registry.StateDraining))
 	ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(leaseID))
 	if err != nil || ttl.TTL != -1 {
 		t.Errorf("lease after drain: %+v, %v; want revoked (TTL -1)", ttl, err)
@@ -486,12 +350,12 @@ func TestDrainDecidesOnFreshSample(t *testing.T) {
 	cfg.Thresholds.MaxSessions = 10 // a one-session change is past the dead band: written
 	cfg.Interval = 500 * time.Millisecond
 	r := start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "registered with no session", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered with no session", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.State == registry.StateAvailable && in.Load.Sessions == 0
 	})
 	b.sessions.Store(1)
 	r.cancel()
-	waitKey(t, cli, "app-1", 5*time.Second, "draining with the session opened before the signal", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "draining with the session opened before the signal", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.State == registry.StateDraining && in.Load.Sessions == 1
 	})
 	select {
@@ -503,7 +367,7 @@ func TestDrainDecidesOnFreshSample(t *testing.T) {
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	waitKey(t, cli, "app-1", time.Second, "removed once the session ended", gone)
+	etcdtest.WaitInstance(t, cli, "app-1", time.Second, "removed once the session ended", gone)
 }
 
 func TestDrainTimeoutAndSkip(t *testing.T) {
@@ -515,27 +379,27 @@ func TestDrainTimeoutAndSkip(t *testing.T) {
 	cfg := config(t, etcd, b, "timeout")
 	cfg.DrainTimeout = 700 * time.Millisecond
 	r := start(t, cfg)
-	waitKey(t, cli, "timeout", 5*time.Second, "registered", state(registry.StateAvailable))
-	w := watchKey(t, cli, "timeout")
+	etcdtest.WaitInstance(t, cli, "timeout", 5*time.Second, "registered", state(registry.StateAvailable))
+	w := etcdtest.WatchInstance(t, cli, "timeout")
 	r.cancel()
-	w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
+	w.Next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run after drain timeout: %v", err)
 	}
-	w.next(t, time.Second, "removed after the drain timeout", gone, state(registry.StateDraining))
+	w.Next(t, time.Second, "removed after the drain timeout", gone, state(registry.StateDraining))
 
 	cfg = config(t, etcd, b, "skip")
 	cfg.DrainTimeout = time.Hour
 	r = start(t, cfg)
-	waitKey(t, cli, "skip", 5*time.Second, "registered", state(registry.StateAvailable))
-	w = watchKey(t, cli, "skip")
+	etcdtest.WaitInstance(t, cli, "skip", 5*time.Second, "registered", state(registry.StateAvailable))
+	w = etcdtest.WatchInstance(t, cli, "skip")
 	r.cancel()
-	w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
+	w.Next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	close(r.skip)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run after skip: %v", err)
 	}
-	w.next(t, time.Second, "removed after the second signal", gone, state(registry.StateDraining))
+	w.Next(t, time.Second, "removed after the second signal", gone, state(registry.StateDraining))
 }
 
 func TestEtcdOutageAndLostLease(t *testing.T) {
@@ -544,14 +408,14 @@ func TestEtcdOutageAndLostLease(t *testing.T) {
 	b := newBackend(t)
 	cfg := config(t, etcd, b, "app-1")
 	start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	// An outage longer than the TTL: the client gives up on the lease; the server keeps it.
 	etcd.Stop()
 	time.Sleep(cfg.TTL + time.Second)
 	b.sessions.Store(42)
 	etcd.StartAgain(t)
-	waitKey(t, cli, "app-1", 15*time.Second, "updated after the outage", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 15*time.Second, "updated after the outage", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 42
 	})
 
@@ -566,7 +430,7 @@ func TestEtcdOutageAndLostLease(t *testing.T) {
 	if _, err := cli.Revoke(ctx, clientv3.LeaseID(old)); err != nil {
 		t.Fatal(err)
 	}
-	waitKey(t, cli, "app-1", 10*time.Second, "registered again under a new lease", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "registered again under a new lease", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease != old && lease != 0
 	})
 
@@ -575,7 +439,7 @@ func TestEtcdOutageAndLostLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.sessions.Store(7)
-	waitKey(t, cli, "app-1", 10*time.Second, "re-created after deletion", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "re-created after deletion", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 7
 	})
 	if n := countInstances(t, cli); n != 1 {
@@ -590,7 +454,7 @@ func TestDuplicateID(t *testing.T) {
 	cfg := config(t, etcd, b, "app-1")
 	start(t, cfg)
 	var first int64
-	waitKey(t, cli, "app-1", 5*time.Second, "first agent registered", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "first agent registered", func(in *registry.Instance, lease int64) bool {
 		first = lease
 		return in != nil
 	})
@@ -599,7 +463,7 @@ func TestDuplicateID(t *testing.T) {
 	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
 		t.Fatalf("second agent: %v, want ErrIDHeld naming the id", err)
 	}
-	waitKey(t, cli, "app-1", time.Second, "first agent's key untouched", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", time.Second, "first agent's key untouched", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease == first
 	})
 }
@@ -621,7 +485,7 @@ func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := start(t, cfg)
-	waitKey(t, cli, "app-1", 10*time.Second, "registered once the dead lease expired", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "registered once the dead lease expired", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease != int64(dead.ID) && in.Port == cfg.Port
 	})
 	select {
@@ -646,7 +510,7 @@ func TestMetricsAutoPortPerAgent(t *testing.T) {
 		cfg := config(t, etcd, b, id)
 		cfg.MetricsAddr = agent.MetricsAuto
 		start(t, cfg)
-		in := waitKey(t, cli, id, 5*time.Second, id+" registered", state(registry.StateAvailable))
+		in := etcdtest.WaitInstance(t, cli, id, 5*time.Second, id+" registered", state(registry.StateAvailable))
 		addr := in.Agent.Metrics
 		ap, err := netip.ParseAddrPort(addr)
 		if err != nil || addr == first || ap.Port() < agent.MetricsPortFirst || ap.Port() >= agent.MetricsPortFirst+agent.MetricsPortCount {
@@ -718,7 +582,7 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	waitKey(t, cli, "app-1", 15*time.Second, "registered once etcd is up", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 15*time.Second, "registered once etcd is up", state(registry.StateAvailable))
 
 	wrong := config(t, etcd, b, "app-2")
 	wrong.Etcd.Username, wrong.Etcd.Password = "root", "not-the-password"
@@ -738,7 +602,7 @@ func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
 	cfg := config(t, etcd, b, "app-1")
 	cfg.HealthURL = fmt.Sprintf("http://127.0.0.1:%d/%s?token=s3cret", etcdtest.FreePort(t), strings.Repeat("a", 700))
 	start(t, cfg)
-	in := waitKey(t, cli, "app-1", 10*time.Second, "unhealthy", state(registry.StateUnhealthy))
+	in := etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "unhealthy", state(registry.StateUnhealthy))
 	if len(in.Reason) > 512 || !strings.HasPrefix(in.Reason, "health check failed: ") || !strings.HasSuffix(in.Reason, "...") {
 		t.Errorf("reason (%d bytes) %q: want the health error cut to 512 bytes", len(in.Reason), in.Reason)
 	}
@@ -756,7 +620,7 @@ func TestIDTakenWhileCutOffStops(t *testing.T) {
 	b := newBackend(t)
 	cfg := config(t, etcd, b, "app-1")
 	r := start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	// Another agent takes the key: the first finds it at its next write.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -777,7 +641,7 @@ func TestIDTakenWhileCutOffStops(t *testing.T) {
 	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
 		t.Fatalf("agent cut off from its id: %v, want ErrIDHeld naming the id", err)
 	}
-	waitKey(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease == int64(other.ID) && in.Address == "127.0.0.2"
 	})
 }

@@ -37,19 +37,19 @@ func TestBackendHangOrCrashIsUnhealthy(t *testing.T) {
 	cfg.HealthURL = health.URL + "/healthcheck"
 	cfg.ProbeTimeout = 200 * time.Millisecond
 	start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "available at start", state(registry.StateAvailable))
-	w := watchKey(t, cli, "app-1")
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "available at start", state(registry.StateAvailable))
+	w := etcdtest.WatchInstance(t, cli, "app-1")
 
 	hanging.Store(true)
-	in := w.next(t, 5*time.Second, "unhealthy while the health URL hangs", state(registry.StateUnhealthy), state(registry.StateAvailable))
+	in := w.Next(t, 5*time.Second, "unhealthy while the health URL hangs", state(registry.StateUnhealthy), state(registry.StateAvailable))
 	if !strings.HasPrefix(in.Reason, "health check failed:") || !strings.Contains(in.Reason, "Timeout") && !strings.Contains(in.Reason, "deadline") {
 		t.Errorf("reason %q; want the health check's timeout", in.Reason)
 	}
 	hanging.Store(false)
-	w.next(t, 5*time.Second, "healthy again", state(registry.StateAvailable), state(registry.StateUnhealthy))
+	w.Next(t, 5*time.Second, "healthy again", state(registry.StateAvailable), state(registry.StateUnhealthy))
 
 	health.Close() // the backend is gone: connection refused
-	in = w.next(t, 5*time.Second, "unhealthy once the backend is gone", state(registry.StateUnhealthy), state(registry.StateAvailable))
+	in = w.Next(t, 5*time.Second, "unhealthy once the backend is gone", state(registry.StateUnhealthy), state(registry.StateAvailable))
 	if !strings.Contains(in.Reason, "refused") {
 		t.Errorf("reason %q; want the refused connection", in.Reason)
 	}

@@ -29,7 +29,7 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 	cfg.Labels = map[string]string{"version": "1"}
 	cfg.Heartbeat = time.Hour // writes come from state changes and the dead band only
 	r := start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -41,18 +41,18 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 	if _, _, err := registry.PutDrain(ctx, cli, "/tether", "app", "version=1", d); err != nil {
 		t.Fatal(err)
 	}
-	in := waitKey(t, cli, "app-1", 5*time.Second, "drained", state(registry.StateDraining))
+	in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "drained", state(registry.StateDraining))
 	if in.Reason != registry.OperatorDrainReason("version=1") || in.Load.Sessions != 40 {
 		t.Errorf("drained instance: reason %q, sessions %d", in.Reason, in.Load.Sessions)
 	}
 	// Without the drain, one session less is inside the dead band (5) and the heartbeat is an
 	// hour away: a write of 39 shows the drained agent writes every change.
 	b.sessions.Store(39)
-	waitKey(t, cli, "app-1", 5*time.Second, "39 sessions written", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "39 sessions written", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 39 && in.State == registry.StateDraining
 	})
 	b.sessions.Store(0)
-	waitKey(t, cli, "app-1", 5*time.Second, "0 sessions written", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "0 sessions written", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 0 && in.State == registry.StateDraining
 	})
 
@@ -61,7 +61,7 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 	cfg2 := config(t, etcd, b2, "app-2")
 	cfg2.Labels = map[string]string{"version": "1"}
 	start(t, cfg2)
-	waitKey(t, cli, "app-2", 5*time.Second, "late instance drained", state(registry.StateDraining))
+	etcdtest.WaitInstance(t, cli, "app-2", 5*time.Second, "late instance drained", state(registry.StateDraining))
 
 	select {
 	case err := <-r.done:
@@ -71,11 +71,11 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 	if ok, err := registry.DeleteDrain(ctx, cli, "/tether", "app", "version=1"); err != nil || !ok {
 		t.Fatalf("undo: %v %v", ok, err)
 	}
-	in = waitKey(t, cli, "app-1", 5*time.Second, "undrained", state(registry.StateAvailable))
+	in = etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "undrained", state(registry.StateAvailable))
 	if in.Reason != "" {
 		t.Errorf("undrained instance keeps reason %q", in.Reason)
 	}
-	waitKey(t, cli, "app-2", 5*time.Second, "late instance undrained", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-2", 5*time.Second, "late instance undrained", state(registry.StateAvailable))
 }
 
 // logBuffer collects an agent's log lines for a test to wait on.
@@ -141,5 +141,5 @@ func TestAgentWithoutDrainsPermission(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	waitKey(t, root, "app-1", 5*time.Second, "registered as its own state", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, root, "app-1", 5*time.Second, "registered as its own state", state(registry.StateAvailable))
 }

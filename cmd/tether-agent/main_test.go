@@ -143,32 +143,6 @@ func (b *backend) args(etcd *etcdtest.Server, id string, extra ...string) []stri
 	}, extra...)
 }
 
-func getInstance(t *testing.T, cli *clientv3.Client, id string, timeout time.Duration, what string, cond func(*registry.Instance) bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last *registry.Instance
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", id))
-		cancel()
-		if err == nil {
-			last = nil
-			if len(resp.Kvs) == 1 {
-				in, err := registry.DecodeInstance("app", id, resp.Kvs[0].Value)
-				if err != nil {
-					t.Fatalf("invalid instance: %v", err)
-				}
-				last = &in
-			}
-			if cond(last) {
-				return
-			}
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached within %s; last %+v", what, timeout, last)
-}
-
 // waitSamples waits until the agent has sampled the backend's sessions n more times.
 func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
 	t.Helper()
@@ -180,76 +154,18 @@ func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
 	}
 }
 
-// keyEvents follows the instance key with an etcd watch from the current revision on: every
-// value it takes arrives (nil: deleted), however briefly it holds it.
-func keyEvents(t *testing.T, cli *clientv3.Client, id string) <-chan *registry.Instance {
-	t.Helper()
-	key := registry.InstanceKey("/tether", "app", id)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
-	resp, err := cli.Get(gctx, key)
-	gcancel()
-	if err != nil {
-		t.Fatalf("get %s: %v", key, err)
-	}
-	out := make(chan *registry.Instance, 10000)
-	wch := cli.Watch(clientv3.WithRequireLeader(ctx), key, clientv3.WithRev(resp.Header.Revision+1))
-	go func() {
-		defer close(out)
-		for wr := range wch {
-			for _, ev := range wr.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					out <- nil
-					continue
-				}
-				in, err := registry.DecodeInstance("app", id, ev.Kv.Value)
-				if err != nil {
-					t.Errorf("invalid instance: %v", err)
-					continue
-				}
-				out <- &in
-			}
-		}
-	}()
-	return out
+func inState(s registry.InstanceState) etcdtest.InstanceCond {
+	return func(in *registry.Instance, _ int64) bool { return in != nil && in.State == s }
 }
 
-// nextEvent returns the first value from events for which cond holds; every value before
-// it must satisfy meanwhile.
-func nextEvent(t *testing.T, events <-chan *registry.Instance, timeout time.Duration, what string, cond, meanwhile func(*registry.Instance) bool) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case in, ok := <-events:
-			if !ok {
-				t.Fatalf("%s: the watch ended", what)
-			}
-			if cond(in) {
-				return
-			}
-			if !meanwhile(in) {
-				t.Fatalf("%s: before it, the key took the value %+v", what, in)
-			}
-		case <-deadline:
-			t.Fatalf("%s: not seen within %s", what, timeout)
-		}
-	}
-}
-
-func inState(s registry.InstanceState) func(*registry.Instance) bool {
-	return func(in *registry.Instance) bool { return in != nil && in.State == s }
-}
-
-func absent(in *registry.Instance) bool { return in == nil }
+func absent(in *registry.Instance, _ int64) bool { return in == nil }
 
 func TestKill9KeyExpires(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
 	b := newBackend(t)
 	p := startAgent(t, b.args(etcd, "k9")...)
-	getInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", "k9"))
@@ -260,7 +176,7 @@ func TestKill9KeyExpires(t *testing.T) {
 	if ttl, err := cli.TimeToLive(ctx, lease); err != nil || ttl.GrantedTTL != 2 {
 		t.Fatalf("lease %x: %+v, %v; want granted for the 2s --ttl", int64(lease), ttl, err)
 	}
-	events := keyEvents(t, cli, "k9")
+	w := etcdtest.WatchInstance(t, cli, "k9")
 	// The agent's last keep-alive was before the kill: the lease's remaining TTL is at least
 	// 2 s less the keep-alive period (a third of it), so the key outlives the kill by over 1 s.
 	killed := time.Now()
@@ -268,7 +184,7 @@ func TestKill9KeyExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.exitCode(t, 5*time.Second)
-	nextEvent(t, events, 10*time.Second, "gone after the TTL", absent, inState(registry.StateAvailable))
+	w.Next(t, 10*time.Second, "gone after the TTL", absent, inState(registry.StateAvailable))
 	if waited := time.Since(killed); waited < time.Second {
 		t.Errorf("key gone %s after kill -9: it should live until the 2s lease expires", waited)
 	}
@@ -283,12 +199,12 @@ func TestSIGTERMDrainsThenExits0(t *testing.T) {
 	b := newBackend(t)
 	b.sessions.Store(2)
 	p := startAgent(t, b.args(etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
-	getInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
-	events := keyEvents(t, cli, "drain")
+	etcdtest.WaitInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
+	w := etcdtest.WatchInstance(t, cli, "drain")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	nextEvent(t, events, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
+	w.Next(t, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
 	// Sessions remain: for five samples the agent runs and the key stays draining.
 	b.waitSamples(t, 5, 5*time.Second)
 	select {
@@ -300,7 +216,7 @@ func TestSIGTERMDrainsThenExits0(t *testing.T) {
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	nextEvent(t, events, time.Second, "removed", absent, inState(registry.StateDraining))
+	w.Next(t, time.Second, "removed", absent, inState(registry.StateDraining))
 }
 
 func TestDrainTimeoutExits0(t *testing.T) {
@@ -309,16 +225,16 @@ func TestDrainTimeoutExits0(t *testing.T) {
 	b := newBackend(t)
 	b.sessions.Store(5)
 	p := startAgent(t, b.args(etcd, "dt", "--drain-timeout", "1s")...)
-	getInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
-	events := keyEvents(t, cli, "dt")
+	etcdtest.WaitInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
+	w := etcdtest.WatchInstance(t, cli, "dt")
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	nextEvent(t, events, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
+	w.Next(t, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	nextEvent(t, events, time.Second, "removed at the timeout", absent, inState(registry.StateDraining))
+	w.Next(t, time.Second, "removed at the timeout", absent, inState(registry.StateDraining))
 	if !strings.Contains(p.out.String(), "drain timeout") {
 		t.Errorf("log does not say the drain timed out:\n%s", p.out.String())
 	}
@@ -329,7 +245,7 @@ func TestDuplicateIDExitsNonZero(t *testing.T) {
 	cli := etcd.Client(t)
 	b := newBackend(t)
 	startAgent(t, b.args(etcd, "dup")...)
-	getInstance(t, cli, "dup", 10*time.Second, "first registered", inState(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "dup", 10*time.Second, "first registered", inState(registry.StateAvailable))
 	second := startAgent(t, b.args(etcd, "dup")...)
 	if code := second.exitCode(t, 15*time.Second); code != 1 {
 		t.Fatalf("second agent exit code %d, want 1", code)
@@ -337,7 +253,7 @@ func TestDuplicateIDExitsNonZero(t *testing.T) {
 	if out := second.out.String(); !strings.Contains(out, "another live agent holds") || !strings.Contains(out, `\"dup\"`) {
 		t.Fatalf("second agent's message does not explain the duplicate id:\n%s", out)
 	}
-	getInstance(t, cli, "dup", time.Second, "first still registered", inState(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "dup", time.Second, "first still registered", inState(registry.StateAvailable))
 }
 
 func TestBadFlagsExit2(t *testing.T) {
@@ -424,7 +340,7 @@ func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
 	}
 	startAgent(t, args...)
 	var metrics string
-	getInstance(t, cli, "ne", 10*time.Second, "registered with its metrics address", func(in *registry.Instance) bool {
+	etcdtest.WaitInstance(t, cli, "ne", 10*time.Second, "registered with its metrics address", func(in *registry.Instance, _ int64) bool {
 		if in == nil || in.State != registry.StateAvailable {
 			return false
 		}

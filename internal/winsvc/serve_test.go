@@ -126,28 +126,12 @@ func (f *fixture) run(log zerolog.Logger) winsvc.RunFunc {
 // state polls the instance key until it is in state want ("" = gone).
 func (f *fixture) state(t *testing.T, want registry.InstanceState) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	got := registry.InstanceState("?")
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := f.cli.Get(ctx, registry.InstanceKey("/tether", "app", "win-1"))
-		cancel()
-		if err == nil {
-			got = ""
-			if len(resp.Kvs) == 1 {
-				in, derr := registry.DecodeInstance("app", "win-1", resp.Kvs[0].Value)
-				if derr != nil {
-					t.Fatal(derr)
-				}
-				got = in.State
-			}
-			if got == want {
-				return
-			}
+	etcdtest.WaitInstance(t, f.cli, "win-1", 10*time.Second, fmt.Sprintf("instance state %q", want), func(in *registry.Instance, _ int64) bool {
+		if in == nil {
+			return want == ""
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("instance state %q, want %q", got, want)
+		return in.State == want
+	})
 }
 
 // A service stop drains like SIGTERM: StopPending with a growing checkpoint while sessions
