@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -553,7 +554,7 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 	b := newBackend(t)
 	cfg := config(t, etcd, b, "app-1")
 	cfg.Etcd.Username, cfg.Etcd.Password, cfg.Etcd.DialTimeout = "root", "root-pw", 300*time.Millisecond
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	done := make(chan error, 1)
 	runCtx, stop := context.WithCancel(context.Background())
 	go func() { done <- agent.Run(runCtx, cfg, zerolog.New(&logs), nil) }()

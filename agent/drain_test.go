@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -78,24 +78,6 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 	etcdtest.WaitInstance(t, cli, "app-2", 5*time.Second, "late instance undrained", state(registry.StateAvailable))
 }
 
-// logBuffer collects an agent's log lines for a test to wait on.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestAgentWithoutDrainsPermission: an agent whose etcd role cannot read the drains (the
 // roles script of an older release) says so once and keeps registering its own state.
 func TestAgentWithoutDrainsPermission(t *testing.T) {
@@ -120,7 +102,7 @@ func TestAgentWithoutDrainsPermission(t *testing.T) {
 	b := newBackend(t)
 	cfg := config(t, etcd, b, "app-1")
 	cfg.Etcd.Username, cfg.Etcd.Password = "tether-agent", "agent-pw"
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	actx, acancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- agent.Run(actx, cfg, zerolog.New(&logs), nil) }()
