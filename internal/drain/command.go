@@ -562,7 +562,7 @@ func ListMain(ctx context.Context, args []string, lookup func(string) (string, b
 	}
 	var bad []string
 	for key := range snap.st.Rejected {
-		if kind, _, _, _ := registry.ParseKey(prefix, key); kind == registry.KeyDrain || strings.HasPrefix(key, registry.DrainsPrefix(prefix)) {
+		if strings.HasPrefix(key, registry.DrainsPrefix(prefix)) {
 			bad = append(bad, key)
 		}
 	}
