@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,52 +19,18 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/agent"
+	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// backend is a real HTTP backend on loopback with settable sessions, health and availability.
-type backend struct {
-	srv      *httptest.Server
-	sessions atomic.Int64
-	health   atomic.Int64 // status of /healthcheck
-	avail    atomic.Int64 // status of /available
-	asked    atomic.Int64 // requests to /sessions: the agent's samples
-}
-
-func newBackend(t *testing.T) *backend {
-	t.Helper()
-	b := &backend{}
-	b.health.Store(http.StatusAccepted) // as Wisej's healthcheck.wx
-	b.avail.Store(http.StatusOK)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthcheck", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(b.health.Load())) })
-	mux.HandleFunc("GET /available", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(b.avail.Load())) })
-	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
-		b.asked.Add(1)
-	})
-	b.srv = httptest.NewServer(mux)
-	t.Cleanup(b.srv.Close)
-	return b
-}
-
-func (b *backend) port(t *testing.T) int {
-	_, p, err := net.SplitHostPort(b.srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := strconv.Atoi(p)
-	return n
-}
-
-func config(t *testing.T, etcd *etcdtest.Server, b *backend, id string) agent.Config {
+func config(etcd *etcdtest.Server, b *agenttest.Backend, id string) agent.Config {
 	return agent.Config{
 		Etcd:   clientv3.Config{Endpoints: etcd.Endpoints(), DialTimeout: 2 * time.Second},
-		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.port(t),
-		HealthURL: b.srv.URL + "/healthcheck", SessionsURL: b.srv.URL + "/sessions",
+		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.Port,
+		HealthURL: b.URL + "/healthcheck", SessionsURL: b.URL + "/sessions",
 		LoadSource: agent.LoadHost, TTL: 2 * time.Second, Interval: 50 * time.Millisecond,
 		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, DrainSettle: 200 * time.Millisecond,
 		ProbeTimeout: time.Second,
@@ -117,17 +82,6 @@ func (r *running) wait(t *testing.T, timeout time.Duration) error {
 	}
 }
 
-// waitSamples waits until the agent has sampled the backend's sessions n more times.
-func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
-	t.Helper()
-	want := b.asked.Load() + n
-	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
-		}
-	}
-}
-
 func state(s registry.InstanceState) func(*registry.Instance, int64) bool {
 	return func(in *registry.Instance, _ int64) bool { return in != nil && in.State == s }
 }
@@ -148,9 +102,9 @@ func countInstances(t *testing.T, cli *clientv3.Client) int64 {
 func TestRegistrationWithAllFields(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(3)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(3)
+	cfg := config(etcd, b, "app-1")
 	cfg.Zone = "eu-west-1a"
 	cfg.Labels = map[string]string{"version": "1.4.2"}
 	cfg.Thresholds = registry.Thresholds{MaxSessions: 500, MaxCPU: 100, MaxMemory: 100, MaxMemoryMB: 1 << 20}
@@ -242,11 +196,11 @@ func (c *fakeCgroup) setMemoryMB(t *testing.T, mb int) {
 func TestThresholdsCrossedAndBack(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
+	b := agenttest.NewBackend(t)
 	cg := newFakeCgroup(t)
-	cfg := config(t, etcd, b, "app-1")
+	cfg := config(etcd, b, "app-1")
 	cfg.LoadSource, cfg.CgroupDir = agent.LoadCgroup, cg.dir
-	cfg.AvailableURL = b.srv.URL + "/available"
+	cfg.AvailableURL = b.URL + "/available"
 	cfg.Thresholds = registry.Thresholds{MaxSessions: 100, MaxCPU: 80, MaxMemory: 70, MaxMemoryMB: 500}
 	start(t, cfg)
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "available at start", state(registry.StateAvailable))
@@ -263,19 +217,19 @@ func TestThresholdsCrossedAndBack(t *testing.T) {
 		etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, what, state(registry.StateAvailable))
 	}
 
-	b.sessions.Store(100)
+	b.Sessions.Store(100)
 	full("sessions at maxSessions", "sessions 100 >= maxSessions 100")
 	w := etcdtest.WatchInstance(t, cli, "app-1")
-	b.sessions.Store(97) // inside the hysteresis band: stays full for several samples
+	b.Sessions.Store(97) // inside the hysteresis band: stays full for several samples
 	if in := w.Next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 97
 	}, state(registry.StateFull)); in.State != registry.StateFull {
 		t.Fatalf("sessions 97 (inside the hysteresis band) published as %s; want still full", in.State)
 	}
 	// Ten samples at 97: every value written since 100, 97 included, is full.
-	b.waitSamples(t, 10, 5*time.Second)
+	b.WaitSamples(t, 10, 5*time.Second)
 	w.Quiet(t, "full at 97 for ten samples", state(registry.StateFull))
-	b.sessions.Store(95)
+	b.Sessions.Store(95)
 	back("sessions released at 95")
 
 	cg.setMemoryMB(t, 750) // 75% of the cgroup's 1000 MB, and over 500 MB
@@ -290,26 +244,26 @@ func TestThresholdsCrossedAndBack(t *testing.T) {
 	cg.busy.Store(false)
 	back("cpu released")
 
-	b.avail.Store(http.StatusServiceUnavailable)
+	b.Avail.Store(http.StatusServiceUnavailable)
 	full("application veto", "application says unavailable")
-	b.avail.Store(http.StatusOK)
+	b.Avail.Store(http.StatusOK)
 	back("application available again")
 
-	b.health.Store(http.StatusInternalServerError)
+	b.Health.Store(http.StatusInternalServerError)
 	in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "health failing", state(registry.StateUnhealthy))
 	if in.Reason != "health check failed: status 500" {
 		t.Errorf("unhealthy reason %q", in.Reason)
 	}
-	b.health.Store(http.StatusOK)
+	b.Health.Store(http.StatusOK)
 	back("healthy again")
 }
 
 func TestDrainWaitsForSessions(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(3)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(3)
+	cfg := config(etcd, b, "app-1")
 	r := start(t, cfg)
 	var leaseID int64
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
@@ -323,14 +277,14 @@ func TestDrainWaitsForSessions(t *testing.T) {
 		t.Errorf("draining instance %+v: want a reason and the 3 sessions", in)
 	}
 	// Sessions remain: for ten samples the instance stays, draining, and the agent runs.
-	b.waitSamples(t, 10, 5*time.Second)
+	b.WaitSamples(t, 10, 5*time.Second)
 	select {
 	case err := <-r.done:
 		t.Fatalf("agent stopped (%v) while 3 sessions were open", err)
 	default:
 	}
 	w.Quiet(t, "draining with 3 sessions open", state(registry.StateDraining))
-	b.sessions.Store(0)
+	b.Sessions.Store(0)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -346,15 +300,15 @@ func TestDrainWaitsForSessions(t *testing.T) {
 func TestDrainDecidesOnFreshSample(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	cfg.Thresholds.MaxSessions = 10 // a one-session change is past the dead band: written
 	cfg.Interval = 500 * time.Millisecond
 	r := start(t, cfg)
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered with no session", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.State == registry.StateAvailable && in.Load.Sessions == 0
 	})
-	b.sessions.Store(1)
+	b.Sessions.Store(1)
 	r.cancel()
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "draining with the session opened before the signal", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.State == registry.StateDraining && in.Load.Sessions == 1
@@ -364,7 +318,7 @@ func TestDrainDecidesOnFreshSample(t *testing.T) {
 		t.Fatalf("agent stopped (%v) with a session open", err)
 	default:
 	}
-	b.sessions.Store(0)
+	b.Sessions.Store(0)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -374,10 +328,10 @@ func TestDrainDecidesOnFreshSample(t *testing.T) {
 func TestDrainTimeoutAndSkip(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(3)
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(3)
 
-	cfg := config(t, etcd, b, "timeout")
+	cfg := config(etcd, b, "timeout")
 	cfg.DrainTimeout = 700 * time.Millisecond
 	r := start(t, cfg)
 	etcdtest.WaitInstance(t, cli, "timeout", 5*time.Second, "registered", state(registry.StateAvailable))
@@ -389,7 +343,7 @@ func TestDrainTimeoutAndSkip(t *testing.T) {
 	}
 	w.Next(t, time.Second, "removed after the drain timeout", gone, state(registry.StateDraining))
 
-	cfg = config(t, etcd, b, "skip")
+	cfg = config(etcd, b, "skip")
 	cfg.DrainTimeout = time.Hour
 	r = start(t, cfg)
 	etcdtest.WaitInstance(t, cli, "skip", 5*time.Second, "registered", state(registry.StateAvailable))
@@ -406,15 +360,15 @@ func TestDrainTimeoutAndSkip(t *testing.T) {
 func TestEtcdOutageAndLostLease(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	start(t, cfg)
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	// An outage longer than the TTL: the client gives up on the lease; the server keeps it.
 	etcd.Stop()
 	time.Sleep(cfg.TTL + time.Second)
-	b.sessions.Store(42)
+	b.Sessions.Store(42)
 	etcd.StartAgain(t)
 	etcdtest.WaitInstance(t, cli, "app-1", 15*time.Second, "updated after the outage", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 42
@@ -439,7 +393,7 @@ func TestEtcdOutageAndLostLease(t *testing.T) {
 	if _, err := cli.Delete(ctx, registry.InstanceKey("/tether", "app", "app-1")); err != nil {
 		t.Fatal(err)
 	}
-	b.sessions.Store(7)
+	b.Sessions.Store(7)
 	etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "re-created after deletion", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 7
 	})
@@ -451,8 +405,8 @@ func TestEtcdOutageAndLostLease(t *testing.T) {
 func TestDuplicateID(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	start(t, cfg)
 	var first int64
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "first agent registered", func(in *registry.Instance, lease int64) bool {
@@ -472,8 +426,8 @@ func TestDuplicateID(t *testing.T) {
 func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	// A crashed agent: its key under a lease nobody keeps alive.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -501,14 +455,14 @@ func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 func TestMetricsAutoPortPerAgent(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
+	b := agenttest.NewBackend(t)
 	first := fmt.Sprintf("127.0.0.1:%d", agent.MetricsPortFirst)
 	if l, err := net.Listen("tcp", first); err == nil { // else something already holds it
 		t.Cleanup(func() { l.Close() })
 	}
 	seen := map[string]string{}
 	for _, id := range []string{"app-1", "app-2"} {
-		cfg := config(t, etcd, b, id)
+		cfg := config(etcd, b, id)
 		cfg.MetricsAddr = agent.MetricsAuto
 		start(t, cfg)
 		in := etcdtest.WaitInstance(t, cli, id, 5*time.Second, id+" registered", state(registry.StateAvailable))
@@ -551,8 +505,8 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 	}
 	etcd.Stop()
 
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	cfg.Etcd.Username, cfg.Etcd.Password, cfg.Etcd.DialTimeout = "root", "root-pw", 300*time.Millisecond
 	var logs syncbuf.Buffer
 	done := make(chan error, 1)
@@ -585,7 +539,7 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 	defer cli.Close()
 	etcdtest.WaitInstance(t, cli, "app-1", 15*time.Second, "registered once etcd is up", state(registry.StateAvailable))
 
-	wrong := config(t, etcd, b, "app-2")
+	wrong := config(etcd, b, "app-2")
 	wrong.Etcd.Username, wrong.Etcd.Password = "root", "not-the-password"
 	r := start(t, wrong)
 	if err := r.wait(t, 10*time.Second); err == nil || !strings.Contains(err.Error(), "authentication failed") {
@@ -599,8 +553,8 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	cfg.HealthURL = fmt.Sprintf("http://127.0.0.1:%d/%s?token=s3cret", etcdtest.FreePort(t), strings.Repeat("a", 700))
 	start(t, cfg)
 	in := etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "unhealthy", state(registry.StateUnhealthy))
@@ -618,8 +572,8 @@ func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
 func TestIDTakenWhileCutOffStops(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	r := start(t, cfg)
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 

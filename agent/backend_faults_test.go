@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/registry"
 )
@@ -18,7 +19,7 @@ import (
 func TestBackendHangOrCrashIsUnhealthy(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
+	b := agenttest.NewBackend(t)
 	hang := make(chan struct{})
 	var hanging atomic.Bool
 	health := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -33,7 +34,7 @@ func TestBackendHangOrCrashIsUnhealthy(t *testing.T) {
 	}))
 	defer health.Close()
 	defer close(hang)
-	cfg := config(t, etcd, b, "app-1")
+	cfg := config(etcd, b, "app-1")
 	cfg.HealthURL = health.URL + "/healthcheck"
 	cfg.ProbeTimeout = 200 * time.Millisecond
 	start(t, cfg)

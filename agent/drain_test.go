@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tetherlb/tether/agent"
+	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
@@ -23,9 +24,9 @@ import (
 func TestAgentReportsOperatorDrain(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(40)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(40)
+	cfg := config(etcd, b, "app-1")
 	cfg.Labels = map[string]string{"version": "1"}
 	cfg.Heartbeat = time.Hour // writes come from state changes and the dead band only
 	r := start(t, cfg)
@@ -47,18 +48,18 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 	}
 	// Without the drain, one session less is inside the dead band (5) and the heartbeat is an
 	// hour away: a write of 39 shows the drained agent writes every change.
-	b.sessions.Store(39)
+	b.Sessions.Store(39)
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "39 sessions written", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 39 && in.State == registry.StateDraining
 	})
-	b.sessions.Store(0)
+	b.Sessions.Store(0)
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "0 sessions written", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 0 && in.State == registry.StateDraining
 	})
 
 	// A second agent of the same version registers while the drain stands: it reports drained.
-	b2 := newBackend(t)
-	cfg2 := config(t, etcd, b2, "app-2")
+	b2 := agenttest.NewBackend(t)
+	cfg2 := config(etcd, b2, "app-2")
 	cfg2.Labels = map[string]string{"version": "1"}
 	start(t, cfg2)
 	etcdtest.WaitInstance(t, cli, "app-2", 5*time.Second, "late instance drained", state(registry.StateDraining))
@@ -99,8 +100,8 @@ func TestAgentWithoutDrainsPermission(t *testing.T) {
 	if _, _, err := registry.PutDrain(ctx, root, "/tether", "app", "app-1", registry.Drain{Instance: "app-1"}); err != nil {
 		t.Fatal(err)
 	}
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	cfg.Etcd.Username, cfg.Etcd.Password = "tether-agent", "agent-pw"
 	var logs syncbuf.Buffer
 	actx, acancel := context.WithCancel(context.Background())

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,11 +15,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
@@ -103,43 +102,13 @@ func (p *proc) exitCode(t *testing.T, timeout time.Duration) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-type backend struct {
-	srv      *httptest.Server
-	sessions atomic.Int64
-	asked    atomic.Int64 // requests to /sessions: the agent's samples
-}
-
-func newBackend(t *testing.T) *backend {
-	b := &backend{}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthcheck", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
-		b.asked.Add(1)
-	})
-	b.srv = httptest.NewServer(mux)
-	t.Cleanup(b.srv.Close)
-	return b
-}
-
-func (b *backend) args(etcd *etcdtest.Server, id string, extra ...string) []string {
-	_, port, _ := net.SplitHostPort(b.srv.Listener.Addr().String())
+// agentArgs are the flags of an agent registering id for backend b with etcd.
+func agentArgs(b *agenttest.Backend, etcd *etcdtest.Server, id string, extra ...string) []string {
 	return append([]string{
-		"--etcd-endpoints", etcd.ClientURL, "--service", "app", "--id", id, "--address", "127.0.0.1", "--port", port,
-		"--health-url", b.srv.URL + "/healthcheck", "--sessions-url", b.srv.URL + "/sessions",
+		"--etcd-endpoints", etcd.ClientURL, "--service", "app", "--id", id, "--address", "127.0.0.1", "--port", strconv.Itoa(b.Port),
+		"--health-url", b.URL + "/healthcheck", "--sessions-url", b.URL + "/sessions",
 		"--ttl", "2s", "--interval", "100ms", "--heartbeat", "1s", "--metrics-addr", "",
 	}, extra...)
-}
-
-// waitSamples waits until the agent has sampled the backend's sessions n more times.
-func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
-	t.Helper()
-	want := b.asked.Load() + n
-	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
-		}
-	}
 }
 
 func inState(s registry.InstanceState) etcdtest.InstanceCond {
@@ -151,8 +120,8 @@ func absent(in *registry.Instance, _ int64) bool { return in == nil }
 func TestKill9KeyExpires(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	p := startAgent(t, b.args(etcd, "k9")...)
+	b := agenttest.NewBackend(t)
+	p := startAgent(t, agentArgs(b, etcd, "k9")...)
 	etcdtest.WaitInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -184,9 +153,9 @@ func TestKill9KeyExpires(t *testing.T) {
 func TestSIGTERMDrainsThenExits0(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(2)
-	p := startAgent(t, b.args(etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(2)
+	p := startAgent(t, agentArgs(b, etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
 	etcdtest.WaitInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
 	w := etcdtest.WatchInstance(t, cli, "drain")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -194,13 +163,13 @@ func TestSIGTERMDrainsThenExits0(t *testing.T) {
 	}
 	w.Next(t, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
 	// Sessions remain: for five samples the agent runs and the key stays draining.
-	b.waitSamples(t, 5, 5*time.Second)
+	b.WaitSamples(t, 5, 5*time.Second)
 	select {
 	case <-p.done:
 		t.Fatalf("exited with 2 sessions open; output:\n%s", p.out.String())
 	default:
 	}
-	b.sessions.Store(0)
+	b.Sessions.Store(0)
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
@@ -210,9 +179,9 @@ func TestSIGTERMDrainsThenExits0(t *testing.T) {
 func TestDrainTimeoutExits0(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(5)
-	p := startAgent(t, b.args(etcd, "dt", "--drain-timeout", "1s")...)
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(5)
+	p := startAgent(t, agentArgs(b, etcd, "dt", "--drain-timeout", "1s")...)
 	etcdtest.WaitInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
 	w := etcdtest.WatchInstance(t, cli, "dt")
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
@@ -231,10 +200,10 @@ func TestDrainTimeoutExits0(t *testing.T) {
 func TestDuplicateIDExitsNonZero(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	startAgent(t, b.args(etcd, "dup")...)
+	b := agenttest.NewBackend(t)
+	startAgent(t, agentArgs(b, etcd, "dup")...)
 	etcdtest.WaitInstance(t, cli, "dup", 10*time.Second, "first registered", inState(registry.StateAvailable))
-	second := startAgent(t, b.args(etcd, "dup")...)
+	second := startAgent(t, agentArgs(b, etcd, "dup")...)
 	if code := second.exitCode(t, 15*time.Second); code != 1 {
 		t.Fatalf("second agent exit code %d, want 1", code)
 	}
@@ -318,9 +287,9 @@ func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
 	}
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
+	b := agenttest.NewBackend(t)
 	var args []string
-	for _, a := range b.args(etcd, "ne") {
+	for _, a := range agentArgs(b, etcd, "ne") {
 		if a == "--metrics-addr" {
 			break // the rest of b.args is the metrics flag's value: left at its default
 		}
