@@ -169,8 +169,8 @@ Flags:
 		return fail(exitUsage, errors.New("--undo and --wait do not go together"))
 	case *wait && *timeout <= 0:
 		return fail(exitUsage, fmt.Errorf("--timeout: %s must be positive, e.g. 30m", *timeout))
-	case len(d.Reason) > 512:
-		return fail(exitUsage, errors.New("--reason: over 512 characters"))
+	case len(d.Reason) > registry.MaxReason:
+		return fail(exitUsage, fmt.Errorf("--reason: over %d characters", registry.MaxReason))
 	}
 	cl, prefix, code, err := c.connect(ctx, fs, lookup)
 	if err != nil {
