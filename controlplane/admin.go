@@ -91,15 +91,18 @@ func normalHost(h string) string {
 
 // DebugConfig is the JSON document of /debug/config.
 type DebugConfig struct {
-	Revision    int64                      `json:"revision"`
-	PublishedAt time.Time                  `json:"publishedAt"`
-	Translate   string                     `json:"translateDuration"`
-	Groups      []string                   `json:"groups"`
-	Versions    map[string]string          `json:"versions"`
-	Problems    []translate.Problem        `json:"problems"`
-	Rejected    map[string]string          `json:"rejected"`
-	Clients     []ClientInfo               `json:"clients"`
-	Resources   map[string]json.RawMessage `json:"resources"`
+	Revision    int64               `json:"revision"`
+	PublishedAt time.Time           `json:"publishedAt"`
+	Translate   string              `json:"translateDuration"`
+	Groups      []string            `json:"groups"`
+	Versions    map[string]string   `json:"versions"`
+	Problems    []translate.Problem `json:"problems"`
+	Rejected    map[string]string   `json:"rejected"`
+	Clients     []ClientInfo        `json:"clients"`
+	// Lagging are the Envoys that held a new endpoint's promotion past --publish-settle and
+	// have not caught up (two-phase publication).
+	Lagging   []LaggingEnvoy             `json:"lagging"`
+	Resources map[string]json.RawMessage `json:"resources"`
 }
 
 // debugConfig shows the resources served to every group (all groups get the default
@@ -114,6 +117,14 @@ func (cp *ControlPlane) debugConfig(w http.ResponseWriter, _ *http.Request) {
 		Revision: pub.state.Revision, PublishedAt: pub.at, Translate: pub.translate.String(),
 		Groups: cp.pub.groupList(), Versions: pub.versions, Problems: pub.res.Problems,
 		Rejected: pub.state.Rejected, Clients: cp.Clients(), Resources: map[string]json.RawMessage{},
+		Lagging: cp.phase.laggingEnvoys(),
+	}
+	for i, l := range out.Lagging {
+		for _, c := range out.Clients {
+			if c.StreamID == l.StreamID && c.Variant == l.Variant {
+				out.Lagging[i].NodeID = c.NodeID
+			}
+		}
 	}
 	if out.Problems == nil {
 		out.Problems = []translate.Problem{}

@@ -56,6 +56,9 @@ type Config struct {
 	// change CoalesceQuiet after the last push is pushed at once; later ones wait for
 	// CoalesceQuiet of quiet, at most CoalesceMax (see coalescer).
 	CoalesceQuiet, CoalesceMax time.Duration
+	// PublishSettle bounds how long an Envoy that neither ACKs nor NACKs delays the promotion
+	// of a new endpoint from DRAINING (two-phase publication, see phase.go); 0 takes the default.
+	PublishSettle time.Duration
 	// HoldShare, HoldWindow and HoldGrace configure the mass-disappearance guard: when more
 	// than HoldShare of a service's instances leave the registry within HoldWindow of the
 	// first removal (draining ones aside), they stay served for HoldGrace. HoldWindow should
@@ -101,6 +104,7 @@ func DefaultConfig() Config {
 		ListenPort:        DefaultListenPort,
 		CoalesceQuiet:     DefaultCoalesceQuiet,
 		CoalesceMax:       DefaultCoalesceMax,
+		PublishSettle:     DefaultPublishSettle,
 		HoldShare:         DefaultHoldShare,
 		HoldGrace:         DefaultHoldGrace,
 		HoldWindow:        DefaultHoldWindow,
@@ -178,6 +182,7 @@ type ControlPlane struct {
 	cli      *clientv3.Client
 	watcher  *registry.Watcher
 	pub      *publisher
+	phase    *phaser
 	tracker  *tracker
 	grpc     *grpc.Server
 	admin    *http.Server
@@ -254,10 +259,15 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	cp.cli = cli
 
-	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger())
+	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
+	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal)
+	phase.xds = cache
+	cp.phase = phase
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
+	cp.pub.phase = phase
+	phase.poke = cp.pub.republish
 	cp.tracker = newTracker(cp.log, cp.m)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
 		Prefix: cfg.Prefix,
@@ -305,6 +315,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		return cp.watcher.Run(ctx, cp.pub.offer)
 	})
 	cp.goRun("publisher", func() error { cp.pub.run(ctx); return nil })
+	cp.goRun("two-phase publication", func() error { phase.run(ctx); return nil })
 	cp.goRun("xDS server", func() error {
 		if err := cp.grpc.Serve(cp.xdsLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("xDS server: %w", err)

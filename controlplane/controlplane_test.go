@@ -57,7 +57,7 @@ func instanceJSON(id string, port int, state string, sessions int) string {
 
 // twoInstances starts etcd holding service app with instances a1 (available, port 5001) and
 // a2 (full, port 5002).
-func twoInstances(t *testing.T) *etcdtest.Server {
+func twoInstances(t testing.TB) *etcdtest.Server {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	put(t, cli, "/tether/services/app", serviceJSON)
@@ -66,7 +66,7 @@ func twoInstances(t *testing.T) *etcdtest.Server {
 	return srv
 }
 
-func testLogger(t *testing.T) zerolog.Logger {
+func testLogger(t testing.TB) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 }
 
@@ -89,7 +89,7 @@ func run(t *testing.T, cp *controlplane.ControlPlane, c *xdsclient.Client) {
 	runClient(t, c, cp.XDSAddr(), nil)
 }
 
-func put(t *testing.T, cli *clientv3.Client, key, val string, opts ...clientv3.OpOption) int64 {
+func put(t testing.TB, cli *clientv3.Client, key, val string, opts ...clientv3.OpOption) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

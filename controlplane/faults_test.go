@@ -67,7 +67,7 @@ type session struct {
 }
 
 // runClient runs c against addr with creds (plaintext when nil) until stop or the stream fails.
-func runClient(t *testing.T, c *xdsclient.Client, addr string, creds credentials.TransportCredentials) *session {
+func runClient(t testing.TB, c *xdsclient.Client, addr string, creds credentials.TransportCredentials) *session {
 	t.Helper()
 	if creds == nil {
 		creds = insecure.NewCredentials()
@@ -108,7 +108,7 @@ func (s *session) running(t *testing.T, who string) {
 	}
 }
 
-func (s *session) stop(t *testing.T) {
+func (s *session) stop(t testing.TB) {
 	s.cancel()
 	select {
 	case err := <-s.done:

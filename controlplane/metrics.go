@@ -25,6 +25,10 @@ type metrics struct {
 	ready          prometheus.Gauge
 	held           prometheus.Gauge
 	massRemovals   *prometheus.CounterVec
+	firstPhase     prometheus.Gauge
+	promotions     *prometheus.HistogramVec
+	lagging        prometheus.Gauge
+	laggingTotal   prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -80,13 +84,26 @@ func newMetrics() *metrics {
 		massRemovals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_mass_removals_total", Help: "Instances held back for the grace period by the mass-disappearance guard, by service.",
 		}, []string{"service"}),
+		firstPhase: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_first_phase_endpoints", Help: "Endpoints published as DRAINING until every Envoy knows them (two-phase publication).",
+		}),
+		promotions: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tether_promotion_seconds", Help: "Promotions of new endpoints from their first phase, and how long it lasted; outcome acked (every Envoy knew it) or settled (--publish-settle ended first).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"outcome"}),
+		lagging: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_lagging_envoys", Help: "Envoys that held a promotion past --publish-settle and have not caught up.",
+		}),
+		laggingTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_lagging_envoys_total", Help: "Times an Envoy was reported lagging (held a promotion past --publish-settle).",
+		}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_ready", Help: "1 once the first full registry list is translated and published.",
 		}),
 	}
 	reg.MustRegister(m.instances, m.services, m.rejected, m.rejectedNow, m.problems, m.streams,
 		m.responses, m.nacks, m.snapshots, m.snapshotErrors, m.translate, m.eventToPush,
-		m.etcdEvents, m.revision, m.ready, m.held, m.massRemovals,
+		m.etcdEvents, m.revision, m.ready, m.held, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -72,6 +72,10 @@ type GroupStatus struct {
 type EnvoyStatus struct {
 	ClientInfo
 	InSync bool `json:"inSync"`
+	// LaggingSince is set while the Envoy is reported as lagging: it held the promotion of a
+	// new endpoint (LaggingEndpoint) past --publish-settle and has not caught up.
+	LaggingSince    *time.Time `json:"laggingSince,omitempty"`
+	LaggingEndpoint string     `json:"laggingEndpoint,omitempty"`
 }
 
 // monitorSource returns what the monitor shows: the published snapshot (nil before the
@@ -80,7 +84,9 @@ type monitorSource func() (*published, []string, []ClientInfo)
 
 // monitor serves the web page, /api/state and the /api/events stream of server-sent events.
 type monitor struct {
-	source     monitorSource
+	source monitorSource
+	// phase, when set, tells what Envoys know of each endpoint and which Envoys lag.
+	phase      func() (map[string]map[string]EndpointPhase, []LaggingEnvoy)
 	onShutdown func(func()) // registers a function called when the admin server shuts down
 	interval   time.Duration
 	heartbeat  time.Duration
@@ -94,6 +100,8 @@ type monitor struct {
 	pub     *published
 	groups  []string
 	clients []ClientInfo
+	phases  map[string]map[string]EndpointPhase
+	lagging []LaggingEnvoy
 	seq     uint64 // bumped each time the document changes
 	body    []byte // the document without generatedAt
 }
@@ -110,9 +118,13 @@ func newMonitor(src monitorSource, onShutdown func(func())) *monitor {
 // newMonitor returns the control plane's monitor; its event streams end when the admin
 // server shuts down.
 func (cp *ControlPlane) newMonitor() *monitor {
-	return newMonitor(func() (*published, []string, []ClientInfo) {
+	m := newMonitor(func() (*published, []string, []ClientInfo) {
 		return cp.pub.snapshotNow(), cp.pub.groupList(), cp.Clients()
 	}, func(f func()) { cp.admin.RegisterOnShutdown(f) })
+	m.phase = func() (map[string]map[string]EndpointPhase, []LaggingEnvoy) {
+		return cp.phase.status(), cp.phase.laggingEnvoys()
+	}
+	return m
 }
 
 // current returns the document and its sequence number, rebuilding it only when the
@@ -121,15 +133,23 @@ func (m *monitor) current() (uint64, []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	pub, groups, clients := m.source()
-	if m.seq > 0 && pub == m.pub && slices.Equal(groups, m.groups) && reflect.DeepEqual(clients, m.clients) {
+	var phases map[string]map[string]EndpointPhase
+	var lagging []LaggingEnvoy
+	if m.phase != nil {
+		phases, lagging = m.phase()
+	}
+	if m.seq > 0 && pub == m.pub && slices.Equal(groups, m.groups) && reflect.DeepEqual(clients, m.clients) &&
+		reflect.DeepEqual(phases, m.phases) && reflect.DeepEqual(lagging, m.lagging) {
 		return m.seq, m.body
 	}
-	b, err := json.Marshal(buildMonitorState(pub, groups, clients))
+	ms := buildMonitorState(pub, groups, clients)
+	addPhases(&ms, phases, lagging)
+	b, err := json.Marshal(ms)
 	if err != nil {
 		// Every field is a plain value: marshalling cannot fail; keep the last document.
 		return m.seq, m.body
 	}
-	m.pub, m.groups, m.clients, m.body = pub, groups, clients, b
+	m.pub, m.groups, m.clients, m.phases, m.lagging, m.body = pub, groups, clients, phases, lagging, b
 	m.seq++
 	return m.seq, m.body
 }
@@ -195,6 +215,33 @@ func buildMonitorState(pub *published, groups []string, clients []ClientInfo) Mo
 		ms.Groups = append(ms.Groups, GroupStatus{Name: g, Envoys: envoys})
 	}
 	return ms
+}
+
+// addPhases adds to the document what Envoys know of each served endpoint and which Envoys lag.
+func addPhases(ms *MonitorState, phases map[string]map[string]EndpointPhase, lagging []LaggingEnvoy) {
+	for i := range ms.Services {
+		svc := &ms.Services[i]
+		for j := range svc.Instances {
+			e := svc.Instances[j].Envoy
+			if e == nil {
+				continue
+			}
+			if p, ok := phases[translate.ClusterName(svc.Name)][svc.Instances[j].ID]; ok {
+				e.FirstPhase, e.KnownBy, e.Envoys = p.FirstPhase, p.KnownBy, p.Envoys
+			}
+		}
+	}
+	for _, l := range lagging {
+		for gi := range ms.Groups {
+			for ei := range ms.Groups[gi].Envoys {
+				e := &ms.Groups[gi].Envoys[ei]
+				if e.StreamID == l.StreamID && e.Variant == l.Variant {
+					since := l.Since
+					e.LaggingSince, e.LaggingEndpoint = &since, l.Endpoint
+				}
+			}
+		}
+	}
 }
 
 // servedEndpoints maps cluster name and endpoint hostname (the instance ID) to what Envoy

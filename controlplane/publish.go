@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -52,6 +53,10 @@ type publisher struct {
 	// drains applies the operators' drains after the guard (which sees the registry as the
 	// agents wrote it) and before translation.
 	drains drainApplier
+	// phase publishes new endpoints as DRAINING until every Envoy knows them (nil: off);
+	// repub asks for a publication of the same registry state (a promotion).
+	phase *phaser
+	repub atomic.Bool
 
 	mu      sync.Mutex
 	latest  *registry.State
@@ -137,7 +142,8 @@ func (p *publisher) publishLatest() bool {
 	p.since = time.Time{}
 	p.mu.Unlock()
 	start := time.Now()
-	if st == nil || (st == p.lastRaw && (p.releaseAt.IsZero() || start.Before(p.releaseAt))) {
+	force := p.repub.Swap(false)
+	if st == nil || (!force && st == p.lastRaw && (p.releaseAt.IsZero() || start.Before(p.releaseAt))) {
 		return false // nothing new: a wake-up queued before the last publish, or an early timer
 	}
 	p.lastRaw = st
@@ -146,12 +152,21 @@ func (p *publisher) publishLatest() bool {
 		p.m.held.Set(float64(p.guard.heldCount()))
 	}
 	st = p.drains.apply(st)
-	res := p.translateState(st)
+	served := st
+	if p.phase != nil {
+		// After the drains: the phase only ever turns an available instance into a draining one.
+		served = p.phase.apply(st, start)
+	}
+	res := p.translateState(served)
 	var versions map[string]string
 	var took time.Duration
 	err := p.snapshot(res, func(v map[string]string) {
 		// Before any Envoy is sent it: /debug/config shows what an Envoy may hold.
 		versions, took = v, time.Since(start)
+		if p.phase != nil {
+			// Before any Envoy is sent it: an ACK of this version must map to its revision.
+			p.phase.published(st.Revision, versions[shortType(resourcev3.EndpointType)])
+		}
 		p.mu.Lock()
 		p.current = &published{res: res, state: st, versions: versions, at: time.Now().UTC(), translate: took}
 		p.mu.Unlock()
@@ -234,6 +249,16 @@ func toResources[T types.Resource](in []T) []types.Resource {
 		out[i] = r
 	}
 	return out
+}
+
+// republish asks the run loop for a publication of the same registry state: a promotion
+// changes what is served, not the registry. Safe from any goroutine.
+func (p *publisher) republish() {
+	p.repub.Store(true)
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
 }
 
 // ready is closed once the first snapshot is published.

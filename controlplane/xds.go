@@ -33,8 +33,9 @@ func shortType(typeURL string) string {
 
 // newXDSCache returns the cache serving every gateway group: each resource is checked by
 // Envoy's own proto validation and marshalled once, when it changes.
-func newXDSCache(l zerolog.Logger) *xdscache.Cache {
-	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: l})
+// onAnswer (if not nil) is told, without blocking, when an Envoy ACKs or NACKs or a stream closes.
+func newXDSCache(l zerolog.Logger, onAnswer func()) *xdscache.Cache {
+	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: l, OnAnswer: onAnswer})
 }
 
 // validate runs Envoy's own proto validation on a resource.

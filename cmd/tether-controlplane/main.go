@@ -71,6 +71,7 @@ Flags:
 	fs.UintVar(&listenPort, "envoy-listen-port", uint(c.ListenPort), "port of the HTTP listener given to Envoy")
 	fs.DurationVar(&c.CoalesceQuiet, "coalesce-quiet", c.CoalesceQuiet, "a change this long after the last push is pushed at once; changes within this window of a push are batched until quiet this long")
 	fs.DurationVar(&c.CoalesceMax, "coalesce-max", c.CoalesceMax, "a batched change is pushed at the latest this long after the first of its batch")
+	fs.DurationVar(&c.PublishSettle, "publish-settle", c.PublishSettle, "a new endpoint is served as DRAINING until every Envoy has acknowledged it; an Envoy that has not answered after this long stops holding it back and is reported as lagging")
 	fs.Float64Var(&c.HoldShare, "hold-share", c.HoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
 	fs.DurationVar(&c.HoldGrace, "hold-grace", c.HoldGrace, "how long a mass disappearance is held back")
 	fs.DurationVar(&c.HoldWindow, "hold-window", c.HoldWindow, "removals of one service within this long of the first count together against --hold-share (about the agents' --ttl)")
@@ -103,6 +104,9 @@ Flags:
 	}
 	if c.CoalesceQuiet <= 0 || c.CoalesceMax <= 0 {
 		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 5ms and 50ms")
+	}
+	if c.PublishSettle <= 0 {
+		return nil, errors.New("--publish-settle must be positive, e.g. 10s")
 	}
 	if err := etcd.NeedEndpoints(); err != nil {
 		return nil, err

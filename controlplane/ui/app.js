@@ -180,7 +180,11 @@ function instanceRow(svc, inst) {
   const addr = inst.address.includes(":") ? `[${inst.address}]:${inst.port}` : `${inst.address}:${inst.port}`;
   const envoy = inst.envoy
     ? h("td", null, h("span", { class: "weight", title: "load_balancing_weight", text: String(inst.envoy.weight) }),
-        h("span", { class: "h h-" + inst.envoy.health, text: inst.envoy.health.toLowerCase() }))
+        h("span", { class: "h h-" + inst.envoy.health, text: inst.envoy.health.toLowerCase() }),
+        inst.envoy.firstPhase ? h("span", { class: "phase", "data-phase": "first",
+          title: "new: served as DRAINING until every Envoy knows it", text: "first phase" }) : null,
+        h("span", { class: "known", title: "Envoys that know this endpoint",
+          text: inst.envoy.knownBy + "/" + inst.envoy.envoys + " Envoys" }))
     : h("td", { class: "muted", title: "not in the configuration served to Envoy", text: "not served" });
   return h("tr", { class: "inst st-" + inst.state + (changed ? " flash" : ""), "data-instance": key, "data-state": inst.state },
     h("td", null, h("span", { class: "badge b-" + inst.state, text: inst.state }),
@@ -251,6 +255,9 @@ function envoyCard(state) {
           h("span", { class: "addr", text: e.variant + " stream " + e.streamId })),
         h("td", null, timeCell(e.connectedAt)),
         h("td", null, h("span", { class: e.inSync ? "sync-ok" : "sync-no", text: e.inSync ? "✓ in sync" : "behind" }),
+          e.laggingSince ? h("span", { class: "nack", "data-lagging": "1",
+            title: "held the promotion of " + e.laggingEndpoint + " past --publish-settle",
+            text: "lagging since " + e.laggingSince }) : null,
           h("span", { class: "addr", text: acked || "nothing ACKed yet" })),
         h("td", null, h("span", { class: e.nacks ? "nack" : "muted", text: String(e.nacks) }),
           e.lastNack ? h("span", { class: "nack-msg", text: e.lastNack }) : null)));

@@ -49,7 +49,10 @@ type Options struct {
 	SlotTimeout time.Duration
 	// GroupOf names a node's gateway group (nil: every Envoy is in group "").
 	GroupOf func(cluster string) string
-	Logger  zerolog.Logger
+	// OnAnswer, if set, is called when an Envoy ACKs or NACKs a response or a stream closes,
+	// under the cache's lock: it must not block or call the cache (see Acks).
+	OnAnswer func()
+	Logger   zerolog.Logger
 }
 
 // entry is one resource as served: marshalled once, shared by every response.

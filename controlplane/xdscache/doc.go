@@ -66,6 +66,12 @@
 //     FIFO order, armed. Each watcher has at most one response outstanding (a watch fires
 //     once), and what accumulates while it is unarmed is names, not data: a stream's unsent
 //     data is bounded by one response per type.
+//   - Per watcher the cache records what the Envoy acknowledged (Acks): the type version of
+//     the last response it ACKed, whether that response covered every name it subscribes to,
+//     and whether its last answer was a NACK. The control plane's two-phase publication
+//     promotes a new endpoint once every Envoy holds it. An ACK is matched exactly: SotW
+//     repeats the version it accepts (the server drops stale nonces), delta carries the
+//     nonce the server wrote into the last response.
 //   - Groups are created by the first stream of a node cluster and forgotten with its last
 //     stream. Type URLs other than the four served are refused (the Callbacks end the stream).
 //

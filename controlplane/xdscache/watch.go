@@ -64,6 +64,16 @@ type watcher struct {
 	slot       *time.Timer         // set while holding an initial-sync slot
 	epoch      uint64              // last notify that found it
 
+	// What the Envoy acknowledged (see Acks). subsGen counts the subscriptions that added
+	// names: an ACK of a response built before an addition does not cover the added names.
+	subsGen     uint64
+	sentGen     uint64                            // subsGen when the last response was built
+	outstanding bool                              // the last response is not answered yet
+	acked       string                            // type version of the last response ACKed
+	ackedGen    uint64                            // sentGen of that response
+	nacked      bool                              // the last answer was a NACK
+	dresp       *discovery.DeltaDiscoveryResponse // last delta response: the server writes its nonce
+
 	armed      bool
 	gen        uint64 // arming count: a cancel only disarms its own arming
 	replyEmpty bool   // answer the armed request even with nothing to send
@@ -126,6 +136,7 @@ func (c *Cache) closeStream(key streamKey) {
 	if freed {
 		c.pump()
 	}
+	c.answerHook()
 }
 
 // bind records which stream a request came on, for the CreateWatch that follows.
@@ -201,6 +212,17 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 		c.resubscribe(w, sub.IsWildcard(), sub.SubscribedResources())
 	} else {
 		c.releaseSlot(w)
+		if w.outstanding && req.GetErrorDetail() == nil && req.GetVersionInfo() != w.sent {
+			// The Envoy never got the last response: go-control-plane's ADS loop discards a
+			// queued response of the type it re-watches when a request of that type crosses it
+			// (processAllExcept), and this request carries the nonce before it. Everything it
+			// carried is sent again.
+			w.outstanding, w.pendingAll, w.sent = false, true, ""
+		}
+		// The server drops a request whose nonce is stale: this one answers the last response,
+		// and a SotW ACK repeats the version it accepts.
+		c.recordAnswer(w, req.GetErrorDetail() == nil && req.GetVersionInfo() == w.sent && req.GetResponseNonce() != "",
+			req.GetErrorDetail() != nil)
 		if w.wildcard != sub.IsWildcard() || !slices.Equal(w.lastNames, req.GetResourceNames()) {
 			c.resubscribe(w, sub.IsWildcard(), sub.SubscribedResources())
 		}
@@ -242,6 +264,7 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
 	case w.wildcard != sub.IsWildcard():
 		c.releaseSlot(w)
+		c.recordAnswerDelta(w, req)
 		// The server has already edited the names: forget this request's unsubscriptions
 		// first, then the rest.
 		for _, n := range req.GetResourceNamesUnsubscribe() {
@@ -251,8 +274,12 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
 	default:
 		c.releaseSlot(w)
+		c.recordAnswerDelta(w, req)
 		// The server has already added and removed these names in w.names; indexing is
 		// idempotent.
+		if len(req.GetResourceNamesSubscribe()) > 0 {
+			w.subsGen++
+		}
 		for _, n := range req.GetResourceNamesSubscribe() {
 			if n != "*" {
 				c.indexName(w, n)
@@ -309,6 +336,9 @@ func (c *Cache) resubscribe(w *watcher, wildcard bool, names map[string]struct{}
 			changed = true
 		}
 	}
+	if changed {
+		w.subsGen++ // conservative: a removal alone would not need it
+	}
 	for n := range w.names {
 		if _, ok := names[n]; !ok {
 			c.unindexName(w, n)
@@ -328,6 +358,7 @@ func (c *Cache) setWhole(w *watcher, wildcard bool, names map[string]struct{}) {
 		c.unindex(w)
 	}
 	resetPending(w)
+	w.subsGen++
 	w.wildcard, w.names = wildcard, names
 	if w.names == nil {
 		w.names = map[string]struct{}{}
@@ -540,7 +571,7 @@ func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 		c.opts.Logger.Error().Str("type", ts.url).Msg("xDS watch channel full; response dropped")
 		return false
 	}
-	w.sent = ts.version
+	w.sent, w.sentGen, w.outstanding = ts.version, w.subsGen, true
 	c.disarm(w)
 	return true
 }
@@ -582,7 +613,8 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 	for _, n := range removed {
 		delete(w.held, n)
 	}
-	w.sent = ts.version
+	w.sent, w.sentGen, w.outstanding = ts.version, w.subsGen, true
+	w.dresp = resp.DeltaDiscoveryResponse
 	c.disarm(w)
 	return true
 }

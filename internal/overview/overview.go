@@ -75,6 +75,12 @@ type Endpoint struct {
 	Weight uint32 `json:"weight"`
 	// Health is the EDS health status: HEALTHY, DRAINING, UNHEALTHY, ...
 	Health string `json:"health"`
+	// FirstPhase: a new endpoint (or one back from unhealthy) served as DRAINING until every
+	// connected Envoy has acknowledged it (two-phase publication).
+	FirstPhase bool `json:"firstPhase"`
+	// KnownBy of Envoys (every connected Envoy) hold the endpoint, reachable by session.
+	KnownBy int `json:"knownBy"`
+	Envoys  int `json:"envoys"`
 }
 
 // Rejected is a registry key whose value failed decoding or validation.

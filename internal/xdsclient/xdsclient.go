@@ -78,8 +78,50 @@ type Client struct {
 	responses int64
 	nacks     int64
 	changed   chan struct{}
-	running   int   // runs under way
-	runErr    error // what ended the last run, when it failed on its own (not by its ctx)
+	running   int           // runs under way
+	runErr    error         // what ended the last run, when it failed on its own (not by its ctx)
+	held      string        // type whose ACKs are held back (see HoldACKs)
+	release   chan struct{} // closed by ReleaseACKs
+}
+
+// HoldACKs makes the client hold back its ACKs of typeURL until ReleaseACKs, like an Envoy
+// slow to apply a configuration: it still applies what it receives (and NACKs what NACK
+// rejects), and sends nothing on its stream while an ACK waits.
+func (c *Client) HoldACKs(typeURL string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.release == nil {
+		c.release = make(chan struct{})
+	}
+	c.held = typeURL
+}
+
+// ReleaseACKs sends the ACK held back, if any, and stops holding.
+func (c *Client) ReleaseACKs() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.release != nil {
+		close(c.release)
+		c.release = nil
+	}
+	c.held = ""
+}
+
+// waitACK waits, before an ACK of typeURL, while ACKs of that type are held.
+func (c *Client) waitACK(ctx context.Context, typeURL string) error {
+	c.mu.Lock()
+	ch := c.release
+	held := ch != nil && c.held == typeURL
+	c.mu.Unlock()
+	if !held {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // New returns a client of the given variant for node (id, cluster).
@@ -237,6 +279,9 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 		if c.OnUpdate != nil {
 			c.OnUpdate(upd)
 		}
+		if err := c.waitACK(ctx, typeURL); err != nil {
+			return err
+		}
 		if err := send(typeURL, resp.GetVersionInfo(), resp.GetNonce(), names, ""); err != nil {
 			return err
 		}
@@ -319,6 +364,9 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 		slices.Sort(upd.Names)
 		if c.OnUpdate != nil {
 			c.OnUpdate(upd)
+		}
+		if err := c.waitACK(ctx, typeURL); err != nil {
+			return err
 		}
 		if err := send(&discovery.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: resp.GetNonce()}); err != nil {
 			return err

@@ -1,0 +1,439 @@
+package controlplane
+
+import (
+	"context"
+	"maps"
+	"net"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/rs/zerolog"
+
+	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
+	"github.com/tetherlb/tether/registry"
+)
+
+// Two-phase publication. A user's requests land on any Envoy of a gateway group, and xDS is
+// eventually consistent: a session that Envoy A places on a server B does not know yet is
+// moved (non-strict) or refused (strict) at B. So an endpoint that Envoys cannot reach by
+// session yet (a new instance, or one back from unhealthy) is first published as DRAINING:
+// reachable by its session cookie (override_host_status) and never chosen for a new session.
+// It is promoted to what its state says once every connected Envoy has ACKed an endpoint
+// assignment that holds it, or after --publish-settle: an Envoy that has not answered by then
+// is reported as lagging and holds nothing back until it catches up; an Envoy whose last
+// answer is a NACK holds nothing back either.
+//
+// Knowledge goes by registry revision: the phaser maps each published endpoint type version
+// to the revision of the state it was translated from, and an endpoint first reachable at
+// revision r is known to an Envoy whose ACKed version maps to r or later, when that ACK was
+// whole (xdscache.StreamAck) and the Envoy subscribes to the endpoint's cluster. The phase is
+// applied to the state before translation (the instance's state set to draining in a copy),
+// so translation stays a pure function of its input.
+//
+// Replicas promote on their own Envoys' ACKs. Sharing ACK state would make every control
+// plane an etcd writer (its role is read-only, docs/security.md) for a gap that exists only
+// when one replica sees a registry change later than another by more than a push, an ACK
+// and a coalesce window; the way to close it without writes is to keep one site's Envoys on
+// one replica. (Were it shared, the report would be one number per replica under its lease:
+// the lowest revision every one of its Envoys holds, which this revision bookkeeping gives.)
+//
+// Endpoints of the first publication are not phased: Envoys reconnecting to a restarted
+// control plane hold them already, and holding every endpoint DRAINING until a thousand
+// Envoys ACK would refuse every new session. Promotion waits for the Envoys of every group,
+// since every group is served the same endpoints.
+
+// DefaultPublishSettle bounds how long an Envoy that does not answer delays a promotion.
+const DefaultPublishSettle = 10 * time.Second
+
+// maxVersions bounds the endpoint type versions remembered: an Envoy still on an older one
+// is far behind and knows nothing new.
+const maxVersions = 256
+
+// firstPhaseReason is the reason an instance in its first phase is translated with.
+const firstPhaseReason = "first phase: published as DRAINING until every Envoy knows it"
+
+// epKey names an endpoint as Envoy knows it: the session cookie holds the address.
+type epKey struct {
+	cluster, id, addr string
+}
+
+// epPhase is a reachable endpoint (HEALTHY, DRAINING or DEGRADED at Envoy) of the last state.
+type epPhase struct {
+	rev      int64     // registry revision where it became reachable
+	start    time.Time // when it became reachable
+	first    bool      // in its first phase
+	promoted bool      // promoted; published as its state says from the next publication
+	known    int       // Envoys that know it, at the last evaluation (first phase only)
+}
+
+// lagInfo is an Envoy that held a promotion past --publish-settle.
+type lagInfo struct {
+	group    string
+	since    time.Time
+	endpoint string // the endpoint it held back
+}
+
+// LaggingEnvoy is an Envoy reported by /debug/config as lagging.
+type LaggingEnvoy struct {
+	StreamID int64     `json:"streamId"`
+	Variant  string    `json:"variant"`
+	NodeID   string    `json:"nodeId,omitempty"`
+	Group    string    `json:"group"`
+	Since    time.Time `json:"since"`
+	Endpoint string    `json:"endpoint"` // the endpoint (cluster/instance) whose promotion it held
+}
+
+type phaser struct {
+	log    zerolog.Logger
+	m      *metrics
+	xds    *xdscache.Cache
+	settle time.Duration
+	poke   func() // asks the publisher to publish again: a promotion
+	wake   chan struct{}
+
+	mu        sync.Mutex
+	reach     map[epKey]*epPhase
+	started   bool             // the first publication is done
+	revs      map[string]int64 // endpoint type version -> revision of its state
+	revOrder  []string
+	latestRev int64
+	lagging   map[xdscache.StreamAck]*lagInfo // keyed by Delta and ID only
+	memo      map[string]phaseMemo            // service -> its phased copy
+}
+
+type phaseMemo struct {
+	in  *registry.Service
+	ids string
+	out *registry.Service
+}
+
+func newPhaser(log zerolog.Logger, m *metrics, settle time.Duration) *phaser {
+	if settle <= 0 {
+		settle = DefaultPublishSettle
+	}
+	return &phaser{log: log, m: m, settle: settle, wake: make(chan struct{}, 1),
+		reach: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamAck]*lagInfo{}}
+}
+
+// signal wakes the evaluation; it never blocks (the cache calls it under its lock).
+func (ph *phaser) signal() {
+	select {
+	case ph.wake <- struct{}{}:
+	default:
+	}
+}
+
+func reachable(in registry.Instance) bool { return in.State != registry.StateUnhealthy }
+
+// apply records the endpoints reachable in st and returns st with those in their first
+// phase set to draining (st itself when there are none). Only the publish loop calls it.
+func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	seen := make(map[epKey]bool, len(ph.reach))
+	phased := map[string][]string{} // service -> instance IDs in their first phase
+	for name, svc := range st.Services {
+		cl := translate.ClusterName(name)
+		for _, in := range svc.Instances {
+			if !reachable(in) {
+				continue
+			}
+			k := epKey{cl, in.ID, hostPort(in)}
+			seen[k] = true
+			e := ph.reach[k]
+			if e == nil {
+				e = &epPhase{rev: st.Revision, start: now, first: ph.started}
+				ph.reach[k] = e
+			}
+			if e.first && e.promoted {
+				e.first, e.promoted = false, false
+			}
+			if e.first {
+				phased[name] = append(phased[name], in.ID)
+			}
+		}
+	}
+	for k := range ph.reach {
+		if !seen[k] {
+			delete(ph.reach, k)
+		}
+	}
+	ph.started = true
+	ph.m.firstPhase.Set(float64(ph.countFirstLocked()))
+	return ph.phaseState(st, phased)
+}
+
+func (ph *phaser) countFirstLocked() int {
+	n := 0
+	for _, e := range ph.reach {
+		if e.first {
+			n++
+		}
+	}
+	return n
+}
+
+func hostPort(in registry.Instance) string {
+	return net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
+}
+
+// phaseState returns st with the given instances set to draining, keeping the phased copy
+// of a service while neither it nor its phased instances change (the translation cache
+// re-translates a service only when its pointer changes).
+func (ph *phaser) phaseState(st *registry.State, phased map[string][]string) *registry.State {
+	next := make(map[string]phaseMemo, len(phased))
+	if len(phased) == 0 {
+		ph.memo = next
+		return st
+	}
+	c := *st
+	c.Services = maps.Clone(st.Services)
+	for name, ids := range phased {
+		sort.Strings(ids)
+		svc := st.Services[name]
+		joined := strings.Join(ids, "\x00")
+		m, ok := ph.memo[name]
+		if !ok || m.in != svc || m.ids != joined {
+			m = phaseMemo{in: svc, ids: joined, out: firstPhaseService(svc, ids)}
+		}
+		next[name] = m
+		c.Services[name] = m.out
+	}
+	ph.memo = next
+	return &c
+}
+
+// firstPhaseService returns a copy of svc with the instances ids (sorted) draining.
+func firstPhaseService(svc *registry.Service, ids []string) *registry.Service {
+	out := *svc
+	out.Instances = maps.Clone(svc.Instances)
+	for key, in := range out.Instances {
+		if _, ok := slices.BinarySearch(ids, in.ID); ok && in.State == registry.StateAvailable {
+			in.State, in.Reason = registry.StateDraining, firstPhaseReason
+			out.Instances[key] = in
+		}
+	}
+	return &out
+}
+
+// published records that the state of revision rev was served with endpoint type version
+// eds, and wakes the evaluation.
+func (ph *phaser) published(rev int64, eds string) {
+	ph.mu.Lock()
+	if old, ok := ph.revs[eds]; !ok {
+		ph.revOrder = append(ph.revOrder, eds)
+		if len(ph.revOrder) > maxVersions {
+			delete(ph.revs, ph.revOrder[0])
+			ph.revOrder = ph.revOrder[1:]
+		}
+		ph.revs[eds] = rev
+	} else if rev > old {
+		ph.revs[eds] = rev
+	}
+	ph.latestRev = rev
+	ph.mu.Unlock()
+	ph.signal()
+}
+
+// run evaluates promotions when an Envoy answers, a stream closes, a state is published, or
+// a settle time ends, until ctx ends.
+func (ph *phaser) run(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ph.wake:
+		case <-timer.C:
+		}
+		next := ph.evaluate(time.Now())
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(max(time.Until(next), time.Millisecond))
+		}
+	}
+}
+
+// streamView is one stream's knowledge of endpoints at an evaluation.
+type streamView struct {
+	key      xdscache.StreamAck // Delta and ID
+	group    string
+	rev      int64 // revision of its whole ACK; -1 when none is known
+	exempt   bool  // answered with a NACK, or lagging: holds nothing back
+	clusters map[string]bool
+}
+
+// evaluate promotes the first-phase endpoints every Envoy knows (or whose settle time is over)
+// and returns when the next settle time ends (zero: none).
+func (ph *phaser) evaluate(now time.Time) time.Time {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	var phase []epKey
+	clusters := map[string]bool{}
+	for k, e := range ph.reach {
+		// An endpoint of a state not published (its snapshot was refused) is not waited for:
+		// no Envoy could know it, and none is to be reported lagging for it.
+		if e.first && !e.promoted && e.rev <= ph.latestRev {
+			phase = append(phase, k)
+			clusters[k.cluster] = true
+		}
+	}
+	if len(phase) == 0 && len(ph.lagging) == 0 {
+		// Nothing to promote and nobody to clear: an ordinary push's ACKs cost nothing here.
+		ph.m.lagging.Set(0)
+		return time.Time{}
+	}
+	views := ph.viewsLocked(clusters)
+	promoted := 0
+	var next time.Time
+	for _, k := range phase {
+		e := ph.reach[k]
+		e.known = 0
+		var blockers []*streamView
+		for i := range views {
+			v := &views[i]
+			switch {
+			case v.rev >= e.rev && v.clusters[k.cluster]:
+				e.known++
+			case !v.exempt:
+				blockers = append(blockers, v)
+			}
+		}
+		deadline := e.start.Add(ph.settle)
+		outcome := "acked"
+		if len(blockers) > 0 {
+			if now.Before(deadline) {
+				if next.IsZero() || deadline.Before(next) {
+					next = deadline
+				}
+				continue
+			}
+			outcome = "settled"
+			for _, v := range blockers {
+				v.exempt = true
+				ph.lagging[v.key] = &lagInfo{group: v.group, since: now, endpoint: k.cluster + "/" + k.id}
+				ph.m.laggingTotal.Inc()
+				ph.log.Warn().Int64("stream", v.key.ID).Bool("delta", v.key.Delta).Str("group", v.group).
+					Str("endpoint", k.cluster+"/"+k.id).Dur("settle", ph.settle).
+					Msg("Envoy has not acknowledged a new endpoint within --publish-settle; promoting it without that Envoy, which is reported as lagging")
+			}
+		}
+		e.promoted = true
+		promoted++
+		ph.m.promotions.WithLabelValues(outcome).Observe(now.Sub(e.start).Seconds())
+		ph.log.Debug().Str("endpoint", k.cluster+"/"+k.id).Str("outcome", outcome).Dur("after", now.Sub(e.start)).
+			Int("known", e.known).Int("envoys", len(views)).Msg("endpoint promoted")
+	}
+	ph.m.lagging.Set(float64(len(ph.lagging)))
+	if promoted > 0 && ph.poke != nil {
+		ph.poke()
+	}
+	return next
+}
+
+// viewsLocked reads every stream's endpoint ACK, forgets lagging streams that closed or
+// caught up (a whole ACK of the latest revision), and records which of clusters each
+// subscribes to.
+func (ph *phaser) viewsLocked(clusters map[string]bool) []streamView {
+	var views []streamView
+	open := map[xdscache.StreamAck]bool{}
+	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, subscribed func(string) bool) {
+		key := xdscache.StreamAck{Delta: a.Delta, ID: a.ID}
+		open[key] = true
+		v := streamView{key: key, group: a.Group, rev: -1, clusters: make(map[string]bool, len(clusters))}
+		if r, ok := ph.revs[a.Version]; ok && a.Whole {
+			v.rev = r
+		}
+		for cl := range clusters {
+			v.clusters[cl] = subscribed(cl)
+		}
+		if _, lag := ph.lagging[key]; lag && v.rev >= ph.latestRev && !a.Waiting {
+			delete(ph.lagging, key)
+			ph.log.Info().Int64("stream", a.ID).Bool("delta", a.Delta).Str("group", a.Group).Msg("lagging Envoy caught up")
+		}
+		_, lag := ph.lagging[key]
+		v.exempt = lag || (a.NACKed && !a.Waiting)
+		views = append(views, v)
+	})
+	for k := range ph.lagging {
+		if !open[k] {
+			delete(ph.lagging, k)
+		}
+	}
+	return views
+}
+
+// EndpointPhase is what /api/state shows of an endpoint's publication.
+type EndpointPhase struct {
+	FirstPhase bool
+	KnownBy    int
+	Envoys     int
+}
+
+// status returns, per cluster and instance ID, how many Envoys know each reachable endpoint
+// and whether it is in its first phase. Subscriptions are checked for first-phase endpoints
+// only (a later endpoint of a known cluster is known from the revision alone): the monitor
+// pays O(streams x first-phase clusters + endpoints x log streams), not endpoints x streams.
+func (ph *phaser) status() map[string]map[string]EndpointPhase {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	clusters := map[string]bool{}
+	for k, e := range ph.reach {
+		if e.first && !e.promoted {
+			clusters[k.cluster] = true
+		}
+	}
+	views := ph.viewsLocked(clusters)
+	revs := make([]int64, len(views))
+	for i, v := range views {
+		revs[i] = v.rev
+	}
+	slices.Sort(revs)
+	out := map[string]map[string]EndpointPhase{}
+	for k, e := range ph.reach {
+		p := EndpointPhase{FirstPhase: e.first && !e.promoted, Envoys: len(views)}
+		if p.FirstPhase {
+			for _, v := range views {
+				if v.rev >= e.rev && v.clusters[k.cluster] {
+					p.KnownBy++
+				}
+			}
+		} else {
+			i, _ := slices.BinarySearch(revs, e.rev)
+			p.KnownBy = len(revs) - i
+		}
+		if out[k.cluster] == nil {
+			out[k.cluster] = map[string]EndpointPhase{}
+		}
+		out[k.cluster][k.id] = p
+	}
+	return out
+}
+
+// laggingEnvoys returns the Envoys reported as lagging, by stream.
+func (ph *phaser) laggingEnvoys() []LaggingEnvoy {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	out := make([]LaggingEnvoy, 0, len(ph.lagging))
+	for k, l := range ph.lagging {
+		variant := "sotw"
+		if k.Delta {
+			variant = "delta"
+		}
+		out = append(out, LaggingEnvoy{StreamID: k.ID, Variant: variant, Group: l.group, Since: l.since, Endpoint: l.endpoint})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].StreamID != out[j].StreamID {
+			return out[i].StreamID < out[j].StreamID
+		}
+		return out[i].Variant < out[j].Variant
+	})
+	return out
+}

@@ -1,0 +1,102 @@
+package controlplane
+
+import (
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/rs/zerolog"
+
+	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/registry"
+)
+
+func phaseState(rev int64, states map[string]registry.InstanceState) *registry.State {
+	svc := &registry.Service{Name: "app", Config: registry.DefaultServiceConfig("app"), Instances: map[string]registry.Instance{}}
+	ports := map[string]int{"old": 5001, "sick": 5002, "new": 5003, "newfull": 5004}
+	for id, s := range states {
+		svc.Instances[id] = registry.Instance{ID: id, Address: "10.0.0.1", Port: ports[id], State: s}
+	}
+	return &registry.State{Revision: rev, Services: map[string]*registry.Service{"app": svc}}
+}
+
+// servedHealth translates st and returns the EDS status of each instance.
+func servedHealth(t *testing.T, st *registry.State) (map[string]corev3.HealthStatus, []corev3.HealthStatus) {
+	t.Helper()
+	res := translate.Translate(st, translate.Options{ListenPort: 10000})
+	out := map[string]corev3.HealthStatus{}
+	for _, cla := range res.Endpoints {
+		for _, l := range cla.GetEndpoints() {
+			for _, e := range l.GetLbEndpoints() {
+				out[e.GetEndpoint().GetHostname()] = e.GetHealthStatus()
+			}
+		}
+	}
+	if len(res.Clusters) != 1 {
+		t.Fatalf("clusters = %d, want 1", len(res.Clusters))
+	}
+	return out, res.Clusters[0].GetCommonLbConfig().GetOverrideHostStatus().GetStatuses()
+}
+
+// TestFirstPhaseIsDrainingAndReachableBySession holds Envoy rules 3, 7 and 24 for two-phase
+// publication: an endpoint in its first phase is sent as DRAINING (rule 7: never picked for a
+// new session) in a cluster whose override_host_status admits DRAINING (rule 3: a session
+// cookie created by an Envoy that already promoted it still reaches it). The first
+// publication is not phased; a new instance and one back from unhealthy are; full and
+// unhealthy instances are left as they are; the phase is applied to the state, never inside
+// translation (the input state is not modified).
+func TestFirstPhaseIsDrainingAndReachableBySession(t *testing.T) {
+	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
+	now := time.Now()
+	first := phaseState(1, map[string]registry.InstanceState{"old": registry.StateAvailable, "sick": registry.StateUnhealthy})
+	got, _ := servedHealth(t, ph.apply(first, now))
+	if got["old"] != corev3.HealthStatus_HEALTHY || got["sick"] != corev3.HealthStatus_UNHEALTHY {
+		t.Fatalf("first publication = %v, want old HEALTHY, sick UNHEALTHY (not phased)", got)
+	}
+	next := phaseState(2, map[string]registry.InstanceState{"old": registry.StateAvailable, "sick": registry.StateAvailable,
+		"new": registry.StateAvailable, "newfull": registry.StateFull})
+	served := ph.apply(next, now)
+	got, override := servedHealth(t, served)
+	want := map[string]corev3.HealthStatus{"old": corev3.HealthStatus_HEALTHY, "sick": corev3.HealthStatus_DRAINING,
+		"new": corev3.HealthStatus_DRAINING, "newfull": corev3.HealthStatus_DRAINING}
+	for id, h := range want {
+		if got[id] != h {
+			t.Errorf("%s served %v, want %v", id, got[id], h)
+		}
+	}
+	admitsDraining := false
+	for _, s := range override {
+		admitsDraining = admitsDraining || s == corev3.HealthStatus_DRAINING
+	}
+	if !admitsDraining {
+		t.Errorf("override_host_status %v does not admit DRAINING: a first-phase endpoint would lose its sessions", override)
+	}
+	if next.Services["app"].Instances["new"].State != registry.StateAvailable {
+		t.Error("apply modified its input state")
+	}
+	if served.Services["app"].Instances["new"].Reason != firstPhaseReason {
+		t.Errorf("first-phase reason = %q", served.Services["app"].Instances["new"].Reason)
+	}
+	// The same input gives the same phased service (the translation cache keeps it).
+	if again := ph.apply(next, now); again.Services["app"] != served.Services["app"] {
+		t.Error("an unchanged state was phased into a new service copy")
+	}
+	// Promoted: served as the state says from the next publication.
+	ph.mu.Lock()
+	for _, e := range ph.reach {
+		if e.first {
+			e.promoted = true
+		}
+	}
+	ph.mu.Unlock()
+	got, _ = servedHealth(t, ph.apply(next, now))
+	if got["new"] != corev3.HealthStatus_HEALTHY || got["sick"] != corev3.HealthStatus_HEALTHY || got["newfull"] != corev3.HealthStatus_DRAINING {
+		t.Errorf("after promotion = %v, want new and sick HEALTHY, newfull DRAINING", got)
+	}
+	// Gone and back (or unhealthy and back): a new first phase.
+	ph.apply(phaseState(3, map[string]registry.InstanceState{"old": registry.StateAvailable, "new": registry.StateUnhealthy}), now)
+	got, _ = servedHealth(t, ph.apply(phaseState(4, map[string]registry.InstanceState{"old": registry.StateAvailable, "new": registry.StateAvailable}), now))
+	if got["new"] != corev3.HealthStatus_DRAINING || got["old"] != corev3.HealthStatus_HEALTHY {
+		t.Errorf("back from unhealthy = %v, want new DRAINING again, old HEALTHY", got)
+	}
+}

@@ -1,0 +1,260 @@
+package controlplane_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/xdsclient"
+)
+
+// startCPSettle starts a control plane with --publish-settle settle.
+func startCPSettle(t testing.TB, endpoints []string, settle time.Duration) *controlplane.ControlPlane {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		Etcd:          clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second},
+		XDSAddr:       "127.0.0.1:0",
+		AdminAddr:     "127.0.0.1:0",
+		CoalesceQuiet: 5 * time.Millisecond,
+		CoalesceMax:   50 * time.Millisecond,
+		PublishSettle: settle,
+		AllowLoopback: true,
+		Logger:        testLogger(t),
+	})
+	if err != nil {
+		cancel()
+		t.Fatalf("start control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := cp.Wait(); err != nil {
+			t.Errorf("control plane stopped with %v", err)
+		}
+	})
+	return cp
+}
+
+// health returns the EDS status the client holds for the endpoint on port, or -1.
+func health(v xdsclient.View, port uint32) core.HealthStatus {
+	if e, ok := endpoints(v)[port]; ok {
+		return e.GetHealthStatus()
+	}
+	return -1
+}
+
+// seen records what a client is sent of the endpoint on port: the first status, and
+// whether it was ever HEALTHY. Set before the client runs.
+type seen struct {
+	first   atomic.Int32
+	healthy atomic.Bool
+}
+
+func watchEndpoint(c *xdsclient.Client, port uint32) *seen {
+	s := &seen{}
+	s.first.Store(-1)
+	c.OnUpdate = func(u xdsclient.Update) {
+		if u.TypeURL != resourcev3.EndpointType {
+			return
+		}
+		for _, m := range u.Resources {
+			v := xdsclient.View{Resources: map[string]map[string]proto.Message{resourcev3.EndpointType: {"x": m}}}
+			if h := health(v, port); h >= 0 {
+				s.first.CompareAndSwap(-1, int32(h))
+				if h == core.HealthStatus_HEALTHY {
+					s.healthy.Store(true)
+				}
+			}
+		}
+	}
+	return s
+}
+
+func (s *seen) firstWas(t *testing.T, who string, want core.HealthStatus) {
+	t.Helper()
+	if got := core.HealthStatus(s.first.Load()); got != want {
+		t.Errorf("%s was first sent the new endpoint as %v, want %v", who, got, want)
+	}
+}
+
+// instancePhase reads /api/state: the served endpoint of instance id of service app.
+func instancePhase(t *testing.T, cp *controlplane.ControlPlane, id string) (firstPhase bool, known, envoys int, ok bool) {
+	t.Helper()
+	var ms controlplane.MonitorState
+	if err := json.Unmarshal([]byte(get(t, "http://"+cp.AdminAddr()+"/api/state", http.StatusOK)), &ms); err != nil {
+		t.Fatalf("/api/state: %v", err)
+	}
+	for _, svc := range ms.Services {
+		for _, in := range svc.Instances {
+			if svc.Name == "app" && in.ID == id && in.Envoy != nil {
+				return in.Envoy.FirstPhase, in.Envoy.KnownBy, in.Envoy.Envoys, true
+			}
+		}
+	}
+	return false, 0, 0, false
+}
+
+// eventually polls cond (bounded in count and time) until it holds.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 1500; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestNewEndpointIsKnownEverywhereFirst: two Envoys (SotW and delta) of one group; a new
+// instance reaches both as DRAINING first; while the second holds back its ACK the first
+// never sees it HEALTHY; once the second ACKs, both see it HEALTHY.
+func TestNewEndpointIsKnownEverywhereFirst(t *testing.T) {
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cp := startCPSettle(t, srv.Endpoints(), time.Minute)
+	a := xdsclient.New(xdsclient.SotW, "envoy-a", "edge")
+	sa := watchEndpoint(a, 5003)
+	run(t, cp, a)
+	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
+	sb := watchEndpoint(b, 5003)
+	run(t, cp, b)
+	for _, c := range []*xdsclient.Client{a, b} {
+		// Instances of the first publication are not phased.
+		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	}
+	b.HoldACKs(resourcev3.EndpointType)
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	}
+	// The control plane has seen a's ACK: a knows it, b does not.
+	eventually(t, "a3 known by 1 of 2 Envoys", func() bool {
+		first, known, envoys, ok := instancePhase(t, cp, "a3")
+		return ok && first && known == 1 && envoys == 2
+	})
+	// a answered, yet a3 stays DRAINING everywhere while b holds its ACK.
+	if sa.healthy.Load() || health(a.View(), 5003) != core.HealthStatus_DRAINING {
+		t.Fatal("a3 was sent HEALTHY while an Envoy of the group did not know it")
+	}
+	sa.firstWas(t, "envoy-a", core.HealthStatus_DRAINING)
+	sb.firstWas(t, "envoy-b", core.HealthStatus_DRAINING)
+	b.ReleaseACKs()
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	}
+	eventually(t, "a3 out of its first phase, known by both", func() bool {
+		first, known, envoys, ok := instancePhase(t, cp, "a3")
+		return ok && !first && known == 2 && envoys == 2
+	})
+	if n := metric(t, cp, `tether_promotion_seconds_count{outcome="acked"}`); n != 1 {
+		t.Errorf("acked promotions = %v, want 1", n)
+	}
+	if n := metric(t, cp, `tether_promotion_seconds_count{outcome="settled"}`); n > 0 {
+		t.Errorf("settled promotions = %v, want 0", n)
+	}
+	if l := debugConfig(t, cp).Lagging; len(l) != 0 {
+		t.Errorf("lagging Envoys %+v, want none", l)
+	}
+}
+
+// TestSilentEnvoyDelaysPromotionBySettle: an Envoy that never ACKs delays the promotion by
+// --publish-settle, and is reported lagging (metric, /debug/config, monitor) until it
+// catches up.
+func TestSilentEnvoyDelaysPromotionBySettle(t *testing.T) {
+	const settle = 400 * time.Millisecond
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cp := startCPSettle(t, srv.Endpoints(), settle)
+	a := connect(t, cp, xdsclient.Delta, "envoy-a", "edge")
+	b := connect(t, cp, xdsclient.SotW, "envoy-b", "edge")
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	}
+	b.HoldACKs(resourcev3.EndpointType)
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	waitFor(t, a, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	drainingAt := time.Now()
+	waitFor(t, a, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	if took := time.Since(drainingAt); took < settle/2 {
+		t.Errorf("a3 promoted after %s although an Envoy never answered (settle %s)", took, settle)
+	}
+	if n := metric(t, cp, `tether_promotion_seconds_count{outcome="settled"}`); n != 1 {
+		t.Errorf("settled promotions = %v, want 1", n)
+	}
+	if n := metric(t, cp, "tether_lagging_envoys"); n != 1 {
+		t.Errorf("tether_lagging_envoys = %v, want 1", n)
+	}
+	lag := debugConfig(t, cp).Lagging
+	if len(lag) != 1 || lag[0].NodeID != "envoy-b" || lag[0].Endpoint != "tether_app/a3" {
+		t.Fatalf("/debug/config lagging = %+v, want envoy-b holding tether_app/a3", lag)
+	}
+	var ms controlplane.MonitorState
+	if err := json.Unmarshal([]byte(get(t, "http://"+cp.AdminAddr()+"/api/state", http.StatusOK)), &ms); err != nil {
+		t.Fatal(err)
+	}
+	reported := false
+	for _, g := range ms.Groups {
+		for _, e := range g.Envoys {
+			reported = reported || (e.NodeID == "envoy-b" && e.LaggingSince != nil)
+		}
+	}
+	if !reported {
+		t.Error("the monitor does not show envoy-b as lagging")
+	}
+	// A lagging Envoy holds nothing back: the next new instance waits for a alone.
+	put(t, cli, "/tether/instances/app/a4", instanceJSON("a4", 5004, "available", 0))
+	waitFor(t, a, "a4 HEALTHY", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
+	if n := metric(t, cp, `tether_promotion_seconds_count{outcome="acked"}`); n != 1 {
+		t.Errorf("acked promotions = %v, want 1 (a4, not held by the lagging Envoy)", n)
+	}
+	b.ReleaseACKs()
+	waitFor(t, b, "a4 HEALTHY at b", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
+	eventually(t, "envoy-b caught up", func() bool { return metric(t, cp, "tether_lagging_envoys") == 0 })
+}
+
+// TestReplicasPromoteOnTheirOwnEnvoys: with Envoys on two control-plane replicas, each
+// replica publishes a new instance as DRAINING first and promotes it once its own Envoys
+// know it (the replicas share no ACK state; see phase.go and docs/design.md).
+func TestReplicasPromoteOnTheirOwnEnvoys(t *testing.T) {
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cp1 := startCPSettle(t, srv.Endpoints(), time.Minute)
+	cp2 := startCPSettle(t, srv.Endpoints(), time.Minute)
+	a := xdsclient.New(xdsclient.SotW, "envoy-a", "edge")
+	sa := watchEndpoint(a, 5003)
+	run(t, cp1, a)
+	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
+	sb := watchEndpoint(b, 5003)
+	run(t, cp2, b)
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	}
+	b.HoldACKs(resourcev3.EndpointType)
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	waitFor(t, b, "a3 DRAINING at b", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	// Replica 1 does not wait for replica 2's Envoy.
+	waitFor(t, a, "a3 HEALTHY at a", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	if _, known, envoys, _ := instancePhase(t, cp1, "a3"); known != 1 || envoys != 1 {
+		t.Errorf("replica 1: a3 known by %d of %d Envoys, want 1 of 1", known, envoys)
+	}
+	if first, _, envoys, _ := instancePhase(t, cp2, "a3"); !first || envoys != 1 {
+		t.Errorf("replica 2: a3 first phase %v with %d Envoys, want still first phase with 1", first, envoys)
+	}
+	if health(b.View(), 5003) != core.HealthStatus_DRAINING {
+		t.Error("replica 2 promoted a3 before its Envoy acknowledged it")
+	}
+	sa.firstWas(t, "envoy-a", core.HealthStatus_DRAINING)
+	sb.firstWas(t, "envoy-b", core.HealthStatus_DRAINING)
+	b.ReleaseACKs()
+	waitFor(t, b, "a3 HEALTHY at b", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+}

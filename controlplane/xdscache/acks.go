@@ -1,0 +1,86 @@
+package xdscache
+
+import discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+// What each Envoy has acknowledged, for two-phase publication (the control plane promotes a
+// new endpoint once every Envoy holds it).
+//
+// A response of a type carries everything pending for the watcher, built from the type's
+// state at that moment: once the Envoy ACKs it, it holds that type version's content for
+// every name it subscribed to when the response was built. Names subscribed later are
+// pending and come with a later response; until that one is ACKed the stream's ACK is not
+// "whole" (StreamAck.Whole). The answer is matched exactly: a SotW ACK repeats the version it
+// accepts (and the server drops requests with a stale nonce); a delta ACK carries the nonce
+// the server wrote into the last response.
+
+// StreamAck is what one stream has acknowledged of one type.
+type StreamAck struct {
+	Delta bool
+	ID    int64
+	Group string
+	// Version is the type version of the last response the Envoy ACKed ("" before its first).
+	Version string
+	// Whole: the ACKed response covered every name the stream subscribes to now.
+	Whole bool
+	// Waiting: a response is sent and not answered yet.
+	Waiting bool
+	// NACKed: the Envoy's last answer was a NACK.
+	NACKed bool
+}
+
+// Acks calls visit, under the cache's lock, for every stream that has joined a group, with
+// what it acknowledged of typeURL and whether it subscribes to a name. visit must not keep
+// subscribed or call the cache.
+func (c *Cache) Acks(typeURL string, visit func(a StreamAck, subscribed func(name string) bool)) {
+	t := typeIndex(typeURL)
+	if t < 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	none := func(string) bool { return false }
+	for _, st := range c.streams {
+		if st.group == nil {
+			continue
+		}
+		a := StreamAck{Delta: st.key.delta, ID: st.key.id, Group: st.group.name}
+		w := st.watchers[t]
+		if w == nil || w.removed {
+			visit(a, none)
+			continue
+		}
+		a.Version, a.Whole, a.Waiting, a.NACKed = w.acked, w.acked != "" && w.ackedGen == w.subsGen, w.outstanding, w.nacked
+		visit(a, w.subscribed)
+	}
+}
+
+// recordAnswer records the answer to w's last response: ack, nack, or neither (a request
+// that only changes the subscription, or answers a response the server never sent).
+func (c *Cache) recordAnswer(w *watcher, ack, nack bool) {
+	if !w.outstanding || (!ack && !nack) {
+		return
+	}
+	w.outstanding = false
+	if ack {
+		w.acked, w.ackedGen, w.nacked = w.sent, w.sentGen, false
+	} else {
+		w.nacked = true
+	}
+	c.answerHook()
+}
+
+// recordAnswerDelta matches a delta request's nonce with the last response's. The server
+// wrote that nonce when it sent the response, on the goroutine that now calls CreateDeltaWatch.
+func (c *Cache) recordAnswerDelta(w *watcher, req *discovery.DeltaDiscoveryRequest) {
+	n := req.GetResponseNonce()
+	if n == "" || w.dresp == nil || n != w.dresp.GetNonce() {
+		return
+	}
+	c.recordAnswer(w, req.GetErrorDetail() == nil, req.GetErrorDetail() != nil)
+}
+
+func (c *Cache) answerHook() {
+	if c.opts.OnAnswer != nil {
+		c.opts.OnAnswer()
+	}
+}

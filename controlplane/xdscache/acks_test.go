@@ -1,0 +1,152 @@
+package xdscache
+
+import (
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+)
+
+// ackOf returns what the cache says the only stream acknowledged of endpoints, and whether
+// it subscribes to a and b.
+func ackOf(c *Cache) (a StreamAck, subA, subB bool) {
+	c.Acks(resourcev3.EndpointType, func(s StreamAck, sub func(string) bool) {
+		a, subA, subB = s, sub("a"), sub("b")
+	})
+	return
+}
+
+// TestAcksAreExact: the cache records what an Envoy acknowledged: a SotW ACK repeating the
+// version sent, a delta ACK carrying the last response's nonce; an ACK is whole only if it
+// covers every name subscribed (a name added after the response is not covered); a NACK keeps
+// the version ACKed before.
+func TestAcksAreExact(t *testing.T) {
+	answers := make(chan struct{}, 64)
+	c := New(Options{OnAnswer: func() {
+		select {
+		case answers <- struct{}{}:
+		default:
+		}
+	}})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", port), cla("b", port)}}
+	}
+	update(t, c, res(5001))
+	conn := serve(t, c)
+	s := openSotW(t, conn)
+	node := &corev3.Node{Id: "n", Cluster: "g"}
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNames: []string{"a"}})
+	r1 := s.next(t, "endpoints")
+	waitUntil(t, "response outstanding", func() bool { a, _, _ := ackOf(c); return a.Waiting })
+	if a, subA, subB := ackOf(c); a.Version != "" || a.Group != "g" || !subA || subB {
+		t.Fatalf("before any ACK: %+v (a %v, b %v)", a, subA, subB)
+	}
+	// The ACK of r1, adding b: r1 covers a only.
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: r1.GetNonce(), ResourceNames: []string{"a", "b"}})
+	r2 := s.next(t, "b's assignment")
+	if len(r2.GetResources()) != 1 {
+		t.Fatalf("response to b's subscription has %d assignments, want 1", len(r2.GetResources()))
+	}
+	if a, _, subB := ackOf(c); a.Version != r1.GetVersionInfo() || a.Whole || !a.Waiting || !subB {
+		t.Fatalf("after the ACK of r1 that adds b: %+v, want r1's version, not whole (r1 lacks b), r2 waiting", a)
+	}
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: r2.GetNonce(), ResourceNames: []string{"a", "b"}})
+	waitUntil(t, "ACK of r2", func() bool { a, _, _ := ackOf(c); return !a.Waiting })
+	if a, _, _ := ackOf(c); !a.Whole || a.Version != r2.GetVersionInfo() || a.NACKed {
+		t.Fatalf("after the ACK of the response holding b: %+v, want whole", a)
+	}
+	// A NACK keeps the version acknowledged before.
+	update(t, c, res(5002))
+	r3 := s.next(t, "the change")
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: r3.GetNonce(),
+		ResourceNames: []string{"a", "b"}, ErrorDetail: &rpcstatus.Status{Code: 3, Message: "no"}})
+	waitUntil(t, "NACK", func() bool { a, _, _ := ackOf(c); return a.NACKed })
+	if a, _, _ := ackOf(c); a.Version != r2.GetVersionInfo() || a.Waiting {
+		t.Fatalf("after a NACK: %+v, want version %s kept", a, r2.GetVersionInfo())
+	}
+	if len(answers) == 0 {
+		t.Error("OnAnswer was never called")
+	}
+	s.cancel()
+	waitUntil(t, "stream closed", func() bool {
+		n := 0
+		c.Acks(resourcev3.EndpointType, func(StreamAck, func(string) bool) { n++ })
+		return n == 0
+	})
+
+	// Delta: the ACK is matched by nonce.
+	d := openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNamesSubscribe: []string{"a", "b"}})
+	var resp *discovery.DeltaDiscoveryResponse
+	select {
+	case resp = <-d.resp:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delta response")
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: resp.GetNonce()})
+	waitUntil(t, "delta ACK", func() bool { a, _, _ := ackOf(c); return a.Version == resp.GetSystemVersionInfo() })
+	if a, subA, subB := ackOf(c); !a.Delta || !a.Whole || !subA || !subB {
+		t.Fatalf("delta ACK: %+v (a %v, b %v)", a, subA, subB)
+	}
+}
+
+// TestSotWResendsADroppedResponse: go-control-plane's SotW ADS loop discards a queued
+// response of a type when a request of that type arrives first (processAllExcept). The
+// request then still names the version before: the cache sends again what the lost response
+// carried instead of taking it as delivered (an endpoint change would be lost until the next).
+func TestSotWResendsADroppedResponse(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", port)}}
+	}
+	update(t, c, res(5001))
+	c.open(streamKey{false, 1})
+	names := []string{"a", "b"}
+	sub := streamv3.NewSotwSubscription(names, false)
+	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
+		t.Helper()
+		if err := c.bindSotw(1, req); err != nil {
+			t.Fatal(err)
+		}
+		ch := make(chan cachev3.Response, 1)
+		cancel, err := c.CreateWatch(req, sub, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ch, cancel
+	}
+	ch, cancel := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
+	r1, err := (<-ch).GetDiscoveryResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	ch, cancel = watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: "1", ResourceNames: names})
+	update(t, c, res(5002)) // b changes: a response is queued, and the server drops it
+	<-ch
+	cancel()
+	ch, _ = watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: "1", ResourceNames: names})
+	select {
+	case r := <-ch:
+		dr, _ := r.GetDiscoveryResponse()
+		got := false
+		for _, a := range dr.GetResources() {
+			var x endpointv3.ClusterLoadAssignment
+			if a.UnmarshalTo(&x) == nil && x.GetClusterName() == "b" {
+				got = x.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue() == 5002
+			}
+		}
+		if !got {
+			t.Errorf("resent response lacks b's new assignment: %v", dr.GetResources())
+		}
+	default:
+		t.Fatal("the change the lost response carried was never sent again")
+	}
+}
