@@ -107,11 +107,8 @@ func (h *healthTracker) update(err error) (bool, string) {
 	return false, h.lastErr
 }
 
-// maxReason is the registry's limit on an instance's reason, in bytes.
-const maxReason = 512
-
 // cleanReason makes a reason fit the registry: valid UTF-8, control characters as spaces, and
-// at most maxReason bytes, cut on a character boundary with "...". A reason over the limit
+// at most registry.MaxReason bytes, cut on a character boundary with "...". A reason over the limit
 // would fail validation and block every later write of the instance (its state included).
 func cleanReason(s string) string {
 	s = strings.Map(func(r rune) rune {
@@ -120,11 +117,11 @@ func cleanReason(s string) string {
 		}
 		return r
 	}, strings.ToValidUTF8(s, "?"))
-	if len(s) <= maxReason {
+	if len(s) <= registry.MaxReason {
 		return s
 	}
 	const ellipsis = "..."
-	cut := maxReason - len(ellipsis)
+	cut := registry.MaxReason - len(ellipsis)
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

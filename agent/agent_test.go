@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,51 +19,18 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/agent"
+	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// backend is a real HTTP backend on loopback with settable sessions, health and availability.
-type backend struct {
-	srv      *httptest.Server
-	sessions atomic.Int64
-	health   atomic.Int64 // status of /healthcheck
-	avail    atomic.Int64 // status of /available
-	asked    atomic.Int64 // requests to /sessions: the agent's samples
-}
-
-func newBackend(t *testing.T) *backend {
-	t.Helper()
-	b := &backend{}
-	b.health.Store(http.StatusAccepted) // as Wisej's healthcheck.wx
-	b.avail.Store(http.StatusOK)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthcheck", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(b.health.Load())) })
-	mux.HandleFunc("GET /available", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(b.avail.Load())) })
-	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
-		b.asked.Add(1)
-	})
-	b.srv = httptest.NewServer(mux)
-	t.Cleanup(b.srv.Close)
-	return b
-}
-
-func (b *backend) port(t *testing.T) int {
-	_, p, err := net.SplitHostPort(b.srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := strconv.Atoi(p)
-	return n
-}
-
-func config(t *testing.T, etcd *etcdtest.Server, b *backend, id string) agent.Config {
+func config(etcd *etcdtest.Server, b *agenttest.Backend, id string) agent.Config {
 	return agent.Config{
 		Etcd:   clientv3.Config{Endpoints: etcd.Endpoints(), DialTimeout: 2 * time.Second},
-		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.port(t),
-		HealthURL: b.srv.URL + "/healthcheck", SessionsURL: b.srv.URL + "/sessions",
+		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.Port,
+		HealthURL: b.URL + "/healthcheck", SessionsURL: b.URL + "/sessions",
 		LoadSource: agent.LoadHost, TTL: 2 * time.Second, Interval: 50 * time.Millisecond,
 		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, DrainSettle: 200 * time.Millisecond,
 		ProbeTimeout: time.Second,
@@ -116,153 +82,6 @@ func (r *running) wait(t *testing.T, timeout time.Duration) error {
 	}
 }
 
-// waitKey polls the instance key until cond holds (inst nil = key absent) or the deadline.
-func waitKey(t *testing.T, cli *clientv3.Client, id string, timeout time.Duration, what string, cond func(*registry.Instance, int64) bool) *registry.Instance {
-	t.Helper()
-	key := registry.InstanceKey("/tether", "app", id)
-	deadline := time.Now().Add(timeout)
-	var last *registry.Instance
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := cli.Get(ctx, key)
-		cancel()
-		if err == nil {
-			last = nil
-			var lease int64
-			if len(resp.Kvs) == 1 {
-				in, derr := registry.DecodeInstance("app", id, resp.Kvs[0].Value)
-				if derr != nil {
-					t.Fatalf("agent wrote an invalid instance: %v\n%s", derr, resp.Kvs[0].Value)
-				}
-				last, lease = &in, resp.Kvs[0].Lease
-			}
-			if cond(last, lease) {
-				return last
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached within %s; last value %+v", what, timeout, last)
-	return nil
-}
-
-// waitSamples waits until the agent has sampled the backend's sessions n more times.
-func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
-	t.Helper()
-	want := b.asked.Load() + n
-	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
-		}
-	}
-}
-
-// keyEvent is one value the instance key took (in nil: deleted).
-type keyEvent struct {
-	in    *registry.Instance
-	lease int64
-}
-
-// keyWatch records every value the instance key takes after it starts: unlike polling, it
-// misses no state, however briefly the key holds it.
-type keyWatch struct {
-	id     string
-	cli    *clientv3.Client
-	ctx    context.Context // the watch's: RequestProgress reaches the watch only with it
-	events chan keyEvent
-	rev    atomic.Int64 // revision up to which the watch has delivered every event
-}
-
-// watchKey starts recording the instance key from the current revision on.
-func watchKey(t *testing.T, cli *clientv3.Client, id string) *keyWatch {
-	t.Helper()
-	key := registry.InstanceKey("/tether", "app", id)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
-	resp, err := cli.Get(gctx, key)
-	gcancel()
-	if err != nil {
-		t.Fatalf("get %s: %v", key, err)
-	}
-	w := &keyWatch{id: id, cli: cli, ctx: clientv3.WithRequireLeader(ctx), events: make(chan keyEvent, 10000)}
-	wch := cli.Watch(w.ctx, key, clientv3.WithRev(resp.Header.Revision+1))
-	go func() {
-		defer close(w.events)
-		for wr := range wch {
-			for _, ev := range wr.Events {
-				e := keyEvent{lease: ev.Kv.Lease}
-				if ev.Type == clientv3.EventTypePut {
-					in, err := registry.DecodeInstance("app", id, ev.Kv.Value)
-					if err != nil {
-						t.Errorf("agent wrote an invalid instance: %v\n%s", err, ev.Kv.Value)
-						continue
-					}
-					e.in = &in
-				}
-				w.events <- e
-			}
-			w.rev.Store(max(w.rev.Load(), wr.Header.Revision))
-		}
-	}()
-	return w
-}
-
-// next returns the first recorded value for which cond holds; every value before it must
-// satisfy meanwhile (nil: anything goes).
-func (w *keyWatch) next(t *testing.T, timeout time.Duration, what string, cond, meanwhile func(*registry.Instance, int64) bool) *registry.Instance {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case e, ok := <-w.events:
-			if !ok {
-				t.Fatalf("%s: the watch of %s ended", what, w.id)
-			}
-			if cond(e.in, e.lease) {
-				return e.in
-			}
-			if meanwhile != nil && !meanwhile(e.in, e.lease) {
-				t.Fatalf("%s: before it, %s took the value %+v", what, w.id, e.in)
-			}
-		case <-deadline:
-			t.Fatalf("%s: not seen within %s", what, timeout)
-		}
-	}
-}
-
-// quiet checks that every value the key took up to now satisfies cond.
-func (w *keyWatch) quiet(t *testing.T, what string, cond func(*registry.Instance, int64) bool) {
-	t.Helper()
-	// Catch up: etcd's current revision, then a progress notification at or past it.
-	ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
-	defer cancel()
-	resp, err := w.cli.Get(ctx, "/tether/none")
-	if err != nil {
-		t.Fatalf("%s: read the revision: %v", what, err)
-	}
-	for w.rev.Load() < resp.Header.Revision {
-		if err := w.cli.RequestProgress(w.ctx); err != nil {
-			t.Fatalf("%s: request watch progress: %v", what, err)
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s: the watch did not reach revision %d", what, resp.Header.Revision)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	for {
-		select {
-		case e := <-w.events:
-			if !cond(e.in, e.lease) {
-				t.Fatalf("%s: %s took the value %+v", what, w.id, e.in)
-			}
-		default:
-			return
-		}
-	}
-}
-
 func state(s registry.InstanceState) func(*registry.Instance, int64) bool {
 	return func(in *registry.Instance, _ int64) bool { return in != nil && in.State == s }
 }
@@ -283,9 +102,9 @@ func countInstances(t *testing.T, cli *clientv3.Client) int64 {
 func TestRegistrationWithAllFields(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(3)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(3)
+	cfg := config(etcd, b, "app-1")
 	cfg.Zone = "eu-west-1a"
 	cfg.Labels = map[string]string{"version": "1.4.2"}
 	cfg.Thresholds = registry.Thresholds{MaxSessions: 500, MaxCPU: 100, MaxMemory: 100, MaxMemoryMB: 1 << 20}
@@ -294,7 +113,7 @@ func TestRegistrationWithAllFields(t *testing.T) {
 	start(t, cfg)
 
 	var leaseID int64
-	in := waitKey(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
+	in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
 		leaseID = lease
 		return in != nil && in.Load.Sessions == 3
 	})
@@ -377,40 +196,40 @@ func (c *fakeCgroup) setMemoryMB(t *testing.T, mb int) {
 func TestThresholdsCrossedAndBack(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
+	b := agenttest.NewBackend(t)
 	cg := newFakeCgroup(t)
-	cfg := config(t, etcd, b, "app-1")
+	cfg := config(etcd, b, "app-1")
 	cfg.LoadSource, cfg.CgroupDir = agent.LoadCgroup, cg.dir
-	cfg.AvailableURL = b.srv.URL + "/available"
+	cfg.AvailableURL = b.URL + "/available"
 	cfg.Thresholds = registry.Thresholds{MaxSessions: 100, MaxCPU: 80, MaxMemory: 70, MaxMemoryMB: 500}
 	start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "available at start", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "available at start", state(registry.StateAvailable))
 
 	full := func(what, reason string) {
 		t.Helper()
-		in := waitKey(t, cli, "app-1", 5*time.Second, what, state(registry.StateFull))
+		in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, what, state(registry.StateFull))
 		if !strings.Contains(in.Reason, reason) {
 			t.Fatalf("%s: reason %q, want it to name %q", what, in.Reason, reason)
 		}
 	}
 	back := func(what string) {
 		t.Helper()
-		waitKey(t, cli, "app-1", 5*time.Second, what, state(registry.StateAvailable))
+		etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, what, state(registry.StateAvailable))
 	}
 
-	b.sessions.Store(100)
+	b.Sessions.Store(100)
 	full("sessions at maxSessions", "sessions 100 >= maxSessions 100")
-	w := watchKey(t, cli, "app-1")
-	b.sessions.Store(97) // inside the hysteresis band: stays full for several samples
-	if in := w.next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
+	w := etcdtest.WatchInstance(t, cli, "app-1")
+	b.Sessions.Store(97) // inside the hysteresis band: stays full for several samples
+	if in := w.Next(t, 5*time.Second, "sessions 97 published", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 97
 	}, state(registry.StateFull)); in.State != registry.StateFull {
 		t.Fatalf("sessions 97 (inside the hysteresis band) published as %s; want still full", in.State)
 	}
 	// Ten samples at 97: every value written since 100, 97 included, is full.
-	b.waitSamples(t, 10, 5*time.Second)
-	w.quiet(t, "full at 97 for ten samples", state(registry.StateFull))
-	b.sessions.Store(95)
+	b.WaitSamples(t, 10, 5*time.Second)
+	w.Quiet(t, "full at 97 for ten samples", state(registry.StateFull))
+	b.Sessions.Store(95)
 	back("sessions released at 95")
 
 	cg.setMemoryMB(t, 750) // 75% of the cgroup's 1000 MB, and over 500 MB
@@ -425,51 +244,51 @@ func TestThresholdsCrossedAndBack(t *testing.T) {
 	cg.busy.Store(false)
 	back("cpu released")
 
-	b.avail.Store(http.StatusServiceUnavailable)
+	b.Avail.Store(http.StatusServiceUnavailable)
 	full("application veto", "application says unavailable")
-	b.avail.Store(http.StatusOK)
+	b.Avail.Store(http.StatusOK)
 	back("application available again")
 
-	b.health.Store(http.StatusInternalServerError)
-	in := waitKey(t, cli, "app-1", 5*time.Second, "health failing", state(registry.StateUnhealthy))
+	b.Health.Store(http.StatusInternalServerError)
+	in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "health failing", state(registry.StateUnhealthy))
 	if in.Reason != "health check failed: status 500" {
 		t.Errorf("unhealthy reason %q", in.Reason)
 	}
-	b.health.Store(http.StatusOK)
+	b.Health.Store(http.StatusOK)
 	back("healthy again")
 }
 
 func TestDrainWaitsForSessions(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(3)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(3)
+	cfg := config(etcd, b, "app-1")
 	r := start(t, cfg)
 	var leaseID int64
-	waitKey(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", func(in *registry.Instance, lease int64) bool {
 		leaseID = lease
 		return in != nil && in.State == registry.StateAvailable
 	})
-	w := watchKey(t, cli, "app-1")
+	w := etcdtest.WatchInstance(t, cli, "app-1")
 	r.cancel()
-	in := w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
+	in := w.Next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	if in.Reason == "" || in.Load.Sessions != 3 {
 		t.Errorf("draining instance %+v: want a reason and the 3 sessions", in)
 	}
 	// Sessions remain: for ten samples the instance stays, draining, and the agent runs.
-	b.waitSamples(t, 10, 5*time.Second)
+	b.WaitSamples(t, 10, 5*time.Second)
 	select {
 	case err := <-r.done:
 		t.Fatalf("agent stopped (%v) while 3 sessions were open", err)
 	default:
 	}
-	w.quiet(t, "draining with 3 sessions open", state(registry.StateDraining))
-	b.sessions.Store(0)
+	w.Quiet(t, "draining with 3 sessions open", state(registry.StateDraining))
+	b.Sessions.Store(0)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	w.next(t, time.Second, "removed", gone, state(registry.StateDraining))
+	w.Next(t, time.Second, "removed", gone, state(registry.StateDraining))
 	ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(leaseID))
 	if err != nil || ttl.TTL != -1 {
 		t.Errorf("lease after drain: %+v, %v; want revoked (TTL -1)", ttl, err)
@@ -481,17 +300,17 @@ func TestDrainWaitsForSessions(t *testing.T) {
 func TestDrainDecidesOnFreshSample(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	cfg.Thresholds.MaxSessions = 10 // a one-session change is past the dead band: written
 	cfg.Interval = 500 * time.Millisecond
 	r := start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "registered with no session", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered with no session", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.State == registry.StateAvailable && in.Load.Sessions == 0
 	})
-	b.sessions.Store(1)
+	b.Sessions.Store(1)
 	r.cancel()
-	waitKey(t, cli, "app-1", 5*time.Second, "draining with the session opened before the signal", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "draining with the session opened before the signal", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.State == registry.StateDraining && in.Load.Sessions == 1
 	})
 	select {
@@ -499,59 +318,59 @@ func TestDrainDecidesOnFreshSample(t *testing.T) {
 		t.Fatalf("agent stopped (%v) with a session open", err)
 	default:
 	}
-	b.sessions.Store(0)
+	b.Sessions.Store(0)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	waitKey(t, cli, "app-1", time.Second, "removed once the session ended", gone)
+	etcdtest.WaitInstance(t, cli, "app-1", time.Second, "removed once the session ended", gone)
 }
 
 func TestDrainTimeoutAndSkip(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(3)
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(3)
 
-	cfg := config(t, etcd, b, "timeout")
+	cfg := config(etcd, b, "timeout")
 	cfg.DrainTimeout = 700 * time.Millisecond
 	r := start(t, cfg)
-	waitKey(t, cli, "timeout", 5*time.Second, "registered", state(registry.StateAvailable))
-	w := watchKey(t, cli, "timeout")
+	etcdtest.WaitInstance(t, cli, "timeout", 5*time.Second, "registered", state(registry.StateAvailable))
+	w := etcdtest.WatchInstance(t, cli, "timeout")
 	r.cancel()
-	w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
+	w.Next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run after drain timeout: %v", err)
 	}
-	w.next(t, time.Second, "removed after the drain timeout", gone, state(registry.StateDraining))
+	w.Next(t, time.Second, "removed after the drain timeout", gone, state(registry.StateDraining))
 
-	cfg = config(t, etcd, b, "skip")
+	cfg = config(etcd, b, "skip")
 	cfg.DrainTimeout = time.Hour
 	r = start(t, cfg)
-	waitKey(t, cli, "skip", 5*time.Second, "registered", state(registry.StateAvailable))
-	w = watchKey(t, cli, "skip")
+	etcdtest.WaitInstance(t, cli, "skip", 5*time.Second, "registered", state(registry.StateAvailable))
+	w = etcdtest.WatchInstance(t, cli, "skip")
 	r.cancel()
-	w.next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
+	w.Next(t, 5*time.Second, "draining", state(registry.StateDraining), state(registry.StateAvailable))
 	close(r.skip)
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run after skip: %v", err)
 	}
-	w.next(t, time.Second, "removed after the second signal", gone, state(registry.StateDraining))
+	w.Next(t, time.Second, "removed after the second signal", gone, state(registry.StateDraining))
 }
 
 func TestEtcdOutageAndLostLease(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	// An outage longer than the TTL: the client gives up on the lease; the server keeps it.
 	etcd.Stop()
 	time.Sleep(cfg.TTL + time.Second)
-	b.sessions.Store(42)
+	b.Sessions.Store(42)
 	etcd.StartAgain(t)
-	waitKey(t, cli, "app-1", 15*time.Second, "updated after the outage", func(in *registry.Instance, _ int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 15*time.Second, "updated after the outage", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 42
 	})
 
@@ -566,7 +385,7 @@ func TestEtcdOutageAndLostLease(t *testing.T) {
 	if _, err := cli.Revoke(ctx, clientv3.LeaseID(old)); err != nil {
 		t.Fatal(err)
 	}
-	waitKey(t, cli, "app-1", 10*time.Second, "registered again under a new lease", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "registered again under a new lease", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease != old && lease != 0
 	})
 
@@ -574,8 +393,8 @@ func TestEtcdOutageAndLostLease(t *testing.T) {
 	if _, err := cli.Delete(ctx, registry.InstanceKey("/tether", "app", "app-1")); err != nil {
 		t.Fatal(err)
 	}
-	b.sessions.Store(7)
-	waitKey(t, cli, "app-1", 10*time.Second, "re-created after deletion", func(in *registry.Instance, _ int64) bool {
+	b.Sessions.Store(7)
+	etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "re-created after deletion", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 7
 	})
 	if n := countInstances(t, cli); n != 1 {
@@ -586,11 +405,11 @@ func TestEtcdOutageAndLostLease(t *testing.T) {
 func TestDuplicateID(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	start(t, cfg)
 	var first int64
-	waitKey(t, cli, "app-1", 5*time.Second, "first agent registered", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "first agent registered", func(in *registry.Instance, lease int64) bool {
 		first = lease
 		return in != nil
 	})
@@ -599,7 +418,7 @@ func TestDuplicateID(t *testing.T) {
 	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
 		t.Fatalf("second agent: %v, want ErrIDHeld naming the id", err)
 	}
-	waitKey(t, cli, "app-1", time.Second, "first agent's key untouched", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", time.Second, "first agent's key untouched", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease == first
 	})
 }
@@ -607,8 +426,8 @@ func TestDuplicateID(t *testing.T) {
 func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	// A crashed agent: its key under a lease nobody keeps alive.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -621,7 +440,7 @@ func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := start(t, cfg)
-	waitKey(t, cli, "app-1", 10*time.Second, "registered once the dead lease expired", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "registered once the dead lease expired", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease != int64(dead.ID) && in.Port == cfg.Port
 	})
 	select {
@@ -636,17 +455,17 @@ func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 func TestMetricsAutoPortPerAgent(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
+	b := agenttest.NewBackend(t)
 	first := fmt.Sprintf("127.0.0.1:%d", agent.MetricsPortFirst)
 	if l, err := net.Listen("tcp", first); err == nil { // else something already holds it
 		t.Cleanup(func() { l.Close() })
 	}
 	seen := map[string]string{}
 	for _, id := range []string{"app-1", "app-2"} {
-		cfg := config(t, etcd, b, id)
+		cfg := config(etcd, b, id)
 		cfg.MetricsAddr = agent.MetricsAuto
 		start(t, cfg)
-		in := waitKey(t, cli, id, 5*time.Second, id+" registered", state(registry.StateAvailable))
+		in := etcdtest.WaitInstance(t, cli, id, 5*time.Second, id+" registered", state(registry.StateAvailable))
 		addr := in.Agent.Metrics
 		ap, err := netip.ParseAddrPort(addr)
 		if err != nil || addr == first || ap.Port() < agent.MetricsPortFirst || ap.Port() >= agent.MetricsPortFirst+agent.MetricsPortCount {
@@ -686,10 +505,10 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 	}
 	etcd.Stop()
 
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	cfg.Etcd.Username, cfg.Etcd.Password, cfg.Etcd.DialTimeout = "root", "root-pw", 300*time.Millisecond
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	done := make(chan error, 1)
 	runCtx, stop := context.WithCancel(context.Background())
 	go func() { done <- agent.Run(runCtx, cfg, zerolog.New(&logs), nil) }()
@@ -718,9 +537,9 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	waitKey(t, cli, "app-1", 15*time.Second, "registered once etcd is up", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 15*time.Second, "registered once etcd is up", state(registry.StateAvailable))
 
-	wrong := config(t, etcd, b, "app-2")
+	wrong := config(etcd, b, "app-2")
 	wrong.Etcd.Username, wrong.Etcd.Password = "root", "not-the-password"
 	r := start(t, wrong)
 	if err := r.wait(t, 10*time.Second); err == nil || !strings.Contains(err.Error(), "authentication failed") {
@@ -734,11 +553,11 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	cfg.HealthURL = fmt.Sprintf("http://127.0.0.1:%d/%s?token=s3cret", etcdtest.FreePort(t), strings.Repeat("a", 700))
 	start(t, cfg)
-	in := waitKey(t, cli, "app-1", 10*time.Second, "unhealthy", state(registry.StateUnhealthy))
+	in := etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "unhealthy", state(registry.StateUnhealthy))
 	if len(in.Reason) > 512 || !strings.HasPrefix(in.Reason, "health check failed: ") || !strings.HasSuffix(in.Reason, "...") {
 		t.Errorf("reason (%d bytes) %q: want the health error cut to 512 bytes", len(in.Reason), in.Reason)
 	}
@@ -753,10 +572,10 @@ func TestLongProbeErrorIsPublishedShortAndWithoutQuery(t *testing.T) {
 func TestIDTakenWhileCutOffStops(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	r := start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	// Another agent takes the key: the first finds it at its next write.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -777,7 +596,7 @@ func TestIDTakenWhileCutOffStops(t *testing.T) {
 	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
 		t.Fatalf("agent cut off from its id: %v, want ErrIDHeld naming the id", err)
 	}
-	waitKey(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
+	etcdtest.WaitInstance(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease == int64(other.ID) && in.Address == "127.0.0.2"
 	})
 }

@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,7 +11,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tetherlb/tether/agent"
+	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -23,13 +24,13 @@ import (
 func TestAgentReportsOperatorDrain(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(40)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(40)
+	cfg := config(etcd, b, "app-1")
 	cfg.Labels = map[string]string{"version": "1"}
 	cfg.Heartbeat = time.Hour // writes come from state changes and the dead band only
 	r := start(t, cfg)
-	waitKey(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -41,27 +42,27 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 	if _, _, err := registry.PutDrain(ctx, cli, "/tether", "app", "version=1", d); err != nil {
 		t.Fatal(err)
 	}
-	in := waitKey(t, cli, "app-1", 5*time.Second, "drained", state(registry.StateDraining))
+	in := etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "drained", state(registry.StateDraining))
 	if in.Reason != registry.OperatorDrainReason("version=1") || in.Load.Sessions != 40 {
 		t.Errorf("drained instance: reason %q, sessions %d", in.Reason, in.Load.Sessions)
 	}
 	// Without the drain, one session less is inside the dead band (5) and the heartbeat is an
 	// hour away: a write of 39 shows the drained agent writes every change.
-	b.sessions.Store(39)
-	waitKey(t, cli, "app-1", 5*time.Second, "39 sessions written", func(in *registry.Instance, _ int64) bool {
+	b.Sessions.Store(39)
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "39 sessions written", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 39 && in.State == registry.StateDraining
 	})
-	b.sessions.Store(0)
-	waitKey(t, cli, "app-1", 5*time.Second, "0 sessions written", func(in *registry.Instance, _ int64) bool {
+	b.Sessions.Store(0)
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "0 sessions written", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.Sessions == 0 && in.State == registry.StateDraining
 	})
 
 	// A second agent of the same version registers while the drain stands: it reports drained.
-	b2 := newBackend(t)
-	cfg2 := config(t, etcd, b2, "app-2")
+	b2 := agenttest.NewBackend(t)
+	cfg2 := config(etcd, b2, "app-2")
 	cfg2.Labels = map[string]string{"version": "1"}
 	start(t, cfg2)
-	waitKey(t, cli, "app-2", 5*time.Second, "late instance drained", state(registry.StateDraining))
+	etcdtest.WaitInstance(t, cli, "app-2", 5*time.Second, "late instance drained", state(registry.StateDraining))
 
 	select {
 	case err := <-r.done:
@@ -71,29 +72,11 @@ func TestAgentReportsOperatorDrain(t *testing.T) {
 	if ok, err := registry.DeleteDrain(ctx, cli, "/tether", "app", "version=1"); err != nil || !ok {
 		t.Fatalf("undo: %v %v", ok, err)
 	}
-	in = waitKey(t, cli, "app-1", 5*time.Second, "undrained", state(registry.StateAvailable))
+	in = etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "undrained", state(registry.StateAvailable))
 	if in.Reason != "" {
 		t.Errorf("undrained instance keeps reason %q", in.Reason)
 	}
-	waitKey(t, cli, "app-2", 5*time.Second, "late instance undrained", state(registry.StateAvailable))
-}
-
-// logBuffer collects an agent's log lines for a test to wait on.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	etcdtest.WaitInstance(t, cli, "app-2", 5*time.Second, "late instance undrained", state(registry.StateAvailable))
 }
 
 // TestAgentWithoutDrainsPermission: an agent whose etcd role cannot read the drains (the
@@ -117,10 +100,10 @@ func TestAgentWithoutDrainsPermission(t *testing.T) {
 	if _, _, err := registry.PutDrain(ctx, root, "/tether", "app", "app-1", registry.Drain{Instance: "app-1"}); err != nil {
 		t.Fatal(err)
 	}
-	b := newBackend(t)
-	cfg := config(t, etcd, b, "app-1")
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
 	cfg.Etcd.Username, cfg.Etcd.Password = "tether-agent", "agent-pw"
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	actx, acancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- agent.Run(actx, cfg, zerolog.New(&logs), nil) }()
@@ -141,5 +124,5 @@ func TestAgentWithoutDrainsPermission(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	waitKey(t, root, "app-1", 5*time.Second, "registered as its own state", state(registry.StateAvailable))
+	etcdtest.WaitInstance(t, root, "app-1", 5*time.Second, "registered as its own state", state(registry.StateAvailable))
 }

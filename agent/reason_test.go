@@ -12,7 +12,7 @@ func TestCleanReason(t *testing.T) {
 	long := strings.Repeat("é", 400) // 800 bytes: the cut must fall between characters
 	for _, in := range []string{"", "short", long, "line\nbreak\x00and \xff bad", strings.Repeat("x", 512), strings.Repeat("x", 513)} {
 		got := cleanReason(in)
-		if len(got) > maxReason || !utf8.ValidString(got) || strings.ContainsAny(got, "\n\x00") {
+		if len(got) > registry.MaxReason || !utf8.ValidString(got) || strings.ContainsAny(got, "\n\x00") {
 			t.Errorf("cleanReason(%.20q...) = %.40q... (%d bytes)", in, got, len(got))
 		}
 		inst := registry.Instance{ID: "a", Address: "127.0.0.1", Port: 1, State: registry.StateFull, Reason: got}

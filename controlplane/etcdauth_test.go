@@ -12,6 +12,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 )
 
 // With an etcd user the client authenticates at start: a control plane started before etcd
@@ -32,7 +33,7 @@ func TestStartWaitsForEtcdWithAuth(t *testing.T) {
 	}
 	etcd.Stop()
 
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	runCtx, stop := context.WithCancel(context.Background())
 	type started struct {
 		cp  *controlplane.ControlPlane

@@ -1,14 +1,12 @@
 package controlplane_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,28 +19,11 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/internal/tlstest"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
-
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestEtcdMutualTLSAndAuth runs the control plane against an etcd with mutual TLS and the
 // roles of examples/etcd-roles.sh, configured through the same flags an operator uses: it
@@ -99,7 +80,7 @@ func TestEtcdMutualTLSAndAuth(t *testing.T) {
 	}
 
 	t.Run("serves", func(t *testing.T) {
-		var logs syncBuffer
+		var logs syncbuf.Buffer
 		cp := startCPWith(t, controlplane.Config{Etcd: etcdCfg, Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)})
 		c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 		waitFor(t, c, "the agent's instance over mutual TLS and auth", func(v xdsclient.View) bool { return endpoints(v)[5001] != nil })

@@ -99,8 +99,8 @@ func (d *Drain) Validate() error {
 			errs = append(errs, fmt.Errorf("labels: %w", err))
 		}
 	}
-	if len(d.Reason) > maxReason {
-		errs = append(errs, fmt.Errorf("reason: over %d characters", maxReason))
+	if len(d.Reason) > MaxReason {
+		errs = append(errs, fmt.Errorf("reason: over %d characters", MaxReason))
 	}
 	if y := d.CreatedAt.UTC().Year(); y < 1 || y > 9999 {
 		errs = append(errs, fmt.Errorf("createdAt: %s is outside years 1-9999 in UTC", d.CreatedAt.Format(time.RFC3339)))

@@ -21,7 +21,7 @@ const (
 	MaxLabels       = 64
 	maxLabelKey     = 63
 	maxLabelValue   = 256
-	maxReason       = 512
+	MaxReason       = 512
 	maxShortString  = 253
 	maxRetryAttempt = 10
 )
@@ -326,8 +326,8 @@ func (in *Instance) Validate() error {
 	default:
 		add("state: %q is not one of available, full, draining, unhealthy", in.State)
 	}
-	if len(in.Reason) > maxReason {
-		add("reason: over %d characters", maxReason)
+	if len(in.Reason) > MaxReason {
+		add("reason: over %d characters", MaxReason)
 	}
 	if len(in.Agent.Version) > 64 {
 		add("agent.version: over 64 characters")

@@ -1,7 +1,6 @@
 package registry_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -12,34 +11,17 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 const waitTimeout = 20 * time.Second
 
-// syncBuffer is a log sink safe for the watcher's goroutine and the test's.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // watchRun is a Watcher running for one test, with everything it emitted.
 type watchRun struct {
 	w      *registry.Watcher
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 	notify chan struct{}
 
 	mu       sync.Mutex
@@ -51,7 +33,7 @@ type watchRun struct {
 
 func startWatcher(t *testing.T, cli *clientv3.Client, adjust ...func(*registry.WatchOptions)) *watchRun {
 	t.Helper()
-	r := &watchRun{log: &syncBuffer{}, notify: make(chan struct{}, 1)}
+	r := &watchRun{log: &syncbuf.Buffer{}, notify: make(chan struct{}, 1)}
 	opts := registry.WatchOptions{
 		Prefix: "/tether",
 		Logger: zerolog.New(r.log),

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,12 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -61,29 +61,16 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
-// syncBuffer is a goroutine-safe output buffer.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 type proc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 	err  error
 }
 
 func startAgent(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary(t), args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(binary(t), args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	if err := p.cmd.Start(); err != nil {
@@ -115,141 +102,27 @@ func (p *proc) exitCode(t *testing.T, timeout time.Duration) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-type backend struct {
-	srv      *httptest.Server
-	sessions atomic.Int64
-	asked    atomic.Int64 // requests to /sessions: the agent's samples
-}
-
-func newBackend(t *testing.T) *backend {
-	b := &backend{}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthcheck", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintf(w, `{"sessions": %d}`, b.sessions.Load())
-		b.asked.Add(1)
-	})
-	b.srv = httptest.NewServer(mux)
-	t.Cleanup(b.srv.Close)
-	return b
-}
-
-func (b *backend) args(etcd *etcdtest.Server, id string, extra ...string) []string {
-	_, port, _ := net.SplitHostPort(b.srv.Listener.Addr().String())
+// agentArgs are the flags of an agent registering id for backend b with etcd.
+func agentArgs(b *agenttest.Backend, etcd *etcdtest.Server, id string, extra ...string) []string {
 	return append([]string{
-		"--etcd-endpoints", etcd.ClientURL, "--service", "app", "--id", id, "--address", "127.0.0.1", "--port", port,
-		"--health-url", b.srv.URL + "/healthcheck", "--sessions-url", b.srv.URL + "/sessions",
+		"--etcd-endpoints", etcd.ClientURL, "--service", "app", "--id", id, "--address", "127.0.0.1", "--port", strconv.Itoa(b.Port),
+		"--health-url", b.URL + "/healthcheck", "--sessions-url", b.URL + "/sessions",
 		"--ttl", "2s", "--interval", "100ms", "--heartbeat", "1s", "--metrics-addr", "",
 	}, extra...)
 }
 
-func getInstance(t *testing.T, cli *clientv3.Client, id string, timeout time.Duration, what string, cond func(*registry.Instance) bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last *registry.Instance
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", id))
-		cancel()
-		if err == nil {
-			last = nil
-			if len(resp.Kvs) == 1 {
-				in, err := registry.DecodeInstance("app", id, resp.Kvs[0].Value)
-				if err != nil {
-					t.Fatalf("invalid instance: %v", err)
-				}
-				last = &in
-			}
-			if cond(last) {
-				return
-			}
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached within %s; last %+v", what, timeout, last)
+func inState(s registry.InstanceState) etcdtest.InstanceCond {
+	return func(in *registry.Instance, _ int64) bool { return in != nil && in.State == s }
 }
 
-// waitSamples waits until the agent has sampled the backend's sessions n more times.
-func (b *backend) waitSamples(t *testing.T, n int64, timeout time.Duration) {
-	t.Helper()
-	want := b.asked.Load() + n
-	for deadline := time.Now().Add(timeout); b.asked.Load() < want; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent sampled sessions %d times in %s; want %d", n-(want-b.asked.Load()), timeout, n)
-		}
-	}
-}
-
-// keyEvents follows the instance key with an etcd watch from the current revision on: every
-// value it takes arrives (nil: deleted), however briefly it holds it.
-func keyEvents(t *testing.T, cli *clientv3.Client, id string) <-chan *registry.Instance {
-	t.Helper()
-	key := registry.InstanceKey("/tether", "app", id)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	gctx, gcancel := context.WithTimeout(ctx, 5*time.Second)
-	resp, err := cli.Get(gctx, key)
-	gcancel()
-	if err != nil {
-		t.Fatalf("get %s: %v", key, err)
-	}
-	out := make(chan *registry.Instance, 10000)
-	wch := cli.Watch(clientv3.WithRequireLeader(ctx), key, clientv3.WithRev(resp.Header.Revision+1))
-	go func() {
-		defer close(out)
-		for wr := range wch {
-			for _, ev := range wr.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					out <- nil
-					continue
-				}
-				in, err := registry.DecodeInstance("app", id, ev.Kv.Value)
-				if err != nil {
-					t.Errorf("invalid instance: %v", err)
-					continue
-				}
-				out <- &in
-			}
-		}
-	}()
-	return out
-}
-
-// nextEvent returns the first value from events for which cond holds; every value before
-// it must satisfy meanwhile.
-func nextEvent(t *testing.T, events <-chan *registry.Instance, timeout time.Duration, what string, cond, meanwhile func(*registry.Instance) bool) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case in, ok := <-events:
-			if !ok {
-				t.Fatalf("%s: the watch ended", what)
-			}
-			if cond(in) {
-				return
-			}
-			if !meanwhile(in) {
-				t.Fatalf("%s: before it, the key took the value %+v", what, in)
-			}
-		case <-deadline:
-			t.Fatalf("%s: not seen within %s", what, timeout)
-		}
-	}
-}
-
-func inState(s registry.InstanceState) func(*registry.Instance) bool {
-	return func(in *registry.Instance) bool { return in != nil && in.State == s }
-}
-
-func absent(in *registry.Instance) bool { return in == nil }
+func absent(in *registry.Instance, _ int64) bool { return in == nil }
 
 func TestKill9KeyExpires(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	p := startAgent(t, b.args(etcd, "k9")...)
-	getInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
+	b := agenttest.NewBackend(t)
+	p := startAgent(t, agentArgs(b, etcd, "k9")...)
+	etcdtest.WaitInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", "k9"))
@@ -260,7 +133,7 @@ func TestKill9KeyExpires(t *testing.T) {
 	if ttl, err := cli.TimeToLive(ctx, lease); err != nil || ttl.GrantedTTL != 2 {
 		t.Fatalf("lease %x: %+v, %v; want granted for the 2s --ttl", int64(lease), ttl, err)
 	}
-	events := keyEvents(t, cli, "k9")
+	w := etcdtest.WatchInstance(t, cli, "k9")
 	// The agent's last keep-alive was before the kill: the lease's remaining TTL is at least
 	// 2 s less the keep-alive period (a third of it), so the key outlives the kill by over 1 s.
 	killed := time.Now()
@@ -268,7 +141,7 @@ func TestKill9KeyExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.exitCode(t, 5*time.Second)
-	nextEvent(t, events, 10*time.Second, "gone after the TTL", absent, inState(registry.StateAvailable))
+	w.Next(t, 10*time.Second, "gone after the TTL", absent, inState(registry.StateAvailable))
 	if waited := time.Since(killed); waited < time.Second {
 		t.Errorf("key gone %s after kill -9: it should live until the 2s lease expires", waited)
 	}
@@ -280,45 +153,45 @@ func TestKill9KeyExpires(t *testing.T) {
 func TestSIGTERMDrainsThenExits0(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(2)
-	p := startAgent(t, b.args(etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
-	getInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
-	events := keyEvents(t, cli, "drain")
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(2)
+	p := startAgent(t, agentArgs(b, etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
+	etcdtest.WaitInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
+	w := etcdtest.WatchInstance(t, cli, "drain")
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	nextEvent(t, events, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
+	w.Next(t, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
 	// Sessions remain: for five samples the agent runs and the key stays draining.
-	b.waitSamples(t, 5, 5*time.Second)
+	b.WaitSamples(t, 5, 5*time.Second)
 	select {
 	case <-p.done:
 		t.Fatalf("exited with 2 sessions open; output:\n%s", p.out.String())
 	default:
 	}
-	b.sessions.Store(0)
+	b.Sessions.Store(0)
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	nextEvent(t, events, time.Second, "removed", absent, inState(registry.StateDraining))
+	w.Next(t, time.Second, "removed", absent, inState(registry.StateDraining))
 }
 
 func TestDrainTimeoutExits0(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	b.sessions.Store(5)
-	p := startAgent(t, b.args(etcd, "dt", "--drain-timeout", "1s")...)
-	getInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
-	events := keyEvents(t, cli, "dt")
+	b := agenttest.NewBackend(t)
+	b.Sessions.Store(5)
+	p := startAgent(t, agentArgs(b, etcd, "dt", "--drain-timeout", "1s")...)
+	etcdtest.WaitInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
+	w := etcdtest.WatchInstance(t, cli, "dt")
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	nextEvent(t, events, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
+	w.Next(t, 5*time.Second, "draining", inState(registry.StateDraining), inState(registry.StateAvailable))
 	if code := p.exitCode(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d, want 0", code)
 	}
-	nextEvent(t, events, time.Second, "removed at the timeout", absent, inState(registry.StateDraining))
+	w.Next(t, time.Second, "removed at the timeout", absent, inState(registry.StateDraining))
 	if !strings.Contains(p.out.String(), "drain timeout") {
 		t.Errorf("log does not say the drain timed out:\n%s", p.out.String())
 	}
@@ -327,17 +200,17 @@ func TestDrainTimeoutExits0(t *testing.T) {
 func TestDuplicateIDExitsNonZero(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
-	startAgent(t, b.args(etcd, "dup")...)
-	getInstance(t, cli, "dup", 10*time.Second, "first registered", inState(registry.StateAvailable))
-	second := startAgent(t, b.args(etcd, "dup")...)
+	b := agenttest.NewBackend(t)
+	startAgent(t, agentArgs(b, etcd, "dup")...)
+	etcdtest.WaitInstance(t, cli, "dup", 10*time.Second, "first registered", inState(registry.StateAvailable))
+	second := startAgent(t, agentArgs(b, etcd, "dup")...)
 	if code := second.exitCode(t, 15*time.Second); code != 1 {
 		t.Fatalf("second agent exit code %d, want 1", code)
 	}
 	if out := second.out.String(); !strings.Contains(out, "another live agent holds") || !strings.Contains(out, `\"dup\"`) {
 		t.Fatalf("second agent's message does not explain the duplicate id:\n%s", out)
 	}
-	getInstance(t, cli, "dup", time.Second, "first still registered", inState(registry.StateAvailable))
+	etcdtest.WaitInstance(t, cli, "dup", time.Second, "first still registered", inState(registry.StateAvailable))
 }
 
 func TestBadFlagsExit2(t *testing.T) {
@@ -414,9 +287,9 @@ func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
 	}
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
-	b := newBackend(t)
+	b := agenttest.NewBackend(t)
 	var args []string
-	for _, a := range b.args(etcd, "ne") {
+	for _, a := range agentArgs(b, etcd, "ne") {
 		if a == "--metrics-addr" {
 			break // the rest of b.args is the metrics flag's value: left at its default
 		}
@@ -424,7 +297,7 @@ func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
 	}
 	startAgent(t, args...)
 	var metrics string
-	getInstance(t, cli, "ne", 10*time.Second, "registered with its metrics address", func(in *registry.Instance) bool {
+	etcdtest.WaitInstance(t, cli, "ne", 10*time.Second, "registered with its metrics address", func(in *registry.Instance, _ int64) bool {
 		if in == nil || in.State != registry.StateAvailable {
 			return false
 		}

@@ -169,8 +169,8 @@ Flags:
 		return fail(exitUsage, errors.New("--undo and --wait do not go together"))
 	case *wait && *timeout <= 0:
 		return fail(exitUsage, fmt.Errorf("--timeout: %s must be positive, e.g. 30m", *timeout))
-	case len(d.Reason) > 512:
-		return fail(exitUsage, errors.New("--reason: over 512 characters"))
+	case len(d.Reason) > registry.MaxReason:
+		return fail(exitUsage, fmt.Errorf("--reason: over %d characters", registry.MaxReason))
 	}
 	cl, prefix, code, err := c.connect(ctx, fs, lookup)
 	if err != nil {
@@ -562,7 +562,7 @@ func ListMain(ctx context.Context, args []string, lookup func(string) (string, b
 	}
 	var bad []string
 	for key := range snap.st.Rejected {
-		if kind, _, _, _ := registry.ParseKey(prefix, key); kind == registry.KeyDrain || strings.HasPrefix(key, registry.DrainsPrefix(prefix)) {
+		if strings.HasPrefix(key, registry.DrainsPrefix(prefix)) {
 			bad = append(bad, key)
 		}
 	}

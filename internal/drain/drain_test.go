@@ -1,7 +1,6 @@
 package drain
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,29 +21,12 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/overview"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
 
 func init() { pollInterval = 20 * time.Millisecond }
-
-// syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type result struct {
 	code           int
@@ -55,7 +37,7 @@ type result struct {
 // against etcd with env as the environment.
 func runCmd(t *testing.T, etcd string, env map[string]string, args ...string) result {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
@@ -332,7 +314,7 @@ func TestWaitReturnsAtZeroSessions(t *testing.T) {
 	putInstance(t, f.cli, "b1", 5003, "2", registry.StateAvailable, 7)
 	f.waitHealth(t, "registered", map[string]string{"a1": "HEALTHY", "a2": "HEALTHY", "b1": "HEALTHY"})
 
-	var out, errb syncBuffer
+	var out, errb syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	done := make(chan int, 1)
@@ -371,7 +353,7 @@ func TestWaitReturnsAtZeroSessions(t *testing.T) {
 	}
 }
 
-func waitOutput(t *testing.T, b *syncBuffer, want string) {
+func waitOutput(t *testing.T, b *syncbuf.Buffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(b.String(), want) {

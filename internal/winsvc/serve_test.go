@@ -4,17 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/agent"
+	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/winsvc"
 	"github.com/tetherlb/tether/registry"
@@ -94,25 +90,20 @@ func (s *scm) exitCode(t *testing.T) uint32 {
 }
 
 type fixture struct {
-	cli      *clientv3.Client
-	sessions atomic.Int64
-	cfg      agent.Config
+	cli     *clientv3.Client
+	backend *agenttest.Backend
+	cfg     agent.Config
 }
 
 // newFixture is a real agent's configuration against an embedded etcd and an HTTP backend.
 func newFixture(t *testing.T) *fixture {
 	etcd := etcdtest.Start(t)
-	f := &fixture{cli: etcd.Client(t)}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintf(w, `{"sessions": %d}`, f.sessions.Load()) })
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	_, p, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	port, _ := strconv.Atoi(p)
+	b := agenttest.NewBackend(t)
+	f := &fixture{cli: etcd.Client(t), backend: b}
 	f.cfg = agent.Config{
 		Etcd:   clientv3.Config{Endpoints: etcd.Endpoints(), DialTimeout: 2 * time.Second},
-		Prefix: "/tether", Service: "app", ID: "win-1", Address: "127.0.0.1", Port: port,
-		SessionsURL: srv.URL + "/sessions", LoadSource: agent.LoadHost,
+		Prefix: "/tether", Service: "app", ID: "win-1", Address: "127.0.0.1", Port: b.Port,
+		SessionsURL: b.URL + "/sessions", LoadSource: agent.LoadHost,
 		TTL: 2 * time.Second, Interval: 50 * time.Millisecond, Heartbeat: time.Second,
 		DrainTimeout: time.Minute, DrainSettle: 50 * time.Millisecond, ProbeTimeout: time.Second,
 	}
@@ -126,35 +117,19 @@ func (f *fixture) run(log zerolog.Logger) winsvc.RunFunc {
 // state polls the instance key until it is in state want ("" = gone).
 func (f *fixture) state(t *testing.T, want registry.InstanceState) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	got := registry.InstanceState("?")
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := f.cli.Get(ctx, registry.InstanceKey("/tether", "app", "win-1"))
-		cancel()
-		if err == nil {
-			got = ""
-			if len(resp.Kvs) == 1 {
-				in, derr := registry.DecodeInstance("app", "win-1", resp.Kvs[0].Value)
-				if derr != nil {
-					t.Fatal(derr)
-				}
-				got = in.State
-			}
-			if got == want {
-				return
-			}
+	etcdtest.WaitInstance(t, f.cli, "win-1", 10*time.Second, fmt.Sprintf("instance state %q", want), func(in *registry.Instance, _ int64) bool {
+		if in == nil {
+			return want == ""
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("instance state %q, want %q", got, want)
+		return in.State == want
+	})
 }
 
 // A service stop drains like SIGTERM: StopPending with a growing checkpoint while sessions
 // remain, then the instance is removed and the service exits 0.
 func TestStopDrainsThenExits0(t *testing.T) {
 	f := newFixture(t)
-	f.sessions.Store(2)
+	f.backend.Sessions.Store(2)
 	s := serve(t, f.run(zerolog.New(zerolog.NewTestWriter(t))), winsvc.Options{WaitHint: 100 * time.Millisecond, ShutdownGrace: time.Hour})
 	s.waitFor(t, "running", func(st winsvc.Status) bool { return st.State == winsvc.Running })
 	f.state(t, registry.StateAvailable)
@@ -165,7 +140,7 @@ func TestStopDrainsThenExits0(t *testing.T) {
 	})
 	s.send(t, winsvc.Interrogate) // answered with the current status, changes nothing
 	f.state(t, registry.StateDraining)
-	f.sessions.Store(0)
+	f.backend.Sessions.Store(0)
 	if code := s.exitCode(t); code != winsvc.ExitOK {
 		t.Fatalf("exit code %d, want 0", code)
 	}
@@ -179,7 +154,7 @@ func TestStopDrainsThenExits0(t *testing.T) {
 // sessions or not; a second stop request skips it too.
 func TestShutdownBoundsTheDrain(t *testing.T) {
 	f := newFixture(t)
-	f.sessions.Store(5)
+	f.backend.Sessions.Store(5)
 	s := serve(t, f.run(zerolog.New(zerolog.NewTestWriter(t))), winsvc.Options{WaitHint: time.Second, ShutdownGrace: 300 * time.Millisecond})
 	s.waitFor(t, "running", func(st winsvc.Status) bool { return st.State == winsvc.Running })
 	f.state(t, registry.StateAvailable)
