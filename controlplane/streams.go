@@ -166,11 +166,7 @@ func (t *tracker) callbacks() serverv3.Callbacks {
 		},
 		StreamClosedFunc: func(id int64, _ *core.Node) { t.closed(streamKey{"sotw", id}) },
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
-			var nack *errorDetail
-			if req.GetErrorDetail() != nil {
-				nack = detail(req.GetErrorDetail())
-			}
-			t.request(streamKey{"sotw", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
+			t.request(streamKey{"sotw", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), detail(req.GetErrorDetail()))
 			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
@@ -182,11 +178,7 @@ func (t *tracker) callbacks() serverv3.Callbacks {
 		},
 		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { t.closed(streamKey{"delta", id}) },
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
-			var nack *errorDetail
-			if req.GetErrorDetail() != nil {
-				nack = detail(req.GetErrorDetail())
-			}
-			t.request(streamKey{"delta", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), nack)
+			t.request(streamKey{"delta", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), detail(req.GetErrorDetail()))
 			return nil
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
