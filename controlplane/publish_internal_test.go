@@ -1,12 +1,10 @@
 package controlplane
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -17,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -193,7 +192,7 @@ func TestInvalidSnapshotKeepsTheLastGood(t *testing.T) {
 // logged again when it clears.
 func TestPersistentProblemsAreLoggedOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var buf logBuffer
+		var buf syncbuf.Buffer
 		m := newMetrics()
 		p := newPublisher(zerolog.New(&buf), m, newXDSCache(zerolog.Nop(), nil), translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -234,22 +233,4 @@ func TestPersistentProblemsAreLoggedOnce(t *testing.T) {
 			t.Errorf("the conflicts resolved: %d lines say a problem cleared, want %d", n, services-1)
 		}
 	})
-}
-
-// logBuffer is a log sink safe for the publisher's goroutine and the test's.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
