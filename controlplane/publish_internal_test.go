@@ -4,15 +4,22 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/internal/syncbuf"
@@ -233,4 +240,66 @@ func TestPersistentProblemsAreLoggedOnce(t *testing.T) {
 			t.Errorf("the conflicts resolved: %d lines say a problem cleared, want %d", n, services-1)
 		}
 	})
+}
+
+// The consistency check is skipped only for a translation whose clusters, listeners, routes
+// and assignment names are those of the last one checked: a changed assignment keeps it, a
+// lost assignment or a changed cluster does not.
+func TestConsistencyMemo(t *testing.T) {
+	st := &registry.State{Services: map[string]*registry.Service{}}
+	for i := range 3 {
+		name := fmt.Sprintf("svc-%d", i)
+		st.Services[name] = &registry.Service{Name: name, Config: registry.DefaultServiceConfig(name),
+			Instances: map[string]registry.Instance{"a": {ID: "a", Address: "10.0.0.1", Port: 5000 + i, State: registry.StateAvailable}}}
+	}
+	res := translate.NewCache(translate.Options{ListenPort: 10000}).Translate(st)
+	if len(res.Endpoints) != 3 || len(res.Clusters) != 3 {
+		t.Fatalf("translation: %d clusters, %d assignments, want 3 each", len(res.Clusters), len(res.Endpoints))
+	}
+	var m consistencyMemo
+	if m.holds(res) {
+		t.Fatal("an empty memo holds a translation")
+	}
+	m.record(res)
+	if !m.holds(res) {
+		t.Fatal("the memo does not hold the translation it recorded")
+	}
+	consistent := func(r *translate.Resources) error {
+		snap, err := cachev3.NewSnapshot("", map[string][]types.Resource{
+			resourcev3.ClusterType: toResources(r.Clusters), resourcev3.EndpointType: toResources(r.Endpoints),
+			resourcev3.ListenerType: toResources(r.Listeners), resourcev3.RouteType: toResources(r.Routes),
+		})
+		if err != nil {
+			return err
+		}
+		return snap.Consistent()
+	}
+
+	loads := *res
+	loads.Endpoints = slices.Clone(res.Endpoints)
+	changed := proto.Clone(loads.Endpoints[1]).(*endpointv3.ClusterLoadAssignment)
+	changed.Endpoints[0].LbEndpoints[0].LoadBalancingWeight = wrapperspb.UInt32(7)
+	loads.Endpoints[1] = changed
+	if !m.holds(&loads) {
+		t.Error("an assignment's new weight needs a new consistency check")
+	}
+	if err := consistent(&loads); err != nil {
+		t.Errorf("the memo holds an inconsistent translation: %v", err)
+	}
+
+	lost := *res
+	lost.Endpoints = res.Endpoints[:2]
+	if m.holds(&lost) {
+		t.Error("the memo holds a translation that lost an assignment")
+	}
+	if consistent(&lost) == nil {
+		t.Error("a translation that lost an assignment passes the consistency check")
+	}
+
+	cluster := *res
+	cluster.Clusters = slices.Clone(res.Clusters)
+	cluster.Clusters[0] = proto.Clone(res.Clusters[0]).(*clusterv3.Cluster)
+	if m.holds(&cluster) {
+		t.Error("the memo holds a translation with a new cluster")
+	}
 }
