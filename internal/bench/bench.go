@@ -28,6 +28,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,6 +74,9 @@ type Config struct {
 	// (default 50).
 	Spaced    int
 	SpacedGap time.Duration
+	// SpacedKind makes every spaced change of this kind (KindLoad, ...); empty draws them
+	// in the scenario's shares.
+	SpacedKind string
 	// ControlPlaneArgs are extra flags for the control plane (e.g. --coalesce-max 50ms).
 	ControlPlaneArgs []string
 	// Seed makes the scenario's random choices repeatable.
@@ -120,6 +124,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.SpacedGap <= 0 {
 		c.SpacedGap = 250 * time.Millisecond
+	}
+	if c.SpacedKind != "" && !slices.ContainsFunc(kindShares, func(k kindShare) bool { return k.kind == c.SpacedKind }) {
+		return fmt.Errorf("spaced kind %q: want %s, %s, %s or %s", c.SpacedKind, KindLoad, KindState, KindRegister, KindExpire)
 	}
 	return nil
 }

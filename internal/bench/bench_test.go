@@ -107,3 +107,16 @@ tether_snapshots_total 7
 		t.Errorf("got %v", m)
 	}
 }
+
+func TestConfigSpacedKind(t *testing.T) {
+	for _, k := range []string{"", KindLoad, KindState, KindRegister, KindExpire} {
+		c := Config{SpacedKind: k}
+		if err := c.withDefaults(); err != nil {
+			t.Errorf("spaced kind %q: %v", k, err)
+		}
+	}
+	c := Config{SpacedKind: "loads"}
+	if err := c.withDefaults(); err == nil {
+		t.Error("spaced kind \"loads\" accepted")
+	}
+}

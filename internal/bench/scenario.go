@@ -25,10 +25,12 @@ const (
 	KindExpire   = "expire"
 )
 
-var kindShares = []struct {
+type kindShare struct {
 	kind  string
 	share int
-}{{KindLoad, 70}, {KindState, 16}, {KindRegister, 7}, {KindExpire, 7}}
+}
+
+var kindShares = []kindShare{{KindLoad, 70}, {KindState, 16}, {KindRegister, 7}, {KindExpire, 7}}
 
 // loadLevels are session counts (of maxSessions 1000) a load change picks from; they lie
 // far enough apart to cross any reasonable weight quantization.

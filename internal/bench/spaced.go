@@ -28,7 +28,11 @@ func (h *harness) spaced(ctx context.Context, rep *Report) error {
 		}
 		s := h.svcs[i%len(h.svcs)]
 		s.busy.Store(true)
-		o, err := h.change(ctx, s, drawKind(rng), rng)
+		kind := h.cfg.SpacedKind
+		if kind == "" {
+			kind = drawKind(rng)
+		}
+		o, err := h.change(ctx, s, kind, rng)
 		s.busy.Store(false)
 		if errors.Is(err, errInvisible) {
 			continue
