@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -72,6 +73,10 @@ type typeState struct {
 	names   []string // sorted
 	version string
 	all     []*anypb.Any // every resource in name order: the SotW full-state body
+	// items are the resources as Update was given them: the same resources again (the
+	// publisher hands over unchanged ones as the same pointers, and a load change leaves
+	// every type but endpoints as it was) keep this state without a walk over its entries.
+	items []types.Resource
 }
 
 // Cache serves Types to go-control-plane's server. Use it with the Callbacks it returns.
@@ -112,7 +117,8 @@ func New(opts Options) *Cache {
 // pushes what changed to the Envoys subscribed to it. Either every type is updated or, when
 // a resource fails Check or encoding, none is. Once the update is known good and before any
 // Envoy is sent it, ready (if not nil) is called with every type's version, by type URL:
-// whatever describes the configuration is then in place when an Envoy holds it.
+// whatever describes the configuration is then in place when an Envoy holds it. The cache
+// keeps the slices of res: the caller must not modify them afterwards.
 func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[string]string)) error {
 	for url := range res {
 		if typeIndex(url) < 0 {
@@ -150,6 +156,9 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 // build makes the next state of a type from its resources, reusing the entries of old that
 // did not change, and returns the names changed, added or removed.
 func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []string, error) {
+	if len(items) == len(old.items) && slices.Equal(items, old.items) {
+		return old, nil, nil
+	}
 	short := old.url[strings.LastIndexByte(old.url, '.')+1:]
 	entries := make(map[string]*entry, len(items))
 	var changed []string
@@ -194,7 +203,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 		}
 	}
 	if len(changed) == 0 && len(entries) == len(old.entries) {
-		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all}, nil, nil
+		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, items: items}, nil, nil
 	}
 	names := old.names // the same names: no need to sort them again
 	if added || len(entries) != len(old.entries) {
@@ -204,7 +213,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 		}
 		sort.Strings(names)
 	}
-	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: typeVersion(names, entries)}
+	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: typeVersion(names, entries), items: items}
 	if ts.full {
 		ts.all = make([]*anypb.Any, len(names))
 		for i, n := range names {

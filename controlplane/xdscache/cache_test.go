@@ -78,6 +78,28 @@ func TestUpdateIsAllOrNothing(t *testing.T) {
 	}
 }
 
+// TestUnchangedTypeIsKept: a type handed over as the same resources again keeps its state
+// (no walk over its entries); one new pointer among them, even to an equal message, is looked
+// at and keeps the version.
+func TestUnchangedTypeIsKept(t *testing.T) {
+	c := New(Options{})
+	x, y := cluster("x", time.Second), cluster("y", time.Second)
+	before := update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {x, y}})
+	ts := c.types[0]
+	again := update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {x, y}})
+	if c.types[0] != ts || again[resourcev3.ClusterType] != before[resourcev3.ClusterType] {
+		t.Error("the same clusters again made a new state or version")
+	}
+	equal := update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {x, cluster("y", time.Second)}})
+	if c.types[0] == ts || equal[resourcev3.ClusterType] != before[resourcev3.ClusterType] {
+		t.Error("a new pointer to an equal cluster kept the old state, or moved the version")
+	}
+	moved := update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {x, cluster("y", 2*time.Second)}})
+	if moved[resourcev3.ClusterType] == before[resourcev3.ClusterType] {
+		t.Error("a changed cluster kept the version")
+	}
+}
+
 // serve runs go-control-plane's server on c on a loopback port and returns a connection to it.
 func serve(t *testing.T, c *Cache) *grpc.ClientConn {
 	t.Helper()
