@@ -97,8 +97,11 @@ type phaser struct {
 	poke   func() // asks the publisher to publish again: a promotion
 	wake   chan struct{}
 
-	mu        sync.Mutex
-	reach     map[epKey]*epPhase
+	mu    sync.Mutex
+	reach map[epKey]*epPhase
+	// first holds the entries of reach in their first phase: an evaluation (one per ACK
+	// burst) visits only them, not every endpoint.
+	first     map[epKey]*epPhase
 	started   bool             // the first publication is done
 	revs      map[string]int64 // endpoint type version -> revision of its state
 	revOrder  []string
@@ -118,7 +121,7 @@ func newPhaser(log zerolog.Logger, m *metrics, settle time.Duration) *phaser {
 		settle = DefaultPublishSettle
 	}
 	return &phaser{log: log, m: m, settle: settle, wake: make(chan struct{}, 1),
-		reach: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamAck]*lagInfo{}}
+		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamAck]*lagInfo{}}
 }
 
 // signal wakes the evaluation; it never blocks (the cache calls it under its lock).
@@ -150,9 +153,13 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 			if e == nil {
 				e = &epPhase{rev: st.Revision, start: now, first: ph.started}
 				ph.reach[k] = e
+				if e.first {
+					ph.first[k] = e
+				}
 			}
 			if e.first && e.promoted {
 				e.first, e.promoted = false, false
+				delete(ph.first, k)
 			}
 			if e.first {
 				phased[name] = append(phased[name], in.ID)
@@ -162,6 +169,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 	for k := range ph.reach {
 		if !seen[k] {
 			delete(ph.reach, k)
+			delete(ph.first, k)
 		}
 	}
 	ph.started = true
@@ -170,13 +178,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 }
 
 func (ph *phaser) countFirstLocked() int {
-	n := 0
-	for _, e := range ph.reach {
-		if e.first {
-			n++
-		}
-	}
-	return n
+	return len(ph.first)
 }
 
 func hostPort(in registry.Instance) string {
@@ -277,10 +279,10 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 	defer ph.mu.Unlock()
 	var phase []epKey
 	clusters := map[string]bool{}
-	for k, e := range ph.reach {
+	for k, e := range ph.first {
 		// An endpoint of a state not published (its snapshot was refused) is not waited for:
 		// no Envoy could know it, and none is to be reported lagging for it.
-		if e.first && !e.promoted && e.rev <= ph.latestRev {
+		if !e.promoted && e.rev <= ph.latestRev {
 			phase = append(phase, k)
 			clusters[k.cluster] = true
 		}

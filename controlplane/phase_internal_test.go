@@ -89,7 +89,9 @@ func TestFirstPhaseIsDrainingAndReachableBySession(t *testing.T) {
 		}
 	}
 	ph.mu.Unlock()
+	checkFirstIndex(t, ph)
 	got, _ = servedHealth(t, ph.apply(next, now))
+	checkFirstIndex(t, ph)
 	if got["new"] != corev3.HealthStatus_HEALTHY || got["sick"] != corev3.HealthStatus_HEALTHY || got["newfull"] != corev3.HealthStatus_DRAINING {
 		t.Errorf("after promotion = %v, want new and sick HEALTHY, newfull DRAINING", got)
 	}
@@ -98,5 +100,25 @@ func TestFirstPhaseIsDrainingAndReachableBySession(t *testing.T) {
 	got, _ = servedHealth(t, ph.apply(phaseState(4, map[string]registry.InstanceState{"old": registry.StateAvailable, "new": registry.StateAvailable}), now))
 	if got["new"] != corev3.HealthStatus_DRAINING || got["old"] != corev3.HealthStatus_HEALTHY {
 		t.Errorf("back from unhealthy = %v, want new DRAINING again, old HEALTHY", got)
+	}
+}
+
+// checkFirstIndex fails unless ph.first holds exactly the endpoints of ph.reach in their first
+// phase: the evaluation visits only those.
+func checkFirstIndex(t *testing.T, ph *phaser) {
+	t.Helper()
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	n := 0
+	for k, e := range ph.reach {
+		if e.first {
+			n++
+			if ph.first[k] != e {
+				t.Errorf("%v is in its first phase but not indexed", k)
+			}
+		}
+	}
+	if n != len(ph.first) {
+		t.Errorf("%d endpoints indexed as in their first phase, want %d", len(ph.first), n)
 	}
 }
