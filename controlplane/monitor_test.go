@@ -133,9 +133,11 @@ func TestMonitorAPIState(t *testing.T) {
 	// A full instance shows its state, reason and DRAINING endpoint.
 	full := monitorInstance("app-2", 5002, 100, registry.StateFull, "sessions 100 >= maxSessions 100")
 	updateInstance(t, cli, lease, full)
-	ms = waitState(t, cp, "app-2 full", func(ms controlplane.MonitorState) bool {
+	// Wait for the Envoy's ACK too: the push is published before the client acknowledges it,
+	// and the document below must show the Envoy in sync.
+	ms = waitState(t, cp, "app-2 full, acknowledged", func(ms controlplane.MonitorState) bool {
 		in, _, h, _ := instanceOf(ms, "app-2")
-		return in.State == registry.StateFull && h == "DRAINING"
+		return in.State == registry.StateFull && h == "DRAINING" && allInSync(ms)
 	})
 	if in, _, _, _ := instanceOf(ms, "app-2"); in.Reason != full.Reason || ms.Summary.Full != 1 {
 		t.Errorf("app-2 reason %q, summary %+v", in.Reason, ms.Summary)
@@ -241,4 +243,18 @@ func TestMonitorPageAndAssets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// allInSync reports whether every connected Envoy has acknowledged the versions served.
+func allInSync(ms controlplane.MonitorState) bool {
+	n := 0
+	for _, g := range ms.Groups {
+		for _, e := range g.Envoys {
+			if !e.InSync {
+				return false
+			}
+			n++
+		}
+	}
+	return n > 0
 }
