@@ -26,7 +26,7 @@ import (
 
 // startCPWith starts a control plane from cfg, allowing loopback backends, with test defaults
 // for the addresses and timings cfg leaves empty (cfg.Logger is used as given); it is stopped when the test ends unless the test stops it first.
-func startCPWith(t *testing.T, cfg controlplane.Config) *controlplane.ControlPlane {
+func startCPWith(t testing.TB, cfg controlplane.Config) *controlplane.ControlPlane {
 	t.Helper()
 	if cfg.XDSAddr == "" {
 		cfg.XDSAddr = "127.0.0.1:0"

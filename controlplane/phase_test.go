@@ -1,7 +1,6 @@
 package controlplane_test
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"sync/atomic"
@@ -20,28 +19,7 @@ import (
 // startCPSettle starts a control plane with --publish-settle settle.
 func startCPSettle(t testing.TB, endpoints []string, settle time.Duration) *controlplane.ControlPlane {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		Etcd:          clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second},
-		XDSAddr:       "127.0.0.1:0",
-		AdminAddr:     "127.0.0.1:0",
-		CoalesceQuiet: 5 * time.Millisecond,
-		CoalesceMax:   50 * time.Millisecond,
-		PublishSettle: settle,
-		AllowLoopback: true,
-		Logger:        testLogger(t),
-	})
-	if err != nil {
-		cancel()
-		t.Fatalf("start control plane: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := cp.Wait(); err != nil {
-			t.Errorf("control plane stopped with %v", err)
-		}
-	})
-	return cp
+	return startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: endpoints}, PublishSettle: settle, Logger: testLogger(t)})
 }
 
 // health returns the EDS status the client holds for the endpoint on port, or -1.
