@@ -42,7 +42,8 @@ type VariantReport struct {
 	// FloorRatio is Propagation.P50 / EtcdFloor.P50 and Propagation.P99 / EtcdFloor.P99.
 	FloorRatioP50 float64 `json:"floorRatioP50"`
 	FloorRatioP99 float64 `json:"floorRatioP99"`
-	// Missed counts (change, Envoy) pairs not observed within the change timeout.
+	// Missed counts (change, Envoy) pairs not observed within the change timeout, leaving out
+	// the lease expiries the control plane's guard held (Report.HeldExpiries).
 	Missed int `json:"missed"`
 	// BytesPerChangePerEnvoy is every xDS response byte received during the scenario, divided
 	// by the changes and by the Envoys of this variant.
@@ -76,6 +77,11 @@ type Report struct {
 	// Skipped counts scheduled changes not made because every service already had a change
 	// in flight or the writers were saturated.
 	Skipped int `json:"skipped"`
+	// HeldExpiries are lease expiries that no Envoy held within the change timeout because the
+	// control plane's mass-disappearance guard held them (an expiry storm, by design): at most
+	// GuardHeldRemovals, the guard's count of removals it held during the scenario.
+	HeldExpiries      int `json:"heldExpiries"`
+	GuardHeldRemovals int `json:"guardHeldRemovals"`
 	// EtcdFloor is the raw etcd floor: from issuing the write to a plain watch in the harness
 	// seeing it. It is measured from the write's start because etcd delivers the watch event
 	// no later than the write's reply: measured from the reply it is zero.
@@ -126,7 +132,7 @@ type Report struct {
 func WriteTable(w io.Writer, reports []*Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	cols := []string{"N", "S", "E", "variant", "changes", "p50 ms", "p99 ms", "max ms", "etcd p50", "etcd p99",
-		"ratio p99", "missed", "B/chg/Envoy", "B/load chg", "first cfg ms", "pushes/s", "CP cores", "CP MB connect", "CP MB scenario", "harness cores", ""}
+		"ratio p99", "missed", "guard held", "B/chg/Envoy", "B/load chg", "first cfg ms", "pushes/s", "CP cores", "CP MB connect", "CP MB scenario", "harness cores", ""}
 	fmt.Fprintln(tw, strings.Join(cols, "\t"))
 	for _, r := range reports {
 		total := 0
@@ -134,9 +140,9 @@ func WriteTable(w io.Writer, reports []*Report) error {
 			total += n
 		}
 		for _, v := range r.Variants {
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t%.2f\t%.0f\t%.0f\t%.2f\t\n",
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t%.2f\t%.0f\t%.0f\t%.2f\t\n",
 				r.Instances, r.Services, v.Envoys, v.Variant, total, v.Propagation.P50, v.Propagation.P99, v.Propagation.Max,
-				r.EtcdFloor.P50, r.EtcdFloor.P99, v.FloorRatioP99, v.Missed, v.BytesPerChangePerEnvoy, v.LoadChangeBytesPerEnvoy,
+				r.EtcdFloor.P50, r.EtcdFloor.P99, v.FloorRatioP99, v.Missed, r.HeldExpiries, v.BytesPerChangePerEnvoy, v.LoadChangeBytesPerEnvoy,
 				v.FirstConfigMs, r.PushesPerSecond, r.ControlPlaneCores, float64(r.ConnectPeakRSSBytes)/(1<<20), float64(r.ScenarioPeakRSSBytes)/(1<<20), r.HarnessCores)
 		}
 	}
