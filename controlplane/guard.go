@@ -75,9 +75,13 @@ func (g *removalGuard) apply(next *registry.State, now time.Time) (*registry.Sta
 		}
 	}
 	if g.last != nil {
-		names := make([]string, 0, len(g.last.Services))
-		for name := range g.last.Services {
-			names = append(names, name)
+		// Only a service whose pointer changed (the registry is copy-on-write) can have lost
+		// instances, or got back ones its window counts: a push costs what changed.
+		var names []string
+		for name, prev := range g.last.Services {
+			if next.Services[name] != prev {
+				names = append(names, name)
+			}
 		}
 		sort.Strings(names)
 		for _, name := range names {

@@ -108,6 +108,7 @@ type phaser struct {
 	latestRev int64
 	lagging   map[xdscache.StreamAck]*lagInfo // keyed by Delta and ID only
 	memo      map[string]phaseMemo            // service -> its phased copy
+	svcs      map[string]*svcReach            // service -> its reachable endpoints at the last apply
 }
 
 type phaseMemo struct {
@@ -136,19 +137,28 @@ func reachable(in registry.Instance) bool { return in.State != registry.StateUnh
 
 // apply records the endpoints reachable in st and returns st with those in their first
 // phase set to draining (st itself when there are none). Only the publish loop calls it.
+//
+// It costs what changed: a service whose pointer is the one of the last call (the registry
+// is copy-on-write) and that has no endpoint in its first phase is passed over without a
+// look at its instances.
 func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
-	seen := make(map[epKey]bool, len(ph.reach))
+	svcs := make(map[string]*svcReach, len(st.Services))
 	phased := map[string][]string{} // service -> instance IDs in their first phase
 	for name, svc := range st.Services {
-		cl := translate.ClusterName(name)
-		for _, in := range svc.Instances {
-			if !reachable(in) {
-				continue
-			}
-			k := epKey{cl, in.ID, hostPort(in)}
-			seen[k] = true
+		old := ph.svcs[name]
+		if old != nil && old.svc == svc && old.first == 0 {
+			svcs[name] = old
+			continue
+		}
+		r := &svcReach{svc: svc}
+		if old != nil && old.svc == svc {
+			r.keys, r.ids = old.keys, old.ids
+		} else {
+			r.keys, r.ids = reachableKeys(name, svc)
+		}
+		for i, k := range r.keys {
 			e := ph.reach[k]
 			if e == nil {
 				e = &epPhase{rev: st.Revision, start: now, first: ph.started}
@@ -162,19 +172,64 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 				delete(ph.first, k)
 			}
 			if e.first {
-				phased[name] = append(phased[name], in.ID)
+				r.first++
+				phased[name] = append(phased[name], r.ids[i])
 			}
 		}
+		if old != nil && old.svc != svc {
+			ph.forget(old.keys, r.keys)
+		}
+		svcs[name] = r
 	}
-	for k := range ph.reach {
-		if !seen[k] {
+	for name, old := range ph.svcs {
+		if _, ok := svcs[name]; !ok {
+			ph.forget(old.keys, nil)
+		}
+	}
+	ph.svcs = svcs
+	ph.started = true
+	ph.m.firstPhase.Set(float64(ph.countFirstLocked()))
+	return ph.phaseState(st, phased)
+}
+
+// svcReach is one service's reachable endpoints as apply last saw them.
+type svcReach struct {
+	svc   *registry.Service
+	keys  []epKey
+	ids   []string // instance IDs, by keys' index
+	first int      // keys in their first phase
+}
+
+// reachableKeys lists a service's reachable endpoints.
+func reachableKeys(name string, svc *registry.Service) ([]epKey, []string) {
+	cl := translate.ClusterName(name)
+	keys := make([]epKey, 0, len(svc.Instances))
+	ids := make([]string, 0, len(svc.Instances))
+	for _, in := range svc.Instances {
+		if reachable(in) {
+			keys = append(keys, epKey{cl, in.ID, hostPort(in)})
+			ids = append(ids, in.ID)
+		}
+	}
+	return keys, ids
+}
+
+// forget drops the endpoints of old that are not in keep: no longer reachable.
+func (ph *phaser) forget(old, keep []epKey) {
+	kept := func(k epKey) bool { return slices.Contains(keep, k) }
+	if len(keep) > 16 {
+		set := make(map[epKey]bool, len(keep))
+		for _, k := range keep {
+			set[k] = true
+		}
+		kept = func(k epKey) bool { return set[k] }
+	}
+	for _, k := range old {
+		if !kept(k) {
 			delete(ph.reach, k)
 			delete(ph.first, k)
 		}
 	}
-	ph.started = true
-	ph.m.firstPhase.Set(float64(ph.countFirstLocked()))
-	return ph.phaseState(st, phased)
 }
 
 func (ph *phaser) countFirstLocked() int {

@@ -1,6 +1,9 @@
 package controlplane
 
 import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -121,4 +124,91 @@ func checkFirstIndex(t *testing.T, ph *phaser) {
 	if n != len(ph.first) {
 		t.Errorf("%d endpoints indexed as in their first phase, want %d", len(ph.first), n)
 	}
+}
+
+// TestApplyCostsWhatChangedAndForgetsNothing: apply passes over services whose pointer it saw
+// last time; over a random copy-on-write history (services changed, added and removed,
+// instances gone, unhealthy, moved to a new port) it must track exactly the reachable
+// endpoints of the last state, and phase exactly the new ones, as a walk of every instance
+// would.
+func TestApplyCostsWhatChangedAndForgetsNothing(t *testing.T) {
+	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
+	rng := rand.New(rand.NewPCG(1, 2))
+	st := &registry.State{Revision: 1, Services: map[string]*registry.Service{}}
+	now := time.Now()
+	for rev := int64(1); rev <= 400; rev++ {
+		next := &registry.State{Revision: rev, Services: maps.Clone(st.Services)}
+		for range 1 + rng.IntN(3) {
+			name := fmt.Sprintf("s%d", rng.IntN(6))
+			if rng.IntN(10) == 0 {
+				delete(next.Services, name)
+				continue
+			}
+			svc := &registry.Service{Name: name, Config: registry.DefaultServiceConfig(name), Instances: map[string]registry.Instance{}}
+			if old := next.Services[name]; old != nil {
+				svc.Instances = maps.Clone(old.Instances)
+			}
+			id := fmt.Sprintf("i%d", rng.IntN(5))
+			switch rng.IntN(4) {
+			case 0:
+				delete(svc.Instances, id)
+			case 1:
+				svc.Instances[id] = registry.Instance{ID: id, Address: "10.0.0.1", Port: 5000 + rng.IntN(2), State: registry.StateUnhealthy}
+			default:
+				svc.Instances[id] = registry.Instance{ID: id, Address: "10.0.0.1", Port: 5000 + rng.IntN(2), State: registry.StateAvailable}
+			}
+			next.Services[name] = svc
+		}
+		prevReach := map[epKey]bool{}
+		ph.mu.Lock()
+		for k := range ph.reach {
+			prevReach[k] = true
+		}
+		if rng.IntN(3) == 0 { // promote some
+			for _, e := range ph.first {
+				e.promoted = true
+			}
+		}
+		ph.mu.Unlock()
+		served := ph.apply(next, now)
+		st = next
+
+		want := map[epKey]bool{}
+		for name, svc := range st.Services {
+			for _, in := range svc.Instances {
+				if reachable(in) {
+					want[epKey{translate.ClusterName(name), in.ID, hostPort(in)}] = true
+				}
+			}
+		}
+		ph.mu.Lock()
+		if len(ph.reach) != len(want) {
+			t.Fatalf("revision %d: %d endpoints tracked, want %d", rev, len(ph.reach), len(want))
+		}
+		for k := range want {
+			e := ph.reach[k]
+			if e == nil {
+				t.Fatalf("revision %d: reachable endpoint %v not tracked", rev, k)
+			}
+			if !prevReach[k] && rev > 1 && (!e.first || e.promoted) {
+				t.Fatalf("revision %d: new endpoint %v not in its first phase", rev, k)
+			}
+			in := served.Services[st.Services[svcOf(st, k)].Name].Instances[k.id]
+			if e.first && in.State == registry.StateAvailable {
+				t.Fatalf("revision %d: %v in its first phase served available", rev, k)
+			}
+		}
+		ph.mu.Unlock()
+		checkFirstIndex(t, ph)
+	}
+}
+
+// svcOf returns the service whose cluster is k's.
+func svcOf(st *registry.State, k epKey) string {
+	for name := range st.Services {
+		if translate.ClusterName(name) == k.cluster {
+			return name
+		}
+	}
+	return ""
 }

@@ -49,6 +49,9 @@ type publisher struct {
 	// consistent is the last translation that passed the consistency check; only the run
 	// goroutine touches it.
 	consistent consistencyMemo
+	// counted are the instance counts by state of each service last observed (by pointer: the
+	// registry is copy-on-write), so that a push counts only the services that changed.
+	counted map[*registry.Service]stateCounts
 
 	notify chan struct{}
 	guard  *removalGuard
@@ -205,19 +208,43 @@ func (p *publisher) publishLatest() bool {
 }
 
 func (p *publisher) observeState(st *registry.State, res *translate.Resources) {
-	counts := map[registry.InstanceState]int{registry.StateAvailable: 0, registry.StateFull: 0, registry.StateDraining: 0, registry.StateUnhealthy: 0}
+	var total stateCounts
+	next := make(map[*registry.Service]stateCounts, len(st.Services))
 	for _, svc := range st.Services {
-		for _, in := range svc.Instances {
-			counts[in.State]++
+		c, ok := p.counted[svc]
+		if !ok {
+			for _, in := range svc.Instances {
+				c[stateIndex(in.State)]++
+			}
+		}
+		next[svc] = c
+		for i := range c {
+			total[i] += c[i]
 		}
 	}
-	for s, n := range counts {
-		p.m.instances.WithLabelValues(string(s)).Set(float64(n))
+	p.counted = next
+	for i, s := range countedStates {
+		p.m.instances.WithLabelValues(string(s)).Set(float64(total[i]))
 	}
 	p.m.services.Set(float64(len(st.Services)))
 	p.m.rejectedNow.Set(float64(len(st.Rejected)))
 	p.m.problems.Set(float64(len(res.Problems)))
 	p.problems.update(res.Problems)
+}
+
+// countedStates are the instance states counted by observeState, and stateCounts one
+// service's count of each (by index in countedStates).
+var countedStates = [...]registry.InstanceState{registry.StateAvailable, registry.StateFull, registry.StateDraining, registry.StateUnhealthy}
+
+type stateCounts [len(countedStates)]int
+
+func stateIndex(s registry.InstanceState) int {
+	for i, c := range countedStates {
+		if c == s {
+			return i
+		}
+	}
+	return len(countedStates) - 1 // validation admits no other state; counted as unhealthy if one came
 }
 
 // snapshot checks a translation and hands it to the xDS cache, which validates each changed

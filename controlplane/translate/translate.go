@@ -169,11 +169,16 @@ type listenerMemo struct {
 	routes     *routev3.RouteConfiguration
 }
 
-// routePart identifies one service's routes by the identity of its slice.
+// routePart identifies what one service puts in the route configuration: its routes and its
+// domains by the identity of their slices (the Cache keeps both when they are equal), and
+// its path prefix.
 type routePart struct {
-	name  string
-	first *routev3.Route
-	n     int
+	name    string
+	first   *routev3.Route
+	n       int
+	domain0 *string
+	domains int
+	prefix  string
 	// The claim's rank: a change of it can move a contested route without changing routes.
 	configured bool
 	created    int64
@@ -185,9 +190,13 @@ func routePartsOf(sorted []*ServiceResources) []routePart {
 		if s.Cluster == nil {
 			continue
 		}
-		rp := routePart{name: s.Name, n: len(s.Routes), configured: s.Configured, created: s.Created}
+		rp := routePart{name: s.Name, n: len(s.Routes), domains: len(s.Domains), prefix: s.PathPrefix,
+			configured: s.Configured, created: s.Created}
 		if len(s.Routes) > 0 {
 			rp.first = s.Routes[0]
+		}
+		if len(s.Domains) > 0 {
+			rp.domain0 = &s.Domains[0]
 		}
 		out = append(out, rp)
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -578,5 +580,102 @@ func TestRegistrationTouchesOnlyEndpoints(t *testing.T) {
 	}
 	if proto.Equal(endpointsByID(t, r1, "tether_api")[extra.ID], endpointsByID(t, r2, "tether_api")[extra.ID]) {
 		t.Error("the new instance is missing from tether_api's endpoints")
+	}
+}
+
+// TestCacheMatchesTranslateOverAHistory: over a random copy-on-write history of load and
+// state changes, registrations, removals, domain moves (which create and resolve conflicts)
+// and services added and removed, the cache, which reuses the last assembly when only
+// clusters and endpoints changed, hands out exactly what a fresh Translate does.
+func TestCacheMatchesTranslateOverAHistory(t *testing.T) {
+	base := loadState(t, filepath.Join("testdata", "states", "mixed-domains.json"))
+	names := slices.Sorted(maps.Keys(base.Services))
+	c := NewCache(Options{})
+	st := base
+	rng := rand.New(rand.NewPCG(3, 4))
+	states := []registry.InstanceState{registry.StateAvailable, registry.StateFull, registry.StateDraining, registry.StateUnhealthy}
+	for step := range 300 {
+		next := &registry.State{Revision: int64(step + 2), Services: maps.Clone(st.Services)}
+		name := names[rng.IntN(len(names))]
+		if rng.IntN(12) == 0 {
+			name = fmt.Sprintf("extra%d", rng.IntN(3)) // a service that comes and goes
+		}
+		old := next.Services[name]
+		if old == nil {
+			old = base.Services[names[rng.IntN(len(names))]]
+		}
+		svc := *old
+		svc.Name = name
+		svc.Instances = maps.Clone(old.Instances)
+		ids := slices.Sorted(maps.Keys(svc.Instances))
+		switch k := rng.IntN(10); {
+		case k < 5 && len(ids) > 0: // load
+			id := ids[rng.IntN(len(ids))]
+			in := svc.Instances[id]
+			in.Load.Sessions = rng.IntN(600)
+			svc.Instances[id] = in
+		case k < 7 && len(ids) > 0: // state
+			id := ids[rng.IntN(len(ids))]
+			in := svc.Instances[id]
+			in.State = states[rng.IntN(len(states))]
+			svc.Instances[id] = in
+		case k < 8 && len(ids) > 0: // gone
+			delete(svc.Instances, ids[rng.IntN(len(ids))])
+		case k < 9: // registered
+			id := fmt.Sprintf("new%d", step)
+			svc.Instances[id] = registry.Instance{ID: id, Address: "10.9.0.1", Port: 6000 + step, State: registry.StateAvailable,
+				Thresholds: registry.Thresholds{MaxSessions: 500}}
+		default: // domain moved, or the service removed
+			if rng.IntN(3) == 0 {
+				delete(next.Services, name)
+				st = next
+				checkCacheMatches(t, step, c, st)
+				continue
+			}
+			other := base.Services[names[rng.IntN(len(names))]]
+			svc.Config.Domains = slices.Clone(other.Config.Domains)
+			svc.Configured = rng.IntN(2) == 0
+			svc.Created = int64(rng.IntN(5))
+		}
+		next.Services[name] = &svc
+		st = next
+		checkCacheMatches(t, step, c, st)
+	}
+}
+
+func checkCacheMatches(t *testing.T, step int, c *Cache, st *registry.State) {
+	t.Helper()
+	got, want := c.Translate(st), Translate(st, Options{})
+	gm, wm := allMessages(got), allMessages(want)
+	if len(gm) != len(wm) {
+		t.Fatalf("step %d: cache gave %d resources, a fresh translation %d", step, len(gm), len(wm))
+	}
+	for i := range wm {
+		if !proto.Equal(gm[i], wm[i]) {
+			t.Fatalf("step %d: cached translation differs from a fresh one at resource %d", step, i)
+		}
+	}
+	if !slices.Equal(got.Problems, want.Problems) {
+		t.Fatalf("step %d: problems %v, want %v", step, got.Problems, want.Problems)
+	}
+}
+
+// TestCacheDomainChangeReachesRoutes: a service whose domains change and nothing else (its
+// routes are equal, and kept by pointer) gets a route configuration with the new domains.
+// The route configuration memo once compared only the routes, and served the old domains.
+func TestCacheDomainChangeReachesRoutes(t *testing.T) {
+	st := loadState(t, filepath.Join("testdata", "states", "mixed-domains.json"))
+	c := NewCache(Options{})
+	c.Translate(st)
+	next := &registry.State{Revision: st.Revision + 1, Services: maps.Clone(st.Services)}
+	api := *st.Services["api"]
+	api.Config.Domains = []string{"moved.example.com"}
+	next.Services["api"] = &api
+	var found bool
+	for _, vh := range c.Translate(next).Routes[0].GetVirtualHosts() {
+		found = found || slices.Contains(vh.GetDomains(), "moved.example.com")
+	}
+	if !found {
+		t.Error("the new domain of api is in no virtual host")
 	}
 }

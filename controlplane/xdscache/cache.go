@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -159,6 +160,9 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 	if len(items) == len(old.items) && slices.Equal(items, old.items) {
 		return old, nil, nil
 	}
+	if ts, changed, ok, err := c.buildInPlace(old, items); ok || err != nil {
+		return ts, changed, err
+	}
 	short := old.url[strings.LastIndexByte(old.url, '.')+1:]
 	entries := make(map[string]*entry, len(items))
 	var changed []string
@@ -222,6 +226,68 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 	}
 	sort.Strings(changed)
 	return ts, changed, nil
+}
+
+// buildInPlace builds the next state of a type when items are old's items with some replaced
+// in place, each by a resource of the same name (a load change: the publisher hands over the
+// same slice order with one assignment swapped). It then costs the replaced resources, a
+// copy of the entries and the type's hash, not a name lookup and insertion per resource.
+// ok is false when items differ otherwise, and build must do the general walk.
+func (c *Cache) buildInPlace(old *typeState, items []types.Resource) (*typeState, []string, bool, error) {
+	if len(items) != len(old.items) || len(old.items) == 0 {
+		return nil, nil, false, nil
+	}
+	var at []int
+	for i, r := range items {
+		if r != old.items[i] {
+			if cachev3.GetResourceName(r) != cachev3.GetResourceName(old.items[i]) {
+				return nil, nil, false, nil
+			}
+			at = append(at, i)
+		}
+	}
+	short := old.url[strings.LastIndexByte(old.url, '.')+1:]
+	var entries map[string]*entry
+	var changed []string
+	for _, i := range at {
+		r := items[i]
+		name := cachev3.GetResourceName(r)
+		o := old.entries[name]
+		if c.opts.Check != nil {
+			if err := c.opts.Check(r); err != nil {
+				return nil, nil, false, fmt.Errorf("%s %q: %w", short, name, err)
+			}
+		}
+		b, err := cachev3.MarshalResource(r)
+		if err != nil {
+			return nil, nil, false, fmt.Errorf("encode %s %q: %w", short, name, err)
+		}
+		if entries == nil {
+			entries = maps.Clone(old.entries)
+		}
+		version := cachev3.HashResource(b)
+		if o != nil && o.version == version {
+			entries[name] = &entry{res: r, version: version, sum: o.sum, any: o.any, dres: o.dres}
+			continue
+		}
+		a := &anypb.Any{TypeUrl: old.url, Value: b}
+		entries[name] = &entry{res: r, version: version, sum: sha256.Sum256([]byte(name + "\x00" + version)),
+			any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a}}
+		changed = append(changed, name)
+	}
+	ts := &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, items: items}
+	if len(changed) == 0 {
+		return ts, nil, true, nil
+	}
+	ts.version = typeVersion(ts.names, entries)
+	if ts.full {
+		ts.all = make([]*anypb.Any, len(ts.names))
+		for i, n := range ts.names {
+			ts.all[i] = entries[n].any
+		}
+	}
+	sort.Strings(changed)
+	return ts, changed, true, nil
 }
 
 // typeVersion hashes a type's names and resource versions: the same resources give the same

@@ -1,12 +1,17 @@
 package xdscache
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
 	"net"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
+	"unsafe"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -530,4 +535,110 @@ func TestACKIsConstantWork(t *testing.T) {
 		t.Errorf("an ACK allocates %v times with 2,000 names, %v with 10; want no more", large, small)
 	}
 	t.Logf("allocations per ACK: %v (10 names), %v (2,000 names)", small, large)
+}
+
+// TestInPlaceUpdateMatchesAFreshCache: over a random history of updates (resources replaced in
+// place, as a load change does, with equal or changed content; added; removed; reordered;
+// renamed), every type's version and served encoding equal those of a new cache handed the
+// same resources at once, and a refused in-place update changes nothing.
+func TestInPlaceUpdateMatchesAFreshCache(t *testing.T) {
+	bad := func(r types.Resource) error {
+		if r.(*endpointv3.ClusterLoadAssignment).GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue() == 1 {
+			return status.Error(codes.InvalidArgument, "port 1")
+		}
+		return nil
+	}
+	c := New(Options{Check: bad})
+	rng := rand.New(rand.NewPCG(5, 6))
+	var items []types.Resource
+	for i := range 20 {
+		items = append(items, cla(fmt.Sprintf("c%02d", i), uint32(1000+i)))
+	}
+	for step := range 300 {
+		next := slices.Clone(items)
+		switch k := rng.IntN(10); {
+		case k < 6: // in place, as a load change
+			for range 1 + rng.IntN(3) {
+				i := rng.IntN(len(next))
+				next[i] = cla(cachev3.GetResourceName(next[i]), uint32(1000+rng.IntN(30)))
+			}
+		case k < 7: // in place, refused
+			i := rng.IntN(len(next))
+			next[i] = cla(cachev3.GetResourceName(next[i]), 1)
+		case k < 8:
+			next = append(next, cla(fmt.Sprintf("n%03d", step), 2000))
+		case k < 9 && len(next) > 1:
+			next = slices.Delete(next, 0, 1)
+		default:
+			rng.Shuffle(len(next), func(i, j int) { next[i], next[j] = next[j], next[i] })
+		}
+		before := c.Versions()
+		err := c.Update(map[string][]types.Resource{resourcev3.EndpointType: next}, nil)
+		if err != nil {
+			if after := c.Versions(); after[resourcev3.EndpointType] != before[resourcev3.EndpointType] {
+				t.Fatalf("step %d: a refused update moved the version", step)
+			}
+			continue
+		}
+		items = next
+		fresh := New(Options{})
+		want := update(t, fresh, map[string][]types.Resource{resourcev3.EndpointType: slices.Clone(items)})
+		if got := c.Versions(); got[resourcev3.EndpointType] != want[resourcev3.EndpointType] {
+			t.Fatalf("step %d: version %s, a fresh cache %s", step, got[resourcev3.EndpointType], want[resourcev3.EndpointType])
+		}
+		ts, fs := c.types[1], fresh.types[1]
+		if !slices.Equal(ts.names, fs.names) || len(ts.entries) != len(fs.entries) {
+			t.Fatalf("step %d: names %v, a fresh cache %v", step, ts.names, fs.names)
+		}
+		for n, e := range fs.entries {
+			if g := ts.entries[n]; g == nil || g.version != e.version || !bytes.Equal(g.any.GetValue(), e.any.GetValue()) || g.dres.GetVersion() != e.version {
+				t.Fatalf("step %d: %s served differently from a fresh cache", step, n)
+			}
+		}
+	}
+}
+
+// TestSubscribedNamesAreInterned: the names a SotW Envoy subscribes to, decoded anew from each
+// of its requests, are held as the cache's own strings, before and after an ACK repeating them;
+// and the subscription held after the ACK is the server's current one (the first request's is
+// let go).
+func TestSubscribedNamesAreInterned(t *testing.T) {
+	c := New(Options{})
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", 5001)}})
+	canon := func(n string) *byte { return unsafe.StringData(c.types[1].entries[n].dres.Name) }
+	s := openSotW(t, serve(t, c))
+	node := &corev3.Node{Id: "n"}
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNames: []string{"a", "b"}})
+	eds := s.next(t, "endpoints")
+	watcher := func() *watcher {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, st := range c.streams {
+			return st.watchers[1]
+		}
+		return nil
+	}
+	check := func(when string) map[string]struct{} {
+		t.Helper()
+		w := watcher()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for n := range w.names {
+			if unsafe.StringData(n) != canon(n) {
+				t.Errorf("%s: subscribed name %q is a decoded copy, not the cache's string", when, n)
+			}
+		}
+		return w.names
+	}
+	first := check("first request")
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: eds.GetVersionInfo(), ResponseNonce: eds.GetNonce(), ResourceNames: []string{"a", "b"}})
+	waitUntil(t, "the ACK", func() bool {
+		w := watcher()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return !w.outstanding
+	})
+	if after := check("after the ACK"); reflect.ValueOf(after).UnsafePointer() == reflect.ValueOf(first).UnsafePointer() {
+		t.Error("after an ACK the watcher still holds the first request's map, which the server has replaced")
+	}
 }

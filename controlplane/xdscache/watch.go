@@ -153,7 +153,28 @@ func (c *Cache) bindSotw(id int64, req *discovery.DiscoveryRequest) error {
 	st.sotwReq = req
 	c.sotwReqs[req] = st
 	c.join(st, req.GetNode())
+	if t := typeIndex(req.GetTypeUrl()); t >= 0 {
+		if w := st.watchers[t]; w != nil && slices.Equal(w.lastNames, req.ResourceNames) {
+			req.ResourceNames = w.lastNames // an ACK repeating them: keep one copy
+		} else {
+			c.intern(t, req.ResourceNames)
+		}
+	}
 	return nil
+}
+
+// intern replaces names of type t with the cache's own strings of the same names. The server
+// keeps the names of a subscription (and SotW Envoys repeat all of them in every ACK), so that
+// a thousand Envoys subscribed to a thousand names hold one copy of each name, not a thousand:
+// the decoded ones are garbage at once. Only the callbacks call it, before the server reads
+// the request.
+func (c *Cache) intern(t int, names []string) {
+	entries := c.types[t].entries
+	for i, n := range names {
+		if e := entries[n]; e != nil {
+			names[i] = e.dres.Name
+		}
+	}
 }
 
 func (c *Cache) bindDelta(id int64, req *discovery.DeltaDiscoveryRequest) error {
@@ -169,6 +190,24 @@ func (c *Cache) bindDelta(id int64, req *discovery.DeltaDiscoveryRequest) error 
 	st.deltaReq = req
 	c.deltaReqs[req] = st
 	c.join(st, req.GetNode())
+	if t := typeIndex(req.GetTypeUrl()); t >= 0 {
+		c.intern(t, req.ResourceNamesSubscribe)
+		if len(req.InitialResourceVersions) > 0 {
+			// Kept by the server as what the Envoy holds: the cache's strings, as for names.
+			entries := c.types[t].entries
+			iv := make(map[string]string, len(req.InitialResourceVersions))
+			for n, v := range req.InitialResourceVersions {
+				if e := entries[n]; e != nil {
+					n = e.dres.Name
+					if v == e.version {
+						v = e.version
+					}
+				}
+				iv[n] = v
+			}
+			req.InitialResourceVersions = iv
+		}
+	}
 	return nil
 }
 
@@ -225,6 +264,9 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 			req.GetErrorDetail() != nil)
 		if w.wildcard != sub.IsWildcard() || !slices.Equal(w.lastNames, req.GetResourceNames()) {
 			c.resubscribe(w, sub.IsWildcard(), sub.SubscribedResources())
+		} else {
+			// The same names: the server made a new map of them, and the old one is let go.
+			w.names = sub.SubscribedResources()
 		}
 	}
 	w.lastNames = req.GetResourceNames()
