@@ -59,6 +59,7 @@ fuzz:
 bench:
 	$(GO) test ./controlplane/translate -run '^$$' -bench . -benchmem
 	$(GO) test ./controlplane/xdscache -run '^$$' -bench EndpointPush -benchmem
+	$(GO) test ./controlplane -run '^$$' -bench PublishLoadChange -benchmem
 	$(GO) run ./cmd/tether-bench -scales 100x10,1000x100,10000x1000 -duration 30s -json bench.json
 
 clean:

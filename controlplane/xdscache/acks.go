@@ -64,9 +64,29 @@ func (c *Cache) recordAnswer(w *watcher, ack, nack bool) {
 	if ack {
 		w.acked, w.ackedGen, w.nacked = w.sent, w.sentGen, false
 	} else {
-		w.nacked = true
+		c.nacked(w)
 	}
 	c.answerHook()
+}
+
+// nacked records a NACK. The Envoy kept what it held before the refused response, and later
+// responses carry only what changes after it: an ACK of one of those must not count as holding
+// everything sent (two-phase publication would promote an endpoint this Envoy refused). So the
+// stream's ACK is not whole again (subsGen) until the Envoy ACKs a response carrying every name
+// it subscribes to (resync); a delta Envoy's held versions of the refused resources are
+// forgotten, so that response carries them. Nothing is resent at once: the same resources
+// would be refused again, as fast as the Envoy answers; the next change resends them.
+func (*Cache) nacked(w *watcher) {
+	w.nacked, w.resync = true, true
+	w.subsGen++
+	if w.delta && w.dresp != nil {
+		for _, r := range w.dresp.GetResources() {
+			if _, ok := w.held[r.GetName()]; ok {
+				w.held[r.GetName()] = ""
+			}
+		}
+	}
+	// SotW listeners and clusters go by version and are always sent whole: nothing to do.
 }
 
 // recordAnswerDelta matches a delta request's nonce with the last response's. The server

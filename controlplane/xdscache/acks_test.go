@@ -1,6 +1,7 @@
 package xdscache
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -148,5 +149,113 @@ func TestSotWResendsADroppedResponse(t *testing.T) {
 		}
 	default:
 		t.Fatal("the change the lost response carried was never sent again")
+	}
+}
+
+// TestNACKThenACKIsNotWhole: an Envoy refuses a response (it keeps what it held before), then
+// ACKs the next one, which carries only what changed after the refused one. That ACK must not
+// count as holding everything sent: the stream is not whole until it ACKs a response carrying
+// every name it subscribes to, which the cache sends with the next change, and not at once
+// (the same resources would be refused again). SotW and delta alike; a delta Envoy is sent again
+// the resources it refused even though their versions did not change since.
+func TestNACKThenACKIsNotWhole(t *testing.T) {
+	nack := &rpcstatus.Status{Code: 3, Message: "refused"}
+	for _, delta := range []bool{false, true} {
+		name := "sotw"
+		if delta {
+			name = "delta"
+		}
+		t.Run(name, func(t *testing.T) {
+			c := New(Options{})
+			a, b := cla("a", 5001), cla("b", 5001)
+			set := func() {
+				update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {a, b}})
+			}
+			set()
+			conn := serve(t, c)
+			node := &corev3.Node{Id: "n", Cluster: "g"}
+			names := []string{"a", "b"}
+			var send func(nonce, version string, err *rpcstatus.Status)
+			var next func(what string) (nonce, version string, got []string)
+			var queued func() int
+			if delta {
+				d := openDelta(t, conn)
+				queued = func() int { return len(d.resp) }
+				d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNamesSubscribe: names})
+				send = func(nonce, _ string, err *rpcstatus.Status) {
+					d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: nonce, ErrorDetail: err})
+				}
+				next = func(what string) (string, string, []string) {
+					select {
+					case r := <-d.resp:
+						var got []string
+						for _, x := range r.GetResources() {
+							got = append(got, x.GetName())
+						}
+						return r.GetNonce(), r.GetSystemVersionInfo(), got
+					case <-time.After(10 * time.Second):
+						t.Fatalf("%s: no delta response", what)
+					}
+					return "", "", nil
+				}
+			} else {
+				s := openSotW(t, conn)
+				queued = func() int { return len(s.resp) }
+				s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNames: names})
+				last := ""
+				send = func(nonce, version string, err *rpcstatus.Status) {
+					if err != nil {
+						version = last // a NACK repeats the version accepted before
+					} else {
+						last = version
+					}
+					s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names, ErrorDetail: err})
+				}
+				next = func(what string) (string, string, []string) {
+					r := s.next(t, what)
+					var got []string
+					for _, x := range r.GetResources() {
+						var m endpointv3.ClusterLoadAssignment
+						if err := x.UnmarshalTo(&m); err != nil {
+							t.Fatal(err)
+						}
+						got = append(got, m.GetClusterName())
+					}
+					return r.GetNonce(), r.GetVersionInfo(), got
+				}
+			}
+			n, v, _ := next("first response")
+			send(n, v, nil)
+			waitUntil(t, "first ACK", func() bool { s, _, _ := ackOf(c); return s.Whole && !s.Waiting })
+
+			// a changes; the Envoy refuses it.
+			a = cla("a", 5002)
+			set()
+			n, v, got := next("a's change")
+			if !slices.Equal(got, []string{"a"}) {
+				t.Fatalf("a's change carried %v", got)
+			}
+			send(n, v, nack)
+			waitUntil(t, "NACK", func() bool { s, _, _ := ackOf(c); return s.NACKed })
+			time.Sleep(200 * time.Millisecond) // nothing is resent at once: it would be refused again
+			if n := queued(); n != 0 {
+				t.Fatalf("%d responses sent right after the NACK, want none until the next change", n)
+			}
+			// b changes; the response carries every name again (a's refused version too).
+			b = cla("b", 5002)
+			set()
+			n, v, got = next("b's change")
+			if !slices.Equal(got, []string{"a", "b"}) {
+				t.Fatalf("the first response after a NACK carried %v, want every name (a, b)", got)
+			}
+			if s, _, _ := ackOf(c); s.Whole {
+				t.Fatalf("before the ACK of the resync: %+v, want not whole", s)
+			}
+			send(n, v, nil)
+			waitUntil(t, "ACK of the resync", func() bool { s, _, _ := ackOf(c); return !s.Waiting })
+			if s, _, _ := ackOf(c); !s.Whole || s.Version != v || s.NACKed {
+				t.Fatalf("after the ACK of the resync: %+v, want whole at %s", s, v)
+			}
+		})
 	}
 }

@@ -42,8 +42,8 @@
 //     stream's open to its close (the cache's Callbacks bind each request to its stream), so
 //     an ACK that changes no subscription re-arms in O(1): nothing pending, nothing to do. A
 //     first sync marks "everything pending" without listing it.
-//   - What a delta Envoy holds (name -> version, as sent; go-control-plane does the same, a
-//     NACK keeps the sent version) is the very map the server keeps as ReturnedResources, and
+//   - What a delta Envoy holds (name -> version, as sent, as go-control-plane keeps it; after
+//     a NACK the refused resources' versions are forgotten) is the very map the server keeps as ReturnedResources, and
 //     the names subscribed are the server's own map: nothing is copied per stream. The server
 //     touches both only between cancelling a watch and creating the next, and every cancel
 //     takes this cache's lock, which orders its edits (forgetting unsubscribed names) after
@@ -71,7 +71,9 @@
 //     and whether its last answer was a NACK. The control plane's two-phase publication
 //     promotes a new endpoint once every Envoy holds it. An ACK is matched exactly: SotW
 //     repeats the version it accepts (the server drops stale nonces), delta carries the
-//     nonce the server wrote into the last response.
+//     nonce the server wrote into the last response. After a NACK the stream is not whole
+//     until it ACKs a response carrying every name it subscribes to, sent with the next
+//     change (not at once: it would be refused again).
 //   - Groups are created by the first stream of a node cluster and forgotten with its last
 //     stream. Type URLs other than the four served are refused (the Callbacks end the stream).
 //

@@ -72,6 +72,7 @@ type watcher struct {
 	acked       string                            // type version of the last response ACKed
 	ackedGen    uint64                            // sentGen of that response
 	nacked      bool                              // the last answer was a NACK
+	resync      bool                              // since a NACK: the next response carries every name
 	dresp       *discovery.DeltaDiscoveryResponse // last delta response: the server writes its nonce
 
 	armed      bool
@@ -517,6 +518,9 @@ func (c *Cache) respond(w *watcher) {
 		return
 	}
 	ts := c.types[w.t]
+	if w.resync && w.hasPending() {
+		w.pendingAll, w.resync = true, false
+	}
 	var sent bool
 	if w.delta {
 		sent = c.respondDelta(w, ts)
