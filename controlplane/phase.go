@@ -323,7 +323,7 @@ type streamView struct {
 	key      xdscache.StreamAck // Delta and ID
 	group    string
 	rev      int64 // revision of its whole ACK; -1 when none is known
-	exempt   bool  // answered with a NACK, or lagging: holds nothing back
+	exempt   bool  // answered with a NACK, lagging, or not asking for endpoints: holds nothing back
 	clusters map[string]bool
 }
 
@@ -416,7 +416,10 @@ func (ph *phaser) viewsLocked(clusters map[string]bool) []streamView {
 			ph.log.Info().Int64("stream", a.ID).Bool("delta", a.Delta).Str("group", a.Group).Msg("lagging Envoy caught up")
 		}
 		_, lag := ph.lagging[key]
-		v.exempt = lag || (a.NACKed && !a.Waiting)
+		// A stream that has not asked for endpoints holds none and routes to none (Envoy asks
+		// for clusters, then their endpoints): it holds nothing back, and is not reported as
+		// lagging for it. When it asks, it is sent the endpoints as they are then.
+		v.exempt = lag || (a.NACKed && !a.Waiting) || !a.Watching
 		views = append(views, v)
 	})
 	for k := range ph.lagging {

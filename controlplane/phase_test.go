@@ -1,6 +1,7 @@
 package controlplane_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"sync/atomic"
@@ -8,8 +9,11 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane"
@@ -235,4 +239,52 @@ func TestReplicasPromoteOnTheirOwnEnvoys(t *testing.T) {
 	sb.firstWas(t, "envoy-b", core.HealthStatus_DRAINING)
 	b.ReleaseACKs()
 	waitFor(t, b, "a3 HEALTHY at b", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+}
+
+// TestStreamWithoutEndpointsHoldsNothingBack: a stream that never asks for endpoints (an
+// Envoy asks for clusters first, and a tool may ask for nothing else) holds and routes to no
+// endpoint: a new instance is promoted on the other Envoys' ACKs, well before the settle
+// time, and that stream is never reported lagging.
+func TestStreamWithoutEndpointsHoldsNothingBack(t *testing.T) {
+	const settle = 5 * time.Second
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cp := startCPSettle(t, srv.Endpoints(), settle)
+	a := connect(t, cp, xdsclient.Delta, "envoy-a", "edge")
+	waitFor(t, a, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+
+	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &core.Node{Id: "cds-only", Cluster: "edge"}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	start := time.Now()
+	waitFor(t, a, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	if took := time.Since(start); took >= settle {
+		t.Errorf("a3 promoted after %s: the stream without endpoints held it for the settle time", took)
+	}
+	if n := metric(t, cp, `tether_promotion_seconds_count{outcome="settled"}`); n > 0 {
+		t.Errorf("settled promotions = %v, want 0", n)
+	}
+	if n := metric(t, cp, "tether_lagging_envoys"); n != 0 {
+		t.Errorf("tether_lagging_envoys = %v, want 0", n)
+	}
 }

@@ -26,6 +26,8 @@ type StreamAck struct {
 	Waiting bool
 	// NACKed: the Envoy's last answer was a NACK.
 	NACKed bool
+	// Watching: the stream has asked for this type (an Envoy asks for endpoints after clusters).
+	Watching bool
 }
 
 // Acks calls visit, under the cache's lock, for every stream that has joined a group, with
@@ -50,6 +52,7 @@ func (c *Cache) Acks(typeURL string, visit func(a StreamAck, subscribed func(nam
 			continue
 		}
 		a.Version, a.Whole, a.Waiting, a.NACKed = w.acked, w.acked != "" && w.ackedGen == w.subsGen, w.outstanding, w.nacked
+		a.Watching = true
 		visit(a, w.subscribed)
 	}
 }
