@@ -449,14 +449,8 @@ func (h *harness) scenario(ctx context.Context, rep *Report) error {
 	rep.ControlPlaneCores = rep.ControlPlaneCPUSeconds / wall
 	rep.HarnessCores = (cpuSelf() - self0) / wall
 	rep.PushesPerSecond = (m1["tether_snapshots_total"] - m0["tether_snapshots_total"]) / wall
-	mean := func(name string) float64 {
-		if n := m1[name+"_count"] - m0[name+"_count"]; n > 0 {
-			return (m1[name+"_sum"] - m0[name+"_sum"]) / n * 1000
-		}
-		return 0
-	}
-	rep.TranslateMeanMs = mean("tether_translate_duration_seconds")
-	rep.EventToPushMeanMs = mean("tether_event_to_push_seconds")
+	rep.TranslateMeanMs = meanDelta(m0, m1, "tether_translate_duration_seconds")
+	rep.EventToPushMeanMs = meanDelta(m0, m1, "tether_event_to_push_seconds")
 	rep.ResponsesPerSecond = (m1["tether_xds_responses_total"] - m0["tether_xds_responses_total"]) / wall
 	// An expiry no Envoy held is the guard's doing only as far as the guard counts removals
 	// it held; any beyond that are missed.
@@ -555,4 +549,13 @@ func (h *harness) envoysOf(v int) int {
 		}
 	}
 	return n
+}
+
+// meanDelta is the mean, in ms, of a histogram (in seconds) over the observations made
+// between two scrapes.
+func meanDelta(m0, m1 map[string]float64, name string) float64 {
+	if n := m1[name+"_count"] - m0[name+"_count"]; n > 0 {
+		return (m1[name+"_sum"] - m0[name+"_sum"]) / n * 1000
+	}
+	return 0
 }

@@ -17,6 +17,10 @@ func (h *harness) spaced(ctx context.Context, rep *Report) error {
 	prop := make([][]time.Duration, len(h.variants))
 	over := make([][]time.Duration, len(h.variants))
 	rng := h.newRand(1 << 61)
+	m0, err := h.cp.metrics(ctx)
+	if err != nil {
+		return err
+	}
 	made := 0
 	for i := 0; made < h.cfg.Spaced && i < 4*h.cfg.Spaced; i++ {
 		t := time.NewTimer(h.cfg.SpacedGap)
@@ -60,6 +64,12 @@ func (h *harness) spaced(ctx context.Context, rep *Report) error {
 		}
 	}
 	rep.SpacedFloor = summarize(floor)
+	m1, err := h.cp.metrics(ctx)
+	if err != nil {
+		return err
+	}
+	rep.SpacedTranslateMeanMs = meanDelta(m0, m1, "tether_translate_duration_seconds")
+	rep.SpacedEventToPushMeanMs = meanDelta(m0, m1, "tether_event_to_push_seconds")
 	for v := range h.variants {
 		rep.Variants[v].SpacedPropagation = summarize(prop[v])
 		rep.Variants[v].SpacedOverFloor = summarize(over[v])
