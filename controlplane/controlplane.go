@@ -24,9 +24,11 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/registry"
@@ -59,6 +61,10 @@ type Config struct {
 	// PublishSettle bounds how long an Envoy that neither ACKs nor NACKs delays the promotion
 	// of a new endpoint from DRAINING (two-phase publication, see phase.go); 0 takes the default.
 	PublishSettle time.Duration
+	// InitialSyncs bounds the Envoys' first responses of a type in flight (sent and not yet
+	// answered): a restart under a thousand Envoys sends each several megabytes (see
+	// xdscache); 0 takes the default.
+	InitialSyncs int
 	// HoldShare, HoldWindow and HoldGrace configure the mass-disappearance guard: when more
 	// than HoldShare of a service's instances leave the registry within HoldWindow of the
 	// first removal (draining ones aside), they stay served for HoldGrace. HoldWindow should
@@ -105,6 +111,7 @@ func DefaultConfig() Config {
 		CoalesceQuiet:     DefaultCoalesceQuiet,
 		CoalesceMax:       DefaultCoalesceMax,
 		PublishSettle:     DefaultPublishSettle,
+		InitialSyncs:      xdscache.DefaultMaxInitialSyncs,
 		HoldShare:         DefaultHoldShare,
 		HoldGrace:         DefaultHoldGrace,
 		HoldWindow:        DefaultHoldWindow,
@@ -260,7 +267,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.cli = cli
 
 	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
-	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal)
+	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal, cfg.InitialSyncs)
 	phase.xds = cache
 	cp.phase = phase
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
@@ -290,6 +297,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		// configuration slowly must not be cut off, so it is generous.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 30 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		experimental.BufferPool(newXDSBufferPool()),
 	)
 	cp.grpc = grpc.NewServer(opts...)
 	xds := serverv3.NewServer(ctx, cache, cache.Callbacks(cp.tracker.callbacks()))

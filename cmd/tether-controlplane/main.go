@@ -72,6 +72,7 @@ Flags:
 	fs.DurationVar(&c.CoalesceQuiet, "coalesce-quiet", c.CoalesceQuiet, "a change this long after the last push is pushed at once; changes within this window of a push are batched until quiet this long")
 	fs.DurationVar(&c.CoalesceMax, "coalesce-max", c.CoalesceMax, "a batched change is pushed at the latest this long after the first of its batch")
 	fs.DurationVar(&c.PublishSettle, "publish-settle", c.PublishSettle, "a new endpoint is served as DRAINING until every Envoy has acknowledged it; an Envoy that has not answered after this long stops holding it back and is reported as lagging")
+	fs.IntVar(&c.InitialSyncs, "initial-syncs", c.InitialSyncs, "Envoys' first configurations in flight at once (sent, not yet acknowledged); the rest wait their turn, so that a restart under many Envoys does not hold all their configurations in memory at once")
 	fs.Float64Var(&c.HoldShare, "hold-share", c.HoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
 	fs.DurationVar(&c.HoldGrace, "hold-grace", c.HoldGrace, "how long a mass disappearance is held back")
 	fs.DurationVar(&c.HoldWindow, "hold-window", c.HoldWindow, "removals of one service within this long of the first count together against --hold-share (about the agents' --ttl)")
@@ -107,6 +108,9 @@ Flags:
 	}
 	if c.PublishSettle <= 0 {
 		return nil, errors.New("--publish-settle must be positive, e.g. 10s")
+	}
+	if c.InitialSyncs <= 0 {
+		return nil, errors.New("--initial-syncs must be positive, e.g. 8")
 	}
 	if err := etcd.NeedEndpoints(); err != nil {
 		return nil, err

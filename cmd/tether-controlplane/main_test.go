@@ -67,6 +67,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"coalesce quiet zero", []string{"--coalesce-quiet", "0s"}, nil, "--coalesce-quiet"},
 		{"coalesce max below quiet", []string{"--coalesce-quiet", "50ms", "--coalesce-max", "10ms"}, nil, "--coalesce-max"},
 		{"publish settle zero", []string{"--publish-settle", "0s"}, nil, "--publish-settle"},
+		{"initial syncs zero", []string{"--initial-syncs", "0"}, nil, "--initial-syncs"},
 		{"hold share over 1", []string{"--hold-share", "1.5"}, nil, "--hold-share"},
 		{"hold grace not a duration", []string{"--hold-grace", "soon"}, nil, "hold-grace"},
 		{"hold window not a duration", []string{"--hold-window", "a while"}, nil, "hold-window"},

@@ -64,6 +64,7 @@ func (c *Cache) recordAnswer(w *watcher, ack, nack bool) {
 		return
 	}
 	w.outstanding = false
+	c.releaseSlot(w)
 	if ack {
 		w.acked, w.ackedGen, w.nacked = w.sent, w.sentGen, false
 	} else {
@@ -96,6 +97,9 @@ func (*Cache) nacked(w *watcher) {
 // wrote that nonce when it sent the response, on the goroutine that now calls CreateDeltaWatch.
 func (c *Cache) recordAnswerDelta(w *watcher, req *discovery.DeltaDiscoveryRequest) {
 	n := req.GetResponseNonce()
+	if n != "" && w.first != nil && n == w.first.GetNonce() {
+		c.releaseSlot(w) // the first response arrived, though later ones were sent since
+	}
 	if n == "" || w.dresp == nil || n != w.dresp.GetNonce() {
 		return
 	}

@@ -642,3 +642,42 @@ func TestSubscribedNamesAreInterned(t *testing.T) {
 		t.Error("after an ACK the watcher still holds the first request's map, which the server has replaced")
 	}
 }
+
+// TestSubscriptionChangeKeepsTheSlot: a delta Envoy that changes its subscription before
+// answering its first response (the delta server has no nonce check) keeps its initial-sync
+// slot: the slot bounds first responses still on their way, and only an answer to that
+// response frees it.
+func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
+	c := New(Options{MaxInitialSyncs: 1})
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", 5001)}})
+	conn := serve(t, c)
+	a, b := openDelta(t, conn), openDelta(t, conn)
+	raw := func(d *deltaStream, what string) *discovery.DeltaDiscoveryResponse { // not ACKed
+		t.Helper()
+		select {
+		case r := <-d.resp:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no response within 10 s", what)
+		}
+		return nil
+	}
+	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "a"}, ResourceNamesSubscribe: []string{"a"}})
+	first := raw(a, "a's first response")
+	b.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "b"}, ResourceNamesSubscribe: []string{"a"}})
+	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}}) // no nonce: not an answer
+	if r := raw(a, "b's assignment for a"); len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "b" {
+		t.Fatalf("a's subscription change brought %v", r.GetResources())
+	}
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case r := <-b.resp:
+		t.Fatalf("b was answered (%d resources) while a's first response was unanswered and the only slot a's", len(r.GetResources()))
+	default:
+	}
+	// a's ACK of its first response frees the slot: b is answered.
+	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.GetNonce()})
+	if got, _ := b.next(t, "b's first response once a answered"); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("b's first response carried %v", got)
+	}
+}

@@ -74,6 +74,7 @@ type watcher struct {
 	nacked      bool                              // the last answer was a NACK
 	resync      bool                              // since a NACK: the next response carries every name
 	dresp       *discovery.DeltaDiscoveryResponse // last delta response: the server writes its nonce
+	first       *discovery.DeltaDiscoveryResponse // first delta response, while it holds a slot
 
 	armed      bool
 	gen        uint64 // arming count: a cancel only disarms its own arming
@@ -251,7 +252,6 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 		st.watchers[t] = w
 		c.resubscribe(w, sub.IsWildcard(), sub.SubscribedResources())
 	} else {
-		c.releaseSlot(w)
 		if w.outstanding && req.GetErrorDetail() == nil && req.GetVersionInfo() != w.sent {
 			// The Envoy never got the last response: go-control-plane's ADS loop discards a
 			// queued response of the type it re-watches when a request of that type crosses it
@@ -306,7 +306,6 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 		st.watchers[t] = w
 		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
 	case w.wildcard != sub.IsWildcard():
-		c.releaseSlot(w)
 		c.recordAnswerDelta(w, req)
 		// The server has already edited the names: forget this request's unsubscriptions
 		// first, then the rest.
@@ -316,7 +315,6 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 		w.held = sub.ReturnedResources()
 		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
 	default:
-		c.releaseSlot(w)
 		c.recordAnswerDelta(w, req)
 		// The server has already added and removed these names in w.names; indexing is
 		// idempotent.
@@ -661,6 +659,9 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 	}
 	w.sent, w.sentGen, w.outstanding = ts.version, w.subsGen, true
 	w.dresp = resp.DeltaDiscoveryResponse
+	if !w.answered {
+		w.first = w.dresp
+	}
 	c.disarm(w)
 	return true
 }
@@ -679,7 +680,10 @@ func (c *Cache) takeSlot(w *watcher) {
 	w.slot = tm
 }
 
-// releaseSlot frees w's slot once its first response is answered (ACK or NACK).
+// releaseSlot frees w's slot once its first response is answered (ACK or NACK): not on any
+// request, since a delta Envoy may change its subscription before the response reaches it
+// (the delta server has no nonce check), and the slot bounds the responses still on their
+// way, megabytes each at a thousand services.
 func (c *Cache) releaseSlot(w *watcher) {
 	if w.slot != nil && w.answered {
 		c.freeSlot(w)
@@ -688,7 +692,7 @@ func (c *Cache) releaseSlot(w *watcher) {
 
 func (c *Cache) freeSlot(w *watcher) {
 	w.slot.Stop()
-	w.slot = nil
+	w.slot, w.first = nil, nil
 	c.inflight--
 	c.pump()
 }
