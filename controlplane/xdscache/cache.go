@@ -37,7 +37,7 @@ func typeIndex(typeURL string) int {
 
 // Defaults of Options.
 const (
-	DefaultMaxInitialSyncs = 32
+	DefaultMaxInitialSyncs = 8
 	DefaultSlotTimeout     = 10 * time.Second
 )
 
