@@ -336,11 +336,11 @@ func (ph *phaser) run(ctx context.Context) {
 
 // streamView is one stream's knowledge of endpoints at an evaluation.
 type streamView struct {
-	key      xdscache.StreamAck // Delta and ID
-	group    string
-	rev      int64 // revision of its whole ACK; -1 when none is known
-	exempt   bool  // answered with a NACK, lagging, or not asking for endpoints: holds nothing back
-	subs     []bool // by index of the clusters asked about: whether it subscribes to each
+	key    xdscache.StreamAck // Delta and ID
+	group  string
+	rev    int64  // revision of its whole ACK; -1 when none is known
+	exempt bool   // answered with a NACK, lagging, or not asking for endpoints: holds nothing back
+	subs   []bool // by index of the clusters asked about: whether it subscribes to each
 }
 
 // evaluate promotes the first-phase endpoints every Envoy knows (or whose settle time is over)
