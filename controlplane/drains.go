@@ -4,6 +4,8 @@ import (
 	"maps"
 	"reflect"
 
+	"github.com/rs/zerolog"
+
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -13,6 +15,11 @@ import (
 // Its zero value is ready; only the publish loop uses it.
 type drainApplier struct {
 	memo map[string]drainMemo
+	// log and onCount (both optional) report drains as they take and leave instances: a log
+	// line when an instance is drained or no longer is, and the number drained after each apply.
+	log     zerolog.Logger
+	onCount func(int)
+	marked  map[string]map[string]registry.DrainMark // service -> instance -> drain, as last applied
 }
 
 type drainMemo struct {
@@ -23,6 +30,12 @@ type drainMemo struct {
 
 // apply returns st with its drains applied; st itself when it has none.
 func (a *drainApplier) apply(st *registry.State) *registry.State {
+	out := a.drain(st)
+	a.report()
+	return out
+}
+
+func (a *drainApplier) drain(st *registry.State) *registry.State {
 	if st == nil || len(st.Drains) == 0 {
 		a.memo = nil
 		return st
@@ -54,4 +67,48 @@ func (a *drainApplier) apply(st *registry.State) *registry.State {
 		return st
 	}
 	return out
+}
+
+// report logs the instances drained or released since the last apply, service by service
+// where the drained copy changed, and counts those drained.
+func (a *drainApplier) report() {
+	n := 0
+	for name, m := range a.memo {
+		n += len(m.out.Drained)
+		was := a.marked[name]
+		if len(was) == len(m.out.Drained) && maps.Equal(was, m.out.Drained) {
+			continue
+		}
+		for id, mark := range m.out.Drained {
+			if old, ok := was[id]; !ok || old.Name != mark.Name {
+				a.log.Info().Str("service", name).Str("instance", id).Str("drain", mark.Name).
+					Msg("operator drain applied: the instance takes no new sessions")
+			}
+		}
+		for id, mark := range was {
+			if _, ok := m.out.Drained[id]; !ok {
+				a.log.Info().Str("service", name).Str("instance", id).Str("drain", mark.Name).
+					Msg("operator drain no longer applies to the instance (undone, or the instance left)")
+			}
+		}
+	}
+	for name, was := range a.marked {
+		if _, ok := a.memo[name]; ok {
+			continue
+		}
+		for id, mark := range was {
+			a.log.Info().Str("service", name).Str("instance", id).Str("drain", mark.Name).
+				Msg("operator drain no longer applies to the instance (undone, or the instance left)")
+		}
+	}
+	marked := make(map[string]map[string]registry.DrainMark, len(a.memo))
+	for name, m := range a.memo {
+		if len(m.out.Drained) > 0 {
+			marked[name] = m.out.Drained
+		}
+	}
+	a.marked = marked
+	if a.onCount != nil {
+		a.onCount(n)
+	}
 }

@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"bytes"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,5 +76,32 @@ func TestDrainsSurviveAHold(t *testing.T) {
 	app := out.Services["app"]
 	if len(app.Instances) != 4 || app.Instances["m4"].State != registry.StateDraining || app.Instances["m1"].State != registry.StateAvailable {
 		t.Errorf("served during the hold: %+v", app.Instances)
+	}
+}
+
+// TestDrainsAreReported: an instance taken by a drain is logged once when the drain takes it
+// and once when it no longer applies, and the drained count follows; pushes in between log
+// nothing.
+func TestDrainsAreReported(t *testing.T) {
+	var buf bytes.Buffer
+	count := -1
+	a := drainApplier{log: zerolog.New(&buf), onCount: func(n int) { count = n }}
+	app := &registry.Service{Name: "app", Instances: map[string]registry.Instance{
+		"a1": {ID: "a1", State: registry.StateAvailable}, "a2": {ID: "a2", State: registry.StateAvailable}}}
+	services := map[string]*registry.Service{"app": app}
+	drained := &registry.State{Services: services, Drains: map[string]map[string]registry.Drain{"app": {"a1": {Instance: "a1"}}}}
+
+	a.apply(drained)
+	if got := strings.Count(buf.String(), "operator drain applied"); got != 1 || !strings.Contains(buf.String(), `"instance":"a1"`) || count != 1 {
+		t.Fatalf("after the drain: %d 'applied' lines, count %d; log:\n%s", got, count, buf.String())
+	}
+	buf.Reset()
+	a.apply(&registry.State{Revision: 2, Services: services, Drains: drained.Drains})
+	if buf.Len() != 0 || count != 1 {
+		t.Fatalf("an unchanged drain logged again (count %d):\n%s", count, buf.String())
+	}
+	a.apply(&registry.State{Revision: 3, Services: services})
+	if !strings.Contains(buf.String(), "operator drain no longer applies") || count != 0 {
+		t.Fatalf("after the undo: count %d; log:\n%s", count, buf.String())
 	}
 }

@@ -24,6 +24,7 @@ type metrics struct {
 	revision       prometheus.Gauge
 	ready          prometheus.Gauge
 	held           prometheus.Gauge
+	drained        prometheus.Gauge
 	massRemovals   *prometheus.CounterVec
 	firstPhase     prometheus.Gauge
 	promotions     *prometheus.HistogramVec
@@ -78,6 +79,9 @@ func newMetrics() *metrics {
 		revision: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_registry_revision", Help: "etcd revision of the last published snapshot.",
 		}),
+		drained: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_drained_instances", Help: "Instances an operator's drain selects (served DRAINING whatever their agents report).",
+		}),
 		held: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_held_instances", Help: "Instances gone from the registry but held in the configuration by the mass-disappearance guard.",
 		}),
@@ -103,7 +107,7 @@ func newMetrics() *metrics {
 	}
 	reg.MustRegister(m.instances, m.services, m.rejected, m.rejectedNow, m.problems, m.streams,
 		m.responses, m.nacks, m.snapshots, m.snapshotErrors, m.translate, m.eventToPush,
-		m.etcdEvents, m.revision, m.ready, m.held, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal,
+		m.etcdEvents, m.revision, m.ready, m.held, m.drained, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

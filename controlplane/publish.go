@@ -83,6 +83,8 @@ func newPublisher(log zerolog.Logger, m *metrics, xds *xdscache.Cache, opts tran
 	}
 	p.translateState = p.tr.Translate
 	p.problems.log = log
+	p.drains.log = log.With().Str("component", "drains").Logger()
+	p.drains.onCount = func(n int) { m.drained.Set(float64(n)) }
 	return p
 }
 
