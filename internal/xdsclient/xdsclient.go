@@ -60,7 +60,8 @@ type Client struct {
 	Node    *core.Node
 	// NACK, when set, is asked about every response; returning a non-empty message rejects it.
 	NACK func(typeURL string, resources map[string]proto.Message) string
-	// OnUpdate, when set, is called for every response after it is applied.
+	// OnUpdate, when set, is called for every response after it is applied to the view and
+	// before WaitFor's conditions are checked again.
 	OnUpdate func(Update)
 	// Light, when set before Run, keeps no resources, only their names and versions, and
 	// decodes only clusters and listeners (to follow them to endpoints and routes): Update
@@ -273,12 +274,8 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 		c.versions[typeURL] = resp.GetVersionInfo()
 		follow, followNames := c.followLocked(typeURL)
 		names := c.subs[typeURL]
-		c.notifyLocked()
 		c.mu.Unlock()
-		slices.Sort(upd.Names)
-		if c.OnUpdate != nil {
-			c.OnUpdate(upd)
-		}
+		c.announce(upd)
 		if err := c.waitACK(ctx, typeURL); err != nil {
 			return err
 		}
@@ -359,12 +356,8 @@ func (c *Client) runDelta(ctx context.Context, ads discovery.AggregatedDiscovery
 		c.versions[typeURL] = resp.GetSystemVersionInfo()
 		prevNames := c.subs[followType(typeURL)]
 		follow, followNames := c.followLocked(typeURL)
-		c.notifyLocked()
 		c.mu.Unlock()
-		slices.Sort(upd.Names)
-		if c.OnUpdate != nil {
-			c.OnUpdate(upd)
-		}
+		c.announce(upd)
 		if err := c.waitACK(ctx, typeURL); err != nil {
 			return err
 		}
@@ -479,6 +472,19 @@ func (c *Client) nackMessage(typeURL string, got map[string]proto.Message) strin
 func (c *Client) countNACK() {
 	c.mu.Lock()
 	c.nacks++
+	c.notifyLocked()
+	c.mu.Unlock()
+}
+
+// announce tells OnUpdate, then WaitFor's waiters, of an update applied to the view: a
+// condition met by the update is seen only after OnUpdate has it (a test recording updates
+// reads them right after its wait).
+func (c *Client) announce(upd Update) {
+	slices.Sort(upd.Names)
+	if c.OnUpdate != nil {
+		c.OnUpdate(upd)
+	}
+	c.mu.Lock()
 	c.notifyLocked()
 	c.mu.Unlock()
 }
