@@ -6,17 +6,18 @@ import "google.golang.org/grpc/mem"
 // size class (1 MB).
 const maxPooledBuffer = 1 << 20
 
-// xdsBufferPool is gRPC's default buffer pool for buffers up to 1 MB; a larger one (a
-// thousand services' endpoints or routes are several MB in one response) is allocated for its
-// message and left to the collector. gRPC's default pool keeps larger buffers in one sync.Pool
-// of any size: a Get that finds one too small puts it back and allocates, so buffers of the
-// wrong size pile up between collections. With 1,000 Envoys connecting to 1,000 services
-// that was 480 MB of the heap (docs/performance.md).
-type xdsBufferPool struct{ small mem.BufferPool }
+// BufferPool returns the buffer pool the control plane's binary gives gRPC
+// (experimental.SetDefaultBufferPool, which also reaches the proto codec's marshalling): gRPC's
+// default pool for buffers up to 1 MB, while a larger one (a thousand services' endpoints are
+// several MB in one response) is allocated for its message and left to the collector. gRPC's
+// default pool keeps larger buffers in one sync.Pool of any size, where a Get that finds one
+// too small puts it back and allocates: while 1,000 Envoys fetched their first configuration,
+// such buffers were 260-480 MB of the heap (docs/performance.md).
+func BufferPool() mem.BufferPool { return bufferPool{small: mem.DefaultBufferPool()} }
 
-func newXDSBufferPool() xdsBufferPool { return xdsBufferPool{small: mem.DefaultBufferPool()} }
+type bufferPool struct{ small mem.BufferPool }
 
-func (p xdsBufferPool) Get(n int) *[]byte {
+func (p bufferPool) Get(n int) *[]byte {
 	if n > maxPooledBuffer {
 		b := make([]byte, n)
 		return &b
@@ -24,7 +25,7 @@ func (p xdsBufferPool) Get(n int) *[]byte {
 	return p.small.Get(n)
 }
 
-func (p xdsBufferPool) Put(b *[]byte) {
+func (p bufferPool) Put(b *[]byte) {
 	if cap(*b) > maxPooledBuffer {
 		return
 	}

@@ -24,7 +24,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tetherlb/tether/controlplane/translate"
@@ -297,7 +296,6 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		// configuration slowly must not be cut off, so it is generous.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 30 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		experimental.BufferPool(newXDSBufferPool()),
 	)
 	cp.grpc = grpc.NewServer(opts...)
 	xds := serverv3.NewServer(ctx, cache, cache.Callbacks(cp.tracker.callbacks()))
