@@ -53,7 +53,7 @@ func (c *Cache) Acks(typeURL string, visit func(a StreamAck, subscribed func(nam
 		}
 		a.Version, a.Whole, a.Waiting, a.NACKed = w.acked, w.acked != "" && w.ackedGen == w.subsGen, w.outstanding, w.nacked
 		a.Watching = true
-		visit(a, w.subscribed)
+		visit(a, func(name string) bool { return c.indexed(w, name) })
 	}
 }
 

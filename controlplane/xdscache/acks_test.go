@@ -259,3 +259,52 @@ func TestNACKThenACKIsNotWhole(t *testing.T) {
 		})
 	}
 }
+
+// TestAcksWhileSubscriptionsChange: Acks (the two-phase publication asks it on every ACK
+// burst) may run while go-control-plane's delta server edits a stream's subscription map, which
+// it does between cancelling a watch and creating the next, outside this cache's lock. Acks
+// must answer "subscribed" from the cache's own index, never from the server's map: under
+// -race a read of the server's map shows as a data race (and could be a fatal concurrent map
+// access in production).
+func TestAcksWhileSubscriptionsChange(t *testing.T) {
+	c := New(Options{})
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", 5001)}})
+	d := openDelta(t, serve(t, c))
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNamesSubscribe: []string{"a"}})
+	d.next(t, "first response")
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			c.Acks(resourcev3.EndpointType, func(_ StreamAck, subscribed func(string) bool) {
+				if subscribed("b") {
+					n++
+				}
+			})
+		}
+	}()
+	for i := range 200 {
+		req := &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}}
+		if i%2 == 1 {
+			req = &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesUnsubscribe: []string{"b"}}
+		}
+		d.send(t, req)
+	}
+	// The last request unsubscribed b: once the cache has seen it, Acks says so.
+	waitUntil(t, "the last unsubscription", func() bool {
+		sub := true
+		c.Acks(resourcev3.EndpointType, func(_ StreamAck, subscribed func(string) bool) { sub = subscribed("b") })
+		return !sub
+	})
+	close(stop)
+	if n := <-done; n == 0 {
+		t.Log("Acks never saw b subscribed while the subscriptions changed")
+	}
+}

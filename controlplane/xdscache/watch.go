@@ -85,6 +85,20 @@ type watcher struct {
 	dch        chan cachev3.DeltaResponse
 }
 
+// indexed reports whether w subscribes to name, from the cache's own index. Unlike subscribed
+// it is safe under the cache's lock from any goroutine: go-control-plane's delta server edits
+// its subscription map (w.names) between cancelling a watch and creating the next, outside
+// this cache's lock, while the index changes only under it.
+func (c *Cache) indexed(w *watcher, name string) bool {
+	if w.wildcard {
+		return true
+	}
+	_, ok := w.st.group.subs[w.t][name][w]
+	return ok
+}
+
+// subscribed reports whether w subscribes to name, from the server's map: only for the
+// stream's own goroutine (CreateWatch and CreateDeltaWatch), or for an armed watcher.
 func (w *watcher) subscribed(name string) bool {
 	if w.wildcard {
 		return true
