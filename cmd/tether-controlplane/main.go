@@ -192,6 +192,7 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 		return 2
 	}
 	o.cfg.Logger = log
+	setMemoryLimit(log, nil)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
