@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc/experimental"
-
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/drain"
@@ -30,10 +28,6 @@ var subcommands = map[string]func(ctx context.Context, args []string, lookup fun
 	"drain":  drain.Main,
 	"drains": drain.ListMain,
 }
-
-// init gives gRPC the control plane's buffer pool, for the whole process (gRPC reads it at
-// init time only): see controlplane.BufferPool.
-func init() { experimental.SetDefaultBufferPool(controlplane.BufferPool()) }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stderr))
