@@ -35,9 +35,27 @@ const (
 	clusterElectionMs = 300
 )
 
-// StartCluster starts an n-member cluster, stopped when the test ends.
+// StartCluster starts an n-member cluster, stopped when the test ends. A start whose ports
+// were taken (between FreePort's probe and etcd binding them) is tried again on fresh ports
+// and directories.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		c, err := startCluster(t, n)
+		if err == nil {
+			return c
+		}
+		if !addrInUse(err) || attempt == 3 {
+			t.Fatalf("start etcd cluster: %v", err)
+		}
+	}
+}
+
+// startCluster starts the members together (none is ready before a quorum is up) and waits
+// for every start to return, even after one failed: a member still starting when the test
+// ends would open its data directory as the test removes it (etcd panics then, killing the
+// test binary). Members that started are stopped when the test ends.
+func startCluster(t testing.TB, n int) (*Cluster, error) {
 	c := &Cluster{}
 	var initial []string
 	for i := range n {
@@ -54,17 +72,21 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		m.initial = strings.Join(initial, ",")
 	}
 	t.Cleanup(c.Stop)
-	// Members start together: none is ready before a quorum is up.
 	errs := make(chan error, n)
 	for _, m := range c.Members {
 		go func() { errs <- m.start() }()
 	}
+	var first error
 	for range n {
-		if err := <-errs; err != nil {
-			t.Fatalf("start etcd cluster: %v", err)
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	return c
+	if first != nil {
+		c.Stop()
+		return nil, first
+	}
+	return c, nil
 }
 
 func (m *Member) start() error {
