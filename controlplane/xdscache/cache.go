@@ -92,6 +92,7 @@ type Cache struct {
 	sotwReqs  map[*discovery.DiscoveryRequest]*stream
 	deltaReqs map[*discovery.DeltaDiscoveryRequest]*stream
 	epochNow  uint64     // notify count, to list each watcher once
+	watchers  uint64     // watchers numbered so far (watcher.id)
 	inflight  int        // initial-sync slots taken
 	queue     []*watcher // first responses waiting for a slot
 }

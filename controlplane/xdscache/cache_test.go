@@ -2,6 +2,7 @@ package xdscache
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -679,5 +680,34 @@ func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
 	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.GetNonce()})
 	if got, _ := b.next(t, "b's first response once a answered"); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("b's first response carried %v", got)
+	}
+}
+
+// TestWatcherSetIsASet: over random additions and removals a watcherSet holds exactly what a
+// map would, sorted by id, each watcher once.
+func TestWatcherSetIsASet(t *testing.T) {
+	ws := make([]*watcher, 50)
+	for i := range ws {
+		ws[i] = &watcher{id: uint64(i*7%50 + 1)}
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	var s watcherSet
+	want := map[*watcher]bool{}
+	for range 2000 {
+		w := ws[rng.IntN(len(ws))]
+		if rng.IntN(2) == 0 {
+			s, want[w] = s.add(w), true
+		} else {
+			s = s.remove(w)
+			delete(want, w)
+		}
+		if len(s) != len(want) || !slices.IsSortedFunc(s, func(a, b *watcher) int { return cmp.Compare(a.id, b.id) }) {
+			t.Fatalf("set of %d (sorted %v), want %d", len(s), slices.IsSortedFunc(s, func(a, b *watcher) int { return cmp.Compare(a.id, b.id) }), len(want))
+		}
+		for _, x := range ws {
+			if s.has(x) != want[x] {
+				t.Fatalf("has(%d) = %v, want %v", x.id, s.has(x), want[x])
+			}
+		}
 	}
 }
