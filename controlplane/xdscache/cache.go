@@ -181,26 +181,15 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 			entries[name] = o
 			continue
 		}
-		if c.opts.Check != nil {
-			if err := c.opts.Check(r); err != nil {
-				return nil, nil, fmt.Errorf("%s %q: %w", short, name, err)
-			}
-		}
-		b, err := cachev3.MarshalResource(r)
+		e, err := c.encode(old.url, name, r, o)
 		if err != nil {
-			return nil, nil, fmt.Errorf("encode %s %q: %w", short, name, err)
+			return nil, nil, err
 		}
-		version := cachev3.HashResource(b)
-		if o != nil && o.version == version {
-			// Same content, new pointer: keep the encoding, remember the pointer.
-			entries[name] = &entry{res: r, version: version, sum: o.sum, any: o.any, dres: o.dres}
-			continue
+		entries[name] = e
+		if o == nil || o.version != e.version {
+			added = added || o == nil
+			changed = append(changed, name)
 		}
-		added = added || o == nil
-		a := &anypb.Any{TypeUrl: old.url, Value: b}
-		entries[name] = &entry{res: r, version: version, sum: sha256.Sum256([]byte(name + "\x00" + version)),
-			any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a}}
-		changed = append(changed, name)
 	}
 	for name := range old.entries {
 		if _, ok := entries[name]; !ok {
@@ -247,34 +236,19 @@ func (c *Cache) buildInPlace(old *typeState, items []types.Resource) (*typeState
 			at = append(at, i)
 		}
 	}
-	short := old.url[strings.LastIndexByte(old.url, '.')+1:]
-	var entries map[string]*entry
+	entries := maps.Clone(old.entries)
 	var changed []string
 	for _, i := range at {
-		r := items[i]
-		name := cachev3.GetResourceName(r)
+		name := cachev3.GetResourceName(items[i])
 		o := old.entries[name]
-		if c.opts.Check != nil {
-			if err := c.opts.Check(r); err != nil {
-				return nil, nil, false, fmt.Errorf("%s %q: %w", short, name, err)
-			}
-		}
-		b, err := cachev3.MarshalResource(r)
+		e, err := c.encode(old.url, name, items[i], o)
 		if err != nil {
-			return nil, nil, false, fmt.Errorf("encode %s %q: %w", short, name, err)
+			return nil, nil, false, err
 		}
-		if entries == nil {
-			entries = maps.Clone(old.entries)
+		entries[name] = e
+		if o.version != e.version {
+			changed = append(changed, name)
 		}
-		version := cachev3.HashResource(b)
-		if o != nil && o.version == version {
-			entries[name] = &entry{res: r, version: version, sum: o.sum, any: o.any, dres: o.dres}
-			continue
-		}
-		a := &anypb.Any{TypeUrl: old.url, Value: b}
-		entries[name] = &entry{res: r, version: version, sum: sha256.Sum256([]byte(name + "\x00" + version)),
-			any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a}}
-		changed = append(changed, name)
 	}
 	ts := &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, items: items}
 	if len(changed) == 0 {
@@ -289,6 +263,28 @@ func (c *Cache) buildInPlace(old *typeState, items []types.Resource) (*typeState
 	}
 	sort.Strings(changed)
 	return ts, changed, true, nil
+}
+
+// encode checks and marshals a new or changed resource. When its content is old's (same
+// encoding, new pointer) the old encoding is kept, with the new pointer remembered.
+func (c *Cache) encode(url, name string, r types.Resource, old *entry) (*entry, error) {
+	short := url[strings.LastIndexByte(url, '.')+1:]
+	if c.opts.Check != nil {
+		if err := c.opts.Check(r); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", short, name, err)
+		}
+	}
+	b, err := cachev3.MarshalResource(r)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s %q: %w", short, name, err)
+	}
+	version := cachev3.HashResource(b)
+	if old != nil && old.version == version {
+		return &entry{res: r, version: version, sum: old.sum, any: old.any, dres: old.dres}, nil
+	}
+	a := &anypb.Any{TypeUrl: url, Value: b}
+	return &entry{res: r, version: version, sum: sha256.Sum256([]byte(name + "\x00" + version)),
+		any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a}}, nil
 }
 
 // typeVersion hashes a type's names and resource versions: the same resources give the same

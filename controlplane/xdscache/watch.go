@@ -118,25 +118,14 @@ type watcher struct {
 	dch        chan cachev3.DeltaResponse
 }
 
-// indexed reports whether w subscribes to name, from the cache's own index. Unlike subscribed
-// it is safe under the cache's lock from any goroutine: go-control-plane's delta server edits
-// its subscription map (w.names) between cancelling a watch and creating the next, outside
-// this cache's lock, while the index changes only under it.
+// indexed reports whether w subscribes to name, from the cache's own index: safe under the
+// cache's lock from any goroutine, unlike a read of w.names, which go-control-plane's delta
+// server edits between cancelling a watch and creating the next, outside this cache's lock.
 func (c *Cache) indexed(w *watcher, name string) bool {
 	if w.wildcard {
 		return true
 	}
 	return w.st.group.subs[w.t][name].has(w)
-}
-
-// subscribed reports whether w subscribes to name, from the server's map: only for the
-// stream's own goroutine (CreateWatch and CreateDeltaWatch), or for an armed watcher.
-func (w *watcher) subscribed(name string) bool {
-	if w.wildcard {
-		return true
-	}
-	_, ok := w.names[name]
-	return ok
 }
 
 // nextWatcher numbers a new watcher (under c.mu).
@@ -464,7 +453,7 @@ func (c *Cache) setWhole(w *watcher, wildcard bool, names map[string]struct{}) {
 	w.pendingAll = true
 	if !wildcard {
 		for n := range w.held {
-			if !w.subscribed(n) {
+			if !c.indexed(w, n) {
 				delete(w.held, n) // an initial version of a name not subscribed: forget it
 			}
 		}
