@@ -69,45 +69,38 @@ func (a *drainApplier) drain(st *registry.State) *registry.State {
 	return out
 }
 
-// report logs the instances drained or released since the last apply, service by service
-// where the drained copy changed, and counts those drained.
+// report logs the instances drained or released since the last apply and counts those
+// drained; it costs the drained instances, which are few.
 func (a *drainApplier) report() {
+	now := make(map[string]map[string]registry.DrainMark, len(a.memo))
 	n := 0
 	for name, m := range a.memo {
-		n += len(m.out.Drained)
+		if len(m.out.Drained) > 0 {
+			now[name] = m.out.Drained
+			n += len(m.out.Drained)
+		}
+	}
+	for name, marks := range now {
 		was := a.marked[name]
-		if len(was) == len(m.out.Drained) && maps.Equal(was, m.out.Drained) {
+		if maps.Equal(was, marks) {
 			continue
 		}
-		for id, mark := range m.out.Drained {
+		for id, mark := range marks {
 			if old, ok := was[id]; !ok || old.Name != mark.Name {
 				a.log.Info().Str("service", name).Str("instance", id).Str("drain", mark.Name).
 					Msg("operator drain applied: the instance takes no new sessions")
 			}
 		}
+	}
+	for name, was := range a.marked {
 		for id, mark := range was {
-			if _, ok := m.out.Drained[id]; !ok {
+			if _, ok := now[name][id]; !ok {
 				a.log.Info().Str("service", name).Str("instance", id).Str("drain", mark.Name).
 					Msg("operator drain no longer applies to the instance (undone, or the instance left)")
 			}
 		}
 	}
-	for name, was := range a.marked {
-		if _, ok := a.memo[name]; ok {
-			continue
-		}
-		for id, mark := range was {
-			a.log.Info().Str("service", name).Str("instance", id).Str("drain", mark.Name).
-				Msg("operator drain no longer applies to the instance (undone, or the instance left)")
-		}
-	}
-	marked := make(map[string]map[string]registry.DrainMark, len(a.memo))
-	for name, m := range a.memo {
-		if len(m.out.Drained) > 0 {
-			marked[name] = m.out.Drained
-		}
-	}
-	a.marked = marked
+	a.marked = now
 	if a.onCount != nil {
 		a.onCount(n)
 	}
