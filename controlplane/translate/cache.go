@@ -77,7 +77,7 @@ func (c *Cache) Translate(st *registry.State) *Resources {
 // assembled is the last assembly and where each service's cluster and endpoints sit in it.
 type assembled struct {
 	res *Resources
-	pos map[string]int // service -> index in res.Clusters and res.Endpoints
+	pos map[string]int // cluster name -> index in res.Clusters and res.Endpoints
 }
 
 func newAssembled(res *Resources) *assembled {
@@ -94,22 +94,24 @@ func newAssembled(res *Resources) *assembled {
 // problems. A load change then costs a copy of two slices, not a sort and a claim pass over
 // every service. ok is false when the assembly must be done again.
 func (a *assembled) replaced(changed []*ServiceResources, prev map[string]cacheEntry) (*assembled, bool) {
-	for _, r := range changed {
+	at := make([]int, len(changed))
+	for k, r := range changed {
 		p := prev[r.Name].res
 		if p == nil || r.Cluster == nil || p.Cluster == nil || !sameRoutes(r.Routes, p.Routes) ||
 			!slices.Equal(r.Domains, p.Domains) || r.PathPrefix != p.PathPrefix || r.Configured != p.Configured ||
 			r.Created != p.Created || !slices.Equal(r.Problems, p.Problems) {
 			return nil, false
 		}
-		if _, ok := a.pos[ClusterName(r.Name)]; !ok {
+		i, ok := a.pos[r.Cluster.GetName()]
+		if !ok {
 			return nil, false
 		}
+		at[k] = i
 	}
 	res := &Resources{Listeners: slices.Clip(a.res.Listeners), Routes: slices.Clip(a.res.Routes),
 		Clusters: slices.Clone(a.res.Clusters), Endpoints: slices.Clone(a.res.Endpoints), Problems: slices.Clip(a.res.Problems)}
-	for _, r := range changed {
-		i := a.pos[ClusterName(r.Name)]
-		res.Clusters[i], res.Endpoints[i] = r.Cluster, r.Endpoints
+	for k, r := range changed {
+		res.Clusters[at[k]], res.Endpoints[at[k]] = r.Cluster, r.Endpoints
 	}
 	return &assembled{res: res, pos: a.pos}, true
 }
