@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
@@ -243,8 +244,11 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		}
 		cp.log.Info().Str("dataDir", dir).Str("clientURL", cfg.EmbeddedClientURL).Msg("no --etcd-endpoints: starting embedded etcd")
 		e, err := etcdembed.Start(ctx, etcdembed.Config{Dir: dir, ClientURL: cfg.EmbeddedClientURL, PeerURL: cfg.EmbeddedPeerURL})
-		if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("%w (is another etcd already on %s? pass --etcd-endpoints to use it)", err, cfg.EmbeddedClientURL)
+		}
+		if err != nil {
+			return nil, err
 		}
 		cp.embedded = e
 		cfg.Etcd.Endpoints = e.Endpoints

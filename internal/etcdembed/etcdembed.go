@@ -5,12 +5,17 @@ package etcdembed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Config configures the embedded single-node etcd.
@@ -24,7 +29,8 @@ type Config struct {
 	// TickMs and ElectionMs are etcd's heartbeat and election times; 0 keeps etcd's defaults.
 	TickMs, ElectionMs uint
 	// LogLevel of etcd's own logger (debug, info, warn, error); empty discards etcd's logs,
-	// whose shutdown chatter is logged at error level.
+	// whose shutdown chatter is logged at error level, except the entry with which etcd gives
+	// up (see QuietLogger).
 	LogLevel string
 	// StartTimeout bounds the wait for the server to be ready; 0 means 60 s.
 	StartTimeout time.Duration
@@ -59,7 +65,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if c.LogLevel != "" {
 		cfg.LogLevel = c.LogLevel
 	} else {
-		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(QuietLogger(zapcore.Lock(os.Stderr)))
 	}
 	if c.TickMs > 0 {
 		cfg.TickMs = c.TickMs
@@ -72,6 +78,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.AutoCompactionRetention = "1h"
 	if c.Configure != nil {
 		c.Configure(cfg)
+	}
+	if err := checkDatabase(c.Dir); err != nil {
+		return nil, err
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
@@ -102,8 +111,36 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	return &Server{etcd: e, Endpoints: eps}, nil
 }
 
+// checkDatabase opens etcd's database read-only before etcd does. etcd opens it in a goroutine
+// that panics on any error (storage/backend.newBackend) and waits without end for another
+// process's lock; checked first, a damaged file or a second process on the same data directory
+// is an error that says what to do.
+func checkDatabase(dir string) error {
+	path := filepath.Join(dir, "member", "snap", "db")
+	if info, err := os.Stat(path); err != nil || info.Size() == 0 {
+		return nil // none yet, or one that etcd initializes: etcd reports any other trouble
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	switch {
+	case errors.Is(err, bolt.ErrTimeout):
+		return fmt.Errorf("embedded etcd: its database %s is locked by another process (another control plane on this data directory?)", path)
+	case err != nil:
+		return fmt.Errorf("embedded etcd: its database %s cannot be opened: %w (restore the data directory from a backup, or move it aside to start with an empty registry)", path, err)
+	}
+	return db.Close()
+}
+
 // Err reports a fatal server error.
 func (e *Server) Err() <-chan error { return e.etcd.Err() }
 
 // Close stops the server and waits for it.
 func (e *Server) Close() { e.etcd.Close() }
+
+// QuietLogger is etcd's logger when its logs are not wanted: it writes only entries at DPanic
+// level and above to w. etcd gives up with Logger.Panic or Logger.Fatal (a data file it cannot
+// open, for one), and the panic alone carries only the message; the entry written first
+// carries etcd's error and the path, with fields for the caller's context.
+func QuietLogger(w zapcore.WriteSyncer, fields ...zap.Field) *zap.Logger {
+	enc := zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
+	return zap.New(zapcore.NewCore(enc, w, zapcore.DPanicLevel)).With(fields...)
+}

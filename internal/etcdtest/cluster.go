@@ -23,6 +23,7 @@ type Cluster struct {
 type Member struct {
 	Name, Dir, ClientURL, PeerURL string
 	initial                       string // the initial cluster, name=peerURL,...
+	logger                        *zap.Logger
 
 	mu sync.Mutex
 	e  *embed.Etcd
@@ -65,6 +66,7 @@ func startCluster(t testing.TB, n int) (*Cluster, error) {
 			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
 		}
+		m.logger = crashLogger(t, m.Dir)
 		initial = append(initial, m.Name+"="+m.PeerURL)
 		c.Members = append(c.Members, m)
 	}
@@ -106,7 +108,7 @@ func (m *Member) start() error {
 	cfg.InitialCluster = m.initial
 	cfg.InitialClusterToken = "tether-test"
 	cfg.TickMs, cfg.ElectionMs = clusterTickMs, clusterElectionMs
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(m.logger)
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return fmt.Errorf("member %s: %w", m.Name, err)

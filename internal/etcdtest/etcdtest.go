@@ -72,11 +72,11 @@ func FreePort(t testing.TB) int {
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	s := &Server{Dir: t.TempDir()}
-	if len(opts) > 0 {
-		s.configure = func(c *embed.Config) {
-			for _, o := range opts {
-				o(c)
-			}
+	logger := crashLogger(t, s.Dir)
+	s.configure = func(c *embed.Config) {
+		c.ZapLoggerBuilder = embed.NewZapLoggerBuilder(logger)
+		for _, o := range opts {
+			o(c)
 		}
 	}
 	t.Cleanup(s.close)
