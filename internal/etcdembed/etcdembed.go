@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -122,7 +123,7 @@ func checkDatabase(dir string) error {
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
 	switch {
-	case errors.Is(err, bolt.ErrTimeout):
+	case errors.Is(err, bolterrors.ErrTimeout):
 		return fmt.Errorf("embedded etcd: its database %s is locked by another process (another control plane on this data directory?)", path)
 	case err != nil:
 		return fmt.Errorf("embedded etcd: its database %s cannot be opened: %w (restore the data directory from a backup, or move it aside to start with an empty registry)", path, err)
