@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
@@ -153,6 +154,7 @@ type harness struct {
 	envoys   []*simEnvoy
 	conns    []*grpc.ClientConn
 	obs      *observer
+	holds    *holdings      // what every Envoy holds, for the final check
 	wg       sync.WaitGroup // simulated Envoy streams
 }
 
@@ -267,6 +269,9 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	if err := h.spaced(ctx, rep); err != nil {
 		return nil, err
 	}
+	if err := h.converge(ctx, rep); err != nil {
+		return nil, err
+	}
 	for i, v := range h.variants {
 		d, err := h.firstConfig(ctx, v, i)
 		if err != nil {
@@ -314,6 +319,11 @@ func (h *harness) startEtcd(ctx context.Context, dir string) error {
 
 // connect opens the simulated Envoys and waits until every one holds the full configuration.
 func (h *harness) connect(ctx context.Context) error {
+	clusters := make([]string, len(h.svcs))
+	for i, s := range h.svcs {
+		clusters[i] = translate.ClusterName(s.name)
+	}
+	h.holds = newHoldings(clusters, h.cfg.Envoys)
 	for i := range h.cfg.Envoys {
 		if i%h.cfg.ClientsPerConn == 0 {
 			conn, err := dial(h.cp.xds)
@@ -329,6 +339,7 @@ func (h *harness) connect(ctx context.Context) error {
 		e.c.OnUpdate = func(u xdsclient.Update) {
 			e.bytes.Add(int64(u.Bytes))
 			h.obs.onUpdate(e.idx, u)
+			h.holds.record(e.idx, u)
 		}
 		h.envoys = append(h.envoys, e)
 		conn := h.conns[len(h.conns)-1]

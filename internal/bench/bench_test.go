@@ -49,6 +49,9 @@ func TestRunTiny(t *testing.T) {
 		if p.P50 <= 0 || p.P99 < p.P50 || p.Max < p.P99 {
 			t.Errorf("%s: latency %+v is not positive and ordered", v.Variant, p)
 		}
+		if v.Diverged != 0 {
+			t.Errorf("%s: %d Envoys do not hold the registry's endpoints after %.1f s", v.Variant, v.Diverged, rep.SettledSeconds)
+		}
 		if v.BytesPerChangePerEnvoy <= 0 || v.LoadChangeBytesPerEnvoy <= 0 || v.FirstConfigMs <= 0 || v.StreamErrors != 0 {
 			t.Errorf("%s: incomplete figures %+v", v.Variant, v)
 		}

@@ -60,6 +60,9 @@ type VariantReport struct {
 	SpacedPropagation Latency `json:"spacedPropagation"`
 	SpacedOverFloor   Latency `json:"spacedOverFloor"`
 	SpacedMissed      int     `json:"spacedMissed"`
+	// Diverged counts Envoys that, at the end of the run (see Report.SettledSeconds), did not
+	// hold the endpoints the registry calls for: what a lost change leaves behind.
+	Diverged int `json:"diverged"`
 	// StreamErrors counts simulated Envoy streams that failed during the run.
 	StreamErrors int `json:"streamErrors"`
 }
@@ -125,6 +128,9 @@ type Report struct {
 	// being published (both from its own histograms, during the scenario).
 	TranslateMeanMs   float64 `json:"translateMeanMs"`
 	EventToPushMeanMs float64 `json:"eventToPushMeanMs"`
+	// SettledSeconds is the wait, after the last change, until every Envoy held the endpoints
+	// the registry calls for (at most a minute; see VariantReport.Diverged).
+	SettledSeconds float64 `json:"settledSeconds"`
 	// SeedSeconds is the time to write the initial registry; ControlPlaneReadySeconds the
 	// time from starting the control plane to its first published snapshot; ConnectSeconds
 	// the time for all Envoys to connect and hold the full configuration.
@@ -137,7 +143,7 @@ type Report struct {
 func WriteTable(w io.Writer, reports []*Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	cols := []string{"N", "S", "E", "variant", "changes", "p50 ms", "p99 ms", "max ms", "etcd p50", "etcd p99",
-		"ratio p99", "missed", "guard held", "B/chg/Envoy", "B/load chg", "first cfg ms", "pushes/s", "CP cores", "CP MB connect", "CP MB scenario", "harness cores", ""}
+		"ratio p99", "missed", "guard held", "diverged", "B/chg/Envoy", "B/load chg", "first cfg ms", "pushes/s", "CP cores", "CP MB connect", "CP MB scenario", "harness cores", ""}
 	fmt.Fprintln(tw, strings.Join(cols, "\t"))
 	for _, r := range reports {
 		total := 0
@@ -145,9 +151,9 @@ func WriteTable(w io.Writer, reports []*Report) error {
 			total += n
 		}
 		for _, v := range r.Variants {
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t%.2f\t%.0f\t%.0f\t%.2f\t\n",
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t%.2f\t%.0f\t%.0f\t%.2f\t\n",
 				r.Instances, r.Services, v.Envoys, v.Variant, total, v.Propagation.P50, v.Propagation.P99, v.Propagation.Max,
-				r.EtcdFloor.P50, r.EtcdFloor.P99, v.FloorRatioP99, v.Missed, r.HeldExpiries, v.BytesPerChangePerEnvoy, v.LoadChangeBytesPerEnvoy,
+				r.EtcdFloor.P50, r.EtcdFloor.P99, v.FloorRatioP99, v.Missed, r.HeldExpiries, v.Diverged, v.BytesPerChangePerEnvoy, v.LoadChangeBytesPerEnvoy,
 				v.FirstConfigMs, r.PushesPerSecond, r.ControlPlaneCores, float64(r.ConnectPeakRSSBytes)/(1<<20), float64(r.ScenarioPeakRSSBytes)/(1<<20), r.HarnessCores)
 		}
 	}
