@@ -85,9 +85,7 @@ func (*Cache) nacked(w *watcher) {
 	w.subsGen++
 	if w.delta && w.dresp != nil {
 		for _, r := range w.dresp.GetResources() {
-			if _, ok := w.held[r.GetName()]; ok {
-				w.held[r.GetName()] = ""
-			}
+			w.held.forget(r.GetName())
 		}
 	}
 	// SotW listeners and clusters go by version and are always sent whole: nothing to do.

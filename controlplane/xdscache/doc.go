@@ -42,14 +42,20 @@
 //     stream's open to its close (the cache's Callbacks bind each request to its stream), so
 //     an ACK that changes no subscription re-arms in O(1): nothing pending, nothing to do. A
 //     first sync marks "everything pending" without listing it.
-//   - What a delta Envoy holds (name -> version, as sent, as go-control-plane keeps it; after
-//     a NACK the refused resources' versions are forgotten) is the very map the server keeps as ReturnedResources, and
-//     the names subscribed are the server's own map: nothing is copied per stream. The server
-//     touches both only between cancelling a watch and creating the next, and every cancel
-//     takes this cache's lock, which orders its edits (forgetting unsubscribed names) after
-//     this cache's writes. A SotW watcher keeps no held map: SotW cannot remove endpoints or
-//     routes anyway, so it sends the changed names (an A -> B -> A change while unarmed sends A
-//     again, which Envoy takes as no change), and listeners and clusters go by type version.
+//   - What a delta Envoy holds (name -> version, as sent; after a NACK the refused resources'
+//     versions are forgotten) is kept in a sorted slice, 32 bytes a name, not in the map that
+//     go-control-plane keeps as ReturnedResources (about 78 bytes a name): a thousand Envoys
+//     holding two thousand resources each are two million names. Each response hands the
+//     server a small map of the watcher's own as NextVersionMap; the server edits it when the
+//     Envoy unsubscribes (it marks "" a name unsubscribed from a wildcard watch, so that the
+//     next response says whether it still exists, and drops the others), and the next
+//     CreateDeltaWatch applies those edits to the slice and clears the map. The names
+//     subscribed are the server's own map: nothing is copied per stream. The server touches
+//     both only between cancelling a watch and creating the next, and every cancel takes this
+//     cache's lock, which orders its edits after this cache's writes. A SotW watcher keeps no
+//     held set: SotW cannot remove endpoints or routes anyway, so it sends the changed names
+//     (an A -> B -> A change while unarmed sends A again, which Envoy takes as no change), and
+//     listeners and clusters go by type version.
 //   - Per group and type, an index name -> watchers (and the wildcard watchers) is kept while
 //     a watcher subscribes, not per watch: a change visits only the watchers of changed
 //     names, adds the names to their pending sets, and answers those armed now.

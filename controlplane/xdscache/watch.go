@@ -84,10 +84,16 @@ type watcher struct {
 	// lastNames are the resource_names of the last SotW request: an ACK repeating them
 	// changes nothing.
 	lastNames []string
-	// held is what a delta Envoy holds, name -> version sent: the map the server keeps as the
-	// subscription's ReturnedResources. A SotW watcher keeps none: it sends what changed
-	// (an A -> B -> A change while it is unarmed sends A again, which Envoy takes as no change).
-	held       map[string]string
+	// held is what a delta Envoy holds, name -> version sent. A SotW watcher keeps none: it
+	// sends what changed (an A -> B -> A change while it is unarmed sends A again, which Envoy
+	// takes as no change).
+	held heldSet
+	// marks is the map a delta response hands the server as NextVersionMap, which it keeps as
+	// the subscription's ReturnedResources. The server edits that map when the Envoy
+	// unsubscribes: it marks a name unsubscribed from a wildcard watch with "" (the next
+	// response must say whether it still exists) and drops others. held is the cache's own, so
+	// the map carries only those marks, read into held and cleared by the next CreateDeltaWatch.
+	marks      map[string]string
 	sent       string              // SotW full-state types: the type version last sent
 	pending    map[string]struct{} // names changed since the last response, all subscribed
 	pendingAll bool                // every subscribed name (and held one) is pending: a first sync
@@ -340,10 +346,10 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 	w := st.watchers[t]
 	switch {
 	case w == nil:
-		w = &watcher{id: c.nextWatcher(), st: st, t: t, delta: true, held: sub.ReturnedResources(), pending: map[string]struct{}{}}
-		if w.held == nil {
-			w.held = map[string]string{}
-		}
+		// What the Envoy holds from before (initial_resource_versions), as the cache's own.
+		w = &watcher{id: c.nextWatcher(), st: st, t: t, delta: true, held: heldFrom(sub.ReturnedResources()),
+			marks: map[string]string{}, pending: map[string]struct{}{}}
+		clear(sub.ReturnedResources())
 		st.watchers[t] = w
 		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
 	case w.wildcard != sub.IsWildcard():
@@ -353,10 +359,11 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 		for _, n := range req.GetResourceNamesUnsubscribe() {
 			c.unindexName(w, n)
 		}
-		w.held = sub.ReturnedResources()
+		w.readMarks(req, sub.ReturnedResources())
 		c.setWhole(w, sub.IsWildcard(), sub.SubscribedResources())
 	default:
 		c.recordAnswerDelta(w, req)
+		w.readMarks(req, sub.ReturnedResources())
 		// The server has already added and removed these names in w.names; indexing is
 		// idempotent.
 		if len(req.GetResourceNamesSubscribe()) > 0 {
@@ -384,6 +391,20 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 		c.respond(w)
 	}
 	return c.canceller(w), nil
+}
+
+// readMarks applies to held the server's edits of ReturnedResources for the names req
+// unsubscribes (see watcher.marks), and clears the map: a name marked "" is held at no known
+// version (the next response carries it, or its removal), any other is no longer held.
+func (w *watcher) readMarks(req *discovery.DeltaDiscoveryRequest, rr map[string]string) {
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		if v, ok := rr[n]; ok && v == "" {
+			w.held.set(n, "")
+		} else if n != "*" {
+			w.held.del(n)
+		}
+	}
+	clear(rr)
 }
 
 // canceller returns the cancel of w's current arming. It always takes the lock: the server
@@ -452,11 +473,8 @@ func (c *Cache) setWhole(w *watcher, wildcard bool, names map[string]struct{}) {
 	}
 	w.pendingAll = true
 	if !wildcard {
-		for n := range w.held {
-			if !c.indexed(w, n) {
-				delete(w.held, n) // an initial version of a name not subscribed: forget it
-			}
-		}
+		// An initial version of a name not subscribed: forget it.
+		w.held.retain(func(n string) bool { return c.indexed(w, n) })
 	}
 }
 
@@ -585,8 +603,8 @@ func pendingNames(w *watcher, ts *typeState) []string {
 		}
 		names = make([]string, 0, len(all)+len(w.held)+len(w.pending))
 		names = append(names, all...)
-		for n := range w.held {
-			names = append(names, n)
+		for _, r := range w.held {
+			names = append(names, r.name)
 		}
 		w.pendingAll = false
 	} else {
@@ -662,18 +680,19 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 	var res []*discovery.Resource
 	var removed []string
 	for _, n := range names {
+		v, held := w.held.get(n)
 		if e := ts.entries[n]; e != nil {
-			if v, ok := w.held[n]; !ok || v != e.version {
+			if !held || v != e.version {
 				res = append(res, e.dres)
 			}
-		} else if _, ok := w.held[n]; ok {
+		} else if held {
 			removed = append(removed, n)
 		}
 	}
 	if len(res) == 0 && len(removed) == 0 && !w.replyEmpty {
 		return false
 	}
-	resp := &cachev3.DeltaPassthroughResponse{DeltaRequest: w.dreq, NextVersionMap: w.held,
+	resp := &cachev3.DeltaPassthroughResponse{DeltaRequest: w.dreq, NextVersionMap: w.marks,
 		DeltaDiscoveryResponse: &discovery.DeltaDiscoveryResponse{Resources: res, RemovedResources: removed,
 			TypeUrl: ts.url, SystemVersionInfo: ts.version}}
 	select {
@@ -687,12 +706,11 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 		}
 		return false
 	}
-	// The server reads this map only after cancelling the watch, which takes c.mu.
 	for _, r := range res {
-		w.held[r.GetName()] = r.GetVersion()
+		w.held.set(r.GetName(), r.GetVersion())
 	}
 	for _, n := range removed {
-		delete(w.held, n)
+		w.held.del(n)
 	}
 	w.sent, w.sentGen, w.outstanding = ts.version, w.subsGen, true
 	w.dresp = resp.DeltaDiscoveryResponse
