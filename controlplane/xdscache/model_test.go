@@ -177,7 +177,21 @@ func deltaRandomized(t *testing.T, seed uint64, steps int) {
 	settle(0, "connect")
 	for step := 1; step <= steps; step++ {
 		var what string
-		switch k := rng.IntN(10); {
+		switch k := rng.IntN(11); {
+		case k == 10:
+			// A cluster named on the wildcard subscription, or unsubscribed: the Envoy stays
+			// wildcard, and an unsubscribed name it named is sent again or removed (the server
+			// marks it unknown).
+			n := names[rng.IntN(len(names))]
+			req := &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node}
+			if rng.IntN(2) == 0 {
+				what = "name cluster " + n
+				req.ResourceNamesSubscribe = []string{n}
+			} else {
+				what = "unsubscribe cluster " + n
+				req.ResourceNamesUnsubscribe = []string{n}
+			}
+			d.send(t, req)
 		case k < 4:
 			what = "change"
 			change()
