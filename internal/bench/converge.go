@@ -34,8 +34,7 @@ func sigsOf(cla *endpointv3.ClusterLoadAssignment) claSigs {
 	for _, loc := range cla.GetEndpoints() {
 		for _, lb := range loc.GetLbEndpoints() {
 			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
-			out[sa.GetAddress()+":"+strconv.FormatUint(uint64(sa.GetPortValue()), 10)] =
-				sig{present: true, health: lb.GetHealthStatus(), weight: lb.GetLoadBalancingWeight().GetValue()}
+			out[sa.GetAddress()+":"+strconv.FormatUint(uint64(sa.GetPortValue()), 10)] = lbSig(lb)
 		}
 	}
 	return out

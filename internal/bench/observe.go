@@ -26,11 +26,15 @@ func sigOf(cla *endpointv3.ClusterLoadAssignment, addr string, port uint32) sig 
 		for _, lb := range loc.GetLbEndpoints() {
 			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
 			if sa.GetAddress() == addr && sa.GetPortValue() == port {
-				return sig{present: true, health: lb.GetHealthStatus(), weight: lb.GetLoadBalancingWeight().GetValue()}
+				return lbSig(lb)
 			}
 		}
 	}
 	return sig{}
+}
+
+func lbSig(lb *endpointv3.LbEndpoint) sig {
+	return sig{present: true, health: lb.GetHealthStatus(), weight: lb.GetLoadBalancingWeight().GetValue()}
 }
 
 // claOf returns m as a ClusterLoadAssignment, decoding it when a light client handed it
