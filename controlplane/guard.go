@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"github.com/tetherlb/tether/internal/mutation"
 	"maps"
 	"sort"
 	"time"
@@ -65,7 +66,7 @@ func newRemovalGuard(share float64, grace, window time.Duration, log zerolog.Log
 // apply returns next with held instances added back, and the time of the next release (zero
 // when nothing is held). Calls must come with non-decreasing now.
 func (g *removalGuard) apply(next *registry.State, now time.Time) (*registry.State, time.Time) {
-	if g.share <= 0 || g.grace <= 0 {
+	if g.share <= 0 || g.grace <= 0 || mutation.On(mutation.GuardHoldsNothing) {
 		g.last = next
 		return next, time.Time{}
 	}

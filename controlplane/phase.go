@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"github.com/tetherlb/tether/internal/mutation"
 	"maps"
 	"math"
 	"net"
@@ -165,7 +166,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 		for i, k := range r.keys {
 			e := ph.reach[k]
 			if e == nil {
-				e = &epPhase{rev: st.Revision, start: now, first: ph.started}
+				e = &epPhase{rev: st.Revision, start: now, first: ph.started && !mutation.On(mutation.PromoteAtOnce)}
 				ph.reach[k] = e
 				if e.first {
 					ph.first[k] = e

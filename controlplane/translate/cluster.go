@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"github.com/tetherlb/tether/internal/mutation"
 	"math"
 	"slices"
 	"strings"
@@ -250,6 +251,9 @@ func endpoints(svc string, cfg registry.ServiceConfig, insts []registry.Instance
 // healthStatus maps an instance state to its EDS health: full and draining instances are
 // DRAINING (they keep their sessions through override_host_status, take no new ones).
 func healthStatus(state registry.InstanceState) corev3.HealthStatus {
+	if mutation.On(mutation.FullUnhealthy) && state != registry.StateAvailable {
+		return corev3.HealthStatus_UNHEALTHY
+	}
 	switch state {
 	case registry.StateAvailable:
 		return corev3.HealthStatus_HEALTHY

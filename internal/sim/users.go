@@ -1,0 +1,271 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// user is a simulated browser: a cookie jar, the server that holds its session (as the app
+// said), and a session lifetime after which it logs out and closes the browser (its cookies
+// go). Each request goes through an Envoy of its group picked at random, as behind DNS
+// round-robin or an L4 balancer.
+type user struct {
+	name    string
+	service string
+	host    string
+	ip      string
+	rng     *rand.Rand
+
+	jar      map[string]jarCookie
+	server   string // the server holding the session; "" before one is made
+	since    time.Time
+	until    time.Time
+	refusals int // refused first requests in a row
+}
+
+type jarCookie struct {
+	value    string
+	sameSite string // as set: "Strict", "Lax", "None" or "" (a browser's default, Lax)
+}
+
+func (s *Sim) newUser(i int, rng *rand.Rand) *user {
+	u := &user{name: fmt.Sprintf("user-%d", i), service: svcApp, host: "app.test", rng: rng, jar: map[string]jarCookie{}}
+	if i%5 == 4 {
+		u.service, u.host = svcShop, shopDom
+	}
+	// Offices behind one NAT: users share source addresses.
+	u.ip = fmt.Sprintf("192.0.2.%d", i%4)
+	return u
+}
+
+// userTimings: requests are spaced a little (a page and its calls), sessions last seconds.
+const (
+	minThink        = 20 * time.Millisecond
+	maxThink        = 100 * time.Millisecond
+	minLifetime     = time.Second
+	maxLifetime     = 4 * time.Second
+	crossSiteChance = 20 // one request in crossSiteChance is a cross-site form POST (a sign-in)
+)
+
+// live runs the user until ctx ends.
+func (s *Sim) live(ctx context.Context, u *user) {
+	for ctx.Err() == nil {
+		think := minThink + time.Duration(u.rng.Int64N(int64(maxThink-minThink)))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(think):
+		}
+		if u.server != "" && time.Now().After(u.until) {
+			s.request(ctx, u, http.MethodGet, "/logout", false)
+			u.jar, u.server = map[string]jarCookie{}, "" // the browser closes
+			continue
+		}
+		if u.server != "" && u.rng.IntN(crossSiteChance) == 0 {
+			s.request(ctx, u, http.MethodPost, "/signin-oidc", true)
+			continue
+		}
+		s.request(ctx, u, http.MethodGet, "/page", false)
+	}
+}
+
+// request sends one request through a random Envoy and checks what came back.
+func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSite bool) {
+	e := s.envoys[u.rng.IntN(len(s.envoys))]
+	hdr := http.Header{}
+	var cookies []string
+	for name, c := range u.jar {
+		// A browser sends a SameSite=Lax or Strict cookie (Lax by default) with no cross-site
+		// POST (RFC 6265bis, "same-site" requests).
+		if crossSite && c.sameSite != "None" {
+			continue
+		}
+		cookies = append(cookies, name+"="+c.value)
+	}
+	if len(cookies) > 0 {
+		hdr.Set("Cookie", strings.Join(cookies, "; "))
+	}
+	hdr.Set("X-Sim-User", u.name)
+	sent := time.Now()
+	resp, err := e.serve(ctx, s.http, u.rng, request{method: method, host: u.host, path: path, header: hdr, sourceIP: u.ip})
+	if ctx.Err() != nil {
+		return
+	}
+	s.mu.Lock()
+	s.stats.Requests++
+	s.mu.Unlock()
+	if err != nil {
+		s.mu.Lock()
+		s.stats.Errors++
+		s.mu.Unlock()
+		s.event(u, []string{u.name}, "%s: %s %s via %s: the Envoy model failed: %v", u.name, method, path, e.name, err)
+		return
+	}
+	pinned := u.take(resp.header)
+	got := resp.header.Get(serverHeader)
+	refused := resp.header.Get(refusedHeader) != ""
+	desc := fmt.Sprintf("%s %s via %s (%s, route %s, tried %v): %d", method, path, e.name, e.cli.Variant, resp.route, resp.tried, resp.status)
+	if got != "" {
+		desc += " from " + got
+	} else if resp.flag != "" {
+		desc += " Envoy reply " + resp.flag + "/" + resp.header.Get("X-Sim-Reply")
+	}
+	if crossSite {
+		desc += " (cross-site)"
+	}
+	if u.server == "" {
+		s.firstRequest(u, resp, got, refused, pinned, desc)
+		return
+	}
+	if got == u.server && !refused {
+		if path == "/logout" {
+			s.mu.Lock()
+			s.stats.Kept++
+			s.mu.Unlock()
+			s.event(u, []string{u.name, got}, "%s: logs out of %s, session kept to the end", u.name, got)
+		}
+		return
+	}
+	// The user did not reach the server holding its session.
+	s.lost(u, sent, resp, crossSite, desc)
+	u.server = "" // the browser keeps what the response set, as a real one does
+	if got != "" && !refused && resp.status == http.StatusOK && path != "/logout" {
+		s.startSession(u, got, desc)
+	}
+}
+
+// firstRequest checks a request without a session: a refusal must never pin the user to the
+// server that refused (invariant 2).
+func (s *Sim) firstRequest(u *user, resp response, got string, refused bool, pinned string, desc string) {
+	switch {
+	case got != "" && !refused && resp.status == http.StatusOK:
+		s.startSession(u, got, desc)
+		u.refusals = 0
+	case refused || resp.status >= 500:
+		u.refusals++
+		s.mu.Lock()
+		s.stats.Refused++
+		s.mu.Unlock()
+		if pinned != "" {
+			s.violate(2, "a refused first request sets the session cookie", []string{u.name, got}, time.Now(), "%s: first request refused by %s, and the response pins the user to it (%s)", u.name, got, desc)
+			u.jar = map[string]jarCookie{}
+		}
+	}
+}
+
+func (s *Sim) startSession(u *user, server, desc string) {
+	u.server, u.since = server, time.Now()
+	u.until = time.Now().Add(minLifetime + time.Duration(u.rng.Int64N(int64(maxLifetime-minLifetime))))
+	s.mu.Lock()
+	s.stats.Sessions++
+	s.mu.Unlock()
+	s.event(u, []string{u.name, server}, "%s: session on %s (%s)", u.name, server, desc)
+}
+
+// lost classifies a request that did not reach the user's server: its server died or was
+// stopped by an operator before the request (the user's loss is not ours), or invariant 1
+// is broken.
+func (s *Sim) lost(u *user, sent time.Time, resp response, crossSite bool, desc string) {
+	s.mu.Lock()
+	srv := s.servers[u.server]
+	s.mu.Unlock()
+	down, stopped := srv.down(sent)
+	switch {
+	case down && stopped:
+		s.mu.Lock()
+		s.stats.LostStopped++
+		s.mu.Unlock()
+		s.event(u, []string{u.name, u.server}, "%s: loses its session: %s was stopped (%s)", u.name, u.server, desc)
+	case down:
+		s.mu.Lock()
+		s.stats.LostDied++
+		s.mu.Unlock()
+		s.event(u, []string{u.name, u.server}, "%s: loses its session: %s died (%s)", u.name, u.server, desc)
+	default:
+		s.violate(1, s.classify(u, srv, resp, crossSite), []string{u.name, u.server}, u.since, "%s: its server %s is alive and was not stopped, yet %s", u.name, u.server, desc)
+	}
+}
+
+// take stores the response's cookies in the jar and returns the address Envoy's session
+// cookie now pins, if the response set one.
+func (u *user) take(h http.Header) string {
+	pinned := ""
+	for _, line := range h.Values("Set-Cookie") {
+		parts := strings.Split(line, ";")
+		name, value, ok := strings.Cut(strings.TrimSpace(parts[0]), "=")
+		if !ok {
+			continue
+		}
+		c := jarCookie{value: value}
+		expired := false
+		for _, a := range parts[1:] {
+			k, v, _ := strings.Cut(strings.TrimSpace(a), "=")
+			switch strings.ToLower(k) {
+			case "samesite":
+				c.sameSite = v
+			case "max-age":
+				expired = expired || v == "0" || strings.HasPrefix(v, "-")
+			case "expires":
+				if t, err := http.ParseTime(v); err == nil && t.Before(time.Now()) {
+					expired = true
+				}
+			}
+		}
+		if expired {
+			delete(u.jar, name)
+			continue
+		}
+		u.jar[name] = c
+		if name != appCookie {
+			pinned = name
+		}
+	}
+	return pinned
+}
+
+// recentCause is how long after a fault a violation is put down to it.
+const recentCause = agentTTL + 3*time.Second
+
+// classify names the likely cause of a broken invariant 1 from what the Envoy did with the
+// request and what the faults recently did to the server.
+func (s *Sim) classify(u *user, srv *server, resp response, crossSite bool) string {
+	now := time.Now()
+	recent := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) < recentCause }
+	srv.mu.Lock()
+	killed, drained, undrained := srv.agentKilled, srv.drained, srv.undrained
+	srv.mu.Unlock()
+	s.mu.Lock()
+	storm, restart := s.lastStorm, s.lastCPRestart
+	s.mu.Unlock()
+	switch {
+	case srv.service != u.service:
+		return "the user's session was on another service's server (" + srv.service + "): a contested route changed hands"
+	case crossSite && (resp.override == "no session cookie" || resp.override == ""):
+		return "a cross-site POST arrives without the session cookie (SameSite) and is re-pinned"
+	case resp.cluster == "" && resp.flag == "" && resp.header.Get(serverHeader) == "":
+		return fmt.Sprintf("the service's requests are answered by route %s, not forwarded", resp.route)
+	case resp.cluster != "" && resp.cluster != "tether_"+u.service:
+		return "routed to another service's cluster (" + resp.cluster + ")"
+	case resp.override == "host not in the assignment":
+		switch {
+		case recent(killed):
+			return "server missing from the Envoy after its agent's kill -9 and restart"
+		case recent(storm) && (drained || recent(undrained)):
+			return "a drained server dropped in a lease storm"
+		case recent(storm):
+			return "a server dropped in a lease storm"
+		case recent(restart):
+			return "server missing from the Envoy after a control-plane restart"
+		}
+		return "server missing from the Envoy's assignment"
+	case strings.HasPrefix(resp.override, "host "):
+		return "server's endpoint " + strings.TrimPrefix(resp.override, "host ")
+	case resp.flag != "":
+		return "Envoy's own reply (" + resp.flag + "/" + resp.header.Get("X-Sim-Reply") + ") though the server is alive"
+	}
+	return "other (session cookie: " + resp.override + ")"
+}
