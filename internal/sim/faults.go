@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/tetherlb/tether/internal/drain"
 	"github.com/tetherlb/tether/registry"
 )
@@ -33,6 +35,7 @@ const (
 	FaultJoin           = "join"                  // a new server joins
 	FaultEnvoyReconnect = "envoy-reconnect"       // an Envoy's stream breaks
 	FaultEnvoySlow      = "envoy-slow"            // an Envoy applies and ACKs endpoints late
+	FaultMassDelete     = "mass-delete"           // every instance key deleted in one transaction
 )
 
 // faultWeights are the kinds' relative frequencies.
@@ -44,6 +47,7 @@ var faultWeights = []struct {
 	{FaultServerCrash, 1}, {FaultDrainID, 3}, {FaultRollingDeploy, 2}, {FaultCPRestart, 2},
 	{FaultCompact, 2}, {FaultBadConfig, 2}, {FaultTypoService, 1}, {FaultFull, 3},
 	{FaultAllFull, 2}, {FaultJoin, 2}, {FaultEnvoyReconnect, 2}, {FaultEnvoySlow, 3},
+	{FaultMassDelete, 1},
 }
 
 // FaultKinds lists every kind.
@@ -289,6 +293,15 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 	case FaultJoin:
 		if _, err := s.addServer(svcApp, s.currentVersion(), f.pick%4 != 0); err != nil {
 			s.event(nil, nil, "join failed: %v", err)
+		}
+	case FaultMassDelete:
+		// What a mistaken `etcdctl del --prefix` does: every instance gone in one revision.
+		resp, err := s.cli.Delete(ctx, registry.InstancesPrefix(registry.DefaultPrefix), clientv3.WithPrefix())
+		if err == nil {
+			s.mu.Lock()
+			s.lastStorm = time.Now()
+			s.mu.Unlock()
+			s.event(nil, nil, "fault: every instance key deleted in one transaction (%d keys)", resp.Deleted)
 		}
 	case FaultEnvoyReconnect:
 		e := s.envoys[f.pick%uint64(len(s.envoys))]

@@ -24,7 +24,8 @@ type user struct {
 	server   string // the server holding the session; "" before one is made
 	since    time.Time
 	until    time.Time
-	refusals int // refused first requests in a row
+	refusals int  // refused first requests in a row
+	signIn   bool // the next request is the sign-in's cross-site form POST
 }
 
 type jarCookie struct {
@@ -44,11 +45,14 @@ func (s *Sim) newUser(i int, rng *rand.Rand) *user {
 
 // userTimings: requests are spaced a little (a page and its calls), sessions last seconds.
 const (
-	minThink        = 20 * time.Millisecond
-	maxThink        = 100 * time.Millisecond
-	minLifetime     = time.Second
-	maxLifetime     = 4 * time.Second
-	crossSiteChance = 20 // one request in crossSiteChance is a cross-site form POST (a sign-in)
+	minThink    = 20 * time.Millisecond
+	maxThink    = 100 * time.Millisecond
+	minLifetime = time.Second
+	maxLifetime = 4 * time.Second
+	// signInShare of new sessions sign in: the first page redirects to an identity provider,
+	// whose answer comes back as a cross-site form POST (OpenID Connect's form_post, SAML's
+	// POST binding), once per session.
+	signInShare = 3
 )
 
 // live runs the user until ctx ends.
@@ -65,7 +69,8 @@ func (s *Sim) live(ctx context.Context, u *user) {
 			u.jar, u.server = map[string]jarCookie{}, "" // the browser closes
 			continue
 		}
-		if u.server != "" && u.rng.IntN(crossSiteChance) == 0 {
+		if u.signIn && u.server != "" {
+			u.signIn = false
 			s.request(ctx, u, http.MethodPost, "/signin-oidc", true)
 			continue
 		}
@@ -159,6 +164,7 @@ func (s *Sim) firstRequest(u *user, resp response, got string, refused bool, pin
 
 func (s *Sim) startSession(u *user, server, desc string) {
 	u.server, u.since = server, time.Now()
+	u.signIn = u.rng.IntN(signInShare) == 0
 	u.until = time.Now().Add(minLifetime + time.Duration(u.rng.Int64N(int64(maxLifetime-minLifetime))))
 	s.mu.Lock()
 	s.stats.Sessions++
