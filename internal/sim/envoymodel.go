@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -20,10 +21,12 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matchingv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	statefulsessionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	cookiev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/cookie/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -39,8 +42,8 @@ var errUnmodelled = errors.New("not modelled")
 // tables is what an Envoy holds, decoded for routing.
 type tables struct {
 	hcm      *hcmv3.HttpConnectionManager
-	session  bool // the listener has the stateful-session filter
-	skip5xx  bool // the stateful-session filter is skipped on 5xx responses (see encodeSession)
+	session  bool   // the listener has the stateful-session filter
+	skipOn   string // a response :status on which the filter's encode path is skipped (row 30)
 	routes   *routev3.RouteConfiguration
 	clusters map[string]*clusterv3.Cluster
 	hosts    map[string][]host // cluster -> hosts of its assignment, any health
@@ -76,9 +79,11 @@ func decodeTables(res map[string]map[string]proto.Message) (*tables, error) {
 			case "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession":
 				t.session = true
 			case "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher":
-				// match_delegate around the stateful-session filter (issue 25): modelled once
-				// its rule is written in envoy-rules.md.
-				return nil, fmt.Errorf("http filter %s (match_delegate): %w", f.GetName(), errUnmodelled)
+				status, err := skippedOnStatus(f)
+				if err != nil {
+					return nil, err
+				}
+				t.session, t.skipOn = true, status
 			}
 		}
 	}
@@ -110,6 +115,33 @@ func decodeTables(res map[string]map[string]proto.Message) (*tables, error) {
 	return t, nil
 }
 
+// skippedOnStatus reads the match_delegate wrapper around the stateful-session filter (row
+// 30): a matcher on the response's :status whose match skips the filter. In decodeHeaders the
+// response is not there, the match is incomplete and the filter runs (the session host is
+// still overridden); in encodeHeaders a matching status skips the filter's encode path. Any
+// other wrapper or matcher is not modelled.
+func skippedOnStatus(f *hcmv3.HttpFilter) (string, error) {
+	ew := &matchingv3.ExtensionWithMatcher{}
+	if err := f.GetTypedConfig().UnmarshalTo(ew); err != nil {
+		return "", fmt.Errorf("http filter %s: %w", f.GetName(), err)
+	}
+	if ew.GetExtensionConfig().GetTypedConfig().GetTypeUrl() != "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession" {
+		return "", fmt.Errorf("http filter %s: match_delegate around %s: %w", f.GetName(), ew.GetExtensionConfig().GetTypedConfig().GetTypeUrl(), errUnmodelled)
+	}
+	ms := ew.GetXdsMatcher().GetMatcherList().GetMatchers()
+	if len(ms) != 1 {
+		return "", fmt.Errorf("http filter %s: matcher %v: %w", f.GetName(), ew.GetXdsMatcher(), errUnmodelled)
+	}
+	sp := ms[0].GetPredicate().GetSinglePredicate()
+	in := &matcherv3.HttpResponseHeaderMatchInput{}
+	if err := sp.GetInput().GetTypedConfig().UnmarshalTo(in); err != nil || in.GetHeaderName() != ":status" ||
+		sp.GetValueMatch().GetExact() == "" ||
+		ms[0].GetOnMatch().GetAction().GetTypedConfig().GetTypeUrl() != "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter" {
+		return "", fmt.Errorf("http filter %s: matcher %v: %w", f.GetName(), ms[0], errUnmodelled)
+	}
+	return sp.GetValueMatch().GetExact(), nil
+}
+
 // request is what Envoy reads of an HTTP request.
 type request struct {
 	method, host, path string
@@ -127,6 +159,7 @@ type response struct {
 	route    string
 	cluster  string
 	override string // what became of the session cookie's host (see overrideHost)
+	err      error  // why the last connection failed (UF)
 }
 
 // route handles one request as Envoy would, sending it to the chosen hosts over client.
@@ -202,7 +235,14 @@ func (t *tables) route(ctx context.Context, client *http.Client, rng *rand.Rand,
 			if retriable(ra.GetRetryPolicy(), 0) && attempt+1 < attempts {
 				continue
 			}
-			return t.localReply(resp, "UF", hdr), nil
+			// Row 30: a local reply after host selection still has that upstream host, so
+			// the session filter's encode path sees it.
+			resp = t.localReply(resp, "UF", hdr)
+			resp.err = err
+			if sess != nil {
+				t.encodeSessionFor(&resp, sess, cookieAddr, h)
+			}
+			return resp, nil
 		}
 		resp.status, resp.header, resp.upstream = status, rh, h
 		if retriable(ra.GetRetryPolicy(), status) && attempt+1 < attempts {
@@ -551,14 +591,18 @@ func retriable(rp *routev3.RetryPolicy, status int) bool {
 // sets the cookie to that host. After retries the host is the last attempt's. A local reply
 // has no upstream host and sets nothing.
 func (t *tables) encodeSession(resp *response, sess *sessionCfg, cookieAddr string) {
-	if resp.upstream == "" || resp.upstream == cookieAddr {
+	t.encodeSessionFor(resp, sess, cookieAddr, resp.upstream)
+}
+
+func (t *tables) encodeSessionFor(resp *response, sess *sessionCfg, cookieAddr, host string) {
+	if host == "" || host == cookieAddr {
 		return
 	}
-	if t.skip5xx && resp.status >= 500 {
+	if t.skipOn != "" && t.skipOn == strconv.Itoa(resp.status) {
 		return
 	}
 	c := sess.cookie.GetCookie()
-	v := c.GetName() + `="` + encodeCookieValue(resp.upstream) + `"`
+	v := c.GetName() + `="` + encodeCookieValue(host) + `"`
 	if c.GetPath() != "" {
 		v += "; Path=" + c.GetPath()
 	}

@@ -118,6 +118,9 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 		desc += " from " + got
 	} else if resp.flag != "" {
 		desc += " Envoy reply " + resp.flag + "/" + resp.header.Get("X-Sim-Reply")
+		if resp.err != nil {
+			desc += " (" + resp.err.Error() + ")"
+		}
 	}
 	if crossSite {
 		desc += " (cross-site)"
@@ -252,6 +255,10 @@ func (s *Sim) classify(u *user, srv *server, resp response, crossSite bool) stri
 		return "the user's session was on another service's server (" + srv.service + "): a contested route changed hands"
 	case crossSite && (resp.override == "no session cookie" || resp.override == ""):
 		return "a cross-site POST arrives without the session cookie (SameSite) and is re-pinned"
+	case resp.route == "" && recent(storm):
+		return "the service left the route table in a lease storm (no route: 404)"
+	case resp.route == "":
+		return "the service left the route table (no route: 404)"
 	case resp.cluster == "" && resp.flag == "" && resp.header.Get(serverHeader) == "":
 		return fmt.Sprintf("the service's requests are answered by route %s, not forwarded", resp.route)
 	case resp.cluster != "" && resp.cluster != "tether_"+u.service:
