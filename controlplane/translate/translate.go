@@ -20,6 +20,14 @@
 //     does not depend on treat_missing_header_as_empty, and gives the catch-all route a place
 //     of its own to answer the overload reply directly when no instance is available while
 //     requests of existing sessions still reach their server.
+//   - A refused response places no session. The stateful session filter writes its cookie
+//     for the last upstream host whatever the status, so a first request every attempt of
+//     which got 503 would pin its user to a server that refused them, on the session route
+//     that never retries. The listener wraps the filter in match_delegate with a fixed
+//     matcher that skips it when the response status is 503 (its decode path, which pins a
+//     session's requests, still runs). A session whose own server answers 503 keeps its
+//     cookie and sees that reply: Tether cannot tell a session the server holds from one it
+//     does not, and moving the first would lose it (the server may expire the cookie itself).
 //   - Overload reply. When no instance of a service is available, requests without the
 //     marker get the overload reply straight from the route (direct_response: overload
 //     status with Retry-After, or 302 to overload.returnUrl). As a backstop, the listener's

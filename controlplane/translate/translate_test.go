@@ -18,6 +18,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matchingv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
 	statefulsessionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	cookiev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/cookie/v3"
@@ -445,8 +446,13 @@ func TestListener(t *testing.T) {
 	if !slices.Equal(names, []string{headerMutationFilter, statefulSessionFilter, routerFilter}) {
 		t.Errorf("http filters %v", names)
 	}
+	// The stateful session filter is wrapped (TestRefusedResponseSetsNoCookie); the filter
+	// inside is inert, each route turns it on or off.
+	var ewm matchingv3.ExtensionWithMatcher
 	var ss statefulsessionv3.StatefulSession
-	if err := hcm.HttpFilters[1].GetTypedConfig().UnmarshalTo(&ss); err != nil || ss.SessionState != nil {
+	if err := hcm.HttpFilters[1].GetTypedConfig().UnmarshalTo(&ewm); err != nil {
+		t.Errorf("stateful session filter not wrapped: %v", err)
+	} else if err := ewm.GetExtensionConfig().GetTypedConfig().UnmarshalTo(&ss); err != nil || ss.SessionState != nil {
 		t.Errorf("listener-level stateful session must be inert: %v %v", &ss, err)
 	}
 	if !hcm.GetUseRemoteAddress().GetValue() || hcm.GetRds().GetRouteConfigName() != RouteConfigName || hcm.GetRds().GetConfigSource().GetAds() == nil {
