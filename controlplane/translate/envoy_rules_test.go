@@ -226,8 +226,8 @@ func TestHeaderValuesEscapePercent(t *testing.T) {
 // Rule: the fixed mappers (local_reply.cc) answer Envoy's own 503s. A circuit-breaker overflow
 // (response flag UO) must not get the overload reply: the request may be a pinned session's
 // and the overload reply says "no server, retry in 10 minutes". A strict service's session
-// whose server is gone (UH: HostUtility::allowLBChooseHost refuses the load balancer in
-// strict mode) must be told so, not "overloaded".
+// whose server is gone (UH: ClusterEntry::chooseHost, source/common/upstream/cluster_manager_impl.cc,
+// does not run the load balancer in strict mode) must be told so, not "overloaded".
 func TestLocalReplyMappers(t *testing.T) {
 	mappers := localReplyMappers()
 	flagsOf := func(m *hcmv3.ResponseMapper) []string {
