@@ -202,9 +202,9 @@ func (c *ServiceConfig) Validate() error {
 		add("affinity.cookieTTL: %s must be between 0s and 8760h", a.CookieTTL.D())
 	}
 	switch a.SameSite {
-	case "", "Lax", "Strict", "None":
+	case SameSiteAuto, "", "Lax", "Strict", "None":
 	default:
-		add("affinity.sameSite: %q is not one of Lax, Strict, None or empty", a.SameSite)
+		add("affinity.sameSite: %q is not one of auto, Lax, Strict, None or empty", a.SameSite)
 	}
 	if a.SameSite == "None" && !a.Secure {
 		add("affinity.sameSite: None needs secure: true (browsers drop SameSite=None cookies without Secure)")

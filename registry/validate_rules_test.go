@@ -55,7 +55,9 @@ func TestServiceConfigRules(t *testing.T) {
 		{"cookieTTL over a year", `{"affinity":{"cookieTTL":"8760h1s"}}`, "affinity.cookieTTL:"},
 		{"cookieTTL a year", `{"affinity":{"cookieTTL":"8760h"}}`, ""},
 
-		// affinity.sameSite: Lax, Strict, None (with secure) or empty.
+		// affinity.sameSite: auto, Lax, Strict, None (with secure) or empty.
+		{"sameSite auto", `{"affinity":{"sameSite":"auto"}}`, ""},
+		{"sameSite Auto", `{"affinity":{"sameSite":"Auto"}}`, "affinity.sameSite:"},
 		{"sameSite lower case", `{"affinity":{"sameSite":"lax"}}`, "affinity.sameSite:"},
 		{"sameSite unknown", `{"affinity":{"sameSite":"Loose"}}`, "affinity.sameSite:"},
 		{"sameSite Strict", `{"affinity":{"sameSite":"Strict"}}`, ""},

@@ -7,6 +7,7 @@ package translate
 import (
 	"bytes"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,8 @@ import (
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	statefulsessionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	cookiev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/cookie/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/type/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -578,6 +581,86 @@ func TestRefusedResponseSetsNoCookie(t *testing.T) {
 			if !ok || !a.MessageIs(&statefulsessionv3.StatefulSessionPerRoute{}) {
 				t.Errorf("%s: route %s: per-filter config %v, want a StatefulSessionPerRoute", file, r.GetName(), a.GetTypeUrl())
 			}
+		}
+	}
+}
+
+// setCookieOf is the Set-Cookie value Envoy writes for a cookie session state with value v,
+// as Http::Utility::makeSetCookieValue (source/common/http/utility.cc) builds it: name="v",
+// Max-Age when the ttl is set, Path when set, each attribute in configuration order ("; n=v",
+// or "; n" when its value is empty), then HttpOnly.
+func setCookieOf(c *httpv3.Cookie, v string) string {
+	s := c.GetName() + `="` + v + `"`
+	if ttl := c.GetTtl().GetSeconds(); ttl != 0 {
+		s += "; Max-Age=" + strconv.FormatInt(ttl, 10)
+	}
+	if c.GetPath() != "" {
+		s += "; Path=" + c.GetPath()
+	}
+	for _, a := range c.GetAttributes() {
+		if a.GetValue() == "" {
+			s += "; " + a.GetName()
+		} else {
+			s += "; " + a.GetName() + "=" + a.GetValue()
+		}
+	}
+	return s + "; HttpOnly"
+}
+
+// sentOnCrossSitePost says whether a browser sends a cookie set by setCookie on a top-level
+// cross-site POST (OpenID Connect's form_post response mode, SAML's POST binding) after its
+// first two minutes. RFC 6265bis: SameSite=Lax and Strict cookies are withheld from
+// cross-site POSTs; SameSite=None is sent only with Secure (browsers drop it otherwise).
+// Without the attribute, Firefox and Safari send it and Chrome treats it as Lax (its "Lax
+// allowing unsafe" exception covers only the first two minutes), so it is not counted here.
+func sentOnCrossSitePost(setCookie string) bool {
+	attrs := map[string]string{}
+	for _, part := range strings.Split(setCookie, ";")[1:] {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		attrs[strings.ToLower(k)] = strings.ToLower(v)
+	}
+	_, secure := attrs["secure"]
+	return attrs["samesite"] == "none" && secure
+}
+
+// Rule: Envoy writes the configured cookie attributes as they are
+// (Http::Utility::makeSetCookieValue), so SameSite is Tether's choice. With the default
+// configuration and secure: true (clients reach the site by HTTPS), the cookie must survive a
+// cross-site POST: otherwise the POST arrives without it, Envoy places a new session by load
+// and the response overwrites the cookie (the user loses their server at each sign-in).
+// Without secure, SameSite=None is impossible (browsers drop it) and the attribute is left
+// out, the most that browsers then send cross-site. An explicit sameSite is kept.
+func TestCookieSurvivesCrossSitePost(t *testing.T) {
+	cookieOf := func(a registry.Affinity) *httpv3.Cookie {
+		t.Helper()
+		cfg := registry.DefaultServiceConfig("app")
+		cfg.Affinity = a
+		var p packer
+		var ss statefulsessionv3.StatefulSessionPerRoute
+		if err := perFilterConfig("app", cfg, true, &p)[statefulSessionFilter].UnmarshalTo(&ss); err != nil || p.err != nil {
+			t.Fatalf("affinity %+v: %v %v", a, err, p.err)
+		}
+		var cs cookiev3.CookieBasedSessionState
+		if err := ss.GetStatefulSession().GetSessionState().GetTypedConfig().UnmarshalTo(&cs); err != nil {
+			t.Fatal(err)
+		}
+		return cs.GetCookie()
+	}
+	value := envoyCookie("10.0.0.5:5000", 0)
+	def := registry.DefaultServiceConfig("app").Affinity
+	secure := def
+	secure.Secure = true
+	if sc := setCookieOf(cookieOf(secure), value); !sentOnCrossSitePost(sc) {
+		t.Errorf("default sameSite with secure: Set-Cookie %s is not sent on a cross-site POST: a sign-in by form_post moves the user", sc)
+	}
+	if sc := setCookieOf(cookieOf(def), value); strings.Contains(sc, "SameSite") {
+		t.Errorf("default sameSite without secure: Set-Cookie %s, want no SameSite attribute (Lax and Strict are never sent on a cross-site POST, None needs Secure)", sc)
+	}
+	for _, explicit := range []string{"Lax", "Strict"} {
+		a := secure
+		a.SameSite = explicit
+		if sc := setCookieOf(cookieOf(a), value); !strings.Contains(sc, "; SameSite="+explicit+"; Secure") || sentOnCrossSitePost(sc) {
+			t.Errorf("explicit sameSite %s: Set-Cookie %s", explicit, sc)
 		}
 	}
 }

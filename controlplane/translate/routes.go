@@ -281,8 +281,8 @@ func perFilterConfig(svc string, cfg registry.ServiceConfig, session bool, p *pa
 	switch a.Mode {
 	case registry.AffinityCookie:
 		cookie := &httpv3.Cookie{Name: a.CookieName, Path: a.CookiePath, Ttl: durationpb.New(a.CookieTTL.D())}
-		if a.SameSite != "" {
-			cookie.Attributes = append(cookie.Attributes, &httpv3.CookieAttribute{Name: "SameSite", Value: a.SameSite})
+		if ss := sameSite(a); ss != "" {
+			cookie.Attributes = append(cookie.Attributes, &httpv3.CookieAttribute{Name: "SameSite", Value: ss})
 		}
 		if a.Secure {
 			cookie.Attributes = append(cookie.Attributes, &httpv3.CookieAttribute{Name: "Secure"})
@@ -308,6 +308,21 @@ func perFilterConfig(svc string, cfg registry.ServiceConfig, session bool, p *pa
 		headerMutationFilter:  p.pack(mut),
 		statefulSessionFilter: p.pack(ss),
 	}
+}
+
+// sameSite is the cookie's SameSite attribute, "" for none. auto (the default) is None for a
+// Secure cookie and none otherwise: a sign-in that returns by a cross-site POST (OpenID
+// Connect form_post, SAML POST binding) carries no Lax or Strict cookie, so Envoy would place
+// the user anew and overwrite their cookie; browsers send None cross-site, but only with
+// Secure (registry.SameSiteAuto).
+func sameSite(a registry.Affinity) string {
+	if a.SameSite != registry.SameSiteAuto {
+		return a.SameSite
+	}
+	if a.Secure {
+		return "None"
+	}
+	return ""
 }
 
 // setOverload makes r answer the service's overload reply: a direct response with the

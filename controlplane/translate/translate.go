@@ -66,6 +66,12 @@
 //     weights whatever the load, since a weight change remaps part of the ring. A full or
 //     draining instance leaves the ring, so its users move.
 //   - lbPolicy random ignores weights; with weights "load" a Problem says so.
+//   - The cookie's SameSite is None when it is Secure and left out otherwise (sameSite
+//     "auto", the default): a sign-in that returns by a cross-site POST (OpenID Connect
+//     form_post, SAML POST binding) carries no Lax or Strict cookie, so Envoy would place the
+//     user anew and overwrite their cookie. Browsers send only SameSite=None cookies
+//     cross-site, and only Secure ones. The cookie names a server and grants nothing, so being
+//     sent cross-site costs nothing; an explicit sameSite is written as it is.
 //   - The cookie-mode cookie is HttpOnly (Envoy always sets it), its value is base64 of a
 //     serialized envoy.Cookie message holding the upstream address (and an expiry when
 //     cookieTTL is set), and its ttl defaults to 0s (a session cookie). Cookie names are at
