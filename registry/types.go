@@ -105,7 +105,9 @@ type Affinity struct {
 	Mode       AffinityMode `json:"mode"`
 	CookieName string       `json:"cookieName"`
 	CookiePath string       `json:"cookiePath"`
-	CookieTTL  Duration     `json:"cookieTTL"`
+	// CookieTTL must be 0 (Validate): Envoy writes a TTL's expiry from its own monotonic
+	// clock, so across Envoys the cookie would expire at random (envoyproxy/envoy#44111).
+	CookieTTL Duration `json:"cookieTTL"`
 	// Strict makes Envoy answer 503 instead of picking a new host when the pinned host is gone.
 	Strict bool `json:"strict"`
 	// HeaderName is the header carrying the session in "header" mode.

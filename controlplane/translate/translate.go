@@ -73,8 +73,9 @@
 //     cross-site, and only Secure ones. The cookie names a server and grants nothing, so being
 //     sent cross-site costs nothing; an explicit sameSite is written as it is.
 //   - The cookie-mode cookie is HttpOnly (Envoy always sets it), its value is base64 of a
-//     serialized envoy.Cookie message holding the upstream address (and an expiry when
-//     cookieTTL is set), and its ttl defaults to 0s (a session cookie). Cookie names are at
+//     serialized envoy.Cookie message holding the upstream address, and its ttl is 0s (a
+//     browser-session cookie; the registry refuses any other cookieTTL, since Envoy writes
+//     the expiry from its own monotonic clock, meaningless to another Envoy). Cookie names are at
 //     most 63 characters so that the marker regex stays within RE2 program size 100.
 package translate
 
