@@ -168,7 +168,7 @@ type Limits struct {
 const SameSiteAuto = "auto"
 
 // MaxCookieName is the longest cookie name Tether accepts. A request of an existing session
-// is recognised by a regular expression on the Cookie header whose RE2 program size is 37 plus
+// is recognised by a regular expression on the Cookie header whose RE2 program size is 33 plus
 // the length of the name, and Envoy rejects regexes over a program size of 100.
 const MaxCookieName = 63
 
