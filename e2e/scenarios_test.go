@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bufio"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -224,4 +225,52 @@ func refusedCount(t *testing.T, b *backend) int {
 	}
 	t.Fatalf("%s /metrics has no sessionapp_refused_requests_total:\n%.500s", b.name, body)
 	return 0
+}
+
+// TestEnvoyRefusedEverywhereSetsNoCookie: a first request that every instance refuses with 503
+// (all full, none yet DRAINING at this Envoy) gets the last refusal and no session cookie, so
+// the next request is a first request again and reaches the instance that has room (envoy-rules
+// row 30). Without the match_delegate wrapper the refusal set a cookie for the last instance
+// tried, and the next request went down the session route, without retry, to that instance.
+func TestEnvoyRefusedEverywhereSetsNoCookie(t *testing.T) {
+	bin := envoyBin(t)
+	e := newEnv(t)
+	ev := e.startEnvoy(t, bin)
+	for _, n := range names {
+		e.setRefuse(t, n, true)
+	}
+	b := newBrowser(t, ev.base)
+	if p := b.page(t); p.Status != http.StatusServiceUnavailable {
+		t.Fatalf("every instance refusing: got %d, want the last refusal (503): %.300s", p.Status, p.Body)
+	}
+	u, err := url.Parse(ev.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noCookie := func(what string) {
+		t.Helper()
+		for _, c := range b.client.Jar.Cookies(u) {
+			if c.Name == cookieName {
+				t.Fatalf("%s: a refused response set the session cookie %s=%s", what, c.Name, c.Value)
+			}
+		}
+	}
+	noCookie("every instance refusing")
+	e.setRefuse(t, "app1", false)
+	// Three attempts (one try, two retries on hosts not tried) nearly always reach app1; the
+	// previous_hosts predicate gives up after 10 reselections, so a request may still end on
+	// a refusal, which must set no cookie either.
+	var p page
+	for i := 0; i < 5; i++ {
+		if p = b.page(t); p.Status == http.StatusOK {
+			break
+		}
+		noCookie("app1 has room, request " + strconv.Itoa(i))
+	}
+	if p.Status != http.StatusOK || p.Instance != "app1" {
+		t.Fatalf("after app1 has room: %d on %q, want 200 on app1: %.300s", p.Status, p.Instance, p.Body)
+	}
+	if again := b.mustPage(t); again.Instance != "app1" || again.Counter != 2 {
+		t.Fatalf("second request on %s counter %d, want app1 counter 2", again.Instance, again.Counter)
+	}
 }

@@ -25,6 +25,12 @@ func TestDecodeEnvoyRules(t *testing.T) {
 		{"negative request timeout", `{"timeouts":{"request":"-1s"}}`, "timeouts.request"},
 		{"idle timeout zero", `{"timeouts":{"idle":"0s"}}`, "timeouts.idle"},
 		{"bad expected status with the check off", `{"healthCheck":{"expectedStatuses":[600]}}`, "expectedStatuses"},
+		// Envoy writes the cookie's expiry from its own monotonic clock
+		// (CookieBasedSessionStateFactory::SessionStateImpl::onUpdate, cookie.cc) and compares it
+		// with its own (parseAddress): another Envoy reads it as expired, and moves the user, or
+		// as valid far too long (envoyproxy/envoy#44111).
+		{"cookieTTL a second", `{"affinity":{"cookieTTL":"1s"}}`, "monotonic clock"},
+		{"cookieTTL an hour", `{"affinity":{"cookieTTL":"1h"}}`, "envoyproxy/envoy#44111"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := registry.DecodeServiceConfig("app", []byte(tc.raw))

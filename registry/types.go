@@ -105,12 +105,15 @@ type Affinity struct {
 	Mode       AffinityMode `json:"mode"`
 	CookieName string       `json:"cookieName"`
 	CookiePath string       `json:"cookiePath"`
-	CookieTTL  Duration     `json:"cookieTTL"`
+	// CookieTTL must be 0 (Validate): Envoy writes a TTL's expiry from its own monotonic
+	// clock, so across Envoys the cookie would expire at random (envoyproxy/envoy#44111).
+	CookieTTL Duration `json:"cookieTTL"`
 	// Strict makes Envoy answer 503 instead of picking a new host when the pinned host is gone.
 	Strict bool `json:"strict"`
 	// HeaderName is the header carrying the session in "header" mode.
 	HeaderName string `json:"headerName,omitempty"`
-	// SameSite is the cookie's SameSite attribute: "Lax" (default), "Strict", "None" or "" (unset).
+	// SameSite is the cookie's SameSite attribute: SameSiteAuto (the default), "Lax",
+	// "Strict", "None" (needs Secure) or "" (no attribute).
 	SameSite string `json:"sameSite"`
 	// Secure adds the Secure attribute to the cookie (set it when clients reach Envoy over TLS).
 	Secure bool `json:"secure"`
@@ -155,8 +158,17 @@ type Limits struct {
 	MaxPendingRequests uint32 `json:"maxPendingRequests"`
 }
 
+// SameSiteAuto, the default sameSite, is SameSite=None when the cookie is Secure and no
+// SameSite attribute otherwise. A user who signs in through OpenID Connect's form_post or
+// SAML's POST binding comes back with a cross-site POST, which carries no Lax or Strict
+// cookie: Envoy would place them anew by load and overwrite their cookie. SameSite=None is
+// the one value browsers send cross-site, and only with Secure; without Secure, leaving the
+// attribute out is the most that browsers send (Firefox and Safari always, Chrome for two
+// minutes). The cookie only names a server, so sending it cross-site grants nothing.
+const SameSiteAuto = "auto"
+
 // MaxCookieName is the longest cookie name Tether accepts. A request of an existing session
-// is recognised by a regular expression on the Cookie header whose RE2 program size is 37 plus
+// is recognised by a regular expression on the Cookie header whose RE2 program size is 33 plus
 // the length of the name, and Envoy rejects regexes over a program size of 100.
 const MaxCookieName = 63
 
@@ -183,7 +195,7 @@ func DefaultServiceConfig(service string) ServiceConfig {
 			CookieName: DefaultCookieName(service),
 			CookiePath: "/",
 			HeaderName: "x-tether-session",
-			SameSite:   "Lax",
+			SameSite:   SameSiteAuto,
 		},
 		WebSocket:         true,
 		RetryInitialOn503: Retry{Enabled: true, Attempts: 2, PerTryTimeout: Duration(15 * time.Second)},

@@ -198,13 +198,19 @@ func (c *ServiceConfig) Validate() error {
 	if !strings.HasPrefix(a.CookiePath, "/") || len(a.CookiePath) > maxShortString || strings.ContainsAny(a.CookiePath, " ;,\t\r\n") {
 		add("affinity.cookiePath: %q must start with '/' and hold no spaces, ';' or ','", a.CookiePath)
 	}
-	if a.CookieTTL < 0 || a.CookieTTL.D() > 365*24*time.Hour {
-		add("affinity.cookieTTL: %s must be between 0s and 8760h", a.CookieTTL.D())
+	if a.CookieTTL != 0 {
+		// Envoy writes the expiry into the cookie from its own monotonic clock and checks it
+		// against its own (cookie.cc), so across Envoys, or one Envoy after a reboot, the
+		// cookie expires at random, and an expired cookie is a new session on another server.
+		add("affinity.cookieTTL: %s must be 0s (a browser-session cookie): Envoy writes the cookie's expiry from its own "+
+			"monotonic clock (the time since its host started), so another Envoy, or the same one after a reboot, reads it "+
+			"as expired at once and moves the user to another server, or as valid far longer than set (envoyproxy/envoy#44111)",
+			a.CookieTTL.D())
 	}
 	switch a.SameSite {
-	case "", "Lax", "Strict", "None":
+	case SameSiteAuto, "", "Lax", "Strict", "None":
 	default:
-		add("affinity.sameSite: %q is not one of Lax, Strict, None or empty", a.SameSite)
+		add("affinity.sameSite: %q is not one of auto, Lax, Strict, None or empty", a.SameSite)
 	}
 	if a.SameSite == "None" && !a.Secure {
 		add("affinity.sameSite: None needs secure: true (browsers drop SameSite=None cookies without Secure)")

@@ -50,12 +50,15 @@ func TestServiceConfigRules(t *testing.T) {
 		{"cookiePath with a comma", `{"affinity":{"cookiePath":"/a,b"}}`, "affinity.cookiePath:"},
 		{"cookiePath accepted", `{"affinity":{"cookiePath":"/app"}}`, ""},
 
-		// affinity.cookieTTL: 0s to 8760h.
+		// affinity.cookieTTL: 0s only (Envoy's expiry is per process: envoy-rules row 9).
 		{"cookieTTL negative", `{"affinity":{"cookieTTL":"-1s"}}`, "affinity.cookieTTL:"},
-		{"cookieTTL over a year", `{"affinity":{"cookieTTL":"8760h1s"}}`, "affinity.cookieTTL:"},
-		{"cookieTTL a year", `{"affinity":{"cookieTTL":"8760h"}}`, ""},
+		{"cookieTTL a second", `{"affinity":{"cookieTTL":"1s"}}`, "affinity.cookieTTL:"},
+		{"cookieTTL a year", `{"affinity":{"cookieTTL":"8760h"}}`, "affinity.cookieTTL:"},
+		{"cookieTTL 0s", `{"affinity":{"cookieTTL":"0s"}}`, ""},
 
-		// affinity.sameSite: Lax, Strict, None (with secure) or empty.
+		// affinity.sameSite: auto, Lax, Strict, None (with secure) or empty.
+		{"sameSite auto", `{"affinity":{"sameSite":"auto"}}`, ""},
+		{"sameSite Auto", `{"affinity":{"sameSite":"Auto"}}`, "affinity.sameSite:"},
 		{"sameSite lower case", `{"affinity":{"sameSite":"lax"}}`, "affinity.sameSite:"},
 		{"sameSite unknown", `{"affinity":{"sameSite":"Loose"}}`, "affinity.sameSite:"},
 		{"sameSite Strict", `{"affinity":{"sameSite":"Strict"}}`, ""},

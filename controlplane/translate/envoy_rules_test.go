@@ -7,15 +7,23 @@ package translate
 import (
 	"bytes"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	xdsmatcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matchingv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
+	skipv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	statefulsessionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	cookiev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/cookie/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/type/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/registry"
@@ -221,8 +229,8 @@ func TestHeaderValuesEscapePercent(t *testing.T) {
 // Rule: the fixed mappers (local_reply.cc) answer Envoy's own 503s. A circuit-breaker overflow
 // (response flag UO) must not get the overload reply: the request may be a pinned session's
 // and the overload reply says "no server, retry in 10 minutes". A strict service's session
-// whose server is gone (UH: HostUtility::allowLBChooseHost refuses the load balancer in
-// strict mode) must be told so, not "overloaded".
+// whose server is gone (UH: ClusterEntry::chooseHost, source/common/upstream/cluster_manager_impl.cc,
+// does not run the load balancer in strict mode) must be told so, not "overloaded".
 func TestLocalReplyMappers(t *testing.T) {
 	mappers := localReplyMappers()
 	flagsOf := func(m *hcmv3.ResponseMapper) []string {
@@ -451,5 +459,208 @@ func TestAppCookieServiceLeftOut(t *testing.T) {
 	sr := TranslateService(&registry.Service{Name: "shop", Config: cfg}, Options{})
 	if sr.Cluster != nil || len(sr.Problems) != 1 || !strings.Contains(sr.Problems[0].Message, `use "cookie"`) {
 		t.Errorf("app-cookie service: cluster %v problems %v", sr.Cluster != nil, sr.Problems)
+	}
+}
+
+// statefulSessionOf returns the listener's stateful session HTTP filter.
+func statefulSessionOf(t *testing.T, res *Resources) *hcmv3.HttpFilter {
+	t.Helper()
+	var hcm hcmv3.HttpConnectionManager
+	if err := res.Listeners[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range hcm.GetHttpFilters() {
+		if f.GetName() == statefulSessionFilter {
+			return f
+		}
+	}
+	t.Fatalf("no HTTP filter named %s", statefulSessionFilter)
+	return nil
+}
+
+// skipsFilter evaluates a match_delegate matcher as Envoy does for the matcher Tether
+// generates, and says whether the call skips the wrapped filter. resp is nil before the
+// response headers exist (decodeHeaders). It follows DelegatingStreamFilter::FilterMatchState::
+// evaluateMatchTree (match_delegate/config.cc): an incomplete match skips nothing and is
+// evaluated again at the next call; ListMatcher::match (source/common/matcher/list_matcher.h)
+// stops at the first field matcher lacking data; SingleFieldMatcher::match
+// (source/common/matcher/field_matcher.h) lacks data when HttpHeadersDataInputBase::get
+// (source/common/http/matching/inputs.h) has no header map: NotAvailable. Anything outside
+// that subset fails the test, so a change of the matcher's shape needs this model extended.
+func skipsFilter(t *testing.T, m *xdsmatcherv3.Matcher, req, resp map[string]string) bool {
+	t.Helper()
+	if m.GetOnNoMatch() != nil {
+		t.Fatalf("matcher has on_no_match %v: outside the model", m.GetOnNoMatch())
+	}
+	for _, fm := range m.GetMatcherList().GetMatchers() {
+		sp := fm.GetPredicate().GetSinglePredicate()
+		if sp == nil || sp.GetValueMatch().GetExact() == "" {
+			t.Fatalf("field matcher %v: only single predicates with an exact value are modelled", fm)
+		}
+		var headers map[string]string
+		var name string
+		in := sp.GetInput().GetTypedConfig()
+		switch {
+		case in.MessageIs(&matcherv3.HttpResponseHeaderMatchInput{}):
+			var ri matcherv3.HttpResponseHeaderMatchInput
+			if err := in.UnmarshalTo(&ri); err != nil {
+				t.Fatal(err)
+			}
+			headers, name = resp, ri.GetHeaderName()
+		case in.MessageIs(&matcherv3.HttpRequestHeaderMatchInput{}):
+			var ri matcherv3.HttpRequestHeaderMatchInput
+			if err := in.UnmarshalTo(&ri); err != nil {
+				t.Fatal(err)
+			}
+			headers, name = req, ri.GetHeaderName()
+		default:
+			t.Fatalf("input %s is not modelled", in.GetTypeUrl())
+		}
+		if headers == nil {
+			return false // InsufficientData: incomplete, the filter runs
+		}
+		v, ok := headers[name]
+		if !ok || v != sp.GetValueMatch().GetExact() {
+			continue
+		}
+		action := fm.GetOnMatch().GetAction().GetTypedConfig()
+		if fm.GetOnMatch().GetMatcher() != nil || action == nil {
+			t.Fatalf("on_match %v: only an action is modelled", fm.GetOnMatch())
+		}
+		return action.MessageIs(&skipv3.SkipFilter{})
+	}
+	return false // complete, no match, no on_no_match: the filter runs
+}
+
+// Rule: StatefulSession::encodeHeaders
+// (source/extensions/filters/http/stateful_session/stateful_session.cc) writes the cookie for
+// the upstream host whatever the status, and after retries that host is the last attempt's.
+// So the filter is wrapped in match_delegate, skipped in encodeHeaders when the response is a
+// 503: a first request refused by every attempt gets no cookie, and its next request is an
+// initial one again (retried, or the overload reply). decodeHeaders, which overrides the host
+// of a session, must still run for every request, and the routes' StatefulSessionPerRoute must
+// still reach the wrapped filter: both are looked up by the HTTP filter's name.
+func TestRefusedResponseSetsNoCookie(t *testing.T) {
+	res := translateFile(t, "affinity-cookie")
+	f := statefulSessionOf(t, res)
+	var ewm matchingv3.ExtensionWithMatcher
+	if err := f.GetTypedConfig().UnmarshalTo(&ewm); err != nil {
+		t.Fatalf("the stateful session filter is not wrapped in match_delegate (%v): a refused first request pins its user", err)
+	}
+	if ewm.GetMatcher() != nil || ewm.GetXdsMatcher() == nil {
+		t.Fatalf("want xds_matcher only: %v", &ewm)
+	}
+	var inner statefulsessionv3.StatefulSession
+	if err := ewm.GetExtensionConfig().GetTypedConfig().UnmarshalTo(&inner); err != nil || inner.GetSessionState() != nil {
+		t.Fatalf("wrapped filter %v (%v): want the inert stateful session filter", ewm.GetExtensionConfig(), err)
+	}
+	m := ewm.GetXdsMatcher()
+	requests := []map[string]string{
+		{":path": "/"},
+		{":path": "/", "cookie": `tether-app="` + envoyCookie("10.0.0.5:5000", 0) + `"`},
+	}
+	for _, req := range requests {
+		if skipsFilter(t, m, req, nil) {
+			t.Errorf("request %v: decodeHeaders skipped, the session's host would not be overridden", req)
+		}
+		for status, skip := range map[string]bool{"503": true, "200": false, "101": false, "302": false, "500": false, "404": false} {
+			if got := skipsFilter(t, m, req, map[string]string{":status": status}); got != skip {
+				t.Errorf("request %v, response %s: encodeHeaders skipped %v, want %v", req, status, got, skip)
+			}
+		}
+	}
+	// The routes' per-filter config under the filter's name is the stateful session's own:
+	// an ExtensionWithMatcherPerRoute there would replace the matcher and leave the wrapped
+	// filter without its cookie configuration.
+	for _, file := range []string{"affinity-cookie", "affinity-header", "affinity-none", "strict-cookie"} {
+		for _, r := range allRoutes(translateFile(t, file)) {
+			a, ok := r.GetTypedPerFilterConfig()[statefulSessionFilter]
+			if r.GetRoute() == nil {
+				continue
+			}
+			if !ok || !a.MessageIs(&statefulsessionv3.StatefulSessionPerRoute{}) {
+				t.Errorf("%s: route %s: per-filter config %v, want a StatefulSessionPerRoute", file, r.GetName(), a.GetTypeUrl())
+			}
+		}
+	}
+}
+
+// setCookieOf is the Set-Cookie value Envoy writes for a cookie session state with value v,
+// as Http::Utility::makeSetCookieValue (source/common/http/utility.cc) builds it: name="v",
+// Max-Age when the ttl is set, Path when set, each attribute in configuration order ("; n=v",
+// or "; n" when its value is empty), then HttpOnly.
+func setCookieOf(c *httpv3.Cookie, v string) string {
+	s := c.GetName() + `="` + v + `"`
+	if ttl := c.GetTtl().GetSeconds(); ttl != 0 {
+		s += "; Max-Age=" + strconv.FormatInt(ttl, 10)
+	}
+	if c.GetPath() != "" {
+		s += "; Path=" + c.GetPath()
+	}
+	for _, a := range c.GetAttributes() {
+		if a.GetValue() == "" {
+			s += "; " + a.GetName()
+		} else {
+			s += "; " + a.GetName() + "=" + a.GetValue()
+		}
+	}
+	return s + "; HttpOnly"
+}
+
+// sentOnCrossSitePost says whether a browser sends a cookie set by setCookie on a top-level
+// cross-site POST (OpenID Connect's form_post response mode, SAML's POST binding) after its
+// first two minutes. RFC 6265bis: SameSite=Lax and Strict cookies are withheld from
+// cross-site POSTs; SameSite=None is sent only with Secure (browsers drop it otherwise).
+// Without the attribute, Firefox and Safari send it and Chrome treats it as Lax (its "Lax
+// allowing unsafe" exception covers only the first two minutes), so it is not counted here.
+func sentOnCrossSitePost(setCookie string) bool {
+	attrs := map[string]string{}
+	for _, part := range strings.Split(setCookie, ";")[1:] {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		attrs[strings.ToLower(k)] = strings.ToLower(v)
+	}
+	_, secure := attrs["secure"]
+	return attrs["samesite"] == "none" && secure
+}
+
+// Rule: Envoy writes the configured cookie attributes as they are
+// (Http::Utility::makeSetCookieValue), so SameSite is Tether's choice. With the default
+// configuration and secure: true (clients reach the site by HTTPS), the cookie must survive a
+// cross-site POST: otherwise the POST arrives without it, Envoy places a new session by load
+// and the response overwrites the cookie (the user loses their server at each sign-in).
+// Without secure, SameSite=None is impossible (browsers drop it) and the attribute is left
+// out, the most that browsers then send cross-site. An explicit sameSite is kept.
+func TestCookieSurvivesCrossSitePost(t *testing.T) {
+	cookieOf := func(a registry.Affinity) *httpv3.Cookie {
+		t.Helper()
+		cfg := registry.DefaultServiceConfig("app")
+		cfg.Affinity = a
+		var p packer
+		var ss statefulsessionv3.StatefulSessionPerRoute
+		if err := perFilterConfig("app", cfg, true, &p)[statefulSessionFilter].UnmarshalTo(&ss); err != nil || p.err != nil {
+			t.Fatalf("affinity %+v: %v %v", a, err, p.err)
+		}
+		var cs cookiev3.CookieBasedSessionState
+		if err := ss.GetStatefulSession().GetSessionState().GetTypedConfig().UnmarshalTo(&cs); err != nil {
+			t.Fatal(err)
+		}
+		return cs.GetCookie()
+	}
+	value := envoyCookie("10.0.0.5:5000", 0)
+	def := registry.DefaultServiceConfig("app").Affinity
+	secure := def
+	secure.Secure = true
+	if sc := setCookieOf(cookieOf(secure), value); !sentOnCrossSitePost(sc) {
+		t.Errorf("default sameSite with secure: Set-Cookie %s is not sent on a cross-site POST: a sign-in by form_post moves the user", sc)
+	}
+	if sc := setCookieOf(cookieOf(def), value); strings.Contains(sc, "SameSite") {
+		t.Errorf("default sameSite without secure: Set-Cookie %s, want no SameSite attribute (Lax and Strict are never sent on a cross-site POST, None needs Secure)", sc)
+	}
+	for _, explicit := range []string{"Lax", "Strict"} {
+		a := secure
+		a.SameSite = explicit
+		if sc := setCookieOf(cookieOf(a), value); !strings.Contains(sc, "; SameSite="+explicit+"; Secure") || sentOnCrossSitePost(sc) {
+			t.Errorf("explicit sameSite %s: Set-Cookie %s", explicit, sc)
+		}
 	}
 }

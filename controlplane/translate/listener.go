@@ -3,11 +3,15 @@ package translate
 import (
 	"fmt"
 
+	xdscorev3 "github.com/cncf/xds/go/xds/core/v3"
+	xdsmatcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	matchingv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
+	skipv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	statefulsessionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
@@ -38,7 +42,8 @@ func (p *packer) pack(m proto.Message) *anypb.Any {
 // listener builds the single HTTP listener: HCM with RDS over ADS, WebSocket upgrades
 // (disabled per route for services that do not allow them), the header_mutation filter
 // (per-route reply headers), the stateful session filter (inert here: no session_state;
-// each route turns it on or off), the router, an access log to stdout and the fixed local
+// each route turns it on or off) wrapped so that a refused response sets no cookie
+// (statefulSessionHTTPFilter), the router, an access log to stdout and the fixed local
 // reply mappers.
 //
 // It depends on opts alone, never on the registry: when a listener's filter chain changes,
@@ -61,8 +66,7 @@ func listener(opts Options) (*listenerv3.Listener, error) {
 		HttpFilters: []*hcmv3.HttpFilter{
 			{Name: headerMutationFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{
 				TypedConfig: p.pack(&headermutationv3.HeaderMutation{})}},
-			{Name: statefulSessionFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{
-				TypedConfig: p.pack(&statefulsessionv3.StatefulSession{})}},
+			statefulSessionHTTPFilter(&p),
 			{Name: routerFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{
 				TypedConfig: p.pack(&routerv3.Router{})}},
 		},
@@ -89,6 +93,61 @@ func listener(opts Options) (*listenerv3.Listener, error) {
 		return l, fmt.Errorf("listener %s: %w", ListenerName, p.err)
 	}
 	return l, nil
+}
+
+// refusedStatus is the response status that must never place a session: the refusal of a
+// full server, and Envoy's own 503s (no healthy upstream, connect failure, circuit-breaker
+// overflow), which the initial route retries on another server.
+const refusedStatus = "503"
+
+// statefulSessionHTTPFilter is the stateful session filter wrapped in match_delegate, with a
+// matcher that skips it when the response status is 503.
+//
+// Envoy's StatefulSession::encodeHeaders writes the cookie for the upstream host whatever the
+// response status, and after retries that host is the last attempt's: a first request that
+// every attempt saw refused would pin the user to the last server that refused them, and
+// their later requests take the session route, which never retries. The wrapper
+// (DelegatingStreamFilter, source/extensions/filters/http/match_delegate/config.cc) evaluates
+// the matcher on each call: in decodeHeaders the response headers are not there yet
+// (HttpResponseHeadersDataInput answers NotAvailable, the match is incomplete), so the filter's
+// decodeHeaders runs and still overrides the host; in encodeHeaders the status is known and a
+// 503 skips the filter's encodeHeaders, so no cookie is set. Any other status (a 500 the
+// application may have answered after creating a session, a 302 local reply) runs it as before.
+//
+// The wrapper keeps the filter's name: the wrapped filter shares the wrapper's callbacks, and
+// both look their route config up by that name (ActiveStreamFilterBase::mostSpecificPerFilterConfig
+// with filter_context_.config_name). The routes put a StatefulSessionPerRoute there, which the
+// stateful session factory builds (PerFilterConfigs chooses the factory by type URL); the
+// wrapper's own lookup casts it to its FilterConfigPerRoute, gets nothing, and keeps the
+// matcher below. The matcher is fixed, so the listener still never changes with the registry.
+func statefulSessionHTTPFilter(p *packer) *hcmv3.HttpFilter {
+	m := &xdsmatcherv3.Matcher{MatcherType: &xdsmatcherv3.Matcher_MatcherList_{MatcherList: &xdsmatcherv3.Matcher_MatcherList{
+		Matchers: []*xdsmatcherv3.Matcher_MatcherList_FieldMatcher{{
+			Predicate: &xdsmatcherv3.Matcher_MatcherList_Predicate{MatchType: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_{
+				SinglePredicate: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate{
+					Input: &xdscorev3.TypedExtensionConfig{
+						Name:        "response-status",
+						TypedConfig: p.pack(&matcherv3.HttpResponseHeaderMatchInput{HeaderName: ":status"}),
+					},
+					Matcher: &xdsmatcherv3.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch{
+						ValueMatch: &xdsmatcherv3.StringMatcher{MatchPattern: &xdsmatcherv3.StringMatcher_Exact{Exact: refusedStatus}},
+					},
+				},
+			}},
+			OnMatch: &xdsmatcherv3.Matcher_OnMatch{OnMatch: &xdsmatcherv3.Matcher_OnMatch_Action{Action: &xdscorev3.TypedExtensionConfig{
+				Name:        "skip",
+				TypedConfig: p.pack(&skipv3.SkipFilter{}),
+			}}},
+		}},
+	}}}
+	wrapped := &matchingv3.ExtensionWithMatcher{
+		XdsMatcher: m,
+		ExtensionConfig: &corev3.TypedExtensionConfig{
+			Name:        statefulSessionFilter,
+			TypedConfig: p.pack(&statefulsessionv3.StatefulSession{}),
+		},
+	}
+	return &hcmv3.HttpFilter{Name: statefulSessionFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: p.pack(wrapped)}}
 }
 
 // Bodies of the local replies.

@@ -23,7 +23,7 @@ const maxRE2ProgramSize = 100
 // cookieRegexOverhead is the RE2 program size of cookieMarkerRegex without the name; each
 // character of the name adds one instruction (QuoteMeta's escapes included), measured with
 // RE2 by TestCookieRegexRE2ProgramSize.
-const cookieRegexOverhead = 37
+const cookieRegexOverhead = 33
 
 // longestNames are service names at the edges of the schema, and explicit cookie names of
 // the longest length the registry accepts, using every character a cookie name may hold

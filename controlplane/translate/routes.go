@@ -119,9 +119,13 @@ func webSocketMatcher() *routev3.HeaderMatcher {
 
 // markerMatcher matches requests that carry the session marker, nil for modes without one.
 // Cookies are matched with a regular expression on the Cookie header (the route-level
-// cookie matcher is too recent for the Envoy versions Tether supports); Envoy joins
-// repeated headers with ',', so both ';' and ',' separate cookies. An empty value is not
-// a session.
+// cookie matcher is too recent for the Envoy versions Tether supports), read as Envoy's
+// cookie parser reads it (Http::Utility::parseCookieValue): cookies are separated by ';'
+// alone, spaces (not tabs) may precede a name, and an empty value is not a session. A ','
+// is part of a value there: accepting it as a separator sent a request Envoy does not pin
+// down the session route, which never retries. (HTTP/2 and HTTP/3 cookie crumbs are joined
+// with "; "; only an HTTP/1 client sending several Cookie lines, which RFC 6265 forbids,
+// has them joined with ',' for route matching.)
 func markerMatcher(a registry.Affinity) *routev3.HeaderMatcher {
 	switch a.Mode {
 	case registry.AffinityCookie:
@@ -145,10 +149,11 @@ func markerMatcher(a registry.Affinity) *routev3.HeaderMatcher {
 }
 
 // cookieMarkerRegex is the regular expression that recognises a request carrying the
-// cookie. Its RE2 program size is 37 plus the length of the name (QuoteMeta's escapes add
-// none), so registry.MaxCookieName keeps it within Envoy's limit of 100.
+// cookie. A value starting with a space is refused too: it is never base64, and Envoy takes
+// no host from it. Its RE2 program size is 33 plus the length of the name (QuoteMeta's
+// escapes add none), so registry.MaxCookieName keeps it within Envoy's limit of 100.
 func cookieMarkerRegex(name string) string {
-	return `^(.*[;,])?[ \t]*` + regexp.QuoteMeta(name) + `=[^;, \t].*$`
+	return `^(.*;)? *` + regexp.QuoteMeta(name) + `=[^; ].*$`
 }
 
 // routeAction forwards to the service's cluster. WebSocket routes have no timeout and a
@@ -281,8 +286,8 @@ func perFilterConfig(svc string, cfg registry.ServiceConfig, session bool, p *pa
 	switch a.Mode {
 	case registry.AffinityCookie:
 		cookie := &httpv3.Cookie{Name: a.CookieName, Path: a.CookiePath, Ttl: durationpb.New(a.CookieTTL.D())}
-		if a.SameSite != "" {
-			cookie.Attributes = append(cookie.Attributes, &httpv3.CookieAttribute{Name: "SameSite", Value: a.SameSite})
+		if ss := sameSite(a); ss != "" {
+			cookie.Attributes = append(cookie.Attributes, &httpv3.CookieAttribute{Name: "SameSite", Value: ss})
 		}
 		if a.Secure {
 			cookie.Attributes = append(cookie.Attributes, &httpv3.CookieAttribute{Name: "Secure"})
@@ -308,6 +313,21 @@ func perFilterConfig(svc string, cfg registry.ServiceConfig, session bool, p *pa
 		headerMutationFilter:  p.pack(mut),
 		statefulSessionFilter: p.pack(ss),
 	}
+}
+
+// sameSite is the cookie's SameSite attribute, "" for none. auto (the default) is None for a
+// Secure cookie and none otherwise: a sign-in that returns by a cross-site POST (OpenID
+// Connect form_post, SAML POST binding) carries no Lax or Strict cookie, so Envoy would place
+// the user anew and overwrite their cookie; browsers send None cross-site, but only with
+// Secure (registry.SameSiteAuto).
+func sameSite(a registry.Affinity) string {
+	if a.SameSite != registry.SameSiteAuto {
+		return a.SameSite
+	}
+	if a.Secure {
+		return "None"
+	}
+	return ""
 }
 
 // setOverload makes r answer the service's overload reply: a direct response with the

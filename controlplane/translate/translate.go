@@ -20,6 +20,14 @@
 //     does not depend on treat_missing_header_as_empty, and gives the catch-all route a place
 //     of its own to answer the overload reply directly when no instance is available while
 //     requests of existing sessions still reach their server.
+//   - A refused response places no session. The stateful session filter writes its cookie
+//     for the last upstream host whatever the status, so a first request every attempt of
+//     which got 503 would pin its user to a server that refused them, on the session route
+//     that never retries. The listener wraps the filter in match_delegate with a fixed
+//     matcher that skips it when the response status is 503 (its decode path, which pins a
+//     session's requests, still runs). A session whose own server answers 503 keeps its
+//     cookie and sees that reply: Tether cannot tell a session the server holds from one it
+//     does not, and moving the first would lose it (the server may expire the cookie itself).
 //   - Overload reply. When no instance of a service is available, requests without the
 //     marker get the overload reply straight from the route (direct_response: overload
 //     status with Retry-After, or 302 to overload.returnUrl). As a backstop, the listener's
@@ -58,9 +66,16 @@
 //     weights whatever the load, since a weight change remaps part of the ring. A full or
 //     draining instance leaves the ring, so its users move.
 //   - lbPolicy random ignores weights; with weights "load" a Problem says so.
+//   - The cookie's SameSite is None when it is Secure and left out otherwise (sameSite
+//     "auto", the default): a sign-in that returns by a cross-site POST (OpenID Connect
+//     form_post, SAML POST binding) carries no Lax or Strict cookie, so Envoy would place the
+//     user anew and overwrite their cookie. Browsers send only SameSite=None cookies
+//     cross-site, and only Secure ones. The cookie names a server and grants nothing, so being
+//     sent cross-site costs nothing; an explicit sameSite is written as it is.
 //   - The cookie-mode cookie is HttpOnly (Envoy always sets it), its value is base64 of a
-//     serialized envoy.Cookie message holding the upstream address (and an expiry when
-//     cookieTTL is set), and its ttl defaults to 0s (a session cookie). Cookie names are at
+//     serialized envoy.Cookie message holding the upstream address, and its ttl is 0s (a
+//     browser-session cookie; the registry refuses any other cookieTTL, since Envoy writes
+//     the expiry from its own monotonic clock, meaningless to another Envoy). Cookie names are at
 //     most 63 characters so that the marker regex stays within RE2 program size 100.
 package translate
 

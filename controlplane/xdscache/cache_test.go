@@ -310,11 +310,12 @@ func cla(name string, port uint32) *endpointv3.ClusterLoadAssignment {
 				Address: "10.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}}}}}}}}
 }
 
-// TestSotWPushes holds the two Envoy rules a SotW push relies on. Clusters (and listeners) are
-// sent whole: Envoy's WatchMap::onConfigUpdate hands the single wildcard watch every update,
-// and CDS removes a cluster missing from it. Endpoints (and routes) are sent as they change:
-// WatchMap gives the watch of an assignment left out an empty update, which
-// EdsClusterImpl::onConfigUpdate (and RdsRouteConfigSubscription) ignores.
+// TestSotWPushes holds the two Envoy rules a SotW push relies on (envoy-rules rows 25-26).
+// Clusters (and listeners) are sent whole: Envoy's GrpcMuxImpl::processDiscoveryResources hands
+// the wildcard watch every resource, and CdsApiImpl::onConfigUpdate removes a cluster missing
+// from them. Endpoints (and routes) are sent as they change: processDiscoveryResources calls
+// only the watches whose named resource is in the response, so an assignment left out is
+// not touched.
 func TestSotWPushes(t *testing.T) {
 	c := New(Options{})
 	res := func(port uint32) map[string][]types.Resource {
