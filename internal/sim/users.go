@@ -30,7 +30,7 @@ type user struct {
 
 type jarCookie struct {
 	value    string
-	sameSite string // as set: "Strict", "Lax", "None" or "" (a browser's default, Lax)
+	sameSite string // as set: "Strict", "Lax", "None" or "" (no attribute)
 }
 
 func (s *Sim) newUser(i int, rng *rand.Rand) *user {
@@ -84,9 +84,11 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 	hdr := http.Header{}
 	var cookies []string
 	for name, c := range u.jar {
-		// A browser sends a SameSite=Lax or Strict cookie (Lax by default) with no cross-site
-		// POST (RFC 6265bis, "same-site" requests).
-		if crossSite && c.sameSite != "None" {
+		// A browser sends no SameSite=Lax or Strict cookie with a cross-site POST (RFC 6265bis).
+		// A cookie without the attribute goes: Firefox and Safari do not default to Lax, and
+		// Chrome's Lax default sends a cookie set less than two minutes ago with a top-level
+		// cross-site POST ("Lax+POST"), which a sign-in right after the first page is.
+		if crossSite && (strings.EqualFold(c.sameSite, "Lax") || strings.EqualFold(c.sameSite, "Strict")) {
 			continue
 		}
 		cookies = append(cookies, name+"="+c.value)
