@@ -14,7 +14,7 @@ FUZZTIME ?= 300000x
 # The Windows pass runs the host's binary with GOOS=windows, so that it checks the Windows files.
 GOLANGCI := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build run demo test test-short lint fmt cross fuzz bench e2e clean
+.PHONY: all build run demo test test-short lint fmt cross fuzz bench e2e sim soak clean
 
 all: build
 
@@ -31,6 +31,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags simmutate ./internal/... ./controlplane/...
 	GOOS=windows $(GO) vet $(PKGS)
 	$(GO) run $(GOLANGCI) run $(PKGS)
 	$(GO) run -exec 'env GOOS=windows' $(GOLANGCI) run $(PKGS)
@@ -38,8 +39,15 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
+# The simulation (internal/sim) runs apart from the race-detector pass: it drives real agent
+# processes and in-process control planes against wall-clock timings that the race detector's
+# slowdown would change. Its mutation test needs the simmutate tag (internal/mutation).
+RACE_PKGS = $$($(GO) list $(PKGS) | grep -v /internal/sim$$)
+
 test: lint
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
+	$(GO) test -count=1 -timeout 10m ./internal/sim
+	$(GO) test -tags simmutate -count=1 -timeout 10m -run Mutation ./internal/sim
 	$(MAKE) --no-print-directory fuzz FUZZTIME=40000x
 
 test-short:
@@ -65,6 +73,17 @@ bench:
 	$(GO) test ./controlplane/xdscache -run '^$$' -bench EndpointPush -benchmem
 	$(GO) test ./controlplane -run '^$$' -bench PublishLoadChange -benchmem
 	$(GO) run ./cmd/tether-bench -scales 100x10,1000x100,10000x1000 -duration 30s -json bench.json
+
+# The simulation: seeded faults against the real control planes, etcd and agents, with a table
+# of what the users saw. SEEDS picks the seeds; `make soak DURATION=30m` runs random seeds for
+# that long and writes sim-summary.txt.
+SEEDS    ?= 1-6
+DURATION ?= 30m
+sim:
+	$(GO) run ./cmd/tether-sim -seeds $(SEEDS)
+
+soak:
+	$(GO) run ./cmd/tether-sim -soak $(DURATION) -summary sim-summary.txt
 
 clean:
 	rm -rf $(BIN) .tether-data
