@@ -36,6 +36,7 @@ const (
 	FaultEnvoyReconnect = "envoy-reconnect"       // an Envoy's stream breaks
 	FaultEnvoySlow      = "envoy-slow"            // an Envoy applies and ACKs endpoints late
 	FaultMassDelete     = "mass-delete"           // every instance key deleted in one transaction
+	FaultBadConfigKept  = "bad-config-kept"       // an invalid edit that stays while etcd compacts and a control plane restarts
 )
 
 // faultWeights are the kinds' relative frequencies.
@@ -47,7 +48,7 @@ var faultWeights = []struct {
 	{FaultServerCrash, 1}, {FaultDrainID, 3}, {FaultRollingDeploy, 2}, {FaultCPRestart, 2},
 	{FaultCompact, 2}, {FaultBadConfig, 2}, {FaultTypoService, 1}, {FaultFull, 3},
 	{FaultAllFull, 2}, {FaultJoin, 2}, {FaultEnvoyReconnect, 2}, {FaultEnvoySlow, 3},
-	{FaultMassDelete, 1},
+	{FaultMassDelete, 1}, {FaultBadConfigKept, 1},
 }
 
 // FaultKinds lists every kind.
@@ -249,6 +250,32 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			return
 		}
 		s.event(nil, nil, "fault: an operator writes an invalid shop configuration (lbPolicy fastest); fixed in %s", f.dur.Round(time.Millisecond))
+		sleep(ctx, f.dur)
+		if _, err := s.cli.Put(context.WithoutCancel(ctx), key, shopConfig); err == nil {
+			s.event(nil, nil, "the shop configuration is fixed")
+		}
+	case FaultBadConfigKept:
+		// The bad edit of an afternoon: it stays for an hour, etcd compacts its history
+		// meanwhile (the embedded etcd every hour, production ones every 5-60 minutes), and a
+		// control plane restarts before anyone fixes it.
+		key := registry.ServiceKey(registry.DefaultPrefix, svcShop)
+		bad := `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true},"lbPolicy":"fastest"}`
+		put, err := s.cli.Put(ctx, key, bad)
+		if err != nil {
+			return
+		}
+		s.event(nil, nil, "fault: an invalid shop configuration stays while etcd compacts and control plane 0 restarts")
+		sleep(ctx, 200*time.Millisecond)
+		if _, err := s.cli.Compact(ctx, put.Header.Revision); err != nil {
+			return
+		}
+		s.stopCP(0)
+		s.mu.Lock()
+		s.lastCPRestart = time.Now()
+		s.mu.Unlock()
+		if err := s.startCP(context.WithoutCancel(ctx), 0); err != nil {
+			s.event(nil, nil, "control plane 0 did not start again: %v", err)
+		}
 		sleep(ctx, f.dur)
 		if _, err := s.cli.Put(context.WithoutCancel(ctx), key, shopConfig); err == nil {
 			s.event(nil, nil, "the shop configuration is fixed")
