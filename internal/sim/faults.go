@@ -37,6 +37,9 @@ const (
 	FaultEnvoySlow      = "envoy-slow"            // an Envoy applies and ACKs endpoints late
 	FaultMassDelete     = "mass-delete"           // every instance key deleted in one transaction
 	FaultBadConfigKept  = "bad-config-kept"       // an invalid edit that stays while etcd compacts and a control plane restarts
+	FaultEtcdMember     = "etcd-member-loss"      // an etcd member that does not lead stops for a while (three members)
+	FaultEtcdLeader     = "etcd-leader-loss"      // the etcd leader stops for a while (three members)
+	FaultCutOff         = "cp-cut-off"            // a replica loses etcd for a while (two replicas)
 )
 
 // faultWeights are the kinds' relative frequencies.
@@ -49,6 +52,7 @@ var faultWeights = []struct {
 	{FaultCompact, 2}, {FaultBadConfig, 2}, {FaultTypoService, 1}, {FaultFull, 3},
 	{FaultAllFull, 2}, {FaultJoin, 2}, {FaultEnvoyReconnect, 2}, {FaultEnvoySlow, 3},
 	{FaultMassDelete, 1}, {FaultBadConfigKept, 1},
+	{FaultEtcdMember, 2}, {FaultEtcdLeader, 2}, {FaultCutOff, 2},
 }
 
 // FaultKinds lists every kind.
@@ -80,7 +84,7 @@ const maxSlow = cpPublishSettle * 3 / 4
 const meanFaultGap = 700 * time.Millisecond
 
 // makeSchedule draws the faults of a run from its seed.
-func makeSchedule(seed int64, d time.Duration, only []string) []scheduled {
+func makeSchedule(seed int64, d time.Duration, only []string, topo topology) []scheduled {
 	rng := rand.New(rand.NewPCG(uint64(seed), 2))
 	var kinds []string
 	total := 0
@@ -88,6 +92,9 @@ func makeSchedule(seed int64, d time.Duration, only []string) []scheduled {
 	for _, f := range faultWeights {
 		if len(only) > 0 && !contains(only, f.kind) {
 			continue
+		}
+		if (f.kind == FaultEtcdMember || f.kind == FaultEtcdLeader) && topo.members < 3 || f.kind == FaultCutOff && topo.replicas < 2 {
+			continue // the topology has nothing to break this way
 		}
 		kinds = append(kinds, f.kind)
 		weights[f.kind] = f.weight
@@ -280,6 +287,41 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		if _, err := s.cli.Put(context.WithoutCancel(ctx), key, shopConfig); err == nil {
 			s.event(nil, nil, "the shop configuration is fixed")
 		}
+	case FaultEtcdMember, FaultEtcdLeader:
+		// One member down at a time: two of three is a quorum lost, an etcd outage, which
+		// the control plane rides out by serving what it has (reliability.md) but which is
+		// not this fault.
+		if !s.etcdFault.TryLock() {
+			return
+		}
+		defer s.etcdFault.Unlock()
+		lead := s.etcd.leader(ctx, s.cli)
+		i := int(f.pick % uint64(len(s.etcd.members)))
+		if f.kind == FaultEtcdLeader && lead >= 0 {
+			i = lead
+		} else if f.kind == FaultEtcdMember && i == lead {
+			i = (i + 1) % len(s.etcd.members)
+		}
+		m := s.etcd.members[i]
+		s.event(nil, nil, "fault: etcd member %s stops (leader: %v) for %s", m.name, i == lead, f.dur.Round(time.Millisecond))
+		m.close()
+		sleep(ctx, f.dur)
+		if err := m.start(context.WithoutCancel(ctx)); err != nil {
+			s.event(nil, nil, "etcd member %s did not start again: %v", m.name, err)
+			return
+		}
+		s.event(nil, nil, "etcd member %s is back", m.name)
+	case FaultCutOff:
+		i := len(s.cps) - 1
+		s.event(nil, nil, "fault: control plane %d is cut off from etcd for %s", i, f.dur.Round(time.Millisecond))
+		for _, p := range s.cuts {
+			p.setCut(true)
+		}
+		sleep(ctx, f.dur)
+		for _, p := range s.cuts {
+			p.setCut(false)
+		}
+		s.event(nil, nil, "control plane %d reaches etcd again", i)
 	case FaultTypoService:
 		s.mu.Lock()
 		typo := false

@@ -11,14 +11,14 @@ import (
 // sessions kept and lost by cause, and the violations.
 func WriteTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "seed\tfaults\trequests\tsessions\tkept\tlost: died\tlost: stopped\trefused first\tmodel errors\tviolations")
+	fmt.Fprintln(tw, "seed\ttopology\tfaults\trequests\tsessions\tkept\tlost: died\tlost: stopped\trefused first\tmodel errors\tviolations")
 	total := 0
 	for _, r := range results {
 		var fs []string
 		for _, k := range sortedKeys(r.Faults) {
 			fs = append(fs, fmt.Sprintf("%s %d", k, r.Faults[k]))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Seed, strings.Join(fs, ", "), r.Stats.Requests,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Seed, r.Topology, strings.Join(fs, ", "), r.Stats.Requests,
 			r.Stats.Sessions, r.Stats.Kept, r.Stats.LostDied, r.Stats.LostStopped, r.Stats.Refused, r.Stats.Errors, violationSummary(r.Violations))
 		total += len(r.Violations)
 	}

@@ -30,7 +30,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/controlplane"
-	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/internal/mutation"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
@@ -98,8 +97,10 @@ type Sim struct {
 	agentBin string
 	start    time.Time
 
-	etcd         *etcdembed.Server
-	etcdEndpoint string
+	etcd         *etcdCluster
+	etcdEndpoint string      // every member, comma-separated, for the agents and drain
+	cuts         []*cutProxy // the last replica's way to each member, when there are two replicas
+	etcdFault    sync.Mutex  // held while a member is down
 	cli          *clientv3.Client
 
 	cpMu sync.Mutex
@@ -152,6 +153,7 @@ type Violation struct {
 // Result is one run's outcome.
 type Result struct {
 	Seed       int64
+	Topology   string // etcd members and control-plane replicas
 	Faults     map[string]int
 	Stats      Stats
 	Violations []Violation
@@ -196,11 +198,29 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 	s.run(ctx)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	res = Result{Seed: opts.Seed, Faults: s.faults, Stats: s.stats, Violations: s.viol, Dir: s.dir}
+	topo := topologyOf(opts.Seed)
+	res = Result{Seed: opts.Seed, Topology: fmt.Sprintf("etcd x%d, cp x%d", topo.members, topo.replicas), Faults: s.faults, Stats: s.stats, Violations: s.viol, Dir: s.dir}
 	for _, f := range s.schedule {
 		res.Schedule = append(res.Schedule, f.String())
 	}
 	return res, ctx.Err()
+}
+
+// topology is a run's etcd members and control-plane replicas, drawn from its seed: most runs
+// have one of each, a third two replicas with the Envoys split between them, a third three
+// etcd members.
+type topology struct{ members, replicas int }
+
+func topologyOf(seed int64) topology {
+	rng := rand.New(rand.NewPCG(uint64(seed), 3))
+	t := topology{members: 1, replicas: 1}
+	if rng.IntN(3) == 0 {
+		t.replicas = 2
+	}
+	if rng.IntN(3) == 0 {
+		t.members = 3
+	}
+	return t
 }
 
 func freePort() (int, error) {
@@ -213,19 +233,13 @@ func freePort() (int, error) {
 }
 
 func (s *Sim) setUp(ctx context.Context) error {
-	cp, err1 := freePort()
-	pp, err2 := freePort()
-	if err := errors.Join(err1, err2); err != nil {
-		return err
-	}
-	e, err := etcdembed.Start(ctx, etcdembed.Config{Dir: filepath.Join(s.dir, "etcd"),
-		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", cp), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", pp),
-		TickMs: 10, ElectionMs: 100})
+	topo := topologyOf(s.opts.Seed)
+	e, err := startEtcd(ctx, s.dir, topo.members)
 	if err != nil {
 		return err
 	}
-	s.etcd, s.etcdEndpoint = e, e.Endpoints[0]
-	s.cli, err = clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 2 * time.Second})
+	s.etcd, s.etcdEndpoint = e, strings.Join(e.endpoints(), ",")
+	s.cli, err = clientv3.New(clientv3.Config{Endpoints: e.endpoints(), DialTimeout: 2 * time.Second})
 	if err != nil {
 		return err
 	}
@@ -233,16 +247,21 @@ func (s *Sim) setUp(ctx context.Context) error {
 		return fmt.Errorf("put shop config: %w", err)
 	}
 	rng := rand.New(rand.NewPCG(uint64(s.opts.Seed), 1))
-	replicas := 1
-	if rng.IntN(3) == 0 {
-		replicas = 2
-	}
-	for range replicas {
+	for range topo.replicas {
 		p, err := freePort()
 		if err != nil {
 			return err
 		}
 		s.cps = append(s.cps, &cpSlot{addr: "127.0.0.1:" + strconv.Itoa(p)})
+	}
+	if topo.replicas == 2 {
+		for _, ep := range e.endpoints() {
+			p, err := newCutProxy(ep)
+			if err != nil {
+				return err
+			}
+			s.cuts = append(s.cuts, p)
+		}
 	}
 	for i := range s.cps {
 		if err := s.startCP(ctx, i); err != nil {
@@ -273,7 +292,7 @@ func (s *Sim) setUp(ctx context.Context) error {
 			e.run(s.ctx, s.cpAddr)
 		}()
 	}
-	s.schedule = makeSchedule(s.opts.Seed, s.opts.Duration, s.opts.Faults)
+	s.schedule = makeSchedule(s.opts.Seed, s.opts.Duration, s.opts.Faults, topo)
 	return s.waitReady(ctx)
 }
 
@@ -326,8 +345,15 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
+	eps := s.etcd.endpoints()
+	if i == len(s.cps)-1 && len(s.cuts) > 0 {
+		eps = eps[:0:0]
+		for _, p := range s.cuts {
+			eps = append(eps, p.url())
+		}
+	}
 	cfg := controlplane.Config{
-		Etcd:    clientv3.Config{Endpoints: []string{s.etcdEndpoint}, DialTimeout: 2 * time.Second},
+		Etcd:    clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second},
 		XDSAddr: slot.addr, AdminAddr: "127.0.0.1:0",
 		HoldWindow: cpHoldWindow, HoldGrace: cpHoldGrace, PublishSettle: cpPublishSettle,
 		AllowLoopback: true, ShutdownTimeout: 2 * time.Second,
@@ -474,8 +500,11 @@ func (s *Sim) teardown() {
 	if s.cli != nil {
 		_ = s.cli.Close()
 	}
+	for _, p := range s.cuts {
+		p.close()
+	}
 	if s.etcd != nil {
-		s.etcd.Close()
+		s.etcd.stop()
 	}
 }
 

@@ -102,7 +102,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // TestScheduleIsTheSeeds: a seed gives the same schedule every time, and another seed another.
 func TestScheduleIsTheSeeds(t *testing.T) {
-	a, b, c := makeSchedule(7, 12*time.Second, nil), makeSchedule(7, 12*time.Second, nil), makeSchedule(8, 12*time.Second, nil)
+	a, b, c := makeSchedule(7, 12*time.Second, nil, topology{3, 2}), makeSchedule(7, 12*time.Second, nil, topology{3, 2}), makeSchedule(8, 12*time.Second, nil, topology{3, 2})
 	if len(a) == 0 {
 		t.Fatal("no fault scheduled in 12 s")
 	}
@@ -121,7 +121,7 @@ func TestScheduleIsTheSeeds(t *testing.T) {
 	if same {
 		t.Error("seeds 7 and 8 gave the same schedule")
 	}
-	for _, f := range makeSchedule(7, 12*time.Second, []string{FaultJoin}) {
+	for _, f := range makeSchedule(7, 12*time.Second, []string{FaultJoin}, topology{1, 1}) {
 		if f.kind != FaultJoin {
 			t.Fatalf("a schedule restricted to joins has %s", f.kind)
 		}
