@@ -53,6 +53,9 @@ type Options struct {
 	Faults []string
 	// Log receives events as they happen; nil discards them.
 	Log io.Writer
+	// EnvoyBin, when set, runs a real Envoy in the gateway group beside the modelled ones
+	// (realenvoy.go); a share of the requests go through it.
+	EnvoyBin string
 }
 
 func (o *Options) defaults() {
@@ -107,6 +110,8 @@ type Sim struct {
 	cps  []*cpSlot
 
 	envoys []*envoy
+	real   *realEnvoy
+	listen int // the Envoys' listener port (the real Envoy binds it)
 	http   *http.Client
 	ctx    context.Context // the Envoys' lifetime; teardown cancels it
 	cancel context.CancelFunc
@@ -263,6 +268,9 @@ func (s *Sim) setUp(ctx context.Context) error {
 			s.cuts = append(s.cuts, p)
 		}
 	}
+	if s.listen, err = freePort(); err != nil {
+		return err
+	}
 	for i := range s.cps {
 		if err := s.startCP(ctx, i); err != nil {
 			return err
@@ -291,6 +299,11 @@ func (s *Sim) setUp(ctx context.Context) error {
 			defer s.wg.Done()
 			e.run(s.ctx, s.cpAddr)
 		}()
+	}
+	if s.opts.EnvoyBin != "" {
+		if s.real, err = s.startRealEnvoy(s.listen); err != nil {
+			return err
+		}
 	}
 	s.schedule = makeSchedule(s.opts.Seed, s.opts.Duration, s.opts.Faults, topo)
 	return s.waitReady(ctx)
@@ -325,6 +338,9 @@ func (s *Sim) waitReady(ctx context.Context) error {
 				ok = false
 			}
 		}
+		if ok && s.real != nil {
+			ok = s.realReady(ctx)
+		}
 		if ok {
 			return nil
 		}
@@ -337,6 +353,12 @@ func (s *Sim) waitReady(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// realReady says whether the real Envoy forwards a first request of app to a server.
+func (s *Sim) realReady(ctx context.Context) bool {
+	resp, err := s.real.serve(ctx, s.http, request{method: http.MethodGet, host: "app.test", path: "/ready-check", header: http.Header{}})
+	return err == nil && resp.upstream != ""
 }
 
 func (s *Sim) startCP(ctx context.Context, i int) error {
@@ -476,6 +498,9 @@ func (s *Sim) violate(inv int, kind string, subjects []string, from time.Time, f
 func (s *Sim) teardown() {
 	s.cancel()
 	s.wg.Wait()
+	if s.real != nil {
+		s.real.stop()
+	}
 	s.mu.Lock()
 	agents := make([]*agentProc, 0, len(s.agents))
 	for _, a := range s.agents {

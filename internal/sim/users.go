@@ -80,7 +80,11 @@ func (s *Sim) live(ctx context.Context, u *user) {
 
 // request sends one request through a random Envoy and checks what came back.
 func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSite bool) {
-	e := s.envoys[u.rng.IntN(len(s.envoys))]
+	n := len(s.envoys)
+	if s.real != nil {
+		n++
+	}
+	pick := u.rng.IntN(n)
 	hdr := http.Header{}
 	var cookies []string
 	for name, c := range u.jar {
@@ -98,7 +102,17 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 	}
 	hdr.Set("X-Sim-User", u.name)
 	sent := time.Now()
-	resp, err := e.serve(ctx, s.http, u.rng, request{method: method, host: u.host, path: path, header: hdr, sourceIP: u.ip})
+	req := request{method: method, host: u.host, path: path, header: hdr, sourceIP: u.ip}
+	var resp response
+	var err error
+	name, variant := "envoy-real", "real"
+	if pick == len(s.envoys) {
+		resp, err = s.real.serve(ctx, s.http, req)
+	} else {
+		e := s.envoys[pick]
+		name, variant = e.name, string(e.cli.Variant)
+		resp, err = e.serve(ctx, s.http, u.rng, req)
+	}
 	if ctx.Err() != nil {
 		return
 	}
@@ -109,13 +123,13 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 		s.mu.Lock()
 		s.stats.Errors++
 		s.mu.Unlock()
-		s.event(u, []string{u.name}, "%s: %s %s via %s: the Envoy model failed: %v", u.name, method, path, e.name, err)
+		s.event(u, []string{u.name}, "%s: %s %s via %s: the Envoy model failed: %v", u.name, method, path, name, err)
 		return
 	}
 	pinned := u.take(resp.header)
 	got := resp.header.Get(serverHeader)
 	refused := resp.header.Get(refusedHeader) != ""
-	desc := fmt.Sprintf("%s %s via %s (%s, route %s, tried %v): %d", method, path, e.name, e.cli.Variant, resp.route, resp.tried, resp.status)
+	desc := fmt.Sprintf("%s %s via %s (%s, route %s, tried %v): %d", method, path, name, variant, resp.route, resp.tried, resp.status)
 	if got != "" {
 		desc += " from " + got
 	} else if resp.flag != "" {
