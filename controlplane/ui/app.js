@@ -133,6 +133,10 @@ function summaryTiles(state) {
   ];
 }
 
+// unknown lists a drain's instances whose agents did not measure their sessions: while there
+// is one, the count is not what is left and nothing is safe to stop.
+const unknown = (d) => d.sessionsUnknown || [];
+
 // drainsCard lists the operators' drains: what each selects, since when, the instances it
 // drains now and the sessions they still hold (when it reaches 0 they can be stopped).
 function drainsCard(state) {
@@ -145,8 +149,9 @@ function drainsCard(state) {
         "labels " + Object.keys(d.labels || {}).sort().map((k) => k + "=" + d.labels[k]).join(",") })),
     h("td", null, d.createdAt ? timeCell(d.createdAt) : h("span", { class: "muted", text: "–" })),
     h("td", { text: d.matched.length ? d.matched.join(", ") : "none" }),
-    h("td", null, h("b", { class: d.sessions ? "" : "sync-ok", text: String(d.sessions) }),
-      d.matched.length && !d.sessions ? h("span", { class: "addr", text: "safe to stop" }) : null),
+    h("td", null, h("b", { class: d.sessions || unknown(d).length ? "" : "sync-ok", text: String(d.sessions) }),
+      unknown(d).length ? h("span", { class: "addr", text: "unknown on " + unknown(d).join(", ") }) :
+        d.matched.length && !d.sessions ? h("span", { class: "addr", text: "safe to stop" }) : null),
     h("td", { text: d.reason || "–" })));
   const cols = ["Service", "Drain", "Since", "Drained instances", "Sessions left", "Reason"];
   return [h("div", { class: "card drains" },
