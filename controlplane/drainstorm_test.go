@@ -49,7 +49,10 @@ func runAgent(t *testing.T, endpoint, id string, labels map[string]string, sessi
 		cancel()
 		close(skip)
 		select {
-		case <-a.done:
+		case err := <-a.done:
+			if err != nil {
+				t.Logf("agent %s stopped: %v", id, err)
+			}
 		case <-time.After(15 * time.Second):
 			t.Errorf("agent %s did not stop within 15s", id)
 		}

@@ -51,7 +51,10 @@ func runAgent(t *testing.T, endpoint, id string, sessions int64, measured bool) 
 	t.Cleanup(func() {
 		a.stopNow()
 		select {
-		case <-a.done:
+		case err := <-a.done:
+			if err != nil {
+				t.Logf("agent %s stopped: %v", id, err)
+			}
 		case <-time.After(15 * time.Second):
 			t.Errorf("agent %s did not stop within 15s", id)
 		}
