@@ -341,7 +341,7 @@ func (r *runner) sync(ctx context.Context) error {
 	return err
 }
 
-// deregister ends the drain: delete the key, revoke the lease.
+// deregister ends the drain: mark the instance as leaving, delete the key, revoke the lease.
 func (r *runner) deregister(ctx context.Context, why string) error {
 	log := r.log.Info().Str("why", why)
 	if r.cfg.SessionsURL != "" {
@@ -349,6 +349,7 @@ func (r *runner) deregister(ctx context.Context, why string) error {
 	}
 	log.Msg("drain finished; removing the instance")
 	if r.registered && r.lease.Alive() {
+		r.markLeaving(ctx)
 		octx, cancel := context.WithTimeout(ctx, r.opTimeout)
 		err := registry.DeleteInstance(octx, r.cli, r.prefix, r.cfg.Service, r.cfg.ID, r.lease.ID())
 		cancel()
@@ -362,6 +363,26 @@ func (r *runner) deregister(ctx context.Context, why string) error {
 	r.stopLease(ctx)
 	r.log.Info().Msg("instance removed; agent stopped")
 	return nil
+}
+
+// markLeaving writes the instance once more, marked as leaving on purpose with its final
+// load, and gives the control planes DrainSettle to see it before the key goes: a control
+// plane coalesces changes and sees a deleted key's last value only in the state it last
+// served, so a mark deleted within the same push would be lost, and the removal guard would
+// take the departure for a lapsed lease. A failed write only costs that: the key still goes.
+func (r *runner) markLeaving(ctx context.Context) {
+	in := r.instance()
+	in.Leaving = true
+	if err := r.write(ctx, in, writeLeaving); err != nil {
+		r.log.Warn().Err(err).Msg("cannot mark the instance as leaving; removing it anyway")
+		return
+	}
+	t := time.NewTimer(r.cfg.DrainSettle)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // sample measures load and probes the backend (concurrently, each bounded by ProbeTimeout),
@@ -393,6 +414,8 @@ func (r *runner) sample(ctx context.Context) {
 			r.lastLoad.Sessions = sessions
 		}
 	}
+	// Published, so that nobody reads a count the agent could not take as "no session left".
+	r.lastLoad.SessionsUnknown = r.cfg.SessionsURL == "" || !r.sessionsKnown
 	healthy, healthReason := true, ""
 	if r.cfg.HealthURL != "" {
 		r.probeResult("health", healthErr)

@@ -20,6 +20,7 @@ const (
 	writeState     = "state"
 	writeLoad      = "load"
 	writeHeartbeat = "heartbeat"
+	writeLeaving   = "leaving" // the last value, before a deliberate deregistration
 )
 
 // sessionStep is the session-count change worth a write.
@@ -45,6 +46,7 @@ func writeReason(last, next registry.Instance, sinceLast, heartbeat time.Duratio
 	}
 	switch {
 	case last.Thresholds != th,
+		last.Load.SessionsUnknown != next.Load.SessionsUnknown,
 		abs(last.Load.Sessions-next.Load.Sessions) >= step,
 		d(last.Load.CPU, next.Load.CPU) >= percentStep,
 		d(last.Load.Memory, next.Load.Memory) >= percentStep,

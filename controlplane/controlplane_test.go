@@ -486,7 +486,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 
 // TestMassDisappearanceIsHeld revokes the lease of most of a service's instances at once, as
 // when leases lapse during an etcd outage: they stay served for the grace period, while a
-// deliberate deregistration (a draining instance) goes at once.
+// deliberate deregistration (a last value marked leaving) goes at once.
 func TestMassDisappearanceIsHeld(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
@@ -506,7 +506,10 @@ func TestMassDisappearanceIsHeld(t *testing.T) {
 	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 	waitFor(t, c, "five endpoints", func(v xdsclient.View) bool { return len(endpoints(v)) == 5 })
 
-	// A deliberate deregistration of a draining instance goes at once.
+	// A deliberate deregistration goes at once: the stopping agent marks its last value as
+	// leaving before it deletes its key.
+	put(t, cli, "/tether/instances/app/m5", strings.Replace(instanceJSON("m5", 5005, "draining", 0), `"reason": ""`, `"reason": "", "leaving": true`, 1))
+	time.Sleep(200 * time.Millisecond) // the agent's --drain-settle: the control plane sees the mark
 	if _, err := cli.Delete(ctx, "/tether/instances/app/m5"); err != nil {
 		t.Fatal(err)
 	}

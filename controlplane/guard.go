@@ -21,8 +21,12 @@ import (
 // removals go at once, so a single instance crashing among several leaves at once.
 // A service's only instance leaving is more than any share below 1: it is held, since with
 // it goes every user of the service and there is no other instance to move them to.
-// An instance that was draining when it left is a deliberate deregistration and is never
-// counted or held. An instance that comes back is served from the registry at once.
+// Only a deliberate deregistration is never counted or held: an instance whose last value
+// carries its agent's leaving mark (registry.Instance.Leaving, written by a stopping agent
+// after its drain). A draining instance is held like any other: an operator's drain lasts
+// for hours of a deploy, and its servers hold sessions all along. Leaving instances are not
+// in the base either, so the share is taken of the instances that could lapse. An instance
+// that comes back is served from the registry at once.
 //
 // apply is deterministic in its arguments and the guard's own state: the clock is a
 // parameter (tests pass a fake one); it only logs and calls onHold besides.
@@ -42,7 +46,7 @@ type removalGuard struct {
 type removalWindow struct {
 	start time.Time
 	base  int                          // instances of the service when the window opened
-	gone  map[string]registry.Instance // non-draining removals in the window still gone
+	gone  map[string]registry.Instance // removals in the window, not left on purpose, still gone
 	mass  bool                         // the share was crossed: later removals are held at once
 }
 
@@ -118,8 +122,8 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 				continue
 			}
 		}
-		if in.State == registry.StateDraining {
-			continue
+		if in.Leaving {
+			continue // deregistered on purpose by its agent
 		}
 		gone = append(gone, in)
 	}
@@ -127,11 +131,7 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 		return
 	}
 	if w == nil {
-		base := len(prev.Instances)
-		if h != nil {
-			base -= len(h.insts) // instances already held are not the service's any more
-		}
-		w = &removalWindow{start: now, base: base, gone: map[string]registry.Instance{}}
+		w = &removalWindow{start: now, base: windowBase(prev, h), gone: map[string]registry.Instance{}}
 		g.windows[name] = w
 	}
 	for _, in := range gone {
@@ -165,6 +165,24 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 	if g.onHold != nil {
 		g.onHold(name, len(hold))
 	}
+}
+
+// windowBase is what a window's removals are a share of: the service's instances that could
+// lapse, those leaving on purpose and those already held (no longer the service's) left out.
+func windowBase(prev *registry.Service, h *heldService) int {
+	base := 0
+	for id, in := range prev.Instances {
+		if in.Leaving {
+			continue
+		}
+		if h != nil {
+			if _, held := h.insts[id]; held {
+				continue
+			}
+		}
+		base++
+	}
+	return base
 }
 
 // serve returns next with the held instances that are still gone and within their grace.

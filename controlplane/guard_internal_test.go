@@ -12,7 +12,8 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// reg builds a registry state of service app from "id" or "id:state" or "id:state:sessions".
+// reg builds a registry state of service app from "id", "id state" or "id state sessions";
+// state "leaving" is a draining instance carrying its agent's leaving mark.
 func reg(rev int64, insts ...string) *registry.State {
 	cfg := registry.DefaultServiceConfig("app")
 	cfg.Affinity.CookieName = "app-session"
@@ -26,7 +27,12 @@ func reg(rev int64, insts ...string) *registry.State {
 		if state == "" {
 			state = string(registry.StateAvailable)
 		}
-		svc.Instances[id] = registry.Instance{ID: id, Address: "10.0.0.1", Port: 5000, State: registry.InstanceState(state), Load: registry.Load{Sessions: sessions}}
+		leaving := state == "leaving"
+		if leaving {
+			state = string(registry.StateDraining)
+		}
+		svc.Instances[id] = registry.Instance{ID: id, Address: "10.0.0.1", Port: 5000, State: registry.InstanceState(state),
+			Load: registry.Load{Sessions: sessions}, Leaving: leaving}
 	}
 	st := &registry.State{Revision: rev, Services: map[string]*registry.Service{}}
 	if len(insts) > 0 {
@@ -73,9 +79,30 @@ func TestRemovalGuard(t *testing.T) {
 			{11300 * time.Millisecond, reg(7), []string{"m5", "m6"}},
 			{12100 * time.Millisecond, reg(7), nil},
 		}},
-		{"a draining instance's deregistration inside a mass removal goes at once", 0.5, []step{
-			{0, reg(1, "m1", "m2", "m3", "d1 draining"), []string{"d1", "m1", "m2", "m3"}},
+		{"a deliberate deregistration inside a mass removal goes at once", 0.5, []step{
+			{0, reg(1, "m1", "m2", "m3", "l1 leaving"), []string{"l1", "m1", "m2", "m3"}},
 			{time.Second, reg(2), []string{"m1", "m2", "m3"}},
+		}},
+		// Issue 24: an operator's drain lasts hours and its servers hold sessions; their
+		// agents write draining all along. A storm must not take them.
+		{"operator-drained instances are held like any other", 0.5, []step{
+			{0, reg(1, "d1 draining 50", "d2 draining 50", "d3 draining 50", "d4 draining 50", "a1", "a2"),
+				[]string{"a1", "a2", "d1", "d2", "d3", "d4"}},
+			{time.Second, reg(2), []string{"a1", "a2", "d1", "d2", "d3", "d4"}},
+		}},
+		{"draining instances count toward the share as they count in the base", 0.5, []step{
+			{0, reg(1, "d1 draining", "d2 draining", "a1", "a2"), []string{"a1", "a2", "d1", "d2"}},
+			// Two of four, exactly the share: they go, the draining one as the other.
+			{time.Second, reg(2, "d2", "a2"), []string{"a2", "d2"}},
+			// A third: every one of them is held.
+			{2 * time.Second, reg(3, "a2"), []string{"a1", "a2", "d1", "d2"}},
+		}},
+		{"instances leaving on purpose are not in the base", 0.5, []step{
+			{0, reg(1, "l1 leaving", "l2 leaving", "l3 leaving", "l4 leaving", "m1", "m2"), []string{"l1", "l2", "l3", "l4", "m1", "m2"}},
+			// A deploy stops four old servers as one of the two left lapses: one of two.
+			{time.Second, reg(2, "m2"), []string{"m2"}},
+			// The other lapses too: two of two, both held.
+			{2 * time.Second, reg(3), []string{"m1", "m2"}},
 		}},
 		{"a share exactly at the threshold goes, one more is held", 0.5, []step{
 			{0, reg(1, "m1", "m2", "m3", "m4"), []string{"m1", "m2", "m3", "m4"}},
@@ -142,13 +169,13 @@ func TestRemovalGuardServesReturningInstanceFresh(t *testing.T) {
 func TestRemovalGuardKeepsConfigOfVanishedService(t *testing.T) {
 	g := newRemovalGuard(0.5, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
 	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	g.apply(reg(1, "m1", "m2", "d1 draining"), t0)
+	g.apply(reg(1, "m1", "m2", "l1 leaving"), t0)
 	out, _ := g.apply(reg(2), t0.Add(time.Second))
 	svc := out.Services["app"]
 	if svc == nil || svc.Config.Affinity.CookieName != "app-session" || !svc.Configured {
 		t.Fatalf("held service %+v, want app's own configuration", svc)
 	}
 	if got := served(out); !slices.Equal(got, []string{"m1", "m2"}) {
-		t.Errorf("served %v, want m1 and m2 held and draining d1 gone", got)
+		t.Errorf("served %v, want m1 and m2 held and l1, which left on purpose, gone", got)
 	}
 }

@@ -240,6 +240,17 @@ type Instance struct {
 	Reason     string            `json:"reason"`
 	UpdatedAt  time.Time         `json:"updatedAt"`
 	Agent      AgentInfo         `json:"agent"`
+	// Leaving marks the last value an agent writes before it deletes its key on purpose (a
+	// graceful stop, after its drain), with its final load. A key deleted with this value left
+	// on purpose; one deleted without it may have lost its lease, and the removal guard holds
+	// it in a mass disappearance. Only a draining instance leaves.
+	Leaving bool `json:"leaving,omitempty"`
+}
+
+// LeftEmpty reports whether in is the value of an instance that deregistered itself with no
+// session left that its agent counted: the one departure after which nobody loses a server.
+func (in *Instance) LeftEmpty() bool {
+	return in.Leaving && in.Load.SessionsKnown() && in.Load.Sessions == 0
 }
 
 // Thresholds follow Wisej's HealthCheck.json; 0 means unlimited.
@@ -252,11 +263,21 @@ type Thresholds struct {
 
 // Load is the instance's last sampled load.
 type Load struct {
+	// Sessions is the session count the agent last measured (0 when it never did).
 	Sessions int     `json:"sessions"`
 	CPU      float64 `json:"cpu"`      // percent
 	Memory   float64 `json:"memory"`   // percent
 	MemoryMB float64 `json:"memoryMB"` // MiB
+	// SessionsUnknown says the last sample did not measure the sessions: the agent has no
+	// --sessions-url, or its sessions probe failed. Sessions then is no current count, and
+	// nothing may call the instance empty. Left out when false, so values of agents from
+	// before it read as measured, as they were taken; readers from before it ignore it and
+	// see the count alone, as they always did.
+	SessionsUnknown bool `json:"sessionsUnknown,omitempty"`
 }
+
+// SessionsKnown reports whether l's session count was measured (see SessionsUnknown).
+func (l Load) SessionsKnown() bool { return !l.SessionsUnknown }
 
 // AgentInfo describes the agent that wrote the instance.
 type AgentInfo struct {

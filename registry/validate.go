@@ -332,6 +332,10 @@ func (in *Instance) Validate() error {
 	default:
 		add("state: %q is not one of available, full, draining, unhealthy", in.State)
 	}
+	if in.Leaving && in.State != StateDraining {
+		// An agent leaves only after its drain: a leaving instance must take no new session.
+		add("leaving: set with state %q; only a draining instance leaves", in.State)
+	}
 	if len(in.Reason) > MaxReason {
 		add("reason: over %d characters", MaxReason)
 	}

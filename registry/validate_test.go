@@ -136,6 +136,9 @@ func TestDecodeInstance(t *testing.T) {
 		{"label key with space", "app", "app-7f3c", withField(t, exampleInstance, "labels", map[string]string{"a b": "c"}), "labels: key"},
 		{"agent metrics address", "app", "app-7f3c", withField(t, exampleInstance, "agent", map[string]string{"metrics": "127.0.0.1:18100"}), ""},
 		{"agent metrics not ip:port", "app", "app-7f3c", withField(t, exampleInstance, "agent", map[string]string{"metrics": "javascript:alert(1)"}), "agent.metrics"},
+		{"sessions not measured", "app", "app-7f3c", withField(t, exampleInstance, "load", map[string]any{"sessionsUnknown": true}), ""},
+		{"leaving while draining", "app", "app-7f3c", withField(t, withField(t, exampleInstance, "state", "draining"), "leaving", true), ""},
+		{"leaving while available", "app", "app-7f3c", withField(t, exampleInstance, "leaving", true), "only a draining instance leaves"},
 		{"time out of range in UTC", "app", "app-7f3c", withField(t, exampleInstance, "updatedAt", "9999-12-31T23:00:00-02:00"), "updatedAt"},
 	}
 	for _, tc := range tests {

@@ -133,6 +133,10 @@ function summaryTiles(state) {
   ];
 }
 
+// unknown lists a drain's instances whose agents did not measure their sessions: while there
+// is one, the count is not what is left and nothing is safe to stop.
+const unknown = (d) => d.sessionsUnknown || [];
+
 // drainsCard lists the operators' drains: what each selects, since when, the instances it
 // drains now and the sessions they still hold (when it reaches 0 they can be stopped).
 function drainsCard(state) {
@@ -145,8 +149,9 @@ function drainsCard(state) {
         "labels " + Object.keys(d.labels || {}).sort().map((k) => k + "=" + d.labels[k]).join(",") })),
     h("td", null, d.createdAt ? timeCell(d.createdAt) : h("span", { class: "muted", text: "–" })),
     h("td", { text: d.matched.length ? d.matched.join(", ") : "none" }),
-    h("td", null, h("b", { class: d.sessions ? "" : "sync-ok", text: String(d.sessions) }),
-      d.matched.length && !d.sessions ? h("span", { class: "addr", text: "safe to stop" }) : null),
+    h("td", null, h("b", { class: d.sessions || unknown(d).length ? "" : "sync-ok", text: String(d.sessions) }),
+      unknown(d).length ? h("span", { class: "addr", text: "unknown on " + unknown(d).join(", ") }) :
+        d.matched.length && !d.sessions ? h("span", { class: "addr", text: "safe to stop" }) : null),
     h("td", { text: d.reason || "–" })));
   const cols = ["Service", "Drain", "Since", "Drained instances", "Sessions left", "Reason"];
   return [h("div", { class: "card drains" },
@@ -194,7 +199,8 @@ function instanceRow(svc, inst) {
       inst.drain && inst.drain.since && !inst.drain.since.startsWith("0001-") ? timeCell(inst.drain.since, "drained-since") : null,
       inst.reason ? h("span", { class: "reason", text: inst.reason }) : null),
     h("td", null, h("span", { class: "id", text: inst.id }), h("span", { class: "addr", text: addr })),
-    h("td", null, meter(load.sessions, thr.maxSessions, "", null)),
+    h("td", null, meter(load.sessions, thr.maxSessions, "",
+      load.sessionsUnknown ? "not measured: no --sessions-url, or its probe fails" : null)),
     h("td", null, meter(load.cpu, thr.maxCPU, "%", null)),
     h("td", null, meter(load.memory, thr.maxMemory, "%", memoryExtra(load, thr))),
     h("td", null, h("div", { class: "spark" },

@@ -144,7 +144,7 @@ Flags:
 	wait := fs.Bool("wait", false, "after draining, wait until the drained instances hold no sessions, printing the count as it falls")
 	timeout := fs.Duration("timeout", defaultWaitTimeout, "with --wait: give up after this long (exit code 3)")
 	reason := fs.String("reason", "", "a note stored with the drain and shown with the drained instances")
-	force := fs.Bool("force", false, "drain a service the registry does not know yet (no configuration, no instance)")
+	force := fs.Bool("force", false, "drain anyway: a service the registry does not know yet (no configuration, no instance), a server of a source-ip service (its users move), or the last servers available for new sessions")
 	// A bad flag gets its one-line error (printed by the flag package), not the whole usage.
 	fs.Usage = func() { fmt.Fprintln(stderr, "see tether-controlplane drain -h") }
 	pos, err := parseInterspersed(fs, args)
@@ -282,6 +282,9 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 		return exitUsage, fmt.Errorf("unknown service %q: it has no configuration and no instance under %s (known services: %s); pass --force to drain it before it exists", c.svc, c.prefix, list)
 	}
 	ids := matched(st, c.svc, d)
+	if err := refusal(st.Services[c.svc], ids); err != nil && !force {
+		return exitUsage, fmt.Errorf("%w; nothing written (pass --force to drain anyway)", err)
+	}
 	name := registry.DrainName(d)
 	d.CreatedAt = time.Now().UTC().Truncate(time.Second)
 	octx, cancel := context.WithTimeout(ctx, c.opTimeout)
@@ -301,8 +304,8 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 				c.svc, registry.LabelString(d.Labels), labelsInUse(st.Services[c.svc], d.Labels))
 		}
 	}
-	if s := st.Services[c.svc]; s != nil && len(ids) > 0 && !anyAvailable(s, ids) {
-		fmt.Fprintf(c.stderr, "warning: no other instance of %s is available for new sessions now: new users get the service's overload reply until one is (start the new instances first, or undo with --undo)\n", c.svc)
+	if err := refusal(st.Services[c.svc], ids); err != nil {
+		fmt.Fprintf(c.stderr, "warning (--force): %v\n", err)
 	}
 	if created {
 		fmt.Fprintf(c.stdout, "drained %s (drain %s): %s\n", c.what(d), name, describe(st, c.svc, ids))
@@ -312,7 +315,26 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 	if !wait {
 		return exitOK, nil
 	}
-	return c.wait(ctx, name, stored, timeout)
+	return c.wait(ctx, name, stored, timeout, st.Revision, ids)
+}
+
+// refusal says why draining ids of s needs --force, or nil: a drained server of a source-ip
+// service loses its users (Envoy's hash ring leaves out a DRAINING host, so they hash to
+// another server at their next request), and a drain that leaves no instance available for
+// new sessions sends every new user the overload reply.
+func refusal(s *registry.Service, ids []string) error {
+	if s == nil || len(ids) == 0 {
+		return nil
+	}
+	var errs []error
+	if s.Config.Affinity.Mode == registry.AffinitySourceIP {
+		errs = append(errs, fmt.Errorf("%s uses source-ip affinity: the users of %s move to other servers at their next request and lose their sessions",
+			s.Name, strings.Join(ids, ", ")))
+	}
+	if !anyAvailable(s, ids) {
+		errs = append(errs, fmt.Errorf("no other instance of %s is available for new sessions now: new users get the service's overload reply until one is (start the new instances first)", s.Name))
+	}
+	return errors.Join(errs...)
 }
 
 // labelsInUse lists the values the instances of s carry for the label keys of want, to spot
@@ -370,14 +392,26 @@ func describe(st *registry.State, svc string, ids []string) string {
 	if len(ids) == 0 {
 		return "no instance selected now"
 	}
-	n := 0
+	s := st.Services[svc]
+	n, unknown := 0, []string{}
 	for _, id := range ids {
-		n += st.Services[svc].Instances[id].Load.Sessions
+		in := s.Instances[id]
+		n += in.Load.Sessions
+		if !in.Load.SessionsKnown() {
+			unknown = append(unknown, id)
+		}
+	}
+	if s.Config.Affinity.Mode == registry.AffinitySourceIP {
+		return fmt.Sprintf("%s takes no new sessions, and its users move to other servers at their next request (source-ip affinity)", strings.Join(ids, ", "))
+	}
+	count := plural(n, "session")
+	if len(unknown) > 0 {
+		count = fmt.Sprintf("sessions (%s counted; unknown on %s, whose agents measure none)", count, strings.Join(unknown, ", "))
 	}
 	if len(ids) == 1 {
-		return fmt.Sprintf("%s keeps its %s and takes no new ones", ids[0], plural(n, "session"))
+		return fmt.Sprintf("%s keeps its %s and takes no new ones", ids[0], count)
 	}
-	return fmt.Sprintf("%s (%s) keep their %s and take no new ones", plural(len(ids), "instance"), strings.Join(ids, ", "), plural(n, "session"))
+	return fmt.Sprintf("%s (%s) keep their %s and take no new ones", plural(len(ids), "instance"), strings.Join(ids, ", "), count)
 }
 
 func plural(n int, word string) string {
@@ -447,71 +481,6 @@ func (c *command) undo(ctx context.Context, d registry.Drain) (int, error) {
 		fmt.Fprintf(c.stdout, "%s may take new sessions again\n", strings.Join(ids, ", "))
 	}
 	return exitOK, nil
-}
-
-// wait polls the registry until every instance the drain selects has reported since the
-// drain was written and reports no sessions (instances that leave the registry count as
-// done), printing the count each time it changes.
-func (c *command) wait(ctx context.Context, name string, d registry.Drain, timeout time.Duration) (int, error) {
-	key := registry.DrainKey(c.prefix, c.svc, name)
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	last := ""
-	for {
-		snap, err := c.read(ctx)
-		if err != nil {
-			fmt.Fprintf(c.stderr, "warning: %v; trying again\n", err)
-		} else {
-			drainRev, ok := snap.mods[key]
-			if !ok {
-				return exitFailure, fmt.Errorf("drain %s of %s was removed while waiting", name, c.svc)
-			}
-			line, left, done := progress(snap, c.prefix, c.svc, d, drainRev)
-			if line != last {
-				fmt.Fprintf(c.stdout, "%s %s\n", time.Now().Format(time.TimeOnly), line)
-				last = line
-			}
-			if done {
-				fmt.Fprintf(c.stdout, "no sessions left on %s: its agents can be stopped\n", c.what(d))
-				return exitOK, nil
-			}
-			if !time.Now().Before(deadline) {
-				return exitTimeout, fmt.Errorf("timed out after %s with %s left on %s", timeout, plural(left, "session"), c.what(d))
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return exitFailure, fmt.Errorf("stopped while waiting: %w (the drain stays in place)", ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// progress describes the sessions left on the instances d selects; done when every one has
-// written since the drain (ModRevision after drainRev) and reports zero sessions.
-func progress(snap *snapshot, prefix, svc string, d registry.Drain, drainRev int64) (string, int, bool) {
-	ids := matched(snap.st, svc, d)
-	total, done := 0, true
-	var parts []string
-	for _, id := range ids {
-		in := snap.st.Services[svc].Instances[id]
-		total += in.Load.Sessions
-		switch {
-		case snap.mods[registry.InstanceKey(prefix, svc, id)] <= drainRev:
-			done = false
-			parts = append(parts, fmt.Sprintf("%s: %d, not reported since the drain", id, in.Load.Sessions))
-		default:
-			if in.Load.Sessions > 0 {
-				done = false
-			}
-			parts = append(parts, fmt.Sprintf("%s: %d", id, in.Load.Sessions))
-		}
-	}
-	if len(ids) == 0 {
-		return "no drained instance left in the registry", 0, true
-	}
-	return fmt.Sprintf("%s on %s (%s)", plural(total, "session"), plural(len(ids), "drained instance"), strings.Join(parts, ", ")), total, done
 }
 
 // ListMain runs `tether-controlplane drains`; args follow "drains".

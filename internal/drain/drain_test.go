@@ -269,7 +269,8 @@ func TestDrainByIDLabelUndoAndLater(t *testing.T) {
 	if _, err := f.cli.Put(context.Background(), "/tether/drains/app/a2", `{"labels":{"version":"1"}}`); err != nil {
 		t.Fatal(err)
 	}
-	if r := runCmd(t, etcd, nil, "drain", "app/a2"); r.code != 2 || !strings.Contains(r.stderr, "/tether/drains/app/a2 selects labels version=1, not instance a2") {
+	// (--force: no instance is left available for new sessions at this point.)
+	if r := runCmd(t, etcd, nil, "drain", "app/a2", "--force"); r.code != 2 || !strings.Contains(r.stderr, "/tether/drains/app/a2 selects labels version=1, not instance a2") {
 		t.Errorf("drain over a hand-written drain of the same name: %+v", r)
 	}
 	if _, err := f.cli.Delete(context.Background(), "/tether/drains/app/a2"); err != nil {
@@ -347,7 +348,7 @@ func TestWaitReturnsAtZeroSessions(t *testing.T) {
 	t.Logf("--wait printed:\n%s", out.String())
 
 	// Timeout: b1 keeps its sessions.
-	r := runCmd(t, etcd, nil, "drain", "app/b1", "--wait", "--timeout", "300ms")
+	r := runCmd(t, etcd, nil, "drain", "app/b1", "--wait", "--timeout", "300ms", "--force") // b1 is the last available
 	if r.code != 3 || !strings.Contains(r.stderr, "timed out after 300ms with 7 sessions left") {
 		t.Errorf("--wait timeout: %+v", r)
 	}
@@ -365,7 +366,7 @@ func waitOutput(t *testing.T, b *syncbuf.Buffer, want string) {
 }
 
 // TestDrainErrors: clear errors, with exit code 2, for mistakes; a selector that matches
-// nothing is written with a warning.
+// nothing is written with a warning; a drain leaving no instance available needs --force.
 func TestDrainErrors(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
@@ -394,7 +395,8 @@ func TestDrainErrors(t *testing.T) {
 		{[]string{"drain", "app", "--label", "verison=1"}, 0, "(its instances carry no such label key; their keys: version)"},
 		{[]string{"drain", "app/later"}, 0, "warning: no instance app/later is registered now; it will start drained"},
 		{[]string{"drain", "newsvc/x", "--force"}, 0, "warning"},
-		{[]string{"drain", "app/a1"}, 0, "warning: no other instance of app is available for new sessions now"},
+		{[]string{"drain", "app/a1"}, 2, "no other instance of app is available for new sessions now"},
+		{[]string{"drain", "app/a1", "--force"}, 0, "warning (--force): no other instance of app is available for new sessions now"},
 	}
 	for _, c := range cases {
 		r := runCmd(t, etcd, nil, c.args...)
@@ -432,7 +434,7 @@ func TestOperatorRole(t *testing.T) {
 		return map[string]string{"TETHER_ETCD_USER": user, "TETHER_ETCD_PASSWORD": pw}
 	}
 	op := as("tether-operator", "op-pw-4")
-	if r := runCmd(t, srv.ClientURL, op, "drain", "app/a1"); r.code != 0 {
+	if r := runCmd(t, srv.ClientURL, op, "drain", "app/a1", "--force"); r.code != 0 { // a1 is app's only instance
 		t.Fatalf("operator drains: %+v", r)
 	}
 	if r := runCmd(t, srv.ClientURL, op, "drains"); r.code != 0 || !strings.Contains(r.stdout, "a1") {
@@ -441,7 +443,7 @@ func TestOperatorRole(t *testing.T) {
 	if r := runCmd(t, srv.ClientURL, as("tether-agent", "agent-pw-3"), "drain", "app/a1", "--undo"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
 		t.Errorf("agent undoes a drain: %+v; want permission denied", r)
 	}
-	if r := runCmd(t, srv.ClientURL, as("tether-controlplane", "cp-pw-2"), "drain", "app", "--label", "version=1"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
+	if r := runCmd(t, srv.ClientURL, as("tether-controlplane", "cp-pw-2"), "drain", "app", "--label", "version=1", "--force"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
 		t.Errorf("control plane writes a drain: %+v; want permission denied", r)
 	}
 	if r := runCmd(t, srv.ClientURL, op, "drain", "app/a1", "--undo"); r.code != 0 {

@@ -31,6 +31,8 @@ type Summary struct {
 	Draining  int `json:"draining"`
 	Unhealthy int `json:"unhealthy"`
 	Sessions  int `json:"sessions"`
+	// SessionsUnknown counts instances whose agents did not measure their sessions.
+	SessionsUnknown int `json:"sessionsUnknown"`
 	// Drained counts instances selected by an operator's drain (whatever their state).
 	Drained int `json:"drained"`
 }
@@ -67,6 +69,10 @@ type Drain struct {
 	Matched []string `json:"matched"`
 	// Sessions is the sum of the matched instances' sessions.
 	Sessions int `json:"sessions"`
+	// SessionsUnknown are the matched instances whose agents did not measure their sessions
+	// (no --sessions-url, or a failing probe), sorted: while any is listed, Sessions is no
+	// count of what is left and nothing may call the drain's servers safe to stop.
+	SessionsUnknown []string `json:"sessionsUnknown"`
 }
 
 // Endpoint is what Envoy was given for an instance.
@@ -117,6 +123,9 @@ func FromState(st *registry.State) Overview {
 			svc.Instances = append(svc.Instances, oi)
 			ov.Summary.Instances++
 			ov.Summary.Sessions += in.Load.Sessions
+			if !in.Load.SessionsKnown() {
+				ov.Summary.SessionsUnknown++
+			}
 			switch in.State {
 			case registry.StateAvailable:
 				ov.Summary.Available++
@@ -146,16 +155,20 @@ func drains(st *registry.State) []Drain {
 	out := []Drain{}
 	for _, svcName := range slices.Sorted(maps.Keys(st.Drains)) {
 		for _, name := range slices.Sorted(maps.Keys(st.Drains[svcName])) {
-			d := Drain{Service: svcName, Name: name, Drain: st.Drains[svcName][name], Matched: []string{}}
+			d := Drain{Service: svcName, Name: name, Drain: st.Drains[svcName][name], Matched: []string{}, SessionsUnknown: []string{}}
 			if s := st.Services[svcName]; s != nil {
 				for id, in := range s.Instances {
 					if d.Matches(&in) {
 						d.Matched = append(d.Matched, id)
 						d.Sessions += in.Load.Sessions
+						if !in.Load.SessionsKnown() {
+							d.SessionsUnknown = append(d.SessionsUnknown, id)
+						}
 					}
 				}
 			}
 			slices.Sort(d.Matched)
+			slices.Sort(d.SessionsUnknown)
 			out = append(out, d)
 		}
 	}

@@ -31,7 +31,7 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 				clean(s.Name, 0), clean(in.ID, 0), net.JoinHostPort(in.Address, strconv.Itoa(in.Port)),
 				stateText(in.State), orDash(clean(in.Reason, maxReason)),
-				sessions(in.Load.Sessions, in.Thresholds.MaxSessions),
+				sessions(in.Load, in.Thresholds.MaxSessions),
 				percent(in.Load.CPU, in.Thresholds.MaxCPU), memory(in.Load, in.Thresholds),
 				orDash(clean(in.Zone, 0)), orDash(clean(in.Agent.Version, 0)), age(in.UpdatedAt, now))
 		}
@@ -40,9 +40,13 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 		return fmt.Errorf("write table: %w", err)
 	}
 	sm := ov.Summary
-	fmt.Fprintf(w, "\nrevision %d: %s, %s (%d available, %d full, %d draining, %d unhealthy), %s\n",
+	unknown := ""
+	if sm.SessionsUnknown > 0 {
+		unknown = fmt.Sprintf(" (not counted on %d: their agents measure none)", sm.SessionsUnknown)
+	}
+	fmt.Fprintf(w, "\nrevision %d: %s, %s (%d available, %d full, %d draining, %d unhealthy), %s%s\n",
 		ov.Revision, plural(sm.Services, "service"), plural(sm.Instances, "instance"),
-		sm.Available, sm.Full, sm.Draining, sm.Unhealthy, plural(sm.Sessions, "session"))
+		sm.Available, sm.Full, sm.Draining, sm.Unhealthy, plural(sm.Sessions, "session"), unknown)
 	if len(ov.Drains) > 0 {
 		fmt.Fprintf(w, "\n%s:\n", plural(len(ov.Drains), "drain"))
 		if err := WriteDrains(w, ov.Drains, now); err != nil {
@@ -71,11 +75,17 @@ func stateText(s registry.InstanceState) string {
 	return strings.ToUpper(string(s))
 }
 
-func sessions(n, limit int) string {
-	if limit <= 0 {
-		return strconv.Itoa(n) + "/-"
+// sessions shows the session count against maxSessions; "?" when the agent did not measure
+// it (the count it last measured, if any, is no count of what the server holds now).
+func sessions(l registry.Load, limit int) string {
+	n := strconv.Itoa(l.Sessions)
+	if !l.SessionsKnown() {
+		n = "?"
 	}
-	return strconv.Itoa(n) + "/" + strconv.Itoa(limit)
+	if limit <= 0 {
+		return n + "/-"
+	}
+	return n + "/" + strconv.Itoa(limit)
 }
 
 // percent shows a load percentage against its threshold, "-" meaning unlimited.
@@ -160,11 +170,21 @@ func WriteDrains(w io.Writer, drains []Drain, now time.Time) error {
 		if insts == "" {
 			insts = "(none)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", clean(d.Service, 0), clean(d.Name, 0),
-			clean(d.Selector(), 64), age(d.CreatedAt, now), clean(insts, 64), d.Sessions, orDash(clean(d.Reason, maxReason)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clean(d.Service, 0), clean(d.Name, 0),
+			clean(d.Selector(), 64), age(d.CreatedAt, now), clean(insts, 64), drainSessions(d), orDash(clean(d.Reason, maxReason)))
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write table: %w", err)
 	}
 	return nil
+}
+
+// drainSessions shows the sessions left on a drain's instances, naming those whose count is
+// unknown: "12", "12, unknown on a3".
+func drainSessions(d Drain) string {
+	n := strconv.Itoa(d.Sessions)
+	if len(d.SessionsUnknown) > 0 {
+		n += ", unknown on " + clean(strings.Join(d.SessionsUnknown, ","), 64)
+	}
+	return n
 }
