@@ -463,7 +463,7 @@ func (s *Sim) rollingDeploy(ctx context.Context, f scheduled) {
 		ids = append(ids, srv.id)
 	}
 	s.markDrained(true, olds...)
-	code := s.drainCmd(ctx, []string{svcApp, "--label", label, "--wait", "--timeout", "15s"}, ids...)
+	code := s.drainCmd(ctx, []string{svcApp, "--label", label, "--wait", "--timeout", "6s"}, ids...)
 	if ctx.Err() != nil {
 		return
 	}
