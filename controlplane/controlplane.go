@@ -72,6 +72,10 @@ type Config struct {
 	HoldShare  float64
 	HoldGrace  time.Duration
 	HoldWindow time.Duration
+	// VanishGrace keeps an instance that left the registry without draining (a lost lease,
+	// an agent restarting) in the configuration as DRAINING for this long, so that a server
+	// whose agent comes back at once never leaves Envoy. Negative disables; 0 takes the default.
+	VanishGrace time.Duration
 	// AllowLoopback accepts instances on loopback addresses. Only for a demo or tests with
 	// Envoy and the backends on one host: otherwise a registered 127.0.0.1 makes Envoy
 	// connect to itself or to whatever listens on the gateway host.
@@ -115,6 +119,7 @@ func DefaultConfig() Config {
 		HoldShare:         DefaultHoldShare,
 		HoldGrace:         DefaultHoldGrace,
 		HoldWindow:        DefaultHoldWindow,
+		VanishGrace:       DefaultVanishGrace,
 		ShutdownTimeout:   10 * time.Second,
 	}
 }
@@ -170,6 +175,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.HoldWindow <= 0 {
 		c.HoldWindow = d.HoldWindow
+	}
+	if c.VanishGrace == 0 {
+		c.VanishGrace = d.VanishGrace
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
@@ -277,6 +285,9 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.pub.phase = phase
+	if cfg.VanishGrace > 0 {
+		cp.pub.vanish = newVanishGrace(cfg.VanishGrace)
+	}
 	phase.poke = cp.pub.republish
 	cp.tracker = newTracker(cp.log, cp.m)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
