@@ -18,7 +18,7 @@ func processAlive(pid int) bool {
 	if err != nil {
 		return !errors.Is(err, windows.ERROR_INVALID_PARAMETER) // no such process
 	}
-	defer windows.CloseHandle(h) //nolint:errcheck // nothing to do about it
+	defer func() { _ = windows.CloseHandle(h) }()
 	var code uint32
 	if err := windows.GetExitCodeProcess(h, &code); err != nil {
 		return true

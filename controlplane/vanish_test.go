@@ -42,7 +42,10 @@ func TestLostLeaseKeepsTheServer(t *testing.T) {
 	t.Cleanup(func() {
 		stop()
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil {
+				t.Errorf("agent stopped with %v", err)
+			}
 		case <-time.After(10 * time.Second):
 			t.Error("agent did not stop")
 		}
