@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -40,6 +41,7 @@ type runner struct {
 	drains    *drainWatch // the operators' drains of the service
 	opTimeout time.Duration
 	startedAt time.Time
+	hostname  string // published with the PID, so that a restarted agent can adopt the key
 	backoff   backoff
 	// metricsAddr is the /metrics listener's address as published ("" when disabled).
 	metricsAddr string
@@ -98,6 +100,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		opTimeout: opTimeout,
 		lease:     lease{cli: cli, ttl: cfg.TTL, opTimeout: opTimeout},
 		startedAt: time.Now().UTC(),
+		hostname:  hostname(),
 		failing:   map[string]bool{},
 		drains:    newDrainWatch(cli, prefix, cfg.Service, log),
 	}
@@ -450,7 +453,8 @@ func (r *runner) instance() registry.Instance {
 		ID: r.cfg.ID, Address: r.cfg.Address, Port: r.cfg.Port, Zone: r.cfg.Zone, Labels: r.cfg.Labels,
 		Thresholds: r.cfg.Thresholds, Load: r.lastLoad, State: r.current.State, Reason: r.current.Reason,
 		UpdatedAt: time.Now().UTC().Truncate(time.Millisecond),
-		Agent:     registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second), Metrics: r.metricsAddr},
+		Agent: registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second), Metrics: r.metricsAddr,
+			Host: r.hostname, PID: os.Getpid()},
 	}
 	if r.draining {
 		in.State, in.Reason = registry.StateDraining, drainReason
@@ -480,6 +484,15 @@ func joinReasons(a, b string) string {
 		return b
 	}
 	return a + "; " + b
+}
+
+// hostname is the host's name, "" when it cannot be read (the key is then never adopted).
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || len(h) > 255 {
+		return ""
+	}
+	return h
 }
 
 func round1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }

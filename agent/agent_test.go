@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -609,4 +610,69 @@ func instanceValue(t *testing.T, in registry.Instance) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A restarted agent adopts its predecessor's key only when that predecessor is provably
+// gone and was the same server: same host, same address and port, its process no longer
+// running. A predecessor whose process still runs (a second agent started by mistake) or
+// another server's key is waited for, as a live agent's: never taken over.
+func TestRestartAdoptsOnlyADeadPredecessorsKey(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil {
+		t.Skip("no host name:", err)
+	}
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := agenttest.NewBackend(t)
+	exited := exec.Command("true")
+	if err := exited.Run(); err != nil {
+		t.Skip("cannot run true:", err)
+	}
+	running := exec.Command("sleep", "60")
+	if err := running.Start(); err != nil {
+		t.Skip("cannot run sleep:", err)
+	}
+	t.Cleanup(func() { _ = running.Process.Kill(); _ = running.Wait() })
+	past := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	i := 0
+	for _, tc := range []struct {
+		name    string
+		address string
+		agent   registry.AgentInfo
+		adopt   bool
+	}{
+		{"dead process, same server", "127.0.0.1", registry.AgentInfo{Host: host, PID: exited.ProcessState.Pid(), StartedAt: past}, true},
+		{"live process, same server", "127.0.0.1", registry.AgentInfo{Host: host, PID: running.Process.Pid, StartedAt: past}, false},
+		{"dead process, another address", "127.0.0.2", registry.AgentInfo{Host: host, PID: exited.ProcessState.Pid(), StartedAt: past}, false},
+		{"dead process, another host", "127.0.0.1", registry.AgentInfo{Host: host + "-other", PID: exited.ProcessState.Pid(), StartedAt: past}, false},
+		{"no process recorded", "127.0.0.1", registry.AgentInfo{StartedAt: past}, false},
+	} {
+		i++
+		t.Run(tc.name, func(t *testing.T) {
+			id := "adopt-" + strconv.Itoa(i)
+			cfg := config(etcd, b, id)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			dead, err := cli.Grant(ctx, 3) // nobody keeps it alive: a crashed agent's
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := registry.Instance{ID: id, Address: tc.address, Port: cfg.Port, State: registry.StateAvailable, Agent: tc.agent}
+			if err := registry.CreateInstance(ctx, cli, "/tether", "app", old, dead.ID); err != nil {
+				t.Fatal(err)
+			}
+			w := etcdtest.WatchInstance(t, cli, id)
+			start(t, cfg)
+			ours := func(in *registry.Instance, lease int64) bool {
+				return in != nil && lease != int64(dead.ID) && in.Agent.PID == os.Getpid()
+			}
+			if tc.adopt {
+				w.Next(t, 2*time.Second, "adopted at once", ours, func(in *registry.Instance, _ int64) bool { return in != nil })
+				return
+			}
+			w.Next(t, 10*time.Second, "registered after the old lease expired", ours, func(in *registry.Instance, lease int64) bool {
+				return lease == int64(dead.ID) || in == nil // the old key untouched until it expires
+			})
+		})
+	}
 }

@@ -160,7 +160,17 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 	if err := registry.CreateInstance(octx, r.cli, r.prefix, r.cfg.Service, next, r.lease.ID()); err != nil {
 		r.m.etcdErrors.WithLabelValues("create").Inc()
 		r.checkLease(err)
-		return err
+		if !errors.Is(err, registry.ErrInstanceExists) {
+			return err
+		}
+		// Held by another lease: a crashed predecessor on this server is taken over at once.
+		adopted, aerr := r.adopt(ctx, next)
+		if aerr != nil {
+			r.log.Warn().Err(aerr).Msg("cannot adopt the key")
+		}
+		if !adopted {
+			return err
+		}
 	}
 	r.registered, r.written, r.writtenAt = true, next, time.Now()
 	r.m.setRegistered(true)

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -29,6 +30,12 @@ func (cp *ControlPlane) adminHandler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		select {
 		case <-cp.Ready():
+			if age, stale := cp.unconfirmedFor(time.Now()); stale {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = fmt.Fprintf(w, "not ready: etcd's revision not confirmed for %s (bound %s): the configuration may be stale; xDS streams were closed so that Envoys move to another replica\n",
+					age.Round(time.Second), cp.cfg.StaleAfter)
+				return
+			}
 			_, _ = w.Write([]byte("ready\n"))
 		default:
 			w.WriteHeader(http.StatusServiceUnavailable)

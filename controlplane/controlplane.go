@@ -72,6 +72,15 @@ type Config struct {
 	HoldShare  float64
 	HoldGrace  time.Duration
 	HoldWindow time.Duration
+	// VanishGrace keeps an instance that left the registry without draining (a lost lease,
+	// an agent restarting) in the configuration as DRAINING for this long, so that a server
+	// whose agent comes back at once never leaves Envoy. Negative disables; 0 takes the default.
+	VanishGrace time.Duration
+	// StaleAfter bounds how long the replica serves without confirming etcd's revision (a
+	// linearizable read every StaleAfter/3 whose revision the watch has reached): past it,
+	// /readyz fails and the xDS streams are closed once, so that Envoys move to a replica
+	// that follows etcd. Negative disables; 0 takes the default.
+	StaleAfter time.Duration
 	// AllowLoopback accepts instances on loopback addresses. Only for a demo or tests with
 	// Envoy and the backends on one host: otherwise a registered 127.0.0.1 makes Envoy
 	// connect to itself or to whatever listens on the gateway host.
@@ -115,6 +124,8 @@ func DefaultConfig() Config {
 		HoldShare:         DefaultHoldShare,
 		HoldGrace:         DefaultHoldGrace,
 		HoldWindow:        DefaultHoldWindow,
+		VanishGrace:       DefaultVanishGrace,
+		StaleAfter:        DefaultStaleAfter,
 		ShutdownTimeout:   10 * time.Second,
 	}
 }
@@ -171,6 +182,12 @@ func (c *Config) withDefaults() error {
 	if c.HoldWindow <= 0 {
 		c.HoldWindow = d.HoldWindow
 	}
+	if c.VanishGrace == 0 {
+		c.VanishGrace = d.VanishGrace
+	}
+	if c.StaleAfter == 0 {
+		c.StaleAfter = d.StaleAfter
+	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
 	}
@@ -191,6 +208,7 @@ type ControlPlane struct {
 	pub      *publisher
 	phase    *phaser
 	tracker  *tracker
+	cutter   *streamCutter
 	grpc     *grpc.Server
 	admin    *http.Server
 	xdsLn    net.Listener
@@ -277,6 +295,9 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.pub.phase = phase
+	if cfg.VanishGrace > 0 {
+		cp.pub.vanish = newVanishGrace(cfg.VanishGrace)
+	}
 	phase.poke = cp.pub.republish
 	cp.tracker = newTracker(cp.log, cp.m)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
@@ -286,15 +307,18 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 			kind, _, _, _ := registry.ParseKey(cfg.Prefix, key)
 			cp.m.rejected.WithLabelValues(kindLabel(kind)).Inc()
 		},
-		OnEvent:       func(n int) { cp.m.etcdEvents.Add(float64(n)) },
-		AllowLoopback: cfg.AllowLoopback,
+		OnEvent:          func(n int) { cp.m.etcdEvents.Add(float64(n)) },
+		AllowLoopback:    cfg.AllowLoopback,
+		ProgressInterval: progressInterval(cfg.StaleAfter),
 	})
 
 	var opts []grpc.ServerOption
 	if cfg.XDSTLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.XDSTLS)))
 	}
+	cp.cutter = newStreamCutter()
 	opts = append(opts,
+		grpc.StreamInterceptor(cp.cutter.intercept),
 		grpc.MaxConcurrentStreams(1<<20),
 		// gRPC also sets TCP_USER_TIMEOUT to Timeout: a busy Envoy reading a large initial
 		// configuration slowly must not be cut off, so it is generous.
@@ -326,6 +350,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	})
 	cp.goRun("publisher", func() error { cp.pub.run(ctx); return nil })
 	cp.goRun("two-phase publication", func() error { phase.run(ctx); return nil })
+	cp.goRun("etcd confirmation", func() error { cp.watchConfirmation(ctx); return nil })
 	cp.goRun("xDS server", func() error {
 		if err := cp.grpc.Serve(cp.xdsLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("xDS server: %w", err)
@@ -362,6 +387,15 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		Str("prefix", cfg.Prefix).Strs("etcd", cfg.Etcd.Endpoints).Uint32("envoyListenPort", cfg.ListenPort).
 		Msg("control plane started")
 	return cp, nil
+}
+
+// progressInterval is how often the watcher reads etcd's revision: three reads within the
+// stale bound, so that one slow read does not step the replica down.
+func progressInterval(staleAfter time.Duration) time.Duration {
+	if staleAfter <= 0 {
+		return registry.DefaultProgressInterval
+	}
+	return staleAfter / 3
 }
 
 // loopback reports whether a listener's address is reachable from this host only.

@@ -24,6 +24,8 @@ type metrics struct {
 	revision       prometheus.Gauge
 	ready          prometheus.Gauge
 	held           prometheus.Gauge
+	vanished       prometheus.Gauge
+	unconfirmed    prometheus.Gauge
 	drained        prometheus.Gauge
 	massRemovals   *prometheus.CounterVec
 	firstPhase     prometheus.Gauge
@@ -85,6 +87,12 @@ func newMetrics() *metrics {
 		held: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_held_instances", Help: "Instances gone from the registry but held in the configuration by the mass-disappearance guard.",
 		}),
+		vanished: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_vanished_instances", Help: "Instances gone from the registry without draining, kept as DRAINING for --vanish-grace for their agents to come back.",
+		}),
+		unconfirmed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_etcd_unconfirmed", Help: "1 while this replica has not confirmed etcd's revision for longer than --stale-after (/readyz fails, xDS streams were closed).",
+		}),
 		massRemovals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_mass_removals_total", Help: "Instances held back for the grace period by the mass-disappearance guard, by service.",
 		}, []string{"service"}),
@@ -107,7 +115,7 @@ func newMetrics() *metrics {
 	}
 	reg.MustRegister(m.instances, m.services, m.rejected, m.rejectedNow, m.problems, m.streams,
 		m.responses, m.nacks, m.snapshots, m.snapshotErrors, m.translate, m.eventToPush,
-		m.etcdEvents, m.revision, m.ready, m.held, m.drained, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal,
+		m.etcdEvents, m.revision, m.ready, m.held, m.vanished, m.unconfirmed, m.drained, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -55,6 +55,9 @@ type publisher struct {
 
 	notify chan struct{}
 	guard  *removalGuard
+	// vanish keeps an instance that left the registry without draining for a short grace
+	// (after the guard; nil: off).
+	vanish *vanishGrace
 	// releaseAt is when the guard releases its next held instance (zero: none held), and
 	// lastRaw the registry state last published (before the guard); only the run goroutine
 	// touches them.
@@ -103,7 +106,7 @@ func (p *publisher) offer(st *registry.State) {
 }
 
 // run publishes registry states until ctx ends, when the coalescer says (see coalescer),
-// and when the removal guard releases a held instance.
+// and when the removal guard or the vanish grace releases a held instance.
 func (p *publisher) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -159,10 +162,20 @@ func (p *publisher) publishLatest() bool {
 		return false // nothing new: a wake-up queued before the last publish, or an early timer
 	}
 	p.lastRaw = st
+	var release time.Time
 	if p.guard != nil {
-		st, p.releaseAt = p.guard.apply(st, start)
+		st, release = p.guard.apply(st, start)
 		p.m.held.Set(float64(p.guard.heldCount()))
 	}
+	if p.vanish != nil {
+		var r time.Time
+		st, r = p.vanish.apply(st, start)
+		if release.IsZero() || (!r.IsZero() && r.Before(release)) {
+			release = r
+		}
+		p.m.vanished.Set(float64(p.vanish.heldCount()))
+	}
+	p.releaseAt = release
 	st = p.drains.apply(st)
 	served := st
 	if p.phase != nil {

@@ -286,6 +286,11 @@ type AgentInfo struct {
 	// Metrics is the agent's /metrics listener, ip:port (empty when disabled), so that a
 	// monitor can link it when several agents share a host on ports chosen at start.
 	Metrics string `json:"metrics,omitempty"`
+	// Host and PID name the agent's process (the host name as the operating system gives
+	// it): an agent restarted on the same host adopts its predecessor's key only when that
+	// process is provably gone (see agent.sameServer).
+	Host string `json:"host,omitempty"`
+	PID  int    `json:"pid,omitempty"`
 }
 
 // Service is one service of a State: its configuration and its live instances.

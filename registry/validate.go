@@ -347,6 +347,12 @@ func (in *Instance) Validate() error {
 			add("agent.metrics: %.80q must be ip:port", m)
 		}
 	}
+	if len(in.Agent.Host) > 255 || !utf8.ValidString(in.Agent.Host) {
+		add("agent.host: over 255 bytes or not UTF-8")
+	}
+	if in.Agent.PID < 0 {
+		add("agent.pid: %d must be 0 or more", in.Agent.PID)
+	}
 	// Decoding normalizes times to UTC; a time whose UTC year leaves 1-9999 could not be encoded.
 	if y := in.UpdatedAt.UTC().Year(); y < 1 || y > 9999 {
 		add("updatedAt: %s is outside years 1-9999 in UTC", in.UpdatedAt.Format(time.RFC3339))

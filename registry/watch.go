@@ -49,11 +49,44 @@ type Watcher struct {
 	opts      WatchOptions
 	ready     chan struct{}
 	readyOnce sync.Once
+	// base and confirmed: confirmed is base's monotonic offset of the last confirmation (see
+	// Confirmed), 0 for none.
+	base      time.Time
+	confirmed atomic.Int64
 }
 
 // NewWatcher returns a Watcher of opts.Prefix; Run starts it.
 func NewWatcher(cli *clientv3.Client, opts WatchOptions) *Watcher {
-	return &Watcher{cli: cli, opts: opts, ready: make(chan struct{})}
+	return &Watcher{cli: cli, opts: opts, ready: make(chan struct{}), base: time.Now()}
+}
+
+// Confirmed returns when the watcher last confirmed that it is current: the start of the
+// newest linearizable read of etcd's revision (a listing, or the check every
+// ProgressInterval) whose revision the watcher had applied, or has since. Zero before the
+// first listing. A watcher cut off from etcd stops confirming: its State may be stale.
+func (w *Watcher) Confirmed() time.Time {
+	d := w.confirmed.Load()
+	if d == 0 {
+		return time.Time{}
+	}
+	return w.base.Add(time.Duration(d))
+}
+
+// confirm records a confirmation of a read started at.
+func (w *Watcher) confirm(at time.Time) {
+	d := max(int64(at.Sub(w.base)), 1)
+	for {
+		old := w.confirmed.Load()
+		if old >= d || w.confirmed.CompareAndSwap(old, d) {
+			return
+		}
+	}
+}
+
+// reading is one linearizable read of etcd's revision, started at.
+type reading struct {
+	at  time.Time
+	rev int64
 }
 
 // Ready is closed once the first full listing has been emitted.
@@ -124,7 +157,9 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 		if relist {
 			var st *State
 			var cluster uint64
+			started := time.Now()
 			if st, cluster, err = w.list(ctx, cur); err == nil {
+				w.confirm(started) // the listing is a linearizable read, and st is at its revision
 				if st.Revision < rev || (w.cluster != 0 && cluster != w.cluster) {
 					w.opts.Logger.Warn().Int64("revision", st.Revision).Int64("applied", rev).
 						Msg("etcd's revision went back or its cluster changed (restored from a backup?): serving what it holds now")
@@ -189,7 +224,15 @@ func (w *Watcher) watch(ctx context.Context, cur **State, rev *int64, emit func(
 	var applied atomic.Int64
 	applied.Store(*rev)
 	restored := make(chan error, 1)
-	go w.checkRestoredEvery(wctx, w.cluster, &applied, restored)
+	readings := make(chan reading, 1)
+	go w.checkRestoredEvery(wctx, w.cluster, &applied, restored, readings)
+	var pending reading // a reading beyond the applied revision, confirmed once the watch reaches it
+	advanced := func() {
+		if pending.rev != 0 && *rev >= pending.rev {
+			w.confirm(pending.at)
+			pending = reading{}
+		}
+	}
 
 	bo := w.buildOptions(ctx)
 	for {
@@ -198,6 +241,16 @@ func (w *Watcher) watch(ctx context.Context, cur **State, rev *int64, emit func(
 		select {
 		case err := <-restored:
 			return fmt.Errorf("watch %s: %w", key, err)
+		case r := <-readings:
+			if r.rev <= *rev {
+				w.confirm(r.at)
+				continue
+			}
+			// etcd is ahead (events on their way, or writes outside the prefix): confirmed once
+			// the watch has delivered up to r.rev; a progress notification says when.
+			pending = r
+			_ = w.cli.RequestProgress(wctx)
+			continue
 		case resp, open = <-wch:
 		}
 		if !open {
@@ -216,6 +269,7 @@ func (w *Watcher) watch(ctx context.Context, cur **State, rev *int64, emit func(
 		if resp.IsProgressNotify() {
 			*rev = max(*rev, resp.Header.Revision)
 			applied.Store(*rev)
+			advanced()
 			continue
 		}
 		if len(resp.Events) == 0 {
@@ -230,6 +284,7 @@ func (w *Watcher) watch(ctx context.Context, cur **State, rev *int64, emit func(
 		}
 		*rev = max(*rev, resp.Events[len(resp.Events)-1].Kv.ModRevision)
 		applied.Store(*rev)
+		advanced()
 		if changed {
 			*cur = next
 			emit(next)
@@ -247,7 +302,8 @@ func (w *Watcher) watch(ctx context.Context, cur **State, rev *int64, emit func(
 // The read is linearizable, so it is never below a revision etcd has committed: only a
 // restore (or another cluster behind the endpoints) makes it go back. Failed reads are
 // left to the watch, which sees the same outage.
-func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applied *atomic.Int64, found chan<- error) {
+// Each good read is also sent on readings (the newest replaces an unread one), for Confirmed.
+func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applied *atomic.Int64, found chan<- error, readings chan reading) {
 	every := w.opts.ProgressInterval
 	if every <= 0 {
 		every = DefaultProgressInterval
@@ -260,7 +316,8 @@ func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applie
 			return
 		case <-t.C:
 		}
-		gctx, cancel := context.WithTimeout(ctx, listTimeout)
+		started := time.Now()
+		gctx, cancel := context.WithTimeout(ctx, min(listTimeout, every))
 		resp, err := w.cli.Get(gctx, w.opts.Prefix+"/", clientv3.WithCountOnly())
 		cancel()
 		if err != nil {
@@ -275,6 +332,19 @@ func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applie
 		if why != nil {
 			found <- why
 			return
+		}
+		r := reading{at: started, rev: resp.Header.Revision}
+		select {
+		case readings <- r:
+		default:
+			select { // replace the unread one
+			case <-readings:
+			default:
+			}
+			select {
+			case readings <- r:
+			default:
+			}
 		}
 	}
 }

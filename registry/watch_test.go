@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -463,4 +464,43 @@ func TestWatcherWaitsForEtcd(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("Run did not return after cancel")
 	}
+}
+
+// The watcher confirms that it is current by its periodic linearizable read of etcd's
+// revision, also when etcd's revision runs ahead of the prefix (writes elsewhere in etcd:
+// a progress notification says when the watch has caught up), and stops confirming while
+// etcd is unreachable.
+func TestWatcherConfirmsItsRevision(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = 100 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	confirmedAfter := func(what string, since time.Time) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for !r.w.Confirmed().After(since) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: last confirmed %v, not after %v", what, r.w.Confirmed(), since)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	confirmedAfter("quiet registry", time.Now())
+	for i := range 5 { // etcd's revision moves on outside the prefix
+		if _, err := cli.Put(ctx, "/elsewhere/k", strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	confirmedAfter("revision ahead of the prefix", time.Now())
+
+	srv.Stop()
+	time.Sleep(300 * time.Millisecond) // a read started before the stop may still confirm
+	stopped := r.w.Confirmed()
+	time.Sleep(time.Second)
+	if got := r.w.Confirmed(); !got.Equal(stopped) {
+		t.Errorf("confirmed at %v while etcd was down", got)
+	}
+	srv.StartAgain(t)
+	confirmedAfter("etcd back", time.Now())
 }

@@ -65,6 +65,30 @@ func CreateInstance(ctx context.Context, cli *clientv3.Client, prefix, service s
 	return fmt.Errorf("create %s: %w (lease %x)", key, ErrInstanceExists, holder)
 }
 
+// AdoptInstance rebinds an instance key held by another lease to lease, in one transaction
+// that succeeds only if the key is still the one that was read (its mod revision and its
+// lease): there is never a moment without the key. It is for an agent taking over the key
+// of its crashed predecessor on the same server; a key that changed meanwhile yields
+// ErrInstanceExists.
+func AdoptInstance(ctx context.Context, cli *clientv3.Client, prefix, service string, inst Instance, lease clientv3.LeaseID, prevMod int64, prevLease clientv3.LeaseID) error {
+	val, err := encodeInstance(service, inst)
+	if err != nil {
+		return err
+	}
+	key := InstanceKey(prefix, service, inst.ID)
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", prevMod), clientv3.Compare(clientv3.LeaseValue(key), "=", prevLease)).
+		Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("adopt %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("adopt %s: changed since it was read: %w", key, ErrInstanceExists)
+	}
+	return nil
+}
+
 // UpdateInstance rewrites an instance key, only while it is still bound to lease.
 func UpdateInstance(ctx context.Context, cli *clientv3.Client, prefix, service string, inst Instance, lease clientv3.LeaseID) error {
 	val, err := encodeInstance(service, inst)

@@ -403,3 +403,39 @@ func TestServiceCommandInput(t *testing.T) {
 		t.Errorf("derived name %q", name)
 	}
 }
+
+// An agent killed with -9 and started again (a service manager's restart) while its lease
+// lives: the new agent adopts the key in one etcd transaction, so the instance never leaves
+// the registry, and the key is bound to the new lease long before the old one expires.
+func TestKill9RestartAdoptsKey(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := agenttest.NewBackend(t)
+	args := agentArgs(b, etcd, "k9", "--ttl", "6s")
+	p := startAgent(t, args...)
+	first := etcdtest.WaitInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", "k9"))
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		t.Fatalf("instance key %v, %v: want one key under a lease", resp, err)
+	}
+	old := resp.Kvs[0].Lease
+	w := etcdtest.WatchInstance(t, cli, "k9")
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p.exitCode(t, 5*time.Second)
+	killed := time.Now()
+	startAgent(t, args...)
+	in := w.Next(t, 10*time.Second, "adopted by the restarted agent",
+		func(in *registry.Instance, lease int64) bool { return in != nil && lease != old },
+		func(in *registry.Instance, _ int64) bool { return in != nil })
+	if took := time.Since(killed); took > 4*time.Second {
+		t.Errorf("adopted %s after the kill: the 6s lease should not have been waited for", took)
+	}
+	if in.Port != first.Port || in.Address != first.Address {
+		t.Errorf("adopted value %+v, want the same server as %+v", in, first)
+	}
+	w.Quiet(t, "after the adoption", func(in *registry.Instance, lease int64) bool { return in != nil && lease != old })
+}

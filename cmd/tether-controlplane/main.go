@@ -76,6 +76,8 @@ Flags:
 	fs.Float64Var(&c.HoldShare, "hold-share", c.HoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
 	fs.DurationVar(&c.HoldGrace, "hold-grace", c.HoldGrace, "how long a mass disappearance is held back")
 	fs.DurationVar(&c.HoldWindow, "hold-window", c.HoldWindow, "removals of one service within this long of the first count together against --hold-share (about the agents' --ttl)")
+	fs.DurationVar(&c.VanishGrace, "vanish-grace", c.VanishGrace, "an instance that leaves the registry without draining (a lost lease, an agent restarting) stays served as DRAINING this long, so that its sessions keep their server while its agent comes back (negative disables)")
+	fs.DurationVar(&c.StaleAfter, "stale-after", c.StaleAfter, "a replica that has not confirmed etcd's revision for this long fails /readyz and closes its xDS streams once, so that Envoys move to a replica that follows etcd (negative disables)")
 	fs.BoolVar(&c.AllowLoopback, "allow-loopback-backends", false, "accept instances registered on loopback addresses (127.0.0.1, ::1): only for a demo or tests with Envoy and the backends on one host")
 	fs.StringVar(&o.xdsCert, "xds-tls-cert", "", "certificate file to serve xDS over TLS (with --xds-tls-key)")
 	fs.StringVar(&o.xdsKey, "xds-tls-key", "", "private key file to serve xDS over TLS")

@@ -1,0 +1,161 @@
+package controlplane
+
+import (
+	"fmt"
+	"maps"
+	"sort"
+	"time"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// DefaultVanishGrace is how long an instance that left the registry without its agent marking it
+// leaving stays
+// in the configuration, as DRAINING. It covers the moments an agent is away while its server
+// still serves: a lost lease re-registered at the agent's next keep-alive (a third of the
+// default 10 s TTL, plus a round trip), and an agent restarted by its service manager just
+// after its crashed predecessor's lease lapsed (a restart within the lease adopts the key and
+// leaves no gap). Short, because for a server that really died its users lose their sessions
+// anyway, and in strict mode they see "server gone" only after it.
+const DefaultVanishGrace = 5 * time.Second
+
+// vanishGrace keeps an instance that vanished from the registry while not draining (its
+// lease lapsed, its key was deleted) in the configuration for grace, served as DRAINING: its
+// sticky sessions still reach it, no new session is sent to a server that may be dead. It
+// comes back from the registry as it is written as soon as the agent registers again. An
+// instance that was draining when it left was deregistered on purpose and goes at once.
+//
+// It runs after the removal guard, on what the guard serves: instances the guard holds are
+// not gone, and the guard counts removals as the agents made them.
+//
+// Like the coalescer, it keeps no clock: apply is given the time, and returns when the next
+// held instance is due to go.
+type vanishGrace struct {
+	grace time.Duration
+
+	lastIn *registry.State           // the last state given to apply
+	held   map[string]*vanishService // by service name
+}
+
+// vanishService is a service's instances kept after they left the registry.
+type vanishService struct {
+	svc   *registry.Service // the service as last seen, for when it left the registry too
+	insts map[string]vanished
+}
+
+type vanished struct {
+	inst  registry.Instance // as served meanwhile: DRAINING
+	until time.Time
+}
+
+// leftDeliberately says whether an instance's leaving was a deregistration, which the grace
+// must not delay: its stopping agent marked its last value leaving (the guard's test too). An
+// operator-drained instance whose lease lapses is draining, not leaving, and keeps the grace.
+func leftDeliberately(in registry.Instance) bool { return in.Leaving }
+
+func newVanishGrace(grace time.Duration) *vanishGrace {
+	return &vanishGrace{grace: grace, held: map[string]*vanishService{}}
+}
+
+// apply returns next with the instances still within their grace added back, and when the
+// next of them is due to go (zero: none). Calls must come with non-decreasing now.
+func (g *vanishGrace) apply(next *registry.State, now time.Time) (*registry.State, time.Time) {
+	if g.grace <= 0 {
+		return next, time.Time{}
+	}
+	prev := g.lastIn
+	g.lastIn = next
+	if prev != nil {
+		// Only a service whose pointer changed can have lost instances (copy-on-write).
+		for name, ps := range prev.Services {
+			ns := next.Services[name]
+			if ns == ps {
+				continue
+			}
+			for id, in := range ps.Instances {
+				if ns != nil {
+					if _, ok := ns.Instances[id]; ok {
+						continue
+					}
+				}
+				if leftDeliberately(in) {
+					continue
+				}
+				h := g.held[name]
+				if h == nil {
+					h = &vanishService{insts: map[string]vanished{}}
+					g.held[name] = h
+				}
+				h.svc = ps
+				in.State = registry.StateDraining
+				in.Reason = fmt.Sprintf("left the registry without draining: kept %s for its agent to come back", g.grace)
+				h.insts[id] = vanished{inst: in, until: now.Add(g.grace)}
+			}
+		}
+	}
+	return g.serve(next, now)
+}
+
+// serve adds back the held instances that are still gone and within their grace.
+func (g *vanishGrace) serve(next *registry.State, now time.Time) (*registry.State, time.Time) {
+	out := next
+	var release time.Time
+	names := make([]string, 0, len(g.held))
+	for name := range g.held {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		h, svc := g.held[name], next.Services[name]
+		var add []registry.Instance
+		for id, v := range h.insts {
+			if svc != nil {
+				if _, back := svc.Instances[id]; back {
+					delete(h.insts, id)
+					continue
+				}
+			}
+			if !now.Before(v.until) {
+				delete(h.insts, id)
+				continue
+			}
+			add = append(add, v.inst)
+			if release.IsZero() || v.until.Before(release) {
+				release = v.until
+			}
+		}
+		if len(h.insts) == 0 {
+			delete(g.held, name)
+		}
+		if len(add) == 0 {
+			continue
+		}
+		if out == next {
+			c := *next // every field (drains included), with services of its own
+			c.Services = maps.Clone(next.Services)
+			out = &c
+		}
+		var cp registry.Service
+		if svc != nil {
+			cp = *svc
+			cp.Instances = maps.Clone(svc.Instances)
+		} else {
+			cp = *h.svc // its own configuration, never the defaults
+			cp.Instances = make(map[string]registry.Instance, len(add))
+		}
+		for _, in := range add {
+			cp.Instances[in.ID] = in
+		}
+		out.Services[name] = &cp
+	}
+	return out, release
+}
+
+// heldCount returns how many instances are kept now.
+func (g *vanishGrace) heldCount() int {
+	n := 0
+	for _, h := range g.held {
+		n += len(h.insts)
+	}
+	return n
+}
