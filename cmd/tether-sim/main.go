@@ -95,7 +95,7 @@ func run() int {
 	}
 	fmt.Print(b.String())
 	if *summary != "" {
-		if err := os.WriteFile(*summary, []byte(b.String()), 0o644); err != nil {
+		if err := os.WriteFile(*summary, []byte(b.String()), 0o600); err != nil {
 			fmt.Fprintf(os.Stderr, "tether-sim: %v\n", err)
 		}
 	}

@@ -547,7 +547,8 @@ func TestRefusedResponseSetsNoCookie(t *testing.T) {
 	if err := f.GetTypedConfig().UnmarshalTo(&ewm); err != nil {
 		t.Fatalf("the stateful session filter is not wrapped in match_delegate (%v): a refused first request pins its user", err)
 	}
-	if ewm.GetMatcher() != nil || ewm.GetXdsMatcher() == nil {
+	// The deprecated matcher field must stay unset: only xds_matcher is read here.
+	if ewm.ProtoReflect().Has(ewm.ProtoReflect().Descriptor().Fields().ByName("matcher")) || ewm.GetXdsMatcher() == nil {
 		t.Fatalf("want xds_matcher only: %v", &ewm)
 	}
 	var inner statefulsessionv3.StatefulSession

@@ -16,7 +16,7 @@ import (
 // real agent processes, so that kill -9 is a real SIGKILL and a graceful stop a real SIGTERM.
 func BuildAgent(ctx context.Context, dir string) (string, error) {
 	bin := filepath.Join(dir, "tether-agent")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/tetherlb/tether/cmd/tether-agent")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/tetherlb/tether/cmd/tether-agent") //nolint:gosec // G204: the path is the run's own scratch directory
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build tether-agent: %w: %s", err, out)
 	}
@@ -58,11 +58,11 @@ func (s *Sim) startAgent(srv *server, withSessions bool) (*agentProc, error) {
 	if withSessions {
 		args = append(args, "--sessions-url", base+"/sessions")
 	}
-	logf, err := os.OpenFile(filepath.Join(s.dir, "agent-"+srv.id+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	logf, err := os.OpenFile(filepath.Join(s.dir, "agent-"+srv.id+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(s.agentBin, args...)
+	cmd := exec.Command(s.agentBin, args...) //nolint:gosec // G204: the agent binary the run built or was given, with its own flags
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close()

@@ -131,7 +131,7 @@ func (s *server) page(w http.ResponseWriter, r *http.Request) {
 	s.sessions[sid] = now
 	// SameSite=None: the app wants its own cookie through cross-site sign-in posts, so that
 	// only Envoy's cookie decides whether the user keeps its server there.
-	http.SetCookie(w, &http.Cookie{Name: appCookie, Value: sid, Path: "/", Secure: true, SameSite: http.SameSiteNoneMode})
+	http.SetCookie(w, &http.Cookie{Name: appCookie, Value: sid, Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteNoneMode}) //nolint:gosec // G124: SameSite=None on purpose, see above
 	w.WriteHeader(http.StatusOK)
 }
 

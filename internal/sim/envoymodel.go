@@ -94,6 +94,9 @@ func decodeTables(res map[string]map[string]proto.Message) (*tables, error) {
 	}
 	for name, m := range res[resourcev3.ClusterType] {
 		if c, ok := m.(*clusterv3.Cluster); ok {
+			if p := c.GetLbPolicy(); p == clusterv3.Cluster_CLUSTER_PROVIDED || p == clusterv3.Cluster_LOAD_BALANCING_POLICY_CONFIG {
+				return nil, fmt.Errorf("cluster %s: lb policy %s: %w", name, p, errUnmodelled)
+			}
 			t.clusters[name] = c
 		}
 	}
@@ -538,6 +541,9 @@ func (t *tables) choose(cl *clusterv3.Cluster, ra *routev3.RouteAction, hosts []
 		return best
 	case clusterv3.Cluster_RANDOM:
 		return healthy[rng.IntN(len(healthy))].addr
+	case clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST:
+	case clusterv3.Cluster_CLUSTER_PROVIDED, clusterv3.Cluster_LOAD_BALANCING_POLICY_CONFIG:
+		return "" // not modelled: decodeTables refuses such clusters
 	}
 	var total uint32
 	for _, h := range healthy {

@@ -58,14 +58,14 @@ func (s *Sim) startRealEnvoy(listen int) (*realEnvoy, error) {
 		return nil, err
 	}
 	cfg := filepath.Join(s.dir, "envoy-real.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(realBootstrap, "envoy-real", "gw", xdsPort, admin)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(realBootstrap, "envoy-real", "gw", xdsPort, admin)), 0o600); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(filepath.Join(s.dir, "envoy-real.log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(s.opts.EnvoyBin, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
+	cmd := exec.Command(s.opts.EnvoyBin, "-c", cfg, //nolint:gosec // G204: the Envoy binary the operator of the run named "--concurrency", "1", "--disable-hot-restart",
 		"--base-id", strconv.Itoa(int(s.opts.Seed%1000)+1000), "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

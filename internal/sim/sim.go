@@ -363,7 +363,7 @@ func (s *Sim) realReady(ctx context.Context) bool {
 
 func (s *Sim) startCP(ctx context.Context, i int) error {
 	slot := s.cps[i]
-	logf, err := os.OpenFile(filepath.Join(s.dir, fmt.Sprintf("controlplane-%d.log", i)), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	logf, err := os.OpenFile(filepath.Join(s.dir, fmt.Sprintf("controlplane-%d.log", i)), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
