@@ -240,6 +240,10 @@ type Instance struct {
 	Reason     string            `json:"reason"`
 	UpdatedAt  time.Time         `json:"updatedAt"`
 	Agent      AgentInfo         `json:"agent"`
+	// FirstPhase is set by the control plane's two-phase publication on the copy it
+	// translates: the endpoint is served DRAINING, whatever its state, until every Envoy
+	// knows it. Never stored or read from etcd.
+	FirstPhase bool `json:"-"`
 }
 
 // Thresholds follow Wisej's HealthCheck.json; 0 means unlimited.
