@@ -748,3 +748,35 @@ func TestSourceIPRingKeepsFullServers(t *testing.T) {
 		t.Errorf("cookie: hosts taking new sessions with b and c full = %v, want a and d only", ring)
 	}
 }
+
+// Rule: with an active health check, each Envoy marks a host it has not known before
+// FAILED_ACTIVE_HC (UNHEALTHY, which override_host_status refuses) when EDS adds it
+// (BaseDynamicClusterImpl::updateDynamicHostList, source/common/upstream/upstream_impl.cc),
+// starts its check at once when initial_jitter is 0 (ActiveHealthCheckSession::start ->
+// onInitialInterval, source/extensions/health_checkers/common/health_checker_base_impl.cc)
+// and makes it healthy on the first pass whatever healthy_threshold (handleSuccess,
+// first_check_). An ACK says nothing of that check, so the first phase cannot cover it
+// (docs/design.md); the configuration keeps the window to one check's round trip: no initial
+// jitter, no warming exclusion (ignore_new_hosts_until_first_hc), a check as often on an idle
+// cluster as on a busy one, and a timeout well under the interval.
+func TestNewHostIsCheckedAtOnce(t *testing.T) {
+	c := clusterNamed(t, translateFile(t, "health-host"), "tether_shop")
+	hcs := c.GetHealthChecks()
+	if len(hcs) == 0 {
+		t.Fatal("health-host: no active health check")
+	}
+	for _, hc := range hcs {
+		if hc.GetInitialJitter().AsDuration() != 0 {
+			t.Errorf("initial_jitter %v: each Envoy would check a new host at a different time", hc.GetInitialJitter().AsDuration())
+		}
+		if hc.GetNoTrafficInterval().AsDuration() != hc.GetInterval().AsDuration() {
+			t.Errorf("no_traffic_interval %v, interval %v: a new host of an idle service would wait for its next check", hc.GetNoTrafficInterval().AsDuration(), hc.GetInterval().AsDuration())
+		}
+		if hc.GetUnhealthyInterval() != nil || hc.GetUnhealthyEdgeInterval() != nil {
+			t.Errorf("unhealthy intervals set: a new host failing its first check would be checked on another schedule per Envoy")
+		}
+	}
+	if c.GetCommonLbConfig().GetIgnoreNewHostsUntilFirstHc() {
+		t.Error("ignore_new_hosts_until_first_hc: a new host would also be excluded (PENDING_ACTIVE_HC) until its first check")
+	}
+}
