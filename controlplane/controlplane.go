@@ -293,7 +293,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.phase = phase
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
-	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
+	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort, PublishSettle: cfg.PublishSettle}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.pub.phase = phase
 	if cfg.VanishGrace > 0 {
 		cp.pub.vanish = newVanishGrace(cfg.VanishGrace)

@@ -32,6 +32,7 @@ type metrics struct {
 	promotions     *prometheus.HistogramVec
 	lagging        prometheus.Gauge
 	laggingTotal   prometheus.Counter
+	oldEnvoys      prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -106,6 +107,9 @@ func newMetrics() *metrics {
 		lagging: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_lagging_envoys", Help: "Envoys that held a promotion past --publish-settle and have not caught up.",
 		}),
+		oldEnvoys: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tether_envoys_below_min_version", Help: "Connected Envoys older than Tether's minimum version (" + MinEnvoyVersion + "): they silently lose part of the configuration.",
+		}),
 		laggingTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_lagging_envoys_total", Help: "Times an Envoy was reported lagging (held a promotion past --publish-settle).",
 		}),
@@ -115,7 +119,7 @@ func newMetrics() *metrics {
 	}
 	reg.MustRegister(m.instances, m.services, m.rejected, m.rejectedNow, m.problems, m.streams,
 		m.responses, m.nacks, m.snapshots, m.snapshotErrors, m.translate, m.eventToPush,
-		m.etcdEvents, m.revision, m.ready, m.held, m.vanished, m.unconfirmed, m.drained, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal,
+		m.etcdEvents, m.revision, m.ready, m.held, m.vanished, m.unconfirmed, m.drained, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal, m.oldEnvoys,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

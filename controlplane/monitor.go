@@ -53,6 +53,9 @@ type MonitorState struct {
 	Problems []MonitorProblem `json:"problems"`
 	// Groups are the gateway groups with their connected Envoys.
 	Groups []GroupStatus `json:"groups"`
+	// MinEnvoyVersion is the oldest Envoy release that does all Tether asks of it; an Envoy
+	// below it is marked belowMinVersion.
+	MinEnvoyVersion string `json:"minEnvoyVersion"`
 }
 
 // MonitorProblem is a translation problem of one service.
@@ -173,7 +176,7 @@ func stamped(body []byte, now time.Time) []byte {
 
 // buildMonitorState assembles the document of a snapshot (nil before the first publish).
 func buildMonitorState(pub *published, groups []string, clients []ClientInfo) MonitorState {
-	ms := MonitorState{Versions: map[string]string{}, Problems: []MonitorProblem{}, Groups: []GroupStatus{}}
+	ms := MonitorState{Versions: map[string]string{}, Problems: []MonitorProblem{}, Groups: []GroupStatus{}, MinEnvoyVersion: MinEnvoyVersion}
 	if pub == nil {
 		ms.Overview = overview.FromState(nil)
 	} else {

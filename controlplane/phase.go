@@ -35,7 +35,7 @@ import (
 // to the revision of the state it was translated from, and an endpoint first reachable at
 // revision r is known to an Envoy whose ACKed version maps to r or later, when that ACK was
 // whole (xdscache.StreamAck) and the Envoy subscribes to the endpoint's cluster. The phase is
-// applied to the state before translation (the instance's state set to draining in a copy),
+// applied to the state before translation (the instance marked FirstPhase in a copy),
 // so translation stays a pure function of its input.
 //
 // Replicas promote on their own Envoys' ACKs. Sharing ACK state would make every control
@@ -51,7 +51,7 @@ import (
 // since every group is served the same endpoints.
 
 // DefaultPublishSettle bounds how long an Envoy that does not answer delays a promotion.
-const DefaultPublishSettle = 10 * time.Second
+const DefaultPublishSettle = translate.DefaultPublishSettle
 
 // evalEvery is the least time between two evaluations of promotions (see run).
 const evalEvery = 5 * time.Millisecond
@@ -271,13 +271,16 @@ func (ph *phaser) phaseState(st *registry.State, phased map[string][]string) *re
 	return &c
 }
 
-// firstPhaseService returns a copy of svc with the instances ids (sorted) draining.
+// firstPhaseService returns a copy of svc with the instances ids (sorted) in their first
+// phase. Their state is kept: translation serves them DRAINING and needs the state to know
+// whether they will take new sessions once promoted (a full one does in source-ip mode, and
+// the reply to new users while every such server is in its first phase depends on it).
 func firstPhaseService(svc *registry.Service, ids []string) *registry.Service {
 	out := *svc
 	out.Instances = maps.Clone(svc.Instances)
 	for key, in := range out.Instances {
-		if _, ok := slices.BinarySearch(ids, in.ID); ok && in.State == registry.StateAvailable {
-			in.State, in.Reason = registry.StateDraining, firstPhaseReason
+		if _, ok := slices.BinarySearch(ids, in.ID); ok && (in.State == registry.StateAvailable || in.State == registry.StateFull) {
+			in.FirstPhase, in.Reason = true, firstPhaseReason
 			out.Instances[key] = in
 		}
 	}

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/rs/zerolog"
 
 	"github.com/tetherlb/tether/controlplane/translate"
@@ -211,4 +213,88 @@ func svcOf(st *registry.State, k epKey) string {
 		}
 	}
 	return ""
+}
+
+// TestScaleOutFromAllFullSaysAMoment holds the first phase to what a new user sees: when
+// every server that could take a new session is still in its first phase (scale-out while
+// all others are full), a new user must not be told to come back later than the phase can
+// last (--publish-settle), nor be sent to the overload page (returnUrl): the reply is a 503
+// whose Retry-After is at most the settle time. Once promoted, the route forwards.
+func TestScaleOutFromAllFullSaysAMoment(t *testing.T) {
+	const settle = 10 * time.Second
+	for _, returnURL := range []string{"", "https://status.example.com/full"} {
+		ph := newPhaser(zerolog.Nop(), newMetrics(), settle)
+		now := time.Now()
+		with := func(st *registry.State) *registry.State {
+			st.Services["app"].Config.Overload.ReturnURL = returnURL
+			return st
+		}
+		ph.apply(with(phaseState(1, map[string]registry.InstanceState{"old": registry.StateFull})), now)
+		next := with(phaseState(2, map[string]registry.InstanceState{"old": registry.StateFull, "new": registry.StateAvailable}))
+		res := translate.Translate(ph.apply(next, now), translate.Options{ListenPort: 10000, PublishSettle: settle})
+		initial := routeNamed(t, res, "app/initial")
+		dr := initial.GetDirectResponse()
+		if dr == nil {
+			t.Fatalf("returnUrl %q: initial route forwards during the first phase: Envoy finds no healthy host and answers the overload reply", returnURL)
+		}
+		hdr := map[string]string{}
+		for _, h := range initial.GetResponseHeadersToAdd() {
+			hdr[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+		}
+		ra, err := strconv.Atoi(hdr["retry-after"])
+		if dr.GetStatus() != 503 || err != nil || ra < 1 || time.Duration(ra)*time.Second > settle || hdr["location"] != "" {
+			t.Errorf("returnUrl %q: first-phase reply status %d, headers %v; want 503 with Retry-After between 1 and %v, no redirect", returnURL, dr.GetStatus(), hdr, settle)
+		}
+		ph.mu.Lock()
+		for _, e := range ph.reach {
+			e.promoted = e.promoted || e.first
+		}
+		ph.mu.Unlock()
+		res = translate.Translate(ph.apply(next, now), translate.Options{ListenPort: 10000, PublishSettle: settle})
+		if routeNamed(t, res, "app/initial").GetDirectResponse() != nil {
+			t.Errorf("returnUrl %q: promoted, the initial route still answers directly", returnURL)
+		}
+	}
+}
+
+func routeNamed(t *testing.T, res *translate.Resources, name string) *routev3.Route {
+	t.Helper()
+	for _, rc := range res.Routes {
+		for _, vh := range rc.GetVirtualHosts() {
+			for _, r := range vh.GetRoutes() {
+				if r.GetName() == name {
+					return r
+				}
+			}
+		}
+	}
+	t.Fatalf("no route %s", name)
+	return nil
+}
+
+// TestSourceIPFullServerHasAFirstPhase: in source-ip mode a full server is served HEALTHY (it
+// stays in the hash ring, envoy-rules row 12), so a new full server joins the ring only after
+// its first phase, like an available one: an Envoy must not hash new users to a server
+// another Envoy does not know.
+func TestSourceIPFullServerHasAFirstPhase(t *testing.T) {
+	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
+	now := time.Now()
+	sourceIP := func(st *registry.State) *registry.State {
+		st.Services["app"].Config.Affinity.Mode = registry.AffinitySourceIP
+		return st
+	}
+	ph.apply(sourceIP(phaseState(1, map[string]registry.InstanceState{"old": registry.StateAvailable})), now)
+	next := sourceIP(phaseState(2, map[string]registry.InstanceState{"old": registry.StateFull, "newfull": registry.StateFull}))
+	got, _ := servedHealth(t, ph.apply(next, now))
+	if got["old"] != corev3.HealthStatus_HEALTHY || got["newfull"] != corev3.HealthStatus_DRAINING {
+		t.Errorf("first phase = %v, want old HEALTHY (full, in the ring), newfull DRAINING", got)
+	}
+	ph.mu.Lock()
+	for _, e := range ph.reach {
+		e.promoted = e.promoted || e.first
+	}
+	ph.mu.Unlock()
+	if got, _ = servedHealth(t, ph.apply(next, now)); got["newfull"] != corev3.HealthStatus_HEALTHY {
+		t.Errorf("promoted = %v, want newfull HEALTHY (full, in the ring)", got)
+	}
 }

@@ -179,7 +179,8 @@ func (p *publisher) publishLatest() bool {
 	st = p.drains.apply(st)
 	served := st
 	if p.phase != nil {
-		// After the drains: the phase only ever turns an available instance into a draining one.
+		// After the drains: the phase only ever holds back an available (or full) instance; a
+		// drained one is DRAINING already.
 		served = p.phase.apply(st, start)
 	}
 	res := p.translateState(served)

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -22,6 +23,12 @@ type ClientInfo struct {
 	Acked       map[string]string `json:"acked"` // resource type -> last ACKed version
 	NACKs       int               `json:"nacks"`
 	LastNACK    string            `json:"lastNack,omitempty"`
+	// EnvoyVersion is the release the node reports (user_agent_build_version); empty when it
+	// reports none. BelowMinVersion is set when it is older than MinEnvoyVersion, and
+	// Missing lists what it loses of Tether's configuration.
+	EnvoyVersion    string   `json:"envoyVersion,omitempty"`
+	BelowMinVersion bool     `json:"belowMinVersion,omitempty"`
+	Missing         []string `json:"missing,omitempty"`
 }
 
 // tracker follows connected streams, their ACKs and NACKs, for the admin API and metrics.
@@ -60,6 +67,9 @@ func (t *tracker) closed(id streamKey) {
 	defer t.mu.Unlock()
 	if c, ok := t.streams[id]; ok {
 		t.m.streams.WithLabelValues(c.Variant).Dec()
+		if c.BelowMinVersion {
+			t.m.oldEnvoys.Dec()
+		}
 		t.log.Info().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream closed")
 	}
 	delete(t.streams, id)
@@ -79,6 +89,15 @@ func (t *tracker) request(id streamKey, node *core.Node, typeURL, nonce string, 
 	if node != nil && c.NodeID == "" {
 		c.NodeID, c.Group = node.GetId(), groupOf(node)
 		t.log.Info().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("variant", c.Variant).Msg("xDS stream opened")
+		if v, ok := envoyVersionOf(node); ok {
+			c.EnvoyVersion = v.String()
+			if v.less(minEnvoy) {
+				c.BelowMinVersion, c.Missing = true, missingFeatures(v)
+				t.m.oldEnvoys.Inc()
+				t.log.Warn().Int64("stream", id.id).Str("node", c.NodeID).Str("group", c.Group).Str("envoyVersion", c.EnvoyVersion).
+					Str("minVersion", MinEnvoyVersion).Strs("missing", c.Missing).Msg("Envoy older than Tether's minimum version: it accepts the configuration but loses part of it")
+			}
+		}
 	}
 	if nonce == "" {
 		return
@@ -127,6 +146,7 @@ func (t *tracker) clients() []ClientInfo {
 	out := make([]ClientInfo, 0, len(t.streams))
 	for _, c := range t.streams {
 		cp := *c
+		cp.Missing = slices.Clone(c.Missing)
 		cp.Acked = make(map[string]string, len(c.Acked))
 		for k, v := range c.Acked {
 			cp.Acked[k] = v

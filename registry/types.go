@@ -245,6 +245,10 @@ type Instance struct {
 	// on purpose; one deleted without it may have lost its lease, and the removal guard holds
 	// it in a mass disappearance. Only a draining instance leaves.
 	Leaving bool `json:"leaving,omitempty"`
+	// FirstPhase is set by the control plane's two-phase publication on the copy it
+	// translates: the endpoint is served DRAINING, whatever its state, until every Envoy
+	// knows it. Never stored or read from etcd.
+	FirstPhase bool `json:"-"`
 }
 
 // LeftEmpty reports whether in is the value of an instance that deregistered itself with no

@@ -7,10 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
@@ -32,6 +35,7 @@ func statusMain(ctx context.Context, args []string, lookup func(string) (string,
 	prefix := fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
 	asJSON := fs.Bool("json", false, "print the overview as JSON instead of a table")
 	timeout := fs.Duration("timeout", 10*time.Second, "time limit for reading etcd")
+	admin := fs.String("admin-addr", "", "a control plane's admin address (host:port, e.g. 127.0.0.1:18001): also list its connected Envoys older than Tether's minimum version ("+controlplane.MinEnvoyVersion+")")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -76,7 +80,51 @@ func statusMain(ctx context.Context, args []string, lookup func(string) (string,
 	if err != nil {
 		return fail(1, err)
 	}
+	if *admin != "" {
+		if err := writeOldEnvoys(ctx, stdout, *admin); err != nil {
+			return fail(1, err)
+		}
+	}
 	return 0
+}
+
+// writeOldEnvoys reads the connected Envoys from the control plane's /api/state at addr and
+// names each one older than controlplane.MinEnvoyVersion with what it loses: Envoy accepts
+// the configuration and silently drops what it does not know.
+func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/state", nil)
+	if err != nil {
+		return fmt.Errorf("--admin-addr %q: %w", addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("read the control plane's Envoys: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("read the control plane's Envoys: GET /api/state at %s: %s", addr, resp.Status)
+	}
+	var ms controlplane.MonitorState
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&ms); err != nil {
+		return fmt.Errorf("read the control plane's Envoys: decode /api/state: %w", err)
+	}
+	n, old := 0, 0
+	var b strings.Builder
+	for _, g := range ms.Groups {
+		for _, e := range g.Envoys {
+			n++
+			if e.BelowMinVersion {
+				old++
+				fmt.Fprintf(&b, "  %s (group %s): Envoy %s, below %s: %s\n", e.NodeID, g.Name, e.EnvoyVersion, ms.MinEnvoyVersion, strings.Join(e.Missing, "; "))
+			}
+		}
+	}
+	if old == 0 {
+		_, err = fmt.Fprintf(w, "\nEnvoys at %s: %d connected, none below the minimum version %s\n", addr, n, ms.MinEnvoyVersion)
+		return err
+	}
+	_, err = fmt.Fprintf(w, "\nEnvoys at %s: %d connected, %d below the minimum version %s:\n%s", addr, n, old, ms.MinEnvoyVersion, b.String())
+	return err
 }
 
 // readState reads the registry under prefix once, at one revision, with a client of cfg, and

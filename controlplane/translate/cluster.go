@@ -234,8 +234,8 @@ func endpoints(svc string, cfg registry.ServiceConfig, insts []registry.Instance
 				}}},
 				Hostname: in.ID,
 			}},
-			HealthStatus:        healthStatus(in.State),
-			LoadBalancingWeight: u32(weight(in, weightMode(cfg))),
+			HealthStatus:        healthStatus(in, cfg),
+			LoadBalancingWeight: u32(weight(in, cfg)),
 			Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNamespace: {Fields: map[string]*structpb.Value{
 				"id":    structpb.NewStringValue(in.ID),
 				"state": structpb.NewStringValue(string(in.State)),
@@ -248,44 +248,52 @@ func endpoints(svc string, cfg registry.ServiceConfig, insts []registry.Instance
 	return cla
 }
 
-// healthStatus maps an instance state to its EDS health: full and draining instances are
-// DRAINING (they keep their sessions through override_host_status, take no new ones).
-func healthStatus(state registry.InstanceState) corev3.HealthStatus {
-	if mutation.On(mutation.FullUnhealthy) && state != registry.StateAvailable {
+// healthStatus is the instance's EDS health. Full and draining instances are DRAINING: they
+// keep their sessions through override_host_status and take no new ones. In source-ip mode a
+// full instance is HEALTHY instead: Envoy builds the hash ring from healthy hosts only
+// (ThreadAwareLoadBalancerBase::refresh, normalizeWeights), so DRAINING would take it out of
+// the ring and move every one of its users at once; the source address is the session there,
+// and the ring is what keeps it. An instance in its first phase is DRAINING whatever its state.
+func healthStatus(in registry.Instance, cfg registry.ServiceConfig) corev3.HealthStatus {
+	if mutation.On(mutation.FullUnhealthy) && in.State != registry.StateAvailable {
 		return corev3.HealthStatus_UNHEALTHY
 	}
-	switch state {
-	case registry.StateAvailable:
+	switch in.State {
+	case registry.StateAvailable, registry.StateFull:
+		if in.FirstPhase || (in.State == registry.StateFull && !ringIsTheSession(cfg)) {
+			return corev3.HealthStatus_DRAINING
+		}
 		return corev3.HealthStatus_HEALTHY
-	case registry.StateFull, registry.StateDraining:
+	case registry.StateDraining:
 		return corev3.HealthStatus_DRAINING
 	case registry.StateUnhealthy:
 	}
 	return corev3.HealthStatus_UNHEALTHY
 }
 
-// weightMode is the service's weights setting, except that hash load balancers always get
-// equal weights: ring_hash and maglev build their table from the host weights
-// (ThreadAwareLoadBalancerBase, normalizeHostWeights), so every weight step would remap part
-// of the ring and move users between available servers. A full server still leaves the ring
-// through its health status (DRAINING).
-func weightMode(cfg registry.ServiceConfig) registry.WeightMode {
-	if hashPolicyName(effectivePolicy(cfg)) {
-		return registry.WeightsEqual
-	}
-	return cfg.Weights
+// ringIsTheSession reports whether the service's sessions are kept by the hash ring alone
+// (source-ip), not by a session cookie or header.
+func ringIsTheSession(cfg registry.ServiceConfig) bool {
+	return cfg.Affinity.Mode == registry.AffinitySourceIP
 }
 
-// weight is the endpoint's load_balancing_weight. With weights "load" it follows the
-// instance's headroom: the tightest of 1-load/threshold over its configured thresholds
-// (0 = unlimited, skipped), clamped to [0,1], quantized into 10 steps from 10 to 100 so
-// that small load noise causes no push. No thresholds, weights "equal", or an instance that
-// is not available (its weight is not used for new sessions) give a fixed weight.
-func weight(in registry.Instance, mode registry.WeightMode) uint32 {
+// weight is the endpoint's load_balancing_weight. Hash load balancers always get equal
+// weights: ring_hash and maglev build their table from the host weights
+// (ThreadAwareLoadBalancerBase, normalizeHostWeights), so every weight step would remap part
+// of the ring and move users between servers; in source-ip mode a full server, which stays in
+// the ring, keeps its weight too. With weights "load" the weight follows the instance's
+// headroom: the tightest of 1-load/threshold over its configured thresholds (0 = unlimited,
+// skipped), clamped to [0,1], quantized into 10 steps from 10 to 100 so that small load noise
+// causes no push. No thresholds, weights "equal", or an instance that is not available (its
+// weight is not used for new sessions) give a fixed weight.
+func weight(in registry.Instance, cfg registry.ServiceConfig) uint32 {
+	if ringIsTheSession(cfg) {
+		return maxWeight
+	}
 	if in.State != registry.StateAvailable {
 		return minWeight
 	}
-	if mode == registry.WeightsEqual {
+	if cfg.Weights == registry.WeightsEqual || hashPolicyName(effectivePolicy(cfg)) {
 		return maxWeight
 	}
 	h := headroom(in)

@@ -6,6 +6,7 @@ package translate
 
 import (
 	"bytes"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	xdsmatcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matchingv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/matching/v3"
 	skipv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/matcher/action/v3"
@@ -663,5 +665,119 @@ func TestCookieSurvivesCrossSitePost(t *testing.T) {
 		if sc := setCookieOf(cookieOf(a), value); !strings.Contains(sc, "; SameSite="+explicit+"; Secure") || sentOnCrossSitePost(sc) {
 			t.Errorf("explicit sameSite %s: Set-Cookie %s", explicit, sc)
 		}
+	}
+}
+
+// ringOf is the hash ring Envoy builds for cla with cluster c, as
+// ThreadAwareLoadBalancerBase::refresh and normalizeWeights
+// (source/extensions/load_balancing_policies/common/thread_aware_lb_impl.cc) build it: from
+// the healthy hosts only (all hosts only in panic, which healthy_panic_threshold 0 rules
+// out), each with its share of the summed weights. DEGRADED and DRAINING hosts are not in it.
+func ringOf(t *testing.T, c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment) map[string]float64 {
+	t.Helper()
+	if c.GetCommonLbConfig().GetHealthyPanicThreshold().GetValue() != 0 {
+		t.Fatalf("panic threshold %v: the ring would hold every host below it", c.GetCommonLbConfig().GetHealthyPanicThreshold())
+	}
+	ring, sum := map[string]float64{}, 0.0
+	for _, loc := range cla.GetEndpoints() {
+		for _, e := range loc.GetLbEndpoints() {
+			if e.GetHealthStatus() == corev3.HealthStatus_HEALTHY {
+				w := float64(e.GetLoadBalancingWeight().GetValue())
+				ring[e.GetEndpoint().GetHostname()] = w
+				sum += w
+			}
+		}
+	}
+	for h, w := range ring {
+		ring[h] = w / sum
+	}
+	return ring
+}
+
+// Rule: a hash load balancer's ring holds the healthy hosts only (ringOf), so a source-ip
+// server sent as DRAINING because it is full would leave the ring and every one of its users
+// would move at once (equal weights do not help). In source-ip mode a full server stays in
+// the ring with the same share: its users stay, and it is still offered new ones (full
+// cannot stop new sessions there). A draining or unhealthy server leaves it. In cookie mode,
+// whatever the load-balancing policy, a full server stays DRAINING: its sessions are held by
+// the cookie (override_host_status), not by the ring.
+func TestSourceIPRingKeepsFullServers(t *testing.T) {
+	build := func(mode registry.AffinityMode, states map[string]registry.InstanceState) *ServiceResources {
+		cfg := registry.DefaultServiceConfig("app")
+		cfg.Affinity.Mode = mode
+		svc := &registry.Service{Name: "app", Config: cfg, Instances: map[string]registry.Instance{}}
+		for i, id := range []string{"a", "b", "c", "d"} {
+			in := instance(id, "10.0.0."+strconv.Itoa(i+1))
+			in.Load.Sessions = 30 * i
+			in.State = states[id]
+			svc.Instances[id] = in
+		}
+		sr := TranslateService(svc, Options{})
+		if sr.Cluster == nil {
+			t.Fatalf("%s left out: %v", mode, sr.Problems)
+		}
+		return sr
+	}
+	all := map[string]registry.InstanceState{"a": registry.StateAvailable, "b": registry.StateAvailable,
+		"c": registry.StateAvailable, "d": registry.StateAvailable}
+	before := build(registry.AffinitySourceIP, all)
+	full := maps.Clone(all)
+	full["b"], full["c"] = registry.StateFull, registry.StateFull
+	sr := build(registry.AffinitySourceIP, full)
+	if got, want := ringOf(t, sr.Cluster, sr.Endpoints), ringOf(t, before.Cluster, before.Endpoints); !maps.Equal(got, want) {
+		t.Errorf("source-ip: ring with b and c full = %v, want it unchanged %v (their users would move)", got, want)
+	}
+	if sr.Routes[len(sr.Routes)-1].GetDirectResponse() != nil {
+		t.Error("source-ip: with b and c full the catch-all answers directly; want it to forward")
+	}
+	everyFull := map[string]registry.InstanceState{"a": registry.StateFull, "b": registry.StateFull,
+		"c": registry.StateFull, "d": registry.StateFull}
+	sr = build(registry.AffinitySourceIP, everyFull)
+	for _, r := range sr.Routes {
+		if r.GetDirectResponse() != nil {
+			t.Errorf("source-ip, every server full: route %s answers the overload reply; every request of the mode goes through it, so every user would be cut off", r.GetName())
+		}
+	}
+	gone := maps.Clone(all)
+	gone["c"], gone["d"] = registry.StateDraining, registry.StateUnhealthy
+	sr = build(registry.AffinitySourceIP, gone)
+	if ring := ringOf(t, sr.Cluster, sr.Endpoints); len(ring) != 2 || ring["a"] == 0 || ring["b"] == 0 {
+		t.Errorf("source-ip: ring with c draining, d unhealthy = %v, want a and b only", ring)
+	}
+	sr = build(registry.AffinityCookie, full)
+	if ring := ringOf(t, sr.Cluster, sr.Endpoints); len(ring) != 2 || ring["b"] != 0 || ring["c"] != 0 {
+		t.Errorf("cookie: hosts taking new sessions with b and c full = %v, want a and d only", ring)
+	}
+}
+
+// Rule: with an active health check, each Envoy marks a host it has not known before
+// FAILED_ACTIVE_HC (UNHEALTHY, which override_host_status refuses) when EDS adds it
+// (BaseDynamicClusterImpl::updateDynamicHostList, source/common/upstream/upstream_impl.cc),
+// starts its check at once when initial_jitter is 0 (ActiveHealthCheckSession::start ->
+// onInitialInterval, source/extensions/health_checkers/common/health_checker_base_impl.cc)
+// and makes it healthy on the first pass whatever healthy_threshold (handleSuccess,
+// first_check_). An ACK says nothing of that check, so the first phase cannot cover it
+// (docs/design.md); the configuration keeps the window to one check's round trip: no initial
+// jitter, no warming exclusion (ignore_new_hosts_until_first_hc), a check as often on an idle
+// cluster as on a busy one, and a timeout well under the interval.
+func TestNewHostIsCheckedAtOnce(t *testing.T) {
+	c := clusterNamed(t, translateFile(t, "health-host"), "tether_shop")
+	hcs := c.GetHealthChecks()
+	if len(hcs) == 0 {
+		t.Fatal("health-host: no active health check")
+	}
+	for _, hc := range hcs {
+		if hc.GetInitialJitter().AsDuration() != 0 {
+			t.Errorf("initial_jitter %v: each Envoy would check a new host at a different time", hc.GetInitialJitter().AsDuration())
+		}
+		if hc.GetNoTrafficInterval().AsDuration() != hc.GetInterval().AsDuration() {
+			t.Errorf("no_traffic_interval %v, interval %v: a new host of an idle service would wait for its next check", hc.GetNoTrafficInterval().AsDuration(), hc.GetInterval().AsDuration())
+		}
+		if hc.GetUnhealthyInterval() != nil || hc.GetUnhealthyEdgeInterval() != nil {
+			t.Errorf("unhealthy intervals set: a new host failing its first check would be checked on another schedule per Envoy")
+		}
+	}
+	if c.GetCommonLbConfig().GetIgnoreNewHostsUntilFirstHc() {
+		t.Error("ignore_new_hosts_until_first_hc: a new host would also be excluded (PENDING_ACTIVE_HC) until its first check")
 	}
 }

@@ -92,7 +92,9 @@ func TestMarkerRoutesComeFirst(t *testing.T) {
 					cfg.Affinity.Mode, cfg.WebSocket = m.mode, ws
 					state := registry.StateAvailable
 					if !available {
-						state = registry.StateFull
+						// Draining, not full: a full source-ip server stays in the
+						// ring and takes new users (TestSourceIPRingKeepsFullServers).
+						state = registry.StateDraining
 					}
 					st := &registry.State{Services: map[string]*registry.Service{"app": {
 						Name: "app", Config: cfg, Configured: true,

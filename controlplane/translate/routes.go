@@ -36,6 +36,9 @@ const (
 	retryOn = "connect-failure,refused-stream,reset,retriable-status-codes"
 	// overloadBody is the body of the overload reply.
 	overloadBody = "No server can take a new session right now. Please retry later.\n"
+	// startingBody is the body of the reply while the only servers for new sessions are in
+	// their first phase.
+	startingBody = "A server is starting. Please retry in a few seconds.\n"
 )
 
 // Request headers that a forwarding route sets (or removes, so that a client cannot forge
@@ -56,13 +59,22 @@ const (
 	expireCookieHeader = "x-tether-expire-cookie"
 )
 
+// placement is what a service's routes do with a request without a session marker: forward
+// it (some instance takes new sessions), answer that a server is starting (every instance
+// that could take it is in its first phase, which ends within startingIn seconds), or answer
+// the overload reply.
+type placement struct {
+	forward    bool
+	startingIn int
+}
+
 // routes returns the service's routes in match order. With a session marker (cookie,
 // header): [WebSocket with marker, WebSocket,] with marker, catch-all; without
 // one (source-ip, none): [WebSocket,] catch-all. WebSocket routes exist only when the
 // service allows WebSockets. Routes with the marker forward without a retry policy; the
 // others retry 503/connect failure/reset on another host, or, when no instance is
 // available, answer the overload reply directly.
-func routes(svc string, cfg registry.ServiceConfig, available bool, p *packer) []*routev3.Route {
+func routes(svc string, cfg registry.ServiceConfig, pl placement, p *packer) []*routev3.Route {
 	marker := markerMatcher(cfg.Affinity)
 	perFilter := map[bool]map[string]*anypb.Any{
 		false: perFilterConfig(svc, cfg, false, p),
@@ -77,9 +89,12 @@ func routes(svc string, cfg registry.ServiceConfig, available bool, p *packer) [
 		if withMarker {
 			r.Match.Headers = append(r.Match.Headers, marker)
 		}
-		if !withMarker && !available {
+		switch {
+		case !withMarker && pl.startingIn > 0:
+			setStarting(r, pl.startingIn)
+		case !withMarker && !pl.forward:
 			setOverload(r, cfg.Overload)
-		} else {
+		default:
 			r.Action = &routev3.Route_Route{Route: routeAction(svc, cfg, ws, !withMarker, marker != nil, p)}
 			r.TypedPerFilterConfig = perFilter[withMarker]
 		}
@@ -339,6 +354,21 @@ func setOverload(r *routev3.Route, o registry.Overload) {
 	}
 	r.Action = &routev3.Route_DirectResponse{DirectResponse: dr}
 	r.ResponseHeadersToAdd = overloadHeaders(o)
+}
+
+// setStarting makes r answer new users while every server that could take them is in its
+// first phase: a 503 telling them to retry after the phase's longest length. Never the
+// overload reply: its Retry-After (600 s by default) or its page (returnUrl) would tell a user
+// to come back much later than a wait that ends within seconds.
+func setStarting(r *routev3.Route, seconds int) {
+	r.Action = &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+		Status: 503,
+		Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: startingBody}},
+	}}
+	r.ResponseHeadersToAdd = []*corev3.HeaderValueOption{
+		{Header: &corev3.HeaderValue{Key: "cache-control", Value: "no-store"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
+		{Header: &corev3.HeaderValue{Key: "retry-after", Value: strconv.Itoa(seconds)}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
+	}
 }
 
 // overloadStatus is 302 when the overload reply redirects to returnUrl, else overload.status.

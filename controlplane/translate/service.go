@@ -5,8 +5,10 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
@@ -25,8 +27,11 @@ type ServiceResources struct {
 	// Domains are the service's domains, lower-cased and sorted.
 	Domains    []string
 	PathPrefix string
-	// Available is the number of instances in state available.
+	// Available is the number of instances served HEALTHY: offered new sessions.
 	Available int
+	// Starting is the number of instances in their first phase that will be offered new
+	// sessions once promoted.
+	Starting int
 	// Configured and Created rank the service's claim to its domains and path (see
 	// Assemble): from registry.Service.
 	Configured bool
@@ -74,14 +79,17 @@ func translateService(svc *registry.Service, opts Options) (*ServiceResources, e
 
 	insts := usableInstances(svc, sr)
 	for _, in := range insts {
-		if in.State == registry.StateAvailable {
+		switch {
+		case healthStatus(in, cfg) == corev3.HealthStatus_HEALTHY:
 			sr.Available++
+		case in.FirstPhase && healthStatus(promoted(in), cfg) == corev3.HealthStatus_HEALTHY:
+			sr.Starting++
 		}
 	}
 	var p packer
 	sr.Endpoints = endpoints(svc.Name, cfg, insts)
 	sr.Cluster = cluster(svc.Name, cfg, &p)
-	sr.Routes = routes(svc.Name, cfg, sr.Available > 0, &p)
+	sr.Routes = routes(svc.Name, cfg, newUsers(sr, opts), &p)
 	if cfg.LBPolicy == registry.LBRandom && cfg.Weights == registry.WeightsLoad {
 		// Served as configured, but said: Envoy's random load balancer ignores endpoint
 		// weights (RandomLoadBalancer::peekOrChoose picks uniformly among healthy hosts).
@@ -131,4 +139,24 @@ func usableInstances(svc *registry.Service, sr *ServiceResources) []registry.Ins
 		}
 	}
 	return out
+}
+
+// promoted is in after its first phase.
+func promoted(in registry.Instance) registry.Instance {
+	in.FirstPhase = false
+	return in
+}
+
+// newUsers says what the service's routes do with a request without a session marker.
+func newUsers(sr *ServiceResources, opts Options) placement {
+	switch {
+	case sr.Available > 0:
+		return placement{forward: true}
+	case sr.Starting > 0:
+		// The wait ends with the first phase, which lasts at most PublishSettle: say so,
+		// rounded up, instead of the overload reply's Retry-After (600 s by default) or
+		// its overload page.
+		return placement{startingIn: int((opts.PublishSettle + time.Second - 1) / time.Second)}
+	}
+	return placement{}
 }

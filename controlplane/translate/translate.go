@@ -63,8 +63,16 @@
 //     accepts (healthCheck.host, else the first exact domain, else localhost).
 //   - source-ip needs a hash load balancer: lbPolicy is forced to ring_hash unless it is
 //     ring_hash or maglev (noted in the cluster metadata), and hash load balancers get equal
-//     weights whatever the load, since a weight change remaps part of the ring. A full or
-//     draining instance leaves the ring, so its users move.
+//     weights whatever the load, since a weight change remaps part of the ring. Envoy builds
+//     the ring from healthy hosts only, so in source-ip mode a full instance is served
+//     HEALTHY with the same weight: it keeps its users and is still offered new ones (full
+//     cannot stop new sessions in this mode; the server's own 503 is retried on the next
+//     host of the ring). A draining (or drained) instance leaves the ring, and its users move
+//     at once: the mode has no way to let a server empty. A new instance joins the ring after
+//     its first phase, taking a share of the other servers' users.
+//   - While every instance that could take a new session is in its first phase (scale-out
+//     from all full), new users get a 503 with Retry-After of at most the phase's length
+//     (PublishSettle), never the overload reply with its long Retry-After or returnUrl.
 //   - lbPolicy random ignores weights; with weights "load" a Problem says so.
 //   - The cookie's SameSite is None when it is Secure and left out otherwise (sameSite
 //     "auto", the default): a sign-in that returns by a cross-site POST (OpenID Connect
@@ -84,6 +92,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -111,14 +120,24 @@ const (
 	routerFilter          = "envoy.filters.http.router"
 )
 
+// DefaultPublishSettle is the default of Options.PublishSettle (--publish-settle).
+const DefaultPublishSettle = 10 * time.Second
+
 // Options for the translation (from control-plane flags).
 type Options struct {
 	ListenPort uint32 // Envoy listener port, default 10000
+	// PublishSettle is the longest a first phase lasts (two-phase publication): the reply to
+	// new users while every server that could take them is in its first phase tells them to
+	// retry after at most this long. Default DefaultPublishSettle.
+	PublishSettle time.Duration
 }
 
 func (o Options) withDefaults() Options {
 	if o.ListenPort == 0 {
 		o.ListenPort = DefaultListenPort
+	}
+	if o.PublishSettle <= 0 {
+		o.PublishSettle = DefaultPublishSettle
 	}
 	return o
 }

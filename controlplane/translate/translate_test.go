@@ -299,9 +299,11 @@ func TestWeights(t *testing.T) {
 	}
 	// Quantization: small noise keeps the weight.
 	in := registry.Instance{State: registry.StateAvailable, Thresholds: registry.Thresholds{MaxCPU: 100}, Load: registry.Load{CPU: 41}}
-	w1 := weight(in, registry.WeightsLoad)
+	load := registry.DefaultServiceConfig("app")
+	load.Weights = registry.WeightsLoad
+	w1 := weight(in, load)
 	in.Load.CPU = 42.5
-	if w2 := weight(in, registry.WeightsLoad); w1 != w2 {
+	if w2 := weight(in, load); w1 != w2 {
 		t.Errorf("cpu 41%% → %d, 42.5%% → %d: noise changes the weight", w1, w2)
 	}
 }

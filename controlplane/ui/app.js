@@ -258,7 +258,10 @@ function envoyCard(state) {
       rows.push(h("tr", { "data-envoy": e.nodeId },
         h("td", { class: "group-name", text: g.name || "–" }),
         h("td", null, h("span", { class: "id", text: e.nodeId || "(handshake)" }),
-          h("span", { class: "addr", text: e.variant + " stream " + e.streamId })),
+          h("span", { class: "addr", text: e.variant + " stream " + e.streamId }),
+          h("span", e.belowMinVersion ? { class: "nack", "data-old-envoy": "1", title: (e.missing || []).join("; "),
+            text: "Envoy " + e.envoyVersion + ", below " + state.minEnvoyVersion + ": " + (e.missing || []).join("; ") }
+            : { class: "addr", text: e.envoyVersion ? "Envoy " + e.envoyVersion : "Envoy version not reported" })),
         h("td", null, timeCell(e.connectedAt)),
         h("td", null, h("span", { class: e.inSync ? "sync-ok" : "sync-no", text: e.inSync ? "✓ in sync" : "behind" }),
           e.laggingSince ? h("span", { class: "nack", "data-lagging": "1",

@@ -128,7 +128,7 @@ func Main(ctx context.Context, args []string, lookup func(string) (string, bool)
 
 A drained instance keeps the sessions it holds (their requests still reach it through the
 session cookie) and gets no new session, whatever its agent reports, until the drain is
-removed. A label drain also drains instances that register later with those labels.
+removed. In source-ip mode it leaves Envoy's hash ring and its users move at once. A label drain also drains instances that register later with those labels.
 
 Exit codes: 0 done, 1 etcd failure, 2 bad arguments, 3 --wait timed out with sessions left.
 
@@ -407,6 +407,14 @@ func describe(st *registry.State, svc string, ids []string) string {
 	count := plural(n, "session")
 	if len(unknown) > 0 {
 		count = fmt.Sprintf("sessions (%s counted; unknown on %s, whose agents measure none)", count, strings.Join(unknown, ", "))
+	}
+	if s := st.Services[svc]; s != nil && s.Config.Affinity.Mode == registry.AffinitySourceIP {
+		// Envoy's hash ring holds healthy hosts only: a drained (DRAINING) server leaves it,
+		// and the source address is the only session source-ip has (envoy-rules row 12).
+		if len(ids) == 1 {
+			return fmt.Sprintf("%s leaves the hash ring (source-ip): its users (%s) move to other servers now", ids[0], plural(n, "session"))
+		}
+		return fmt.Sprintf("%s (%s) leave the hash ring (source-ip): their users (%s) move to other servers now", plural(len(ids), "instance"), strings.Join(ids, ", "), plural(n, "session"))
 	}
 	if len(ids) == 1 {
 		return fmt.Sprintf("%s keeps its %s and takes no new ones", ids[0], count)

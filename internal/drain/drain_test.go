@@ -452,3 +452,28 @@ func TestOperatorRole(t *testing.T) {
 }
 
 type statusInstance = overview.Instance
+
+// TestDescribeSourceIPSaysUsersMove: a drained source-ip server is served DRAINING and so
+// leaves Envoy's hash ring, which holds healthy hosts only (envoy-rules row 12): its users
+// move at once. The drain must not promise that it keeps them.
+func TestDescribeSourceIPSaysUsersMove(t *testing.T) {
+	st := &registry.State{Services: map[string]*registry.Service{}}
+	for _, mode := range []registry.AffinityMode{registry.AffinityCookie, registry.AffinitySourceIP} {
+		cfg := registry.DefaultServiceConfig("app")
+		cfg.Affinity.Mode = mode
+		st.Services["app"] = &registry.Service{Name: "app", Config: cfg, Instances: map[string]registry.Instance{
+			"a1": {ID: "a1", State: registry.StateAvailable, Load: registry.Load{Sessions: 4}},
+			"a2": {ID: "a2", State: registry.StateFull, Load: registry.Load{Sessions: 3}},
+		}}
+		for _, ids := range [][]string{{"a1"}, {"a1", "a2"}} {
+			got := describe(st, "app", ids)
+			keeps := strings.Contains(got, "keep")
+			if mode == registry.AffinitySourceIP && (keeps || !strings.Contains(got, "move")) {
+				t.Errorf("source-ip, %v: %q; want no promise to keep sessions, and that its users move", ids, got)
+			}
+			if mode == registry.AffinityCookie && !keeps {
+				t.Errorf("cookie, %v: %q; want that it keeps its sessions", ids, got)
+			}
+		}
+	}
+}
