@@ -204,8 +204,8 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		s.mu.Unlock()
 		if f.kind == FaultServerCrash {
 			s.event(nil, []string{srv.id}, "fault: %s crashes with its agent", srv.id)
-			a.kill()
 			srv.stop(false)
+			a.kill()
 		} else {
 			s.event(nil, []string{srv.id}, "fault: graceful stop of %s (its agent drains, then the server stops)", srv.id)
 			a.stop(agentDrainTimeout + 3*time.Second)

@@ -101,7 +101,6 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 		hdr.Set("Cookie", strings.Join(cookies, "; "))
 	}
 	hdr.Set("X-Sim-User", u.name)
-	sent := time.Now()
 	req := request{method: method, host: u.host, path: path, header: hdr, sourceIP: u.ip}
 	var resp response
 	var err error
@@ -155,7 +154,7 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 		return
 	}
 	// The user did not reach the server holding its session.
-	s.lost(u, sent, resp, crossSite, desc)
+	s.lost(u, resp, crossSite, desc)
 	u.server = "" // the browser keeps what the response set, as a real one does
 	if got != "" && !refused && resp.status == http.StatusOK && path != "/logout" {
 		s.startSession(u, got, desc)
@@ -194,11 +193,13 @@ func (s *Sim) startSession(u *user, server, desc string) {
 // lost classifies a request that did not reach the user's server: its server died or was
 // stopped by an operator before the request (the user's loss is not ours), or invariant 1
 // is broken.
-func (s *Sim) lost(u *user, sent time.Time, resp response, crossSite bool, desc string) {
+func (s *Sim) lost(u *user, resp response, crossSite bool, desc string) {
 	s.mu.Lock()
 	srv := s.servers[u.server]
 	s.mu.Unlock()
-	down, stopped := srv.down(sent)
+	// Judged when the answer came: a server that went down while the request was on its way
+	// lost the session by its crash or stop, not by Tether.
+	down, stopped := srv.down(time.Now())
 	switch {
 	case down && stopped:
 		s.mu.Lock()
