@@ -270,6 +270,8 @@ func (s *Sim) classify(u *user, srv *server, resp response, crossSite bool) stri
 	switch {
 	case srv.service != u.service:
 		return "the user's session was on another service's server (" + srv.service + "): a contested route changed hands"
+	case resp.cluster != "" && resp.cluster != "tether_"+u.service:
+		return "routed to another service's cluster (" + resp.cluster + ")"
 	case crossSite && (resp.override == "no session cookie" || resp.override == ""):
 		return "a cross-site POST arrives without the session cookie (SameSite) and is re-pinned"
 	case resp.route == "" && recent(storm):
