@@ -58,7 +58,8 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "tether-sim: %v\n", err)
 		return 1
 	}
-	opts := sim.Options{Duration: *duration, Users: *users, AgentBin: bin}
+	// A real Envoy joins the simulated ones when ENVOY_BIN names one, as for the e2e tests.
+	opts := sim.Options{Duration: *duration, Users: *users, AgentBin: bin, EnvoyBin: os.Getenv("ENVOY_BIN")}
 	if *faults != "" {
 		opts.Faults = strings.Split(*faults, ",")
 	}

@@ -127,3 +127,19 @@ func TestScheduleIsTheSeeds(t *testing.T) {
 		}
 	}
 }
+
+// TestSimulationThroughARealEnvoy runs a seed with a real Envoy in the gateway group beside the
+// modelled ones (ENVOY_BIN), so that the invariants hold against Envoy itself and not only
+// against the model of it.
+func TestSimulationThroughARealEnvoy(t *testing.T) {
+	bin := os.Getenv("ENVOY_BIN")
+	if bin == "" {
+		t.Skip("ENVOY_BIN not set: the simulation runs its Envoy model only")
+	}
+	r := runSim(t, Options{Seed: testSeeds[0], Duration: 10 * time.Second, EnvoyBin: bin})
+	for _, v := range r.Violations {
+		if knownOpen[kindKey(v)] == "" {
+			t.Errorf("invariant %d (%s): %s", v.Invariant, v.Kind, v.What)
+		}
+	}
+}
