@@ -176,7 +176,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		s.mu.Lock()
 		a := s.agents[srv.id]
 		s.mu.Unlock()
-		s.event(nil, []string{srv.id}, "fault: kill -9 of %s's agent; restart in %s", srv.id, f.dur.Round(time.Millisecond))
+		s.event([]string{srv.id}, "fault: kill -9 of %s's agent; restart in %s", srv.id, f.dur.Round(time.Millisecond))
 		srv.mu.Lock()
 		srv.agentKilled = time.Now().Add(f.dur) // the gap ends with the restart
 		srv.mu.Unlock()
@@ -187,13 +187,13 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		}
 		na, err := s.startAgent(srv, a.withSessions)
 		if err != nil {
-			s.event(nil, []string{srv.id}, "restart of %s's agent failed: %v", srv.id, err)
+			s.event([]string{srv.id}, "restart of %s's agent failed: %v", srv.id, err)
 			return
 		}
 		s.mu.Lock()
 		s.agents[srv.id] = na
 		s.mu.Unlock()
-		s.event(nil, []string{srv.id}, "%s's agent restarted", srv.id)
+		s.event([]string{srv.id}, "%s's agent restarted", srv.id)
 	case FaultAgentStop, FaultServerCrash:
 		srv := s.pickServer(svcApp, f.pick, true)
 		if srv == nil || s.countRunning(svcApp) < 3 {
@@ -203,17 +203,17 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		a := s.agents[srv.id]
 		s.mu.Unlock()
 		if f.kind == FaultServerCrash {
-			s.event(nil, []string{srv.id}, "fault: %s crashes with its agent", srv.id)
+			s.event([]string{srv.id}, "fault: %s crashes with its agent", srv.id)
 			srv.stop(false)
 			a.kill()
 		} else {
-			s.event(nil, []string{srv.id}, "fault: graceful stop of %s (its agent drains, then the server stops)", srv.id)
+			s.event([]string{srv.id}, "fault: graceful stop of %s (its agent drains, then the server stops)", srv.id)
 			a.stop(agentDrainTimeout + 3*time.Second)
-			s.event(nil, []string{srv.id}, "%s's agent exited; %s stops with %d sessions", srv.id, srv.id, srv.sessionCount())
+			s.event([]string{srv.id}, "%s's agent exited; %s stops with %d sessions", srv.id, srv.id, srv.sessionCount())
 			srv.stop(true)
 		}
 		if _, err := s.addServer(svcApp, s.currentVersion(), f.pick%4 != 0); err != nil {
-			s.event(nil, nil, "join failed: %v", err)
+			s.event(nil, "join failed: %v", err)
 		}
 	case FaultDrainID:
 		srv := s.pickServer(svcApp, f.pick, false)
@@ -221,7 +221,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			return
 		}
 		target := svcApp + "/" + srv.id
-		s.event(nil, []string{srv.id}, "fault: operator drains %s for %s", target, f.dur.Round(time.Millisecond))
+		s.event([]string{srv.id}, "fault: operator drains %s for %s", target, f.dur.Round(time.Millisecond))
 		s.markDrained(true, srv)
 		s.drainCmd(ctx, []string{target}, srv.id)
 		sleep(ctx, f.dur)
@@ -231,24 +231,24 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		s.rollingDeploy(ctx, f)
 	case FaultCPRestart:
 		i := int(f.pick % uint64(len(s.cps)))
-		s.event(nil, nil, "fault: control plane %d stops; starts again in %s", i, f.dur.Round(time.Millisecond))
+		s.event(nil, "fault: control plane %d stops; starts again in %s", i, f.dur.Round(time.Millisecond))
 		s.stopCP(i)
 		sleep(ctx, f.dur)
 		s.mu.Lock()
 		s.lastCPRestart = time.Now()
 		s.mu.Unlock()
 		if err := s.startCP(context.WithoutCancel(ctx), i); err != nil {
-			s.event(nil, nil, "control plane %d did not start again: %v", i, err)
+			s.event(nil, "control plane %d did not start again: %v", i, err)
 			return
 		}
-		s.event(nil, nil, "control plane %d is ready again", i)
+		s.event(nil, "control plane %d is ready again", i)
 	case FaultCompact:
 		resp, err := s.cli.Get(ctx, "/tether/compact-marker")
 		if err != nil {
 			return
 		}
 		if _, err := s.cli.Compact(ctx, resp.Header.Revision); err == nil {
-			s.event(nil, nil, "fault: etcd compacted at revision %d", resp.Header.Revision)
+			s.event(nil, "fault: etcd compacted at revision %d", resp.Header.Revision)
 		}
 	case FaultBadConfig:
 		key := registry.ServiceKey(registry.DefaultPrefix, svcShop)
@@ -256,10 +256,10 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		if _, err := s.cli.Put(ctx, key, bad); err != nil {
 			return
 		}
-		s.event(nil, nil, "fault: an operator writes an invalid shop configuration (lbPolicy fastest); fixed in %s", f.dur.Round(time.Millisecond))
+		s.event(nil, "fault: an operator writes an invalid shop configuration (lbPolicy fastest); fixed in %s", f.dur.Round(time.Millisecond))
 		sleep(ctx, f.dur)
 		if _, err := s.cli.Put(context.WithoutCancel(ctx), key, shopConfig); err == nil {
-			s.event(nil, nil, "the shop configuration is fixed")
+			s.event(nil, "the shop configuration is fixed")
 		}
 	case FaultBadConfigKept:
 		// The bad edit of an afternoon: it stays for an hour, etcd compacts its history
@@ -271,7 +271,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		if err != nil {
 			return
 		}
-		s.event(nil, nil, "fault: an invalid shop configuration stays while etcd compacts and control plane 0 restarts")
+		s.event(nil, "fault: an invalid shop configuration stays while etcd compacts and control plane 0 restarts")
 		sleep(ctx, 200*time.Millisecond)
 		if _, err := s.cli.Compact(ctx, put.Header.Revision); err != nil {
 			return
@@ -281,11 +281,11 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		s.lastCPRestart = time.Now()
 		s.mu.Unlock()
 		if err := s.startCP(context.WithoutCancel(ctx), 0); err != nil {
-			s.event(nil, nil, "control plane 0 did not start again: %v", err)
+			s.event(nil, "control plane 0 did not start again: %v", err)
 		}
 		sleep(ctx, f.dur)
 		if _, err := s.cli.Put(context.WithoutCancel(ctx), key, shopConfig); err == nil {
-			s.event(nil, nil, "the shop configuration is fixed")
+			s.event(nil, "the shop configuration is fixed")
 		}
 	case FaultEtcdMember, FaultEtcdLeader:
 		// One member down at a time: two of three is a quorum lost, an etcd outage, which
@@ -303,17 +303,17 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			i = (i + 1) % len(s.etcd.members)
 		}
 		m := s.etcd.members[i]
-		s.event(nil, nil, "fault: etcd member %s stops (leader: %v) for %s", m.name, i == lead, f.dur.Round(time.Millisecond))
+		s.event(nil, "fault: etcd member %s stops (leader: %v) for %s", m.name, i == lead, f.dur.Round(time.Millisecond))
 		m.close()
 		sleep(ctx, f.dur)
 		if err := m.start(context.WithoutCancel(ctx)); err != nil {
-			s.event(nil, nil, "etcd member %s did not start again: %v", m.name, err)
+			s.event(nil, "etcd member %s did not start again: %v", m.name, err)
 			return
 		}
-		s.event(nil, nil, "etcd member %s is back", m.name)
+		s.event(nil, "etcd member %s is back", m.name)
 	case FaultCutOff:
 		i := len(s.cps) - 1
-		s.event(nil, nil, "fault: control plane %d is cut off from etcd for %s", i, f.dur.Round(time.Millisecond))
+		s.event(nil, "fault: control plane %d is cut off from etcd for %s", i, f.dur.Round(time.Millisecond))
 		for _, p := range s.cuts {
 			p.setCut(true)
 		}
@@ -321,7 +321,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		for _, p := range s.cuts {
 			p.setCut(false)
 		}
-		s.event(nil, nil, "control plane %d reaches etcd again", i)
+		s.event(nil, "control plane %d reaches etcd again", i)
 	case FaultTypoService:
 		s.mu.Lock()
 		typo := false
@@ -330,9 +330,9 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		}
 		s.mu.Unlock()
 		if !typo {
-			s.event(nil, nil, "fault: a server is registered with --service ap (a typo of app)")
+			s.event(nil, "fault: a server is registered with --service ap (a typo of app)")
 			if _, err := s.addServer(svcTypo, 1, true); err != nil {
-				s.event(nil, nil, "typo server failed: %v", err)
+				s.event(nil, "typo server failed: %v", err)
 			}
 		}
 	case FaultFull:
@@ -340,7 +340,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		if srv == nil {
 			return
 		}
-		s.event(nil, []string{srv.id}, "fault: %s refuses new sessions for %s", srv.id, f.dur.Round(time.Millisecond))
+		s.event([]string{srv.id}, "fault: %s refuses new sessions for %s", srv.id, f.dur.Round(time.Millisecond))
 		srv.setRefusing(true)
 		sleep(ctx, f.dur)
 		srv.setRefusing(false)
@@ -354,7 +354,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		}
 		s.mu.Unlock()
 		d := f.dur / 2
-		s.event(nil, nil, "fault: every app server refuses new sessions for %s", d.Round(time.Millisecond))
+		s.event(nil, "fault: every app server refuses new sessions for %s", d.Round(time.Millisecond))
 		for _, srv := range all {
 			srv.setRefusing(true)
 		}
@@ -364,7 +364,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		}
 	case FaultJoin:
 		if _, err := s.addServer(svcApp, s.currentVersion(), f.pick%4 != 0); err != nil {
-			s.event(nil, nil, "join failed: %v", err)
+			s.event(nil, "join failed: %v", err)
 		}
 	case FaultMassDelete:
 		// What a mistaken `etcdctl del --prefix` does: every instance gone in one revision.
@@ -373,18 +373,18 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			s.mu.Lock()
 			s.lastStorm = time.Now()
 			s.mu.Unlock()
-			s.event(nil, nil, "fault: every instance key deleted in one transaction (%d keys)", resp.Deleted)
+			s.event(nil, "fault: every instance key deleted in one transaction (%d keys)", resp.Deleted)
 		}
 	case FaultEnvoyReconnect:
 		e := s.envoys[f.pick%uint64(len(s.envoys))]
-		s.event(nil, nil, "fault: %s's stream breaks; it reconnects", e.name)
+		s.event(nil, "fault: %s's stream breaks; it reconnects", e.name)
 		e.reconnect()
 	case FaultEnvoySlow:
 		// Slower than --publish-settle, an Envoy is reported lagging and no longer holds a
 		// promotion back (design.md, two-phase publication): a documented limit, not drawn.
 		d := min(f.dur, maxSlow)
 		e := s.envoys[f.pick%uint64(len(s.envoys))]
-		s.event(nil, nil, "fault: %s applies and ACKs endpoints late, for %s", e.name, d.Round(time.Millisecond))
+		s.event(nil, "fault: %s applies and ACKs endpoints late, for %s", e.name, d.Round(time.Millisecond))
 		e.freeze()
 		sleep(ctx, d)
 		e.thaw()
@@ -414,7 +414,7 @@ func (s *Sim) leaseStorm(ctx context.Context, f scheduled) {
 	if err != nil {
 		return
 	}
-	s.event(nil, nil, "fault: %s: %d leases revoked", f.kind, len(resp.Leases))
+	s.event(nil, "fault: %s: %d leases revoked", f.kind, len(resp.Leases))
 	s.mu.Lock()
 	s.lastStorm = time.Now()
 	s.mu.Unlock()
@@ -449,10 +449,10 @@ func (s *Sim) rollingDeploy(ctx context.Context, f scheduled) {
 	if len(olds) == 0 {
 		return
 	}
-	s.event(nil, nil, "fault: rolling deploy of app v%d over %d servers of v%d", next, len(olds), old)
+	s.event(nil, "fault: rolling deploy of app v%d over %d servers of v%d", next, len(olds), old)
 	for range min(len(olds), 3) {
 		if _, err := s.addServer(svcApp, next, f.pick%3 != 0); err != nil {
-			s.event(nil, nil, "deploy: a new server failed: %v", err)
+			s.event(nil, "deploy: a new server failed: %v", err)
 			return
 		}
 	}
@@ -482,7 +482,7 @@ func (s *Sim) rollingDeploy(ctx context.Context, f scheduled) {
 		a := s.agents[srv.id]
 		s.mu.Unlock()
 		a.stop(agentDrainTimeout + 3*time.Second)
-		s.event(nil, []string{srv.id}, "deploy: %s's agent stopped; %s stops with %d sessions", srv.id, srv.id, srv.sessionCount())
+		s.event([]string{srv.id}, "deploy: %s's agent stopped; %s stops with %d sessions", srv.id, srv.id, srv.sessionCount())
 		srv.stop(true)
 	}
 	s.drainCmd(context.WithoutCancel(ctx), []string{svcApp, "--label", label, "--undo"}, ids...)
@@ -510,7 +510,7 @@ func (s *Sim) drainCmd(ctx context.Context, args []string, subjects ...string) i
 	if i := strings.LastIndexByte(last, '\n'); i >= 0 {
 		last = last[i+1:]
 	}
-	s.event(nil, subjects, "drain %s: exit %d: %s", strings.Join(args, " "), code, last)
+	s.event(subjects, "drain %s: exit %d: %s", strings.Join(args, " "), code, last)
 	return code
 }
 

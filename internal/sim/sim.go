@@ -442,7 +442,7 @@ func (s *Sim) addServer(service string, version int, withSessions bool) (*server
 	s.mu.Lock()
 	s.servers[id], s.agents[id] = srv, a
 	s.mu.Unlock()
-	s.event(nil, []string{id}, "server %s (%s v%d, capacity %d, sessions-url %v) and its agent start on %s", id, service, version, srv.capacity, withSessions, srv.addr())
+	s.event([]string{id}, "server %s (%s v%d, capacity %d, sessions-url %v) and its agent start on %s", id, service, version, srv.capacity, withSessions, srv.addr())
 	return srv, nil
 }
 
@@ -453,7 +453,7 @@ type event struct {
 	what     string
 }
 
-func (s *Sim) event(_ *user, subjects []string, format string, args ...any) {
+func (s *Sim) event(subjects []string, format string, args ...any) {
 	ev := event{at: time.Since(s.start), subjects: subjects, what: fmt.Sprintf(format, args...)}
 	s.mu.Lock()
 	s.events = append(s.events, ev)
@@ -466,7 +466,7 @@ func (s *Sim) event(_ *user, subjects []string, format string, args ...any) {
 // violate records a broken invariant with the events that concern its subjects.
 func (s *Sim) violate(inv int, kind string, subjects []string, from time.Time, format string, args ...any) {
 	what := fmt.Sprintf(format, args...)
-	s.event(nil, subjects, "VIOLATION of invariant %d (%s): %s", inv, kind, what)
+	s.event(subjects, "VIOLATION of invariant %d (%s): %s", inv, kind, what)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := Violation{Invariant: inv, Kind: kind, At: time.Since(s.start), What: what}

@@ -122,7 +122,7 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 		s.mu.Lock()
 		s.stats.Errors++
 		s.mu.Unlock()
-		s.event(u, []string{u.name}, "%s: %s %s via %s: the Envoy model failed: %v", u.name, method, path, name, err)
+		s.event([]string{u.name}, "%s: %s %s via %s: the Envoy model failed: %v", u.name, method, path, name, err)
 		return
 	}
 	pinned := u.take(resp.header)
@@ -149,7 +149,7 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 			s.mu.Lock()
 			s.stats.Kept++
 			s.mu.Unlock()
-			s.event(u, []string{u.name, got}, "%s: logs out of %s, session kept to the end", u.name, got)
+			s.event([]string{u.name, got}, "%s: logs out of %s, session kept to the end", u.name, got)
 		}
 		return
 	}
@@ -187,7 +187,7 @@ func (s *Sim) startSession(u *user, server, desc string) {
 	s.mu.Lock()
 	s.stats.Sessions++
 	s.mu.Unlock()
-	s.event(u, []string{u.name, server}, "%s: session on %s (%s)", u.name, server, desc)
+	s.event([]string{u.name, server}, "%s: session on %s (%s)", u.name, server, desc)
 }
 
 // lost classifies a request that did not reach the user's server: its server died or was
@@ -205,12 +205,12 @@ func (s *Sim) lost(u *user, resp response, crossSite bool, desc string) {
 		s.mu.Lock()
 		s.stats.LostStopped++
 		s.mu.Unlock()
-		s.event(u, []string{u.name, u.server}, "%s: loses its session: %s was stopped (%s)", u.name, u.server, desc)
+		s.event([]string{u.name, u.server}, "%s: loses its session: %s was stopped (%s)", u.name, u.server, desc)
 	case down:
 		s.mu.Lock()
 		s.stats.LostDied++
 		s.mu.Unlock()
-		s.event(u, []string{u.name, u.server}, "%s: loses its session: %s died (%s)", u.name, u.server, desc)
+		s.event([]string{u.name, u.server}, "%s: loses its session: %s died (%s)", u.name, u.server, desc)
 	default:
 		s.violate(1, s.classify(u, srv, resp, crossSite), []string{u.name, u.server}, u.since, "%s: its server %s is alive and was not stopped, yet %s", u.name, u.server, desc)
 	}
