@@ -24,7 +24,6 @@ type user struct {
 	server   string // the server holding the session; "" before one is made
 	since    time.Time
 	until    time.Time
-	refusals int  // refused first requests in a row
 	signIn   bool // the next request is the sign-in's cross-site form POST
 }
 
@@ -38,8 +37,9 @@ func (s *Sim) newUser(i int, rng *rand.Rand) *user {
 	if i%5 == 4 {
 		u.service, u.host = svcShop, shopDom
 	}
-	// Offices behind one NAT: users share source addresses.
-	u.ip = fmt.Sprintf("192.0.2.%d", i%4)
+	// Offices behind one NAT: users share source addresses (a label the hash reads; nothing
+	// is sent to it).
+	u.ip = fmt.Sprintf("127.0.1.%d", i%4)
 	return u
 }
 
@@ -167,9 +167,7 @@ func (s *Sim) firstRequest(u *user, resp response, got string, refused bool, pin
 	switch {
 	case got != "" && !refused && resp.status == http.StatusOK:
 		s.startSession(u, got, desc)
-		u.refusals = 0
 	case refused || resp.status >= 500:
-		u.refusals++
 		s.mu.Lock()
 		s.stats.Refused++
 		s.mu.Unlock()
