@@ -20,11 +20,11 @@ type user struct {
 	ip      string
 	rng     *rand.Rand
 
-	jar      map[string]jarCookie
-	server   string // the server holding the session; "" before one is made
-	since    time.Time
-	until    time.Time
-	signIn   bool // the next request is the sign-in's cross-site form POST
+	jar    map[string]jarCookie
+	server string // the server holding the session; "" before one is made
+	since  time.Time
+	until  time.Time
+	signIn bool // the next request is the sign-in's cross-site form POST
 }
 
 type jarCookie struct {
