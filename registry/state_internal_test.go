@@ -136,7 +136,7 @@ func TestRebuildStateKeepsAndShares(t *testing.T) {
 	}, nil)
 	var rej rejects
 	st, err := rebuildState(buildOptions{prefix: "/tether", reject: rej.hook, log: zerolog.Nop()}, 20, []*mvccpb.KeyValue{
-		{Key: []byte("/tether/services/app"), Value: []byte(`{"lbPolicy":"bogus"}`), ModRevision: 12},
+		{Key: []byte("/tether/services/app"), Value: []byte(`{"affinity":{"mode":"bogus"}}`), ModRevision: 12},
 		{Key: []byte("/tether/instances/app/a1"), Value: []byte(`{]`), ModRevision: 13},
 		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "available", 1)), ModRevision: 6},
 	}, prev)
@@ -147,9 +147,9 @@ func TestRebuildStateKeepsAndShares(t *testing.T) {
 		t.Fatalf("revision %d, hook %v, rejected %v", st.Revision, rej, st.Rejected)
 	}
 	// The rejected instance keeps its last good value; the rejected configuration does not
-	// fall back to what this process saw (a new replica could not), and with no etcd history
-	// to read here the service is left out.
-	if a := st.Services["app"]; a.ConfigError == "" || a.Instances["a1"].State != StateAvailable {
+	// fall back to what this process saw (a new replica could not), and with a bad identity
+	// and no etcd history to read here the service is left out, its "*" "/" reserved.
+	if a := st.Services["app"]; a.ConfigError == "" || a.Instances["a1"].State != StateAvailable || len(a.Config.Domains) != 1 {
 		t.Errorf("app: want ConfigError and a1 kept, got %+v", a)
 	}
 	if w := st.Services["web"]; w == prev.Services["web"] || len(w.Instances) != 1 || w.Revision != 20 {

@@ -292,6 +292,10 @@ type Service struct {
 	// out of the translation rather than served with defaults (another cookie name, "*"
 	// domains), so that every replica and every restart serve it the same way.
 	ConfigError string
+	// ConfigProblems are the fields of a rejected configuration that are served with their
+	// defaults (each "field: why"); the fields that identify the service's sessions and
+	// routes are the value's own. Empty for a valid configuration.
+	ConfigProblems []string
 
 	// The create revisions behind Created, kept by the watcher's state builder.
 	configCreated int64

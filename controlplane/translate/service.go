@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
@@ -16,8 +17,10 @@ import (
 // ServiceResources is what one service contributes. TranslateService depends only on the
 // service and opts, so callers can cache it per *registry.Service pointer.
 type ServiceResources struct {
-	Name      string
-	Cluster   *clusterv3.Cluster // nil when the service is left out (see Problems)
+	Name string
+	// Cluster is nil when the service is left out (see Problems); its Routes then reserve
+	// its domains and path with a 503 when they are known.
+	Cluster   *clusterv3.Cluster
 	Endpoints *endpointv3.ClusterLoadAssignment
 	// Routes of the service in match order; Assemble puts them in the virtual host of each
 	// of Domains.
@@ -44,8 +47,7 @@ func TranslateService(svc *registry.Service, opts Options) *ServiceResources {
 		return &ServiceResources{Problems: []Problem{{Message: "nil service left out"}}}
 	}
 	if svc.ConfigError != "" {
-		return &ServiceResources{Name: svc.Name, Problems: []Problem{{svc.Name, "service left out: " + svc.ConfigError +
-			"; no valid earlier version of its configuration is in etcd's history, and its defaults would change its cookie and domains"}}}
+		return misconfigured(svc)
 	}
 	sr, err := translateService(svc, opts.withDefaults())
 	if err != nil {
@@ -54,7 +56,53 @@ func TranslateService(svc *registry.Service, opts Options) *ServiceResources {
 			Problems: append(sr.Problems, Problem{svc.Name, "service left out: " + err.Error()}),
 		}
 	}
+	for _, p := range svc.ConfigProblems {
+		sr.Problems = append(sr.Problems, Problem{svc.Name, "configuration rejected, served with this field at its default: " + p})
+	}
 	return sr
+}
+
+// misconfiguredBody is the body of the reply on the routes of a service left out.
+const misconfiguredBody = "This service is misconfigured. Please retry later.\n"
+
+// misconfigured is what a service left out for its configuration contributes: no cluster,
+// and, when its configuration still names valid domains and a path, one route per domain
+// answering 503 "service misconfigured", which claims them like the service's own routes
+// would. Otherwise an unconfigured service on "*" would take its users to its servers.
+func misconfigured(svc *registry.Service) *ServiceResources {
+	sr := &ServiceResources{Name: svc.Name, Configured: svc.Configured, Created: svc.Created}
+	cfg := svc.Config
+	msg := "service left out: " + svc.ConfigError + "; no valid earlier version of its configuration is in etcd's history"
+	probe := registry.ServiceConfig{Domains: cfg.Domains, PathPrefix: cfg.PathPrefix}
+	if len(cfg.Domains) == 0 || validRoutes(probe) != nil {
+		sr.Problems = []Problem{{svc.Name, msg + "; NOTHING is reserved for it: its users may reach another service"}}
+		return sr
+	}
+	for _, d := range cfg.Domains {
+		sr.Domains = append(sr.Domains, strings.ToLower(d))
+	}
+	slices.Sort(sr.Domains)
+	sr.Domains = slices.Compact(sr.Domains)
+	sr.PathPrefix = cfg.PathPrefix
+	r := &routev3.Route{Name: svc.Name + "/misconfigured", Match: match(cfg.PathPrefix),
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 503,
+			Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: misconfiguredBody}}}},
+		ResponseHeadersToAdd: overloadHeaders(registry.Overload{RetryAfterSeconds: 60})}
+	if err := r.ValidateAll(); err != nil {
+		sr.Domains, sr.PathPrefix = nil, ""
+		sr.Problems = []Problem{{svc.Name, msg + "; NOTHING is reserved for it (" + err.Error() + ")"}}
+		return sr
+	}
+	sr.Routes = []*routev3.Route{r}
+	sr.Problems = []Problem{{svc.Name, msg + "; its domains and path answer 503 until it is fixed"}}
+	return sr
+}
+
+// validRoutes checks the domains and path prefix of cfg as the registry does.
+func validRoutes(cfg registry.ServiceConfig) error {
+	full := registry.DefaultServiceConfig("x")
+	full.Domains, full.PathPrefix = cfg.Domains, cfg.PathPrefix
+	return full.Validate()
 }
 
 func translateService(svc *registry.Service, opts Options) (*ServiceResources, error) {

@@ -202,7 +202,7 @@ type routePart struct {
 func routePartsOf(sorted []*ServiceResources) []routePart {
 	out := make([]routePart, 0, len(sorted))
 	for _, s := range sorted {
-		if s.Cluster == nil {
+		if !claims(s) {
 			continue
 		}
 		rp := routePart{name: s.Name, n: len(s.Routes), domains: len(s.Domains), prefix: s.PathPrefix,
@@ -282,7 +282,7 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 // claimOrder returns the translated services in the order they claim routes: configured
 // first, then by create revision (0, unknown, last), then by name.
 func claimOrder(sorted []*ServiceResources) []*ServiceResources {
-	out := slices.DeleteFunc(slices.Clone(sorted), func(s *ServiceResources) bool { return s.Cluster == nil })
+	out := slices.DeleteFunc(slices.Clone(sorted), func(s *ServiceResources) bool { return !claims(s) })
 	slices.SortStableFunc(out, func(a, b *ServiceResources) int {
 		if a.Configured != b.Configured {
 			if a.Configured {
@@ -303,6 +303,10 @@ func claimOrder(sorted []*ServiceResources) []*ServiceResources {
 	})
 	return out
 }
+
+// claims reports whether s claims routes: a translated service, or one left out that keeps
+// its routes reserved.
+func claims(s *ServiceResources) bool { return s.Cluster != nil || len(s.Routes) > 0 }
 
 // whyWins says in words why winner holds a route loser claims too.
 func whyWins(winner, loser *ServiceResources) string {
