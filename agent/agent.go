@@ -40,7 +40,11 @@ type runner struct {
 	drains    *drainWatch // the operators' drains of the service
 	opTimeout time.Duration
 	startedAt time.Time
-	backoff   backoff
+	// claimSince is the service's claim this agent carries (registry.Instance.ClaimSince):
+	// inherited from the live instances it finds when it registers, else its own key's
+	// create revision; kept across re-registrations.
+	claimSince int64
+	backoff    backoff
 	// metricsAddr is the /metrics listener's address as published ("" when disabled).
 	metricsAddr string
 
@@ -426,8 +430,9 @@ func (r *runner) instance() registry.Instance {
 	in := registry.Instance{
 		ID: r.cfg.ID, Address: r.cfg.Address, Port: r.cfg.Port, Zone: r.cfg.Zone, Labels: r.cfg.Labels,
 		Thresholds: r.cfg.Thresholds, Load: r.lastLoad, State: r.current.State, Reason: r.current.Reason,
-		UpdatedAt: time.Now().UTC().Truncate(time.Millisecond),
-		Agent:     registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second), Metrics: r.metricsAddr},
+		UpdatedAt:  time.Now().UTC().Truncate(time.Millisecond),
+		Agent:      registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second), Metrics: r.metricsAddr},
+		ClaimSince: r.claimSince,
 	}
 	if r.draining {
 		in.State, in.Reason = registry.StateDraining, drainReason

@@ -143,13 +143,13 @@ func (b *stateBuilder) put(kv *mvccpb.KeyValue) {
 		if err == nil {
 			b.clearRejected(key)
 			if cur := b.st.Services[svc]; cur != nil {
-				if old, ok := cur.Instances[id]; ok && reflect.DeepEqual(old, inst) && cur.instCreated[id] == kv.CreateRevision {
+				if old, ok := cur.Instances[id]; ok && reflect.DeepEqual(old, inst) && cur.instCreated[id] == inst.Claim(kv.CreateRevision) {
 					return
 				}
 			}
 			s := b.mutable(svc, rev)
 			s.Instances[id] = inst
-			s.instCreated[id] = kv.CreateRevision
+			s.instCreated[id] = inst.Claim(kv.CreateRevision)
 			s.claimed()
 			return
 		}
@@ -357,7 +357,7 @@ func (b *stateBuilder) mutable(svc string, rev int64) *Service {
 }
 
 // claimed recomputes Created: the configuration key's create revision when configured,
-// else the oldest instance key's.
+// else the oldest instance claim (Instance.Claim).
 func (s *Service) claimed() {
 	if s.Configured {
 		s.Created = s.configCreated

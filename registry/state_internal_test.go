@@ -157,3 +157,21 @@ func TestRebuildStateKeepsAndShares(t *testing.T) {
 	}
 
 }
+
+// An instance's claim is its ClaimSince when older than its key, else its key's create
+// revision: a future or negative value cannot make a claim younger or invalid.
+func TestInstanceClaim(t *testing.T) {
+	for _, tc := range []struct{ since, created, want int64 }{{0, 9, 9}, {4, 9, 4}, {12, 9, 9}, {9, 9, 9}} {
+		in := Instance{ClaimSince: tc.since}
+		if got := in.Claim(tc.created); got != tc.want {
+			t.Errorf("claimSince %d, created %d: claim %d, want %d", tc.since, tc.created, got, tc.want)
+		}
+	}
+	st := BuildState("/tether", 20, []*mvccpb.KeyValue{
+		{Key: []byte("/tether/instances/app/a2"), Value: []byte(`{"id":"a2","address":"10.0.0.5","port":5000,"state":"available","claimSince":3}`), CreateRevision: 10, ModRevision: 10},
+		{Key: []byte("/tether/instances/ap/x1"), Value: []byte(`{"id":"x1","address":"10.0.0.6","port":5000,"state":"available","claimSince":50}`), CreateRevision: 7, ModRevision: 7},
+	}, nil)
+	if app, ap := st.Services["app"].Created, st.Services["ap"].Created; app != 3 || ap != 7 {
+		t.Errorf("claims app %d ap %d, want 3 (inherited) and 7 (its own key: a later claimSince is ignored)", app, ap)
+	}
+}

@@ -332,6 +332,9 @@ func (in *Instance) Validate() error {
 	default:
 		add("state: %q is not one of available, full, draining, unhealthy", in.State)
 	}
+	if in.ClaimSince < 0 {
+		add("claimSince: %d must be 0 or more", in.ClaimSince)
+	}
 	if len(in.Reason) > MaxReason {
 		add("reason: over %d characters", MaxReason)
 	}
