@@ -147,3 +147,31 @@ func TestConfigProblemsReported(t *testing.T) {
 		t.Errorf("clusters %d, problems %v: want app served and its defaulted field reported", len(res.Clusters), res.Problems)
 	}
 }
+
+// Issue 24 #12: one service listing a domain with a port must not turn on host-port
+// matching for every other service (b.test would then stop matching "b.test:10000"). Ports
+// are ignored everywhere, the port of a domain is dropped and reported.
+func TestPortInOneDomainChangesNoOtherService(t *testing.T) {
+	a, b := claimant("a", true, 3), claimant("b", true, 4)
+	a.Config.Domains = []string{"a.test:8080"}
+	b.Config.Domains = []string{"b.test"}
+	res := Translate(&registry.State{Revision: 20, Services: map[string]*registry.Service{"a": a, "b": b}}, Options{})
+	rc := res.Routes[0]
+	if !rc.GetIgnorePortInHostMatching() {
+		t.Errorf("ignore_port_in_host_matching is off: b.test no longer matches a Host with a port")
+	}
+	var names []string
+	for _, vh := range rc.GetVirtualHosts() {
+		names = append(names, strings.Join(vh.GetDomains(), ","))
+	}
+	if strings.Join(names, " ") != "a.test b.test" {
+		t.Errorf("virtual host domains %v, want a.test b.test (the port dropped)", names)
+	}
+	found := false
+	for _, p := range res.Problems {
+		found = found || p.Service == "a" && strings.Contains(p.Message, "a.test:8080")
+	}
+	if !found {
+		t.Errorf("problems %v: the dropped port is not reported", res.Problems)
+	}
+}

@@ -78,11 +78,8 @@ func misconfigured(svc *registry.Service) *ServiceResources {
 		sr.Problems = []Problem{{svc.Name, msg + "; NOTHING is reserved for it: its users may reach another service"}}
 		return sr
 	}
-	for _, d := range cfg.Domains {
-		sr.Domains = append(sr.Domains, strings.ToLower(d))
-	}
-	slices.Sort(sr.Domains)
-	sr.Domains = slices.Compact(sr.Domains)
+	var ignored []Problem // dropped ports, reported with the service's own problem
+	sr.Domains = hostDomains(svc.Name, cfg.Domains, &ignored)
 	sr.PathPrefix = cfg.PathPrefix
 	r := &routev3.Route{Name: svc.Name + "/misconfigured", Match: match(cfg.PathPrefix),
 		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 503,
@@ -94,7 +91,7 @@ func misconfigured(svc *registry.Service) *ServiceResources {
 		return sr
 	}
 	sr.Routes = []*routev3.Route{r}
-	sr.Problems = []Problem{{svc.Name, msg + "; its domains and path answer 503 until it is fixed"}}
+	sr.Problems = append([]Problem{{svc.Name, msg + "; its domains and path answer 503 until it is fixed"}}, ignored...)
 	return sr
 }
 
@@ -114,11 +111,7 @@ func translateService(svc *registry.Service, opts Options) (*ServiceResources, e
 	if err := cfg.Validate(); err != nil {
 		return sr, fmt.Errorf("configuration: %w", err)
 	}
-	for _, d := range cfg.Domains {
-		sr.Domains = append(sr.Domains, strings.ToLower(d))
-	}
-	slices.Sort(sr.Domains)
-	sr.Domains = slices.Compact(sr.Domains)
+	sr.Domains = hostDomains(svc.Name, cfg.Domains, &sr.Problems)
 
 	insts := usableInstances(svc, sr)
 	for _, in := range insts {
@@ -179,4 +172,23 @@ func usableInstances(svc *registry.Service, sr *ServiceResources) []registry.Ins
 		}
 	}
 	return out
+}
+
+// hostDomains returns the virtual host domains of a service's domains: lower-cased, sorted,
+// without duplicates, and without a port. The route configuration ignores the port of the
+// Host header for every service (ignore_port_in_host_matching), so that one service listing
+// "example.com:8080" cannot make every other service's domains stop matching requests whose
+// Host carries a port; a domain's port is dropped and reported.
+func hostDomains(svc string, domains []string, problems *[]Problem) []string {
+	out := make([]string, 0, len(domains))
+	for _, d := range domains {
+		d = strings.ToLower(d)
+		if host, port, ok := strings.Cut(d, ":"); ok {
+			*problems = append(*problems, Problem{svc, fmt.Sprintf("domain %s: the port %s is ignored (Envoy matches the Host header without its port for every service); serving %s", d, port, host)})
+			d = host
+		}
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

@@ -247,7 +247,6 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 	type claim struct{ domain, prefix string }
 	owner := map[claim]*ServiceResources{}
 	byDomain := map[string][]*ServiceResources{}
-	portInDomain := false
 	for _, s := range claimOrder(sorted) {
 		for _, d := range s.Domains {
 			k := claim{d, s.PathPrefix}
@@ -258,7 +257,6 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 			}
 			owner[k] = s
 			byDomain[d] = append(byDomain[d], s)
-			portInDomain = portInDomain || strings.Contains(d, ":")
 		}
 	}
 
@@ -266,7 +264,7 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 	if memo != nil && memo.routes != nil && slices.Equal(parts, memo.routeParts) {
 		res.Routes = []*routev3.RouteConfiguration{memo.routes}
 	} else {
-		res.Routes = []*routev3.RouteConfiguration{routeConfig(byDomain, portInDomain)}
+		res.Routes = []*routev3.RouteConfiguration{routeConfig(byDomain)}
 		if memo != nil {
 			memo.routeParts, memo.routes = parts, res.Routes[0]
 		}
@@ -321,10 +319,10 @@ func whyWins(winner, loser *ServiceResources) string {
 
 // routeConfig builds the route configuration: a virtual host per domain, its services'
 // routes ordered by path prefix length (longest first), then service name.
-func routeConfig(byDomain map[string][]*ServiceResources, portInDomain bool) *routev3.RouteConfiguration {
+func routeConfig(byDomain map[string][]*ServiceResources) *routev3.RouteConfiguration {
 	rc := &routev3.RouteConfiguration{
 		Name:                     RouteConfigName,
-		IgnorePortInHostMatching: !portInDomain,
+		IgnorePortInHostMatching: true, // for every service alike: see hostDomains
 		VirtualHosts:             make([]*routev3.VirtualHost, 0, len(byDomain)),
 	}
 	domains := make([]string, 0, len(byDomain))
