@@ -42,7 +42,11 @@ type runner struct {
 	opTimeout time.Duration
 	startedAt time.Time
 	hostname  string // published with the PID, so that a restarted agent can adopt the key
-	backoff   backoff
+	// claimSince is the service's claim this agent carries (registry.Instance.ClaimSince):
+	// inherited from the live instances it finds when it registers, else its own key's
+	// create revision; kept across re-registrations.
+	claimSince int64
+	backoff    backoff
 	// metricsAddr is the /metrics listener's address as published ("" when disabled).
 	metricsAddr string
 
@@ -455,6 +459,7 @@ func (r *runner) instance() registry.Instance {
 		UpdatedAt: time.Now().UTC().Truncate(time.Millisecond),
 		Agent: registry.AgentInfo{Version: Version, StartedAt: r.startedAt.Truncate(time.Second), Metrics: r.metricsAddr,
 			Host: r.hostname, PID: os.Getpid()},
+		ClaimSince: r.claimSince,
 	}
 	if r.draining {
 		in.State, in.Reason = registry.StateDraining, drainReason

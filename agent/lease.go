@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -157,7 +158,11 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 	}
 	octx, cancel := context.WithTimeout(ctx, r.opTimeout)
 	defer cancel()
-	if err := registry.CreateInstance(octx, r.cli, r.prefix, r.cfg.Service, next, r.lease.ID()); err != nil {
+	r.inheritClaim(octx)
+	next.ClaimSince = r.claimSince
+	r.current.ClaimSince = r.claimSince
+	created, err := registry.CreateInstanceRev(octx, r.cli, r.prefix, r.cfg.Service, next, r.lease.ID())
+	if err != nil {
 		r.m.etcdErrors.WithLabelValues("create").Inc()
 		r.checkLease(err)
 		if !errors.Is(err, registry.ErrInstanceExists) {
@@ -171,6 +176,12 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 		if !adopted {
 			return err
 		}
+	}
+	if r.claimSince == 0 && created > 0 {
+		// The first of its service: the claim starts with this key, and this agent keeps
+		// it when it registers again (a lost lease, a lease storm).
+		r.claimSince = created
+		r.current.ClaimSince = created
 	}
 	r.registered, r.written, r.writtenAt = true, next, time.Now()
 	r.m.setRegistered(true)
@@ -240,5 +251,30 @@ func (r *runner) stopLease(ctx context.Context) {
 	if err := r.lease.revoke(ctx); err != nil {
 		r.m.etcdErrors.WithLabelValues("revoke").Inc()
 		r.log.Warn().Err(err).Dur("ttl", r.cfg.TTL).Msg("cannot revoke the lease; it expires after its TTL")
+	}
+}
+
+// inheritClaim takes the oldest claim among the service's live instances
+// (registry.Instance.Claim), so that a service's claim to its routes passes from its old
+// instances to new ones through a rolling deploy. An instance value that does not decode
+// counts by its key's create revision. A failed read keeps the claim this agent has: the
+// registration goes on, at worst as a younger claim.
+func (r *runner) inheritClaim(ctx context.Context) {
+	resp, err := r.cli.Get(ctx, registry.InstanceKey(r.prefix, r.cfg.Service, ""), clientv3.WithPrefix())
+	if err != nil {
+		r.log.Warn().Err(err).Msg("cannot read the service's other instances; registering without inheriting their claim")
+		return
+	}
+	oldest := r.claimSince
+	for _, kv := range resp.Kvs { // its own key too: a crashed predecessor's claim is the service's
+		var in registry.Instance
+		_ = json.Unmarshal(kv.Value, &in)
+		if c := in.Claim(kv.CreateRevision); c > 0 && (oldest == 0 || c < oldest) {
+			oldest = c
+		}
+	}
+	if oldest != r.claimSince {
+		r.log.Info().Int64("claimSince", oldest).Msg("inheriting the service's claim to its routes from its live instances")
+		r.claimSince = oldest
 	}
 }

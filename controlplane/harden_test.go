@@ -164,3 +164,72 @@ func TestLoopbackBackendRefused(t *testing.T) {
 		t.Errorf("rejected for %q, want loopback", why)
 	}
 }
+
+// vhostRoutes returns the routes of virtual host name: each route's name and where it goes
+// (its cluster, or "direct <status>").
+func vhostRoutes(v xdsclient.View, name string) map[string]string {
+	out := map[string]string{}
+	for _, m := range v.Resources[resourcev3.RouteType] {
+		for _, vh := range m.(*routev3.RouteConfiguration).GetVirtualHosts() {
+			if vh.GetName() != name {
+				continue
+			}
+			for _, r := range vh.GetRoutes() {
+				if dr := r.GetDirectResponse(); dr != nil {
+					out[r.GetName()] = fmt.Sprintf("direct %d", dr.GetStatus())
+				} else {
+					out[r.GetName()] = r.GetRoute().GetCluster()
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Issue 24 #3: a bad edit kept while etcd compacts, then a control plane starts. A bad
+// optional field (lbPolicy) keeps shop served on shop.test with its own cookie; a bad
+// identity (web's affinity mode) leaves web out but keeps web.test answered 503, never by
+// the unconfigured app on "*".
+func TestBadConfigKeptThroughCompaction(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	put(t, cli, "/tether/services/shop", `{"domains":["shop.test"],"affinity":{"mode":"cookie","cookieName":"shop-s","strict":true}}`)
+	put(t, cli, "/tether/instances/shop/s1", instanceJSON("s1", 5101, "available", 1))
+	put(t, cli, "/tether/services/web", `{"domains":["web.test"]}`)
+	put(t, cli, "/tether/instances/web/w1", instanceJSON("w1", 5201, "available", 1))
+	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 1))
+	put(t, cli, "/tether/services/shop", `{"domains":["shop.test"],"affinity":{"mode":"cookie","cookieName":"shop-s","strict":true},"lbPolicy":"fastest"}`)
+	rev := put(t, cli, "/tether/services/web", `{"domains":["web.test"],"affinity":{"mode":"sticky"}}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+
+	cp := startCP(t, srv.Endpoints())
+	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
+	waitFor(t, c, "the routes", func(v xdsclient.View) bool { return len(catchAllRoutes(v)) > 0 })
+	v := c.View()
+	shop := vhostRoutes(v, "shop.test")
+	if len(shop) == 0 {
+		t.Errorf("no route for shop.test: its users reach app on *")
+	}
+	for name, to := range shop {
+		if to != "tether_shop" {
+			t.Errorf("shop.test route %s goes to %s, want tether_shop", name, to)
+		}
+	}
+	if v.Resources[resourcev3.ClusterType]["tether_shop"] == nil {
+		t.Errorf("shop's cluster is not served")
+	}
+	if web := vhostRoutes(v, "web.test"); len(web) != 1 || web["web/misconfigured"] != "direct 503" {
+		t.Errorf("web.test routes %v, want only web/misconfigured answering 503", web)
+	}
+	dc := debugConfig(t, cp)
+	problems := fmt.Sprint(dc.Problems)
+	for _, want := range []string{"fastest", "sticky"} {
+		if !strings.Contains(problems, want) {
+			t.Errorf("/debug/config problems %s do not report %s", problems, want)
+		}
+	}
+}

@@ -81,16 +81,18 @@ func TestRejectedConfigIsServedAlikeByEveryWatcher(t *testing.T) {
 		t.Errorf("the watchers disagree:\n%+v\n%+v", oldSt.Services["app"].Config, newSt.Services["app"].Config)
 	}
 
-	// Once compaction has removed the valid version, no replica can derive it: a new
-	// watcher leaves app out and reports it, rather than serving the defaults.
+	// Once compaction has removed the valid version, a new watcher still serves app: the
+	// bad field (weights) takes its default and is reported, what identifies its sessions
+	// (mode, cookie name, domains, path) is the value's own.
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatalf("compact: %v", err)
 	}
 	st := startWatcher(t, cli).waitFor(t, "the listing", func(*registry.State) bool { return true })
-	if app := st.Services["app"]; app == nil || !strings.Contains(app.ConfigError, "weights") {
-		t.Errorf("after compaction: app = %+v, want ConfigError", app)
+	if app := st.Services["app"]; app == nil || app.ConfigError != "" || !reflect.DeepEqual(app.Config, oldSt.Services["app"].Config) ||
+		len(app.ConfigProblems) != 1 || !strings.Contains(app.ConfigProblems[0], "weights") {
+		t.Errorf("after compaction: app = %+v, want served as before with the weights problem", app)
 	}
 
 	// A valid edit ends it for everyone.
@@ -187,4 +189,56 @@ func TestWatcherRelistsWhenClusterChanges(t *testing.T) {
 		_, old := instance(st, "app", "old")
 		return n && !old
 	})
+}
+
+// A configuration whose identity (mode, cookie name, domains, path) is valid is served
+// whatever etcd's history holds, its bad optional fields at their defaults and reported; one
+// whose identity is bad and has no valid version left is left out, its domains and path kept
+// (reserved) when they are valid, none when the value is not even JSON.
+func TestRejectedConfigWithoutHistory(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	shop := `{"domains":["shop.test"],"affinity":{"mode":"cookie","cookieName":"shop-s","strict":true},"lbPolicy":"fastest",` +
+		`"healthCheck":{"interval":"soon","path":"/health"},"overload":{"status":42},"retryInitialOn503":{"attempts":"two"}}`
+	mustPut(t, cli, "/tether/services/shop", shop)
+	mustPut(t, cli, "/tether/services/web", `{"domains":["web.test"],"pathPrefix":"/w","affinity":{"mode":"sticky"}}`)
+	mustPut(t, cli, "/tether/services/bad", `{"domains":["bad.test"`)
+	rev := mustPut(t, cli, "/tether/services/both", `{"domains":["both.test", "not a domain"],"lbPolicy":"fastest"}`)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	st := startWatcher(t, cli).waitFor(t, "the listing", func(*registry.State) bool { return true })
+
+	s := st.Services["shop"]
+	want := registry.DefaultServiceConfig("shop")
+	want.Domains, want.Affinity.CookieName, want.Affinity.Strict, want.HealthCheck.Path = []string{"shop.test"}, "shop-s", true, "/health"
+	if s == nil || s.ConfigError != "" || !reflect.DeepEqual(s.Config, want) {
+		t.Fatalf("shop = %+v, want served with its identity and the defaults of its bad fields %+v", s, want)
+	}
+	for _, field := range []string{"lbPolicy", "healthCheck.interval", "overload.status", "retryInitialOn503.attempts"} {
+		found := false
+		for _, p := range s.ConfigProblems {
+			found = found || strings.HasPrefix(p, field+":")
+		}
+		if !found {
+			t.Errorf("shop's problems %q do not name %s", s.ConfigProblems, field)
+		}
+	}
+	if len(s.ConfigProblems) != 4 {
+		t.Errorf("shop's problems %q, want 4", s.ConfigProblems)
+	}
+	if _, ok := st.Rejected["/tether/services/shop"]; !ok {
+		t.Errorf("shop's value not reported rejected: %v", st.Rejected)
+	}
+	web := st.Services["web"]
+	if web == nil || !strings.Contains(web.ConfigError, "sticky") || !reflect.DeepEqual(web.Config.Domains, []string{"web.test"}) || web.Config.PathPrefix != "/w" {
+		t.Errorf("web = %+v, want left out with web.test /w reserved", web)
+	}
+	for _, name := range []string{"bad", "both"} {
+		if b := st.Services[name]; b == nil || b.ConfigError == "" || len(b.Config.Domains) != 0 {
+			t.Errorf("%s = %+v, want left out with nothing reserved", name, b)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"slices"
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -129,7 +130,7 @@ func (b *stateBuilder) put(kv *mvccpb.KeyValue) {
 		var cfg ServiceConfig
 		if cfg, err = DecodeServiceConfig(svc, value); err == nil {
 			b.clearRejected(key)
-			b.setConfig(svc, cfg, "", kv.CreateRevision, rev)
+			b.setConfig(svc, cfg, "", nil, kv.CreateRevision, rev)
 			return
 		}
 		b.rejectConfig(key, svc, err, kv)
@@ -142,13 +143,13 @@ func (b *stateBuilder) put(kv *mvccpb.KeyValue) {
 		if err == nil {
 			b.clearRejected(key)
 			if cur := b.st.Services[svc]; cur != nil {
-				if old, ok := cur.Instances[id]; ok && reflect.DeepEqual(old, inst) && cur.instCreated[id] == kv.CreateRevision {
+				if old, ok := cur.Instances[id]; ok && reflect.DeepEqual(old, inst) && cur.instCreated[id] == inst.Claim(kv.CreateRevision) {
 					return
 				}
 			}
 			s := b.mutable(svc, rev)
 			s.Instances[id] = inst
-			s.instCreated[id] = kv.CreateRevision
+			s.instCreated[id] = inst.Claim(kv.CreateRevision)
 			s.claimed()
 			return
 		}
@@ -163,22 +164,30 @@ func (b *stateBuilder) put(kv *mvccpb.KeyValue) {
 	b.rejectKey(key, kind, svc, id, err, rev)
 }
 
-// setConfig gives service svc configuration cfg, or leaves it out with configErr.
-func (b *stateBuilder) setConfig(svc string, cfg ServiceConfig, configErr string, created, rev int64) {
+// setConfig gives service svc configuration cfg (with the fields defaulted listed in
+// problems), or leaves it out with configErr, cfg then holding only the domains and path it
+// keeps reserved.
+func (b *stateBuilder) setConfig(svc string, cfg ServiceConfig, configErr string, problems []string, created, rev int64) {
 	if cur := b.st.Services[svc]; cur != nil && cur.Configured && cur.ConfigError == configErr &&
-		cur.configCreated == created && reflect.DeepEqual(cur.Config, cfg) {
+		cur.configCreated == created && reflect.DeepEqual(cur.Config, cfg) && slices.Equal(cur.ConfigProblems, problems) {
 		return
 	}
 	s := b.mutable(svc, rev)
-	s.Config, s.Configured, s.ConfigError, s.configCreated = cfg, true, configErr, created
+	s.Config, s.Configured, s.ConfigError, s.ConfigProblems, s.configCreated = cfg, true, configErr, problems, created
 	s.claimed()
 }
 
-// rejectConfig handles a service configuration that failed validation. Falling back to the
-// defaults would change the cookie name (every session ends) and claim "*", and keeping the
-// last value this process saw would make replicas and restarts disagree. So the service is
-// served with the newest valid earlier version of the key that etcd still holds, which every
-// replica reads alike; with none, the service is left out (ConfigError) and reported.
+// rejectConfig handles a service configuration that failed validation. Leaving the service
+// out would hand its domains to whoever else claims them (an unconfigured service on "*"),
+// and defaults for what identifies its sessions would end them all (another cookie name). So:
+//   - when the value's identity (affinity mode, cookie or header name, domains, path) is
+//     valid, the service is served with it, each bad optional field at its default and
+//     reported (ConfigProblems). This depends on the value alone, so every replica, every
+//     restart and every compaction agree;
+//   - else the newest valid earlier version of the key that etcd still holds is served;
+//   - else the service is left out (ConfigError), its domains and path, when the value
+//     names valid ones, kept reserved (Config.Domains, Config.PathPrefix) so that the
+//     translation answers them with 503 instead of another service's servers.
 func (b *stateBuilder) rejectConfig(key, svc string, err error, kv *mvccpb.KeyValue) {
 	if b.st.Rejected[key] != err.Error() {
 		b.st.Rejected[key] = err.Error()
@@ -186,6 +195,13 @@ func (b *stateBuilder) rejectConfig(key, svc string, err error, kv *mvccpb.KeyVa
 	}
 	if b.reject != nil {
 		b.reject(key, err)
+	}
+	part := DecodeServiceConfigPartial(svc, kv.Value)
+	ev := b.log.Warn().Str("key", key).Int64("revision", kv.ModRevision).Err(err)
+	if part.Identity == nil {
+		ev.Strs("defaulted", part.Defaulted).Msg("service configuration rejected; serving it with its bad fields at their defaults")
+		b.setConfig(svc, part.Config, "", part.Defaulted, kv.CreateRevision, kv.ModRevision)
+		return
 	}
 	var last ServiceConfig
 	found := false
@@ -199,14 +215,21 @@ func (b *stateBuilder) rejectConfig(key, svc string, err error, kv *mvccpb.KeyVa
 			return
 		}
 	}
-	ev := b.log.Warn().Str("key", key).Int64("revision", kv.ModRevision).Err(err)
 	if found {
 		ev.Msg("service configuration rejected; serving its newest valid earlier version from etcd's history")
-		b.setConfig(svc, last, "", kv.CreateRevision, kv.ModRevision)
+		b.setConfig(svc, last, "", nil, kv.CreateRevision, kv.ModRevision)
 		return
 	}
-	ev.Msg("service configuration rejected and no valid earlier version is in etcd's history; leaving the service out")
-	b.setConfig(svc, DefaultServiceConfig(svc), "configuration rejected: "+err.Error(), kv.CreateRevision, kv.ModRevision)
+	reserved := ServiceConfig{Domains: part.Domains, PathPrefix: part.PathPrefix}
+	why := "configuration rejected: " + err.Error()
+	if len(reserved.Domains) == 0 {
+		ev.Msg("service configuration rejected, no valid earlier version is in etcd's history, and its domains and path cannot be read: leaving the service out with NOTHING reserved; its users may reach another service")
+		why += "; its domains and path cannot be read, so nothing is reserved for it"
+	} else {
+		ev.Strs("reserved", reserved.Domains).Str("pathPrefix", reserved.PathPrefix).
+			Msg("service configuration rejected and no valid earlier version is in etcd's history; leaving the service out, its routes answered 503")
+	}
+	b.setConfig(svc, reserved, why, nil, kv.CreateRevision, kv.ModRevision)
 }
 
 // del applies the deletion of key at revision rev.
@@ -231,7 +254,7 @@ func (b *stateBuilder) del(key string, rev int64) {
 			return
 		}
 		s = b.mutable(svc, rev)
-		s.Config, s.Configured, s.ConfigError, s.configCreated = DefaultServiceConfig(svc), false, "", 0
+		s.Config, s.Configured, s.ConfigError, s.ConfigProblems, s.configCreated = DefaultServiceConfig(svc), false, "", nil, 0
 	case KeyInstance:
 		if _, ok := cur.Instances[id]; !ok {
 			return
@@ -334,7 +357,7 @@ func (b *stateBuilder) mutable(svc string, rev int64) *Service {
 }
 
 // claimed recomputes Created: the configuration key's create revision when configured,
-// else the oldest instance key's.
+// else the oldest instance claim (Instance.Claim).
 func (s *Service) claimed() {
 	if s.Configured {
 		s.Created = s.configCreated
@@ -351,6 +374,7 @@ func (s *Service) claimed() {
 // sameContent reports whether two services hold the same configuration and instances.
 func sameContent(a, b *Service) bool {
 	return a.Configured == b.Configured && a.ConfigError == b.ConfigError && a.Created == b.Created &&
+		slices.Equal(a.ConfigProblems, b.ConfigProblems) &&
 		reflect.DeepEqual(a.Config, b.Config) && reflect.DeepEqual(a.Instances, b.Instances) &&
 		maps.Equal(a.instCreated, b.instCreated)
 }

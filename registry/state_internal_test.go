@@ -136,7 +136,7 @@ func TestRebuildStateKeepsAndShares(t *testing.T) {
 	}, nil)
 	var rej rejects
 	st, err := rebuildState(buildOptions{prefix: "/tether", reject: rej.hook, log: zerolog.Nop()}, 20, []*mvccpb.KeyValue{
-		{Key: []byte("/tether/services/app"), Value: []byte(`{"lbPolicy":"bogus"}`), ModRevision: 12},
+		{Key: []byte("/tether/services/app"), Value: []byte(`{"affinity":{"mode":"bogus"}}`), ModRevision: 12},
 		{Key: []byte("/tether/instances/app/a1"), Value: []byte(`{]`), ModRevision: 13},
 		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "available", 1)), ModRevision: 6},
 	}, prev)
@@ -147,13 +147,31 @@ func TestRebuildStateKeepsAndShares(t *testing.T) {
 		t.Fatalf("revision %d, hook %v, rejected %v", st.Revision, rej, st.Rejected)
 	}
 	// The rejected instance keeps its last good value; the rejected configuration does not
-	// fall back to what this process saw (a new replica could not), and with no etcd history
-	// to read here the service is left out.
-	if a := st.Services["app"]; a.ConfigError == "" || a.Instances["a1"].State != StateAvailable {
+	// fall back to what this process saw (a new replica could not), and with a bad identity
+	// and no etcd history to read here the service is left out, its "*" "/" reserved.
+	if a := st.Services["app"]; a.ConfigError == "" || a.Instances["a1"].State != StateAvailable || len(a.Config.Domains) != 1 {
 		t.Errorf("app: want ConfigError and a1 kept, got %+v", a)
 	}
 	if w := st.Services["web"]; w == prev.Services["web"] || len(w.Instances) != 1 || w.Revision != 20 {
 		t.Errorf("web lost w2 while unwatched: want a new service at the list revision, got %+v", w)
 	}
 
+}
+
+// An instance's claim is its ClaimSince when older than its key, else its key's create
+// revision: a future or negative value cannot make a claim younger or invalid.
+func TestInstanceClaim(t *testing.T) {
+	for _, tc := range []struct{ since, created, want int64 }{{0, 9, 9}, {4, 9, 4}, {12, 9, 9}, {9, 9, 9}} {
+		in := Instance{ClaimSince: tc.since}
+		if got := in.Claim(tc.created); got != tc.want {
+			t.Errorf("claimSince %d, created %d: claim %d, want %d", tc.since, tc.created, got, tc.want)
+		}
+	}
+	st := BuildState("/tether", 20, []*mvccpb.KeyValue{
+		{Key: []byte("/tether/instances/app/a2"), Value: []byte(`{"id":"a2","address":"10.0.0.5","port":5000,"state":"available","claimSince":3}`), CreateRevision: 10, ModRevision: 10},
+		{Key: []byte("/tether/instances/ap/x1"), Value: []byte(`{"id":"x1","address":"10.0.0.6","port":5000,"state":"available","claimSince":50}`), CreateRevision: 7, ModRevision: 7},
+	}, nil)
+	if app, ap := st.Services["app"].Created, st.Services["ap"].Created; app != 3 || ap != 7 {
+		t.Errorf("claims app %d ap %d, want 3 (inherited) and 7 (its own key: a later claimSince is ignored)", app, ap)
+	}
 }

@@ -249,12 +249,29 @@ type Instance struct {
 	// translates: the endpoint is served DRAINING, whatever its state, until every Envoy
 	// knows it. Never stored or read from etcd.
 	FirstPhase bool `json:"-"`
+	// ClaimSince is the etcd revision from which the service has been claiming its routes
+	// without a gap, as the agent saw it when it registered: the oldest claim among the
+	// service's live instances then (their ClaimSince, else their key's create revision), or
+	// 0 when it found none. It passes an unconfigured service's claim from old instances to
+	// new ones through a rolling deploy, so that a service registered in between (a typo of
+	// its name) never becomes the older claim. A value above the key's create revision is
+	// ignored. See docs/security.md: an agent credential can set any value.
+	ClaimSince int64 `json:"claimSince,omitempty"`
 }
 
 // LeftEmpty reports whether in is the value of an instance that deregistered itself with no
 // session left that its agent counted: the one departure after which nobody loses a server.
 func (in *Instance) LeftEmpty() bool {
 	return in.Leaving && in.Load.SessionsKnown() && in.Load.Sessions == 0
+}
+
+// Claim returns the revision an instance whose key was created at created claims its
+// service's routes from: its ClaimSince when set and older, else created.
+func (in *Instance) Claim(created int64) int64 {
+	if in.ClaimSince > 0 && in.ClaimSince < created {
+		return in.ClaimSince
+	}
+	return created
 }
 
 // Thresholds follow Wisej's HealthCheck.json; 0 means unlimited.
@@ -312,8 +329,9 @@ type Service struct {
 	// Drained maps each instance an operator's drain selects to that drain. Set by
 	// ApplyDrains only (the watcher leaves it nil); its instances are then served drained.
 	Drained map[string]DrainMark
-	// Created is the etcd create revision of the service's claim to its domains and path:
-	// its configuration key's when Configured, else the oldest of its instance keys'. Every
+	// Created is the etcd revision of the service's claim to its domains and path: its
+	// configuration key's create revision when Configured, else the oldest claim of its
+	// instances (Instance.Claim: inherited through rolling deploys). Every
 	// replica reads the same value from etcd; the older claim wins a contested route. 0 when
 	// unknown (a State built by hand).
 	Created int64
@@ -322,8 +340,13 @@ type Service struct {
 	// out of the translation rather than served with defaults (another cookie name, "*"
 	// domains), so that every replica and every restart serve it the same way.
 	ConfigError string
+	// ConfigProblems are the fields of a rejected configuration that are served with their
+	// defaults (each "field: why"); the fields that identify the service's sessions and
+	// routes are the value's own. Empty for a valid configuration.
+	ConfigProblems []string
 
-	// The create revisions behind Created, kept by the watcher's state builder.
+	// The claims behind Created (configuration key create revision, instance claims), kept by
+	// the watcher's state builder.
 	configCreated int64
 	instCreated   map[string]int64
 }

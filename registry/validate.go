@@ -336,6 +336,9 @@ func (in *Instance) Validate() error {
 		// An agent leaves only after its drain: a leaving instance must take no new session.
 		add("leaving: set with state %q; only a draining instance leaves", in.State)
 	}
+	if in.ClaimSince < 0 {
+		add("claimSince: %d must be 0 or more", in.ClaimSince)
+	}
 	if len(in.Reason) > MaxReason {
 		add("reason: over %d characters", MaxReason)
 	}

@@ -38,9 +38,16 @@ func encodeInstance(service string, inst Instance) (string, error) {
 // An existing key held by another lease yields ErrInstanceExists; one already held by the same
 // lease is overwritten.
 func CreateInstance(ctx context.Context, cli *clientv3.Client, prefix, service string, inst Instance, lease clientv3.LeaseID) error {
+	_, err := CreateInstanceRev(ctx, cli, prefix, service, inst, lease)
+	return err
+}
+
+// CreateInstanceRev is CreateInstance that also returns the key's create revision (0 when
+// the key already existed under the same lease and was overwritten).
+func CreateInstanceRev(ctx context.Context, cli *clientv3.Client, prefix, service string, inst Instance, lease clientv3.LeaseID) (int64, error) {
 	val, err := encodeInstance(service, inst)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	key := InstanceKey(prefix, service, inst.ID)
 	resp, err := cli.Txn(ctx).
@@ -49,20 +56,20 @@ func CreateInstance(ctx context.Context, cli *clientv3.Client, prefix, service s
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("create %s: %w", key, err)
+		return 0, fmt.Errorf("create %s: %w", key, err)
 	}
 	if resp.Succeeded {
-		return nil
+		return resp.Header.Revision, nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().GetKvs()
 	if len(kvs) == 1 && clientv3.LeaseID(kvs[0].Lease) == lease {
-		return UpdateInstance(ctx, cli, prefix, service, inst, lease)
+		return 0, UpdateInstance(ctx, cli, prefix, service, inst, lease)
 	}
 	holder := int64(0)
 	if len(kvs) == 1 {
 		holder = kvs[0].Lease
 	}
-	return fmt.Errorf("create %s: %w (lease %x)", key, ErrInstanceExists, holder)
+	return 0, fmt.Errorf("create %s: %w (lease %x)", key, ErrInstanceExists, holder)
 }
 
 // AdoptInstance rebinds an instance key held by another lease to lease, in one transaction

@@ -24,9 +24,10 @@ import (
 
 // subcommands are the operator's commands; without one the binary runs the control plane.
 var subcommands = map[string]func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int{
-	"status": statusMain,
-	"drain":  drain.Main,
-	"drains": drain.ListMain,
+	"status":  statusMain,
+	"drain":   drain.Main,
+	"drains":  drain.ListMain,
+	"service": serviceMain,
 }
 
 func main() {
@@ -49,6 +50,7 @@ func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) 
   tether-controlplane status [flags]              print the registry (services, instances, drains)
   tether-controlplane drain SERVICE/ID [flags]    drain one instance (--label k=v for a selection, --undo, --wait)
   tether-controlplane drains [SERVICE] [flags]    list the drains
+  tether-controlplane service put SERVICE FILE|-  validate, then write a service configuration (get, delete)
 Each command takes -h.
 
 Flags:

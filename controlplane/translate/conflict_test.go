@@ -98,19 +98,80 @@ func TestConflictFollowsRankThroughCache(t *testing.T) {
 }
 
 // A service whose configuration is rejected with no valid version to fall back to is left
-// out, reported, and claims nothing: its defaults are never served.
+// out and reported, and keeps its domains and path reserved: they answer 503 "service
+// misconfigured", never another service's servers (here web, unconfigured on "*" "/").
+// Its defaults are never served.
 func TestConfigErrorLeavesServiceOut(t *testing.T) {
 	bad := claimant("app", true, 3)
 	bad.ConfigError = "configuration rejected: affinity.mode: \"sticky\""
+	bad.Config = registry.ServiceConfig{Domains: []string{"*"}, PathPrefix: "/"}
 	st := &registry.State{Revision: 20, Services: map[string]*registry.Service{"app": bad, "web": claimant("web", false, 9)}}
 	res := Translate(st, Options{})
-	if owner, _ := catchAllOwner(t, res); owner != "web" {
-		t.Errorf("* / served by %q, want web", owner)
+	if owner, _ := catchAllOwner(t, res); owner != "app" {
+		t.Fatalf("* / held by %q, want app's reservation", owner)
+	}
+	for _, vh := range res.Routes[0].VirtualHosts {
+		for _, r := range vh.Routes {
+			dr := r.GetDirectResponse()
+			if dr == nil || dr.GetStatus() != 503 || !strings.Contains(dr.GetBody().GetInlineString(), "misconfigured") {
+				t.Errorf("route %s: %v, want a direct 503 service misconfigured", r.GetName(), r.GetAction())
+			}
+		}
 	}
 	if len(res.Clusters) != 1 || res.Clusters[0].Name != ClusterName("web") {
 		t.Errorf("clusters %v, want web's only", res.Clusters)
 	}
-	if len(res.Problems) != 1 || res.Problems[0].Service != "app" || !strings.Contains(res.Problems[0].Message, "sticky") {
-		t.Errorf("problems %v, want app left out with its error", res.Problems)
+	var appLeftOut, webLost bool
+	for _, p := range res.Problems {
+		appLeftOut = appLeftOut || p.Service == "app" && strings.Contains(p.Message, "sticky")
+		webLost = webLost || p.Service == "web" && strings.Contains(p.Message, "held by service app")
+	}
+	if !appLeftOut || !webLost || len(res.Problems) != 2 {
+		t.Errorf("problems %v, want app left out with its error and web's lost route", res.Problems)
+	}
+
+	// Nothing to reserve (the value named no readable domains): left out, nothing held.
+	bad.Config = registry.ServiceConfig{}
+	res = Translate(st, Options{})
+	if owner, _ := catchAllOwner(t, res); owner != "web" {
+		t.Errorf("nothing reserved: * / served by %q, want web", owner)
+	}
+}
+
+// The fields of a rejected configuration served with their defaults are each reported.
+func TestConfigProblemsReported(t *testing.T) {
+	app := claimant("app", true, 3)
+	app.ConfigProblems = []string{`lbPolicy: "fastest" is not one of least_request`}
+	res := Translate(&registry.State{Revision: 20, Services: map[string]*registry.Service{"app": app}}, Options{})
+	if len(res.Clusters) != 1 || len(res.Problems) != 1 || !strings.Contains(res.Problems[0].Message, "fastest") {
+		t.Errorf("clusters %d, problems %v: want app served and its defaulted field reported", len(res.Clusters), res.Problems)
+	}
+}
+
+// Issue 24 #12: one service listing a domain with a port must not turn on host-port
+// matching for every other service (b.test would then stop matching "b.test:10000"). Ports
+// are ignored everywhere, the port of a domain is dropped and reported.
+func TestPortInOneDomainChangesNoOtherService(t *testing.T) {
+	a, b := claimant("a", true, 3), claimant("b", true, 4)
+	a.Config.Domains = []string{"a.test:8080"}
+	b.Config.Domains = []string{"b.test"}
+	res := Translate(&registry.State{Revision: 20, Services: map[string]*registry.Service{"a": a, "b": b}}, Options{})
+	rc := res.Routes[0]
+	if !rc.GetIgnorePortInHostMatching() {
+		t.Errorf("ignore_port_in_host_matching is off: b.test no longer matches a Host with a port")
+	}
+	var names []string
+	for _, vh := range rc.GetVirtualHosts() {
+		names = append(names, strings.Join(vh.GetDomains(), ","))
+	}
+	if strings.Join(names, " ") != "a.test b.test" {
+		t.Errorf("virtual host domains %v, want a.test b.test (the port dropped)", names)
+	}
+	found := false
+	for _, p := range res.Problems {
+		found = found || p.Service == "a" && strings.Contains(p.Message, "a.test:8080")
+	}
+	if !found {
+		t.Errorf("problems %v: the dropped port is not reported", res.Problems)
 	}
 }

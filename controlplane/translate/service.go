@@ -18,8 +18,10 @@ import (
 // ServiceResources is what one service contributes. TranslateService depends only on the
 // service and opts, so callers can cache it per *registry.Service pointer.
 type ServiceResources struct {
-	Name      string
-	Cluster   *clusterv3.Cluster // nil when the service is left out (see Problems)
+	Name string
+	// Cluster is nil when the service is left out (see Problems); its Routes then reserve
+	// its domains and path with a 503 when they are known.
+	Cluster   *clusterv3.Cluster
 	Endpoints *endpointv3.ClusterLoadAssignment
 	// Routes of the service in match order; Assemble puts them in the virtual host of each
 	// of Domains.
@@ -49,8 +51,7 @@ func TranslateService(svc *registry.Service, opts Options) *ServiceResources {
 		return &ServiceResources{Problems: []Problem{{Message: "nil service left out"}}}
 	}
 	if svc.ConfigError != "" {
-		return &ServiceResources{Name: svc.Name, Problems: []Problem{{svc.Name, "service left out: " + svc.ConfigError +
-			"; no valid earlier version of its configuration is in etcd's history, and its defaults would change its cookie and domains"}}}
+		return misconfigured(svc)
 	}
 	sr, err := translateService(svc, opts.withDefaults())
 	if err != nil {
@@ -59,7 +60,50 @@ func TranslateService(svc *registry.Service, opts Options) *ServiceResources {
 			Problems: append(sr.Problems, Problem{svc.Name, "service left out: " + err.Error()}),
 		}
 	}
+	for _, p := range svc.ConfigProblems {
+		sr.Problems = append(sr.Problems, Problem{svc.Name, "configuration rejected, served with this field at its default: " + p})
+	}
 	return sr
+}
+
+// misconfiguredBody is the body of the reply on the routes of a service left out.
+const misconfiguredBody = "This service is misconfigured. Please retry later.\n"
+
+// misconfigured is what a service left out for its configuration contributes: no cluster,
+// and, when its configuration still names valid domains and a path, one route per domain
+// answering 503 "service misconfigured", which claims them like the service's own routes
+// would. Otherwise an unconfigured service on "*" would take its users to its servers.
+func misconfigured(svc *registry.Service) *ServiceResources {
+	sr := &ServiceResources{Name: svc.Name, Configured: svc.Configured, Created: svc.Created}
+	cfg := svc.Config
+	msg := "service left out: " + svc.ConfigError + "; no valid earlier version of its configuration is in etcd's history"
+	probe := registry.ServiceConfig{Domains: cfg.Domains, PathPrefix: cfg.PathPrefix}
+	if len(cfg.Domains) == 0 || validRoutes(probe) != nil {
+		sr.Problems = []Problem{{svc.Name, msg + "; NOTHING is reserved for it: its users may reach another service"}}
+		return sr
+	}
+	var ignored []Problem // dropped ports, reported with the service's own problem
+	sr.Domains = hostDomains(svc.Name, cfg.Domains, &ignored)
+	sr.PathPrefix = cfg.PathPrefix
+	r := &routev3.Route{Name: svc.Name + "/misconfigured", Match: match(cfg.PathPrefix),
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 503,
+			Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: misconfiguredBody}}}},
+		ResponseHeadersToAdd: overloadHeaders(registry.Overload{RetryAfterSeconds: 60})}
+	if err := r.ValidateAll(); err != nil {
+		sr.Domains, sr.PathPrefix = nil, ""
+		sr.Problems = []Problem{{svc.Name, msg + "; NOTHING is reserved for it (" + err.Error() + ")"}}
+		return sr
+	}
+	sr.Routes = []*routev3.Route{r}
+	sr.Problems = append([]Problem{{svc.Name, msg + "; its domains and path answer 503 until it is fixed"}}, ignored...)
+	return sr
+}
+
+// validRoutes checks the domains and path prefix of cfg as the registry does.
+func validRoutes(cfg registry.ServiceConfig) error {
+	full := registry.DefaultServiceConfig("x")
+	full.Domains, full.PathPrefix = cfg.Domains, cfg.PathPrefix
+	return full.Validate()
 }
 
 func translateService(svc *registry.Service, opts Options) (*ServiceResources, error) {
@@ -71,11 +115,7 @@ func translateService(svc *registry.Service, opts Options) (*ServiceResources, e
 	if err := cfg.Validate(); err != nil {
 		return sr, fmt.Errorf("configuration: %w", err)
 	}
-	for _, d := range cfg.Domains {
-		sr.Domains = append(sr.Domains, strings.ToLower(d))
-	}
-	slices.Sort(sr.Domains)
-	sr.Domains = slices.Compact(sr.Domains)
+	sr.Domains = hostDomains(svc.Name, cfg.Domains, &sr.Problems)
 
 	insts := usableInstances(svc, sr)
 	for _, in := range insts {
@@ -159,4 +199,23 @@ func newUsers(sr *ServiceResources, opts Options) placement {
 		return placement{startingIn: int((opts.PublishSettle + time.Second - 1) / time.Second)}
 	}
 	return placement{}
+}
+
+// hostDomains returns the virtual host domains of a service's domains: lower-cased, sorted,
+// without duplicates, and without a port. The route configuration ignores the port of the
+// Host header for every service (ignore_port_in_host_matching), so that one service listing
+// "example.com:8080" cannot make every other service's domains stop matching requests whose
+// Host carries a port; a domain's port is dropped and reported.
+func hostDomains(svc string, domains []string, problems *[]Problem) []string {
+	out := make([]string, 0, len(domains))
+	for _, d := range domains {
+		d = strings.ToLower(d)
+		if host, port, ok := strings.Cut(d, ":"); ok {
+			*problems = append(*problems, Problem{svc, fmt.Sprintf("domain %s: the port %s is ignored (Envoy matches the Host header without its port for every service); serving %s", d, port, host)})
+			d = host
+		}
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

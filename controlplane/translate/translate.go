@@ -221,7 +221,7 @@ type routePart struct {
 func routePartsOf(sorted []*ServiceResources) []routePart {
 	out := make([]routePart, 0, len(sorted))
 	for _, s := range sorted {
-		if s.Cluster == nil {
+		if !claims(s) {
 			continue
 		}
 		rp := routePart{name: s.Name, n: len(s.Routes), domains: len(s.Domains), prefix: s.PathPrefix,
@@ -266,7 +266,6 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 	type claim struct{ domain, prefix string }
 	owner := map[claim]*ServiceResources{}
 	byDomain := map[string][]*ServiceResources{}
-	portInDomain := false
 	for _, s := range claimOrder(sorted) {
 		for _, d := range s.Domains {
 			k := claim{d, s.PathPrefix}
@@ -277,7 +276,6 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 			}
 			owner[k] = s
 			byDomain[d] = append(byDomain[d], s)
-			portInDomain = portInDomain || strings.Contains(d, ":")
 		}
 	}
 
@@ -285,7 +283,7 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 	if memo != nil && memo.routes != nil && slices.Equal(parts, memo.routeParts) {
 		res.Routes = []*routev3.RouteConfiguration{memo.routes}
 	} else {
-		res.Routes = []*routev3.RouteConfiguration{routeConfig(byDomain, portInDomain)}
+		res.Routes = []*routev3.RouteConfiguration{routeConfig(byDomain)}
 		if memo != nil {
 			memo.routeParts, memo.routes = parts, res.Routes[0]
 		}
@@ -301,7 +299,7 @@ func assemble(svcs []*ServiceResources, opts Options, memo *listenerMemo) *Resou
 // claimOrder returns the translated services in the order they claim routes: configured
 // first, then by create revision (0, unknown, last), then by name.
 func claimOrder(sorted []*ServiceResources) []*ServiceResources {
-	out := slices.DeleteFunc(slices.Clone(sorted), func(s *ServiceResources) bool { return s.Cluster == nil })
+	out := slices.DeleteFunc(slices.Clone(sorted), func(s *ServiceResources) bool { return !claims(s) })
 	slices.SortStableFunc(out, func(a, b *ServiceResources) int {
 		if a.Configured != b.Configured {
 			if a.Configured {
@@ -323,6 +321,10 @@ func claimOrder(sorted []*ServiceResources) []*ServiceResources {
 	return out
 }
 
+// claims reports whether s claims routes: a translated service, or one left out that keeps
+// its routes reserved.
+func claims(s *ServiceResources) bool { return s.Cluster != nil || len(s.Routes) > 0 }
+
 // whyWins says in words why winner holds a route loser claims too.
 func whyWins(winner, loser *ServiceResources) string {
 	switch {
@@ -336,10 +338,10 @@ func whyWins(winner, loser *ServiceResources) string {
 
 // routeConfig builds the route configuration: a virtual host per domain, its services'
 // routes ordered by path prefix length (longest first), then service name.
-func routeConfig(byDomain map[string][]*ServiceResources, portInDomain bool) *routev3.RouteConfiguration {
+func routeConfig(byDomain map[string][]*ServiceResources) *routev3.RouteConfiguration {
 	rc := &routev3.RouteConfiguration{
 		Name:                     RouteConfigName,
-		IgnorePortInHostMatching: !portInDomain,
+		IgnorePortInHostMatching: true, // for every service alike: see hostDomains
 		VirtualHosts:             make([]*routev3.VirtualHost, 0, len(byDomain)),
 	}
 	domains := make([]string, 0, len(byDomain))
