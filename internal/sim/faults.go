@@ -40,6 +40,7 @@ const (
 	FaultEtcdMember     = "etcd-member-loss"      // an etcd member that does not lead stops for a while (three members)
 	FaultEtcdLeader     = "etcd-leader-loss"      // the etcd leader stops for a while (three members)
 	FaultCutOff         = "cp-cut-off"            // a replica loses etcd for a while (two replicas)
+	FaultSlowJoin       = "slow-envoy-join"       // a new server joins while an Envoy is slow
 )
 
 // faultWeights are the kinds' relative frequencies.
@@ -52,7 +53,7 @@ var faultWeights = []struct {
 	{FaultCompact, 2}, {FaultBadConfig, 2}, {FaultTypoService, 1}, {FaultFull, 3},
 	{FaultAllFull, 2}, {FaultJoin, 2}, {FaultEnvoyReconnect, 2}, {FaultEnvoySlow, 3},
 	{FaultMassDelete, 1}, {FaultBadConfigKept, 1},
-	{FaultEtcdMember, 2}, {FaultEtcdLeader, 2}, {FaultCutOff, 2},
+	{FaultEtcdMember, 2}, {FaultEtcdLeader, 2}, {FaultCutOff, 2}, {FaultSlowJoin, 2},
 }
 
 // FaultKinds lists every kind.
@@ -375,6 +376,17 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			s.mu.Unlock()
 			s.event(nil, "fault: every instance key deleted in one transaction (%d keys)", resp.Deleted)
 		}
+	case FaultSlowJoin:
+		// An Envoy busy applying a large configuration when a server joins: two-phase
+		// publication must keep the new server from new sessions until that Envoy knows it.
+		e := s.envoys[f.pick%uint64(len(s.envoys))]
+		s.event(nil, "fault: %s applies and ACKs endpoints late while a server joins, for %s", e.name, maxSlow.Round(time.Millisecond))
+		e.freeze()
+		if _, err := s.addServer(svcApp, s.currentVersion(), f.pick%4 != 0); err != nil {
+			s.event(nil, "join failed: %v", err)
+		}
+		sleep(ctx, maxSlow)
+		e.thaw()
 	case FaultEnvoyReconnect:
 		e := s.envoys[f.pick%uint64(len(s.envoys))]
 		s.event(nil, "fault: %s's stream breaks; it reconnects", e.name)

@@ -57,6 +57,9 @@ type Options struct {
 	// EnvoyBin, when set, runs a real Envoy in the gateway group beside the modelled ones
 	// (realenvoy.go); a share of the requests go through it.
 	EnvoyBin string
+	// NoVanishGrace runs the control planes without --vanish-grace, so that the removal
+	// guard alone stands between a storm and the users (the guard's mutation test).
+	NoVanishGrace bool
 }
 
 func (o *Options) defaults() {
@@ -382,7 +385,8 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 		XDSAddr: slot.addr, AdminAddr: "127.0.0.1:0",
 		HoldWindow: cpHoldWindow, HoldGrace: cpHoldGrace, PublishSettle: cpPublishSettle,
 		AllowLoopback: true, ShutdownTimeout: 2 * time.Second,
-		Logger: zerolog.New(logf).Level(zerolog.InfoLevel).With().Timestamp().Logger(),
+		VanishGrace: vanishGrace(s.opts.NoVanishGrace),
+		Logger:      zerolog.New(logf).Level(zerolog.InfoLevel).With().Timestamp().Logger(),
 	}
 	var cp *controlplane.ControlPlane
 	for attempt := 0; ; attempt++ {
@@ -404,6 +408,13 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 		return fmt.Errorf("control plane %d not ready after 10s", i)
 	}
 	return nil
+}
+
+func vanishGrace(off bool) time.Duration {
+	if off {
+		return -1
+	}
+	return 0 // the default
 }
 
 func (s *Sim) stopCP(i int) {

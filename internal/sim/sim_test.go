@@ -32,7 +32,9 @@ func TestMain(m *testing.M) {
 // issue that is to fix it. A kind not listed fails the test; a kind listed that no seed finds
 // any more is reported, so that the list only shrinks. Nothing here is hidden: `make sim`
 // prints every violation with its trace.
-var knownOpen = map[string]string{}
+var knownOpen = map[string]string{
+	"a server dropped in a lease storm": "issue 24, finding 5: a control plane restarted during a storm serves what is left; the guard's memory is per process",
+}
 
 // testSeeds are the seeds `make test` runs; each found at least one defect of main before its
 // fix (docs/reliability.md, "The simulation").
