@@ -40,7 +40,10 @@ func runClaimAgent(t *testing.T, srv *etcdtest.Server, svc, id string) (stop fun
 		close(skip)
 		cancel()
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil {
+				t.Logf("agent %s stopped: %v", id, err)
+			}
 		case <-time.After(10 * time.Second):
 			t.Errorf("agent %s did not stop within 10s", id)
 		}
