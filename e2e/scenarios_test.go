@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bufio"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -272,5 +273,63 @@ func TestEnvoyRefusedEverywhereSetsNoCookie(t *testing.T) {
 	}
 	if again := b.mustPage(t); again.Instance != "app1" || again.Counter != 2 {
 		t.Fatalf("second request on %s counter %d, want app1 counter 2", again.Instance, again.Counter)
+	}
+}
+
+// TestEnvoyCrossSitePostKeepsServer: a sign-in that comes back by a cross-site form POST
+// (OpenID Connect's form_post, SAML's POST binding) reaches the user's server. A browser sends
+// no SameSite=Lax or Strict cookie with a cross-site POST; Envoy's cookie must carry neither
+// (the default sameSite "auto", envoy-rules row 32), and the POST must then reach the server
+// the first page came from, for every one of several users (load balancing would move some).
+func TestEnvoyCrossSitePostKeepsServer(t *testing.T) {
+	bin := envoyBin(t)
+	e := newEnv(t)
+	ev := e.startEnvoy(t, bin)
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: requestTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for i := range 10 {
+		resp, err := client.Get(ev.base + "/")
+		if err != nil {
+			t.Fatalf("user %d: first page: %v", i, err)
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		first := instanceRE.FindStringSubmatch(string(body))
+		if resp.StatusCode != http.StatusOK || first == nil {
+			t.Fatalf("user %d: first page: %d %.200s", i, resp.StatusCode, body)
+		}
+		var sent []string
+		envoyCookie := false
+		for _, c := range resp.Cookies() {
+			if c.Name == cookieName {
+				envoyCookie = true
+				if c.SameSite == http.SameSiteLaxMode || c.SameSite == http.SameSiteStrictMode {
+					t.Fatalf("user %d: Envoy's cookie is SameSite=%v: a browser leaves it out of a cross-site POST", i, c.SameSite)
+				}
+			}
+			if c.SameSite != http.SameSiteLaxMode && c.SameSite != http.SameSiteStrictMode {
+				sent = append(sent, c.Name+"="+c.Value)
+			}
+		}
+		if !envoyCookie {
+			t.Fatalf("user %d: no %s cookie on the first page", i, cookieName)
+		}
+		req, err := http.NewRequest(http.MethodPost, ev.base+"/", strings.NewReader("code=x&state=y"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", "https://login.example.com")
+		req.Header.Set("Cookie", strings.Join(sent, "; "))
+		post, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("user %d: cross-site POST: %v", i, err)
+		}
+		body, _ = io.ReadAll(io.LimitReader(post.Body, 1<<20))
+		post.Body.Close()
+		got := instanceRE.FindStringSubmatch(string(body))
+		if post.StatusCode != http.StatusOK || got == nil || got[1] != first[1] {
+			t.Fatalf("user %d: cross-site POST answered %d by %v; want %s, the server of its first page", i, post.StatusCode, got, first[1])
+		}
 	}
 }

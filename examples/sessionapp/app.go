@@ -139,6 +139,9 @@ func (a *App) registerMetrics() {
 
 func (a *App) routes() {
 	a.mux.HandleFunc("GET /{$}", a.handleIndex)
+	// A form posted to the page (a sign-in's answer coming back by a cross-site POST, as
+	// OpenID Connect's form_post does) shows the page too.
+	a.mux.HandleFunc("POST /{$}", a.handleIndex)
 	a.mux.HandleFunc("GET /ws", a.handleWS)
 	a.mux.HandleFunc("GET /healthcheck", a.handleHealth)
 	a.mux.HandleFunc("GET /healthcheck.wx", a.handleHealth)
