@@ -132,15 +132,25 @@ func TestRegistrationWithAllFields(t *testing.T) {
 	if err != nil || ttl.GrantedTTL != 2 {
 		t.Errorf("lease %x: granted TTL %v, %v; want 2 (--ttl)", leaseID, ttl, err)
 	}
+	// The key reaches etcd (and the watch above) an instant before the agent records that
+	// it is registered: ask until it says so, within a bound.
 	for path, want := range map[string]string{"/healthz": "ok", "/metrics": `tether_agent_sessions 3`} {
-		resp, err := http.Get("http://" + cfg.MetricsAddr + path)
-		if err != nil {
-			t.Fatal(err)
+		var code int
+		var body []byte
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			resp, err := http.Get("http://" + cfg.MetricsAddr + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			code = resp.StatusCode
+			if code == 200 && strings.Contains(string(body), want) || time.Now().After(deadline) {
+				break
+			}
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
-			t.Errorf("%s: %d, body lacks %q:\n%.2000s", path, resp.StatusCode, want, body)
+		if code != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("%s: %d, body lacks %q:\n%.2000s", path, code, want, body)
 		}
 	}
 }
