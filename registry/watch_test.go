@@ -2,8 +2,6 @@ package registry_test
 
 import (
 	"context"
-	"io"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -282,89 +280,11 @@ func TestWatcherSharesUnchangedServices(t *testing.T) {
 	}
 }
 
-// proxy forwards TCP connections to etcd until cut: then it drops them all and refuses new
-// ones, so that a client's watch falls behind while etcd itself stays up.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	p.wg.Add(1)
-	go p.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		p.setCut(true)
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *proxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		cut := p.cut
-		p.mu.Unlock()
-		if cut {
-			c.Close()
-			continue
-		}
-		u, err := net.DialTimeout("tcp", p.target, 2*time.Second)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[u] = true, true
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(c, u)
-		go p.pipe(u, c)
-	}
-}
-
-func (p *proxy) pipe(dst, src net.Conn) {
-	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-	p.mu.Lock()
-	delete(p.conns, dst)
-	delete(p.conns, src)
-	p.mu.Unlock()
-}
-
-func (p *proxy) setCut(cut bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = cut
-	if cut {
-		for c := range p.conns {
-			c.Close()
-		}
-	}
-}
-
 func TestWatcherRelistsAfterCompaction(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
-	p := startProxy(t, strings.TrimPrefix(srv.ClientURL, "http://"))
-	wcli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + p.ln.Addr().String()}, DialTimeout: 2 * time.Second})
+	p := etcdtest.NewProxy(t, srv.ClientURL)
+	wcli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.URL()}, DialTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +295,7 @@ func TestWatcherRelistsAfterCompaction(t *testing.T) {
 	r := startWatcher(t, wcli)
 	before := r.waitFor(t, "the first instances", func(st *registry.State) bool { return len(st.Services) == 2 })
 
-	p.setCut(true)
+	p.SetCut(true)
 	mustPut(t, cli, "/tether/instances/app/a2", withField(t, exampleInstance, "id", "a2"))
 	mustDelete(t, cli, instKey)
 	rev := mustPut(t, cli, "/tether/junk", "x")
@@ -384,7 +304,7 @@ func TestWatcherRelistsAfterCompaction(t *testing.T) {
 	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatalf("compact: %v", err)
 	}
-	p.setCut(false)
+	p.SetCut(false)
 
 	st := r.waitFor(t, "a2 and not app-7f3c", func(st *registry.State) bool {
 		_, a2 := instance(st, "app", "a2")

@@ -316,11 +316,11 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		i := len(s.cps) - 1
 		s.event(nil, "fault: control plane %d is cut off from etcd for %s", i, f.dur.Round(time.Millisecond))
 		for _, p := range s.cuts {
-			p.setCut(true)
+			p.SetCut(true)
 		}
 		sleep(ctx, f.dur)
 		for _, p := range s.cuts {
-			p.setCut(false)
+			p.SetCut(false)
 		}
 		s.event(nil, "control plane %d reaches etcd again", i)
 	case FaultTypoService:

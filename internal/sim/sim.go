@@ -32,6 +32,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/mutation"
+	"github.com/tetherlb/tether/internal/netcut"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -105,9 +106,9 @@ type Sim struct {
 	start    time.Time
 
 	etcd         *etcdCluster
-	etcdEndpoint string      // every member, comma-separated, for the agents and drain
-	cuts         []*cutProxy // the last replica's way to each member, when there are two replicas
-	etcdFault    sync.Mutex  // held while a member is down
+	etcdEndpoint string          // every member, comma-separated, for the agents and drain
+	cuts         []*netcut.Proxy // the last replica's way to each member, when there are two replicas
+	etcdFault    sync.Mutex      // held while a member is down
 	cli          *clientv3.Client
 
 	cpMu sync.Mutex
@@ -267,7 +268,7 @@ func (s *Sim) setUp(ctx context.Context) error {
 	}
 	if topo.replicas == 2 {
 		for _, ep := range e.endpoints() {
-			p, err := newCutProxy(ep)
+			p, err := netcut.New(ep)
 			if err != nil {
 				return err
 			}
@@ -377,7 +378,7 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 	if i == len(s.cps)-1 && len(s.cuts) > 0 {
 		eps = eps[:0:0]
 		for _, p := range s.cuts {
-			eps = append(eps, p.url())
+			eps = append(eps, p.URL())
 		}
 	}
 	cfg := controlplane.Config{
@@ -540,7 +541,7 @@ func (s *Sim) teardown() {
 		_ = s.cli.Close()
 	}
 	for _, p := range s.cuts {
-		p.close()
+		p.Close()
 	}
 	if s.etcd != nil {
 		s.etcd.stop()
