@@ -54,7 +54,18 @@ type Options struct {
 	// OnAnswer, if set, is called when an Envoy ACKs or NACKs a response or a stream closes,
 	// under the cache's lock: it must not block or call the cache (see Acks).
 	OnAnswer func()
-	Logger   zerolog.Logger
+	// OnClose, if set, is called when a stream that named its node closes, once per type it
+	// watched, with what it acknowledged of that type, under the cache's lock (before
+	// OnAnswer): it must not block or call the cache.
+	OnClose func(typeURL string, a StreamAck)
+	Logger  zerolog.Logger
+}
+
+// SetOnClose sets Options.OnClose; call it before the cache serves a stream.
+func (c *Cache) SetOnClose(f func(typeURL string, a StreamAck)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opts.OnClose = f
 }
 
 // entry is one resource as served: marshalled once, shared by every response.

@@ -23,6 +23,7 @@ type streamKey struct {
 type stream struct {
 	key      streamKey
 	group    *group // set by the first request, which names the node
+	node     string // the node's ID, from the same request
 	watchers [4]*watcher
 	// The request seen by the callbacks and not yet watched (at most one: the server calls
 	// CreateWatch right after the callback, or drops a stale-nonce request).
@@ -156,6 +157,13 @@ func (c *Cache) closeStream(key streamKey) {
 		return
 	}
 	delete(c.streams, key)
+	if c.opts.OnClose != nil && st.group != nil {
+		for t, w := range st.watchers {
+			if w != nil && !w.removed {
+				c.opts.OnClose(Types[t], c.ackOf(st, w))
+			}
+		}
+	}
 	if st.sotwReq != nil {
 		delete(c.sotwReqs, st.sotwReq)
 	}
@@ -265,6 +273,7 @@ func (c *Cache) join(st *stream, node *core.Node) {
 	if st.group != nil {
 		return
 	}
+	st.node = node.GetId()
 	name := node.GetCluster()
 	if c.opts.GroupOf != nil {
 		name = c.opts.GroupOf(name)
@@ -690,6 +699,14 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 		}
 	}
 	if len(res) == 0 && len(removed) == 0 && !w.replyEmpty {
+		if !w.answered && !w.outstanding && len(w.held) > 0 {
+			// A reconnecting Envoy that declared (initial_resource_versions) the current
+			// version of everything it subscribes to is sent nothing, so it will send no ACK:
+			// what it holds is acknowledged, or two-phase publication would take it for a
+			// laggard until the settle time.
+			w.acked, w.ackedGen, w.nacked = ts.version, w.subsGen, false
+			c.answerHook()
+		}
 		return false
 	}
 	resp := &cachev3.DeltaPassthroughResponse{DeltaRequest: w.dreq, NextVersionMap: w.marks,
