@@ -104,3 +104,63 @@ func ports(eps map[uint32]*endpointv3.LbEndpoint) []uint32 {
 	}
 	return out
 }
+
+// Envoys reconnect as soon as a restarted control plane's port is open, before it has read
+// the registry (the first listing, then etcd's history of what left before the start): what
+// it serves then is nothing at all, never an empty configuration. A state-of-the-world Envoy
+// sent an empty listener or cluster set, or a delta Envoy sent the removal of what it
+// declared it holds, would drop its listener, routes and clusters: every connection.
+// Both variants reconnect with what they hold at once, the way Envoy does, and must lose
+// nothing, then hold the same configuration as before once the new control plane is ready.
+func TestRestartReconnectBeforeFirstStateLosesNothing(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	seedRegistry(t, cli)
+	cp1 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+
+	clients := []*xdsclient.Client{xdsclient.New(xdsclient.Delta, "envoy-delta", "default"), xdsclient.New(xdsclient.SotW, "envoy-sotw", "default")}
+	recs := make([]*recorder, len(clients))
+	var sessions []*session
+	for i, c := range clients {
+		recs[i] = &recorder{}
+		c.OnUpdate = recs[i].record
+		sessions = append(sessions, runClient(t, c, cp1.XDSAddr(), nil))
+		waitFor(t, c, c.Node.Id+": full config from the first control plane", complete(3))
+	}
+	before := []xdsclient.View{clients[0].View(), clients[1].View()}
+	if err := cp1.Stop(); err != nil {
+		t.Fatalf("stop the first control plane: %v", err)
+	}
+	for _, s := range sessions {
+		_ = s.wait(t, 10*time.Second)
+	}
+
+	for _, r := range recs {
+		r.start()
+	}
+	cp2 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	for _, c := range clients {
+		runClient(t, c, cp2.XDSAddr(), nil) // at once: the new control plane may not be ready yet
+	}
+	select {
+	case <-cp2.Ready():
+	case <-time.After(15 * time.Second):
+		t.Fatal("the second control plane is not ready")
+	}
+	for i, c := range clients {
+		waitFor(t, c, c.Node.Id+": full config from the second control plane", complete(3))
+		for _, u := range recs[i].updates() {
+			if len(u.Removed) > 0 {
+				t.Errorf("%s: %s removed %v on reconnecting to the restarted control plane", c.Node.Id, u.TypeURL, u.Removed)
+			}
+		}
+		after := c.View()
+		for _, typ := range xdsclient.Types {
+			for name := range before[i].Resources[typ] {
+				if after.Resources[typ][name] == nil {
+					t.Errorf("%s: %s %s lost after the restart", c.Node.Id, typ, name)
+				}
+			}
+		}
+	}
+}

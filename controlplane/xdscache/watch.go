@@ -571,7 +571,15 @@ func (c *Cache) notify(t int, changed []string) {
 
 // respond answers an armed watcher with what it lacks, if anything. A first response waits
 // for an initial-sync slot.
+//
+// Before the first Update it answers nothing and leaves w armed with all it asks for
+// pending: the cache's empty stand-in is no configuration, and sent as one it would take
+// from a reconnecting Envoy everything it holds (an empty listener and cluster set in state
+// of the world, the removal of every resource it declared in delta). Update answers w then.
 func (c *Cache) respond(w *watcher) {
+	if !c.loaded {
+		return
+	}
 	if !w.answered && w.slot == nil && c.inflight >= c.opts.MaxInitialSyncs {
 		if !w.queued {
 			w.queued = true
