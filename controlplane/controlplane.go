@@ -289,14 +289,17 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 
 	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
 	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal, cfg.InitialSyncs)
+	cache.SetOnClose(phase.closed)
 	phase.xds = cache
 	cp.phase = phase
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
+	guard.lookback = restartLookback(cfg)
 	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort, PublishSettle: cfg.PublishSettle}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.pub.phase = phase
 	if cfg.VanishGrace > 0 {
 		cp.pub.vanish = newVanishGrace(cfg.VanishGrace)
+		cp.pub.vanish.lookback = restartLookback(cfg)
 	}
 	phase.poke = cp.pub.republish
 	cp.tracker = newTracker(cp.log, cp.m)
@@ -387,6 +390,17 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		Str("prefix", cfg.Prefix).Strs("etcd", cfg.Etcd.Endpoints).Uint32("envoyListenPort", cfg.ListenPort).
 		Msg("control plane started")
 	return cp, nil
+}
+
+// agentHeartbeat is the agents' default --heartbeat, their longest time between two writes.
+const agentHeartbeat = 30 * time.Second
+
+// restartLookback is how old (by its updatedAt) the last value of an instance deleted before
+// this control plane started may be for the guard and the vanish grace to count it: the
+// delete came at most a heartbeat plus a lease TTL (about --hold-window) after that write,
+// and a running guard would hold it at most --hold-window plus --hold-grace after the delete.
+func restartLookback(cfg Config) time.Duration {
+	return agentHeartbeat + 2*cfg.HoldWindow + max(cfg.HoldGrace, cfg.VanishGrace)
 }
 
 // progressInterval is how often the watcher reads etcd's revision: three reads within the

@@ -36,6 +36,9 @@ type removalGuard struct {
 	window time.Duration
 	log    zerolog.Logger
 	onHold func(service string, n int)
+	// lookback bounds, by their last value's updatedAt, which departures of a first state
+	// (deleted before this control plane started) are counted; 0 counts none.
+	lookback time.Duration
 
 	last    *registry.State // the last state returned by apply, held instances included
 	windows map[string]*removalWindow
@@ -92,6 +95,8 @@ func (g *removalGuard) apply(next *registry.State, now time.Time) (*registry.Sta
 		for _, name := range names {
 			g.count(name, g.last.Services[name], next.Services[name], now)
 		}
+	} else {
+		g.seed(next, now)
 	}
 	out, release := g.serve(next, now)
 	g.last = out
@@ -165,6 +170,71 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 	if g.onHold != nil {
 		g.onHold(name, len(hold))
 	}
+}
+
+// seed counts the departures of a first state (instance keys deleted before this control
+// plane started, from etcd's history) as removals seen now, as a guard that had been
+// running would have counted them: a control plane started during a lease storm, or
+// restarted in one, holds what a running one holds instead of serving what is left. Each
+// service's previous state is its listed instances plus its departures, so the share is
+// taken of the same base. Deliberate departures (the leaving mark) and those whose last value
+// is older than lookback are left out (see recentDeparture).
+func (g *removalGuard) seed(next *registry.State, now time.Time) {
+	gone := departedBy(next, now, g.lookback)
+	names := make([]string, 0, len(gone))
+	for name := range gone {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		g.count(name, beforeDepartures(name, next.Services[name], gone[name]), next.Services[name], now)
+	}
+}
+
+// departedBy returns the recent departures of st by service, deliberate ones left out.
+func departedBy(st *registry.State, now time.Time, lookback time.Duration) map[string][]registry.Departure {
+	out := map[string][]registry.Departure{}
+	for _, d := range st.Departures {
+		if leftDeliberately(d.Instance) || !recentDeparture(d, now, lookback) {
+			continue
+		}
+		out[d.Service] = append(out[d.Service], d)
+	}
+	return out
+}
+
+// recentDeparture says whether a key deleted before the start may have been deleted within
+// lookback of now. etcd's revisions carry no time; the only clock on a deleted value is its
+// agent's updatedAt, its last write. The delete came after it, by at most the agent's
+// heartbeat (its longest time between writes) plus its lease TTL: lookback includes both, so
+// a value older than lookback was deleted earlier than any guard would still hold it. An
+// agent's clock running ahead keeps a departure counted longer (held, the safe side); one
+// running behind by more than the slack drops it (the behaviour before this memory).
+func recentDeparture(d registry.Departure, now time.Time, lookback time.Duration) bool {
+	return lookback > 0 && !d.Instance.UpdatedAt.Before(now.Add(-lookback))
+}
+
+// beforeDepartures returns the service as it was before its departures: cur (nil when the
+// service left the registry with them) with the departed instances added back.
+func beforeDepartures(name string, cur *registry.Service, deps []registry.Departure) *registry.Service {
+	var prev registry.Service
+	if cur != nil {
+		prev = *cur
+		prev.Instances = maps.Clone(cur.Instances)
+	} else {
+		// Gone altogether: no configuration key either (one would keep the service in the
+		// registry), so the defaults are its configuration, and its claim is its keys'.
+		prev = registry.Service{Name: name, Config: registry.DefaultServiceConfig(name), Instances: map[string]registry.Instance{}}
+		for _, d := range deps {
+			if prev.Created == 0 || (d.Created != 0 && d.Created < prev.Created) {
+				prev.Created = d.Created
+			}
+		}
+	}
+	for _, d := range deps {
+		prev.Instances[d.Instance.ID] = d.Instance
+	}
+	return &prev
 }
 
 // windowBase is what a window's removals are a share of: the service's instances that could

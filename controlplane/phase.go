@@ -114,6 +114,71 @@ type phaser struct {
 	lagging   map[xdscache.StreamAck]*lagInfo // keyed by Delta and ID only
 	memo      map[string]phaseMemo            // service -> its phased copy
 	svcs      map[string]*svcReach            // service -> its reachable endpoints at the last apply
+	// gone remembers Envoys whose stream closed, by node: they keep serving what they hold
+	// and reconnect after a backoff, so a new endpoint waits for them as for a connected one
+	// (see rememberFor). closedMu guards closedQ, the closes not yet read into gone: the
+	// cache reports a close under its own lock, which must not wait for mu (evaluate holds
+	// mu while it reads the cache).
+	gone     map[goneKey]goneEnvoy
+	closedMu sync.Mutex
+	closedQ  []goneClose
+}
+
+// envoyBackoffMax is the longest pause of Envoy's xDS reconnection backoff: an Envoy whose
+// stream broke is back within it, unless it is gone for good.
+const envoyBackoffMax = 30 * time.Second
+
+// goneKey names an Envoy by node, whatever its stream.
+type goneKey struct{ node, group string }
+
+// goneEnvoy is an Envoy whose stream closed: what it held, and until when it is remembered.
+type goneEnvoy struct {
+	rev   int64 // revision of its last whole ACK of endpoints; -1 when none is known
+	until time.Time
+}
+
+type goneClose struct {
+	a  xdscache.StreamAck
+	at time.Time
+}
+
+// rememberFor is how long an Envoy is waited for after its stream closed: the settle time,
+// at least the Envoy's reconnection backoff (an endpoint still waits at most its own settle
+// time for it).
+func (ph *phaser) rememberFor() time.Duration { return max(ph.settle, envoyBackoffMax) }
+
+// closed records that a stream closed with what it acknowledged of typeURL. The cache calls
+// it under its lock: it only queues.
+func (ph *phaser) closed(typeURL string, a xdscache.StreamAck) {
+	if typeURL != resourcev3.EndpointType || a.Node == "" {
+		return
+	}
+	ph.closedMu.Lock()
+	ph.closedQ = append(ph.closedQ, goneClose{a: a, at: time.Now()})
+	ph.closedMu.Unlock()
+	ph.signal()
+}
+
+// readClosedLocked moves the queued closes into gone. An Envoy that held nothing back when
+// its stream closed (its last answer a NACK, lagging, not asking for endpoints) is not
+// remembered.
+func (ph *phaser) readClosedLocked() {
+	ph.closedMu.Lock()
+	q := ph.closedQ
+	ph.closedQ = nil
+	ph.closedMu.Unlock()
+	for _, c := range q {
+		a := c.a
+		_, lag := ph.lagging[xdscache.StreamAck{Delta: a.Delta, ID: a.ID}]
+		if lag || (a.NACKed && !a.Waiting) || !a.Watching {
+			continue
+		}
+		rev := int64(-1)
+		if r, ok := ph.revs[a.Version]; ok && a.Whole {
+			rev = r
+		}
+		ph.gone[goneKey{a.Node, a.Group}] = goneEnvoy{rev: rev, until: c.at.Add(ph.rememberFor())}
+	}
 }
 
 type phaseMemo struct {
@@ -127,7 +192,8 @@ func newPhaser(log zerolog.Logger, m *metrics, settle time.Duration) *phaser {
 		settle = DefaultPublishSettle
 	}
 	return &phaser{log: log, m: m, settle: settle, wake: make(chan struct{}, 1),
-		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamAck]*lagInfo{}}
+		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamAck]*lagInfo{},
+		gone: map[goneKey]goneEnvoy{}}
 }
 
 // signal wakes the evaluation; it never blocks (the cache calls it under its lock).
@@ -345,6 +411,9 @@ type streamView struct {
 	rev    int64  // revision of its whole ACK; -1 when none is known
 	exempt bool   // answered with a NACK, lagging, or not asking for endpoints: holds nothing back
 	subs   []bool // by index of the clusters asked about: whether it subscribes to each
+	// remembered: an Envoy whose stream closed (see phaser.gone), taken to subscribe to
+	// every cluster; it is never reported lagging (it has no stream to report).
+	remembered bool
 }
 
 // evaluate promotes the first-phase endpoints every Envoy knows (or whose settle time is over)
@@ -376,7 +445,7 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 	// without a look at anyone's subscriptions. Only the rest (every stream that holds back
 	// is past its revision, or its settle time is over) are checked stream by stream.
 	behind := int64(math.MaxInt64) // the lowest revision of a stream that holds back
-	for _, v := range ph.viewsLocked(clusterIndex{}) {
+	for _, v := range ph.viewsLocked(clusterIndex{}, now, true) {
 		if !v.exempt {
 			behind = min(behind, v.rev)
 		}
@@ -394,7 +463,7 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 	}
 	var views []streamView
 	if len(phase) > 0 {
-		views = ph.viewsLocked(clusters)
+		views = ph.viewsLocked(clusters, now, true)
 	}
 	promoted := 0
 	for _, k := range phase {
@@ -421,6 +490,9 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 			outcome = "settled"
 			for _, v := range blockers {
 				v.exempt = true
+				if v.remembered {
+					continue // no stream to report; it is sent the endpoint when it reconnects
+				}
 				ph.lagging[v.key] = &lagInfo{group: v.group, since: now, endpoint: k.cluster + "/" + k.id}
 				ph.m.laggingTotal.Inc()
 				ph.log.Warn().Int64("stream", v.key.ID).Bool("delta", v.key.Delta).Str("group", v.group).
@@ -461,8 +533,17 @@ func (c *clusterIndex) add(name string) {
 // caught up (a whole ACK of the latest revision), and records which of clusters each
 // subscribes to. It runs on ACK bursts with a thousand streams: one allocation for every
 // stream's subscriptions, and the set of open streams only while some are lagging.
-func (ph *phaser) viewsLocked(clusters clusterIndex) []streamView {
+//
+// With withGone, the remembered Envoys (phaser.gone) whose node has no stream asking for
+// endpoints yet are added, each at the revision it last held: one that reconnected counts
+// by its stream once that stream asks for endpoints (before, it holds what it held).
+func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone bool) []streamView {
+	ph.readClosedLocked()
 	var views []streamView
+	var back map[goneKey]bool
+	if len(ph.gone) > 0 {
+		back = map[goneKey]bool{}
+	}
 	var open map[xdscache.StreamAck]bool
 	if len(ph.lagging) > 0 {
 		open = map[xdscache.StreamAck]bool{}
@@ -493,8 +574,25 @@ func (ph *phaser) viewsLocked(clusters clusterIndex) []streamView {
 		// for clusters, then their endpoints): it holds nothing back, and is not reported as
 		// lagging for it. When it asks, it is sent the endpoints as they are then.
 		v.exempt = lag || (a.NACKed && !a.Waiting) || !a.Watching
+		if back != nil && a.Watching && a.Node != "" {
+			back[goneKey{a.Node, a.Group}] = true
+		}
 		views = append(views, v)
 	})
+	for k, g := range ph.gone {
+		if back[k] || !now.Before(g.until) {
+			delete(ph.gone, k)
+			continue
+		}
+		if !withGone {
+			continue
+		}
+		v := streamView{group: k.group, rev: g.rev, remembered: true, subs: make([]bool, len(clusters.names))}
+		for i := range v.subs {
+			v.subs[i] = true
+		}
+		views = append(views, v)
+	}
 	for k := range ph.lagging {
 		if !open[k] {
 			delete(ph.lagging, k)
@@ -523,7 +621,7 @@ func (ph *phaser) status() map[string]map[string]EndpointPhase {
 			clusters.add(k.cluster)
 		}
 	}
-	views := ph.viewsLocked(clusters)
+	views := ph.viewsLocked(clusters, time.Now(), false)
 	revs := make([]int64, len(views))
 	for i, v := range views {
 		revs[i] = v.rev

@@ -288,3 +288,39 @@ func TestStreamWithoutEndpointsHoldsNothingBack(t *testing.T) {
 		t.Errorf("tether_lagging_envoys = %v, want 0", n)
 	}
 }
+
+// An Envoy whose stream broke keeps serving what it holds and reconnects after a backoff: a
+// new endpoint waits for it (remembered by node for the settle time) instead of being
+// promoted because nobody is connected. When it comes back holding the endpoint already (it
+// applied the first-phase assignment and lost the stream before its ACK arrived), the
+// versions it declares are its ACK: the endpoint is promoted at once, not after the settle
+// time with the Envoy reported lagging.
+func TestDisconnectedEnvoyIsWaitedForAndItsHeldVersionsAreItsACK(t *testing.T) {
+	const settle = 6 * time.Second
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cp := startCPSettle(t, srv.Endpoints(), settle)
+	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
+	s := runClient(t, b, cp.XDSAddr(), nil)
+	waitFor(t, b, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	// Its ACK of that must have arrived before ACKs are held, or the push of a3 waits for it.
+	eventually(t, "a1 known by the Envoy", func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 1 })
+	b.HoldACKs(resourcev3.EndpointType)
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	waitFor(t, b, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	s.stop(t)
+	b.ReleaseACKs()
+	time.Sleep(300 * time.Millisecond) // a promotion for want of Envoys would come within evalEvery
+	if first, _, _, ok := instancePhase(t, cp, "a3"); !ok || !first {
+		t.Fatalf("a3 promoted while the Envoy that does not know it yet was reconnecting (first phase %v, found %v)", first, ok)
+	}
+	back := time.Now()
+	runClient(t, b, cp.XDSAddr(), nil)
+	waitFor(t, b, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	if took := time.Since(back); took > settle/2 {
+		t.Errorf("a3 promoted %s after the Envoy came back holding it; want at once, not at the settle time (%s)", took, settle)
+	}
+	if n := metric(t, cp, `tether_promotion_seconds_count{outcome="acked"}`); n != 1 {
+		t.Errorf("acked promotions = %v, want 1", n)
+	}
+}

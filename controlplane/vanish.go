@@ -32,6 +32,8 @@ const DefaultVanishGrace = 5 * time.Second
 // held instance is due to go.
 type vanishGrace struct {
 	grace time.Duration
+	// lookback bounds which departures of a first state are kept (see recentDeparture).
+	lookback time.Duration
 
 	lastIn *registry.State           // the last state given to apply
 	held   map[string]*vanishService // by service name
@@ -65,6 +67,17 @@ func (g *vanishGrace) apply(next *registry.State, now time.Time) (*registry.Stat
 	}
 	prev := g.lastIn
 	g.lastIn = next
+	if prev == nil {
+		// The first state: instances deleted just before this control plane started were
+		// not seen go, and their agents may be about to come back; they get the grace from
+		// now, as if seen now (the guard, before, holds those of a mass removal).
+		for name, deps := range departedBy(next, now, g.lookback) {
+			before := beforeDepartures(name, next.Services[name], deps)
+			for _, d := range deps {
+				g.keep(name, before, d.Instance, now)
+			}
+		}
+	}
 	if prev != nil {
 		// Only a service whose pointer changed can have lost instances (copy-on-write).
 		for name, ps := range prev.Services {
@@ -81,19 +94,24 @@ func (g *vanishGrace) apply(next *registry.State, now time.Time) (*registry.Stat
 				if leftDeliberately(in) {
 					continue
 				}
-				h := g.held[name]
-				if h == nil {
-					h = &vanishService{insts: map[string]vanished{}}
-					g.held[name] = h
-				}
-				h.svc = ps
-				in.State = registry.StateDraining
-				in.Reason = fmt.Sprintf("left the registry without draining: kept %s for its agent to come back", g.grace)
-				h.insts[id] = vanished{inst: in, until: now.Add(g.grace)}
+				g.keep(name, ps, in, now)
 			}
 		}
 	}
 	return g.serve(next, now)
+}
+
+// keep holds in, an instance of svc (as last seen) that left the registry, for the grace.
+func (g *vanishGrace) keep(name string, svc *registry.Service, in registry.Instance, now time.Time) {
+	h := g.held[name]
+	if h == nil {
+		h = &vanishService{insts: map[string]vanished{}}
+		g.held[name] = h
+	}
+	h.svc = svc
+	in.State = registry.StateDraining
+	in.Reason = fmt.Sprintf("left the registry without draining: kept %s for its agent to come back", g.grace)
+	h.insts[in.ID] = vanished{inst: in, until: now.Add(g.grace)}
 }
 
 // serve adds back the held instances that are still gone and within their grace.

@@ -363,4 +363,18 @@ type State struct {
 	// Drains are the operators' drains by service and drain name. A drain does not make its
 	// service exist: drains of a service with no instances and no configuration wait for it.
 	Drains map[string]map[string]Drain
+	// Departures are the instance keys that etcd's history shows deleted shortly before a
+	// watcher's first listing and not back in it, with their last values: what a control
+	// plane that was not running then did not see go (its removal guard and vanish grace
+	// count them as if it had). Only the first State a Watcher emits carries them; states
+	// built from it leave them out.
+	Departures []Departure
+}
+
+// Departure is an instance key deleted before a listing, as etcd's history holds it.
+type Departure struct {
+	Service  string
+	Instance Instance // its last value before the delete
+	Revision int64    // the delete's revision
+	Created  int64    // the deleted key's create revision (its claim, see Service.Created)
 }

@@ -164,6 +164,9 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 					w.opts.Logger.Warn().Int64("revision", st.Revision).Int64("applied", rev).
 						Msg("etcd's revision went back or its cluster changed (restored from a backup?): serving what it holds now")
 				}
+				if cur == nil {
+					w.readDepartures(ctx, st)
+				}
 				cur, rev, relist, delay = st, st.Revision, false, backoffMin
 				w.cluster = cluster
 				emit(cur)
@@ -193,6 +196,25 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 		}
 		delay = min(2*delay, backoffMax)
 	}
+}
+
+// readDepartures sets st.Departures from etcd's history before the first listing. A later
+// listing (after a compaction or a restore) needs none: the watcher's user has seen the
+// previous State, and what the listing lacks of it is what went meanwhile. A history that
+// cannot be read is logged: the control plane then starts with no memory of what went
+// before it, as before Departures existed.
+func (w *Watcher) readDepartures(ctx context.Context, st *State) {
+	deps, compacted, err := w.departures(ctx, st.Revision, st)
+	if err != nil {
+		w.opts.Logger.Warn().Err(err).Int64("revision", st.Revision).
+			Msg("cannot read which instances left the registry before this start; instances lost in a lease storm just before it are not held")
+		return
+	}
+	if compacted != 0 {
+		w.opts.Logger.Warn().Int64("revision", st.Revision).Int64("compacted", compacted).
+			Msg("etcd's history is compacted: instances that left the registry before the compaction revision are unknown to this start and not held")
+	}
+	st.Departures = deps
 }
 
 // list reads the whole prefix at one revision and builds its State; prev is the State it

@@ -18,6 +18,7 @@ type StreamAck struct {
 	Delta bool
 	ID    int64
 	Group string
+	Node  string // the node's ID
 	// Version is the type version of the last response the Envoy ACKed ("" before its first).
 	Version string
 	// Whole: the ACKed response covered every name the stream subscribes to now.
@@ -45,16 +46,20 @@ func (c *Cache) Acks(typeURL string, visit func(a StreamAck, subscribed func(nam
 		if st.group == nil {
 			continue
 		}
-		a := StreamAck{Delta: st.key.delta, ID: st.key.id, Group: st.group.name}
 		w := st.watchers[t]
 		if w == nil || w.removed {
-			visit(a, none)
+			visit(StreamAck{Delta: st.key.delta, ID: st.key.id, Group: st.group.name, Node: st.node}, none)
 			continue
 		}
-		a.Version, a.Whole, a.Waiting, a.NACKed = w.acked, w.acked != "" && w.ackedGen == w.subsGen, w.outstanding, w.nacked
-		a.Watching = true
-		visit(a, func(name string) bool { return c.indexed(w, name) })
+		visit(c.ackOf(st, w), func(name string) bool { return c.indexed(w, name) })
 	}
+}
+
+// ackOf is what st's watcher w acknowledged.
+func (c *Cache) ackOf(st *stream, w *watcher) StreamAck {
+	return StreamAck{Delta: st.key.delta, ID: st.key.id, Group: st.group.name, Node: st.node,
+		Version: w.acked, Whole: w.acked != "" && w.ackedGen == w.subsGen, Waiting: w.outstanding, NACKed: w.nacked,
+		Watching: true}
 }
 
 // recordAnswer records the answer to w's last response: ack, nack, or neither (a request

@@ -1,6 +1,7 @@
 package xdscache
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -54,7 +55,18 @@ type Options struct {
 	// OnAnswer, if set, is called when an Envoy ACKs or NACKs a response or a stream closes,
 	// under the cache's lock: it must not block or call the cache (see Acks).
 	OnAnswer func()
-	Logger   zerolog.Logger
+	// OnClose, if set, is called when a stream that named its node closes, once per type it
+	// watched, with what it acknowledged of that type, under the cache's lock (before
+	// OnAnswer): it must not block or call the cache.
+	OnClose func(typeURL string, a StreamAck)
+	Logger  zerolog.Logger
+}
+
+// SetOnClose sets Options.OnClose; call it before the cache serves a stream.
+func (c *Cache) SetOnClose(f func(typeURL string, a StreamAck)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opts.OnClose = f
 }
 
 // entry is one resource as served: marshalled once, shared by every response.
@@ -95,11 +107,16 @@ type Cache struct {
 	watchers  uint64     // watchers numbered so far (watcher.id)
 	inflight  int        // initial-sync slots taken
 	queue     []*watcher // first responses waiting for a slot
+	// loaded: Update has been called. Before, the cache holds no configuration, only the
+	// empty set standing in for it, and answers no one (see respond).
+	loaded bool
 }
 
 var _ cachev3.Cache = (*Cache)(nil)
 
 // New returns an empty cache: every type has no resources and the version of the empty set.
+// It answers no request until the first Update: an Envoy that connects before (a control
+// plane restarted under it, still reading the registry) keeps what it holds meanwhile.
 func New(opts Options) *Cache {
 	if opts.MaxInitialSyncs <= 0 {
 		opts.MaxInitialSyncs = DefaultMaxInitialSyncs
@@ -149,10 +166,43 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.types = next
+	first := !c.loaded
+	c.loaded = true
 	for i := range Types {
 		c.notify(i, changed[i])
 	}
+	if first {
+		// Streams opened before the first Update were answered nothing (see respond): every
+		// one still armed is answered now, also those that no changed name reaches (a
+		// configuration as empty as the stand-in, a name held that is gone).
+		c.respondAllLocked()
+	}
 	return nil
+}
+
+// respondAllLocked answers every armed watcher, streams in key order (the first-sync queue
+// then serves them in a stable order).
+func (c *Cache) respondAllLocked() {
+	keys := make([]streamKey, 0, len(c.streams))
+	for k := range c.streams {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b streamKey) int {
+		if a.delta != b.delta {
+			if a.delta {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Compare(a.id, b.id)
+	})
+	for _, k := range keys {
+		for _, w := range c.streams[k].watchers {
+			if w != nil && w.armed && !w.removed {
+				c.respond(w)
+			}
+		}
+	}
 }
 
 // build makes the next state of a type from its resources, reusing the entries of old that

@@ -712,3 +712,46 @@ func TestWatcherSetIsASet(t *testing.T) {
 		}
 	}
 }
+
+// TestNothingBeforeTheFirstUpdate: a new cache stands in for a configuration not yet read,
+// and answers no one: a state-of-the-world Envoy would take its empty set for "no listeners"
+// and a delta Envoy resuming with initial_resource_versions would be told of their removal.
+// The first Update answers every stream that waits, even when nothing in it reaches them:
+// an empty first configuration is sent as such, and a held name that is gone is removed.
+func TestNothingBeforeTheFirstUpdate(t *testing.T) {
+	c := New(Options{})
+	conn := serve(t, c)
+	node := &corev3.Node{Id: "envoy", Cluster: "default"}
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ListenerType, VersionInfo: "v-held"})
+	d := openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType,
+		InitialResourceVersions: map[string]string{"gone": "v1"}})
+	waitUntil(t, "both requests seen", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		n := 0
+		for _, st := range c.streams {
+			for _, w := range st.watchers {
+				if w != nil {
+					n++
+				}
+			}
+		}
+		return n == 2
+	})
+	select {
+	case r := <-s.resp:
+		t.Fatalf("state of the world answered before the first Update: %d listeners, version %q", len(r.GetResources()), r.GetVersionInfo())
+	case r := <-d.resp:
+		t.Fatalf("delta answered before the first Update: removed %v", r.GetRemovedResources())
+	case <-time.After(200 * time.Millisecond):
+	}
+	versions := update(t, c, map[string][]types.Resource{})
+	if r := s.next(t, "sotw: the first configuration"); len(r.GetResources()) != 0 || r.GetVersionInfo() != versions[resourcev3.ListenerType] {
+		t.Errorf("sotw: %d listeners at version %q; want the empty set at %q", len(r.GetResources()), r.GetVersionInfo(), versions[resourcev3.ListenerType])
+	}
+	if _, removed := d.next(t, "delta: the first configuration"); !slices.Equal(removed, []string{"gone"}) {
+		t.Errorf("delta: removed %v; want [gone]", removed)
+	}
+}

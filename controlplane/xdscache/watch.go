@@ -23,6 +23,7 @@ type streamKey struct {
 type stream struct {
 	key      streamKey
 	group    *group // set by the first request, which names the node
+	node     string // the node's ID, from the same request
 	watchers [4]*watcher
 	// The request seen by the callbacks and not yet watched (at most one: the server calls
 	// CreateWatch right after the callback, or drops a stale-nonce request).
@@ -156,6 +157,13 @@ func (c *Cache) closeStream(key streamKey) {
 		return
 	}
 	delete(c.streams, key)
+	if c.opts.OnClose != nil && st.group != nil {
+		for t, w := range st.watchers {
+			if w != nil && !w.removed {
+				c.opts.OnClose(Types[t], c.ackOf(st, w))
+			}
+		}
+	}
 	if st.sotwReq != nil {
 		delete(c.sotwReqs, st.sotwReq)
 	}
@@ -265,6 +273,7 @@ func (c *Cache) join(st *stream, node *core.Node) {
 	if st.group != nil {
 		return
 	}
+	st.node = node.GetId()
 	name := node.GetCluster()
 	if c.opts.GroupOf != nil {
 		name = c.opts.GroupOf(name)
@@ -562,7 +571,15 @@ func (c *Cache) notify(t int, changed []string) {
 
 // respond answers an armed watcher with what it lacks, if anything. A first response waits
 // for an initial-sync slot.
+//
+// Before the first Update it answers nothing and leaves w armed with all it asks for
+// pending: the cache's empty stand-in is no configuration, and sent as one it would take
+// from a reconnecting Envoy everything it holds (an empty listener and cluster set in state
+// of the world, the removal of every resource it declared in delta). Update answers w then.
 func (c *Cache) respond(w *watcher) {
+	if !c.loaded {
+		return
+	}
 	if !w.answered && w.slot == nil && c.inflight >= c.opts.MaxInitialSyncs {
 		if !w.queued {
 			w.queued = true
@@ -690,6 +707,14 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 		}
 	}
 	if len(res) == 0 && len(removed) == 0 && !w.replyEmpty {
+		if !w.answered && !w.outstanding && len(w.held) > 0 {
+			// A reconnecting Envoy that declared (initial_resource_versions) the current
+			// version of everything it subscribes to is sent nothing, so it will send no ACK:
+			// what it holds is acknowledged, or two-phase publication would take it for a
+			// laggard until the settle time.
+			w.acked, w.ackedGen, w.nacked = ts.version, w.subsGen, false
+			c.answerHook()
+		}
 		return false
 	}
 	resp := &cachev3.DeltaPassthroughResponse{DeltaRequest: w.dreq, NextVersionMap: w.marks,
