@@ -41,6 +41,7 @@ type server struct {
 	stopped  bool      // went away by an operator's stop (not a crash)
 
 	// What the faults did to it, to name the likely cause of a violation (classify).
+	started     time.Time // when it joined
 	agentKilled time.Time // last kill -9 of its agent
 	drained     bool      // an operator's drain selects it now
 	undrained   time.Time // when the last drain of it was removed
@@ -52,7 +53,7 @@ func startServer(id, service string, version, capacity int) (*server, error) {
 		return nil, fmt.Errorf("server %s: %w", id, err)
 	}
 	s := &server{id: id, service: service, version: version, capacity: capacity,
-		port: ln.Addr().(*net.TCPAddr).Port, sessions: map[string]time.Time{}, ln: ln}
+		port: ln.Addr().(*net.TCPAddr).Port, sessions: map[string]time.Time{}, ln: ln, started: time.Now()}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) })
 	mux.HandleFunc("GET /ready", s.ready)

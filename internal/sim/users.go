@@ -23,6 +23,7 @@ type user struct {
 	jar    map[string]jarCookie
 	server string // the server holding the session; "" before one is made
 	since  time.Time
+	via    int // the replica whose Envoy placed the session (-1: the real Envoy)
 	until  time.Time
 	signIn bool // the next request is the sign-in's cross-site form POST
 }
@@ -104,12 +105,12 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 	req := request{method: method, host: u.host, path: path, header: hdr, sourceIP: u.ip}
 	var resp response
 	var err error
-	name, variant := "envoy-real", "real"
+	name, variant, replica := "envoy-real", "real", 0
 	if pick == len(s.envoys) {
 		resp, err = s.real.serve(ctx, s.http, req)
 	} else {
 		e := s.envoys[pick]
-		name, variant = e.name, string(e.cli.Variant)
+		name, variant, replica = e.name, string(e.cli.Variant), e.replica
 		resp, err = e.serve(ctx, s.http, u.rng, req)
 	}
 	if ctx.Err() != nil {
@@ -141,7 +142,7 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 		desc += " (cross-site)"
 	}
 	if u.server == "" {
-		s.firstRequest(u, resp, got, refused, pinned, desc)
+		s.firstRequest(u, resp, got, refused, pinned, desc, replica)
 		return
 	}
 	if got == u.server && !refused {
@@ -154,19 +155,19 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 		return
 	}
 	// The user did not reach the server holding its session.
-	s.lost(u, resp, crossSite, desc)
+	s.lost(u, resp, crossSite, desc, replica)
 	u.server = "" // the browser keeps what the response set, as a real one does
 	if got != "" && !refused && resp.status == http.StatusOK && path != "/logout" {
-		s.startSession(u, got, desc)
+		s.startSession(u, got, desc, replica)
 	}
 }
 
 // firstRequest checks a request without a session: a refusal must never pin the user to the
 // server that refused (invariant 2).
-func (s *Sim) firstRequest(u *user, resp response, got string, refused bool, pinned string, desc string) {
+func (s *Sim) firstRequest(u *user, resp response, got string, refused bool, pinned string, desc string, replica int) {
 	switch {
 	case got != "" && !refused && resp.status == http.StatusOK:
-		s.startSession(u, got, desc)
+		s.startSession(u, got, desc, replica)
 	case refused || resp.status >= 500:
 		s.mu.Lock()
 		s.stats.Refused++
@@ -178,8 +179,8 @@ func (s *Sim) firstRequest(u *user, resp response, got string, refused bool, pin
 	}
 }
 
-func (s *Sim) startSession(u *user, server, desc string) {
-	u.server, u.since = server, time.Now()
+func (s *Sim) startSession(u *user, server, desc string, replica int) {
+	u.server, u.since, u.via = server, time.Now(), replica
 	u.signIn = u.rng.IntN(signInShare) == 0
 	u.until = time.Now().Add(minLifetime + time.Duration(u.rng.Int64N(int64(maxLifetime-minLifetime))))
 	s.mu.Lock()
@@ -191,7 +192,7 @@ func (s *Sim) startSession(u *user, server, desc string) {
 // lost classifies a request that did not reach the user's server: its server died or was
 // stopped by an operator before the request (the user's loss is not ours), or invariant 1
 // is broken.
-func (s *Sim) lost(u *user, resp response, crossSite bool, desc string) {
+func (s *Sim) lost(u *user, resp response, crossSite bool, desc string, replica int) {
 	s.mu.Lock()
 	srv := s.servers[u.server]
 	s.mu.Unlock()
@@ -210,7 +211,7 @@ func (s *Sim) lost(u *user, resp response, crossSite bool, desc string) {
 		s.mu.Unlock()
 		s.event([]string{u.name, u.server}, "%s: loses its session: %s died (%s)", u.name, u.server, desc)
 	default:
-		s.violate(1, s.classify(u, srv, resp, crossSite), []string{u.name, u.server}, u.since, "%s: its server %s is alive and was not stopped, yet %s", u.name, u.server, desc)
+		s.violate(1, s.classify(u, srv, resp, crossSite, replica), []string{u.name, u.server}, u.since, "%s: its server %s is alive and was not stopped, yet %s", u.name, u.server, desc)
 	}
 }
 
@@ -256,11 +257,11 @@ const recentCause = agentTTL + 3*time.Second
 
 // classify names the likely cause of a broken invariant 1 from what the Envoy did with the
 // request and what the faults recently did to the server.
-func (s *Sim) classify(u *user, srv *server, resp response, crossSite bool) string {
+func (s *Sim) classify(u *user, srv *server, resp response, crossSite bool, replica int) string {
 	now := time.Now()
 	recent := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) < recentCause }
 	srv.mu.Lock()
-	killed, drained, undrained := srv.agentKilled, srv.drained, srv.undrained
+	killed, drained, undrained, started := srv.agentKilled, srv.drained, srv.undrained, srv.started
 	srv.mu.Unlock()
 	s.mu.Lock()
 	storm, restart := s.lastStorm, s.lastCPRestart
@@ -282,6 +283,9 @@ func (s *Sim) classify(u *user, srv *server, resp response, crossSite bool) stri
 		return "routed to another service's cluster (" + resp.cluster + ")"
 	case resp.override == "host not in the assignment":
 		switch {
+		case len(s.cps) > 1 && replica != u.via && now.Sub(started) < cpPublishSettle+recentCause:
+			// Each replica promotes a new server on its own Envoys' ACKs (design.md).
+			return "a server one replica promoted is unknown to another replica's Envoy"
 		case recent(killed):
 			return "server missing from the Envoy after its agent's kill -9 and restart"
 		case recent(storm) && (drained || recent(undrained)):
