@@ -66,12 +66,24 @@ func putOtherInstance(t testing.TB, cli *clientv3.Client, addr string, port int,
 }
 
 // removeOther deletes otherService's configuration and instance in one transaction, as an
-// operator removing the service would after its agent drained it (the control plane holds
-// back the sudden disappearance of an instance that was not draining).
+// operator removing the service would after its agent drained it and deregistered: the
+// instance's last value is marked leaving first, as a stopping agent writes it, and the
+// deletion waits the agent's --drain-settle, so that the control plane sees the mark (it holds
+// back the sudden disappearance of an instance without it).
 func removeOther(t testing.TB, cli *clientv3.Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	in := registry.Instance{ID: "o1", Address: "127.0.0.1", Port: 9, State: registry.StateDraining, Leaving: true,
+		UpdatedAt: time.Now().UTC().Truncate(time.Millisecond)}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, registry.InstanceKey(registry.DefaultPrefix, otherService, in.ID), string(b)); err != nil {
+		t.Fatalf("mark %s/o1 leaving: %v", otherService, err)
+	}
+	time.Sleep(300 * time.Millisecond)
 	if _, err := cli.Txn(ctx).Then(
 		clientv3.OpDelete(registry.ServiceKey(registry.DefaultPrefix, otherService)),
 		clientv3.OpDelete(registry.InstanceKey(registry.DefaultPrefix, otherService, "o1")),
