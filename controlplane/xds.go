@@ -34,8 +34,9 @@ func shortType(typeURL string) string {
 // newXDSCache returns the cache serving every gateway group: each resource is checked by
 // Envoy's own proto validation and marshalled once, when it changes.
 // onAnswer (if not nil) is told, without blocking, when an Envoy ACKs or NACKs or a stream closes.
-func newXDSCache(l zerolog.Logger, onAnswer func(), initialSyncs int) *xdscache.Cache {
-	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: l, OnAnswer: onAnswer, MaxInitialSyncs: initialSyncs})
+// onRefuse (if not nil) counts a stream ended for a request over a bound, by reason.
+func newXDSCache(l zerolog.Logger, onAnswer func(), initialSyncs int, onRefuse func(reason string)) *xdscache.Cache {
+	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: l, OnAnswer: onAnswer, MaxInitialSyncs: initialSyncs, OnRefuse: onRefuse})
 }
 
 // validate runs Envoy's own proto validation on a resource.

@@ -45,6 +45,9 @@ const (
 type Options struct {
 	// Check validates a new or changed resource before it is served; nil checks nothing.
 	Check func(types.Resource) error
+	// NameMargin is how many names a stream may subscribe per type beyond those served
+	// (see DefaultNameMargin); 0 takes the default.
+	NameMargin int
 	// MaxInitialSyncs bounds the first responses in flight (sent and not yet ACKed).
 	MaxInitialSyncs int
 	// SlotTimeout frees an initial-sync slot whose Envoy has not answered.
@@ -54,6 +57,9 @@ type Options struct {
 	// OnAnswer, if set, is called when an Envoy ACKs or NACKs a response or a stream closes,
 	// under the cache's lock: it must not block or call the cache (see Acks).
 	OnAnswer func()
+	// OnRefuse, if set, is called with a Refuse* reason when a stream is ended for a request
+	// over a bound (see bounds.go); it must not block or call the cache.
+	OnRefuse func(reason string)
 	Logger   zerolog.Logger
 }
 
@@ -103,6 +109,9 @@ var _ cachev3.Cache = (*Cache)(nil)
 func New(opts Options) *Cache {
 	if opts.MaxInitialSyncs <= 0 {
 		opts.MaxInitialSyncs = DefaultMaxInitialSyncs
+	}
+	if opts.NameMargin <= 0 {
+		opts.NameMargin = DefaultNameMargin
 	}
 	if opts.SlotTimeout <= 0 {
 		opts.SlotTimeout = DefaultSlotTimeout
