@@ -85,6 +85,12 @@ type Config struct {
 	// Envoy and the backends on one host: otherwise a registered 127.0.0.1 makes Envoy
 	// connect to itself or to whatever listens on the gateway host.
 	AllowLoopback bool
+	// MaxConnsPerPeer bounds the xDS connections open at once from one IP address: more
+	// are closed as they are accepted. 0 takes the default.
+	MaxConnsPerPeer int
+	// MaxStreamsPerConn bounds the streams of one xDS connection (HTTP/2's
+	// MAX_CONCURRENT_STREAMS: a client's further streams wait). 0 takes the default.
+	MaxStreamsPerConn int
 	// ShutdownTimeout bounds the graceful stop of the servers.
 	ShutdownTimeout time.Duration
 	// Logger receives the control plane's logs.
@@ -126,6 +132,8 @@ func DefaultConfig() Config {
 		HoldWindow:        DefaultHoldWindow,
 		VanishGrace:       DefaultVanishGrace,
 		StaleAfter:        DefaultStaleAfter,
+		MaxConnsPerPeer:   DefaultMaxConnsPerPeer,
+		MaxStreamsPerConn: DefaultMaxStreamsPerConn,
 		ShutdownTimeout:   10 * time.Second,
 	}
 }
@@ -187,6 +195,12 @@ func (c *Config) withDefaults() error {
 	}
 	if c.StaleAfter == 0 {
 		c.StaleAfter = d.StaleAfter
+	}
+	if c.MaxConnsPerPeer <= 0 {
+		c.MaxConnsPerPeer = d.MaxConnsPerPeer
+	}
+	if c.MaxStreamsPerConn <= 0 {
+		c.MaxStreamsPerConn = d.MaxStreamsPerConn
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
@@ -320,7 +334,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.cutter = newStreamCutter()
 	opts = append(opts,
 		grpc.StreamInterceptor(cp.cutter.intercept),
-		grpc.MaxConcurrentStreams(1<<20),
+		grpc.MaxConcurrentStreams(uint32(min(cfg.MaxStreamsPerConn, 1<<20))),
 		// gRPC also sets TCP_USER_TIMEOUT to Timeout: a busy Envoy reading a large initial
 		// configuration slowly must not be cut off, so it is generous.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 30 * time.Second}),
@@ -337,6 +351,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cp.xdsLn, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
 		return nil, fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
 	}
+	cp.xdsLn = newPeerLimiter(cp.xdsLn, cfg.MaxConnsPerPeer, cp.log.With().Str("component", "xds").Logger(),
+		func() { cp.m.refused.WithLabelValues(RefusePeerConns).Inc() })
 	if cfg.XDSTLS == nil && !loopback(cp.xdsLn.Addr()) {
 		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
 			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")
