@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -85,6 +86,11 @@ type Config struct {
 	// Envoy and the backends on one host: otherwise a registered 127.0.0.1 makes Envoy
 	// connect to itself or to whatever listens on the gateway host.
 	AllowLoopback bool
+	// DenyBackendCIDRs are ranges no instance is served in (--deny-backend-cidr): the
+	// site's own addresses that Envoy must never be pointed at, such as the gateway hosts
+	// (Envoy's admin port) or the control plane's network. A denied instance is rejected
+	// alone and reported like any rejected key.
+	DenyBackendCIDRs []netip.Prefix
 	// MaxConnsPerPeer bounds the xDS connections open at once from one IP address: more
 	// are closed as they are accepted. 0 takes the default.
 	MaxConnsPerPeer int
@@ -324,6 +330,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		},
 		OnEvent:          func(n int) { cp.m.etcdEvents.Add(float64(n)) },
 		AllowLoopback:    cfg.AllowLoopback,
+		DenyCIDRs:        cfg.DenyBackendCIDRs,
 		ProgressInterval: progressInterval(cfg.StaleAfter),
 	})
 
