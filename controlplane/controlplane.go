@@ -91,6 +91,11 @@ type Config struct {
 	// (Envoy's admin port) or the control plane's network. A denied instance is rejected
 	// alone and reported like any rejected key.
 	DenyBackendCIDRs []netip.Prefix
+	// MaxServices and MaxInstancesPerService bound what is served: past them the newest
+	// services, and the newest instances of a service, are left out and reported, so that
+	// a registry filled by a holder of agent credentials cannot take the control plane's
+	// and every Envoy's memory. 0 takes the defaults.
+	MaxServices, MaxInstancesPerService int
 	// MaxConnsPerPeer bounds the xDS connections open at once from one IP address: more
 	// are closed as they are accepted. 0 takes the default.
 	MaxConnsPerPeer int
@@ -115,6 +120,14 @@ const (
 	DefaultHoldShare         = 0.5
 	DefaultHoldGrace         = 30 * time.Second
 	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
+	// DefaultMaxServices and DefaultMaxInstancesPerService are far above Tether's use (tens
+	// of services of a few to a few dozen servers; performance.md measures 1,000 services
+	// and 1,000 Envoys) and far below harm: at the bounds a registry is 2,000 clusters and
+	// route entries and at most 2 million endpoints, where one service of 1,000 instances
+	// is a 100 KiB assignment per Envoy, while an agent's credentials otherwise allow
+	// without end, each service adding a cluster to every Envoy's configuration.
+	DefaultMaxServices            = 2000
+	DefaultMaxInstancesPerService = 1000
 )
 
 // DefaultConfig is the control plane's default configuration: embedded etcd in tether-data,
@@ -122,25 +135,27 @@ const (
 // gives the zero fields of a partial Config these values.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:           "tether-data",
-		EmbeddedClientURL: DefaultEmbeddedClientURL,
-		EmbeddedPeerURL:   DefaultEmbeddedPeerURL,
-		Prefix:            registry.DefaultPrefix,
-		XDSAddr:           DefaultXDSAddr,
-		AdminAddr:         DefaultAdminAddr,
-		ListenPort:        DefaultListenPort,
-		CoalesceQuiet:     DefaultCoalesceQuiet,
-		CoalesceMax:       DefaultCoalesceMax,
-		PublishSettle:     DefaultPublishSettle,
-		InitialSyncs:      xdscache.DefaultMaxInitialSyncs,
-		HoldShare:         DefaultHoldShare,
-		HoldGrace:         DefaultHoldGrace,
-		HoldWindow:        DefaultHoldWindow,
-		VanishGrace:       DefaultVanishGrace,
-		StaleAfter:        DefaultStaleAfter,
-		MaxConnsPerPeer:   DefaultMaxConnsPerPeer,
-		MaxStreamsPerConn: DefaultMaxStreamsPerConn,
-		ShutdownTimeout:   10 * time.Second,
+		DataDir:                "tether-data",
+		EmbeddedClientURL:      DefaultEmbeddedClientURL,
+		EmbeddedPeerURL:        DefaultEmbeddedPeerURL,
+		Prefix:                 registry.DefaultPrefix,
+		XDSAddr:                DefaultXDSAddr,
+		AdminAddr:              DefaultAdminAddr,
+		ListenPort:             DefaultListenPort,
+		CoalesceQuiet:          DefaultCoalesceQuiet,
+		CoalesceMax:            DefaultCoalesceMax,
+		PublishSettle:          DefaultPublishSettle,
+		InitialSyncs:           xdscache.DefaultMaxInitialSyncs,
+		HoldShare:              DefaultHoldShare,
+		HoldGrace:              DefaultHoldGrace,
+		HoldWindow:             DefaultHoldWindow,
+		VanishGrace:            DefaultVanishGrace,
+		StaleAfter:             DefaultStaleAfter,
+		MaxServices:            DefaultMaxServices,
+		MaxInstancesPerService: DefaultMaxInstancesPerService,
+		MaxConnsPerPeer:        DefaultMaxConnsPerPeer,
+		MaxStreamsPerConn:      DefaultMaxStreamsPerConn,
+		ShutdownTimeout:        10 * time.Second,
 	}
 }
 
@@ -201,6 +216,12 @@ func (c *Config) withDefaults() error {
 	}
 	if c.StaleAfter == 0 {
 		c.StaleAfter = d.StaleAfter
+	}
+	if c.MaxServices <= 0 {
+		c.MaxServices = d.MaxServices
+	}
+	if c.MaxInstancesPerService <= 0 {
+		c.MaxInstancesPerService = d.MaxInstancesPerService
 	}
 	if c.MaxConnsPerPeer <= 0 {
 		c.MaxConnsPerPeer = d.MaxConnsPerPeer
@@ -316,6 +337,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort, PublishSettle: cfg.PublishSettle}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.pub.phase = phase
+	cp.pub.limits = registryLimits{prefix: cfg.Prefix, services: cfg.MaxServices, perService: cfg.MaxInstancesPerService}
 	if cfg.VanishGrace > 0 {
 		cp.pub.vanish = newVanishGrace(cfg.VanishGrace)
 	}

@@ -89,6 +89,8 @@ Flags:
 		}
 		return nil
 	})
+	fs.IntVar(&c.MaxServices, "max-services", c.MaxServices, "services served at most; past it the newest services (by etcd create revision) are left out and reported")
+	fs.IntVar(&c.MaxInstancesPerService, "max-instances-per-service", c.MaxInstancesPerService, "instances of one service served at most; past it the newest are left out and reported")
 	fs.IntVar(&c.MaxConnsPerPeer, "max-conns-per-peer", c.MaxConnsPerPeer, "xDS connections open at once from one IP address; more are closed as they arrive (an Envoy holds one)")
 	fs.IntVar(&c.MaxStreamsPerConn, "max-streams-per-conn", c.MaxStreamsPerConn, "xDS streams at once on one connection; more wait (an Envoy opens one with ADS, four without)")
 	fs.StringVar(&o.xdsCert, "xds-tls-cert", "", "certificate file to serve xDS over TLS (with --xds-tls-key)")
@@ -128,6 +130,9 @@ Flags:
 	}
 	if c.MaxConnsPerPeer <= 0 || c.MaxStreamsPerConn <= 0 {
 		return nil, errors.New("--max-conns-per-peer and --max-streams-per-conn must be positive, e.g. 64 and 16")
+	}
+	if c.MaxServices <= 0 || c.MaxInstancesPerService <= 0 {
+		return nil, errors.New("--max-services and --max-instances-per-service must be positive, e.g. 2000 and 1000")
 	}
 	if err := etcd.NeedEndpoints(); err != nil {
 		return nil, err
