@@ -110,7 +110,12 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultXDSAddr           = ":18000"
+	// DefaultXDSAddr is loopback: xDS hands the whole configuration to, and keeps streams
+	// for, anyone who reaches it, so a start without flags (the quick start, Envoy on the
+	// same host) exposes nothing and needs no warning. Envoys on other hosts take an
+	// explicit --xds-addr (with TLS, or a warning at start); the container image sets
+	// TETHER_XDS_ADDR=:18000, since loopback in a container reaches no Envoy.
+	DefaultXDSAddr           = "127.0.0.1:18000"
 	DefaultAdminAddr         = "127.0.0.1:18001"
 	DefaultListenPort        = 10000
 	DefaultEmbeddedClientURL = "http://127.0.0.1:2379"
