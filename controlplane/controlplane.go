@@ -335,7 +335,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 
 	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
 	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal, cfg.InitialSyncs,
-		func(reason string) { cp.m.refused.WithLabelValues(reason).Inc() })
+		func(reason string) { cp.m.refused.WithLabelValues(reason).Inc() }, cfg.MaxServices)
 	phase.xds = cache
 	cp.phase = phase
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),

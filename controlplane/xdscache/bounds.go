@@ -1,6 +1,8 @@
 package xdscache
 
 import (
+	"time"
+
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
@@ -28,6 +30,11 @@ const (
 	// MaxNodeBytes bounds the encoded node, which the server keeps per stream. A real Envoy's
 	// node, with the list of every extension it was built with, is 20-40 KiB.
 	MaxNodeBytes = 256 << 10
+	// NamePeakHold is how long a larger resource count than served keeps the name bound up:
+	// after a mass removal, an Envoy's requests still naming the old resources may cross the
+	// push that removes them (a SotW Envoy repeats every name in each ACK), and refusing
+	// them would cut its stream. A minute covers any Envoy that answers at all.
+	NamePeakHold = time.Minute
 )
 
 // Reasons passed to Options.OnRefuse.
@@ -36,9 +43,14 @@ const (
 	RefuseField = "field-size" // a node, node ID or cluster, name or version over its bound
 )
 
-// nameLimit is how many names of type t a stream may subscribe (under c.mu).
+// nameLimit is how many names of type t a stream may subscribe (under c.mu): the served
+// names, or the most served within NamePeakHold, plus the margin; NamesBeforeUpdate before
+// the first Update.
 func (c *Cache) nameLimit(t int) int {
-	served := len(c.types[t].entries)
+	if !c.updated {
+		return c.opts.NamesBeforeUpdate
+	}
+	served := max(len(c.types[t].entries), c.peak[t])
 	return served + max(c.opts.NameMargin, served)
 }
 

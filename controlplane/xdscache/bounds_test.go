@@ -162,3 +162,36 @@ func TestClientSizedFieldsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestNameBoundFollowsRecentPeak: Envoys may ask for names of a larger registry than the
+// one served for a moment (a restarted control plane before its first update; a mass
+// removal, whose unsubscriptions cross the push): the bound follows the largest count served
+// within NamePeakHold, and before the first update it is NamesBeforeUpdate.
+func TestNameBoundFollowsRecentPeak(t *testing.T) {
+	r := &refusals{n: map[string]int{}}
+	c := New(Options{OnRefuse: r.add, NamesBeforeUpdate: 5000})
+	conn := serve(t, c)
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: unknownNames("a", 4000)})
+	if resp := s.next(t, "before the first update"); len(resp.GetResources()) != 0 {
+		t.Fatalf("got %d resources", len(resp.GetResources()))
+	}
+	many := make([]types.Resource, 3000)
+	for i := range many {
+		many[i] = cla(fmt.Sprintf("c-%04d", i), 1)
+	}
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: many})
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: many[:2]})
+	names := make([]string, 0, 3000)
+	for i := range 3000 {
+		names = append(names, fmt.Sprintf("c-%04d", i))
+	}
+	s2 := openSotW(t, conn)
+	s2.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n2"}, ResourceNames: names})
+	if resp := s2.next(t, "just after a mass removal"); len(resp.GetResources()) != 2 {
+		t.Fatalf("got %d resources; want 2", len(resp.GetResources()))
+	}
+	if got := r.get(RefuseNames); got != 0 {
+		t.Errorf("%d refusals; want none", got)
+	}
+}

@@ -48,6 +48,10 @@ type Options struct {
 	// NameMargin is how many names a stream may subscribe per type beyond those served
 	// (see DefaultNameMargin); 0 takes the default.
 	NameMargin int
+	// NamesBeforeUpdate is how many names a stream may subscribe per type before the first
+	// Update, while what will be served is unknown (Envoys reconnecting to a restarted
+	// control plane ask for what they held); 0 takes 16 x NameMargin.
+	NamesBeforeUpdate int
 	// MaxInitialSyncs bounds the first responses in flight (sent and not yet ACKed).
 	MaxInitialSyncs int
 	// SlotTimeout frees an initial-sync slot whose Envoy has not answered.
@@ -97,10 +101,15 @@ type Cache struct {
 	streams   map[streamKey]*stream
 	sotwReqs  map[*discovery.DiscoveryRequest]*stream
 	deltaReqs map[*discovery.DeltaDiscoveryRequest]*stream
-	epochNow  uint64     // notify count, to list each watcher once
-	watchers  uint64     // watchers numbered so far (watcher.id)
-	inflight  int        // initial-sync slots taken
-	queue     []*watcher // first responses waiting for a slot
+	epochNow  uint64 // notify count, to list each watcher once
+	watchers  uint64 // watchers numbered so far (watcher.id)
+	// updated is set by the first Update; peak is each type's largest resource count
+	// within NamePeakHold, since peakAt (see nameLimit).
+	updated  bool
+	peak     [4]int
+	peakAt   [4]time.Time
+	inflight int        // initial-sync slots taken
+	queue    []*watcher // first responses waiting for a slot
 }
 
 var _ cachev3.Cache = (*Cache)(nil)
@@ -112,6 +121,9 @@ func New(opts Options) *Cache {
 	}
 	if opts.NameMargin <= 0 {
 		opts.NameMargin = DefaultNameMargin
+	}
+	if opts.NamesBeforeUpdate <= 0 {
+		opts.NamesBeforeUpdate = 16 * opts.NameMargin
 	}
 	if opts.SlotTimeout <= 0 {
 		opts.SlotTimeout = DefaultSlotTimeout
@@ -158,6 +170,13 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.types = next
+	c.updated = true
+	now := time.Now()
+	for i, ts := range next {
+		if n := len(ts.entries); n >= c.peak[i] || now.Sub(c.peakAt[i]) > NamePeakHold {
+			c.peak[i], c.peakAt[i] = n, now
+		}
+	}
 	for i := range Types {
 		c.notify(i, changed[i])
 	}
