@@ -2,7 +2,9 @@ package controlplane_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -172,4 +174,57 @@ func TestOversizedNodeNotKept(t *testing.T) {
 	if strings.Contains(logs.String(), cut) {
 		t.Error("the logs hold the client's node")
 	}
+}
+
+// TestHostileSubscriptionsBounded reproduces issue 27's measurement on a real control plane:
+// one plaintext, unauthenticated delta stream subscribing 8 x 40,000 unknown names took the
+// heap from 6.7 to 66.7 MB. The stream is now ended at the first batch and nothing is kept.
+func TestHostileSubscriptionsBounded(t *testing.T) {
+	srv := twoInstances(t)
+	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	<-cp.Ready()
+	before := heapMB()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, cp)).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		names := make([]string, 40000)
+		for j := range names {
+			names[j] = fmt.Sprintf("hostile-%d-%06d", i, j)
+		}
+		req := &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: names}
+		if i == 0 {
+			req.Node = &corev3.Node{Id: "hostile"}
+		}
+		if err := s.Send(req); err != nil {
+			break // ended by the server
+		}
+	}
+	time.Sleep(time.Second) // for the server to take in whatever it keeps
+	during := heapMB()
+	_, err = s.Recv()
+	for err == nil {
+		_, err = s.Recv()
+	}
+	t.Logf("heap %.1f MB before, %.1f MB after the hostile stream's requests", before, during)
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("hostile stream ended with %v; want InvalidArgument", err)
+	}
+	if during-before > 20 {
+		t.Errorf("heap grew by %.1f MB; want the names not kept", during-before)
+	}
+	if got := metric(t, cp, `tether_xds_refused_total{reason="names"}`); got != 1 {
+		t.Errorf(`tether_xds_refused_total{reason="names"} = %v; want 1`, got)
+	}
+}
+
+// heapMB is the live heap after a collection.
+func heapMB() float64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return float64(m.HeapAlloc) / (1 << 20)
 }
