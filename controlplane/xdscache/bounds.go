@@ -50,7 +50,10 @@ func (c *Cache) nameLimit(t int) int {
 	if !c.updated {
 		return c.opts.NamesBeforeUpdate
 	}
-	served := max(len(c.types[t].entries), c.peak[t])
+	served := len(c.types[t].entries)
+	if time.Since(c.peakAt[t]) <= NamePeakHold {
+		served = max(served, c.peak[t])
+	}
 	return served + max(c.opts.NameMargin, served)
 }
 
