@@ -112,6 +112,9 @@ func (c *Cache) checkSotw(id int64, req *discovery.DiscoveryRequest) error {
 	if n := len(req.GetVersionInfo()); n > MaxFieldBytes {
 		return c.refuse(key, RefuseField, "version_info bytes", n, MaxFieldBytes)
 	}
+	if n := len(req.GetResponseNonce()); n > MaxFieldBytes {
+		return c.refuse(key, RefuseField, "response_nonce bytes", n, MaxFieldBytes)
+	}
 	t := typeIndex(req.GetTypeUrl())
 	if t < 0 {
 		return nil // the callbacks refuse it (errType)
@@ -134,6 +137,14 @@ func (c *Cache) checkDelta(id int64, req *discovery.DeltaDiscoveryRequest) error
 	}
 	if err := c.checkNames(key, req.GetResourceNamesSubscribe(), req.GetInitialResourceVersions()); err != nil {
 		return err
+	}
+	// The cache keeps the last request of each type until it answers it: its unsubscriptions
+	// and nonce too. Envoy unsubscribes names it subscribed and echoes this server's nonces.
+	if err := c.checkNames(key, req.GetResourceNamesUnsubscribe(), nil); err != nil {
+		return err
+	}
+	if n := len(req.GetResponseNonce()); n > MaxFieldBytes {
+		return c.refuse(key, RefuseField, "response_nonce bytes", n, MaxFieldBytes)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -165,6 +176,9 @@ func (c *Cache) checkDelta(id int64, req *discovery.DeltaDiscoveryRequest) error
 		}
 	}
 	limit := c.nameLimit(t)
+	if u := len(req.GetResourceNamesUnsubscribe()); u > limit {
+		return c.refuse(key, RefuseNames, "resource names unsubscribed", u, limit)
+	}
 	if n > limit {
 		return c.refuse(key, RefuseNames, "resource names subscribed", n, limit)
 	}

@@ -138,6 +138,8 @@ func TestClientSizedFieldsBounded(t *testing.T) {
 		{"node cluster", RefuseField, &discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n", Cluster: long}}},
 		{"node metadata", RefuseField, &discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n", UserAgentName: huge}}},
 		{"subscribed name", RefuseField, &discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, ResourceNamesSubscribe: []string{long}}},
+		{"nonce", RefuseField, &discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, ResponseNonce: long}},
+		{"unsubscribed name", RefuseField, &discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, ResourceNamesUnsubscribe: []string{long}}},
 		{"initial version", RefuseField, &discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, InitialResourceVersions: map[string]string{"a": long}}},
 	}
 	for i, tc := range cases {
