@@ -30,7 +30,10 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
 FROM gcr.io/distroless/static-debian12:nonroot AS controlplane
 COPY --from=build-controlplane /out/tether-controlplane /usr/local/bin/tether-controlplane
 USER nonroot:nonroot
-# xDS (gRPC) and admin HTTP (/metrics, /healthz, /readyz, /debug/config).
+# xDS (gRPC) and admin HTTP (/metrics, /healthz, /readyz, /debug/config). The binary's
+# default xDS address is loopback, which no Envoy reaches in a container: listen on every
+# address here (--xds-addr on the command line wins; add --xds-tls-cert/--xds-tls-key).
+ENV TETHER_XDS_ADDR=:18000
 EXPOSE 18000 18001
 ENTRYPOINT ["/usr/local/bin/tether-controlplane"]
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -85,6 +86,22 @@ type Config struct {
 	// Envoy and the backends on one host: otherwise a registered 127.0.0.1 makes Envoy
 	// connect to itself or to whatever listens on the gateway host.
 	AllowLoopback bool
+	// DenyBackendCIDRs are ranges no instance is served in (--deny-backend-cidr): the
+	// site's own addresses that Envoy must never be pointed at, such as the gateway hosts
+	// (Envoy's admin port) or the control plane's network. A denied instance is rejected
+	// alone and reported like any rejected key.
+	DenyBackendCIDRs []netip.Prefix
+	// MaxServices and MaxInstancesPerService bound what is served: past them the newest
+	// services, and the newest instances of a service, are left out and reported, so that
+	// a registry filled by a holder of agent credentials cannot take the control plane's
+	// and every Envoy's memory. 0 takes the defaults.
+	MaxServices, MaxInstancesPerService int
+	// MaxConnsPerPeer bounds the xDS connections open at once from one IP address: more
+	// are closed as they are accepted. 0 takes the default.
+	MaxConnsPerPeer int
+	// MaxStreamsPerConn bounds the streams of one xDS connection (HTTP/2's
+	// MAX_CONCURRENT_STREAMS: a client's further streams wait). 0 takes the default.
+	MaxStreamsPerConn int
 	// ShutdownTimeout bounds the graceful stop of the servers.
 	ShutdownTimeout time.Duration
 	// Logger receives the control plane's logs.
@@ -93,7 +110,12 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultXDSAddr           = ":18000"
+	// DefaultXDSAddr is loopback: xDS hands the whole configuration to, and keeps streams
+	// for, anyone who reaches it, so a start without flags (the quick start, Envoy on the
+	// same host) exposes nothing and needs no warning. Envoys on other hosts take an
+	// explicit --xds-addr (with TLS, or a warning at start); the container image sets
+	// TETHER_XDS_ADDR=:18000, since loopback in a container reaches no Envoy.
+	DefaultXDSAddr           = "127.0.0.1:18000"
 	DefaultAdminAddr         = "127.0.0.1:18001"
 	DefaultListenPort        = 10000
 	DefaultEmbeddedClientURL = "http://127.0.0.1:2379"
@@ -103,6 +125,14 @@ const (
 	DefaultHoldShare         = 0.5
 	DefaultHoldGrace         = 30 * time.Second
 	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
+	// DefaultMaxServices and DefaultMaxInstancesPerService are far above Tether's use (tens
+	// of services of a few to a few dozen servers; performance.md measures 1,000 services
+	// and 1,000 Envoys) and far below harm: at the bounds a registry is 2,000 clusters and
+	// route entries and at most 2 million endpoints, where one service of 1,000 instances
+	// is a 100 KiB assignment per Envoy, while an agent's credentials otherwise allow
+	// without end, each service adding a cluster to every Envoy's configuration.
+	DefaultMaxServices            = 2000
+	DefaultMaxInstancesPerService = 1000
 )
 
 // DefaultConfig is the control plane's default configuration: embedded etcd in tether-data,
@@ -110,23 +140,27 @@ const (
 // gives the zero fields of a partial Config these values.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:           "tether-data",
-		EmbeddedClientURL: DefaultEmbeddedClientURL,
-		EmbeddedPeerURL:   DefaultEmbeddedPeerURL,
-		Prefix:            registry.DefaultPrefix,
-		XDSAddr:           DefaultXDSAddr,
-		AdminAddr:         DefaultAdminAddr,
-		ListenPort:        DefaultListenPort,
-		CoalesceQuiet:     DefaultCoalesceQuiet,
-		CoalesceMax:       DefaultCoalesceMax,
-		PublishSettle:     DefaultPublishSettle,
-		InitialSyncs:      xdscache.DefaultMaxInitialSyncs,
-		HoldShare:         DefaultHoldShare,
-		HoldGrace:         DefaultHoldGrace,
-		HoldWindow:        DefaultHoldWindow,
-		VanishGrace:       DefaultVanishGrace,
-		StaleAfter:        DefaultStaleAfter,
-		ShutdownTimeout:   10 * time.Second,
+		DataDir:                "tether-data",
+		EmbeddedClientURL:      DefaultEmbeddedClientURL,
+		EmbeddedPeerURL:        DefaultEmbeddedPeerURL,
+		Prefix:                 registry.DefaultPrefix,
+		XDSAddr:                DefaultXDSAddr,
+		AdminAddr:              DefaultAdminAddr,
+		ListenPort:             DefaultListenPort,
+		CoalesceQuiet:          DefaultCoalesceQuiet,
+		CoalesceMax:            DefaultCoalesceMax,
+		PublishSettle:          DefaultPublishSettle,
+		InitialSyncs:           xdscache.DefaultMaxInitialSyncs,
+		HoldShare:              DefaultHoldShare,
+		HoldGrace:              DefaultHoldGrace,
+		HoldWindow:             DefaultHoldWindow,
+		VanishGrace:            DefaultVanishGrace,
+		StaleAfter:             DefaultStaleAfter,
+		MaxServices:            DefaultMaxServices,
+		MaxInstancesPerService: DefaultMaxInstancesPerService,
+		MaxConnsPerPeer:        DefaultMaxConnsPerPeer,
+		MaxStreamsPerConn:      DefaultMaxStreamsPerConn,
+		ShutdownTimeout:        10 * time.Second,
 	}
 }
 
@@ -187,6 +221,18 @@ func (c *Config) withDefaults() error {
 	}
 	if c.StaleAfter == 0 {
 		c.StaleAfter = d.StaleAfter
+	}
+	if c.MaxServices <= 0 {
+		c.MaxServices = d.MaxServices
+	}
+	if c.MaxInstancesPerService <= 0 {
+		c.MaxInstancesPerService = d.MaxInstancesPerService
+	}
+	if c.MaxConnsPerPeer <= 0 {
+		c.MaxConnsPerPeer = d.MaxConnsPerPeer
+	}
+	if c.MaxStreamsPerConn <= 0 {
+		c.MaxStreamsPerConn = d.MaxStreamsPerConn
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
@@ -288,7 +334,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.cli = cli
 
 	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
-	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal, cfg.InitialSyncs)
+	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal, cfg.InitialSyncs,
+		func(reason string) { cp.m.refused.WithLabelValues(reason).Inc() }, cfg.MaxServices)
 	cache.SetOnClose(phase.closed)
 	phase.xds = cache
 	cp.phase = phase
@@ -297,6 +344,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	guard.lookback = restartLookback(cfg)
 	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort, PublishSettle: cfg.PublishSettle}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.pub.phase = phase
+	cp.pub.limits = registryLimits{prefix: cfg.Prefix, services: cfg.MaxServices, perService: cfg.MaxInstancesPerService}
 	if cfg.VanishGrace > 0 {
 		cp.pub.vanish = newVanishGrace(cfg.VanishGrace)
 		cp.pub.vanish.lookback = restartLookback(cfg)
@@ -312,6 +360,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		},
 		OnEvent:          func(n int) { cp.m.etcdEvents.Add(float64(n)) },
 		AllowLoopback:    cfg.AllowLoopback,
+		DenyCIDRs:        cfg.DenyBackendCIDRs,
 		ProgressInterval: progressInterval(cfg.StaleAfter),
 	})
 
@@ -322,7 +371,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.cutter = newStreamCutter()
 	opts = append(opts,
 		grpc.StreamInterceptor(cp.cutter.intercept),
-		grpc.MaxConcurrentStreams(1<<20),
+		grpc.MaxConcurrentStreams(uint32(min(cfg.MaxStreamsPerConn, 1<<20))),
 		// gRPC also sets TCP_USER_TIMEOUT to Timeout: a busy Envoy reading a large initial
 		// configuration slowly must not be cut off, so it is generous.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 30 * time.Second}),
@@ -339,6 +388,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cp.xdsLn, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
 		return nil, fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
 	}
+	cp.xdsLn = newPeerLimiter(cp.xdsLn, cfg.MaxConnsPerPeer, cp.log.With().Str("component", "xds").Logger(),
+		func() { cp.m.refused.WithLabelValues(RefusePeerConns).Inc() })
 	if cfg.XDSTLS == nil && !loopback(cp.xdsLn.Addr()) {
 		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
 			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")

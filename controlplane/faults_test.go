@@ -479,7 +479,8 @@ func TestLargeRegistry(t *testing.T) {
 	put(t, cli, "/tether/instances/big/big1", atLimit)
 	put(t, cli, "/tether/instances/big/big2", overLimit)
 
-	cp := startCP(t, srv.Endpoints())
+	// One service more than --max-services' default: the bound is TestRegistryLimits'.
+	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t), MaxServices: services + 1})
 	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 	wctx, wcancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer wcancel()

@@ -33,6 +33,8 @@ type metrics struct {
 	lagging        prometheus.Gauge
 	laggingTotal   prometheus.Counter
 	oldEnvoys      prometheus.Gauge
+	refused        *prometheus.CounterVec
+	overLimit      *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -110,6 +112,12 @@ func newMetrics() *metrics {
 		oldEnvoys: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tether_envoys_below_min_version", Help: "Connected Envoys older than Tether's minimum version (" + MinEnvoyVersion + "): they silently lose part of the configuration.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_xds_refused_total", Help: "xDS streams and connections refused for going over a bound, by reason (names, field-size, connections-per-peer).",
+		}, []string{"reason"}),
+		overLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tether_registry_over_limit", Help: "Services and instances left out for being past --max-services or --max-instances-per-service (the newest are left out), by kind.",
+		}, []string{"kind"}),
 		laggingTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_lagging_envoys_total", Help: "Times an Envoy was reported lagging (held a promotion past --publish-settle).",
 		}),
@@ -119,7 +127,7 @@ func newMetrics() *metrics {
 	}
 	reg.MustRegister(m.instances, m.services, m.rejected, m.rejectedNow, m.problems, m.streams,
 		m.responses, m.nacks, m.snapshots, m.snapshotErrors, m.translate, m.eventToPush,
-		m.etcdEvents, m.revision, m.ready, m.held, m.vanished, m.unconfirmed, m.drained, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal, m.oldEnvoys,
+		m.etcdEvents, m.revision, m.ready, m.held, m.vanished, m.unconfirmed, m.drained, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal, m.oldEnvoys, m.refused, m.overLimit,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -54,7 +54,12 @@ type publisher struct {
 	counted map[*registry.Service]stateCounts
 
 	notify chan struct{}
-	guard  *removalGuard
+	// limits bound the services and instances served, before the guard (which then never
+	// sees a key left out as a removal); only the run goroutine touches limitMemo and over.
+	limits    registryLimits
+	limitMemo map[*registry.Service]*registry.Service
+	over      registry.Over
+	guard     *removalGuard
 	// vanish keeps an instance that left the registry without draining for a short grace
 	// (after the guard; nil: off).
 	vanish *vanishGrace
@@ -162,6 +167,7 @@ func (p *publisher) publishLatest() bool {
 		return false // nothing new: a wake-up queued before the last publish, or an early timer
 	}
 	p.lastRaw = st
+	st = p.limit(st)
 	var release time.Time
 	if p.guard != nil {
 		st, release = p.guard.apply(st, start)
@@ -221,6 +227,35 @@ func (p *publisher) publishLatest() bool {
 	p.log.Debug().Int64("revision", st.Revision).Dur("translate", took).Interface("versions", versions).
 		Msg("published snapshot")
 	return true
+}
+
+// registryLimits are --prefix, --max-services and --max-instances-per-service.
+type registryLimits struct {
+	prefix               string
+	services, perService int
+}
+
+// limit bounds st by p.limits (see registry.Limit), counts what it left out and logs when
+// that changes: once, not on every push.
+func (p *publisher) limit(st *registry.State) *registry.State {
+	if p.limits.services <= 0 && p.limits.perService <= 0 {
+		return st
+	}
+	st, over, memo := registry.Limit(p.limits.prefix, st, p.limits.services, p.limits.perService, p.limitMemo)
+	p.limitMemo = memo
+	if over != p.over {
+		p.over = over
+		p.m.overLimit.WithLabelValues("service").Set(float64(over.Services))
+		p.m.overLimit.WithLabelValues("instance").Set(float64(over.Instances))
+		ev := p.log.Warn()
+		if over == (registry.Over{}) {
+			ev = p.log.Info()
+		}
+		ev.Int("servicesLeftOut", over.Services).Int("instancesLeftOut", over.Instances).
+			Int("maxServices", p.limits.services).Int("maxInstancesPerService", p.limits.perService).
+			Msg("registry past --max-services or --max-instances-per-service: the newest keys are left out (listed under rejected in /debug/config)")
+	}
+	return st
 }
 
 func (p *publisher) observeState(st *registry.State, res *translate.Resources) {

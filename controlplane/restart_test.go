@@ -75,7 +75,7 @@ func TestStartDuringStormHoldsWhatEtcdDeleted(t *testing.T) {
 	for port, h := range want {
 		e := eps[port]
 		if e == nil {
-			t.Errorf("the first configuration lacks port %d (%d endpoints: %v)", port, len(eps), ports(eps))
+			t.Errorf("the first configuration lacks port %d (%d endpoints: %v)", port, len(eps), endpointPorts(eps))
 			continue
 		}
 		if e.GetHealthStatus() != h {
@@ -83,7 +83,7 @@ func TestStartDuringStormHoldsWhatEtcdDeleted(t *testing.T) {
 		}
 	}
 	if len(eps) != len(want) {
-		t.Errorf("the first configuration holds %v; want exactly %d endpoints (not the leaving m5 nor the long-gone m6)", ports(eps), len(want))
+		t.Errorf("the first configuration holds %v; want exactly %d endpoints (not the leaving m5 nor the long-gone m6)", endpointPorts(eps), len(want))
 	}
 	if got := metric(t, cp, "tether_held_instances"); got != 3 {
 		t.Errorf("tether_held_instances = %v; want 3", got)
@@ -97,7 +97,7 @@ func TestStartDuringStormHoldsWhatEtcdDeleted(t *testing.T) {
 	}
 }
 
-func ports(eps map[uint32]*endpointv3.LbEndpoint) []uint32 {
+func endpointPorts(eps map[uint32]*endpointv3.LbEndpoint) []uint32 {
 	var out []uint32
 	for p := range eps {
 		out = append(out, p)

@@ -34,8 +34,16 @@ func shortType(typeURL string) string {
 // newXDSCache returns the cache serving every gateway group: each resource is checked by
 // Envoy's own proto validation and marshalled once, when it changes.
 // onAnswer (if not nil) is told, without blocking, when an Envoy ACKs or NACKs or a stream closes.
-func newXDSCache(l zerolog.Logger, onAnswer func(), initialSyncs int) *xdscache.Cache {
-	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: l, OnAnswer: onAnswer, MaxInitialSyncs: initialSyncs})
+// onRefuse (if not nil) counts a stream ended for a request over a bound, by reason.
+// maxServices (0: the cache's default) sizes the names an Envoy may ask for before the first
+// publication: one assignment per service, twice over for a registry replaced meanwhile.
+func newXDSCache(l zerolog.Logger, onAnswer func(), initialSyncs int, onRefuse func(reason string), maxServices int) *xdscache.Cache {
+	var before int
+	if maxServices > 0 {
+		before = 2*maxServices + xdscache.DefaultNameMargin
+	}
+	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: l, OnAnswer: onAnswer,
+		MaxInitialSyncs: initialSyncs, OnRefuse: onRefuse, NamesBeforeUpdate: before})
 }
 
 // validate runs Envoy's own proto validation on a resource.

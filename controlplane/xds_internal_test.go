@@ -45,3 +45,17 @@ func TestNACKCountsOnlySentNonces(t *testing.T) {
 		t.Errorf("clients = %+v", c)
 	}
 }
+
+// TestDefaultXDSAddrIsLoopback: the default xDS address is loopback, so that a control plane
+// started without flags (the quick start, with Envoy on the same host) serves plaintext xDS
+// to no other host and gives no warning; serving other hosts takes an explicit --xds-addr.
+func TestDefaultXDSAddrIsLoopback(t *testing.T) {
+	ln, err := net.Listen("tcp", DefaultConfig().XDSAddr)
+	if err != nil {
+		t.Skipf("default xDS address busy here: %v", err)
+	}
+	defer ln.Close()
+	if !loopback(ln.Addr()) {
+		t.Errorf("the default --xds-addr %s listens on %s, beyond loopback", DefaultConfig().XDSAddr, ln.Addr())
+	}
+}

@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"net/netip"
 	"net/url"
 	"reflect"
 	"strings"
@@ -41,6 +42,35 @@ func TestWatcherRefusesLoopbackUnlessAllowed(t *testing.T) {
 	st = demo.waitFor(t, "the listing", func(*registry.State) bool { return true })
 	if app := st.Services["app"]; app == nil || len(app.Instances) != 5 || len(st.Rejected) != 0 {
 		t.Fatalf("with AllowLoopback: want all five instances, got %+v rejected %v", app, st.Rejected)
+	}
+}
+
+// A site's own ranges (the gateway hosts, Envoy's admin port's network) given as denied
+// CIDRs are rejected alone, in every spelling of an address in them, and reported like any
+// other rejected key; loopback embedded in IPv6 is still loopback.
+func TestWatcherRefusesDeniedCIDRs(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	mustPut(t, cli, "/tether/instances/app/good", withField(t, withField(t, exampleInstance, "id", "good"), "address", "10.0.1.5"))
+	denied := map[string]string{"gw": "10.0.0.7", "mapped": "::ffff:10.0.0.8", "nat64": "64:ff9b::10.0.0.9", "v6": "fd00:1::5"}
+	for id, addr := range denied {
+		mustPut(t, cli, "/tether/instances/app/"+id, withField(t, withField(t, exampleInstance, "id", id), "address", addr))
+	}
+	mustPut(t, cli, "/tether/instances/app/compat-loop", withField(t, withField(t, exampleInstance, "id", "compat-loop"), "address", "::127.0.0.1"))
+	w := startWatcher(t, cli, func(o *registry.WatchOptions) {
+		o.DenyCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fd00:1::/64")}
+	})
+	st := w.waitFor(t, "the listing", func(*registry.State) bool { return true })
+	if app := st.Services["app"]; app == nil || len(app.Instances) != 1 || app.Instances["good"].Address != "10.0.1.5" {
+		t.Fatalf("want only instance good, got %+v", app)
+	}
+	for id := range denied {
+		if why := st.Rejected["/tether/instances/app/"+id]; !strings.Contains(why, "--deny-backend-cidr") {
+			t.Errorf("instance %s: rejected for %q, want --deny-backend-cidr", id, why)
+		}
+	}
+	if why := st.Rejected["/tether/instances/app/compat-loop"]; !strings.Contains(why, "loopback") {
+		t.Errorf("::127.0.0.1: rejected for %q, want loopback", why)
 	}
 }
 

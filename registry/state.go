@@ -3,6 +3,7 @@ package registry
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 
@@ -33,6 +34,8 @@ type buildOptions struct {
 	log    zerolog.Logger
 	// allowLoopback accepts instances on loopback addresses (demo and tests only).
 	allowLoopback bool
+	// denyCIDRs are ranges no instance may be served in (--deny-backend-cidr).
+	denyCIDRs []netip.Prefix
 	// lastValidConfig returns the newest valid version of a rejected service configuration
 	// key older than its current version mod, from the same incarnation (create revision
 	// created), if etcd still holds one; nil finds none. An error means etcd could not tell.
@@ -139,6 +142,11 @@ func (b *stateBuilder) put(kv *mvccpb.KeyValue) {
 		var inst Instance
 		if inst, err = DecodeInstance(svc, id, value); err == nil && !b.allowLoopback && IsLoopback(inst.Address) {
 			err = fmt.Errorf("address: %s is a loopback address, which the control plane accepts only with --allow-loopback-backends (demo and tests)", inst.Address)
+		}
+		if err == nil {
+			if p, denied := DeniedBy(inst.Address, b.denyCIDRs); denied {
+				err = fmt.Errorf("address: %s is in %s, which the control plane refuses (--deny-backend-cidr)", inst.Address, p)
+			}
 		}
 		if err == nil {
 			b.clearRejected(key)

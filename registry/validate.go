@@ -425,11 +425,63 @@ func joined(err error) []error {
 	return []error{err}
 }
 
-// unroutable says why Envoy must never be sent to ip (IPv4-mapped addresses are judged as
-// the IPv4 address they carry, so ::ffff:0.0.0.0 is unspecified), or "" when it may.
-// Loopback is allowed here and refused by the watcher unless the control plane allows it.
+// Cloud metadata services outside 169.254.0.0/16 (link-local, refused as a whole): an
+// instance there would let a holder of an agent's credentials read the gateway host's cloud
+// credentials through Envoy.
+var metadataAddrs = map[netip.Addr]string{
+	netip.MustParseAddr("fd00:ec2::254"):   "AWS's instance metadata service over IPv6",
+	netip.MustParseAddr("fd20:ce::254"):    "Google Cloud's metadata server over IPv6",
+	netip.MustParseAddr("100.100.100.200"): "Alibaba Cloud's metadata service",
+}
+
+// NAT64 prefixes (RFC 6052's well-known 64:ff9b::/96 and RFC 8215's local-use
+// 64:ff9b:1::/48, as deployed with the /96 layout): a NAT64 gateway on the path turns such
+// an address into the IPv4 address in its last 32 bits.
+var nat64 = []netip.Prefix{netip.MustParsePrefix("64:ff9b::/96"), netip.MustParsePrefix("64:ff9b:1::/48")}
+
+// embeddedV4 returns the IPv4 address an IPv6 address carries, and whether it carries one:
+// IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96, deprecated but still routed by some
+// stacks) and NAT64. Each is judged as the address it reaches as well as itself.
+func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
+	if ip.Is4() || ip.Is4In6() {
+		return ip.Unmap(), true
+	}
+	b := ip.As16()
+	last := netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	if [12]byte(b[:12]) == ([12]byte{}) {
+		return last, true
+	}
+	for _, p := range nat64 {
+		if p.Contains(ip) {
+			return last, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// forms returns ip itself (unmapped) and, when it carries one, the IPv4 address it carries.
+func forms(ip netip.Addr) []netip.Addr {
+	out := []netip.Addr{ip.Unmap()}
+	if v4, ok := embeddedV4(ip); ok && v4 != out[0] {
+		out = append(out, v4)
+	}
+	return out
+}
+
+// unroutable says why Envoy must never be sent to ip (IPv4-mapped, IPv4-compatible and NAT64
+// addresses are also judged as the IPv4 address they carry, so ::ffff:0.0.0.0 is unspecified
+// and 64:ff9b::169.254.169.254 link-local), or "" when it may. Loopback is allowed here and
+// refused by the watcher unless the control plane allows it.
 func unroutable(ip netip.Addr) string {
-	ip = ip.Unmap()
+	for _, a := range forms(ip) {
+		if why := unroutable1(a); why != "" {
+			return why
+		}
+	}
+	return ""
+}
+
+func unroutable1(ip netip.Addr) string {
 	switch {
 	case ip.IsUnspecified():
 		return "unspecified"
@@ -440,13 +492,43 @@ func unroutable(ip netip.Addr) string {
 	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "the broadcast address"
 	}
+	if what, ok := metadataAddrs[ip]; ok {
+		return what + " (a cloud metadata address)"
+	}
 	return ""
 }
 
-// IsLoopback reports whether addr is a loopback IP address, IPv4-mapped ones included.
+// IsLoopback reports whether addr is a loopback IP address, or one that carries a loopback
+// IPv4 address (IPv4-mapped, IPv4-compatible, NAT64).
 func IsLoopback(addr string) bool {
 	ip, err := netip.ParseAddr(addr)
-	return err == nil && ip.Unmap().IsLoopback()
+	if err != nil {
+		return false
+	}
+	for _, a := range forms(ip) {
+		if a.IsLoopback() {
+			return true
+		}
+	}
+	return false
+}
+
+// DeniedBy returns the first of cidrs that holds addr, or the IPv4 address it carries
+// (IPv4-mapped, IPv4-compatible, NAT64), and whether one does.
+func DeniedBy(addr string, cidrs []netip.Prefix) (netip.Prefix, bool) {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || len(cidrs) == 0 {
+		return netip.Prefix{}, false
+	}
+	ip = ip.WithZone("")
+	for _, a := range forms(ip) {
+		for _, p := range cidrs {
+			if p.Contains(a) {
+				return p, true
+			}
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 // inRange reports lo <= v <= hi, false for NaN.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,8 @@ type WatchOptions struct {
 	// AllowLoopback accepts instances registered on loopback addresses (127.0.0.0/8, ::1).
 	// Without it they are rejected: Envoy would connect to itself. For demos and tests.
 	AllowLoopback bool
+	// DenyCIDRs are ranges no instance may be served in (--deny-backend-cidr).
+	DenyCIDRs []netip.Prefix
 	// ProgressInterval is how often etcd's revision is read to notice a restore from an
 	// older backup; 0 means DefaultProgressInterval.
 	ProgressInterval time.Duration
@@ -103,7 +106,7 @@ var errRestored = errors.New("etcd revision went back or cluster changed")
 // etcd's history.
 func (w *Watcher) buildOptions(ctx context.Context) buildOptions {
 	return buildOptions{prefix: w.opts.Prefix, reject: w.opts.OnReject, log: w.opts.Logger,
-		allowLoopback: w.opts.AllowLoopback,
+		allowLoopback: w.opts.AllowLoopback, denyCIDRs: w.opts.DenyCIDRs,
 		lastValidConfig: func(key, svc string, created, mod int64) (ServiceConfig, bool, error) {
 			return w.lastValidConfig(ctx, key, svc, created, mod)
 		}}

@@ -81,6 +81,20 @@ Flags:
 	fs.DurationVar(&c.VanishGrace, "vanish-grace", c.VanishGrace, "an instance that leaves the registry without draining (a lost lease, an agent restarting) stays served as DRAINING this long, so that its sessions keep their server while its agent comes back (negative disables)")
 	fs.DurationVar(&c.StaleAfter, "stale-after", c.StaleAfter, "a replica that has not confirmed etcd's revision for this long fails /readyz and closes its xDS streams once, so that Envoys move to a replica that follows etcd (negative disables)")
 	fs.BoolVar(&c.AllowLoopback, "allow-loopback-backends", false, "accept instances registered on loopback addresses (127.0.0.1, ::1): only for a demo or tests with Envoy and the backends on one host")
+	fs.Func("deny-backend-cidr", "refuse instances whose address is in this CIDR (repeatable, or comma-separated), e.g. the gateway hosts' own network, so that Envoy is never pointed at them", func(v string) error {
+		for _, f := range strings.Split(v, ",") {
+			p, err := netip.ParsePrefix(strings.TrimSpace(f))
+			if err != nil {
+				return fmt.Errorf("%q is not a CIDR such as 10.0.0.0/24 or fd00::/64", f)
+			}
+			c.DenyBackendCIDRs = append(c.DenyBackendCIDRs, p.Masked())
+		}
+		return nil
+	})
+	fs.IntVar(&c.MaxServices, "max-services", c.MaxServices, "services served at most; past it the newest services (by etcd create revision) are left out and reported")
+	fs.IntVar(&c.MaxInstancesPerService, "max-instances-per-service", c.MaxInstancesPerService, "instances of one service served at most; past it the newest are left out and reported")
+	fs.IntVar(&c.MaxConnsPerPeer, "max-conns-per-peer", c.MaxConnsPerPeer, "xDS connections open at once from one IP address; more are closed as they arrive (an Envoy holds one)")
+	fs.IntVar(&c.MaxStreamsPerConn, "max-streams-per-conn", c.MaxStreamsPerConn, "xDS streams at once on one connection; more wait (an Envoy opens one with ADS, four without)")
 	fs.StringVar(&o.xdsCert, "xds-tls-cert", "", "certificate file to serve xDS over TLS (with --xds-tls-key)")
 	fs.StringVar(&o.xdsKey, "xds-tls-key", "", "private key file to serve xDS over TLS")
 	fs.StringVar(&o.xdsCA, "xds-client-ca", "", "CA file: require Envoys to present a client certificate it signs (mutual TLS)")
@@ -115,6 +129,12 @@ Flags:
 	}
 	if c.InitialSyncs <= 0 {
 		return nil, errors.New("--initial-syncs must be positive, e.g. 8")
+	}
+	if c.MaxConnsPerPeer <= 0 || c.MaxStreamsPerConn <= 0 {
+		return nil, errors.New("--max-conns-per-peer and --max-streams-per-conn must be positive, e.g. 64 and 16")
+	}
+	if c.MaxServices <= 0 || c.MaxInstancesPerService <= 0 {
+		return nil, errors.New("--max-services and --max-instances-per-service must be positive, e.g. 2000 and 1000")
 	}
 	if err := etcd.NeedEndpoints(); err != nil {
 		return nil, err

@@ -46,6 +46,13 @@ const (
 type Options struct {
 	// Check validates a new or changed resource before it is served; nil checks nothing.
 	Check func(types.Resource) error
+	// NameMargin is how many names a stream may subscribe per type beyond those served
+	// (see DefaultNameMargin); 0 takes the default.
+	NameMargin int
+	// NamesBeforeUpdate is how many names a stream may subscribe per type before the first
+	// Update, while what will be served is unknown (Envoys reconnecting to a restarted
+	// control plane ask for what they held); 0 takes 16 x NameMargin.
+	NamesBeforeUpdate int
 	// MaxInitialSyncs bounds the first responses in flight (sent and not yet ACKed).
 	MaxInitialSyncs int
 	// SlotTimeout frees an initial-sync slot whose Envoy has not answered.
@@ -59,7 +66,10 @@ type Options struct {
 	// watched, with what it acknowledged of that type, under the cache's lock (before
 	// OnAnswer): it must not block or call the cache.
 	OnClose func(typeURL string, a StreamAck)
-	Logger  zerolog.Logger
+	// OnRefuse, if set, is called with a Refuse* reason when a stream is ended for a request
+	// over a bound (see bounds.go); it must not block or call the cache.
+	OnRefuse func(reason string)
+	Logger   zerolog.Logger
 }
 
 // SetOnClose sets Options.OnClose; call it before the cache serves a stream.
@@ -110,6 +120,10 @@ type Cache struct {
 	// loaded: Update has been called. Before, the cache holds no configuration, only the
 	// empty set standing in for it, and answers no one (see respond).
 	loaded bool
+	// peak is each type's largest resource count within NamePeakHold, since peakAt (see
+	// nameLimit).
+	peak   [4]int
+	peakAt [4]time.Time
 }
 
 var _ cachev3.Cache = (*Cache)(nil)
@@ -120,6 +134,12 @@ var _ cachev3.Cache = (*Cache)(nil)
 func New(opts Options) *Cache {
 	if opts.MaxInitialSyncs <= 0 {
 		opts.MaxInitialSyncs = DefaultMaxInitialSyncs
+	}
+	if opts.NameMargin <= 0 {
+		opts.NameMargin = DefaultNameMargin
+	}
+	if opts.NamesBeforeUpdate <= 0 {
+		opts.NamesBeforeUpdate = 16 * opts.NameMargin
 	}
 	if opts.SlotTimeout <= 0 {
 		opts.SlotTimeout = DefaultSlotTimeout
@@ -168,6 +188,12 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 	c.types = next
 	first := !c.loaded
 	c.loaded = true
+	now := time.Now()
+	for i, ts := range next {
+		if n := len(ts.entries); n >= c.peak[i] || now.Sub(c.peakAt[i]) > NamePeakHold {
+			c.peak[i], c.peakAt[i] = n, now
+		}
+	}
 	for i := range Types {
 		c.notify(i, changed[i])
 	}

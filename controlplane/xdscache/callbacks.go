@@ -28,7 +28,11 @@ type callbacks struct {
 }
 
 // errType refuses a type not served: each one would add a watch to the stream.
+// The type is the client's: it is cut so that the error carries no client-sized text.
 func errType(typeURL string) error {
+	if len(typeURL) > MaxFieldBytes {
+		typeURL = typeURL[:MaxFieldBytes] + "..."
+	}
 	return status.Errorf(codes.InvalidArgument, "type %q is not served; this control plane serves %s", typeURL, strings.Join(Types, ", "))
 }
 
@@ -36,7 +40,7 @@ func (b callbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) e
 	if err := b.next.OnStreamOpen(ctx, id, typeURL); err != nil {
 		return err
 	}
-	b.c.open(streamKey{false, id})
+	b.c.open(streamKey{false, id}, typeURL)
 	return nil
 }
 
@@ -48,6 +52,9 @@ func (b callbacks) OnStreamClosed(id int64, node *core.Node) {
 func (b callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
 	if typeIndex(req.GetTypeUrl()) < 0 {
 		return errType(req.GetTypeUrl())
+	}
+	if err := b.c.checkSotw(id, req); err != nil {
+		return err
 	}
 	if err := b.next.OnStreamRequest(id, req); err != nil {
 		return err
@@ -63,7 +70,7 @@ func (b callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, typeURL stri
 	if err := b.next.OnDeltaStreamOpen(ctx, id, typeURL); err != nil {
 		return err
 	}
-	b.c.open(streamKey{true, id})
+	b.c.open(streamKey{true, id}, typeURL)
 	return nil
 }
 
@@ -77,6 +84,9 @@ func (b callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryR
 	// request without one is refused by the server itself.
 	if t := req.GetTypeUrl(); t != "" && typeIndex(t) < 0 {
 		return errType(t)
+	}
+	if err := b.c.checkDelta(id, req); err != nil {
+		return err
 	}
 	if err := b.next.OnStreamDeltaRequest(id, req); err != nil {
 		return err

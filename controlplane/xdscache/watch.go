@@ -22,6 +22,7 @@ type streamKey struct {
 // stream is one Envoy's stream, from its open to its close.
 type stream struct {
 	key      streamKey
+	typeURL  string // a single-type stream's type; "" for ADS
 	group    *group // set by the first request, which names the node
 	node     string // the node's ID, from the same request
 	watchers [4]*watcher
@@ -142,10 +143,10 @@ func (c *Cache) nextWatcher() uint64 {
 }
 
 // open registers a stream.
-func (c *Cache) open(key streamKey) {
+func (c *Cache) open(key streamKey, typeURL string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.streams[key] = &stream{key: key}
+	c.streams[key] = &stream{key: key, typeURL: typeURL}
 }
 
 // closeStream forgets a stream, its watchers and, with its last stream, its group.

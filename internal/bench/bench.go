@@ -29,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -224,7 +225,13 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	h.log.Info().Int("instances", cfg.Instances).Int("services", cfg.Services).Dur("took", time.Since(start)).Msg("registry written")
 
 	start = time.Now()
-	cp, err := startControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), readyTimeout, cfg.ControlPlaneArgs)
+	// Every simulated Envoy is on loopback, ClientsPerConn to a connection, and a run may be
+	// larger than the registry bounds: the control plane's bounds are raised to fit the run
+	// (ControlPlaneArgs come later and win).
+	conns := (cfg.Envoys + cfg.ClientsPerConn - 1) / cfg.ClientsPerConn
+	cpArgs := append([]string{"--max-conns-per-peer", strconv.Itoa(conns + 16), "--max-streams-per-conn", strconv.Itoa(cfg.ClientsPerConn + 16),
+		"--max-services", strconv.Itoa(cfg.Services + 1), "--max-instances-per-service", strconv.Itoa(cfg.Instances + 1)}, cfg.ControlPlaneArgs...)
+	cp, err := startControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), readyTimeout, cpArgs)
 	if err != nil {
 		return nil, err
 	}
