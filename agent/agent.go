@@ -268,12 +268,19 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 	var held heldWatch
 	for {
 		r.sample(bg)
-		err := r.ensureRegistered(bg, r.current)
+		// A refused connection is known at once: say where and why, rather than wait for a
+		// request's timeout and report a bare "context deadline exceeded".
+		err := r.reachable(bg)
+		if err == nil {
+			err = r.ensureRegistered(bg, r.current)
+		}
 		if err == nil {
 			return nil
 		}
 		delay := r.backoff.next()
-		if errors.Is(err, registry.ErrInstanceExists) {
+		if errors.Is(err, errUnreachable) {
+			r.log.Error().Err(err).Dur("retryIn", delay).Msg("cannot register: etcd is not reachable; retrying")
+		} else if errors.Is(err, registry.ErrInstanceExists) {
 			retryNow, herr := r.checkHeld(bg, &held)
 			if herr != nil {
 				return herr
@@ -283,7 +290,7 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 			}
 			delay = min(delay, 250*time.Millisecond)
 		} else {
-			r.log.Warn().Err(err).Dur("retryIn", delay).Msg("cannot register yet")
+			r.log.Warn().Err(err).Strs("endpoints", r.cfg.Etcd.Endpoints).Dur("retryIn", delay).Msg("cannot register yet")
 		}
 		t := time.NewTimer(delay)
 		select {
@@ -293,6 +300,21 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// errUnreachable marks reachable's errors.
+var errUnreachable = errors.New("etcd unreachable")
+
+// reachable checks that one of the etcd endpoints accepts a connection.
+func (r *runner) reachable(ctx context.Context) error {
+	timeout := r.cfg.Etcd.DialTimeout
+	if timeout <= 0 || timeout > r.opTimeout {
+		timeout = r.opTimeout
+	}
+	if err := etcdconn.Reachable(ctx, r.cfg.Etcd.Endpoints, timeout); err != nil {
+		return fmt.Errorf("%w: %w", errUnreachable, err)
+	}
+	return nil
 }
 
 // heldWatch follows a key held by another lease: when it was first seen held, and until when

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
@@ -130,6 +131,9 @@ func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
 // readState reads the registry under prefix once, at one revision, with a client of cfg, and
 // applies the drains as the control plane does, so that both show the same states.
 func readState(ctx context.Context, cfg clientv3.Config, prefix string) (*registry.State, error) {
+	if err := etcdconn.Reachable(ctx, cfg.Endpoints, cfg.DialTimeout); err != nil {
+		return nil, err
+	}
 	cfg.Context = ctx
 	cli, err := clientv3.New(cfg)
 	if err != nil {

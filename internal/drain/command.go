@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
@@ -91,6 +92,9 @@ func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(stri
 	ec, err := c.etcd.ClientConfig(lookup)
 	if err != nil {
 		return nil, "", exitUsage, err
+	}
+	if err := etcdconn.Reachable(ctx, ec.Endpoints, ec.DialTimeout); err != nil {
+		return nil, "", exitFailure, err
 	}
 	ec.Context = ctx
 	cl, err := clientv3.New(ec)
@@ -236,7 +240,7 @@ func (c *command) read(ctx context.Context) (*snapshot, error) {
 	defer cancel()
 	l, err := registry.List(ctx, c.cli, c.prefix)
 	if err != nil {
-		return nil, fmt.Errorf("read etcd: %w", err)
+		return nil, fmt.Errorf("read etcd %v: %w", c.cli.Endpoints(), err)
 	}
 	kvs := l.KVs
 	s := &snapshot{st: registry.ApplyDrains(registry.BuildState(c.prefix, l.Revision, kvs, nil)), mods: make(map[string]int64, len(kvs))}
