@@ -29,6 +29,9 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 		return runService(args)
 	}
 	o, err := parseFlags(args, lookup, stderr)
+	if err == nil {
+		err = o.checkEnv(os.Environ())
+	}
 	if err != nil {
 		if isHelp(err) {
 			return 0
