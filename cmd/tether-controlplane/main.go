@@ -10,9 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -97,6 +99,11 @@ Flags:
 		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
 	}
 	c.ListenPort = uint32(listenPort)
+	for _, a := range []struct{ flag, v string }{{"--xds-addr", c.XDSAddr}, {"--admin-addr", c.AdminAddr}} {
+		if err := checkListenAddr(a.v); err != nil {
+			return nil, fmt.Errorf("%s: %w", a.flag, err)
+		}
+	}
 	for _, h := range strings.Split(adminHosts, ",") {
 		if h = strings.TrimSpace(h); h != "" {
 			if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err != nil && strings.Trim(strings.ToLower(h), "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" {
@@ -133,6 +140,19 @@ Flags:
 		return nil, err
 	}
 	return o, nil
+}
+
+// checkListenAddr checks a listen address's form at start, before the embedded etcd starts:
+// host:port (host may be empty for every interface) with a port of 0-65535.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:18001 or :18000", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q must be a number, 0-65535", addr, port)
+	}
+	return nil
 }
 
 // xdsTLS builds the xDS server's TLS configuration, or nil for plaintext.
