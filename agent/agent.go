@@ -45,10 +45,16 @@ type runner struct {
 	backoff   backoff
 	// metricsAddr is the /metrics listener's address as published ("" when disabled).
 	metricsAddr string
+	// warning is what a control plane may refuse in the instance, logged with each
+	// registration ("" when nothing).
+	warning string
 
 	lastLoad      registry.Load
 	sessionsKnown bool
 	failing       map[string]bool // probes failing, to log transitions only
+	// addrAnswered is set once address:port accepted a connection; until then each sample
+	// checks it (after that the health probe speaks for the app).
+	addrAnswered bool
 	draining      bool
 	current       registry.Instance // last evaluated value
 
@@ -104,6 +110,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		failing:   map[string]bool{},
 		drains:    newDrainWatch(cli, prefix, cfg.Service, log),
 	}
+	if registry.IsLoopback(cfg.Address) {
+		r.warning = loopbackWarning(cfg.Address)
+		r.m.warning = r.warning
+		log.Warn().Str("address", cfg.Address).Msg(r.warning)
+	}
 	if cfg.MetricsAddr != "" {
 		stop, err := r.serveMetrics()
 		if err != nil {
@@ -112,6 +123,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		defer stop()
 	}
 	return r.run(ctx, skipDrain)
+}
+
+// loopbackWarning says that a control plane refuses an instance on loopback address addr.
+func loopbackWarning(addr string) string {
+	return "address " + addr + " is loopback: a control plane refuses this instance (it is left out of Envoy, listed as rejected) unless started with --allow-loopback-backends, for a demo or tests on one host"
 }
 
 // serveMetrics listens on the first free address of --metrics-addr and records it for the
@@ -427,8 +443,17 @@ func (r *runner) sample(ctx context.Context) {
 	if r.cfg.SessionsURL != "" {
 		wg.Go(func() { sessions, sessErr = r.probe.sessions(pctx, r.cfg.SessionsURL, r.cfg.SessionsMetric) })
 	}
+	var addrErr error
+	checkAddr := !r.addrAnswered
+	if checkAddr {
+		wg.Go(func() { addrErr = dialAddress(pctx, r.cfg.Address, r.cfg.Port) })
+	}
 	u, loadErr := r.load.sample(pctx)
 	wg.Wait()
+	addrDown := ""
+	if checkAddr {
+		addrDown = r.addressResult(addrErr)
+	}
 
 	if r.probeResult("load", loadErr) {
 		r.lastLoad.CPU, r.lastLoad.Memory, r.lastLoad.MemoryMB = round1(u.CPU), round1(u.Memory), round1(u.MemoryMB)
@@ -457,6 +482,8 @@ func (r *runner) sample(ctx context.Context) {
 	case r.draining:
 	case !healthy:
 		in.State, in.Reason = registry.StateUnhealthy, healthReason
+	case addrDown != "":
+		in.State, in.Reason = registry.StateUnhealthy, addrDown
 	case drained: // an operator's drain: keep the sessions, take no new ones
 		in.State, in.Reason = registry.StateDraining, registry.OperatorDrainReason(mark.Name)
 	case full:
@@ -482,6 +509,31 @@ func (r *runner) instance() registry.Instance {
 		in.State, in.Reason = registry.StateDraining, drainReason
 	}
 	return in
+}
+
+// addressResult records the check of address:port and returns the reason to publish the
+// instance unhealthy, or "". Only a refused connection or a missing route counts: nothing
+// can connect there, Envoy included. A timeout is logged, the state is left alone.
+func (r *runner) addressResult(err error) string {
+	if err == nil {
+		r.addrAnswered = true
+		if r.failing["address"] {
+			r.log.Info().Str("address", r.cfg.Address).Int("port", r.cfg.Port).Msg("the instance's address answers now")
+		}
+		r.failing["address"] = false
+		return ""
+	}
+	r.m.probeFails.WithLabelValues("address").Inc()
+	reason := addressReason(r.cfg.Address, r.cfg.Port, err)
+	if !r.failing["address"] {
+		r.log.Error().Err(err).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
+			Msg("the instance's address does not answer: Envoy could not reach the app there; it stays unhealthy until it answers (is the app listening only on 127.0.0.1? pass --address)")
+	}
+	r.failing["address"] = true
+	if !definiteDialFailure(err) {
+		return ""
+	}
+	return reason
 }
 
 // probeResult counts a failed probe and logs only its transitions; it reports success.

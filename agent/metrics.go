@@ -23,6 +23,9 @@ type metrics struct {
 	etcdErrors *prometheus.CounterVec
 	probeFails *prometheus.CounterVec
 	isReg      atomic.Bool
+	// warning is said by /healthz beside "ok": what a control plane may refuse (set before
+	// the server starts).
+	warning string
 }
 
 func newMetrics(service, id string) *metrics {
@@ -87,6 +90,10 @@ func (m *metrics) handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if m.isReg.Load() {
+			if m.warning != "" {
+				_, _ = w.Write([]byte("ok, but " + m.warning + "\n"))
+				return
+			}
 			_, _ = w.Write([]byte("ok\n"))
 			return
 		}

@@ -161,3 +161,33 @@ func TestStatusErrors(t *testing.T) {
 		t.Errorf("unreachable etcd: exit %d, %s", code, errOut)
 	}
 }
+
+// TestStatusShowsLoopbackRejected: a control plane refuses an instance on a loopback address
+// unless started with --allow-loopback-backends; status says the same, not "available".
+func TestStatusShowsLoopbackRejected(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []registry.Instance{instance("lo-1", "127.0.0.1", 0, registry.StateAvailable, ""), instance("ok-1", "10.0.0.1", 0, registry.StateAvailable, "")} {
+		if err := registry.CreateInstance(ctx, cli, "/tether", "app", in, lease.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, errOut := runStatus(t, "--etcd-endpoints", srv.ClientURL)
+	if code != 0 {
+		t.Fatalf("status: exit %d, %s", code, errOut)
+	}
+	if regexp.MustCompile(`(?m)^app +lo-1 .*available`).MatchString(out) || !strings.Contains(out, "/tether/instances/app/lo-1") ||
+		!strings.Contains(out, "--allow-loopback-backends") || !strings.Contains(out, "1 available") {
+		t.Errorf("status shows the loopback instance as served:\n%s", out)
+	}
+	code, out, errOut = runStatus(t, "--etcd-endpoints", srv.ClientURL, "--allow-loopback-backends")
+	if code != 0 || !regexp.MustCompile(`(?m)^app +lo-1 .*available`).MatchString(out) {
+		t.Errorf("status --allow-loopback-backends: exit %d %s, want lo-1 available:\n%s", code, errOut, out)
+	}
+}
