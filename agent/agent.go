@@ -55,8 +55,8 @@ type runner struct {
 	// addrAnswered is set once address:port accepted a connection; until then each sample
 	// checks it (after that the health probe speaks for the app).
 	addrAnswered bool
-	draining      bool
-	current       registry.Instance // last evaluated value
+	draining     bool
+	current      registry.Instance // last evaluated value
 
 	lease      lease
 	registered bool
