@@ -112,8 +112,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 	}
 	if registry.IsLoopback(cfg.Address) {
 		r.warning = loopbackWarning(cfg.Address)
-		r.m.warning = r.warning
-		log.Warn().Str("address", cfg.Address).Msg(r.warning)
+		r.m.warning = r.warning // and each registration's log line says it
 	}
 	if cfg.MetricsAddr != "" {
 		stop, err := r.serveMetrics()
