@@ -56,6 +56,7 @@ type runner struct {
 	// checks it (after that the health probe speaks for the app).
 	addrAnswered bool
 	draining     bool
+	reportDrain  bool              // write the next value even inside the dead band (see writeDrain)
 	current      registry.Instance // last evaluated value
 
 	lease      lease
@@ -243,6 +244,10 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			r.sample(bg)
 		case <-r.drains.changed:
 			r.sample(bg)
+			// drain --wait counts only values written after its drain: an instance already
+			// draining (by another drain, or shutting down) must not keep it waiting for
+			// the heartbeat.
+			r.reportDrain = r.current.State == registry.StateDraining
 		}
 		if force || !time.Now().Before(retryAt) {
 			if err := r.sync(bg); err != nil {
@@ -367,6 +372,9 @@ func (r *runner) sync(ctx context.Context) error {
 		return r.ensureRegistered(ctx, r.current)
 	}
 	cause := writeReason(r.written, r.current, time.Since(r.writtenAt), r.cfg.Heartbeat)
+	if cause == "" && r.reportDrain {
+		cause = writeDrain
+	}
 	if cause == "" {
 		return nil
 	}
@@ -374,6 +382,9 @@ func (r *runner) sync(ctx context.Context) error {
 		r.log.Info().Str("from", string(r.written.State)).Str("to", string(r.current.State)).Str("reason", r.current.Reason).Msg("state changed")
 	}
 	err := r.write(ctx, r.current, cause)
+	if err == nil {
+		r.reportDrain = false
+	}
 	if errors.Is(err, registry.ErrLeaseLost) {
 		r.log.Warn().Msg("instance key no longer held by our lease; registering again")
 		return r.ensureRegistered(ctx, r.current)
