@@ -79,7 +79,7 @@ func TestStatusTable(t *testing.T) {
 	}
 	lines := strings.Split(out, "\n")
 	header := lines[0]
-	for _, col := range []string{"SERVICE", "INSTANCE", "ADDRESS", "STATE", "REASON", "SESSIONS", "CPU", "MEMORY", "ZONE", "AGENT", "AGE"} {
+	for _, col := range []string{"SERVICE", "INSTANCE", "ADDRESS", "STATE", "REASON", "SESSIONS", "CPU", "MEMORY", "ZONE", "AGENT", "UPDATED"} {
 		if !strings.Contains(header, col) {
 			t.Errorf("header %q lacks %s", header, col)
 		}
