@@ -208,4 +208,3 @@ func TestAlertRulesAndDashboard(t *testing.T) {
 		}
 	}
 }
-
