@@ -208,3 +208,37 @@ func TestAlertRulesAndDashboard(t *testing.T) {
 		}
 	}
 }
+
+// unitSettings reads the Key=Value lines of a systemd unit (the last value of each key).
+func unitSettings(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok && !strings.HasPrefix(l, "#") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// TestSystemdUnits: SIGTERM drains the agent, and systemd waits longer than the agent's
+// default drain before it kills it; a bad flag (exit 2) is not restarted in a loop.
+func TestSystemdUnits(t *testing.T) {
+	agentUnit := unitSettings(t, "systemd/tether-agent@.service")
+	stop, err := time.ParseDuration(strings.ReplaceAll(agentUnit["TimeoutStopSec"], "min", "m"))
+	if err != nil {
+		t.Fatalf("agent TimeoutStopSec %q: %v", agentUnit["TimeoutStopSec"], err)
+	}
+	if d := agent.DefaultConfig(); stop <= d.DrainTimeout+d.DrainSettle+5*time.Second {
+		t.Errorf("agent TimeoutStopSec %s: systemd would kill the agent before its default drain (%s) ends", stop, d.DrainTimeout)
+	}
+	for name, u := range map[string]map[string]string{"agent": agentUnit, "control plane": unitSettings(t, "systemd/tether-controlplane.service")} {
+		if u["KillSignal"] != "SIGTERM" || u["RestartPreventExitStatus"] != "2" || !strings.HasPrefix(u["ExecStart"], "/usr/local/bin/tether-") {
+			t.Errorf("%s unit: KillSignal %q, RestartPreventExitStatus %q, ExecStart %q", name, u["KillSignal"], u["RestartPreventExitStatus"], u["ExecStart"])
+		}
+	}
+}
