@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -239,6 +241,26 @@ func TestSystemdUnits(t *testing.T) {
 	for name, u := range map[string]map[string]string{"agent": agentUnit, "control plane": unitSettings(t, "systemd/tether-controlplane.service")} {
 		if u["KillSignal"] != "SIGTERM" || u["RestartPreventExitStatus"] != "2" || !strings.HasPrefix(u["ExecStart"], "/usr/local/bin/tether-") {
 			t.Errorf("%s unit: KillSignal %q, RestartPreventExitStatus %q, ExecStart %q", name, u["KillSignal"], u["RestartPreventExitStatus"], u["ExecStart"])
+		}
+	}
+}
+
+// TestVersionStamp: the release build's -X stamp (Makefile's LDFLAGS) is what --version
+// prints, in both binaries.
+func TestVersionStamp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/tetherlb/tether/internal/version.Version=9.8.7-test",
+		"-o", dir+string(os.PathSeparator), "../cmd/tether-controlplane", "../cmd/tether-agent")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, bin := range []string{"tether-controlplane", "tether-agent"} {
+		out, err := exec.Command(filepath.Join(dir, bin), "--version").CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), bin+" 9.8.7-test ") {
+			t.Errorf("%s --version: %v, %q; want %q first", bin, err, out, bin+" 9.8.7-test")
 		}
 	}
 }

@@ -63,7 +63,8 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: tether-agent --service NAME --port PORT [flags]\n"+
-			"       tether-agent service install|uninstall|start|stop ... (Windows service; see tether-agent service)\n\n"+
+			"       tether-agent service install|uninstall|start|stop ... (Windows service; see tether-agent service)\n"+
+			"       tether-agent --version\n\n"+
 			"Registers one backend instance in etcd and keeps its state and load up to date.\n"+
 			"Every flag can also be set as TETHER_<FLAG> (e.g. TETHER_MAX_SESSIONS); the command line wins.\n\n")
 		fs.PrintDefaults()

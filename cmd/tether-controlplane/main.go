@@ -22,6 +22,7 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/drain"
+	"github.com/tetherlb/tether/internal/version"
 )
 
 // subcommands are the operator's commands; without one the binary runs the control plane.
@@ -51,6 +52,7 @@ func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) 
   tether-controlplane status [flags]              print the registry (services, instances, drains)
   tether-controlplane drain SERVICE/ID [flags]    drain one instance (--label k=v for a selection, --undo, --wait)
   tether-controlplane drains [SERVICE] [flags]    list the drains
+  tether-controlplane --version                   print the version
 Each command takes -h.
 
 Flags:
@@ -187,6 +189,10 @@ func xdsTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 }
 
 func run(args []string, lookup func(string) (string, bool), stderr *os.File) int {
+	if version.Requested(args) {
+		version.Print(os.Stdout, "tether-controlplane")
+		return 0
+	}
 	if len(args) > 0 {
 		if sub, ok := subcommands[args[0]]; ok {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
