@@ -28,8 +28,7 @@ func definiteDialFailure(err error) bool {
 	if !errors.As(err, &errno) {
 		return false
 	}
-	switch errno {
-	case syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.EADDRNOTAVAIL:
+	if errno == syscall.ECONNREFUSED || errno == syscall.EHOSTUNREACH || errno == syscall.ENETUNREACH || errno == syscall.EADDRNOTAVAIL {
 		return true
 	}
 	// Windows: WSAECONNREFUSED, WSAEHOSTUNREACH, WSAENETUNREACH, WSAEADDRNOTAVAIL.

@@ -695,10 +695,15 @@ func TestAddressThatDoesNotAnswerIsNotAvailable(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- agent.Run(ctx, cfg, zerolog.New(&logs), nil) }()
-	t.Cleanup(func() { cancel(); <-done })
-	in := etcdtest.WaitInstance(t, cli, "elsewhere", 10*time.Second, "registered", func(in *registry.Instance, _ int64) bool { return in != nil })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Logf("agent stopped: %v", err)
+		}
+	})
+	etcdtest.WaitInstance(t, cli, "elsewhere", 10*time.Second, "registered", func(in *registry.Instance, _ int64) bool { return in != nil })
 	b.WaitSamples(t, 5, 5*time.Second)
-	in = etcdtest.WaitInstance(t, cli, "elsewhere", time.Second, "read again", func(in *registry.Instance, _ int64) bool { return in != nil })
+	in := etcdtest.WaitInstance(t, cli, "elsewhere", time.Second, "read again", func(in *registry.Instance, _ int64) bool { return in != nil })
 	if in.State != registry.StateUnhealthy || !strings.Contains(in.Reason, "127.0.0.2:") || !strings.Contains(in.Reason, "--address") {
 		t.Errorf("instance %s (%q); want unhealthy, saying 127.0.0.2:%d does not answer and naming --address", in.State, in.Reason, b.Port)
 	}
@@ -726,7 +731,12 @@ func TestLoopbackAddressIsFlagged(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- agent.Run(ctx, cfg, zerolog.New(&logs), nil) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Logf("agent stopped: %v", err)
+		}
+	})
 	etcdtest.WaitInstance(t, cli, "lo", 10*time.Second, "registered", func(in *registry.Instance, _ int64) bool { return in != nil })
 	var registered string
 	for _, l := range strings.Split(logs.String(), "\n") {

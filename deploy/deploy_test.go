@@ -52,7 +52,15 @@ func exported(t *testing.T) map[string]bool {
 	skip := make(chan struct{})
 	agDone := make(chan error, 1)
 	go func() { agDone <- agent.Run(ctx, acfg, zerolog.Nop(), skip) }()
-	t.Cleanup(func() { cancel(); close(skip); <-cpDone; <-agDone })
+	t.Cleanup(func() {
+		cancel()
+		close(skip)
+		for _, ch := range []chan error{cpDone, agDone} {
+			if err := <-ch; err != nil {
+				t.Logf("stopped: %v", err)
+			}
+		}
+	})
 
 	names := map[string]bool{}
 	for _, addr := range []string{adminAddr, metricsAddr} {

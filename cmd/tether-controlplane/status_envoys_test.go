@@ -52,5 +52,7 @@ func TestStatusReportsOldEnvoys(t *testing.T) {
 		t.Errorf("status --admin-addr: exit %d\nstdout:\n%s\nstderr:\n%s\nwant edge-1 reported below %s", code, out, errOut, controlplane.MinEnvoyVersion)
 	}
 	cancel()
-	<-done
+	if err := <-done; err != nil {
+		t.Logf("control plane stopped: %v", err)
+	}
 }
