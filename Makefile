@@ -2,8 +2,12 @@
 # `make demo` starts the whole local demo; `make test` runs every test.
 GO       ?= go
 BIN      ?= bin
-VERSION  ?= 0.1.0
-LDFLAGS  := -s -w -X github.com/tetherlb/tether/agent.Version=$(VERSION)
+# The version stamped into both binaries (--version, and the agent's registry value): the git
+# tag or commit, 0.1.0 outside a clone. `make dist VERSION=1.2.3` sets it.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
+LDFLAGS  := -s -w -X github.com/tetherlb/tether/internal/version.Version=$(VERSION)
+# Release targets of `make dist`: os/arch.
+DIST_TARGETS ?= linux/amd64 linux/arm64 windows/amd64 windows/arm64
 PKGS     := ./...
 # Fuzzing budgets are execution counts, not durations: Go 1.26's fuzz coordinator can fail a target
 # with a bare "context deadline exceeded" when a -fuzztime duration ends while a starved worker is
@@ -14,7 +18,7 @@ FUZZTIME ?= 300000x
 # The Windows pass runs the host's binary with GOOS=windows, so that it checks the Windows files.
 GOLANGCI := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build run demo test test-short lint fmt cross fuzz bench e2e sim soak clean
+.PHONY: all build run demo test test-short lint fmt cross dist fuzz bench e2e sim soak clean
 
 all: build
 
@@ -61,6 +65,24 @@ cross:
 	GOOS=linux   GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/linux-amd64/   ./cmd/tether-agent
 	GOOS=linux   GOARCH=arm64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/linux-arm64/   ./cmd/tether-agent
 	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/windows-amd64/ ./cmd/tether-agent
+
+# Release archives in dist/: per target tether-<version>-<os>-<arch>.tar.gz (Linux, with the
+# systemd units) or .zip (Windows), each with both binaries, the README, the docs, the
+# monitoring files and the example HealthCheck.json; SHA256SUMS over them.
+dist:
+	rm -rf dist && mkdir -p dist
+	set -e; for t in $(DIST_TARGETS); do \
+	  os=$${t%/*}; arch=$${t#*/}; name=tether-$(VERSION)-$$os-$$arch; dir=dist/$$name; \
+	  mkdir -p $$dir/docs $$dir/examples; \
+	  GOOS=$$os GOARCH=$$arch CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$dir/ ./cmd/tether-controlplane ./cmd/tether-agent; \
+	  cp README.md $$dir/; cp docs/*.md $$dir/docs/; cp examples/HealthCheck.json examples/etcd-roles.sh $$dir/examples/; \
+	  cp -R deploy/prometheus deploy/grafana $$dir/; \
+	  if [ $$os = windows ]; then (cd dist && zip -qr $$name.zip $$name); \
+	  else cp -R deploy/systemd $$dir/; tar -C dist -czf dist/$$name.tar.gz $$name; fi; \
+	  rm -rf $$dir; \
+	done
+	cd dist && sha256sum tether-* > SHA256SUMS
+	@cat dist/SHA256SUMS
 
 fuzz:
 	$(GO) test ./registry -run '^$$' -fuzz FuzzDecodeInstance -fuzztime $(FUZZTIME)

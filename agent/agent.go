@@ -49,12 +49,19 @@ type runner struct {
 	backoff    backoff
 	// metricsAddr is the /metrics listener's address as published ("" when disabled).
 	metricsAddr string
+	// warning is what a control plane may refuse in the instance, logged with each
+	// registration ("" when nothing).
+	warning string
 
 	lastLoad      registry.Load
 	sessionsKnown bool
 	failing       map[string]bool // probes failing, to log transitions only
-	draining      bool
-	current       registry.Instance // last evaluated value
+	// addrAnswered is set once address:port accepted a connection; until then each sample
+	// checks it (after that the health probe speaks for the app).
+	addrAnswered bool
+	draining     bool
+	reportDrain  bool              // write the next value even inside the dead band (see writeDrain)
+	current      registry.Instance // last evaluated value
 
 	lease      lease
 	registered bool
@@ -108,6 +115,10 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		failing:   map[string]bool{},
 		drains:    newDrainWatch(cli, prefix, cfg.Service, log),
 	}
+	if registry.IsLoopback(cfg.Address) {
+		r.warning = loopbackWarning(cfg.Address)
+		r.m.warning = r.warning // and each registration's log line says it
+	}
 	if cfg.MetricsAddr != "" {
 		stop, err := r.serveMetrics()
 		if err != nil {
@@ -116,6 +127,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		defer stop()
 	}
 	return r.run(ctx, skipDrain)
+}
+
+// loopbackWarning says that a control plane refuses an instance on loopback address addr.
+func loopbackWarning(addr string) string {
+	return "address " + addr + " is loopback: a control plane refuses this instance (it is left out of Envoy, listed as rejected) unless started with --allow-loopback-backends, for a demo or tests on one host"
 }
 
 // serveMetrics listens on the first free address of --metrics-addr and records it for the
@@ -232,6 +248,10 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			r.sample(bg)
 		case <-r.drains.changed:
 			r.sample(bg)
+			// drain --wait counts only values written after its drain: an instance already
+			// draining (by another drain, or shutting down) must not keep it waiting for
+			// the heartbeat.
+			r.reportDrain = r.current.State == registry.StateDraining
 		}
 		if force || !time.Now().Before(retryAt) {
 			if err := r.sync(bg); err != nil {
@@ -272,12 +292,19 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 	var held heldWatch
 	for {
 		r.sample(bg)
-		err := r.ensureRegistered(bg, r.current)
+		// A refused connection is known at once: say where and why, rather than wait for a
+		// request's timeout and report a bare "context deadline exceeded".
+		err := r.reachable(bg)
+		if err == nil {
+			err = r.ensureRegistered(bg, r.current)
+		}
 		if err == nil {
 			return nil
 		}
 		delay := r.backoff.next()
-		if errors.Is(err, registry.ErrInstanceExists) {
+		if errors.Is(err, errUnreachable) {
+			r.log.Error().Err(err).Dur("retryIn", delay).Msg("cannot register: etcd is not reachable; retrying")
+		} else if errors.Is(err, registry.ErrInstanceExists) {
 			retryNow, herr := r.checkHeld(bg, &held)
 			if herr != nil {
 				return herr
@@ -287,7 +314,7 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 			}
 			delay = min(delay, 250*time.Millisecond)
 		} else {
-			r.log.Warn().Err(err).Dur("retryIn", delay).Msg("cannot register yet")
+			r.log.Warn().Err(err).Strs("endpoints", r.cfg.Etcd.Endpoints).Dur("retryIn", delay).Msg("cannot register yet")
 		}
 		t := time.NewTimer(delay)
 		select {
@@ -297,6 +324,21 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// errUnreachable marks reachable's errors.
+var errUnreachable = errors.New("etcd unreachable")
+
+// reachable checks that one of the etcd endpoints accepts a connection.
+func (r *runner) reachable(ctx context.Context) error {
+	timeout := r.cfg.Etcd.DialTimeout
+	if timeout <= 0 || timeout > r.opTimeout {
+		timeout = r.opTimeout
+	}
+	if err := etcdconn.Reachable(ctx, r.cfg.Etcd.Endpoints, timeout); err != nil {
+		return fmt.Errorf("%w: %w", errUnreachable, err)
+	}
+	return nil
 }
 
 // heldWatch follows a key held by another lease: when it was first seen held, and until when
@@ -334,6 +376,9 @@ func (r *runner) sync(ctx context.Context) error {
 		return r.ensureRegistered(ctx, r.current)
 	}
 	cause := writeReason(r.written, r.current, time.Since(r.writtenAt), r.cfg.Heartbeat)
+	if cause == "" && r.reportDrain {
+		cause = writeDrain
+	}
 	if cause == "" {
 		return nil
 	}
@@ -341,6 +386,9 @@ func (r *runner) sync(ctx context.Context) error {
 		r.log.Info().Str("from", string(r.written.State)).Str("to", string(r.current.State)).Str("reason", r.current.Reason).Msg("state changed")
 	}
 	err := r.write(ctx, r.current, cause)
+	if err == nil {
+		r.reportDrain = false
+	}
 	if errors.Is(err, registry.ErrLeaseLost) {
 		r.log.Warn().Msg("instance key no longer held by our lease; registering again")
 		return r.ensureRegistered(ctx, r.current)
@@ -409,8 +457,17 @@ func (r *runner) sample(ctx context.Context) {
 	if r.cfg.SessionsURL != "" {
 		wg.Go(func() { sessions, sessErr = r.probe.sessions(pctx, r.cfg.SessionsURL, r.cfg.SessionsMetric) })
 	}
+	var addrErr error
+	checkAddr := !r.addrAnswered
+	if checkAddr {
+		wg.Go(func() { addrErr = dialAddress(pctx, r.cfg.Address, r.cfg.Port) })
+	}
 	u, loadErr := r.load.sample(pctx)
 	wg.Wait()
+	addrDown := ""
+	if checkAddr {
+		addrDown = r.addressResult(addrErr)
+	}
 
 	if r.probeResult("load", loadErr) {
 		r.lastLoad.CPU, r.lastLoad.Memory, r.lastLoad.MemoryMB = round1(u.CPU), round1(u.Memory), round1(u.MemoryMB)
@@ -439,6 +496,8 @@ func (r *runner) sample(ctx context.Context) {
 	case r.draining:
 	case !healthy:
 		in.State, in.Reason = registry.StateUnhealthy, healthReason
+	case addrDown != "":
+		in.State, in.Reason = registry.StateUnhealthy, addrDown
 	case drained: // an operator's drain: keep the sessions, take no new ones
 		in.State, in.Reason = registry.StateDraining, registry.OperatorDrainReason(mark.Name)
 	case full:
@@ -465,6 +524,31 @@ func (r *runner) instance() registry.Instance {
 		in.State, in.Reason = registry.StateDraining, drainReason
 	}
 	return in
+}
+
+// addressResult records the check of address:port and returns the reason to publish the
+// instance unhealthy, or "". Only a refused connection or a missing route counts: nothing
+// can connect there, Envoy included. A timeout is logged, the state is left alone.
+func (r *runner) addressResult(err error) string {
+	if err == nil {
+		r.addrAnswered = true
+		if r.failing["address"] {
+			r.log.Info().Str("address", r.cfg.Address).Int("port", r.cfg.Port).Msg("the instance's address answers now")
+		}
+		r.failing["address"] = false
+		return ""
+	}
+	r.m.probeFails.WithLabelValues("address").Inc()
+	reason := addressReason(r.cfg.Address, r.cfg.Port, err)
+	if !r.failing["address"] {
+		r.log.Error().Err(err).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
+			Msg("the instance's address does not answer: Envoy could not reach the app there; it stays unhealthy until it answers (is the app listening only on 127.0.0.1? pass --address)")
+	}
+	r.failing["address"] = true
+	if !definiteDialFailure(err) {
+		return ""
+	}
+	return reason
 }
 
 // probeResult counts a failed probe and logs only its transitions; it reports success.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -684,5 +685,85 @@ func TestRestartAdoptsOnlyADeadPredecessorsKey(t *testing.T) {
 				return lease == int64(dead.ID) || in == nil // the old key untouched until it expires
 			})
 		})
+	}
+}
+
+// TestAddressThatDoesNotAnswerIsNotAvailable: the README's one-host example without
+// --address registers an address the app (on 127.0.0.1 only) does not answer on. The agent
+// checks address:port itself: the instance is unhealthy with the reason, never available,
+// and the log says so loudly.
+func TestAddressThatDoesNotAnswerIsNotAvailable(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("needs 127.0.0.2 routed to loopback (Linux)")
+	}
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := agenttest.NewBackend(t) // listens on 127.0.0.1 only
+	cfg := config(etcd, b, "elsewhere")
+	cfg.Address = "127.0.0.2"
+	var logs syncbuf.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx, cfg, zerolog.New(&logs), nil) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Logf("agent stopped: %v", err)
+		}
+	})
+	etcdtest.WaitInstance(t, cli, "elsewhere", 10*time.Second, "registered", func(in *registry.Instance, _ int64) bool { return in != nil })
+	b.WaitSamples(t, 5, 5*time.Second)
+	in := etcdtest.WaitInstance(t, cli, "elsewhere", time.Second, "read again", func(in *registry.Instance, _ int64) bool { return in != nil })
+	if in.State != registry.StateUnhealthy || !strings.Contains(in.Reason, "127.0.0.2:") || !strings.Contains(in.Reason, "--address") {
+		t.Errorf("instance %s (%q); want unhealthy, saying 127.0.0.2:%d does not answer and naming --address", in.State, in.Reason, b.Port)
+	}
+	if !strings.Contains(logs.String(), `"level":"error"`) || !strings.Contains(logs.String(), "does not answer") {
+		t.Errorf("log has no error saying the address does not answer:\n%s", logs.String())
+	}
+
+	// The same agent with the address the app listens on is available.
+	cfg = config(etcd, b, "here")
+	start(t, cfg)
+	etcdtest.WaitInstance(t, cli, "here", 10*time.Second, "available", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateAvailable
+	})
+}
+
+// TestLoopbackAddressIsFlagged: a control plane refuses an instance on a loopback address
+// unless started with --allow-loopback-backends; the agent's log and /healthz say so.
+func TestLoopbackAddressIsFlagged(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "lo")
+	cfg.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
+	var logs syncbuf.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx, cfg, zerolog.New(&logs), nil) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Logf("agent stopped: %v", err)
+		}
+	})
+	etcdtest.WaitInstance(t, cli, "lo", 10*time.Second, "registered", func(in *registry.Instance, _ int64) bool { return in != nil })
+	var registered string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "instance registered") {
+			registered = l
+		}
+	}
+	if !strings.Contains(registered, "--allow-loopback-backends") {
+		t.Errorf("the registration log line does not say a control plane refuses a loopback address:\n%s", logs.String())
+	}
+	resp, err := http.Get("http://" + cfg.MetricsAddr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "--allow-loopback-backends") {
+		t.Errorf("/healthz: %s %q; want 200 with the loopback warning", resp.Status, body)
 	}
 }

@@ -12,13 +12,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tetherlb/tether/internal/version"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Version is the agent's version, written into every instance value; set with
-// -ldflags "-X github.com/tetherlb/tether/agent.Version=1.2.3".
-var Version = "0.1.0"
+// Version is the agent's version, written into every instance value: Tether's release
+// version, stamped with -ldflags "-X github.com/tetherlb/tether/internal/version.Version=1.2.3".
+var Version = version.Version
 
 // Load sources for CPU and memory.
 const (

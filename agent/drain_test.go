@@ -2,6 +2,8 @@ package agent_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -125,4 +127,57 @@ func TestAgentWithoutDrainsPermission(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	etcdtest.WaitInstance(t, root, "app-1", 5*time.Second, "registered as its own state", state(registry.StateAvailable))
+}
+
+// TestNewDrainOfADrainingInstanceIsReportedAtOnce: `drain --wait` counts only values written
+// after its drain. An instance already draining (by another drain) writes at once when a new
+// drain selects it, not at its next heartbeat.
+func TestNewDrainOfADrainingInstanceIsReportedAtOnce(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "d1")
+	cfg.Labels = map[string]string{"version": "1"}
+	cfg.Heartbeat = 30 * time.Second
+	// A still cgroup: no load change of its own to write.
+	cg := t.TempDir()
+	for name, v := range map[string]string{"cpu.stat": "usage_usec 1000\n", "cpu.max": "max 100000\n", "memory.current": "1048576\n", "memory.max": "max\n"} {
+		if err := os.WriteFile(filepath.Join(cg, name), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.LoadSource, cfg.CgroupDir = agent.LoadCgroup, cg
+	start(t, cfg)
+	etcdtest.WaitInstance(t, cli, "d1", 10*time.Second, "available", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateAvailable
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	byID := registry.Drain{Instance: "d1", CreatedAt: time.Now().UTC().Add(-time.Minute).Truncate(time.Second)}
+	if _, _, err := registry.PutDrain(ctx, cli, "/tether", "app", registry.DrainName(byID), byID); err != nil {
+		t.Fatal(err)
+	}
+	etcdtest.WaitInstance(t, cli, "d1", 5*time.Second, "drained", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.State == registry.StateDraining
+	})
+	byLabel := registry.Drain{Labels: map[string]string{"version": "1"}, CreatedAt: time.Now().UTC().Truncate(time.Second)}
+	if _, _, err := registry.PutDrain(ctx, cli, "/tether", "app", registry.DrainName(byLabel), byLabel); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, registry.DrainKey("/tether", "app", registry.DrainName(byLabel)))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("read the label drain: %v", err)
+	}
+	drainRev := resp.Kvs[0].ModRevision
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		r, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", "d1"))
+		if err == nil && len(r.Kvs) == 1 && r.Kvs[0].ModRevision > drainRev {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the instance was not written within 3s of a second drain selecting it (heartbeat 30s): drain --wait would wait for nothing")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/tetherlb/tether/registry"
 )
@@ -42,8 +44,6 @@ type HealthCheck struct {
 	ReturnCode        int
 	RetryAfterMinutes int
 	ReturnURL         string
-	// Unknown lists fields of the file the agent does not know (ignored).
-	Unknown []string
 }
 
 // Thresholds returns the file's thresholds, or zeros (unlimited) when the file is disabled.
@@ -98,7 +98,7 @@ func ParseHealthCheck(b []byte, wisej string) (HealthCheck, error) {
 		}
 		delete(raw, name)
 		if err := json.Unmarshal(v, dst); err != nil {
-			errs = append(errs, fmt.Errorf("field %q: %s is not a %T", name, v, dst))
+			errs = append(errs, fmt.Errorf("field %q: %s", name, typeMismatch(v, dst)))
 		}
 	}
 	field("enabled", &hc.Enabled)
@@ -114,10 +114,11 @@ func ParseHealthCheck(b []byte, wisej string) (HealthCheck, error) {
 	if hc.ReturnURL == "" {
 		hc.ReturnURL = misspelt
 	}
-	for k := range raw {
-		hc.Unknown = append(hc.Unknown, k)
+	// Wisej's file has a fixed set of fields: a misspelt one would silently leave a limit
+	// off (a "maxSesions" server takes any number of sessions).
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		errs = append(errs, fmt.Errorf("unknown field %q%s; the fields are %s", k, suggest(k), strings.Join(healthCheckFields, ", ")))
 	}
-	sort.Strings(hc.Unknown)
 	if len(errs) > 0 {
 		return hc, errors.Join(errs...)
 	}
@@ -125,6 +126,68 @@ func ParseHealthCheck(b []byte, wisej string) (HealthCheck, error) {
 		errs = append(errs, err)
 	}
 	return hc, errors.Join(append(errs, hc.validate())...)
+}
+
+// healthCheckFields are the fields of Wisej's HealthCheck.json, returUrl being Wisej's own
+// spelling of returnUrl.
+var healthCheckFields = []string{"enabled", "maxSessions", "maxMemory", "maxCPU", "returnCode", "retryAfter", "returUrl", "returnUrl"}
+
+// suggest names the known field closest to an unknown one: the same name in another case, or
+// one at most two edits away.
+func suggest(k string) string {
+	best, bestD := "", 3
+	for _, f := range healthCheckFields {
+		d := editDistance(strings.ToLower(k), strings.ToLower(f))
+		if d < bestD {
+			best, bestD = f, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// typeMismatch says what is wrong with a value that does not decode into dst.
+func typeMismatch(v json.RawMessage, dst any) string {
+	want := "a string"
+	switch dst.(type) {
+	case *int:
+		want = "a whole number"
+	case *float64:
+		want = "a number"
+	case *bool:
+		want = "true or false"
+	}
+	got := "is"
+	switch t := bytes.TrimSpace(v); {
+	case len(t) > 0 && t[0] == '"':
+		got = "is a string,"
+	case len(t) > 0 && (t[0] == '{' || t[0] == '['):
+		got = "is an object or a list,"
+	}
+	return fmt.Sprintf("%s %s not %s", v, got, want)
 }
 
 // setMemory reads maxMemory as the given Wisej generation writes it.

@@ -187,7 +187,11 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 	r.m.setRegistered(true)
 	r.m.writes.WithLabelValues("register").Inc()
 	r.backoff.reset()
-	r.log.Info().Str("lease", fmt.Sprintf("%x", int64(r.lease.ID()))).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
+	ev := r.log.Info()
+	if r.warning != "" {
+		ev = r.log.Warn().Str("warning", r.warning)
+	}
+	ev.Str("lease", fmt.Sprintf("%x", int64(r.lease.ID()))).Str("address", r.cfg.Address).Int("port", r.cfg.Port).
 		Str("state", string(next.State)).Msg("instance registered")
 	return nil
 }

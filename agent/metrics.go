@@ -23,6 +23,9 @@ type metrics struct {
 	etcdErrors *prometheus.CounterVec
 	probeFails *prometheus.CounterVec
 	isReg      atomic.Bool
+	// warning is said by /healthz beside "ok": what a control plane may refuse (set before
+	// the server starts).
+	warning string
 }
 
 func newMetrics(service, id string) *metrics {
@@ -39,13 +42,13 @@ func newMetrics(service, id string) *metrics {
 		memory:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_memory_percent", Help: "Last sampled memory use, percent."}),
 		memoryMB: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_agent_memory_bytes", Help: "Last sampled memory use, bytes."}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_agent_etcd_writes_total", Help: "Instance writes to etcd, by cause (register, state, load, heartbeat).",
+			Name: "tether_agent_etcd_writes_total", Help: "Instance writes to etcd, by cause (register, state, load, heartbeat, leaving, drain).",
 		}, []string{"cause"}),
 		etcdErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_agent_etcd_errors_total", Help: "Failed etcd operations, by operation.",
 		}, []string{"op"}),
 		probeFails: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_agent_probe_failures_total", Help: "Failed samples or probes, by probe (health, available, sessions, load).",
+			Name: "tether_agent_probe_failures_total", Help: "Failed samples or probes, by probe (health, available, sessions, load, address).",
 		}, []string{"probe"}),
 	}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -55,6 +58,17 @@ func newMetrics(service, id string) *metrics {
 	info.Set(1)
 	m.reg.MustRegister(m.state, m.registered, m.sessions, m.cpu, m.memory, m.memoryMB, m.writes, m.etcdErrors, m.probeFails, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Every label value is exported from the start, at zero, so that an alert on increase()
+	// needs no absent() for the time before the first event.
+	for _, cause := range []string{"register", writeState, writeLoad, writeHeartbeat, writeLeaving, writeDrain} {
+		m.writes.WithLabelValues(cause)
+	}
+	for _, op := range []string{"create", "update", "delete", "revoke", "adopt"} {
+		m.etcdErrors.WithLabelValues(op)
+	}
+	for _, probe := range []string{"health", "available", "sessions", "load", "address"} {
+		m.probeFails.WithLabelValues(probe)
+	}
 	return m
 }
 
@@ -87,6 +101,10 @@ func (m *metrics) handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if m.isReg.Load() {
+			if m.warning != "" {
+				_, _ = w.Write([]byte("ok, but " + m.warning + "\n"))
+				return
+			}
 			_, _ = w.Write([]byte("ok\n"))
 			return
 		}

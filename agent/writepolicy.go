@@ -21,6 +21,7 @@ const (
 	writeLoad      = "load"
 	writeHeartbeat = "heartbeat"
 	writeLeaving   = "leaving" // the last value, before a deliberate deregistration
+	writeDrain     = "drain"   // a drain changed while draining: drain --wait needs a fresh value
 )
 
 // sessionStep is the session-count change worth a write.

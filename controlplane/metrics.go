@@ -129,5 +129,25 @@ func newMetrics() *metrics {
 		m.responses, m.nacks, m.snapshots, m.snapshotErrors, m.translate, m.eventToPush,
 		m.etcdEvents, m.revision, m.ready, m.held, m.vanished, m.unconfirmed, m.drained, m.massRemovals, m.firstPhase, m.promotions, m.lagging, m.laggingTotal, m.oldEnvoys, m.refused, m.overLimit,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Every label value known in advance is exported from the start, at zero: an alert on
+	// increase() or rate() then needs no absent() for the time before the first event.
+	for _, kind := range []string{"service", "instance", "drain", "unknown"} {
+		m.rejected.WithLabelValues(kind)
+	}
+	for _, variant := range []string{"sotw", "delta"} {
+		m.streams.WithLabelValues(variant)
+		for _, typ := range xdsTypes {
+			m.responses.WithLabelValues(variant, typ)
+		}
+	}
+	for _, typ := range xdsTypes {
+		m.nacks.WithLabelValues(typ)
+	}
+	for _, outcome := range []string{"acked", "settled"} {
+		m.promotions.WithLabelValues(outcome)
+	}
 	return m
 }
+
+// xdsTypes are the short names (shortType) of the resource types served.
+var xdsTypes = []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"}

@@ -33,8 +33,14 @@ func TestNACKCountsOnlySentNonces(t *testing.T) {
 	for _, nonce := range []string{"made-up", "1"} {
 		tr.request(id, node, resourcev3.ClusterType, nonce, &errorDetail{code: 3, message: "no"})
 	}
-	if n := testutil.CollectAndCount(m.nacks); n != 0 {
-		t.Fatalf("%d NACK series after NACKs of nonces never sent; want 0", n)
+	// The known types' series exist from the start, at zero; nothing else may appear.
+	if n := testutil.CollectAndCount(m.nacks); n != len(xdsTypes) {
+		t.Fatalf("%d NACK series after NACKs of nonces never sent; want the %d known types'", n, len(xdsTypes))
+	}
+	for _, typ := range xdsTypes {
+		if got := testutil.ToFloat64(m.nacks.WithLabelValues(typ)); got != 0 {
+			t.Fatalf("NACKs of %s = %v after NACKs of nonces never sent; want 0", typ, got)
+		}
 	}
 	tr.response(id, resourcev3.ClusterType, "1", "v1")
 	tr.request(id, nil, resourcev3.ClusterType, "1", &errorDetail{code: 3, message: "no"})

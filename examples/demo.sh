@@ -25,19 +25,44 @@ stop() {
 }
 trap stop EXIT INT TERM
 
+for b in tether-controlplane tether-agent sessionapp; do
+  [ -x "$BIN/$b" ] || { echo "demo: $BIN/$b is missing: run make build (or make demo)" >&2; exit 2; }
+done
+
+# listening HOST PORT: whether something accepts connections there.
+listening() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# Every port the demo takes must be free: a control plane left running (`make run`) would
+# answer the readiness check below in this demo's place, and every part would then fail.
+busy=()
+for p in 2379 2380 18000 18001 5001 5002 5003 18101 18102 18103 10000 9901; do
+  listening 127.0.0.1 "$p" && busy+=("127.0.0.1:$p")
+done
+if [ ${#busy[@]} -gt 0 ]; then
+  echo "demo: ports in use: ${busy[*]}" >&2
+  echo "demo: stop what holds them first: a control plane from \`make run\` (Ctrl-C in its terminal), another demo, or docker compose down" >&2
+  trap - EXIT INT TERM; rm -rf "$DATA"
+  exit 1
+fi
+
 # The demo's backends and Envoy share this host: allow loopback backends (never in production).
 "$BIN/tether-controlplane" --data-dir "$DATA/etcd" --admin-addr "$ADMIN" --allow-loopback-backends --log-format console --log-level warn &
-others+=($!)
+cp=$!
+others+=($cp)
+ready=
 for _ in $(seq 1 120); do
-  curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1 && break
+  # This demo's own control plane: one that has exited cannot be ready.
+  kill -0 "$cp" 2>/dev/null || { echo "demo: the control plane exited (its error is above)" >&2; exit 1; }
+  curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1 && { ready=1; break; }
   sleep 0.5
 done
-curl -fsS "http://$ADMIN/readyz" >/dev/null || { echo "demo: control plane not ready after 60 s" >&2; exit 1; }
+[ -n "$ready" ] || { echo "demo: control plane not ready after 60 s" >&2; exit 1; }
 
 for i in 1 2 3; do
   port=500$i
   "$BIN/sessionapp" --listen "127.0.0.1:$port" --name "app$i" &
   apps+=($!)
+  for _ in $(seq 1 50); do listening 127.0.0.1 "$port" && break; sleep 0.1; done
   "$BIN/tether-agent" --service app --id "app$i" --address 127.0.0.1 --port "$port" \
     --health-url "http://127.0.0.1:$port/healthcheck" --sessions-url "http://127.0.0.1:$port/sessions" \
     --label version=1 --max-sessions 100 --interval 1s --drain-timeout 5s --metrics-addr "127.0.0.1:$((18100 + i))" \
@@ -60,7 +85,8 @@ Tether demo is up.
   monitor:         http://$ADMIN/        (/metrics, /debug/config, /api/state)
   apps directly:   http://127.0.0.1:5001/  http://127.0.0.1:5002/  http://127.0.0.1:5003/
 $envoy_line
-  registry:        ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:2379 get --prefix /tether/
+  status:          $BIN/tether-controlplane status --allow-loopback-backends
+  registry:        go tool etcdctl --endpoints 127.0.0.1:2379 get --prefix /tether/   (or an installed etcdctl)
   fill app1:       curl -X POST 'http://127.0.0.1:5001/load?sessions=150'   (over its 100 sessions: full)
   empty it:        curl -X POST 'http://127.0.0.1:5001/load?sessions=0'
   drain app2:      $BIN/tether-controlplane drain app/app2        (undo: add --undo)

@@ -10,7 +10,8 @@
 #                        the root user, or a role of your own with $PREFIX/services/ as well
 #   root                 etcd's administrator (required by etcd before auth can be enabled)
 #
-# Run it once against a cluster whose auth is not enabled yet, with etcdctl v3 and the
+# Run it once against a cluster whose auth is not enabled yet, with etcdctl v3 (or, from a
+# clone, none: go tool etcdctl is used) and the
 # connection settings in the environment, e.g.
 #   ETCDCTL_ENDPOINTS=https://10.0.0.1:2379 ETCDCTL_CACERT=ca.pem \
 #   ETCDCTL_CERT=admin.pem ETCDCTL_KEY=admin-key.pem \
@@ -20,6 +21,14 @@
 # command line where process listings would show them; they must not contain spaces.
 # The commands below are applied verbatim by the tests (internal/etcdtest.ApplyRolesScript).
 set -eu
+
+# Without an installed etcdctl, use etcd's own at the version Tether uses (go.mod's tool
+# directive; needs Go and this repository).
+if ! command -v etcdctl >/dev/null 2>&1; then
+  ETCDCTL_BIN=$(go -C "$(dirname "$0")/.." tool -n etcdctl) ||
+    { echo "etcd-roles.sh: no etcdctl on PATH, and go tool etcdctl failed: install etcdctl v3" >&2; exit 1; }
+  etcdctl() { "$ETCDCTL_BIN" "$@"; }
+fi
 
 PREFIX="${TETHER_PREFIX:-/tether}"
 : "${ROOT_PASSWORD:?set ROOT_PASSWORD}"

@@ -46,6 +46,8 @@ type options struct {
 	hc              *agent.HealthCheck // the --healthcheck-file, when given
 	// derivedSessionsURL is set when --sessions-url was derived (see defaultSessionsURL).
 	derivedSessionsURL bool
+	// fs is the parsed flag set, for checkEnv.
+	fs *flag.FlagSet
 	// given holds the flags set on the command line or in the environment, by name, with
 	// their values as parsed (for the command line stored with a Windows service).
 	given map[string]string
@@ -61,7 +63,8 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: tether-agent --service NAME --port PORT [flags]\n"+
-			"       tether-agent service install|uninstall|start|stop ... (Windows service; see tether-agent service)\n\n"+
+			"       tether-agent service install|uninstall|start|stop ... (Windows service; see tether-agent service)\n"+
+			"       tether-agent --version\n\n"+
 			"Registers one backend instance in etcd and keeps its state and load up to date.\n"+
 			"Every flag can also be set as TETHER_<FLAG> (e.g. TETHER_MAX_SESSIONS); the command line wins.\n\n")
 		fs.PrintDefaults()
@@ -106,6 +109,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	if err := cli.BindEnv(fs, lookup); err != nil {
 		return nil, err
 	}
+	o.fs = fs
 	etcdCfg, err := etcd.ClientConfig(lookup)
 	if err != nil {
 		return nil, err
@@ -150,6 +154,11 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	return o, nil
 }
 
+// checkEnv refuses TETHER_* variables of environ that set nothing (a misspelt name).
+func (o *options) checkEnv(environ []string) error {
+	return cli.UnknownEnv(o.fs, environ, cli.PasswordEnv)
+}
+
 // defaultSessionsURL is where sessions are counted when --max-sessions is set without
 // --sessions-url: /sessions on the health URL's host, else on 127.0.0.1:<port>.
 func defaultSessionsURL(healthURL string, port int) string {
@@ -169,9 +178,6 @@ func (o *options) logDefaults(log zerolog.Logger) {
 		return
 	}
 	hc := *o.hc
-	if len(hc.Unknown) > 0 {
-		log.Warn().Strs("fields", hc.Unknown).Str("file", o.healthCheckFile).Msg("unknown HealthCheck.json fields ignored")
-	}
 	if hc.MemoryAmbiguous && hc.Enabled {
 		log.Warn().Float64("maxMemory", hc.MaxMemory).Str("file", o.healthCheckFile).
 			Msg("HealthCheck.json maxMemory read as a percentage (Wisej 2); Wisej 3 means MB: pass --wisej-version 3 (or 2 to silence this)")

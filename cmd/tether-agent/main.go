@@ -14,6 +14,7 @@ import (
 
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/version"
 	"github.com/tetherlb/tether/internal/winsvc"
 )
 
@@ -22,6 +23,10 @@ func main() {
 }
 
 func run(args []string, lookup func(string) (string, bool), stderr *os.File) int {
+	if version.Requested(args) {
+		version.Print(os.Stdout, "tether-agent")
+		return 0
+	}
 	if len(args) > 0 && args[0] == "service" {
 		return serviceCommand(args[1:], os.Stdout, stderr)
 	}
@@ -29,6 +34,9 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 		return runService(args)
 	}
 	o, err := parseFlags(args, lookup, stderr)
+	if err == nil {
+		err = o.checkEnv(os.Environ())
+	}
 	if err != nil {
 		if isHelp(err) {
 			return 0

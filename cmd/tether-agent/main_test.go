@@ -219,6 +219,14 @@ func TestBadFlagsExit2(t *testing.T) {
 	if err := os.WriteFile(broken, []byte("/* header */\n{\"maxCPU\": 150}"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	misspelt := filepath.Join(dir, "Misspelt.json")
+	if err := os.WriteFile(misspelt, []byte("/* header */\n{\"enabled\": true, \"maxSesions\": 50}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	quoted := filepath.Join(dir, "Quoted.json")
+	if err := os.WriteFile(quoted, []byte(`{"enabled": true, "maxSessions": "50"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	base := []string{"--service", "app", "--port", "5000", "--sessions-url", "http://127.0.0.1:5000/sessions"}
 	cases := []struct {
 		args []string
@@ -235,6 +243,9 @@ func TestBadFlagsExit2(t *testing.T) {
 		{append(base, "--log-format", "xml"), "", "--log-format"},
 		{append(base, "--etcd-endpoints", "http://127.0.0.1:2379", "--etcd-ca", broken), "", "plaintext"},
 		{append(base, "--wisej-version", "4", "--healthcheck-file", broken), "", "--wisej-version"},
+		{append(base, "--healthcheck-file", misspelt), "", `unknown field "maxSesions"`},
+		{append(base, "--healthcheck-file", quoted), "", `"50" is a string, not a whole number`},
+		{base, "TETHER_MAX_SESIONS=50", "TETHER_MAX_SESIONS"},
 	}
 	for _, c := range cases {
 		cmd := exec.Command(binary(t), c.args...)
@@ -246,6 +257,32 @@ func TestBadFlagsExit2(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), c.want) {
 			t.Errorf("%v %s: exit %d, output %q; want exit 2 naming %s", c.args, c.env, code, out, c.want)
 		}
+	}
+}
+
+// TestRefusedEtcdNamesEndpoint: an agent pointed at an endpoint where nothing listens says
+// so at once, naming the endpoint and the likely cause, and keeps trying (etcd may come up).
+func TestRefusedEtcdNamesEndpoint(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := l.Addr().String()
+	l.Close()
+	b := agenttest.NewBackend(t)
+	p := startAgent(t, "--etcd-endpoints", ep, "--service", "app", "--id", "r1", "--address", "127.0.0.1", "--port", strconv.Itoa(b.Port),
+		"--ttl", "2s", "--interval", "100ms", "--metrics-addr", "", "--log-format", "json")
+	deadline := time.Now().Add(3 * time.Second)
+	for !strings.Contains(p.out.String(), "connection refused") || !strings.Contains(p.out.String(), ep) || !strings.Contains(p.out.String(), "--etcd-endpoints") {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 3s the log does not name %s, the refused connection and --etcd-endpoints:\n%s", ep, p.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case <-p.done:
+		t.Fatalf("agent exited; it should keep trying:\n%s", p.out.String())
+	default:
 	}
 }
 

@@ -192,6 +192,9 @@ func runService(args []string) int {
 			out = el
 		}
 		o, err := parseFlags(args, os.LookupEnv, io.Discard)
+		if err == nil {
+			err = o.checkEnv(os.Environ())
+		}
 		if err != nil {
 			l := zerolog.New(out)
 			l.Error().Err(err).Msg("bad stored flags: reinstall the service")

@@ -10,9 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/drain"
+	"github.com/tetherlb/tether/internal/version"
 )
 
 // subcommands are the operator's commands; without one the binary runs the control plane.
@@ -51,6 +54,7 @@ func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) 
   tether-controlplane drain SERVICE/ID [flags]    drain one instance (--label k=v for a selection, --undo, --wait)
   tether-controlplane drains [SERVICE] [flags]    list the drains
   tether-controlplane service put SERVICE FILE|-  validate, then write a service configuration (get, delete)
+  tether-controlplane --version                   print the version
 Each command takes -h.
 
 Flags:
@@ -113,6 +117,11 @@ Flags:
 		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
 	}
 	c.ListenPort = uint32(listenPort)
+	for _, a := range []struct{ flag, v string }{{"--xds-addr", c.XDSAddr}, {"--admin-addr", c.AdminAddr}} {
+		if err := checkListenAddr(a.v); err != nil {
+			return nil, fmt.Errorf("%s: %w", a.flag, err)
+		}
+	}
 	for _, h := range strings.Split(adminHosts, ",") {
 		if h = strings.TrimSpace(h); h != "" {
 			if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err != nil && strings.Trim(strings.ToLower(h), "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" {
@@ -157,6 +166,19 @@ Flags:
 	return o, nil
 }
 
+// checkListenAddr checks a listen address's form at start, before the embedded etcd starts:
+// host:port (host may be empty for every interface) with a port of 0-65535.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:18001 or :18000", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q must be a number, 0-65535", addr, port)
+	}
+	return nil
+}
+
 // xdsTLS builds the xDS server's TLS configuration, or nil for plaintext.
 func xdsTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 	if certFile == "" && keyFile == "" {
@@ -189,6 +211,10 @@ func xdsTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 }
 
 func run(args []string, lookup func(string) (string, bool), stderr *os.File) int {
+	if version.Requested(args) {
+		version.Print(os.Stdout, "tether-controlplane")
+		return 0
+	}
 	if len(args) > 0 {
 		if sub, ok := subcommands[args[0]]; ok {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

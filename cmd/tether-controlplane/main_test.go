@@ -102,6 +102,10 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"env hold grace", nil, map[string]string{"TETHER_HOLD_GRACE": "forever"}, "--hold-grace"},
 		{"env endpoints", nil, map[string]string{"TETHER_ETCD_ENDPOINTS": "a:1 b:2"}, "--etcd-endpoints"},
 		{"env prefix", nil, map[string]string{"TETHER_PREFIX": "no-slash"}, "--prefix"},
+		// Checked at start, before the embedded etcd (or any client) starts.
+		{"xDS address without a port", []string{"--etcd-endpoints", "127.0.0.1:1", "--xds-addr", "nonsense"}, nil, "--xds-addr"},
+		{"admin port out of range", []string{"--etcd-endpoints", "127.0.0.1:1", "--admin-addr", "127.0.0.1:99999"}, nil, "--admin-addr"},
+		{"xDS port not a number", []string{"--etcd-endpoints", "127.0.0.1:1", "--xds-addr", ":grpc"}, nil, "--xds-addr"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,6 +136,36 @@ func TestListenFailureExit1(t *testing.T) {
 		code, out := runCaptured(t, args, nil)
 		if code != 1 || !strings.Contains(out, flagName) {
 			t.Errorf("%s in use: exit %d, stderr:\n%s\nwant exit 1 naming the flag", flagName, code, out)
+		}
+	}
+}
+
+// TestRefusedEtcdFailsAtOnce: status, drains and drain against an endpoint where nothing
+// listens fail at once (exit 1), naming the endpoint and the likely cause, instead of waiting
+// for their timeout and printing "context deadline exceeded".
+func TestRefusedEtcdFailsAtOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := l.Addr().String()
+	l.Close() // now refused
+	for _, args := range [][]string{
+		{"status", "--etcd-endpoints", ep},
+		{"drains", "--etcd-endpoints", ep},
+		{"drain", "app/a1", "--etcd-endpoints", ep},
+	} {
+		start := time.Now()
+		code, out := runCaptured(t, args, nil)
+		took := time.Since(start)
+		if code != 1 || !strings.Contains(out, ep) || !strings.Contains(out, "connection refused") || !strings.Contains(out, "--etcd-endpoints") {
+			t.Errorf("%v: exit %d, stderr %q; want exit 1 naming %s, the refused connection and --etcd-endpoints", args, code, out, ep)
+		}
+		if took > 3*time.Second {
+			t.Errorf("%v: took %s; a refused connection should fail at once", args, took.Round(time.Millisecond))
+		}
+		if strings.Contains(out, "context deadline exceeded") {
+			t.Errorf("%v: %q says only that a deadline passed", args, out)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
@@ -35,6 +36,7 @@ func statusMain(ctx context.Context, args []string, lookup func(string) (string,
 	prefix := fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
 	asJSON := fs.Bool("json", false, "print the overview as JSON instead of a table")
 	timeout := fs.Duration("timeout", 10*time.Second, "time limit for reading etcd")
+	allowLoopback := fs.Bool("allow-loopback-backends", false, "show instances on loopback addresses as served, as a control plane started with --allow-loopback-backends does (without it they are rejected, as the control plane rejects them)")
 	admin := fs.String("admin-addr", "", "a control plane's admin address (host:port, e.g. 127.0.0.1:18001): also list its connected Envoys older than Tether's minimum version ("+controlplane.MinEnvoyVersion+")")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -65,7 +67,7 @@ func statusMain(ctx context.Context, args []string, lookup func(string) (string,
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	st, err := readState(ctx, ec, p)
+	st, err := readState(ctx, ec, p, *allowLoopback)
 	if err != nil {
 		return fail(1, err)
 	}
@@ -128,8 +130,12 @@ func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
 }
 
 // readState reads the registry under prefix once, at one revision, with a client of cfg, and
-// applies the drains as the control plane does, so that both show the same states.
-func readState(ctx context.Context, cfg clientv3.Config, prefix string) (*registry.State, error) {
+// applies the drains (and, unless allowLoopback, the refusal of loopback addresses) as the
+// control plane does, so that both show the same states.
+func readState(ctx context.Context, cfg clientv3.Config, prefix string, allowLoopback bool) (*registry.State, error) {
+	if err := etcdconn.Reachable(ctx, cfg.Endpoints, cfg.DialTimeout); err != nil {
+		return nil, err
+	}
 	cfg.Context = ctx
 	cli, err := clientv3.New(cfg)
 	if err != nil {
@@ -140,5 +146,25 @@ func readState(ctx context.Context, cfg clientv3.Config, prefix string) (*regist
 	if err != nil {
 		return nil, fmt.Errorf("read etcd %v: %w", cfg.Endpoints, err)
 	}
-	return registry.ApplyDrains(registry.BuildState(prefix, l.Revision, l.KVs, nil)), nil
+	st := registry.BuildState(prefix, l.Revision, l.KVs, nil)
+	if !allowLoopback {
+		refuseLoopback(st, prefix)
+	}
+	return registry.ApplyDrains(st), nil
+}
+
+// refuseLoopback moves the instances on loopback addresses to the rejected keys, with the
+// control plane's own words.
+func refuseLoopback(st *registry.State, prefix string) {
+	if st.Rejected == nil {
+		st.Rejected = map[string]string{}
+	}
+	for name, s := range st.Services {
+		for id, in := range s.Instances {
+			if registry.IsLoopback(in.Address) {
+				delete(s.Instances, id)
+				st.Rejected[registry.InstanceKey(prefix, name, id)] = fmt.Sprintf("address: %s is a loopback address, which the control plane accepts only with --allow-loopback-backends (demo and tests; status --allow-loopback-backends shows it as such a control plane does)", in.Address)
+			}
+		}
+	}
 }

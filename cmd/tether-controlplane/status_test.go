@@ -79,7 +79,7 @@ func TestStatusTable(t *testing.T) {
 	}
 	lines := strings.Split(out, "\n")
 	header := lines[0]
-	for _, col := range []string{"SERVICE", "INSTANCE", "ADDRESS", "STATE", "REASON", "SESSIONS", "CPU", "MEMORY", "ZONE", "AGENT", "AGE"} {
+	for _, col := range []string{"SERVICE", "INSTANCE", "ADDRESS", "STATE", "REASON", "SESSIONS", "CPU", "MEMORY", "ZONE", "AGENT", "UPDATED"} {
 		if !strings.Contains(header, col) {
 			t.Errorf("header %q lacks %s", header, col)
 		}
@@ -159,5 +159,35 @@ func TestStatusErrors(t *testing.T) {
 	code, _, errOut := runStatus(t, "--etcd-endpoints", fmt.Sprintf("127.0.0.1:%d", port), "--timeout", "500ms", "--etcd-dial-timeout", "200ms")
 	if code != 1 || !strings.Contains(errOut, "127.0.0.1:") {
 		t.Errorf("unreachable etcd: exit %d, %s", code, errOut)
+	}
+}
+
+// TestStatusShowsLoopbackRejected: a control plane refuses an instance on a loopback address
+// unless started with --allow-loopback-backends; status says the same, not "available".
+func TestStatusShowsLoopbackRejected(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []registry.Instance{instance("lo-1", "127.0.0.1", 0, registry.StateAvailable, ""), instance("ok-1", "10.0.0.1", 0, registry.StateAvailable, "")} {
+		if err := registry.CreateInstance(ctx, cli, "/tether", "app", in, lease.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, errOut := runStatus(t, "--etcd-endpoints", srv.ClientURL)
+	if code != 0 {
+		t.Fatalf("status: exit %d, %s", code, errOut)
+	}
+	if regexp.MustCompile(`(?m)^app +lo-1 .*available`).MatchString(out) || !strings.Contains(out, "/tether/instances/app/lo-1") ||
+		!strings.Contains(out, "--allow-loopback-backends") || !strings.Contains(out, "1 available") {
+		t.Errorf("status shows the loopback instance as served:\n%s", out)
+	}
+	code, out, errOut = runStatus(t, "--etcd-endpoints", srv.ClientURL, "--allow-loopback-backends")
+	if code != 0 || !regexp.MustCompile(`(?m)^app +lo-1 .*available`).MatchString(out) {
+		t.Errorf("status --allow-loopback-backends: exit %d %s, want lo-1 available:\n%s", code, errOut, out)
 	}
 }

@@ -293,6 +293,8 @@ function render(state) {
   const services = document.getElementById("services");
   if (!state.ready) {
     services.replaceChildren(h("p", { class: "empty", text: "The control plane has not read the registry from etcd yet." }));
+  } else if (!state.services.length && state.rejected.length) {
+    services.replaceChildren(h("p", { class: "empty", text: "No service is served: every key registered was rejected (see above why)." }));
   } else if (!state.services.length) {
     services.replaceChildren(h("p", { class: "empty", text: "No service registered yet: start an agent (tether-agent --service app --port 5000)." }));
   } else {

@@ -53,6 +53,62 @@ func BindEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 	return errors.Join(errs...)
 }
 
+// UnknownEnv refuses TETHER_* variables of environ (KEY=VALUE entries, as os.Environ gives)
+// that back no flag of fs and are not among also: a misspelt variable would otherwise be
+// silently ignored (TETHER_MAX_SESIONS leaves the server without a session limit).
+func UnknownEnv(fs *flag.FlagSet, environ []string, also ...string) error {
+	known := map[string]bool{}
+	for _, n := range also {
+		known[n] = true
+	}
+	fs.VisitAll(func(f *flag.Flag) { known[EnvName(f.Name)] = true })
+	var errs []error
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "TETHER_") || known[k] {
+			continue
+		}
+		hint := ""
+		if near := nearest(k, known); near != "" {
+			hint = fmt.Sprintf(" (did you mean %s?)", near)
+		}
+		errs = append(errs, fmt.Errorf("environment %s: no such setting%s; every flag --x-y reads TETHER_X_Y", k, hint))
+	}
+	return errors.Join(errs...)
+}
+
+// nearest returns the name of known at most two edits from k, or "".
+func nearest(k string, known map[string]bool) string {
+	best, bestD := "", 3
+	for n := range known {
+		if d := editDistance(k, n); d < bestD || (d == bestD && n < best) {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
 // EtcdFlags are the etcd client flags shared by both binaries.
 type EtcdFlags struct {
 	Endpoints, CA, Cert, Key, User, PasswordFile string

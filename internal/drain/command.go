@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
@@ -29,6 +30,9 @@ const (
 	exitFailure = 1 // etcd unreachable, permission denied, the drain removed during --wait
 	exitUsage   = 2 // bad arguments: unknown service, bad labels, ...
 	exitTimeout = 3 // --wait reached --timeout with sessions left
+	// exitInterrupted: Ctrl-C (or SIGTERM) during --wait, 128+SIGINT as shells report it; the
+	// drain stays in place. Not exitFailure: nothing failed.
+	exitInterrupted = 130
 )
 
 // Defaults.
@@ -92,6 +96,9 @@ func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(stri
 	if err != nil {
 		return nil, "", exitUsage, err
 	}
+	if err := etcdconn.Reachable(ctx, ec.Endpoints, ec.DialTimeout); err != nil {
+		return nil, "", exitFailure, err
+	}
 	ec.Context = ctx
 	cl, err := clientv3.New(ec)
 	if err != nil {
@@ -130,7 +137,8 @@ A drained instance keeps the sessions it holds (their requests still reach it th
 session cookie) and gets no new session, whatever its agent reports, until the drain is
 removed. In source-ip mode it leaves Envoy's hash ring and its users move at once. A label drain also drains instances that register later with those labels.
 
-Exit codes: 0 done, 1 etcd failure, 2 bad arguments, 3 --wait timed out with sessions left.
+Exit codes: 0 done, 1 etcd failure, 2 bad arguments, 3 --wait timed out with sessions left,
+130 --wait stopped by Ctrl-C (the drain stays in place).
 
 Flags:
 `)
@@ -145,14 +153,16 @@ Flags:
 	timeout := fs.Duration("timeout", defaultWaitTimeout, "with --wait: give up after this long (exit code 3)")
 	reason := fs.String("reason", "", "a note stored with the drain and shown with the drained instances")
 	force := fs.Bool("force", false, "drain anyway: a service the registry does not know yet (no configuration, no instance), a server of a source-ip service (its users move), or the last servers available for new sessions")
-	// A bad flag gets its one-line error (printed by the flag package), not the whole usage.
-	fs.Usage = func() { fmt.Fprintln(stderr, "see tether-controlplane drain -h") }
+	// A bad flag gets its one-line error (printed by the flag package) and a pointer to -h,
+	// not the whole usage; -h itself gets the usage alone.
+	fs.Usage = func() {}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage()
 			return exitOK
 		}
+		fmt.Fprintln(stderr, "see tether-controlplane drain -h")
 		return exitUsage
 	}
 	fail := func(code int, err error) int {
@@ -236,7 +246,7 @@ func (c *command) read(ctx context.Context) (*snapshot, error) {
 	defer cancel()
 	l, err := registry.List(ctx, c.cli, c.prefix)
 	if err != nil {
-		return nil, fmt.Errorf("read etcd: %w", err)
+		return nil, fmt.Errorf("read etcd %v: %w", c.cli.Endpoints(), err)
 	}
 	kvs := l.KVs
 	s := &snapshot{st: registry.ApplyDrains(registry.BuildState(c.prefix, l.Revision, kvs, nil)), mods: make(map[string]int64, len(kvs))}
@@ -457,7 +467,11 @@ func (c *command) undo(ctx context.Context, d registry.Drain) (int, error) {
 				}
 			}
 		}
-		return exitUsage, fmt.Errorf("%s is not drained: nothing to undo (tether-controlplane drains lists the drains)", c.what(d))
+		verb := "is"
+		if d.Instance == "" {
+			verb = "are" // "the instances of ... are"
+		}
+		return exitUsage, fmt.Errorf("%s %s not drained: nothing to undo (tether-controlplane drains lists the drains)", c.what(d), verb)
 	}
 	for _, name := range names {
 		octx, cancel := context.WithTimeout(ctx, c.opTimeout)

@@ -477,3 +477,37 @@ func TestDescribeSourceIPSaysUsersMove(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainMessages: -h does not send the reader to -h; an undo of a label drain that does
+// not exist reads as English; Ctrl-C during --wait is not an etcd failure (exit 130, the
+// drain stays).
+func TestDrainMessages(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 0)
+	putInstance(t, cli, "a2", 5002, "2", registry.StateAvailable, 5)
+	var out, errb syncbuf.Buffer
+	if code := Main(context.Background(), []string{"-h"}, func(string) (string, bool) { return "", false }, &out, &errb); code != 0 || strings.Contains(errb.String(), "see tether-controlplane drain -h") {
+		t.Errorf("drain -h: exit %d, it refers to itself:\n%s", code, errb.String())
+	}
+	if r := runCmd(t, srv.ClientURL, nil, "drain", "app", "--label", "version=9", "--undo"); r.code != 2 || !strings.Contains(r.stderr, "version=9 are not drained") {
+		t.Errorf("undo of no label drain: %+v; want \"... are not drained\"", r)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wout, werr syncbuf.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
+	}()
+	waitOutput(t, &wout, "5 sessions")
+	cancel()
+	select {
+	case code := <-done:
+		if code != 130 || !strings.Contains(werr.String(), "the drain stays in place") || strings.Contains(werr.String(), "context canceled") {
+			t.Errorf("Ctrl-C during --wait: exit %d, %q; want 130 saying the drain stays", code, werr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("--wait did not stop within 10s of its context ending")
+	}
+}

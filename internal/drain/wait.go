@@ -70,7 +70,7 @@ func (c *command) wait(ctx context.Context, name string, d registry.Drain, timeo
 		}
 		select {
 		case <-ctx.Done():
-			return exitFailure, fmt.Errorf("stopped while waiting: %w (the drain stays in place)", ctx.Err())
+			return exitInterrupted, errors.New("stopped waiting; the drain stays in place (run the same command again to wait again)")
 		case <-tick.C:
 		}
 	}

@@ -8,7 +8,13 @@ package etcdconn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -60,4 +66,73 @@ func permanent(err error) bool {
 		}
 	}
 	return false
+}
+
+// Reachable dials each endpoint (a TCP or unix connection, nothing more) and returns nil as
+// soon as one accepts; otherwise an error naming every endpoint with what went wrong and the
+// likely cause. A refused connection comes back at once, where the etcd client would wait for
+// its whole request timeout and then say only "context deadline exceeded". timeout bounds
+// each dial.
+func Reachable(ctx context.Context, endpoints []string, timeout time.Duration) error {
+	if len(endpoints) == 0 {
+		return errors.New("no etcd endpoint given (--etcd-endpoints)")
+	}
+	var errs []error
+	for _, ep := range endpoints {
+		network, addr := dialTarget(ep)
+		var d net.Dialer
+		dctx, cancel := context.WithTimeout(ctx, timeout)
+		c, err := d.DialContext(dctx, network, addr)
+		cancel()
+		if err == nil {
+			_ = c.Close()
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		errs = append(errs, fmt.Errorf("%s: %s", addr, cause(err, timeout)))
+	}
+	what := "etcd endpoint"
+	if len(endpoints) > 1 {
+		what = "etcd endpoints"
+	}
+	return fmt.Errorf("no %s reachable (%w): check --etcd-endpoints, and that etcd (or the control plane with its embedded etcd) runs there", what, errors.Join(errs...))
+}
+
+// dialTarget splits an endpoint as the etcd client takes it (host:port, http://, https://,
+// unix://, unixs://) into a network and an address.
+func dialTarget(ep string) (network, addr string) {
+	if u, err := url.Parse(ep); err == nil && strings.Contains(ep, "://") {
+		switch u.Scheme {
+		case "unix", "unixs":
+			return "unix", u.Host + u.Path
+		default:
+			return "tcp", u.Host
+		}
+	}
+	return "tcp", ep
+}
+
+// cause says in a few words why a dial failed.
+func cause(err error, timeout time.Duration) string {
+	var dnsErr *net.DNSError
+	switch {
+	case refused(err):
+		return "connection refused, nothing listens on that port"
+	case errors.As(err, &dnsErr):
+		return fmt.Sprintf("host %q not found", dnsErr.Name)
+	case errors.Is(err, context.DeadlineExceeded), os.IsTimeout(err):
+		return fmt.Sprintf("no answer within %s (a wrong address, or a firewall dropping the connection)", timeout)
+	case errors.Is(err, os.ErrNotExist):
+		return "no such socket file"
+	}
+	return err.Error()
+}
+
+// refused reports a refused connection: ECONNREFUSED, or Windows' WSAECONNREFUSED (10061),
+// which syscall.ECONNREFUSED does not match there.
+func refused(err error) bool {
+	var errno syscall.Errno
+	return errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &errno) && errno == 10061)
 }

@@ -22,7 +22,7 @@ const maxReason = 48
 // so that they stand out.
 func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tINSTANCE\tADDRESS\tSTATE\tREASON\tSESSIONS\tCPU\tMEMORY\tZONE\tAGENT\tAGE")
+	fmt.Fprintln(tw, "SERVICE\tINSTANCE\tADDRESS\tSTATE\tREASON\tSESSIONS\tCPU\tMEMORY\tZONE\tAGENT\tUPDATED")
 	for _, s := range ov.Services {
 		if len(s.Instances) == 0 {
 			fmt.Fprintf(tw, "%s\t(none)\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", clean(s.Name, 0))
