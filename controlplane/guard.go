@@ -290,27 +290,35 @@ func (g *removalGuard) serve(next *registry.State, now time.Time) (*registry.Sta
 		if len(add) == 0 {
 			continue
 		}
-		if out == next {
-			c := *next // every field (drains included), with services of its own
-			c.Services = maps.Clone(next.Services)
-			out = &c
-		}
-		// A copy of the registry's service or, when it left the registry altogether, of its
-		// configuration as last served: never the defaults, which would change its cookie.
-		var cp registry.Service
-		if svc != nil {
-			cp = *svc
-			cp.Instances = maps.Clone(svc.Instances)
-		} else {
-			cp = *h.svc
-			cp.Instances = make(map[string]registry.Instance, len(add))
-		}
-		for _, in := range add {
-			cp.Instances[in.ID] = in
-		}
-		out.Services[name] = &cp
+		out = serveKept(out, next, name, svc, h.svc, add)
 	}
 	return out, release
+}
+
+// serveKept returns out (a copy of next the first time, sharing next's services) with the
+// service name served with the kept instances added: to the registry's service svc, or, when
+// the service left the registry altogether, to its configuration as last served (last),
+// never the defaults, which would change its cookie. The guard and the vanish grace both
+// keep instances this way.
+func serveKept(out, next *registry.State, name string, svc, last *registry.Service, add []registry.Instance) *registry.State {
+	if out == next {
+		c := *next // every field (drains included), with services of its own
+		c.Services = maps.Clone(next.Services)
+		out = &c
+	}
+	var cp registry.Service
+	if svc != nil {
+		cp = *svc
+		cp.Instances = maps.Clone(svc.Instances)
+	} else {
+		cp = *last
+		cp.Instances = make(map[string]registry.Instance, len(add))
+	}
+	for _, in := range add {
+		cp.Instances[in.ID] = in
+	}
+	out.Services[name] = &cp
+	return out
 }
 
 // heldCount returns how many instances are held now.

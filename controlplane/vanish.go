@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"fmt"
-	"maps"
 	"sort"
 	"time"
 
@@ -148,23 +147,7 @@ func (g *vanishGrace) serve(next *registry.State, now time.Time) (*registry.Stat
 		if len(add) == 0 {
 			continue
 		}
-		if out == next {
-			c := *next // every field (drains included), with services of its own
-			c.Services = maps.Clone(next.Services)
-			out = &c
-		}
-		var cp registry.Service
-		if svc != nil {
-			cp = *svc
-			cp.Instances = maps.Clone(svc.Instances)
-		} else {
-			cp = *h.svc // its own configuration, never the defaults
-			cp.Instances = make(map[string]registry.Instance, len(add))
-		}
-		for _, in := range add {
-			cp.Instances[in.ID] = in
-		}
-		out.Services[name] = &cp
+		out = serveKept(out, next, name, svc, h.svc, add)
 	}
 	return out, release
 }
