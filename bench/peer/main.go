@@ -44,6 +44,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/internal/bench"
+	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -96,7 +97,7 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 	clientURL, peerURL := "http://"+freeAddr(), "http://"+freeAddr()
-	etcd, err := registry.StartEmbedded(ctx, registry.EmbedConfig{Dir: filepath.Join(dir, "etcd"), ClientURL: clientURL, PeerURL: peerURL, LogLevel: "fatal"})
+	etcd, err := etcdembed.Start(ctx, etcdembed.Config{Dir: filepath.Join(dir, "etcd"), ClientURL: clientURL, PeerURL: peerURL})
 	if err != nil {
 		return err
 	}
