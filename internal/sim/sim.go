@@ -189,6 +189,12 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 		defer func() {
 			if err == nil && len(res.Violations) == 0 {
 				_ = os.RemoveAll(d)
+				return
+			}
+			// Kept for its logs; etcd's data (a 64 MB WAL a member) would fill a soak's disk.
+			members, _ := filepath.Glob(filepath.Join(d, "etcd-*"))
+			for _, m := range members {
+				_ = os.RemoveAll(m)
 			}
 		}()
 	}
