@@ -748,10 +748,14 @@ func TestLoopbackAddressIsFlagged(t *testing.T) {
 		}
 	})
 	etcdtest.WaitInstance(t, cli, "lo", 10*time.Second, "registered", func(in *registry.Instance, _ int64) bool { return in != nil })
+	// The key reaches etcd an instant before the agent logs its registration: read the log
+	// until the line is there, within a bound.
 	var registered string
-	for _, l := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(l, "instance registered") {
-			registered = l
+	for deadline := time.Now().Add(5 * time.Second); registered == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "instance registered") {
+				registered = l
+			}
 		}
 	}
 	if !strings.Contains(registered, "--allow-loopback-backends") {

@@ -146,6 +146,11 @@ func newMetrics() *metrics {
 	for _, outcome := range []string{"acked", "settled"} {
 		m.promotions.WithLabelValues(outcome)
 	}
+	// Every state's series exists from the start, at zero: a dashboard or an alert on it
+	// needs no absent() before the first state is published.
+	for _, st := range countedStates {
+		m.instances.WithLabelValues(string(st)).Set(0)
+	}
 	return m
 }
 

@@ -42,7 +42,7 @@ func (c *command) wait(ctx context.Context, name string, d registry.Drain, timeo
 	last := ""
 	for {
 		snap, err := c.read(ctx)
-		if err != nil {
+		if err != nil && ctx.Err() == nil { // a read cut by Ctrl-C is no warning
 			fmt.Fprintf(c.stderr, "warning: %v; trying again\n", err)
 		} else {
 			drainRev, ok := snap.mods[key]
