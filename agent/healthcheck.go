@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tetherlb/tether/internal/cli"
 	"maps"
 	"net/url"
 	"os"
@@ -137,7 +138,7 @@ var healthCheckFields = []string{"enabled", "maxSessions", "maxMemory", "maxCPU"
 func suggest(k string) string {
 	best, bestD := "", 3
 	for _, f := range healthCheckFields {
-		d := editDistance(strings.ToLower(k), strings.ToLower(f))
+		d := cli.EditDistance(strings.ToLower(k), strings.ToLower(f))
 		if d < bestD {
 			best, bestD = f, d
 		}
@@ -146,27 +147,6 @@ func suggest(k string) string {
 		return ""
 	}
 	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // typeMismatch says what is wrong with a value that does not decode into dst.

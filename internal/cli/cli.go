@@ -81,15 +81,16 @@ func UnknownEnv(fs *flag.FlagSet, environ []string, also ...string) error {
 func nearest(k string, known map[string]bool) string {
 	best, bestD := "", 3
 	for n := range known {
-		if d := editDistance(k, n); d < bestD || (d == bestD && n < best) {
+		if d := EditDistance(k, n); d < bestD || (d == bestD && n < best) {
 			best, bestD = n, d
 		}
 	}
 	return best
 }
 
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
+// EditDistance is the Levenshtein distance between a and b (the agent's HealthCheck.json
+// check suggests the nearest field with it too).
+func EditDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
 	for j := range prev {
