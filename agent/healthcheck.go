@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/tetherlb/tether/internal/cli"
 	"maps"
 	"net/url"
 	"os"
 	"slices"
 	"strings"
 
+	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/registry"
 )
 
