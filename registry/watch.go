@@ -335,16 +335,11 @@ func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applie
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	// The first comparison is at once: a watch (re)created on an etcd restored meanwhile
-	// must not wait an interval, in which the restored etcd's writes could carry its revision
-	// past the applied one, where no comparison tells any more.
-	for first := true; ; first = false {
-		if !first {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 		started := time.Now()
 		gctx, cancel := context.WithTimeout(ctx, min(listTimeout, every))
