@@ -394,6 +394,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
 			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")
 	}
+	phase.link = newReplicaLink(cli, cfg.Prefix, cp.xdsLn.Addr(), phase.rememberFor(), cp.log.With().Str("component", "replicas").Logger(), phase.signal)
 	if cp.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("--admin-addr %s: %w", cfg.AdminAddr, err)
 	}
@@ -404,6 +405,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	})
 	cp.goRun("publisher", func() error { cp.pub.run(ctx); return nil })
 	cp.goRun("two-phase publication", func() error { phase.run(ctx); return nil })
+	cp.goRun("replica reports", func() error { phase.link.run(ctx); return nil })
 	cp.goRun("etcd confirmation", func() error { cp.watchConfirmation(ctx); return nil })
 	cp.goRun("xDS server", func() error {
 		if err := cp.grpc.Serve(cp.xdsLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

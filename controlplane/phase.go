@@ -38,12 +38,12 @@ import (
 // applied to the state before translation (the instance marked FirstPhase in a copy),
 // so translation stays a pure function of its input.
 //
-// Replicas promote on their own Envoys' ACKs. Sharing ACK state would make every control
-// plane an etcd writer (its role is read-only, docs/security.md) for a gap that exists only
-// when one replica sees a registry change later than another by more than a push, an ACK
-// and a coalesce window; the way to close it without writes is to keep one site's Envoys on
-// one replica. (Were it shared, the report would be one number per replica under its lease:
-// the lowest revision every one of its Envoys holds, which this revision bookkeeping gives.)
+// Replicas wait for each other's Envoys (replicas.go): an endpoint is promoted once, besides
+// this replica's own Envoys, every other live replica reports that its Envoys hold a state
+// at or after the revision where the endpoint's service changed to make it reachable (the
+// service's revision: every replica's state holding that change is at or after it, whatever
+// its coalescing). A replica that does not report is not waited for; one that reports late
+// delays a promotion by --publish-settle at most.
 //
 // Endpoints of the first publication are not phased: Envoys reconnecting to a restarted
 // control plane hold them already, and holding every endpoint DRAINING until a thousand
@@ -75,6 +75,12 @@ type epPhase struct {
 	first    bool      // in its first phase
 	promoted bool      // promoted; published as its state says from the next publication
 	known    int       // Envoys that know it, at the last evaluation (first phase only)
+	// svcRev is its service's revision when it became reachable: what other replicas'
+	// Envoys must hold (replicaLink). A replica's own state revision may be a later write
+	// that others never see as a registry change.
+	svcRev int64
+	// peerSettled: promoted at its settle time without another replica's report.
+	peerSettled bool
 }
 
 // lagInfo is an Envoy that held a promotion past --publish-settle.
@@ -98,6 +104,7 @@ type phaser struct {
 	log    zerolog.Logger
 	m      *metrics
 	xds    *xdscache.Cache
+	link   *replicaLink // the other replicas' reports; nil: none (tests of the phaser alone)
 	settle time.Duration
 	poke   func() // asks the publisher to publish again: a promotion
 	wake   chan struct{}
@@ -232,7 +239,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 		for i, k := range r.keys {
 			e := ph.reach[k]
 			if e == nil {
-				e = &epPhase{rev: st.Revision, start: now, first: ph.started && !mutation.On(mutation.PromoteAtOnce)}
+				e = &epPhase{rev: st.Revision, svcRev: svc.Revision, start: now, first: ph.started && !mutation.On(mutation.PromoteAtOnce)}
 				ph.reach[k] = e
 				if e.first {
 					ph.first[k] = e
@@ -429,9 +436,11 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 			waiting = append(waiting, k)
 		}
 	}
-	if len(waiting) == 0 && len(ph.lagging) == 0 {
+	peerWants := ph.link.wanted()
+	if len(waiting) == 0 && len(ph.lagging) == 0 && !peerWants {
 		// Nothing to promote and nobody to clear: an ordinary push's ACKs cost nothing here.
 		ph.m.lagging.Set(0)
+		ph.link.report(-1, 0)
 		return time.Time{}
 	}
 	var next time.Time
@@ -450,6 +459,7 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 			behind = min(behind, v.rev)
 		}
 	}
+	peersHeld, peer, peers := ph.link.peersHeld(now)
 	var phase []epKey
 	clusters := clusterIndex{}
 	for _, k := range waiting {
@@ -457,6 +467,15 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 		if behind < e.rev && now.Before(e.start.Add(ph.settle)) {
 			wait(e.start.Add(ph.settle))
 			continue
+		}
+		if peers && peersHeld < e.svcRev {
+			if now.Before(e.start.Add(ph.settle)) {
+				wait(e.start.Add(ph.settle))
+				continue
+			}
+			ph.log.Warn().Str("replica", peer).Str("endpoint", k.cluster+"/"+k.id).Dur("settle", ph.settle).
+				Msg("another control-plane replica has not reported that its Envoys hold a new endpoint within --publish-settle; promoting it without that replica's Envoys")
+			e.peerSettled = true
 		}
 		phase = append(phase, k)
 		clusters.add(k.cluster)
@@ -482,6 +501,9 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 		}
 		deadline := e.start.Add(ph.settle)
 		outcome := "acked"
+		if e.peerSettled {
+			outcome = "settled"
+		}
 		if len(blockers) > 0 {
 			if now.Before(deadline) {
 				wait(deadline)
@@ -507,6 +529,13 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 			Int("known", e.known).Int("envoys", len(views)).Msg("endpoint promoted")
 	}
 	ph.m.lagging.Set(float64(len(ph.lagging)))
+	var wants int64
+	for _, e := range ph.first {
+		if !e.promoted && e.rev <= ph.latestRev {
+			wants = max(wants, e.svcRev)
+		}
+	}
+	ph.link.report(max(min(behind, ph.latestRev), 0), wants)
 	if promoted > 0 && ph.poke != nil {
 		ph.poke()
 	}

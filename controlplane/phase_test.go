@@ -204,43 +204,6 @@ func TestSilentEnvoyDelaysPromotionBySettle(t *testing.T) {
 	eventually(t, "envoy-b caught up", func() bool { return metric(t, cp, "tether_lagging_envoys") == 0 })
 }
 
-// TestReplicasPromoteOnTheirOwnEnvoys: with Envoys on two control-plane replicas, each
-// replica publishes a new instance as DRAINING first and promotes it once its own Envoys
-// know it (the replicas share no ACK state; see phase.go and docs/design.md).
-func TestReplicasPromoteOnTheirOwnEnvoys(t *testing.T) {
-	srv := twoInstances(t)
-	cli := srv.Client(t)
-	cp1 := startCPSettle(t, srv.Endpoints(), time.Minute)
-	cp2 := startCPSettle(t, srv.Endpoints(), time.Minute)
-	a := xdsclient.New(xdsclient.SotW, "envoy-a", "edge")
-	sa := watchEndpoint(a, 5003)
-	run(t, cp1, a)
-	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
-	sb := watchEndpoint(b, 5003)
-	run(t, cp2, b)
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
-	}
-	b.HoldACKs(resourcev3.EndpointType)
-	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
-	waitFor(t, b, "a3 DRAINING at b", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
-	// Replica 1 does not wait for replica 2's Envoy.
-	waitFor(t, a, "a3 HEALTHY at a", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
-	if _, known, envoys, _ := instancePhase(t, cp1, "a3"); known != 1 || envoys != 1 {
-		t.Errorf("replica 1: a3 known by %d of %d Envoys, want 1 of 1", known, envoys)
-	}
-	if first, _, envoys, _ := instancePhase(t, cp2, "a3"); !first || envoys != 1 {
-		t.Errorf("replica 2: a3 first phase %v with %d Envoys, want still first phase with 1", first, envoys)
-	}
-	if health(b.View(), 5003) != core.HealthStatus_DRAINING {
-		t.Error("replica 2 promoted a3 before its Envoy acknowledged it")
-	}
-	sa.firstWas(t, "envoy-a", core.HealthStatus_DRAINING)
-	sb.firstWas(t, "envoy-b", core.HealthStatus_DRAINING)
-	b.ReleaseACKs()
-	waitFor(t, b, "a3 HEALTHY at b", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
-}
-
 // TestStreamWithoutEndpointsHoldsNothingBack: a stream that never asks for endpoints (an
 // Envoy asks for clusters first, and a tool may ask for nothing else) holds and routes to no
 // endpoint: a new instance is promoted on the other Envoys' ACKs, well before the settle

@@ -43,10 +43,11 @@ const (
 	KeyService
 	KeyInstance
 	KeyDrain
+	KeyReplica // a control-plane replica's report (replica.go); not part of the State
 )
 
 // ParseKey splits a key under prefix into its kind, service and instance ID (the drain's
-// name for a drain). Keys outside the schema return KeyUnknown and an error.
+// name for a drain, the replica's name for a replica). Keys outside the schema return KeyUnknown and an error.
 func ParseKey(prefix, key string) (KeyKind, string, string, error) {
 	switch {
 	case strings.HasPrefix(key, ServicesPrefix(prefix)):
@@ -70,6 +71,8 @@ func ParseKey(prefix, key string) (KeyKind, string, string, error) {
 		return KeyInstance, svc, id, nil
 	case strings.HasPrefix(key, DrainsPrefix(prefix)):
 		return parseDrainKey(prefix, key)
+	case strings.HasPrefix(key, ReplicasPrefix(prefix)):
+		return parseReplicaKey(prefix, key)
 	}
 	return KeyUnknown, "", "", fmt.Errorf("key %q is neither under %s nor %s nor %s", key, ServicesPrefix(prefix), InstancesPrefix(prefix), DrainsPrefix(prefix))
 }

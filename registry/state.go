@@ -166,6 +166,8 @@ func (b *stateBuilder) put(kv *mvccpb.KeyValue) {
 			b.clearRejected(key)
 			return
 		}
+	case KeyReplica:
+		return // a replica's report is not registry content: see replica.go
 	case KeyUnknown:
 		// err, from ParseKey, says why the key is outside the schema.
 	}
@@ -244,7 +246,7 @@ func (b *stateBuilder) rejectConfig(key, svc string, err error, kv *mvccpb.KeyVa
 func (b *stateBuilder) del(key string, rev int64) {
 	b.clearRejected(key)
 	kind, svc, id, err := ParseKey(b.prefix, key)
-	if err != nil {
+	if err != nil || kind == KeyReplica {
 		return
 	}
 	if kind == KeyDrain {

@@ -1,0 +1,123 @@
+package controlplane_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tetherlb/tether/internal/xdsclient"
+	"github.com/tetherlb/tether/registry"
+)
+
+// replicaReports reads the replicas' reports from etcd.
+func replicaReports(t *testing.T, cli *clientv3.Client) map[string]registry.Replica {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, registry.ReplicasPrefix("/tether"), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatalf("get replica reports: %v", err)
+	}
+	out := map[string]registry.Replica{}
+	for _, kv := range resp.Kvs {
+		var r registry.Replica
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			t.Fatalf("replica report %s: %v", kv.Key, err)
+		}
+		out[string(kv.Key)] = r
+	}
+	return out
+}
+
+// TestReplicasWaitForEachOthersEnvoys: two control planes read one registry, an Envoy on
+// each. A new server reaches both Envoys DRAINING; while the Envoy on replica B has not
+// taken it in, replica A does not promote it, though A's own Envoy knows it (a session A's
+// Envoy placed there would move at B's Envoy). Once B's Envoy ACKs, both promote. Then the
+// same with B stopped: a replica that leaves is not waited for.
+func TestReplicasWaitForEachOthersEnvoys(t *testing.T) {
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cpA := startCPSettle(t, srv.Endpoints(), time.Minute)
+	cpB := startCPSettle(t, srv.Endpoints(), time.Minute)
+	a := xdsclient.New(xdsclient.Delta, "envoy-a", "edge")
+	sa := watchEndpoint(a, 5003)
+	run(t, cpA, a)
+	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	}
+	eventually(t, "both replicas' reports", func() bool { return len(replicaReports(t, cli)) == 2 })
+
+	b.HoldACKs(resourcev3.EndpointType)
+	rev := put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	}
+	// A's own Envoy knows a3, and A says it waits for the other replica: it has evaluated.
+	eventually(t, "a3 known by A's only Envoy", func() bool {
+		first, known, envoys, ok := instancePhase(t, cpA, "a3")
+		return ok && first && known == 1 && envoys == 1
+	})
+	eventually(t, fmt.Sprintf("replica A waiting for revision %d", rev), func() bool {
+		n := 0
+		for _, r := range replicaReports(t, cli) {
+			if r.Wants >= rev {
+				n++
+			}
+		}
+		return n == 2 // B waits for A's Envoy too, until it reports
+	})
+	if sa.healthy.Load() || health(a.View(), 5003) != core.HealthStatus_DRAINING {
+		t.Fatal("replica A promoted a3 while the Envoy on replica B did not know it")
+	}
+	b.ReleaseACKs()
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	}
+	eventually(t, "nothing wanted once promoted", func() bool {
+		for _, r := range replicaReports(t, cli) {
+			if r.Wants != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestStoppedReplicaIsWaitedForUntilSettle: a replica that stops takes its report with it,
+// but its Envoys keep what they hold while they reconnect elsewhere: the other replica waits
+// for them at what the stopped one last reported until the endpoint's settle time, as for a
+// lease lost in an etcd outage.
+func TestStoppedReplicaIsWaitedForUntilSettle(t *testing.T) {
+	const settle = 2 * time.Second
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cpA := startCPSettle(t, srv.Endpoints(), settle)
+	cpB := startCPSettle(t, srv.Endpoints(), settle)
+	a := connect(t, cpA, xdsclient.Delta, "envoy-a", "edge")
+	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	}
+	eventually(t, "both replicas' reports", func() bool { return len(replicaReports(t, cli)) == 2 })
+	b.HoldACKs(resourcev3.EndpointType)
+	put(t, cli, "/tether/instances/app/a4", instanceJSON("a4", 5004, "available", 0))
+	waitFor(t, a, "a4 DRAINING", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_DRAINING })
+	if err := cpB.Stop(); err != nil {
+		t.Fatalf("stop replica B: %v", err)
+	}
+	eventually(t, "B's report gone", func() bool { return len(replicaReports(t, cli)) == 1 })
+	waitFor(t, a, "a4 HEALTHY at its settle time", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
+	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="settled"}`); n != 1 {
+		t.Errorf("settled promotions = %v, want 1: a4 was promoted before the stopped replica's settle time", n)
+	}
+	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="acked"}`); n != 0 {
+		t.Errorf("acked promotions = %v, want 0", n)
+	}
+}
