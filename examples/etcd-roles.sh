@@ -1,7 +1,9 @@
 #!/bin/sh
 # etcd-roles.sh creates Tether's least-privilege etcd users and roles, then enables auth.
 #
-#   tether-controlplane  read-only on $PREFIX/ (lists and watches the registry)
+#   tether-controlplane  read on $PREFIX/ (lists and watches the registry), read-write on
+#                        $PREFIX/replicas/ only (each replica's report of what its Envoys hold,
+#                        under its own lease, so that replicas wait for each other's Envoys)
 #   tether-agent         read-write on $PREFIX/instances/ only (cannot touch service configs),
 #                        read on $PREFIX/drains/ (to report the operator's drains of its instance)
 #   tether-operator      read on $PREFIX/, read-write on $PREFIX/drains/ only: drains and undrains
@@ -41,6 +43,7 @@ etcdctl user grant-role root root
 
 etcdctl role add tether-controlplane
 etcdctl role grant-permission tether-controlplane read --prefix=true "$PREFIX/"
+etcdctl role grant-permission tether-controlplane readwrite --prefix=true "$PREFIX/replicas/"
 printf '%s\n' "$CONTROLPLANE_PASSWORD" | etcdctl user add tether-controlplane --interactive=false
 etcdctl user grant-role tether-controlplane tether-controlplane
 

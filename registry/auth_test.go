@@ -87,7 +87,7 @@ func TestRolesScriptIsValidShell(t *testing.T) {
 // TestLeastPrivilegeRoles runs an etcd with mutual TLS and auth, set up by
 // examples/etcd-roles.sh: the agent role does everything an agent does with its own
 // instance, but cannot write a service configuration; the control-plane role watches the
-// registry but cannot write anything; a wrong password and a missing client certificate are
+// registry and writes its replica report, nothing else; a wrong password and a missing client certificate are
 // refused.
 func TestLeastPrivilegeRoles(t *testing.T) {
 	s := startSecureEtcd(t)
@@ -145,6 +145,29 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		if _, err := registry.DecodeServiceConfig("app", got.Kvs[0].Value); err != nil {
 			t.Errorf("service config changed by the agent: %v", err)
 		}
+	})
+
+	t.Run("control plane", func(t *testing.T) {
+		cp := s.connect(t, s.client, "tether-controlplane", s.passwords["tether-controlplane"])
+		if _, err := cp.Get(ctx, p+"/", clientv3.WithPrefix()); err != nil {
+			t.Errorf("control plane reads the registry: %v", err)
+		}
+		lease, err := cp.Grant(ctx, 10)
+		if err != nil {
+			t.Fatalf("control plane grants a lease: %v", err)
+		}
+		if _, err := cp.Put(ctx, registry.ReplicaKey(p, "cp-18000"), `{"held":7}`, clientv3.WithLease(lease.ID)); err != nil {
+			t.Errorf("control plane writes its replica report: %v", err)
+		}
+		if _, err := cp.Revoke(ctx, lease.ID); err != nil {
+			t.Errorf("control plane revokes its lease: %v", err)
+		}
+		_, err = cp.Put(ctx, registry.InstanceKey(p, "app", "fake"), `{"address":"10.6.6.6","port":80,"state":"available"}`)
+		wantDenied(t, "control plane registers an instance", err)
+		wantDenied(t, "control plane writes a service config", registry.PutServiceConfig(ctx, cp, p, "app", registry.DefaultServiceConfig("app")))
+		agent := s.connect(t, s.client, "tether-agent", s.passwords["tether-agent"])
+		_, err = agent.Put(ctx, registry.ReplicaKey(p, "cp-18000"), `{"held":0,"wants":99}`)
+		wantDenied(t, "agent writes a replica report", err)
 	})
 
 	t.Run("operator", func(t *testing.T) {

@@ -29,8 +29,7 @@ func TestSimulationCatchesMutations(t *testing.T) {
 		// A new server taking sessions before a slow Envoy knows it moves those users there.
 		{mutation.PromoteAtOnce, []string{FaultSlowJoin}, "server missing from the Envoy's assignment", 12 * time.Second, false},
 	}
-	// Seed 7 runs one etcd member and one control plane: with two replicas, each promotes on
-	// its own Envoys' ACKs (design.md), and a slow Envoy of the other replica is a known gap.
+	// Seed 7 runs one etcd member and one control plane: the mutations act within a replica.
 	for _, c := range cases {
 		t.Run(c.mutation, func(t *testing.T) {
 			o := Options{Seed: 7, Duration: c.duration, Faults: c.faults, NoVanishGrace: c.noVanish}

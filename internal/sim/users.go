@@ -284,7 +284,7 @@ func (s *Sim) classify(u *user, srv *server, resp response, crossSite bool, repl
 	case resp.override == "host not in the assignment":
 		switch {
 		case len(s.cps) > 1 && replica != u.via && now.Sub(started) < cpPublishSettle+recentCause:
-			// Each replica promotes a new server on its own Envoys' ACKs (design.md).
+			// A replica promoted a new server that an Envoy of another replica did not hold.
 			return "a server one replica promoted is unknown to another replica's Envoy"
 		case recent(killed):
 			return "server missing from the Envoy after its agent's kill -9 and restart"
