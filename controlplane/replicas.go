@@ -95,7 +95,9 @@ func sanitizeName(s string) string {
 	return string(out)
 }
 
-func isAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
 
 // peersHeld returns the lowest Held of the other replicas (live, or gone within remember),
 // with the name of one that holds it, and false when there is none.
