@@ -43,8 +43,9 @@
 //     A service whose configuration is rejected with no valid version left is left out.
 //   - Path prefixes: "/" and prefixes ending in "/" are plain prefixes; "/app" is a
 //     path-separated prefix that matches /app and /app/..., not /apple.
-//   - Host matching ignores the port of the Host header (ignore_port_in_host_matching)
-//     unless some service lists a domain with an explicit port.
+//   - Host matching ignores the port of the Host header (ignore_port_in_host_matching) for
+//     every service; a domain listed with a port is served without it, with a Problem. One
+//     such domain used to turn port matching on for every service.
 //   - Timeouts: HTTP routes have no route timeout by default (timeouts.request 0: a route
 //     timeout covers the whole response and would cut long polls, server-sent events and
 //     downloads) and an idle timeout (timeouts.idle, 5 min); WebSocket routes have no
