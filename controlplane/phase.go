@@ -710,7 +710,8 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 	ph.readClosedLocked()
 	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) {
 		_, lag := ph.lagging[xdscache.StreamAck{Delta: a.Delta, ID: a.ID}]
-		if a.Node != "" && a.Watching && !lag && !(a.NACKed && !a.Waiting) {
+		// As readClosedLocked: an Envoy that holds nothing back is not remembered.
+		if exempt := lag || (a.NACKed && !a.Waiting) || !a.Watching; !exempt && a.Node != "" {
 			envoys[memoryEnvoy{Node: a.Node, Group: a.Group}] = true
 		}
 	})
