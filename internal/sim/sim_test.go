@@ -33,7 +33,6 @@ func TestMain(m *testing.M) {
 // any more is reported, so that the list only shrinks. Nothing here is hidden: `make sim`
 // prints every violation with its trace.
 var knownOpen = map[string]string{
-	"a server dropped in a lease storm":                                   "issue 24, findings 5-6: a storm while the only control plane is down can still cost a session at its restart (seed 7); the first publication after a restart is not phased",
 	"a server one replica promoted is unknown to another replica's Envoy": "no issue yet: design.md's \"replicas promote on their own Envoys' ACKs\"; the simulation found it with two replicas (seeds 3, 4 and 9)",
 }
 
