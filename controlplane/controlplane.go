@@ -41,6 +41,9 @@ type Config struct {
 	Etcd clientv3.Config
 	// DataDir holds the embedded etcd's data.
 	DataDir string
+	// StateFile is where the control plane keeps what it served, read back at its next start
+	// (see memory.go); empty: no memory across a restart.
+	StateFile string
 	// EmbeddedClientURL and EmbeddedPeerURL are the embedded etcd's URLs.
 	EmbeddedClientURL, EmbeddedPeerURL string
 	// Prefix is the registry's etcd key prefix.
@@ -350,6 +353,10 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		cp.pub.vanish.lookback = restartLookback(cfg)
 	}
 	phase.poke = cp.pub.republish
+	if m := readMemory(cfg.StateFile, cfg.Prefix, cp.log.With().Str("component", "memory").Logger()); m != nil {
+		phase.recall(m, time.Now())
+		cp.pub.recall = m
+	}
 	cp.tracker = newTracker(cp.log, cp.m)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
 		Prefix: cfg.Prefix,
@@ -407,6 +414,9 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.goRun("two-phase publication", func() error { phase.run(ctx); return nil })
 	cp.goRun("replica reports", func() error { phase.link.run(ctx); return nil })
 	cp.goRun("etcd confirmation", func() error { cp.watchConfirmation(ctx); return nil })
+	if cfg.StateFile != "" {
+		cp.goRun("state file", func() error { cp.keepMemory(ctx); return nil })
+	}
 	cp.goRun("xDS server", func() error {
 		if err := cp.grpc.Serve(cp.xdsLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("xDS server: %w", err)

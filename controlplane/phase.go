@@ -45,10 +45,13 @@ import (
 // its coalescing). A replica that does not report is not waited for; one that reports late
 // delays a promotion by --publish-settle at most.
 //
-// Endpoints of the first publication are not phased: Envoys reconnecting to a restarted
-// control plane hold them already, and holding every endpoint DRAINING until a thousand
-// Envoys ACK would refuse every new session. Promotion waits for the Envoys of every group,
-// since every group is served the same endpoints.
+// Endpoints of the first publication are not phased when nothing is known of what came
+// before (a first start, or no --state-file): holding every endpoint DRAINING until a
+// thousand Envoys ACK would refuse every new session. After a restart with its memory
+// (memory.go), an endpoint that the memory does not name as known to every Envoy (a server
+// that joined while the control plane was down) starts in its first phase, and the Envoys
+// that followed the control plane before are waited for as reconnecting ones. Promotion waits
+// for the Envoys of every group, since every group is served the same endpoints.
 
 // DefaultPublishSettle bounds how long an Envoy that does not answer delays a promotion.
 const DefaultPublishSettle = translate.DefaultPublishSettle
@@ -129,6 +132,9 @@ type phaser struct {
 	gone     map[goneKey]goneEnvoy
 	closedMu sync.Mutex
 	closedQ  []goneClose
+	// recalled are the endpoints the memory of the last run names known to every Envoy, until
+	// the first publication (nil: no memory, the first publication is not phased).
+	recalled map[epKey]bool
 }
 
 // envoyBackoffMax is the longest pause of Envoy's xDS reconnection backoff: an Envoy whose
@@ -239,7 +245,8 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 		for i, k := range r.keys {
 			e := ph.reach[k]
 			if e == nil {
-				e = &epPhase{rev: st.Revision, svcRev: svc.Revision, start: now, first: ph.started && !mutation.On(mutation.PromoteAtOnce)}
+				phased := ph.started || (ph.recalled != nil && !ph.recalled[k])
+				e = &epPhase{rev: st.Revision, svcRev: svc.Revision, start: now, first: phased && !mutation.On(mutation.PromoteAtOnce)}
 				ph.reach[k] = e
 				if e.first {
 					ph.first[k] = e
@@ -265,7 +272,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 		}
 	}
 	ph.svcs = svcs
-	ph.started = true
+	ph.started, ph.recalled = true, nil
 	ph.m.firstPhase.Set(float64(ph.countFirstLocked()))
 	return ph.phaseState(st, phased)
 }
@@ -696,4 +703,56 @@ func (ph *phaser) laggingEnvoys() []LaggingEnvoy {
 		return out[i].Variant < out[j].Variant
 	})
 	return out
+}
+
+// recall takes in the memory of the last run (before the first publication): the endpoints
+// every Envoy knew, and the Envoys that followed it, remembered as reconnecting from now,
+// knowing nothing newer.
+func (ph *phaser) recall(m *memory, now time.Time) {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	ph.recalled = make(map[epKey]bool, len(m.Promoted))
+	for _, e := range m.Promoted {
+		ph.recalled[epKey{e.Cluster, e.ID, e.Address}] = true
+	}
+	for _, e := range m.Envoys {
+		ph.gone[goneKey{e.Node, e.Group}] = goneEnvoy{rev: -1, until: now.Add(ph.rememberFor())}
+	}
+}
+
+// remembered returns what the memory file keeps of the phase: the endpoints every Envoy knows
+// (promoted, or never phased), and the Envoys that hold endpoints back, connected or
+// reconnecting.
+func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	var eps []memoryEndpoint
+	for k, e := range ph.reach {
+		if !e.first || e.promoted {
+			eps = append(eps, memoryEndpoint{Cluster: k.cluster, ID: k.id, Address: k.addr})
+		}
+	}
+	slices.SortFunc(eps, func(a, b memoryEndpoint) int {
+		return strings.Compare(a.Cluster+"\x00"+a.ID+"\x00"+a.Address, b.Cluster+"\x00"+b.ID+"\x00"+b.Address)
+	})
+	envoys := map[memoryEnvoy]bool{}
+	ph.readClosedLocked()
+	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) {
+		_, lag := ph.lagging[xdscache.StreamAck{Delta: a.Delta, ID: a.ID}]
+		// As readClosedLocked: an Envoy that holds nothing back is not remembered.
+		if exempt := lag || (a.NACKed && !a.Waiting) || !a.Watching; !exempt && a.Node != "" {
+			envoys[memoryEnvoy{Node: a.Node, Group: a.Group}] = true
+		}
+	})
+	for k, g := range ph.gone {
+		if now.Before(g.until) {
+			envoys[memoryEnvoy{Node: k.node, Group: k.group}] = true
+		}
+	}
+	out := make([]memoryEnvoy, 0, len(envoys))
+	for e := range envoys {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b memoryEnvoy) int { return strings.Compare(a.Group+"\x00"+a.Node, b.Group+"\x00"+b.Node) })
+	return eps, out
 }

@@ -25,8 +25,11 @@ import (
 
 // published is one configuration handed to the xDS cache, with what produced it.
 type published struct {
-	res       *translate.Resources
-	state     *registry.State
+	res   *translate.Resources
+	state *registry.State
+	// kept is the state after the guard and the vanish grace, before the drains: what the
+	// memory file keeps of the instances served.
+	kept      *registry.State
 	versions  map[string]string // short type -> version
 	at        time.Time
 	translate time.Duration
@@ -75,6 +78,9 @@ type publisher struct {
 	// repub asks for a publication of the same registry state (a promotion).
 	phase *phaser
 	repub atomic.Bool
+	// recall is the memory of the last run, whose instances missing from the first state
+	// are departures (see memory.go); only the run goroutine touches it.
+	recall *memory
 
 	mu      sync.Mutex
 	latest  *registry.State
@@ -167,6 +173,8 @@ func (p *publisher) publishLatest() bool {
 		return false // nothing new: a wake-up queued before the last publish, or an early timer
 	}
 	p.lastRaw = st
+	st = recalledDepartures(st, p.recall)
+	p.recall = nil
 	st = p.limit(st)
 	var release time.Time
 	if p.guard != nil {
@@ -182,6 +190,7 @@ func (p *publisher) publishLatest() bool {
 		p.m.vanished.Set(float64(p.vanish.heldCount()))
 	}
 	p.releaseAt = release
+	kept := st
 	st = p.drains.apply(st)
 	served := st
 	if p.phase != nil {
@@ -200,7 +209,7 @@ func (p *publisher) publishLatest() bool {
 			p.phase.published(st.Revision, versions[shortType(resourcev3.EndpointType)])
 		}
 		p.mu.Lock()
-		p.current = &published{res: res, state: st, versions: versions, at: time.Now().UTC(), translate: took}
+		p.current = &published{res: res, state: st, kept: kept, versions: versions, at: time.Now().UTC(), translate: took}
 		p.mu.Unlock()
 	})
 	if err != nil {

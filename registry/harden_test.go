@@ -188,6 +188,48 @@ func TestWatcherRelistsAfterRestoreFromBackup(t *testing.T) {
 	r.waitFor(t, "a later instance", func(st *registry.State) bool { _, ok := instance(st, "app", "later"); return ok })
 }
 
+// A restore found when the watch resumes, not a progress interval later: with the periodic
+// check an hour away, the watcher still compares etcd's revision with the one applied as it
+// watches again, so a restored etcd (its revision below) is listed before its writes carry its
+// revision past the applied one and their events would be applied on top of the old keys
+// (issue 24, finding 11).
+func TestWatcherComparesRevisionsWhenItWatchesAgain(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	for range 30 {
+		mustPut(t, cli, "/tether/instances/app/old", withField(t, exampleInstance, "id", "old"))
+		mustPut(t, cli, "/tether/junk-counter", "x")
+	}
+	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = time.Hour })
+	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
+
+	srv.Stop()
+	srv.Dir = t.TempDir() // the "backup": an etcd with other, older contents
+	srv.StartAgain(t)
+	mustPut(t, cli, "/tether/instances/app/restored", withField(t, exampleInstance, "id", "restored"))
+	r.waitFor(t, "the restored contents", func(st *registry.State) bool {
+		_, restored := instance(st, "app", "restored")
+		_, old := instance(st, "app", "old")
+		return restored && !old
+	})
+}
+
+// Writes while the revision is checked are no restore: the check compares etcd's answer with
+// the revision applied before it asked, not with one the watch applied while the answer was
+// on its way (which made a busy registry list itself again now and then).
+func TestWatcherRevisionCheckRacesNoWrite(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = time.Millisecond })
+	for i := range 300 {
+		mustPut(t, cli, "/tether/instances/app/a", withField(t, withField(t, exampleInstance, "id", "a"), "port", 1000+i))
+	}
+	r.waitFor(t, "the last write", func(st *registry.State) bool { in, _ := instance(st, "app", "a"); return in.Port == 1299 })
+	if n := strings.Count(r.log.String(), "registry listed"); n != 1 {
+		t.Errorf("the registry was listed %d times, want once; log:\n%s", n, r.log)
+	}
+}
+
 // Another etcd cluster behind the same address, ahead in revisions (a different cluster
 // restored or moved there): its events carry another cluster ID, and the watcher lists again
 // instead of applying them on top of the old cluster's keys.

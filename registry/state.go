@@ -347,7 +347,9 @@ func (b *stateBuilder) clearRejected(key string) {
 func (b *stateBuilder) mutable(svc string, rev int64) *Service {
 	b.changed = true
 	s := b.st.Services[svc]
-	if !b.owned[svc] {
+	// A service the builder owned may have left the state in this batch (its last instance
+	// deleted) and be back now: a new one then, as if in another batch.
+	if !b.owned[svc] || s == nil {
 		if s == nil {
 			s = &Service{Name: svc, Config: DefaultServiceConfig(svc), Instances: map[string]Instance{}, instCreated: map[string]int64{}}
 		} else {

@@ -335,12 +335,21 @@ func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applie
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	// The first comparison is at once: a watch (re)created on an etcd restored meanwhile
+	// must not wait an interval, in which the restored etcd's writes could carry its revision
+	// past the applied one, where no comparison tells any more.
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
+		// The applied revision is read before etcd is: the watch applies events while the read
+		// is on its way, and a revision applied after the read started may be above the read's
+		// answer without anything having gone back.
+		a := applied.Load()
 		started := time.Now()
 		gctx, cancel := context.WithTimeout(ctx, min(listTimeout, every))
 		resp, err := w.cli.Get(gctx, w.opts.Prefix+"/", clientv3.WithCountOnly())
@@ -349,7 +358,7 @@ func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applie
 			continue
 		}
 		var why error
-		if a := applied.Load(); resp.Header.Revision < a {
+		if resp.Header.Revision < a {
 			why = fmt.Errorf("etcd at revision %d, below the %d applied: %w", resp.Header.Revision, a, errRestored)
 		} else if cluster != 0 && resp.Header.ClusterId != cluster {
 			why = fmt.Errorf("etcd cluster %x, listed from %x: %w", resp.Header.ClusterId, cluster, errRestored)

@@ -426,3 +426,26 @@ func TestWatcherConfirmsItsRevision(t *testing.T) {
 	srv.StartAgain(t)
 	confirmedAfter("etcd back", time.Now())
 }
+
+// One watch response that deletes an unconfigured service's last instance and then puts a
+// new one (here one transaction; etcd also batches separate writes into one response): the
+// service left the builder's state and came back in the same batch. Before, the builder
+// took the service for its own copy still and dereferenced nil: the control plane panicked
+// (the simulation's seed 9).
+func TestWatcherServiceGoneAndBackInOneResponse(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	mustPut(t, cli, "/tether/instances/app/old", withField(t, exampleInstance, "id", "old"))
+	r := startWatcher(t, cli)
+	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if _, err := cli.Txn(ctx).Then(clientv3.OpDelete("/tether/instances/app/old"),
+		clientv3.OpPut("/tether/instances/app/new", withField(t, exampleInstance, "id", "new"))).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	st := r.waitFor(t, "instance new", func(st *registry.State) bool { _, ok := instance(st, "app", "new"); return ok })
+	if _, ok := instance(st, "app", "old"); ok {
+		t.Error("the deleted instance is still listed")
+	}
+}

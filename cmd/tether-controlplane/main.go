@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,6 +69,11 @@ Flags:
 	var listenPort uint
 	var adminHosts string
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded etcd (used when --etcd-endpoints is empty)")
+	stateFileSet := false
+	fs.Func("state-file", "`file` where the control plane keeps what it served (instances, endpoints every Envoy knows, Envoys), read back at a restart so that a lease storm or a server joined while it was down costs no session; \"\" for none (default <data-dir>/controlplane-state.json)", func(v string) error {
+		c.StateFile, stateFileSet = v, true
+		return nil
+	})
 	fs.StringVar(&c.EmbeddedClientURL, "embedded-client-url", c.EmbeddedClientURL, "client URL the embedded etcd serves (agents and etcdctl connect here)")
 	fs.StringVar(&c.EmbeddedPeerURL, "embedded-peer-url", c.EmbeddedPeerURL, "peer URL of the embedded etcd")
 	fs.StringVar(&c.Prefix, "prefix", c.Prefix, "etcd key prefix of the registry")
@@ -117,6 +123,9 @@ Flags:
 		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
 	}
 	c.ListenPort = uint32(listenPort)
+	if !stateFileSet {
+		c.StateFile = filepath.Join(c.DataDir, "controlplane-state.json")
+	}
 	for _, a := range []struct{ flag, v string }{{"--xds-addr", c.XDSAddr}, {"--admin-addr", c.AdminAddr}} {
 		if err := checkListenAddr(a.v); err != nil {
 			return nil, fmt.Errorf("%s: %w", a.flag, err)

@@ -5,15 +5,12 @@ package etcdembed
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
-	"path/filepath"
+	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -42,6 +39,8 @@ type Config struct {
 // Server is a running embedded etcd server.
 type Server struct {
 	etcd      *embed.Etcd
+	lock      *os.File // the data directory's lock, released by Close
+	closeOnce sync.Once
 	Endpoints []string
 }
 
@@ -80,7 +79,22 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if c.Configure != nil {
 		c.Configure(cfg)
 	}
-	if err := checkDatabase(c.Dir); err != nil {
+	lock, err := lockDir(c.Dir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := start(ctx, c, cfg)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	s.lock = lock
+	return s, nil
+}
+
+// start checks the database and starts etcd; the data directory is locked.
+func start(ctx context.Context, c Config, cfg *embed.Config) (*Server, error) {
+	if err := checkDatabase(ctx, c.Dir); err != nil {
 		return nil, err
 	}
 	e, err := embed.StartEtcd(cfg)
@@ -112,30 +126,16 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	return &Server{etcd: e, Endpoints: eps}, nil
 }
 
-// checkDatabase opens etcd's database read-only before etcd does. etcd opens it in a goroutine
-// that panics on any error (storage/backend.newBackend) and waits without end for another
-// process's lock; checked first, a damaged file or a second process on the same data directory
-// is an error that says what to do.
-func checkDatabase(dir string) error {
-	path := filepath.Join(dir, "member", "snap", "db")
-	if info, err := os.Stat(path); err != nil || info.Size() == 0 {
-		return nil // none yet, or one that etcd initializes: etcd reports any other trouble
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
-	switch {
-	case errors.Is(err, bolterrors.ErrTimeout):
-		return fmt.Errorf("embedded etcd: its database %s is locked by another process (another control plane on this data directory?)", path)
-	case err != nil:
-		return fmt.Errorf("embedded etcd: its database %s cannot be opened: %w (restore the data directory from a backup, or move it aside to start with an empty registry)", path, err)
-	}
-	return db.Close()
-}
-
 // Err reports a fatal server error.
 func (e *Server) Err() <-chan error { return e.etcd.Err() }
 
-// Close stops the server and waits for it.
-func (e *Server) Close() { e.etcd.Close() }
+// Close stops the server, waits for it and releases the data directory; later calls do nothing.
+func (e *Server) Close() {
+	e.closeOnce.Do(func() {
+		e.etcd.Close()
+		e.lock.Close()
+	})
+}
 
 // QuietLogger is etcd's logger when its logs are not wanted: it writes only entries at DPanic
 // level and above to w. etcd gives up with Logger.Panic or Logger.Fatal (a data file it cannot

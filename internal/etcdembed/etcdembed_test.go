@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/tetherlb/tether/internal/etcdembed"
 	"github.com/tetherlb/tether/internal/etcdtest"
 )
@@ -32,8 +35,8 @@ func start(t *testing.T, dir string, clientPort int) (*etcdembed.Server, error) 
 	return s, err
 }
 
-// A damaged database is an error that names the file, not etcd's panic in a goroutine (which
-// would take the control plane down with no word of the file).
+// A database that is not bbolt's is an error that names the file, not etcd's panic in a
+// goroutine (which would take the control plane down with no word of the file).
 func TestDamagedDatabaseIsAnError(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "member", "snap"), 0o700); err != nil {
@@ -44,13 +47,81 @@ func TestDamagedDatabaseIsAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := start(t, dir, etcdtest.FreePort(t))
-	if err == nil || !strings.Contains(err.Error(), db) || !strings.Contains(err.Error(), "cannot be opened") {
+	if err == nil || !strings.Contains(err.Error(), db) || !strings.Contains(err.Error(), "is damaged") {
 		t.Fatalf("start on a damaged database: %v; want an error naming %s", err, db)
 	}
 }
 
-// A second server on a data directory in use says so within seconds; etcd alone would wait
-// for the file's lock without end.
+// One damaged page of a real database (the root of etcd's key bucket) is found by bbolt's
+// consistency check, run in a child process, and reported naming the file; before, the
+// read-only open passed it and etcd panicked reading it, with no word from Tether (issue 24,
+// finding 10).
+func TestDamagedPageIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	s, err := start(t, dir, etcdtest.FreePort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 300 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("/tether/instances/app/%03d", i), strings.Repeat("v", 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli.Close()
+	s.Close()
+
+	path := filepath.Join(dir, "member", "snap", "db")
+	corruptPage(t, path, "key")
+	began := time.Now()
+	_, err = start(t, dir, etcdtest.FreePort(t))
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "is damaged") {
+		t.Fatalf("start on a database with a damaged page: %v; want an error naming %s", err, path)
+	}
+	t.Logf("%v (after %s)", err, time.Since(began).Round(time.Millisecond))
+}
+
+// corruptPage overwrites the page type of bucket's root page in the bbolt file at path.
+func corruptPage(t *testing.T, path, bucket string) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var root uint64
+	if err := db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bucket))
+		if b == nil {
+			return fmt.Errorf("no bucket %q", bucket)
+		}
+		root = uint64(b.Root())
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pageSize := db.Info().PageSize
+	db.Close()
+	if root < 2 {
+		t.Fatalf("bucket %q is inline (root page %d): write more", bucket, root)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// A page starts with its id (8 bytes), then its flags: 0xffff is no page type.
+	if _, err := f.WriteAt([]byte{0xff, 0xff}, int64(root)*int64(pageSize)+8); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A second server on a data directory in use says so at once, naming the directory; etcd
+// alone would wait for its files' locks without end.
 func TestDataDirectoryInUseIsAnError(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := start(t, dir, etcdtest.FreePort(t)); err != nil {
@@ -58,10 +129,40 @@ func TestDataDirectoryInUseIsAnError(t *testing.T) {
 	}
 	began := time.Now()
 	_, err := start(t, dir, etcdtest.FreePort(t))
-	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
-		t.Fatalf("second server on the same directory: %v; want it locked by another process", err)
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("second server on the same directory: %v; want it in use by another process", err)
 	}
 	t.Logf("refused after %s", time.Since(began).Round(time.Millisecond))
+}
+
+// Two starts at once on a fresh directory: one serves, the other fails at once naming the
+// directory; before, both got past the database check (no database yet) and the second hung
+// on etcd's locks or exited through etcd's fatal log (issue 24, finding 10).
+func TestTwoStartsAtOnceOnAFreshDirectory(t *testing.T) {
+	for range 3 {
+		dir := t.TempDir()
+		errs := make(chan error, 2)
+		for range 2 {
+			go func() {
+				_, err := start(t, dir, etcdtest.FreePort(t))
+				errs <- err
+			}()
+		}
+		var failed []error
+		for range 2 {
+			select {
+			case err := <-errs:
+				if err != nil {
+					failed = append(failed, err)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("a start did not return within 60 s")
+			}
+		}
+		if len(failed) != 1 || !strings.Contains(failed[0].Error(), "in use by another process") || !strings.Contains(failed[0].Error(), dir) {
+			t.Fatalf("two starts at once: errors %v; want one, saying %s is in use", failed, dir)
+		}
+	}
 }
 
 // A taken client port is an error that errors.Is recognizes, so that callers can tell it from

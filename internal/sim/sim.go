@@ -393,7 +393,9 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 		HoldWindow: cpHoldWindow, HoldGrace: cpHoldGrace, PublishSettle: cpPublishSettle,
 		AllowLoopback: true, ShutdownTimeout: 2 * time.Second,
 		VanishGrace: vanishGrace(s.opts.NoVanishGrace),
-		Logger:      zerolog.New(logf).Level(zerolog.InfoLevel).With().Timestamp().Logger(),
+		// As the binary keeps it in its data directory: what it served, read back at a restart.
+		StateFile: filepath.Join(s.dir, fmt.Sprintf("controlplane-%d-state.json", i)),
+		Logger:    zerolog.New(logf).Level(zerolog.InfoLevel).With().Timestamp().Logger(),
 	}
 	var cp *controlplane.ControlPlane
 	for attempt := 0; ; attempt++ {

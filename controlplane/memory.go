@@ -1,0 +1,224 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tetherlb/tether/registry"
+)
+
+// The control plane's memory across a restart (--state-file). A restarted control plane
+// knows neither which Envoys were following it nor what they hold, and etcd's history tells
+// what left the registry only until it is compacted. So a control plane writes, at most once
+// per memoryEvery and when it stops, what it served: the instances (after the guard and the
+// vanish grace, before the drains), the endpoints every Envoy knew (promoted), and the Envoys
+// that followed it. At its next start it reads the file back:
+//   - an instance of the file missing from the first listing, and not in etcd's history,
+//     is a departure as one read from the history is (the guard and the vanish grace hold it
+//     as if they had seen it go): a lease storm while the control plane was down, followed by
+//     a compaction, is held all the same;
+//   - an endpoint the file names promoted was known to every Envoy: it is served as its
+//     state says at once; any other (a server that joined while the control plane was down)
+//     starts in its first phase, DRAINING until every Envoy knows it;
+//   - the Envoys of the file are remembered as reconnecting (as those whose stream closed),
+//     knowing nothing new, so that a first-phase endpoint waits for them (at most its settle
+//     time), not only for the first Envoy back.
+//
+// The file is a help, never a condition: a missing, unreadable or foreign one (another
+// prefix) is logged and the start goes on as without it.
+
+// memoryEvery bounds how often the memory file is written.
+const memoryEvery = time.Second
+
+// memoryVersion is the file format's version; another is ignored.
+const memoryVersion = 1
+
+// memory is the file's content.
+type memory struct {
+	Version   int              `json:"version"`
+	Prefix    string           `json:"prefix"`
+	WrittenAt time.Time        `json:"writtenAt"`
+	Instances []memoryInstance `json:"instances"`
+	Promoted  []memoryEndpoint `json:"promoted"`
+	Envoys    []memoryEnvoy    `json:"envoys"`
+}
+
+type memoryInstance struct {
+	Service  string            `json:"service"`
+	Created  int64             `json:"created"` // the service's claim (Service.Created)
+	Instance registry.Instance `json:"instance"`
+}
+
+type memoryEndpoint struct {
+	Cluster string `json:"cluster"`
+	ID      string `json:"id"`
+	Address string `json:"address"`
+}
+
+type memoryEnvoy struct {
+	Node  string `json:"node"`
+	Group string `json:"group"`
+}
+
+// readMemory reads the memory file; nil when there is none to use (logged unless absent).
+func readMemory(path, prefix string, log zerolog.Logger) *memory {
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	var m memory
+	if err == nil {
+		err = json.Unmarshal(b, &m)
+	}
+	switch {
+	case err != nil:
+		log.Warn().Err(err).Str("file", path).Msg("cannot read the state file; starting without memory of what was served before")
+		return nil
+	case m.Version != memoryVersion || m.Prefix != prefix:
+		log.Warn().Str("file", path).Int("version", m.Version).Str("prefix", m.Prefix).
+			Msg("the state file is of another version or prefix; starting without memory of what was served before")
+		return nil
+	}
+	log.Info().Str("file", path).Time("writtenAt", m.WrittenAt).Int("instances", len(m.Instances)).
+		Int("promoted", len(m.Promoted)).Int("envoys", len(m.Envoys)).Msg("state file read: what was served before this start")
+	return &m
+}
+
+// writeMemory writes m to path through a temporary file, so that a crash leaves the old file
+// or the new one.
+func writeMemory(path string, m *memory) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("state file: %w", err)
+	}
+	_, werr := f.Write(b)
+	cerr := f.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("state file: %w", err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("state file: %w", err)
+	}
+	return nil
+}
+
+// recalledDepartures returns st with the instances of m that st lacks, and that st's
+// departures (etcd's history) do not name, added as departures with their last value
+// served. st itself is returned when there are none.
+func recalledDepartures(st *registry.State, m *memory) *registry.State {
+	if m == nil {
+		return st
+	}
+	type id struct{ svc, id string }
+	known := map[id]bool{}
+	for _, d := range st.Departures {
+		known[id{d.Service, d.Instance.ID}] = true
+	}
+	var add []registry.Departure
+	for _, mi := range m.Instances {
+		if svc := st.Services[mi.Service]; svc != nil {
+			if _, ok := svc.Instances[mi.Instance.ID]; ok {
+				continue
+			}
+		}
+		if known[id{mi.Service, mi.Instance.ID}] {
+			continue
+		}
+		add = append(add, registry.Departure{Service: mi.Service, Instance: mi.Instance, Created: mi.Created})
+	}
+	if len(add) == 0 {
+		return st
+	}
+	c := *st
+	c.Departures = append(slices.Clip(st.Departures), add...)
+	return &c
+}
+
+// memoryOf builds the memory of what p last served and what ph knows.
+func memoryOf(prefix string, kept *registry.State, ph *phaser, now time.Time) *memory {
+	m := &memory{Version: memoryVersion, Prefix: prefix, WrittenAt: now.UTC()}
+	if kept != nil {
+		for name, svc := range kept.Services {
+			for _, in := range svc.Instances {
+				m.Instances = append(m.Instances, memoryInstance{Service: name, Created: svc.Created, Instance: in})
+			}
+		}
+		slices.SortFunc(m.Instances, func(a, b memoryInstance) int {
+			if a.Service != b.Service {
+				return strings.Compare(a.Service, b.Service)
+			}
+			return strings.Compare(a.Instance.ID, b.Instance.ID)
+		})
+	}
+	if ph != nil {
+		m.Promoted, m.Envoys = ph.remembered(now)
+	}
+	return m
+}
+
+// keepMemory writes the memory file when what it would hold changed, at most every
+// memoryEvery, until ctx ends, and once more then.
+func (cp *ControlPlane) keepMemory(ctx context.Context) {
+	path := cp.cfg.StateFile
+	var last []byte
+	failing := false
+	write := func() {
+		cur := cp.pub.snapshotNow()
+		if cur == nil {
+			return // nothing served yet: the file of the last run stays as it is
+		}
+		m := memoryOf(cp.cfg.Prefix, cur.kept, cp.phase, time.Now())
+		stamp := m.WrittenAt
+		m.WrittenAt = time.Time{}
+		b, err := json.Marshal(m)
+		if err != nil || slices.Equal(b, last) {
+			return
+		}
+		m.WrittenAt = stamp
+		err = writeMemory(path, m)
+		switch {
+		case err != nil && !failing:
+			cp.log.Warn().Err(err).Str("file", path).Msg("cannot write the state file; a restart will not remember what was served")
+		case err == nil && failing:
+			cp.log.Info().Str("file", path).Msg("state file written again")
+		}
+		failing = err != nil
+		if err == nil {
+			last = b
+		}
+	}
+	t := time.NewTicker(memoryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			write()
+			return
+		case <-t.C:
+			write()
+		}
+	}
+}
