@@ -36,6 +36,9 @@ func (h *handler) Execute(args []string, r <-chan svc.ChangeRequest, s chan<- sv
 	if len(args) > 0 {
 		name = args[0]
 	}
+	// Start pending before anything can fail: Wine's StartService fails with a request timeout
+	// when the first status is Stopped, hiding the exit code that says why.
+	s <- svc.Status{State: svc.StartPending, WaitHint: 10000}
 	run, opt, err := h.setup(name)
 	if err != nil {
 		return true, 2 // bad stored flags: the command's exit code for bad input
