@@ -18,7 +18,7 @@ FUZZTIME ?= 300000x
 # The Windows pass runs the host's binary with GOOS=windows, so that it checks the Windows files.
 GOLANGCI := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build run demo test test-short lint fmt cross dist fuzz bench e2e sim soak clean
+.PHONY: all build run demo test test-short test-windows lint fmt cross dist fuzz bench e2e sim soak clean
 
 all: build
 
@@ -61,6 +61,15 @@ test-short:
 # The end-to-end tests against a real Envoy (skipped by `make test` when ENVOY_BIN is unset).
 e2e:
 	ENVOY_BIN=$${ENVOY_BIN:?set ENVOY_BIN to an Envoy 1.3x binary} $(GO) test -race -count=1 -timeout 10m -v ./e2e/
+
+# The Windows agent as a service under Wine's service manager: a Debian trixie chroot with Wine
+# 10, made once by scripts/wine-chroot.sh (root, debootstrap; about 1.2 GB) in WINE_CHROOT,
+# outside the repository, then install, start, drain, stop, exit codes and uninstall against a
+# real control plane and app (TestWindowsServiceUnderWine, which builds the Windows agent).
+WINE_CHROOT ?= $(HOME)/.cache/tether-wine-trixie
+test-windows:
+	./scripts/wine-chroot.sh $(WINE_CHROOT)
+	TETHER_WINE_CHROOT=$(WINE_CHROOT) $(GO) test -count=1 -timeout 10m -v -run '^TestWindowsServiceUnderWine$$' .
 
 cross:
 	GOOS=linux   GOARCH=amd64 CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/linux-amd64/   ./cmd/tether-agent

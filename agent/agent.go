@@ -222,11 +222,15 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			timer := time.NewTimer(r.cfg.DrainTimeout)
 			defer timer.Stop()
 			drainDeadline = timer.C
+			stopNow := r.cfg.StopNow
+			if stopNow == "" {
+				stopNow = "signal again to stop now"
+			}
 			ev := r.log.Info().Dur("timeout", r.cfg.DrainTimeout)
 			if r.cfg.SessionsURL == "" {
-				ev.Msg("draining: no --sessions-url, so waiting the whole drain timeout; signal again to stop now")
+				ev.Msg("draining: no --sessions-url, so waiting the whole drain timeout; " + stopNow)
 			} else {
-				ev.Int("sessions", r.lastLoad.Sessions).Msg("draining: waiting for sessions to end; signal again to stop now")
+				ev.Int("sessions", r.lastLoad.Sessions).Msg("draining: waiting for sessions to end; " + stopNow)
 			}
 			r.current = r.instance()
 		case <-skip:

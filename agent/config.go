@@ -69,6 +69,9 @@ type Config struct {
 	// MetricsAddr serves /metrics and /healthz: host:port, or MetricsAuto ("auto", or
 	// "host:auto") for the first free port from MetricsPortFirst; empty disables it.
 	MetricsAddr string
+	// StopNow tells the operator, in the draining log line, how to end the drain's wait at
+	// once; empty means a second signal. A Windows service cannot take a second stop.
+	StopNow string
 }
 
 // DefaultConfig is the agent's default configuration; Etcd, Service and Port are the

@@ -2,7 +2,7 @@
 // state and load up to date, and drains it on SIGTERM or SIGINT (a second signal skips the
 // wait). Exit codes: 0 clean drain, 1 runtime failure, 2 bad flags. On Windows it runs as a
 // service too: `tether-agent service install|uninstall|start|stop`, where a service stop drains
-// as SIGTERM does.
+// as SIGTERM does; the installed service runs `tether-agent service run FLAGS...`.
 package main
 
 import (
@@ -30,8 +30,11 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 	if len(args) > 0 && args[0] == "service" {
 		return serviceCommand(args[1:], os.Stdout, stderr)
 	}
+	// The command line of a service installed before `service run` existed holds the flags
+	// alone: such a process is recognised by its parent, the SCM in session 0. Under Wine it is
+	// never recognised (all runs in session 1), and a console run never is.
 	if isService, err := winsvc.IsService(); err == nil && isService {
-		return runService(args)
+		return runService(args, true)
 	}
 	o, err := parseFlags(args, lookup, stderr)
 	if err == nil {

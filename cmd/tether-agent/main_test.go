@@ -22,6 +22,7 @@ import (
 	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/syncbuf"
+	"github.com/tetherlb/tether/internal/winsvc"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -438,6 +439,30 @@ func TestServiceCommandInput(t *testing.T) {
 	}
 	if name, _, _ := serviceName([]string{"--service", "app", "--port=5000"}); name != "tether-agent-app-5000" {
 		t.Errorf("derived name %q", name)
+	}
+}
+
+// service stop prints how long the drain has lasted every 10 s, not the checkpoint every
+// second, and says so when the agent's checkpoint stops growing past its wait hint.
+func TestStopReporter(t *testing.T) {
+	r := stopReporter{every: 10 * time.Second}
+	hint := 10 * time.Second
+	var lines []string
+	cp := uint32(1)
+	for s := 1; s <= 60; s++ {
+		if s <= 30 && s%5 == 0 {
+			cp++ // the agent's progress every WaitHint/2, then it stalls
+		}
+		if l := r.line(winsvc.Progress{Elapsed: time.Duration(s) * time.Second, CheckPoint: cp, WaitHint: hint}); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 6 {
+		t.Fatalf("%d lines in 60 s, want 6:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	if !strings.HasPrefix(lines[0], "draining for 10s: waiting for the instance's sessions to end") || !strings.Contains(lines[4], "no progress") ||
+		!strings.Contains(lines[5], "draining for 1m0s: the agent has shown no progress for 30s") || strings.Contains(lines[3], "no progress") {
+		t.Errorf("lines:\n%s", strings.Join(lines, "\n"))
 	}
 }
 

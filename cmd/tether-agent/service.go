@@ -23,7 +23,9 @@ const serviceUsage = `Usage:
 
 install checks the agent flags and stores them in an automatic-start Windows service named
 NAME (default tether-agent-<service>-<port>) that logs to the Windows event log under the same
-name. stop drains the instance (as SIGTERM does) and waits until the service has stopped.
+name; the service runs "tether-agent service run AGENT-FLAGS...", which only the service
+manager starts. stop drains the instance (as SIGTERM does) and waits until the service has
+stopped.
 `
 
 // Service timings: the SCM's wait hint while draining, and what Windows shutting down grants.
@@ -33,6 +35,7 @@ const (
 	servicePreshutdown   = serviceShutdownGrace + 15*time.Second
 	serviceStartWait     = 30 * time.Second
 	serviceStopWait      = 15 * time.Minute
+	stopReportEvery      = 10 * time.Second
 )
 
 // pathFlags hold file paths: made absolute at install, as a service runs in System32.
@@ -41,11 +44,14 @@ var pathFlags = []string{"healthcheck-file", "etcd-ca", "etcd-cert", "etcd-key",
 // serviceCommand runs `tether-agent service VERB ...`. Exit codes as the agent's: 0 done,
 // 1 failed, 2 bad input.
 func serviceCommand(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || !slices.Contains([]string{"install", "uninstall", "start", "stop"}, args[0]) {
+	if len(args) == 0 || !slices.Contains([]string{"install", "uninstall", "start", "stop", "run"}, args[0]) {
 		fmt.Fprint(stderr, serviceUsage)
 		return 2
 	}
 	verb := args[0]
+	if verb == "run" { // the SCM names the service
+		return runService(args[1:], false)
+	}
 	name, rest, err := serviceName(args[1:])
 	if err != nil {
 		fmt.Fprintf(stderr, "tether-agent service %s: %v\n%s", verb, err, serviceUsage)
@@ -64,7 +70,12 @@ func serviceCommand(args []string, stdout, stderr io.Writer) int {
 		}
 	case "stop":
 		fmt.Fprintf(stdout, "stopping %s: the instance drains first\n", name)
-		err = winsvc.StopService(name, serviceStopWait, func(cp uint32) { fmt.Fprintf(stdout, "draining (checkpoint %d)\n", cp) })
+		r := stopReporter{every: stopReportEvery}
+		err = winsvc.StopService(name, serviceStopWait, func(p winsvc.Progress) {
+			if line := r.line(p); line != "" {
+				fmt.Fprintln(stdout, line)
+			}
+		})
 		if err == nil {
 			fmt.Fprintf(stdout, "service %s stopped\n", name)
 		}
@@ -80,6 +91,37 @@ func serviceCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tether-agent service %s: %v\n", verb, err)
 		return 1
 	}
+}
+
+// stopReporter turns the stopping service's status, polled every second, into a line every
+// `every`: how long the drain has lasted, and whether the agent still shows progress (it
+// raises its checkpoint at least once per wait hint while it drains; a stuck agent does not).
+type stopReporter struct {
+	every      time.Duration
+	next       time.Duration // the drain's age at the next line
+	checkPoint uint32
+	changed    time.Duration // the drain's age when checkPoint last changed
+}
+
+func (r *stopReporter) line(p winsvc.Progress) string {
+	if p.CheckPoint != r.checkPoint {
+		r.checkPoint, r.changed = p.CheckPoint, p.Elapsed
+	}
+	if r.next == 0 {
+		r.next = r.every
+	}
+	if p.Elapsed < r.next {
+		return ""
+	}
+	for r.next <= p.Elapsed {
+		r.next += r.every
+	}
+	age := p.Elapsed.Truncate(time.Second)
+	if still := p.Elapsed - r.changed; p.WaitHint > 0 && still > p.WaitHint {
+		return fmt.Sprintf("draining for %s: the agent has shown no progress for %s (it should within %s); see the event log",
+			age, still.Truncate(time.Second), p.WaitHint)
+	}
+	return fmt.Sprintf("draining for %s: waiting for the instance's sessions to end (agent progress %d)", age, p.CheckPoint)
 }
 
 // usageError is bad input to a service command (exit 2).
@@ -150,12 +192,12 @@ func install(name string, args []string, stdout, stderr io.Writer) error {
 	err = winsvc.InstallService(winsvc.InstallOptions{
 		Name: name, DisplayName: "Tether agent " + o.cfg.Service + ":" + strconv.Itoa(o.cfg.Port),
 		Description: "Registers " + o.cfg.Service + " on port " + strconv.Itoa(o.cfg.Port) + " with Tether and drains it on stop.",
-		Exe:         exe, Args: stored, Preshutdown: servicePreshutdown,
+		Exe:         exe, Args: append([]string{"service", "run"}, stored...), Preshutdown: servicePreshutdown,
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "service %s installed (automatic start): %s %s\nstart it with: tether-agent service start --name %s\n",
+	fmt.Fprintf(stdout, "service %s installed (automatic start): %s service run %s\nstart it with: tether-agent service start --name %s\n",
 		name, exe, strings.Join(stored, " "), name)
 	return nil
 }
@@ -184,8 +226,8 @@ func serviceArgs(o *options) ([]string, error) {
 }
 
 // runService runs the agent under the Service Control Manager with the flags stored at
-// install, logging to the event log.
-func runService(args []string) int {
+// install, logging to the event log. legacy is a command line stored without "service run".
+func runService(args []string, legacy bool) int {
 	err := winsvc.RunService(func(name string) (winsvc.RunFunc, winsvc.Options, error) {
 		var out io.Writer = os.Stderr
 		if el, err := winsvc.OpenEventLog(name); err == nil {
@@ -205,7 +247,13 @@ func runService(args []string) int {
 			lvl = zerolog.InfoLevel
 		}
 		log := zerolog.New(out).Level(lvl).With().Timestamp().Str("windowsService", name).Logger()
+		if legacy {
+			log.Warn().Msg(`installed by an older tether-agent: its command line lacks "service run"; ` +
+				"run service uninstall, then service install with the same flags, to store it")
+		}
 		o.logDefaults(log)
+		o.cfg.StopNow = fmt.Sprintf("Windows sends a stopping service no second stop: the wait ends when the sessions end, "+
+			"at --drain-timeout (%s), or %s into a Windows shutdown", o.cfg.DrainTimeout, serviceShutdownGrace)
 		run := func(ctx context.Context, skip <-chan struct{}) error { return agent.Run(ctx, o.cfg, log, skip) }
 		return run, winsvc.Options{WaitHint: serviceWaitHint, ShutdownGrace: serviceShutdownGrace, Log: log}, nil
 	})

@@ -66,10 +66,11 @@ const (
 )
 
 // Serve runs run as a service: it reports StartPending then Running, turns the first Stop or
-// Shutdown into a drain (like SIGTERM), a second Stop (or ShutdownGrace after a Shutdown, even
-// one that comes during a drain) into skipping the drain's wait, reports StopPending with a growing checkpoint while the drain
-// lasts, and returns the exit code once run has returned (after reporting Stopped). It
-// returns when run returns on its own too (a failure such as a duplicate instance ID).
+// Shutdown into a drain (like SIGTERM), ShutdownGrace after a Shutdown (even one that comes
+// during a drain) into skipping the drain's wait, reports StopPending with a growing
+// checkpoint while the drain lasts, and returns the exit code once run has returned (after
+// reporting Stopped). It returns when run returns on its own too (a failure such as a
+// duplicate instance ID).
 func Serve(requests <-chan Request, report func(Status), run RunFunc, opt Options) uint32 {
 	if opt.WaitHint <= 0 {
 		opt.WaitHint = 10 * time.Second
@@ -81,14 +82,6 @@ func Serve(requests <-chan Request, report func(Status), run RunFunc, opt Option
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	skip := make(chan struct{})
-	skipped := false
-	skipNow := func(why string) {
-		if !skipped {
-			skipped = true
-			opt.Log.Info().Str("why", why).Msg("skipping the drain wait")
-			close(skip)
-		}
-	}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, skip) }()
 	send(Status{State: Running})
@@ -107,8 +100,6 @@ func Serve(requests <-chan Request, report func(Status), run RunFunc, opt Option
 				t := time.NewTimer(opt.ShutdownGrace)
 				defer t.Stop()
 				grace = t.C
-			} else if cur.State != Running {
-				skipNow("second stop request")
 			}
 			if cur.State == Running {
 				opt.Log.Info().Bool("shutdown", shutdown).Msg("service stopping: draining")
@@ -120,7 +111,8 @@ func Serve(requests <-chan Request, report func(Status), run RunFunc, opt Option
 			}
 		case <-grace:
 			grace = nil
-			skipNow("Windows is shutting down")
+			opt.Log.Info().Msg("Windows is shutting down: skipping the drain wait")
+			close(skip)
 		case <-progress:
 			send(Status{State: StopPending, CheckPoint: cur.CheckPoint + 1, WaitHint: opt.WaitHint})
 		case err := <-done:
@@ -133,6 +125,13 @@ func Serve(requests <-chan Request, report func(Status), run RunFunc, opt Option
 			return code
 		}
 	}
+}
+
+// Progress is what the stop command sees of a stopping service, polled once a second.
+type Progress struct {
+	Elapsed    time.Duration // since the stop request
+	CheckPoint uint32        // the agent raises it at least once per WaitHint while it drains
+	WaitHint   time.Duration
 }
 
 // Setup prepares the agent once the SCM has named the service: its run function, options and

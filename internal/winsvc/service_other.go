@@ -24,7 +24,7 @@ func UninstallService(string) error { return ErrNotWindows }
 func StartService(string, time.Duration) error { return ErrNotWindows }
 
 // StopService fails outside Windows.
-func StopService(string, time.Duration, func(uint32)) error { return ErrNotWindows }
+func StopService(string, time.Duration, func(Progress)) error { return ErrNotWindows }
 
 // EventLog exists only on Windows.
 type EventLog struct{ zerolog.LevelWriter }

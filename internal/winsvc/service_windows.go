@@ -4,6 +4,7 @@ package winsvc
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -21,7 +22,11 @@ func IsService() (bool, error) { return svc.IsWindowsService() }
 
 // RunService hands the process to the SCM and runs the agent as the service it names.
 func RunService(setup Setup) error {
-	return svc.Run("tether-agent", &handler{setup: setup}) // the name is ignored for an own-process service
+	err := svc.Run("tether-agent", &handler{setup: setup}) // the name is ignored for an own-process service
+	if errors.Is(err, windows.ERROR_FAILED_SERVICE_CONTROLLER_CONNECT) {
+		return fmt.Errorf("only the service manager starts \"service run\" (tether-agent service start; in a console, run tether-agent without \"service run\"): %w", err)
+	}
+	return err
 }
 
 type handler struct{ setup Setup }
@@ -31,6 +36,9 @@ func (h *handler) Execute(args []string, r <-chan svc.ChangeRequest, s chan<- sv
 	if len(args) > 0 {
 		name = args[0]
 	}
+	// Start pending before anything can fail: Wine's StartService fails with a request timeout
+	// when the first status is Stopped, hiding the exit code that says why.
+	s <- svc.Status{State: svc.StartPending, WaitHint: 10000}
 	run, opt, err := h.setup(name)
 	if err != nil {
 		return true, 2 // bad stored flags: the command's exit code for bad input
@@ -169,7 +177,7 @@ func StartService(name string, timeout time.Duration) error {
 
 // StopService asks the service to stop (the agent drains) and waits until it has stopped,
 // reporting progress.
-func StopService(name string, timeout time.Duration, progress func(checkPoint uint32)) error {
+func StopService(name string, timeout time.Duration, progress func(Progress)) error {
 	m, s, err := open(name)
 	if err != nil {
 		return err
@@ -195,27 +203,50 @@ func open(name string) (*mgr.Mgr, *mgr.Service, error) {
 	return m, s, nil
 }
 
-func wait(s *mgr.Service, name string, timeout time.Duration, want svc.State, progress func(uint32)) error {
-	deadline := time.Now().Add(timeout)
+func wait(s *mgr.Service, name string, timeout time.Duration, want svc.State, progress func(Progress)) error {
+	start := time.Now()
+	deadline := start.Add(timeout)
 	for {
-		st, err := s.Query()
+		st, err := query(s)
 		if err != nil {
 			return fmt.Errorf("query service %q: %w", name, err)
 		}
-		if st.State == want {
+		if svc.State(st.CurrentState) == want {
 			return nil
 		}
-		if st.State == svc.Stopped {
+		if st.CurrentState == windows.SERVICE_STOPPED {
 			return fmt.Errorf("service %q stopped (exit code %d): see the event log, source %q", name, st.ServiceSpecificExitCode, name)
 		}
 		if progress != nil {
-			progress(st.CheckPoint)
+			progress(Progress{Elapsed: time.Since(start), CheckPoint: st.CheckPoint, WaitHint: time.Duration(st.WaitHint) * time.Millisecond})
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("service %q still %v after %s", name, st.State, timeout)
+			return fmt.Errorf("service %q still %s after %s", name, stateName(st.CurrentState), timeout)
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+func stateName(s uint32) string {
+	switch s {
+	case windows.SERVICE_START_PENDING:
+		return "start pending"
+	case windows.SERVICE_STOP_PENDING:
+		return "stop pending"
+	case windows.SERVICE_RUNNING:
+		return "running"
+	default:
+		return fmt.Sprintf("in state %d", s)
+	}
+}
+
+// query is mgr.Service.Query with the checkpoint and wait hint, which Query leaves out.
+func query(s *mgr.Service) (windows.SERVICE_STATUS_PROCESS, error) {
+	var st windows.SERVICE_STATUS_PROCESS
+	var needed uint32
+	// The Windows API takes the struct through a *byte.
+	err := windows.QueryServiceStatusEx(s.Handle, windows.SC_STATUS_PROCESS_INFO, (*byte)(unsafe.Pointer(&st)), uint32(unsafe.Sizeof(st)), &needed) //nolint:gosec // G103: see above
+	return st, err
 }
 
 // EventLog is a zerolog writer to the Windows event log under the service's source: one event
