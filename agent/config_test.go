@@ -87,3 +87,36 @@ func TestDefaultID(t *testing.T) {
 		t.Errorf("unusable host name: %v", err)
 	}
 }
+
+// TestMetricsListenAddrs: "auto" listens on loopback only (/metrics must not be reachable from
+// the network unless asked for, docs/security.md), on the range from its first port; a host
+// given with auto is kept; a fixed port is tried alone.
+func TestMetricsListenAddrs(t *testing.T) {
+	for _, c := range []struct{ in, first, last string }{
+		{MetricsAuto, "127.0.0.1:18100", "127.0.0.1:18199"},
+		{"0.0.0.0:auto", "0.0.0.0:18100", "0.0.0.0:18199"},
+		{"[::1]:auto", "[::1]:18100", "[::1]:18199"},
+	} {
+		got, err := metricsListenAddrs(c.in)
+		if err != nil || len(got) != MetricsPortCount || got[0] != c.first || got[len(got)-1] != c.last {
+			t.Errorf("%s: %d addresses from %v to %v (err %v), want %d from %s to %s", c.in, len(got), first(got), last(got), err, MetricsPortCount, c.first, c.last)
+		}
+	}
+	if got, err := metricsListenAddrs("127.0.0.1:9100"); err != nil || len(got) != 1 || got[0] != "127.0.0.1:9100" {
+		t.Errorf("a fixed port: %v %v", got, err)
+	}
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}
+
+func last(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[len(s)-1]
+}

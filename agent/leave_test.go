@@ -1,6 +1,8 @@
 package agent_test
 
 import (
+	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -46,4 +48,69 @@ func TestUnknownSessionsAndLeavingMark(t *testing.T) {
 	etcdtest.WaitInstance(t, cli, "probed", 5*time.Second, "sessions unknown while the probe fails", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.SessionsUnknown
 	})
+}
+
+// TestDrainSettleStartsWhenDrainingIsWritten: the sample that may find no sessions left is
+// taken --drain-settle after "draining" reached etcd, never counted from the signal: with etcd
+// unreachable at the signal for longer than the settle time, the agent must still leave the
+// control planes the settle time to stop sending new sessions after they see "draining".
+func TestDrainSettleStartsWhenDrainingIsWritten(t *testing.T) {
+	const settle = time.Second
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
+	cfg.DrainSettle = settle
+	// etcd extends the lease by its TTL when it starts again: the key goes by the agent alone.
+	// It outlives the gRPC client's reconnection backoff; the agent's etcd calls time out
+	// after min(TTL/2, 5s).
+	cfg.TTL = 20 * time.Second
+	r := start(t, cfg)
+	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
+	etcd.Stop()
+	r.cancel() // the signal: "draining" cannot be written yet
+	// Long enough for the agent's write of "draining" to time out (5 s) and for a settle
+	// timer started then to run out while etcd is still away.
+	time.Sleep(5*time.Second + 2*settle)
+	etcd.StartAgain(t)
+	// A new client: the first one may still be in gRPC's reconnection backoff when the agent
+	// writes, and miss the settle time it is to measure.
+	cli = etcd.Client(t)
+	key := registry.InstanceKey("/tether", "app", "app-1")
+	// The agent writes "draining", samples --drain-settle later, finds no sessions and marks
+	// the instance leaving (then waits the settle time again and deletes the key).
+	var drainingAt, leavingAt time.Time
+	for deadline := time.Now().Add(20 * time.Second); leavingAt.IsZero(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent did not mark the instance leaving within 20s of etcd's return")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		resp, err := cli.Get(ctx, key)
+		cancel()
+		if err != nil {
+			continue // the client reconnecting
+		}
+		if len(resp.Kvs) == 0 {
+			t.Fatal("the key went before the agent marked it leaving")
+		}
+		var in registry.Instance
+		if err := json.Unmarshal(resp.Kvs[0].Value, &in); err != nil || in.State != registry.StateDraining {
+			continue
+		}
+		switch {
+		case in.Leaving:
+			leavingAt = time.Now()
+		case drainingAt.IsZero():
+			drainingAt = time.Now()
+		}
+	}
+	if drainingAt.IsZero() {
+		t.Fatal("the instance was marked leaving without being seen draining first: the sample that found no sessions was not taken after draining reached etcd")
+	}
+	if gap := leavingAt.Sub(drainingAt); gap < settle/2 {
+		t.Fatalf("marked leaving %v after draining was first seen in etcd, want the settle time %v", gap, settle)
+	}
+	if err := r.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("agent: %v", err)
+	}
 }

@@ -87,7 +87,7 @@ func TestDrainsAreReported(t *testing.T) {
 	count := -1
 	a := drainApplier{log: zerolog.New(&buf), onCount: func(n int) { count = n }}
 	app := &registry.Service{Name: "app", Instances: map[string]registry.Instance{
-		"a1": {ID: "a1", State: registry.StateAvailable}, "a2": {ID: "a2", State: registry.StateAvailable}}}
+		"a1": {ID: "a1", State: registry.StateAvailable, Labels: map[string]string{"version": "1"}}, "a2": {ID: "a2", State: registry.StateAvailable}}}
 	services := map[string]*registry.Service{"app": app}
 	drained := &registry.State{Services: services, Drains: map[string]map[string]registry.Drain{"app": {"a1": {Instance: "a1"}}}}
 
@@ -100,7 +100,15 @@ func TestDrainsAreReported(t *testing.T) {
 	if buf.Len() != 0 || count != 1 {
 		t.Fatalf("an unchanged drain logged again (count %d):\n%s", count, buf.String())
 	}
-	a.apply(&registry.State{Revision: 3, Services: services})
+	// The drain that holds a1 changes (its own drain undone as a label drain takes it): a move
+	// is logged, naming the new drain.
+	a.apply(&registry.State{Revision: 3, Services: services, Drains: map[string]map[string]registry.Drain{
+		"app": {"version=1": {Labels: map[string]string{"version": "1"}}}}})
+	if got := strings.Count(buf.String(), "operator drain applied"); got != 1 || !strings.Contains(buf.String(), `"drain":"version=1"`) || count != 1 {
+		t.Fatalf("after the drain moved: %d 'applied' lines, count %d; log:\n%s", got, count, buf.String())
+	}
+	buf.Reset()
+	a.apply(&registry.State{Revision: 4, Services: services})
 	if !strings.Contains(buf.String(), "operator drain no longer applies") || count != 0 {
 		t.Fatalf("after the undo: count %d; log:\n%s", count, buf.String())
 	}

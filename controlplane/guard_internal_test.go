@@ -115,6 +115,34 @@ func TestRemovalGuard(t *testing.T) {
 			{12 * time.Second, reg(3, "m3", "m4"), []string{"m3", "m4"}},
 			{24 * time.Second, reg(4, "m4"), []string{"m4"}},
 		}},
+		// The window is 10 s from its first removal: one removal a millisecond before its end is
+		// counted with the first ones, one at its end opens a new window.
+		{"a removal just inside the window is counted with the first ones", 0.5, []step{
+			{0, reg(1, "m1", "m2", "m3", "m4"), []string{"m1", "m2", "m3", "m4"}},
+			{time.Second, reg(2, "m3", "m4"), []string{"m3", "m4"}},
+			{11*time.Second - time.Millisecond, reg(3, "m4"), []string{"m1", "m2", "m3", "m4"}},
+		}},
+		{"a removal at the window's end opens a new window", 0.5, []step{
+			{0, reg(1, "m1", "m2", "m3", "m4"), []string{"m1", "m2", "m3", "m4"}},
+			{time.Second, reg(2, "m3", "m4"), []string{"m3", "m4"}},
+			{11 * time.Second, reg(3, "m4"), []string{"m4"}},
+		}},
+		// Held instances are no longer the service's: a later window takes its share of the
+		// instances left, so the last one lapsing after the first window closed is held too.
+		{"a later window's base leaves out the instances held before", 0.5, []step{
+			{0, reg(1, "m1", "m2", "m3", "m4", "m5"), []string{"m1", "m2", "m3", "m4", "m5"}},
+			{time.Second, reg(2, "m2", "m3", "m4", "m5"), []string{"m2", "m3", "m4", "m5"}},
+			{5 * time.Second, reg(3, "m5"), []string{"m1", "m2", "m3", "m4", "m5"}},
+			// The window (from 1 s) closed at 11 s; m1-m4 are held until 15 s.
+			{12 * time.Second, reg(4), []string{"m1", "m2", "m3", "m4", "m5"}},
+		}},
+		{"an instance back within the window is no longer counted", 0.5, []step{
+			{0, reg(1, six...), six},
+			{time.Second, reg(2, "m4", "m5", "m6"), []string{"m4", "m5", "m6"}},
+			{2 * time.Second, reg(3, six...), six},
+			// One of six is gone now, not four.
+			{3 * time.Second, reg(4, "m1", "m2", "m3", "m4", "m5"), []string{"m1", "m2", "m3", "m4", "m5"}},
+		}},
 		// Documented decision: with the last instance go all the service's users, and there is
 		// no other instance to move them to.
 		{"a lone last instance is held", 0.5, []step{

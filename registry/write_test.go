@@ -59,3 +59,35 @@ func TestCreateUpdateDeleteInstance(t *testing.T) {
 		t.Fatal("create with invalid port succeeded")
 	}
 }
+
+// TestPutDrainKeepsAnotherSelectionOfTheSameName: a drain already under the name is the same
+// drain only when it selects the same instance and exactly the same labels; a hand-written one
+// with other labels is left as it is (replacing it would undrain what it selects) and named in
+// the error, and an equal one is returned with its createdAt.
+func TestPutDrainKeepsAnotherSelectionOfTheSameName(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	key := registry.DrainKey("/tether", "app", "version=1")
+	if _, err := cli.Put(ctx, key, `{"labels":{"version":"2"},"createdAt":"2026-01-02T03:04:05Z"}`); err != nil {
+		t.Fatal(err)
+	}
+	d := registry.Drain{Labels: map[string]string{"version": "1"}, CreatedAt: time.Now().UTC()}
+	got, created, err := registry.PutDrain(ctx, cli, "/tether", "app", "version=1", d)
+	if !errors.Is(err, registry.ErrDrainNameTaken) || created || got.Labels["version"] != "2" {
+		t.Fatalf("PutDrain over version=2 under the name version=1: %+v created %v err %v; want ErrDrainNameTaken", got, created, err)
+	}
+	resp, err := cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"labels":{"version":"2"},"createdAt":"2026-01-02T03:04:05Z"}` {
+		t.Fatalf("the hand-written drain was changed: %v %v", resp, err)
+	}
+	// The same selection is the same drain: kept, with its first createdAt.
+	if _, err := cli.Put(ctx, key, `{"labels":{"version":"1"},"createdAt":"2026-01-02T03:04:05Z"}`); err != nil {
+		t.Fatal(err)
+	}
+	got, created, err = registry.PutDrain(ctx, cli, "/tether", "app", "version=1", d)
+	if err != nil || created || got.CreatedAt.Year() != 2026 || got.CreatedAt.Month() != 1 {
+		t.Fatalf("PutDrain of the same selection: %+v created %v err %v; want the existing drain", got, created, err)
+	}
+}

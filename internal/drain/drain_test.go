@@ -511,3 +511,76 @@ func TestDrainMessages(t *testing.T) {
 		t.Fatal("--wait did not stop within 10s of its context ending")
 	}
 }
+
+// TestUndoAndWaitEndings: --undo of one label drain removes that drain alone, not another
+// label drain of the service; --wait fails (exit 1) when its drain is removed meanwhile and
+// reports an interruption (exit 130), never success: a script stopping agents on exit 0
+// would cut users off.
+func TestUndoAndWaitEndings(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	etcd := srv.ClientURL
+	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 5)
+	putInstance(t, cli, "b1", 5002, "2", registry.StateAvailable, 4)
+	putInstance(t, cli, "c1", 5003, "3", registry.StateAvailable, 0)
+	for _, v := range []string{"version=2", "version=1"} {
+		if r := runCmd(t, etcd, nil, "drain", "app", "--label", v); r.code != 0 {
+			t.Fatalf("drain %s: %+v", v, r)
+		}
+	}
+	if r := runCmd(t, etcd, nil, "drain", "app", "--label", "version=1", "--undo"); r.code != 0 {
+		t.Fatalf("undo version=1: %+v", r)
+	}
+	keys := func() []string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := cli.Get(ctx, registry.ServiceDrainsPrefix("/tether", "app"), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, kv := range resp.Kvs {
+			out = append(out, string(kv.Key))
+		}
+		return out
+	}
+	if got := keys(); len(got) != 1 || got[0] != registry.DrainKey("/tether", "app", "version=2") {
+		t.Fatalf("after undoing version=1 the drains are %v, want version=2's alone", got)
+	}
+
+	// --wait on b1's drain (4 sessions): ended by its removal, then by an interruption.
+	waitOn := func(end func(cancel context.CancelFunc)) (int, string) {
+		var out, errb syncbuf.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		done := make(chan int, 1)
+		go func() {
+			done <- Main(ctx, []string{"app", "--label", "version=2", "--wait", "--timeout", "25s", "--etcd-endpoints", etcd},
+				func(string) (string, bool) { return "", false }, &out, &errb)
+		}()
+		waitOutput(t, &out, "4 sessions on 1 drained instance")
+		end(cancel)
+		select {
+		case code := <-done:
+			return code, errb.String()
+		case <-time.After(20 * time.Second):
+			t.Fatalf("--wait did not end:\n%s", out.String())
+			return 0, ""
+		}
+	}
+	code, stderr := waitOn(func(context.CancelFunc) {
+		if _, err := cli.Delete(context.Background(), registry.DrainKey("/tether", "app", "version=2")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if code != exitFailure || !strings.Contains(stderr, "drain version=2 of app was removed while waiting") {
+		t.Errorf("--wait with its drain removed: exit %d, stderr %q; want %d", code, stderr, exitFailure)
+	}
+	code, stderr = waitOn(func(cancel context.CancelFunc) { cancel() })
+	if code != exitInterrupted || !strings.Contains(stderr, "stopped waiting; the drain stays in place") {
+		t.Errorf("--wait interrupted: exit %d, stderr %q; want %d", code, stderr, exitInterrupted)
+	}
+	if got := keys(); len(got) != 1 {
+		t.Errorf("an interrupted --wait left drains %v, want its drain in place", got)
+	}
+}
