@@ -123,9 +123,6 @@ Flags:
 		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
 	}
 	c.ListenPort = uint32(listenPort)
-	if !stateFileSet {
-		c.StateFile = filepath.Join(c.DataDir, "controlplane-state.json")
-	}
 	for _, a := range []struct{ flag, v string }{{"--xds-addr", c.XDSAddr}, {"--admin-addr", c.AdminAddr}} {
 		if err := checkListenAddr(a.v); err != nil {
 			return nil, fmt.Errorf("%s: %w", a.flag, err)
@@ -156,6 +153,11 @@ Flags:
 	}
 	if err := etcd.NeedEndpoints(); err != nil {
 		return nil, err
+	}
+	if !stateFileSet && etcd.Endpoints == "" {
+		// The embedded etcd's directory is Tether's own; beside an external etcd no directory
+		// is, and the working directory may not be writable (a container).
+		c.StateFile = filepath.Join(c.DataDir, "controlplane-state.json")
 	}
 	if etcd.Endpoints != "" {
 		ec, err := etcd.ClientConfig(lookup)

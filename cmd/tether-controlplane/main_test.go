@@ -221,3 +221,26 @@ func TestSubcommands(t *testing.T) {
 		}
 	}
 }
+
+// The state file is in the data directory with the embedded etcd, nowhere beside an external
+// etcd unless given, and "" turns it off.
+func TestStateFileDefault(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, filepath.Join("tether-data", "controlplane-state.json")},
+		{[]string{"--data-dir", "d"}, filepath.Join("d", "controlplane-state.json")},
+		{[]string{"--state-file", ""}, ""},
+		{[]string{"--etcd-endpoints", "127.0.0.1:2379"}, ""},
+		{[]string{"--etcd-endpoints", "127.0.0.1:2379", "--state-file", "s.json"}, "s.json"},
+	} {
+		o, err := parse(c.args, envOf(nil), os.Stderr)
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if o.cfg.StateFile != c.want {
+			t.Errorf("%v: state file %q, want %q", c.args, o.cfg.StateFile, c.want)
+		}
+	}
+}
