@@ -156,6 +156,11 @@ func (l *replicaLink) report(held, wants int64) {
 		l.held = held
 	}
 	l.wants = wants
+	l.kickUnlock()
+}
+
+// kickUnlock releases l.mu and wakes the writer when a write is due.
+func (l *replicaLink) kickUnlock() {
 	need := l.needWriteLocked()
 	l.mu.Unlock()
 	if need {
@@ -330,14 +335,7 @@ func (l *replicaLink) setPeers(peers map[string]registry.Replica) {
 		delete(l.gone, name)
 	}
 	l.peers = peers
-	need := l.needWriteLocked()
-	l.mu.Unlock()
-	if need {
-		select {
-		case l.dirty <- struct{}{}:
-		default:
-		}
-	}
+	l.kickUnlock()
 	if l.onPeer != nil {
 		l.onPeer()
 	}
