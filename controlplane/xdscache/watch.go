@@ -95,19 +95,19 @@ type watcher struct {
 	// unsubscribes: it marks a name unsubscribed from a wildcard watch with "" (the next
 	// response must say whether it still exists) and drops others. held is the cache's own, so
 	// the map carries only those marks, read into held and cleared by the next CreateDeltaWatch.
-	marks      map[string]string
-	sent       string              // SotW full-state types: the type version last sent
-	pending    map[string]struct{} // names changed since the last response, all subscribed
-	pendingAll bool                // every subscribed name (and held one) is pending: a first sync
-	answered   bool                // a first response was sent
-	removed    bool                // its stream closed
-	queued     bool                // waits for an initial-sync slot
-	slot       *time.Timer         // set while holding an initial-sync slot
+	marks       map[string]string
+	sent        string              // SotW full-state types: the type version last sent
+	pending     map[string]struct{} // names changed since the last response, all subscribed
+	pendingAll  bool                // every subscribed name (and held one) is pending: a first sync
+	answered    bool                // a first response was sent
+	removed     bool                // its stream closed
+	queued      bool                // waits for an initial-sync slot
+	slot        *time.Timer         // set while holding an initial-sync slot
 	waiting     bool                // waits for room in the byte budget (budget.go)
 	charged     int64               // bytes of its responses sent and not yet answered
 	chargedAt   time.Time           // when the oldest of them was sent
 	chargeTimer *time.Timer         // releases the charge after InflightTimeout
-	epoch      uint64              // last notify that found it
+	epoch       uint64              // last notify that found it
 
 	// What the Envoy acknowledged (see Acks). subsGen counts the subscriptions that added
 	// names: an ACK of a response built before an addition does not cover the added names.
