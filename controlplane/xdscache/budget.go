@@ -76,6 +76,22 @@ func (c *Cache) admit(w *watcher, size int64) bool {
 	return false
 }
 
+// behind reports whether w must wait behind others for the budget, and queues it if so:
+// before its response is built, which a push would otherwise do for every waiting watcher
+// only to find it waits.
+func (c *Cache) behind(w *watcher) bool {
+	b := &c.budget
+	if b.Max <= 0 || b.turn == w || (len(b.queue) == 0 && !w.waiting) {
+		return false
+	}
+	if !w.waiting {
+		w.waiting = true
+		b.Waited++
+		b.queue = append(b.queue, w)
+	}
+	return true
+}
+
 // charge counts a response of size bytes sent to w until its answer.
 func (c *Cache) charge(w *watcher, size int64) {
 	b := &c.budget

@@ -603,6 +603,9 @@ func (c *Cache) respond(w *watcher) {
 		}
 		return
 	}
+	if c.behind(w) {
+		return
+	}
 	ts := c.types[w.t]
 	if w.resync && w.hasPending() {
 		w.pendingAll, w.resync = true, false
