@@ -52,9 +52,25 @@ func (c *Cache) Budget() BudgetStats {
 	return s
 }
 
-// admit reports whether w may send a response of size bytes now; if not, w waits its turn.
-// Watchers already waiting go first, so that a large response is not passed forever by
-// small ones.
+// grpcBuffer is what gRPC holds for a response of n bytes until it is written: its default
+// buffer pool (google.golang.org/grpc/mem, v1.85) hands the encoder the smallest of 256 B,
+// 4 KiB, 16 KiB, 32 KiB and 1 MiB that fits the message and its 5-byte header, and a buffer
+// of the exact size beyond 1 MiB. A heap profile at (10,000 instances, 1,000 Envoys) showed
+// 202 MB of 1 MiB buffers under a budget of 64 MiB counted in message bytes: the pushes of a
+// stream of changes are tens to hundreds of KB per Envoy, each in a 1 MiB buffer.
+func grpcBuffer(n int64) int64 {
+	n += 5
+	for _, tier := range []int64{256, 4 << 10, 16 << 10, 32 << 10, 1 << 20} {
+		if n <= tier {
+			return tier
+		}
+	}
+	return n
+}
+
+// admit reports whether w may send a response of size bytes (as grpcBuffer holds them) now;
+// if not, w waits its turn. Watchers already waiting go first, so that a large response is
+// not passed forever by small ones.
 func (c *Cache) admit(w *watcher, size int64) bool {
 	b := &c.budget
 	if b.Max <= 0 {

@@ -92,12 +92,13 @@ func converge(t *testing.T, what string, clients []*xdsclient.Client, res map[st
 	}
 }
 
-// TestInflightBytesBounded: 20 real xDS clients connect to 50 services at once (about 75 KB
-// each, 1.5 MB together), then every assignment changes at once (a burst). With a budget of
-// 200 KB the bytes sent and not yet answered never pass it, responses wait their turn, and
-// every client comes to hold the newest configuration; the budget is empty at the end.
+// TestInflightBytesBounded: 20 real xDS clients connect to 50 services at once, then every
+// assignment changes at once (a burst). Each endpoint response is about 75 KB, which gRPC
+// encodes into a 1 MiB buffer (grpcBuffer): 20 MiB together. With a budget of 4 MiB the
+// bytes sent and not yet answered never pass it, responses wait their turn, and every client
+// comes to hold the newest configuration; the budget is empty at the end.
 func TestInflightBytesBounded(t *testing.T) {
-	const budgetBytes = 200 << 10
+	const budgetBytes = 4 << 20
 	c := New(Options{MaxInflightBytes: budgetBytes, MaxInitialSyncs: 100})
 	cfg := budgetConfig(50, 1)
 	update(t, c, cfg)
@@ -138,12 +139,13 @@ func TestResponseLargerThanTheBudgetGoes(t *testing.T) {
 	burst := budgetConfig(20, 7)
 	update(t, c, burst)
 	converge(t, "burst", clients, burst)
-	var largest int64 = responseOverhead
+	var all int64 = responseOverhead
 	c.mu.Lock()
 	for _, e := range c.types[typeIndex(resourcev3.EndpointType)].entries {
-		largest += e.size
+		all += e.size
 	}
 	c.mu.Unlock()
+	largest := grpcBuffer(all)
 	if b := c.Budget(); b.Peak > largest {
 		t.Errorf("peak in flight %d bytes; want one response at a time, at most %d", b.Peak, largest)
 	}
@@ -174,5 +176,14 @@ func TestSilentEnvoyGivesTheBudgetBack(t *testing.T) {
 	converge(t, "burst", clients, burst)
 	if b := c.Budget(); b.TimedOut == 0 {
 		t.Error("no charge was released by the timeout, yet the silent client never answered")
+	}
+}
+
+// TestGRPCBufferTiers: the budget counts what gRPC's default buffer pool holds for a message.
+func TestGRPCBufferTiers(t *testing.T) {
+	for _, tc := range []struct{ n, want int64 }{{0, 256}, {251, 256}, {252, 4 << 10}, {40 << 10, 1 << 20}, {1<<20 - 5, 1 << 20}, {1 << 20, 1<<20 + 5}} {
+		if got := grpcBuffer(tc.n); got != tc.want {
+			t.Errorf("grpcBuffer(%d) = %d; want %d", tc.n, got, tc.want)
+		}
 	}
 }

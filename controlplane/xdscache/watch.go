@@ -703,6 +703,7 @@ func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 			return false
 		}
 	}
+	size = grpcBuffer(size)
 	if !c.admit(w, size) {
 		return false // its pending names wait; the response is built again when it goes
 	}
@@ -751,6 +752,7 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 		}
 		return false
 	}
+	size = grpcBuffer(size)
 	if !c.admit(w, size) {
 		return false // its pending names wait; the response is built again when it goes
 	}
