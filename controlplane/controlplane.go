@@ -69,6 +69,10 @@ type Config struct {
 	// answered): a restart under a thousand Envoys sends each several megabytes (see
 	// xdscache); 0 takes the default.
 	InitialSyncs int
+	// MaxInflightBytes bounds the bytes of xDS responses sent and not yet answered, all
+	// Envoys together, so that a burst of changes is sent in waves rather than encoded for
+	// every Envoy at once (see xdscache/budget.go); 0 takes the default, negative sets none.
+	MaxInflightBytes int64
 	// HoldShare, HoldWindow and HoldGrace configure the mass-disappearance guard: when more
 	// than HoldShare of a service's instances leave the registry within HoldWindow of the
 	// first removal (draining ones aside), they stay served for HoldGrace. HoldWindow should
@@ -154,6 +158,7 @@ func DefaultConfig() Config {
 		CoalesceMax:            DefaultCoalesceMax,
 		PublishSettle:          DefaultPublishSettle,
 		InitialSyncs:           xdscache.DefaultMaxInitialSyncs,
+		MaxInflightBytes:       xdscache.DefaultMaxInflightBytes,
 		HoldShare:              DefaultHoldShare,
 		HoldGrace:              DefaultHoldGrace,
 		HoldWindow:             DefaultHoldWindow,
@@ -227,6 +232,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.MaxServices <= 0 {
 		c.MaxServices = d.MaxServices
+	}
+	if c.MaxInflightBytes == 0 {
+		c.MaxInflightBytes = d.MaxInflightBytes
 	}
 	if c.MaxInstancesPerService <= 0 {
 		c.MaxInstancesPerService = d.MaxInstancesPerService
@@ -338,7 +346,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 
 	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
 	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal, cfg.InitialSyncs,
-		func(reason string) { cp.m.refused.WithLabelValues(reason).Inc() }, cfg.MaxServices)
+		func(reason string) { cp.m.refused.WithLabelValues(reason).Inc() }, cfg.MaxServices, cfg.MaxInflightBytes)
+	cp.m.budget(cache.Budget)
 	cache.SetOnClose(phase.closed)
 	phase.xds = cache
 	cp.phase = phase

@@ -3,6 +3,8 @@ package controlplane
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tetherlb/tether/controlplane/xdscache"
 )
 
 // metrics are the control plane's Prometheus metrics, on a private registry.
@@ -156,3 +158,21 @@ func newMetrics() *metrics {
 
 // xdsTypes are the short names (shortType) of the resource types served.
 var xdsTypes = []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"}
+
+// budget exports the xDS cache's byte budget (xdscache/budget.go), read at each scrape.
+func (m *metrics) budget(read func() xdscache.BudgetStats) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tether_xds_inflight_bytes", Help: "Bytes of xDS responses sent and not yet answered (ACK or NACK), all Envoys together; bounded by --max-inflight-bytes.",
+		}, func() float64 { return float64(read().InFlight) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tether_xds_inflight_waiting", Help: "Envoys' responses waiting for room under --max-inflight-bytes.",
+		}, func() float64 { return float64(read().Waiting) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tether_xds_inflight_waits_total", Help: "xDS responses that waited for room under --max-inflight-bytes.",
+		}, func() float64 { return float64(read().Waited) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tether_xds_inflight_timeouts_total", Help: "xDS responses whose bytes were given back because the Envoy did not answer within 10 s.",
+		}, func() float64 { return float64(read().TimedOut) }),
+	)
+}

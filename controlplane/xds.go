@@ -37,13 +37,14 @@ func shortType(typeURL string) string {
 // onRefuse (if not nil) counts a stream ended for a request over a bound, by reason.
 // maxServices (0: the cache's default) sizes the names an Envoy may ask for before the first
 // publication: one assignment per service, twice over for a registry replaced meanwhile.
-func newXDSCache(l zerolog.Logger, onAnswer func(), initialSyncs int, onRefuse func(reason string), maxServices int) *xdscache.Cache {
+// maxInflight bounds the response bytes in flight (0: the default, negative: none).
+func newXDSCache(l zerolog.Logger, onAnswer func(), initialSyncs int, onRefuse func(reason string), maxServices int, maxInflight int64) *xdscache.Cache {
 	var before int
 	if maxServices > 0 {
 		before = 2*maxServices + xdscache.DefaultNameMargin
 	}
 	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: l, OnAnswer: onAnswer,
-		MaxInitialSyncs: initialSyncs, OnRefuse: onRefuse, NamesBeforeUpdate: before})
+		MaxInitialSyncs: initialSyncs, OnRefuse: onRefuse, NamesBeforeUpdate: before, MaxInflightBytes: maxInflight})
 }
 
 // validate runs Envoy's own proto validation on a resource.

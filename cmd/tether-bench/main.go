@@ -46,6 +46,8 @@ func run(args []string, stdout io.Writer, stderr *os.File) int {
 	fs.IntVar(&base.Spaced, "spaced", 50, "single changes made after the scenario, one at a time on an idle control plane, compared with the etcd watch floor")
 	fs.StringVar(&base.SpacedKind, "spaced-kind", "", "make every spaced change of this kind: load, state, register or expire (default: the scenario's mix)")
 	fs.IntVar(&base.ClientsPerConn, "clients-per-conn", 100, "simulated Envoys sharing one gRPC connection (1: each on its own, as real Envoys)")
+	fs.IntVar(&base.Bursts, "bursts", 0, "bursts made after the scenario, each of -burst-size load changes to as many services written in one etcd transaction, so that the control plane receives them at once")
+	fs.IntVar(&base.BurstSize, "burst-size", 500, "changes in one burst (at most one per service)")
 	fs.DurationVar(&base.SpacedGap, "spaced-gap", 250*time.Millisecond, "pause before each spaced change (longer than the coalescing window)")
 	cpArgs := fs.String("cp-args", "", "extra flags for the control plane, space-separated, e.g. \"--coalesce-quiet 5ms --coalesce-max 50ms\"")
 	scales := fs.String("scales", "", "comma-separated NxE list run one after another with S = N/10, e.g. 100x10,1000x100,10000x1000 (overrides -n, -e, -s)")

@@ -84,6 +84,17 @@ Flags:
 	fs.DurationVar(&c.CoalesceQuiet, "coalesce-quiet", c.CoalesceQuiet, "a change this long after the last push is pushed at once; changes within this window of a push are batched until quiet this long")
 	fs.DurationVar(&c.CoalesceMax, "coalesce-max", c.CoalesceMax, "a batched change is pushed at the latest this long after the first of its batch")
 	fs.DurationVar(&c.PublishSettle, "publish-settle", c.PublishSettle, "a new endpoint is served as DRAINING until every Envoy has acknowledged it; an Envoy that has not answered after this long stops holding it back and is reported as lagging")
+	fs.Func("max-inflight-bytes", "bytes of xDS responses sent and not yet acknowledged, all Envoys together, e.g. 64MiB (default); past it Envoys' updates wait their turn and go out built from the newest state, so that a burst of changes is sent in waves rather than held in memory for every Envoy at once; 0 sets no bound", func(v string) error {
+		n, err := parseBytes(v)
+		if err != nil {
+			return err
+		}
+		c.MaxInflightBytes = n
+		if n == 0 {
+			c.MaxInflightBytes = -1 // no bound
+		}
+		return nil
+	})
 	fs.IntVar(&c.InitialSyncs, "initial-syncs", c.InitialSyncs, "Envoys' first configurations in flight at once (sent, not yet acknowledged); the rest wait their turn, so that a restart under many Envoys does not hold all their configurations in memory at once")
 	fs.Float64Var(&c.HoldShare, "hold-share", c.HoldShare, "when more than this share of a service's instances leave the registry within --hold-window, keep serving them for --hold-grace (negative disables)")
 	fs.DurationVar(&c.HoldGrace, "hold-grace", c.HoldGrace, "how long a mass disappearance is held back")
@@ -257,4 +268,23 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 	}
 	log.Info().Dur("uptime", time.Since(start).Round(time.Millisecond)).Msg("control plane stopped cleanly")
 	return 0
+}
+
+// parseBytes reads a size in bytes, with an optional KiB, MiB or GiB suffix.
+func parseBytes(v string) (int64, error) {
+	num, mult := strings.TrimSpace(v), int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<50)/mult {
+		return 0, fmt.Errorf("%q is not a size such as 64MiB, 65536 or 0", v)
+	}
+	return n * mult, nil
 }

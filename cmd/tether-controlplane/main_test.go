@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/tlstest"
 )
@@ -68,6 +69,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"coalesce max below quiet", []string{"--coalesce-quiet", "50ms", "--coalesce-max", "10ms"}, nil, "--coalesce-max"},
 		{"publish settle zero", []string{"--publish-settle", "0s"}, nil, "--publish-settle"},
 		{"initial syncs zero", []string{"--initial-syncs", "0"}, nil, "--initial-syncs"},
+		{"max inflight bytes not a size", []string{"--max-inflight-bytes", "64MB"}, nil, "max-inflight-bytes"},
+		{"max inflight bytes negative", []string{"--max-inflight-bytes", "-1"}, nil, "max-inflight-bytes"},
 		{"deny backend cidr not a cidr", []string{"--deny-backend-cidr", "10.0.0.1"}, nil, "deny-backend-cidr"},
 		{"deny backend cidr env", nil, map[string]string{"TETHER_DENY_BACKEND_CIDR": "10.0.0.0/8,gateway"}, "deny-backend-cidr"},
 		{"max conns per peer zero", []string{"--max-conns-per-peer", "0"}, nil, "--max-conns-per-peer"},
@@ -195,6 +198,17 @@ func TestSecurityFlags(t *testing.T) {
 	o, err = parse(nil, envOf(nil), os.Stderr)
 	if err != nil || o.cfg.AllowLoopback || o.cfg.HoldWindow != controlplane.DefaultHoldWindow {
 		t.Fatalf("defaults: %v, loopback %v, hold window %s; want loopback refused and %s", err, o.cfg.AllowLoopback, o.cfg.HoldWindow, controlplane.DefaultHoldWindow)
+	}
+	if o.cfg.MaxInflightBytes != xdscache.DefaultMaxInflightBytes {
+		t.Errorf("default --max-inflight-bytes %d; want %d", o.cfg.MaxInflightBytes, xdscache.DefaultMaxInflightBytes)
+	}
+	for flag, want := range map[string]int64{"16MiB": 16 << 20, "65536": 65536, "0": -1} {
+		o, err := parse([]string{"--max-inflight-bytes", flag}, envOf(nil), os.Stderr)
+		if err != nil {
+			t.Errorf("--max-inflight-bytes %s: %v", flag, err)
+		} else if o.cfg.MaxInflightBytes != want {
+			t.Errorf("--max-inflight-bytes %s: %d; want %d", flag, o.cfg.MaxInflightBytes, want)
+		}
 	}
 	o, err = parse([]string{"--allow-loopback-backends", "--hold-window", "3s"}, envOf(nil), os.Stderr)
 	if err != nil || !o.cfg.AllowLoopback || o.cfg.HoldWindow != 3*time.Second {

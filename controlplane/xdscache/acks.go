@@ -70,6 +70,7 @@ func (c *Cache) recordAnswer(w *watcher, ack, nack bool) {
 	}
 	w.outstanding = false
 	c.releaseSlot(w)
+	c.release(w)
 	if ack {
 		w.acked, w.ackedGen, w.nacked = w.sent, w.sentGen, false
 	} else {

@@ -57,6 +57,11 @@ type Options struct {
 	MaxInitialSyncs int
 	// SlotTimeout frees an initial-sync slot whose Envoy has not answered.
 	SlotTimeout time.Duration
+	// MaxInflightBytes bounds the bytes of responses sent and not yet answered, all streams
+	// together (see budget.go); 0 takes DefaultMaxInflightBytes, a negative value sets no bound.
+	MaxInflightBytes int64
+	// InflightTimeout gives back the bytes of a response whose Envoy has not answered.
+	InflightTimeout time.Duration
 	// GroupOf names a node's gateway group (nil: every Envoy is in group "").
 	GroupOf func(cluster string) string
 	// OnAnswer, if set, is called when an Envoy ACKs or NACKs a response or a stream closes,
@@ -84,6 +89,7 @@ type entry struct {
 	res     types.Resource // as given: an unchanged pointer is not marshalled again
 	version string         // content hash of the deterministic encoding
 	sum     [32]byte       // hash of name and version: what the type's version hashes
+	size    int64          // about what it adds to an encoded response (budget.go)
 	any     *anypb.Any
 	dres    *discovery.Resource
 }
@@ -96,6 +102,7 @@ type typeState struct {
 	names   []string // sorted
 	version string
 	all     []*anypb.Any // every resource in name order: the SotW full-state body
+	allSize int64        // the sizes of all's entries
 	// items are the resources as Update was given them: the same resources again (the
 	// publisher hands over unchanged ones as the same pointers, and a load change leaves
 	// every type but endpoints as it was) keep this state without a walk over its entries.
@@ -117,6 +124,7 @@ type Cache struct {
 	watchers  uint64     // watchers numbered so far (watcher.id)
 	inflight  int        // initial-sync slots taken
 	queue     []*watcher // first responses waiting for a slot
+	budget    budget     // response bytes in flight (budget.go)
 	// loaded: Update has been called. Before, the cache holds no configuration, only the
 	// empty set standing in for it, and answers no one (see respond).
 	loaded bool
@@ -144,8 +152,15 @@ func New(opts Options) *Cache {
 	if opts.SlotTimeout <= 0 {
 		opts.SlotTimeout = DefaultSlotTimeout
 	}
+	if opts.MaxInflightBytes == 0 {
+		opts.MaxInflightBytes = DefaultMaxInflightBytes
+	}
+	if opts.InflightTimeout <= 0 {
+		opts.InflightTimeout = DefaultInflightTimeout
+	}
 	c := &Cache{opts: opts, groups: map[string]*group{}, streams: map[streamKey]*stream{},
 		sotwReqs: map[*discovery.DiscoveryRequest]*stream{}, deltaReqs: map[*discovery.DeltaDiscoveryRequest]*stream{}}
+	c.budget.Max = opts.MaxInflightBytes
 	for i, url := range Types {
 		c.types[i] = &typeState{url: url, full: cachev3.ResourceRequiresFullStateInSotw(url), entries: map[string]*entry{}, version: typeVersion(nil, nil)}
 	}
@@ -273,7 +288,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 		}
 	}
 	if len(changed) == 0 && len(entries) == len(old.entries) {
-		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, items: items}, nil, nil
+		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, allSize: old.allSize, items: items}, nil, nil
 	}
 	names := old.names // the same names: no need to sort them again
 	if added || len(entries) != len(old.entries) {
@@ -284,12 +299,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 		sort.Strings(names)
 	}
 	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: typeVersion(names, entries), items: items}
-	if ts.full {
-		ts.all = make([]*anypb.Any, len(names))
-		for i, n := range names {
-			ts.all[i] = entries[n].any
-		}
-	}
+	ts.fillAll()
 	sort.Strings(changed)
 	return ts, changed, nil
 }
@@ -326,20 +336,31 @@ func (c *Cache) buildInPlace(old *typeState, items []types.Resource) (*typeState
 			changed = append(changed, name)
 		}
 	}
-	ts := &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, items: items}
+	ts := &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, allSize: old.allSize, items: items}
 	if len(changed) == 0 {
 		return ts, nil, true, nil
 	}
 	ts.version = typeVersion(ts.names, entries)
-	if ts.full {
-		ts.all = make([]*anypb.Any, len(ts.names))
-		for i, n := range ts.names {
-			ts.all[i] = entries[n].any
-		}
-	}
+	ts.fillAll()
 	sort.Strings(changed)
 	return ts, changed, true, nil
 }
+
+// fillAll builds the SotW full-state body of a full type.
+func (ts *typeState) fillAll() {
+	if !ts.full {
+		return
+	}
+	ts.all, ts.allSize = make([]*anypb.Any, len(ts.names)), 0
+	for i, n := range ts.names {
+		e := ts.entries[n]
+		ts.all[i] = e.any
+		ts.allSize += e.size
+	}
+}
+
+// responseOverhead is about what a response adds to its resources: type URL, version, nonce.
+const responseOverhead = 128
 
 // encode checks and marshals a new or changed resource. When its content is old's (same
 // encoding, new pointer) the old encoding is kept, with the new pointer remembered.
@@ -356,11 +377,13 @@ func (c *Cache) encode(url, name string, r types.Resource, old *entry) (*entry, 
 	}
 	version := cachev3.HashResource(b)
 	if old != nil && old.version == version {
-		return &entry{res: r, version: version, sum: old.sum, any: old.any, dres: old.dres}, nil
+		return &entry{res: r, version: version, sum: old.sum, any: old.any, dres: old.dres, size: old.size}, nil
 	}
 	a := &anypb.Any{TypeUrl: url, Value: b}
 	return &entry{res: r, version: version, sum: sha256.Sum256([]byte(name + "\x00" + version)),
-		any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a}}, nil
+		any: a, dres: &discovery.Resource{Name: name, Version: version, Resource: a},
+		// What gRPC encodes of it in a delta resource (a SotW Any is a little smaller).
+		size: int64(len(b) + len(url) + len(name) + len(version) + 16)}, nil
 }
 
 // typeVersion hashes a type's names and resource versions: the same resources give the same

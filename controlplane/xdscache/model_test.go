@@ -31,13 +31,22 @@ type envoyModel struct {
 // of them), is told of every removal, and is never sent an endpoint at the version it holds.
 func TestDeltaStreamRandomized(t *testing.T) {
 	for seed := uint64(1); seed <= 6; seed++ {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) { deltaRandomized(t, seed, 100) })
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { deltaRandomized(t, seed, 100, Options{}) })
 	}
 }
 
-func deltaRandomized(t *testing.T, seed uint64, steps int) {
+// TestDeltaStreamRandomizedTightBudget is the same with a byte budget smaller than any
+// response: each response waits until the last one is answered, and what goes is built from
+// the state of then, with whatever changed or was subscribed while it waited.
+func TestDeltaStreamRandomizedTightBudget(t *testing.T) {
+	for seed := uint64(1); seed <= 6; seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { deltaRandomized(t, seed, 100, Options{MaxInflightBytes: 1}) })
+	}
+}
+
+func deltaRandomized(t *testing.T, seed uint64, steps int, opts Options) {
 	rng := rand.New(rand.NewPCG(seed, 99))
-	c := New(Options{})
+	c := New(opts)
 	names := []string{"a", "b", "c", "d", "e"}
 	state := map[string]uint32{} // endpoint name -> port; clusters: the same names
 	clusterTimeout := map[string]int{}
@@ -241,5 +250,8 @@ func deltaRandomized(t *testing.T, seed uint64, steps int) {
 	}
 	if len(m.resent) > 0 {
 		t.Errorf("endpoints sent at the version the Envoy held: %v", m.resent)
+	}
+	if opts.MaxInflightBytes > 0 && opts.MaxInflightBytes < 1024 && c.Budget().Waited == 0 {
+		t.Error("no response waited for the budget: the tight budget was not exercised")
 	}
 }

@@ -95,15 +95,19 @@ type watcher struct {
 	// unsubscribes: it marks a name unsubscribed from a wildcard watch with "" (the next
 	// response must say whether it still exists) and drops others. held is the cache's own, so
 	// the map carries only those marks, read into held and cleared by the next CreateDeltaWatch.
-	marks      map[string]string
-	sent       string              // SotW full-state types: the type version last sent
-	pending    map[string]struct{} // names changed since the last response, all subscribed
-	pendingAll bool                // every subscribed name (and held one) is pending: a first sync
-	answered   bool                // a first response was sent
-	removed    bool                // its stream closed
-	queued     bool                // waits for an initial-sync slot
-	slot       *time.Timer         // set while holding an initial-sync slot
-	epoch      uint64              // last notify that found it
+	marks       map[string]string
+	sent        string              // SotW full-state types: the type version last sent
+	pending     map[string]struct{} // names changed since the last response, all subscribed
+	pendingAll  bool                // every subscribed name (and held one) is pending: a first sync
+	answered    bool                // a first response was sent
+	removed     bool                // its stream closed
+	queued      bool                // waits for an initial-sync slot
+	slot        *time.Timer         // set while holding an initial-sync slot
+	waiting     bool                // waits for room in the byte budget (budget.go)
+	charged     int64               // bytes of its responses sent and not yet answered
+	chargedAt   time.Time           // when the oldest of them was sent
+	chargeTimer *time.Timer         // releases the charge after InflightTimeout
+	epoch       uint64              // last notify that found it
 
 	// What the Envoy acknowledged (see Acks). subsGen counts the subscriptions that added
 	// names: an ACK of a response built before an addition does not cover the added names.
@@ -171,7 +175,7 @@ func (c *Cache) closeStream(key streamKey) {
 	if st.deltaReq != nil {
 		delete(c.deltaReqs, st.deltaReq)
 	}
-	freed := false
+	freed, charged := false, false
 	for _, w := range st.watchers {
 		if w == nil {
 			continue
@@ -179,11 +183,18 @@ func (c *Cache) closeStream(key streamKey) {
 		w.removed = true
 		c.unindex(w)
 		c.disarm(w)
+		c.dropWaiting(w)
 		if w.slot != nil {
 			w.slot.Stop()
 			w.slot = nil
 			c.inflight--
 			freed = true
+		}
+	}
+	for _, w := range st.watchers {
+		if w != nil && w.charged > 0 {
+			c.uncharge(w)
+			charged = true
 		}
 	}
 	if g := st.group; g != nil {
@@ -193,6 +204,9 @@ func (c *Cache) closeStream(key streamKey) {
 	}
 	if freed {
 		c.pump()
+	}
+	if charged {
+		c.pumpBudget()
 	}
 	c.answerHook()
 }
@@ -315,6 +329,7 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 			// (processAllExcept), and this request carries the nonce before it. Everything it
 			// carried is sent again.
 			w.outstanding, w.pendingAll, w.sent = false, true, ""
+			c.release(w)
 		}
 		// The server drops a request whose nonce is stale: this one answers the last response,
 		// and a SotW ACK repeats the version it accepts.
@@ -588,6 +603,9 @@ func (c *Cache) respond(w *watcher) {
 		}
 		return
 	}
+	if c.behind(w) {
+		return
+	}
 	ts := c.types[w.t]
 	if w.resync && w.hasPending() {
 		w.pendingAll, w.resync = true, false
@@ -606,9 +624,9 @@ func (c *Cache) respond(w *watcher) {
 
 func (w *watcher) hasPending() bool { return w.pendingAll || len(w.pending) > 0 }
 
-// pendingNames returns w's pending names, sorted, and clears them. A first sync (pendingAll)
-// lists every name subscribed (every name of the type, for a wildcard) and every name held,
-// without keeping a copy of them in the meantime.
+// pendingNames returns w's pending names, sorted; clearPending clears them once they are
+// sent. A first sync (pendingAll) lists every name subscribed (every name of the type, for a
+// wildcard) and every name held, without keeping a copy of them in the meantime.
 func pendingNames(w *watcher, ts *typeState) []string {
 	var names []string
 	if w.pendingAll {
@@ -624,16 +642,19 @@ func pendingNames(w *watcher, ts *typeState) []string {
 		for _, r := range w.held {
 			names = append(names, r.name)
 		}
-		w.pendingAll = false
 	} else {
 		names = make([]string, 0, len(w.pending))
 	}
 	for n := range w.pending {
 		names = append(names, n)
 	}
-	resetPending(w)
 	sort.Strings(names)
 	return slices.Compact(names)
+}
+
+func clearPending(w *watcher) {
+	w.pendingAll = false
+	resetPending(w)
 }
 
 // resetPending empties w's pending names. A map that held many (a first sync) is dropped, not
@@ -648,14 +669,14 @@ func resetPending(w *watcher) {
 
 func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 	var body []*anypb.Any
+	size := int64(responseOverhead)
 	if ts.full {
-		resetPending(w)
-		w.pendingAll = false
+		clearPending(w)
 		if w.answered && w.sent == ts.version {
 			return false
 		}
 		if w.wildcard {
-			body = ts.all
+			body, size = ts.all, size+ts.allSize
 		} else {
 			names := make([]string, 0, len(w.names))
 			for n := range w.names {
@@ -667,18 +688,26 @@ func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 			body = make([]*anypb.Any, len(names))
 			for i, n := range names {
 				body[i] = ts.entries[n].any
+				size += ts.entries[n].size
 			}
 		}
 	} else {
 		for _, n := range pendingNames(w, ts) {
 			if e := ts.entries[n]; e != nil {
 				body = append(body, e.any)
+				size += e.size
 			}
 		}
 		if len(body) == 0 && !w.replyEmpty {
+			clearPending(w)
 			return false
 		}
 	}
+	size = grpcBuffer(size)
+	if !c.admit(w, size) {
+		return false // its pending names wait; the response is built again when it goes
+	}
+	clearPending(w)
 	resp := &cachev3.PassthroughResponse{Request: w.sreq, DiscoveryResponse: &discovery.DiscoveryResponse{
 		VersionInfo: ts.version, Resources: body, TypeUrl: ts.url}}
 	select {
@@ -689,6 +718,7 @@ func (c *Cache) respondSotw(w *watcher, ts *typeState) bool {
 		return false
 	}
 	w.sent, w.sentGen, w.outstanding = ts.version, w.subsGen, true
+	c.charge(w, size)
 	c.disarm(w)
 	return true
 }
@@ -697,17 +727,21 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 	names := pendingNames(w, ts)
 	var res []*discovery.Resource
 	var removed []string
+	size := int64(responseOverhead)
 	for _, n := range names {
 		v, held := w.held.get(n)
 		if e := ts.entries[n]; e != nil {
 			if !held || v != e.version {
 				res = append(res, e.dres)
+				size += e.size
 			}
 		} else if held {
 			removed = append(removed, n)
+			size += int64(len(n)) + 4
 		}
 	}
 	if len(res) == 0 && len(removed) == 0 && !w.replyEmpty {
+		clearPending(w)
 		if !w.answered && !w.outstanding && len(w.held) > 0 {
 			// A reconnecting Envoy that declared (initial_resource_versions) the current
 			// version of everything it subscribes to is sent nothing, so it will send no ACK:
@@ -718,6 +752,11 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 		}
 		return false
 	}
+	size = grpcBuffer(size)
+	if !c.admit(w, size) {
+		return false // its pending names wait; the response is built again when it goes
+	}
+	clearPending(w)
 	resp := &cachev3.DeltaPassthroughResponse{DeltaRequest: w.dreq, NextVersionMap: w.marks,
 		DeltaDiscoveryResponse: &discovery.DeltaDiscoveryResponse{Resources: res, RemovedResources: removed,
 			TypeUrl: ts.url, SystemVersionInfo: ts.version}}
@@ -739,6 +778,7 @@ func (c *Cache) respondDelta(w *watcher, ts *typeState) bool {
 		w.held.del(n)
 	}
 	w.sent, w.sentGen, w.outstanding = ts.version, w.subsGen, true
+	c.charge(w, size)
 	w.dresp = resp.DeltaDiscoveryResponse
 	if !w.answered {
 		w.first = w.dresp

@@ -38,6 +38,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/shirou/gopsutil/v4/process"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -79,6 +80,11 @@ type Config struct {
 	// SpacedKind makes every spaced change of this kind (KindLoad, ...); empty draws them
 	// in the scenario's shares.
 	SpacedKind string
+	// Bursts is the number of bursts made after the scenario, each of BurstSize load changes
+	// (default 500), each to another service, written in one etcd transaction so that the
+	// control plane receives them at once (see BurstReport).
+	Bursts    int
+	BurstSize int
 	// ControlPlaneArgs are extra flags for the control plane (e.g. --coalesce-max 50ms).
 	ControlPlaneArgs []string
 	// Seed makes the scenario's random choices repeatable.
@@ -126,6 +132,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.SpacedGap <= 0 {
 		c.SpacedGap = 250 * time.Millisecond
+	}
+	if c.BurstSize <= 0 {
+		c.BurstSize = 500
 	}
 	if c.SpacedKind != "" && !slices.ContainsFunc(kindShares, func(k kindShare) bool { return k.kind == c.SpacedKind }) {
 		return fmt.Errorf("spaced kind %q: want %s, %s, %s or %s", c.SpacedKind, KindLoad, KindState, KindRegister, KindExpire)
@@ -270,6 +279,9 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		}
 		rep.ScenarioPeakRSSBytes = u.peakRSS
 	}
+	if err := h.bursts(ctx, rep); err != nil {
+		return nil, err
+	}
 	if err := h.loadProbes(ctx, rep); err != nil {
 		return nil, err
 	}
@@ -310,7 +322,8 @@ func (h *harness) startEtcd(ctx context.Context, dir string) error {
 	e, err := etcdembed.Start(ctx, etcdembed.Config{
 		Dir: filepath.Join(dir, "etcd"), ClientURL: "http://" + client, PeerURL: "http://" + peer,
 		// etcd logs its own shutdown as errors; failures reach the harness as API errors.
-		LogLevel: "fatal",
+		LogLevel:  "fatal",
+		Configure: func(c *embed.Config) { c.MaxTxnOps = maxBurstTxnOps },
 	})
 	if err != nil {
 		return err

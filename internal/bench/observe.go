@@ -65,6 +65,15 @@ type pending struct {
 	floor     time.Time     // when the harness's own etcd watch saw the key change
 	floorSeen chan struct{} // closed when floor is set
 	done      chan struct{}
+	// sigs are what the assignments received show of the instance, by their wire form: a
+	// thousand Envoys receive the same few encodings, decoded once each rather than once per
+	// Envoy (under the observer's lock, which the Envoys share).
+	sigs map[string]decoded
+}
+
+type decoded struct {
+	ok  bool // a ClusterLoadAssignment
+	sig sig
 }
 
 // observer matches the updates the Envoys receive, and the harness's etcd watch events,
@@ -92,7 +101,8 @@ func (o *observer) add(cluster, key, addr string, port uint32, want sig) *pendin
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	p := &pending{cluster: cluster, key: key, addr: addr, port: port, want: want,
-		seen: make([]time.Time, o.clients), remaining: o.clients, done: make(chan struct{}), floorSeen: make(chan struct{})}
+		seen: make([]time.Time, o.clients), remaining: o.clients, done: make(chan struct{}), floorSeen: make(chan struct{}),
+		sigs: map[string]decoded{}}
 	if p.remaining == 0 {
 		close(p.done)
 	}
@@ -124,8 +134,7 @@ func (o *observer) onUpdate(idx int, u xdsclient.Update) {
 		if !p.seen[idx].IsZero() {
 			return
 		}
-		cla := claOf(u.Resources[p.cluster])
-		if cla == nil || sigOf(cla, p.addr, p.port) != p.want {
+		if d := p.sigOf(u.Resources[p.cluster]); !d.ok || d.sig != p.want {
 			return
 		}
 		p.seen[idx] = u.At
@@ -155,4 +164,22 @@ func (o *observer) onWatch(key string, at time.Time) {
 		p.floor = at
 		close(p.floorSeen)
 	}
+}
+
+// sigOf is what m, an assignment received, shows of p's instance.
+func (p *pending) sigOf(m proto.Message) decoded {
+	a, wire := m.(*anypb.Any)
+	if wire {
+		if d, ok := p.sigs[string(a.GetValue())]; ok {
+			return d
+		}
+	}
+	var d decoded
+	if cla := claOf(m); cla != nil {
+		d = decoded{ok: true, sig: sigOf(cla, p.addr, p.port)}
+	}
+	if wire && len(p.sigs) < 64 {
+		p.sigs[string(a.GetValue())] = d
+	}
+	return d
 }

@@ -117,6 +117,10 @@ type Report struct {
 	ControlPlanePeakRSSBytes int64 `json:"controlPlanePeakRssBytes"`
 	ConnectPeakRSSBytes      int64 `json:"connectPeakRssBytes"`
 	ScenarioPeakRSSBytes     int64 `json:"scenarioPeakRssBytes"`
+	// Bursts are the bursts made after the scenario (Config.Bursts); BurstPeakRSSBytes is the
+	// control plane's peak over them (0 when the peak could not be reset before them).
+	Bursts            []BurstReport `json:"bursts,omitempty"`
+	BurstPeakRSSBytes int64         `json:"burstPeakRssBytes,omitempty"`
 	// HarnessCores is the harness's own CPU use (etcd and simulated Envoys) during the scenario.
 	HarnessCores float64 `json:"harnessCores"`
 	// PushesPerSecond is snapshots published per second; ResponsesPerSecond is xDS responses
@@ -174,6 +178,30 @@ func WriteTable(w io.Writer, reports []*Report) error {
 				r.Instances, r.Services, v.Envoys, v.Variant, flags, r.SpacedChanges, r.SpacedFloor.P50, r.SpacedFloor.P99,
 				v.SpacedPropagation.P50, v.SpacedPropagation.P99, v.SpacedOverFloor.P50, v.SpacedOverFloor.P99, v.SpacedOverFloor.Max, v.SpacedMissed,
 				r.SpacedEventToPushMeanMs, r.SpacedTranslateMeanMs)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write table: %w", err)
+	}
+	return writeBursts(w, reports)
+}
+
+// writeBursts prints the bursts of the reports that made any.
+func writeBursts(w io.Writer, reports []*Report) error {
+	if !slices.ContainsFunc(reports, func(r *Report) bool { return len(r.Bursts) > 0 }) {
+		return nil
+	}
+	fmt.Fprintln(w, "\nBursts (changes written in one etcd transaction), ms from the transaction's reply:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, strings.Join([]string{"N", "S", "E", "CP flags", "burst", "changes", "p50", "p99", "all held", "missed", "CP MB bursts", ""}, "\t"))
+	for _, r := range reports {
+		flags := strings.Join(r.ControlPlaneArgs, " ")
+		if flags == "" {
+			flags = "defaults"
+		}
+		for i, b := range r.Bursts {
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.0f\t\n", r.Instances, r.Services, r.Envoys, flags, i+1, b.Changes,
+				b.Propagation.P50, b.Propagation.P99, b.AllHeldMs, b.Missed, float64(r.BurstPeakRSSBytes)/(1<<20))
 		}
 	}
 	if err := tw.Flush(); err != nil {
