@@ -41,7 +41,7 @@ import (
 // Replicas promote on their own Envoys' ACKs. Sharing ACK state would make every control
 // plane an etcd writer (its role is read-only, docs/security.md) for a gap that exists only
 // when one replica sees a registry change later than another by more than a push, an ACK
-// and a coalesce window; the way to close it without writes is to keep one site's Envoys on
+// and a second push; the way to close it without writes is to keep one site's Envoys on
 // one replica. (Were it shared, the report would be one number per replica under its lease:
 // the lowest revision every one of its Envoys holds, which this revision bookkeeping gives.)
 //
