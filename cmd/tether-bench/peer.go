@@ -63,7 +63,7 @@ type peerConfig struct {
 // the mass-disappearance guard holds for 30 s once more than half of a service's servers left
 // within 10 s, and the vanish grace keeps DRAINING for 5 s (a Tether agent deregisters with
 // its leaving mark, which neither holds). -tether-defaults runs without them.
-var noGuard = []string{"--hold-share", "-1", "--vanish-grace", "-1"}
+var noGuard = []string{"--hold-share", "-1", "--vanish-grace", "-1s"}
 
 func peer(args []string, stdout io.Writer, stderr *os.File) int {
 	fs := flag.NewFlagSet("tether-bench peer", flag.ContinueOnError)
