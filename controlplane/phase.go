@@ -53,11 +53,12 @@ import (
 // DefaultPublishSettle bounds how long an Envoy that does not answer delays a promotion.
 const DefaultPublishSettle = translate.DefaultPublishSettle
 
-// evalEvery bounds the pause between two evaluations of promotions, and evalShare sets it:
-// after an evaluation that took d the next waits min(evalShare x d, evalEvery) (see run).
+// evalEvery bounds the pause between two evaluations of promotions, and evalPerStream sets
+// it: after an evaluation that read n streams the next waits min(n x evalPerStream,
+// evalEvery) (see run).
 const (
-	evalEvery = 5 * time.Millisecond
-	evalShare = 20
+	evalEvery     = 5 * time.Millisecond
+	evalPerStream = 5 * time.Microsecond
 )
 
 // maxVersions bounds the endpoint type versions remembered: an Envoy still on an older one
@@ -381,10 +382,12 @@ func (ph *phaser) published(rev int64, eds string) {
 //
 // An evaluation reads every stream under the cache's lock, and answers come in bursts (a
 // thousand Envoys ACK each push; at 1,000 Envoys evaluating on every ACK took half the control
-// plane's CPU). So the next evaluation waits evalShare times as long as the last one took, at
-// most evalEvery: the loop takes at most about 1/evalShare of a core and of the cache's lock
-// whatever the number of Envoys, while with a few Envoys an evaluation costs microseconds and
-// the ACK that completes a new endpoint's knowledge is evaluated as it arrives.
+// plane's CPU). So the next evaluation waits in proportion to the streams the last one read,
+// evalPerStream each (about 20 times what reading one costs), at most evalEvery: 5 ms from
+// 1,000 streams, as before, while with a few Envoys the ACK that completes a new endpoint's
+// knowledge is evaluated as it arrives. The pause goes by count, not by the evaluation's
+// measured time: that includes waiting for the cache's lock, which the push that triggered
+// the evaluation holds while it sends.
 func (ph *phaser) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -402,9 +405,8 @@ func (ph *phaser) run(ctx context.Context) {
 			return
 		case <-pause.C:
 		}
-		start := time.Now()
-		next := ph.evaluate(start)
-		pause.Reset(min(evalShare*time.Since(start), evalEvery))
+		next, streams := ph.evaluate(time.Now())
+		pause.Reset(min(time.Duration(streams)*evalPerStream, evalEvery))
 		timer.Stop()
 		if !next.IsZero() {
 			timer.Reset(max(time.Until(next), time.Millisecond))
@@ -425,8 +427,8 @@ type streamView struct {
 }
 
 // evaluate promotes the first-phase endpoints every Envoy knows (or whose settle time is over)
-// and returns when the next settle time ends (zero: none).
-func (ph *phaser) evaluate(now time.Time) time.Time {
+// and returns when the next settle time ends (zero: none) and how many streams it read.
+func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
 	var waiting []epKey
@@ -440,7 +442,7 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 	if len(waiting) == 0 && len(ph.lagging) == 0 {
 		// Nothing to promote and nobody to clear: an ordinary push's ACKs cost nothing here.
 		ph.m.lagging.Set(0)
-		return time.Time{}
+		return time.Time{}, 0
 	}
 	var next time.Time
 	wait := func(deadline time.Time) {
@@ -453,7 +455,9 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 	// without a look at anyone's subscriptions. Only the rest (every stream that holds back
 	// is past its revision, or its settle time is over) are checked stream by stream.
 	behind := int64(math.MaxInt64) // the lowest revision of a stream that holds back
-	for _, v := range ph.viewsLocked(clusterIndex{}, now, true) {
+	all := ph.viewsLocked(clusterIndex{}, now, true)
+	read := len(all)
+	for _, v := range all {
 		if !v.exempt {
 			behind = min(behind, v.rev)
 		}
@@ -472,6 +476,7 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 	var views []streamView
 	if len(phase) > 0 {
 		views = ph.viewsLocked(clusters, now, true)
+		read += len(views)
 	}
 	promoted := 0
 	for _, k := range phase {
@@ -518,7 +523,7 @@ func (ph *phaser) evaluate(now time.Time) time.Time {
 	if promoted > 0 && ph.poke != nil {
 		ph.poke()
 	}
-	return next
+	return next, read
 }
 
 // clusterIndex numbers the clusters whose subscriptions an evaluation asks about.
