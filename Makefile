@@ -36,7 +36,7 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags simmutate ./internal/... ./controlplane/...
-	$(GO) vet -tags peer ./bench/peer/
+	$(GO) vet -tags peer ./cmd/tether-bench/
 	GOOS=windows $(GO) vet $(PKGS)
 	$(GO) run $(GOLANGCI) run $(PKGS)
 	$(GO) run -exec 'env GOOS=windows' $(GOLANGCI) run $(PKGS)

@@ -74,6 +74,31 @@ func TestCoalescerDiscardKeepsTheLeadingEdge(t *testing.T) {
 	}
 }
 
+func TestCoalescerPromotion(t *testing.T) {
+	c := coalescer{quiet: testQuiet, max: testMax}
+	c.change(t0)
+	c.pushed(t0.Add(ms(1)))
+	c.promote(t0.Add(ms(2))) // every Envoy ACKed the push a millisecond after it
+	if due, ok := c.due(); !ok || !due.Equal(t0.Add(ms(2))) {
+		t.Errorf("a promotion right after a push is due %v after t0 (pending %v), want at once (2ms)", due.Sub(t0), ok)
+	}
+	c.pushed(t0.Add(ms(3)))
+	if _, ok := c.due(); ok {
+		t.Error("the push left the promotion pending")
+	}
+	// Registry changes waiting in the window take a promotion with them: it is no reason to
+	// push them early.
+	c.change(t0.Add(ms(4)))
+	c.promote(t0.Add(ms(5)))
+	if due, _ := c.due(); !due.Equal(t0.Add(ms(4) + testQuiet)) {
+		t.Errorf("a promotion with a change waiting is due %v after t0, want the change's %v", due.Sub(t0), ms(4)+testQuiet)
+	}
+	c.discard()
+	if _, ok := c.due(); ok {
+		t.Error("discard left the promotion pending")
+	}
+}
+
 // simulate drives a coalescer as the publish loop does, with changes at the given offsets and
 // pushes that each take cost, and returns when each push started and, per change, how long
 // it waited for the push that held it.

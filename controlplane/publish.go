@@ -57,6 +57,8 @@ type publisher struct {
 	counted map[*registry.Service]stateCounts
 
 	notify chan struct{}
+	// promote wakes the run loop for a promotion (see republish).
+	promote chan struct{}
 	// limits bound the services and instances served, before the guard (which then never
 	// sees a key left out as a removal); only the run goroutine touches limitMemo and over.
 	limits    registryLimits
@@ -93,7 +95,7 @@ type publisher struct {
 func newPublisher(log zerolog.Logger, m *metrics, xds *xdscache.Cache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
 	p := &publisher{
 		log: log, m: m, xds: xds, tr: translate.NewCache(opts), co: coalescer{quiet: quiet, max: max}, guard: guard,
-		notify: make(chan struct{}, 1), readyCh: make(chan struct{}),
+		notify: make(chan struct{}, 1), promote: make(chan struct{}, 1), readyCh: make(chan struct{}),
 	}
 	p.translateState = p.tr.Translate
 	p.problems.log = log
@@ -128,6 +130,8 @@ func (p *publisher) run(ctx context.Context) {
 			return
 		case <-p.notify:
 			p.co.change(time.Now())
+		case <-p.promote:
+			p.co.promote(time.Now())
 		case <-timer.C:
 		}
 		now := time.Now()
@@ -380,11 +384,12 @@ func toResources[T types.Resource](in []T) []types.Resource {
 }
 
 // republish asks the run loop for a publication of the same registry state: a promotion
-// changes what is served, not the registry. Safe from any goroutine.
+// changes what is served, not the registry, and is pushed at once (see coalescer). Safe from
+// any goroutine.
 func (p *publisher) republish() {
 	p.repub.Store(true)
 	select {
-	case p.notify <- struct{}{}:
+	case p.promote <- struct{}{}:
 	default:
 	}
 }

@@ -1,7 +1,8 @@
 // Command tether-bench is Tether's load harness: it runs a real embedded etcd, the control
 // plane as a child process and many simulated Envoys on loopback, drives a timed scenario of
 // instance changes and prints propagation latency, cost and scale figures as a table and,
-// with -json, as JSON. See docs/performance.md.
+// with -json, as JSON. `tether-bench peer` (build tag peer) runs the control plane beside
+// Traefik's etcd provider instead (peer.go). See docs/performance.md.
 package main
 
 import (
@@ -28,6 +29,9 @@ func main() {
 }
 
 func run(args []string, stdout io.Writer, stderr *os.File) int {
+	if len(args) > 0 && args[0] == "peer" {
+		return peer(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("tether-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var base bench.Config

@@ -244,3 +244,38 @@ func (c *childControlPlane) stop() error {
 		return errors.Join(errors.New("control plane did not stop within 15 s of SIGTERM; killed"), kerr)
 	}
 }
+
+// ControlPlane is tether-controlplane as a child process, for harnesses outside this package
+// (tether-bench's peer comparison, build tag peer).
+type ControlPlane struct{ c *childControlPlane }
+
+// StartControlPlane starts bin against etcd endpoints with extra flags, its log in logPath,
+// and waits until it is ready.
+func StartControlPlane(ctx context.Context, bin string, endpoints []string, logPath string, extra []string) (*ControlPlane, error) {
+	c, err := startControlPlane(ctx, bin, endpoints, logPath, readyTimeout, extra)
+	if err != nil {
+		return nil, err
+	}
+	return &ControlPlane{c}, nil
+}
+
+// XDSAddr is where the control plane serves xDS.
+func (c *ControlPlane) XDSAddr() string { return c.c.xds }
+
+// Usage returns the control plane's CPU seconds so far and its peak RSS in bytes.
+func (c *ControlPlane) Usage(ctx context.Context) (float64, int64, error) {
+	u, err := c.c.usage(ctx)
+	return u.cpuSeconds, u.peakRSS, err
+}
+
+// Stop stops the control plane (see childControlPlane.stop).
+func (c *ControlPlane) Stop() error { return c.c.stop() }
+
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr() (string, error) { return freeAddr() }
+
+// PeakRSS reads a process's peak resident set size (Linux).
+func PeakRSS(pid int) (int64, error) { return peakRSS(pid) }
+
+// Summarize computes p50, p99 and max of samples (it sorts them in place).
+func Summarize(samples []time.Duration) Latency { return summarize(samples) }
