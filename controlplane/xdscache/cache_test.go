@@ -755,3 +755,31 @@ func TestNothingBeforeTheFirstUpdate(t *testing.T) {
 		t.Errorf("delta: removed %v; want [gone]", removed)
 	}
 }
+
+// TestSilentEnvoysFreeTheirSlots: eight Envoys that never answer their first response hold
+// every initial-sync slot; after SlotTimeout their slots are freed and a ninth Envoy, queued
+// behind them, is answered, not before the timeout.
+func TestSilentEnvoysFreeTheirSlots(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	c := New(Options{MaxInitialSyncs: DefaultMaxInitialSyncs, SlotTimeout: timeout})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	conn := serve(t, c)
+	start := time.Now() // before any slot is taken: every slot times out after start+timeout
+	var silent []*sotwStream
+	for i := range DefaultMaxInitialSyncs {
+		s := openSotW(t, conn)
+		s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: fmt.Sprintf("silent-%d", i)}})
+		silent = append(silent, s)
+	}
+	for _, s := range silent {
+		s.next(t, "a silent Envoy's first response") // never answered
+	}
+	late := openSotW(t, conn)
+	late.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "late"}})
+	if r := late.next(t, "the ninth Envoy's first response, once the silent Envoys' slots time out"); len(r.GetResources()) != 1 {
+		t.Fatalf("the ninth Envoy got %d clusters, want 1", len(r.GetResources()))
+	}
+	if waited := time.Since(start); waited < timeout {
+		t.Fatalf("the ninth Envoy was answered after %v, before any slot could time out (%v): the slots were not all taken", waited, timeout)
+	}
+}
