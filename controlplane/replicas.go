@@ -340,13 +340,3 @@ func (l *replicaLink) setPeers(peers map[string]registry.Replica) {
 		l.onPeer()
 	}
 }
-
-// snapshot returns the other replicas' reports by name, for /debug/config.
-func (l *replicaLink) snapshot() map[string]registry.Replica {
-	if l == nil {
-		return nil
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return maps.Clone(l.peers)
-}

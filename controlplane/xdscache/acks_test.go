@@ -308,3 +308,61 @@ func TestAcksWhileSubscriptionsChange(t *testing.T) {
 		t.Log("Acks never saw b subscribed while the subscriptions changed")
 	}
 }
+
+// TestDeltaAcksAreExact: a delta answer counts only with the nonce of the last response sent
+// (an Envoy answering an older response holds no newer one), and a new subscription makes
+// the stream's ACK not whole until the response carrying the new name is ACKed.
+func TestDeltaAcksAreExact(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", port), cla("b", port)}}
+	}
+	update(t, c, res(5001))
+	conn := serve(t, c)
+	d := openDelta(t, conn)
+	raw := func(what string) *discovery.DeltaDiscoveryResponse {
+		t.Helper()
+		select {
+		case r := <-d.resp:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no response within 10 s", what)
+		}
+		return nil
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n", Cluster: "g"},
+		ResourceNamesSubscribe: []string{"a"}})
+	r1 := raw("a's assignment")
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r1.GetNonce()})
+	waitUntil(t, "the ACK of a's assignment", func() bool { a, _, _ := ackOf(c); return !a.Waiting && a.Version != "" })
+	if a, _, _ := ackOf(c); !a.Whole {
+		t.Fatalf("after the ACK of the only name subscribed: %+v, want whole", a)
+	}
+	// b is asked for: the ACK of a's assignment does not cover it.
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}})
+	r2 := raw("b's assignment")
+	if a, _, subB := ackOf(c); !subB || a.Whole || !a.Waiting {
+		t.Fatalf("b subscribed, its assignment sent and not ACKed: %+v (b subscribed %v), want not whole", a, subB)
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r2.GetNonce()})
+	waitUntil(t, "the ACK of b's assignment", func() bool { a, _, _ := ackOf(c); return !a.Waiting })
+	acked := r2.GetSystemVersionInfo()
+	if a, _, _ := ackOf(c); !a.Whole || a.Version != acked {
+		t.Fatalf("after the ACK of b's assignment: %+v, want whole at %s", a, acked)
+	}
+	// A change is sent; the Envoy answers with the nonce of an older response, then asks for
+	// c (which exists nowhere): once c is subscribed, the stale answer was read before it.
+	update(t, c, res(5002))
+	r3 := raw("the change")
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r1.GetNonce()})
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"c"}})
+	subscribedC := func() bool {
+		sub := false
+		c.Acks(resourcev3.EndpointType, func(_ StreamAck, s func(string) bool) { sub = s("c") })
+		return sub
+	}
+	waitUntil(t, "c subscribed", subscribedC)
+	if a, _, _ := ackOf(c); a.Version != acked || !a.Waiting {
+		t.Fatalf("after an answer with a stale nonce: %+v, want still %s, the change (%s) unanswered", a, acked, r3.GetSystemVersionInfo())
+	}
+}

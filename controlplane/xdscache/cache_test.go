@@ -667,11 +667,21 @@ func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
 	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "a"}, ResourceNamesSubscribe: []string{"a"}})
 	first := raw(a, "a's first response")
 	b.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "b"}, ResourceNamesSubscribe: []string{"a"}})
+	// held: a holds the only slot and b waits for it in the queue.
+	held := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.inflight == 1 && len(c.queue) == 1 && c.queue[0].queued
+	}
+	waitUntil(t, "b queued behind a's first response", held)
 	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}}) // no nonce: not an answer
 	if r := raw(a, "b's assignment for a"); len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "b" {
 		t.Fatalf("a's subscription change brought %v", r.GetResources())
 	}
-	time.Sleep(100 * time.Millisecond)
+	// The change was read (a was answered for it), and b still waits: the slot was kept.
+	if !held() {
+		t.Fatal("a's subscription change freed its slot: b was taken from the queue")
+	}
 	select {
 	case r := <-b.resp:
 		t.Fatalf("b was answered (%d resources) while a's first response was unanswered and the only slot a's", len(r.GetResources()))
@@ -740,12 +750,23 @@ func TestNothingBeforeTheFirstUpdate(t *testing.T) {
 		}
 		return n == 2
 	})
+	// Both requests are read (their watchers exist, and a response is decided on under the
+	// same lock): neither was sent anything.
+	c.mu.Lock()
+	for _, st := range c.streams {
+		for _, w := range st.watchers {
+			if w != nil && (w.outstanding || w.sent != "" || w.dresp != nil) {
+				t.Errorf("a %s stream was sent a response before the first Update", map[bool]string{true: "delta", false: "sotw"}[w.delta])
+			}
+		}
+	}
+	c.mu.Unlock()
 	select {
 	case r := <-s.resp:
 		t.Fatalf("state of the world answered before the first Update: %d listeners, version %q", len(r.GetResources()), r.GetVersionInfo())
 	case r := <-d.resp:
 		t.Fatalf("delta answered before the first Update: removed %v", r.GetRemovedResources())
-	case <-time.After(200 * time.Millisecond):
+	default:
 	}
 	versions := update(t, c, map[string][]types.Resource{})
 	if r := s.next(t, "sotw: the first configuration"); len(r.GetResources()) != 0 || r.GetVersionInfo() != versions[resourcev3.ListenerType] {
@@ -753,5 +774,33 @@ func TestNothingBeforeTheFirstUpdate(t *testing.T) {
 	}
 	if _, removed := d.next(t, "delta: the first configuration"); !slices.Equal(removed, []string{"gone"}) {
 		t.Errorf("delta: removed %v; want [gone]", removed)
+	}
+}
+
+// TestSilentEnvoysFreeTheirSlots: eight Envoys that never answer their first response hold
+// every initial-sync slot; after SlotTimeout their slots are freed and a ninth Envoy, queued
+// behind them, is answered, not before the timeout.
+func TestSilentEnvoysFreeTheirSlots(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	c := New(Options{MaxInitialSyncs: DefaultMaxInitialSyncs, SlotTimeout: timeout})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	conn := serve(t, c)
+	start := time.Now() // before any slot is taken: every slot times out after start+timeout
+	var silent []*sotwStream
+	for i := range DefaultMaxInitialSyncs {
+		s := openSotW(t, conn)
+		s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: fmt.Sprintf("silent-%d", i)}})
+		silent = append(silent, s)
+	}
+	for _, s := range silent {
+		s.next(t, "a silent Envoy's first response") // never answered
+	}
+	late := openSotW(t, conn)
+	late.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "late"}})
+	if r := late.next(t, "the ninth Envoy's first response, once the silent Envoys' slots time out"); len(r.GetResources()) != 1 {
+		t.Fatalf("the ninth Envoy got %d clusters, want 1", len(r.GetResources()))
+	}
+	if waited := time.Since(start); waited < timeout {
+		t.Fatalf("the ninth Envoy was answered after %v, before any slot could time out (%v): the slots were not all taken", waited, timeout)
 	}
 }

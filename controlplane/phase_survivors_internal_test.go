@@ -1,0 +1,204 @@
+package controlplane
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/rs/zerolog"
+
+	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
+)
+
+// TestEnvoyKnowsOnlyTheClustersItSubscribes: an Envoy whose ACK is of the endpoint's revision
+// or later knows the endpoint only if it subscribes to the endpoint's cluster, and only once
+// it has ACKed a response covering every cluster it subscribes to. Both Envoys are past the
+// new endpoint's revision, so the revision alone lets the endpoint through and the check
+// stream by stream decides: an Envoy that does not ask for the cluster holds it back until
+// the settle time; one that has just asked for it and not ACKed the response holds it back
+// (its older ACK does not count); once it ACKs, the endpoint is promoted.
+func TestEnvoyKnowsOnlyTheClustersItSubscribes(t *testing.T) {
+	const settle = time.Minute
+	r := newPhaseRig(t, settle)
+	app, other := translate.ClusterName("app"), translate.ClusterName("other")
+	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001}), phaseService("other", map[string]int{"o1": 6001})), r.at(0))
+	a, b := r.envoy("a"), r.envoy("b")
+	a.subscribe(app)
+	a.ack()
+	b.subscribe(other)
+	b.ack()
+	// The new endpoints of both services come with one revision: each Envoy is sent, and ACKs,
+	// the version of that revision.
+	v2 := r.publish(phaseStateOf(2, phaseService("app", map[string]int{"old": 5001, "new": 5003}),
+		phaseService("other", map[string]int{"o1": 6001, "o2": 6002})), r.at(time.Second))
+	for _, e := range []*rawEnvoy{a, b} {
+		if got := e.next(e.node + ": the new revision"); got.GetVersionInfo() != v2 {
+			t.Fatalf("%s was sent version %s, want %s", e.node, got.GetVersionInfo(), v2)
+		}
+		e.ack()
+		r.acked(e.node, v2)
+	}
+	if next, _ := r.ph.evaluate(r.at(2 * time.Second)); r.promoted("app", "new") || !next.Equal(r.at(time.Second+settle)) {
+		t.Fatalf("app/new promoted = %v (next evaluation %v): b, which does not subscribe to app, was counted as knowing it",
+			r.promoted("app", "new"), next.Sub(r.start))
+	}
+	// b asks for app too: sent the assignment, it has not ACKed it yet.
+	if got := b.subscribe(other, app); !hasName(got, app) {
+		t.Fatal("b was not sent app's assignment when it asked for it")
+	}
+	r.waitAck("b", func(a xdscache.StreamAck) bool { return a.Waiting && !a.Whole })
+	if r.ph.evaluate(r.at(2 * time.Second)); r.promoted("app", "new") {
+		t.Fatal("app/new promoted while b had not ACKed the response to its new subscription: its older ACK was counted")
+	}
+	b.ack()
+	r.waitAck("b", func(a xdscache.StreamAck) bool { return a.Whole && !a.Waiting })
+	if r.ph.evaluate(r.at(2 * time.Second)); !r.promoted("app", "new") {
+		t.Fatal("app/new not promoted though both Envoys subscribe to app and ACKed it")
+	}
+	if r.promoted("other", "o2") {
+		t.Fatal("other/o2 promoted though a does not subscribe to other")
+	}
+}
+
+// TestNACKingEnvoyHoldsNothingBack: an Envoy whose last answer is a NACK keeps what it held and
+// does not hold a promotion back; the endpoint is promoted before its settle time.
+func TestNACKingEnvoyHoldsNothingBack(t *testing.T) {
+	r := newPhaseRig(t, time.Minute)
+	app := translate.ClusterName("app")
+	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
+	a, b := r.envoy("a"), r.envoy("b")
+	for _, e := range []*rawEnvoy{a, b} {
+		e.subscribe(app)
+		e.ack()
+	}
+	v2 := r.publish(phaseStateOf(2, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
+	a.next("a: the new endpoint")
+	a.ack()
+	r.acked("a", v2)
+	b.next("b: the new endpoint")
+	b.nack()
+	r.waitAck("b", func(s xdscache.StreamAck) bool { return s.NACKed && !s.Waiting })
+	if r.ph.evaluate(r.at(2 * time.Second)); !r.promoted("app", "new") {
+		t.Fatal("app/new not promoted before its settle time: b, whose last answer is a NACK, held it back")
+	}
+}
+
+// TestRefusedStateIsNotWaitedFor: an endpoint of a state that was never published (its
+// snapshot refused) is not waited for: no Envoy could know it, none is reported lagging for
+// it at its settle time, and no evaluation is scheduled for it.
+func TestRefusedStateIsNotWaitedFor(t *testing.T) {
+	const settle = time.Minute
+	r := newPhaseRig(t, settle)
+	a := r.envoy("a")
+	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
+	a.subscribe(translate.ClusterName("app"))
+	a.ack()
+	r.acked("a", a.acked)
+	r.ph.apply(phaseStateOf(2, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
+	if next, _ := r.ph.evaluate(r.at(2 * time.Second)); !next.IsZero() {
+		t.Errorf("an evaluation is scheduled at %v for an endpoint no Envoy was sent", next.Sub(r.start))
+	}
+	r.ph.evaluate(r.at(2 * settle))
+	if r.promoted("app", "new") {
+		t.Error("an endpoint of an unpublished state was settled")
+	}
+	if l := r.ph.laggingEnvoys(); len(l) != 0 {
+		t.Errorf("reported lagging for an endpoint it was never sent: %+v", l)
+	}
+}
+
+// TestRecurringVersionMapsToItsLatestRevision: an endpoint type version recurs when the
+// content does (an endpoint in its first phase, gone, then back in a new first phase): an ACK
+// of it is of the latest revision that served it, so the endpoint back is promoted at once.
+func TestRecurringVersionMapsToItsLatestRevision(t *testing.T) {
+	r := newPhaseRig(t, time.Minute)
+	a := r.envoy("a")
+	one := map[string]int{"old": 5001}
+	two := map[string]int{"old": 5001, "new": 5003}
+	var versions []string
+	for rev, ports := range []map[string]int{one, two, one, two} {
+		v := r.publish(phaseStateOf(int64(rev+1), phaseService("app", ports)), r.at(time.Duration(rev)*time.Second))
+		versions = append(versions, v)
+		if rev == 0 {
+			a.subscribe(translate.ClusterName("app"))
+		} else {
+			a.next(fmt.Sprintf("revision %d", rev+1))
+		}
+		a.ack()
+		r.acked("a", v)
+	}
+	if versions[1] != versions[3] {
+		t.Fatalf("versions %v: the test needs revision 4 to serve revision 2's content", versions)
+	}
+	if r.ph.evaluate(r.at(4 * time.Second)); !r.promoted("app", "new") {
+		t.Fatal("a ACKed the version of revision 4, yet app/new (reachable at revision 4) was not promoted: the version was mapped to revision 2")
+	}
+}
+
+// TestClosedLaggingStreamIsNoLongerReported: an Envoy reported as lagging whose stream closes
+// is no longer reported.
+func TestClosedLaggingStreamIsNoLongerReported(t *testing.T) {
+	const settle = time.Minute
+	r := newPhaseRig(t, settle)
+	app := translate.ClusterName("app")
+	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
+	a, b := r.envoy("a"), r.envoy("b")
+	for _, e := range []*rawEnvoy{a, b} {
+		e.subscribe(app)
+		e.ack()
+	}
+	v2 := r.publish(phaseStateOf(2, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
+	a.next("a: the new endpoint")
+	a.ack()
+	r.acked("a", v2)
+	b.next("b: the new endpoint") // never answered
+	r.ph.evaluate(r.at(2 * settle))
+	if !r.promoted("app", "new") || len(r.ph.laggingEnvoys()) != 1 {
+		t.Fatalf("after the settle time: promoted %v, lagging %+v; want promoted and b lagging", r.promoted("app", "new"), r.ph.laggingEnvoys())
+	}
+	b.cancel()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		open := false
+		r.cache.Acks(resourcev3.EndpointType, func(s xdscache.StreamAck, _ func(string) bool) { open = open || s.Node == "b" })
+		if !open {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b's stream not closed within 10 s")
+		}
+	}
+	if r.ph.evaluate(r.at(2*settle + time.Second)); len(r.ph.laggingEnvoys()) != 0 {
+		t.Fatalf("b's stream closed, yet it is still reported lagging: %+v", r.ph.laggingEnvoys())
+	}
+}
+
+// TestLargeServiceKeepsItsEndpointsPhases: in a service of more than 16 endpoints (forget
+// looks them up in a set) a change forgets only the endpoints gone: the others keep their
+// phase, none starts a first phase again.
+func TestLargeServiceKeepsItsEndpointsPhases(t *testing.T) {
+	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
+	now := time.Now()
+	ports := map[string]int{}
+	for i := range 20 {
+		ports[fmt.Sprintf("i%02d", i)] = 5000 + i
+	}
+	ph.apply(phaseStateOf(1, phaseService("app", ports)), now) // not phased: the first publication
+	for rev := int64(2); rev <= 3; rev++ {
+		ports[fmt.Sprintf("n%d", rev)] = 6000 + int(rev)
+		delete(ports, fmt.Sprintf("i%02d", rev)) // one gone, one new
+		served := ph.apply(phaseStateOf(rev, phaseService("app", ports)), now)
+		for id := range ports {
+			if id[0] == 'i' && served.Services["app"].Instances[id].FirstPhase {
+				t.Fatalf("revision %d: %s, served since revision 1, was put in a first phase again", rev, id)
+			}
+		}
+		ph.mu.Lock()
+		n := len(ph.reach)
+		ph.mu.Unlock()
+		if n != len(ports) {
+			t.Fatalf("revision %d: %d endpoints tracked, want %d", rev, n, len(ports))
+		}
+	}
+}
