@@ -584,3 +584,36 @@ func TestUndoAndWaitEndings(t *testing.T) {
 		t.Errorf("an interrupted --wait left drains %v, want its drain in place", got)
 	}
 }
+
+// TestCtrlCDuringAReadOfWait: Ctrl-C that cuts one of --wait's etcd reads ends the wait with
+// exit 130, like one that comes between reads; the cut read left nothing to look at, which
+// once dereferenced a nil snapshot. Reads are made back to back so that a cancel lands in
+// one; the repetitions make that all but certain.
+func TestCtrlCDuringAReadOfWait(t *testing.T) {
+	old := pollInterval
+	pollInterval = time.Microsecond
+	t.Cleanup(func() { pollInterval = old })
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 0)
+	putInstance(t, cli, "a2", 5002, "2", registry.StateAvailable, 5)
+	for i := range 20 {
+		ctx, cancel := context.WithCancel(context.Background())
+		var wout, werr syncbuf.Buffer
+		done := make(chan int, 1)
+		go func() {
+			done <- Main(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
+		}()
+		waitOutput(t, &wout, "5 sessions")
+		time.Sleep(time.Duration(i) * 100 * time.Microsecond)
+		cancel()
+		select {
+		case code := <-done:
+			if code != 130 {
+				t.Fatalf("run %d: Ctrl-C during --wait: exit %d, %q; want 130", i, code, werr.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("run %d: --wait still running 10 s after Ctrl-C", i)
+		}
+	}
+}

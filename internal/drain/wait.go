@@ -42,9 +42,13 @@ func (c *command) wait(ctx context.Context, name string, d registry.Drain, timeo
 	last := ""
 	for {
 		snap, err := c.read(ctx)
-		if err != nil && ctx.Err() == nil { // a read cut by Ctrl-C is no warning
+		switch {
+		case err != nil && ctx.Err() != nil:
+			// A read cut by Ctrl-C is no warning, and there is nothing to look at: the select
+			// below ends the wait.
+		case err != nil:
 			fmt.Fprintf(c.stderr, "warning: %v; trying again\n", err)
-		} else {
+		default:
 			drainRev, ok := snap.mods[key]
 			if !ok {
 				return exitFailure, fmt.Errorf("drain %s of %s was removed while waiting", name, c.svc)
