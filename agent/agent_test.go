@@ -48,9 +48,14 @@ type running struct {
 
 func start(t *testing.T, cfg agent.Config) *running {
 	t.Helper()
+	return startLogging(t, cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))
+}
+
+// startLogging is start with the agent's log going to log (a test that reads the log).
+func startLogging(t *testing.T, cfg agent.Config, log zerolog.Logger) *running {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, skip: make(chan struct{}), done: make(chan error, 1)}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
 	go func() { r.done <- agent.Run(ctx, cfg, log, r.skip) }()
 	t.Cleanup(func() {
 		cancel()
@@ -702,15 +707,7 @@ func TestAddressThatDoesNotAnswerIsNotAvailable(t *testing.T) {
 	cfg := config(etcd, b, "elsewhere")
 	cfg.Address = "127.0.0.2"
 	var logs syncbuf.Buffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- agent.Run(ctx, cfg, zerolog.New(&logs), nil) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Logf("agent stopped: %v", err)
-		}
-	})
+	startLogging(t, cfg, zerolog.New(&logs))
 	etcdtest.WaitInstance(t, cli, "elsewhere", 10*time.Second, "registered", func(in *registry.Instance, _ int64) bool { return in != nil })
 	b.WaitSamples(t, 5, 5*time.Second)
 	in := etcdtest.WaitInstance(t, cli, "elsewhere", time.Second, "read again", func(in *registry.Instance, _ int64) bool { return in != nil })
@@ -738,15 +735,7 @@ func TestLoopbackAddressIsFlagged(t *testing.T) {
 	cfg := config(etcd, b, "lo")
 	cfg.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
 	var logs syncbuf.Buffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- agent.Run(ctx, cfg, zerolog.New(&logs), nil) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Logf("agent stopped: %v", err)
-		}
-	})
+	startLogging(t, cfg, zerolog.New(&logs))
 	etcdtest.WaitInstance(t, cli, "lo", 10*time.Second, "registered", func(in *registry.Instance, _ int64) bool { return in != nil })
 	// The key reaches etcd an instant before the agent logs its registration: read the log
 	// until the line is there, within a bound.
