@@ -2,8 +2,8 @@ package controlplane_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,8 +26,8 @@ func replicaReports(t *testing.T, cli *clientv3.Client) map[string]registry.Repl
 	}
 	out := map[string]registry.Replica{}
 	for _, kv := range resp.Kvs {
-		var r registry.Replica
-		if err := json.Unmarshal(kv.Value, &r); err != nil {
+		r, err := registry.DecodeReplica(strings.TrimPrefix(string(kv.Key), registry.ReplicasPrefix("/tether")), kv.Value)
+		if err != nil {
 			t.Fatalf("replica report %s: %v", kv.Key, err)
 		}
 		out[string(kv.Key)] = r
