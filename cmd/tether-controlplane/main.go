@@ -43,6 +43,7 @@ type options struct {
 	cfg                    controlplane.Config
 	logLevel, logFormat    string
 	xdsCert, xdsKey, xdsCA string
+	memory                 memoryPolicy
 }
 
 func parse(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
@@ -119,6 +120,11 @@ Flags:
 	fs.StringVar(&o.xdsCert, "xds-tls-cert", "", "certificate file to serve xDS over TLS (with --xds-tls-key)")
 	fs.StringVar(&o.xdsKey, "xds-tls-key", "", "private key file to serve xDS over TLS")
 	fs.StringVar(&o.xdsCA, "xds-client-ca", "", "CA file: require Envoys to present a client certificate it signs (mutual TLS)")
+	fs.Func("memory-limit", "Go's soft memory limit: auto (default: 90% of a container's memory limit, else the live heap x1.5 and at least 300MiB, so that a burst of changes is collected rather than held), off (Go's default: twice the live heap), or a size such as 1GiB; GOMEMLIMIT is obeyed in auto", func(v string) error {
+		p, err := parseMemoryPolicy(v)
+		o.memory = p
+		return err
+	})
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "", "log format: json or console (default: console on a terminal, else json)")
 	if err := fs.Parse(args); err != nil {
@@ -258,9 +264,12 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 		return 2
 	}
 	o.cfg.Logger = log
-	setMemoryLimit(log, nil)
+	follow := setMemoryLimit(log, nil, o.memory)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if follow != nil {
+		go follow(ctx)
+	}
 	start := time.Now()
 	if err := controlplane.Run(ctx, o.cfg); err != nil {
 		log.Error().Err(err).Msg("control plane stopped")
