@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 )
 
 // adminHandler serves /metrics, /healthz, /readyz, /debug/config, /debug/pprof/ and the
@@ -98,14 +99,14 @@ func normalHost(h string) string {
 
 // DebugConfig is the JSON document of /debug/config.
 type DebugConfig struct {
-	Revision    int64               `json:"revision"`
-	PublishedAt time.Time           `json:"publishedAt"`
-	Translate   string              `json:"translateDuration"`
-	Groups      []string            `json:"groups"`
-	Versions    map[string]string   `json:"versions"`
-	Problems    []translate.Problem `json:"problems"`
-	Rejected    map[string]string   `json:"rejected"`
-	Clients     []ClientInfo        `json:"clients"`
+	Revision    int64                 `json:"revision"`
+	PublishedAt time.Time             `json:"publishedAt"`
+	Translate   string                `json:"translateDuration"`
+	Groups      []string              `json:"groups"`
+	Versions    map[string]string     `json:"versions"`
+	Problems    []translate.Problem   `json:"problems"`
+	Rejected    map[string]string     `json:"rejected"`
+	Clients     []xdscache.ClientInfo `json:"clients"`
 	// Lagging are the Envoys that held a new endpoint's promotion past --publish-settle and
 	// have not caught up (two-phase publication).
 	Lagging   []LaggingEnvoy             `json:"lagging"`

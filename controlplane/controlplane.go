@@ -264,7 +264,7 @@ type ControlPlane struct {
 	watcher  *registry.Watcher
 	pub      *publisher
 	phase    *phaser
-	tracker  *tracker
+	xds      *xdscache.Cache
 	cutter   *streamCutter
 	grpc     *grpc.Server
 	admin    *http.Server
@@ -345,12 +345,11 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.cli = cli
 
 	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
-	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal, cfg.InitialSyncs,
-		func(reason string) { cp.m.refused.WithLabelValues(reason).Inc() }, cfg.MaxServices, cfg.MaxInflightBytes)
+	cache := newXDSCache(cp.log, cp.m, phase.signal, cfg.InitialSyncs, cfg.MaxServices, cfg.MaxInflightBytes)
 	cp.m.budget(cache.Budget)
 	cache.SetOnClose(phase.closed)
 	phase.xds = cache
-	cp.phase = phase
+	cp.phase, cp.xds = phase, cache
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	guard.lookback = restartLookback(cfg)
@@ -366,7 +365,6 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		phase.recall(m, time.Now())
 		cp.pub.recall = m
 	}
-	cp.tracker = newTracker(cp.log, cp.m)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
 		Prefix: cfg.Prefix,
 		Logger: cp.log.With().Str("component", "registry").Logger(),
@@ -394,7 +392,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cp.grpc = grpc.NewServer(opts...)
-	xds := serverv3.NewServer(ctx, cache, cache.Callbacks(cp.tracker.callbacks()))
+	xds := serverv3.NewServer(ctx, cache, cache.Callbacks(nil))
 	discovery.RegisterAggregatedDiscoveryServiceServer(cp.grpc, xds)
 	clusterservice.RegisterClusterDiscoveryServiceServer(cp.grpc, xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(cp.grpc, xds)
@@ -565,4 +563,4 @@ func (cp *ControlPlane) XDSAddr() string { return cp.xdsLn.Addr().String() }
 func (cp *ControlPlane) AdminAddr() string { return cp.adminLn.Addr().String() }
 
 // Clients returns the connected Envoy streams.
-func (cp *ControlPlane) Clients() []ClientInfo { return cp.tracker.clients() }
+func (cp *ControlPlane) Clients() []xdscache.ClientInfo { return cp.xds.Streams() }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/internal/overview"
 )
 
@@ -73,7 +74,7 @@ type GroupStatus struct {
 // EnvoyStatus is one connected xDS stream (inlined ClientInfo) and whether it has ACKed the
 // current version of every resource type.
 type EnvoyStatus struct {
-	ClientInfo
+	xdscache.ClientInfo
 	InSync bool `json:"inSync"`
 	// LaggingSince is set while the Envoy is reported as lagging: it held the promotion of a
 	// new endpoint (LaggingEndpoint) past --publish-settle and has not caught up.
@@ -83,7 +84,7 @@ type EnvoyStatus struct {
 
 // monitorSource returns what the monitor shows: the published snapshot (nil before the
 // first), the gateway groups and the connected Envoys.
-type monitorSource func() (*published, []string, []ClientInfo)
+type monitorSource func() (*published, []string, []xdscache.ClientInfo)
 
 // monitor serves the web page, /api/state and the /api/events stream of server-sent events.
 type monitor struct {
@@ -102,7 +103,7 @@ type monitor struct {
 	mu      sync.Mutex
 	pub     *published
 	groups  []string
-	clients []ClientInfo
+	clients []xdscache.ClientInfo
 	phases  map[string]map[string]EndpointPhase
 	lagging []LaggingEnvoy
 	seq     uint64 // bumped each time the document changes
@@ -121,7 +122,7 @@ func newMonitor(src monitorSource, onShutdown func(func())) *monitor {
 // newMonitor returns the control plane's monitor; its event streams end when the admin
 // server shuts down.
 func (cp *ControlPlane) newMonitor() *monitor {
-	m := newMonitor(func() (*published, []string, []ClientInfo) {
+	m := newMonitor(func() (*published, []string, []xdscache.ClientInfo) {
 		return cp.pub.snapshotNow(), cp.pub.groupList(), cp.Clients()
 	}, func(f func()) { cp.admin.RegisterOnShutdown(f) })
 	m.phase = func() (map[string]map[string]EndpointPhase, []LaggingEnvoy) {
@@ -175,7 +176,7 @@ func stamped(body []byte, now time.Time) []byte {
 }
 
 // buildMonitorState assembles the document of a snapshot (nil before the first publish).
-func buildMonitorState(pub *published, groups []string, clients []ClientInfo) MonitorState {
+func buildMonitorState(pub *published, groups []string, clients []xdscache.ClientInfo) MonitorState {
 	ms := MonitorState{Versions: map[string]string{}, Problems: []MonitorProblem{}, Groups: []GroupStatus{}, MinEnvoyVersion: MinEnvoyVersion}
 	if pub == nil {
 		ms.Overview = overview.FromState(nil)

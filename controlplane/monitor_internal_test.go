@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -24,10 +25,10 @@ import (
 type fakeSource struct {
 	mu      sync.Mutex
 	pub     *published
-	clients []ClientInfo
+	clients []xdscache.ClientInfo
 }
 
-func (f *fakeSource) get() (*published, []string, []ClientInfo) {
+func (f *fakeSource) get() (*published, []string, []xdscache.ClientInfo) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.pub, []string{DefaultGroup}, f.clients
@@ -58,7 +59,7 @@ func snapshotOf(sessions int, state registry.InstanceState) *published {
 }
 
 func TestBuildMonitorState(t *testing.T) {
-	clients := []ClientInfo{
+	clients := []xdscache.ClientInfo{
 		{StreamID: 1, NodeID: "a", Group: "gw", Acked: map[string]string{"Cluster": "c1", "ClusterLoadAssignment": "e1"}},
 		{StreamID: 2, NodeID: "b", Group: "gw", Acked: map[string]string{"Cluster": "c1", "ClusterLoadAssignment": "e0"}},
 	}
@@ -114,7 +115,7 @@ func TestMonitorCurrentRebuildsOnlyOnChange(t *testing.T) {
 		t.Errorf("changed source: sequence %d -> %d", s2, s3)
 	}
 	src.mu.Lock()
-	src.clients = []ClientInfo{{StreamID: 9, Group: "gw", Acked: map[string]string{}}}
+	src.clients = []xdscache.ClientInfo{{StreamID: 9, Group: "gw", Acked: map[string]string{}}}
 	src.mu.Unlock()
 	if s4, _ := m.current(); s4 == s3 {
 		t.Error("a new Envoy did not change the document")

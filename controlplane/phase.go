@@ -126,9 +126,9 @@ type phaser struct {
 	revs      map[string]int64 // endpoint type version -> revision of its state
 	revOrder  []string
 	latestRev int64
-	lagging   map[xdscache.StreamAck]*lagInfo // keyed by Delta and ID only
-	memo      map[string]phaseMemo            // service -> its phased copy
-	svcs      map[string]*svcReach            // service -> its reachable endpoints at the last apply
+	lagging   map[xdscache.StreamKey]*lagInfo
+	memo      map[string]phaseMemo // service -> its phased copy
+	svcs      map[string]*svcReach // service -> its reachable endpoints at the last apply
 	// gone remembers Envoys whose stream closed, by node: they keep serving what they hold
 	// and reconnect after a backoff, so a new endpoint waits for them as for a connected one
 	// (see rememberFor). closedMu guards closedQ, the closes not yet read into gone: the
@@ -187,7 +187,7 @@ func (ph *phaser) readClosedLocked() {
 	ph.closedMu.Unlock()
 	for _, c := range q {
 		a := c.a
-		_, lag := ph.lagging[xdscache.StreamAck{Delta: a.Delta, ID: a.ID}]
+		_, lag := ph.lagging[a.StreamKey]
 		if lag || (a.NACKed && !a.Waiting) || !a.Watching {
 			continue
 		}
@@ -210,7 +210,7 @@ func newPhaser(log zerolog.Logger, m *metrics, settle time.Duration) *phaser {
 		settle = DefaultPublishSettle
 	}
 	return &phaser{log: log, m: m, settle: settle, wake: make(chan struct{}, 1),
-		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamAck]*lagInfo{},
+		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamKey]*lagInfo{},
 		gone: map[goneKey]goneEnvoy{}}
 }
 
@@ -430,7 +430,7 @@ func (ph *phaser) run(ctx context.Context) {
 
 // streamView is one stream's knowledge of endpoints at an evaluation.
 type streamView struct {
-	key    xdscache.StreamAck // Delta and ID
+	key    xdscache.StreamKey
 	group  string
 	rev    int64  // revision of its whole ACK; -1 when none is known
 	exempt bool   // answered with a NACK, lagging, or not asking for endpoints: holds nothing back
@@ -593,13 +593,13 @@ func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone boo
 	if len(ph.gone) > 0 {
 		back = map[goneKey]bool{}
 	}
-	var open map[xdscache.StreamAck]bool
+	var open map[xdscache.StreamKey]bool
 	if len(ph.lagging) > 0 {
-		open = map[xdscache.StreamAck]bool{}
+		open = map[xdscache.StreamKey]bool{}
 	}
 	var subs []bool
 	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, subscribed func(string) bool) {
-		key := xdscache.StreamAck{Delta: a.Delta, ID: a.ID}
+		key := a.StreamKey
 		if open != nil {
 			open[key] = true
 		}
@@ -703,11 +703,7 @@ func (ph *phaser) laggingEnvoys() []LaggingEnvoy {
 	defer ph.mu.Unlock()
 	out := make([]LaggingEnvoy, 0, len(ph.lagging))
 	for k, l := range ph.lagging {
-		variant := "sotw"
-		if k.Delta {
-			variant = "delta"
-		}
-		out = append(out, LaggingEnvoy{StreamID: k.ID, Variant: variant, Group: l.group, Since: l.since, Endpoint: l.endpoint})
+		out = append(out, LaggingEnvoy{StreamID: k.ID, Variant: k.Variant(), Group: l.group, Since: l.since, Endpoint: l.endpoint})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].StreamID != out[j].StreamID {
@@ -751,7 +747,7 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 	envoys := map[memoryEnvoy]bool{}
 	ph.readClosedLocked()
 	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) {
-		_, lag := ph.lagging[xdscache.StreamAck{Delta: a.Delta, ID: a.ID}]
+		_, lag := ph.lagging[a.StreamKey]
 		// As readClosedLocked: an Envoy that holds nothing back is not remembered.
 		if exempt := lag || (a.NACKed && !a.Waiting) || !a.Watching; !exempt && a.Node != "" {
 			envoys[memoryEnvoy{Node: a.Node, Group: a.Group}] = true

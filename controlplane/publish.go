@@ -210,7 +210,7 @@ func (p *publisher) publishLatest() bool {
 		versions, took = v, time.Since(start)
 		if p.phase != nil {
 			// Before any Envoy is sent it: an ACK of this version must map to its revision.
-			p.phase.published(st.Revision, versions[shortType(resourcev3.EndpointType)])
+			p.phase.published(st.Revision, versions[xdscache.ShortType(resourcev3.EndpointType)])
 		}
 		p.mu.Lock()
 		p.current = &published{res: res, state: st, kept: kept, versions: versions, at: time.Now().UTC(), translate: took}
@@ -340,7 +340,7 @@ func (p *publisher) snapshot(res *translate.Resources, ready func(versions map[s
 	return p.xds.Update(byType, func(byURL map[string]string) {
 		versions := make(map[string]string, len(byURL))
 		for url, v := range byURL {
-			versions[shortType(url)] = v
+			versions[xdscache.ShortType(url)] = v
 		}
 		ready(versions)
 	})

@@ -54,7 +54,7 @@ func BenchmarkPublishLoadChange(b *testing.B) {
 		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
 			m := newMetrics()
 			ph := newPhaser(zerolog.Nop(), m, time.Second)
-			cache := newXDSCache(zerolog.Nop(), ph.signal, 0, nil, 0, 0)
+			cache := newXDSCache(zerolog.Nop(), m, ph.signal, 0, 0, 0)
 			ph.xds = cache
 			guard := newRemovalGuard(0.5, 30*time.Second, 10*time.Second, zerolog.Nop(), nil)
 			p := newPublisher(zerolog.Nop(), m, cache, translate.Options{ListenPort: 10000}, time.Millisecond, time.Millisecond, guard)

@@ -35,7 +35,7 @@ import (
 // ends; call it inside synctest.Test.
 func startPublisher(t *testing.T, quiet, maxDelay time.Duration) (*publisher, *metrics) {
 	m := newMetrics()
-	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop(), nil, 0, nil, 0, 0), translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
+	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop(), m, nil, 0, 0, 0), translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.run(ctx) }()
@@ -201,7 +201,7 @@ func TestPersistentProblemsAreLoggedOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var buf syncbuf.Buffer
 		m := newMetrics()
-		p := newPublisher(zerolog.New(&buf), m, newXDSCache(zerolog.Nop(), nil, 0, nil, 0, 0), translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
+		p := newPublisher(zerolog.New(&buf), m, newXDSCache(zerolog.Nop(), m, nil, 0, 0, 0), translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); p.run(ctx) }()
