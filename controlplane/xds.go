@@ -62,18 +62,22 @@ func (s streamLog) Closed(c *xdscache.ClientInfo) {
 // newXDSCache returns the cache serving every gateway group: each resource is checked by
 // Envoy's own proto validation and marshalled once, when it changes; its streams are logged
 // on log and counted in m.
-// onAnswer (if not nil) is told, without blocking, when an Envoy ACKs or NACKs or a stream closes.
+// in (if not nil) is told, without blocking, when an Envoy ACKs or NACKs or a stream closes.
 // maxServices (0: the cache's default) sizes the names an Envoy may ask for before the first
 // publication: one assignment per service, twice over for a registry replaced meanwhile.
 // maxInflight bounds the response bytes in flight (0: the default, negative: none).
-func newXDSCache(log zerolog.Logger, m *metrics, onAnswer func(), initialSyncs, maxServices int, maxInflight int64) *xdscache.Cache {
+func newXDSCache(log zerolog.Logger, m *metrics, in *answers, initialSyncs, maxServices int, maxInflight int64) *xdscache.Cache {
 	var before int
 	if maxServices > 0 {
 		before = 2*maxServices + xdscache.DefaultNameMargin
 	}
-	return xdscache.New(xdscache.Options{Check: validate, GroupOf: groupName, Logger: log.With().Str("component", "xds-cache").Logger(),
-		OnAnswer: onAnswer, Observer: streamLog{log, m}, MaxInitialSyncs: initialSyncs, NamesBeforeUpdate: before, MaxInflightBytes: maxInflight,
-		OnRefuse: func(reason string) { m.refused.WithLabelValues(reason).Inc() }})
+	opts := xdscache.Options{Check: validate, GroupOf: groupName, Logger: log.With().Str("component", "xds-cache").Logger(),
+		Observer: streamLog{log, m}, MaxInitialSyncs: initialSyncs, NamesBeforeUpdate: before, MaxInflightBytes: maxInflight,
+		OnRefuse: func(reason string) { m.refused.WithLabelValues(reason).Inc() }}
+	if in != nil {
+		opts.OnAnswer, opts.OnClose = in.signal, in.closed
+	}
+	return xdscache.New(opts)
 }
 
 // validate runs Envoy's own proto validation on a resource.

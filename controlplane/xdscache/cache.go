@@ -78,13 +78,6 @@ type Options struct {
 	Logger   zerolog.Logger
 }
 
-// SetOnClose sets Options.OnClose; call it before the cache serves a stream.
-func (c *Cache) SetOnClose(f func(typeURL string, a StreamAck)) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.opts.OnClose = f
-}
-
 // entry is one resource as served: marshalled once, shared by every response.
 type entry struct {
 	res     types.Resource // as given: an unchanged pointer is not marshalled again

@@ -1,4 +1,7 @@
-package controlplane
+// Package admin is the control plane's admin HTTP server: metrics, health, /debug/config, Go's
+// profiler and the monitor (the web page and its /api/state and /api/events). It shows what a
+// Source gives it and changes nothing.
+package admin
 
 import (
 	"encoding/json"
@@ -10,19 +13,81 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/controlplane/xdscache"
+	"github.com/tetherlb/tether/registry"
 )
 
-// adminHandler serves /metrics, /healthz, /readyz, /debug/config, /debug/pprof/ and the
-// monitor (/, /ui/, /api/state, /api/events).
-func (cp *ControlPlane) adminHandler() http.Handler {
+// Snapshot is one configuration handed to the xDS cache, with what produced it.
+type Snapshot struct {
+	Resources *translate.Resources
+	State     *registry.State
+	Versions  map[string]string // short type -> version
+	At        time.Time         // when it was published
+	Translate time.Duration     // how long its translation took
+}
+
+// Source is what the admin server shows, read at each request.
+type Source interface {
+	// Snapshot is the configuration served; nil before the first publication. The same
+	// publication is the same pointer.
+	Snapshot() *Snapshot
+	// Groups are the gateway groups with a connected Envoy, and the default group.
+	Groups() []string
+	// Streams are the connected Envoys' xDS streams.
+	Streams() []xdscache.ClientInfo
+	// Phases are what Envoys know of each reachable endpoint, by cluster and instance ID.
+	Phases() map[string]map[string]EndpointPhase
+	// Lagging are the Envoys reported as lagging, by stream.
+	Lagging() []LaggingEnvoy
+	// Ready is closed once the first full registry list is published.
+	Ready() <-chan struct{}
+	// Unconfirmed is how long etcd's revision has not been confirmed, and whether that is
+	// past the bound (Options.StaleAfter).
+	Unconfirmed(now time.Time) (time.Duration, bool)
+}
+
+// Options configure the admin server.
+type Options struct {
+	Metrics *prometheus.Registry
+	// Hosts are the Host names (or IPs) answered besides loopback and Addr's IP (see hostGuard).
+	Hosts []string
+	Addr  net.Addr // the admin listener's address
+	// StaleAfter is the control plane's --stale-after, named when /readyz fails for it.
+	StaleAfter time.Duration
+	// MinEnvoyVersion is the oldest Envoy that does all the configuration asks of it.
+	MinEnvoyVersion string
+}
+
+// EndpointPhase is what /api/state shows of an endpoint's publication.
+type EndpointPhase struct {
+	FirstPhase bool
+	KnownBy    int
+	Envoys     int
+}
+
+// LaggingEnvoy is an Envoy reported by /debug/config as lagging.
+type LaggingEnvoy struct {
+	StreamID int64     `json:"streamId"`
+	Variant  string    `json:"variant"`
+	NodeID   string    `json:"nodeId,omitempty"`
+	Group    string    `json:"group"`
+	Since    time.Time `json:"since"`
+	Endpoint string    `json:"endpoint"` // the endpoint (cluster/instance) whose promotion it held
+}
+
+// Handler serves /metrics, /healthz, /readyz, /debug/config, /debug/pprof/ and the monitor
+// (/, /ui/, /api/state, /api/events). onShutdown registers a function the server calls when
+// it shuts down (http.Server.RegisterOnShutdown): it ends the monitor's event streams.
+func Handler(src Source, opts Options, onShutdown func(func())) http.Handler {
+	a := &server{src: src, opts: opts}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(cp.m.reg, promhttp.HandlerOpts{Registry: cp.m.reg}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{Registry: opts.Metrics}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
@@ -30,11 +95,11 @@ func (cp *ControlPlane) adminHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		select {
-		case <-cp.Ready():
-			if age, stale := cp.unconfirmedFor(time.Now()); stale {
+		case <-src.Ready():
+			if age, stale := src.Unconfirmed(time.Now()); stale {
 				w.WriteHeader(http.StatusServiceUnavailable)
 				_, _ = fmt.Fprintf(w, "not ready: etcd's revision not confirmed for %s (bound %s): the configuration may be stale; xDS streams were closed so that Envoys move to another replica\n",
-					age.Round(time.Second), cp.cfg.StaleAfter)
+					age.Round(time.Second), opts.StaleAfter)
 				return
 			}
 			_, _ = w.Write([]byte("ready\n"))
@@ -43,32 +108,41 @@ func (cp *ControlPlane) adminHandler() http.Handler {
 			_, _ = w.Write([]byte("not ready: the registry has not been listed from etcd and published yet\n"))
 		}
 	})
-	mux.HandleFunc("GET /debug/config", cp.debugConfig)
+	mux.HandleFunc("GET /debug/config", a.debugConfig)
 	// Go's profiler, for "why is it slow" on a live control plane (loopback by default, like
 	// the rest of the admin; it shows code and command line, no secrets: there is no password flag).
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mon := cp.newMonitor()
+	mon := newMonitor(func() (*Snapshot, []string, []xdscache.ClientInfo) {
+		return src.Snapshot(), src.Groups(), src.Streams()
+	}, onShutdown)
+	mon.minEnvoy = opts.MinEnvoyVersion
+	mon.phase = func() (map[string]map[string]EndpointPhase, []LaggingEnvoy) { return src.Phases(), src.Lagging() }
 	mux.HandleFunc("GET /{$}", mon.index)
 	mux.HandleFunc("GET /ui/", mon.asset)
 	mux.HandleFunc("GET /api/state", mon.state)
 	mux.HandleFunc("GET /api/events", mon.events)
-	return cp.hostGuard(mux)
+	return hostGuard(opts.Hosts, opts.Addr, mux)
+}
+
+type server struct {
+	src  Source
+	opts Options
 }
 
 // hostGuard answers only requests whose Host header is a loopback name or IP, the admin
-// listener's own IP, or one of cfg.AdminHosts. A web page that rebinds its DNS name to
-// 127.0.0.1 makes a browser on this host send that name as Host: refused with 403, it cannot
-// read /debug/config, /api/state or /debug/pprof/.
-func (cp *ControlPlane) hostGuard(next http.Handler) http.Handler {
+// listener's own IP (addr's), or one of hosts (--admin-hosts). A web page that rebinds its DNS
+// name to 127.0.0.1 makes a browser on this host send that name as Host: refused with 403, it
+// cannot read /debug/config, /api/state or /debug/pprof/.
+func hostGuard(hosts []string, addr net.Addr, next http.Handler) http.Handler {
 	allowed := map[string]bool{"localhost": true}
-	for _, h := range cp.cfg.AdminHosts {
+	for _, h := range hosts {
 		allowed[normalHost(h)] = true
 	}
 	var own netip.Addr
-	if cp.adminLn != nil {
-		if ta, ok := cp.adminLn.Addr().(*net.TCPAddr); ok {
+	if addr != nil {
+		if ta, ok := addr.(*net.TCPAddr); ok {
 			own, _ = netip.AddrFromSlice(ta.IP)
 			own = own.Unmap()
 		}
@@ -115,17 +189,17 @@ type DebugConfig struct {
 
 // debugConfig shows the resources served to every group (all groups get the default
 // gateway: the same resources). The generated configuration holds no secrets.
-func (cp *ControlPlane) debugConfig(w http.ResponseWriter, _ *http.Request) {
-	pub := cp.pub.snapshotNow()
+func (a *server) debugConfig(w http.ResponseWriter, _ *http.Request) {
+	pub := a.src.Snapshot()
 	if pub == nil {
 		http.Error(w, "no configuration published yet", http.StatusServiceUnavailable)
 		return
 	}
 	out := DebugConfig{
-		Revision: pub.state.Revision, PublishedAt: pub.at, Translate: pub.translate.String(),
-		Groups: cp.pub.groupList(), Versions: pub.versions, Problems: pub.res.Problems,
-		Rejected: pub.state.Rejected, Clients: cp.Clients(), Resources: map[string]json.RawMessage{},
-		Lagging: cp.phase.laggingEnvoys(),
+		Revision: pub.State.Revision, PublishedAt: pub.At, Translate: pub.Translate.String(),
+		Groups: a.src.Groups(), Versions: pub.Versions, Problems: pub.Resources.Problems,
+		Rejected: pub.State.Rejected, Clients: a.src.Streams(), Resources: map[string]json.RawMessage{},
+		Lagging: a.src.Lagging(),
 	}
 	for i, l := range out.Lagging {
 		for _, c := range out.Clients {
@@ -149,10 +223,10 @@ func (cp *ControlPlane) debugConfig(w http.ResponseWriter, _ *http.Request) {
 		b, _ := json.Marshal(list)
 		out.Resources[name] = b
 	}
-	add("listeners", toMessages(pub.res.Listeners))
-	add("routes", toMessages(pub.res.Routes))
-	add("clusters", toMessages(pub.res.Clusters))
-	add("endpoints", toMessages(pub.res.Endpoints))
+	add("listeners", toMessages(pub.Resources.Listeners))
+	add("routes", toMessages(pub.Resources.Routes))
+	add("clusters", toMessages(pub.Resources.Clusters))
+	add("endpoints", toMessages(pub.Resources.Endpoints))
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
