@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/internal/etcdconn"
@@ -264,7 +265,7 @@ type ControlPlane struct {
 	watcher  *registry.Watcher
 	pub      *publisher
 	phase    *phaser
-	tracker  *tracker
+	xds      *xdscache.Cache
 	cutter   *streamCutter
 	grpc     *grpc.Server
 	admin    *http.Server
@@ -344,29 +345,37 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	cp.cli = cli
 
-	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle)
-	cache := newXDSCache(cp.log.With().Str("component", "xds-cache").Logger(), phase.signal, cfg.InitialSyncs,
-		func(reason string) { cp.m.refused.WithLabelValues(reason).Inc() }, cfg.MaxServices, cfg.MaxInflightBytes)
+	if cp.xdsLn, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
+		return nil, fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
+	}
+	cp.xdsLn = newPeerLimiter(cp.xdsLn, cfg.MaxConnsPerPeer, cp.log.With().Str("component", "xds").Logger(),
+		func() { cp.m.refused.WithLabelValues(RefusePeerConns).Inc() })
+	if cfg.XDSTLS == nil && !loopback(cp.xdsLn.Addr()) {
+		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
+			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")
+	}
+
+	// Dependencies run one way: the cache tells in of answers and closes, the phaser reads
+	// the cache and in, the publisher feeds both and publishes the phaser's promotions.
+	in := newAnswers()
+	cache := newXDSCache(cp.log, cp.m, in, cfg.InitialSyncs, cfg.MaxServices, cfg.MaxInflightBytes)
 	cp.m.budget(cache.Budget)
-	cache.SetOnClose(phase.closed)
-	phase.xds = cache
-	cp.phase = phase
+	link := newReplicaLink(cli, cfg.Prefix, cp.xdsLn.Addr(), rememberFor(cfg.PublishSettle), cp.log.With().Str("component", "replicas").Logger(), in.signal)
+	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle, cache, in, link)
+	cp.phase, cp.xds = phase, cache
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),
 		func(svc string, n int) { cp.m.massRemovals.WithLabelValues(svc).Add(float64(n)) })
 	guard.lookback = restartLookback(cfg)
-	cp.pub = newPublisher(cp.log, cp.m, cache, translate.Options{ListenPort: cfg.ListenPort, PublishSettle: cfg.PublishSettle}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
-	cp.pub.phase = phase
+	cp.pub = newPublisher(cp.log, cp.m, cache, phase, translate.Options{ListenPort: cfg.ListenPort, PublishSettle: cfg.PublishSettle}, cfg.CoalesceQuiet, cfg.CoalesceMax, guard)
 	cp.pub.limits = registryLimits{prefix: cfg.Prefix, services: cfg.MaxServices, perService: cfg.MaxInstancesPerService}
 	if cfg.VanishGrace > 0 {
 		cp.pub.vanish = newVanishGrace(cfg.VanishGrace)
 		cp.pub.vanish.lookback = restartLookback(cfg)
 	}
-	phase.poke = cp.pub.republish
 	if m := readMemory(cfg.StateFile, cfg.Prefix, cp.log.With().Str("component", "memory").Logger()); m != nil {
 		phase.recall(m, time.Now())
 		cp.pub.recall = m
 	}
-	cp.tracker = newTracker(cp.log, cp.m)
 	cp.watcher = registry.NewWatcher(cli, registry.WatchOptions{
 		Prefix: cfg.Prefix,
 		Logger: cp.log.With().Str("component", "registry").Logger(),
@@ -394,27 +403,19 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cp.grpc = grpc.NewServer(opts...)
-	xds := serverv3.NewServer(ctx, cache, cache.Callbacks(cp.tracker.callbacks()))
+	xds := serverv3.NewServer(ctx, cache, cache.Callbacks(nil))
 	discovery.RegisterAggregatedDiscoveryServiceServer(cp.grpc, xds)
 	clusterservice.RegisterClusterDiscoveryServiceServer(cp.grpc, xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(cp.grpc, xds)
 	listenerservice.RegisterListenerDiscoveryServiceServer(cp.grpc, xds)
 	routeservice.RegisterRouteDiscoveryServiceServer(cp.grpc, xds)
 
-	if cp.xdsLn, err = net.Listen("tcp", cfg.XDSAddr); err != nil {
-		return nil, fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
-	}
-	cp.xdsLn = newPeerLimiter(cp.xdsLn, cfg.MaxConnsPerPeer, cp.log.With().Str("component", "xds").Logger(),
-		func() { cp.m.refused.WithLabelValues(RefusePeerConns).Inc() })
-	if cfg.XDSTLS == nil && !loopback(cp.xdsLn.Addr()) {
-		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
-			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")
-	}
-	phase.link = newReplicaLink(cli, cfg.Prefix, cp.xdsLn.Addr(), phase.rememberFor(), cp.log.With().Str("component", "replicas").Logger(), phase.signal)
 	if cp.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 		return nil, fmt.Errorf("--admin-addr %s: %w", cfg.AdminAddr, err)
 	}
-	cp.admin = &http.Server{Handler: cp.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	cp.admin = &http.Server{ReadHeaderTimeout: 10 * time.Second}
+	cp.admin.Handler = admin.Handler(adminSource{cp}, admin.Options{Metrics: cp.m.reg, Hosts: cfg.AdminHosts, Addr: cp.adminLn.Addr(),
+		StaleAfter: cfg.StaleAfter, MinEnvoyVersion: MinEnvoyVersion}, cp.admin.RegisterOnShutdown)
 
 	cp.goRun("registry watch", func() error {
 		return cp.watcher.Run(ctx, cp.pub.offer)
@@ -565,4 +566,4 @@ func (cp *ControlPlane) XDSAddr() string { return cp.xdsLn.Addr().String() }
 func (cp *ControlPlane) AdminAddr() string { return cp.adminLn.Addr().String() }
 
 // Clients returns the connected Envoy streams.
-func (cp *ControlPlane) Clients() []ClientInfo { return cp.tracker.clients() }
+func (cp *ControlPlane) Clients() []xdscache.ClientInfo { return cp.xds.Streams() }

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
@@ -270,10 +271,10 @@ func TestEndToEnd(t *testing.T) {
 	}
 }
 
-func debugConfig(t *testing.T, cp *controlplane.ControlPlane) controlplane.DebugConfig {
+func debugConfig(t *testing.T, cp *controlplane.ControlPlane) admin.DebugConfig {
 	t.Helper()
 	body := get(t, "http://"+cp.AdminAddr()+"/debug/config", http.StatusOK)
-	var d controlplane.DebugConfig
+	var d admin.DebugConfig
 	if err := json.Unmarshal([]byte(body), &d); err != nil {
 		t.Fatalf("decode /debug/config: %v", err)
 	}

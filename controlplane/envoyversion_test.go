@@ -9,6 +9,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
@@ -31,7 +32,7 @@ func TestOldEnvoyIsReported(t *testing.T) {
 		run(t, cp, c)
 		waitFor(t, c, "a cluster", func(v xdsclient.View) bool { return len(v.Resources[resourcev3.ClusterType]) > 0 })
 	}
-	ms := waitState(t, cp, "three Envoys", func(ms controlplane.MonitorState) bool {
+	ms := waitState(t, cp, "three Envoys", func(ms admin.MonitorState) bool {
 		n := 0
 		for _, g := range ms.Groups {
 			for _, e := range g.Envoys {

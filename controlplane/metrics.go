@@ -156,7 +156,7 @@ func newMetrics() *metrics {
 	return m
 }
 
-// xdsTypes are the short names (shortType) of the resource types served.
+// xdsTypes are the short names (xdscache.ShortType) of the resource types served.
 var xdsTypes = []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"}
 
 // budget exports the xDS cache's byte budget (xdscache/budget.go), read at each scrape.

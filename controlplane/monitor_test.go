@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
@@ -60,9 +61,9 @@ func updateInstance(t *testing.T, cli *clientv3.Client, lease clientv3.LeaseID, 
 	}
 }
 
-func apiState(t *testing.T, cp *controlplane.ControlPlane) controlplane.MonitorState {
+func apiState(t *testing.T, cp *controlplane.ControlPlane) admin.MonitorState {
 	t.Helper()
-	var ms controlplane.MonitorState
+	var ms admin.MonitorState
 	if err := json.Unmarshal([]byte(get(t, "http://"+cp.AdminAddr()+"/api/state", http.StatusOK)), &ms); err != nil {
 		t.Fatalf("decode /api/state: %v", err)
 	}
@@ -70,7 +71,7 @@ func apiState(t *testing.T, cp *controlplane.ControlPlane) controlplane.MonitorS
 }
 
 // waitState polls /api/state until cond holds, for at most 15 s.
-func waitState(t *testing.T, cp *controlplane.ControlPlane, what string, cond func(controlplane.MonitorState) bool) controlplane.MonitorState {
+func waitState(t *testing.T, cp *controlplane.ControlPlane, what string, cond func(admin.MonitorState) bool) admin.MonitorState {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -85,7 +86,7 @@ func waitState(t *testing.T, cp *controlplane.ControlPlane, what string, cond fu
 	}
 }
 
-func instanceOf(ms controlplane.MonitorState, id string) (inst registry.Instance, weight uint32, health string, ok bool) {
+func instanceOf(ms admin.MonitorState, id string) (inst registry.Instance, weight uint32, health string, ok bool) {
 	for _, s := range ms.Services {
 		for _, in := range s.Instances {
 			if in.ID == id {
@@ -106,7 +107,7 @@ func TestMonitorAPIState(t *testing.T) {
 	cp := startCP(t, etcd.Endpoints())
 	connect(t, cp, xdsclient.Delta, "envoy-1", "edge")
 
-	ms := waitState(t, cp, "an in-sync Envoy in group edge", func(ms controlplane.MonitorState) bool {
+	ms := waitState(t, cp, "an in-sync Envoy in group edge", func(ms admin.MonitorState) bool {
 		for _, g := range ms.Groups {
 			if g.Name == "edge" && len(g.Envoys) == 1 && g.Envoys[0].InSync {
 				return true
@@ -135,7 +136,7 @@ func TestMonitorAPIState(t *testing.T) {
 	updateInstance(t, cli, lease, full)
 	// Wait for the Envoy's ACK too: the push is published before the client acknowledges it,
 	// and the document below must show the Envoy in sync.
-	ms = waitState(t, cp, "app-2 full, acknowledged", func(ms controlplane.MonitorState) bool {
+	ms = waitState(t, cp, "app-2 full, acknowledged", func(ms admin.MonitorState) bool {
 		in, _, h, _ := instanceOf(ms, "app-2")
 		return in.State == registry.StateFull && h == "DRAINING" && allInSync(ms)
 	})
@@ -171,11 +172,11 @@ func TestMonitorEventsFollowRegistry(t *testing.T) {
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	nextState := func() controlplane.MonitorState {
+	nextState := func() admin.MonitorState {
 		t.Helper()
 		for sc.Scan() {
 			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-				var ms controlplane.MonitorState
+				var ms admin.MonitorState
 				if err := json.Unmarshal([]byte(data), &ms); err != nil {
 					t.Fatalf("decode event: %v", err)
 				}
@@ -183,7 +184,7 @@ func TestMonitorEventsFollowRegistry(t *testing.T) {
 			}
 		}
 		t.Fatalf("stream ended: %v", sc.Err())
-		return controlplane.MonitorState{}
+		return admin.MonitorState{}
 	}
 	if ms := nextState(); ms.Summary.Instances != 3 {
 		t.Fatalf("first event: %+v", ms.Summary)
@@ -227,7 +228,7 @@ func TestMonitorPageAndAssets(t *testing.T) {
 
 	// The page loads nothing from another host: no absolute URL in src, href, url() or fetches.
 	external := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//|@import|(fetch|EventSource)\(\s*["']https?:`)
-	err = filepath.WalkDir("ui", func(path string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(filepath.Join("admin", "ui"), func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -246,7 +247,7 @@ func TestMonitorPageAndAssets(t *testing.T) {
 }
 
 // allInSync reports whether every connected Envoy has acknowledged the versions served.
-func allInSync(ms controlplane.MonitorState) bool {
+func allInSync(ms admin.MonitorState) bool {
 	n := 0
 	for _, g := range ms.Groups {
 		for _, e := range g.Envoys {

@@ -16,6 +16,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/rs/zerolog"
 
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/registry"
@@ -98,24 +99,16 @@ type lagInfo struct {
 	endpoint string // the endpoint it held back
 }
 
-// LaggingEnvoy is an Envoy reported by /debug/config as lagging.
-type LaggingEnvoy struct {
-	StreamID int64     `json:"streamId"`
-	Variant  string    `json:"variant"`
-	NodeID   string    `json:"nodeId,omitempty"`
-	Group    string    `json:"group"`
-	Since    time.Time `json:"since"`
-	Endpoint string    `json:"endpoint"` // the endpoint (cluster/instance) whose promotion it held
-}
-
 type phaser struct {
 	log    zerolog.Logger
 	m      *metrics
 	xds    *xdscache.Cache
+	in     *answers
 	link   *replicaLink // the other replicas' reports; nil: none (tests of the phaser alone)
 	settle time.Duration
-	poke   func() // asks the publisher to publish again: a promotion
-	wake   chan struct{}
+	// promoted tells the publisher that endpoints were promoted: it publishes the same
+	// registry state again, at once (see Promoted).
+	promoted chan struct{}
 
 	mu    sync.Mutex
 	reach map[epKey]*epPhase
@@ -126,17 +119,13 @@ type phaser struct {
 	revs      map[string]int64 // endpoint type version -> revision of its state
 	revOrder  []string
 	latestRev int64
-	lagging   map[xdscache.StreamAck]*lagInfo // keyed by Delta and ID only
-	memo      map[string]phaseMemo            // service -> its phased copy
-	svcs      map[string]*svcReach            // service -> its reachable endpoints at the last apply
+	lagging   map[xdscache.StreamKey]*lagInfo
+	memo      map[string]phaseMemo // service -> its phased copy
+	svcs      map[string]*svcReach // service -> its reachable endpoints at the last apply
 	// gone remembers Envoys whose stream closed, by node: they keep serving what they hold
 	// and reconnect after a backoff, so a new endpoint waits for them as for a connected one
-	// (see rememberFor). closedMu guards closedQ, the closes not yet read into gone: the
-	// cache reports a close under its own lock, which must not wait for mu (evaluate holds
-	// mu while it reads the cache).
-	gone     map[goneKey]goneEnvoy
-	closedMu sync.Mutex
-	closedQ  []goneClose
+	// (see rememberFor).
+	gone map[goneKey]goneEnvoy
 	// recalled are the endpoints the memory of the last run names known to every Envoy, until
 	// the first publication (nil: no memory, the first publication is not phased).
 	recalled map[epKey]bool
@@ -163,31 +152,65 @@ type goneClose struct {
 // rememberFor is how long an Envoy is waited for after its stream closed: the settle time,
 // at least the Envoy's reconnection backoff (an endpoint still waits at most its own settle
 // time for it).
-func (ph *phaser) rememberFor() time.Duration { return max(ph.settle, envoyBackoffMax) }
+func rememberFor(settle time.Duration) time.Duration {
+	return max(settleOrDefault(settle), envoyBackoffMax)
+}
 
-// closed records that a stream closed with what it acknowledged of typeURL. The cache calls
-// it under its lock: it only queues.
-func (ph *phaser) closed(typeURL string, a xdscache.StreamAck) {
+func settleOrDefault(settle time.Duration) time.Duration {
+	if settle <= 0 {
+		return DefaultPublishSettle
+	}
+	return settle
+}
+
+// answers is what the xDS cache tells the phaser (and the replica link tells it): an Envoy
+// answered, a stream closed, another replica reported. The cache tells it under its own
+// lock, which must not wait for the phaser's (an evaluation holds that while it reads the
+// cache): it only queues and wakes the evaluation.
+type answers struct {
+	wake   chan struct{}
+	mu     sync.Mutex
+	closes []goneClose // not yet read into phaser.gone
+}
+
+func newAnswers() *answers { return &answers{wake: make(chan struct{}, 1)} }
+
+// signal wakes the evaluation; it never blocks.
+func (in *answers) signal() {
+	select {
+	case in.wake <- struct{}{}:
+	default:
+	}
+}
+
+// closed records that a stream closed with what it acknowledged of typeURL
+// (xdscache.Options.OnClose).
+func (in *answers) closed(typeURL string, a xdscache.StreamAck) {
 	if typeURL != resourcev3.EndpointType || a.Node == "" {
 		return
 	}
-	ph.closedMu.Lock()
-	ph.closedQ = append(ph.closedQ, goneClose{a: a, at: time.Now()})
-	ph.closedMu.Unlock()
-	ph.signal()
+	in.mu.Lock()
+	in.closes = append(in.closes, goneClose{a: a, at: time.Now()})
+	in.mu.Unlock()
+	in.signal()
+}
+
+// take returns the closes queued since the last take.
+func (in *answers) take() []goneClose {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	q := in.closes
+	in.closes = nil
+	return q
 }
 
 // readClosedLocked moves the queued closes into gone. An Envoy that held nothing back when
 // its stream closed (its last answer a NACK, lagging, not asking for endpoints) is not
 // remembered.
 func (ph *phaser) readClosedLocked() {
-	ph.closedMu.Lock()
-	q := ph.closedQ
-	ph.closedQ = nil
-	ph.closedMu.Unlock()
-	for _, c := range q {
+	for _, c := range ph.in.take() {
 		a := c.a
-		_, lag := ph.lagging[xdscache.StreamAck{Delta: a.Delta, ID: a.ID}]
+		_, lag := ph.lagging[a.StreamKey]
 		if lag || (a.NACKed && !a.Waiting) || !a.Watching {
 			continue
 		}
@@ -195,7 +218,7 @@ func (ph *phaser) readClosedLocked() {
 		if r, ok := ph.revs[a.Version]; ok && a.Whole {
 			rev = r
 		}
-		ph.gone[goneKey{a.Node, a.Group}] = goneEnvoy{rev: rev, until: c.at.Add(ph.rememberFor())}
+		ph.gone[goneKey{a.Node, a.Group}] = goneEnvoy{rev: rev, until: c.at.Add(rememberFor(ph.settle))}
 	}
 }
 
@@ -205,22 +228,21 @@ type phaseMemo struct {
 	out *registry.Service
 }
 
-func newPhaser(log zerolog.Logger, m *metrics, settle time.Duration) *phaser {
-	if settle <= 0 {
-		settle = DefaultPublishSettle
+// newPhaser returns a phaser that reads what Envoys acknowledged in xds, is woken by in (which
+// xds and link tell; nil: a new one), and waits for the other replicas' Envoys through link
+// (nil: none).
+func newPhaser(log zerolog.Logger, m *metrics, settle time.Duration, xds *xdscache.Cache, in *answers, link *replicaLink) *phaser {
+	if in == nil {
+		in = newAnswers()
 	}
-	return &phaser{log: log, m: m, settle: settle, wake: make(chan struct{}, 1),
-		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamAck]*lagInfo{},
+	return &phaser{log: log, m: m, settle: settleOrDefault(settle), xds: xds, in: in, link: link, promoted: make(chan struct{}, 1),
+		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamKey]*lagInfo{},
 		gone: map[goneKey]goneEnvoy{}}
 }
 
-// signal wakes the evaluation; it never blocks (the cache calls it under its lock).
-func (ph *phaser) signal() {
-	select {
-	case ph.wake <- struct{}{}:
-	default:
-	}
-}
+// Promoted receives a value after an evaluation that promoted endpoints: what is served
+// changes, not the registry, and the publisher publishes it at once (see coalescer).
+func (ph *phaser) Promoted() <-chan struct{} { return ph.promoted }
 
 func reachable(in registry.Instance) bool { return in.State != registry.StateUnhealthy }
 
@@ -388,7 +410,7 @@ func (ph *phaser) published(rev int64, eds string) {
 	}
 	ph.latestRev = rev
 	ph.mu.Unlock()
-	ph.signal()
+	ph.in.signal()
 }
 
 // run evaluates promotions when an Envoy answers, a stream closes, a state is published, or
@@ -411,7 +433,7 @@ func (ph *phaser) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ph.wake:
+		case <-ph.in.wake:
 		case <-timer.C:
 		}
 		select {
@@ -430,7 +452,7 @@ func (ph *phaser) run(ctx context.Context) {
 
 // streamView is one stream's knowledge of endpoints at an evaluation.
 type streamView struct {
-	key    xdscache.StreamAck // Delta and ID
+	key    xdscache.StreamKey
 	group  string
 	rev    int64  // revision of its whole ACK; -1 when none is known
 	exempt bool   // answered with a NACK, lagging, or not asking for endpoints: holds nothing back
@@ -556,8 +578,11 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 		}
 	}
 	ph.link.report(max(min(behind, ph.latestRev), 0), wants)
-	if promoted > 0 && ph.poke != nil {
-		ph.poke()
+	if promoted > 0 {
+		select {
+		case ph.promoted <- struct{}{}:
+		default:
+		}
 	}
 	return next, read
 }
@@ -593,13 +618,13 @@ func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone boo
 	if len(ph.gone) > 0 {
 		back = map[goneKey]bool{}
 	}
-	var open map[xdscache.StreamAck]bool
+	var open map[xdscache.StreamKey]bool
 	if len(ph.lagging) > 0 {
-		open = map[xdscache.StreamAck]bool{}
+		open = map[xdscache.StreamKey]bool{}
 	}
 	var subs []bool
 	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, subscribed func(string) bool) {
-		key := xdscache.StreamAck{Delta: a.Delta, ID: a.ID}
+		key := a.StreamKey
 		if open != nil {
 			open[key] = true
 		}
@@ -650,18 +675,11 @@ func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone boo
 	return views
 }
 
-// EndpointPhase is what /api/state shows of an endpoint's publication.
-type EndpointPhase struct {
-	FirstPhase bool
-	KnownBy    int
-	Envoys     int
-}
-
 // status returns, per cluster and instance ID, how many Envoys know each reachable endpoint
 // and whether it is in its first phase. Subscriptions are checked for first-phase endpoints
 // only (a later endpoint of a known cluster is known from the revision alone): the monitor
 // pays O(streams x first-phase clusters + endpoints x log streams), not endpoints x streams.
-func (ph *phaser) status() map[string]map[string]EndpointPhase {
+func (ph *phaser) status() map[string]map[string]admin.EndpointPhase {
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
 	clusters := clusterIndex{}
@@ -676,9 +694,9 @@ func (ph *phaser) status() map[string]map[string]EndpointPhase {
 		revs[i] = v.rev
 	}
 	slices.Sort(revs)
-	out := map[string]map[string]EndpointPhase{}
+	out := map[string]map[string]admin.EndpointPhase{}
 	for k, e := range ph.reach {
-		p := EndpointPhase{FirstPhase: e.first && !e.promoted, Envoys: len(views)}
+		p := admin.EndpointPhase{FirstPhase: e.first && !e.promoted, Envoys: len(views)}
 		if p.FirstPhase {
 			for _, v := range views {
 				if v.rev >= e.rev && v.subs[clusters.index[k.cluster]] {
@@ -690,7 +708,7 @@ func (ph *phaser) status() map[string]map[string]EndpointPhase {
 			p.KnownBy = len(revs) - i
 		}
 		if out[k.cluster] == nil {
-			out[k.cluster] = map[string]EndpointPhase{}
+			out[k.cluster] = map[string]admin.EndpointPhase{}
 		}
 		out[k.cluster][k.id] = p
 	}
@@ -698,16 +716,12 @@ func (ph *phaser) status() map[string]map[string]EndpointPhase {
 }
 
 // laggingEnvoys returns the Envoys reported as lagging, by stream.
-func (ph *phaser) laggingEnvoys() []LaggingEnvoy {
+func (ph *phaser) laggingEnvoys() []admin.LaggingEnvoy {
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
-	out := make([]LaggingEnvoy, 0, len(ph.lagging))
+	out := make([]admin.LaggingEnvoy, 0, len(ph.lagging))
 	for k, l := range ph.lagging {
-		variant := "sotw"
-		if k.Delta {
-			variant = "delta"
-		}
-		out = append(out, LaggingEnvoy{StreamID: k.ID, Variant: variant, Group: l.group, Since: l.since, Endpoint: l.endpoint})
+		out = append(out, admin.LaggingEnvoy{StreamID: k.ID, Variant: k.Variant(), Group: l.group, Since: l.since, Endpoint: l.endpoint})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].StreamID != out[j].StreamID {
@@ -729,7 +743,7 @@ func (ph *phaser) recall(m *memory, now time.Time) {
 		ph.recalled[epKey{e.Cluster, e.ID, e.Address}] = true
 	}
 	for _, e := range m.Envoys {
-		ph.gone[goneKey{e.Node, e.Group}] = goneEnvoy{rev: -1, until: now.Add(ph.rememberFor())}
+		ph.gone[goneKey{e.Node, e.Group}] = goneEnvoy{rev: -1, until: now.Add(rememberFor(ph.settle))}
 	}
 }
 
@@ -751,7 +765,7 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 	envoys := map[memoryEnvoy]bool{}
 	ph.readClosedLocked()
 	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) {
-		_, lag := ph.lagging[xdscache.StreamAck{Delta: a.Delta, ID: a.ID}]
+		_, lag := ph.lagging[a.StreamKey]
 		// As readClosedLocked: an Envoy that holds nothing back is not remembered.
 		if exempt := lag || (a.NACKed && !a.Waiting) || !a.Watching; !exempt && a.Node != "" {
 			envoys[memoryEnvoy{Node: a.Node, Group: a.Group}] = true

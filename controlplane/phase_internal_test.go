@@ -51,7 +51,7 @@ func servedHealth(t *testing.T, st *registry.State) (map[string]corev3.HealthSta
 // unhealthy instances are left as they are; the phase is applied to the state, never inside
 // translation (the input state is not modified).
 func TestFirstPhaseIsDrainingAndReachableBySession(t *testing.T) {
-	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
+	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute, nil, nil, nil)
 	now := time.Now()
 	first := phaseState(1, map[string]registry.InstanceState{"old": registry.StateAvailable, "sick": registry.StateUnhealthy})
 	got, _ := servedHealth(t, ph.apply(first, now))
@@ -134,7 +134,7 @@ func checkFirstIndex(t *testing.T, ph *phaser) {
 // endpoints of the last state, and phase exactly the new ones, as a walk of every instance
 // would.
 func TestApplyCostsWhatChangedAndForgetsNothing(t *testing.T) {
-	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
+	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute, nil, nil, nil)
 	rng := rand.New(rand.NewPCG(1, 2))
 	st := &registry.State{Revision: 1, Services: map[string]*registry.Service{}}
 	now := time.Now()
@@ -223,7 +223,7 @@ func svcOf(st *registry.State, k epKey) string {
 func TestScaleOutFromAllFullSaysAMoment(t *testing.T) {
 	const settle = 10 * time.Second
 	for _, returnURL := range []string{"", "https://status.example.com/full"} {
-		ph := newPhaser(zerolog.Nop(), newMetrics(), settle)
+		ph := newPhaser(zerolog.Nop(), newMetrics(), settle, nil, nil, nil)
 		now := time.Now()
 		with := func(st *registry.State) *registry.State {
 			st.Services["app"].Config.Overload.ReturnURL = returnURL
@@ -277,7 +277,7 @@ func routeNamed(t *testing.T, res *translate.Resources, name string) *routev3.Ro
 // its first phase, like an available one: an Envoy must not hash new users to a server
 // another Envoy does not know.
 func TestSourceIPFullServerHasAFirstPhase(t *testing.T) {
-	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
+	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute, nil, nil, nil)
 	now := time.Now()
 	sourceIP := func(st *registry.State) *registry.State {
 		st.Services["app"].Config.Affinity.Mode = registry.AffinitySourceIP

@@ -35,10 +35,9 @@ type phaseRig struct {
 
 func newPhaseRig(t *testing.T, settle time.Duration) *phaseRig {
 	t.Helper()
-	cache := xdscache.New(xdscache.Options{Logger: zerolog.Nop()})
-	ph := newPhaser(zerolog.Nop(), newMetrics(), settle)
-	ph.xds = cache
-	cache.SetOnClose(ph.closed)
+	in := newAnswers()
+	cache := xdscache.New(xdscache.Options{Logger: zerolog.Nop(), OnClose: in.closed})
+	ph := newPhaser(zerolog.Nop(), newMetrics(), settle, cache, in, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

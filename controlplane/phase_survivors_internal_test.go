@@ -178,7 +178,7 @@ func TestClosedLaggingStreamIsNoLongerReported(t *testing.T) {
 // looks them up in a set) a change forgets only the endpoints gone: the others keep their
 // phase, none starts a first phase again.
 func TestLargeServiceKeepsItsEndpointsPhases(t *testing.T) {
-	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute)
+	ph := newPhaser(zerolog.Nop(), newMetrics(), time.Minute, nil, nil, nil)
 	now := time.Now()
 	ports := map[string]int{}
 	for i := range 20 {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
@@ -71,7 +72,7 @@ func (s *seen) firstWas(t *testing.T, who string, want core.HealthStatus) {
 // instancePhase reads /api/state: the served endpoint of instance id of service app.
 func instancePhase(t *testing.T, cp *controlplane.ControlPlane, id string) (firstPhase bool, known, envoys int, ok bool) {
 	t.Helper()
-	var ms controlplane.MonitorState
+	var ms admin.MonitorState
 	if err := json.Unmarshal([]byte(get(t, "http://"+cp.AdminAddr()+"/api/state", http.StatusOK)), &ms); err != nil {
 		t.Fatalf("/api/state: %v", err)
 	}
@@ -180,7 +181,7 @@ func TestSilentEnvoyDelaysPromotionBySettle(t *testing.T) {
 	if len(lag) != 1 || lag[0].NodeID != "envoy-b" || lag[0].Endpoint != "tether_app/a3" {
 		t.Fatalf("/debug/config lagging = %+v, want envoy-b holding tether_app/a3", lag)
 	}
-	var ms controlplane.MonitorState
+	var ms admin.MonitorState
 	if err := json.Unmarshal([]byte(get(t, "http://"+cp.AdminAddr()+"/api/state", http.StatusOK)), &ms); err != nil {
 		t.Fatal(err)
 	}

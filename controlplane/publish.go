@@ -6,7 +6,6 @@ import (
 	"slices"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -18,6 +17,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/rs/zerolog"
 
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/registry"
@@ -25,14 +25,10 @@ import (
 
 // published is one configuration handed to the xDS cache, with what produced it.
 type published struct {
-	res   *translate.Resources
-	state *registry.State
+	admin.Snapshot
 	// kept is the state after the guard and the vanish grace, before the drains: what the
 	// memory file keeps of the instances served.
-	kept      *registry.State
-	versions  map[string]string // short type -> version
-	at        time.Time
-	translate time.Duration
+	kept *registry.State
 }
 
 // publisher translates registry states, when its coalescer says, and hands the resources to
@@ -57,8 +53,6 @@ type publisher struct {
 	counted map[*registry.Service]stateCounts
 
 	notify chan struct{}
-	// promote wakes the run loop for a promotion (see republish).
-	promote chan struct{}
 	// limits bound the services and instances served, before the guard (which then never
 	// sees a key left out as a removal); only the run goroutine touches limitMemo and over.
 	limits    registryLimits
@@ -77,9 +71,10 @@ type publisher struct {
 	// agents wrote it) and before translation.
 	drains drainApplier
 	// phase publishes new endpoints as DRAINING until every Envoy knows them (nil: off);
-	// repub asks for a publication of the same registry state (a promotion).
+	// repub asks for a publication of the same registry state (a promotion); only the run
+	// goroutine touches it.
 	phase *phaser
-	repub atomic.Bool
+	repub bool
 	// recall is the memory of the last run, whose instances missing from the first state
 	// are departures (see memory.go); only the run goroutine touches it.
 	recall *memory
@@ -92,10 +87,12 @@ type publisher struct {
 	isReady bool
 }
 
-func newPublisher(log zerolog.Logger, m *metrics, xds *xdscache.Cache, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
+// newPublisher returns a publisher that hands its translations to xds, phased by phase (nil:
+// no two-phase publication), whose promotions it publishes.
+func newPublisher(log zerolog.Logger, m *metrics, xds *xdscache.Cache, phase *phaser, opts translate.Options, quiet, max time.Duration, guard *removalGuard) *publisher {
 	p := &publisher{
-		log: log, m: m, xds: xds, tr: translate.NewCache(opts), co: coalescer{quiet: quiet, max: max}, guard: guard,
-		notify: make(chan struct{}, 1), promote: make(chan struct{}, 1), readyCh: make(chan struct{}),
+		log: log, m: m, xds: xds, phase: phase, tr: translate.NewCache(opts), co: coalescer{quiet: quiet, max: max}, guard: guard,
+		notify: make(chan struct{}, 1), readyCh: make(chan struct{}),
 	}
 	p.translateState = p.tr.Translate
 	p.problems.log = log
@@ -119,18 +116,24 @@ func (p *publisher) offer(st *registry.State) {
 }
 
 // run publishes registry states until ctx ends, when the coalescer says (see coalescer),
-// and when the removal guard or the vanish grace releases a held instance.
+// when the removal guard or the vanish grace releases a held instance, and when the phaser
+// promotes endpoints: the same registry state, pushed at once.
 func (p *publisher) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	var promoted <-chan struct{} // nil without a phaser: never ready
+	if p.phase != nil {
+		promoted = p.phase.Promoted()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.notify:
 			p.co.change(time.Now())
-		case <-p.promote:
+		case <-promoted:
+			p.repub = true
 			p.co.promote(time.Now())
 		case <-timer.C:
 		}
@@ -172,7 +175,8 @@ func (p *publisher) publishLatest() bool {
 	p.since = time.Time{}
 	p.mu.Unlock()
 	start := time.Now()
-	force := p.repub.Swap(false)
+	force := p.repub
+	p.repub = false
 	if st == nil || (!force && st == p.lastRaw && (p.releaseAt.IsZero() || start.Before(p.releaseAt))) {
 		return false // nothing new: a wake-up queued before the last publish, or an early timer
 	}
@@ -210,10 +214,10 @@ func (p *publisher) publishLatest() bool {
 		versions, took = v, time.Since(start)
 		if p.phase != nil {
 			// Before any Envoy is sent it: an ACK of this version must map to its revision.
-			p.phase.published(st.Revision, versions[shortType(resourcev3.EndpointType)])
+			p.phase.published(st.Revision, versions[xdscache.ShortType(resourcev3.EndpointType)])
 		}
 		p.mu.Lock()
-		p.current = &published{res: res, state: st, kept: kept, versions: versions, at: time.Now().UTC(), translate: took}
+		p.current = &published{Snapshot: admin.Snapshot{Resources: res, State: st, Versions: versions, At: time.Now().UTC(), Translate: took}, kept: kept}
 		p.mu.Unlock()
 	})
 	if err != nil {
@@ -340,7 +344,7 @@ func (p *publisher) snapshot(res *translate.Resources, ready func(versions map[s
 	return p.xds.Update(byType, func(byURL map[string]string) {
 		versions := make(map[string]string, len(byURL))
 		for url, v := range byURL {
-			versions[shortType(url)] = v
+			versions[xdscache.ShortType(url)] = v
 		}
 		ready(versions)
 	})
@@ -381,17 +385,6 @@ func toResources[T types.Resource](in []T) []types.Resource {
 		out[i] = r
 	}
 	return out
-}
-
-// republish asks the run loop for a publication of the same registry state: a promotion
-// changes what is served, not the registry, and is pushed at once (see coalescer). Safe from
-// any goroutine.
-func (p *publisher) republish() {
-	p.repub.Store(true)
-	select {
-	case p.promote <- struct{}{}:
-	default:
-	}
 }
 
 // ready is closed once the first snapshot is published.

@@ -53,12 +53,11 @@ func BenchmarkPublishLoadChange(b *testing.B) {
 	for _, services := range []int{100, 1000} {
 		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
 			m := newMetrics()
-			ph := newPhaser(zerolog.Nop(), m, time.Second)
-			cache := newXDSCache(zerolog.Nop(), ph.signal, 0, nil, 0, 0)
-			ph.xds = cache
+			in := newAnswers()
+			cache := newXDSCache(zerolog.Nop(), m, in, 0, 0, 0)
+			ph := newPhaser(zerolog.Nop(), m, time.Second, cache, in, nil)
 			guard := newRemovalGuard(0.5, 30*time.Second, 10*time.Second, zerolog.Nop(), nil)
-			p := newPublisher(zerolog.Nop(), m, cache, translate.Options{ListenPort: 10000}, time.Millisecond, time.Millisecond, guard)
-			p.phase = ph
+			p := newPublisher(zerolog.Nop(), m, cache, ph, translate.Options{ListenPort: 10000}, time.Millisecond, time.Millisecond, guard)
 			st := benchState(services, 5)
 			p.offer(st)
 			if !p.publishLatest() {

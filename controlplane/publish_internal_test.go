@@ -35,7 +35,7 @@ import (
 // ends; call it inside synctest.Test.
 func startPublisher(t *testing.T, quiet, maxDelay time.Duration) (*publisher, *metrics) {
 	m := newMetrics()
-	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop(), nil, 0, nil, 0, 0), translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
+	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop(), m, nil, 0, 0, 0), nil, translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.run(ctx) }()
@@ -54,7 +54,7 @@ func oneInstance(rev int64, sessions int) *registry.State {
 
 func publishedRevision(p *publisher) int64 {
 	if cur := p.snapshotNow(); cur != nil {
-		return cur.state.Revision
+		return cur.State.Revision
 	}
 	return 0
 }
@@ -166,7 +166,7 @@ func TestInvalidSnapshotKeepsTheLastGood(t *testing.T) {
 		time.Sleep(time.Second)
 		synctest.Wait()
 		good := p.snapshotNow()
-		if good == nil || good.state.Revision != 1 {
+		if good == nil || good.State.Revision != 1 {
 			t.Fatal("the first state was not published")
 		}
 		goodVersions := p.xds.Versions()
@@ -174,7 +174,7 @@ func TestInvalidSnapshotKeepsTheLastGood(t *testing.T) {
 		time.Sleep(time.Second)
 		synctest.Wait()
 		if cur := p.snapshotNow(); cur != good {
-			t.Fatalf("an invalid snapshot replaced the last good one (now revision %d)", cur.state.Revision)
+			t.Fatalf("an invalid snapshot replaced the last good one (now revision %d)", cur.State.Revision)
 		}
 		if v := p.xds.Versions(); !maps.Equal(v, goodVersions) {
 			t.Fatalf("the xDS cache's versions moved from %v to %v: it does not serve the last good configuration any more", goodVersions, v)
@@ -201,7 +201,7 @@ func TestPersistentProblemsAreLoggedOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var buf syncbuf.Buffer
 		m := newMetrics()
-		p := newPublisher(zerolog.New(&buf), m, newXDSCache(zerolog.Nop(), nil, 0, nil, 0, 0), translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
+		p := newPublisher(zerolog.New(&buf), m, newXDSCache(zerolog.Nop(), m, nil, 0, 0, 0), nil, translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); p.run(ctx) }()

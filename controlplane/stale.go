@@ -42,7 +42,7 @@ func (cp *ControlPlane) unconfirmedFor(now time.Time) (time.Duration, bool) {
 // address in front of them, to a replica that follows etcd (an Envoy keeps its configuration
 // while it reconnects). Streams that connect meanwhile are served the last configuration:
 // with a single replica, or etcd lost by every replica, that is the best there is, and it is
-// what Envoy keeps anyway. /readyz fails for the whole time (see adminHandler). When a
+// what Envoy keeps anyway. /readyz fails for the whole time (see admin.Handler). When a
 // confirmation comes again, the replica is ready again.
 func (cp *ControlPlane) watchConfirmation(ctx context.Context) {
 	if cp.cfg.StaleAfter <= 0 {

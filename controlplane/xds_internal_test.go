@@ -1,13 +1,16 @@
 package controlplane
 
 import (
+	"context"
 	"net"
 	"testing"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+	"google.golang.org/genproto/googleapis/rpc/status"
 )
 
 // TestLoopback: the start-up warning about plaintext xDS fires for every address but loopback.
@@ -26,12 +29,22 @@ func TestLoopback(t *testing.T) {
 // was never sent.
 func TestNACKCountsOnlySentNonces(t *testing.T) {
 	m := newMetrics()
-	tr := newTracker(zerolog.Nop(), m)
-	id := streamKey{"sotw", 1}
-	tr.open(id)
+	cache := newXDSCache(zerolog.Nop(), m, nil, 0, 0, 0)
+	cb := cache.Callbacks(nil)
+	ctx := context.Background()
+	if err := cb.OnStreamOpen(ctx, 1, ""); err != nil {
+		t.Fatal(err)
+	}
+	request := func(node *core.Node, nonce string) {
+		t.Helper()
+		if err := cb.OnStreamRequest(1, &discovery.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType, ResponseNonce: nonce,
+			ErrorDetail: &status.Status{Code: 3, Message: "no"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	node := &core.Node{Id: "envoy", Cluster: "edge"}
 	for _, nonce := range []string{"made-up", "1"} {
-		tr.request(id, node, resourcev3.ClusterType, nonce, &errorDetail{code: 3, message: "no"})
+		request(node, nonce)
 	}
 	// The known types' series exist from the start, at zero; nothing else may appear.
 	if n := testutil.CollectAndCount(m.nacks); n != len(xdsTypes) {
@@ -42,12 +55,12 @@ func TestNACKCountsOnlySentNonces(t *testing.T) {
 			t.Fatalf("NACKs of %s = %v after NACKs of nonces never sent; want 0", typ, got)
 		}
 	}
-	tr.response(id, resourcev3.ClusterType, "1", "v1")
-	tr.request(id, nil, resourcev3.ClusterType, "1", &errorDetail{code: 3, message: "no"})
+	cb.OnStreamResponse(ctx, 1, nil, &discovery.DiscoveryResponse{TypeUrl: resourcev3.ClusterType, Nonce: "1", VersionInfo: "v1"})
+	request(nil, "1")
 	if got := testutil.ToFloat64(m.nacks.WithLabelValues("Cluster")); got != 1 {
 		t.Errorf("NACKs of Cluster = %v; want 1", got)
 	}
-	if c := tr.clients(); len(c) != 1 || c[0].NACKs != 1 || c[0].Group != "edge" {
+	if c := cache.Streams(); len(c) != 1 || c[0].NACKs != 1 || c[0].Group != "edge" {
 		t.Errorf("clients = %+v", c)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/overview"
@@ -106,7 +107,7 @@ func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("read the control plane's Envoys: GET /api/state at %s: %s", addr, resp.Status)
 	}
-	var ms controlplane.MonitorState
+	var ms admin.MonitorState
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&ms); err != nil {
 		return fmt.Errorf("read the control plane's Envoys: decode /api/state: %w", err)
 	}

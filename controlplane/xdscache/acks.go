@@ -15,8 +15,7 @@ import discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery
 
 // StreamAck is what one stream has acknowledged of one type.
 type StreamAck struct {
-	Delta bool
-	ID    int64
+	StreamKey
 	Group string
 	Node  string // the node's ID
 	// Version is the type version of the last response the Envoy ACKed ("" before its first).
@@ -48,7 +47,7 @@ func (c *Cache) Acks(typeURL string, visit func(a StreamAck, subscribed func(nam
 		}
 		w := st.watchers[t]
 		if w == nil || w.removed {
-			visit(StreamAck{Delta: st.key.delta, ID: st.key.id, Group: st.group.name, Node: st.node}, none)
+			visit(StreamAck{StreamKey: st.key, Group: st.group.name, Node: st.info.NodeID}, none)
 			continue
 		}
 		visit(c.ackOf(st, w), func(name string) bool { return c.indexed(w, name) })
@@ -57,7 +56,7 @@ func (c *Cache) Acks(typeURL string, visit func(a StreamAck, subscribed func(nam
 
 // ackOf is what st's watcher w acknowledged.
 func (c *Cache) ackOf(st *stream, w *watcher) StreamAck {
-	return StreamAck{Delta: st.key.delta, ID: st.key.id, Group: st.group.name, Node: st.node,
+	return StreamAck{StreamKey: st.key, Group: st.group.name, Node: st.info.NodeID,
 		Version: w.acked, Whole: w.acked != "" && w.ackedGen == w.subsGen, Waiting: w.outstanding, NACKed: w.nacked,
 		Watching: true}
 }

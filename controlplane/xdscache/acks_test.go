@@ -108,7 +108,7 @@ func TestSotWResendsADroppedResponse(t *testing.T) {
 		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", port)}}
 	}
 	update(t, c, res(5001))
-	c.open(streamKey{false, 1}, "")
+	c.open(StreamKey{false, 1}, "")
 	names := []string{"a", "b"}
 	sub := streamv3.NewSotwSubscription(names, false)
 	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {

@@ -59,17 +59,17 @@ func (c *Cache) nameLimit(t int) int {
 
 // refuse counts and logs a refusal and returns the error that ends the stream. what never
 // holds the client's value, only what it is and its size.
-func (c *Cache) refuse(key streamKey, reason, what string, size, bound int) error {
+func (c *Cache) refuse(key StreamKey, reason, what string, size, bound int) error {
 	if c.opts.OnRefuse != nil {
 		c.opts.OnRefuse(reason)
 	}
-	c.opts.Logger.Warn().Int64("stream", key.id).Bool("delta", key.delta).Str("reason", reason).Str("what", what).
+	c.opts.Logger.Warn().Int64("stream", key.ID).Bool("delta", key.Delta).Str("reason", reason).Str("what", what).
 		Int("size", size).Int("bound", bound).Msg("xDS request over a bound; stream ended")
 	return status.Errorf(codes.InvalidArgument, "%s: %d over this control plane's bound of %d", what, size, bound)
 }
 
 // checkNode refuses a node over its bounds.
-func (c *Cache) checkNode(key streamKey, node *core.Node) error {
+func (c *Cache) checkNode(key StreamKey, node *core.Node) error {
 	if node == nil {
 		return nil
 	}
@@ -86,7 +86,7 @@ func (c *Cache) checkNode(key streamKey, node *core.Node) error {
 }
 
 // checkNames refuses a name or a version over MaxFieldBytes.
-func (c *Cache) checkNames(key streamKey, names []string, versions map[string]string) error {
+func (c *Cache) checkNames(key StreamKey, names []string, versions map[string]string) error {
 	for _, n := range names {
 		if len(n) > MaxFieldBytes {
 			return c.refuse(key, RefuseField, "resource name bytes", len(n), MaxFieldBytes)
@@ -102,7 +102,7 @@ func (c *Cache) checkNames(key streamKey, names []string, versions map[string]st
 
 // checkSotw refuses a SotW request over a bound, before the server keeps its names.
 func (c *Cache) checkSotw(id int64, req *discovery.DiscoveryRequest) error {
-	key := streamKey{false, id}
+	key := StreamKey{false, id}
 	if err := c.checkNode(key, req.GetNode()); err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func (c *Cache) checkSotw(id int64, req *discovery.DiscoveryRequest) error {
 // of its type than the limit, before the server adds them to the subscription. It reads the
 // subscription's map, which only this stream's goroutine (the caller's) edits.
 func (c *Cache) checkDelta(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	key := streamKey{true, id}
+	key := StreamKey{true, id}
 	if err := c.checkNode(key, req.GetNode()); err != nil {
 		return err
 	}

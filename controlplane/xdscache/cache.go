@@ -10,7 +10,6 @@ import (
 	"maps"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -74,14 +73,9 @@ type Options struct {
 	// OnRefuse, if set, is called with a Refuse* reason when a stream is ended for a request
 	// over a bound (see bounds.go); it must not block or call the cache.
 	OnRefuse func(reason string)
+	// Observer, if set, is told what the streams do (see Observer).
+	Observer Observer
 	Logger   zerolog.Logger
-}
-
-// SetOnClose sets Options.OnClose; call it before the cache serves a stream.
-func (c *Cache) SetOnClose(f func(typeURL string, a StreamAck)) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.opts.OnClose = f
 }
 
 // entry is one resource as served: marshalled once, shared by every response.
@@ -117,7 +111,7 @@ type Cache struct {
 	mu        sync.Mutex
 	types     [4]*typeState
 	groups    map[string]*group
-	streams   map[streamKey]*stream
+	streams   map[StreamKey]*stream
 	sotwReqs  map[*discovery.DiscoveryRequest]*stream
 	deltaReqs map[*discovery.DeltaDiscoveryRequest]*stream
 	epochNow  uint64     // notify count, to list each watcher once
@@ -158,7 +152,7 @@ func New(opts Options) *Cache {
 	if opts.InflightTimeout <= 0 {
 		opts.InflightTimeout = DefaultInflightTimeout
 	}
-	c := &Cache{opts: opts, groups: map[string]*group{}, streams: map[streamKey]*stream{},
+	c := &Cache{opts: opts, groups: map[string]*group{}, streams: map[StreamKey]*stream{},
 		sotwReqs: map[*discovery.DiscoveryRequest]*stream{}, deltaReqs: map[*discovery.DeltaDiscoveryRequest]*stream{}}
 	c.budget.Max = opts.MaxInflightBytes
 	for i, url := range Types {
@@ -224,18 +218,18 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 // respondAllLocked answers every armed watcher, streams in key order (the first-sync queue
 // then serves them in a stable order).
 func (c *Cache) respondAllLocked() {
-	keys := make([]streamKey, 0, len(c.streams))
+	keys := make([]StreamKey, 0, len(c.streams))
 	for k := range c.streams {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b streamKey) int {
-		if a.delta != b.delta {
-			if a.delta {
+	slices.SortFunc(keys, func(a, b StreamKey) int {
+		if a.Delta != b.Delta {
+			if a.Delta {
 				return 1
 			}
 			return -1
 		}
-		return cmp.Compare(a.id, b.id)
+		return cmp.Compare(a.ID, b.ID)
 	})
 	for _, k := range keys {
 		for _, w := range c.streams[k].watchers {
@@ -255,7 +249,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 	if ts, changed, ok, err := c.buildInPlace(old, items); ok || err != nil {
 		return ts, changed, err
 	}
-	short := old.url[strings.LastIndexByte(old.url, '.')+1:]
+	short := ShortType(old.url)
 	entries := make(map[string]*entry, len(items))
 	var changed []string
 	added := false
@@ -365,7 +359,7 @@ const responseOverhead = 128
 // encode checks and marshals a new or changed resource. When its content is old's (same
 // encoding, new pointer) the old encoding is kept, with the new pointer remembered.
 func (c *Cache) encode(url, name string, r types.Resource, old *entry) (*entry, error) {
-	short := url[strings.LastIndexByte(url, '.')+1:]
+	short := ShortType(url)
 	if c.opts.Check != nil {
 		if err := c.opts.Check(r); err != nil {
 			return nil, fmt.Errorf("%s %q: %w", short, name, err)

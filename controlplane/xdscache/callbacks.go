@@ -13,8 +13,8 @@ import (
 
 // Callbacks returns the server callbacks the cache needs, calling next's after its own: they
 // open and close streams (a group with no stream left is forgotten), bind each request to its
-// stream for the CreateWatch that follows, and end a stream that asks for a type not served
-// before anything (next's metrics included) sees the request.
+// stream for the CreateWatch that follows, record the nonces sent and answered (Streams), and
+// end a stream that asks for a type not served before anything (next included) sees the request.
 func (c *Cache) Callbacks(next serverv3.Callbacks) serverv3.Callbacks {
 	if next == nil {
 		next = serverv3.CallbackFuncs{}
@@ -40,12 +40,12 @@ func (b callbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) e
 	if err := b.next.OnStreamOpen(ctx, id, typeURL); err != nil {
 		return err
 	}
-	b.c.open(streamKey{false, id}, typeURL)
+	b.c.open(StreamKey{false, id}, typeURL)
 	return nil
 }
 
 func (b callbacks) OnStreamClosed(id int64, node *core.Node) {
-	b.c.closeStream(streamKey{false, id})
+	b.c.closeStream(StreamKey{false, id})
 	b.next.OnStreamClosed(id, node)
 }
 
@@ -63,6 +63,7 @@ func (b callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) er
 }
 
 func (b callbacks) OnStreamResponse(ctx context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	b.c.responded(StreamKey{false, id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 	b.next.OnStreamResponse(ctx, id, req, resp)
 }
 
@@ -70,12 +71,12 @@ func (b callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, typeURL stri
 	if err := b.next.OnDeltaStreamOpen(ctx, id, typeURL); err != nil {
 		return err
 	}
-	b.c.open(streamKey{true, id}, typeURL)
+	b.c.open(StreamKey{true, id}, typeURL)
 	return nil
 }
 
 func (b callbacks) OnDeltaStreamClosed(id int64, node *core.Node) {
-	b.c.closeStream(streamKey{true, id})
+	b.c.closeStream(StreamKey{true, id})
 	b.next.OnDeltaStreamClosed(id, node)
 }
 
@@ -95,6 +96,7 @@ func (b callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryR
 }
 
 func (b callbacks) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+	b.c.responded(StreamKey{true, id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
 	b.next.OnStreamDeltaResponse(id, req, resp)
 }
 

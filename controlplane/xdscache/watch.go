@@ -13,18 +13,14 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// streamKey names a stream: go-control-plane numbers SotW and delta streams apart.
-type streamKey struct {
-	delta bool
-	id    int64
-}
-
-// stream is one Envoy's stream, from its open to its close.
+// stream is one Envoy's stream, from its open to its close: what it subscribes to and
+// acknowledged (its watchers), and what the admin API shows of it (info, streams.go).
 type stream struct {
-	key      streamKey
+	key      StreamKey
 	typeURL  string // a single-type stream's type; "" for ADS
 	group    *group // set by the first request, which names the node
-	node     string // the node's ID, from the same request
+	info     ClientInfo
+	sent     map[string]string // nonce -> type version sent and not answered yet
 	watchers [4]*watcher
 	// The request seen by the callbacks and not yet watched (at most one: the server calls
 	// CreateWatch right after the callback, or drops a stale-nonce request).
@@ -147,14 +143,18 @@ func (c *Cache) nextWatcher() uint64 {
 }
 
 // open registers a stream.
-func (c *Cache) open(key streamKey, typeURL string) {
+func (c *Cache) open(key StreamKey, typeURL string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.streams[key] = &stream{key: key, typeURL: typeURL}
+	c.streams[key] = &stream{key: key, typeURL: typeURL, sent: map[string]string{},
+		info: ClientInfo{StreamID: key.ID, Variant: key.Variant(), ConnectedAt: time.Now().UTC(), Acked: map[string]string{}}}
+	if c.opts.Observer != nil {
+		c.opts.Observer.Opened(key)
+	}
 }
 
 // closeStream forgets a stream, its watchers and, with its last stream, its group.
-func (c *Cache) closeStream(key streamKey) {
+func (c *Cache) closeStream(key StreamKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.streams[key]
@@ -162,6 +162,9 @@ func (c *Cache) closeStream(key streamKey) {
 		return
 	}
 	delete(c.streams, key)
+	if c.opts.Observer != nil {
+		c.opts.Observer.Closed(&st.info)
+	}
 	if c.opts.OnClose != nil && st.group != nil {
 		for t, w := range st.watchers {
 			if w != nil && !w.removed {
@@ -215,7 +218,7 @@ func (c *Cache) closeStream(key streamKey) {
 func (c *Cache) bindSotw(id int64, req *discovery.DiscoveryRequest) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := c.streams[streamKey{false, id}]
+	st := c.streams[StreamKey{false, id}]
 	if st == nil {
 		return fmt.Errorf("stream %d is not open", id)
 	}
@@ -225,6 +228,7 @@ func (c *Cache) bindSotw(id int64, req *discovery.DiscoveryRequest) error {
 	st.sotwReq = req
 	c.sotwReqs[req] = st
 	c.join(st, req.GetNode())
+	c.answered(st, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
 	if t := typeIndex(req.GetTypeUrl()); t >= 0 {
 		if w := st.watchers[t]; w != nil && slices.Equal(w.lastNames, req.ResourceNames) {
 			req.ResourceNames = w.lastNames // an ACK repeating them: keep one copy
@@ -252,7 +256,7 @@ func (c *Cache) intern(t int, names []string) {
 func (c *Cache) bindDelta(id int64, req *discovery.DeltaDiscoveryRequest) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := c.streams[streamKey{true, id}]
+	st := c.streams[StreamKey{true, id}]
 	if st == nil {
 		return fmt.Errorf("delta stream %d is not open", id)
 	}
@@ -262,6 +266,7 @@ func (c *Cache) bindDelta(id int64, req *discovery.DeltaDiscoveryRequest) error 
 	st.deltaReq = req
 	c.deltaReqs[req] = st
 	c.join(st, req.GetNode())
+	c.answered(st, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
 	if t := typeIndex(req.GetTypeUrl()); t >= 0 {
 		c.intern(t, req.ResourceNamesSubscribe)
 		if len(req.InitialResourceVersions) > 0 {
@@ -283,12 +288,11 @@ func (c *Cache) bindDelta(id int64, req *discovery.DeltaDiscoveryRequest) error 
 	return nil
 }
 
-// join puts a stream in its node's group, once.
+// join puts a stream in its node's group, once: its first request names the node.
 func (c *Cache) join(st *stream, node *core.Node) {
 	if st.group != nil {
 		return
 	}
-	st.node = node.GetId()
 	name := node.GetCluster()
 	if c.opts.GroupOf != nil {
 		name = c.opts.GroupOf(name)
@@ -300,6 +304,10 @@ func (c *Cache) join(st *stream, node *core.Node) {
 	}
 	g.streams++
 	st.group = g
+	st.info.NodeID, st.info.Group = node.GetId(), name
+	if c.opts.Observer != nil {
+		c.opts.Observer.Named(&st.info, node)
+	}
 }
 
 // CreateWatch arms a SotW watch. An ACK that changes nothing costs O(1) beyond comparing its

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/internal/syncbuf"
@@ -166,7 +167,7 @@ func (f *fixture) waitHealth(t *testing.T, what string, want map[string]string) 
 	}
 }
 
-func (f *fixture) apiState(t *testing.T) controlplane.MonitorState {
+func (f *fixture) apiState(t *testing.T) admin.MonitorState {
 	t.Helper()
 	resp, err := http.Get("http://" + f.cp.AdminAddr() + "/api/state")
 	if err != nil {
@@ -174,7 +175,7 @@ func (f *fixture) apiState(t *testing.T) controlplane.MonitorState {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var ms controlplane.MonitorState
+	var ms admin.MonitorState
 	if err := json.Unmarshal(b, &ms); err != nil {
 		t.Fatalf("decode /api/state: %v\n%s", err, b)
 	}
@@ -291,7 +292,7 @@ func TestDrainByIDLabelUndoAndLater(t *testing.T) {
 	f.waitHealth(t, "version 1 back", map[string]string{"a1": "HEALTHY", "a2": "DRAINING", "a3": "HEALTHY", "u1": "UNHEALTHY"})
 }
 
-func findInstance(t *testing.T, ms controlplane.MonitorState, id string) statusInstance {
+func findInstance(t *testing.T, ms admin.MonitorState, id string) statusInstance {
 	t.Helper()
 	for _, s := range ms.Services {
 		for _, in := range s.Instances {

@@ -1,4 +1,4 @@
-package controlplane
+package admin
 
 import (
 	"bufio"
@@ -17,29 +17,33 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/registry"
 )
+
+// defaultGroup is the control plane's default gateway group, which is always listed.
+const defaultGroup = "default"
 
 // fakeSource is a monitorSource whose snapshot a test swaps.
 type fakeSource struct {
 	mu      sync.Mutex
-	pub     *published
-	clients []ClientInfo
+	pub     *Snapshot
+	clients []xdscache.ClientInfo
 }
 
-func (f *fakeSource) get() (*published, []string, []ClientInfo) {
+func (f *fakeSource) get() (*Snapshot, []string, []xdscache.ClientInfo) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.pub, []string{DefaultGroup}, f.clients
+	return f.pub, []string{defaultGroup}, f.clients
 }
 
-func (f *fakeSource) set(p *published) {
+func (f *fakeSource) set(p *Snapshot) {
 	f.mu.Lock()
 	f.pub = p
 	f.mu.Unlock()
 }
 
-func snapshotOf(sessions int, state registry.InstanceState) *published {
+func snapshotOf(sessions int, state registry.InstanceState) *Snapshot {
 	in := registry.Instance{ID: "app-1", Address: "10.0.0.1", Port: 5000, State: state,
 		Thresholds: registry.Thresholds{MaxSessions: 10}, Load: registry.Load{Sessions: sessions}}
 	st := &registry.State{Revision: int64(sessions + 1), Services: map[string]*registry.Service{
@@ -52,17 +56,17 @@ func snapshotOf(sessions int, state registry.InstanceState) *published {
 			LoadBalancingWeight: wrapperspb.UInt32(40),
 		}},
 	}}}
-	return &published{state: st, res: &translate.Resources{Endpoints: []*endpointv3.ClusterLoadAssignment{cla},
+	return &Snapshot{State: st, Resources: &translate.Resources{Endpoints: []*endpointv3.ClusterLoadAssignment{cla},
 		Problems: []translate.Problem{{Service: "app", Message: "something"}}},
-		versions: map[string]string{"Cluster": "c1", "ClusterLoadAssignment": "e1"}, at: time.Now().UTC()}
+		Versions: map[string]string{"Cluster": "c1", "ClusterLoadAssignment": "e1"}, At: time.Now().UTC()}
 }
 
 func TestBuildMonitorState(t *testing.T) {
-	clients := []ClientInfo{
+	clients := []xdscache.ClientInfo{
 		{StreamID: 1, NodeID: "a", Group: "gw", Acked: map[string]string{"Cluster": "c1", "ClusterLoadAssignment": "e1"}},
 		{StreamID: 2, NodeID: "b", Group: "gw", Acked: map[string]string{"Cluster": "c1", "ClusterLoadAssignment": "e0"}},
 	}
-	ms := buildMonitorState(snapshotOf(3, registry.StateFull), []string{DefaultGroup}, clients)
+	ms := buildMonitorState(snapshotOf(3, registry.StateFull), []string{defaultGroup}, clients)
 	if !ms.Ready || ms.Revision != 4 || ms.Summary.Full != 1 || len(ms.Rejected) != 1 || len(ms.Problems) != 1 {
 		t.Fatalf("state = %+v", ms)
 	}
@@ -70,7 +74,7 @@ func TestBuildMonitorState(t *testing.T) {
 	if in.Envoy == nil || in.Envoy.Weight != 40 || in.Envoy.Health != "DRAINING" {
 		t.Errorf("envoy endpoint of app-1 = %+v", in.Envoy)
 	}
-	if len(ms.Groups) != 2 || ms.Groups[0].Name != DefaultGroup || len(ms.Groups[0].Envoys) != 0 || ms.Groups[1].Name != "gw" {
+	if len(ms.Groups) != 2 || ms.Groups[0].Name != defaultGroup || len(ms.Groups[0].Envoys) != 0 || ms.Groups[1].Name != "gw" {
 		t.Fatalf("groups = %+v", ms.Groups)
 	}
 	if e := ms.Groups[1].Envoys; len(e) != 2 || !e[0].InSync || e[1].InSync {
@@ -114,7 +118,7 @@ func TestMonitorCurrentRebuildsOnlyOnChange(t *testing.T) {
 		t.Errorf("changed source: sequence %d -> %d", s2, s3)
 	}
 	src.mu.Lock()
-	src.clients = []ClientInfo{{StreamID: 9, Group: "gw", Acked: map[string]string{}}}
+	src.clients = []xdscache.ClientInfo{{StreamID: 9, Group: "gw", Acked: map[string]string{}}}
 	src.mu.Unlock()
 	if s4, _ := m.current(); s4 == s3 {
 		t.Error("a new Envoy did not change the document")

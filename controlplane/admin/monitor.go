@@ -1,4 +1,4 @@
-package controlplane
+package admin
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/internal/overview"
 )
 
@@ -73,7 +74,7 @@ type GroupStatus struct {
 // EnvoyStatus is one connected xDS stream (inlined ClientInfo) and whether it has ACKed the
 // current version of every resource type.
 type EnvoyStatus struct {
-	ClientInfo
+	xdscache.ClientInfo
 	InSync bool `json:"inSync"`
 	// LaggingSince is set while the Envoy is reported as lagging: it held the promotion of a
 	// new endpoint (LaggingEndpoint) past --publish-settle and has not caught up.
@@ -83,7 +84,7 @@ type EnvoyStatus struct {
 
 // monitorSource returns what the monitor shows: the published snapshot (nil before the
 // first), the gateway groups and the connected Envoys.
-type monitorSource func() (*published, []string, []ClientInfo)
+type monitorSource func() (*Snapshot, []string, []xdscache.ClientInfo)
 
 // monitor serves the web page, /api/state and the /api/events stream of server-sent events.
 type monitor struct {
@@ -91,6 +92,7 @@ type monitor struct {
 	// phase, when set, tells what Envoys know of each endpoint and which Envoys lag.
 	phase      func() (map[string]map[string]EndpointPhase, []LaggingEnvoy)
 	onShutdown func(func()) // registers a function called when the admin server shuts down
+	minEnvoy   string       // Options.MinEnvoyVersion
 	interval   time.Duration
 	heartbeat  time.Duration
 	slots      chan struct{}
@@ -100,9 +102,9 @@ type monitor struct {
 	stop     chan struct{}
 
 	mu      sync.Mutex
-	pub     *published
+	pub     *Snapshot
 	groups  []string
-	clients []ClientInfo
+	clients []xdscache.ClientInfo
 	phases  map[string]map[string]EndpointPhase
 	lagging []LaggingEnvoy
 	seq     uint64 // bumped each time the document changes
@@ -116,18 +118,6 @@ func newMonitor(src monitorSource, onShutdown func(func())) *monitor {
 		// Request paths /ui/... are the embedded files' paths.
 		assets: http.FileServerFS(uiFiles),
 	}
-}
-
-// newMonitor returns the control plane's monitor; its event streams end when the admin
-// server shuts down.
-func (cp *ControlPlane) newMonitor() *monitor {
-	m := newMonitor(func() (*published, []string, []ClientInfo) {
-		return cp.pub.snapshotNow(), cp.pub.groupList(), cp.Clients()
-	}, func(f func()) { cp.admin.RegisterOnShutdown(f) })
-	m.phase = func() (map[string]map[string]EndpointPhase, []LaggingEnvoy) {
-		return cp.phase.status(), cp.phase.laggingEnvoys()
-	}
-	return m
 }
 
 // current returns the document and its sequence number, rebuilding it only when the
@@ -146,6 +136,7 @@ func (m *monitor) current() (uint64, []byte) {
 		return m.seq, m.body
 	}
 	ms := buildMonitorState(pub, groups, clients)
+	ms.MinEnvoyVersion = m.minEnvoy
 	addPhases(&ms, phases, lagging)
 	b, err := json.Marshal(ms)
 	if err != nil {
@@ -175,14 +166,14 @@ func stamped(body []byte, now time.Time) []byte {
 }
 
 // buildMonitorState assembles the document of a snapshot (nil before the first publish).
-func buildMonitorState(pub *published, groups []string, clients []ClientInfo) MonitorState {
-	ms := MonitorState{Versions: map[string]string{}, Problems: []MonitorProblem{}, Groups: []GroupStatus{}, MinEnvoyVersion: MinEnvoyVersion}
+func buildMonitorState(pub *Snapshot, groups []string, clients []xdscache.ClientInfo) MonitorState {
+	ms := MonitorState{Versions: map[string]string{}, Problems: []MonitorProblem{}, Groups: []GroupStatus{}}
 	if pub == nil {
 		ms.Overview = overview.FromState(nil)
 	} else {
-		ms.Ready, ms.PublishedAt, ms.Versions = true, pub.at, pub.versions
-		ms.Overview = overview.FromState(pub.state)
-		eps := servedEndpoints(pub.res)
+		ms.Ready, ms.PublishedAt, ms.Versions = true, pub.At, pub.Versions
+		ms.Overview = overview.FromState(pub.State)
+		eps := servedEndpoints(pub.Resources)
 		for i := range ms.Services {
 			svc := &ms.Services[i]
 			for j := range svc.Instances {
@@ -191,7 +182,7 @@ func buildMonitorState(pub *published, groups []string, clients []ClientInfo) Mo
 				}
 			}
 		}
-		for _, p := range pub.res.Problems {
+		for _, p := range pub.Resources.Problems {
 			ms.Problems = append(ms.Problems, MonitorProblem{Service: p.Service, Message: p.Message})
 		}
 	}
