@@ -120,7 +120,7 @@ Flags:
 	fs.StringVar(&o.xdsCert, "xds-tls-cert", "", "certificate file to serve xDS over TLS (with --xds-tls-key)")
 	fs.StringVar(&o.xdsKey, "xds-tls-key", "", "private key file to serve xDS over TLS")
 	fs.StringVar(&o.xdsCA, "xds-client-ca", "", "CA file: require Envoys to present a client certificate it signs (mutual TLS)")
-	fs.Func("memory-limit", "Go's soft memory limit: auto (default: 90% of a container's memory limit, else the live heap x1.5 and at least 300MiB, so that a burst of changes is collected rather than held), off (Go's default: twice the live heap), or a size such as 1GiB; GOMEMLIMIT is obeyed in auto", func(v string) error {
+	fs.Func("memory-limit", "Go's soft memory limit: auto (default: 90% of a container's memory limit, else the live heap x1.25 and at least 300MiB, so that a burst of changes is collected rather than held), off (Go's default: twice the live heap), or a size such as 1GiB; GOMEMLIMIT is obeyed in auto", func(v string) error {
 		p, err := parseMemoryPolicy(v)
 		o.memory = p
 		return err

@@ -106,7 +106,7 @@ func TestHeadroomLimit(t *testing.T) {
 	}{
 		{0, memoryFloor},
 		{180 << 20, memoryFloor}, // 10,000 instances and 1,000 Envoys: the floor bounds the bursts
-		{400 << 20, 600 << 20},   // a larger registry: headroom, never a limit under the live heap
+		{400 << 20, 500 << 20},   // a larger registry: headroom, never a limit under the live heap
 	} {
 		if got := headroomLimit(c.live); got != c.want {
 			t.Errorf("headroomLimit(%d MiB) = %d MiB, want %d MiB", c.live>>20, got>>20, c.want>>20)
