@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -54,13 +55,14 @@ func (w *drainWatch) match(in *registry.Instance) (registry.DrainMark, bool) {
 // run lists and watches the drains until ctx ends, listing again after any failure with a
 // backoff from 100ms to drainRetryMax.
 func (w *drainWatch) run(ctx context.Context) {
-	delay := 100 * time.Millisecond
+	b := etcdconn.Backoff{Max: drainRetryMax}
 	denied := false
 	for ctx.Err() == nil {
-		err := w.follow(ctx, func() { delay = 100 * time.Millisecond })
+		err := w.follow(ctx, b.Reset)
 		if ctx.Err() != nil {
 			return
 		}
+		delay := b.Next()
 		switch {
 		case errors.Is(err, rpctypes.ErrPermissionDenied):
 			if !denied {
@@ -70,14 +72,9 @@ func (w *drainWatch) run(ctx context.Context) {
 		default:
 			w.log.Debug().Err(err).Dur("retryIn", delay).Msg("following the drains failed")
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !etcdconn.Sleep(ctx, delay) {
 			return
-		case <-t.C:
 		}
-		delay = min(2*delay, drainRetryMax)
 	}
 }
 

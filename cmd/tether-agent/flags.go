@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 )
 
 // labels is the repeatable --label k=v flag; one value may also hold a comma-separated list
@@ -58,7 +59,7 @@ type options struct {
 func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
 	o := &options{cfg: agent.DefaultConfig()}
 	c := &o.cfg
-	var etcd cli.EtcdFlags
+	var etcd etcdconn.Flags
 	fs := flag.NewFlagSet("tether-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -156,7 +157,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 
 // checkEnv refuses TETHER_* variables of environ that set nothing (a misspelt name).
 func (o *options) checkEnv(environ []string) error {
-	return cli.UnknownEnv(o.fs, environ, cli.PasswordEnv)
+	return cli.UnknownEnv(o.fs, environ, etcdconn.PasswordEnv)
 }
 
 // defaultSessionsURL is where sessions are counted when --max-sessions is set without

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -35,7 +36,7 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	var etcd cli.EtcdFlags
+	var etcd etcdconn.Flags
 	etcd.Register(fs, "127.0.0.1:2379")
 	prefix := fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
 	timeout := fs.Duration("timeout", 10*time.Second, "time limit for the etcd request")

@@ -31,7 +31,7 @@ func statusMain(ctx context.Context, args []string, lookup func(string) (string,
 		fmt.Fprintln(stderr, "Usage: tether-controlplane status [flags]\n\nPrints every service and instance of the registry, read once from etcd.\n\nFlags:")
 		fs.PrintDefaults()
 	}
-	var etcd cli.EtcdFlags
+	var etcd etcdconn.Flags
 	etcd.Register(fs, "127.0.0.1:2379")
 	prefix := fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
 	asJSON := fs.Bool("json", false, "print the overview as JSON instead of a table")
@@ -133,13 +133,9 @@ func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
 // applies the drains (and, unless allowLoopback, the refusal of loopback addresses) as the
 // control plane does, so that both show the same states.
 func readState(ctx context.Context, cfg clientv3.Config, prefix string, allowLoopback bool) (*registry.State, error) {
-	if err := etcdconn.Reachable(ctx, cfg.Endpoints, cfg.DialTimeout); err != nil {
-		return nil, err
-	}
-	cfg.Context = ctx
-	cli, err := clientv3.New(cfg)
+	cli, err := etcdconn.Open(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
+		return nil, err
 	}
 	defer cli.Close()
 	l, err := registry.List(ctx, cli, prefix)

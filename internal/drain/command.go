@@ -69,7 +69,7 @@ func (l labelFlags) Set(s string) error {
 
 // common holds the flags every drain command takes.
 type common struct {
-	etcd      cli.EtcdFlags
+	etcd      etcdconn.Flags
 	prefix    *string
 	opTimeout *time.Duration
 }
@@ -96,13 +96,9 @@ func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(stri
 	if err != nil {
 		return nil, "", exitUsage, err
 	}
-	if err := etcdconn.Reachable(ctx, ec.Endpoints, ec.DialTimeout); err != nil {
-		return nil, "", exitFailure, err
-	}
-	ec.Context = ctx
-	cl, err := clientv3.New(ec)
+	cl, err := etcdconn.Open(ctx, ec)
 	if err != nil {
-		return nil, "", exitFailure, fmt.Errorf("etcd client for %v: %w", ec.Endpoints, err)
+		return nil, "", exitFailure, err
 	}
 	return cl, p, exitOK, nil
 }
