@@ -14,6 +14,8 @@ import (
 
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
+
+	"github.com/tetherlb/tether/registry"
 )
 
 // Durations in logs read as durations ("uptime":"37h49m24.49s", "timeout":"10m0s"), not as
@@ -105,6 +107,31 @@ func EditDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// Labels is the repeatable --label KEY=VALUE flag of the agent and of drain; one value may
+// also hold a comma-separated list (as TETHER_LABEL must).
+type Labels map[string]string
+
+func (l Labels) String() string { return registry.LabelString(l) }
+
+// Set takes KEY=VALUE, or a comma-separated list of them; a key given twice with two values
+// is refused, since an instance has one value per label.
+func (l Labels) Set(s string) error {
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return fmt.Errorf("%q is not KEY=VALUE, e.g. version=1.4.1", kv)
+		}
+		if err := registry.ValidateLabel(k, v); err != nil {
+			return err
+		}
+		if old, dup := l[k]; dup && old != v {
+			return fmt.Errorf("label %q given twice (%q and %q): an instance has one value per label", k, old, v)
+		}
+		l[k] = v
+	}
+	return nil
 }
 
 // NewLogger builds the zerolog logger: level debug|info|warn|error, format json|console

@@ -44,29 +44,6 @@ const (
 // pollInterval is how often --wait reads the registry; tests shorten it.
 var pollInterval = time.Second
 
-// labelFlags collects repeated --label k=v.
-type labelFlags map[string]string
-
-func (l labelFlags) String() string { return registry.LabelString(l) }
-
-// Set takes KEY=VALUE, or a comma-separated list of them, as the agent's --label does.
-func (l labelFlags) Set(s string) error {
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
-		if !ok {
-			return fmt.Errorf("%q is not KEY=VALUE, e.g. version=1.4.1", kv)
-		}
-		if err := registry.ValidateLabel(k, v); err != nil {
-			return err
-		}
-		if old, dup := l[k]; dup && old != v {
-			return fmt.Errorf("label %q given twice (%q and %q): an instance has one value per label", k, old, v)
-		}
-		l[k] = v
-	}
-	return nil
-}
-
 // common holds the flags every drain command takes.
 type common struct {
 	etcd      etcdconn.Flags
@@ -142,7 +119,7 @@ Flags:
 	}
 	var c common
 	c.register(fs)
-	labels := labelFlags{}
+	labels := cli.Labels{}
 	fs.Var(labels, "label", "select the instances carrying this label, KEY=VALUE (repeat, or comma-separate: all must match)")
 	undo := fs.Bool("undo", false, "remove the drain: the instances take new sessions again")
 	wait := fs.Bool("wait", false, "after draining, wait until the drained instances hold no sessions, printing the count as it falls")
@@ -196,7 +173,7 @@ Flags:
 }
 
 // target reads SERVICE/ID or SERVICE with labels into a service and a drain.
-func target(pos []string, labels labelFlags) (string, registry.Drain, error) {
+func target(pos []string, labels cli.Labels) (string, registry.Drain, error) {
 	var d registry.Drain
 	if len(pos) != 1 {
 		return "", d, errors.New("give one target: SERVICE/ID, or SERVICE with --label KEY=VALUE (see -h)")
