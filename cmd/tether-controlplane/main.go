@@ -22,18 +22,10 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
-	"github.com/tetherlb/tether/internal/drain"
+	"github.com/tetherlb/tether/internal/ctl"
 	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/version"
 )
-
-// subcommands are the operator's commands; without one the binary runs the control plane.
-var subcommands = map[string]func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int{
-	"status":  statusMain,
-	"drain":   drain.Main,
-	"drains":  drain.ListMain,
-	"service": serviceMain,
-}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stderr))
@@ -191,7 +183,8 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 		return 0
 	}
 	if len(args) > 0 {
-		if sub, ok := subcommands[args[0]]; ok {
+		// The operator's commands; without one the binary runs the control plane.
+		if sub, ok := ctl.Commands[args[0]]; ok {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return sub(ctx, args[1:], lookup, os.Stdout, stderr)

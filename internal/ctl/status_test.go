@@ -1,4 +1,4 @@
-package main
+package ctl
 
 import (
 	"bytes"
@@ -65,7 +65,7 @@ func runStatus(t *testing.T, args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	code := statusMain(ctx, args, func(string) (string, bool) { return "", false }, &out, &errb)
+	code := Status(ctx, args, func(string) (string, bool) { return "", false }, &out, &errb)
 	return code, out.String(), errb.String()
 }
 

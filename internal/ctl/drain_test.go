@@ -1,4 +1,4 @@
-package drain
+package ctl
 
 import (
 	"context"
@@ -44,9 +44,9 @@ func runCmd(t *testing.T, etcd string, env map[string]string, args ...string) re
 	args = append(args, "--etcd-endpoints", etcd)
 	var code int
 	if args[0] == "drains" {
-		code = ListMain(ctx, args[1:], lookup, &out, &errb)
+		code = Drains(ctx, args[1:], lookup, &out, &errb)
 	} else {
-		code = Main(ctx, args[1:], lookup, &out, &errb)
+		code = Drain(ctx, args[1:], lookup, &out, &errb)
 	}
 	return result{code, out.String(), errb.String()}
 }
@@ -320,7 +320,7 @@ func TestWaitReturnsAtZeroSessions(t *testing.T) {
 	defer cancel()
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"app", "--label", "version=1", "--wait", "--timeout", "20s", "--etcd-endpoints", etcd},
+		done <- Drain(ctx, []string{"app", "--label", "version=1", "--wait", "--timeout", "20s", "--etcd-endpoints", etcd},
 			func(string) (string, bool) { return "", false }, &out, &errb)
 	}()
 	waitOutput(t, &out, "8 sessions on 2 drained instances")
@@ -487,7 +487,7 @@ func TestDrainMessages(t *testing.T) {
 	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 0)
 	putInstance(t, cli, "a2", 5002, "2", registry.StateAvailable, 5)
 	var out, errb syncbuf.Buffer
-	if code := Main(context.Background(), []string{"-h"}, func(string) (string, bool) { return "", false }, &out, &errb); code != 0 || strings.Contains(errb.String(), "see tether-controlplane drain -h") {
+	if code := Drain(context.Background(), []string{"-h"}, func(string) (string, bool) { return "", false }, &out, &errb); code != 0 || strings.Contains(errb.String(), "see tether-controlplane drain -h") {
 		t.Errorf("drain -h: exit %d, it refers to itself:\n%s", code, errb.String())
 	}
 	if r := runCmd(t, srv.ClientURL, nil, "drain", "app", "--label", "version=9", "--undo"); r.code != 2 || !strings.Contains(r.stderr, "version=9 are not drained") {
@@ -498,7 +498,7 @@ func TestDrainMessages(t *testing.T) {
 	var wout, werr syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
+		done <- Drain(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
 	}()
 	waitOutput(t, &wout, "5 sessions")
 	cancel()
@@ -555,7 +555,7 @@ func TestUndoAndWaitEndings(t *testing.T) {
 		defer cancel()
 		done := make(chan int, 1)
 		go func() {
-			done <- Main(ctx, []string{"app", "--label", "version=2", "--wait", "--timeout", "25s", "--etcd-endpoints", etcd},
+			done <- Drain(ctx, []string{"app", "--label", "version=2", "--wait", "--timeout", "25s", "--etcd-endpoints", etcd},
 				func(string) (string, bool) { return "", false }, &out, &errb)
 		}()
 		waitOutput(t, &out, "4 sessions on 1 drained instance")
@@ -602,7 +602,7 @@ func TestCtrlCDuringAReadOfWait(t *testing.T) {
 		var wout, werr syncbuf.Buffer
 		done := make(chan int, 1)
 		go func() {
-			done <- Main(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
+			done <- Drain(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
 		}()
 		waitOutput(t, &wout, "5 sessions")
 		time.Sleep(time.Duration(i) * 100 * time.Microsecond)

@@ -1,4 +1,4 @@
-package main
+package ctl
 
 import (
 	"bytes"
@@ -17,7 +17,7 @@ func runService(t *testing.T, args ...string) (int, string, string) {
 	var out, errOut bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	code := serviceMain(ctx, args, func(string) (string, bool) { return "", false }, &out, &errOut)
+	code := Service(ctx, args, func(string) (string, bool) { return "", false }, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 

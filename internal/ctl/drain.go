@@ -1,8 +1,10 @@
-// Package drain implements `tether-controlplane drain` and `tether-controlplane drains`: an
-// operator takes instances out of rotation (by ID, or every instance of a version by label)
-// by writing a drain under <prefix>/drains/<service>/<name>, removes it with --undo, waits
-// with --wait until the drained instances hold no sessions, and lists the drains.
-package drain
+// Package ctl holds tether-controlplane's operator commands, each a function of its
+// arguments, environment and output that returns the exit code: status prints the registry;
+// drain takes instances out of rotation (by ID, or every instance of a version by label) by
+// writing a drain under <prefix>/drains/<service>/<name>, removes it with --undo, waits with
+// --wait until the drained instances hold no sessions; drains lists the drains; service
+// validates and writes a service's configuration. The binary's main only dispatches to them.
+package ctl
 
 import (
 	"context"
@@ -23,6 +25,13 @@ import (
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
+
+// Command is one operator command: args follow its name; flags also read TETHER_<FLAG> from
+// lookup. It returns the exit code.
+type Command func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int
+
+// Commands are tether-controlplane's operator commands by name.
+var Commands = map[string]Command{"status": Status, "drain": Drain, "drains": Drains, "service": Service}
 
 // Exit codes of the commands.
 const (
@@ -96,8 +105,8 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// Main runs `tether-controlplane drain`; args follow "drain". It returns the exit code.
-func Main(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+// Drain runs `tether-controlplane drain`; args follow "drain". It returns the exit code.
+func Drain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether-controlplane drain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	usage := func() {
@@ -213,17 +222,27 @@ type snapshot struct {
 	mods map[string]int64
 }
 
-// read lists the registry once, at one revision.
+// read lists the registry once, at one revision, within --request-timeout.
 func (c *command) read(ctx context.Context) (*snapshot, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
-	l, err := registry.List(ctx, c.cli, c.prefix)
+	return read(ctx, c.cli, c.prefix, true)
+}
+
+// read lists the registry under prefix once, at one revision, and applies the drains (and,
+// unless allowLoopback, the refusal of loopback addresses) as the control plane does, so
+// that every command shows the states the control plane serves.
+func read(ctx context.Context, cli *clientv3.Client, prefix string, allowLoopback bool) (*snapshot, error) {
+	l, err := registry.List(ctx, cli, prefix)
 	if err != nil {
-		return nil, fmt.Errorf("read etcd %v: %w", c.cli.Endpoints(), err)
+		return nil, fmt.Errorf("read etcd %v: %w", cli.Endpoints(), err)
 	}
-	kvs := l.KVs
-	s := &snapshot{st: registry.ApplyDrains(registry.BuildState(c.prefix, l.Revision, kvs, nil)), mods: make(map[string]int64, len(kvs))}
-	for _, kv := range kvs {
+	st := registry.BuildState(prefix, l.Revision, l.KVs, nil)
+	if !allowLoopback {
+		refuseLoopback(st, prefix)
+	}
+	s := &snapshot{st: registry.ApplyDrains(st), mods: make(map[string]int64, len(l.KVs))}
+	for _, kv := range l.KVs {
 		s.mods[string(kv.Key)] = kv.ModRevision
 	}
 	return s, nil
@@ -478,8 +497,8 @@ func (c *command) undo(ctx context.Context, d registry.Drain) (int, error) {
 	return exitOK, nil
 }
 
-// ListMain runs `tether-controlplane drains`; args follow "drains".
-func ListMain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+// Drains runs `tether-controlplane drains`; args follow "drains".
+func Drains(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether-controlplane drains", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {

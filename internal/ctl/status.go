@@ -1,4 +1,4 @@
-package main
+package ctl
 
 import (
 	"context"
@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/etcdconn"
@@ -20,11 +18,11 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// statusMain runs `tether-controlplane status [flags]`: it reads the registry once from etcd and
+// Status runs `tether-controlplane status [flags]`: it reads the registry once from etcd and
 // prints the overview as a table, or as JSON with --json. args are the arguments after
 // "status"; flags also read TETHER_<FLAG> from lookup. It returns the exit code: 0 on
 // success, 1 when etcd cannot be read, 2 on a usage error.
-func statusMain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+func Status(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether-controlplane status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -67,11 +65,16 @@ func statusMain(ctx context.Context, args []string, lookup func(string) (string,
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	st, err := readState(ctx, ec, p, *allowLoopback)
+	cli, err := etcdconn.Open(ctx, ec)
 	if err != nil {
 		return fail(1, err)
 	}
-	ov := overview.FromState(st)
+	defer cli.Close()
+	snap, err := read(ctx, cli, p, *allowLoopback)
+	if err != nil {
+		return fail(1, err)
+	}
+	ov := overview.FromState(snap.st)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -127,26 +130,6 @@ func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
 	}
 	_, err = fmt.Fprintf(w, "\nEnvoys at %s: %d connected, %d below the minimum version %s:\n%s", addr, n, old, ms.MinEnvoyVersion, b.String())
 	return err
-}
-
-// readState reads the registry under prefix once, at one revision, with a client of cfg, and
-// applies the drains (and, unless allowLoopback, the refusal of loopback addresses) as the
-// control plane does, so that both show the same states.
-func readState(ctx context.Context, cfg clientv3.Config, prefix string, allowLoopback bool) (*registry.State, error) {
-	cli, err := etcdconn.Open(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer cli.Close()
-	l, err := registry.List(ctx, cli, prefix)
-	if err != nil {
-		return nil, fmt.Errorf("read etcd %v: %w", cfg.Endpoints, err)
-	}
-	st := registry.BuildState(prefix, l.Revision, l.KVs, nil)
-	if !allowLoopback {
-		refuseLoopback(st, prefix)
-	}
-	return registry.ApplyDrains(st), nil
 }
 
 // refuseLoopback moves the instances on loopback addresses to the rejected keys, with the

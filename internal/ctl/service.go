@@ -1,4 +1,4 @@
-package main
+package ctl
 
 import (
 	"context"
@@ -16,13 +16,13 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// serviceMain runs `tether-controlplane service put SERVICE FILE|-`, `service get SERVICE`
+// Service runs `tether-controlplane service put SERVICE FILE|-`, `service get SERVICE`
 // and `service delete SERVICE`. put validates the configuration with the registry's own
 // decoder, listing every error, and writes it only when valid: an invalid value in etcd is
 // served with its bad fields at their defaults, or, when what identifies the service's
 // sessions is bad, leaves the service out. Exit codes: 0 done, 1 etcd failed, 2 usage
 // error or invalid configuration (nothing written).
-func serviceMain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+func Service(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tether-controlplane service", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
