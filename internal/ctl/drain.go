@@ -53,32 +53,41 @@ const (
 // pollInterval is how often --wait reads the registry; tests shorten it.
 var pollInterval = time.Second
 
-// common holds the flags every drain command takes.
+// common holds the flags every command takes: etcd's, --prefix and a time limit.
 type common struct {
-	etcd      etcdconn.Flags
-	prefix    *string
-	opTimeout *time.Duration
+	etcd        etcdconn.Flags
+	prefix      *string
+	timeoutFlag string
+	timeout     *time.Duration
 }
 
-func (c *common) register(fs *flag.FlagSet) {
+func (c *common) register(fs *flag.FlagSet, timeoutFlag, timeoutUsage string) {
 	c.etcd.Register(fs, "127.0.0.1:2379")
 	c.prefix = fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
-	c.opTimeout = fs.Duration("request-timeout", defaultOpTimeout, "time limit of each etcd request")
+	c.timeoutFlag = timeoutFlag
+	c.timeout = fs.Duration(timeoutFlag, defaultOpTimeout, timeoutUsage)
+}
+
+// check reads the environment into the flags of fs and checks the common ones; its errors
+// are usage errors. It returns the normalized prefix and the etcd client configuration.
+func (c *common) check(fs *flag.FlagSet, lookup func(string) (string, bool)) (string, clientv3.Config, error) {
+	if err := cli.BindEnv(fs, lookup); err != nil {
+		return "", clientv3.Config{}, err
+	}
+	if *c.timeout <= 0 {
+		return "", clientv3.Config{}, fmt.Errorf("--%s: %s must be positive, e.g. 10s", c.timeoutFlag, *c.timeout)
+	}
+	p, err := registry.NormalizePrefix(*c.prefix)
+	if err != nil {
+		return "", clientv3.Config{}, fmt.Errorf("--prefix: %w", err)
+	}
+	ec, err := c.etcd.ClientConfig(lookup)
+	return p, ec, err
 }
 
 // connect checks the common flags and opens an etcd client.
 func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(string) (string, bool)) (*clientv3.Client, string, int, error) {
-	if err := cli.BindEnv(fs, lookup); err != nil {
-		return nil, "", exitUsage, err
-	}
-	if *c.opTimeout <= 0 {
-		return nil, "", exitUsage, fmt.Errorf("--request-timeout: %s must be positive, e.g. 10s", *c.opTimeout)
-	}
-	p, err := registry.NormalizePrefix(*c.prefix)
-	if err != nil {
-		return nil, "", exitUsage, fmt.Errorf("--prefix: %w", err)
-	}
-	ec, err := c.etcd.ClientConfig(lookup)
+	p, ec, err := c.check(fs, lookup)
 	if err != nil {
 		return nil, "", exitUsage, err
 	}
@@ -127,7 +136,7 @@ Flags:
 		fs.PrintDefaults()
 	}
 	var c common
-	c.register(fs)
+	c.register(fs, "request-timeout", "time limit of each etcd request")
 	labels := cli.Labels{}
 	fs.Var(labels, "label", "select the instances carrying this label, KEY=VALUE (repeat, or comma-separate: all must match)")
 	undo := fs.Bool("undo", false, "remove the drain: the instances take new sessions again")
@@ -169,7 +178,7 @@ Flags:
 		return fail(code, err)
 	}
 	defer cl.Close()
-	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.opTimeout}
+	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.timeout}
 	if *undo {
 		code, err = cmd.undo(ctx, d)
 	} else {
@@ -506,7 +515,7 @@ func Drains(ctx context.Context, args []string, lookup func(string) (string, boo
 		fs.PrintDefaults()
 	}
 	var c common
-	c.register(fs)
+	c.register(fs, "request-timeout", "time limit of each etcd request")
 	asJSON := fs.Bool("json", false, "print the drains as JSON")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -534,7 +543,7 @@ func Drains(ctx context.Context, args []string, lookup func(string) (string, boo
 		return fail(code, err)
 	}
 	defer cl.Close()
-	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.opTimeout}
+	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.timeout}
 	snap, err := cmd.read(ctx)
 	if err != nil {
 		return fail(exitFailure, err)

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/controlplane"
-	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
@@ -29,11 +28,9 @@ func Status(ctx context.Context, args []string, lookup func(string) (string, boo
 		fmt.Fprintln(stderr, "Usage: tether-controlplane status [flags]\n\nPrints every service and instance of the registry, read once from etcd.\n\nFlags:")
 		fs.PrintDefaults()
 	}
-	var etcd etcdconn.Flags
-	etcd.Register(fs, "127.0.0.1:2379")
-	prefix := fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
+	var c common
+	c.register(fs, "timeout", "time limit for reading etcd")
 	asJSON := fs.Bool("json", false, "print the overview as JSON instead of a table")
-	timeout := fs.Duration("timeout", 10*time.Second, "time limit for reading etcd")
 	allowLoopback := fs.Bool("allow-loopback-backends", false, "show instances on loopback addresses as served, as a control plane started with --allow-loopback-backends does (without it they are rejected, as the control plane rejects them)")
 	admin := fs.String("admin-addr", "", "a control plane's admin address (host:port, e.g. 127.0.0.1:18001): also list its connected Envoys older than Tether's minimum version ("+controlplane.MinEnvoyVersion+")")
 	if err := fs.Parse(args); err != nil {
@@ -49,21 +46,11 @@ func Status(ctx context.Context, args []string, lookup func(string) (string, boo
 	if fs.NArg() > 0 {
 		return fail(2, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)))
 	}
-	if err := cli.BindEnv(fs, lookup); err != nil {
-		return fail(2, err)
-	}
-	p, err := registry.NormalizePrefix(*prefix)
-	if err != nil {
-		return fail(2, fmt.Errorf("--prefix: %w", err))
-	}
-	if *timeout <= 0 {
-		return fail(2, fmt.Errorf("--timeout: %s must be positive, e.g. 10s", *timeout))
-	}
-	ec, err := etcd.ClientConfig(lookup)
+	p, ec, err := c.check(fs, lookup)
 	if err != nil {
 		return fail(2, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, *c.timeout)
 	defer cancel()
 	cli, err := etcdconn.Open(ctx, ec)
 	if err != nil {
