@@ -33,21 +33,21 @@ type result struct {
 	stdout, stderr string
 }
 
-// runCmd runs `tether-controlplane drain` (or `drains` when the first argument is "drains")
-// against etcd with env as the environment.
+// runCmd runs the command args[0] (drain, drains, status, service) against etcd with env
+// as the environment.
 func runCmd(t *testing.T, etcd string, env map[string]string, args ...string) result {
+	t.Helper()
+	return run(t, env, append(args, "--etcd-endpoints", etcd)...)
+}
+
+// run runs the command args[0] with the rest of args and env as the environment.
+func run(t *testing.T, env map[string]string, args ...string) result {
 	t.Helper()
 	var out, errb syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	args = append(args, "--etcd-endpoints", etcd)
-	var code int
-	if args[0] == "drains" {
-		code = Drains(ctx, args[1:], lookup, &out, &errb)
-	} else {
-		code = Drain(ctx, args[1:], lookup, &out, &errb)
-	}
+	code := Commands[args[0]](ctx, args[1:], lookup, &out, &errb)
 	return result{code, out.String(), errb.String()}
 }
 
