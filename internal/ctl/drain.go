@@ -61,11 +61,20 @@ type common struct {
 	timeout     *time.Duration
 }
 
-func (c *common) register(fs *flag.FlagSet, timeoutFlag, timeoutUsage string) {
+// flags returns the flag set of `tether-controlplane name` with the common flags; -h prints
+// usage, then the flags.
+func (c *common) flags(name, usage string, stderr io.Writer, timeoutFlag, timeoutUsage string) *flag.FlagSet {
+	fs := flag.NewFlagSet("tether-controlplane "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
 	c.etcd.Register(fs, "127.0.0.1:2379")
 	c.prefix = fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
 	c.timeoutFlag = timeoutFlag
 	c.timeout = fs.Duration(timeoutFlag, defaultOpTimeout, timeoutUsage)
+	return fs
 }
 
 // check reads the environment into the flags of fs and checks the common ones; its errors
@@ -116,10 +125,8 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // Drain runs `tether-controlplane drain`; args follow "drain". It returns the exit code.
 func Drain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tether-controlplane drain", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	usage := func() {
-		fmt.Fprint(stderr, `Usage:
+	var c common
+	fs := c.flags("drain", `Usage:
   tether-controlplane drain SERVICE/ID [flags]                  drain one instance
   tether-controlplane drain SERVICE --label KEY=VALUE [flags]   drain every instance with these labels
   tether-controlplane drain ... --undo                          remove the drain
@@ -132,11 +139,8 @@ Exit codes: 0 done, 1 etcd failure, 2 bad arguments, 3 --wait timed out with ses
 130 --wait stopped by Ctrl-C (the drain stays in place).
 
 Flags:
-`)
-		fs.PrintDefaults()
-	}
-	var c common
-	c.register(fs, "request-timeout", "time limit of each etcd request")
+`, stderr, "request-timeout", "time limit of each etcd request")
+	usage := fs.Usage
 	labels := cli.Labels{}
 	fs.Var(labels, "label", "select the instances carrying this label, KEY=VALUE (repeat, or comma-separate: all must match)")
 	undo := fs.Bool("undo", false, "remove the drain: the instances take new sessions again")
@@ -508,14 +512,9 @@ func (c *command) undo(ctx context.Context, d registry.Drain) (int, error) {
 
 // Drains runs `tether-controlplane drains`; args follow "drains".
 func Drains(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tether-controlplane drains", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: tether-controlplane drains [SERVICE] [flags]\n\nLists the operators' drains: what each selects, since when, the instances it drains now and their sessions.\n\nFlags:")
-		fs.PrintDefaults()
-	}
 	var c common
-	c.register(fs, "request-timeout", "time limit of each etcd request")
+	fs := c.flags("drains", "Usage: tether-controlplane drains [SERVICE] [flags]\n\nLists the operators' drains: what each selects, since when, the instances it drains now and their sessions.\n\nFlags:\n",
+		stderr, "request-timeout", "time limit of each etcd request")
 	asJSON := fs.Bool("json", false, "print the drains as JSON")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {

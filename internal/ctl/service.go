@@ -20,21 +20,15 @@ import (
 // sessions is bad, leaves the service out. Exit codes: 0 done, 1 etcd failed, 2 usage
 // error or invalid configuration (nothing written).
 func Service(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tether-controlplane service", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `Usage:
+	var c common
+	fs := c.flags("service", `Usage:
   tether-controlplane service put SERVICE FILE|-   validate a service configuration (JSON), then write it
   tether-controlplane service get SERVICE          print the configuration stored in etcd
   tether-controlplane service delete SERVICE       remove it (the service then runs with the defaults)
 Use put rather than etcdctl put: an invalid configuration is refused with every error listed.
 
 Flags:
-`)
-		fs.PrintDefaults()
-	}
-	var c common
-	c.register(fs, "timeout", "time limit for the etcd request")
+`, stderr, "timeout", "time limit for the etcd request")
 	fail := func(code int, err error) int {
 		fmt.Fprintf(stderr, "tether-controlplane service: %v\n", err)
 		return code

@@ -22,14 +22,9 @@ import (
 // "status"; flags also read TETHER_<FLAG> from lookup. It returns the exit code: 0 on
 // success, 1 when etcd cannot be read, 2 on a usage error.
 func Status(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tether-controlplane status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: tether-controlplane status [flags]\n\nPrints every service and instance of the registry, read once from etcd.\n\nFlags:")
-		fs.PrintDefaults()
-	}
 	var c common
-	c.register(fs, "timeout", "time limit for reading etcd")
+	fs := c.flags("status", "Usage: tether-controlplane status [flags]\n\nPrints every service and instance of the registry, read once from etcd.\n\nFlags:\n",
+		stderr, "timeout", "time limit for reading etcd")
 	asJSON := fs.Bool("json", false, "print the overview as JSON instead of a table")
 	allowLoopback := fs.Bool("allow-loopback-backends", false, "show instances on loopback addresses as served, as a control plane started with --allow-loopback-backends does (without it they are rejected, as the control plane rejects them)")
 	admin := fs.String("admin-addr", "", "a control plane's admin address (host:port, e.g. 127.0.0.1:18001): also list its connected Envoys older than Tether's minimum version ("+controlplane.MinEnvoyVersion+")")
