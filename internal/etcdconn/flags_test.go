@@ -9,9 +9,8 @@ import (
 	"time"
 )
 
-func env(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
-}
+// noEnv is an empty environment.
+func noEnv(string) (string, bool) { return "", false }
 
 func TestClientConfig(t *testing.T) {
 	dir := t.TempDir()
@@ -20,7 +19,7 @@ func TestClientConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := Flags{Endpoints: "10.0.0.1:2379, https://10.0.0.2:2379", DialTimeout: time.Second, User: "root", PasswordFile: pwFile}
-	cfg, err := e.ClientConfig(env(nil))
+	cfg, err := e.ClientConfig(noEnv)
 	if err != nil {
 		t.Fatalf("ClientConfig: %v", err)
 	}
@@ -31,7 +30,7 @@ func TestClientConfig(t *testing.T) {
 		t.Errorf("auth = %q/%q, want root/s3cret", cfg.Username, cfg.Password)
 	}
 	e.PasswordFile = ""
-	cfg, err = e.ClientConfig(env(map[string]string{PasswordEnv: "fromenv"}))
+	cfg, err = e.ClientConfig(func(k string) (string, bool) { return "fromenv", k == PasswordEnv })
 	if err != nil || cfg.Password != "fromenv" {
 		t.Errorf("password from %s: %q, %v", PasswordEnv, cfg.Password, err)
 	}
@@ -55,7 +54,7 @@ func TestClientConfigErrorsNameFlag(t *testing.T) {
 		{"TLS with unix://", Flags{Endpoints: "unix:///run/etcd.sock", DialTimeout: time.Second, Cert: "c", Key: "k"}, "plaintext"},
 	}
 	for _, c := range cases {
-		_, err := c.e.ClientConfig(env(nil))
+		_, err := c.e.ClientConfig(noEnv)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one naming %s", c.name, err, c.want)
 		}
