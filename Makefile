@@ -126,7 +126,7 @@ soak:
 # by its coverage run, which Go's test cache would make instant (every mutant then times
 # out); the coefficient covers recompiling the package for each mutant.
 GREMLINS := github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
-MUTATE   ?= 'internal/drain@.*@' 'registry@drain\.go@' 'agent@(config|writepolicy|admission)\.go@^Test(MetricsListenAddrs|Validate|DefaultID|WritePolicy|Admission)' \
+MUTATE   ?= 'internal/ctl@.*@' 'registry@drain\.go@' 'agent@(config|writepolicy|admission)\.go@^Test(MetricsListenAddrs|Validate|DefaultID|WritePolicy|Admission)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)'
 MUTATE_TIMEOUT ?= 10
 mutate:

@@ -46,7 +46,7 @@ type runner struct {
 	// inherited from the live instances it finds when it registers, else its own key's
 	// create revision; kept across re-registrations.
 	claimSince int64
-	backoff    backoff
+	backoff    etcdconn.Backoff
 	// metricsAddr is the /metrics listener's address as published ("" when disabled).
 	metricsAddr string
 	// warning is what a control plane may refuse in the instance, logged with each
@@ -259,7 +259,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 		}
 		if force || !time.Now().Before(retryAt) {
 			if err := r.sync(bg); err != nil {
-				d := r.backoff.next()
+				d := r.backoff.Next()
 				if errors.Is(err, registry.ErrInstanceExists) {
 					retryNow, herr := r.checkHeld(bg, &held)
 					if herr != nil {
@@ -305,7 +305,7 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		if err == nil {
 			return nil
 		}
-		delay := r.backoff.next()
+		delay := r.backoff.Next()
 		if errors.Is(err, errUnreachable) {
 			r.log.Error().Err(err).Dur("retryIn", delay).Msg("cannot register: etcd is not reachable; retrying")
 		} else if errors.Is(err, registry.ErrInstanceExists) {
@@ -320,12 +320,8 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		} else {
 			r.log.Warn().Err(err).Strs("endpoints", r.cfg.Etcd.Endpoints).Dur("retryIn", delay).Msg("cannot register yet")
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !etcdconn.Sleep(ctx, delay) {
 			return ctx.Err()
-		case <-t.C:
 		}
 	}
 }

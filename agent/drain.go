@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"sync"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -54,13 +54,14 @@ func (w *drainWatch) match(in *registry.Instance) (registry.DrainMark, bool) {
 // run lists and watches the drains until ctx ends, listing again after any failure with a
 // backoff from 100ms to drainRetryMax.
 func (w *drainWatch) run(ctx context.Context) {
-	delay := 100 * time.Millisecond
+	b := etcdconn.Backoff{Max: drainRetryMax}
 	denied := false
 	for ctx.Err() == nil {
-		err := w.follow(ctx, func() { delay = 100 * time.Millisecond })
+		err := registry.Follow(ctx, w.cli, w.key, w.decode, w.set, b.Reset)
 		if ctx.Err() != nil {
 			return
 		}
+		delay := b.Next()
 		switch {
 		case errors.Is(err, rpctypes.ErrPermissionDenied):
 			if !denied {
@@ -70,65 +71,21 @@ func (w *drainWatch) run(ctx context.Context) {
 		default:
 			w.log.Debug().Err(err).Dur("retryIn", delay).Msg("following the drains failed")
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !etcdconn.Sleep(ctx, delay) {
 			return
-		case <-t.C:
 		}
-		delay = min(2*delay, drainRetryMax)
 	}
 }
 
-// follow lists the drains, then applies the watch's events until it fails; ok is called
-// after each good listing or response.
-func (w *drainWatch) follow(ctx context.Context, ok func()) error {
-	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	resp, err := w.cli.Get(lctx, w.key, clientv3.WithPrefix())
-	cancel()
-	if err != nil {
-		return fmt.Errorf("list %s: %w", w.key, err)
-	}
-	ok()
-	next := map[string]registry.Drain{}
-	for _, kv := range resp.Kvs {
-		w.decode(next, string(kv.Key), kv.Value)
-	}
-	w.set(next)
-	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer wcancel()
-	for wr := range w.cli.Watch(wctx, w.key, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
-		if err := wr.Err(); err != nil {
-			return fmt.Errorf("watch %s: %w", w.key, err)
-		}
-		ok()
-		w.mu.Lock()
-		next := maps.Clone(w.drains)
-		w.mu.Unlock()
-		for _, ev := range wr.Events {
-			if ev.Type == clientv3.EventTypeDelete {
-				delete(next, string(ev.Kv.Key[len(w.key):]))
-			} else {
-				w.decode(next, string(ev.Kv.Key), ev.Kv.Value)
-			}
-		}
-		w.set(next)
-	}
-	return fmt.Errorf("watch %s: channel closed", w.key)
-}
-
-// decode puts a drain's value into m; an invalid one is left out, as the control plane
-// leaves it out.
-func (w *drainWatch) decode(m map[string]registry.Drain, key string, value []byte) {
-	name := key[len(w.key):]
+// decode reads a drain's value; an invalid one is left out, as the control plane leaves it
+// out.
+func (w *drainWatch) decode(name string, value []byte) (registry.Drain, bool) {
 	d, err := registry.DecodeDrain(w.service, name, value)
 	if err != nil {
-		delete(m, name)
-		w.log.Debug().Err(err).Str("key", key).Msg("ignoring an invalid drain")
-		return
+		w.log.Debug().Err(err).Str("key", w.key+name).Msg("ignoring an invalid drain")
+		return d, false
 	}
-	m[name] = d
+	return d, true
 }
 
 func (w *drainWatch) set(m map[string]registry.Drain) {

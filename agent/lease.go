@@ -5,31 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/tetherlb/tether/registry"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// Re-registration backoff bounds.
-const (
-	backoffMin = 100 * time.Millisecond
-	backoffMax = 5 * time.Second
-)
-
-// backoff is capped exponential backoff with jitter: each delay is drawn from [d/2, d) with
-// d doubling from backoffMin up to backoffMax.
-type backoff struct{ n int }
-
-func (b *backoff) next() time.Duration {
-	d := min(backoffMin<<min(b.n, 16), backoffMax)
-	b.n++
-	return d/2 + rand.N(d/2)
-}
-
-func (b *backoff) reset() { b.n = 0 }
 
 // lease is the agent's etcd lease with its keep-alive, in the manner of etcd's
 // concurrency.Session, except that a lost keep-alive does not end it: after an etcd outage
@@ -186,7 +167,7 @@ func (r *runner) ensureRegistered(ctx context.Context, next registry.Instance) e
 	r.registered, r.written, r.writtenAt = true, next, time.Now()
 	r.m.setRegistered(true)
 	r.m.writes.WithLabelValues("register").Inc()
-	r.backoff.reset()
+	r.backoff.Reset()
 	ev := r.log.Info()
 	if r.warning != "" {
 		ev = r.log.Warn().Str("warning", r.warning)
@@ -212,7 +193,7 @@ func (r *runner) write(ctx context.Context, next registry.Instance, cause string
 	}
 	r.written, r.writtenAt = next, time.Now()
 	r.m.writes.WithLabelValues(cause).Inc()
-	r.backoff.reset()
+	r.backoff.Reset()
 	return nil
 }
 

@@ -47,22 +47,3 @@ func TestSessionStep(t *testing.T) {
 		}
 	}
 }
-
-func TestBackoffBounds(t *testing.T) {
-	var b backoff
-	var last time.Duration
-	for i := range 20 {
-		d := b.next()
-		if d < backoffMin/2 || d >= backoffMax {
-			t.Fatalf("attempt %d: delay %s outside [%s, %s)", i, d, backoffMin/2, backoffMax)
-		}
-		last = d
-	}
-	if last < backoffMax/2 {
-		t.Fatalf("after 20 attempts the delay is %s, want it capped near %s", last, backoffMax)
-	}
-	b.reset()
-	if d := b.next(); d >= backoffMin {
-		t.Fatalf("after reset: %s, want below %s", d, backoffMin)
-	}
-}

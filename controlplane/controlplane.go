@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,7 +38,9 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// Config configures a control plane. Zero values take the defaults of the flags.
+// Config configures a control plane. The binary starts from DefaultConfig, applies its flags
+// and calls Validate once; Start gives the zero fields of a partial Config (tests, the
+// simulation, the benchmark) their DefaultConfig values, then validates.
 type Config struct {
 	// Etcd is the etcd client configuration; with no endpoints an embedded etcd is started.
 	Etcd clientv3.Config
@@ -64,11 +68,12 @@ type Config struct {
 	// CoalesceQuiet of quiet, at most CoalesceMax (see coalescer).
 	CoalesceQuiet, CoalesceMax time.Duration
 	// PublishSettle bounds how long an Envoy that neither ACKs nor NACKs delays the promotion
-	// of a new endpoint from DRAINING (two-phase publication, see phase.go); 0 takes the default.
+	// of a new endpoint from DRAINING (two-phase publication, see phase.go); positive (Start
+	// gives a zero the default, as to every field; the flag refuses 0).
 	PublishSettle time.Duration
 	// InitialSyncs bounds the Envoys' first responses of a type in flight (sent and not yet
 	// answered): a restart under a thousand Envoys sends each several megabytes (see
-	// xdscache); 0 takes the default.
+	// xdscache); positive.
 	InitialSyncs int
 	// MaxInflightBytes bounds the bytes of xDS responses sent and not yet answered, all
 	// Envoys together, so that a burst of changes is sent in waves rather than encoded for
@@ -102,13 +107,13 @@ type Config struct {
 	// MaxServices and MaxInstancesPerService bound what is served: past them the newest
 	// services, and the newest instances of a service, are left out and reported, so that
 	// a registry filled by a holder of agent credentials cannot take the control plane's
-	// and every Envoy's memory. 0 takes the defaults.
+	// and every Envoy's memory. Positive.
 	MaxServices, MaxInstancesPerService int
 	// MaxConnsPerPeer bounds the xDS connections open at once from one IP address: more
-	// are closed as they are accepted. 0 takes the default.
+	// are closed as they are accepted. Positive.
 	MaxConnsPerPeer int
 	// MaxStreamsPerConn bounds the streams of one xDS connection (HTTP/2's
-	// MAX_CONCURRENT_STREAMS: a client's further streams wait). 0 takes the default.
+	// MAX_CONCURRENT_STREAMS: a client's further streams wait). Positive.
 	MaxStreamsPerConn int
 	// ShutdownTimeout bounds the graceful stop of the servers.
 	ShutdownTimeout time.Duration
@@ -173,57 +178,30 @@ func DefaultConfig() Config {
 	}
 }
 
-func (c *Config) withDefaults() error {
+// withDefaults gives the zero fields of a partial Config their DefaultConfig values (and a
+// negative where the flag's help says so), so that a caller names only what it changes.
+func (c *Config) withDefaults() {
 	d := DefaultConfig()
-	if c.Prefix == "" {
-		c.Prefix = d.Prefix
+	for _, f := range []struct {
+		v   *string
+		def string
+	}{{&c.Prefix, d.Prefix}, {&c.XDSAddr, d.XDSAddr}, {&c.AdminAddr, d.AdminAddr}, {&c.EmbeddedClientURL, d.EmbeddedClientURL},
+		{&c.EmbeddedPeerURL, d.EmbeddedPeerURL}, {&c.DataDir, d.DataDir}} {
+		if *f.v == "" {
+			*f.v = f.def
+		}
 	}
-	p, err := registry.NormalizePrefix(c.Prefix)
-	if err != nil {
-		return fmt.Errorf("--prefix: %w", err)
-	}
-	c.Prefix = p
-	if c.XDSAddr == "" {
-		c.XDSAddr = d.XDSAddr
-	}
-	if c.AdminAddr == "" {
-		c.AdminAddr = d.AdminAddr
+	if p, err := registry.NormalizePrefix(c.Prefix); err == nil {
+		c.Prefix = p
 	}
 	if c.ListenPort == 0 {
 		c.ListenPort = d.ListenPort
 	}
-	if c.ListenPort > 65535 {
-		return fmt.Errorf("--envoy-listen-port: %d is not a port (1-65535)", c.ListenPort)
-	}
-	if c.EmbeddedClientURL == "" {
-		c.EmbeddedClientURL = d.EmbeddedClientURL
-	}
-	if c.EmbeddedPeerURL == "" {
-		c.EmbeddedPeerURL = d.EmbeddedPeerURL
-	}
-	if c.DataDir == "" {
-		c.DataDir = d.DataDir
-	}
-	if c.CoalesceQuiet <= 0 {
-		c.CoalesceQuiet = d.CoalesceQuiet
-	}
-	if c.CoalesceMax <= 0 {
-		c.CoalesceMax = d.CoalesceMax
-	}
-	if c.CoalesceMax < c.CoalesceQuiet {
-		return fmt.Errorf("--coalesce-max (%s) must not be shorter than --coalesce-quiet (%s)", c.CoalesceMax, c.CoalesceQuiet)
-	}
-	if c.HoldShare == 0 {
-		c.HoldShare = d.HoldShare
-	}
-	if c.HoldShare > 1 {
-		return fmt.Errorf("--hold-share: %g must be between 0 and 1 (a share of a service's instances), or negative to disable", c.HoldShare)
-	}
-	if c.HoldGrace <= 0 {
-		c.HoldGrace = d.HoldGrace
-	}
-	if c.HoldWindow <= 0 {
-		c.HoldWindow = d.HoldWindow
+	for _, f := range []struct{ v, def *time.Duration }{{&c.CoalesceQuiet, &d.CoalesceQuiet}, {&c.CoalesceMax, &d.CoalesceMax},
+		{&c.PublishSettle, &d.PublishSettle}, {&c.HoldGrace, &d.HoldGrace}, {&c.HoldWindow, &d.HoldWindow}, {&c.ShutdownTimeout, &d.ShutdownTimeout}} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
 	}
 	if c.VanishGrace == 0 {
 		c.VanishGrace = d.VanishGrace
@@ -231,29 +209,76 @@ func (c *Config) withDefaults() error {
 	if c.StaleAfter == 0 {
 		c.StaleAfter = d.StaleAfter
 	}
-	if c.MaxServices <= 0 {
-		c.MaxServices = d.MaxServices
+	if c.HoldShare == 0 {
+		c.HoldShare = d.HoldShare
 	}
 	if c.MaxInflightBytes == 0 {
 		c.MaxInflightBytes = d.MaxInflightBytes
 	}
-	if c.MaxInstancesPerService <= 0 {
-		c.MaxInstancesPerService = d.MaxInstancesPerService
+	for _, f := range []struct{ v, def *int }{{&c.InitialSyncs, &d.InitialSyncs}, {&c.MaxServices, &d.MaxServices},
+		{&c.MaxInstancesPerService, &d.MaxInstancesPerService}, {&c.MaxConnsPerPeer, &d.MaxConnsPerPeer}, {&c.MaxStreamsPerConn, &d.MaxStreamsPerConn}} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
 	}
-	if c.MaxConnsPerPeer <= 0 {
-		c.MaxConnsPerPeer = d.MaxConnsPerPeer
+}
+
+// Validate checks a whole configuration (DefaultConfig with the flags applied) without I/O and
+// returns every error, each naming the flag at fault. Start validates after withDefaults.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if _, err := registry.NormalizePrefix(c.Prefix); err != nil {
+		add("--prefix: %w", err)
 	}
-	if c.MaxStreamsPerConn <= 0 {
-		c.MaxStreamsPerConn = d.MaxStreamsPerConn
+	for _, a := range []struct{ flag, v string }{{"--xds-addr", c.XDSAddr}, {"--admin-addr", c.AdminAddr}} {
+		if err := checkListenAddr(a.v); err != nil {
+			add("%s: %w", a.flag, err)
+		}
 	}
-	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = d.ShutdownTimeout
+	for _, h := range c.AdminHosts {
+		if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err != nil && strings.Trim(strings.ToLower(h), "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" {
+			add("--admin-hosts: %q must be a host name or an IP, without scheme or port", h)
+		}
+	}
+	if c.ListenPort < 1 || c.ListenPort > 65535 {
+		add("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", c.ListenPort)
+	}
+	if c.CoalesceQuiet <= 0 || c.CoalesceMax <= 0 {
+		add("--coalesce-quiet and --coalesce-max must be positive, e.g. 5ms and 50ms")
+	} else if c.CoalesceMax < c.CoalesceQuiet {
+		add("--coalesce-max (%s) must not be shorter than --coalesce-quiet (%s)", c.CoalesceMax, c.CoalesceQuiet)
+	}
+	if c.PublishSettle <= 0 {
+		add("--publish-settle must be positive, e.g. 10s")
+	}
+	if c.InitialSyncs <= 0 {
+		add("--initial-syncs must be positive, e.g. 8")
+	}
+	if c.MaxConnsPerPeer <= 0 || c.MaxStreamsPerConn <= 0 {
+		add("--max-conns-per-peer and --max-streams-per-conn must be positive, e.g. 64 and 16")
+	}
+	if c.MaxServices <= 0 || c.MaxInstancesPerService <= 0 {
+		add("--max-services and --max-instances-per-service must be positive, e.g. 2000 and 1000")
+	}
+	if c.HoldShare > 1 {
+		add("--hold-share: %g must be between 0 and 1 (a share of a service's instances), or negative to disable", c.HoldShare)
+	}
+	return errors.Join(errs...)
+}
+
+// checkListenAddr checks a listen address's form, before the embedded etcd starts: host:port
+// (host may be empty for every interface) with a port of 0-65535.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:18001 or :18000", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q must be a number, 0-65535", addr, port)
 	}
 	return nil
 }
-
-// Validate checks cfg as Start does, without starting anything; errors name the flag at fault.
-func (c Config) Validate() error { return c.withDefaults() }
 
 // ControlPlane is a running control plane.
 type ControlPlane struct {
@@ -291,7 +316,8 @@ func Run(ctx context.Context, cfg Config) error {
 // registry watch, the xDS and admin servers. It returns once every listener is bound; the
 // control plane shuts down when ctx ends (see Wait).
 func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
-	if err := cfg.withDefaults(); err != nil {
+	cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"os"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -264,63 +264,26 @@ func (l *replicaLink) serve(ctx context.Context) error {
 func (l *replicaLink) follow(ctx context.Context) {
 	pfx := registry.ReplicasPrefix(l.prefix)
 	for ctx.Err() == nil {
-		err := l.followOnce(ctx, pfx)
+		err := registry.Follow(ctx, l.cli, pfx, l.decode, l.setPeers, func() {})
 		if ctx.Err() != nil {
 			return
 		}
 		l.log.Debug().Err(err).Msg("replica reports: relisting")
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+		etcdconn.Sleep(ctx, time.Second)
 	}
 }
 
-func (l *replicaLink) followOnce(ctx context.Context, pfx string) error {
-	resp, err := l.cli.Get(ctx, pfx, clientv3.WithPrefix())
-	if err != nil {
-		return fmt.Errorf("list %s: %w", pfx, err)
-	}
-	peers := map[string]registry.Replica{}
-	for _, kv := range resp.Kvs {
-		l.take(peers, string(kv.Key[len(pfx):]), kv.Value)
-	}
-	l.setPeers(peers)
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for wr := range l.cli.Watch(wctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
-		if err := wr.Err(); err != nil {
-			return fmt.Errorf("watch %s: %w", pfx, err)
-		}
-		l.mu.Lock()
-		peers := maps.Clone(l.peers)
-		l.mu.Unlock()
-		for _, ev := range wr.Events {
-			name := string(ev.Kv.Key[len(pfx):])
-			if ev.Type == clientv3.EventTypeDelete {
-				delete(peers, name)
-				continue
-			}
-			l.take(peers, name, ev.Kv.Value)
-		}
-		l.setPeers(peers)
-	}
-	return fmt.Errorf("watch %s: channel closed", pfx)
-}
-
-// take decodes one report into peers; its own and bad ones are left out.
-func (l *replicaLink) take(peers map[string]registry.Replica, name string, raw []byte) {
+// decode reads one report; its own and bad ones are left out.
+func (l *replicaLink) decode(name string, raw []byte) (registry.Replica, bool) {
 	if name == l.name {
-		return
+		return registry.Replica{}, false
 	}
 	r, err := registry.DecodeReplica(name, raw)
 	if err != nil {
-		delete(peers, name)
 		l.log.Warn().Err(err).Str("replica", name).Msg("replica report rejected; not waiting for that replica")
-		return
+		return r, false
 	}
-	peers[name] = r
+	return r, true
 }
 
 func (l *replicaLink) setPeers(peers map[string]registry.Replica) {

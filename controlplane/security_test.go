@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tetherlb/tether/controlplane"
-	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/internal/tlstest"
@@ -71,7 +71,7 @@ func TestEtcdMutualTLSAndAuth(t *testing.T) {
 	if err := os.WriteFile(pwFile, []byte(cpPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	flags := cli.EtcdFlags{Endpoints: srv.Endpoints()[0], CA: ca.CAFile, Cert: client.CertFile, Key: client.KeyFile,
+	flags := etcdconn.Flags{Endpoints: srv.Endpoints()[0], CA: ca.CAFile, Cert: client.CertFile, Key: client.KeyFile,
 		User: "tether-controlplane", PasswordFile: pwFile, DialTimeout: 2 * time.Second}
 	noEnv := func(string) (string, bool) { return "", false }
 	etcdCfg, err := flags.ClientConfig(noEnv)
@@ -101,7 +101,7 @@ func TestEtcdMutualTLSAndAuth(t *testing.T) {
 		bad := flags
 		bad.PasswordFile = ""
 		badCfg, err := bad.ClientConfig(func(k string) (string, bool) {
-			return "not-the-password", k == cli.PasswordEnv
+			return "not-the-password", k == etcdconn.PasswordEnv
 		})
 		if err != nil {
 			t.Fatalf("etcd flags: %v", err)

@@ -12,12 +12,12 @@ import (
 	"github.com/rs/zerolog"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tetherlb/tether/internal/etcdconn"
 )
 
 // Watcher timings and sizes.
 const (
-	backoffMin  = 100 * time.Millisecond
-	backoffMax  = 5 * time.Second
 	listTimeout = 15 * time.Second // one page of a listing, etcd's client waits for a connection
 	// maxHistory bounds how many earlier versions of a rejected service configuration are
 	// read back looking for a valid one.
@@ -154,7 +154,7 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 	var cur *State // the last emitted State
 	var rev int64  // revision up to which every event has been applied
 	relist := true
-	delay := backoffMin
+	var b etcdconn.Backoff
 	for {
 		var err error
 		if relist {
@@ -170,7 +170,8 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 				if cur == nil {
 					w.readDepartures(ctx, st)
 				}
-				cur, rev, relist, delay = st, st.Revision, false, backoffMin
+				cur, rev, relist = st, st.Revision, false
+				b.Reset()
 				w.cluster = cluster
 				emit(cur)
 				w.readyOnce.Do(func() { close(w.ready) })
@@ -179,7 +180,7 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 			}
 		}
 		if err == nil {
-			err = w.watch(ctx, &cur, &rev, emit, func() { delay = backoffMin })
+			err = w.watch(ctx, &cur, &rev, emit, b.Reset)
 			relist = errors.Is(err, errCompacted) || errors.Is(err, errRestored)
 		}
 		if ctx.Err() != nil {
@@ -189,15 +190,11 @@ func (w *Watcher) Run(ctx context.Context, emit func(*State)) error {
 			w.opts.Logger.Warn().Err(err).Int64("revision", rev).Msg("registry watch cannot resume; listing again")
 			continue
 		}
+		delay := b.Next()
 		w.opts.Logger.Warn().Err(err).Dur("retry_in", delay).Msg("registry watch failed; keeping the last state")
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !etcdconn.Sleep(ctx, delay) {
 			return nil
-		case <-t.C:
 		}
-		delay = min(2*delay, backoffMax)
 	}
 }
 

@@ -6,35 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"strings"
 
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 )
-
-// labels is the repeatable --label k=v flag; one value may also hold a comma-separated list
-// (as TETHER_LABEL must).
-type labels map[string]string
-
-func (l labels) String() string {
-	parts := make([]string, 0, len(l))
-	for k, v := range l {
-		parts = append(parts, k+"="+v)
-	}
-	return strings.Join(parts, ",")
-}
-
-func (l labels) Set(s string) error {
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
-		if !ok || k == "" {
-			return fmt.Errorf("%q is not key=value", kv)
-		}
-		l[k] = v
-	}
-	return nil
-}
 
 // options are the parsed command line: the agent's configuration and the logger settings.
 type options struct {
@@ -58,7 +35,7 @@ type options struct {
 func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Writer) (*options, error) {
 	o := &options{cfg: agent.DefaultConfig()}
 	c := &o.cfg
-	var etcd cli.EtcdFlags
+	var etcd etcdconn.Flags
 	fs := flag.NewFlagSet("tether-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -76,7 +53,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 	fs.StringVar(&c.Address, "address", "", "address Envoy connects to: IP, or host name resolved at start (default: the host's primary address)")
 	fs.IntVar(&c.Port, "port", 0, "backend port (required)")
 	fs.StringVar(&c.Zone, "zone", "", "zone of the instance, e.g. eu-west-1a")
-	fs.Var(labels(c.Labels), "label", "label key=value (repeatable, or comma-separated)")
+	fs.Var(cli.Labels(c.Labels), "label", "label key=value (repeatable, or comma-separated)")
 	fs.StringVar(&c.HealthURL, "health-url", "", "backend health URL; 2xx (Wisej's 202 included) is healthy")
 	fs.StringVar(&c.AvailableURL, "available-url", "", "URL where the application may veto new sessions: non-2xx means full")
 	fs.StringVar(&o.healthCheckFile, "healthcheck-file", "", "Wisej HealthCheck.json to read thresholds from (flags override it)")
@@ -156,7 +133,7 @@ func parseFlags(args []string, lookup func(string) (string, bool), stderr io.Wri
 
 // checkEnv refuses TETHER_* variables of environ that set nothing (a misspelt name).
 func (o *options) checkEnv(environ []string) error {
-	return cli.UnknownEnv(o.fs, environ, cli.PasswordEnv)
+	return cli.UnknownEnv(o.fs, environ, etcdconn.PasswordEnv)
 }
 
 // defaultSessionsURL is where sessions are counted when --max-sessions is set without

@@ -10,7 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
+	"math"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -22,17 +22,10 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cli"
-	"github.com/tetherlb/tether/internal/drain"
+	"github.com/tetherlb/tether/internal/ctl"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/version"
 )
-
-// subcommands are the operator's commands; without one the binary runs the control plane.
-var subcommands = map[string]func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int{
-	"status":  statusMain,
-	"drain":   drain.Main,
-	"drains":  drain.ListMain,
-	"service": serviceMain,
-}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stderr))
@@ -65,7 +58,7 @@ Flags:
 	}
 	o := &options{cfg: controlplane.DefaultConfig()}
 	c := &o.cfg
-	var etcd cli.EtcdFlags
+	var etcd etcdconn.Flags
 	etcd.Register(fs, "")
 	var listenPort uint
 	var adminHosts string
@@ -136,75 +129,27 @@ Flags:
 	if err := cli.BindEnv(fs, lookup); err != nil {
 		return nil, err
 	}
-	if listenPort < 1 || listenPort > 65535 {
-		return nil, fmt.Errorf("--envoy-listen-port: %d is not a port; use 1-65535, e.g. 10000", listenPort)
-	}
-	c.ListenPort = uint32(listenPort)
-	for _, a := range []struct{ flag, v string }{{"--xds-addr", c.XDSAddr}, {"--admin-addr", c.AdminAddr}} {
-		if err := checkListenAddr(a.v); err != nil {
-			return nil, fmt.Errorf("%s: %w", a.flag, err)
-		}
-	}
+	c.ListenPort = uint32(min(listenPort, math.MaxUint32))
 	for _, h := range strings.Split(adminHosts, ",") {
 		if h = strings.TrimSpace(h); h != "" {
-			if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err != nil && strings.Trim(strings.ToLower(h), "abcdefghijklmnopqrstuvwxyz0123456789.-") != "" {
-				return nil, fmt.Errorf("--admin-hosts: %q must be a host name or an IP, without scheme or port", h)
-			}
 			c.AdminHosts = append(c.AdminHosts, h)
 		}
 	}
-	if c.CoalesceQuiet <= 0 || c.CoalesceMax <= 0 {
-		return nil, errors.New("--coalesce-quiet and --coalesce-max must be positive, e.g. 5ms and 50ms")
-	}
-	if c.PublishSettle <= 0 {
-		return nil, errors.New("--publish-settle must be positive, e.g. 10s")
-	}
-	if c.InitialSyncs <= 0 {
-		return nil, errors.New("--initial-syncs must be positive, e.g. 8")
-	}
-	if c.MaxConnsPerPeer <= 0 || c.MaxStreamsPerConn <= 0 {
-		return nil, errors.New("--max-conns-per-peer and --max-streams-per-conn must be positive, e.g. 64 and 16")
-	}
-	if c.MaxServices <= 0 || c.MaxInstancesPerService <= 0 {
-		return nil, errors.New("--max-services and --max-instances-per-service must be positive, e.g. 2000 and 1000")
-	}
-	if err := etcd.NeedEndpoints(); err != nil {
-		return nil, err
+	var etcdErr error
+	if etcdErr = etcd.NeedEndpoints(); etcdErr == nil && etcd.Endpoints != "" {
+		c.Etcd, etcdErr = etcd.ClientConfig(lookup)
 	}
 	if !stateFileSet && etcd.Endpoints == "" {
 		// The embedded etcd's directory is Tether's own; beside an external etcd no directory
 		// is, and the working directory may not be writable (a container).
 		c.StateFile = filepath.Join(c.DataDir, "controlplane-state.json")
 	}
-	if etcd.Endpoints != "" {
-		ec, err := etcd.ClientConfig(lookup)
-		if err != nil {
-			return nil, err
-		}
-		c.Etcd = ec
-	}
-	tc, err := xdsTLS(o.xdsCert, o.xdsKey, o.xdsCA)
-	if err != nil {
-		return nil, err
-	}
-	c.XDSTLS = tc
-	if err := c.Validate(); err != nil {
+	var tlsErr error
+	c.XDSTLS, tlsErr = xdsTLS(o.xdsCert, o.xdsKey, o.xdsCA)
+	if err := errors.Join(etcdErr, tlsErr, c.Validate()); err != nil {
 		return nil, err
 	}
 	return o, nil
-}
-
-// checkListenAddr checks a listen address's form at start, before the embedded etcd starts:
-// host:port (host may be empty for every interface) with a port of 0-65535.
-func checkListenAddr(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:18001 or :18000", addr)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q: port %q must be a number, 0-65535", addr, port)
-	}
-	return nil
 }
 
 // xdsTLS builds the xDS server's TLS configuration, or nil for plaintext.
@@ -244,7 +189,8 @@ func run(args []string, lookup func(string) (string, bool), stderr *os.File) int
 		return 0
 	}
 	if len(args) > 0 {
-		if sub, ok := subcommands[args[0]]; ok {
+		// The operator's commands; without one the binary runs the control plane.
+		if sub, ok := ctl.Commands[args[0]]; ok {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return sub(ctx, args[1:], lookup, os.Stdout, stderr)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/controlplane/xdscache"
-	"github.com/tetherlb/tether/internal/cli"
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/tlstest"
 )
 
@@ -191,9 +191,9 @@ func TestSecurityFlags(t *testing.T) {
 		t.Fatalf("mutual TLS flags: %v; want client certificates required", err)
 	}
 	o, err = parse([]string{"--etcd-endpoints", "127.0.0.1:2379", "--etcd-user", "tether-controlplane"},
-		envOf(map[string]string{cli.PasswordEnv: "from-env"}), os.Stderr)
+		envOf(map[string]string{etcdconn.PasswordEnv: "from-env"}), os.Stderr)
 	if err != nil || o.cfg.Etcd.Username != "tether-controlplane" || o.cfg.Etcd.Password != "from-env" {
-		t.Fatalf("password from %s: %v", cli.PasswordEnv, err)
+		t.Fatalf("password from %s: %v", etcdconn.PasswordEnv, err)
 	}
 	o, err = parse(nil, envOf(nil), os.Stderr)
 	if err != nil || o.cfg.AllowLoopback || o.cfg.HoldWindow != controlplane.DefaultHoldWindow {

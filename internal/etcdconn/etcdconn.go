@@ -6,6 +6,7 @@
 package etcdconn
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,10 +28,40 @@ const (
 	BackoffMax = 5 * time.Second
 )
 
+// Backoff is the capped exponential backoff with jitter of every retry loop against etcd:
+// each delay is drawn from [d/2, d), d doubling from BackoffMin up to Max (BackoffMax when
+// zero), so that agents cut off together do not come back in step. The zero value is ready.
+type Backoff struct {
+	Max time.Duration
+	n   int
+}
+
+// Next returns the wait before the next attempt.
+func (b *Backoff) Next() time.Duration {
+	d := min(BackoffMin<<min(b.n, 16), cmp.Or(b.Max, BackoffMax))
+	b.n++
+	return d/2 + rand.N(d/2)
+}
+
+// Reset starts the waits again from the shortest, after a success.
+func (b *Backoff) Reset() { b.n = 0 }
+
+// Sleep waits d, or until ctx ends; it reports whether d passed.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // Dial returns a client for cfg, retrying while etcd is unreachable until ctx ends.
 // onRetry, when not nil, is told each failed attempt and the wait before the next.
 func Dial(ctx context.Context, cfg clientv3.Config, onRetry func(err error, wait time.Duration)) (*clientv3.Client, error) {
-	d := BackoffMin
+	var b Backoff
 	for {
 		cli, err := clientv3.New(cfg)
 		if err == nil {
@@ -39,18 +70,13 @@ func Dial(ctx context.Context, cfg clientv3.Config, onRetry func(err error, wait
 		if permanent(err) || ctx.Err() != nil {
 			return nil, err
 		}
-		wait := d/2 + rand.N(d/2)
+		wait := b.Next()
 		if onRetry != nil {
 			onRetry(err, wait)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !Sleep(ctx, wait) {
 			return nil, errors.Join(ctx.Err(), err)
-		case <-t.C:
 		}
-		d = min(2*d, BackoffMax)
 	}
 }
 
@@ -66,6 +92,21 @@ func permanent(err error) bool {
 		}
 	}
 	return false
+}
+
+// Open returns a client for a one-shot command (status, drain, drains) bound to ctx, once an
+// endpoint accepts a connection (see Reachable): etcd being down is then said at once and
+// plainly, not as a request's "context deadline exceeded".
+func Open(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error) {
+	if err := Reachable(ctx, cfg.Endpoints, cfg.DialTimeout); err != nil {
+		return nil, err
+	}
+	cfg.Context = ctx
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
+	}
+	return cli, nil
 }
 
 // Reachable dials each endpoint (a TCP or unix connection, nothing more) and returns nil as

@@ -31,3 +31,22 @@ func TestDialRetriesUntilCanceled(t *testing.T) {
 		t.Errorf("waits %v do not grow from below %s", waits, etcdconn.BackoffMin)
 	}
 }
+
+func TestBackoffBounds(t *testing.T) {
+	var b etcdconn.Backoff
+	var last time.Duration
+	for i := range 20 {
+		d := b.Next()
+		if d < etcdconn.BackoffMin/2 || d >= etcdconn.BackoffMax {
+			t.Fatalf("attempt %d: delay %s outside [%s, %s)", i, d, etcdconn.BackoffMin/2, etcdconn.BackoffMax)
+		}
+		last = d
+	}
+	if last < etcdconn.BackoffMax/2 {
+		t.Fatalf("after 20 attempts the delay is %s, want it capped near %s", last, etcdconn.BackoffMax)
+	}
+	b.Reset()
+	if d := b.Next(); d >= etcdconn.BackoffMin {
+		t.Fatalf("after reset: %s, want below %s", d, etcdconn.BackoffMin)
+	}
+}

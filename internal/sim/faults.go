@@ -13,7 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/tetherlb/tether/internal/drain"
+	"github.com/tetherlb/tether/internal/ctl"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -517,7 +517,7 @@ func (s *Sim) markDrained(on bool, srvs ...*server) {
 func (s *Sim) drainCmd(ctx context.Context, args []string, subjects ...string) int {
 	var out strings.Builder
 	full := append(append([]string{}, args...), "--etcd-endpoints", s.etcdEndpoint)
-	code := drain.Main(ctx, full, func(string) (string, bool) { return "", false }, &out, &out)
+	code := ctl.Drain(ctx, full, func(string) (string, bool) { return "", false }, &out, &out)
 	last := strings.TrimSpace(out.String())
 	if i := strings.LastIndexByte(last, '\n'); i >= 0 {
 		last = last[i+1:]

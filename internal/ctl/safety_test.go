@@ -1,4 +1,4 @@
-package drain
+package ctl
 
 import (
 	"context"
@@ -79,7 +79,7 @@ func startWait(t *testing.T, etcd string, out, errb *syncbuf.Buffer, args ...str
 	t.Cleanup(cancel)
 	done := make(chan int, 1)
 	args = append(args, "--wait", "--etcd-endpoints", etcd)
-	go func() { done <- Main(ctx, args, func(string) (string, bool) { return "", false }, out, errb) }()
+	go func() { done <- Drain(ctx, args, func(string) (string, bool) { return "", false }, out, errb) }()
 	return done
 }
 

@@ -1,4 +1,4 @@
-package main
+package ctl
 
 import (
 	"context"
@@ -11,32 +11,22 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/controlplane/admin"
-	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
 
-// statusMain runs `tether-controlplane status [flags]`: it reads the registry once from etcd and
+// Status runs `tether-controlplane status [flags]`: it reads the registry once from etcd and
 // prints the overview as a table, or as JSON with --json. args are the arguments after
 // "status"; flags also read TETHER_<FLAG> from lookup. It returns the exit code: 0 on
 // success, 1 when etcd cannot be read, 2 on a usage error.
-func statusMain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tether-controlplane status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: tether-controlplane status [flags]\n\nPrints every service and instance of the registry, read once from etcd.\n\nFlags:")
-		fs.PrintDefaults()
-	}
-	var etcd cli.EtcdFlags
-	etcd.Register(fs, "127.0.0.1:2379")
-	prefix := fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
+func Status(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+	var c common
+	fs := c.flags("status", "Usage: tether-controlplane status [flags]\n\nPrints every service and instance of the registry, read once from etcd.\n\nFlags:\n",
+		stderr, "timeout", "time limit for reading etcd")
 	asJSON := fs.Bool("json", false, "print the overview as JSON instead of a table")
-	timeout := fs.Duration("timeout", 10*time.Second, "time limit for reading etcd")
 	allowLoopback := fs.Bool("allow-loopback-backends", false, "show instances on loopback addresses as served, as a control plane started with --allow-loopback-backends does (without it they are rejected, as the control plane rejects them)")
 	admin := fs.String("admin-addr", "", "a control plane's admin address (host:port, e.g. 127.0.0.1:18001): also list its connected Envoys older than Tether's minimum version ("+controlplane.MinEnvoyVersion+")")
 	if err := fs.Parse(args); err != nil {
@@ -52,27 +42,22 @@ func statusMain(ctx context.Context, args []string, lookup func(string) (string,
 	if fs.NArg() > 0 {
 		return fail(2, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)))
 	}
-	if err := cli.BindEnv(fs, lookup); err != nil {
-		return fail(2, err)
-	}
-	p, err := registry.NormalizePrefix(*prefix)
-	if err != nil {
-		return fail(2, fmt.Errorf("--prefix: %w", err))
-	}
-	if *timeout <= 0 {
-		return fail(2, fmt.Errorf("--timeout: %s must be positive, e.g. 10s", *timeout))
-	}
-	ec, err := etcd.ClientConfig(lookup)
+	p, ec, err := c.check(fs, lookup)
 	if err != nil {
 		return fail(2, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, *c.timeout)
 	defer cancel()
-	st, err := readState(ctx, ec, p, *allowLoopback)
+	cli, err := etcdconn.Open(ctx, ec)
 	if err != nil {
 		return fail(1, err)
 	}
-	ov := overview.FromState(st)
+	defer cli.Close()
+	snap, err := read(ctx, cli, p, *allowLoopback)
+	if err != nil {
+		return fail(1, err)
+	}
+	ov := overview.FromState(snap.st)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -128,30 +113,6 @@ func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
 	}
 	_, err = fmt.Fprintf(w, "\nEnvoys at %s: %d connected, %d below the minimum version %s:\n%s", addr, n, old, ms.MinEnvoyVersion, b.String())
 	return err
-}
-
-// readState reads the registry under prefix once, at one revision, with a client of cfg, and
-// applies the drains (and, unless allowLoopback, the refusal of loopback addresses) as the
-// control plane does, so that both show the same states.
-func readState(ctx context.Context, cfg clientv3.Config, prefix string, allowLoopback bool) (*registry.State, error) {
-	if err := etcdconn.Reachable(ctx, cfg.Endpoints, cfg.DialTimeout); err != nil {
-		return nil, err
-	}
-	cfg.Context = ctx
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
-	}
-	defer cli.Close()
-	l, err := registry.List(ctx, cli, prefix)
-	if err != nil {
-		return nil, fmt.Errorf("read etcd %v: %w", cfg.Endpoints, err)
-	}
-	st := registry.BuildState(prefix, l.Revision, l.KVs, nil)
-	if !allowLoopback {
-		refuseLoopback(st, prefix)
-	}
-	return registry.ApplyDrains(st), nil
 }
 
 // refuseLoopback moves the instances on loopback addresses to the rejected keys, with the

@@ -1,4 +1,4 @@
-package drain
+package ctl
 
 import (
 	"context"
@@ -34,21 +34,21 @@ type result struct {
 	stdout, stderr string
 }
 
-// runCmd runs `tether-controlplane drain` (or `drains` when the first argument is "drains")
-// against etcd with env as the environment.
+// runCmd runs the command args[0] (drain, drains, status, service) against etcd with env
+// as the environment.
 func runCmd(t *testing.T, etcd string, env map[string]string, args ...string) result {
+	t.Helper()
+	return run(t, env, append(args, "--etcd-endpoints", etcd)...)
+}
+
+// run runs the command args[0] with the rest of args and env as the environment.
+func run(t *testing.T, env map[string]string, args ...string) result {
 	t.Helper()
 	var out, errb syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	args = append(args, "--etcd-endpoints", etcd)
-	var code int
-	if args[0] == "drains" {
-		code = ListMain(ctx, args[1:], lookup, &out, &errb)
-	} else {
-		code = Main(ctx, args[1:], lookup, &out, &errb)
-	}
+	code := Commands[args[0]](ctx, args[1:], lookup, &out, &errb)
 	return result{code, out.String(), errb.String()}
 }
 
@@ -321,7 +321,7 @@ func TestWaitReturnsAtZeroSessions(t *testing.T) {
 	defer cancel()
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"app", "--label", "version=1", "--wait", "--timeout", "20s", "--etcd-endpoints", etcd},
+		done <- Drain(ctx, []string{"app", "--label", "version=1", "--wait", "--timeout", "20s", "--etcd-endpoints", etcd},
 			func(string) (string, bool) { return "", false }, &out, &errb)
 	}()
 	waitOutput(t, &out, "8 sessions on 2 drained instances")
@@ -488,7 +488,7 @@ func TestDrainMessages(t *testing.T) {
 	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 0)
 	putInstance(t, cli, "a2", 5002, "2", registry.StateAvailable, 5)
 	var out, errb syncbuf.Buffer
-	if code := Main(context.Background(), []string{"-h"}, func(string) (string, bool) { return "", false }, &out, &errb); code != 0 || strings.Contains(errb.String(), "see tether-controlplane drain -h") {
+	if code := Drain(context.Background(), []string{"-h"}, func(string) (string, bool) { return "", false }, &out, &errb); code != 0 || strings.Contains(errb.String(), "see tether-controlplane drain -h") {
 		t.Errorf("drain -h: exit %d, it refers to itself:\n%s", code, errb.String())
 	}
 	if r := runCmd(t, srv.ClientURL, nil, "drain", "app", "--label", "version=9", "--undo"); r.code != 2 || !strings.Contains(r.stderr, "version=9 are not drained") {
@@ -499,7 +499,7 @@ func TestDrainMessages(t *testing.T) {
 	var wout, werr syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
+		done <- Drain(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
 	}()
 	waitOutput(t, &wout, "5 sessions")
 	cancel()
@@ -556,7 +556,7 @@ func TestUndoAndWaitEndings(t *testing.T) {
 		defer cancel()
 		done := make(chan int, 1)
 		go func() {
-			done <- Main(ctx, []string{"app", "--label", "version=2", "--wait", "--timeout", "25s", "--etcd-endpoints", etcd},
+			done <- Drain(ctx, []string{"app", "--label", "version=2", "--wait", "--timeout", "25s", "--etcd-endpoints", etcd},
 				func(string) (string, bool) { return "", false }, &out, &errb)
 		}()
 		waitOutput(t, &out, "4 sessions on 1 drained instance")
@@ -603,7 +603,7 @@ func TestCtrlCDuringAReadOfWait(t *testing.T) {
 		var wout, werr syncbuf.Buffer
 		done := make(chan int, 1)
 		go func() {
-			done <- Main(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
+			done <- Drain(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
 		}()
 		waitOutput(t, &wout, "5 sessions")
 		time.Sleep(time.Duration(i) * 100 * time.Microsecond)

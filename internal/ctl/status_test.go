@@ -1,7 +1,6 @@
-package main
+package ctl
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -62,11 +61,8 @@ var ageRE = regexp.MustCompile(` [0-9]{1,2}s$`)
 
 func runStatus(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errb bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	code := statusMain(ctx, args, func(string) (string, bool) { return "", false }, &out, &errb)
-	return code, out.String(), errb.String()
+	r := run(t, nil, append([]string{"status"}, args...)...)
+	return r.code, r.stdout, r.stderr
 }
 
 func TestStatusTable(t *testing.T) {

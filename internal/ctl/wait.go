@@ -1,4 +1,4 @@
-package drain
+package ctl
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -210,13 +211,7 @@ func (d *departures) run(key, svc string) {
 			d.mu.Unlock()
 			return
 		}
-		t := time.NewTimer(watchRetry)
-		select {
-		case <-d.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+		etcdconn.Sleep(d.ctx, watchRetry)
 	}
 }
 

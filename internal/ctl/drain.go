@@ -1,8 +1,10 @@
-// Package drain implements `tether-controlplane drain` and `tether-controlplane drains`: an
-// operator takes instances out of rotation (by ID, or every instance of a version by label)
-// by writing a drain under <prefix>/drains/<service>/<name>, removes it with --undo, waits
-// with --wait until the drained instances hold no sessions, and lists the drains.
-package drain
+// Package ctl holds tether-controlplane's operator commands, each a function of its
+// arguments, environment and output that returns the exit code: status prints the registry;
+// drain takes instances out of rotation (by ID, or every instance of a version by label) by
+// writing a drain under <prefix>/drains/<service>/<name>, removes it with --undo, waits with
+// --wait until the drained instances hold no sessions; drains lists the drains; service
+// validates and writes a service's configuration. The binary's main only dispatches to them.
+package ctl
 
 import (
 	"context"
@@ -24,6 +26,13 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
+// Command is one operator command: args follow its name; flags also read TETHER_<FLAG> from
+// lookup. It returns the exit code.
+type Command func(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int
+
+// Commands are tether-controlplane's operator commands by name.
+var Commands = map[string]Command{"status": Status, "drain": Drain, "drains": Drains, "service": Service}
+
 // Exit codes of the commands.
 const (
 	exitOK      = 0
@@ -44,65 +53,56 @@ const (
 // pollInterval is how often --wait reads the registry; tests shorten it.
 var pollInterval = time.Second
 
-// labelFlags collects repeated --label k=v.
-type labelFlags map[string]string
-
-func (l labelFlags) String() string { return registry.LabelString(l) }
-
-// Set takes KEY=VALUE, or a comma-separated list of them, as the agent's --label does.
-func (l labelFlags) Set(s string) error {
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
-		if !ok {
-			return fmt.Errorf("%q is not KEY=VALUE, e.g. version=1.4.1", kv)
-		}
-		if err := registry.ValidateLabel(k, v); err != nil {
-			return err
-		}
-		if old, dup := l[k]; dup && old != v {
-			return fmt.Errorf("label %q given twice (%q and %q): an instance has one value per label", k, old, v)
-		}
-		l[k] = v
-	}
-	return nil
-}
-
-// common holds the flags every drain command takes.
+// common holds the flags every command takes: etcd's, --prefix and a time limit.
 type common struct {
-	etcd      cli.EtcdFlags
-	prefix    *string
-	opTimeout *time.Duration
+	etcd        etcdconn.Flags
+	prefix      *string
+	timeoutFlag string
+	timeout     *time.Duration
 }
 
-func (c *common) register(fs *flag.FlagSet) {
+// flags returns the flag set of `tether-controlplane name` with the common flags; -h prints
+// usage, then the flags.
+func (c *common) flags(name, usage string, stderr io.Writer, timeoutFlag, timeoutUsage string) *flag.FlagSet {
+	fs := flag.NewFlagSet("tether-controlplane "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
 	c.etcd.Register(fs, "127.0.0.1:2379")
 	c.prefix = fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
-	c.opTimeout = fs.Duration("request-timeout", defaultOpTimeout, "time limit of each etcd request")
+	c.timeoutFlag = timeoutFlag
+	c.timeout = fs.Duration(timeoutFlag, defaultOpTimeout, timeoutUsage)
+	return fs
+}
+
+// check reads the environment into the flags of fs and checks the common ones; its errors
+// are usage errors. It returns the normalized prefix and the etcd client configuration.
+func (c *common) check(fs *flag.FlagSet, lookup func(string) (string, bool)) (string, clientv3.Config, error) {
+	if err := cli.BindEnv(fs, lookup); err != nil {
+		return "", clientv3.Config{}, err
+	}
+	if *c.timeout <= 0 {
+		return "", clientv3.Config{}, fmt.Errorf("--%s: %s must be positive, e.g. 10s", c.timeoutFlag, *c.timeout)
+	}
+	p, err := registry.NormalizePrefix(*c.prefix)
+	if err != nil {
+		return "", clientv3.Config{}, fmt.Errorf("--prefix: %w", err)
+	}
+	ec, err := c.etcd.ClientConfig(lookup)
+	return p, ec, err
 }
 
 // connect checks the common flags and opens an etcd client.
 func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(string) (string, bool)) (*clientv3.Client, string, int, error) {
-	if err := cli.BindEnv(fs, lookup); err != nil {
-		return nil, "", exitUsage, err
-	}
-	if *c.opTimeout <= 0 {
-		return nil, "", exitUsage, fmt.Errorf("--request-timeout: %s must be positive, e.g. 10s", *c.opTimeout)
-	}
-	p, err := registry.NormalizePrefix(*c.prefix)
-	if err != nil {
-		return nil, "", exitUsage, fmt.Errorf("--prefix: %w", err)
-	}
-	ec, err := c.etcd.ClientConfig(lookup)
+	p, ec, err := c.check(fs, lookup)
 	if err != nil {
 		return nil, "", exitUsage, err
 	}
-	if err := etcdconn.Reachable(ctx, ec.Endpoints, ec.DialTimeout); err != nil {
+	cl, err := etcdconn.Open(ctx, ec)
+	if err != nil {
 		return nil, "", exitFailure, err
-	}
-	ec.Context = ctx
-	cl, err := clientv3.New(ec)
-	if err != nil {
-		return nil, "", exitFailure, fmt.Errorf("etcd client for %v: %w", ec.Endpoints, err)
 	}
 	return cl, p, exitOK, nil
 }
@@ -123,12 +123,10 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// Main runs `tether-controlplane drain`; args follow "drain". It returns the exit code.
-func Main(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tether-controlplane drain", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	usage := func() {
-		fmt.Fprint(stderr, `Usage:
+// Drain runs `tether-controlplane drain`; args follow "drain". It returns the exit code.
+func Drain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+	var c common
+	fs := c.flags("drain", `Usage:
   tether-controlplane drain SERVICE/ID [flags]                  drain one instance
   tether-controlplane drain SERVICE --label KEY=VALUE [flags]   drain every instance with these labels
   tether-controlplane drain ... --undo                          remove the drain
@@ -141,12 +139,9 @@ Exit codes: 0 done, 1 etcd failure, 2 bad arguments, 3 --wait timed out with ses
 130 --wait stopped by Ctrl-C (the drain stays in place).
 
 Flags:
-`)
-		fs.PrintDefaults()
-	}
-	var c common
-	c.register(fs)
-	labels := labelFlags{}
+`, stderr, "request-timeout", "time limit of each etcd request")
+	usage := fs.Usage
+	labels := cli.Labels{}
 	fs.Var(labels, "label", "select the instances carrying this label, KEY=VALUE (repeat, or comma-separate: all must match)")
 	undo := fs.Bool("undo", false, "remove the drain: the instances take new sessions again")
 	wait := fs.Bool("wait", false, "after draining, wait until the drained instances hold no sessions, printing the count as it falls")
@@ -187,7 +182,7 @@ Flags:
 		return fail(code, err)
 	}
 	defer cl.Close()
-	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.opTimeout}
+	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.timeout}
 	if *undo {
 		code, err = cmd.undo(ctx, d)
 	} else {
@@ -200,7 +195,7 @@ Flags:
 }
 
 // target reads SERVICE/ID or SERVICE with labels into a service and a drain.
-func target(pos []string, labels labelFlags) (string, registry.Drain, error) {
+func target(pos []string, labels cli.Labels) (string, registry.Drain, error) {
 	var d registry.Drain
 	if len(pos) != 1 {
 		return "", d, errors.New("give one target: SERVICE/ID, or SERVICE with --label KEY=VALUE (see -h)")
@@ -240,17 +235,27 @@ type snapshot struct {
 	mods map[string]int64
 }
 
-// read lists the registry once, at one revision.
+// read lists the registry once, at one revision, within --request-timeout.
 func (c *command) read(ctx context.Context) (*snapshot, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
-	l, err := registry.List(ctx, c.cli, c.prefix)
+	return read(ctx, c.cli, c.prefix, true)
+}
+
+// read lists the registry under prefix once, at one revision, and applies the drains (and,
+// unless allowLoopback, the refusal of loopback addresses) as the control plane does, so
+// that every command shows the states the control plane serves.
+func read(ctx context.Context, cli *clientv3.Client, prefix string, allowLoopback bool) (*snapshot, error) {
+	l, err := registry.List(ctx, cli, prefix)
 	if err != nil {
-		return nil, fmt.Errorf("read etcd %v: %w", c.cli.Endpoints(), err)
+		return nil, fmt.Errorf("read etcd %v: %w", cli.Endpoints(), err)
 	}
-	kvs := l.KVs
-	s := &snapshot{st: registry.ApplyDrains(registry.BuildState(c.prefix, l.Revision, kvs, nil)), mods: make(map[string]int64, len(kvs))}
-	for _, kv := range kvs {
+	st := registry.BuildState(prefix, l.Revision, l.KVs, nil)
+	if !allowLoopback {
+		refuseLoopback(st, prefix)
+	}
+	s := &snapshot{st: registry.ApplyDrains(st), mods: make(map[string]int64, len(l.KVs))}
+	for _, kv := range l.KVs {
 		s.mods[string(kv.Key)] = kv.ModRevision
 	}
 	return s, nil
@@ -505,16 +510,11 @@ func (c *command) undo(ctx context.Context, d registry.Drain) (int, error) {
 	return exitOK, nil
 }
 
-// ListMain runs `tether-controlplane drains`; args follow "drains".
-func ListMain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tether-controlplane drains", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: tether-controlplane drains [SERVICE] [flags]\n\nLists the operators' drains: what each selects, since when, the instances it drains now and their sessions.\n\nFlags:")
-		fs.PrintDefaults()
-	}
+// Drains runs `tether-controlplane drains`; args follow "drains".
+func Drains(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	var c common
-	c.register(fs)
+	fs := c.flags("drains", "Usage: tether-controlplane drains [SERVICE] [flags]\n\nLists the operators' drains: what each selects, since when, the instances it drains now and their sessions.\n\nFlags:\n",
+		stderr, "request-timeout", "time limit of each etcd request")
 	asJSON := fs.Bool("json", false, "print the drains as JSON")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -542,7 +542,7 @@ func ListMain(ctx context.Context, args []string, lookup func(string) (string, b
 		return fail(code, err)
 	}
 	defer cl.Close()
-	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.opTimeout}
+	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.timeout}
 	snap, err := cmd.read(ctx)
 	if err != nil {
 		return fail(exitFailure, err)

@@ -1,7 +1,6 @@
-package main
+package ctl
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -14,11 +13,8 @@ import (
 
 func runService(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	code := serviceMain(ctx, args, func(string) (string, bool) { return "", false }, &out, &errOut)
-	return code, out.String(), errOut.String()
+	r := run(t, nil, append([]string{"service"}, args...)...)
+	return r.code, r.stdout, r.stderr
 }
 
 // service put refuses an invalid configuration with every error listed and writes nothing;

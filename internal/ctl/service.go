@@ -1,4 +1,4 @@
-package main
+package ctl
 
 import (
 	"context"
@@ -7,56 +7,38 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/tetherlb/tether/internal/cli"
 	"github.com/tetherlb/tether/registry"
 )
 
-// serviceMain runs `tether-controlplane service put SERVICE FILE|-`, `service get SERVICE`
+// Service runs `tether-controlplane service put SERVICE FILE|-`, `service get SERVICE`
 // and `service delete SERVICE`. put validates the configuration with the registry's own
 // decoder, listing every error, and writes it only when valid: an invalid value in etcd is
 // served with its bad fields at their defaults, or, when what identifies the service's
 // sessions is bad, leaves the service out. Exit codes: 0 done, 1 etcd failed, 2 usage
 // error or invalid configuration (nothing written).
-func serviceMain(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tether-controlplane service", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `Usage:
+func Service(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+	var c common
+	fs := c.flags("service", `Usage:
   tether-controlplane service put SERVICE FILE|-   validate a service configuration (JSON), then write it
   tether-controlplane service get SERVICE          print the configuration stored in etcd
   tether-controlplane service delete SERVICE       remove it (the service then runs with the defaults)
 Use put rather than etcdctl put: an invalid configuration is refused with every error listed.
 
 Flags:
-`)
-		fs.PrintDefaults()
-	}
-	var etcd cli.EtcdFlags
-	etcd.Register(fs, "127.0.0.1:2379")
-	prefix := fs.String("prefix", registry.DefaultPrefix, "etcd key prefix of the registry")
-	timeout := fs.Duration("timeout", 10*time.Second, "time limit for the etcd request")
+`, stderr, "timeout", "time limit for the etcd request")
 	fail := func(code int, err error) int {
 		fmt.Fprintf(stderr, "tether-controlplane service: %v\n", err)
 		return code
 	}
-	var pos []string
-	rest := args
-	for {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return 0
-			}
-			return 2
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
 		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+		return 2
 	}
 	if len(pos) < 2 {
 		fs.Usage()
@@ -74,15 +56,9 @@ Flags:
 	if err := registry.ValidateServiceName(svc); err != nil {
 		return fail(2, err)
 	}
-	if err := cli.BindEnv(fs, lookup); err != nil {
-		return fail(2, err)
-	}
-	p, err := registry.NormalizePrefix(*prefix)
+	p, ec, err := c.check(fs, lookup)
 	if err != nil {
-		return fail(2, fmt.Errorf("--prefix: %w", err))
-	}
-	if *timeout <= 0 {
-		return fail(2, fmt.Errorf("--timeout: %s must be positive, e.g. 10s", *timeout))
+		return fail(2, err)
 	}
 	var raw []byte
 	if verb == "put" {
@@ -102,27 +78,23 @@ Flags:
 			return 2
 		}
 	}
-	ec, err := etcd.ClientConfig(lookup)
-	if err != nil {
-		return fail(2, err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, *c.timeout)
 	defer cancel()
 	ec.Context = ctx
-	c, err := clientv3.New(ec)
+	cl, err := clientv3.New(ec)
 	if err != nil {
 		return fail(1, fmt.Errorf("etcd client for %v: %w", ec.Endpoints, err))
 	}
-	defer c.Close()
+	defer cl.Close()
 	key := registry.ServiceKey(p, svc)
 	switch verb {
 	case "put":
-		if _, err := c.Put(ctx, key, string(raw)); err != nil {
+		if _, err := cl.Put(ctx, key, string(raw)); err != nil {
 			return fail(1, fmt.Errorf("put %s: %w", key, err))
 		}
 		fmt.Fprintf(stdout, "%s: configuration written\n", key)
 	case "get":
-		resp, err := c.Get(ctx, key)
+		resp, err := cl.Get(ctx, key)
 		if err != nil {
 			return fail(1, fmt.Errorf("get %s: %w", key, err))
 		}
@@ -134,7 +106,7 @@ Flags:
 			fmt.Fprintf(stderr, "warning: this configuration is invalid: %v\n", err)
 		}
 	case "delete":
-		resp, err := c.Delete(ctx, key)
+		resp, err := cl.Delete(ctx, key)
 		if err != nil {
 			return fail(1, fmt.Errorf("delete %s: %w", key, err))
 		}
