@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
@@ -342,20 +343,14 @@ func start(t *testing.T, what, path string, args ...string) {
 
 func waitHTTP(t *testing.T, url string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	eventually.Saying(t, url+" answering 2xx", timeout, func() (bool, string) {
 		resp, err := http.Get(url) //nolint:gosec,noctx // a loopback URL of the test
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode/100 == 2 {
-				return
-			}
+		if err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not answering 2xx within %s: %v", url, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode/100 == 2, resp.Status
+	})
 }
 
 func post(t *testing.T, url string) {
@@ -374,44 +369,32 @@ func post(t *testing.T, url string) {
 // control plane does not list it) satisfies cond.
 func waitInstance(t *testing.T, adminURL, what string, timeout time.Duration, cond func(*overview.Instance) bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
+	eventually.Saying(t, "instance wine-1 "+what+", as the control plane shows it", timeout, func() (bool, string) {
 		resp, err := http.Get(adminURL + "/api/state") //nolint:gosec,noctx // a loopback URL of the test
-		if err == nil {
-			var st overview.Overview
-			err = json.NewDecoder(resp.Body).Decode(&st)
-			resp.Body.Close()
-			if err == nil {
-				var found *overview.Instance
-				for _, s := range st.Services {
-					for i := range s.Instances {
-						if s.Instances[i].ID == "wine-1" {
-							found = &s.Instances[i]
-						}
-					}
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		var st overview.Overview
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			return false, err.Error()
+		}
+		var found *overview.Instance
+		for _, s := range st.Services {
+			for i := range s.Instances {
+				if s.Instances[i].ID == "wine-1" {
+					found = &s.Instances[i]
 				}
-				if cond(found) {
-					return
-				}
-				b, _ := json.Marshal(found)
-				last = string(b)
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instance wine-1 not %s within %s, as the control plane shows it: %s (%v)", what, timeout, last, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		b, _ := json.Marshal(found)
+		return cond(found), string(b)
+	})
 }
 
 func waitOutput(t *testing.T, out *syncbuf.Buffer, want string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(out.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("output lacks %q after %s:\n%s", want, timeout, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	eventually.Saying(t, fmt.Sprintf("output with %q", want), timeout, func() (bool, string) {
+		return strings.Contains(out.String(), want), "\n" + out.String()
+	})
 }

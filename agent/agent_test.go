@@ -23,6 +23,7 @@ import (
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -141,23 +142,15 @@ func TestRegistrationWithAllFields(t *testing.T) {
 	// The key reaches etcd (and the watch above) an instant before the agent records that
 	// it is registered: ask until it says so, within a bound.
 	for path, want := range map[string]string{"/healthz": "ok", "/metrics": `tether_agent_sessions 3`} {
-		var code int
-		var body []byte
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		eventually.Saying(t, fmt.Sprintf("%s: 200 with %q", path, want), 5*time.Second, func() (bool, string) {
 			resp, err := http.Get("http://" + cfg.MetricsAddr + path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			body, _ = io.ReadAll(resp.Body)
+			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			code = resp.StatusCode
-			if code == 200 && strings.Contains(string(body), want) || time.Now().After(deadline) {
-				break
-			}
-		}
-		if code != 200 || !strings.Contains(string(body), want) {
-			t.Errorf("%s: %d, body lacks %q:\n%.2000s", path, code, want, body)
-		}
+			return resp.StatusCode == 200 && strings.Contains(string(body), want), fmt.Sprintf("%d:\n%.2000s", resp.StatusCode, body)
+		})
 	}
 }
 
@@ -535,19 +528,15 @@ func TestWaitsForEtcdWithAuth(t *testing.T) {
 			t.Logf("agent stopped: %v", err)
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "etcd not reachable yet") {
+	eventually.Saying(t, "a retry logged", 10*time.Second, func() (bool, string) {
 		select {
 		case err := <-done:
 			done <- err // for the cleanup
 			t.Fatalf("agent stopped while etcd was down: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no retry logged within 10s:\n%s", logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return strings.Contains(logs.String(), "etcd not reachable yet"), "\n" + logs.String()
+	})
 	etcd.StartAgain(t)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-pw", DialTimeout: 2 * time.Second})
 	if err != nil {
@@ -740,13 +729,14 @@ func TestLoopbackAddressIsFlagged(t *testing.T) {
 	// The key reaches etcd an instant before the agent logs its registration: read the log
 	// until the line is there, within a bound.
 	var registered string
-	for deadline := time.Now().Add(5 * time.Second); registered == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	eventually.Saying(t, "the registration logged", 5*time.Second, func() (bool, string) {
 		for _, l := range strings.Split(logs.String(), "\n") {
 			if strings.Contains(l, "instance registered") {
 				registered = l
 			}
 		}
-	}
+		return registered != "", "\n" + logs.String()
+	})
 	if !strings.Contains(registered, "--allow-loopback-backends") {
 		t.Errorf("the registration log line does not say a control plane refuses a loopback address:\n%s", logs.String())
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 )
@@ -120,12 +121,9 @@ func TestAgentWithoutDrainsPermission(t *testing.T) {
 			t.Error("agent did not stop")
 		}
 	}()
-	for !strings.Contains(logs.String(), "cannot read the operators' drains") {
-		if ctx.Err() != nil {
-			t.Fatalf("no warning about the drains permission; logs:\n%s", logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually.Saying(t, "a warning about the drains permission", 20*time.Second, func() (bool, string) {
+		return strings.Contains(logs.String(), "cannot read the operators' drains"), "\n" + logs.String()
+	})
 	etcdtest.WaitInstance(t, root, "app-1", 5*time.Second, "registered as its own state", state(registry.StateAvailable))
 }
 
@@ -169,15 +167,9 @@ func TestNewDrainOfADrainingInstanceIsReportedAtOnce(t *testing.T) {
 		t.Fatalf("read the label drain: %v", err)
 	}
 	drainRev := resp.Kvs[0].ModRevision
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	// Within 3 s, against a heartbeat of 30 s: else drain --wait would wait for nothing.
+	eventually.True(t, "the instance written once a second drain selects it", 3*time.Second, func() bool {
 		r, err := cli.Get(ctx, registry.InstanceKey("/tether", "app", "d1"))
-		if err == nil && len(r.Kvs) == 1 && r.Kvs[0].ModRevision > drainRev {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the instance was not written within 3s of a second drain selecting it (heartbeat 30s): drain --wait would wait for nothing")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].ModRevision > drainRev
+	})
 }

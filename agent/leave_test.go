@@ -8,6 +8,7 @@ import (
 
 	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -80,22 +81,19 @@ func TestDrainSettleStartsWhenDrainingIsWritten(t *testing.T) {
 	// The agent writes "draining", samples --drain-settle later, finds no sessions and marks
 	// the instance leaving (then waits the settle time again and deletes the key).
 	var drainingAt, leavingAt time.Time
-	for deadline := time.Now().Add(20 * time.Second); leavingAt.IsZero(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the agent did not mark the instance leaving within 20s of etcd's return")
-		}
+	eventually.True(t, "the instance marked leaving once etcd is back", 20*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		resp, err := cli.Get(ctx, key)
-		cancel()
 		if err != nil {
-			continue // the client reconnecting
+			return false // the client reconnecting
 		}
 		if len(resp.Kvs) == 0 {
 			t.Fatal("the key went before the agent marked it leaving")
 		}
 		var in registry.Instance
 		if err := json.Unmarshal(resp.Kvs[0].Value, &in); err != nil || in.State != registry.StateDraining {
-			continue
+			return false
 		}
 		switch {
 		case in.Leaving:
@@ -103,7 +101,8 @@ func TestDrainSettleStartsWhenDrainingIsWritten(t *testing.T) {
 		case drainingAt.IsZero():
 			drainingAt = time.Now()
 		}
-	}
+		return !leavingAt.IsZero()
+	})
 	if drainingAt.IsZero() {
 		t.Fatal("the instance was marked leaving without being seen draining first: the sample that found no sessions was not taken after draining reached etcd")
 	}

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/syncbuf"
 )
 
@@ -65,21 +67,14 @@ func nodes(cp *controlplane.ControlPlane) map[string]bool {
 
 func waitNodes(t *testing.T, cp *controlplane.ControlPlane, what string, want ...string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually.Saying(t, fmt.Sprintf("%s: streams of %v", what, want), 10*time.Second, func() (bool, string) {
 		got := nodes(cp)
 		ok := len(got) == len(want)
 		for _, w := range want {
 			ok = ok && got[w]
 		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: streams of %v; want %v", what, got, want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ok, fmt.Sprint(got)
+	})
 }
 
 // TestXDSConnectionsBounded: a peer's connections beyond --max-conns-per-peer are closed at
@@ -87,7 +82,7 @@ func waitNodes(t *testing.T, cp *controlplane.ControlPlane, what string, want ..
 // stream limit), so that one host cannot open connections and streams without end.
 func TestXDSConnectionsBounded(t *testing.T) {
 	srv := twoInstances(t)
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t),
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
 		MaxConnsPerPeer: 2, MaxStreamsPerConn: 2})
 
 	first := rawConn(t, cp)
@@ -144,7 +139,7 @@ func TestXDSConnectionsBounded(t *testing.T) {
 func TestOversizedNodeNotKept(t *testing.T) {
 	srv := twoInstances(t)
 	var logs syncbuf.Buffer
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
 		Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)})
 	<-cp.Ready()
 	long := strings.Repeat("n", 1_500_000)
@@ -181,7 +176,7 @@ func TestOversizedNodeNotKept(t *testing.T) {
 // heap from 6.7 to 66.7 MB. The stream is now ended at the first batch and nothing is kept.
 func TestHostileSubscriptionsBounded(t *testing.T) {
 	srv := twoInstances(t)
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
 	<-cp.Ready()
 	before := heapMB()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

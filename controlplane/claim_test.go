@@ -11,6 +11,7 @@ import (
 	tetheragent "github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -50,19 +51,13 @@ func runClaimAgent(t *testing.T, srv *etcdtest.Server, svc, id string) (stop fun
 	}
 	t.Cleanup(stop)
 	key := registry.InstanceKey("/tether", svc, id)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually.True(t, "agent "+id+" registered", 10*time.Second, func() bool {
 		gctx, gcancel := context.WithTimeout(context.Background(), time.Second)
+		defer gcancel()
 		resp, err := srv.Client(t).Get(gctx, key)
-		gcancel()
-		if err == nil && len(resp.Kvs) == 1 {
-			return stop
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent %s not registered after 10s", id)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && len(resp.Kvs) == 1
+	})
+	return stop
 }
 
 // Issue 24 #4: the unconfigured app holds "*" "/"; the typo'd ap registers; app is deployed

@@ -15,7 +15,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
@@ -124,7 +126,7 @@ func clusterSetup(t *testing.T, ttl int64) (*etcdtest.Cluster, *clientv3.Client,
 	for i := range 3 {
 		agents = append(agents, startAgent(t, c, i, fmt.Sprintf("a%d", i), 5000+i, ttl))
 	}
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: c.Endpoints()}, HoldShare: -1, Logger: testLogger(t)})
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: c.Endpoints()}, HoldShare: -1})
 	return c, cli, agents, cp
 }
 
@@ -210,14 +212,11 @@ func TestClusterReplicasHandOver(t *testing.T) {
 	runClient(t, x0, cp1.XDSAddr(), nil)
 	waitFor(t, x0, "everything from the first replica", complete(3))
 	rev := put(t, cli, "/tether/services/app", strings.Replace(clusterServiceJSON, `"mode": "cookie"`, `"mode": "sticky"`, 1))
-	deadline := time.Now().Add(10 * time.Second)
-	for metric(t, cp1, "tether_registry_revision") < float64(rev) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.True(t, "the bad edit read by the first replica", 10*time.Second, func() bool { return metric(t, cp1, "tether_registry_revision") >= float64(rev) })
 
 	eps := c.Endpoints()
 	slices.Reverse(eps)
-	cp2 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: eps}, HoldShare: -1, Logger: testLogger(t)})
+	cp2 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: eps}, HoldShare: -1})
 	select {
 	case <-cp2.Ready():
 	case <-time.After(15 * time.Second):
@@ -238,13 +237,7 @@ func TestClusterReplicasHandOver(t *testing.T) {
 	rec.start()
 	runClient(t, x, cp2.XDSAddr(), nil)
 	// Wait until the second replica lists the client, so the next change reaches it there.
-	deadline = time.Now().Add(10 * time.Second)
-	for len(cp2.Clients()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if len(cp2.Clients()) == 0 {
-		t.Fatal("the client is not connected to the second replica")
-	}
+	eventually.True(t, "the client connected to the second replica", 10*time.Second, func() bool { return len(cp2.Clients()) > 0 })
 	put(t, cli, "/tether/instances/app/new", instanceJSON("new", 6000, "available", 1))
 	waitFor(t, x, "the change from the second replica", func(v xdsclient.View) bool { return endpoints(v)[6000] != nil })
 

@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"testing"
@@ -15,7 +16,9 @@ import (
 	tagent "github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/agenttest"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -83,7 +86,7 @@ func edsHealth(v xdsclient.View) map[string]string {
 func TestLeaseStormKeepsDrainedServers(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t),
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
 		HoldGrace: time.Minute, HoldWindow: 10 * time.Second})
 	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 	proxy := etcdtest.NewProxy(t, srv.ClientURL)
@@ -108,20 +111,16 @@ func TestLeaseStormKeepsDrainedServers(t *testing.T) {
 	waitFor(t, c, "four drained and two available endpoints", func(v xdsclient.View) bool { return maps.Equal(edsHealth(v), want) })
 
 	proxy.Cut() // every agent loses etcd: the six leases lapse within about a TTL (2 s)
-	deadline := time.Now().Add(20 * time.Second)
-	for metric(t, cp, "tether_held_instances") != 6 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel2()
-	resp, err := cli.Get(ctx2, registry.InstancesPrefix("/tether"), clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := metric(t, cp, "tether_held_instances"); got != 6 {
-		t.Fatalf("tether_held_instances = %v with %d instances left in etcd; want all 6 held (Envoy holds %v)",
-			got, resp.Count, edsHealth(c.View()))
-	}
+	eventually.Saying(t, "all six instances held", 20*time.Second, func() (bool, string) {
+		got := metric(t, cp, "tether_held_instances")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := cli.Get(ctx, registry.InstancesPrefix("/tether"), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got == 6, fmt.Sprintf("tether_held_instances = %v with %d instances left in etcd (Envoy holds %v)", got, resp.Count, edsHealth(c.View()))
+	})
 	waitFor(t, c, "all six served again, the drained ones still DRAINING", func(v xdsclient.View) bool { return maps.Equal(edsHealth(v), want) })
 	if ids := slices.Sorted(maps.Keys(edsHealth(c.View()))); len(ids) != 6 {
 		t.Errorf("Envoy holds %v", ids)

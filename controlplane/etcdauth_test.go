@@ -12,6 +12,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/syncbuf"
 )
 
@@ -58,19 +59,15 @@ func TestStartWaitsForEtcdWithAuth(t *testing.T) {
 			_ = got.cp.Wait()
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "etcd not reachable yet") {
+	eventually.Saying(t, "a retry logged", 10*time.Second, func() (bool, string) {
 		select {
 		case r := <-result:
 			got = &r
 			t.Fatalf("Start returned while etcd was down: %v", r.err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no retry logged within 10s:\n%s", logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return strings.Contains(logs.String(), "etcd not reachable yet"), "\n" + logs.String()
+	})
 	etcd.StartAgain(t)
 	select {
 	case r := <-result:
@@ -81,18 +78,12 @@ func TestStartWaitsForEtcdWithAuth(t *testing.T) {
 	if got.err != nil {
 		t.Fatalf("Start: %v", got.err)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for {
+	eventually.Saying(t, "/readyz 200 once etcd is up", 10*time.Second, func() (bool, string) {
 		resp, err := http.Get("http://" + got.cp.AdminAddr() + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz not 200 within 10s of etcd coming up: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
 }

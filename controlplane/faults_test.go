@@ -19,45 +19,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
-
-// startCPWith starts a control plane from cfg, allowing loopback backends, with test defaults
-// for the addresses and timings cfg leaves empty (cfg.Logger is used as given); it is stopped when the test ends unless the test stops it first.
-func startCPWith(t testing.TB, cfg controlplane.Config) *controlplane.ControlPlane {
-	t.Helper()
-	if cfg.XDSAddr == "" {
-		cfg.XDSAddr = "127.0.0.1:0"
-	}
-	if cfg.AdminAddr == "" {
-		cfg.AdminAddr = "127.0.0.1:0"
-	}
-	if cfg.CoalesceQuiet == 0 {
-		cfg.CoalesceQuiet, cfg.CoalesceMax = 5*time.Millisecond, 50*time.Millisecond
-	}
-	if cfg.ShutdownTimeout == 0 {
-		cfg.ShutdownTimeout = 2 * time.Second
-	}
-	if cfg.Etcd.DialTimeout == 0 {
-		cfg.Etcd.DialTimeout = 2 * time.Second
-	}
-	cfg.AllowLoopback = true // the tests' backends are on 127.0.0.1
-	ctx, cancel := context.WithCancel(context.Background())
-	cp, err := controlplane.Start(ctx, cfg)
-	if err != nil {
-		cancel()
-		t.Fatalf("start control plane: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := cp.Wait(); err != nil {
-			t.Errorf("control plane stopped with %v", err)
-		}
-	})
-	return cp
-}
 
 // session is one run of an xDS client on one connection.
 type session struct {
@@ -190,7 +157,7 @@ func TestControlPlaneRestartResync(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	seedRegistry(t, cli)
-	cp1 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	cp1 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
 
 	delta, sotw := xdsclient.New(xdsclient.Delta, "envoy-delta", "default"), xdsclient.New(xdsclient.SotW, "envoy-sotw", "default")
 	var rec recorder
@@ -210,7 +177,7 @@ func TestControlPlaneRestartResync(t *testing.T) {
 		t.Error("state-of-the-world stream ended without error when its control plane stopped")
 	}
 
-	cp2 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	cp2 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
 	select {
 	case <-cp2.Ready():
 	case <-time.After(15 * time.Second):
@@ -240,12 +207,10 @@ func TestControlPlaneRestartResync(t *testing.T) {
 		return fmt.Sprint(n)
 	}
 	want := "[delta:envoy-delta sotw:envoy-sotw]"
-	for deadline := time.Now().Add(10 * time.Second); nodes() != want && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := nodes(); got != want {
-		t.Errorf("second control plane lists clients %s; want %s", got, want)
-	}
+	eventually.Saying(t, "the second control plane to list clients "+want, 10*time.Second, func() (bool, string) {
+		got := nodes()
+		return got == want, got
+	})
 
 	// Delta: after a load change, the only resource received since the reconnect is the
 	// changed endpoints.
@@ -287,7 +252,7 @@ func TestControlPlaneRestartResync(t *testing.T) {
 func TestEtcdOutageKeepsServing(t *testing.T) {
 	srv := etcdtest.Start(t)
 	seedRegistry(t, srv.Client(t))
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
 	old := []*xdsclient.Client{xdsclient.New(xdsclient.Delta, "old-delta", "default"), xdsclient.New(xdsclient.SotW, "old-sotw", "default")}
 	var rec recorder // what the delta Envoy receives from the outage on
 	old[0].OnUpdate = rec.record
@@ -480,7 +445,7 @@ func TestLargeRegistry(t *testing.T) {
 	put(t, cli, "/tether/instances/big/big2", overLimit)
 
 	// One service more than --max-services' default: the bound is TestRegistryLimits'.
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t), MaxServices: services + 1})
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, MaxServices: services + 1})
 	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 	wctx, wcancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer wcancel()

@@ -12,7 +12,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
@@ -77,10 +79,7 @@ func TestRejectedConfigSameOnEveryReplica(t *testing.T) {
 
 	bad := strings.Replace(good, `"mode": "cookie"`, `"mode": "sticky"`, 1)
 	rev := put(t, cli, "/tether/services/app", bad)
-	deadline := time.Now().Add(10 * time.Second)
-	for metric(t, cp1, "tether_registry_revision") < float64(rev) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.True(t, "the bad edit read by the first replica", 10*time.Second, func() bool { return metric(t, cp1, "tether_registry_revision") >= float64(rev) })
 
 	cp2 := startCP(t, srv.Endpoints())
 	c2 := connect(t, cp2, xdsclient.SotW, "envoy-2", "default")
@@ -108,7 +107,7 @@ func TestRejectedConfigSameOnEveryReplica(t *testing.T) {
 func TestLeaseStormIsHeld(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t),
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
 		HoldGrace: time.Minute, HoldWindow: time.Minute})
 	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -126,14 +125,11 @@ func TestLeaseStormIsHeld(t *testing.T) {
 	}
 	// Leases are never kept alive: they lapse one after another.
 	var fewest = 6
-	deadline := time.Now().Add(20 * time.Second)
-	for metric(t, cp, "tether_held_instances") != 6 && time.Now().Before(deadline) {
+	eventually.Saying(t, "all six instances held", 20*time.Second, func() (bool, string) {
 		fewest = min(fewest, len(endpoints(c.View())))
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := metric(t, cp, "tether_held_instances"); got != 6 {
-		t.Fatalf("tether_held_instances = %v; want all 6", got)
-	}
+		got := metric(t, cp, "tether_held_instances")
+		return got == 6, fmt.Sprintf("tether_held_instances = %v", got)
+	})
 	waitFor(t, c, "all six served again", func(v xdsclient.View) bool { return len(endpoints(v)) == 6 })
 	t.Logf("fewest endpoints served during the storm: %d of 6", fewest)
 }

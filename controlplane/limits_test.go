@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
@@ -52,9 +53,9 @@ func TestRegistryLimits(t *testing.T) {
 	// A configuration written later does not move an older service behind d.
 	put(t, cli, "/tether/services/c", `{"domains": ["c.example.com"]}`)
 
-	cfg := controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t),
+	cfg := controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
 		MaxServices: 3, MaxInstancesPerService: 2}
-	cp1 := startCPWith(t, cfg)
+	cp1 := cptest.Start(t, cfg)
 	c1 := connect(t, cp1, xdsclient.Delta, "envoy-1", "default")
 	waitFor(t, c1, "a, b and c with two of a's instances", func(v xdsclient.View) bool {
 		return slices.Equal(clusterNames(v), []string{"tether_a", "tether_b", "tether_c"}) && slices.Equal(ports(v), []uint32{5001, 5002, 6001, 7001})
@@ -73,7 +74,7 @@ func TestRegistryLimits(t *testing.T) {
 	}
 
 	// Another replica serves exactly the same.
-	cp2 := startCPWith(t, cfg)
+	cp2 := cptest.Start(t, cfg)
 	c2 := connect(t, cp2, xdsclient.SotW, "envoy-2", "default")
 	want := c1.View().Versions
 	waitFor(t, c2, "the second replica's routes", func(v xdsclient.View) bool {

@@ -14,7 +14,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
@@ -53,8 +55,8 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 0))
 	put(t, cli, "/tether/instances/app/a2", instanceJSON("a2", 5002, "available", 0))
 	state := filepath.Join(t.TempDir(), "state.json")
-	cfg := controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle, StateFile: state, Logger: testLogger(t)}
-	cp1 := startCPWith(t, cfg)
+	cfg := controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle, StateFile: state}
+	cp1 := cptest.Start(t, cfg)
 	clients := []*xdsclient.Client{xdsclient.New(xdsclient.Delta, "envoy-0", "edge"), xdsclient.New(xdsclient.SotW, "envoy-1", "edge"), xdsclient.New(xdsclient.Delta, "envoy-2", "edge")}
 	var sessions []*session
 	for _, c := range clients {
@@ -63,7 +65,7 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 			return health(v, 5001) == core.HealthStatus_HEALTHY && health(v, 5002) == core.HealthStatus_HEALTHY
 		})
 	}
-	eventually(t, "every Envoy known to the control plane", func() bool { _, known, _, _ := instancePhase(t, cp1, "a1"); return known == 3 })
+	eventually.True(t, "every Envoy known to the control plane", 15*time.Second, func() bool { _, known, _, _ := instancePhase(t, cp1, "a1"); return known == 3 })
 	if err := cp1.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -77,13 +79,13 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 		drained[i] = everDraining(c, 5001, 5002)
 	}
 	started := time.Now()
-	cp2 := startCPWith(t, cfg)
+	cp2 := cptest.Start(t, cfg)
 	runClient(t, clients[0], cp2.XDSAddr(), nil)
 	waitFor(t, clients[0], "a3 served", func(v xdsclient.View) bool { return health(v, 5003) >= 0 })
 	if h := health(clients[0].View(), 5003); h != core.HealthStatus_DRAINING {
 		t.Fatalf("the first Envoy back was sent a3, which joined while the control plane was down, as %v; want DRAINING", h)
 	}
-	eventually(t, "a3 known by the first Envoy back", func() bool { _, known, _, _ := instancePhase(t, cp2, "a3"); return known == 1 })
+	eventually.True(t, "a3 known by the first Envoy back", 15*time.Second, func() bool { _, known, _, _ := instancePhase(t, cp2, "a3"); return known == 1 })
 	time.Sleep(300 * time.Millisecond) // a promotion for want of Envoys would come within evalEvery
 	if first, _, _, _ := instancePhase(t, cp2, "a3"); !first {
 		t.Fatal("a3 promoted while two Envoys that followed the control plane before were not back")
@@ -115,7 +117,7 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 // costs no new sessions on the servers the Envoys hold (the figure for the row).
 func TestRestartWithoutStateFileServesAsBefore(t *testing.T) {
 	srv := twoInstances(t)
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
 	c := xdsclient.New(xdsclient.Delta, "envoy-0", "edge")
 	d := everDraining(c, 5001)
 	run(t, cp, c)
@@ -149,8 +151,8 @@ func TestRestartAfterStormAndCompactionHoldsWhatItServed(t *testing.T) {
 		put(t, cli, fmt.Sprintf("/tether/instances/app/m%d", i), freshInstance(fmt.Sprintf("m%d", i), 5000+i, "available", time.Now()), clientv3.WithLease(lease))
 	}
 	state := filepath.Join(t.TempDir(), "state.json")
-	cfg := controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, StateFile: state, HoldGrace: 5 * time.Second, Logger: testLogger(t)}
-	cp1 := startCPWith(t, cfg)
+	cfg := controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, StateFile: state, HoldGrace: 5 * time.Second}
+	cp1 := cptest.Start(t, cfg)
 	c := xdsclient.New(xdsclient.Delta, "envoy-0", "edge")
 	s := runClient(t, c, cp1.XDSAddr(), nil)
 	waitFor(t, c, "four endpoints", func(v xdsclient.View) bool { return len(endpoints(v)) == 4 })
@@ -176,14 +178,14 @@ func TestRestartAfterStormAndCompactionHoldsWhatItServed(t *testing.T) {
 			lost.Store(true)
 		}
 	}
-	cp2 := startCPWith(t, cfg)
+	cp2 := cptest.Start(t, cfg)
 	runClient(t, c, cp2.XDSAddr(), nil)
 	select {
 	case <-cp2.Ready():
 	case <-time.After(15 * time.Second):
 		t.Fatal("the second control plane is not ready")
 	}
-	eventually(t, "the storm's instances held", func() bool { return metric(t, cp2, "tether_held_instances") == 3 })
+	eventually.True(t, "the storm's instances held", 15*time.Second, func() bool { return metric(t, cp2, "tether_held_instances") == 3 })
 	if lost.Load() || len(endpoints(c.View())) != 4 {
 		t.Fatalf("after the restart the Envoy holds %v; want the four servers, three held", endpointPorts(endpoints(c.View())))
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
@@ -31,8 +32,8 @@ func BenchmarkPromotionDelay(b *testing.B) {
 		b.Run(fmt.Sprintf("envoys=%d", n), func(b *testing.B) {
 			srv := twoInstances(b)
 			cli := srv.Client(b)
-			cp := startCPWith(b, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
-				PublishSettle: 10 * time.Second, Logger: testLogger(b), MaxConnsPerPeer: 2 * n})
+			cp := cptest.Start(b, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
+				PublishSettle: 10 * time.Second, MaxConnsPerPeer: 2 * n})
 			clocks := make([]*phaseClock, n)
 			for i := range clocks {
 				v := xdsclient.SotW

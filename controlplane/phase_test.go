@@ -18,14 +18,10 @@ import (
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/controlplane/admin"
+	"github.com/tetherlb/tether/internal/cptest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
-
-// startCPSettle starts a control plane with --publish-settle settle.
-func startCPSettle(t testing.TB, endpoints []string, settle time.Duration) *controlplane.ControlPlane {
-	t.Helper()
-	return startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: endpoints}, PublishSettle: settle, Logger: testLogger(t)})
-}
 
 // health returns the EDS status the client holds for the endpoint on port, or -1.
 func health(v xdsclient.View, port uint32) core.HealthStatus {
@@ -86,25 +82,13 @@ func instancePhase(t *testing.T, cp *controlplane.ControlPlane, id string) (firs
 	return false, 0, 0, false
 }
 
-// eventually polls cond (bounded in count and time) until it holds.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for i := 0; i < 1500; i++ {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
-}
-
 // TestNewEndpointIsKnownEverywhereFirst: two Envoys (SotW and delta) of one group; a new
 // instance reaches both as DRAINING first; while the second holds back its ACK the first
 // never sees it HEALTHY; once the second ACKs, both see it HEALTHY.
 func TestNewEndpointIsKnownEverywhereFirst(t *testing.T) {
 	srv := twoInstances(t)
 	cli := srv.Client(t)
-	cp := startCPSettle(t, srv.Endpoints(), time.Minute)
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: time.Minute})
 	a := xdsclient.New(xdsclient.SotW, "envoy-a", "edge")
 	sa := watchEndpoint(a, 5003)
 	run(t, cp, a)
@@ -121,7 +105,7 @@ func TestNewEndpointIsKnownEverywhereFirst(t *testing.T) {
 		waitFor(t, c, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
 	}
 	// The control plane has seen a's ACK: a knows it, b does not.
-	eventually(t, "a3 known by 1 of 2 Envoys", func() bool {
+	eventually.True(t, "a3 known by 1 of 2 Envoys", 15*time.Second, func() bool {
 		first, known, envoys, ok := instancePhase(t, cp, "a3")
 		return ok && first && known == 1 && envoys == 2
 	})
@@ -135,7 +119,7 @@ func TestNewEndpointIsKnownEverywhereFirst(t *testing.T) {
 	for _, c := range []*xdsclient.Client{a, b} {
 		waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
 	}
-	eventually(t, "a3 out of its first phase, known by both", func() bool {
+	eventually.True(t, "a3 out of its first phase, known by both", 15*time.Second, func() bool {
 		first, known, envoys, ok := instancePhase(t, cp, "a3")
 		return ok && !first && known == 2 && envoys == 2
 	})
@@ -157,7 +141,7 @@ func TestSilentEnvoyDelaysPromotionBySettle(t *testing.T) {
 	const settle = 400 * time.Millisecond
 	srv := twoInstances(t)
 	cli := srv.Client(t)
-	cp := startCPSettle(t, srv.Endpoints(), settle)
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
 	a := connect(t, cp, xdsclient.Delta, "envoy-a", "edge")
 	b := connect(t, cp, xdsclient.SotW, "envoy-b", "edge")
 	for _, c := range []*xdsclient.Client{a, b} {
@@ -202,7 +186,7 @@ func TestSilentEnvoyDelaysPromotionBySettle(t *testing.T) {
 	}
 	b.ReleaseACKs()
 	waitFor(t, b, "a4 HEALTHY at b", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
-	eventually(t, "envoy-b caught up", func() bool { return metric(t, cp, "tether_lagging_envoys") == 0 })
+	eventually.True(t, "envoy-b caught up", 15*time.Second, func() bool { return metric(t, cp, "tether_lagging_envoys") == 0 })
 }
 
 // TestStreamWithoutEndpointsHoldsNothingBack: a stream that never asks for endpoints (an
@@ -213,7 +197,7 @@ func TestStreamWithoutEndpointsHoldsNothingBack(t *testing.T) {
 	const settle = 5 * time.Second
 	srv := twoInstances(t)
 	cli := srv.Client(t)
-	cp := startCPSettle(t, srv.Endpoints(), settle)
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
 	a := connect(t, cp, xdsclient.Delta, "envoy-a", "edge")
 	waitFor(t, a, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
 
@@ -263,12 +247,12 @@ func TestDisconnectedEnvoyIsWaitedForAndItsHeldVersionsAreItsACK(t *testing.T) {
 	const settle = 6 * time.Second
 	srv := twoInstances(t)
 	cli := srv.Client(t)
-	cp := startCPSettle(t, srv.Endpoints(), settle)
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
 	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
 	s := runClient(t, b, cp.XDSAddr(), nil)
 	waitFor(t, b, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
 	// Its ACK of that must have arrived before ACKs are held, or the push of a3 waits for it.
-	eventually(t, "a1 known by the Envoy", func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 1 })
+	eventually.True(t, "a1 known by the Envoy", 15*time.Second, func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 1 })
 	b.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
 	waitFor(t, b, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })

@@ -11,6 +11,9 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -43,8 +46,8 @@ func replicaReports(t *testing.T, cli *clientv3.Client) map[string]registry.Repl
 func TestReplicasWaitForEachOthersEnvoys(t *testing.T) {
 	srv := twoInstances(t)
 	cli := srv.Client(t)
-	cpA := startCPSettle(t, srv.Endpoints(), time.Minute)
-	cpB := startCPSettle(t, srv.Endpoints(), time.Minute)
+	cpA := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: time.Minute})
+	cpB := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: time.Minute})
 	a := xdsclient.New(xdsclient.Delta, "envoy-a", "edge")
 	sa := watchEndpoint(a, 5003)
 	run(t, cpA, a)
@@ -52,7 +55,7 @@ func TestReplicasWaitForEachOthersEnvoys(t *testing.T) {
 	for _, c := range []*xdsclient.Client{a, b} {
 		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
 	}
-	eventually(t, "both replicas' reports", func() bool { return len(replicaReports(t, cli)) == 2 })
+	eventually.True(t, "both replicas' reports", 15*time.Second, func() bool { return len(replicaReports(t, cli)) == 2 })
 
 	b.HoldACKs(resourcev3.EndpointType)
 	rev := put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
@@ -60,11 +63,11 @@ func TestReplicasWaitForEachOthersEnvoys(t *testing.T) {
 		waitFor(t, c, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
 	}
 	// A's own Envoy knows a3, and A says it waits for the other replica: it has evaluated.
-	eventually(t, "a3 known by A's only Envoy", func() bool {
+	eventually.True(t, "a3 known by A's only Envoy", 15*time.Second, func() bool {
 		first, known, envoys, ok := instancePhase(t, cpA, "a3")
 		return ok && first && known == 1 && envoys == 1
 	})
-	eventually(t, fmt.Sprintf("replica A waiting for revision %d", rev), func() bool {
+	eventually.True(t, fmt.Sprintf("replica A waiting for revision %d", rev), 15*time.Second, func() bool {
 		n := 0
 		for _, r := range replicaReports(t, cli) {
 			if r.Wants >= rev {
@@ -80,7 +83,7 @@ func TestReplicasWaitForEachOthersEnvoys(t *testing.T) {
 	for _, c := range []*xdsclient.Client{a, b} {
 		waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
 	}
-	eventually(t, "nothing wanted once promoted", func() bool {
+	eventually.True(t, "nothing wanted once promoted", 15*time.Second, func() bool {
 		for _, r := range replicaReports(t, cli) {
 			if r.Wants != 0 {
 				return false
@@ -98,21 +101,21 @@ func TestStoppedReplicaIsWaitedForUntilSettle(t *testing.T) {
 	const settle = 2 * time.Second
 	srv := twoInstances(t)
 	cli := srv.Client(t)
-	cpA := startCPSettle(t, srv.Endpoints(), settle)
-	cpB := startCPSettle(t, srv.Endpoints(), settle)
+	cpA := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
+	cpB := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
 	a := connect(t, cpA, xdsclient.Delta, "envoy-a", "edge")
 	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
 	for _, c := range []*xdsclient.Client{a, b} {
 		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
 	}
-	eventually(t, "both replicas' reports", func() bool { return len(replicaReports(t, cli)) == 2 })
+	eventually.True(t, "both replicas' reports", 15*time.Second, func() bool { return len(replicaReports(t, cli)) == 2 })
 	b.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a4", instanceJSON("a4", 5004, "available", 0))
 	waitFor(t, a, "a4 DRAINING", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_DRAINING })
 	if err := cpB.Stop(); err != nil {
 		t.Fatalf("stop replica B: %v", err)
 	}
-	eventually(t, "B's report gone", func() bool { return len(replicaReports(t, cli)) == 1 })
+	eventually.True(t, "B's report gone", 15*time.Second, func() bool { return len(replicaReports(t, cli)) == 1 })
 	waitFor(t, a, "a4 HEALTHY at its settle time", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
 	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="settled"}`); n != 1 {
 		t.Errorf("settled promotions = %v, want 1: a4 was promoted before the stopped replica's settle time", n)

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
@@ -63,7 +64,7 @@ func TestStartDuringStormHoldsWhatEtcdDeleted(t *testing.T) {
 	}
 
 	grace := 3 * time.Second
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, HoldGrace: grace, Logger: testLogger(t)})
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, HoldGrace: grace})
 	started := time.Now()
 	c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 	waitFor(t, c, "both services' endpoints", func(v xdsclient.View) bool {
@@ -116,7 +117,7 @@ func TestRestartReconnectBeforeFirstStateLosesNothing(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	seedRegistry(t, cli)
-	cp1 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	cp1 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
 
 	clients := []*xdsclient.Client{xdsclient.New(xdsclient.Delta, "envoy-delta", "default"), xdsclient.New(xdsclient.SotW, "envoy-sotw", "default")}
 	recs := make([]*recorder, len(clients))
@@ -138,7 +139,7 @@ func TestRestartReconnectBeforeFirstStateLosesNothing(t *testing.T) {
 	for _, r := range recs {
 		r.start()
 	}
-	cp2 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t)})
+	cp2 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
 	for _, c := range clients {
 		runClient(t, c, cp2.XDSAddr(), nil) // at once: the new control plane may not be ready yet
 	}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/syncbuf"
@@ -81,7 +82,7 @@ func TestEtcdMutualTLSAndAuth(t *testing.T) {
 
 	t.Run("serves", func(t *testing.T) {
 		var logs syncbuf.Buffer
-		cp := startCPWith(t, controlplane.Config{Etcd: etcdCfg, Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)})
+		cp := cptest.Start(t, controlplane.Config{Etcd: etcdCfg, Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)})
 		c := connect(t, cp, xdsclient.Delta, "envoy-1", "default")
 		waitFor(t, c, "the agent's instance over mutual TLS and auth", func(v xdsclient.View) bool { return endpoints(v)[5001] != nil })
 		for _, page := range []string{"/debug/config", "/metrics", "/api/state", "/", "/readyz", "/debug/pprof/", "/debug/pprof/goroutine?debug=2"} {
@@ -129,9 +130,9 @@ func TestXDSTLS(t *testing.T) {
 	put(t, srv.Client(t), "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 1))
 	serverCA, clientCA, otherCA := tlstest.New(t, "xds-server-ca"), tlstest.New(t, "envoy-client-ca"), tlstest.New(t, "other-ca")
 	serverCert := serverCA.Server(t, "controlplane")
-	tlsCP := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t),
+	tlsCP := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
 		XDSTLS: &tls.Config{Certificates: []tls.Certificate{serverCert.Cert}, MinVersion: tls.VersionTLS12}})
-	mtlsCP := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t),
+	mtlsCP := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()},
 		XDSTLS: &tls.Config{Certificates: []tls.Certificate{serverCert.Cert}, MinVersion: tls.VersionTLS12,
 			ClientCAs: clientCA.Pool, ClientAuth: tls.RequireAndVerifyClientCert}})
 

@@ -1,6 +1,7 @@
 package controlplane_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -10,7 +11,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
@@ -30,17 +33,13 @@ func readyz(t *testing.T, cp *controlplane.ControlPlane) (int, string) {
 // waitReadyz polls /readyz until it answers status, failing after within.
 func waitReadyz(t *testing.T, cp *controlplane.ControlPlane, status int, within time.Duration) string {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		code, body := readyz(t, cp)
-		if code == status {
-			return body
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz still %d %q after %s, want %d", code, strings.TrimSpace(body), within, status)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var body string
+	eventually.Saying(t, fmt.Sprintf("/readyz %d", status), within, func() (bool, string) {
+		var code int
+		code, body = readyz(t, cp)
+		return code == status, fmt.Sprintf("%d %q", code, strings.TrimSpace(body))
+	})
+	return body
 }
 
 // A replica cut off from etcd (the only member it knows stopped, while the other two go on
@@ -56,8 +55,8 @@ func TestCutOffReplicaStepsDown(t *testing.T) {
 	put(t, cli, "/tether/instances/app/a2", instanceJSON("a2", 5002, "available", 1))
 	cut := c.Members[0]
 	const bound = 1500 * time.Millisecond
-	cp1 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: []string{cut.ClientURL}}, StaleAfter: bound, Logger: testLogger(t)})
-	cp2 := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: []string{c.Members[1].ClientURL, c.Members[2].ClientURL}}, StaleAfter: bound, Logger: testLogger(t)})
+	cp1 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: []string{cut.ClientURL}}, StaleAfter: bound})
+	cp2 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: []string{c.Members[1].ClientURL, c.Members[2].ClientURL}}, StaleAfter: bound})
 	for _, cp := range []*controlplane.ControlPlane{cp1, cp2} {
 		select {
 		case <-cp.Ready():

@@ -26,6 +26,7 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -65,11 +66,10 @@ func exported(t *testing.T) map[string]bool {
 	names := map[string]bool{}
 	for _, addr := range []string{adminAddr, metricsAddr} {
 		var fams map[string]*dto
-		deadline := time.Now().Add(15 * time.Second)
-		for {
+		eventually.Saying(t, "scrape "+addr, 15*time.Second, func() (bool, string) {
 			var err error
 			if fams, err = scrape(addr); err == nil && (addr != adminAddr || fams["tether_ready"] != nil && fams["tether_ready"].ready) {
-				break
+				return true, ""
 			}
 			select {
 			case err := <-cpDone:
@@ -80,11 +80,8 @@ func exported(t *testing.T) map[string]bool {
 				t.Fatalf("agent stopped: %v", err)
 			default:
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("scrape %s: %v", addr, err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return false, fmt.Sprint(err)
+		})
 		for n := range fams {
 			names[n] = true
 		}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tetherlb/tether/agent"
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/registry"
 )
@@ -31,8 +32,6 @@ const (
 	service = "app"
 	// maxSessions is each agent's --max-sessions; synthetic load of this many makes it full.
 	maxSessions = 100
-	// pollInterval is the period of every polling wait.
-	pollInterval = 100 * time.Millisecond
 )
 
 // names are the sessionapp instances, also their instance IDs.
@@ -239,25 +238,11 @@ func newEnvWith(t testing.TB, cfg envConfig) *env {
 	e.etcd = etcdtest.Start(t)
 	e.listenPort = etcdtest.FreePort(t)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		Etcd:       clientv3.Config{Endpoints: e.etcd.Endpoints(), DialTimeout: 2 * time.Second},
-		XDSAddr:    "127.0.0.1:0",
-		AdminAddr:  "127.0.0.1:0",
+	// Loopback backends allowed: Envoy and the backends share this host.
+	cp := cptest.Start(t, controlplane.Config{
+		Etcd:       clientv3.Config{Endpoints: e.etcd.Endpoints()},
 		ListenPort: uint32(e.listenPort),
-		// Envoy and the backends share this host.
-		AllowLoopback: true,
-		Logger:        e.log.With().Str("component", "controlplane").Logger(),
-	})
-	if err != nil {
-		cancel()
-		t.Fatalf("start control plane: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := cp.Wait(); err != nil {
-			t.Errorf("control plane stopped with %v", err)
-		}
+		Logger:     e.log.With().Str("component", "controlplane").Logger(),
 	})
 	e.cp = cp
 
@@ -387,27 +372,6 @@ func (e *env) setFull(t testing.TB, name string, on bool) {
 func (e *env) setRefuse(t testing.TB, name string, on bool) {
 	t.Helper()
 	e.post(t, name, "/admin/refuse?on="+strconv.FormatBool(on))
-}
-
-// eventually calls cond every pollInterval until it reports true or timeout passes, then fails
-// the test with the last state cond described.
-func eventually(t testing.TB, what string, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	maxPolls := int(timeout/pollInterval) + 1
-	last := ""
-	for i := 0; i <= maxPolls; i++ {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(pollInterval)
-	}
-	t.Fatalf("%s: not reached within %s; last seen: %s", what, timeout, last)
 }
 
 // endpointStates is instance name (or address, for an unknown one) -> health status name,

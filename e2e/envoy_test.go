@@ -21,6 +21,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 
 	// The types named in the bootstrap's typed_config fields, registered for protojson.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
@@ -146,7 +147,7 @@ func (e *env) startEnvoy(t testing.TB, bin string) *envoy {
 			t.Fatalf("Envoy exited: %v", err)
 		}
 	}
-	eventually(t, "Envoy's admin /ready answers 200", time.Minute, func() (bool, string) {
+	eventually.Saying(t, "Envoy's admin /ready answers 200", time.Minute, func() (bool, string) {
 		alive()
 		status, body, err := plainGet(ev.admin + "/ready")
 		if err != nil {
@@ -155,7 +156,7 @@ func (e *env) startEnvoy(t testing.TB, bin string) *envoy {
 		return status == http.StatusOK, fmt.Sprintf("%d %s", status, strings.TrimSpace(body))
 	})
 	e.waitEnvoy(t, ev, "app1..app3 healthy in Envoy", allHealthy())
-	eventually(t, "the listener forwards /healthcheck", 15*time.Second, func() (bool, string) {
+	eventually.Saying(t, "the listener forwards /healthcheck", 15*time.Second, func() (bool, string) {
 		alive()
 		status, body, err := plainGet(ev.base + "/healthcheck")
 		if err != nil {
@@ -241,7 +242,7 @@ func (e *env) envoyEndpoints(ev *envoy) (endpointStates, error) {
 // waitEnvoy waits until Envoy sees exactly the want endpoint states.
 func (e *env) waitEnvoy(t testing.TB, ev *envoy, what string, want endpointStates) {
 	t.Helper()
-	eventually(t, what, 30*time.Second, func() (bool, string) {
+	eventually.Saying(t, what, 30*time.Second, func() (bool, string) {
 		if done, err := ev.proc.exited(); done {
 			t.Fatalf("Envoy exited: %v", err)
 		}

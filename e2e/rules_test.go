@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -320,24 +321,24 @@ func TestEnvoyWebSocketSurvivesServiceChanges(t *testing.T) {
 	routeUpdates := func() int { return envoyStat(t, ev, "http.tether_http.rds.tether_routes.update_success") }
 
 	e.addOther(t, cli, "127.0.0.1", 9, registry.Overload{Status: 429, RetryAfterSeconds: 30})
-	eventually(t, "Envoy has the other service's cluster", 30*time.Second, func() (bool, string) {
+	eventually.Saying(t, "Envoy has the other service's cluster", 30*time.Second, func() (bool, string) {
 		return envoyHasCluster(t, ev, otherCluster)
 	})
 	time.Sleep(hold) // longer than the drain time: a drained listener would have closed the socket
 	updates := routeUpdates()
 	e.addOther(t, cli, "127.0.0.1", 9, registry.Overload{Status: 503, RetryAfterSeconds: 900})
-	eventually(t, "Envoy has the new routes", 30*time.Second, func() (bool, string) {
+	eventually.Saying(t, "Envoy has the new routes", 30*time.Second, func() (bool, string) {
 		n := routeUpdates()
 		return n > updates, fmt.Sprintf("%d route updates", n)
 	})
 	time.Sleep(hold)
 	putOtherInstance(t, cli, "127.0.0.1", 9, registry.StateDraining)
-	eventually(t, "Envoy sees the other service's instance draining", 30*time.Second, func() (bool, string) {
+	eventually.Saying(t, "Envoy sees the other service's instance draining", 30*time.Second, func() (bool, string) {
 		st := envoyClusterHosts(t, ev, otherCluster)
 		return len(st) == 1 && st[0] == "DRAINING", fmt.Sprint(st)
 	})
 	removeOther(t, cli)
-	eventually(t, "Envoy no longer has the other service's cluster", 30*time.Second, func() (bool, string) {
+	eventually.Saying(t, "Envoy no longer has the other service's cluster", 30*time.Second, func() (bool, string) {
 		has, names := envoyHasCluster(t, ev, otherCluster)
 		return !has, names
 	})

@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -400,13 +402,10 @@ func TestWatcherConfirmsItsRevision(t *testing.T) {
 	// watcher's own retry come first, and a loaded CI machine stretches both.
 	confirmedAfter := func(what string, since time.Time) {
 		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
-		for !r.w.Confirmed().After(since) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: last confirmed %v, not after %v", what, r.w.Confirmed(), since)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		eventually.Saying(t, fmt.Sprintf("%s: confirmed after %v", what, since), 15*time.Second, func() (bool, string) {
+			c := r.w.Confirmed()
+			return c.After(since), fmt.Sprintf("last confirmed %v", c)
+		})
 	}
 	confirmedAfter("quiet registry", time.Now())
 	for i := range 5 { // etcd's revision moves on outside the prefix

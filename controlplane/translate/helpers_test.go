@@ -2,13 +2,15 @@ package translate
 
 import (
 	"encoding/json"
-	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -18,8 +20,9 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// loadState reads an etcd key→value map, as agents and operators write it, into a State,
-// decoding every value with the registry's own decoders.
+// loadState reads an etcd key→value map, as agents and operators write it, into a State
+// through registry.BuildState, as the control plane reads etcd; a key it rejects fails the
+// test.
 func loadState(t testing.TB, path string) *registry.State {
 	t.Helper()
 	raw, err := os.ReadFile(path)
@@ -30,47 +33,13 @@ func loadState(t testing.TB, path string) *registry.State {
 	if err := json.Unmarshal(raw, &kv); err != nil {
 		t.Fatalf("parse %s: %v", path, err)
 	}
-	st, err := stateFromKV(kv)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
+	var kvs []*mvccpb.KeyValue
+	for _, key := range slices.Sorted(maps.Keys(kv)) {
+		kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(key), Value: kv[key], CreateRevision: 1, ModRevision: 1, Version: 1})
 	}
-	return st
-}
-
-func stateFromKV(kv map[string]json.RawMessage) (*registry.State, error) {
-	st := &registry.State{Revision: 1, Services: map[string]*registry.Service{}}
-	get := func(name string) *registry.Service {
-		s := st.Services[name]
-		if s == nil {
-			s = &registry.Service{Name: name, Config: registry.DefaultServiceConfig(name), Instances: map[string]registry.Instance{}, Revision: 1}
-			st.Services[name] = s
-		}
-		return s
-	}
-	for key, val := range kv {
-		kind, svc, id, err := registry.ParseKey(registry.DefaultPrefix, key)
-		if err != nil {
-			return nil, err
-		}
-		switch kind {
-		case registry.KeyService:
-			cfg, err := registry.DecodeServiceConfig(svc, val)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", key, err)
-			}
-			s := get(svc)
-			s.Config, s.Configured = cfg, true
-		case registry.KeyInstance:
-			in, err := registry.DecodeInstance(svc, id, val)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", key, err)
-			}
-			get(svc).Instances[id] = in
-		default:
-			// Drains do not reach the translation; ParseKey has refused unknown keys.
-		}
-	}
-	return st, nil
+	return registry.BuildState(registry.DefaultPrefix, 1, kvs, func(key string, err error) {
+		t.Fatalf("%s: %s: %v", path, key, err)
+	})
 }
 
 // checkResources validates every resource, including the typed configs packed in Any, and

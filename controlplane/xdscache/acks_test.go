@@ -13,6 +13,8 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/tetherlb/tether/internal/eventually"
 )
 
 // ackOf returns what the cache says the only stream acknowledged of endpoints, and whether
@@ -45,7 +47,7 @@ func TestAcksAreExact(t *testing.T) {
 	node := &corev3.Node{Id: "n", Cluster: "g"}
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNames: []string{"a"}})
 	r1 := s.next(t, "endpoints")
-	waitUntil(t, "response outstanding", func() bool { a, _, _ := ackOf(c); return a.Waiting })
+	eventually.True(t, "response outstanding", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Waiting })
 	if a, subA, subB := ackOf(c); a.Version != "" || a.Group != "g" || !subA || subB {
 		t.Fatalf("before any ACK: %+v (a %v, b %v)", a, subA, subB)
 	}
@@ -59,7 +61,7 @@ func TestAcksAreExact(t *testing.T) {
 		t.Fatalf("after the ACK of r1 that adds b: %+v, want r1's version, not whole (r1 lacks b), r2 waiting", a)
 	}
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: r2.GetNonce(), ResourceNames: []string{"a", "b"}})
-	waitUntil(t, "ACK of r2", func() bool { a, _, _ := ackOf(c); return !a.Waiting })
+	eventually.True(t, "ACK of r2", 10*time.Second, func() bool { a, _, _ := ackOf(c); return !a.Waiting })
 	if a, _, _ := ackOf(c); !a.Whole || a.Version != r2.GetVersionInfo() || a.NACKed {
 		t.Fatalf("after the ACK of the response holding b: %+v, want whole", a)
 	}
@@ -68,7 +70,7 @@ func TestAcksAreExact(t *testing.T) {
 	r3 := s.next(t, "the change")
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: r3.GetNonce(),
 		ResourceNames: []string{"a", "b"}, ErrorDetail: &rpcstatus.Status{Code: 3, Message: "no"}})
-	waitUntil(t, "NACK", func() bool { a, _, _ := ackOf(c); return a.NACKed })
+	eventually.True(t, "NACK", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
 	if a, _, _ := ackOf(c); a.Version != r2.GetVersionInfo() || a.Waiting {
 		t.Fatalf("after a NACK: %+v, want version %s kept", a, r2.GetVersionInfo())
 	}
@@ -76,7 +78,7 @@ func TestAcksAreExact(t *testing.T) {
 		t.Error("OnAnswer was never called")
 	}
 	s.cancel()
-	waitUntil(t, "stream closed", func() bool {
+	eventually.True(t, "stream closed", 10*time.Second, func() bool {
 		n := 0
 		c.Acks(resourcev3.EndpointType, func(StreamAck, func(string) bool) { n++ })
 		return n == 0
@@ -92,7 +94,7 @@ func TestAcksAreExact(t *testing.T) {
 		t.Fatal("no delta response")
 	}
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: resp.GetNonce()})
-	waitUntil(t, "delta ACK", func() bool { a, _, _ := ackOf(c); return a.Version == resp.GetSystemVersionInfo() })
+	eventually.True(t, "delta ACK", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Version == resp.GetSystemVersionInfo() })
 	if a, subA, subB := ackOf(c); !a.Delta || !a.Whole || !subA || !subB {
 		t.Fatalf("delta ACK: %+v (a %v, b %v)", a, subA, subB)
 	}
@@ -226,7 +228,7 @@ func TestNACKThenACKIsNotWhole(t *testing.T) {
 			}
 			n, v, _ := next("first response")
 			send(n, v, nil)
-			waitUntil(t, "first ACK", func() bool { s, _, _ := ackOf(c); return s.Whole && !s.Waiting })
+			eventually.True(t, "first ACK", 10*time.Second, func() bool { s, _, _ := ackOf(c); return s.Whole && !s.Waiting })
 
 			// a changes; the Envoy refuses it.
 			a = cla("a", 5002)
@@ -236,7 +238,7 @@ func TestNACKThenACKIsNotWhole(t *testing.T) {
 				t.Fatalf("a's change carried %v", got)
 			}
 			send(n, v, nack)
-			waitUntil(t, "NACK", func() bool { s, _, _ := ackOf(c); return s.NACKed })
+			eventually.True(t, "NACK", 10*time.Second, func() bool { s, _, _ := ackOf(c); return s.NACKed })
 			time.Sleep(200 * time.Millisecond) // nothing is resent at once: it would be refused again
 			if n := queued(); n != 0 {
 				t.Fatalf("%d responses sent right after the NACK, want none until the next change", n)
@@ -252,7 +254,7 @@ func TestNACKThenACKIsNotWhole(t *testing.T) {
 				t.Fatalf("before the ACK of the resync: %+v, want not whole", s)
 			}
 			send(n, v, nil)
-			waitUntil(t, "ACK of the resync", func() bool { s, _, _ := ackOf(c); return !s.Waiting })
+			eventually.True(t, "ACK of the resync", 10*time.Second, func() bool { s, _, _ := ackOf(c); return !s.Waiting })
 			if s, _, _ := ackOf(c); !s.Whole || s.Version != v || s.NACKed {
 				t.Fatalf("after the ACK of the resync: %+v, want whole at %s", s, v)
 			}
@@ -298,7 +300,7 @@ func TestAcksWhileSubscriptionsChange(t *testing.T) {
 		d.send(t, req)
 	}
 	// The last request unsubscribed b: once the cache has seen it, Acks says so.
-	waitUntil(t, "the last unsubscription", func() bool {
+	eventually.True(t, "the last unsubscription", 10*time.Second, func() bool {
 		sub := true
 		c.Acks(resourcev3.EndpointType, func(_ StreamAck, subscribed func(string) bool) { sub = subscribed("b") })
 		return !sub
@@ -334,7 +336,7 @@ func TestDeltaAcksAreExact(t *testing.T) {
 		ResourceNamesSubscribe: []string{"a"}})
 	r1 := raw("a's assignment")
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r1.GetNonce()})
-	waitUntil(t, "the ACK of a's assignment", func() bool { a, _, _ := ackOf(c); return !a.Waiting && a.Version != "" })
+	eventually.True(t, "the ACK of a's assignment", 10*time.Second, func() bool { a, _, _ := ackOf(c); return !a.Waiting && a.Version != "" })
 	if a, _, _ := ackOf(c); !a.Whole {
 		t.Fatalf("after the ACK of the only name subscribed: %+v, want whole", a)
 	}
@@ -345,7 +347,7 @@ func TestDeltaAcksAreExact(t *testing.T) {
 		t.Fatalf("b subscribed, its assignment sent and not ACKed: %+v (b subscribed %v), want not whole", a, subB)
 	}
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r2.GetNonce()})
-	waitUntil(t, "the ACK of b's assignment", func() bool { a, _, _ := ackOf(c); return !a.Waiting })
+	eventually.True(t, "the ACK of b's assignment", 10*time.Second, func() bool { a, _, _ := ackOf(c); return !a.Waiting })
 	acked := r2.GetSystemVersionInfo()
 	if a, _, _ := ackOf(c); !a.Whole || a.Version != acked {
 		t.Fatalf("after the ACK of b's assignment: %+v, want whole at %s", a, acked)
@@ -361,7 +363,7 @@ func TestDeltaAcksAreExact(t *testing.T) {
 		c.Acks(resourcev3.EndpointType, func(_ StreamAck, s func(string) bool) { sub = s("c") })
 		return sub
 	}
-	waitUntil(t, "c subscribed", subscribedC)
+	eventually.True(t, "c subscribed", 10*time.Second, subscribedC)
 	if a, _, _ := ackOf(c); a.Version != acked || !a.Waiting {
 		t.Fatalf("after an answer with a stale nonce: %+v, want still %s, the change (%s) unanswered", a, acked, r3.GetSystemVersionInfo())
 	}

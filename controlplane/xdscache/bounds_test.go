@@ -14,6 +14,8 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tetherlb/tether/internal/eventually"
 )
 
 // refusals counts the cache's refusals by reason.
@@ -85,7 +87,7 @@ func TestSubscribedNamesBounded(t *testing.T) {
 	if got := r.get(RefuseNames); got != 1 {
 		t.Errorf("%d refusals counted for names; want 1", got)
 	}
-	waitUntil(t, "the refused stream forgotten", func() bool { return len(c.Groups()) == 0 })
+	eventually.True(t, "the refused stream forgotten", 10*time.Second, func() bool { return len(c.Groups()) == 0 })
 	after := heapMB()
 	t.Logf("heap %.1f MB before, %.1f MB after the refused stream", before, after)
 	if after-before > 5 {

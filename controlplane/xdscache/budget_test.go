@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
@@ -124,7 +125,7 @@ func TestInflightBytesBounded(t *testing.T) {
 	if after.TimedOut != 0 {
 		t.Errorf("%d charges released by the timeout; every client answers", after.TimedOut)
 	}
-	waitUntil(t, "the budget empty once every client answered", func() bool { b := c.Budget(); return b.InFlight == 0 && b.Waiting == 0 })
+	eventually.True(t, "the budget empty once every client answered", 10*time.Second, func() bool { b := c.Budget(); return b.InFlight == 0 && b.Waiting == 0 })
 }
 
 // TestResponseLargerThanTheBudgetGoes: with a budget smaller than any response, each goes

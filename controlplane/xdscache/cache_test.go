@@ -28,6 +28,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/tetherlb/tether/internal/eventually"
 )
 
 func cluster(name string, timeout time.Duration) *clusterv3.Cluster {
@@ -175,17 +177,6 @@ func (s *sotwStream) next(t *testing.T, what string) *discovery.DiscoveryRespons
 	return nil
 }
 
-// waitUntil polls a condition of the cache's state, for at most 10 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10 s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestUnknownTypeEndsStream: a type other than the four served ends the stream (each would
 // add a watch) before it is counted anywhere.
 func TestUnknownTypeEndsStream(t *testing.T) {
@@ -216,7 +207,7 @@ func TestUnknownTypeEndsStream(t *testing.T) {
 	if _, err := d.Recv(); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("delta stream ended with %v; want InvalidArgument", err)
 	}
-	waitUntil(t, "no group left", func() bool { return len(c.Groups()) == 0 })
+	eventually.True(t, "no group left", 10*time.Second, func() bool { return len(c.Groups()) == 0 })
 }
 
 // TestGroupForgotten: a gateway group exists while one of its Envoys is connected.
@@ -233,7 +224,7 @@ func TestGroupForgotten(t *testing.T) {
 		t.Fatalf("groups %v; want [edge]", g)
 	}
 	s.cancel()
-	waitUntil(t, "group edge forgotten after its last stream", func() bool { return len(c.Groups()) == 0 })
+	eventually.True(t, "group edge forgotten after its last stream", 10*time.Second, func() bool { return len(c.Groups()) == 0 })
 }
 
 // TestInitialSyncsBounded: with two slots, a third Envoy's first response waits until one of
@@ -259,15 +250,15 @@ func TestInitialSyncsBounded(t *testing.T) {
 		}
 		return n
 	}
-	waitUntil(t, "two syncs in flight and one queued", func() bool {
+	eventually.True(t, "two syncs in flight and one queued", 10*time.Second, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.inflight == 2
 	})
-	waitUntil(t, "one queued", func() bool { return queued() == 1 })
+	eventually.True(t, "one queued", 10*time.Second, func() bool { return queued() == 1 })
 	// Two responses are on their way; the third stream's is not.
 	got := map[*sotwStream]*discovery.DiscoveryResponse{}
-	for deadline := time.Now().Add(10 * time.Second); len(got) < 2 && time.Now().Before(deadline); {
+	eventually.True(t, "two responses", 10*time.Second, func() bool {
 		for _, s := range streams {
 			select {
 			case r := <-s.resp:
@@ -275,8 +266,8 @@ func TestInitialSyncsBounded(t *testing.T) {
 			default:
 			}
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return len(got) >= 2
+	})
 	var first []*sotwStream
 	var waiting *sotwStream
 	for _, s := range streams {
@@ -454,7 +445,7 @@ func TestDeltaSubscriptions(t *testing.T) {
 
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesUnsubscribe: []string{"b"}})
 	// Nothing answers an unsubscription: wait for the server to re-arm the watch without b.
-	waitUntil(t, "b unsubscribed", func() bool {
+	eventually.True(t, "b unsubscribed", 10*time.Second, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, st := range c.streams {
@@ -634,7 +625,7 @@ func TestSubscribedNamesAreInterned(t *testing.T) {
 	}
 	first := check("first request")
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: eds.GetVersionInfo(), ResponseNonce: eds.GetNonce(), ResourceNames: []string{"a", "b"}})
-	waitUntil(t, "the ACK", func() bool {
+	eventually.True(t, "the ACK", 10*time.Second, func() bool {
 		w := watcher()
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -673,7 +664,7 @@ func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
 		defer c.mu.Unlock()
 		return c.inflight == 1 && len(c.queue) == 1 && c.queue[0].queued
 	}
-	waitUntil(t, "b queued behind a's first response", held)
+	eventually.True(t, "b queued behind a's first response", 10*time.Second, held)
 	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}}) // no nonce: not an answer
 	if r := raw(a, "b's assignment for a"); len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "b" {
 		t.Fatalf("a's subscription change brought %v", r.GetResources())
@@ -737,7 +728,7 @@ func TestNothingBeforeTheFirstUpdate(t *testing.T) {
 	d := openDelta(t, conn)
 	d.send(t, &discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType,
 		InitialResourceVersions: map[string]string{"gone": "v1"}})
-	waitUntil(t, "both requests seen", func() bool {
+	eventually.True(t, "both requests seen", 10*time.Second, func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		n := 0

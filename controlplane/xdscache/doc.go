@@ -4,39 +4,11 @@
 // does not grow with Envoys x configuration size. It owns the resources served, their
 // versions and the gateway groups.
 //
-// # What go-control-plane v0.14.0's caches cost, and why
+// go-control-plane's own caches keep no state per stream, so each ACK re-diffs the whole
+// subscription under one lock, and SnapshotCache marshals every response per stream: why
+// Tether has its own is in docs/design.md (Decisions, "Tether's own xDS cache").
 //
-// LinearCache (one type, shared by every node; Tether served endpoints from it):
-//   - Every notification and every CreateWatch re-diffs the whole subscription
-//     (computeResourceChange walks every subscribed name and compares its version with the
-//     subscription's ReturnedResources). The cache keeps no state per stream: the server hands
-//     it the Subscription on each CreateWatch and may have changed it, so the only safe answer
-//     is to recompute. An ACK therefore costs O(subscribed names), under the cache's single
-//     lock: with 1,000 Envoys x 1,000 services one endpoint change costs 10^6 map lookups.
-//   - Every response clones ReturnedResources (maps.Clone): the interface says the cache must
-//     not alter the subscription's map, so each response pays O(subscribed) to build the next.
-//   - Every watch is registered under each of its names (trackWatch) and unregistered when it
-//     fires (removeWatch): the name -> watches index is how notifyAll finds the watches of a
-//     changed name, and a fired watch must leave it (go-control-plane#854 is the deadlock
-//     when it did not). Each ACK re-registers: O(subscribed) again.
-//   - The SotW version is a counter of updates to this cache instance: monotonic so that a
-//     client's version_info tells the cache whether it is current, but two replicas or a
-//     restarted process count differently, so a SotW Envoy that moves is sent everything again.
-//     (go-control-plane#546 and #547 record the same costs met from the update side.)
-//
-// SnapshotCache (whole configuration per node key; Tether served the other types from it):
-//   - SetSnapshot replaces a group's snapshot and answers every open watch of the group whose
-//     version differs with the whole type: each response makes new cachedResources, so the
-//     resources are marshalled again per response, per Envoy (lazily, but once per response).
-//     With 1,000 Envoys connecting, each initial configuration was marshalled and queued per
-//     stream: 6.4 GB (go-control-plane#597 reports the same, 10 GB for 190 Envoys).
-//   - Delta watches build a version map per snapshot (ConstructVersionMap hashes every
-//     resource) and compare every subscribed name on every push and ACK, for the same reason
-//     as LinearCache: no per-stream state survives a watch.
-//   - Snapshots are per node key and nothing forgets a key: every group ever seen keeps its
-//     snapshot and status (Tether's publisher set every snapshot into every group).
-//
-// # What this cache does instead
+// # How it works
 //   - Per stream and type it keeps a watcher: what that Envoy subscribes to, what it holds
 //     and the names changed since its last response (pending). The watcher lives from the
 //     stream's open to its close (the cache's Callbacks bind each request to its stream), so

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
+
+	"github.com/tetherlb/tether/internal/eventually"
 )
 
 type fakeClock struct {
@@ -226,13 +229,10 @@ func TestJanitorExpiresSessions(t *testing.T) {
 	app, srv := newTestApp(t, Config{SessionTTL: 50 * time.Millisecond})
 	app.StartJanitor()
 	getPage(t, &http.Client{Timeout: 5 * time.Second}, srv.URL)
-	deadline := time.Now().Add(5 * time.Second)
-	for app.SessionCount() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("janitor did not expire the session: %d left", app.SessionCount())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.Saying(t, "the janitor to expire the session", 5*time.Second, func() (bool, string) {
+		n := app.SessionCount()
+		return n == 0, fmt.Sprintf("%d left", n)
+	})
 }
 
 func TestSyntheticLoad(t *testing.T) {

@@ -13,14 +13,15 @@ import (
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/controlplane/admin"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/internal/xdsclient"
@@ -96,25 +97,7 @@ func start(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{etcd: etcdtest.Start(t), seen: map[string][]string{}}
 	f.cli = f.etcd.Client(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	cp, err := controlplane.Start(ctx, controlplane.Config{
-		AllowLoopback: true,
-		Etcd:          clientv3.Config{Endpoints: f.etcd.Endpoints(), DialTimeout: 2 * time.Second},
-		XDSAddr:       "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		CoalesceQuiet: 5 * time.Millisecond, CoalesceMax: 50 * time.Millisecond,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	f.cp = cp
-	t.Cleanup(func() {
-		cancel()
-		if err := cp.Wait(); err != nil {
-			t.Errorf("control plane: %v", err)
-		}
-	})
+	f.cp = cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: f.etcd.Endpoints()}})
 	f.xds = xdsclient.New(xdsclient.Delta, "envoy-1", "default")
 	f.xds.OnUpdate = func(u xdsclient.Update) {
 		if u.TypeURL != resourcev3.EndpointType {
@@ -131,7 +114,7 @@ func start(t *testing.T) *fixture {
 			}
 		}
 	}
-	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(f.cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,13 +340,9 @@ func TestWaitReturnsAtZeroSessions(t *testing.T) {
 
 func waitOutput(t *testing.T, b *syncbuf.Buffer, want string) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(b.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("output lacks %q:\n%s", want, b.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.Saying(t, fmt.Sprintf("output with %q", want), 15*time.Second, func() (bool, string) {
+		return strings.Contains(b.String(), want), "\n" + b.String()
+	})
 }
 
 // TestDrainErrors: clear errors, with exit code 2, for mistakes; a selector that matches

@@ -2,10 +2,12 @@ package etcdtest
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -20,30 +22,26 @@ type InstanceCond func(in *registry.Instance, lease int64) bool
 func WaitInstance(t testing.TB, cli *clientv3.Client, id string, timeout time.Duration, what string, cond InstanceCond) *registry.Instance {
 	t.Helper()
 	key := registry.InstanceKey("/tether", "app", id)
-	deadline := time.Now().Add(timeout)
 	var last *registry.Instance
-	for time.Now().Before(deadline) {
+	eventually.Saying(t, what, timeout, func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		resp, err := cli.Get(ctx, key)
-		cancel()
-		if err == nil {
-			last = nil
-			var lease int64
-			if len(resp.Kvs) == 1 {
-				in, derr := registry.DecodeInstance("app", id, resp.Kvs[0].Value)
-				if derr != nil {
-					t.Fatalf("agent wrote an invalid instance: %v\n%s", derr, resp.Kvs[0].Value)
-				}
-				last, lease = &in, resp.Kvs[0].Lease
-			}
-			if cond(last, lease) {
-				return last
-			}
+		if err != nil {
+			return false, err.Error()
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached within %s; last value %+v", what, timeout, last)
-	return nil
+		last = nil
+		var lease int64
+		if len(resp.Kvs) == 1 {
+			in, derr := registry.DecodeInstance("app", id, resp.Kvs[0].Value)
+			if derr != nil {
+				t.Fatalf("agent wrote an invalid instance: %v\n%s", derr, resp.Kvs[0].Value)
+			}
+			last, lease = &in, resp.Kvs[0].Lease
+		}
+		return cond(last, lease), fmt.Sprintf("%+v", last)
+	})
+	return last
 }
 
 // instanceEvent is one value the instance key took (in nil: deleted).
