@@ -377,7 +377,9 @@ func TestDrainErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"drain", "nope/x"}, 2, `unknown service "nope"`},
+		{[]string{"drain", "nope/x"}, 2, `unknown service "nope": it has no configuration and no instance under /tether (known services: app)`},
+		{[]string{"drain", "nope/x", "--prefix", "/empty"}, 2, "(known services: none)"},
+		{[]string{"drain", "app/a1", "--request-timeout", "0s"}, 2, "--request-timeout: 0s must be positive"},
 		{[]string{"drain", "app"}, 2, "is a whole service"},
 		{[]string{"drain", "app", "--label", "version"}, 2, "invalid value \"version\" for flag -label: \"version\" is not KEY=VALUE, e.g. version=1.4.1\nsee tether-controlplane drain -h\n"},
 		{[]string{"drain", "app", "--label", "-v=1"}, 2, `label key "-v"`},
