@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,6 +48,49 @@ func TestDecodeDrain(t *testing.T) {
 	for _, b := range bad {
 		if _, err := DecodeDrain(b.svc, b.name, []byte(b.raw)); err == nil || !strings.Contains(err.Error(), b.want) {
 			t.Errorf("%s %s %s: got %v, want an error with %q", b.svc, b.name, b.raw, err, b.want)
+		}
+	}
+}
+
+// TestDrainLimits: each limit of a drain holds exactly: a value at the limit is a drain, one
+// past it is not.
+func TestDrainLimits(t *testing.T) {
+	labels := func(n int) map[string]string {
+		m := map[string]string{}
+		for i := range n {
+			m[fmt.Sprintf("k%d", i)] = "v"
+		}
+		return m
+	}
+	cases := []struct {
+		what string
+		d    Drain
+	}{
+		{"a label key of 63 characters", Drain{Labels: map[string]string{strings.Repeat("k", maxLabelKey): "v"}}},
+		{"a label value of 256 characters", Drain{Labels: map[string]string{"v": strings.Repeat("x", maxLabelValue)}}},
+		{"64 labels", Drain{Labels: labels(MaxLabels)}},
+		{"a reason of 512 characters", Drain{Instance: "a1", Reason: strings.Repeat("r", MaxReason)}},
+		{"created in year 1", Drain{Instance: "a1", CreatedAt: time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)}},
+		{"created in year 9999", Drain{Instance: "a1", CreatedAt: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)}},
+	}
+	for _, c := range cases {
+		if err := c.d.Validate(); err != nil {
+			t.Errorf("%s: %v; want a valid drain", c.what, err)
+		}
+	}
+	over := []struct {
+		what string
+		d    Drain
+	}{
+		{"a label key of 64 characters", Drain{Labels: map[string]string{strings.Repeat("k", maxLabelKey+1): "v"}}},
+		{"a label value of 257 characters", Drain{Labels: map[string]string{"v": strings.Repeat("x", maxLabelValue+1)}}},
+		{"65 labels", Drain{Labels: labels(MaxLabels + 1)}},
+		{"a reason of 513 characters", Drain{Instance: "a1", Reason: strings.Repeat("r", MaxReason+1)}},
+		{"created in year 10000", Drain{Instance: "a1", CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}},
+	}
+	for _, c := range over {
+		if err := c.d.Validate(); err == nil {
+			t.Errorf("%s: valid; want an error", c.what)
 		}
 	}
 }
