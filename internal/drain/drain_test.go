@@ -619,3 +619,34 @@ func TestCtrlCDuringAReadOfWait(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitSaysItRetriesWhileEtcdIsDown: a read that fails while nobody interrupted --wait is
+// said (the operator sees why nothing moves) and retried: once etcd is back the wait goes on
+// and ends when the drained instance reports no session.
+func TestWaitSaysItRetriesWhileEtcdIsDown(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 0)
+	putInstance(t, cli, "a2", 5002, "2", registry.StateAvailable, 5)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wout, werr syncbuf.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"app/a2", "--wait", "--request-timeout", "500ms", "--etcd-endpoints", srv.ClientURL},
+			func(string) (string, bool) { return "", false }, &wout, &werr)
+	}()
+	waitOutput(t, &wout, "5 sessions")
+	srv.Stop()
+	waitOutput(t, &werr, "; trying again")
+	srv.StartAgain(t)
+	putInstance(t, srv.Client(t), "a2", 5002, "2", registry.StateDraining, 0)
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("--wait across an etcd outage: exit %d\n%s\n%s", code, wout.String(), werr.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("--wait did not end once etcd was back and a2 had no session:\n%s\n%s", wout.String(), werr.String())
+	}
+}
