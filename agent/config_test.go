@@ -102,8 +102,13 @@ func TestMetricsListenAddrs(t *testing.T) {
 			t.Errorf("%s: %d addresses from %v to %v (err %v), want %d from %s to %s", c.in, len(got), first(got), last(got), err, MetricsPortCount, c.first, c.last)
 		}
 	}
-	if got, err := metricsListenAddrs("127.0.0.1:9100"); err != nil || len(got) != 1 || got[0] != "127.0.0.1:9100" {
-		t.Errorf("a fixed port: %v %v", got, err)
+	for _, fixed := range []string{"127.0.0.1:9100", "127.0.0.1:65535"} {
+		if got, err := metricsListenAddrs(fixed); err != nil || len(got) != 1 || got[0] != fixed {
+			t.Errorf("a fixed port: %v %v", got, err)
+		}
+	}
+	if got, err := metricsListenAddrs("127.0.0.1:65536"); err == nil {
+		t.Errorf("port 65536: %v, want an error", got)
 	}
 }
 

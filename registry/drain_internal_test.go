@@ -12,6 +12,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// withReason adds a reason to an instance's JSON.
+func withReason(js, reason string) string {
+	return strings.Replace(js, `,"labels":`, `,"reason":"`+reason+`","labels":`, 1)
+}
+
 func labelledJSON(id, state, version string, sessions int) string {
 	return `{"id":"` + id + `","address":"10.0.0.5","port":5000,"state":"` + state + `","labels":{"version":"` + version + `"},"load":{"sessions":` + itoa(sessions) + `}}`
 }
@@ -121,8 +126,8 @@ func TestDrainName(t *testing.T) {
 
 func TestApplyDrains(t *testing.T) {
 	kvs := []*mvccpb.KeyValue{
-		{Key: []byte("/tether/instances/app/a1"), Value: []byte(labelledJSON("a1", "available", "1", 4)), ModRevision: 5},
-		{Key: []byte("/tether/instances/app/a2"), Value: []byte(labelledJSON("a2", "full", "1", 9)), ModRevision: 5},
+		{Key: []byte("/tether/instances/app/a1"), Value: []byte(withReason(labelledJSON("a1", "available", "1", 4), OperatorDrainReason("version=1"))), ModRevision: 5},
+		{Key: []byte("/tether/instances/app/a2"), Value: []byte(withReason(labelledJSON("a2", "full", "1", 9), "sessions 9 >= maxSessions 9")), ModRevision: 5},
 		{Key: []byte("/tether/instances/app/a3"), Value: []byte(labelledJSON("a3", "unhealthy", "1", 0)), ModRevision: 5},
 		{Key: []byte("/tether/instances/app/b1"), Value: []byte(labelledJSON("b1", "available", "2", 1)), ModRevision: 5},
 		{Key: []byte("/tether/instances/web/w1"), Value: []byte(labelledJSON("w1", "available", "1", 1)), ModRevision: 5},
@@ -154,8 +159,12 @@ func TestApplyDrains(t *testing.T) {
 	if m := app.Drained["a1"]; m.Name != "version=1" || !m.Since.Equal(time.Date(2026, 11, 22, 15, 0, 0, 0, time.UTC)) {
 		t.Errorf("a1 drained by %+v, want version=1 since 15:00", m)
 	}
+	// a1's agent already reports the drain (it read it): the reason is not doubled.
 	if r := app.Instances["a1"].Reason; r != OperatorDrainReason("version=1") {
 		t.Errorf("a1 reason %q", r)
+	}
+	if r, want := app.Instances["a2"].Reason, OperatorDrainReason("version=1")+"; sessions 9 >= maxSessions 9"; r != want {
+		t.Errorf("a2 reason %q, want %q", r, want)
 	}
 	if _, ok := app.Drained["a3"]; !ok || len(app.Drained) != 3 {
 		t.Errorf("drained %v: want a1, a2, a3 (unhealthy but drained)", app.Drained)

@@ -293,6 +293,7 @@ func TestNormalizePrefix(t *testing.T) {
 		{"/te ther", ""},
 		{"/te\x00ther", ""},
 		{"/te\xffther", ""},
+		{"/" + strings.Repeat("a", 127), "/" + strings.Repeat("a", 127)},
 		{"/" + strings.Repeat("a", 128), ""},
 	}
 	for _, tc := range tests {
