@@ -29,6 +29,8 @@ func TestValidateNamesFlag(t *testing.T) {
 		{"--service", func(c *Config) { c.Service = "App_1" }},
 		{"--id", func(c *Config) { c.ID = "bad id" }},
 		{"--port", func(c *Config) { c.Port = 70000 }},
+		{"--port", func(c *Config) { c.Port = 0 }},
+		{"--port", func(c *Config) { c.Port = 65536 }},
 		{"--address", func(c *Config) { c.Address = "no spaces.example" }},
 		{"--prefix", func(c *Config) { c.Prefix = "tether" }},
 		{"--max-cpu", func(c *Config) { c.Thresholds.MaxCPU = 101 }},
@@ -50,6 +52,18 @@ func TestValidateNamesFlag(t *testing.T) {
 		{"--drain-settle", func(c *Config) { c.DrainSettle = -time.Second }},
 		{"--label", func(c *Config) { c.Labels = map[string]string{"bad key": "v"} }},
 		{"--zone", func(c *Config) { c.Zone = "a/b" }},
+	}
+	// The edges of what is valid.
+	for what, edit := range map[string]func(*Config){
+		"--port 1":              func(c *Config) { c.Port = 1 },
+		"--port 65535":          func(c *Config) { c.Port = 65535 },
+		"an https --health-url": func(c *Config) { c.HealthURL = "https://backend.example:5443/healthcheck" },
+	} {
+		cfg := validConfig()
+		edit(&cfg)
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s refused: %v", what, err)
+		}
 	}
 	for _, addr := range []string{MetricsAuto, "0.0.0.0:auto", "[::1]:auto", "127.0.0.1:0"} {
 		cfg := validConfig()

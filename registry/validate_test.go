@@ -309,3 +309,33 @@ func TestNormalizePrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeServiceConfigPartial: a rejected configuration is served field by field: its
+// valid fields as written (the session header's name among them, so that no session ends),
+// each bad optional field at its default, the first field of a nested object like any other.
+func TestDecodeServiceConfigPartial(t *testing.T) {
+	raw := `{"domains": ["app.example"], "pathPrefix": "/app", "affinity": {"mode": "header", "headerName": "x-session"},
+		"timeouts": {"request": "-5s", "idle": "2m"}, "weights": 7}`
+	p := registry.DecodeServiceConfigPartial("app", []byte(raw))
+	if p.Identity != nil {
+		t.Fatalf("identity refused: %v", p.Identity)
+	}
+	def, c := registry.DefaultServiceConfig("app"), p.Config
+	if !reflect.DeepEqual(c.Domains, []string{"app.example"}) || c.PathPrefix != "/app" || !reflect.DeepEqual(p.Domains, c.Domains) || p.PathPrefix != "/app" {
+		t.Errorf("routes %v %q, claimed %v %q; want app.example /app", c.Domains, c.PathPrefix, p.Domains, p.PathPrefix)
+	}
+	if c.Affinity.Mode != registry.AffinityHeader || c.Affinity.HeaderName != "x-session" {
+		t.Errorf("affinity %s by %q, want header by x-session", c.Affinity.Mode, c.Affinity.HeaderName)
+	}
+	if c.Timeouts.Request != def.Timeouts.Request || c.Timeouts.Idle.D() != 2*time.Minute || c.Weights != def.Weights {
+		t.Errorf("timeouts %+v, weights %q; want the default request timeout, idle 2m and the default weights", c.Timeouts, c.Weights)
+	}
+	if len(p.Defaulted) != 2 || !strings.HasPrefix(p.Defaulted[0], "timeouts.request: ") && !strings.HasPrefix(p.Defaulted[1], "timeouts.request: ") {
+		t.Errorf("defaulted %q; want timeouts.request and weights", p.Defaulted)
+	}
+	// Without a header name, header mode takes the default one.
+	p = registry.DecodeServiceConfigPartial("app", []byte(`{"affinity": {"mode": "header"}, "weights": 7}`))
+	if p.Identity != nil || p.Config.Affinity.HeaderName != def.Affinity.HeaderName || def.Affinity.HeaderName == "" {
+		t.Errorf("header mode without a name: %q (identity %v), want the default %q", p.Config.Affinity.HeaderName, p.Identity, def.Affinity.HeaderName)
+	}
+}
