@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,8 +42,15 @@ func TestValidateNamesFlag(t *testing.T) {
 		{"--health-url", func(c *Config) { c.HealthURL = "127.0.0.1:5000/healthcheck" }},
 		{"--sessions-metric", func(c *Config) { c.SessionsURL = ""; c.SessionsMetric = "x" }},
 		{"--load-source", func(c *Config) { c.LoadSource = "vm" }},
-		{"--pid", func(c *Config) { c.LoadSource = LoadProcess }},
+		{"--load-source=process", func(c *Config) { c.LoadSource = LoadProcess }},
+		{"--pid", func(c *Config) { c.PID = -1 }},
 		{"--ttl", func(c *Config) { c.TTL = time.Second }},
+		{"--ttl", func(c *Config) { c.TTL = time.Hour + time.Second }},
+		{"--interval", func(c *Config) { c.Interval = 9 * time.Millisecond }},
+		{"--interval", func(c *Config) { c.TTL, c.Interval, c.Heartbeat = time.Hour, time.Hour+time.Millisecond, 2*time.Hour }},
+		{"--interval", func(c *Config) { c.Interval = c.TTL }},
+		{"--heartbeat", func(c *Config) { c.Heartbeat = c.Interval - time.Millisecond }},
+		{"--drain-settle", func(c *Config) { c.DrainSettle = time.Minute + time.Millisecond }},
 		{"--ttl", func(c *Config) { c.TTL = 2500 * time.Millisecond }},
 		{"--interval", func(c *Config) { c.Interval = 20 * time.Second }},
 		{"--heartbeat", func(c *Config) { c.Heartbeat = time.Second }},
@@ -58,6 +66,15 @@ func TestValidateNamesFlag(t *testing.T) {
 		"--port 1":              func(c *Config) { c.Port = 1 },
 		"--port 65535":          func(c *Config) { c.Port = 65535 },
 		"an https --health-url": func(c *Config) { c.HealthURL = "https://backend.example:5443/healthcheck" },
+		"no --max-sessions and no --sessions-url": func(c *Config) { c.SessionsURL = "" },
+		"--ttl 2s":                  func(c *Config) { c.TTL, c.Interval = 2*time.Second, time.Second },
+		"--ttl 1h":                  func(c *Config) { c.TTL = time.Hour },
+		"--interval 10ms":           func(c *Config) { c.Interval = 10 * time.Millisecond },
+		"--interval 1h":             func(c *Config) { c.TTL, c.Interval, c.Heartbeat = time.Hour, time.Hour-time.Millisecond, time.Hour },
+		"--heartbeat at --interval": func(c *Config) { c.Heartbeat = c.Interval },
+		"--drain-timeout 0":         func(c *Config) { c.DrainTimeout = 0 },
+		"--drain-settle 0":          func(c *Config) { c.DrainSettle = 0 },
+		"--drain-settle 1m":         func(c *Config) { c.DrainSettle = time.Minute },
 	} {
 		cfg := validConfig()
 		edit(&cfg)
@@ -75,9 +92,11 @@ func TestValidateNamesFlag(t *testing.T) {
 	for _, c := range cases {
 		cfg := validConfig()
 		c.edit(&cfg)
+		// The error names the flag at fault first: "--interval: 2s must be shorter than --ttl
+		// 1s" is no error of --ttl.
 		err := cfg.Validate()
-		if err == nil || !strings.Contains(err.Error(), c.flag) {
-			t.Errorf("error %v, want one naming %s", err, c.flag)
+		if err == nil || !slices.ContainsFunc(strings.Split(err.Error(), "\n"), func(l string) bool { return strings.HasPrefix(l, c.flag+":") }) {
+			t.Errorf("error %v, want one of %s", err, c.flag)
 		}
 	}
 }
