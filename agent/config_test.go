@@ -51,6 +51,7 @@ func TestValidateNamesFlag(t *testing.T) {
 		{"--interval", func(c *Config) { c.Interval = c.TTL }},
 		{"--heartbeat", func(c *Config) { c.Heartbeat = c.Interval - time.Millisecond }},
 		{"--drain-settle", func(c *Config) { c.DrainSettle = time.Minute + time.Millisecond }},
+		{"--probe-timeout", func(c *Config) { c.ProbeTimeout = 0 }},
 		{"--ttl", func(c *Config) { c.TTL = 2500 * time.Millisecond }},
 		{"--interval", func(c *Config) { c.Interval = 20 * time.Second }},
 		{"--heartbeat", func(c *Config) { c.Heartbeat = time.Second }},
@@ -157,4 +158,22 @@ func last(s []string) string {
 		return ""
 	}
 	return s[len(s)-1]
+}
+
+// TestValidHostName: --address takes a DNS name of letters, digits and inner hyphens, at
+// most 63 bytes a label and 253 in all; every character next to those ranges is refused.
+func TestValidHostName(t *testing.T) {
+	l63 := strings.Repeat("a", 63)
+	for _, ok := range []string{"a", "z", "A", "Z", "0", "9", "backend-1.example", "a.example.", l63 + ".example",
+		l63 + "." + l63 + "." + l63 + "." + strings.Repeat("d", 61)} {
+		if !validHostName(ok) {
+			t.Errorf("%q (%d bytes) refused", ok, len(ok))
+		}
+	}
+	for _, bad := range []string{"", l63 + "." + l63 + "." + l63 + "." + strings.Repeat("d", 62), "a..b", l63 + "a.example",
+		"-a", "a-", "a_b", "a b", "é", "a`", "a{", "a@", "a[", "a/", "a:"} {
+		if validHostName(bad) {
+			t.Errorf("%q (%d bytes) accepted", bad, len(bad))
+		}
+	}
 }
