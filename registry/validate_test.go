@@ -339,3 +339,32 @@ func TestDecodeServiceConfigPartial(t *testing.T) {
 		t.Errorf("header mode without a name: %q (identity %v), want the default %q", p.Config.Affinity.HeaderName, p.Identity, def.Affinity.HeaderName)
 	}
 }
+
+// TestValueLimitsAreExact: a value of exactly MaxValueBytes decodes, one byte more does not;
+// nesting of exactly 32 levels decodes, 33 do not, and siblings are no nesting.
+func TestValueLimitsAreExact(t *testing.T) {
+	padded := func(n int) []byte {
+		v := `{"pad": "",` + strings.TrimPrefix(strings.TrimSpace(exampleInstance), "{")
+		return []byte(strings.Replace(v, `"pad": ""`, `"pad": "`+strings.Repeat("x", n-len(v))+`"`, 1))
+	}
+	if raw := padded(registry.MaxValueBytes); len(raw) != registry.MaxValueBytes {
+		t.Fatalf("padded to %d bytes", len(raw))
+	} else if _, err := registry.DecodeInstance("app", "app-7f3c", raw); err != nil {
+		t.Errorf("a value of exactly %d bytes: %v", registry.MaxValueBytes, err)
+	}
+	if _, err := registry.DecodeInstance("app", "app-7f3c", padded(registry.MaxValueBytes+1)); err == nil || !strings.Contains(err.Error(), "byte limit") {
+		t.Errorf("a value one byte over the limit: %v", err)
+	}
+	nested := func(levels int) []byte { // the object itself is the first level
+		return []byte(`{"x":` + strings.Repeat("[", levels-1) + strings.Repeat("]", levels-1) + `}`)
+	}
+	if _, err := registry.DecodeServiceConfig("app", nested(32)); err != nil {
+		t.Errorf("32 levels: %v", err)
+	}
+	if _, err := registry.DecodeServiceConfig("app", nested(33)); err == nil || !strings.Contains(err.Error(), "nested more than") {
+		t.Errorf("33 levels: %v", err)
+	}
+	if _, err := registry.DecodeServiceConfig("app", []byte(`{"x":[`+strings.Repeat(`[{}],`, 40)+`[]]}`)); err != nil {
+		t.Errorf("40 sibling arrays: %v", err)
+	}
+}
