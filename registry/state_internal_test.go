@@ -202,6 +202,14 @@ func TestRejectedConfigErrorFollowsTheValue(t *testing.T) {
 	if e := s2.Services["app"].ConfigError; err != nil || !changed || !strings.Contains(e, "other") || strings.Contains(e, "bogus") {
 		t.Errorf("second bad configuration: changed %v, %v, error %q; want the second value's", changed, err, e)
 	}
+	if e := s2.Services["app"].ConfigError; strings.Contains(e, "nothing is reserved") {
+		t.Errorf("routes readable, yet: %q", e)
+	}
+	// Unreadable routes: the error says that nothing is reserved for the service.
+	s5, _, _ := applyEvents(opts, s2, []*clientv3.Event{put("/tether/services/app", `{"domains":5,"affinity":{"mode":"other"}}`, 15)})
+	if e := s5.Services["app"].ConfigError; !strings.Contains(e, "nothing is reserved") {
+		t.Errorf("routes unreadable: %q; want it said that nothing is reserved", e)
+	}
 	// The same configuration written again changes nothing: no new state, nothing pushed.
 	s3, _, _ := applyEvents(opts, s2, []*clientv3.Event{put("/tether/services/app", `{"lbPolicy":"random"}`, 13)})
 	if s4, changed, err := applyEvents(opts, s3, []*clientv3.Event{put("/tether/services/app", `{"lbPolicy":"random"}`, 14)}); err != nil || changed || s4 != s3 {
