@@ -368,3 +368,15 @@ func TestValueLimitsAreExact(t *testing.T) {
 		t.Errorf("40 sibling arrays: %v", err)
 	}
 }
+
+// TestInstanceValidateChecksTheID: an instance's own check refuses a bad ID, whoever built it.
+func TestInstanceValidateChecksTheID(t *testing.T) {
+	in, err := registry.DecodeInstance("app", "app-7f3c", []byte(exampleInstance))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.ID = "bad id"
+	if err := in.Validate(); err == nil || !strings.Contains(err.Error(), "bad id") {
+		t.Errorf("instance with ID %q: %v", in.ID, err)
+	}
+}
