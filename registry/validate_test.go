@@ -380,3 +380,26 @@ func TestInstanceValidateChecksTheID(t *testing.T) {
 		t.Errorf("instance with ID %q: %v", in.ID, err)
 	}
 }
+
+// TestInstanceBoundsAreExact: each bound of an instance accepts its own value.
+func TestInstanceBoundsAreExact(t *testing.T) {
+	base, err := registry.DecodeInstance("app", "app-7f3c", []byte(exampleInstance))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, edit := range map[string]func(*registry.Instance){
+		"port 1":                        func(in *registry.Instance) { in.Port = 1 },
+		"port 65535":                    func(in *registry.Instance) { in.Port = 65535 },
+		"a reason of MaxReason bytes":   func(in *registry.Instance) { in.Reason = strings.Repeat("r", registry.MaxReason) },
+		"an agent version of 64 bytes":  func(in *registry.Instance) { in.Agent.Version = strings.Repeat("v", 64) },
+		"an agent host of 255 bytes":    func(in *registry.Instance) { in.Agent.Host = strings.Repeat("h", 255) },
+		"updated in year 9999":          func(in *registry.Instance) { in.UpdatedAt = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC) },
+		"an agent started in year 9999": func(in *registry.Instance) { in.Agent.StartedAt = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC) },
+	} {
+		in := base
+		edit(&in)
+		if err := in.Validate(); err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+}
