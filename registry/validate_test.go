@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -388,6 +389,13 @@ func TestInstanceBoundsAreExact(t *testing.T) {
 		t.Fatal(err)
 	}
 	for what, edit := range map[string]func(*registry.Instance){
+		"a zone of 64 bytes": func(in *registry.Instance) { in.Zone = strings.Repeat("z", 64) },
+		"MaxLabels labels, a key of 63 bytes, a value of 256": func(in *registry.Instance) {
+			in.Labels = map[string]string{strings.Repeat("k", 63): strings.Repeat("v", 256)}
+			for i := 1; i < registry.MaxLabels; i++ {
+				in.Labels[fmt.Sprintf("l%d", i)] = "v"
+			}
+		},
 		"port 1":                        func(in *registry.Instance) { in.Port = 1 },
 		"port 65535":                    func(in *registry.Instance) { in.Port = 65535 },
 		"a reason of MaxReason bytes":   func(in *registry.Instance) { in.Reason = strings.Repeat("r", registry.MaxReason) },
