@@ -396,6 +396,7 @@ func TestInstanceBoundsAreExact(t *testing.T) {
 				in.Labels[fmt.Sprintf("l%d", i)] = "v"
 			}
 		},
+		"cpu and memory at 100%":        func(in *registry.Instance) { in.Load.CPU, in.Load.Memory = 100, 100 },
 		"port 1":                        func(in *registry.Instance) { in.Port = 1 },
 		"port 65535":                    func(in *registry.Instance) { in.Port = 65535 },
 		"a reason of MaxReason bytes":   func(in *registry.Instance) { in.Reason = strings.Repeat("r", registry.MaxReason) },
