@@ -133,10 +133,12 @@ GREMLINS := github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
 MUTATE   ?= 'internal/drain@.*@' \
 	'registry@(drain|keys|partial|state|types|validate)\.go@$(REGISTRY_UNIT_TESTS)' \
 	'registry@(history|list|replica|watch|write)\.go@' \
-	'agent@(config|writepolicy|admission)\.go@^Test(MetricsListenAddrs|Validate|DefaultID|WritePolicy|Admission)' \
+	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)'
 # The registry's tests that need no etcd: they decide the pure files' mutants in seconds.
-REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestApplyDrains|TestDrainEvents|TestDefaultsForEnvoy|Fuzz|TestRejectedKey|TestReplicaReports|TestBuildState|TestApplyEvents|TestRebuildState|TestInstanceClaim|TestServiceConfigRules|TestParseKey|TestNormalizePrefix)
+REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestDrainLimits|TestApplyDrains|TestDrainEvents|TestDefaultsForEnvoy|Fuzz|TestRejectedKey|TestRejectedConfigErrorFollowsTheValue|TestReplicaReports|TestBuildState|TestApplyEvents|TestRebuildState|TestInstance|TestServiceConfigRules|TestParseKey|TestNormalizePrefix|TestValueLimitsAreExact)
+# The agent's tests of its configuration and pure state machines (no etcd, no process).
+AGENT_UNIT_TESTS := ^(TestValidateNamesFlag|TestValidHostName|TestDefaultID|TestMetricsListenAddrs|TestSessionsHysteresis|TestReasonFixedWhileFull|TestCPUNeedsConsecutiveSamples|TestMemoryThresholds|TestThresholdsAreExact|TestUnlimitedNeverFull|TestHealthTracker|TestWriteReasonDeadBand|TestSessionStep|TestBackoffBounds)$$
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1
