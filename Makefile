@@ -120,22 +120,36 @@ soak:
 # Mutation testing (docs/reliability.md, "How we know the tests bite"): gremlins, pinned and
 # built by `go run` like golangci-lint, puts one deliberate bug at a time into a package and
 # runs its tests; efficacy is the share of bugs some test catches. Not in `make test`: one
-# run of a package's tests per mutant, on one worker (the machine is shared). Each MUTATE
-# entry is 'dir@files@tests': the package, a regexp of the files mutated (the others are
-# left alone) and of the tests run (empty: all). GOFLAGS=-count=1: gremlins times each mutant
-# by its coverage run, which Go's test cache would make instant (every mutant then times
-# out); the coefficient covers recompiling the package for each mutant.
+# build and run of a package's tests per mutant. Each MUTATE entry is 'dir@files@tests': the
+# package, a regexp of the files mutated (the others are left alone) and of the tests run
+# (empty: all); a package's figure is the sum of its entries. `make mutate PKG=registry`
+# runs the entries of one package; MUTATE_WORKERS > 1 runs mutants side by side (each is a
+# separate copy; the tests must bear the load). GOFLAGS: -count=1, because gremlins times
+# each mutant by its coverage run, which Go's test cache would make instant (every mutant
+# then times out); -vet=off and -ldflags=-w because every mutant relinks the test binary
+# (etcd's server included), and vet and DWARF are a third of that; the coefficient covers
+# the rebuild.
 GREMLINS := github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
-MUTATE   ?= 'internal/ctl@.*@' 'registry@drain\.go@' 'agent@(config|writepolicy|admission)\.go@^Test(MetricsListenAddrs|Validate|DefaultID|WritePolicy|Admission)' \
+MUTATE   ?= 'internal/ctl@.*@' \
+	'registry@(drain|keys|partial|state|types|validate)\.go@$(REGISTRY_UNIT_TESTS)' \
+	'registry@(history|list|replica|watch|write)\.go@' \
+	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)'
+# The registry's tests that need no etcd: they decide the pure files' mutants in seconds.
+REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestDrainLimits|TestApplyDrains|TestDrainEvents|TestDefaultsForEnvoy|Fuzz|TestRejectedKey|TestRejectedConfigErrorFollowsTheValue|TestReplicaReports|TestBuildState|TestApplyEvents|TestRebuildState|TestInstance|TestServiceConfigRules|TestParseKey|TestNormalizePrefix|TestValueLimitsAreExact)
+# The agent's tests of its configuration and pure state machines (no etcd, no process).
+AGENT_UNIT_TESTS := ^(TestValidateNamesFlag|TestValidHostName|TestDefaultID|TestMetricsListenAddrs|TestSessionsHysteresis|TestReasonFixedWhileFull|TestCPUNeedsConsecutiveSamples|TestMemoryThresholds|TestThresholdsAreExact|TestUnlimitedNeverFull|TestHealthTracker|TestWriteReasonDeadBand|TestSessionStep|TestBackoffBounds)$$
+PKG            ?=
 MUTATE_TIMEOUT ?= 10
+MUTATE_WORKERS ?= 1
 mutate:
 	@set -e; for spec in $(MUTATE); do \
 	  dir=$${spec%%@*}; rest=$${spec#*@}; keep=$${rest%%@*}; run=$${rest#*@}; \
+	  if [ -n "$(PKG)" ] && [ "$$dir" != "$(PKG)" ]; then continue; fi; \
 	  ex="-E /"; for f in $$(cd $$dir && ls *.go | grep -v '_test\.go$$' | grep -Ev "^($$keep)$$" || true); do ex="$$ex -E ^$$f\$$"; done; \
 	  echo "== $$dir: files $$keep, tests $${run:-all}"; \
-	  GOFLAGS="-count=1 $${run:+-run=$$run}" $(GO) run $(GREMLINS) unleash --workers 1 --timeout-coefficient $(MUTATE_TIMEOUT) \
-	    -S lt $$ex ./$$dir; \
+	  GOFLAGS="-count=1 -vet=off -ldflags=-w $${run:+-run=$$run}" $(GO) run $(GREMLINS) unleash --workers $(MUTATE_WORKERS) \
+	    --timeout-coefficient $(MUTATE_TIMEOUT) -S lt $$ex ./$$dir; \
 	done
 
 clean:

@@ -89,6 +89,25 @@ func TestMemoryThresholds(t *testing.T) {
 	}
 }
 
+// TestThresholdsAreExact: a gauge at its limit is not over it, and one exactly at the
+// release level is not below it: the server stays full until the value is under that level.
+func TestThresholdsAreExact(t *testing.T) {
+	a := admission{th: registry.Thresholds{MaxMemory: 70}}
+	if full, reason := a.evaluate(registry.Load{Memory: 70}); full {
+		t.Fatalf("full at the limit: %q", reason)
+	}
+	if full, _ := a.evaluate(registry.Load{Memory: 70.1}); !full {
+		t.Fatal("not full over the limit")
+	}
+	release := 70 * (1 - releaseFraction)
+	if full, _ := a.evaluate(registry.Load{Memory: release}); !full {
+		t.Fatalf("released at the release level %g; want released below it", release)
+	}
+	if full, _ := a.evaluate(registry.Load{Memory: release - 0.1}); full {
+		t.Fatal("still full below the release level")
+	}
+}
+
 func TestUnlimitedNeverFull(t *testing.T) {
 	var a admission
 	if full, reason := a.evaluate(registry.Load{Sessions: 1e6, CPU: 100, Memory: 100, MemoryMB: 1e6}); full {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -10,6 +11,11 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
+
+// withReason adds a reason to an instance's JSON.
+func withReason(js, reason string) string {
+	return strings.Replace(js, `,"labels":`, `,"reason":"`+reason+`","labels":`, 1)
+}
 
 func labelledJSON(id, state, version string, sessions int) string {
 	return `{"id":"` + id + `","address":"10.0.0.5","port":5000,"state":"` + state + `","labels":{"version":"` + version + `"},"load":{"sessions":` + itoa(sessions) + `}}`
@@ -51,6 +57,49 @@ func TestDecodeDrain(t *testing.T) {
 	}
 }
 
+// TestDrainLimits: each limit of a drain holds exactly: a value at the limit is a drain, one
+// past it is not.
+func TestDrainLimits(t *testing.T) {
+	labels := func(n int) map[string]string {
+		m := map[string]string{}
+		for i := range n {
+			m[fmt.Sprintf("k%d", i)] = "v"
+		}
+		return m
+	}
+	cases := []struct {
+		what string
+		d    Drain
+	}{
+		{"a label key of 63 characters", Drain{Labels: map[string]string{strings.Repeat("k", maxLabelKey): "v"}}},
+		{"a label value of 256 characters", Drain{Labels: map[string]string{"v": strings.Repeat("x", maxLabelValue)}}},
+		{"64 labels", Drain{Labels: labels(MaxLabels)}},
+		{"a reason of 512 characters", Drain{Instance: "a1", Reason: strings.Repeat("r", MaxReason)}},
+		{"created in year 1", Drain{Instance: "a1", CreatedAt: time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)}},
+		{"created in year 9999", Drain{Instance: "a1", CreatedAt: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)}},
+	}
+	for _, c := range cases {
+		if err := c.d.Validate(); err != nil {
+			t.Errorf("%s: %v; want a valid drain", c.what, err)
+		}
+	}
+	over := []struct {
+		what string
+		d    Drain
+	}{
+		{"a label key of 64 characters", Drain{Labels: map[string]string{strings.Repeat("k", maxLabelKey+1): "v"}}},
+		{"a label value of 257 characters", Drain{Labels: map[string]string{"v": strings.Repeat("x", maxLabelValue+1)}}},
+		{"65 labels", Drain{Labels: labels(MaxLabels + 1)}},
+		{"a reason of 513 characters", Drain{Instance: "a1", Reason: strings.Repeat("r", MaxReason+1)}},
+		{"created in year 10000", Drain{Instance: "a1", CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}},
+	}
+	for _, c := range over {
+		if err := c.d.Validate(); err == nil {
+			t.Errorf("%s: valid; want an error", c.what)
+		}
+	}
+}
+
 func TestDrainName(t *testing.T) {
 	cases := map[string]Drain{
 		"a1":                   {Instance: "a1"},
@@ -77,8 +126,8 @@ func TestDrainName(t *testing.T) {
 
 func TestApplyDrains(t *testing.T) {
 	kvs := []*mvccpb.KeyValue{
-		{Key: []byte("/tether/instances/app/a1"), Value: []byte(labelledJSON("a1", "available", "1", 4)), ModRevision: 5},
-		{Key: []byte("/tether/instances/app/a2"), Value: []byte(labelledJSON("a2", "full", "1", 9)), ModRevision: 5},
+		{Key: []byte("/tether/instances/app/a1"), Value: []byte(withReason(labelledJSON("a1", "available", "1", 4), OperatorDrainReason("version=1"))), ModRevision: 5},
+		{Key: []byte("/tether/instances/app/a2"), Value: []byte(withReason(labelledJSON("a2", "full", "1", 9), "sessions 9 >= maxSessions 9")), ModRevision: 5},
 		{Key: []byte("/tether/instances/app/a3"), Value: []byte(labelledJSON("a3", "unhealthy", "1", 0)), ModRevision: 5},
 		{Key: []byte("/tether/instances/app/b1"), Value: []byte(labelledJSON("b1", "available", "2", 1)), ModRevision: 5},
 		{Key: []byte("/tether/instances/web/w1"), Value: []byte(labelledJSON("w1", "available", "1", 1)), ModRevision: 5},
@@ -110,8 +159,12 @@ func TestApplyDrains(t *testing.T) {
 	if m := app.Drained["a1"]; m.Name != "version=1" || !m.Since.Equal(time.Date(2026, 11, 22, 15, 0, 0, 0, time.UTC)) {
 		t.Errorf("a1 drained by %+v, want version=1 since 15:00", m)
 	}
+	// a1's agent already reports the drain (it read it): the reason is not doubled.
 	if r := app.Instances["a1"].Reason; r != OperatorDrainReason("version=1") {
 		t.Errorf("a1 reason %q", r)
+	}
+	if r, want := app.Instances["a2"].Reason, OperatorDrainReason("version=1")+"; sessions 9 >= maxSessions 9"; r != want {
+		t.Errorf("a2 reason %q, want %q", r, want)
 	}
 	if _, ok := app.Drained["a3"]; !ok || len(app.Drained) != 3 {
 		t.Errorf("drained %v: want a1, a2, a3 (unhealthy but drained)", app.Drained)

@@ -133,12 +133,15 @@ func TestRebuildStateKeepsAndShares(t *testing.T) {
 		{Key: []byte("/tether/instances/app/a1"), Value: []byte(instJSON("a1", "available", 1)), ModRevision: 5},
 		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "available", 1)), ModRevision: 6},
 		{Key: []byte("/tether/instances/web/w2"), Value: []byte(instJSON("w2", "available", 1)), ModRevision: 7},
+		{Key: []byte("/tether/instances/api/p1"), Value: []byte(instJSON("p1", "available", 1)), ModRevision: 8},
 	}, nil)
 	var rej rejects
 	st, err := rebuildState(buildOptions{prefix: "/tether", reject: rej.hook, log: zerolog.Nop()}, 20, []*mvccpb.KeyValue{
 		{Key: []byte("/tether/services/app"), Value: []byte(`{"affinity":{"mode":"bogus"}}`), ModRevision: 12},
 		{Key: []byte("/tether/instances/app/a1"), Value: []byte(`{]`), ModRevision: 13},
 		{Key: []byte("/tether/instances/web/w1"), Value: []byte(instJSON("w1", "available", 1)), ModRevision: 6},
+		{Key: []byte("/tether/instances/api/p1"), Value: []byte(instJSON("p1", "available", 1)), ModRevision: 8},
+		{Key: []byte("/tether/instances/new/n1"), Value: []byte(instJSON("n1", "available", 1)), ModRevision: 15},
 	}, prev)
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +157,13 @@ func TestRebuildStateKeepsAndShares(t *testing.T) {
 	}
 	if w := st.Services["web"]; w == prev.Services["web"] || len(w.Instances) != 1 || w.Revision != 20 {
 		t.Errorf("web lost w2 while unwatched: want a new service at the list revision, got %+v", w)
+	}
+	// An unchanged service is prev's own; one that appeared is at the list revision.
+	if a := st.Services["api"]; a != prev.Services["api"] {
+		t.Errorf("api, unchanged, is a copy at revision %d: want prev's service", a.Revision)
+	}
+	if n := st.Services["new"]; n == nil || n.Revision != 20 {
+		t.Errorf("new service: %+v, want it at the list revision", n)
 	}
 
 }
@@ -173,5 +183,36 @@ func TestInstanceClaim(t *testing.T) {
 	}, nil)
 	if app, ap := st.Services["app"].Created, st.Services["ap"].Created; app != 3 || ap != 7 {
 		t.Errorf("claims app %d ap %d, want 3 (inherited) and 7 (its own key: a later claimSince is ignored)", app, ap)
+	}
+}
+
+// TestRejectedConfigErrorFollowsTheValue: a service left out for one bad configuration, then
+// for another with the same routes, reports the newer value's error, not the first one's; a
+// configuration written again unchanged changes nothing.
+func TestRejectedConfigErrorFollowsTheValue(t *testing.T) {
+	base := BuildState("/tether", 10, []*mvccpb.KeyValue{
+		{Key: []byte("/tether/instances/app/a1"), Value: []byte(instJSON("a1", "available", 1)), ModRevision: 5},
+	}, nil)
+	opts := buildOptions{prefix: "/tether", log: zerolog.Nop(), allowLoopback: true}
+	s1, _, err := applyEvents(opts, base, []*clientv3.Event{put("/tether/services/app", `{"affinity":{"mode":"bogus"}}`, 11)})
+	if err != nil || !strings.Contains(s1.Services["app"].ConfigError, "bogus") {
+		t.Fatalf("first bad configuration: %v, error %q", err, s1.Services["app"].ConfigError)
+	}
+	s2, changed, err := applyEvents(opts, s1, []*clientv3.Event{put("/tether/services/app", `{"affinity":{"mode":"other"}}`, 12)})
+	if e := s2.Services["app"].ConfigError; err != nil || !changed || !strings.Contains(e, "other") || strings.Contains(e, "bogus") {
+		t.Errorf("second bad configuration: changed %v, %v, error %q; want the second value's", changed, err, e)
+	}
+	if e := s2.Services["app"].ConfigError; strings.Contains(e, "nothing is reserved") {
+		t.Errorf("routes readable, yet: %q", e)
+	}
+	// Unreadable routes: the error says that nothing is reserved for the service.
+	s5, _, _ := applyEvents(opts, s2, []*clientv3.Event{put("/tether/services/app", `{"domains":5,"affinity":{"mode":"other"}}`, 15)})
+	if e := s5.Services["app"].ConfigError; !strings.Contains(e, "nothing is reserved") {
+		t.Errorf("routes unreadable: %q; want it said that nothing is reserved", e)
+	}
+	// The same configuration written again changes nothing: no new state, nothing pushed.
+	s3, _, _ := applyEvents(opts, s2, []*clientv3.Event{put("/tether/services/app", `{"lbPolicy":"random"}`, 13)})
+	if s4, changed, err := applyEvents(opts, s3, []*clientv3.Event{put("/tether/services/app", `{"lbPolicy":"random"}`, 14)}); err != nil || changed || s4 != s3 {
+		t.Errorf("the same configuration again: changed %v, %v", changed, err)
 	}
 }

@@ -125,6 +125,18 @@ func TestServiceConfigRules(t *testing.T) {
 		// overload.returnUrl and slowStart, beside the rows of TestDecodeServiceConfig.
 		{"returnUrl not http", `{"overload":{"returnUrl":"javascript:alert(1)"}}`, "overload.returnUrl:"},
 		{"returnUrl accepted", `{"overload":{"returnUrl":"https://example.com/busy"}}`, ""},
+
+		// Every bound accepts its own value.
+		{"pathPrefix of 253 characters", `{"pathPrefix":"/` + strings.Repeat("a", 252) + `"}`, ""},
+		{"cookiePath of 253 characters", `{"affinity":{"cookiePath":"/` + strings.Repeat("a", 252) + `"}}`, ""},
+		{"no retry, no per-try timeout", `{"retryInitialOn503":{"attempts":0,"perTryTimeout":"0s"}}`, ""},
+		{"healthCheck.path of 253 characters", `{"healthCheck":{"path":"/` + strings.Repeat("a", 252) + `"}}`, ""},
+		{"healthCheck.timeout of 1h", `{"healthCheck":{"timeout":"1h","interval":"1h"}}`, ""},
+		{"100 expected statuses", `{"healthCheck":{"expectedStatuses":[` + strings.Join(statuses[:100], ",") + `]}}`, ""},
+		{"healthCheck.host of 253 characters", `{"healthCheck":{"host":"` + strings.Repeat("a", 253) + `"}}`, ""},
+		{"returnUrl of 2048 characters", `{"overload":{"returnUrl":"https://example.com/` + strings.Repeat("a", 2048-len("https://example.com/")) + `"}}`, ""},
+		{"returnUrl over http", `{"overload":{"returnUrl":"http://example.com/busy"}}`, ""},
+		{"timeouts.idle of 24h", `{"timeouts":{"idle":"24h"}}`, ""},
 		{"slowStart over an hour", `{"slowStart":"1h0m1s"}`, "slowStart:"},
 		{"slowStart an hour", `{"slowStart":"1h"}`, ""},
 	}

@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -293,6 +294,7 @@ func TestNormalizePrefix(t *testing.T) {
 		{"/te ther", ""},
 		{"/te\x00ther", ""},
 		{"/te\xffther", ""},
+		{"/" + strings.Repeat("a", 127), "/" + strings.Repeat("a", 127)},
 		{"/" + strings.Repeat("a", 128), ""},
 	}
 	for _, tc := range tests {
@@ -305,6 +307,108 @@ func TestNormalizePrefix(t *testing.T) {
 		}
 		if err != nil || got != tc.want {
 			t.Errorf("NormalizePrefix(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// TestDecodeServiceConfigPartial: a rejected configuration is served field by field: its
+// valid fields as written (the session header's name among them, so that no session ends),
+// each bad optional field at its default, the first field of a nested object like any other.
+func TestDecodeServiceConfigPartial(t *testing.T) {
+	raw := `{"domains": ["app.example"], "pathPrefix": "/app", "affinity": {"mode": "header", "headerName": "x-session"},
+		"timeouts": {"request": "-5s", "idle": "2m"}, "weights": 7}`
+	p := registry.DecodeServiceConfigPartial("app", []byte(raw))
+	if p.Identity != nil {
+		t.Fatalf("identity refused: %v", p.Identity)
+	}
+	def, c := registry.DefaultServiceConfig("app"), p.Config
+	if !reflect.DeepEqual(c.Domains, []string{"app.example"}) || c.PathPrefix != "/app" || !reflect.DeepEqual(p.Domains, c.Domains) || p.PathPrefix != "/app" {
+		t.Errorf("routes %v %q, claimed %v %q; want app.example /app", c.Domains, c.PathPrefix, p.Domains, p.PathPrefix)
+	}
+	if c.Affinity.Mode != registry.AffinityHeader || c.Affinity.HeaderName != "x-session" {
+		t.Errorf("affinity %s by %q, want header by x-session", c.Affinity.Mode, c.Affinity.HeaderName)
+	}
+	if c.Timeouts.Request != def.Timeouts.Request || c.Timeouts.Idle.D() != 2*time.Minute || c.Weights != def.Weights {
+		t.Errorf("timeouts %+v, weights %q; want the default request timeout, idle 2m and the default weights", c.Timeouts, c.Weights)
+	}
+	if len(p.Defaulted) != 2 || !strings.HasPrefix(p.Defaulted[0], "timeouts.request: ") && !strings.HasPrefix(p.Defaulted[1], "timeouts.request: ") {
+		t.Errorf("defaulted %q; want timeouts.request and weights", p.Defaulted)
+	}
+	// Without a header name, header mode takes the default one.
+	p = registry.DecodeServiceConfigPartial("app", []byte(`{"affinity": {"mode": "header"}, "weights": 7}`))
+	if p.Identity != nil || p.Config.Affinity.HeaderName != def.Affinity.HeaderName || def.Affinity.HeaderName == "" {
+		t.Errorf("header mode without a name: %q (identity %v), want the default %q", p.Config.Affinity.HeaderName, p.Identity, def.Affinity.HeaderName)
+	}
+}
+
+// TestValueLimitsAreExact: a value of exactly MaxValueBytes decodes, one byte more does not;
+// nesting of exactly 32 levels decodes, 33 do not, and siblings are no nesting.
+func TestValueLimitsAreExact(t *testing.T) {
+	padded := func(n int) []byte {
+		v := `{"pad": "",` + strings.TrimPrefix(strings.TrimSpace(exampleInstance), "{")
+		return []byte(strings.Replace(v, `"pad": ""`, `"pad": "`+strings.Repeat("x", n-len(v))+`"`, 1))
+	}
+	if raw := padded(registry.MaxValueBytes); len(raw) != registry.MaxValueBytes {
+		t.Fatalf("padded to %d bytes", len(raw))
+	} else if _, err := registry.DecodeInstance("app", "app-7f3c", raw); err != nil {
+		t.Errorf("a value of exactly %d bytes: %v", registry.MaxValueBytes, err)
+	}
+	if _, err := registry.DecodeInstance("app", "app-7f3c", padded(registry.MaxValueBytes+1)); err == nil || !strings.Contains(err.Error(), "byte limit") {
+		t.Errorf("a value one byte over the limit: %v", err)
+	}
+	nested := func(levels int) []byte { // the object itself is the first level
+		return []byte(`{"x":` + strings.Repeat("[", levels-1) + strings.Repeat("]", levels-1) + `}`)
+	}
+	if _, err := registry.DecodeServiceConfig("app", nested(32)); err != nil {
+		t.Errorf("32 levels: %v", err)
+	}
+	if _, err := registry.DecodeServiceConfig("app", nested(33)); err == nil || !strings.Contains(err.Error(), "nested more than") {
+		t.Errorf("33 levels: %v", err)
+	}
+	if _, err := registry.DecodeServiceConfig("app", []byte(`{"x":[`+strings.Repeat(`[{}],`, 40)+`[]]}`)); err != nil {
+		t.Errorf("40 sibling arrays: %v", err)
+	}
+}
+
+// TestInstanceValidateChecksTheID: an instance's own check refuses a bad ID, whoever built it.
+func TestInstanceValidateChecksTheID(t *testing.T) {
+	in, err := registry.DecodeInstance("app", "app-7f3c", []byte(exampleInstance))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.ID = "bad id"
+	if err := in.Validate(); err == nil || !strings.Contains(err.Error(), "bad id") {
+		t.Errorf("instance with ID %q: %v", in.ID, err)
+	}
+}
+
+// TestInstanceBoundsAreExact: each bound of an instance accepts its own value.
+func TestInstanceBoundsAreExact(t *testing.T) {
+	base, err := registry.DecodeInstance("app", "app-7f3c", []byte(exampleInstance))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, edit := range map[string]func(*registry.Instance){
+		"a zone of 64 bytes": func(in *registry.Instance) { in.Zone = strings.Repeat("z", 64) },
+		"MaxLabels labels, a key of 63 bytes, a value of 256": func(in *registry.Instance) {
+			in.Labels = map[string]string{strings.Repeat("k", 63): strings.Repeat("v", 256)}
+			for i := 1; i < registry.MaxLabels; i++ {
+				in.Labels[fmt.Sprintf("l%d", i)] = "v"
+			}
+		},
+		"cpu and memory at 100%":        func(in *registry.Instance) { in.Load.CPU, in.Load.Memory = 100, 100 },
+		"port 1":                        func(in *registry.Instance) { in.Port = 1 },
+		"port 65535":                    func(in *registry.Instance) { in.Port = 65535 },
+		"a reason of MaxReason bytes":   func(in *registry.Instance) { in.Reason = strings.Repeat("r", registry.MaxReason) },
+		"an agent version of 64 bytes":  func(in *registry.Instance) { in.Agent.Version = strings.Repeat("v", 64) },
+		"an agent host of 255 bytes":    func(in *registry.Instance) { in.Agent.Host = strings.Repeat("h", 255) },
+		"updated in year 9999":          func(in *registry.Instance) { in.UpdatedAt = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC) },
+		"an agent started in year 9999": func(in *registry.Instance) { in.Agent.StartedAt = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC) },
+	} {
+		in := base
+		edit(&in)
+		if err := in.Validate(); err != nil {
+			t.Errorf("%s: %v", what, err)
 		}
 	}
 }

@@ -338,9 +338,15 @@ func TestWatcherSurvivesEtcdRestart(t *testing.T) {
 	r := startWatcher(t, cli)
 	r.waitFor(t, "both instances", func(st *registry.State) bool { return len(st.Services) == 2 })
 
+	broke := etcdtest.ConnectionBreaks(t, cli)
 	srv.Restart(t)
 	mustPut(t, cli, "/tether/instances/app/a2", withField(t, exampleInstance, "id", "a2"))
 	r.waitFor(t, "the instance written after the restart", func(st *registry.State) bool { _, ok := instance(st, "app", "a2"); return ok })
+	select {
+	case <-broke: // the watch lived through an outage its client saw, not a restart it missed
+	case <-time.After(waitTimeout):
+		t.Fatal("the client's connection never left the ready state across the restart")
+	}
 
 	for i, st := range r.all() {
 		_, a := instance(st, "app", "app-7f3c")

@@ -417,19 +417,13 @@ func describe(st *registry.State, svc string, ids []string) string {
 		}
 	}
 	if s.Config.Affinity.Mode == registry.AffinitySourceIP {
+		// Envoy's hash ring holds healthy hosts only: a drained (DRAINING) server leaves it,
+		// and the source address is the only session source-ip has (envoy-rules row 12).
 		return fmt.Sprintf("%s takes no new sessions, and its users move to other servers at their next request (source-ip affinity)", strings.Join(ids, ", "))
 	}
 	count := plural(n, "session")
 	if len(unknown) > 0 {
 		count = fmt.Sprintf("sessions (%s counted; unknown on %s, whose agents measure none)", count, strings.Join(unknown, ", "))
-	}
-	if s := st.Services[svc]; s != nil && s.Config.Affinity.Mode == registry.AffinitySourceIP {
-		// Envoy's hash ring holds healthy hosts only: a drained (DRAINING) server leaves it,
-		// and the source address is the only session source-ip has (envoy-rules row 12).
-		if len(ids) == 1 {
-			return fmt.Sprintf("%s leaves the hash ring (source-ip): its users (%s) move to other servers now", ids[0], plural(n, "session"))
-		}
-		return fmt.Sprintf("%s (%s) leave the hash ring (source-ip): their users (%s) move to other servers now", plural(len(ids), "instance"), strings.Join(ids, ", "), plural(n, "session"))
 	}
 	if len(ids) == 1 {
 		return fmt.Sprintf("%s keeps its %s and takes no new ones", ids[0], count)

@@ -357,7 +357,9 @@ func TestDrainErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"drain", "nope/x"}, 2, `unknown service "nope"`},
+		{[]string{"drain", "nope/x"}, 2, `unknown service "nope": it has no configuration and no instance under /tether (known services: app)`},
+		{[]string{"drain", "nope/x", "--prefix", "/empty"}, 2, "(known services: none)"},
+		{[]string{"drain", "app/a1", "--request-timeout", "0s"}, 2, "--request-timeout: 0s must be positive"},
 		{[]string{"drain", "app"}, 2, "is a whole service"},
 		{[]string{"drain", "app", "--label", "version"}, 2, "invalid value \"version\" for flag -label: \"version\" is not KEY=VALUE, e.g. version=1.4.1\nsee tether-controlplane drain -h\n"},
 		{[]string{"drain", "app", "--label", "-v=1"}, 2, `label key "-v"`},
@@ -595,5 +597,36 @@ func TestCtrlCDuringAReadOfWait(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("run %d: --wait still running 10 s after Ctrl-C", i)
 		}
+	}
+}
+
+// TestWaitSaysItRetriesWhileEtcdIsDown: a read that fails while nobody interrupted --wait is
+// said (the operator sees why nothing moves) and retried: once etcd is back the wait goes on
+// and ends when the drained instance reports no session.
+func TestWaitSaysItRetriesWhileEtcdIsDown(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 0)
+	putInstance(t, cli, "a2", 5002, "2", registry.StateAvailable, 5)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wout, werr syncbuf.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Drain(ctx, []string{"app/a2", "--wait", "--request-timeout", "500ms", "--etcd-endpoints", srv.ClientURL},
+			func(string) (string, bool) { return "", false }, &wout, &werr)
+	}()
+	waitOutput(t, &wout, "5 sessions")
+	srv.Stop()
+	waitOutput(t, &werr, "; trying again")
+	srv.StartAgain(t)
+	putInstance(t, srv.Client(t), "a2", 5002, "2", registry.StateDraining, 0)
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("--wait across an etcd outage: exit %d\n%s\n%s", code, wout.String(), werr.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("--wait did not end once etcd was back and a2 had no session:\n%s\n%s", wout.String(), werr.String())
 	}
 }
