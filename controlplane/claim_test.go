@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	tetheragent "github.com/tetherlb/tether/agent"
@@ -28,28 +27,13 @@ func runClaimAgent(t *testing.T, srv *etcdtest.Server, svc, id string) (stop fun
 		Interval: 50 * time.Millisecond, Heartbeat: time.Second, DrainTimeout: time.Second,
 		DrainSettle: 50 * time.Millisecond, ProbeTimeout: time.Second,
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	skip, done := make(chan struct{}), make(chan error, 1)
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	go func() { done <- tetheragent.Run(ctx, cfg, log, skip) }()
-	stopped := false
+	a := agenttest.Run(t, cfg)
 	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		close(skip)
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Logf("agent %s stopped: %v", id, err)
-			}
-		case <-time.After(10 * time.Second):
+		a.StopNow()
+		if !a.Stopped(10 * time.Second) {
 			t.Errorf("agent %s did not stop within 10s", id)
 		}
 	}
-	t.Cleanup(stop)
 	key := registry.InstanceKey("/tether", svc, id)
 	eventually.True(t, "agent "+id+" registered", 10*time.Second, func() bool {
 		gctx, gcancel := context.WithTimeout(context.Background(), time.Second)

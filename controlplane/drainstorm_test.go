@@ -10,7 +10,6 @@ import (
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	tagent "github.com/tetherlb/tether/agent"
@@ -23,44 +22,20 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// stormAgent is a real agent of service app run by a test.
-type stormAgent struct {
-	cancel context.CancelFunc
-	done   chan error
-}
-
 // runAgent runs a real agent of service app for a backend holding sessions, reaching etcd
 // at endpoint; it is stopped (without waiting for its drain) when the test ends.
-func runAgent(t *testing.T, endpoint, id string, labels map[string]string, sessions int64) *stormAgent {
+func runAgent(t *testing.T, endpoint, id string, labels map[string]string, sessions int64) {
 	t.Helper()
 	b := agenttest.NewBackend(t)
 	b.Sessions.Store(sessions)
-	cfg := tagent.Config{
+	agenttest.Run(t, tagent.Config{
 		Etcd:   clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: time.Second},
 		Prefix: "/tether", Service: "app", ID: id, Address: "127.0.0.1", Port: b.Port, Labels: labels,
 		HealthURL: b.URL + "/healthcheck", SessionsURL: b.URL + "/sessions",
 		LoadSource: tagent.LoadHost, TTL: 2 * time.Second, Interval: 50 * time.Millisecond,
 		Heartbeat: time.Second, DrainTimeout: 20 * time.Second, DrainSettle: 200 * time.Millisecond,
 		ProbeTimeout: time.Second,
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	skip := make(chan struct{})
-	a := &stormAgent{cancel: cancel, done: make(chan error, 1)}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	go func() { a.done <- tagent.Run(ctx, cfg, log, skip) }()
-	t.Cleanup(func() {
-		cancel()
-		close(skip)
-		select {
-		case err := <-a.done:
-			if err != nil {
-				t.Logf("agent %s stopped: %v", id, err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("agent %s did not stop within 15s", id)
-		}
 	})
-	return a
 }
 
 // edsHealth returns the EDS health of app's endpoints by instance ID.

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/agent"
@@ -19,12 +18,10 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// testAgent is a real agent of service app run by a test.
+// testAgent is a real agent of service app run by a test, with its backend.
 type testAgent struct {
+	*agenttest.Agent
 	backend *agenttest.Backend
-	cancel  context.CancelFunc
-	skip    chan struct{}
-	done    chan error
 }
 
 // runAgent runs a real agent of service app reaching etcd at endpoint, its backend holding
@@ -44,32 +41,7 @@ func runAgent(t *testing.T, endpoint, id string, sessions int64, measured bool) 
 	if measured {
 		cfg.SessionsURL = b.URL + "/sessions"
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	a := &testAgent{backend: b, cancel: cancel, skip: make(chan struct{}), done: make(chan error, 1)}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	go func() { a.done <- agent.Run(ctx, cfg, log, a.skip) }()
-	t.Cleanup(func() {
-		a.stopNow()
-		select {
-		case err := <-a.done:
-			if err != nil {
-				t.Logf("agent %s stopped: %v", id, err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("agent %s did not stop within 15s", id)
-		}
-	})
-	return a
-}
-
-// stopNow stops the agent as a second signal does: no wait for its sessions.
-func (a *testAgent) stopNow() {
-	a.cancel()
-	select {
-	case <-a.skip:
-	default:
-		close(a.skip)
-	}
+	return &testAgent{Agent: agenttest.Run(t, cfg), backend: b}
 }
 
 // startWait runs `drain ARGS --wait` in the background; its exit code arrives on the channel.
@@ -179,7 +151,7 @@ func TestWaitCountsOnlyAnEmptyDeliberateLeaveAsDone(t *testing.T) {
 	var out, errb syncbuf.Buffer
 	done := startWait(t, etcd, &out, &errb, "app/x1", "--timeout", "4s")
 	waitOutput(t, &out, "3 sessions on 1 drained instance (x1: 3)")
-	x1.stopNow()
+	x1.StopNow()
 	etcdtest.WaitInstance(t, f.cli, "x1", 10*time.Second, "x1 deregistered", func(in *registry.Instance, _ int64) bool { return in == nil })
 	if code := exitOf(t, done, 20*time.Second, &out); code != exitTimeout || strings.Contains(out.String(), "can be stopped") {
 		t.Errorf("--wait after x1 left with 3 sessions: exit %d; want %d\nstdout:\n%s\nstderr:\n%s", code, exitTimeout, out.String(), errb.String())
@@ -192,7 +164,7 @@ func TestWaitCountsOnlyAnEmptyDeliberateLeaveAsDone(t *testing.T) {
 	var out2, errb2 syncbuf.Buffer
 	done = startWait(t, etcd, &out2, &errb2, "app/y1", "--timeout", "20s")
 	waitOutput(t, &out2, "2 sessions on 1 drained instance (y1: 2)")
-	y1.cancel() // a stop: it drains, and leaves once its sessions end
+	y1.Stop() // a stop: it drains, and leaves once its sessions end
 	y1.backend.Sessions.Store(0)
 	if code := exitOf(t, done, 25*time.Second, &out2); code != exitOK || !strings.Contains(out2.String(), "can be stopped") {
 		t.Errorf("--wait after y1 left with no sessions: exit %d; want 0\nstdout:\n%s\nstderr:\n%s", code, out2.String(), errb2.String())
