@@ -264,11 +264,13 @@ func TestDisconnectedEnvoyIsWaitedForAndItsHeldVersionsAreItsACK(t *testing.T) {
 	srv := twoInstances(t)
 	cli := srv.Client(t)
 	cp := startCPSettle(t, srv.Endpoints(), settle)
+	// A second Envoy, which answers: with b alone a3 would be served at once (no first phase).
+	connect(t, cp, xdsclient.Delta, "envoy-c", "edge")
 	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
 	s := runClient(t, b, cp.XDSAddr(), nil)
 	waitFor(t, b, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
 	// Its ACK of that must have arrived before ACKs are held, or the push of a3 waits for it.
-	eventually(t, "a1 known by the Envoy", func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 1 })
+	eventually(t, "a1 known by both Envoys", func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 2 })
 	b.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
 	waitFor(t, b, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
