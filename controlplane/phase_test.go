@@ -290,3 +290,40 @@ func TestDisconnectedEnvoyIsWaitedForAndItsHeldVersionsAreItsACK(t *testing.T) {
 		t.Errorf("acked promotions = %v, want 1", n)
 	}
 }
+
+// TestSingleEnvoyThenASecondJoins: with one Envoy a new instance is HEALTHY in the first push
+// that holds it (the single-Envoy rule, phase.go). A second Envoy that connects while the
+// first has not ACKed it is served no endpoints until it has, then holds it from its first
+// response; a third connecting later holds it from its first response too.
+func TestSingleEnvoyThenASecondJoins(t *testing.T) {
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cp := startCPSettle(t, srv.Endpoints(), time.Minute)
+	a := xdsclient.New(xdsclient.Delta, "envoy-a", "edge")
+	sa := watchEndpoint(a, 5003)
+	run(t, cp, a)
+	waitFor(t, a, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	eventually(t, "a1 known by the Envoy", func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 1 })
+	a.HoldACKs(resourcev3.EndpointType)
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	waitFor(t, a, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	sa.firstWas(t, "the only Envoy", core.HealthStatus_HEALTHY)
+
+	b := xdsclient.New(xdsclient.SotW, "envoy-b", "edge")
+	sb := watchEndpoint(b, 5003)
+	run(t, cp, b)
+	waitFor(t, b, "b's clusters", func(v xdsclient.View) bool { return len(v.Resources[resourcev3.ClusterType]) > 0 })
+	time.Sleep(300 * time.Millisecond) // endpoints would follow the clusters at once
+	if n := b.Count(resourcev3.EndpointType); n != 0 {
+		t.Fatalf("b was served %d assignments while a did not hold the endpoint served to it at once", n)
+	}
+	a.ReleaseACKs()
+	waitFor(t, b, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	sb.firstWas(t, "the Envoy that joined before a held it", core.HealthStatus_HEALTHY)
+
+	c := xdsclient.New(xdsclient.Delta, "envoy-c", "edge")
+	sc := watchEndpoint(c, 5003)
+	run(t, cp, c)
+	waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	sc.firstWas(t, "the Envoy that joined later", core.HealthStatus_HEALTHY)
+}
