@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -27,6 +28,9 @@ type envoy struct {
 	group   string
 	replica int
 	cli     *xdsclient.Client
+	// joined: its stream runs. In a late-join run (sim.go) only the first Envoy starts with
+	// the run; users and faults reach only joined Envoys.
+	joined atomic.Bool
 
 	mu        sync.Mutex
 	frozen    bool
