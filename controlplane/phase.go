@@ -54,6 +54,28 @@ import (
 // that joined while the control plane was down) starts in its first phase, and the Envoys
 // that followed the control plane before are waited for as reconnecting ones. Promotion waits
 // for the Envoys of every group, since every group is served the same endpoints.
+//
+// The single-Envoy rule. A new endpoint skips its first phase (served as its state says in
+// the first push that holds it) when the Envoys the first phase would wait for are at most
+// one connected stream already served endpoints: counted over every group, with no Envoy
+// remembered as reconnecting (phaser.gone, the memory's Envoys) and no other replica (live,
+// or gone within its remembered time), whatever its Envoys. It is never weaker than the
+// first phase. The risk the phase guards against is a user placed on the endpoint by an
+// Envoy while another Envoy does not hold it yet. With one Envoy E, the first phase promotes
+// on E's ACK, and in between only E could take a user. Under the rule, before E holds the
+// endpoint no Envoy places a user there: E does not hold it, and any other Envoy is one that
+// had been served no endpoints when the rule was decided, whose first endpoint response is
+// held back (answers.hold, xdscache.Options.HoldFirstEndpoints, turned on before the count)
+// until E has ACKed an assignment holding the endpoint, or the settle time ends as it would
+// for a promotion. An Envoy's cluster sends no request to any host before its first
+// assignment (docs/envoy-rules.md row 29), so a held Envoy places no user anywhere. After E
+// holds it, every Envoy holds it: E, and the others from their first response on. An Envoy
+// that joins once E holds it is served it in its first response, as under the first phase
+// after a promotion. A stream counted but not asking for endpoints yet is not among those
+// served: its first response is held like any newcomer's. The cost: an Envoy connecting
+// while an endpoint served at once is not yet held by E waits for E's ACK (about a round
+// trip) for its first endpoints. An endpoint served at once and not yet held by E is not
+// written to the memory as known to every Envoy.
 
 // DefaultPublishSettle bounds how long an Envoy that does not answer delays a promotion.
 const DefaultPublishSettle = translate.DefaultPublishSettle

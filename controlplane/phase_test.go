@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -313,6 +314,14 @@ func TestSingleEnvoyThenASecondJoins(t *testing.T) {
 	sb := watchEndpoint(b, 5003)
 	run(t, cp, b)
 	waitFor(t, b, "b's clusters", func(v xdsclient.View) bool { return len(v.Resources[resourcev3.ClusterType]) > 0 })
+	// envoy-rules row 29: an EDS cluster warms, sending nothing to any host, until its first
+	// assignment (or its initial fetch timeout, after which it is active with no host). Held
+	// back, b sends no user to any server; a cluster with its hosts inline would.
+	for name, m := range b.View().Resources[resourcev3.ClusterType] {
+		if c := m.(*clusterv3.Cluster); c.GetType() != clusterv3.Cluster_EDS || c.GetLoadAssignment() != nil {
+			t.Errorf("cluster %s is %v with hosts inline %v: a held Envoy would route before its first assignment", name, c.GetType(), c.GetLoadAssignment() != nil)
+		}
+	}
 	time.Sleep(300 * time.Millisecond) // endpoints would follow the clusters at once
 	if n := b.Count(resourcev3.EndpointType); n != 0 {
 		t.Fatalf("b was served %d assignments while a did not hold the endpoint served to it at once", n)

@@ -31,6 +31,9 @@ type envoy struct {
 	// joined: its stream runs. In a late-join run (sim.go) only the first Envoy starts with
 	// the run; users and faults reach only joined Envoys.
 	joined atomic.Bool
+	// configured: it has held routes; users reach it from then on (an Envoy serves no
+	// listener before its configuration).
+	configured atomic.Bool
 
 	mu        sync.Mutex
 	frozen    bool
@@ -123,6 +126,22 @@ func (e *envoy) tables() (*tables, error) {
 		e.tbl, e.tblErr, e.responses = t, err, v.Responses
 	}
 	return e.tbl, e.tblErr
+}
+
+// serving reports whether users reach it: joined, and configured once.
+func (e *envoy) serving() bool {
+	if !e.joined.Load() {
+		return false
+	}
+	if e.configured.Load() {
+		return true
+	}
+	t, err := e.tables()
+	if err != nil || t == nil || t.routes == nil {
+		return false
+	}
+	e.configured.Store(true)
+	return true
 }
 
 // serve routes one request.

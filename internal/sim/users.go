@@ -81,8 +81,16 @@ func (s *Sim) live(ctx context.Context, u *user) {
 
 // request sends one request through a random Envoy and checks what came back.
 func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSite bool) {
-	envoys := s.joinedEnvoys()
+	var envoys []*envoy
+	for _, e := range s.envoys {
+		if e.serving() {
+			envoys = append(envoys, e)
+		}
+	}
 	n := len(envoys)
+	if n == 0 && s.real == nil {
+		return
+	}
 	if s.real != nil {
 		n++
 	}
