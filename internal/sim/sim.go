@@ -120,6 +120,7 @@ type Sim struct {
 	lateMu    sync.Mutex
 	late      []*envoy
 	joinAfter time.Time
+	lateRng   *rand.Rand // draws each join's delay after its server's start
 	real      *realEnvoy
 	listen    int // the Envoys' listener port (the real Envoy binds it)
 	http      *http.Client
@@ -326,6 +327,7 @@ func (s *Sim) setUp(ctx context.Context) error {
 	}
 	if late {
 		s.joinAfter = time.Now().Add(time.Duration(lrng.Int64N(int64(s.opts.Duration / 2))))
+		s.lateRng = lrng
 		s.event(nil, "the gateway group starts with one Envoy; the others join later, each right after a server is added")
 	}
 	if s.opts.EnvoyBin != "" {
@@ -482,8 +484,12 @@ func (s *Sim) addServer(service string, version int, withSessions bool) (*server
 	return srv, nil
 }
 
+// startEnvoy starts e's stream, once.
 func (s *Sim) startEnvoy(e *envoy) {
-	e.joined.Store(true)
+	if !e.joined.CompareAndSwap(false, true) {
+		return
+	}
+	s.event(nil, "%s joins the gateway group", e.name)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -491,20 +497,39 @@ func (s *Sim) startEnvoy(e *envoy) {
 	}()
 }
 
-// joinLate starts the next late Envoy once its time has come, or every one with all.
+// joinLate lets the next late Envoy join once its time has come, shortly after the server
+// just started has registered (100-600 ms, drawn: the agent's registration and the push of
+// the server come within it, sometimes before and sometimes after the join); with all, it
+// starts every late Envoy at once.
 func (s *Sim) joinLate(all bool) {
 	s.lateMu.Lock()
 	defer s.lateMu.Unlock()
-	for len(s.late) > 0 && (all || time.Now().After(s.joinAfter)) {
-		e := s.late[0]
-		s.late = s.late[1:]
-		s.event(nil, "%s joins the gateway group", e.name)
-		s.startEnvoy(e)
-		s.joinAfter = time.Now().Add(time.Second)
-		if !all {
-			return
+	if all {
+		for _, e := range s.envoys {
+			if !e.joined.Load() {
+				s.startEnvoy(e)
+			}
 		}
+		s.late = nil
+		return
 	}
+	if len(s.late) == 0 || !time.Now().After(s.joinAfter) {
+		return
+	}
+	e := s.late[0]
+	s.late = s.late[1:]
+	s.joinAfter = time.Now().Add(time.Second)
+	d := 100*time.Millisecond + time.Duration(s.lateRng.Int64N(int64(500*time.Millisecond)))
+	go func() {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		s.lateMu.Lock()
+		defer s.lateMu.Unlock()
+		s.startEnvoy(e) // nothing when joinLate(all) started it: no wait group is added late
+	}()
 }
 
 // joinedEnvoys are the Envoys whose streams run.
