@@ -57,22 +57,23 @@ import (
 //
 // The single-Envoy rule. A new endpoint skips its first phase (served as its state says in
 // the first push that holds it) when the Envoys the first phase would wait for are at most
-// one connected stream already served endpoints: counted over every group, with no Envoy
+// one connected stream asking for endpoints: counted over every group, with no Envoy
 // remembered as reconnecting (phaser.gone, the memory's Envoys) and no other replica (live,
 // or gone within its remembered time), whatever its Envoys. It is never weaker than the
 // first phase. The risk the phase guards against is a user placed on the endpoint by an
 // Envoy while another Envoy does not hold it yet. With one Envoy E, the first phase promotes
 // on E's ACK, and in between only E could take a user. Under the rule, before E holds the
 // endpoint no Envoy places a user there: E does not hold it, and any other Envoy is one that
-// had been served no endpoints when the rule was decided, whose first endpoint response is
-// held back (answers.hold, xdscache.Options.HoldFirstEndpoints, turned on before the count)
-// until E has ACKed an assignment holding the endpoint, or the settle time ends as it would
-// for a promotion. An Envoy's cluster sends no request to any host before its first
-// assignment (docs/envoy-rules.md row 29), so a held Envoy places no user anywhere. After E
+// did not ask for endpoints when the rule was decided (a stream that did counts, served or
+// not: it may be an Envoy reconnecting, serving what it held; one whose stream closed is
+// remembered and counts too), whose first endpoint response is held back (answers.hold,
+// xdscache.Options.HoldFirstEndpoints, turned on before the count) until E has ACKed an
+// assignment holding the endpoint, or the settle time ends as it would for a promotion. A starting Envoy serves no one before every cluster holds its first
+// assignment (docs/envoy-rules.md row 37), so a held Envoy places no user anywhere. After E
 // holds it, every Envoy holds it: E, and the others from their first response on. An Envoy
 // that joins once E holds it is served it in its first response, as under the first phase
-// after a promotion. A stream counted but not asking for endpoints yet is not among those
-// served: its first response is held like any newcomer's. The cost: an Envoy connecting
+// after a promotion. Once the rule applied, E is waited for, not the streams never served
+// endpoints (they get the endpoint in their first response). The cost: an Envoy connecting
 // while an endpoint served at once is not yet held by E waits for E's ACK (about a round
 // trip) for its first endpoints. An endpoint served at once and not yet held by E is not
 // written to the memory as known to every Envoy.
@@ -393,9 +394,9 @@ func (ph *phaser) forget(old, keep []epKey) {
 }
 
 // singleEnvoyLocked reports whether a new endpoint may skip its first phase: the Envoys the
-// first phase would wait for are at most one, a connected stream that was served endpoints
-// (see the package comment). It turns answers.hold on before it counts, so that a stream not
-// served endpoints by then is served none until the endpoint is held (releaseLocked).
+// first phase would wait for are at most one connected stream asking for endpoints (see the
+// package comment). It turns answers.hold on before it counts, so that a stream asking for
+// endpoints after the count is served none until the endpoint is held (releaseLocked).
 func (ph *phaser) singleEnvoyLocked(now time.Time) bool {
 	if ph.xds == nil {
 		return false
@@ -404,16 +405,18 @@ func (ph *phaser) singleEnvoyLocked(now time.Time) bool {
 		return false
 	}
 	ph.in.hold.Store(true)
-	served := 0
+	// A stream asking for endpoints counts whether or not it was served any: a new stream may
+	// be an Envoy reconnecting, serving what it held meanwhile.
+	watching := 0
 	for _, v := range ph.viewsLocked(clusterIndex{}, now, true) {
 		switch {
 		case v.remembered:
 			return false
-		case !v.unserved && v.watching:
-			served++
+		case v.watching:
+			watching++
 		}
 	}
-	return served <= 1
+	return watching <= 1
 }
 
 // releaseLocked ends answers.hold once no endpoint served at once waits to be held, and

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tetherlb/tether/controlplane/translate"
+	"github.com/tetherlb/tether/controlplane/xdscache"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -152,5 +153,24 @@ func TestEnvoyJoiningInTheFirstPhaseIsWaitedFor(t *testing.T) {
 	r.acked("c", v2)
 	if r.ph.evaluate(r.at(3 * time.Second)); !r.promoted("app", "new") {
 		t.Fatal("not promoted once every Envoy ACKed it")
+	}
+}
+
+// TestHeldEnvoyCountsForTheNextEndpoint: a stream that asks for endpoints counts whether or
+// not it was served any (it may be an Envoy reconnecting, serving what it held): b, held back
+// while a has not ACKed the first endpoint served at once, makes the next one wait its first
+// phase.
+func TestHeldEnvoyCountsForTheNextEndpoint(t *testing.T) {
+	r, es := singleRig(t, "a")
+	a := es[0]
+	addNew(r)
+	a.next("a: the new endpoint")
+	b := r.envoy("b")
+	b.send(&discovery.DiscoveryRequest{ResourceNames: []string{translate.ClusterName("app")}})
+	r.waitAck("b", func(s xdscache.StreamAck) bool { return s.Watching && !s.Served })
+	a.ack() // not evaluated: b stays held
+	r.publish(phaseStateOf(3, phaseService("app", map[string]int{"old": 5001, "new": 5003, "next": 5004})), r.at(2*time.Second))
+	if got := statusIn(t, a.next("a: the next endpoint"), 5004); got != corev3.HealthStatus_DRAINING {
+		t.Fatalf("a was first sent the next endpoint as %v while b asks for endpoints, want DRAINING", got)
 	}
 }

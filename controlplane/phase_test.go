@@ -314,9 +314,9 @@ func TestSingleEnvoyThenASecondJoins(t *testing.T) {
 	sb := watchEndpoint(b, 5003)
 	run(t, cp, b)
 	waitFor(t, b, "b's clusters", func(v xdsclient.View) bool { return len(v.Resources[resourcev3.ClusterType]) > 0 })
-	// envoy-rules row 29: an EDS cluster warms, sending nothing to any host, until its first
-	// assignment (or its initial fetch timeout, after which it is active with no host). Held
-	// back, b sends no user to any server; a cluster with its hosts inline would.
+	// envoy-rules rows 29 and 37: an EDS cluster initializes with its first assignment (or its
+	// initial fetch timeout, then with no host), and a starting Envoy serves no one before every
+	// cluster has. Held back, b serves no user; a cluster with its hosts inline would not wait.
 	for name, m := range b.View().Resources[resourcev3.ClusterType] {
 		if c := m.(*clusterv3.Cluster); c.GetType() != clusterv3.Cluster_EDS || c.GetLoadAssignment() != nil {
 			t.Errorf("cluster %s is %v with hosts inline %v: a held Envoy would route before its first assignment", name, c.GetType(), c.GetLoadAssignment() != nil)

@@ -31,8 +31,10 @@ type envoy struct {
 	// joined: its stream runs. In a late-join run (sim.go) only the first Envoy starts with
 	// the run; users and faults reach only joined Envoys.
 	joined atomic.Bool
-	// configured: it has held routes; users reach it from then on (an Envoy serves no
-	// listener before its configuration).
+	// configured: it has held routes and an assignment of every cluster; users reach it from
+	// then on. Envoy starts its workers only once every cluster has initialized, an EDS one
+	// with its first assignment (envoy-rules row 37): a joining Envoy whose first endpoints are
+	// held back serves no one.
 	configured atomic.Bool
 
 	mu        sync.Mutex
@@ -139,6 +141,11 @@ func (e *envoy) serving() bool {
 	t, err := e.tables()
 	if err != nil || t == nil || t.routes == nil {
 		return false
+	}
+	for name := range t.clusters {
+		if _, ok := t.hosts[name]; !ok {
+			return false
+		}
 	}
 	e.configured.Store(true)
 	return true
