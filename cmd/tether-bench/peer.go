@@ -535,7 +535,15 @@ func (o *tetherObserver) wait(ctx context.Context, changes []*change, within tim
 		select {
 		case <-ch.done:
 		case <-ctx.Done():
-			return fmt.Errorf("tether's client did not hold the change to %s (add %v) within %s", ch.service, ch.add, within)
+			o.mu.Lock()
+			var by []string
+			for i, p := range ch.per {
+				by = append(by, fmt.Sprintf("envoy %d: held %v, done %v", i, !p.seen.IsZero(), p.done))
+			}
+			o.mu.Unlock()
+			// An add is removed by the service's next change: one not usable at every Envoy by
+			// then (a promotion stalled past -gap x services) never completes.
+			return fmt.Errorf("tether's Envoys did not all hold the change to %s (add %v) within %s (%s)", ch.service, ch.add, within, strings.Join(by, "; "))
 		}
 	}
 	return nil
