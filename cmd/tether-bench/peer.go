@@ -287,7 +287,7 @@ func report(out io.Writer, c peerConfig, changes []*change, traefikAdd, traefikR
 		l := bench.Summarize(d)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f\t%.1f\t%.1f\t\n", sys, what, l.Samples, l.P50, l.P99, l.Max)
 	}
-	row("tether", "add: known (DRAINING)", known)
+	row("tether", "add: first held", known)
 	row("tether", "add: usable (HEALTHY)", usable)
 	if c.tetherDefaults {
 		row("tether", "removal: no new user", outOf)
