@@ -634,7 +634,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 			switch {
 			case v.rev >= e.rev && v.subs[ci]:
 				e.known++
-			case !v.exempt && !(e.fast && v.unserved):
+			case !v.exempt && (!e.fast || !v.unserved):
 				// An Envoy never served endpoints is served this one in its first response.
 				blockers = append(blockers, v)
 			}
