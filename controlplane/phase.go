@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -53,6 +54,29 @@ import (
 // that joined while the control plane was down) starts in its first phase, and the Envoys
 // that followed the control plane before are waited for as reconnecting ones. Promotion waits
 // for the Envoys of every group, since every group is served the same endpoints.
+//
+// The single-Envoy rule. A new endpoint skips its first phase (served as its state says in
+// the first push that holds it) when the Envoys the first phase would wait for are at most
+// one connected stream asking for endpoints: counted over every group, with no Envoy
+// remembered as reconnecting (phaser.gone, the memory's Envoys) and no other replica (live,
+// or gone within its remembered time), whatever its Envoys. It is never weaker than the
+// first phase. The risk the phase guards against is a user placed on the endpoint by an
+// Envoy while another Envoy does not hold it yet. With one Envoy E, the first phase promotes
+// on E's ACK, and in between only E could take a user. Under the rule, before E holds the
+// endpoint no Envoy places a user there: E does not hold it, and any other Envoy is one that
+// did not ask for endpoints when the rule was decided (a stream that did counts, served or
+// not: it may be an Envoy reconnecting, serving what it held; one whose stream closed is
+// remembered and counts too), whose first endpoint response is held back (answers.hold,
+// xdscache.Options.HoldFirstEndpoints, turned on before the count) until E has ACKed an
+// assignment holding the endpoint, or the settle time ends as it would for a promotion. A starting Envoy serves no one before every cluster holds its first
+// assignment (docs/envoy-rules.md row 37), so a held Envoy places no user anywhere. After E
+// holds it, every Envoy holds it: E, and the others from their first response on. An Envoy
+// that joins once E holds it is served it in its first response, as under the first phase
+// after a promotion. Once the rule applied, E is waited for, not the streams never served
+// endpoints (they get the endpoint in their first response). The cost: an Envoy connecting
+// while an endpoint served at once is not yet held by E waits for E's ACK (about a round
+// trip) for its first endpoints. An endpoint served at once and not yet held by E is not
+// written to the memory as known to every Envoy.
 
 // DefaultPublishSettle bounds how long an Envoy that does not answer delays a promotion.
 const DefaultPublishSettle = translate.DefaultPublishSettle
@@ -90,6 +114,9 @@ type epPhase struct {
 	svcRev int64
 	// peerSettled: promoted at its settle time without another replica's report.
 	peerSettled bool
+	// fast: served as its state says at once (the single-Envoy rule), and not yet held by
+	// every Envoy that was served endpoints: new Envoys' first endpoints wait (answers.hold).
+	fast bool
 }
 
 // lagInfo is an Envoy that held a promotion past --publish-settle.
@@ -114,7 +141,10 @@ type phaser struct {
 	reach map[epKey]*epPhase
 	// first holds the entries of reach in their first phase: an evaluation (one per ACK
 	// burst) visits only them, not every endpoint.
-	first     map[epKey]*epPhase
+	first map[epKey]*epPhase
+	// fast holds the entries of reach served at once and not yet held by every Envoy served
+	// endpoints (epPhase.fast).
+	fast      map[epKey]*epPhase
 	started   bool             // the first publication is done
 	revs      map[string]int64 // endpoint type version -> revision of its state
 	revOrder  []string
@@ -168,7 +198,10 @@ func settleOrDefault(settle time.Duration) time.Duration {
 // lock, which must not wait for the phaser's (an evaluation holds that while it reads the
 // cache): it only queues and wakes the evaluation.
 type answers struct {
-	wake   chan struct{}
+	wake chan struct{}
+	// hold holds back every stream's first endpoint response (xdscache's HoldFirstEndpoints)
+	// while an endpoint served at once is not held by the Envoy it was served to.
+	hold   atomic.Bool
 	mu     sync.Mutex
 	closes []goneClose // not yet read into phaser.gone
 }
@@ -194,6 +227,9 @@ func (in *answers) closed(typeURL string, a xdscache.StreamAck) {
 	in.mu.Unlock()
 	in.signal()
 }
+
+// holding is xdscache.Options.HoldFirstEndpoints.
+func (in *answers) holding() bool { return in.hold.Load() }
 
 // take returns the closes queued since the last take.
 func (in *answers) take() []goneClose {
@@ -236,7 +272,7 @@ func newPhaser(log zerolog.Logger, m *metrics, settle time.Duration, xds *xdscac
 		in = newAnswers()
 	}
 	return &phaser{log: log, m: m, settle: settleOrDefault(settle), xds: xds, in: in, link: link, promoted: make(chan struct{}, 1),
-		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamKey]*lagInfo{},
+		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, fast: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamKey]*lagInfo{},
 		gone: map[goneKey]goneEnvoy{}}
 }
 
@@ -257,6 +293,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 	defer ph.mu.Unlock()
 	svcs := make(map[string]*svcReach, len(st.Services))
 	phased := map[string][]string{} // service -> instance IDs in their first phase
+	single := -1                    // whether the single-Envoy rule applies: -1 not read yet
 	for name, svc := range st.Services {
 		old := ph.svcs[name]
 		if old != nil && old.svc == svc && old.first == 0 {
@@ -274,6 +311,16 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 			if e == nil {
 				phased := ph.started || (ph.recalled != nil && !ph.recalled[k])
 				e = &epPhase{rev: st.Revision, svcRev: svc.Revision, start: now, first: phased && !mutation.On(mutation.PromoteAtOnce)}
+				if e.first && single < 0 {
+					single = 0
+					if ph.singleEnvoyLocked(now) {
+						single = 1
+					}
+				}
+				if e.first && single == 1 {
+					e.first, e.fast = false, true
+					ph.fast[k] = e
+				}
 				ph.reach[k] = e
 				if e.first {
 					ph.first[k] = e
@@ -300,6 +347,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 	}
 	ph.svcs = svcs
 	ph.started, ph.recalled = true, nil
+	ph.releaseLocked()
 	ph.m.firstPhase.Set(float64(ph.countFirstLocked()))
 	return ph.phaseState(st, phased)
 }
@@ -340,7 +388,43 @@ func (ph *phaser) forget(old, keep []epKey) {
 		if !kept(k) {
 			delete(ph.reach, k)
 			delete(ph.first, k)
+			delete(ph.fast, k)
 		}
+	}
+}
+
+// singleEnvoyLocked reports whether a new endpoint may skip its first phase: the Envoys the
+// first phase would wait for are at most one connected stream asking for endpoints (see the
+// package comment). It turns answers.hold on before it counts, so that a stream asking for
+// endpoints after the count is served none until the endpoint is held (releaseLocked).
+func (ph *phaser) singleEnvoyLocked(now time.Time) bool {
+	if ph.xds == nil {
+		return false
+	}
+	if _, _, peers := ph.link.peersHeld(now); peers {
+		return false
+	}
+	ph.in.hold.Store(true)
+	// A stream asking for endpoints counts whether or not it was served any: a new stream may
+	// be an Envoy reconnecting, serving what it held meanwhile.
+	watching := 0
+	for _, v := range ph.viewsLocked(clusterIndex{}, now, true) {
+		switch {
+		case v.remembered:
+			return false
+		case v.watching:
+			watching++
+		}
+	}
+	return watching <= 1
+}
+
+// releaseLocked ends answers.hold once no endpoint served at once waits to be held, and
+// serves the first endpoints held back meanwhile.
+func (ph *phaser) releaseLocked() {
+	if len(ph.fast) == 0 && ph.in.hold.Load() {
+		ph.in.hold.Store(false)
+		ph.xds.ReleaseHeld()
 	}
 }
 
@@ -454,9 +538,12 @@ func (ph *phaser) run(ctx context.Context) {
 type streamView struct {
 	key    xdscache.StreamKey
 	group  string
-	rev    int64  // revision of its whole ACK; -1 when none is known
-	exempt bool   // answered with a NACK, lagging, or not asking for endpoints: holds nothing back
-	subs   []bool // by index of the clusters asked about: whether it subscribes to each
+	rev    int64 // revision of its whole ACK; -1 when none is known
+	exempt bool  // answered with a NACK, lagging, or not asking for endpoints: holds nothing back
+	// watching: asks for endpoints; unserved: and was never sent any (it holds none, and its
+	// first response is held back while an endpoint served at once waits: see answers.hold).
+	watching, unserved bool
+	subs               []bool // by index of the clusters asked about: whether it subscribes to each
 	// remembered: an Envoy whose stream closed (see phaser.gone), taken to subscribe to
 	// every cluster; it is never reported lagging (it has no stream to report).
 	remembered bool
@@ -475,8 +562,14 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 			waiting = append(waiting, k)
 		}
 	}
+	var fast []epKey
+	for k, e := range ph.fast {
+		if e.rev <= ph.latestRev {
+			fast = append(fast, k)
+		}
+	}
 	peerWants := ph.link.wanted()
-	if len(waiting) == 0 && len(ph.lagging) == 0 && !peerWants {
+	if len(waiting) == 0 && len(fast) == 0 && len(ph.lagging) == 0 && !peerWants {
 		// Nothing to promote and nobody to clear: an ordinary push's ACKs cost nothing here.
 		ph.m.lagging.Set(0)
 		ph.link.report(-1, 0)
@@ -521,6 +614,10 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 		phase = append(phase, k)
 		clusters.add(k.cluster)
 	}
+	for _, k := range fast {
+		phase = append(phase, k)
+		clusters.add(k.cluster)
+	}
 	var views []streamView
 	if len(phase) > 0 {
 		views = ph.viewsLocked(clusters, now, true)
@@ -537,7 +634,8 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 			switch {
 			case v.rev >= e.rev && v.subs[ci]:
 				e.known++
-			case !v.exempt:
+			case !v.exempt && (!e.fast || !v.unserved):
+				// An Envoy never served endpoints is served this one in its first response.
 				blockers = append(blockers, v)
 			}
 		}
@@ -564,12 +662,20 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 					Msg("Envoy has not acknowledged a new endpoint within --publish-settle; promoting it without that Envoy, which is reported as lagging")
 			}
 		}
+		if e.fast {
+			e.fast = false
+			delete(ph.fast, k)
+			ph.log.Debug().Str("endpoint", k.cluster+"/"+k.id).Str("outcome", outcome).Dur("after", now.Sub(e.start)).
+				Msg("endpoint served at once is held by every Envoy")
+			continue
+		}
 		e.promoted = true
 		promoted++
 		ph.m.promotions.WithLabelValues(outcome).Observe(now.Sub(e.start).Seconds())
 		ph.log.Debug().Str("endpoint", k.cluster+"/"+k.id).Str("outcome", outcome).Dur("after", now.Sub(e.start)).
 			Int("known", e.known).Int("envoys", len(views)).Msg("endpoint promoted")
 	}
+	ph.releaseLocked()
 	ph.m.lagging.Set(float64(len(ph.lagging)))
 	var wants int64
 	for _, e := range ph.first {
@@ -648,6 +754,7 @@ func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone boo
 		// for clusters, then their endpoints): it holds nothing back, and is not reported as
 		// lagging for it. When it asks, it is sent the endpoints as they are then.
 		v.exempt = lag || (a.NACKed && !a.Waiting) || !a.Watching
+		v.watching, v.unserved = a.Watching, a.Watching && !a.Served
 		if back != nil && a.Watching && a.Node != "" {
 			back[goneKey{a.Node, a.Group}] = true
 		}
@@ -755,7 +862,8 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 	defer ph.mu.Unlock()
 	var eps []memoryEndpoint
 	for k, e := range ph.reach {
-		if !e.first || e.promoted {
+		// One served at once and not yet held by every Envoy is not known to every Envoy.
+		if (!e.first || e.promoted) && !e.fast {
 			eps = append(eps, memoryEndpoint{Cluster: k.cluster, ID: k.id, Address: k.addr})
 		}
 	}

@@ -91,11 +91,13 @@ func TestNACKingEnvoyHoldsNothingBack(t *testing.T) {
 func TestRefusedStateIsNotWaitedFor(t *testing.T) {
 	const settle = time.Minute
 	r := newPhaseRig(t, settle)
-	a := r.envoy("a")
 	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
-	a.subscribe(translate.ClusterName("app"))
-	a.ack()
-	r.acked("a", a.acked)
+	// Two Envoys: with one, a new endpoint is served at once (singleEnvoyLocked).
+	for _, e := range []*rawEnvoy{r.envoy("a"), r.envoy("b")} {
+		e.subscribe(translate.ClusterName("app"))
+		e.ack()
+		r.acked(e.node, e.acked)
+	}
 	r.ph.apply(phaseStateOf(2, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
 	if next, _ := r.ph.evaluate(r.at(2 * time.Second)); !next.IsZero() {
 		t.Errorf("an evaluation is scheduled at %v for an endpoint no Envoy was sent", next.Sub(r.start))

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -248,11 +249,13 @@ func TestDisconnectedEnvoyIsWaitedForAndItsHeldVersionsAreItsACK(t *testing.T) {
 	srv := twoInstances(t)
 	cli := srv.Client(t)
 	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
+	// A second Envoy, which answers: with b alone a3 would be served at once (no first phase).
+	connect(t, cp, xdsclient.Delta, "envoy-c", "edge")
 	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
 	s := runClient(t, b, cp.XDSAddr(), nil)
 	waitFor(t, b, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
 	// Its ACK of that must have arrived before ACKs are held, or the push of a3 waits for it.
-	eventually.True(t, "a1 known by the Envoy", 15*time.Second, func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 1 })
+	eventually.True(t, "a1 known by both Envoys", 15*time.Second, func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 2 })
 	b.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
 	waitFor(t, b, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
@@ -271,4 +274,49 @@ func TestDisconnectedEnvoyIsWaitedForAndItsHeldVersionsAreItsACK(t *testing.T) {
 	if n := metric(t, cp, `tether_promotion_seconds_count{outcome="acked"}`); n != 1 {
 		t.Errorf("acked promotions = %v, want 1", n)
 	}
+}
+
+// TestSingleEnvoyThenASecondJoins: with one Envoy a new instance is HEALTHY in the first push
+// that holds it (the single-Envoy rule, phase.go). A second Envoy that connects while the
+// first has not ACKed it is served no endpoints until it has, then holds it from its first
+// response; a third connecting later holds it from its first response too.
+func TestSingleEnvoyThenASecondJoins(t *testing.T) {
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: time.Minute})
+	a := xdsclient.New(xdsclient.Delta, "envoy-a", "edge")
+	sa := watchEndpoint(a, 5003)
+	run(t, cp, a)
+	waitFor(t, a, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	eventually.True(t, "a1 known by the Envoy", 15*time.Second, func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 1 })
+	a.HoldACKs(resourcev3.EndpointType)
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	waitFor(t, a, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	sa.firstWas(t, "the only Envoy", core.HealthStatus_HEALTHY)
+
+	b := xdsclient.New(xdsclient.SotW, "envoy-b", "edge")
+	sb := watchEndpoint(b, 5003)
+	run(t, cp, b)
+	waitFor(t, b, "b's clusters", func(v xdsclient.View) bool { return len(v.Resources[resourcev3.ClusterType]) > 0 })
+	// envoy-rules rows 29 and 37: an EDS cluster initializes with its first assignment (or its
+	// initial fetch timeout, then with no host), and a starting Envoy serves no one before every
+	// cluster has. Held back, b serves no user; a cluster with its hosts inline would not wait.
+	for name, m := range b.View().Resources[resourcev3.ClusterType] {
+		if c := m.(*clusterv3.Cluster); c.GetType() != clusterv3.Cluster_EDS || c.GetLoadAssignment() != nil {
+			t.Errorf("cluster %s is %v with hosts inline %v: a held Envoy would route before its first assignment", name, c.GetType(), c.GetLoadAssignment() != nil)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // endpoints would follow the clusters at once
+	if n := b.Count(resourcev3.EndpointType); n != 0 {
+		t.Fatalf("b was served %d assignments while a did not hold the endpoint served to it at once", n)
+	}
+	a.ReleaseACKs()
+	waitFor(t, b, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	sb.firstWas(t, "the Envoy that joined before a held it", core.HealthStatus_HEALTHY)
+
+	c := xdsclient.New(xdsclient.Delta, "envoy-c", "edge")
+	sc := watchEndpoint(c, 5003)
+	run(t, cp, c)
+	waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	sc.firstWas(t, "the Envoy that joined later", core.HealthStatus_HEALTHY)
 }

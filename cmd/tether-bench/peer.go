@@ -53,7 +53,7 @@ import (
 
 type peerConfig struct {
 	traefik, cp, work, throttle, cpArgs string
-	services, servers, changes          int
+	services, servers, changes, envoys  int
 	gap, poll, timeout                  time.Duration
 	defaultCert, tetherDefaults         bool
 }
@@ -79,6 +79,7 @@ func peer(args []string, stdout io.Writer, stderr *os.File) int {
 	fs.IntVar(&c.services, "services", 10, "services")
 	fs.IntVar(&c.servers, "servers", 3, "servers (instances) per service")
 	fs.IntVar(&c.changes, "changes", 100, "spaced changes, half adds and half removals")
+	fs.IntVar(&c.envoys, "envoys", 1, "simulated Envoys (delta clients) of Tether's gateway group: a change is done when every one holds it. With one, a new server skips its first phase (the single-Envoy rule of two-phase publication)")
 	fs.DurationVar(&c.gap, "gap", 100*time.Millisecond, "pause between changes")
 	fs.DurationVar(&c.poll, "poll", 2*time.Millisecond, "Traefik API polling interval")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "longest wait for one change")
@@ -90,6 +91,10 @@ func peer(args []string, stdout io.Writer, stderr *os.File) int {
 	}
 	if c.traefik == "" {
 		fmt.Fprintln(stderr, "tether-bench peer: -traefik is required (see bench/peer/run.sh)")
+		return 2
+	}
+	if c.envoys < 1 || c.envoys > 100 {
+		fmt.Fprintln(stderr, "tether-bench peer: -envoys must be 1 to 100")
 		return 2
 	}
 	if err := runPeer(context.Background(), c, stdout); err != nil {
@@ -166,24 +171,37 @@ func runPeer(ctx context.Context, c peerConfig, stdout io.Writer) (err error) {
 		return err
 	}
 	defer conn.Close()
-	obs := &tetherObserver{}
-	x := xdsclient.New(xdsclient.Delta, "peer-envoy", "")
-	x.OnUpdate = obs.onUpdate
+	obs := &tetherObserver{envoys: c.envoys}
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- x.Run(cctx, conn) }()
+	runErr := make(chan error, c.envoys)
+	var clients []*xdsclient.Client
+	for i := range c.envoys {
+		x := xdsclient.New(xdsclient.Delta, fmt.Sprintf("peer-envoy-%d", i), "")
+		x.OnUpdate = func(u xdsclient.Update) { obs.onUpdate(i, u) }
+		clients = append(clients, x)
+		go func() { runErr <- x.Run(cctx, conn) }()
+	}
 	defer func() {
-		select {
-		case e := <-runErr: // ended before the harness stopped it
-			err = errors.Join(err, fmt.Errorf("the simulated Envoy's stream ended early: %w", e))
-		default:
-			cancel()
+		ended := 0
+		for stop := false; !stop && ended < c.envoys; {
+			select {
+			case e := <-runErr: // ended before the harness stopped it
+				err = errors.Join(err, fmt.Errorf("a simulated Envoy's stream ended early: %w", e))
+				ended++
+			default:
+				stop = true
+			}
+		}
+		cancel()
+		for ; ended < c.envoys; ended++ {
 			<-runErr
 		}
 	}()
-	if err := x.WaitFor(wctx, func(v xdsclient.View) bool { return len(v.Resources[resourcev3.EndpointType]) == c.services }); err != nil {
-		return fmt.Errorf("tether: the simulated Envoy did not get every service: %w", err)
+	for _, x := range clients {
+		if err := x.WaitFor(wctx, func(v xdsclient.View) bool { return len(v.Resources[resourcev3.EndpointType]) == c.services }); err != nil {
+			return fmt.Errorf("tether: a simulated Envoy did not get every service: %w", err)
+		}
 	}
 	tr := &traefikAPI{base: "http://" + api, client: &http.Client{Timeout: 2 * time.Second}}
 	if err := tr.waitServices(wctx, c.services); err != nil {
@@ -261,15 +279,15 @@ func report(out io.Writer, c peerConfig, changes []*change, traefikAdd, traefikR
 	if c.cpArgs != "" {
 		tetherFlags += " " + c.cpArgs
 	}
-	fmt.Fprintf(out, "%d services x %d servers, %d changes %s apart (%d adds, %d removals); Traefik throttle %s, default certificate %v, API polled every %s; Tether %s\n",
-		c.services, c.servers, len(changes), c.gap, len(usable), len(gone), orDefault(c.throttle, "2s (default)"), c.defaultCert, c.poll, tetherFlags)
+	fmt.Fprintf(out, "%d services x %d servers, %d changes %s apart (%d adds, %d removals); Traefik throttle %s, default certificate %v, API polled every %s; Tether %s, %d Envoy(s), done when every one holds it\n",
+		c.services, c.servers, len(changes), c.gap, len(usable), len(gone), orDefault(c.throttle, "2s (default)"), c.defaultCert, c.poll, tetherFlags, c.envoys)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "system\tdone when\tn\tp50 ms\tp99 ms\tmax ms\t")
 	row := func(sys, what string, d []time.Duration) {
 		l := bench.Summarize(d)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f\t%.1f\t%.1f\t\n", sys, what, l.Samples, l.P50, l.P99, l.Max)
 	}
-	row("tether", "add: known (DRAINING)", known)
+	row("tether", "add: first held", known)
 	row("tether", "add: usable (HEALTHY)", usable)
 	if c.tetherDefaults {
 		row("tether", "removal: no new user", outOf)
@@ -360,9 +378,18 @@ type change struct {
 	ops                    []clientv3.Op
 	issued                 time.Time
 	// seen: first held (an add: DRAINING in its first phase); healthy: held HEALTHY;
-	// out: no longer HEALTHY (DRAINING or gone); gone: no longer held.
+	// out: no longer HEALTHY (DRAINING or gone); gone: no longer held. Each is the latest of
+	// the Envoys' (by Envoy in per), set once every Envoy is done.
 	seen, healthy, out, gone time.Time
-	done                     chan struct{} // closed when the change is complete (healthy, or gone)
+	done                     chan struct{} // closed when the change is complete (healthy, or gone) at every Envoy
+	per                      []envoyTimes
+	left                     int // Envoys not done yet
+}
+
+// envoyTimes is what one Envoy held of a change, and when.
+type envoyTimes struct {
+	seen, healthy, out, gone time.Time
+	done                     bool
 }
 
 // serverOps returns the change adding or removing the server at addr, which Traefik's keys
@@ -411,17 +438,19 @@ func (w *world) commit(ctx context.Context, ch *change) error {
 
 // tetherObserver notes, from the simulated Envoy's updates, when it holds each change.
 type tetherObserver struct {
+	envoys  int
 	mu      sync.Mutex
 	pending []*change
 }
 
 func (o *tetherObserver) expect(ch *change) {
 	o.mu.Lock()
+	ch.per, ch.left = make([]envoyTimes, o.envoys), o.envoys
 	o.pending = append(o.pending, ch)
 	o.mu.Unlock()
 }
 
-func (o *tetherObserver) onUpdate(u xdsclient.Update) {
+func (o *tetherObserver) onUpdate(envoy int, u xdsclient.Update) {
 	if u.TypeURL != resourcev3.EndpointType {
 		return
 	}
@@ -430,7 +459,7 @@ func (o *tetherObserver) onUpdate(u xdsclient.Update) {
 	kept := o.pending[:0]
 	for _, ch := range o.pending {
 		if cla, ok := u.Resources[ch.cluster].(*endpointv3.ClusterLoadAssignment); ok {
-			ch.observe(healthOf(cla, ch.addr), u.At)
+			ch.observe(envoy, healthOf(cla, ch.addr), u.At)
 		}
 		select {
 		case <-ch.done:
@@ -441,8 +470,13 @@ func (o *tetherObserver) onUpdate(u xdsclient.Update) {
 	o.pending = kept
 }
 
-// observe records what the client holds of ch's server at: its health, or -1 when absent.
-func (ch *change) observe(h corev3.HealthStatus, at time.Time) {
+// observe records what one Envoy holds of ch's server at: its health, or -1 when absent. The
+// observer's lock is held.
+func (ch *change) observe(envoy int, h corev3.HealthStatus, at time.Time) {
+	e := &ch.per[envoy]
+	if e.done {
+		return
+	}
 	set := func(t *time.Time) {
 		if t.IsZero() {
 			*t = at
@@ -450,18 +484,36 @@ func (ch *change) observe(h corev3.HealthStatus, at time.Time) {
 	}
 	switch {
 	case ch.add && h >= 0:
-		set(&ch.seen)
+		set(&e.seen)
 		if h == corev3.HealthStatus_HEALTHY {
-			set(&ch.healthy)
-			close(ch.done)
+			set(&e.healthy)
+			e.done = true
 		}
 	case !ch.add && h != corev3.HealthStatus_HEALTHY:
-		set(&ch.out)
+		set(&e.out)
 		if h < 0 {
-			set(&ch.gone)
-			close(ch.done)
+			set(&e.gone)
+			e.done = true
 		}
 	}
+	if !e.done {
+		return
+	}
+	if ch.left--; ch.left > 0 {
+		return
+	}
+	latest := func(t *time.Time, of func(envoyTimes) time.Time) {
+		for _, p := range ch.per {
+			if v := of(p); v.After(*t) {
+				*t = v
+			}
+		}
+	}
+	latest(&ch.seen, func(p envoyTimes) time.Time { return p.seen })
+	latest(&ch.healthy, func(p envoyTimes) time.Time { return p.healthy })
+	latest(&ch.out, func(p envoyTimes) time.Time { return p.out })
+	latest(&ch.gone, func(p envoyTimes) time.Time { return p.gone })
+	close(ch.done)
 }
 
 func healthOf(cla *endpointv3.ClusterLoadAssignment, addr string) corev3.HealthStatus {
@@ -483,7 +535,15 @@ func (o *tetherObserver) wait(ctx context.Context, changes []*change, within tim
 		select {
 		case <-ch.done:
 		case <-ctx.Done():
-			return fmt.Errorf("tether's client did not hold the change to %s (add %v) within %s", ch.service, ch.add, within)
+			o.mu.Lock()
+			var by []string
+			for i, p := range ch.per {
+				by = append(by, fmt.Sprintf("envoy %d: held %v, done %v", i, !p.seen.IsZero(), p.done))
+			}
+			o.mu.Unlock()
+			// An add is removed by the service's next change: one not usable at every Envoy by
+			// then (a promotion stalled past -gap x services) never completes.
+			return fmt.Errorf("tether's Envoys did not all hold the change to %s (add %v) within %s (%s)", ch.service, ch.add, within, strings.Join(by, "; "))
 		}
 	}
 	return nil

@@ -28,6 +28,8 @@ type StreamAck struct {
 	NACKed bool
 	// Watching: the stream has asked for this type (an Envoy asks for endpoints after clusters).
 	Watching bool
+	// Served: the stream was sent a response of this type (it may hold some of its resources).
+	Served bool
 }
 
 // Acks calls visit, under the cache's lock, for every stream that has joined a group, with
@@ -58,7 +60,7 @@ func (c *Cache) Acks(typeURL string, visit func(a StreamAck, subscribed func(nam
 func (c *Cache) ackOf(st *stream, w *watcher) StreamAck {
 	return StreamAck{StreamKey: st.key, Group: st.group.name, Node: st.info.NodeID,
 		Version: w.acked, Whole: w.acked != "" && w.ackedGen == w.subsGen, Waiting: w.outstanding, NACKed: w.nacked,
-		Watching: true}
+		Watching: true, Served: w.answered}
 }
 
 // recordAnswer records the answer to w's last response: ack, nack, or neither (a request

@@ -25,6 +25,9 @@ import (
 // endpoints, listeners before their routes.
 var Types = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
 
+// endpointIndex is the index of endpoints in Types.
+var endpointIndex = typeIndex(resourcev3.EndpointType)
+
 // typeIndex returns the index of typeURL in Types, or -1 for a type not served.
 func typeIndex(typeURL string) int {
 	for i, t := range Types {
@@ -73,6 +76,12 @@ type Options struct {
 	// OnRefuse, if set, is called with a Refuse* reason when a stream is ended for a request
 	// over a bound (see bounds.go); it must not block or call the cache.
 	OnRefuse func(reason string)
+	// HoldFirstEndpoints, if set, is asked under the cache's lock before a stream is sent its
+	// first endpoint response: true holds that response back until ReleaseHeld. Two-phase
+	// publication holds a new Envoy's endpoints while an endpoint served at once is not yet
+	// held by the Envoy it was served to (controlplane/phase.go). It must not block or call
+	// the cache.
+	HoldFirstEndpoints func() bool
 	// Observer, if set, is told what the streams do (see Observer).
 	Observer Observer
 	Logger   zerolog.Logger
@@ -118,6 +127,7 @@ type Cache struct {
 	watchers  uint64     // watchers numbered so far (watcher.id)
 	inflight  int        // initial-sync slots taken
 	queue     []*watcher // first responses waiting for a slot
+	held      []*watcher // first endpoint responses held back (Options.HoldFirstEndpoints)
 	budget    budget     // response bytes in flight (budget.go)
 	// loaded: Update has been called. Before, the cache holds no configuration, only the
 	// empty set standing in for it, and answers no one (see respond).

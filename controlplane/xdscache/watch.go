@@ -98,6 +98,7 @@ type watcher struct {
 	answered    bool                // a first response was sent
 	removed     bool                // its stream closed
 	queued      bool                // waits for an initial-sync slot
+	heldBack    bool                // its first response is held back (Options.HoldFirstEndpoints)
 	slot        *time.Timer         // set while holding an initial-sync slot
 	waiting     bool                // waits for room in the byte budget (budget.go)
 	charged     int64               // bytes of its responses sent and not yet answered
@@ -604,6 +605,13 @@ func (c *Cache) respond(w *watcher) {
 	if !c.loaded {
 		return
 	}
+	if !w.answered && w.t == endpointIndex && c.opts.HoldFirstEndpoints != nil && c.opts.HoldFirstEndpoints() {
+		if !w.heldBack {
+			w.heldBack = true
+			c.held = append(c.held, w)
+		}
+		return
+	}
 	if !w.answered && w.slot == nil && c.inflight >= c.opts.MaxInitialSyncs {
 		if !w.queued {
 			w.queued = true
@@ -824,6 +832,21 @@ func (c *Cache) freeSlot(w *watcher) {
 	w.slot, w.first = nil, nil
 	c.inflight--
 	c.pump()
+}
+
+// ReleaseHeld answers the first endpoint responses held back by Options.HoldFirstEndpoints
+// (those still held back when it says no more).
+func (c *Cache) ReleaseHeld() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	held := c.held
+	c.held = nil
+	for _, w := range held {
+		w.heldBack = false
+		if w.armed && !w.removed {
+			c.respond(w)
+		}
+	}
 }
 
 // pump answers queued first responses while slots are free.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -27,6 +28,14 @@ type envoy struct {
 	group   string
 	replica int
 	cli     *xdsclient.Client
+	// joined: its stream runs. In a late-join run (sim.go) only the first Envoy starts with
+	// the run; users and faults reach only joined Envoys.
+	joined atomic.Bool
+	// configured: it has held routes and an assignment of every cluster; users reach it from
+	// then on. Envoy starts its workers only once every cluster has initialized, an EDS one
+	// with its first assignment (envoy-rules row 37): a joining Envoy whose first endpoints are
+	// held back serves no one.
+	configured atomic.Bool
 
 	mu        sync.Mutex
 	frozen    bool
@@ -119,6 +128,27 @@ func (e *envoy) tables() (*tables, error) {
 		e.tbl, e.tblErr, e.responses = t, err, v.Responses
 	}
 	return e.tbl, e.tblErr
+}
+
+// serving reports whether users reach it: joined, and configured once.
+func (e *envoy) serving() bool {
+	if !e.joined.Load() {
+		return false
+	}
+	if e.configured.Load() {
+		return true
+	}
+	t, err := e.tables()
+	if err != nil || t == nil || t.routes == nil {
+		return false
+	}
+	for name := range t.clusters {
+		if _, ok := t.hosts[name]; !ok {
+			return false
+		}
+	}
+	e.configured.Store(true)
+	return true
 }
 
 // serve routes one request.

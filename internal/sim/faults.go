@@ -379,7 +379,8 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 	case FaultSlowJoin:
 		// An Envoy busy applying a large configuration when a server joins: two-phase
 		// publication must keep the new server from new sessions until that Envoy knows it.
-		e := s.envoys[f.pick%uint64(len(s.envoys))]
+		envoys := s.joinedEnvoys()
+		e := envoys[f.pick%uint64(len(envoys))]
 		s.event(nil, "fault: %s applies and ACKs endpoints late while a server joins, for %s", e.name, maxSlow.Round(time.Millisecond))
 		e.freeze()
 		if _, err := s.addServer(svcApp, s.currentVersion(), f.pick%4 != 0); err != nil {
@@ -388,14 +389,16 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		sleep(ctx, maxSlow)
 		e.thaw()
 	case FaultEnvoyReconnect:
-		e := s.envoys[f.pick%uint64(len(s.envoys))]
+		envoys := s.joinedEnvoys()
+		e := envoys[f.pick%uint64(len(envoys))]
 		s.event(nil, "fault: %s's stream breaks; it reconnects", e.name)
 		e.reconnect()
 	case FaultEnvoySlow:
 		// Slower than --publish-settle, an Envoy is reported lagging and no longer holds a
 		// promotion back (design.md, two-phase publication): a documented limit, not drawn.
 		d := min(f.dur, maxSlow)
-		e := s.envoys[f.pick%uint64(len(s.envoys))]
+		envoys := s.joinedEnvoys()
+		e := envoys[f.pick%uint64(len(envoys))]
 		s.event(nil, "fault: %s applies and ACKs endpoints late, for %s", e.name, d.Round(time.Millisecond))
 		e.freeze()
 		sleep(ctx, d)

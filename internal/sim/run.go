@@ -33,6 +33,7 @@ func (s *Sim) run(ctx context.Context) {
 	fctx, stopFaults := context.WithTimeout(ctx, s.opts.Duration)
 	s.inject(fctx)
 	stopFaults()
+	s.joinLate(true)
 	wg.Wait()
 	if ctx.Err() != nil {
 		return

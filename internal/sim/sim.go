@@ -115,12 +115,18 @@ type Sim struct {
 	cps  []*cpSlot
 
 	envoys []*envoy
-	real   *realEnvoy
-	listen int // the Envoys' listener port (the real Envoy binds it)
-	http   *http.Client
-	ctx    context.Context // the Envoys' lifetime; teardown cancels it
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// late are the Envoys of a late-join run not joined yet (see setUp), and joinAfter when
+	// the next may join: right after a server is added.
+	lateMu    sync.Mutex
+	late      []*envoy
+	joinAfter time.Time
+	lateRng   *rand.Rand // draws each join's delay after its server's start
+	real      *realEnvoy
+	listen    int // the Envoys' listener port (the real Envoy binds it)
+	http      *http.Client
+	ctx       context.Context // the Envoys' lifetime; teardown cancels it
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 
 	mu       sync.Mutex
 	servers  map[string]*server // by ID, every server ever started
@@ -300,6 +306,12 @@ func (s *Sim) setUp(ctx context.Context) error {
 			return err
 		}
 	}
+	// A late-join run (half of them, by seed): the group has a single Envoy, whose control
+	// plane may serve a new server at once (the single-Envoy rule of two-phase publication),
+	// and the others join while it runs, right after a server is added: a new Envoy placing
+	// users on a server the first does not hold yet would break invariant 1.
+	lrng := rand.New(rand.NewPCG(uint64(s.opts.Seed), 6))
+	late := s.opts.Envoys > 1 && lrng.IntN(2) == 0
 	for i := 0; i < s.opts.Envoys; i++ {
 		v := xdsclient.Delta
 		if rng.IntN(2) == 0 {
@@ -307,11 +319,16 @@ func (s *Sim) setUp(ctx context.Context) error {
 		}
 		e := newEnvoy(fmt.Sprintf("envoy-%d", i), "gw", v, i%len(s.cps))
 		s.envoys = append(s.envoys, e)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			e.run(s.ctx, s.cpAddr)
-		}()
+		if i > 0 && late {
+			s.late = append(s.late, e)
+			continue
+		}
+		s.startEnvoy(e)
+	}
+	if late {
+		s.joinAfter = time.Now().Add(time.Duration(lrng.Int64N(int64(s.opts.Duration / 2))))
+		s.lateRng = lrng
+		s.event(nil, "the gateway group starts with one Envoy; the others join later, each right after a server is added")
 	}
 	if s.opts.EnvoyBin != "" {
 		if s.real, err = s.startRealEnvoy(s.listen); err != nil {
@@ -335,7 +352,7 @@ func (s *Sim) waitReady(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		ok := true
-		for _, e := range s.envoys {
+		for _, e := range s.joinedEnvoys() {
 			t, err := e.tables()
 			if err != nil || t == nil || t.routes == nil {
 				ok = false
@@ -463,7 +480,67 @@ func (s *Sim) addServer(service string, version int, withSessions bool) (*server
 	s.servers[id], s.agents[id] = srv, a
 	s.mu.Unlock()
 	s.event([]string{id}, "server %s (%s v%d, capacity %d, sessions-url %v) and its agent start on %s", id, service, version, srv.capacity, withSessions, srv.addr())
+	s.joinLate(false)
 	return srv, nil
+}
+
+// startEnvoy starts e's stream, once.
+func (s *Sim) startEnvoy(e *envoy) {
+	if !e.joined.CompareAndSwap(false, true) {
+		return
+	}
+	s.event(nil, "%s joins the gateway group", e.name)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		e.run(s.ctx, s.cpAddr)
+	}()
+}
+
+// joinLate lets the next late Envoy join once its time has come, shortly after the server
+// just started has registered (100-600 ms, drawn: the agent's registration and the push of
+// the server come within it, sometimes before and sometimes after the join); with all, it
+// starts every late Envoy at once.
+func (s *Sim) joinLate(all bool) {
+	s.lateMu.Lock()
+	defer s.lateMu.Unlock()
+	if all {
+		for _, e := range s.envoys {
+			if !e.joined.Load() {
+				s.startEnvoy(e)
+			}
+		}
+		s.late = nil
+		return
+	}
+	if len(s.late) == 0 || !time.Now().After(s.joinAfter) {
+		return
+	}
+	e := s.late[0]
+	s.late = s.late[1:]
+	s.joinAfter = time.Now().Add(time.Second)
+	d := 100*time.Millisecond + time.Duration(s.lateRng.Int64N(int64(500*time.Millisecond)))
+	go func() {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		s.lateMu.Lock()
+		defer s.lateMu.Unlock()
+		s.startEnvoy(e) // nothing when joinLate(all) started it: no wait group is added late
+	}()
+}
+
+// joinedEnvoys are the Envoys whose streams run.
+func (s *Sim) joinedEnvoys() []*envoy {
+	out := make([]*envoy, 0, len(s.envoys))
+	for _, e := range s.envoys {
+		if e.joined.Load() {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // event records what happened; subjects (server IDs, user names) let a trace pick it.

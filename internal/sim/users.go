@@ -81,7 +81,16 @@ func (s *Sim) live(ctx context.Context, u *user) {
 
 // request sends one request through a random Envoy and checks what came back.
 func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSite bool) {
-	n := len(s.envoys)
+	var envoys []*envoy
+	for _, e := range s.envoys {
+		if e.serving() {
+			envoys = append(envoys, e)
+		}
+	}
+	n := len(envoys)
+	if n == 0 && s.real == nil {
+		return
+	}
 	if s.real != nil {
 		n++
 	}
@@ -106,10 +115,10 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 	var resp response
 	var err error
 	name, variant, replica := "envoy-real", "real", 0
-	if pick == len(s.envoys) {
+	if pick == len(envoys) {
 		resp, err = s.real.serve(ctx, s.http, req)
 	} else {
-		e := s.envoys[pick]
+		e := envoys[pick]
 		name, variant, replica = e.name, string(e.cli.Variant), e.replica
 		resp, err = e.serve(ctx, s.http, u.rng, req)
 	}
