@@ -2,7 +2,9 @@ package controlplane_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -19,6 +21,28 @@ import (
 	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
+
+// stateFileEnvoys returns the nodes of the Envoys a state file names.
+func stateFileEnvoys(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("state file: %v", err)
+	}
+	var m struct {
+		Envoys []struct {
+			Node string `json:"node"`
+		} `json:"envoys"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("state file %s: %v", path, err)
+	}
+	var nodes []string
+	for _, e := range m.Envoys {
+		nodes = append(nodes, e.Node)
+	}
+	return nodes
+}
 
 // everDraining records whether a client was ever sent one of ports as DRAINING (from when
 // it is set, before the client runs).
@@ -71,6 +95,10 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 	}
 	for _, s := range sessions {
 		_ = s.wait(t, 10*time.Second)
+	}
+	// What the rest rests on: the file written at the stop names the three Envoys.
+	if envoys := stateFileEnvoys(t, state); len(envoys) != 3 {
+		t.Fatalf("the state file written at the stop names the Envoys %v; want envoy-0, envoy-1 and envoy-2", envoys)
 	}
 
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))

@@ -871,7 +871,6 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 		return strings.Compare(a.Cluster+"\x00"+a.ID+"\x00"+a.Address, b.Cluster+"\x00"+b.ID+"\x00"+b.Address)
 	})
 	envoys := map[memoryEnvoy]bool{}
-	ph.readClosedLocked()
 	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) {
 		_, lag := ph.lagging[a.StreamKey]
 		// As readClosedLocked: an Envoy that holds nothing back is not remembered.
@@ -879,6 +878,10 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 			envoys[memoryEnvoy{Node: a.Node, Group: a.Group}] = true
 		}
 	})
+	// The closes are read after the streams: the cache drops a stream and queues its close in
+	// one step, so a stream that closes meanwhile (all of them, when the control plane stops
+	// and writes its last memory) is in one or the other. Read before, it could be in neither.
+	ph.readClosedLocked()
 	for k, g := range ph.gone {
 		if now.Before(g.until) {
 			envoys[memoryEnvoy{Node: k.node, Group: k.group}] = true
