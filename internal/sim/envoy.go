@@ -101,11 +101,18 @@ func (e *envoy) reconnect() {
 }
 
 // freeze makes the Envoy slow: it holds its endpoint ACKs and routes with what it had.
+// "What it had" is what it holds when the ACKs stop, not the tables last built for a user:
+// those are built lazily and can be older than responses already ACKed, and a frozen Envoy
+// routing without a server it ACKed breaks invariant 1 with no fault of the control plane
+// (soak seed 2031893215). Envoy ACKs only what it applied.
 func (e *envoy) freeze() {
-	e.mu.Lock()
-	e.frozen = true
-	e.mu.Unlock()
 	e.cli.HoldACKs(resourcev3.EndpointType)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v := e.cli.View()
+	t, err := decodeTables(v.Resources)
+	e.tbl, e.tblErr, e.responses = t, err, v.Responses
+	e.frozen = true
 }
 
 func (e *envoy) thaw() {
