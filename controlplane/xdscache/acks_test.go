@@ -322,19 +322,9 @@ func TestDeltaAcksAreExact(t *testing.T) {
 	update(t, c, res(5001))
 	conn := serve(t, c)
 	d := openDelta(t, conn)
-	raw := func(what string) *discovery.DeltaDiscoveryResponse {
-		t.Helper()
-		select {
-		case r := <-d.resp:
-			return r
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: no response within 10 s", what)
-		}
-		return nil
-	}
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n", Cluster: "g"},
 		ResourceNamesSubscribe: []string{"a"}})
-	r1 := raw("a's assignment")
+	r1 := d.recv(t, "a's assignment")
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r1.GetNonce()})
 	eventually.True(t, "the ACK of a's assignment", 10*time.Second, func() bool { a, _, _ := ackOf(c); return !a.Waiting && a.Version != "" })
 	if a, _, _ := ackOf(c); !a.Whole {
@@ -342,7 +332,7 @@ func TestDeltaAcksAreExact(t *testing.T) {
 	}
 	// b is asked for: the ACK of a's assignment does not cover it.
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}})
-	r2 := raw("b's assignment")
+	r2 := d.recv(t, "b's assignment")
 	if a, _, subB := ackOf(c); !subB || a.Whole || !a.Waiting {
 		t.Fatalf("b subscribed, its assignment sent and not ACKed: %+v (b subscribed %v), want not whole", a, subB)
 	}
@@ -355,7 +345,7 @@ func TestDeltaAcksAreExact(t *testing.T) {
 	// A change is sent; the Envoy answers with the nonce of an older response, then asks for
 	// c (which exists nowhere): once c is subscribed, the stale answer was read before it.
 	update(t, c, res(5002))
-	r3 := raw("the change")
+	r3 := d.recv(t, "the change")
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r1.GetNonce()})
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"c"}})
 	subscribedC := func() bool {

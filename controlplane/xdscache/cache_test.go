@@ -384,22 +384,29 @@ func (d *deltaStream) send(t *testing.T, req *discovery.DeltaDiscoveryRequest) {
 	}
 }
 
-// next returns the next response, ACKed.
-func (d *deltaStream) next(t *testing.T, what string) (names, removed []string) {
+// recv returns the next response, not ACKed.
+func (d *deltaStream) recv(t *testing.T, what string) *discovery.DeltaDiscoveryResponse {
 	t.Helper()
 	select {
 	case r := <-d.resp:
-		for _, res := range r.GetResources() {
-			names = append(names, res.GetName())
-		}
-		d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
-		return names, r.GetRemovedResources()
+		return r
 	case err := <-d.err:
 		t.Fatalf("%s: stream ended: %v", what, err)
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s: no response within 10 s", what)
 	}
-	return nil, nil
+	return nil
+}
+
+// next returns the next response, ACKed.
+func (d *deltaStream) next(t *testing.T, what string) (names, removed []string) {
+	t.Helper()
+	r := d.recv(t, what)
+	for _, res := range r.GetResources() {
+		names = append(names, res.GetName())
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
+	return names, r.GetRemovedResources()
 }
 
 // TestDeltaSubscriptions follows one delta Envoy's endpoint subscription through the changes
@@ -645,18 +652,8 @@ func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
 	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", 5001)}})
 	conn := serve(t, c)
 	a, b := openDelta(t, conn), openDelta(t, conn)
-	raw := func(d *deltaStream, what string) *discovery.DeltaDiscoveryResponse { // not ACKed
-		t.Helper()
-		select {
-		case r := <-d.resp:
-			return r
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: no response within 10 s", what)
-		}
-		return nil
-	}
 	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "a"}, ResourceNamesSubscribe: []string{"a"}})
-	first := raw(a, "a's first response")
+	first := a.recv(t, "a's first response")
 	b.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "b"}, ResourceNamesSubscribe: []string{"a"}})
 	// held: a holds the only slot and b waits for it in the queue.
 	held := func() bool {
@@ -666,7 +663,7 @@ func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
 	}
 	eventually.True(t, "b queued behind a's first response", 10*time.Second, held)
 	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}}) // no nonce: not an answer
-	if r := raw(a, "b's assignment for a"); len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "b" {
+	if r := a.recv(t, "b's assignment for a"); len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "b" {
 		t.Fatalf("a's subscription change brought %v", r.GetResources())
 	}
 	// The change was read (a was answered for it), and b still waits: the slot was kept.
