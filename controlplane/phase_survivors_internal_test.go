@@ -62,10 +62,9 @@ func TestEnvoyKnowsOnlyTheClustersItSubscribes(t *testing.T) {
 	}
 }
 
-// TestNACKingEnvoyHoldsNothingBack: an Envoy whose last answer is a NACK keeps what it held and
-// does not hold a promotion back; the endpoint is promoted before its settle time.
-func TestNACKingEnvoyHoldsNothingBack(t *testing.T) {
-	r := newPhaseRig(t, time.Minute)
+// newEndpointAckedByA publishes app with one endpoint to Envoys a and b, then a new one at
+// 1 s, which a ACKs; b is sent it and has not answered. It returns b.
+func newEndpointAckedByA(r *phaseRig) *rawEnvoy {
 	app := translate.ClusterName("app")
 	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
 	a, b := r.envoy("a"), r.envoy("b")
@@ -78,6 +77,14 @@ func TestNACKingEnvoyHoldsNothingBack(t *testing.T) {
 	a.ack()
 	r.acked("a", v2)
 	b.next("b: the new endpoint")
+	return b
+}
+
+// TestNACKingEnvoyHoldsNothingBack: an Envoy whose last answer is a NACK keeps what it held and
+// does not hold a promotion back; the endpoint is promoted before its settle time.
+func TestNACKingEnvoyHoldsNothingBack(t *testing.T) {
+	r := newPhaseRig(t, time.Minute)
+	b := newEndpointAckedByA(r)
 	b.nack()
 	r.waitAck("b", func(s xdscache.StreamAck) bool { return s.NACKed && !s.Waiting })
 	if r.ph.evaluate(r.at(2 * time.Second)); !r.promoted("app", "new") {
@@ -144,18 +151,7 @@ func TestRecurringVersionMapsToItsLatestRevision(t *testing.T) {
 func TestClosedLaggingStreamIsNoLongerReported(t *testing.T) {
 	const settle = time.Minute
 	r := newPhaseRig(t, settle)
-	app := translate.ClusterName("app")
-	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
-	a, b := r.envoy("a"), r.envoy("b")
-	for _, e := range []*rawEnvoy{a, b} {
-		e.subscribe(app)
-		e.ack()
-	}
-	v2 := r.publish(phaseStateOf(2, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
-	a.next("a: the new endpoint")
-	a.ack()
-	r.acked("a", v2)
-	b.next("b: the new endpoint") // never answered
+	b := newEndpointAckedByA(r) // b never answers
 	r.ph.evaluate(r.at(2 * settle))
 	if !r.promoted("app", "new") || len(r.ph.laggingEnvoys()) != 1 {
 		t.Fatalf("after the settle time: promoted %v, lagging %+v; want promoted and b lagging", r.promoted("app", "new"), r.ph.laggingEnvoys())
