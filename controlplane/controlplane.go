@@ -386,7 +386,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	in := newAnswers()
 	cache := newXDSCache(cp.log, cp.m, in, cfg.InitialSyncs, cfg.MaxServices, cfg.MaxInflightBytes)
 	cp.m.budget(cache.Budget)
-	link := newReplicaLink(cli, cfg.Prefix, cp.xdsLn.Addr(), rememberFor(cfg.PublishSettle), cp.log.With().Str("component", "replicas").Logger(), in.signal)
+	link := newReplicaLink(cli, cfg.Prefix, cp.xdsLn.Addr(), cfg.PublishSettle, cfg.StaleAfter, cp.log.With().Str("component", "replicas").Logger(), in.signal)
 	phase := newPhaser(cp.log.With().Str("component", "phase").Logger(), cp.m, cfg.PublishSettle, cache, in, link)
 	cp.phase, cp.xds = phase, cache
 	guard := newRemovalGuard(cfg.HoldShare, cfg.HoldGrace, cfg.HoldWindow, cp.log.With().Str("component", "guard").Logger(),

@@ -44,8 +44,9 @@ import (
 // this replica's own Envoys, every other live replica reports that its Envoys hold a state
 // at or after the revision where the endpoint's service changed to make it reachable (the
 // service's revision: every replica's state holding that change is at or after it, whatever
-// its coalescing). A replica that does not report is not waited for; one that reports late
-// delays a promotion by --publish-settle at most.
+// its coalescing). A replica without a report (one that cannot write) is not waited for;
+// one that has not reported by the settle time is waited for until it must have stepped
+// down, as cut off from etcd, and its Envoys have moved (replicaLink.silent, silentFor).
 //
 // Endpoints of the first publication are not phased when nothing is known of what came
 // before (a first start, or no --state-file): holding every endpoint DRAINING until a
@@ -114,6 +115,9 @@ type epPhase struct {
 	svcRev int64
 	// peerSettled: promoted at its settle time without another replica's report.
 	peerSettled bool
+	// peerWait: another replica had not reported holding it by its settle time, and it
+	// waits for that replica up to phaser.peerSettle (see deadline).
+	peerWait bool
 	// fast: served as its state says at once (the single-Envoy rule), and not yet held by
 	// every Envoy that was served endpoints: new Envoys' first endpoints wait (answers.hold).
 	fast bool
@@ -133,6 +137,9 @@ type phaser struct {
 	in     *answers
 	link   *replicaLink // the other replicas' reports; nil: none (tests of the phaser alone)
 	settle time.Duration
+	// peerSettle is the longest an endpoint waits for another replica that has not reported
+	// (replicaLink.silent): at least settle.
+	peerSettle time.Duration
 	// promoted tells the publisher that endpoints were promoted: it publishes the same
 	// registry state again, at once (see Promoted).
 	promoted chan struct{}
@@ -271,9 +278,24 @@ func newPhaser(log zerolog.Logger, m *metrics, settle time.Duration, xds *xdscac
 	if in == nil {
 		in = newAnswers()
 	}
-	return &phaser{log: log, m: m, settle: settleOrDefault(settle), xds: xds, in: in, link: link, promoted: make(chan struct{}, 1),
+	settle = settleOrDefault(settle)
+	peerSettle := settle
+	if link != nil {
+		peerSettle = max(settle, link.silent)
+	}
+	return &phaser{log: log, m: m, settle: settle, peerSettle: peerSettle, xds: xds, in: in, link: link, promoted: make(chan struct{}, 1),
 		reach: map[epKey]*epPhase{}, first: map[epKey]*epPhase{}, fast: map[epKey]*epPhase{}, revs: map[string]int64{}, lagging: map[xdscache.StreamKey]*lagInfo{},
 		gone: map[goneKey]goneEnvoy{}}
+}
+
+// deadline is when e's first phase ends whatever the Envoys answered: its settle time, or,
+// once it waits for a replica that did not report (epPhase.peerWait), peerSettle after it
+// started, for this replica's Envoys as well.
+func (ph *phaser) deadline(e *epPhase) time.Time {
+	if e.peerWait {
+		return e.start.Add(ph.peerSettle)
+	}
+	return e.start.Add(ph.settle)
 }
 
 // Promoted receives a value after an evaluation that promoted endpoints: what is served
@@ -598,8 +620,8 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 	clusters := clusterIndex{}
 	for _, k := range waiting {
 		e := ph.reach[k]
-		if behind < e.rev && now.Before(e.start.Add(ph.settle)) {
-			wait(e.start.Add(ph.settle))
+		if until := ph.deadline(e); behind < e.rev && now.Before(until) {
+			wait(until)
 			continue
 		}
 		if peers && peersHeld < e.svcRev {
@@ -607,8 +629,17 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 				wait(e.start.Add(ph.settle))
 				continue
 			}
-			ph.log.Warn().Str("replica", peer).Str("endpoint", k.cluster+"/"+k.id).Dur("settle", ph.settle).
-				Msg("another control-plane replica has not reported that its Envoys hold a new endpoint within --publish-settle; promoting it without that replica's Envoys")
+			if !e.peerWait && ph.peerSettle > ph.settle {
+				e.peerWait = true
+				ph.log.Warn().Str("replica", peer).Str("endpoint", k.cluster+"/"+k.id).Dur("settle", ph.settle).Dur("waitUpTo", ph.peerSettle).
+					Msg("another control-plane replica has not reported that its Envoys hold a new endpoint within --publish-settle: it may be cut off from etcd, and its Envoys would not hold the endpoint; waiting for it until it has stepped down (--stale-after) and its Envoys have had --publish-settle to move")
+			}
+			if until := ph.deadline(e); now.Before(until) {
+				wait(until)
+				continue
+			}
+			ph.log.Warn().Str("replica", peer).Str("endpoint", k.cluster+"/"+k.id).Dur("waited", now.Sub(e.start)).
+				Msg("another control-plane replica has not reported that its Envoys hold a new endpoint; promoting it without that replica's Envoys")
 			e.peerSettled = true
 		}
 		phase = append(phase, k)
@@ -639,7 +670,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 				blockers = append(blockers, v)
 			}
 		}
-		deadline := e.start.Add(ph.settle)
+		deadline := ph.deadline(e)
 		outcome := "acked"
 		if e.peerSettled {
 			outcome = "settled"

@@ -83,7 +83,7 @@ func TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy(t *testing.T) {
 	})
 	t.Run("another replica", func(t *testing.T) {
 		r, es := singleRig(t, "a")
-		link := newReplicaLink(nil, "/tether", &net.TCPAddr{Port: 1}, time.Minute, zerolog.Nop(), func() {})
+		link := newReplicaLink(nil, "/tether", &net.TCPAddr{Port: 1}, time.Minute, 0, zerolog.Nop(), func() {})
 		link.peers["other-2"] = registry.Replica{Held: 1}
 		r.ph.link = link
 		addNew(r)

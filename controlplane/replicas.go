@@ -46,6 +46,10 @@ type replicaLink struct {
 	// it stopped and its Envoys are reconnecting elsewhere, serving what they hold meanwhile
 	// (as phaser.gone remembers Envoys). An endpoint waits at most its settle time anyway.
 	remember time.Duration
+	// silent is how long an endpoint waits for a replica that has not reported holding it
+	// (silentFor): until that replica has stepped down, if it is cut off from etcd, and its
+	// Envoys have had a settle time to move to a current replica.
+	silent time.Duration
 
 	mu      sync.Mutex
 	peers   map[string]registry.Replica // by name, this replica left out
@@ -66,7 +70,33 @@ type goneReplica struct {
 	until time.Time
 }
 
-func newReplicaLink(cli *clientv3.Client, prefix string, xds net.Addr, remember time.Duration, log zerolog.Logger, onPeer func()) *replicaLink {
+// silentFor is replicaLink.silent for a settle time (--publish-settle) and a step-down bound
+// (--stale-after; 0: off). A replica that has not reported holding an endpoint by its settle
+// time is either slow to write or cut off from etcd: a live replica's Envoys answer, or are
+// let go as lagging, within its own settle time. Cut off, it has not seen the endpoint, and
+// its Envoys, which users reach, do not hold it: promoting then would move the users it
+// places there when they cross to those Envoys. Such a replica last confirmed etcd's
+// revision before the endpoint was written (had it confirmed a later one, its watch would
+// hold the endpoint), so it steps down (stale.go) within staleAfter of the endpoint's start
+// plus its check's tick (staleAfter/10), closing its Envoys' streams; they reconnect to a
+// current replica, which serves them the endpoint. One settle time more lets them move. With
+// --stale-after off a cut-off replica never steps down, and waiting longer would gain
+// nothing: the settle time alone bounds the wait, as before.
+func silentFor(settle, staleAfter time.Duration) time.Duration {
+	settle = settleOrDefault(settle)
+	if staleAfter <= 0 {
+		return settle
+	}
+	return staleAfter + staleAfter/10 + settle
+}
+
+// newReplicaLink returns the link of the replica serving xDS on xds, for a settle time and
+// a step-down bound (see silentFor).
+func newReplicaLink(cli *clientv3.Client, prefix string, xds net.Addr, settle, staleAfter time.Duration, log zerolog.Logger, onPeer func()) *replicaLink {
+	silent := silentFor(settle, staleAfter)
+	// A replica whose lease lapsed because it is cut off is remembered until it has stepped
+	// down and its Envoys moved, as a live silent one is waited for.
+	remember := max(rememberFor(settle), silent)
 	host, _ := os.Hostname()
 	// The name is the host and the xDS port: unique among live replicas (two on one host
 	// listen on two ports), and the same after a restart, so that a restarted replica's new
@@ -76,7 +106,7 @@ func newReplicaLink(cli *clientv3.Client, prefix string, xds net.Addr, remember 
 		port = strconv.Itoa(ta.Port)
 	}
 	name := sanitizeName(host) + "-" + port
-	return &replicaLink{cli: cli, prefix: prefix, name: name, host: host, log: log, onPeer: onPeer, remember: remember,
+	return &replicaLink{cli: cli, prefix: prefix, name: name, host: host, log: log, onPeer: onPeer, remember: remember, silent: silent,
 		peers: map[string]registry.Replica{}, gone: map[string]goneReplica{}, dirty: make(chan struct{}, 1), written: registry.Replica{Held: -1}}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/eventually"
+	"github.com/tetherlb/tether/internal/netcut"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -95,14 +96,16 @@ func TestReplicasWaitForEachOthersEnvoys(t *testing.T) {
 
 // TestStoppedReplicaIsWaitedForUntilSettle: a replica that stops takes its report with it,
 // but its Envoys keep what they hold while they reconnect elsewhere: the other replica waits
-// for them at what the stopped one last reported until the endpoint's settle time, as for a
-// lease lost in an etcd outage.
+// for them at what the stopped one last reported, as for a lease lost in an etcd outage,
+// until the endpoint's time for a replica that does not report (a stop and a lapsed lease
+// look the same in etcd).
 func TestStoppedReplicaIsWaitedForUntilSettle(t *testing.T) {
 	const settle = 2 * time.Second
 	srv := twoInstances(t)
 	cli := srv.Client(t)
-	cpA := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
-	cpB := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
+	cfg := controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle, StaleAfter: 2 * time.Second}
+	cpA := cptest.Start(t, cfg)
+	cpB := cptest.Start(t, cfg)
 	a := connect(t, cpA, xdsclient.Delta, "envoy-a", "edge")
 	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
 	for _, c := range []*xdsclient.Client{a, b} {
@@ -122,5 +125,73 @@ func TestStoppedReplicaIsWaitedForUntilSettle(t *testing.T) {
 	}
 	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="acked"}`); n != 0 {
 		t.Errorf("acked promotions = %v, want 0", n)
+	}
+}
+
+// TestCutOffReplicaIsWaitedForUntilItStepsDown: replica B loses etcd (its only way there is
+// cut) while a server joins. B's Envoy does not hold the server and B cannot say so. A does
+// not promote the server at its settle time: a user A's Envoy placed there would lose it at
+// B's Envoy (soak seed 187650932). When etcd comes back in time, B catches up and reports,
+// and A promotes on that. When it does not, A waits until B has stepped down (--stale-after:
+// B closes its Envoys' streams so that they move to a current replica) and a settle time
+// more.
+func TestCutOffReplicaIsWaitedForUntilItStepsDown(t *testing.T) {
+	const (
+		settle     = time.Second
+		staleAfter = 6 * time.Second // B confirms every 2 s: it steps down 4 s or more after a cut
+	)
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	way, err := netcut.New(srv.Endpoints()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(way.Close)
+	cpA := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle, StaleAfter: staleAfter})
+	cpB := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: []string{way.URL()}, DialTimeout: time.Second}, PublishSettle: settle, StaleAfter: staleAfter})
+	a := connect(t, cpA, xdsclient.Delta, "envoy-a", "edge")
+	b := xdsclient.New(xdsclient.SotW, "envoy-b", "edge")
+	sb := runClient(t, b, cpB.XDSAddr(), nil)
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	}
+	eventually.True(t, "both replicas' reports", 15*time.Second, func() bool { return len(replicaReports(t, cli)) == 2 })
+
+	// A cut shorter than the step-down: A waits past its settle time, then promotes on B's report.
+	way.SetCut(true)
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	waitFor(t, a, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	time.Sleep(settle + settle*3/4) // A would have promoted at its settle time
+	if h := health(a.View(), 5003); h != core.HealthStatus_DRAINING {
+		t.Fatalf("a3 is %v at A's Envoy past A's settle time, while B, cut off from etcd, could not know it", h)
+	}
+	if h := health(b.View(), 5003); h != -1 {
+		t.Fatalf("B's Envoy holds a3 (%v) while B is cut off: the test did not cut it", h)
+	}
+	way.SetCut(false)
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a3 HEALTHY once B reports", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	}
+	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="acked"}`); n != 1 {
+		t.Errorf("A's acked promotions = %v, want 1 (a3, on B's report)", n)
+	}
+	sb.running(t, "B's Envoy after a cut shorter than --stale-after")
+
+	// A cut longer than the step-down: A promotes only after B has closed its Envoys' streams.
+	way.SetCut(true)
+	put(t, cli, "/tether/instances/app/a4", instanceJSON("a4", 5004, "available", 0))
+	waitFor(t, a, "a4 DRAINING", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_DRAINING })
+	waitFor(t, a, "a4 HEALTHY once B has stepped down", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
+	select {
+	case err := <-sb.done:
+		sb.done <- err
+		if !strings.Contains(fmt.Sprint(err), "Unavailable") {
+			t.Errorf("B's Envoy's stream ended with %v, want Unavailable (B stepped down)", err)
+		}
+	default:
+		t.Fatal("A promoted a4 while B, cut off from etcd, still served its Envoy without it")
+	}
+	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="settled"}`); n != 1 {
+		t.Errorf("A's settled promotions = %v, want 1 (a4)", n)
 	}
 }
