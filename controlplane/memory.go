@@ -32,7 +32,10 @@ import (
 //     starts in its first phase, DRAINING until every Envoy knows it;
 //   - the Envoys of the file are remembered as reconnecting (as those whose stream closed),
 //     knowing nothing new, so that a first-phase endpoint waits for them (at most its settle
-//     time), not only for the first Envoy back.
+//     time), not only for the first Envoy back;
+//   - the other replicas of the file are remembered as gone, knowing nothing new, unless
+//     they report again: every replica may have been down when a server joined, and the
+//     Envoys of one still down serve what they held (replicaLink.recall).
 //
 // The file is a help, never a condition: a missing, unreadable or foreign one (another
 // prefix) is logged and the start goes on as without it.
@@ -51,6 +54,7 @@ type memory struct {
 	Instances []memoryInstance `json:"instances"`
 	Promoted  []memoryEndpoint `json:"promoted"`
 	Envoys    []memoryEnvoy    `json:"envoys"`
+	Replicas  []string         `json:"replicas,omitempty"` // the other replicas' report names
 }
 
 type memoryInstance struct {
@@ -175,6 +179,7 @@ func memoryOf(prefix string, kept *registry.State, ph *phaser, now time.Time) *m
 	}
 	if ph != nil {
 		m.Promoted, m.Envoys = ph.remembered(now)
+		m.Replicas = ph.link.known(now)
 	}
 	return m
 }

@@ -44,6 +44,68 @@ func stateFileEnvoys(t *testing.T, path string) []string {
 	return nodes
 }
 
+// stateFileReplicas returns the other replicas a state file names (none while it is absent).
+func stateFileReplicas(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatalf("state file: %v", err)
+	}
+	var m struct {
+		Replicas []string `json:"replicas"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("state file %s: %v", path, err)
+	}
+	return m.Replicas
+}
+
+// TestRestartWaitsForAReplicaStillDown: both replicas were down when a server joined, and
+// the first back must not promote it on its own Envoy's ACK: the other's Envoy still serves
+// without it (the simulation found it with joins during restarts). The state file names the
+// other replica, which is waited for as one that does not report: until it must have
+// stepped down, and a settle time more.
+func TestRestartWaitsForAReplicaStillDown(t *testing.T) {
+	const settle = time.Second
+	srv := twoInstances(t)
+	cli := srv.Client(t)
+	dir := t.TempDir()
+	cfg := func(name string) controlplane.Config {
+		return controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle, StaleAfter: 2 * time.Second,
+			StateFile: filepath.Join(dir, name+".json")}
+	}
+	cpA, cpB := cptest.Start(t, cfg("a")), cptest.Start(t, cfg("b"))
+	a := xdsclient.New(xdsclient.Delta, "envoy-a", "edge")
+	sa := runClient(t, a, cpA.XDSAddr(), nil)
+	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
+	for _, c := range []*xdsclient.Client{a, b} {
+		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	}
+	eventually.True(t, "A's state file names B", 15*time.Second, func() bool { return len(stateFileReplicas(t, cfg("a").StateFile)) == 1 })
+	for _, cp := range []*controlplane.ControlPlane{cpA, cpB} {
+		if err := cp.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = sa.wait(t, 10*time.Second)
+
+	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
+	cpA = cptest.Start(t, cfg("a"))
+	runClient(t, a, cpA.XDSAddr(), nil)
+	waitFor(t, a, "a3 served", func(v xdsclient.View) bool { return health(v, 5003) >= 0 })
+	time.Sleep(settle + settle*3/4) // A would have promoted on its Envoy's ACK, or at its settle time
+	if h := health(a.View(), 5003); h != core.HealthStatus_DRAINING {
+		t.Fatalf("a3, which joined while both replicas were down, is %v at A's Envoy while B's Envoy serves without it; want DRAINING", h)
+	}
+	waitFor(t, a, "a3 HEALTHY once B would have stepped down", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="settled"}`); n != 1 {
+		t.Errorf("settled promotions = %v, want 1 (a3, without B's report)", n)
+	}
+}
+
 // everDraining records whether a client was ever sent one of ports as DRAINING (from when
 // it is set, before the client runs).
 func everDraining(c *xdsclient.Client, ports ...uint32) *atomic.Bool {

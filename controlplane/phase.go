@@ -883,6 +883,7 @@ func (ph *phaser) recall(m *memory, now time.Time) {
 	for _, e := range m.Envoys {
 		ph.gone[goneKey{e.Node, e.Group}] = goneEnvoy{rev: -1, until: now.Add(rememberFor(ph.settle))}
 	}
+	ph.link.recall(m.Replicas, now)
 }
 
 // remembered returns what the memory file keeps of the phase: the endpoints every Envoy knows

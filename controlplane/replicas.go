@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -156,6 +157,43 @@ func (l *replicaLink) peersHeld(now time.Time) (int64, string, bool) {
 		take(name, g.held)
 	}
 	return low, who, found
+}
+
+// known returns the names of the other replicas, live or gone within remember, sorted (for
+// the memory file).
+func (l *replicaLink) known(now time.Time) []string {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for name := range l.peers {
+		out = append(out, name)
+	}
+	for name, g := range l.gone {
+		if now.Before(g.until) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// recall remembers the replicas of the last run's memory as gone, holding nothing new, until
+// they report again or remember passes: when every replica was down as a server joined, the
+// first one back must not promote it on its own Envoys while another's serve without it.
+func (l *replicaLink) recall(names []string, now time.Time) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, name := range names {
+		if _, live := l.peers[name]; !live && name != l.name {
+			l.gone[name] = goneReplica{held: -1, until: now.Add(l.remember)}
+		}
+	}
 }
 
 // wanted reports whether another replica waits for more than this one last wrote: the

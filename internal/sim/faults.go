@@ -232,8 +232,17 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		s.rollingDeploy(ctx, f)
 	case FaultCPRestart:
 		i := int(f.pick % uint64(len(s.cps)))
-		s.event(nil, "fault: control plane %d stops; starts again in %s", i, f.dur.Round(time.Millisecond))
+		// Every other restart has a server join while the control plane is down: after the
+		// restart it must phase that server until every Envoy its state file names holds it
+		// (a state file naming no Envoy once let a user cross before that).
+		join := f.pick%4 < 2
+		s.event(nil, "fault: control plane %d stops; starts again in %s (a server joins meanwhile: %v)", i, f.dur.Round(time.Millisecond), join)
 		s.stopCP(i)
+		if join {
+			if _, err := s.addServer(svcApp, s.currentVersion(), true); err != nil {
+				s.event(nil, "join failed: %v", err)
+			}
+		}
 		sleep(ctx, f.dur)
 		s.mu.Lock()
 		s.lastCPRestart = time.Now()
