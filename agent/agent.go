@@ -421,7 +421,8 @@ func (r *runner) deregister(ctx context.Context, why string) error {
 }
 
 // markLeaving writes the instance once more, marked as leaving on purpose with its final
-// load, and gives the control planes DrainSettle to see it before the key goes: a control
+// load, and gives the control planes DrainSettle to see it before the key goes (etcd cannot
+// put and delete one key in one transaction): a control
 // plane coalesces changes and sees a deleted key's last value only in the state it last
 // served, so a mark deleted within the same push would be lost, and the removal guard would
 // take the departure for a lapsed lease. A failed write only costs that: the key still goes.

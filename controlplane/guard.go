@@ -26,7 +26,9 @@ import (
 // after its drain). A draining instance is held like any other: an operator's drain lasts
 // for hours of a deploy, and its servers hold sessions all along. Leaving instances are not
 // in the base either, so the share is taken of the instances that could lapse. An instance
-// that comes back is served from the registry at once.
+// that comes back is served from the registry at once. Windows are per replica and go by
+// each replica's clock and what it saw, so replicas may serve differently during a grace
+// period.
 //
 // apply is deterministic in its arguments and the guard's own state: the clock is a
 // parameter (tests pass a fake one); it only logs and calls onHold besides.

@@ -37,6 +37,15 @@ import (
 //     they report again: every replica may have been down when a server joined, and the
 //     Envoys of one still down serve what they held (replicaLink.recall).
 //
+// Why not from what Envoys declare when they reconnect: a delta Envoy's
+// initial_resource_versions and a SotW Envoy's version_info are content hashes naming no
+// endpoint, and they speak only for the Envoys already back. Phasing every endpoint at a start
+// without knowledge would serve every server DRAINING to Envoys that hold it HEALTHY, refusing
+// new sessions until they all ACK; promoting on the first ACKs would not wait for the Envoys
+// still in their backoff, which is the case that loses sessions. Why a local file and not
+// etcd: what one replica served is its own, and a file works with the read-only etcd role of
+// older installs. It holds only what the registry holds already (no secret).
+//
 // The file is a help, never a condition: a missing, unreadable or foreign one (another
 // prefix) is logged and the start goes on as without it.
 

@@ -26,7 +26,8 @@ import (
 // Two-phase publication. A user's requests land on any Envoy of a gateway group, and xDS is
 // eventually consistent: a session that Envoy A places on a server B does not know yet is
 // moved (non-strict) or refused (strict) at B. So an endpoint that Envoys cannot reach by
-// session yet (a new instance, or one back from unhealthy) is first published as DRAINING:
+// session yet (a new instance, one back from unhealthy, or one at a new address: the session
+// cookie holds the address) is first published as DRAINING:
 // reachable by its session cookie (override_host_status) and never chosen for a new session.
 // It is promoted to what its state says once every connected Envoy has ACKed an endpoint
 // assignment that holds it, or after --publish-settle: an Envoy that has not answered by then

@@ -243,7 +243,8 @@ type Instance struct {
 	// Leaving marks the last value an agent writes before it deletes its key on purpose (a
 	// graceful stop, after its drain), with its final load. A key deleted with this value left
 	// on purpose; one deleted without it may have lost its lease, and the removal guard holds
-	// it in a mass disappearance. Only a draining instance leaves.
+	// it in a mass disappearance. Only a draining instance leaves. A field, not a state of its
+	// own: control planes from before it would reject an unknown state value.
 	Leaving bool `json:"leaving,omitempty"`
 	// FirstPhase is set by the control plane's two-phase publication on the copy it
 	// translates: the endpoint is served DRAINING, whatever its state, until every Envoy

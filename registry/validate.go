@@ -427,7 +427,8 @@ func joined(err error) []error {
 
 // Cloud metadata services outside 169.254.0.0/16 (link-local, refused as a whole): an
 // instance there would let a holder of an agent's credentials read the gateway host's cloud
-// credentials through Envoy.
+// credentials through Envoy. Single addresses, not their ranges, which are ordinary private
+// space elsewhere.
 var metadataAddrs = map[netip.Addr]string{
 	netip.MustParseAddr("fd00:ec2::254"):   "AWS's instance metadata service over IPv6",
 	netip.MustParseAddr("fd20:ce::254"):    "Google Cloud's metadata server over IPv6",

@@ -65,7 +65,7 @@ func headroomLimit(live uint64) int64 {
 // up to date until its context ends (nil when there is nothing to follow). Go does not read a
 // container's limit itself, and by default lets the heap grow to twice what is live before
 // collecting: a burst of changes then lifts the process far above what it holds (docs/
-// performance.md, "A budget of response bytes in flight"). provider nil reads the cgroup.
+// performance.md, "Memory under bursts"). provider nil reads the cgroup.
 func setMemoryLimit(log zerolog.Logger, provider memlimit.Provider, p memoryPolicy) (follow func(context.Context)) {
 	switch {
 	case p.off:

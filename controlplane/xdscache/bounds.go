@@ -14,6 +14,9 @@ import (
 // keeps every name a stream subscribes, and its node, for the stream's life; before these
 // bounds one unauthenticated delta stream subscribing 8 x 40,000 unknown names took the heap
 // from 6.7 to 66.7 MB, and a 1.5 MB node ID was kept, logged and shown by the admin pages.
+// A request past a bound ends its stream with InvalidArgument naming the bound, not the
+// value: refusing the stream rather than trimming the request keeps go-control-plane's
+// subscription state and this cache's name index equal.
 const (
 	// DefaultNameMargin is how many names a stream may subscribe per type beyond those
 	// served: a stream may subscribe served + max(margin, served) names. Envoy subscribes only
