@@ -86,9 +86,15 @@ func deltaRandomized(t *testing.T, seed uint64, steps int, opts Options) {
 		}
 		publish()
 	}
-	// changeOne changes one endpoint and one cluster: the rest keep their versions.
-	changeOne := func() {
-		if ns := slices.Sorted(maps.Keys(state)); len(ns) > 0 {
+	// changeOne changes one endpoint, one of subs if any is there, and one cluster: the rest
+	// keep their versions. An endpoint the Envoy does not subscribe to would send it nothing,
+	// and refused endpoints come again only with a change it is sent.
+	changeOne := func(subs map[string]struct{}) {
+		ns := slices.Sorted(maps.Keys(state))
+		if sub := slices.DeleteFunc(slices.Clone(ns), func(n string) bool { _, ok := subs[n]; return !ok }); len(sub) > 0 {
+			ns = sub
+		}
+		if len(ns) > 0 {
 			n := ns[rng.IntN(len(ns))]
 			state[n] = 1 + state[n]%3
 		}
@@ -237,7 +243,7 @@ func deltaRandomized(t *testing.T, seed uint64, steps int, opts Options) {
 					t.Fatalf("step %d: no response to refuse", step)
 				}
 			}
-			changeOne()
+			changeOne(m.subs)
 		default:
 			what = "reconnect"
 			d.s.CloseSend() //nolint:errcheck // the stream is dropped either way
