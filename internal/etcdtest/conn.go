@@ -2,10 +2,13 @@ package etcdtest
 
 import (
 	"context"
+	"sync"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/stats"
 )
 
 // ConnectionBreaks returns a channel closed once cli's connection to etcd leaves the ready
@@ -29,3 +32,54 @@ func ConnectionBreaks(t testing.TB, cli *clientv3.Client) <-chan struct{} {
 	}()
 	return broke
 }
+
+// ConnEnds is ConnectionBreaks for an etcd client the test does not hold (a control plane's
+// own): a gRPC stats handler, given to the client through DialOption in its
+// clientv3.Config.DialOptions, that sees each of the client's connections begin and end.
+type ConnEnds struct {
+	mu    sync.Mutex
+	open  int
+	ended chan struct{} // closed, and replaced, at each connection end
+}
+
+// NewConnEnds returns a ConnEnds that has seen no connection yet.
+func NewConnEnds() *ConnEnds { return &ConnEnds{ended: make(chan struct{})} }
+
+// DialOption installs w in the client it is given to.
+func (w *ConnEnds) DialOption() grpc.DialOption { return grpc.WithStatsHandler(w) }
+
+// Next returns a channel closed at the client's next connection end. A connection must be
+// open when it is called (the client has answered a request): an end then proves the outage
+// reached the client, where a client that never connected would see none.
+func (w *ConnEnds) Next(t testing.TB) <-chan struct{} {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.open == 0 {
+		t.Fatal("no etcd client connection open before the outage")
+	}
+	return w.ended
+}
+
+// HandleConn counts the connections open and announces each end.
+func (w *ConnEnds) HandleConn(_ context.Context, s stats.ConnStats) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch s.(type) {
+	case *stats.ConnBegin:
+		w.open++
+	case *stats.ConnEnd:
+		w.open--
+		close(w.ended)
+		w.ended = make(chan struct{})
+	}
+}
+
+// TagConn, TagRPC and HandleRPC complete stats.Handler; RPCs tell nothing of an outage.
+func (w *ConnEnds) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+
+// TagRPC completes stats.Handler.
+func (w *ConnEnds) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+
+// HandleRPC completes stats.Handler.
+func (w *ConnEnds) HandleRPC(context.Context, stats.RPCStats) {}
