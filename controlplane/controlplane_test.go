@@ -413,7 +413,7 @@ func TestEtcdRestart(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 1))
-	conns := etcdtest.NewConnEnds()
+	conns := etcdtest.NewConnWatch()
 	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{
 		Endpoints: srv.Endpoints(), DialOptions: []grpc.DialOption{conns.DialOption()},
 	}})
@@ -434,7 +434,7 @@ func TestEtcdRestart(t *testing.T) {
 	}
 	run(t, cp, c)
 	waitFor(t, c, "a1", func(v xdsclient.View) bool { return endpoints(v)[5001] != nil })
-	broke := conns.Next(t)
+	broke := conns.NextEnd(t)
 	srv.Stop()
 	select {
 	case <-broke:
