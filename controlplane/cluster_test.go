@@ -85,6 +85,17 @@ type agent struct {
 	cli   *clientv3.Client
 	lease clientv3.LeaseID
 	conns *etcdtest.ConnWatch // where its client's keep-alives go
+
+	mu      sync.Mutex
+	renewed chan struct{} // closed, and replaced, at each renewal of the lease
+}
+
+// nextRenewal returns a channel closed when etcd next renews a's lease: the lease was live
+// then, as etcd renews no lease that has expired (lessor.Renew).
+func (a *agent) nextRenewal() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.renewed
 }
 
 func startAgent(t *testing.T, c *etcdtest.Cluster, first int, id string, port int, ttl int64) *agent {
@@ -109,12 +120,17 @@ func startAgent(t *testing.T, c *etcdtest.Cluster, first int, id string, port in
 	if err != nil {
 		t.Fatalf("keep-alive: %v", err)
 	}
+	a := &agent{cli: cli, lease: l.ID, conns: conns, renewed: make(chan struct{})}
 	go func() {
-		for range ka { //nolint:revive // drain the keep-alive responses
+		for range ka { // the client passes on only answers that renewed the lease
+			a.mu.Lock()
+			close(a.renewed)
+			a.renewed = make(chan struct{})
+			a.mu.Unlock()
 		}
 	}()
 	put(t, cli, "/tether/instances/app/"+id, instanceJSON(id, port, "available", 1), clientv3.WithLease(l.ID))
-	return &agent{cli: cli, lease: l.ID, conns: conns}
+	return a
 }
 
 // clusterServiceJSON is app's configuration in the cluster tests: not the defaults, so that
@@ -242,7 +258,14 @@ func TestClusterMemberDownLongerThanLeaseTTL(t *testing.T) {
 	}
 	t.Logf("%s stopped in %s, then down for %s: a %ds lease granted then has expired",
 		down.Name, stopped.Sub(start).Round(time.Millisecond), time.Since(stopped).Round(time.Millisecond), ttl+1)
+	// Each lease is checked once renewed after the witness expired, when most of its TTL is
+	// left: the renewal proves it lived through the period, the check that it still lives.
 	for i, a := range agents {
+		select {
+		case <-a.nextRenewal():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("agent a%d's lease not renewed within 10s after the witness expired", i)
+		}
 		resp, err := cli.TimeToLive(ctx, a.lease)
 		if err != nil {
 			t.Errorf("agent a%d's lease with %s down: %v", i, down.Name, err)
