@@ -13,6 +13,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/internal/cptest"
@@ -83,13 +84,29 @@ func (l *lossWatch) verify(t *testing.T) {
 type agent struct {
 	cli   *clientv3.Client
 	lease clientv3.LeaseID
+	conns *etcdtest.ConnWatch // where its client's keep-alives go
+
+	mu      sync.Mutex
+	renewed chan struct{} // closed, and replaced, at each renewal of the lease
+}
+
+// nextRenewal returns a channel closed when etcd next renews a's lease: the lease was live
+// then, as etcd renews no lease that has expired (lessor.Renew).
+func (a *agent) nextRenewal() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.renewed
 }
 
 func startAgent(t *testing.T, c *etcdtest.Cluster, first int, id string, port int, ttl int64) *agent {
 	t.Helper()
 	eps := c.Endpoints()
 	eps = append(eps[first:], eps[:first]...)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	conns := etcdtest.NewConnWatch()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: eps, DialTimeout: 2 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{conns.DialOption()},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,12 +120,17 @@ func startAgent(t *testing.T, c *etcdtest.Cluster, first int, id string, port in
 	if err != nil {
 		t.Fatalf("keep-alive: %v", err)
 	}
+	a := &agent{cli: cli, lease: l.ID, conns: conns, renewed: make(chan struct{})}
 	go func() {
-		for range ka { //nolint:revive // drain the keep-alive responses
+		for range ka { // the client passes on only answers that renewed the lease
+			a.mu.Lock()
+			close(a.renewed)
+			a.renewed = make(chan struct{})
+			a.mu.Unlock()
 		}
 	}()
 	put(t, cli, "/tether/instances/app/"+id, instanceJSON(id, port, "available", 1), clientv3.WithLease(l.ID))
-	return &agent{cli: cli, lease: l.ID}
+	return a
 }
 
 // clusterServiceJSON is app's configuration in the cluster tests: not the defaults, so that
@@ -167,8 +189,11 @@ func TestClusterMemberStops(t *testing.T) {
 	loss.verify(t)
 }
 
-// A member is down for three lease TTLs while the agents keep their leases through the
-// others: no instance leaves the served configuration at any moment, and every lease lives.
+// A member is down for longer than a lease's TTL while the agents keep their leases through
+// the others: no instance leaves the served configuration at any moment, and every lease
+// lives. The member is down that long because a lease granted after it stopped, and never
+// kept alive, has expired on the other members before it starts again; it is the member an
+// agent's keep-alives went to, so they had to move.
 func TestClusterMemberDownLongerThanLeaseTTL(t *testing.T) {
 	const ttl = 2
 	c, cli, agents, cp := clusterSetup(t, ttl)
@@ -178,18 +203,78 @@ func TestClusterMemberDownLongerThanLeaseTTL(t *testing.T) {
 	waitFor(t, x, "the three instances", complete(3))
 	loss.require(5000, 5001, 5002)
 
-	// Agent a0 lists member 0 first, so its keep-alive stream most likely runs through it.
-	down := c.Members[0]
-	down.Stop()
-	// The promise holds across the whole period, so the test spans it.
-	time.Sleep(3 * ttl * time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for i, a := range agents {
-		resp, err := cli.TimeToLive(ctx, a.lease)
-		if err != nil || resp.TTL <= 0 {
-			t.Errorf("agent a%d's lease after %ds with %s down: ttl %d, %v", i, 3*ttl, down.Name, resp.TTL, err)
+	// The member stopped is the one agent a0's keep-alives go to: they must move to the others
+	// for its lease to live.
+	const keepAlive = "/etcdserverpb.Lease/LeaseKeepAlive"
+	var down *etcdtest.Member
+	eventually.Saying(t, "agent a0's keep-alive stream", 10*time.Second, func() (bool, string) {
+		to := agents[0].conns.StreamTo(keepAlive)
+		for _, m := range c.Members {
+			if strings.TrimPrefix(m.ClientURL, "http://") == to {
+				down = m
+			}
 		}
+		return down != nil, to
+	})
+	var survivors []string
+	for _, m := range c.Members {
+		if m != down {
+			survivors = append(survivors, m.ClientURL)
+		}
+	}
+	others, err := clientv3.New(clientv3.Config{Endpoints: survivors, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer others.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	down.Stop()
+	stopped := time.Now()
+	// The promise holds across the whole period, so the test spans it: until the witness's
+	// key is deleted by its lease's expiry. Its TTL is a second longer than the agents' to
+	// outlast the election timeout by which a new leader extends every lease
+	// (lessor.Promote): once it has expired, an agent lease not kept alive since the stop
+	// has too.
+	witness, err := others.Grant(ctx, ttl+1)
+	if err != nil {
+		t.Fatalf("grant the witness lease: %v", err)
+	}
+	rev := put(t, others, "/witness", "", clientv3.WithLease(witness.ID))
+	expired := false
+	for wr := range others.Watch(ctx, "/witness", clientv3.WithRev(rev+1), clientv3.WithFilterPut()) {
+		if expired = len(wr.Events) > 0; expired || wr.Err() != nil {
+			break
+		}
+	}
+	if !expired {
+		t.Fatalf("the witness lease's key still there %s after %s stopped", time.Since(start).Round(time.Millisecond), down.Name)
+	}
+	if resp, err := others.TimeToLive(ctx, witness.ID); err != nil {
+		t.Fatalf("the witness lease after its key went: %v", err)
+	} else if resp.TTL != -1 {
+		t.Fatalf("the witness lease after its key went: ttl %d; want -1 (expired)", resp.TTL)
+	}
+	t.Logf("%s stopped in %s, then down for %s: a %ds lease granted then has expired",
+		down.Name, stopped.Sub(start).Round(time.Millisecond), time.Since(stopped).Round(time.Millisecond), ttl+1)
+	// Each lease is checked once renewed after the witness expired, when most of its TTL is
+	// left: the renewal proves it lived through the period, the check that it still lives.
+	for i, a := range agents {
+		select {
+		case <-a.nextRenewal():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("agent a%d's lease not renewed within 10s after the witness expired", i)
+		}
+		resp, err := cli.TimeToLive(ctx, a.lease)
+		if err != nil {
+			t.Errorf("agent a%d's lease with %s down: %v", i, down.Name, err)
+		} else if resp.TTL <= 0 {
+			t.Errorf("agent a%d's lease after a lease's TTL with %s down: ttl %d", i, down.Name, resp.TTL)
+		}
+	}
+	if to := agents[0].conns.StreamTo(keepAlive); to == strings.TrimPrefix(down.ClientURL, "http://") {
+		t.Errorf("agent a0's keep-alives still last went to %s, which is down", down.Name)
 	}
 	if n := len(endpoints(x.View())); n != 3 {
 		t.Errorf("%d endpoints served, want 3", n)

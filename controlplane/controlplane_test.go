@@ -406,12 +406,17 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 
 // TestEtcdRestart restarts etcd under a running control plane: the last configuration stays
 // served the whole time (no response ever leaves a1 out), and changes made after the restart
-// arrive.
+// arrive. etcd's client resumes the control plane's watch on the restarted server without an
+// error reaching the watcher, so the outage is proven by the control plane's own client
+// losing its connection before etcd starts again.
 func TestEtcdRestart(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	put(t, cli, "/tether/instances/app/a1", instanceJSON("a1", 5001, "available", 1))
-	cp := startCP(t, srv.Endpoints())
+	conns := etcdtest.NewConnWatch()
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{
+		Endpoints: srv.Endpoints(), DialOptions: []grpc.DialOption{conns.DialOption()},
+	}})
 	c := xdsclient.New(xdsclient.Delta, "envoy-1", "default")
 	var lost atomic.Value // the first response that left a1 out
 	c.OnUpdate = func(u xdsclient.Update) {
@@ -429,8 +434,13 @@ func TestEtcdRestart(t *testing.T) {
 	}
 	run(t, cp, c)
 	waitFor(t, c, "a1", func(v xdsclient.View) bool { return endpoints(v)[5001] != nil })
+	broke := conns.NextEnd(t)
 	srv.Stop()
-	time.Sleep(300 * time.Millisecond) // the outage: time for the watch to fail
+	select {
+	case <-broke:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the control plane's etcd connection never ended after etcd stopped")
+	}
 	srv.StartAgain(t)
 	put(t, srv.Client(t), "/tether/instances/app/a2", instanceJSON("a2", 5002, "available", 1))
 	waitFor(t, c, "a2 after the restart", func(v xdsclient.View) bool {
