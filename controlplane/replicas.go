@@ -45,7 +45,7 @@ type replicaLink struct {
 	// remember is how long a replica whose report left etcd is still waited for, at what
 	// it last reported: its lease lapsed in an etcd outage (it comes back with a new one), or
 	// it stopped and its Envoys are reconnecting elsewhere, serving what they hold meanwhile
-	// (as phaser.gone remembers Envoys). An endpoint waits at most its settle time anyway. A
+	// (as phaser.gone remembers Envoys). An endpoint waits for it at most silent anyway. A
 	// restarted replica's report has the same name and replaces the remembered one at once.
 	remember time.Duration
 	// silent is how long an endpoint waits for a replica that has not reported holding it
