@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/tetherlb/tether/internal/etcdconn"
+	"github.com/tetherlb/tether/internal/mutation"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -86,7 +87,7 @@ type goneReplica struct {
 // nothing: the settle time alone bounds the wait, as before.
 func silentFor(settle, staleAfter time.Duration) time.Duration {
 	settle = settleOrDefault(settle)
-	if staleAfter <= 0 {
+	if staleAfter <= 0 || mutation.On(mutation.PeerSettleOnly) {
 		return settle
 	}
 	return staleAfter + staleAfter/10 + settle

@@ -11,7 +11,11 @@ const (
 	// PromoteAtOnce serves a new endpoint as its state says at once, skipping the first phase
 	// of two-phase publication.
 	PromoteAtOnce = "promote-at-once"
+	// PeerSettleOnly waits for another replica that has not reported only the settle time,
+	// not until it must have stepped down: a replica cut off from etcd longer than that has
+	// Envoys without the new endpoint.
+	PeerSettleOnly = "peer-settle-only"
 )
 
 // All lists every mutation.
-var All = []string{FullUnhealthy, GuardHoldsNothing, PromoteAtOnce}
+var All = []string{FullUnhealthy, GuardHoldsNothing, PromoteAtOnce, PeerSettleOnly}

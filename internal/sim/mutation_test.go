@@ -21,18 +21,23 @@ func TestSimulationCatchesMutations(t *testing.T) {
 		kind     string // the start of the violation kind the break must cause
 		duration time.Duration
 		noVanish bool // the guard alone: --vanish-grace would keep the vanished servers too
+		seed     int64
 	}{
 		// A full server's users must keep reaching it: served UNHEALTHY, they are moved.
-		{mutation.FullUnhealthy, []string{FaultFull, FaultDrainID}, "server's endpoint UNHEALTHY", 7 * time.Second, false},
+		{mutation.FullUnhealthy, []string{FaultFull, FaultDrainID}, "server's endpoint UNHEALTHY", 7 * time.Second, false, 7},
 		// Every instance gone in one revision is a mass disappearance the guard holds.
-		{mutation.GuardHoldsNothing, []string{FaultMassDelete}, "a server dropped in a lease storm", 7 * time.Second, true},
+		{mutation.GuardHoldsNothing, []string{FaultMassDelete}, "a server dropped in a lease storm", 7 * time.Second, true, 7},
 		// A new server taking sessions before a slow Envoy knows it moves those users there.
-		{mutation.PromoteAtOnce, []string{FaultSlowJoin}, "server missing from the Envoy's assignment", 12 * time.Second, false},
+		{mutation.PromoteAtOnce, []string{FaultSlowJoin}, "server missing from the Envoy's assignment", 12 * time.Second, false, 7},
+		// A replica cut off from etcd past the settle time while a server joins: the other
+		// must wait for it, or users it places there lose it at the cut-off one's Envoys.
+		{mutation.PeerSettleOnly, []string{FaultCutOff}, "a server one replica promoted is unknown", 12 * time.Second, false, 3},
 	}
 	// Seed 7 runs one etcd member and one control plane: the mutations act within a replica.
+	// Seed 3 runs two replicas.
 	for _, c := range cases {
 		t.Run(c.mutation, func(t *testing.T) {
-			o := Options{Seed: 7, Duration: c.duration, Faults: c.faults, NoVanishGrace: c.noVanish}
+			o := Options{Seed: c.seed, Duration: c.duration, Faults: c.faults, NoVanishGrace: c.noVanish}
 			base := runSim(t, o)
 			if n := countKind(base, c.kind); n > 0 {
 				t.Fatalf("without the mutation, %d violations of kind %q already: the test cannot tell", n, c.kind)
