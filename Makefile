@@ -134,7 +134,8 @@ MUTATE   ?= 'internal/ctl@.*@' \
 	'registry@(drain|keys|partial|state|types|validate)\.go@$(REGISTRY_UNIT_TESTS)' \
 	'registry@(history|list|replica|watch|write)\.go@' \
 	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
-	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)'
+	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
+	'controlplane/xdscache@.*@'
 # The registry's tests that need no etcd: they decide the pure files' mutants in seconds.
 REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestDrainLimits|TestApplyDrains|TestDrainEvents|TestDefaultsForEnvoy|Fuzz|TestRejectedKey|TestRejectedConfigErrorFollowsTheValue|TestReplicaReports|TestBuildState|TestApplyEvents|TestRebuildState|TestInstance|TestServiceConfigRules|TestParseKey|TestNormalizePrefix|TestValueLimitsAreExact)
 # The agent's tests of its configuration and pure state machines (no etcd, no process).

@@ -51,6 +51,19 @@ func TestAcksAreExact(t *testing.T) {
 	if a, subA, subB := ackOf(c); a.Version != "" || a.Group != "g" || !subA || subB {
 		t.Fatalf("before any ACK: %+v (a %v, b %v)", a, subA, subB)
 	}
+	// Every served type visits the stream (clusters, the first of Types, too: not watched);
+	// a type not served visits none.
+	for url, want := range map[string]int{resourcev3.ClusterType: 1, "type.googleapis.com/made.Up": 0} {
+		var got []StreamAck
+		c.Acks(url, func(a StreamAck, _ func(string) bool) {
+			if a.Node == "n" && !a.Watching {
+				got = append(got, a)
+			}
+		})
+		if len(got) != want {
+			t.Fatalf("Acks of %s: %+v; want %d stream, not watching", url, got, want)
+		}
+	}
 	// The ACK of r1, adding b: r1 covers a only.
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: r1.GetNonce(), ResourceNames: []string{"a", "b"}})
 	r2 := s.next(t, "b's assignment")
@@ -356,5 +369,13 @@ func TestDeltaAcksAreExact(t *testing.T) {
 	eventually.True(t, "c subscribed", 10*time.Second, subscribedC)
 	if a, _, _ := ackOf(c); a.Version != acked || !a.Waiting {
 		t.Fatalf("after an answer with a stale nonce: %+v, want still %s, the change (%s) unanswered", a, acked, r3.GetSystemVersionInfo())
+	}
+	// The change is refused: the Envoy holds what it ACKed before, and the stream is not
+	// whole, whatever subscriptions came between (here c's, after the ACK).
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r3.GetNonce(),
+		ErrorDetail: &rpcstatus.Status{Code: 3, Message: "refused"}})
+	eventually.True(t, "the NACK of the change", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
+	if a, _, _ := ackOf(c); a.Whole || a.Version != acked || a.Waiting {
+		t.Fatalf("after the NACK of the change: %+v, want not whole, still %s", a, acked)
 	}
 }

@@ -648,7 +648,8 @@ func TestSubscribedNamesAreInterned(t *testing.T) {
 // slot: the slot bounds first responses still on their way, and only an answer to that
 // response frees it.
 func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
-	c := New(Options{MaxInitialSyncs: 1})
+	// A SlotTimeout past every wait below: only a's answer can free the slot.
+	c := New(Options{MaxInitialSyncs: 1, SlotTimeout: time.Hour})
 	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", 5001)}})
 	conn := serve(t, c)
 	a, b := openDelta(t, conn), openDelta(t, conn)
