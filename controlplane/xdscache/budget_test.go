@@ -9,6 +9,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -186,5 +187,40 @@ func TestGRPCBufferTiers(t *testing.T) {
 		if got := grpcBuffer(tc.n); got != tc.want {
 			t.Errorf("grpcBuffer(%d) = %d; want %d", tc.n, got, tc.want)
 		}
+	}
+}
+
+// TestBudgetIsExact: responses that fill the budget exactly go together; the next waits,
+// counted once, until an answer gives bytes back.
+func TestBudgetIsExact(t *testing.T) {
+	res := map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000)}}
+	scratch := New(Options{})
+	update(t, scratch, res)
+	one := grpcBuffer(responseOverhead + scratch.types[typeIndex(resourcev3.EndpointType)].entries["a"].size)
+
+	c := New(Options{MaxInflightBytes: 2 * one, InflightTimeout: time.Hour, MaxInitialSyncs: 100})
+	update(t, c, res)
+	conn := serve(t, c)
+	var streams []*deltaStream
+	var first *discovery.DeltaDiscoveryResponse
+	for i := range 3 {
+		d := openDelta(t, conn)
+		d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: fmt.Sprint("n", i)},
+			ResourceNamesSubscribe: []string{"a"}})
+		streams = append(streams, d)
+		if i == 0 {
+			first = d.recv(t, "the first response")
+		} else if i == 1 {
+			d.recv(t, "the second response, filling the budget exactly")
+		}
+	}
+	eventually.True(t, "the third waiting", 10*time.Second, func() bool { return c.Budget().Waiting == 1 })
+	if b := c.Budget(); b.Waited != 1 || b.InFlight != 2*one {
+		t.Fatalf("budget %+v; want one response waited, %d bytes in flight", b, 2*one)
+	}
+	streams[0].send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.GetNonce()})
+	streams[2].recv(t, "the third response, once the first is answered")
+	if b := c.Budget(); b.Waited != 1 || b.Waiting != 0 || b.InFlight != 2*one || b.Peak != 2*one {
+		t.Fatalf("budget %+v; want one waited, none waiting, %d bytes in flight at most", b, 2*one)
 	}
 }
