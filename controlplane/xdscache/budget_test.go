@@ -190,8 +190,10 @@ func TestGRPCBufferTiers(t *testing.T) {
 	}
 }
 
-// TestBudgetIsExact: responses that fill the budget exactly go together; the next waits,
-// counted once, until an answer gives bytes back.
+// TestBudgetIsExact: responses that fill the budget exactly go together; the next ones wait
+// in order, each counted once (the first by admit, the one behind it before its response is
+// built, by behind; not again when its turn comes and it still does not fit), until answers
+// give bytes back.
 func TestBudgetIsExact(t *testing.T) {
 	res := map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000)}}
 	scratch := New(Options{})
@@ -202,25 +204,26 @@ func TestBudgetIsExact(t *testing.T) {
 	update(t, c, res)
 	conn := serve(t, c)
 	var streams []*deltaStream
-	var first *discovery.DeltaDiscoveryResponse
-	for i := range 3 {
+	var sent []*discovery.DeltaDiscoveryResponse
+	for i := range 4 {
 		d := openDelta(t, conn)
 		d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: fmt.Sprint("n", i)},
 			ResourceNamesSubscribe: []string{"a"}})
 		streams = append(streams, d)
-		if i == 0 {
-			first = d.recv(t, "the first response")
-		} else if i == 1 {
-			d.recv(t, "the second response, filling the budget exactly")
+		if i < 2 {
+			sent = append(sent, d.recv(t, fmt.Sprintf("response %d of the 2 that fill the budget exactly", i+1)))
+			continue
 		}
+		eventually.True(t, fmt.Sprintf("%d waiting", i-1), 10*time.Second, func() bool { return c.Budget().Waiting == i-1 })
 	}
-	eventually.True(t, "the third waiting", 10*time.Second, func() bool { return c.Budget().Waiting == 1 })
-	if b := c.Budget(); b.Waited != 1 || b.InFlight != 2*one {
-		t.Fatalf("budget %+v; want one response waited, %d bytes in flight", b, 2*one)
+	if b := c.Budget(); b.Waited != 2 || b.InFlight != 2*one {
+		t.Fatalf("budget %+v; want two responses waited, %d bytes in flight", b, 2*one)
 	}
-	streams[0].send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.GetNonce()})
-	streams[2].recv(t, "the third response, once the first is answered")
-	if b := c.Budget(); b.Waited != 1 || b.Waiting != 0 || b.InFlight != 2*one || b.Peak != 2*one {
-		t.Fatalf("budget %+v; want one waited, none waiting, %d bytes in flight at most", b, 2*one)
+	for i, d := range streams[2:] {
+		streams[i].send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: sent[i].GetNonce()})
+		d.recv(t, fmt.Sprintf("response %d, once response %d is answered", i+3, i+1))
+	}
+	if b := c.Budget(); b.Waited != 2 || b.Waiting != 0 || b.InFlight != 2*one || b.Peak != 2*one {
+		t.Fatalf("budget %+v; want two waited, none waiting, %d bytes in flight at most", b, 2*one)
 	}
 }
