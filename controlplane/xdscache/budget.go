@@ -161,9 +161,7 @@ func (c *Cache) release(w *watcher) {
 func (c *Cache) uncharge(w *watcher) {
 	c.budget.InFlight -= w.charged
 	w.charged = 0
-	if w.chargeTimer != nil {
-		w.chargeTimer.Stop()
-	}
+	w.chargeTimer.Stop() // set by charge with the first byte charged
 }
 
 // pumpBudget answers waiting watchers in order while they fit.

@@ -227,3 +227,17 @@ func TestBudgetIsExact(t *testing.T) {
 		t.Fatalf("budget %+v; want two waited, none waiting, %d bytes in flight at most", b, 2*one)
 	}
 }
+
+// TestUnansweredResponseTimesOutOnce: the bytes of a response its Envoy never answers are
+// given back after InflightTimeout, counted once.
+func TestUnansweredResponseTimesOutOnce(t *testing.T) {
+	c := New(Options{InflightTimeout: 100 * time.Millisecond})
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000)}})
+	d := openDelta(t, serve(t, c))
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNamesSubscribe: []string{"a"}})
+	d.recv(t, "the response never answered")
+	eventually.True(t, "the bytes given back", 10*time.Second, func() bool { return c.Budget().InFlight == 0 })
+	if b := c.Budget(); b.TimedOut != 1 {
+		t.Fatalf("budget %+v; want one timeout", b)
+	}
+}
