@@ -237,6 +237,17 @@ func TestNameBoundFollowsRecentPeak(t *testing.T) {
 	if got := r.get(RefuseNames); got != 0 {
 		t.Errorf("%d refusals; want none", got)
 	}
+	// The peak served again restarts its hold: 50 s into the hold, the 3,000 are back.
+	ep := typeIndex(resourcev3.EndpointType)
+	c.mu.Lock()
+	c.peakAt[ep] = time.Now().Add(-50 * time.Second)
+	c.mu.Unlock()
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: many})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.peak[ep] != 3000 || time.Since(c.peakAt[ep]) > 10*time.Second {
+		t.Errorf("the peak served again: peak %d since %v; want 3000, its hold restarted", c.peak[ep], time.Since(c.peakAt[ep]))
+	}
 }
 
 // TestNameBoundIsExact: a delta stream may subscribe exactly served + margin names, counted
