@@ -538,9 +538,9 @@ func TestACKIsConstantWork(t *testing.T) {
 }
 
 // TestInPlaceUpdateMatchesAFreshCache: over a random history of updates (resources replaced in
-// place, as a load change does, with equal or changed content; added; removed; reordered;
-// renamed), every type's version and served encoding equal those of a new cache handed the
-// same resources at once, and a refused in-place update changes nothing.
+// place, as a load change does, with equal or changed content; added, with another replaced;
+// removed; reordered; renamed), every type's version and served encoding equal those of a new
+// cache handed the same resources at once, and a refused in-place update changes nothing.
 func TestInPlaceUpdateMatchesAFreshCache(t *testing.T) {
 	bad := func(r types.Resource) error {
 		if r.(*endpointv3.ClusterLoadAssignment).GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue() == 1 {
@@ -565,7 +565,9 @@ func TestInPlaceUpdateMatchesAFreshCache(t *testing.T) {
 		case k < 7: // in place, refused
 			i := rng.IntN(len(next))
 			next[i] = cla(cachev3.GetResourceName(next[i]), 1)
-		case k < 8:
+		case k < 8: // added, and one replaced as well: the general walk
+			i := rng.IntN(len(next))
+			next[i] = cla(cachev3.GetResourceName(next[i]), uint32(1000+rng.IntN(30)))
 			next = append(next, cla(fmt.Sprintf("n%03d", step), 2000))
 		case k < 9 && len(next) > 1:
 			next = slices.Delete(next, 0, 1)
