@@ -213,14 +213,17 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 			c.peak[i], c.peakAt[i] = n, now
 		}
 	}
-	for i := range Types {
-		c.notify(i, changed[i])
-	}
 	if first {
 		// Streams opened before the first Update were answered nothing (see respond): every
 		// one still armed is answered now, also those that no changed name reaches (a
-		// configuration as empty as the stand-in, a name held that is gone).
+		// configuration as empty as the stand-in, a name held that is gone). Not by notify:
+		// none has been answered, so each has everything pending already, and notify would
+		// queue them for the initial-sync slots in map order.
 		c.respondAllLocked()
+		return nil
+	}
+	for i := range Types {
+		c.notify(i, changed[i])
 	}
 	return nil
 }

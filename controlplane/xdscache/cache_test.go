@@ -795,3 +795,68 @@ func TestSilentEnvoysFreeTheirSlots(t *testing.T) {
 		t.Fatalf("the ninth Envoy was answered after %v, before any slot could time out (%v): the slots were not all taken", waited, timeout)
 	}
 }
+
+// TestFirstUpdateAnswersInStreamOrder: Envoys connected before the first Update are answered
+// by it in a stable order, SotW streams then delta streams, each by stream ID, through the
+// initial-sync slots: with one slot, one at a time as each answers.
+func TestFirstUpdateAnswersInStreamOrder(t *testing.T) {
+	c := New(Options{MaxInitialSyncs: 1})
+	conn := serve(t, c)
+	watchers := func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		n := 0
+		for _, st := range c.streams {
+			if st.watchers[0] != nil {
+				n++
+			}
+		}
+		return n
+	}
+	// Opened alternately, each seen before the next opens: IDs follow the opening order.
+	var sotw []*sotwStream
+	var delta []*deltaStream
+	for i := range 6 {
+		node := &corev3.Node{Id: fmt.Sprint("n", i)}
+		if i%2 == 0 {
+			s := openSotW(t, conn)
+			s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node})
+			sotw = append(sotw, s)
+		} else {
+			d := openDelta(t, conn)
+			d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node})
+			delta = append(delta, d)
+		}
+		eventually.True(t, fmt.Sprintf("stream %d seen", i), 10*time.Second, func() bool { return watchers() == i+1 })
+	}
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	var order []string
+	for range 6 {
+		answered := ""
+		eventually.True(t, fmt.Sprintf("answer %d", len(order)+1), 10*time.Second, func() bool {
+			for i, s := range sotw {
+				select {
+				case r := <-s.resp:
+					answered = fmt.Sprint("sotw", i)
+					s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
+					return true
+				default:
+				}
+			}
+			for i, d := range delta {
+				select {
+				case r := <-d.resp:
+					answered = fmt.Sprint("delta", i)
+					d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: r.GetNonce()})
+					return true
+				default:
+				}
+			}
+			return false
+		})
+		order = append(order, answered)
+	}
+	if want := []string{"sotw0", "sotw1", "sotw2", "delta0", "delta1", "delta2"}; !slices.Equal(order, want) {
+		t.Errorf("answered in the order %v; want %v", order, want)
+	}
+}
