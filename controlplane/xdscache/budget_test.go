@@ -241,3 +241,20 @@ func TestUnansweredResponseTimesOutOnce(t *testing.T) {
 		t.Fatalf("budget %+v; want one timeout", b)
 	}
 }
+
+// TestEntrySizeIsTheEncodedSize: the size the budget counts for a resource is what it adds to
+// an encoded delta response, to within a few bytes over, never under.
+func TestEntrySizeIsTheEncodedSize(t *testing.T) {
+	c := New(Options{})
+	cfg := budgetConfig(3, 1)
+	cfg[resourcev3.EndpointType] = append(cfg[resourcev3.EndpointType], cla("a-short-one", 1))
+	update(t, c, cfg)
+	for _, url := range []string{resourcev3.ClusterType, resourcev3.EndpointType} {
+		for name, e := range c.types[typeIndex(url)].entries {
+			one := proto.Size(&discovery.DeltaDiscoveryResponse{Resources: []*discovery.Resource{e.dres}})
+			if over := e.size - int64(one); over < 0 || over > 16 {
+				t.Errorf("%s %s: counted %d bytes, encoded %d", ShortType(url), name, e.size, one)
+			}
+		}
+	}
+}

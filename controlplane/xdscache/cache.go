@@ -294,7 +294,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 			changed = append(changed, name)
 		}
 	}
-	if len(changed) == 0 && len(entries) == len(old.entries) {
+	if len(changed) == 0 { // no name added or removed either
 		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, allSize: old.allSize, items: items}, nil, nil
 	}
 	names := old.names // the same names: no need to sort them again
@@ -317,7 +317,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 // copy of the entries and the type's hash, not a name lookup and insertion per resource.
 // ok is false when items differ otherwise, and build must do the general walk.
 func (c *Cache) buildInPlace(old *typeState, items []types.Resource) (*typeState, []string, bool, error) {
-	if len(items) != len(old.items) || len(old.items) == 0 {
+	if len(items) != len(old.items) { // both empty: build kept old already
 		return nil, nil, false, nil
 	}
 	var at []int
