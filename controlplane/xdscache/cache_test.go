@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -193,6 +194,21 @@ func TestUnknownTypeEndsStream(t *testing.T) {
 		t.Fatalf("got a response for an unknown type: %v", r)
 	case <-time.After(10 * time.Second):
 		t.Fatal("the stream asking for an unknown type is still open after 10 s")
+	}
+
+	// The error names the type, cut past MaxFieldBytes.
+	at := "type.googleapis.com/" + strings.Repeat("x", MaxFieldBytes-len("type.googleapis.com/"))
+	for typeURL, want := range map[string]string{at: strconv.Quote(at), at + "y": strconv.Quote(at + "...")} {
+		s := openSotW(t, conn)
+		s.send(t, &discovery.DiscoveryRequest{TypeUrl: typeURL, Node: &corev3.Node{Id: "n"}})
+		select {
+		case err := <-s.err:
+			if !strings.Contains(status.Convert(err).Message(), want+" is not served") {
+				t.Errorf("a type of %d bytes: error %q; want it to name %s", len(typeURL), status.Convert(err).Message(), want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a type of %d bytes: stream still open after 10 s", len(typeURL))
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
