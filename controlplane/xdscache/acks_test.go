@@ -32,10 +32,15 @@ func ackOf(c *Cache) (a StreamAck, subA, subB bool) {
 // the version ACKed before.
 func TestAcksAreExact(t *testing.T) {
 	answers := make(chan struct{}, 64)
+	closed := make(chan StreamAck, 8)
 	c := New(Options{OnAnswer: func() {
 		select {
 		case answers <- struct{}{}:
 		default:
+		}
+	}, OnClose: func(typeURL string, a StreamAck) {
+		if typeURL == resourcev3.EndpointType {
+			closed <- a
 		}
 	}})
 	res := func(port uint32) map[string][]types.Resource {
@@ -91,6 +96,14 @@ func TestAcksAreExact(t *testing.T) {
 		t.Error("OnAnswer was never called")
 	}
 	s.cancel()
+	select {
+	case a := <-closed:
+		if a.Version != r2.GetVersionInfo() || !a.NACKed || a.Node != "n" {
+			t.Errorf("OnClose told %+v; want what the stream had acknowledged (%s, then a NACK)", a, r2.GetVersionInfo())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnClose was not called for the closed stream")
+	}
 	eventually.True(t, "stream closed", 10*time.Second, func() bool {
 		n := 0
 		c.Acks(resourcev3.EndpointType, func(StreamAck, func(string) bool) { n++ })

@@ -226,6 +226,14 @@ func TestBudgetIsExact(t *testing.T) {
 	if b := c.Budget(); b.Waited != 2 || b.Waiting != 0 || b.InFlight != 2*one || b.Peak != 2*one {
 		t.Fatalf("budget %+v; want two waited, none waiting, %d bytes in flight at most", b, 2*one)
 	}
+	// The streams whose responses are unanswered end: their bytes are given back.
+	for _, d := range streams[2:] {
+		d.s.CloseSend() //nolint:errcheck // the server sees the stream end either way
+	}
+	eventually.True(t, "no bytes in flight once the streams ended", 10*time.Second, func() bool { return c.Budget().InFlight == 0 })
+	if b := c.Budget(); b.TimedOut != 0 {
+		t.Fatalf("budget %+v; want no timeout", b)
+	}
 }
 
 // TestUnansweredResponseTimesOutOnce: the bytes of a response its Envoy never answers are

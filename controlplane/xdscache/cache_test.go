@@ -664,7 +664,7 @@ func TestSubscribedNamesAreInterned(t *testing.T) {
 // TestSubscriptionChangeKeepsTheSlot: a delta Envoy that changes its subscription before
 // answering its first response (the delta server has no nonce check) keeps its initial-sync
 // slot: the slot bounds first responses still on their way, and only an answer to that
-// response frees it.
+// response (or the stream's end) frees it.
 func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
 	// A SlotTimeout past every wait below: only a's answer can free the slot.
 	c := New(Options{MaxInitialSyncs: 1, SlotTimeout: time.Hour})
@@ -696,8 +696,16 @@ func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
 	}
 	// a's ACK of its first response frees the slot: b is answered.
 	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.GetNonce()})
-	if got, _ := b.next(t, "b's first response once a answered"); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("b's first response carried %v", got)
+	if r := b.recv(t, "b's first response once a answered"); len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "a" {
+		t.Fatalf("b's first response carried %v", r.GetResources())
+	}
+	// A third Envoy waits for b's slot, b never answering; b's stream ends, which frees it.
+	third := openDelta(t, conn)
+	third.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "c"}, ResourceNamesSubscribe: []string{"b"}})
+	eventually.True(t, "the third Envoy queued behind b's first response", 10*time.Second, held)
+	b.s.CloseSend() //nolint:errcheck // the server sees the stream end either way
+	if got, _ := third.next(t, "the third Envoy's first response once b's stream ended"); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("the third Envoy's first response carried %v", got)
 	}
 }
 
