@@ -362,6 +362,20 @@ func TestSotWPushes(t *testing.T) {
 	if err := r.GetResources()[0].UnmarshalTo(&b); err != nil || b.GetClusterName() != "b" {
 		t.Errorf("endpoint push carries %q (%v); want b", b.GetClusterName(), err)
 	}
+
+	// Clusters change again before the Envoy ACKs the push: its ACK is answered with them.
+	cds = got[resourcev3.ClusterType]
+	v = update(t, c, res(5003))
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: cds.GetNonce()})
+	for {
+		r := s.next(t, "the clusters changed while the Envoy held the push")
+		if r.GetTypeUrl() == resourcev3.ClusterType {
+			if len(r.GetResources()) != 2 || r.GetVersionInfo() != v[resourcev3.ClusterType] {
+				t.Errorf("cluster push: %d clusters, version %s; want both clusters, version %s", len(r.GetResources()), r.GetVersionInfo(), v[resourcev3.ClusterType])
+			}
+			break
+		}
+	}
 }
 
 // deltaStream is a raw delta ADS stream whose responses arrive on a channel.
@@ -658,6 +672,61 @@ func TestSubscribedNamesAreInterned(t *testing.T) {
 	})
 	if after := check("after the ACK"); reflect.ValueOf(after).UnsafePointer() == reflect.ValueOf(first).UnsafePointer() {
 		t.Error("after an ACK the watcher still holds the first request's map, which the server has replaced")
+	}
+}
+
+// TestDeltaNamesAreInterned: a delta Envoy's subscribed names and initial versions (names, and
+// a version equal to the one served) are held as the cache's own strings, clusters as well as
+// endpoints; and a SotW Envoy's cluster names too.
+func TestDeltaNamesAreInterned(t *testing.T) {
+	c := New(Options{})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)},
+		resourcev3.EndpointType: {cla("a", 5000), cla("b", 5001)}})
+	conn := serve(t, c)
+	node := &corev3.Node{Id: "n"}
+	ep := typeIndex(resourcev3.EndpointType)
+	decoded := func(s string) string { return string([]byte(s)) } // what the server decodes: new strings
+	va := c.types[ep].entries["a"].version
+	d := openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node, ResourceNamesSubscribe: []string{decoded("x")}})
+	d.next(t, "clusters")
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{decoded("a"), decoded("b")},
+		InitialResourceVersions: map[string]string{decoded("a"): decoded(va), decoded("b"): "old"}})
+	d.next(t, "endpoints")
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node, ResourceNames: []string{decoded("x")}})
+	s.next(t, "sotw clusters")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	canon := func(t int, n string) bool {
+		e := c.types[t].entries[n]
+		return e != nil && unsafe.StringData(n) == unsafe.StringData(e.dres.Name)
+	}
+	for _, st := range c.streams {
+		for ti, w := range st.watchers {
+			if w == nil {
+				continue
+			}
+			for n := range w.names {
+				if !canon(ti, n) {
+					t.Errorf("%s %s: subscribed name %q is a decoded copy", st.key.Variant(), ShortType(Types[ti]), n)
+				}
+			}
+			for _, h := range w.held {
+				if !canon(ti, h.name) {
+					t.Errorf("%s %s: held name %q is a decoded copy", st.key.Variant(), ShortType(Types[ti]), h.name)
+				}
+			}
+		}
+	}
+	for _, st := range c.streams {
+		if w := st.watchers[ep]; w != nil && st.key.Delta {
+			// a's initial version was the one served: the response left it out, and the held
+			// version is the cache's string.
+			if v, ok := w.held.get("a"); !ok || unsafe.StringData(v) != unsafe.StringData(va) {
+				t.Errorf("a's initial version is held as %q, not the cache's string", v)
+			}
+		}
 	}
 }
 
