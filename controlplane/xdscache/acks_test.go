@@ -392,3 +392,47 @@ func TestDeltaAcksAreExact(t *testing.T) {
 		t.Fatalf("after the NACK of the change: %+v, want not whole, still %s", a, acked)
 	}
 }
+
+// TestSubscriptionSwitchesForgetTheOldNames: a SotW Envoy asking for endpoints by name, then
+// for all of them ("*"), then for another name, subscribes to that name only; and
+// after a NACK, the switch leaves the stream not whole until the Envoy ACKs its response.
+func TestSubscriptionSwitchesForgetTheOldNames(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", port), cla("b", port)}}
+	}
+	update(t, c, res(5001))
+	s := openSotW(t, serve(t, c))
+	ask := func(names []string, r *discovery.DiscoveryResponse, nack bool) {
+		t.Helper()
+		req := &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names,
+			VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()}
+		if nack {
+			req.ErrorDetail = &rpcstatus.Status{Code: 3, Message: "refused"}
+		}
+		s.send(t, req)
+	}
+	ask([]string{"a"}, nil, false)
+	r1 := s.next(t, "a")
+	ask([]string{"a"}, r1, false)
+	eventually.True(t, "the ACK of a", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Whole && !a.Waiting })
+	update(t, c, res(5002))
+	r2 := s.next(t, "a's change")
+	ask([]string{"a"}, r2, true)
+	eventually.True(t, "the NACK of a's change", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
+	ask([]string{"*"}, r2, false) // every assignment
+	r3 := s.next(t, "every assignment")
+	if a, subA, subB := ackOf(c); a.Whole || !a.Waiting || !subA || !subB {
+		t.Fatalf("after switching to every assignment, its response unanswered: %+v (a %v, b %v); want not whole, both subscribed", a, subA, subB)
+	}
+	ask([]string{"*"}, r3, false)
+	eventually.True(t, "the ACK of every assignment", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Whole && !a.Waiting })
+	ask([]string{"b"}, r3, false)
+	r4 := s.next(t, "b alone")
+	ask([]string{"b"}, r4, false)
+	eventually.True(t, "b alone subscribed", 10*time.Second, func() bool { a, subA, subB := ackOf(c); return subB && !subA && !a.Waiting })
+	update(t, c, res(5003))
+	if r5 := s.next(t, "the change of both"); len(r5.GetResources()) != 1 {
+		t.Fatalf("subscribed to b alone, the change of a and b sent %d assignments; want b's", len(r5.GetResources()))
+	}
+}
