@@ -92,6 +92,17 @@ func TestAcksAreExact(t *testing.T) {
 	if a, _, _ := ackOf(c); a.Version != r2.GetVersionInfo() || a.Waiting {
 		t.Fatalf("after a NACK: %+v, want version %s kept", a, r2.GetVersionInfo())
 	}
+	// A name added after the NACK (c, served nowhere) leaves the stream not whole.
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: r3.GetNonce(),
+		ResourceNames: []string{"a", "b", "c"}})
+	eventually.True(t, "c subscribed", 10*time.Second, func() bool {
+		sub := false
+		c.Acks(resourcev3.EndpointType, func(_ StreamAck, s func(string) bool) { sub = s("c") })
+		return sub
+	})
+	if a, _, _ := ackOf(c); a.Whole {
+		t.Fatalf("c added after a NACK: %+v, want not whole", a)
+	}
 	if len(answers) == 0 {
 		t.Error("OnAnswer was never called")
 	}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -951,5 +952,44 @@ func TestFirstUpdateAnswersInStreamOrder(t *testing.T) {
 	}
 	if want := []string{"sotw0", "sotw1", "sotw2", "delta0", "delta1", "delta2"}; !slices.Equal(order, want) {
 		t.Errorf("answered in the order %v; want %v", order, want)
+	}
+}
+
+// TestFirstEndpointsHeldBack: while HoldFirstEndpoints says so, a stream's first endpoint
+// response is held back (its clusters are not), and ReleaseHeld sends it; later endpoint
+// responses are never held.
+func TestFirstEndpointsHeldBack(t *testing.T) {
+	var hold atomic.Bool
+	hold.Store(true)
+	c := New(Options{HoldFirstEndpoints: hold.Load})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.ClusterType: {cluster("a", time.Second)}, resourcev3.EndpointType: {cla("a", port)}}
+	}
+	update(t, c, res(1))
+	d := openDelta(t, serve(t, c))
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "n"}})
+	if names, _ := d.next(t, "clusters, not held"); !slices.Equal(names, []string{"a"}) {
+		t.Fatalf("clusters: sent %v", names)
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a"}})
+	eventually.True(t, "the first endpoint response held back", 10*time.Second, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.held) == 1 && c.held[0].heldBack
+	})
+	select {
+	case r := <-d.resp:
+		t.Fatalf("a held first endpoint response was sent: %v", r.GetResources())
+	default:
+	}
+	hold.Store(false)
+	c.ReleaseHeld()
+	if names, _ := d.next(t, "the endpoints once released"); !slices.Equal(names, []string{"a"}) {
+		t.Fatalf("endpoints once released: sent %v", names)
+	}
+	hold.Store(true) // a later response is not a first one: not held
+	update(t, c, res(2))
+	if names, _ := d.next(t, "the change"); !slices.Equal(names, []string{"a"}) {
+		t.Fatalf("the change: sent %v", names)
 	}
 }
