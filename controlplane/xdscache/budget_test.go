@@ -3,6 +3,9 @@ package xdscache
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -264,5 +267,34 @@ func TestEntrySizeIsTheEncodedSize(t *testing.T) {
 				t.Errorf("%s %s: counted %d bytes, encoded %d", ShortType(url), name, e.size, one)
 			}
 		}
+	}
+}
+
+// TestRemovalsAndFullStateCountTheirBytes: the bytes counted for a delta response removing
+// names and for a SotW response of every cluster are at least what the Envoy is sent.
+func TestRemovalsAndFullStateCountTheirBytes(t *testing.T) {
+	c := New(Options{InflightTimeout: time.Hour})
+	update(t, c, budgetConfig(30, 1))
+	conn := serve(t, c)
+	gone := map[string]string{}
+	for _, n := range unknownNames(strings.Repeat("g", 33), 100) { // 40 bytes each
+		gone[n] = "v"
+	}
+	d := openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "d"}, InitialResourceVersions: gone,
+		ResourceNamesSubscribe: slices.Collect(maps.Keys(gone))})
+	dr := d.recv(t, "the removals")
+	if len(dr.GetRemovedResources()) != 100 {
+		t.Fatalf("%d names removed; want 100", len(dr.GetRemovedResources()))
+	}
+	if b, sent := c.Budget(), int64(proto.Size(dr)); b.InFlight < sent {
+		t.Errorf("a response removing 100 names: %d bytes counted, %d sent", b.InFlight, sent)
+	}
+	inflight := c.Budget().InFlight
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "s"}})
+	sr := s.next(t, "every cluster")
+	if b, sent := c.Budget(), int64(proto.Size(sr)); b.InFlight-inflight < sent {
+		t.Errorf("a SotW response of every cluster: %d bytes counted, %d sent", b.InFlight-inflight, sent)
 	}
 }
