@@ -447,3 +447,94 @@ func TestSubscriptionSwitchesForgetTheOldNames(t *testing.T) {
 		t.Fatalf("subscribed to b alone, the change of a and b sent %d assignments; want b's", len(r5.GetResources()))
 	}
 }
+
+// TestResumeAtTheCurrentVersionsIsAcknowledged: a delta Envoy that reconnects declaring the
+// current version of everything it subscribes to is sent nothing and will send no ACK: what
+// it holds counts as acknowledged. One that holds nothing and subscribes to a name served
+// nowhere is sent nothing either, and has acknowledged nothing.
+func TestResumeAtTheCurrentVersionsIsAcknowledged(t *testing.T) {
+	c := New(Options{})
+	v := update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000)}})[resourcev3.EndpointType]
+	conn := serve(t, c)
+	for _, tc := range []struct {
+		node    string
+		names   []string
+		held    map[string]string
+		version string
+	}{
+		{"resumed", []string{"a"}, map[string]string{"a": c.types[typeIndex(resourcev3.EndpointType)].entries["a"].version}, v},
+		{"new", []string{"nowhere"}, nil, ""},
+	} {
+		d := openDelta(t, conn)
+		d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: tc.node}, ResourceNamesSubscribe: tc.names,
+			InitialResourceVersions: tc.held})
+		var got StreamAck
+		eventually.True(t, tc.node+": the request read", 10*time.Second, func() bool {
+			seen := false
+			c.Acks(resourcev3.EndpointType, func(a StreamAck, _ func(string) bool) {
+				if a.Node == tc.node && a.Watching {
+					got, seen = a, true
+				}
+			})
+			return seen
+		})
+		if got.Version != tc.version || got.Whole != (tc.version != "") || got.Served || got.Waiting {
+			t.Errorf("%s: %+v; want version %q, nothing sent", tc.node, got, tc.version)
+		}
+		select {
+		case r := <-d.resp:
+			t.Errorf("%s: sent %v", tc.node, r)
+		default:
+		}
+	}
+}
+
+// TestCancelDisarmsOnlyItsOwnWatch: the cancel of a watch the server replaced leaves the newer
+// one armed (a change reaches it), and a cancelled watch is not answered.
+func TestCancelDisarmsOnlyItsOwnWatch(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", port)}}
+	}
+	update(t, c, res(5000))
+	c.open(StreamKey{false, 1}, "")
+	names := []string{"a"}
+	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
+		t.Helper()
+		if err := c.bindSotw(1, req); err != nil {
+			t.Fatal(err)
+		}
+		ch := make(chan cachev3.Response, 1)
+		cancel, err := c.CreateWatch(req, streamv3.NewSotwSubscription(names, false), ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ch, cancel
+	}
+	ch, cancel1 := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
+	r1, err := (<-ch).GetDiscoveryResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, cancel2 := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: "1", ResourceNames: names})
+	cancel1() // late: its watch was replaced
+	update(t, c, res(5001))
+	var r2 *discovery.DiscoveryResponse
+	select {
+	case r := <-ch:
+		if r2, err = r.GetDiscoveryResponse(); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatal("the cancel of a replaced watch disarmed the newer one: a change was not sent")
+	}
+	cancel2()
+	ch, cancel3 := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: "2", ResourceNames: names})
+	cancel3()
+	update(t, c, res(5002))
+	select {
+	case r := <-ch:
+		t.Fatalf("a cancelled watch was answered: %v", r)
+	default:
+	}
+}

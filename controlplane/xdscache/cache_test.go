@@ -949,6 +949,12 @@ func TestFirstUpdateAnswersInStreamOrder(t *testing.T) {
 			return false
 		})
 		order = append(order, answered)
+		c.mu.Lock()
+		inflight := c.inflight
+		c.mu.Unlock()
+		if inflight > 1 {
+			t.Fatalf("after answer %d, %d initial-sync slots taken; want at most the one there is", len(order), inflight)
+		}
 	}
 	if want := []string{"sotw0", "sotw1", "sotw2", "delta0", "delta1", "delta2"}; !slices.Equal(order, want) {
 		t.Errorf("answered in the order %v; want %v", order, want)
