@@ -999,3 +999,19 @@ func TestFirstEndpointsHeldBack(t *testing.T) {
 		t.Fatalf("the change: sent %v", names)
 	}
 }
+
+// TestWildcardUnsubscriptionOfARemovedName: a delta Envoy subscribed to every cluster and to y
+// by name unsubscribes y, removed while its last response was unanswered: it is told of the
+// removal (the server marks y's version unknown, and the cache keeps y as held).
+func TestWildcardUnsubscriptionOfARemovedName(t *testing.T) {
+	c := New(Options{})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second), cluster("y", time.Second)}})
+	d := openDelta(t, serve(t, c))
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "n"}, ResourceNamesSubscribe: []string{"*", "y"}})
+	d.recv(t, "every cluster") // not answered
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResourceNamesUnsubscribe: []string{"y"}})
+	if r := d.recv(t, "y's removal"); len(r.GetResources()) != 0 || !slices.Equal(r.GetRemovedResources(), []string{"y"}) {
+		t.Fatalf("sent %v, removed %v; want y removed", r.GetResources(), r.GetRemovedResources())
+	}
+}
