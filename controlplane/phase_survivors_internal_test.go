@@ -200,3 +200,20 @@ func TestLargeServiceKeepsItsEndpointsPhases(t *testing.T) {
 		}
 	}
 }
+
+// TestSettleAndCloseInputs: a settle time of 0 or less is the default, any other is kept; and
+// the phaser queues the closes of endpoint streams of a named node only.
+func TestSettleAndCloseInputs(t *testing.T) {
+	for settle, want := range map[time.Duration]time.Duration{0: DefaultPublishSettle, -time.Second: DefaultPublishSettle, time.Nanosecond: time.Nanosecond} {
+		if got := settleOrDefault(settle); got != want {
+			t.Errorf("settleOrDefault(%v) = %v; want %v", settle, got, want)
+		}
+	}
+	in := newAnswers()
+	in.closed(resourcev3.ClusterType, xdscache.StreamAck{Node: "c"})
+	in.closed(resourcev3.EndpointType, xdscache.StreamAck{})
+	in.closed(resourcev3.EndpointType, xdscache.StreamAck{Node: "n"})
+	if got := in.take(); len(got) != 1 || got[0].a.Node != "n" {
+		t.Errorf("closes queued: %+v; want the endpoint stream of node n alone", got)
+	}
+}
