@@ -217,3 +217,20 @@ func TestSettleAndCloseInputs(t *testing.T) {
 		t.Errorf("closes queued: %+v; want the endpoint stream of node n alone", got)
 	}
 }
+
+// TestRememberedVersionsAreBounded: the phaser maps the last maxVersions endpoint type versions
+// to their revisions, forgetting the oldest; a version served again maps to its latest
+// revision, never back to an older one.
+func TestRememberedVersionsAreBounded(t *testing.T) {
+	r := newPhaseRig(t, time.Minute)
+	for i := 1; i <= maxVersions+1; i++ {
+		r.ph.published(int64(i), fmt.Sprint("v", i))
+	}
+	r.ph.published(1000, "v2")
+	r.ph.published(3, "v2") // an older revision, reported late: kept at 1000
+	r.ph.mu.Lock()
+	defer r.ph.mu.Unlock()
+	if _, ok := r.ph.revs["v1"]; ok || len(r.ph.revs) != maxVersions || r.ph.revs["v2"] != 1000 || r.ph.revs[fmt.Sprint("v", maxVersions+1)] != maxVersions+1 {
+		t.Errorf("%d versions remembered (v1 %v, v2 at %d); want the last %d, v2 at 1000", len(r.ph.revs), r.ph.revs["v1"] != 0, r.ph.revs["v2"], maxVersions)
+	}
+}
