@@ -134,11 +134,15 @@ MUTATE   ?= 'internal/ctl@.*@' \
 	'registry@(drain|keys|partial|state|types|validate)\.go@$(REGISTRY_UNIT_TESTS)' \
 	'registry@(history|list|replica|watch|write)\.go@' \
 	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
-	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)'
+	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
+	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
+	'controlplane/xdscache@.*@'
 # The registry's tests that need no etcd: they decide the pure files' mutants in seconds.
 REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestDrainLimits|TestApplyDrains|TestDrainEvents|TestDefaultsForEnvoy|Fuzz|TestRejectedKey|TestRejectedConfigErrorFollowsTheValue|TestReplicaReports|TestBuildState|TestApplyEvents|TestRebuildState|TestInstance|TestServiceConfigRules|TestParseKey|TestNormalizePrefix|TestValueLimitsAreExact)
 # The agent's tests of its configuration and pure state machines (no etcd, no process).
 AGENT_UNIT_TESTS := ^(TestValidateNamesFlag|TestValidHostName|TestDefaultID|TestMetricsListenAddrs|TestSessionsHysteresis|TestReasonFixedWhileFull|TestCPUNeedsConsecutiveSamples|TestMemoryThresholds|TestThresholdsAreExact|TestUnlimitedNeverFull|TestHealthTracker|TestWriteReasonDeadBand|TestSessionStep|TestBackoffBounds)$$
+# The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
+PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySession|TestApplyCostsWhatChangedAndForgetsNothing|TestScaleOutFromAllFullSaysAMoment|TestSourceIPFullServerHasAFirstPhase|TestSingleEnvoyIsServedANewEndpointAtOnce|TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy|TestEnvoyJoining|TestHeldEnvoyCountsForTheNextEndpoint|TestEnvoyKnowsOnlyTheClustersItSubscribes|TestNACKingEnvoyHoldsNothingBack|TestRefusedStateIsNotWaitedFor|TestRecurringVersionMapsToItsLatestRevision|TestClosedLaggingStreamIsNoLongerReported|TestLargeServiceKeepsItsEndpointsPhases|TestSettleAndCloseInputs|TestRememberedVersionsAreBounded)
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1

@@ -200,3 +200,37 @@ func TestLargeServiceKeepsItsEndpointsPhases(t *testing.T) {
 		}
 	}
 }
+
+// TestSettleAndCloseInputs: a settle time of 0 or less is the default, any other is kept; and
+// the phaser queues the closes of endpoint streams of a named node only.
+func TestSettleAndCloseInputs(t *testing.T) {
+	for settle, want := range map[time.Duration]time.Duration{0: DefaultPublishSettle, -time.Second: DefaultPublishSettle, time.Nanosecond: time.Nanosecond} {
+		if got := settleOrDefault(settle); got != want {
+			t.Errorf("settleOrDefault(%v) = %v; want %v", settle, got, want)
+		}
+	}
+	in := newAnswers()
+	in.closed(resourcev3.ClusterType, xdscache.StreamAck{Node: "c"})
+	in.closed(resourcev3.EndpointType, xdscache.StreamAck{})
+	in.closed(resourcev3.EndpointType, xdscache.StreamAck{Node: "n"})
+	if got := in.take(); len(got) != 1 || got[0].a.Node != "n" {
+		t.Errorf("closes queued: %+v; want the endpoint stream of node n alone", got)
+	}
+}
+
+// TestRememberedVersionsAreBounded: the phaser maps the last maxVersions endpoint type versions
+// to their revisions, forgetting the oldest; a version served again maps to its latest
+// revision, never back to an older one.
+func TestRememberedVersionsAreBounded(t *testing.T) {
+	r := newPhaseRig(t, time.Minute)
+	for i := 1; i <= maxVersions+1; i++ {
+		r.ph.published(int64(i), fmt.Sprint("v", i))
+	}
+	r.ph.published(1000, "v2")
+	r.ph.published(3, "v2") // an older revision, reported late: kept at 1000
+	r.ph.mu.Lock()
+	defer r.ph.mu.Unlock()
+	if _, ok := r.ph.revs["v1"]; ok || len(r.ph.revs) != maxVersions || r.ph.revs["v2"] != 1000 || r.ph.revs[fmt.Sprint("v", maxVersions+1)] != maxVersions+1 {
+		t.Errorf("%d versions remembered (v1 %v, v2 at %d); want the last %d, v2 at 1000", len(r.ph.revs), r.ph.revs["v1"] != 0, r.ph.revs["v2"], maxVersions)
+	}
+}

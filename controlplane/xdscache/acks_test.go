@@ -32,10 +32,15 @@ func ackOf(c *Cache) (a StreamAck, subA, subB bool) {
 // the version ACKed before.
 func TestAcksAreExact(t *testing.T) {
 	answers := make(chan struct{}, 64)
+	closed := make(chan StreamAck, 8)
 	c := New(Options{OnAnswer: func() {
 		select {
 		case answers <- struct{}{}:
 		default:
+		}
+	}, OnClose: func(typeURL string, a StreamAck) {
+		if typeURL == resourcev3.EndpointType {
+			closed <- a
 		}
 	}})
 	res := func(port uint32) map[string][]types.Resource {
@@ -50,6 +55,19 @@ func TestAcksAreExact(t *testing.T) {
 	eventually.True(t, "response outstanding", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Waiting })
 	if a, subA, subB := ackOf(c); a.Version != "" || a.Group != "g" || !subA || subB {
 		t.Fatalf("before any ACK: %+v (a %v, b %v)", a, subA, subB)
+	}
+	// Every served type visits the stream (clusters, the first of Types, too: not watched);
+	// a type not served visits none.
+	for url, want := range map[string]int{resourcev3.ClusterType: 1, "type.googleapis.com/made.Up": 0} {
+		var got []StreamAck
+		c.Acks(url, func(a StreamAck, _ func(string) bool) {
+			if a.Node == "n" && !a.Watching {
+				got = append(got, a)
+			}
+		})
+		if len(got) != want {
+			t.Fatalf("Acks of %s: %+v; want %d stream, not watching", url, got, want)
+		}
 	}
 	// The ACK of r1, adding b: r1 covers a only.
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: r1.GetNonce(), ResourceNames: []string{"a", "b"}})
@@ -74,10 +92,29 @@ func TestAcksAreExact(t *testing.T) {
 	if a, _, _ := ackOf(c); a.Version != r2.GetVersionInfo() || a.Waiting {
 		t.Fatalf("after a NACK: %+v, want version %s kept", a, r2.GetVersionInfo())
 	}
+	// A name added after the NACK (c, served nowhere) leaves the stream not whole.
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: r3.GetNonce(),
+		ResourceNames: []string{"a", "b", "c"}})
+	eventually.True(t, "c subscribed", 10*time.Second, func() bool {
+		sub := false
+		c.Acks(resourcev3.EndpointType, func(_ StreamAck, s func(string) bool) { sub = s("c") })
+		return sub
+	})
+	if a, _, _ := ackOf(c); a.Whole {
+		t.Fatalf("c added after a NACK: %+v, want not whole", a)
+	}
 	if len(answers) == 0 {
 		t.Error("OnAnswer was never called")
 	}
 	s.cancel()
+	select {
+	case a := <-closed:
+		if a.Version != r2.GetVersionInfo() || !a.NACKed || a.Node != "n" {
+			t.Errorf("OnClose told %+v; want what the stream had acknowledged (%s, then a NACK)", a, r2.GetVersionInfo())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnClose was not called for the closed stream")
+	}
 	eventually.True(t, "stream closed", 10*time.Second, func() bool {
 		n := 0
 		c.Acks(resourcev3.EndpointType, func(StreamAck, func(string) bool) { n++ })
@@ -356,5 +393,148 @@ func TestDeltaAcksAreExact(t *testing.T) {
 	eventually.True(t, "c subscribed", 10*time.Second, subscribedC)
 	if a, _, _ := ackOf(c); a.Version != acked || !a.Waiting {
 		t.Fatalf("after an answer with a stale nonce: %+v, want still %s, the change (%s) unanswered", a, acked, r3.GetSystemVersionInfo())
+	}
+	// The change is refused: the Envoy holds what it ACKed before, and the stream is not
+	// whole, whatever subscriptions came between (here c's, after the ACK).
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r3.GetNonce(),
+		ErrorDetail: &rpcstatus.Status{Code: 3, Message: "refused"}})
+	eventually.True(t, "the NACK of the change", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
+	if a, _, _ := ackOf(c); a.Whole || a.Version != acked || a.Waiting {
+		t.Fatalf("after the NACK of the change: %+v, want not whole, still %s", a, acked)
+	}
+}
+
+// TestSubscriptionSwitchesForgetTheOldNames: a SotW Envoy asking for endpoints by name, then
+// for all of them ("*"), then for another name, subscribes to that name only; and
+// after a NACK, the switch leaves the stream not whole until the Envoy ACKs its response.
+func TestSubscriptionSwitchesForgetTheOldNames(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", port), cla("b", port)}}
+	}
+	update(t, c, res(5001))
+	s := openSotW(t, serve(t, c))
+	ask := func(names []string, r *discovery.DiscoveryResponse, nack bool) {
+		t.Helper()
+		req := &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names,
+			VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()}
+		if nack {
+			req.ErrorDetail = &rpcstatus.Status{Code: 3, Message: "refused"}
+		}
+		s.send(t, req)
+	}
+	ask([]string{"a"}, nil, false)
+	r1 := s.next(t, "a")
+	ask([]string{"a"}, r1, false)
+	eventually.True(t, "the ACK of a", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Whole && !a.Waiting })
+	update(t, c, res(5002))
+	r2 := s.next(t, "a's change")
+	ask([]string{"a"}, r2, true)
+	eventually.True(t, "the NACK of a's change", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
+	ask([]string{"*"}, r2, false) // every assignment
+	r3 := s.next(t, "every assignment")
+	if a, subA, subB := ackOf(c); a.Whole || !a.Waiting || !subA || !subB {
+		t.Fatalf("after switching to every assignment, its response unanswered: %+v (a %v, b %v); want not whole, both subscribed", a, subA, subB)
+	}
+	ask([]string{"*"}, r3, false)
+	eventually.True(t, "the ACK of every assignment", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Whole && !a.Waiting })
+	ask([]string{"b"}, r3, false)
+	r4 := s.next(t, "b alone")
+	ask([]string{"b"}, r4, false)
+	eventually.True(t, "b alone subscribed", 10*time.Second, func() bool { a, subA, subB := ackOf(c); return subB && !subA && !a.Waiting })
+	update(t, c, res(5003))
+	if r5 := s.next(t, "the change of both"); len(r5.GetResources()) != 1 {
+		t.Fatalf("subscribed to b alone, the change of a and b sent %d assignments; want b's", len(r5.GetResources()))
+	}
+}
+
+// TestResumeAtTheCurrentVersionsIsAcknowledged: a delta Envoy that reconnects declaring the
+// current version of everything it subscribes to is sent nothing and will send no ACK: what
+// it holds counts as acknowledged. One that holds nothing and subscribes to a name served
+// nowhere is sent nothing either, and has acknowledged nothing.
+func TestResumeAtTheCurrentVersionsIsAcknowledged(t *testing.T) {
+	c := New(Options{})
+	v := update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000)}})[resourcev3.EndpointType]
+	conn := serve(t, c)
+	for _, tc := range []struct {
+		node    string
+		names   []string
+		held    map[string]string
+		version string
+	}{
+		{"resumed", []string{"a"}, map[string]string{"a": c.types[typeIndex(resourcev3.EndpointType)].entries["a"].version}, v},
+		{"new", []string{"nowhere"}, nil, ""},
+	} {
+		d := openDelta(t, conn)
+		d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: tc.node}, ResourceNamesSubscribe: tc.names,
+			InitialResourceVersions: tc.held})
+		var got StreamAck
+		eventually.True(t, tc.node+": the request read", 10*time.Second, func() bool {
+			seen := false
+			c.Acks(resourcev3.EndpointType, func(a StreamAck, _ func(string) bool) {
+				if a.Node == tc.node && a.Watching {
+					got, seen = a, true
+				}
+			})
+			return seen
+		})
+		if got.Version != tc.version || got.Whole != (tc.version != "") || got.Served || got.Waiting {
+			t.Errorf("%s: %+v; want version %q, nothing sent", tc.node, got, tc.version)
+		}
+		select {
+		case r := <-d.resp:
+			t.Errorf("%s: sent %v", tc.node, r)
+		default:
+		}
+	}
+}
+
+// TestCancelDisarmsOnlyItsOwnWatch: the cancel of a watch the server replaced leaves the newer
+// one armed (a change reaches it), and a cancelled watch is not answered.
+func TestCancelDisarmsOnlyItsOwnWatch(t *testing.T) {
+	c := New(Options{})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.EndpointType: {cla("a", port)}}
+	}
+	update(t, c, res(5000))
+	c.open(StreamKey{false, 1}, "")
+	names := []string{"a"}
+	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
+		t.Helper()
+		if err := c.bindSotw(1, req); err != nil {
+			t.Fatal(err)
+		}
+		ch := make(chan cachev3.Response, 1)
+		cancel, err := c.CreateWatch(req, streamv3.NewSotwSubscription(names, false), ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ch, cancel
+	}
+	ch, cancel1 := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
+	r1, err := (<-ch).GetDiscoveryResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, cancel2 := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: "1", ResourceNames: names})
+	cancel1() // late: its watch was replaced
+	update(t, c, res(5001))
+	var r2 *discovery.DiscoveryResponse
+	select {
+	case r := <-ch:
+		if r2, err = r.GetDiscoveryResponse(); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatal("the cancel of a replaced watch disarmed the newer one: a change was not sent")
+	}
+	cancel2()
+	ch, cancel3 := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: "2", ResourceNames: names})
+	cancel3()
+	update(t, c, res(5002))
+	select {
+	case r := <-ch:
+		t.Fatalf("a cancelled watch was answered: %v", r)
+	default:
 	}
 }

@@ -3,6 +3,7 @@ package xdscache
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/internal/eventually"
 )
@@ -165,6 +167,41 @@ func TestClientSizedFieldsBounded(t *testing.T) {
 			t.Errorf("%s: %d refusals counted; want %d", tc.name, got, i+1)
 		}
 	}
+
+	// Every field exactly at its bound is accepted: a node of MaxNodeBytes whose ID and
+	// cluster are MaxFieldBytes, and names, versions and nonces of MaxFieldBytes.
+	refused := r.get(RefuseField)
+	at := func(c byte) string { return strings.Repeat(string(c), MaxFieldBytes) }
+	node := &corev3.Node{Id: at('i'), Cluster: at('c')}
+	// A user agent name filling the node; its length's own size settles in a step or two.
+	n := MaxNodeBytes - proto.Size(node) - 4
+	for range 4 {
+		node.UserAgentName = strings.Repeat("u", n)
+		n += MaxNodeBytes - proto.Size(node)
+	}
+	if n := proto.Size(node); n != MaxNodeBytes {
+		t.Fatalf("node of %d bytes; want %d", n, MaxNodeBytes)
+	}
+	d := openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResponseNonce: at('o'),
+		ResourceNamesSubscribe: []string{"a", at('s')}, ResourceNamesUnsubscribe: []string{at('x')},
+		InitialResourceVersions: map[string]string{at('s'): at('v')}})
+	if names, _ := d.next(t, "delta: every field at its bound"); !slices.Equal(names, []string{"a"}) {
+		t.Errorf("delta at the bounds: sent %v; want [a]", names)
+	}
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, VersionInfo: at('v'), ResourceNames: []string{"a", at('s')}})
+	r1 := s.next(t, "sotw: every field at its bound")
+	// A nonce this server never sent: it drops the request, and must not end the stream.
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: at('o'), ResourceNames: []string{"a", at('s')}})
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: r1.GetNonce(), ResourceNames: []string{"a", at('s')}})
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 2)}})
+	if r2 := s.next(t, "sotw: the change after a nonce at its bound"); len(r2.GetResources()) != 1 {
+		t.Errorf("sotw change: %d assignments; want 1", len(r2.GetResources()))
+	}
+	if got := r.get(RefuseField); got != refused {
+		t.Errorf("%d refusals of fields at their bound", got-refused)
+	}
 }
 
 // TestNameBoundFollowsRecentPeak: Envoys may ask for names of a larger registry than the
@@ -199,5 +236,76 @@ func TestNameBoundFollowsRecentPeak(t *testing.T) {
 	}
 	if got := r.get(RefuseNames); got != 0 {
 		t.Errorf("%d refusals; want none", got)
+	}
+	// The peak served again restarts its hold: 50 s into the hold, the 3,000 are back.
+	ep := typeIndex(resourcev3.EndpointType)
+	c.mu.Lock()
+	c.peakAt[ep] = time.Now().Add(-50 * time.Second)
+	c.mu.Unlock()
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: many})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.peak[ep] != 3000 || time.Since(c.peakAt[ep]) > 10*time.Second {
+		t.Errorf("the peak served again: peak %d since %v; want 3000, its hold restarted", c.peak[ep], time.Since(c.peakAt[ep]))
+	}
+}
+
+// TestNameBoundIsExact: a delta stream may subscribe exactly served + margin names, counted
+// after the request's subscriptions and unsubscriptions, and unsubscribe or declare initial
+// versions of as many in one request; one more is refused. Clusters are bounded as endpoints
+// are, in both protocols.
+func TestNameBoundIsExact(t *testing.T) {
+	r := &refusals{n: map[string]int{}}
+	c := New(Options{OnRefuse: r.add, NameMargin: 4}) // served 2: the bound is 2 + 4
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 1), cla("b", 2)}})
+	conn := serve(t, c)
+	node := &corev3.Node{Id: "n"}
+	u := unknownNames("u", 6)
+	refused := func(what string, err chan error) {
+		t.Helper()
+		select {
+		case e := <-err:
+			if status.Code(e) != codes.InvalidArgument {
+				t.Fatalf("%s: stream ended with %v; want InvalidArgument", what, e)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: stream still open after 10 s", what)
+		}
+	}
+	expect := func(d *deltaStream, what string, want ...string) {
+		t.Helper()
+		if names, _ := d.next(t, what); !slices.Equal(names, want) {
+			t.Fatalf("%s: sent %v; want %v", what, names, want)
+		}
+	}
+	d := openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNamesSubscribe: append([]string{"a"}, u[:5]...)})
+	expect(d, "six names subscribed", "a")
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b"}, ResourceNamesUnsubscribe: []string{u[4]}})
+	expect(d, "one name for another", "b")
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesUnsubscribe: append([]string{"a", "b"}, u[:4]...)})
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a"}})
+	expect(d, "a again, after six names unsubscribed at once", "a")
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: u})
+	refused("seven names", d.err)
+
+	iv := map[string]string{"a": "old", "b": "old"}
+	for _, n := range u[:4] {
+		iv[n] = "old"
+	}
+	d = openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node,
+		ResourceNamesSubscribe: append([]string{"a", "b"}, u[:4]...), InitialResourceVersions: iv})
+	expect(d, "six initial versions", "a", "b")
+
+	// No cluster is served: the bound is the margin.
+	d = openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node, ResourceNamesSubscribe: u[:5]})
+	refused("delta: five clusters", d.err)
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node, ResourceNames: u[:5]})
+	refused("sotw: five clusters", s.err)
+	if got := r.get(RefuseNames); got != 3 {
+		t.Errorf("%d refusals; want 3", got)
 	}
 }

@@ -83,10 +83,11 @@ func (c *Cache) admit(w *watcher, size int64) bool {
 	}
 	if !w.waiting {
 		w.waiting = true
-		b.Waited++
 		if mine {
-			b.queue = append([]*watcher{w}, b.queue...) // keeps its place at the head
+			// Keeps its place at the head; its wait is counted already.
+			b.queue = append([]*watcher{w}, b.queue...)
 		} else {
+			b.Waited++
 			b.queue = append(b.queue, w)
 		}
 	}
@@ -160,9 +161,7 @@ func (c *Cache) release(w *watcher) {
 func (c *Cache) uncharge(w *watcher) {
 	c.budget.InFlight -= w.charged
 	w.charged = 0
-	if w.chargeTimer != nil {
-		w.chargeTimer.Stop()
-	}
+	w.chargeTimer.Stop() // set by charge with the first byte charged
 }
 
 // pumpBudget answers waiting watchers in order while they fit.

@@ -3,12 +3,16 @@ package xdscache
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -186,5 +190,111 @@ func TestGRPCBufferTiers(t *testing.T) {
 		if got := grpcBuffer(tc.n); got != tc.want {
 			t.Errorf("grpcBuffer(%d) = %d; want %d", tc.n, got, tc.want)
 		}
+	}
+}
+
+// TestBudgetIsExact: responses that fill the budget exactly go together; the next ones wait
+// in order, each counted once (the first by admit, the one behind it before its response is
+// built, by behind; not again when its turn comes and it still does not fit), until answers
+// give bytes back.
+func TestBudgetIsExact(t *testing.T) {
+	res := map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000)}}
+	scratch := New(Options{})
+	update(t, scratch, res)
+	one := grpcBuffer(responseOverhead + scratch.types[typeIndex(resourcev3.EndpointType)].entries["a"].size)
+
+	c := New(Options{MaxInflightBytes: 2 * one, InflightTimeout: time.Hour, MaxInitialSyncs: 100})
+	update(t, c, res)
+	conn := serve(t, c)
+	var streams []*deltaStream
+	var sent []*discovery.DeltaDiscoveryResponse
+	for i := range 4 {
+		d := openDelta(t, conn)
+		d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: fmt.Sprint("n", i)},
+			ResourceNamesSubscribe: []string{"a"}})
+		streams = append(streams, d)
+		if i < 2 {
+			sent = append(sent, d.recv(t, fmt.Sprintf("response %d of the 2 that fill the budget exactly", i+1)))
+			continue
+		}
+		eventually.True(t, fmt.Sprintf("%d waiting", i-1), 10*time.Second, func() bool { return c.Budget().Waiting == i-1 })
+	}
+	if b := c.Budget(); b.Waited != 2 || b.InFlight != 2*one {
+		t.Fatalf("budget %+v; want two responses waited, %d bytes in flight", b, 2*one)
+	}
+	for i, d := range streams[2:] {
+		streams[i].send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: sent[i].GetNonce()})
+		d.recv(t, fmt.Sprintf("response %d, once response %d is answered", i+3, i+1))
+	}
+	if b := c.Budget(); b.Waited != 2 || b.Waiting != 0 || b.InFlight != 2*one || b.Peak != 2*one {
+		t.Fatalf("budget %+v; want two waited, none waiting, %d bytes in flight at most", b, 2*one)
+	}
+	// The streams whose responses are unanswered end: their bytes are given back.
+	for _, d := range streams[2:] {
+		d.s.CloseSend() //nolint:errcheck // the server sees the stream end either way
+	}
+	eventually.True(t, "no bytes in flight once the streams ended", 10*time.Second, func() bool { return c.Budget().InFlight == 0 })
+	if b := c.Budget(); b.TimedOut != 0 {
+		t.Fatalf("budget %+v; want no timeout", b)
+	}
+}
+
+// TestUnansweredResponseTimesOutOnce: the bytes of a response its Envoy never answers are
+// given back after InflightTimeout, counted once.
+func TestUnansweredResponseTimesOutOnce(t *testing.T) {
+	c := New(Options{InflightTimeout: 100 * time.Millisecond})
+	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000)}})
+	d := openDelta(t, serve(t, c))
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNamesSubscribe: []string{"a"}})
+	d.recv(t, "the response never answered")
+	eventually.True(t, "the bytes given back", 10*time.Second, func() bool { return c.Budget().InFlight == 0 })
+	if b := c.Budget(); b.TimedOut != 1 {
+		t.Fatalf("budget %+v; want one timeout", b)
+	}
+}
+
+// TestEntrySizeIsTheEncodedSize: the size the budget counts for a resource is what it adds to
+// an encoded delta response, to within a few bytes over, never under.
+func TestEntrySizeIsTheEncodedSize(t *testing.T) {
+	c := New(Options{})
+	cfg := budgetConfig(3, 1)
+	cfg[resourcev3.EndpointType] = append(cfg[resourcev3.EndpointType], cla("a-short-one", 1))
+	update(t, c, cfg)
+	for _, url := range []string{resourcev3.ClusterType, resourcev3.EndpointType} {
+		for name, e := range c.types[typeIndex(url)].entries {
+			one := proto.Size(&discovery.DeltaDiscoveryResponse{Resources: []*discovery.Resource{e.dres}})
+			if over := e.size - int64(one); over < 0 || over > 16 {
+				t.Errorf("%s %s: counted %d bytes, encoded %d", ShortType(url), name, e.size, one)
+			}
+		}
+	}
+}
+
+// TestRemovalsAndFullStateCountTheirBytes: the bytes counted for a delta response removing
+// names and for a SotW response of every cluster are at least what the Envoy is sent.
+func TestRemovalsAndFullStateCountTheirBytes(t *testing.T) {
+	c := New(Options{InflightTimeout: time.Hour})
+	update(t, c, budgetConfig(30, 1))
+	conn := serve(t, c)
+	gone := map[string]string{}
+	for _, n := range unknownNames(strings.Repeat("g", 33), 100) { // 40 bytes each
+		gone[n] = "v"
+	}
+	d := openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "d"}, InitialResourceVersions: gone,
+		ResourceNamesSubscribe: slices.Collect(maps.Keys(gone))})
+	dr := d.recv(t, "the removals")
+	if len(dr.GetRemovedResources()) != 100 {
+		t.Fatalf("%d names removed; want 100", len(dr.GetRemovedResources()))
+	}
+	if b, sent := c.Budget(), int64(proto.Size(dr)); b.InFlight < sent {
+		t.Errorf("a response removing 100 names: %d bytes counted, %d sent", b.InFlight, sent)
+	}
+	inflight := c.Budget().InFlight
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "s"}})
+	sr := s.next(t, "every cluster")
+	if b, sent := c.Budget(), int64(proto.Size(sr)); b.InFlight-inflight < sent {
+		t.Errorf("a SotW response of every cluster: %d bytes counted, %d sent", b.InFlight-inflight, sent)
 	}
 }

@@ -213,14 +213,17 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 			c.peak[i], c.peakAt[i] = n, now
 		}
 	}
-	for i := range Types {
-		c.notify(i, changed[i])
-	}
 	if first {
 		// Streams opened before the first Update were answered nothing (see respond): every
 		// one still armed is answered now, also those that no changed name reaches (a
-		// configuration as empty as the stand-in, a name held that is gone).
+		// configuration as empty as the stand-in, a name held that is gone). Not by notify:
+		// none has been answered, so each has everything pending already, and notify would
+		// queue them for the initial-sync slots in map order.
 		c.respondAllLocked()
+		return nil
+	}
+	for i := range Types {
+		c.notify(i, changed[i])
 	}
 	return nil
 }
@@ -291,7 +294,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 			changed = append(changed, name)
 		}
 	}
-	if len(changed) == 0 && len(entries) == len(old.entries) {
+	if len(changed) == 0 { // no name added or removed either
 		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, allSize: old.allSize, items: items}, nil, nil
 	}
 	names := old.names // the same names: no need to sort them again
@@ -314,7 +317,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 // copy of the entries and the type's hash, not a name lookup and insertion per resource.
 // ok is false when items differ otherwise, and build must do the general walk.
 func (c *Cache) buildInPlace(old *typeState, items []types.Resource) (*typeState, []string, bool, error) {
-	if len(items) != len(old.items) || len(old.items) == 0 {
+	if len(items) != len(old.items) { // both empty: build kept old already
 		return nil, nil, false, nil
 	}
 	var at []int

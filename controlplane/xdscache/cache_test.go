@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -195,6 +197,21 @@ func TestUnknownTypeEndsStream(t *testing.T) {
 		t.Fatal("the stream asking for an unknown type is still open after 10 s")
 	}
 
+	// The error names the type, cut past MaxFieldBytes.
+	at := "type.googleapis.com/" + strings.Repeat("x", MaxFieldBytes-len("type.googleapis.com/"))
+	for typeURL, want := range map[string]string{at: strconv.Quote(at), at + "y": strconv.Quote(at + "...")} {
+		s := openSotW(t, conn)
+		s.send(t, &discovery.DiscoveryRequest{TypeUrl: typeURL, Node: &corev3.Node{Id: "n"}})
+		select {
+		case err := <-s.err:
+			if !strings.Contains(status.Convert(err).Message(), want+" is not served") {
+				t.Errorf("a type of %d bytes: error %q; want it to name %s", len(typeURL), status.Convert(err).Message(), want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a type of %d bytes: stream still open after 10 s", len(typeURL))
+		}
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	d, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
@@ -345,6 +362,20 @@ func TestSotWPushes(t *testing.T) {
 	var b endpointv3.ClusterLoadAssignment
 	if err := r.GetResources()[0].UnmarshalTo(&b); err != nil || b.GetClusterName() != "b" {
 		t.Errorf("endpoint push carries %q (%v); want b", b.GetClusterName(), err)
+	}
+
+	// Clusters change again before the Envoy ACKs the push: its ACK is answered with them.
+	cds = got[resourcev3.ClusterType]
+	v = update(t, c, res(5003))
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: cds.GetNonce()})
+	for {
+		r := s.next(t, "the clusters changed while the Envoy held the push")
+		if r.GetTypeUrl() == resourcev3.ClusterType {
+			if len(r.GetResources()) != 2 || r.GetVersionInfo() != v[resourcev3.ClusterType] {
+				t.Errorf("cluster push: %d clusters, version %s; want both clusters, version %s", len(r.GetResources()), r.GetVersionInfo(), v[resourcev3.ClusterType])
+			}
+			break
+		}
 	}
 }
 
@@ -538,9 +569,9 @@ func TestACKIsConstantWork(t *testing.T) {
 }
 
 // TestInPlaceUpdateMatchesAFreshCache: over a random history of updates (resources replaced in
-// place, as a load change does, with equal or changed content; added; removed; reordered;
-// renamed), every type's version and served encoding equal those of a new cache handed the
-// same resources at once, and a refused in-place update changes nothing.
+// place, as a load change does, with equal or changed content; added, with another replaced;
+// removed; reordered; renamed), every type's version and served encoding equal those of a new
+// cache handed the same resources at once, and a refused in-place update changes nothing.
 func TestInPlaceUpdateMatchesAFreshCache(t *testing.T) {
 	bad := func(r types.Resource) error {
 		if r.(*endpointv3.ClusterLoadAssignment).GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue() == 1 {
@@ -565,7 +596,9 @@ func TestInPlaceUpdateMatchesAFreshCache(t *testing.T) {
 		case k < 7: // in place, refused
 			i := rng.IntN(len(next))
 			next[i] = cla(cachev3.GetResourceName(next[i]), 1)
-		case k < 8:
+		case k < 8: // added, and one replaced as well: the general walk
+			i := rng.IntN(len(next))
+			next[i] = cla(cachev3.GetResourceName(next[i]), uint32(1000+rng.IntN(30)))
 			next = append(next, cla(fmt.Sprintf("n%03d", step), 2000))
 		case k < 9 && len(next) > 1:
 			next = slices.Delete(next, 0, 1)
@@ -643,12 +676,68 @@ func TestSubscribedNamesAreInterned(t *testing.T) {
 	}
 }
 
+// TestDeltaNamesAreInterned: a delta Envoy's subscribed names and initial versions (names, and
+// a version equal to the one served) are held as the cache's own strings, clusters as well as
+// endpoints; and a SotW Envoy's cluster names too.
+func TestDeltaNamesAreInterned(t *testing.T) {
+	c := New(Options{})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)},
+		resourcev3.EndpointType: {cla("a", 5000), cla("b", 5001)}})
+	conn := serve(t, c)
+	node := &corev3.Node{Id: "n"}
+	ep := typeIndex(resourcev3.EndpointType)
+	decoded := func(s string) string { return string([]byte(s)) } // what the server decodes: new strings
+	va := c.types[ep].entries["a"].version
+	d := openDelta(t, conn)
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node, ResourceNamesSubscribe: []string{decoded("x")}})
+	d.next(t, "clusters")
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{decoded("a"), decoded("b")},
+		InitialResourceVersions: map[string]string{decoded("a"): decoded(va), decoded("b"): "old"}})
+	d.next(t, "endpoints")
+	s := openSotW(t, conn)
+	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node, ResourceNames: []string{decoded("x")}})
+	s.next(t, "sotw clusters")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	canon := func(t int, n string) bool {
+		e := c.types[t].entries[n]
+		return e != nil && unsafe.StringData(n) == unsafe.StringData(e.dres.Name)
+	}
+	for _, st := range c.streams {
+		for ti, w := range st.watchers {
+			if w == nil {
+				continue
+			}
+			for n := range w.names {
+				if !canon(ti, n) {
+					t.Errorf("%s %s: subscribed name %q is a decoded copy", st.key.Variant(), ShortType(Types[ti]), n)
+				}
+			}
+			for _, h := range w.held {
+				if !canon(ti, h.name) {
+					t.Errorf("%s %s: held name %q is a decoded copy", st.key.Variant(), ShortType(Types[ti]), h.name)
+				}
+			}
+		}
+	}
+	for _, st := range c.streams {
+		if w := st.watchers[ep]; w != nil && st.key.Delta {
+			// a's initial version was the one served: the response left it out, and the held
+			// version is the cache's string.
+			if v, ok := w.held.get("a"); !ok || unsafe.StringData(v) != unsafe.StringData(va) {
+				t.Errorf("a's initial version is held as %q, not the cache's string", v)
+			}
+		}
+	}
+}
+
 // TestSubscriptionChangeKeepsTheSlot: a delta Envoy that changes its subscription before
 // answering its first response (the delta server has no nonce check) keeps its initial-sync
 // slot: the slot bounds first responses still on their way, and only an answer to that
-// response frees it.
+// response (or the stream's end) frees it.
 func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
-	c := New(Options{MaxInitialSyncs: 1})
+	// A SlotTimeout past every wait below: only a's answer can free the slot.
+	c := New(Options{MaxInitialSyncs: 1, SlotTimeout: time.Hour})
 	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 5000), cla("b", 5001)}})
 	conn := serve(t, c)
 	a, b := openDelta(t, conn), openDelta(t, conn)
@@ -677,8 +766,16 @@ func TestSubscriptionChangeKeepsTheSlot(t *testing.T) {
 	}
 	// a's ACK of its first response frees the slot: b is answered.
 	a.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: first.GetNonce()})
-	if got, _ := b.next(t, "b's first response once a answered"); !slices.Equal(got, []string{"a"}) {
-		t.Fatalf("b's first response carried %v", got)
+	if r := b.recv(t, "b's first response once a answered"); len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "a" {
+		t.Fatalf("b's first response carried %v", r.GetResources())
+	}
+	// A third Envoy waits for b's slot, b never answering; b's stream ends, which frees it.
+	third := openDelta(t, conn)
+	third.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "c"}, ResourceNamesSubscribe: []string{"b"}})
+	eventually.True(t, "the third Envoy queued behind b's first response", 10*time.Second, held)
+	b.s.CloseSend() //nolint:errcheck // the server sees the stream end either way
+	if got, _ := third.next(t, "the third Envoy's first response once b's stream ended"); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("the third Envoy's first response carried %v", got)
 	}
 }
 
@@ -790,5 +887,131 @@ func TestSilentEnvoysFreeTheirSlots(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < timeout {
 		t.Fatalf("the ninth Envoy was answered after %v, before any slot could time out (%v): the slots were not all taken", waited, timeout)
+	}
+}
+
+// TestFirstUpdateAnswersInStreamOrder: Envoys connected before the first Update are answered
+// by it in a stable order, SotW streams then delta streams, each by stream ID, through the
+// initial-sync slots: with one slot, one at a time as each answers.
+func TestFirstUpdateAnswersInStreamOrder(t *testing.T) {
+	c := New(Options{MaxInitialSyncs: 1})
+	conn := serve(t, c)
+	watchers := func() int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		n := 0
+		for _, st := range c.streams {
+			if st.watchers[0] != nil {
+				n++
+			}
+		}
+		return n
+	}
+	// Opened alternately, each seen before the next opens: IDs follow the opening order.
+	var sotw []*sotwStream
+	var delta []*deltaStream
+	for i := range 6 {
+		node := &corev3.Node{Id: fmt.Sprint("n", i)}
+		if i%2 == 0 {
+			s := openSotW(t, conn)
+			s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node})
+			sotw = append(sotw, s)
+		} else {
+			d := openDelta(t, conn)
+			d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node})
+			delta = append(delta, d)
+		}
+		eventually.True(t, fmt.Sprintf("stream %d seen", i), 10*time.Second, func() bool { return watchers() == i+1 })
+	}
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	var order []string
+	for range 6 {
+		answered := ""
+		eventually.True(t, fmt.Sprintf("answer %d", len(order)+1), 10*time.Second, func() bool {
+			for i, s := range sotw {
+				select {
+				case r := <-s.resp:
+					answered = fmt.Sprint("sotw", i)
+					s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
+					return true
+				default:
+				}
+			}
+			for i, d := range delta {
+				select {
+				case r := <-d.resp:
+					answered = fmt.Sprint("delta", i)
+					d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: r.GetNonce()})
+					return true
+				default:
+				}
+			}
+			return false
+		})
+		order = append(order, answered)
+		c.mu.Lock()
+		inflight := c.inflight
+		c.mu.Unlock()
+		if inflight > 1 {
+			t.Fatalf("after answer %d, %d initial-sync slots taken; want at most the one there is", len(order), inflight)
+		}
+	}
+	if want := []string{"sotw0", "sotw1", "sotw2", "delta0", "delta1", "delta2"}; !slices.Equal(order, want) {
+		t.Errorf("answered in the order %v; want %v", order, want)
+	}
+}
+
+// TestFirstEndpointsHeldBack: while HoldFirstEndpoints says so, a stream's first endpoint
+// response is held back (its clusters are not), and ReleaseHeld sends it; later endpoint
+// responses are never held.
+func TestFirstEndpointsHeldBack(t *testing.T) {
+	var hold atomic.Bool
+	hold.Store(true)
+	c := New(Options{HoldFirstEndpoints: hold.Load})
+	res := func(port uint32) map[string][]types.Resource {
+		return map[string][]types.Resource{resourcev3.ClusterType: {cluster("a", time.Second)}, resourcev3.EndpointType: {cla("a", port)}}
+	}
+	update(t, c, res(1))
+	d := openDelta(t, serve(t, c))
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "n"}})
+	if names, _ := d.next(t, "clusters, not held"); !slices.Equal(names, []string{"a"}) {
+		t.Fatalf("clusters: sent %v", names)
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a"}})
+	eventually.True(t, "the first endpoint response held back", 10*time.Second, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.held) == 1 && c.held[0].heldBack
+	})
+	select {
+	case r := <-d.resp:
+		t.Fatalf("a held first endpoint response was sent: %v", r.GetResources())
+	default:
+	}
+	hold.Store(false)
+	c.ReleaseHeld()
+	if names, _ := d.next(t, "the endpoints once released"); !slices.Equal(names, []string{"a"}) {
+		t.Fatalf("endpoints once released: sent %v", names)
+	}
+	hold.Store(true) // a later response is not a first one: not held
+	update(t, c, res(2))
+	if names, _ := d.next(t, "the change"); !slices.Equal(names, []string{"a"}) {
+		t.Fatalf("the change: sent %v", names)
+	}
+}
+
+// TestWildcardUnsubscriptionOfARemovedName: a delta Envoy subscribed to every cluster and to y
+// by name unsubscribes y, removed while its last response was unanswered: it is told of the
+// removal (the server marks y's version unknown, and the cache keeps y as held).
+func TestWildcardUnsubscriptionOfARemovedName(t *testing.T) {
+	c := New(Options{})
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second), cluster("y", time.Second)}})
+	d := openDelta(t, serve(t, c))
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "n"}, ResourceNamesSubscribe: []string{"*", "y"}})
+	d.recv(t, "every cluster") // not answered
+	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", time.Second)}})
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResourceNamesUnsubscribe: []string{"y"}})
+	if r := d.recv(t, "y's removal"); len(r.GetResources()) != 0 || !slices.Equal(r.GetRemovedResources(), []string{"y"}) {
+		t.Fatalf("sent %v, removed %v; want y removed", r.GetResources(), r.GetRemovedResources())
 	}
 }

@@ -173,12 +173,8 @@ func (c *Cache) closeStream(key StreamKey) {
 			}
 		}
 	}
-	if st.sotwReq != nil {
-		delete(c.sotwReqs, st.sotwReq)
-	}
-	if st.deltaReq != nil {
-		delete(c.deltaReqs, st.deltaReq)
-	}
+	delete(c.sotwReqs, st.sotwReq) // a request seen and never watched (nil: none)
+	delete(c.deltaReqs, st.deltaReq)
 	freed, charged := false, false
 	for _, w := range st.watchers {
 		if w == nil {
@@ -223,9 +219,7 @@ func (c *Cache) bindSotw(id int64, req *discovery.DiscoveryRequest) error {
 	if st == nil {
 		return fmt.Errorf("stream %d is not open", id)
 	}
-	if st.sotwReq != nil {
-		delete(c.sotwReqs, st.sotwReq)
-	}
+	delete(c.sotwReqs, st.sotwReq) // nil: none
 	st.sotwReq = req
 	c.sotwReqs[req] = st
 	c.join(st, req.GetNode())
@@ -261,9 +255,7 @@ func (c *Cache) bindDelta(id int64, req *discovery.DeltaDiscoveryRequest) error 
 	if st == nil {
 		return fmt.Errorf("delta stream %d is not open", id)
 	}
-	if st.deltaReq != nil {
-		delete(c.deltaReqs, st.deltaReq)
-	}
+	delete(c.deltaReqs, st.deltaReq) // nil: none
 	st.deltaReq = req
 	c.deltaReqs[req] = st
 	c.join(st, req.GetNode())
