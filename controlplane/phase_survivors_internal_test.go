@@ -1,7 +1,10 @@
 package controlplane
 
 import (
+	"bytes"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/controlplane/xdscache"
+	"github.com/tetherlb/tether/registry"
 )
 
 // TestEnvoyKnowsOnlyTheClustersItSubscribes: an Envoy whose ACK is of the endpoint's revision
@@ -232,5 +236,197 @@ func TestRememberedVersionsAreBounded(t *testing.T) {
 	defer r.ph.mu.Unlock()
 	if _, ok := r.ph.revs["v1"]; ok || len(r.ph.revs) != maxVersions || r.ph.revs["v2"] != 1000 || r.ph.revs[fmt.Sprint("v", maxVersions+1)] != maxVersions+1 {
 		t.Errorf("%d versions remembered (v1 %v, v2 at %d); want the last %d, v2 at 1000", len(r.ph.revs), r.ph.revs["v1"] != 0, r.ph.revs["v2"], maxVersions)
+	}
+}
+
+// TestPromotionTellsThePublisher: an evaluation that promotes tells the publisher (Promoted)
+// and logs how many Envoys knew the endpoint; one that promotes nothing tells it nothing. It
+// returns the streams it read, which pace the next evaluation: each once when nothing is
+// past its revision.
+func TestPromotionTellsThePublisher(t *testing.T) {
+	r := newPhaseRig(t, time.Minute)
+	var logged bytes.Buffer
+	r.ph.log = zerolog.New(&logged).Level(zerolog.DebugLevel)
+	b := newEndpointAckedByA(r) // b has not answered: it holds app/new back
+	if _, read := r.ph.evaluate(r.at(2 * time.Second)); read != 2 {
+		t.Errorf("an evaluation with nothing past its revision read %d streams, want 2", read)
+	}
+	select {
+	case <-r.ph.Promoted():
+		t.Fatal("an evaluation that promoted nothing told the publisher to publish again")
+	default:
+	}
+	b.ack()
+	r.acked("b", b.acked)
+	if r.ph.evaluate(r.at(2 * time.Second)); !r.promoted("app", "new") {
+		t.Fatal("app/new not promoted once both Envoys ACKed it")
+	}
+	select {
+	case <-r.ph.Promoted():
+	default:
+		t.Fatal("an evaluation that promoted app/new did not tell the publisher")
+	}
+	if !strings.Contains(logged.String(), `"known":2`) {
+		t.Errorf("the promotion's log does not say that both Envoys knew the endpoint: %s", logged.String())
+	}
+}
+
+// TestLaggingEnvoyIsReportedUntilItCatchesUp: an Envoy reported as lagging stays reported,
+// across evaluations, while it is open and behind, and no longer once it ACKs the latest
+// revision.
+func TestLaggingEnvoyIsReportedUntilItCatchesUp(t *testing.T) {
+	const settle = time.Minute
+	r := newPhaseRig(t, settle)
+	b := newEndpointAckedByA(r)
+	r.ph.evaluate(r.at(2 * settle))
+	if len(r.ph.laggingEnvoys()) != 1 {
+		t.Fatalf("after the settle time lagging %+v; want b", r.ph.laggingEnvoys())
+	}
+	if r.ph.evaluate(r.at(2*settle + time.Second)); len(r.ph.laggingEnvoys()) != 1 {
+		t.Fatalf("b, open and still behind, is no longer reported lagging at the next evaluation: %+v", r.ph.laggingEnvoys())
+	}
+	b.ack()
+	r.acked("b", b.acked)
+	if r.ph.evaluate(r.at(2*settle + 2*time.Second)); len(r.ph.laggingEnvoys()) != 0 {
+		t.Fatalf("b ACKed the latest revision, yet it is still reported lagging: %+v", r.ph.laggingEnvoys())
+	}
+}
+
+// TestReconnectedEnvoyCountsByItsStream: an Envoy whose stream closed is remembered at what it
+// held until it reconnects (same node) and asks for endpoints; from then on it counts by its
+// new stream, and its ACK of a new endpoint promotes it before the settle time.
+func TestReconnectedEnvoyCountsByItsStream(t *testing.T) {
+	r, es := singleRig(t, "a", "b")
+	es[1].cancel()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		open := false
+		r.cache.Acks(resourcev3.EndpointType, func(s xdscache.StreamAck, _ func(string) bool) { open = open || s.Node == "b" })
+		if !open {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b's stream not closed within 10 s")
+		}
+	}
+	b := r.envoy("b")
+	b.subscribe(translate.ClusterName("app"))
+	b.ack()
+	r.acked("b", b.acked)
+	v2 := addNew(r)
+	for _, e := range []*rawEnvoy{es[0], b} {
+		e.next(e.node + ": the new endpoint")
+		e.ack()
+		r.acked(e.node, v2)
+	}
+	if r.ph.evaluate(r.at(2 * time.Second)); !r.promoted("app", "new") {
+		t.Fatal("app/new not promoted though a and the reconnected b ACKed it: b was still waited for as remembered")
+	}
+}
+
+// TestSeventeenClustersInOneEvaluation: an evaluation asks about the subscriptions of more
+// than 16 clusters at once (its scratch buffer holds 256 per cluster).
+func TestSeventeenClustersInOneEvaluation(t *testing.T) {
+	r := newPhaseRig(t, time.Minute)
+	const n = 17
+	state := func(rev int64) *registry.State {
+		var svcs []*registry.Service
+		for i := range n {
+			ports := map[string]int{"old": 5001}
+			if rev > 1 {
+				ports["new"] = 5003
+			}
+			svcs = append(svcs, phaseService(fmt.Sprint("s", i), ports))
+		}
+		return phaseStateOf(rev, svcs...)
+	}
+	r.publish(state(1), r.at(0))
+	var names []string
+	for i := range n {
+		names = append(names, translate.ClusterName(fmt.Sprint("s", i)))
+	}
+	es := []*rawEnvoy{r.envoy("a"), r.envoy("b")}
+	for _, e := range es {
+		e.subscribe(names...)
+		e.ack()
+	}
+	v2 := r.publish(state(2), r.at(time.Second))
+	for _, e := range es {
+		e.next(e.node + ": the new endpoints")
+		e.ack()
+		r.acked(e.node, v2)
+	}
+	r.ph.evaluate(r.at(2 * time.Second))
+	for i := range n {
+		if !r.promoted(fmt.Sprint("s", i), "new") {
+			t.Fatalf("s%d/new not promoted though both Envoys ACKed it", i)
+		}
+	}
+}
+
+// TestEnvoyWithoutAnACKKnowsNothing: an Envoy that has ACKed no endpoints knows no endpoint,
+// not even one of the first revisions; nor does an Envoy remembered from the state file.
+func TestEnvoyWithoutAnACKKnowsNothing(t *testing.T) {
+	app := translate.ClusterName("app")
+	t.Run("connected", func(t *testing.T) {
+		r := newPhaseRig(t, time.Minute)
+		r.publish(phaseStateOf(0, phaseService("app", map[string]int{"old": 5001})), r.at(0))
+		a, b := r.envoy("a"), r.envoy("b")
+		a.subscribe(app)
+		a.ack()
+		b.subscribe(app) // never ACKed
+		r.acked("a", a.acked)
+		v1 := r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
+		a.next("a: the new endpoint")
+		a.ack()
+		r.acked("a", v1)
+		if r.ph.evaluate(r.at(2 * time.Second)); r.promoted("app", "new") {
+			t.Fatal("app/new (revision 1) promoted while b had ACKed nothing")
+		}
+	})
+	t.Run("remembered", func(t *testing.T) {
+		r := newPhaseRig(t, time.Minute)
+		r.ph.recall(&memory{Envoys: []memoryEnvoy{{Node: "x", Group: "edge"}}}, r.at(0))
+		r.publish(phaseStateOf(1, phaseService("app", map[string]int{"new": 5003})), r.at(0))
+		if r.ph.evaluate(r.at(time.Second)); r.promoted("app", "new") {
+			t.Fatal("app/new (revision 1) promoted while x, remembered as reconnecting, is known to hold nothing")
+		}
+	})
+}
+
+// TestReplicaReportsAndWaits: an endpoint waits for another replica whose Envoys hold an older
+// revision than its service's, and not for one at that revision; while it waits the replica
+// reports wanting that revision; an evaluation with nothing to do leaves the revision
+// reported as held where it was.
+func TestReplicaReportsAndWaits(t *testing.T) {
+	r, es := singleRig(t, "a", "b")
+	link := newReplicaLink(nil, "/tether", &net.TCPAddr{Port: 1}, time.Minute, 0, zerolog.Nop(), func() {})
+	link.peers["other-2"] = registry.Replica{Held: 1}
+	r.ph.link = link
+	v2 := addNew(r)
+	for _, e := range es {
+		e.next(e.node + ": the new endpoint")
+		e.ack()
+		r.acked(e.node, v2)
+	}
+	if r.ph.evaluate(r.at(2 * time.Second)); r.promoted("app", "new") {
+		t.Fatal("app/new promoted while the other replica's Envoys hold revision 1")
+	}
+	link.mu.Lock()
+	wants, held := link.wants, link.held
+	link.peers["other-2"] = registry.Replica{Held: 2}
+	link.written = registry.Replica{Held: 2, Wants: 2} // as the writer (not run here) would have
+	link.mu.Unlock()
+	if wants != 2 || held != 2 {
+		t.Fatalf("reported held %d, wants %d; want 2 and 2", held, wants)
+	}
+	if r.ph.evaluate(r.at(2 * time.Second)); !r.promoted("app", "new") {
+		t.Fatal("app/new not promoted though the other replica's Envoys hold its revision")
+	}
+	r.ph.evaluate(r.at(3 * time.Second)) // nothing to do
+	link.mu.Lock()
+	held = link.held
+	link.mu.Unlock()
+	if held != 2 {
+		t.Fatalf("an evaluation with nothing to do moved the held revision reported to %d, want 2", held)
 	}
 }
