@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -107,4 +108,38 @@ func deleteRev(t *testing.T, cli *clientv3.Client, key string) int64 {
 		t.Fatalf("delete %s: %v (%d deleted)", key, err, resp.Deleted)
 	}
 	return resp.Header.Revision
+}
+
+// etcd sends a watch's history in responses of at most 1000 revisions: a departure after the
+// first of them (here behind an instance's 1100 heartbeats) is read too.
+func TestWatcherReadsDeparturesAcrossManyRevisions(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	created1 := mustPut(t, cli, "/tether/instances/app/d1", withField(t, exampleInstance, "id", "d1"))
+	created2 := mustPut(t, cli, "/tether/instances/app/d2", withField(t, exampleInstance, "id", "d2"))
+	del1 := deleteRev(t, cli, "/tether/instances/app/d1")
+	busy := withField(t, exampleInstance, "id", "busy")
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 275 {
+				if _, err := cli.Put(context.Background(), "/tether/instances/app/busy", busy); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	del2 := deleteRev(t, cli, "/tether/instances/app/d2")
+	if del2-del1 <= 1000 {
+		t.Fatalf("the deletes are %d revisions apart, want more than a watch response holds", del2-del1)
+	}
+	r := startWatcher(t, cli)
+	want := "app/d1@" + itoa(del1) + "/" + itoa(created1) + " app/d2@" + itoa(del2) + "/" + itoa(created2)
+	if got := departureIDs(r.all()[0]); strings.Join(got, " ") != want {
+		t.Errorf("departures %v, want %s", got, want)
+	}
 }
