@@ -183,6 +183,9 @@ func TestWatcherRelistsAfterRestoreFromBackup(t *testing.T) {
 	if st.Revision >= 60 {
 		t.Errorf("state at revision %d, want the restored etcd's lower one", st.Revision)
 	}
+	if !strings.Contains(r.log.String(), wentBack) {
+		t.Errorf("no warning that etcd went back; log:\n%s", r.log)
+	}
 	// The watch goes on from the restored revision.
 	mustPut(t, cli, "/tether/instances/app/later", withField(t, exampleInstance, "id", "later"))
 	r.waitFor(t, "a later instance", func(st *registry.State) bool { _, ok := instance(st, "app", "later"); return ok })
@@ -261,6 +264,9 @@ func TestWatcherRelistsWhenClusterChanges(t *testing.T) {
 		_, old := instance(st, "app", "old")
 		return n && !old
 	})
+	if !strings.Contains(r.log.String(), wentBack) {
+		t.Errorf("no warning that etcd's cluster changed; log:\n%s", r.log)
+	}
 }
 
 // A configuration whose identity (mode, cookie name, domains, path) is valid is served

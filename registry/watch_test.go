@@ -19,6 +19,10 @@ import (
 
 const waitTimeout = 20 * time.Second
 
+// wentBack is the watcher's warning of a listing below the applied revision or from another
+// etcd cluster (a restore from a backup).
+const wentBack = "etcd's revision went back or its cluster changed"
+
 // watchRun is a Watcher running for one test, with everything it emitted.
 type watchRun struct {
 	w      *registry.Watcher
@@ -324,6 +328,12 @@ func TestWatcherRelistsAfterCompaction(t *testing.T) {
 	}
 	if !strings.Contains(r.log.String(), "listing again") {
 		t.Errorf("the watcher did not re-list; log:\n%s", r.log)
+	}
+	if strings.Contains(r.log.String(), wentBack) {
+		t.Errorf("a compaction taken for a restore; log:\n%s", r.log)
+	}
+	if from := fmt.Sprintf("from revision %d (compacted at", before.Revision+1); !strings.Contains(r.log.String(), from) {
+		t.Errorf("the compacted watch not logged as %q; log:\n%s", from, r.log)
 	}
 	// The watch goes on after the re-list.
 	mustPut(t, cli, "/tether/instances/app/a3", withField(t, exampleInstance, "id", "a3"))
