@@ -204,6 +204,11 @@ func TestWatcherFollowsChanges(t *testing.T) {
 	if len(r.rejectedKeys()) != 0 {
 		t.Errorf("rejected %v, want none", r.rejectedKeys())
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.events != 5 {
+		t.Errorf("OnEvent counted %d events, want the 5 writes after the listing", r.events)
+	}
 }
 
 func TestWatcherRejectsBadEntriesAlone(t *testing.T) {
