@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -152,5 +153,40 @@ func TestCreateAgainAndAdoptInstance(t *testing.T) {
 	inst.Port = 0
 	if err := registry.AdoptInstance(ctx, cli, "/tether", "app", inst, l1, mod, l2); err == nil {
 		t.Error("adopt of an invalid instance succeeded")
+	}
+}
+
+// An instance whose encoding is exactly MaxValueBytes is written, one byte more is refused:
+// label values may be escaped on encoding (each "<" is six bytes), so a valid instance can
+// encode past the limit.
+func TestInstanceValueLimitIsExact(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sized := func(n int) registry.Instance {
+		inst := registry.Instance{ID: "a1", Address: "10.0.0.1", Port: 5000, State: registry.StateAvailable, Labels: map[string]string{}}
+		for i := 0; i < 42; i++ {
+			inst.Labels[fmt.Sprintf("l%02d", i)] = strings.Repeat("<", 256)
+		}
+		b, err := json.Marshal(inst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pad := n - len(b) - len(`,"pad":""`)
+		if pad < 0 || pad/6+pad%6 > 256 {
+			t.Fatalf("cannot pad %d bytes to %d", len(b), n)
+		}
+		inst.Labels["pad"] = strings.Repeat("<", pad/6) + strings.Repeat("a", pad%6)
+		if b, _ := json.Marshal(inst); len(b) != n {
+			t.Fatalf("encoded %d bytes, want %d", len(b), n)
+		}
+		return inst
+	}
+	if err := registry.CreateInstance(ctx, cli, "/tether", "app", sized(registry.MaxValueBytes), 0); err != nil {
+		t.Errorf("an instance of exactly %d bytes: %v", registry.MaxValueBytes, err)
+	}
+	if err := registry.UpdateInstance(ctx, cli, "/tether", "app", sized(registry.MaxValueBytes+1), 0); err == nil || !strings.Contains(err.Error(), "bytes, over") {
+		t.Errorf("an instance of %d bytes: %v, want refused for its size", registry.MaxValueBytes+1, err)
 	}
 }
