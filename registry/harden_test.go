@@ -320,3 +320,36 @@ func TestRejectedConfigWithoutHistory(t *testing.T) {
 		}
 	}
 }
+
+// Another cluster at exactly the applied revision, with nothing under the prefix: no watch
+// response and no revision check tells, only the cluster ID of the periodic read does.
+func TestWatcherReadNoticesAnotherClusterAtTheSameRevision(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	applied := mustPut(t, cli, "/tether/instances/app/old", withField(t, exampleInstance, "id", "old"))
+	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = 100 * time.Millisecond })
+	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
+
+	addr := srv.ClientURL
+	srv.Stop()
+	other := etcdtest.Start(t, func(c *embed.Config) {
+		u, err := url.Parse(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ListenClientUrls, c.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
+		c.InitialClusterToken = "another-cluster"
+	})
+	ocli := other.Client(t)
+	var rev int64
+	for rev < applied {
+		rev = mustPut(t, ocli, "/elsewhere/k", "x")
+	}
+	if rev != applied {
+		t.Fatalf("the other cluster at revision %d, want %d", rev, applied)
+	}
+	r.waitFor(t, "the other cluster's contents", func(st *registry.State) bool { _, old := instance(st, "app", "old"); return !old })
+	if !strings.Contains(r.log.String(), wentBack) {
+		t.Errorf("no warning that etcd's cluster changed; log:\n%s", r.log)
+	}
+}
