@@ -207,3 +207,42 @@ func TestRemovalGuardKeepsConfigOfVanishedService(t *testing.T) {
 		t.Errorf("served %v, want m1 and m2 held and l1, which left on purpose, gone", got)
 	}
 }
+
+// A share or a grace of zero or less disables the guard: nothing is held, not even for no
+// time (onHold feeds tether_mass_removals_total, which would count holds that never were).
+func TestRemovalGuardDisabledHoldsNothing(t *testing.T) {
+	six := []string{"m1", "m2", "m3", "m4", "m5", "m6"}
+	for _, c := range []struct {
+		share float64
+		grace time.Duration
+	}{{0, 10 * time.Second}, {-1, 10 * time.Second}, {0.5, 0}, {0.5, -time.Second}} {
+		t.Run(fmt.Sprintf("share %g grace %s", c.share, c.grace), func(t *testing.T) {
+			holds := 0
+			g := newRemovalGuard(c.share, c.grace, 10*time.Second, zerolog.Nop(), func(string, int) { holds++ })
+			t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+			g.apply(reg(1, six...), t0)
+			out, release := g.apply(reg(2), t0.Add(time.Second))
+			if got := served(out); got != nil || !release.IsZero() || holds != 0 || g.heldCount() != 0 {
+				t.Errorf("served %v, release %v, %d holds, %d held: want nothing held", got, release, holds, g.heldCount())
+			}
+		})
+	}
+}
+
+// The states apply is given are the registry's, shared copy-on-write with the watcher and
+// the other consumers: held instances go into a copy, never into the state passed in.
+func TestRemovalGuardLeavesItsInputAlone(t *testing.T) {
+	g := newRemovalGuard(0.5, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	g.apply(reg(1, "m1", "m2", "m3"), t0)
+	for i, next := range []*registry.State{reg(2, "m3"), reg(3)} {
+		before := served(next)
+		out, _ := g.apply(next, t0.Add(time.Duration(i+1)*time.Second))
+		if got := served(out); !slices.Equal(got, []string{"m1", "m2", "m3"}) {
+			t.Fatalf("step %d: served %v, want m1, m2 and m3 held", i, got)
+		}
+		if got := served(next); !slices.Equal(got, before) {
+			t.Errorf("step %d: the state given to apply now has %v, had %v", i, got, before)
+		}
+	}
+}

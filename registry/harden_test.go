@@ -183,6 +183,9 @@ func TestWatcherRelistsAfterRestoreFromBackup(t *testing.T) {
 	if st.Revision >= 60 {
 		t.Errorf("state at revision %d, want the restored etcd's lower one", st.Revision)
 	}
+	if !strings.Contains(r.log.String(), wentBack) {
+		t.Errorf("no warning that etcd went back; log:\n%s", r.log)
+	}
 	// The watch goes on from the restored revision.
 	mustPut(t, cli, "/tether/instances/app/later", withField(t, exampleInstance, "id", "later"))
 	r.waitFor(t, "a later instance", func(st *registry.State) bool { _, ok := instance(st, "app", "later"); return ok })
@@ -261,6 +264,9 @@ func TestWatcherRelistsWhenClusterChanges(t *testing.T) {
 		_, old := instance(st, "app", "old")
 		return n && !old
 	})
+	if !strings.Contains(r.log.String(), wentBack) {
+		t.Errorf("no warning that etcd's cluster changed; log:\n%s", r.log)
+	}
 }
 
 // A configuration whose identity (mode, cookie name, domains, path) is valid is served
@@ -312,5 +318,38 @@ func TestRejectedConfigWithoutHistory(t *testing.T) {
 		if b := st.Services[name]; b == nil || b.ConfigError == "" || len(b.Config.Domains) != 0 {
 			t.Errorf("%s = %+v, want left out with nothing reserved", name, b)
 		}
+	}
+}
+
+// Another cluster at exactly the applied revision, with nothing under the prefix: no watch
+// response and no revision check tells, only the cluster ID of the periodic read does.
+func TestWatcherReadNoticesAnotherClusterAtTheSameRevision(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	applied := mustPut(t, cli, "/tether/instances/app/old", withField(t, exampleInstance, "id", "old"))
+	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = 100 * time.Millisecond })
+	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
+
+	addr := srv.ClientURL
+	srv.Stop()
+	other := etcdtest.Start(t, func(c *embed.Config) {
+		u, err := url.Parse(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ListenClientUrls, c.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
+		c.InitialClusterToken = "another-cluster"
+	})
+	ocli := other.Client(t)
+	var rev int64
+	for rev < applied {
+		rev = mustPut(t, ocli, "/elsewhere/k", "x")
+	}
+	if rev != applied {
+		t.Fatalf("the other cluster at revision %d, want %d", rev, applied)
+	}
+	r.waitFor(t, "the other cluster's contents", func(st *registry.State) bool { _, old := instance(st, "app", "old"); return !old })
+	if !strings.Contains(r.log.String(), wentBack) {
+		t.Errorf("no warning that etcd's cluster changed; log:\n%s", r.log)
 	}
 }

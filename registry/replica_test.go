@@ -43,3 +43,15 @@ func TestReplicaReportsAreNotRegistryContent(t *testing.T) {
 		}
 	}
 }
+
+// Each bound of a report accepts its edge: no revision yet (0), a host name of 256 bytes.
+func TestDecodeReplicaBoundsAreExact(t *testing.T) {
+	for _, ok := range []string{`{"held":0,"wants":0}`, `{"host":"` + strings.Repeat("h", 256) + `"}`} {
+		if _, err := registry.DecodeReplica("gw-1", []byte(ok)); err != nil {
+			t.Errorf("DecodeReplica(%.40s) = %v, want it accepted", ok, err)
+		}
+	}
+	if _, err := registry.DecodeReplica("gw-1", []byte(`{"host":"`+strings.Repeat("h", 257)+`"}`)); err == nil {
+		t.Error("a host name of 257 bytes accepted")
+	}
+}

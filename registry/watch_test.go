@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,10 @@ import (
 )
 
 const waitTimeout = 20 * time.Second
+
+// wentBack is the watcher's warning of a listing below the applied revision or from another
+// etcd cluster (a restore from a backup).
+const wentBack = "etcd's revision went back or its cluster changed"
 
 // watchRun is a Watcher running for one test, with everything it emitted.
 type watchRun struct {
@@ -200,6 +205,11 @@ func TestWatcherFollowsChanges(t *testing.T) {
 	if len(r.rejectedKeys()) != 0 {
 		t.Errorf("rejected %v, want none", r.rejectedKeys())
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.events != 5 {
+		t.Errorf("OnEvent counted %d events, want the 5 writes after the listing", r.events)
+	}
 }
 
 func TestWatcherRejectsBadEntriesAlone(t *testing.T) {
@@ -324,6 +334,12 @@ func TestWatcherRelistsAfterCompaction(t *testing.T) {
 	}
 	if !strings.Contains(r.log.String(), "listing again") {
 		t.Errorf("the watcher did not re-list; log:\n%s", r.log)
+	}
+	if strings.Contains(r.log.String(), wentBack) {
+		t.Errorf("a compaction taken for a restore; log:\n%s", r.log)
+	}
+	if from := fmt.Sprintf("from revision %d (compacted at", before.Revision+1); !strings.Contains(r.log.String(), from) {
+		t.Errorf("the compacted watch not logged as %q; log:\n%s", from, r.log)
 	}
 	// The watch goes on after the re-list.
 	mustPut(t, cli, "/tether/instances/app/a3", withField(t, exampleInstance, "id", "a3"))
@@ -453,4 +469,47 @@ func TestWatcherServiceGoneAndBackInOneResponse(t *testing.T) {
 	if _, ok := instance(st, "app", "old"); ok {
 		t.Error("the deleted instance is still listed")
 	}
+}
+
+// writeBeforeSecondGet is the etcd client's KV with one write outside the prefix just before
+// its second Get: the watcher's first reading of etcd's revision (its first is the listing's
+// only page) then finds etcd ahead of what the watch has applied.
+type writeBeforeSecondGet struct {
+	clientv3.KV
+	gets   atomic.Int32
+	listed atomic.Pointer[time.Time] // when the listing's page was read
+	write  func()
+}
+
+func (w *writeBeforeSecondGet) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	n := w.gets.Add(1)
+	if n == 2 {
+		w.write()
+	}
+	resp, err := w.KV.Get(ctx, key, opts...)
+	if n == 1 {
+		now := time.Now()
+		w.listed.Store(&now)
+	}
+	return resp, err
+}
+
+// A reading of etcd's revision ahead of the applied one (writes outside the prefix) is
+// confirmed once the watch has caught up to exactly that revision (a progress notification
+// says so), not only at the next reading, an interval later.
+func TestWatcherConfirmsAReadingOnceCaughtUp(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	wcli := srv.Client(t)
+	kv := &writeBeforeSecondGet{KV: wcli.KV, write: func() {
+		if _, err := cli.Put(context.Background(), "/elsewhere/k", "v"); err != nil {
+			t.Error(err) // on the watcher's goroutine
+		}
+	}}
+	wcli.KV = kv
+	r := startWatcher(t, wcli, func(o *registry.WatchOptions) { o.ProgressInterval = time.Hour })
+	eventually.Saying(t, "the first reading confirmed", 10*time.Second, func() (bool, string) {
+		listed := kv.listed.Load()
+		return listed != nil && r.w.Confirmed().After(*listed), fmt.Sprintf("confirmed at %v, listed at %v, %d reads", r.w.Confirmed(), listed, kv.gets.Load())
+	})
 }
