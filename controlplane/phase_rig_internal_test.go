@@ -196,6 +196,21 @@ func (r *phaseRig) waitAck(node string, cond func(a xdscache.StreamAck) bool) {
 	}
 }
 
+// closed waits until the cache holds no stream of node.
+func (r *phaseRig) closed(node string) {
+	r.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		open := false
+		r.cache.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) { open = open || a.Node == node })
+		if !open {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%s: its stream not closed within 10 s", node)
+		}
+	}
+}
+
 // acked waits until the cache holds node's ACK of version.
 func (r *phaseRig) acked(node, version string) {
 	r.t.Helper()

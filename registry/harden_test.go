@@ -244,16 +244,7 @@ func TestWatcherRelistsWhenClusterChanges(t *testing.T) {
 	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = time.Hour })
 	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
 
-	addr := srv.ClientURL
-	srv.Stop()
-	other := etcdtest.Start(t, func(c *embed.Config) {
-		u, err := url.Parse(addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.ListenClientUrls, c.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
-		c.InitialClusterToken = "another-cluster"
-	})
+	other := anotherClusterAt(t, srv)
 	ocli := other.Client(t)
 	for range 20 {
 		mustPut(t, ocli, "/tether/junk-counter", "x")
@@ -330,16 +321,7 @@ func TestWatcherReadNoticesAnotherClusterAtTheSameRevision(t *testing.T) {
 	r := startWatcher(t, cli, func(o *registry.WatchOptions) { o.ProgressInterval = 100 * time.Millisecond })
 	r.waitFor(t, "instance old", func(st *registry.State) bool { _, ok := instance(st, "app", "old"); return ok })
 
-	addr := srv.ClientURL
-	srv.Stop()
-	other := etcdtest.Start(t, func(c *embed.Config) {
-		u, err := url.Parse(addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.ListenClientUrls, c.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
-		c.InitialClusterToken = "another-cluster"
-	})
+	other := anotherClusterAt(t, srv)
 	ocli := other.Client(t)
 	var rev int64
 	for rev < applied {
@@ -352,4 +334,20 @@ func TestWatcherReadNoticesAnotherClusterAtTheSameRevision(t *testing.T) {
 	if !strings.Contains(r.log.String(), wentBack) {
 		t.Errorf("no warning that etcd's cluster changed; log:\n%s", r.log)
 	}
+}
+
+// anotherClusterAt stops srv and starts another etcd cluster (another cluster ID, its own
+// revisions) on srv's client address, as a restore to the wrong cluster would.
+func anotherClusterAt(t *testing.T, srv *etcdtest.Server) *etcdtest.Server {
+	t.Helper()
+	addr := srv.ClientURL
+	srv.Stop()
+	return etcdtest.Start(t, func(c *embed.Config) {
+		u, err := url.Parse(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ListenClientUrls, c.AdvertiseClientUrls = []url.URL{*u}, []url.URL{*u}
+		c.InitialClusterToken = "another-cluster"
+	})
 }
