@@ -130,13 +130,18 @@ soak:
 # (etcd's server included), and vet and DWARF are a third of that; the coefficient covers
 # the rebuild.
 GREMLINS := github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
-MUTATE   ?= 'internal/ctl@.*@' \
+MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
+	'internal/ctl@wait\.go@$(CTL_WAIT_TESTS)' \
 	'registry@(drain|keys|partial|state|types|validate)\.go@$(REGISTRY_UNIT_TESTS)' \
 	'registry@(history|list|replica|watch|write)\.go@$(REGISTRY_ETCD_TESTS)' \
 	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
+	'agent@(healthcheck|probe|identity|address)\.go@$(AGENT_HOST_TESTS)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane/xdscache@.*@'
+# The drain command's tests of --wait that take seconds, not the 10 s ones of an etcd outage
+# and a lapsed lease (they cover no other mutant of wait.go).
+CTL_WAIT_TESTS := ^(TestWaitReturnsAtZeroSessions|TestUndoAndWaitEndings|TestCtrlCDuringAReadOfWait|TestWaitNeverCallsUnknownSessionsDone|TestWaitCountsOnlyAnEmptyDeliberateLeaveAsDone|TestDeparturesReadEachLastValue|TestProgressCountsEveryDrainedInstance)$$
 # The registry's tests that need no etcd: they decide the pure files' mutants in seconds.
 REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestDrainLimits|TestApplyDrains|TestDrainEvents|TestDefaultsForEnvoy|Fuzz|TestRejectedKey|TestRejectedConfigErrorFollowsTheValue|TestReplicaReports|TestBuildState|TestApplyEvents|TestRebuildState|TestInstance|TestServiceConfigRules|TestParseKey|TestNormalizePrefix|TestValueLimitsAreExact)
 # The registry's etcd tests that cover its etcd-backed files (every block any test covers):
@@ -145,6 +150,9 @@ REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestDrainLimits|TestApplyDrain
 REGISTRY_ETCD_TESTS := ^(TestReplicaReportsAreNotRegistryContent|TestCreateUpdateDeleteInstance|TestWatcherRefuses(LoopbackUnlessAllowed|DeniedCIDRs)|TestWatcherServiceGoneAndBackInOneResponse|TestWatcherSharesUnchangedServices|TestRejectedConfig(IsServedAlikeByEveryWatcher|WithoutHistory)|TestWatcherCreatedRevisions|TestWatcherRejectsBadEntriesAlone|TestWatcherFollowsChanges|TestLeastPrivilegeRoles|TestWatcherRelistsAfter(Compaction|RestoreFromBackup)|TestWatcherLeaseExpiry|TestWatcherRevisionCheckRacesNoWrite|TestWatcherConfirmsItsRevision|TestWatcherRelistsWhenClusterChanges|TestWatcher(ReadsDeparturesBeforeItsFirstListing|DeparturesAfterACompaction)|TestDecodeReplicaBoundsAreExact|TestListReadsPagesAtOneRevision|TestWatcherReadsDeparturesAcrossManyRevisions|TestCreateAgainAndAdoptInstance|TestWatcherServesTheLastValidConfigFromHistory|TestWatcherConfirmsAReadingOnceCaughtUp|TestInstanceValueLimitIsExact|TestWatcherReadNoticesAnotherClusterAtTheSameRevision)$$
 # The agent's tests of its configuration and pure state machines (no etcd, no process).
 AGENT_UNIT_TESTS := ^(TestValidateNamesFlag|TestValidHostName|TestDefaultID|TestMetricsListenAddrs|TestSessionsHysteresis|TestReasonFixedWhileFull|TestCPUNeedsConsecutiveSamples|TestMemoryThresholds|TestThresholdsAreExact|TestUnlimitedNeverFull|TestHealthTracker|TestWriteReasonDeadBand|TestSessionStep|TestBackoffBounds)$$
+# The agent's tests of what it reads from its host and backend: HealthCheck.json, its identity
+# and address, its probes' answers (no etcd, no process).
+AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommentedFile|TestBrokenFiles|TestWisej3MaxMemoryInMB|TestPrimaryAddress|TestPickIP|TestResolveIdentity|TestSystemHostInterfaces|TestDefaultID|TestRedactURL|TestSessionsParsing|TestDefiniteDialFailure|TestDialAddressAndItsReason|TestProbeStatusAndCountBounds)$$
 # The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
 PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySession|TestApplyCostsWhatChangedAndForgetsNothing|TestScaleOutFromAllFullSaysAMoment|TestSourceIPFullServerHasAFirstPhase|TestSingleEnvoyIsServedANewEndpointAtOnce|TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy|TestEnvoyJoining|TestHeldEnvoyCountsForTheNextEndpoint|TestEnvoyKnowsOnlyTheClustersItSubscribes|TestNACKingEnvoyHoldsNothingBack|TestRefusedStateIsNotWaitedFor|TestRecurringVersionMapsToItsLatestRevision|TestClosedLaggingStreamIsNoLongerReported|TestLargeServiceKeepsItsEndpointsPhases|TestSettleAndCloseInputs|TestRememberedVersionsAreBounded|TestPromotionTellsThePublisher|TestLaggingEnvoyIsReportedUntilItCatchesUp|TestReconnectedEnvoyCountsByItsStream|TestSeventeenClustersInOneEvaluation|TestEnvoyWithoutAnACKKnowsNothing|TestReplicaReportsAndWaits)
 PKG            ?=
