@@ -108,6 +108,9 @@ func TestDefaultID(t *testing.T) {
 		{"WEB01.corp.example.com", "web01-5000"},
 		{"my_host", "my_host-5000"},
 		{"host(1)", "host-1-5000"},
+		// The edges of each kept range, and the characters just outside them.
+		{"a`z{0/9:", "a-z-0-9-5000"},
+		{"`az09{", "az09-5000"},
 	} {
 		got, err := DefaultID(c.host, 5000)
 		if err != nil || got != c.want {

@@ -131,3 +131,67 @@ func TestWisej3MaxMemoryInMB(t *testing.T) {
 		t.Errorf("unknown generation: %v", err)
 	}
 }
+
+// TestHealthCheckBoundsAreExact: every bound of HealthCheck.json accepts its edge and refuses
+// one past it, and a field three edits from every known one gets no suggestion.
+func TestHealthCheckBoundsAreExact(t *testing.T) {
+	for _, c := range []struct {
+		src, wisej string
+		ok         bool
+	}{
+		{`{"returnCode": 200}`, WisejAuto, true},
+		{`{"returnCode": 599}`, WisejAuto, true},
+		{`{"returnCode": 199}`, WisejAuto, false},
+		{`{"returnCode": 600}`, WisejAuto, false},
+		{`{"retryAfter": 0}`, WisejAuto, true},
+		{`{"retryAfter": 1440}`, WisejAuto, true},
+		{`{"retryAfter": -1}`, WisejAuto, false},
+		{`{"retryAfter": 1441}`, WisejAuto, false},
+		{`{"maxMemory": 1073741824}`, Wisej3, true},
+		{`{"maxMemory": 1073741825}`, Wisej3, false},
+		{`{"maxMemory": 100}`, Wisej2, true},
+		{`{"maxMemory": 100.5}`, Wisej2, false},
+	} {
+		_, err := ParseHealthCheck([]byte(c.src), c.wisej)
+		if (err == nil) != c.ok {
+			t.Errorf("%s (--wisej-version %s): %v, want ok %v", c.src, c.wisej, err, c.ok)
+		}
+	}
+	for _, c := range []struct {
+		src       string
+		want      registry.Thresholds
+		ambiguous bool
+	}{
+		{`{"enabled": true, "maxMemory": 0}`, registry.Thresholds{}, false}, // unlimited: no unit to guess
+		{`{"enabled": true, "maxMemory": 100}`, registry.Thresholds{MaxMemory: 100}, true},
+		{`{"enabled": true, "maxMemory": 100.5}`, registry.Thresholds{MaxMemoryMB: 100.5}, false},
+	} {
+		hc, err := ParseHealthCheck([]byte(c.src), WisejAuto)
+		if err != nil || hc.Thresholds() != c.want || hc.MemoryAmbiguous != c.ambiguous {
+			t.Errorf("%s: %+v ambiguous %v, %v; want %+v ambiguous %v", c.src, hc.Thresholds(), hc.MemoryAmbiguous, err, c.want, c.ambiguous)
+		}
+	}
+	_, err := ParseHealthCheck([]byte(`{"maxSessionsXYZ": 1}`), WisejAuto)
+	if err == nil || !strings.Contains(err.Error(), `unknown field "maxSessionsXYZ"; the fields are`) {
+		t.Errorf("a field three edits away: %v, want no suggestion", err)
+	}
+}
+
+// TestStripCommentsKeepsLineBreaks: comments go, and only the line breaks inside them stay
+// (a JSON error's offset then falls on the right line); an empty /**/ is a comment, and a //
+// comment may end the file.
+func TestStripCommentsKeepsLineBreaks(t *testing.T) {
+	for in, want := range map[string]string{
+		"a/*x\ny\n*/b":           "a\n\nb",
+		"/**/{}":                 "{}",
+		"{}// last":              "{}",
+		"{}// c\n":               "{}\n",
+		"1 /* one\n*/ 2 // c\n3": "1 \n 2 \n3",
+		`"/* kept \" // too"`:    `"/* kept \" // too"`,
+	} {
+		got, err := stripComments([]byte(in))
+		if err != nil || string(got) != want {
+			t.Errorf("stripComments(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
