@@ -56,7 +56,7 @@ func TestProbeStatusAndCountBounds(t *testing.T) {
 		{`{"sessions": 1e9}`, "", 1e9, ""},
 		{`{"sessions": 2.5}`, "", 3, ""},
 		{`{"sessions": 2.4}`, "", 2, ""},
-		{`{"sessions": 1000000000.5}`, "", 0, "not a count"},
+		{`{"sessions": 1000000000.5}`, "", 0, "session count 1.0000000005e+09 is not a count"},
 		{`{"sessions": -0.5}`, "", 0, "not a count"},
 		{`{"sessions": "3"}`, "", 0, "want JSON"},
 		{"# TYPE s counter\ns 3\n# TYPE u untyped\nu 4\n", "s", 3, ""},
