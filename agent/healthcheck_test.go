@@ -77,6 +77,9 @@ func TestBrokenFiles(t *testing.T) {
 		{"field in the wrong case", `{"MaxSessions": 50}`, `unknown field "MaxSessions" (did you mean "maxSessions"?)`},
 		{"number as a string", `{"maxSessions": "50"}`, `field "maxSessions": "50" is a string, not a whole number`},
 		{"boolean as a string", `{"enabled": "true"}`, `field "enabled": "true" is a string, not true or false`},
+		{"number as a list", `{"maxSessions": [50]}`, `field "maxSessions": [50] is an object or a list, not a whole number`},
+		{"number as an object", `{"maxCPU": {"v": 5}}`, `field "maxCPU": {"v": 5} is an object or a list, not a number`},
+		{"boolean as a number", `{"enabled": 1}`, `field "enabled": 1 is not true or false`},
 	}
 	for _, c := range cases {
 		_, err := ParseHealthCheck([]byte(c.src), WisejAuto)
@@ -188,6 +191,7 @@ func TestStripCommentsKeepsLineBreaks(t *testing.T) {
 		"{}// c\n":               "{}\n",
 		"1 /* one\n*/ 2 // c\n3": "1 \n 2 \n3",
 		`"/* kept \" // too"`:    `"/* kept \" // too"`,
+		"{}/":                    "{}/", // a last '/' starts no comment
 	} {
 		got, err := stripComments([]byte(in))
 		if err != nil || string(got) != want {

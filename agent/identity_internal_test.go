@@ -176,3 +176,13 @@ func TestSystemHostInterfaces(t *testing.T) {
 	}
 	t.Fatalf("no loopback interface holding 127.0.0.1 among %+v", ifaces)
 }
+
+// TestSystemRouteSource asks this machine for its default route's source as the agent does
+// (a UDP socket, no packet sent): an address when there is a route, an error when there is
+// none, never neither.
+func TestSystemRouteSource(t *testing.T) {
+	ip, err := systemHost.routeSource()
+	if (err == nil) == (ip == nil) {
+		t.Fatalf("routeSource: %v, %v; want an address or an error", ip, err)
+	}
+}
