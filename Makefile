@@ -136,6 +136,7 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'registry@(history|list|replica|watch|write)\.go@$(REGISTRY_ETCD_TESTS)' \
 	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
 	'agent@(healthcheck|probe|identity|address)\.go@$(AGENT_HOST_TESTS)' \
+	'agent@drain\.go@$(AGENT_DRAIN_TESTS)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane/xdscache@.*@'
@@ -153,6 +154,8 @@ AGENT_UNIT_TESTS := ^(TestValidateNamesFlag|TestValidHostName|TestDefaultID|Test
 # The agent's tests of what it reads from its host and backend: HealthCheck.json, its identity
 # and address, its probes' answers (no etcd, no process).
 AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommentedFile|TestBrokenFiles|TestWisej3MaxMemoryInMB|TestPrimaryAddress|TestPickIP|TestResolveIdentity|TestSystemHostInterfaces|TestSystemRouteSource|TestDefaultID|TestRedactURL|TestSessionsParsing|TestDefiniteDialFailure|TestDialAddressAndItsReason|TestProbeStatusAndCountBounds|TestHealthCheckBoundsAreExact|TestStripCommentsKeepsLineBreaks)$$
+# The agent's tests of the operators' drains (etcd, in-process agents: 1.5 s).
+AGENT_DRAIN_TESTS := ^Test(AgentReportsOperatorDrain|AgentWithoutDrainsPermission|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
 # The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
 PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySession|TestApplyCostsWhatChangedAndForgetsNothing|TestScaleOutFromAllFullSaysAMoment|TestSourceIPFullServerHasAFirstPhase|TestSingleEnvoyIsServedANewEndpointAtOnce|TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy|TestEnvoyJoining|TestHeldEnvoyCountsForTheNextEndpoint|TestEnvoyKnowsOnlyTheClustersItSubscribes|TestNACKingEnvoyHoldsNothingBack|TestRefusedStateIsNotWaitedFor|TestRecurringVersionMapsToItsLatestRevision|TestClosedLaggingStreamIsNoLongerReported|TestLargeServiceKeepsItsEndpointsPhases|TestSettleAndCloseInputs|TestRememberedVersionsAreBounded|TestPromotionTellsThePublisher|TestLaggingEnvoyIsReportedUntilItCatchesUp|TestReconnectedEnvoyCountsByItsStream|TestSeventeenClustersInOneEvaluation|TestEnvoyWithoutAnACKKnowsNothing|TestReplicaReportsAndWaits)
 PKG            ?=
