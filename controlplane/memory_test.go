@@ -22,45 +22,39 @@ import (
 	"github.com/tetherlb/tether/internal/xdsclient"
 )
 
+// stateFile is what the tests read of a state file.
+type stateFile struct {
+	Envoys []struct {
+		Node string `json:"node"`
+	} `json:"envoys"`
+	Replicas []string `json:"replicas"` // the other replicas
+}
+
+// readStateFile reads the state file at path; an absent one reads as empty.
+func readStateFile(t *testing.T, path string) stateFile {
+	t.Helper()
+	var m stateFile
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return m
+	}
+	if err != nil {
+		t.Fatalf("state file: %v", err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("state file %s: %v", path, err)
+	}
+	return m
+}
+
 // stateFileEnvoys returns the nodes of the Envoys a state file names.
 func stateFileEnvoys(t *testing.T, path string) []string {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("state file: %v", err)
-	}
-	var m struct {
-		Envoys []struct {
-			Node string `json:"node"`
-		} `json:"envoys"`
-	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatalf("state file %s: %v", path, err)
-	}
 	var nodes []string
-	for _, e := range m.Envoys {
+	for _, e := range readStateFile(t, path).Envoys {
 		nodes = append(nodes, e.Node)
 	}
 	return nodes
-}
-
-// stateFileReplicas returns the other replicas a state file names (none while it is absent).
-func stateFileReplicas(t *testing.T, path string) []string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		t.Fatalf("state file: %v", err)
-	}
-	var m struct {
-		Replicas []string `json:"replicas"`
-	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatalf("state file %s: %v", path, err)
-	}
-	return m.Replicas
 }
 
 // TestRestartWaitsForAReplicaStillDown: both replicas were down when a server joined, and
@@ -84,7 +78,7 @@ func TestRestartWaitsForAReplicaStillDown(t *testing.T) {
 	for _, c := range []*xdsclient.Client{a, b} {
 		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
 	}
-	eventually.True(t, "A's state file names B", 15*time.Second, func() bool { return len(stateFileReplicas(t, cfg("a").StateFile)) == 1 })
+	eventually.True(t, "A's state file names B", 15*time.Second, func() bool { return len(readStateFile(t, cfg("a").StateFile).Replicas) == 1 })
 	for _, cp := range []*controlplane.ControlPlane{cpA, cpB} {
 		if err := cp.Stop(); err != nil {
 			t.Fatal(err)
