@@ -139,6 +139,7 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'agent@drain\.go@$(AGENT_DRAIN_TESTS)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
+	'controlplane@publish\.go@$(PUBLISH_TESTS)' \
 	'controlplane@replicas\.go@$(REPLICA_TESTS)' \
 	'controlplane/xdscache@.*@'
 # The drain command's tests of --wait that take seconds, not the 10 s ones of an etcd outage
@@ -159,6 +160,9 @@ AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommented
 AGENT_DRAIN_TESTS := ^Test(AgentReportsOperatorDrain|AgentWithoutDrainsPermission|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
 # The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
 PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySession|TestApplyCostsWhatChangedAndForgetsNothing|TestScaleOutFromAllFullSaysAMoment|TestSourceIPFullServerHasAFirstPhase|TestSingleEnvoyIsServedANewEndpointAtOnce|TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy|TestEnvoyJoining|TestHeldEnvoyCountsForTheNextEndpoint|TestEnvoyKnowsOnlyTheClustersItSubscribes|TestNACKingEnvoyHoldsNothingBack|TestRefusedStateIsNotWaitedFor|TestRecurringVersionMapsToItsLatestRevision|TestClosedLaggingStreamIsNoLongerReported|TestLargeServiceKeepsItsEndpointsPhases|TestSettleAndCloseInputs|TestRememberedVersionsAreBounded|TestPromotionTellsThePublisher|TestLaggingEnvoyIsReportedUntilItCatchesUp|TestReconnectedEnvoyCountsByItsStream|TestSeventeenClustersInOneEvaluation|TestEnvoyWithoutAnACKKnowsNothing|TestReplicaReportsAndWaits)
+# The control plane's tests of its publish loop in a synctest bubble (fake time, no etcd):
+# coalescing, the guard's and vanish grace's releases, the limits, a phaser's promotions.
+PUBLISH_TESTS := ^(TestLoneChangeIsPushedAtOnce|TestBurstIsCoalesced|TestInvalidSnapshotKeepsTheLastGood|TestPersistentProblemsAreLoggedOnce|TestConsistencyMemo|TestHeldInstancesAreReleasedOnTime|TestLimitsAndCountsArePublished|TestEventToPushCountsFromTheOldestChange|TestPublisherPhasesAndRepublishesPromotions|TestSameStateIsNotPushedAgain)$$
 # The control plane's tests of its replica link: its bookkeeping handed the time, and two
 # links over one embedded etcd (5 s).
 REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookkeeping|TestReplicaLinkWritesWhenDue|TestReplicaLinkOverEtcd)$$
