@@ -164,8 +164,8 @@ PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySessio
 # coalescing, the guard's and vanish grace's releases, the limits, a phaser's promotions.
 PUBLISH_TESTS := ^(TestLoneChangeIsPushedAtOnce|TestBurstIsCoalesced|TestInvalidSnapshotKeepsTheLastGood|TestPersistentProblemsAreLoggedOnce|TestConsistencyMemo|TestHeldInstancesAreReleasedOnTime|TestLimitsAndCountsArePublished|TestEventToPushCountsFromTheOldestChange|TestPublisherPhasesAndRepublishesPromotions|TestSameStateIsNotPushedAgain)$$
 # The control plane's tests of its replica link: its bookkeeping handed the time, and two
-# links over one embedded etcd (5 s).
-REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookkeeping|TestReplicaLinkWritesWhenDue|TestReplicaLinkOverEtcd)$$
+# links over one embedded etcd, a watch that relists after a compaction (8 s).
+REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookkeeping|TestReplicaLinkWritesWhenDue|TestReplicaLinkOverEtcd|TestReplicaLinkRelistsAfterCompaction)$$
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1

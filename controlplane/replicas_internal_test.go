@@ -301,3 +301,51 @@ func TestReplicaLinkOverEtcd(t *testing.T) {
 		return ok && low == 3 && who == a.name && gone && slices.Contains(b.known(time.Now()), a.name)
 	})
 }
+
+// TestReplicaLinkRelistsAfterCompaction: a watch of the reports that cannot resume (its
+// revision compacted while the link was cut off from etcd) is followed by a new listing, which
+// has what was written meanwhile.
+func TestReplicaLinkRelistsAfterCompaction(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	p := etcdtest.NewProxy(t, srv.ClientURL)
+	wcli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.URL()}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { wcli.Close() })
+	l := newReplicaLink(wcli, "/tether", &net.TCPAddr{Port: 2}, time.Minute, 0, zerolog.Nop(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.follow(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	held := func(name string) int64 {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.peers[name].Held
+	}
+	put := func(key, value string) int64 {
+		t.Helper()
+		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer pcancel()
+		resp, err := cli.Put(pctx, key, value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	put(registry.ReplicaKey("/tether", "x"), `{"held":1}`)
+	eventually.True(t, "the link follows x", 15*time.Second, func() bool { return held("x") == 1 })
+
+	p.SetCut(true)
+	put(registry.ReplicaKey("/tether", "x"), `{"held":2}`)
+	put(registry.ReplicaKey("/tether", "y"), `{"held":3}`)
+	rev := put("/tether/junk", "x")
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ccancel()
+	if _, err := cli.Compact(cctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	p.SetCut(false)
+	eventually.True(t, "the link lists again: x at 2, y at 3", 15*time.Second, func() bool { return held("x") == 2 && held("y") == 3 })
+}
