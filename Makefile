@@ -139,7 +139,8 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'agent@drain\.go@$(AGENT_DRAIN_TESTS)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
-	'controlplane/xdscache@.*@'
+	'controlplane/xdscache@.*@' \
+	'controlplane/admin@.*@'
 # The drain command's tests of --wait that take seconds, not the 10 s ones of an etcd outage
 # and a lapsed lease (they cover no other mutant of wait.go).
 CTL_WAIT_TESTS := ^(TestWaitReturnsAtZeroSessions|TestUndoAndWaitEndings|TestCtrlCDuringAReadOfWait|TestWaitNeverCallsUnknownSessionsDone|TestWaitCountsOnlyAnEmptyDeliberateLeaveAsDone|TestDeparturesReadEachLastValue|TestProgressCountsEveryDrainedInstance)$$
