@@ -140,7 +140,8 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane/xdscache@.*@' \
-	'controlplane/admin@.*@'
+	'controlplane/admin@.*@' \
+	'controlplane@(controlplane|metrics|xds|problems)\.go@$(CP_WIRING_TESTS)'
 # The drain command's tests of --wait that take seconds, not the 10 s ones of an etcd outage
 # and a lapsed lease (they cover no other mutant of wait.go).
 CTL_WAIT_TESTS := ^(TestWaitReturnsAtZeroSessions|TestUndoAndWaitEndings|TestCtrlCDuringAReadOfWait|TestWaitNeverCallsUnknownSessionsDone|TestWaitCountsOnlyAnEmptyDeliberateLeaveAsDone|TestDeparturesReadEachLastValue|TestProgressCountsEveryDrainedInstance)$$
@@ -159,6 +160,10 @@ AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommented
 AGENT_DRAIN_TESTS := ^Test(AgentReportsOperatorDrain|AgentWithoutDrainsPermission|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
 # The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
 PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySession|TestApplyCostsWhatChangedAndForgetsNothing|TestScaleOutFromAllFullSaysAMoment|TestSourceIPFullServerHasAFirstPhase|TestSingleEnvoyIsServedANewEndpointAtOnce|TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy|TestEnvoyJoining|TestHeldEnvoyCountsForTheNextEndpoint|TestEnvoyKnowsOnlyTheClustersItSubscribes|TestNACKingEnvoyHoldsNothingBack|TestRefusedStateIsNotWaitedFor|TestRecurringVersionMapsToItsLatestRevision|TestClosedLaggingStreamIsNoLongerReported|TestLargeServiceKeepsItsEndpointsPhases|TestSettleAndCloseInputs|TestRememberedVersionsAreBounded|TestPromotionTellsThePublisher|TestLaggingEnvoyIsReportedUntilItCatchesUp|TestReconnectedEnvoyCountsByItsStream|TestSeventeenClustersInOneEvaluation|TestEnvoyWithoutAnACKKnowsNothing|TestReplicaReportsAndWaits)
+# The control plane's tests of its configuration, start, shutdown and xDS wiring: the
+# Config tests without etcd, then one start per path (embedded etcd, TLS, auth, a taken
+# port, a state file, an old Envoy, a NACK, hostile values): every block any test covers.
+CP_WIRING_TESTS := ^(TestConfigDefaults|TestConfigValidateBounds|TestConfigHelpers|TestEmbeddedEtcd|TestHostileValuesRejectedAlone|TestStartReleasesListenersOnFailure|TestRestartAfterStormAndCompactionHoldsWhatItServed|TestOldEnvoyIsReported|TestPersistentProblemsAreLoggedOnce|TestStartWaitsForEtcdWithAuth|TestXDSTLS|TestNACKIsCountedAndLogged|TestXDSConnectionsBounded|TestEtcdMutualTLSAndAuth)$$
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1
