@@ -82,7 +82,9 @@ func TestConfigValidateBounds(t *testing.T) {
 		{"hold share negative", func(c *Config) { c.HoldShare = -1 }, ""},
 		{"hold share just over 1", func(c *Config) { c.HoldShare = 1.0000001 }, "--hold-share"},
 		{"prefix", func(c *Config) { c.Prefix = "tether" }, "--prefix"},
-		{"admin hosts", func(c *Config) { c.AdminHosts = []string{"tether.example.com", "10.0.0.1", "[fd00::1]", "fd00::2", "Admin-1.Example."} }, ""},
+		{"admin hosts", func(c *Config) {
+			c.AdminHosts = []string{"tether.example.com", "10.0.0.1", "[fd00::1]", "fd00::2", "Admin-1.Example."}
+		}, ""},
 		{"admin host with a scheme", func(c *Config) { c.AdminHosts = []string{"localhost", "http://x"} }, `--admin-hosts: "http://x"`},
 		{"admin host with a port", func(c *Config) { c.AdminHosts = []string{"x:80"} }, "--admin-hosts"},
 		{"xds port 0 and 65535", func(c *Config) { c.XDSAddr, c.AdminAddr = ":0", "127.0.0.1:65535" }, ""},
