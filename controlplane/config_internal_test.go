@@ -12,6 +12,19 @@ import (
 // A partial Config gets DefaultConfig's value in each zero field, and in each negative one
 // that has no meaning; the negatives the flags document (disable, no bound) stay.
 func TestConfigDefaults(t *testing.T) {
+	// A default is a value, never the zero that asks for one.
+	d := DefaultConfig()
+	for name, v := range map[string]float64{"ListenPort": float64(d.ListenPort), "CoalesceQuiet": float64(d.CoalesceQuiet),
+		"CoalesceMax": float64(d.CoalesceMax), "PublishSettle": float64(d.PublishSettle), "InitialSyncs": float64(d.InitialSyncs),
+		"MaxInflightBytes": float64(d.MaxInflightBytes), "HoldShare": d.HoldShare, "HoldGrace": float64(d.HoldGrace),
+		"HoldWindow": float64(d.HoldWindow), "VanishGrace": float64(d.VanishGrace), "StaleAfter": float64(d.StaleAfter),
+		"MaxServices": float64(d.MaxServices), "MaxInstancesPerService": float64(d.MaxInstancesPerService),
+		"MaxConnsPerPeer": float64(d.MaxConnsPerPeer), "MaxStreamsPerConn": float64(d.MaxStreamsPerConn),
+		"ShutdownTimeout": float64(d.ShutdownTimeout)} {
+		if v <= 0 {
+			t.Errorf("DefaultConfig().%s = %v, want positive", name, v)
+		}
+	}
 	var zero Config
 	zero.withDefaults()
 	if d := DefaultConfig(); !reflect.DeepEqual(zero, d) {

@@ -1,42 +1,32 @@
 package controlplane_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/controlplane/xdscache"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/internal/tlstest"
 )
-
-// syncBuffer is a log sink read by the test while the control plane writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // Run refuses an invalid configuration with the flag's error, and otherwise serves until its
 // context ends, then returns nil.
@@ -54,9 +44,7 @@ func TestRunEndsWithItsContext(t *testing.T) {
 		done <- controlplane.Run(ctx, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
 			XDSAddr: "127.0.0.1:0", AdminAddr: admin, ShutdownTimeout: 2 * time.Second, Logger: testLogger(t)})
 	}()
-	// Wait for the admin server to answer (bounded: 100 tries, 10 s), then end the context.
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; ; i++ {
+	eventually.True(t, "the admin server answers", 10*time.Second, func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("Run returned before its context ended: %v", err)
@@ -65,13 +53,9 @@ func TestRunEndsWithItsContext(t *testing.T) {
 		resp, err := http.Get("http://" + admin + "/healthz")
 		if err == nil {
 			resp.Body.Close()
-			break
 		}
-		if i == 100 || time.Now().After(deadline) {
-			t.Fatalf("admin server never answered: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err == nil
+	})
 	cancel()
 	select {
 	case err := <-done:
@@ -108,7 +92,7 @@ func TestNoPlaintextWarningOnLoopbackOrTLS(t *testing.T) {
 		name string
 		tls  *tls.Config
 	}{{"plaintext on loopback", nil}, {"TLS", &tls.Config{Certificates: []tls.Certificate{cert.Cert}, MinVersion: tls.VersionTLS12}}} {
-		var logs syncBuffer
+		var logs syncbuf.Buffer
 		ctx, cancel := context.WithCancel(context.Background())
 		cp, err := controlplane.Start(ctx, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
 			XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", XDSTLS: tc.tls, ShutdownTimeout: 2 * time.Second,
@@ -123,6 +107,39 @@ func TestNoPlaintextWarningOnLoopbackOrTLS(t *testing.T) {
 		}
 		if strings.Contains(logs.String(), "plaintext") {
 			t.Errorf("%s: warned of plaintext xDS:\n%s", tc.name, logs.String())
+		}
+	}
+}
+
+// Before the first publication a stream may subscribe 2 x --max-services names per type plus
+// the margin (Envoys back from a restart ask for what they held), no more.
+func TestNamesBeforeTheFirstPublicationFollowMaxServices(t *testing.T) {
+	dead := fmt.Sprintf("http://127.0.0.1:%d", etcdtest.FreePort(t))
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: []string{dead}}, MaxServices: 2})
+	conn := rawConn(t, cp)
+	limit := 2*2 + xdscache.DefaultNameMargin
+	for _, n := range []int{limit, limit + 1} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		names := make([]string, n)
+		for i := range names {
+			names[i] = fmt.Sprintf("tether_svc-%d", i)
+		}
+		if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: names}); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		// The server reads the request before the end of the stream: it ends the stream
+		// refusing the request, or at the end.
+		_ = s.CloseSend()
+		_, err = s.Recv()
+		cancel()
+		if refused := status.Code(err) == codes.InvalidArgument; refused != (n > limit) || (!refused && !errors.Is(err, io.EOF)) {
+			t.Errorf("%d names before the first publication: %v", n, err)
 		}
 	}
 }
