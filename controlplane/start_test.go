@@ -1,6 +1,7 @@
 package controlplane_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -141,5 +142,42 @@ func TestNamesBeforeTheFirstPublicationFollowMaxServices(t *testing.T) {
 		if refused := status.Code(err) == codes.InvalidArgument; refused != (n > limit) || (!refused && !errors.Is(err, io.EOF)) {
 			t.Errorf("%d names before the first publication: %v", n, err)
 		}
+	}
+}
+
+// A request still running on the admin server when the shutdown bound ends is cut, not
+// left to finish (a 20 s profile here).
+func TestShutdownCutsAdminRequestsPastItsBound(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cp, err := controlplane.Start(ctx, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 2 * time.Second},
+		XDSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", ShutdownTimeout: 300 * time.Millisecond, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", cp.AdminAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// An execution trace of 20 s: its response's first bytes show it running.
+	if _, err := io.WriteString(conn, "GET /debug/pprof/trace?seconds=20 HTTP/1.1\r\nHost: localhost\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("trace: %v", err)
+	}
+	if err := cp.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(resp.Body)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the admin connection was not closed at the shutdown bound (read %q)", b)
 	}
 }
