@@ -28,11 +28,16 @@ type source struct {
 	ready       chan struct{}
 	unconfirmed time.Duration
 	stale       bool
+	reads       chan struct{} // when set, told of each Snapshot call without blocking
 }
 
 func (s *source) Snapshot() *Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	select {
+	case s.reads <- struct{}{}:
+	default:
+	}
 	return s.pub
 }
 func (s *source) Groups() []string { return []string{defaultGroup} }
@@ -299,6 +304,38 @@ func TestEventsStreamIsQuietBetweenHeartbeats(t *testing.T) {
 		}
 	}
 	src.set(snapshotOf(2, registry.StateAvailable))
+	for {
+		l := next(t, ctx, lines, "")
+		if strings.HasPrefix(l, ":") {
+			t.Fatalf("a comment before the heartbeat is due: %q", l)
+		}
+		if strings.HasPrefix(l, "data: ") {
+			break
+		}
+	}
+}
+
+// The event stream as the control plane serves it (default interval, heartbeat and write
+// bound): the first document at once, then nothing while nothing changes, then the change.
+func TestEventsStreamWithDefaults(t *testing.T) {
+	src := &source{ready: make(chan struct{}), pub: snapshotOf(1, registry.StateAvailable), reads: make(chan struct{}, 64)}
+	srv := httptest.NewServer(Handler(src, Options{Metrics: prometheus.NewRegistry()}, func(func()) {}))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, lines := stream(t, ctx, srv.URL+"/api/events")
+	next(t, ctx, lines, "data: ")
+	// Two ticks of the unchanged source (a second), then a change.
+	for range 3 {
+		select {
+		case <-src.reads:
+		case <-ctx.Done():
+			t.Fatal("the stream stopped reading its source")
+		}
+	}
+	src.mu.Lock()
+	src.pub = snapshotOf(2, registry.StateAvailable)
+	src.mu.Unlock()
 	for {
 		l := next(t, ctx, lines, "")
 		if strings.HasPrefix(l, ":") {
