@@ -178,6 +178,6 @@ func TestShutdownCutsAdminRequestsPastItsBound(t *testing.T) {
 	b, err := io.ReadAll(resp.Body)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("the admin connection was not closed at the shutdown bound (read %q)", b)
+		t.Fatalf("the admin connection was not closed at the shutdown bound (%d bytes read)", len(b))
 	}
 }
