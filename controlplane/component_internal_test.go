@@ -46,6 +46,9 @@ func TestServerFailureStopsTheControlPlane(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), tc.name+": ") {
 			t.Errorf("%s failed: the control plane stopped with %v", tc.name, err)
 		}
+		if cp.cli.Ctx().Err() == nil {
+			t.Errorf("%s failed: the etcd client is still open after the stop", tc.name)
+		}
 		if !strings.Contains(logs.String(), "stopping the control plane") || !strings.Contains(logs.String(), tc.name) {
 			t.Errorf("%s failed: logged %s", tc.name, logs.String())
 		}
