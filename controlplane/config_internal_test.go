@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"crypto/tls"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
@@ -144,6 +146,17 @@ func TestConfigHelpers(t *testing.T) {
 		registry.KeyDrain: "drain", registry.KeyKind(99): "unknown"} {
 		if got := kindLabel(k); got != want {
 			t.Errorf("kindLabel(%v) = %q, want %q", k, got, want)
+		}
+	}
+	for _, tc := range []struct {
+		tls  *tls.Config
+		addr net.Addr
+		want bool
+	}{{nil, &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 18000}, true}, {nil, &net.TCPAddr{IP: net.IPv4zero, Port: 18000}, true},
+		{nil, &net.TCPAddr{IP: net.IPv6loopback, Port: 18000}, false}, {&tls.Config{}, &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 18000}, false},
+		{&tls.Config{}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 18000}, false}} {
+		if got := plaintextBeyondLoopback(tc.tls, tc.addr); got != tc.want {
+			t.Errorf("plaintextBeyondLoopback(TLS %v, %v) = %v", tc.tls != nil, tc.addr, got)
 		}
 	}
 	if groupName("") != DefaultGroup || groupName("edge") != "edge" {
