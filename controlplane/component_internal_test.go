@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/syncbuf"
@@ -46,7 +47,7 @@ func TestServerFailureStopsTheControlPlane(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), tc.name+": ") {
 			t.Errorf("%s failed: the control plane stopped with %v", tc.name, err)
 		}
-		if cp.cli.Ctx().Err() == nil {
+		if cp.cli.ActiveConnection().GetState() != connectivity.Shutdown {
 			t.Errorf("%s failed: the etcd client is still open after the stop", tc.name)
 		}
 		if !strings.Contains(logs.String(), "stopping the control plane") || !strings.Contains(logs.String(), tc.name) {
