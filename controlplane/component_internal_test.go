@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/tetherlb/tether/internal/etcdtest"
@@ -33,6 +34,10 @@ func TestServerFailureStopsTheControlPlane(t *testing.T) {
 		if err != nil {
 			cancel()
 			t.Fatalf("%s: %v", tc.name, err)
+		}
+		// The etcd client logs nothing of its own: its retries are the watcher's to report.
+		if cp.cli.GetLogger().Core().Enabled(zapcore.ErrorLevel) {
+			t.Errorf("%s: the etcd client has a logger of its own", tc.name)
 		}
 		_ = tc.ln(cp).Close()
 		done := make(chan error, 1)
