@@ -141,7 +141,9 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane@publish\.go@$(PUBLISH_TESTS)' \
 	'controlplane@replicas\.go@$(REPLICA_TESTS)' \
-	'controlplane/xdscache@.*@'
+	'controlplane/xdscache@.*@' \
+	'controlplane/admin@.*@' \
+	'controlplane@(controlplane|metrics|xds|problems)\.go@$(CP_WIRING_TESTS)'
 # The drain command's tests of --wait that take seconds, not the 10 s ones of an etcd outage
 # and a lapsed lease (they cover no other mutant of wait.go).
 CTL_WAIT_TESTS := ^(TestWaitReturnsAtZeroSessions|TestUndoAndWaitEndings|TestCtrlCDuringAReadOfWait|TestWaitNeverCallsUnknownSessionsDone|TestWaitCountsOnlyAnEmptyDeliberateLeaveAsDone|TestDeparturesReadEachLastValue|TestProgressCountsEveryDrainedInstance)$$
@@ -166,6 +168,11 @@ PUBLISH_TESTS := ^(TestLoneChangeIsPushedAtOnce|TestBurstIsCoalesced|TestInvalid
 # The control plane's tests of its replica link: its bookkeeping handed the time, and two
 # links over one embedded etcd, a watch that relists after a compaction (8 s).
 REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookkeeping|TestReplicaLinkWritesWhenDue|TestReplicaLinkOverEtcd|TestReplicaLinkRelistsAfterCompaction)$$
+# The control plane's tests of its configuration, start, shutdown and xDS wiring: the
+# Config tests without etcd, then one start per path (embedded etcd, TLS, auth, a taken
+# port, a state file, an old Envoy, a NACK, hostile values, a failing server, the shutdown
+# bound, a promotion, a lost lease): every block any test covers, 8 s a run.
+CP_WIRING_TESTS := ^(TestConfigDefaults|TestConfigValidateBounds|TestConfigHelpers|TestEmbeddedEtcd|TestHostileValuesRejectedAlone|TestStartReleasesListenersOnFailure|TestRestartAfterStormAndCompactionHoldsWhatItServed|TestOldEnvoyIsReported|TestPersistentProblemsAreLoggedOnce|TestStartWaitsForEtcdWithAuth|TestXDSTLS|TestNACKIsCountedAndLogged|TestXDSConnectionsBounded|TestEtcdMutualTLSAndAuth|TestRunEndsWithItsContext|TestStartFailsOnATakenXDSAddress|TestNoPlaintextWarningOnLoopbackOrTLS|TestNamesBeforeTheFirstPublicationFollowMaxServices|TestServerFailureStopsTheControlPlane|TestShutdownCutsAdminRequestsPastItsBound|TestNewEndpointIsKnownEverywhereFirst|TestLostLeaseKeepsTheServer)$$
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1

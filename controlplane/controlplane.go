@@ -376,7 +376,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	cp.xdsLn = newPeerLimiter(cp.xdsLn, cfg.MaxConnsPerPeer, cp.log.With().Str("component", "xds").Logger(),
 		func() { cp.m.refused.WithLabelValues(RefusePeerConns).Inc() })
-	if cfg.XDSTLS == nil && !loopback(cp.xdsLn.Addr()) {
+	if plaintextBeyondLoopback(cfg.XDSTLS, cp.xdsLn.Addr()) {
 		cp.log.Warn().Str("xds", cp.xdsLn.Addr().String()).
 			Msg("xDS is served in plaintext beyond loopback: anyone who reaches this port can read the whole configuration and open streams; pass --xds-tls-cert/--xds-tls-key (and --xds-client-ca) or listen on 127.0.0.1")
 	}
@@ -509,6 +509,11 @@ func progressInterval(staleAfter time.Duration) time.Duration {
 		return registry.DefaultProgressInterval
 	}
 	return staleAfter / 3
+}
+
+// plaintextBeyondLoopback reports whether xDS is served without TLS to other hosts.
+func plaintextBeyondLoopback(tlsCfg *tls.Config, a net.Addr) bool {
+	return tlsCfg == nil && !loopback(a)
 }
 
 // loopback reports whether a listener's address is reachable from this host only.
