@@ -141,6 +141,8 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane@publish\.go@$(PUBLISH_TESTS)' \
 	'controlplane@replicas\.go@$(REPLICA_TESTS)' \
+	'controlplane@(vanish|stale)\.go@$(VANISH_STALE_TESTS)' \
+	'controlplane@memory\.go@$(MEMORY_TESTS)' \
 	'controlplane/xdscache@.*@'
 # The drain command's tests of --wait that take seconds, not the 10 s ones of an etcd outage
 # and a lapsed lease (they cover no other mutant of wait.go).
@@ -166,6 +168,11 @@ PUBLISH_TESTS := ^(TestLoneChangeIsPushedAtOnce|TestBurstIsCoalesced|TestInvalid
 # The control plane's tests of its replica link: its bookkeeping handed the time, and two
 # links over one embedded etcd, a watch that relists after a compaction (8 s).
 REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookkeeping|TestReplicaLinkWritesWhenDue|TestReplicaLinkOverEtcd|TestReplicaLinkRelistsAfterCompaction)$$
+# The vanish grace driven by hand, and the etcd tests of a lost lease and of a replica cut off
+# from etcd (the only ones that step a replica down: 18 s).
+VANISH_STALE_TESTS := ^(TestVanishGrace|TestVanishGraceKeepsTheFirstStatesDepartures|TestLostLeaseKeepsTheServer|TestCutOffReplicaStepsDown)$$
+# The state file's pure parts by hand, and the three restarts that write and read one (6 s).
+MEMORY_TESTS := ^(TestMemoryFileRoundTrip|TestMemoryFileWriteErrors|TestRecalledDepartures|TestMemoryOf|TestRestartWaitsForAReplicaStillDown|TestRestartPhasesServersThatJoinedWhileDown|TestRestartAfterStormAndCompactionHoldsWhatItServed)$$
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1
