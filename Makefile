@@ -143,6 +143,7 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'controlplane@replicas\.go@$(REPLICA_TESTS)' \
 	'controlplane@(vanish|stale)\.go@$(VANISH_STALE_TESTS)' \
 	'controlplane@memory\.go@$(MEMORY_TESTS)' \
+	'controlplane@(peerlimit|envoyversion)\.go@$(PEER_VERSION_TESTS)' \
 	'controlplane/xdscache@.*@'
 # The drain command's tests of --wait that take seconds, not the 10 s ones of an etcd outage
 # and a lapsed lease (they cover no other mutant of wait.go).
@@ -173,6 +174,8 @@ REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookk
 VANISH_STALE_TESTS := ^(TestVanishGrace|TestVanishGraceKeepsTheFirstStatesDepartures|TestLostLeaseKeepsTheServer|TestCutOffReplicaStepsDown)$$
 # The state file's pure parts by hand, and the three restarts that write and read one (6 s).
 MEMORY_TESTS := ^(TestMemoryFileRoundTrip|TestMemoryFileWriteErrors|TestRecalledDepartures|TestMemoryOf|TestRestartWaitsForAReplicaStillDown|TestRestartPhasesServersThatJoinedWhileDown|TestRestartAfterStormAndCompactionHoldsWhatItServed)$$
+# The peer limiter over loopback connections and the Envoy version comparison, by hand.
+PEER_VERSION_TESTS := ^(TestPeerLimiterCountsEachPeer|TestEnvoyVersionsCompareExactly)$$
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1
