@@ -173,7 +173,7 @@ REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookk
 # from etcd (the only ones that step a replica down: 18 s).
 VANISH_STALE_TESTS := ^(TestVanishGrace|TestVanishGraceKeepsTheFirstStatesDepartures|TestLostLeaseKeepsTheServer|TestCutOffReplicaStepsDown)$$
 # The state file's pure parts by hand, and the three restarts that write and read one (6 s).
-MEMORY_TESTS := ^(TestMemoryFileRoundTrip|TestMemoryFileWriteErrors|TestRecalledDepartures|TestMemoryOf|TestRestartWaitsForAReplicaStillDown|TestRestartPhasesServersThatJoinedWhileDown|TestRestartAfterStormAndCompactionHoldsWhatItServed)$$
+MEMORY_TESTS := ^(TestMemoryFileRoundTrip|TestMemoryFileWriteErrors|TestRecalledDepartures|TestMemoryOf|TestMemoryWriterWritesChangesAndLogsFailuresOnce|TestRestartWaitsForAReplicaStillDown|TestRestartPhasesServersThatJoinedWhileDown|TestRestartAfterStormAndCompactionHoldsWhatItServed)$$
 # The peer limiter over loopback connections and the Envoy version comparison, by hand.
 PEER_VERSION_TESTS := ^(TestPeerLimiterCountsEachPeer|TestEnvoyVersionsCompareExactly)$$
 PKG            ?=

@@ -194,3 +194,58 @@ func TestMemoryOf(t *testing.T) {
 		t.Errorf("instances %+v, want %+v", m.Instances, want)
 	}
 }
+
+// The state file is written when what it holds changes, not when only the time does; a
+// failure is logged once until a write succeeds again, which is logged once.
+func TestMemoryWriterWritesChangesAndLogsFailuresOnce(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "sub")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(blocker, "state.json")
+	var logs bytes.Buffer
+	w := &memoryWriter{path: path, log: zerolog.New(&logs)}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	m := func(at time.Time, ids ...string) *memory {
+		mm := &memory{Version: memoryVersion, Prefix: "/tether/", WrittenAt: at}
+		for _, id := range ids {
+			mm.Instances = append(mm.Instances, memoryInstance{Service: "app", Instance: registry.Instance{ID: id}})
+		}
+		return mm
+	}
+	written := func() *memory {
+		t.Helper()
+		got := readMemory(path, "/tether/", zerolog.Nop())
+		if got == nil {
+			t.Fatal("no state file written")
+		}
+		return got
+	}
+
+	w.write(m(t0, "a"))
+	w.write(m(t0.Add(time.Second), "a"))
+	w.write(m(t0.Add(2*time.Second), "a", "b"))
+	if n := strings.Count(logs.String(), "cannot write the state file"); n != 1 || strings.Contains(logs.String(), "written again") {
+		t.Fatalf("three failed writes logged %q; want one warning", logs.String())
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+	w.write(m(t0.Add(3*time.Second), "a"))
+	if got := written(); !got.WrittenAt.Equal(t0.Add(3*time.Second)) || len(got.Instances) != 1 {
+		t.Errorf("written %+v, want a at %v", got, t0.Add(3*time.Second))
+	}
+	w.write(m(t0.Add(4*time.Second), "a"))
+	if got := written(); !got.WrittenAt.Equal(t0.Add(3 * time.Second)) {
+		t.Errorf("written again at %v with nothing changed but the time", got.WrittenAt)
+	}
+	w.write(m(t0.Add(5*time.Second), "a", "b"))
+	if got := written(); !got.WrittenAt.Equal(t0.Add(5*time.Second)) || len(got.Instances) != 2 {
+		t.Errorf("a change not written: %+v", got)
+	}
+	if n := strings.Count(logs.String(), "state file written again"); n != 1 || strings.Contains(logs.String(), "cannot write") {
+		t.Errorf("the writes after the failure logged %q; want one line saying it is written again", logs.String())
+	}
+}
