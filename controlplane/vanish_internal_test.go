@@ -78,13 +78,6 @@ func TestVanishGrace(t *testing.T) {
 	if s := out.Services["app"]; s == nil || s.Config.Affinity.CookieName != "mine" || len(s.Instances) != 1 {
 		t.Errorf("service gone: served %+v, want its own configuration with a kept", s)
 	}
-
-	// Disabled.
-	g = newVanishGrace(0)
-	g.apply(vanishState(1, a), t0)
-	if out, _ := g.apply(vanishState(2), t0.Add(time.Second)); len(out.Services["app"].Instances) != 0 {
-		t.Error("disabled grace kept an instance")
-	}
 }
 
 // A first state's departures (keys etcd's history shows deleted before this control plane
