@@ -171,7 +171,7 @@ PUBLISH_TESTS := ^(TestLoneChangeIsPushedAtOnce|TestBurstIsCoalesced|TestInvalid
 REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookkeeping|TestReplicaLinkWritesWhenDue|TestReplicaLinkOverEtcd|TestReplicaLinkRelistsAfterCompaction)$$
 # The vanish grace driven by hand, and the etcd tests of a lost lease and of a replica cut off
 # from etcd (the only ones that step a replica down: 18 s).
-VANISH_STALE_TESTS := ^(TestVanishGrace|TestVanishGraceKeepsTheFirstStatesDepartures|TestLostLeaseKeepsTheServer|TestCutOffReplicaStepsDown)$$
+VANISH_STALE_TESTS := ^(TestVanishGrace|TestVanishGraceKeepsTheFirstStatesDepartures|TestStaleBoundAndItsCheck|TestLostLeaseKeepsTheServer|TestCutOffReplicaStepsDown)$$
 # The state file's pure parts by hand, and the three restarts that write and read one (6 s).
 MEMORY_TESTS := ^(TestMemoryFileRoundTrip|TestMemoryFileWriteErrors|TestRecalledDepartures|TestMemoryOf|TestMemoryWriterWritesChangesAndLogsFailuresOnce|TestRestartWaitsForAReplicaStillDown|TestRestartPhasesServersThatJoinedWhileDown|TestRestartAfterStormAndCompactionHoldsWhatItServed)$$
 # The peer limiter over loopback connections and the Envoy version comparison, by hand.
