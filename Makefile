@@ -143,7 +143,10 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'controlplane@replicas\.go@$(REPLICA_TESTS)' \
 	'controlplane/xdscache@.*@' \
 	'controlplane/admin@.*@' \
-	'controlplane@(controlplane|metrics|xds|problems)\.go@$(CP_WIRING_TESTS)'
+	'controlplane@(controlplane|metrics|xds|problems)\.go@$(CP_WIRING_TESTS)' \
+	'controlplane@(vanish|stale)\.go@$(VANISH_STALE_TESTS)' \
+	'controlplane@memory\.go@$(MEMORY_TESTS)' \
+	'controlplane@(peerlimit|envoyversion)\.go@$(PEER_VERSION_TESTS)'
 # The drain command's tests of --wait that take seconds, not the 10 s ones of an etcd outage
 # and a lapsed lease (they cover no other mutant of wait.go).
 CTL_WAIT_TESTS := ^(TestWaitReturnsAtZeroSessions|TestUndoAndWaitEndings|TestCtrlCDuringAReadOfWait|TestWaitNeverCallsUnknownSessionsDone|TestWaitCountsOnlyAnEmptyDeliberateLeaveAsDone|TestDeparturesReadEachLastValue|TestProgressCountsEveryDrainedInstance)$$
@@ -173,6 +176,13 @@ REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookk
 # port, a state file, an old Envoy, a NACK, hostile values, a failing server, the shutdown
 # bound, a promotion, a lost lease): every block any test covers, 8 s a run.
 CP_WIRING_TESTS := ^(TestConfigDefaults|TestConfigValidateBounds|TestConfigHelpers|TestEmbeddedEtcd|TestHostileValuesRejectedAlone|TestStartReleasesListenersOnFailure|TestRestartAfterStormAndCompactionHoldsWhatItServed|TestOldEnvoyIsReported|TestPersistentProblemsAreLoggedOnce|TestStartWaitsForEtcdWithAuth|TestXDSTLS|TestNACKIsCountedAndLogged|TestXDSConnectionsBounded|TestEtcdMutualTLSAndAuth|TestRunEndsWithItsContext|TestStartFailsOnATakenXDSAddress|TestNoPlaintextWarningOnLoopbackOrTLS|TestNamesBeforeTheFirstPublicationFollowMaxServices|TestServerFailureStopsTheControlPlane|TestShutdownCutsAdminRequestsPastItsBound|TestNewEndpointIsKnownEverywhereFirst|TestLostLeaseKeepsTheServer)$$
+# The vanish grace driven by hand, and the etcd tests of a lost lease and of a replica cut off
+# from etcd (the only ones that step a replica down: 18 s).
+VANISH_STALE_TESTS := ^(TestVanishGrace|TestVanishGraceKeepsTheFirstStatesDepartures|TestStaleBoundAndItsCheck|TestLostLeaseKeepsTheServer|TestCutOffReplicaStepsDown)$$
+# The state file's pure parts by hand, and the three restarts that write and read one (6 s).
+MEMORY_TESTS := ^(TestMemoryFileRoundTrip|TestMemoryFileWriteErrors|TestRecalledDepartures|TestMemoryOf|TestMemoryWriterWritesChangesAndLogsFailuresOnce|TestRestartWaitsForAReplicaStillDown|TestRestartPhasesServersThatJoinedWhileDown|TestRestartAfterStormAndCompactionHoldsWhatItServed)$$
+# The peer limiter over loopback connections and the Envoy version comparison, by hand.
+PEER_VERSION_TESTS := ^(TestPeerLimiterCountsEachPeer|TestEnvoyVersionsCompareExactly)$$
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"fmt"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -17,13 +18,7 @@ var minEnvoy = semver{1, 36, 0}
 type semver struct{ major, minor, patch uint32 }
 
 func (v semver) less(o semver) bool {
-	if v.major != o.major {
-		return v.major < o.major
-	}
-	if v.minor != o.minor {
-		return v.minor < o.minor
-	}
-	return v.patch < o.patch
+	return cmp.Or(cmp.Compare(v.major, o.major), cmp.Compare(v.minor, o.minor), cmp.Compare(v.patch, o.patch)) < 0
 }
 
 // envoyFeatures are what Tether's configuration needs of Envoy, each with the first release

@@ -193,36 +193,47 @@ func memoryOf(prefix string, kept *registry.State, ph *phaser, now time.Time) *m
 	return m
 }
 
+// memoryWriter writes the memory file when what it would hold changed, and logs a failure
+// once until a write succeeds again (a full disk would otherwise log every second).
+type memoryWriter struct {
+	path    string
+	log     zerolog.Logger
+	last    []byte // what was last written, its time left out
+	failing bool
+}
+
+// write writes m unless the file holds it already, its time aside.
+func (w *memoryWriter) write(m *memory) {
+	stamp := m.WrittenAt
+	m.WrittenAt = time.Time{}
+	b, err := json.Marshal(m)
+	m.WrittenAt = stamp
+	if err != nil || slices.Equal(b, w.last) {
+		return
+	}
+	err = writeMemory(w.path, m)
+	switch {
+	case err != nil && !w.failing:
+		w.log.Warn().Err(err).Str("file", w.path).Msg("cannot write the state file; a restart will not remember what was served")
+	case err == nil && w.failing:
+		w.log.Info().Str("file", w.path).Msg("state file written again")
+	}
+	w.failing = err != nil
+	if err == nil {
+		w.last = b
+	}
+}
+
 // keepMemory writes the memory file when what it would hold changed, at most every
 // memoryEvery, until ctx ends, and once more then.
 func (cp *ControlPlane) keepMemory(ctx context.Context) {
-	path := cp.cfg.StateFile
-	var last []byte
-	failing := false
+	w := &memoryWriter{path: cp.cfg.StateFile, log: cp.log}
 	write := func() {
 		cur := cp.pub.snapshotNow()
 		if cur == nil {
 			return // nothing served yet: the file of the last run stays as it is
 		}
-		m := memoryOf(cp.cfg.Prefix, cur.kept, cp.phase, time.Now())
-		stamp := m.WrittenAt
-		m.WrittenAt = time.Time{}
-		b, err := json.Marshal(m)
-		if err != nil || slices.Equal(b, last) {
-			return
-		}
-		m.WrittenAt = stamp
-		err = writeMemory(path, m)
-		switch {
-		case err != nil && !failing:
-			cp.log.Warn().Err(err).Str("file", path).Msg("cannot write the state file; a restart will not remember what was served")
-		case err == nil && failing:
-			cp.log.Info().Str("file", path).Msg("state file written again")
-		}
-		failing = err != nil
-		if err == nil {
-			last = b
-		}
+		w.write(memoryOf(cp.cfg.Prefix, cur.kept, cp.phase, time.Now()))
 	}
 	t := time.NewTicker(memoryEvery)
 	defer t.Stop()

@@ -48,7 +48,7 @@ func (cp *ControlPlane) watchConfirmation(ctx context.Context) {
 	if cp.cfg.StaleAfter <= 0 {
 		return
 	}
-	t := time.NewTicker(max(cp.cfg.StaleAfter/10, 10*time.Millisecond))
+	t := time.NewTicker(staleCheckEvery(cp.cfg.StaleAfter))
 	defer t.Stop()
 	down := false
 	for {
@@ -71,6 +71,13 @@ func (cp *ControlPlane) watchConfirmation(ctx context.Context) {
 			cp.log.Info().Msg("etcd's revision confirmed again: ready")
 		}
 	}
+}
+
+// staleCheckEvery is how often watchConfirmation looks: a tenth of the bound, so that a
+// replica steps down within a tenth of it past it, and not under 10 ms (a bound under 10 ns
+// would make a ticker of zero, which panics).
+func staleCheckEvery(bound time.Duration) time.Duration {
+	return max(bound/10, 10*time.Millisecond)
 }
 
 // streamCutter is a gRPC stream interceptor that can end every open stream at once.

@@ -59,11 +59,9 @@ func newVanishGrace(grace time.Duration) *vanishGrace {
 }
 
 // apply returns next with the instances still within their grace added back, and when the
-// next of them is due to go (zero: none). Calls must come with non-decreasing now.
+// next of them is due to go (zero: none). Calls must come with non-decreasing now. (A grace
+// of zero or less is no vanishGrace at all: the publisher has none.)
 func (g *vanishGrace) apply(next *registry.State, now time.Time) (*registry.State, time.Time) {
-	if g.grace <= 0 {
-		return next, time.Time{}
-	}
 	prev := g.lastIn
 	g.lastIn = next
 	if prev == nil {

@@ -78,11 +78,63 @@ func TestVanishGrace(t *testing.T) {
 	if s := out.Services["app"]; s == nil || s.Config.Affinity.CookieName != "mine" || len(s.Instances) != 1 {
 		t.Errorf("service gone: served %+v, want its own configuration with a kept", s)
 	}
+}
 
-	// Disabled.
-	g = newVanishGrace(0)
-	g.apply(vanishState(1, a), t0)
-	if out, _ := g.apply(vanishState(2), t0.Add(time.Second)); len(out.Services["app"].Instances) != 0 {
-		t.Error("disabled grace kept an instance")
+// A first state's departures (keys etcd's history shows deleted before this control plane
+// started) are kept as if seen go now: the grace runs from the first state, a service gone
+// altogether is served with the defaults and its keys' claim, and what its agent marked
+// leaving or last wrote before the lookback goes at once. Only the first state's departures
+// count: a later state naming some (it never does) keeps nothing.
+func TestVanishGraceKeepsTheFirstStatesDepartures(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	recent := registry.Instance{ID: "r", Address: "10.0.0.1", Port: 1, State: registry.StateAvailable, UpdatedAt: t0.Add(-time.Second)}
+	old := registry.Instance{ID: "o", Address: "10.0.0.2", Port: 1, State: registry.StateAvailable, UpdatedAt: t0.Add(-time.Minute)}
+	leaving := registry.Instance{ID: "l", Address: "10.0.0.3", Port: 1, State: registry.StateDraining, Leaving: true, UpdatedAt: t0}
+	gone := registry.Instance{ID: "g", Address: "10.0.0.4", Port: 1, State: registry.StateFull, UpdatedAt: t0}
+	b := registry.Instance{ID: "b", Address: "10.0.0.5", Port: 1, State: registry.StateAvailable}
+
+	first := vanishState(1, b)
+	first.Departures = []registry.Departure{
+		{Service: "app", Instance: recent, Created: 3},
+		{Service: "app", Instance: old, Created: 3},
+		{Service: "app", Instance: leaving, Created: 3},
+		{Service: "gone", Instance: gone, Created: 7},
+	}
+	g := newVanishGrace(5 * time.Second)
+	g.lookback = 10 * time.Second
+	out, rel := g.apply(first, t0)
+	app := out.Services["app"].Instances
+	if k, ok := app["r"]; !ok || k.State != registry.StateDraining || k.Address != recent.Address {
+		t.Errorf("the recent departure served as %+v (kept %v), want its last value as DRAINING", k, ok)
+	}
+	if _, ok := app["o"]; ok {
+		t.Error("a departure older than the lookback was kept")
+	}
+	if _, ok := app["l"]; ok {
+		t.Error("a departure marked leaving was kept: a deregistration must go at once")
+	}
+	if _, ok := app["b"]; !ok || len(app) != 2 {
+		t.Errorf("app served %v, want b and the recent departure", app)
+	}
+	s := out.Services["gone"]
+	if s == nil || s.Created != 7 || s.Config.Affinity.CookieName != registry.DefaultCookieName("gone") || s.Instances["g"].State != registry.StateDraining || len(s.Instances) != 1 {
+		t.Fatalf("the service gone altogether served as %+v, want its departure with the defaults and its keys' claim", s)
+	}
+	if !rel.Equal(t0.Add(5*time.Second)) || g.heldCount() != 2 {
+		t.Errorf("release at %v, %d held; want %v (the grace from the first state), 2", rel, g.heldCount(), t0.Add(5*time.Second))
+	}
+	if len(first.Services["app"].Instances) != 1 || len(first.Services) != 1 {
+		t.Error("apply modified its input")
+	}
+
+	later := vanishState(2, b)
+	later.Departures = []registry.Departure{{Service: "app", Instance: registry.Instance{ID: "x", Address: "10.0.0.6", Port: 1, UpdatedAt: t0}}}
+	out, _ = g.apply(later, t0.Add(time.Second))
+	if _, ok := out.Services["app"].Instances["x"]; ok {
+		t.Error("a later state's departure was kept: only the first state's were not seen go")
+	}
+	out, rel = g.apply(later, t0.Add(5*time.Second))
+	if len(out.Services["app"].Instances) != 1 || out.Services["gone"] != nil || !rel.IsZero() || g.heldCount() != 0 {
+		t.Errorf("at the grace's end: %v served, gone %v, release %v; want b alone", out.Services["app"].Instances, out.Services["gone"], rel)
 	}
 }
