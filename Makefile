@@ -137,6 +137,9 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
 	'agent@(healthcheck|probe|identity|address)\.go@$(AGENT_HOST_TESTS)' \
 	'agent@drain\.go@$(AGENT_DRAIN_TESTS)' \
+	'agent@(metrics|sampler|sample_cgroup|sample_host|sample_process)\.go@$(AGENT_METRICS_TESTS)' \
+	'agent@(lease|adopt|adopt_unix)\.go@$(AGENT_LEASE_TESTS)' \
+	'agent@agent\.go@$(AGENT_RUN_TESTS)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane@publish\.go@$(PUBLISH_TESTS)' \
@@ -158,6 +161,13 @@ AGENT_UNIT_TESTS := ^(TestValidateNamesFlag|TestValidHostName|TestDefaultID|Test
 AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommentedFile|TestBrokenFiles|TestWisej3MaxMemoryInMB|TestPrimaryAddress|TestPickIP|TestResolveIdentity|TestSystemHostInterfaces|TestSystemRouteSource|TestDefaultID|TestRedactURL|TestSessionsParsing|TestDefiniteDialFailure|TestDialAddressAndItsReason|TestProbeStatusAndCountBounds|TestHealthCheckBoundsAreExact|TestStripCommentsKeepsLineBreaks)$$
 # The agent's tests of the operators' drains (etcd, in-process agents: 1.5 s).
 AGENT_DRAIN_TESTS := ^Test(AgentReportsOperatorDrain|AgentWithoutDrainsPermission|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
+# The agent's metrics and samplers: the samplers' tests and one etcd test serving /metrics (1 s).
+AGENT_METRICS_TESTS := ^Test(LoopbackAddressIsFlagged|CgroupSampler|HostAndProcessSamplers|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
+# The agent's lease and adoption: etcd tests with a lost keep-alive, a revoked lease, a held
+# or adoptable key (35 s).
+AGENT_LEASE_TESTS := ^Test(NewDrainOfADrainingInstanceIsReportedAtOnce|RestartWaitsForCrashedAgentsLease|EtcdOutageAndLostLease|DuplicateID|RestartAdoptsOnlyADeadPredecessorsKey)$$
+# The agent's run loop: the etcd tests that cover every block of agent.go any test covers (28 s).
+AGENT_RUN_TESTS := ^Test(LoopbackAddressIsFlagged|UnknownSessionsAndLeavingMark|AddressThatDoesNotAnswerIsNotAvailable|NewDrainOfADrainingInstanceIsReportedAtOnce|DuplicateID|ThresholdsCrossedAndBack|IDTakenWhileCutOffStops|WaitsForEtcdWithAuth|EtcdOutageAndLostLease)$$
 # The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
 PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySession|TestApplyCostsWhatChangedAndForgetsNothing|TestScaleOutFromAllFullSaysAMoment|TestSourceIPFullServerHasAFirstPhase|TestSingleEnvoyIsServedANewEndpointAtOnce|TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy|TestEnvoyJoining|TestHeldEnvoyCountsForTheNextEndpoint|TestEnvoyKnowsOnlyTheClustersItSubscribes|TestNACKingEnvoyHoldsNothingBack|TestRefusedStateIsNotWaitedFor|TestRecurringVersionMapsToItsLatestRevision|TestClosedLaggingStreamIsNoLongerReported|TestLargeServiceKeepsItsEndpointsPhases|TestSettleAndCloseInputs|TestRememberedVersionsAreBounded|TestPromotionTellsThePublisher|TestLaggingEnvoyIsReportedUntilItCatchesUp|TestReconnectedEnvoyCountsByItsStream|TestSeventeenClustersInOneEvaluation|TestEnvoyWithoutAnACKKnowsNothing|TestReplicaReportsAndWaits)
 # The control plane's tests of its publish loop in a synctest bubble (fake time, no etcd):

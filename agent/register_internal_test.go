@@ -1,0 +1,212 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/registry"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestRegistrationRidesOutLostLeases drives ensureRegistered, write, holder and stopLease
+// against etcd, as the run loop does after each way of losing the key: a keep-alive lost on
+// a lease etcd kept (the key rewritten in place), a lease that expired with its key (a new
+// lease, a new key, the claim kept), a key taken by another lease, a lease etcd forgot
+// before the keep-alive noticed.
+func TestRegistrationRidesOutLostLeases(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	lcli := etcd.Client(t) // the agent's: closed before etcd stops, whose graceful stop waits for open keep-alive streams
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := Config{Service: "app", ID: "app-1", Address: "10.0.0.1", Port: 8080, TTL: 10 * time.Second}
+	r := &runner{
+		cfg: cfg, prefix: "/tether/", key: registry.InstanceKey("/tether/", "app", "app-1"), log: zerolog.Nop(), cli: lcli,
+		m: newMetrics("app", "app-1"), opTimeout: 2 * time.Second, hostname: "web1",
+		lease: lease{cli: lcli, ttl: cfg.TTL, opTimeout: 2 * time.Second},
+	}
+	defer r.lease.stopKeepAlive()
+	next := registry.Instance{ID: "app-1", Address: "10.0.0.1", Port: 8080, State: registry.StateAvailable}
+	read := func() (in registry.Instance, lease clientv3.LeaseID, created, mod int64) {
+		t.Helper()
+		resp, err := cli.Get(ctx, r.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) == 0 {
+			return in, 0, 0, 0
+		}
+		in, err = registry.DecodeInstance("app", "app-1", resp.Kvs[0].Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in, clientv3.LeaseID(resp.Kvs[0].Lease), resp.Kvs[0].CreateRevision, resp.Kvs[0].ModRevision
+	}
+	registered := func(want bool) {
+		t.Helper()
+		g := testutil.ToFloat64(r.m.registered)
+		if r.registered != want || r.m.isReg.Load() != want || (g == 1) != want {
+			t.Fatalf("registered %v, metric %v (%v), want %v", r.registered, g, r.m.isReg.Load(), want)
+		}
+	}
+	count := func(name string) float64 { return testutil.ToFloat64(r.m.writes.WithLabelValues(name)) }
+	errs := func(op string) float64 { return testutil.ToFloat64(r.m.etcdErrors.WithLabelValues(op)) }
+
+	if _, _, exists, err := r.holder(ctx); exists || err != nil {
+		t.Fatalf("holder of no key: exists %v, %v", exists, err)
+	}
+	// The first instance of its service: its claim starts with its own key.
+	if err := r.ensureRegistered(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	registered(true)
+	_, first, created, mod := read()
+	claim := created
+	if first == 0 || first != r.lease.ID() || r.claimSince != claim || r.current.ClaimSince != claim || count("register") != 1 {
+		t.Fatalf("first registration: lease %x (ours %x), claim %d (current %d), want %d; %v registers", first, r.lease.ID(), r.claimSince, r.current.ClaimSince, claim, count("register"))
+	}
+	// A second instance inherits it, and its registration says its warning.
+	var logs strings.Builder
+	r2 := &runner{
+		cfg: Config{Service: "app", ID: "app-2", Address: "10.0.0.2", Port: 8080}, prefix: r.prefix, log: zerolog.New(&logs), cli: cli,
+		m: newMetrics("app", "app-2"), opTimeout: 2 * time.Second, warning: "a loopback address",
+		lease: lease{cli: lcli, ttl: cfg.TTL, opTimeout: 2 * time.Second},
+	}
+	defer r2.lease.stopKeepAlive()
+	if err := r2.ensureRegistered(ctx, registry.Instance{ID: "app-2", Address: "10.0.0.2", Port: 8080, State: registry.StateAvailable}); err != nil {
+		t.Fatal(err)
+	}
+	if r2.claimSince != claim || r2.current.ClaimSince != claim || !strings.Contains(logs.String(), `"level":"warn","warning":"a loopback address"`) {
+		t.Fatalf("second instance: claim %d (current %d), want %d; log %s", r2.claimSince, r2.current.ClaimSince, claim, logs.String())
+	}
+	if l, remaining, exists, err := r.holder(ctx); l != first || !exists || err != nil || remaining <= 0 || remaining > cfg.TTL {
+		t.Fatalf("holder: %x, %v, %v, %v", l, remaining, exists, err)
+	}
+
+	// The keep-alive lost, the lease kept by etcd: the key is rewritten in place.
+	r.lease.stopKeepAlive()
+	<-r.lease.Done()
+	r.lease.keepAliveLost()
+	next.Load.Sessions = 3
+	if err := r.ensureRegistered(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	registered(true)
+	in, l, c, m := read()
+	if l != first || c != created || m <= mod || in.Load.Sessions != 3 || count("register") != 2 {
+		t.Fatalf("after a lost keep-alive: lease %x (was %x), created %d (was %d), mod %d (was %d), %+v", l, first, c, created, m, mod, in.Load)
+	}
+
+	// The lease expired with its key: a new lease, a new key, the claim kept.
+	if _, err := cli.Revoke(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	<-r.lease.Done()
+	r.lease.keepAliveLost()
+	if err := r.ensureRegistered(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	registered(true)
+	in, second, c, _ := read()
+	if second == first || second != r.lease.ID() || c <= created || in.ClaimSince != claim {
+		t.Fatalf("after an expiry: lease %x (was %x), created %d, claim %d", second, first, c, in.ClaimSince)
+	}
+
+	// The key deleted while the lease lives: a write says the lease lost it, registration
+	// creates it again.
+	if _, err := cli.Delete(ctx, r.key); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.write(ctx, next, writeLoad); !errors.Is(err, registry.ErrLeaseLost) || errs("update") != 1 || count(writeLoad) != 0 {
+		t.Fatalf("write of a deleted key: %v, %v update errors, %v load writes", err, errs("update"), count(writeLoad))
+	}
+	registered(false)
+	if err := r.ensureRegistered(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	registered(true)
+	if err := r.write(ctx, next, writeLoad); err != nil || count(writeLoad) != 1 {
+		t.Fatalf("write: %v, %v load writes", err, count(writeLoad))
+	}
+
+	// The key taken by another lease while registered and the keep-alive lost: not ours.
+	other, err := cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := next
+	held.Address = "10.0.0.9"
+	if _, err := cli.Delete(ctx, r.key); err != nil {
+		t.Fatal(err)
+	}
+	if err := registry.CreateInstance(ctx, cli, r.prefix, "app", held, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.lease.stopKeepAlive()
+	<-r.lease.Done()
+	r.lease.keepAliveLost()
+	if err := r.ensureRegistered(ctx, next); !errors.Is(err, registry.ErrInstanceExists) || errs("create") != 1 {
+		t.Fatalf("a key held by another lease: %v, %v create errors", err, errs("create"))
+	}
+	registered(false)
+	if l, _, exists, err := r.holder(ctx); l != other.ID || !exists || err != nil {
+		t.Fatalf("holder: %x, %v, %v; want %x", l, exists, err, other.ID)
+	}
+	if _, err := cli.Revoke(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// The lease forgotten by etcd before the keep-alive noticed: the create fails, the lease
+	// is dropped, the next attempt grants a new one.
+	r.lease.stopKeepAlive()
+	if _, err := cli.Revoke(ctx, r.lease.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ensureRegistered(ctx, next); err == nil || r.lease.ID() != 0 || r.lease.Alive() || errs("create") != 2 {
+		t.Fatalf("create under a forgotten lease: %v; lease %x, alive %v", err, r.lease.ID(), r.lease.Alive())
+	}
+	registered(false)
+	if err := r.ensureRegistered(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	registered(true)
+	if err := registry.CreateInstance(ctx, cli, r.prefix, "app", registry.Instance{ID: "by-hand", Address: "10.0.0.3", Port: 1, State: registry.StateAvailable}, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.key = registry.InstanceKey(r.prefix, "app", "by-hand")
+	if l, remaining, exists, err := r.holder(ctx); l != 0 || remaining != 0 || !exists || err != nil {
+		t.Fatalf("holder of a key without a lease: %x, %v, %v, %v", l, remaining, exists, err)
+	}
+	r.key = registry.InstanceKey(r.prefix, "app", "app-1")
+
+	// stopLease revokes: the key goes with it. With etcd down, the error is counted.
+	r.stopLease(ctx)
+	if _, l, _, _ := read(); l != 0 || errs("revoke") != 0 {
+		t.Fatalf("after stopLease: key under lease %x, %v revoke errors", l, errs("revoke"))
+	}
+	if _, err := r.lease.renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.lease.stopKeepAlive()
+	lcli.Close()
+	down := etcd.Client(t)
+	r.cli, r.lease.cli, r.opTimeout, r.lease.opTimeout = down, down, 100*time.Millisecond, 100*time.Millisecond
+	etcd.Stop()
+	if _, _, _, err := r.holder(ctx); err == nil {
+		t.Error("holder with etcd down: no error")
+	}
+	r.lease.keepAliveLost()
+	if err := r.ensureRegistered(ctx, next); err == nil || errs("create") != 2 {
+		t.Errorf("registration with etcd down: %v, %v create errors; want the lease's error, no create tried", err, errs("create"))
+	}
+	r.stopLease(ctx)
+	if errs("revoke") != 1 {
+		t.Errorf("%v revoke errors with etcd down, want 1", errs("revoke"))
+	}
+}
