@@ -163,9 +163,8 @@ AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommented
 AGENT_DRAIN_TESTS := ^Test(AgentReportsOperatorDrain|AgentWithoutDrainsPermission|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
 # The agent's metrics and samplers: the samplers' tests and one etcd test serving /metrics (1 s).
 AGENT_METRICS_TESTS := ^Test(LoopbackAddressIsFlagged|CgroupSampler|HostAndProcessSamplers|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
-# The agent's lease and adoption: etcd tests with a lost keep-alive, a revoked lease, a held
-# or adoptable key (35 s).
-AGENT_LEASE_TESTS := ^Test(NewDrainOfADrainingInstanceIsReportedAtOnce|RestartWaitsForCrashedAgentsLease|EtcdOutageAndLostLease|DuplicateID|RestartAdoptsOnlyADeadPredecessorsKey)$$
+# The agent's lease, registration and adoption driven against etcd by hand (3 s).
+AGENT_LEASE_TESTS := ^Test(LeaseRenewKeepsOrReplaces|AdoptTakesTheKeyInPlace|AdoptableIsProvablyTheSameServer|RegistrationRidesOutLostLeases)$$
 # The agent's run loop: the etcd tests that cover every block of agent.go any test covers (28 s).
 AGENT_RUN_TESTS := ^Test(LoopbackAddressIsFlagged|UnknownSessionsAndLeavingMark|AddressThatDoesNotAnswerIsNotAvailable|NewDrainOfADrainingInstanceIsReportedAtOnce|DuplicateID|ThresholdsCrossedAndBack|IDTakenWhileCutOffStops|WaitsForEtcdWithAuth|EtcdOutageAndLostLease)$$
 # The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
