@@ -162,11 +162,12 @@ AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommented
 # The agent's tests of the operators' drains (etcd, in-process agents: 1.5 s).
 AGENT_DRAIN_TESTS := ^Test(AgentReportsOperatorDrain|AgentWithoutDrainsPermission|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
 # The agent's metrics and samplers: the samplers' tests and one etcd test serving /metrics (1 s).
-AGENT_METRICS_TESTS := ^Test(LoopbackAddressIsFlagged|CgroupSampler|HostAndProcessSamplers|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
+AGENT_METRICS_TESTS := ^Test(MetricsSayWhatWasObserved|CgroupSamplerEdges|LoopbackAddressIsFlagged|CgroupSampler|HostAndProcessSamplers|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
 # The agent's lease, registration and adoption driven against etcd by hand (3 s).
 AGENT_LEASE_TESTS := ^Test(LeaseRenewKeepsOrReplaces|AdoptTakesTheKeyInPlace|AdoptableIsProvablyTheSameServer|RegistrationRidesOutLostLeases)$$
-# The agent's run loop: the etcd tests that cover every block of agent.go any test covers (28 s).
-AGENT_RUN_TESTS := ^Test(LoopbackAddressIsFlagged|UnknownSessionsAndLeavingMark|AddressThatDoesNotAnswerIsNotAvailable|NewDrainOfADrainingInstanceIsReportedAtOnce|DuplicateID|ThresholdsCrossedAndBack|IDTakenWhileCutOffStops|WaitsForEtcdWithAuth|EtcdOutageAndLostLease)$$
+# The agent's run loop: the etcd tests that cover every block of agent.go any test covers with an
+# operator (TestEtcdOutageAndLostLease adds only the lost keep-alive's case, 12 s): 16 s.
+AGENT_RUN_TESTS := ^Test(RunnerHelpers|LoopbackAddressIsFlagged|UnknownSessionsAndLeavingMark|AddressThatDoesNotAnswerIsNotAvailable|NewDrainOfADrainingInstanceIsReportedAtOnce|DuplicateID|ThresholdsCrossedAndBack|IDTakenWhileCutOffStops|WaitsForEtcdWithAuth)$$
 # The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
 PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySession|TestApplyCostsWhatChangedAndForgetsNothing|TestScaleOutFromAllFullSaysAMoment|TestSourceIPFullServerHasAFirstPhase|TestSingleEnvoyIsServedANewEndpointAtOnce|TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy|TestEnvoyJoining|TestHeldEnvoyCountsForTheNextEndpoint|TestEnvoyKnowsOnlyTheClustersItSubscribes|TestNACKingEnvoyHoldsNothingBack|TestRefusedStateIsNotWaitedFor|TestRecurringVersionMapsToItsLatestRevision|TestClosedLaggingStreamIsNoLongerReported|TestLargeServiceKeepsItsEndpointsPhases|TestSettleAndCloseInputs|TestRememberedVersionsAreBounded|TestPromotionTellsThePublisher|TestLaggingEnvoyIsReportedUntilItCatchesUp|TestReconnectedEnvoyCountsByItsStream|TestSeventeenClustersInOneEvaluation|TestEnvoyWithoutAnACKKnowsNothing|TestReplicaReportsAndWaits)
 # The control plane's tests of its publish loop in a synctest bubble (fake time, no etcd):

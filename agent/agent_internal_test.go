@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+)
+
+// TestRunnerHelpers: the published metrics address, the load's rounding, the joined
+// reasons, and the probes' failure counting and transitions.
+func TestRunnerHelpers(t *testing.T) {
+	for _, tc := range []struct {
+		ip   string
+		port int
+		inst string
+		want string
+	}{
+		{"10.0.0.5", 9100, "10.0.0.1", "10.0.0.5:9100"},
+		{"0.0.0.0", 9100, "10.0.0.1", "10.0.0.1:9100"},
+		{"::", 9100, "fd00::1", "[fd00::1]:9100"},
+		{"::ffff:10.0.0.5", 1, "10.0.0.1", "10.0.0.5:1"},
+		{"0.0.0.0", 9100, "::ffff:10.0.0.7", "10.0.0.7:9100"},
+		{"0.0.0.0", 9100, "not an address", ""},
+		{"0.0.0.0", 9100, "0.0.0.0", ""},
+		{"", 9100, "10.0.0.1", "10.0.0.1:9100"},
+		{"", 9100, "", ""},
+	} {
+		if got := advertised(&net.TCPAddr{IP: net.ParseIP(tc.ip), Port: tc.port}, tc.inst); got != tc.want {
+			t.Errorf("advertised(%s:%d, %q) = %q, want %q", tc.ip, tc.port, tc.inst, got, tc.want)
+		}
+	}
+	for v, want := range map[float64]float64{0: 0, 0.04: 0, 0.05: 0.1, 1.24: 1.2, 1.25: 1.3, 99.99: 100, 12.3: 12.3} {
+		if got := round1(v); got != want {
+			t.Errorf("round1(%v) = %v, want %v", v, got, want)
+		}
+	}
+	for _, tc := range [][3]string{{"", "", ""}, {"", "b", "b"}, {"a", "b", "a; b"}} {
+		if got := joinReasons(tc[0], tc[1]); got != tc[2] {
+			t.Errorf("joinReasons(%q, %q) = %q, want %q", tc[0], tc[1], got, tc[2])
+		}
+	}
+	if h := hostname(); h == "" || len(h) > 255 {
+		t.Errorf("hostname %q", h)
+	}
+
+	var logs strings.Builder
+	r := &runner{cfg: Config{Address: "10.0.0.1", Port: 8080}, log: zerolog.New(&logs), m: newMetrics("app", "a"), failing: map[string]bool{}}
+	fails := func(probe string) float64 { return testutil.ToFloat64(r.m.probeFails.WithLabelValues(probe)) }
+	lines := func(s string) int { n := strings.Count(logs.String(), s); return n }
+	boom := errors.New("boom")
+	if !r.probeResult("health", nil) || fails("health") != 0 || logs.Len() != 0 {
+		t.Fatalf("a probe that passes: %v failures, log %q", fails("health"), logs.String())
+	}
+	for i := range 2 {
+		if r.probeResult("health", boom) || fails("health") != float64(i+1) || lines("probe failing") != 1 {
+			t.Fatalf("failure %d: %v failures, log %q", i+1, fails("health"), logs.String())
+		}
+	}
+	for range 2 {
+		if !r.probeResult("health", nil) || fails("health") != 2 || lines("probe recovered") != 1 {
+			t.Fatalf("recovery: %v failures, log %q", fails("health"), logs.String())
+		}
+	}
+
+	refused := &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}
+	for i := range 2 {
+		if reason := r.addressResult(refused); reason == "" || r.addrAnswered || fails("address") != float64(i+1) || lines("does not answer") != 1 {
+			t.Fatalf("refused %d: reason %q, answered %v, %v failures, log %q", i+1, reason, r.addrAnswered, fails("address"), logs.String())
+		}
+	}
+	if reason := r.addressResult(errors.New("i/o timeout")); reason != "" || fails("address") != 3 || lines("does not answer") != 1 {
+		t.Fatalf("a timeout: reason %q, %v failures", reason, fails("address"))
+	}
+	for range 2 {
+		if reason := r.addressResult(nil); reason != "" || !r.addrAnswered || fails("address") != 3 || lines("answers now") != 1 {
+			t.Fatalf("answered: reason %q, answered %v, log %q", reason, r.addrAnswered, logs.String())
+		}
+	}
+}
