@@ -162,7 +162,7 @@ AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommented
 # The agent's tests of the operators' drains (etcd, in-process agents: 1.5 s).
 AGENT_DRAIN_TESTS := ^Test(AgentReportsOperatorDrain|AgentWithoutDrainsPermission|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
 # The agent's metrics and samplers: the samplers' tests and one etcd test serving /metrics (1 s).
-AGENT_METRICS_TESTS := ^Test(MetricsSayWhatWasObserved|CgroupSamplerEdges|LoopbackAddressIsFlagged|CgroupSampler|HostAndProcessSamplers|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
+AGENT_METRICS_TESTS := ^Test(ProcessAndHostSamplersScale|MetricsSayWhatWasObserved|CgroupSamplerEdges|LoopbackAddressIsFlagged|CgroupSampler|HostAndProcessSamplers|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
 # The agent's lease, registration and adoption driven against etcd by hand (3 s).
 AGENT_LEASE_TESTS := ^Test(LeaseRenewKeepsOrReplaces|AdoptTakesTheKeyInPlace|AdoptableIsProvablyTheSameServer|RegistrationRidesOutLostLeases)$$
 # The agent's run loop: the etcd tests that cover every block of agent.go any test covers with an
