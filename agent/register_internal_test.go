@@ -210,3 +210,55 @@ func TestRegistrationRidesOutLostLeases(t *testing.T) {
 		t.Errorf("%v revoke errors with etcd down, want 1", errs("revoke"))
 	}
 }
+
+// TestCheckHeldWaitsForTheHoldersTTL: a key held by another lease is waited for its
+// remaining TTL plus heldMargin, then the ID is held; a key gone is retried at once; a key
+// under no lease is held at once; a failed read is waited out.
+func TestCheckHeldWaitsForTheHoldersTTL(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r := &runner{cfg: Config{Service: "app", ID: "app-1"}, prefix: "/tether/", key: registry.InstanceKey("/tether/", "app", "app-1"),
+		log: zerolog.Nop(), cli: cli, opTimeout: 2 * time.Second}
+	var held heldWatch
+	if retry, err := r.checkHeld(ctx, &held); !retry || err != nil || !held.until.IsZero() {
+		t.Fatalf("no key: retry %v, %v, until %v", retry, err, held.until)
+	}
+	g, err := cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := registry.Instance{ID: "app-1", Address: "10.0.0.1", Port: 1, State: registry.StateAvailable}
+	if err := registry.CreateInstance(ctx, cli, r.prefix, "app", in, g.ID); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	if retry, err := r.checkHeld(ctx, &held); retry || err != nil {
+		t.Fatalf("held: retry %v, %v", retry, err)
+	}
+	// TimeToLive rounds down: 29 or 30 s left.
+	if lo, hi := before.Add(29*time.Second+heldMargin), time.Now().Add(30*time.Second+heldMargin); held.until.Before(lo) || held.until.After(hi) {
+		t.Fatalf("held until %v, want between %v and %v", held.until, lo, hi)
+	}
+	until := held.until
+	if retry, err := r.checkHeld(ctx, &held); retry || err != nil || held.until != until {
+		t.Fatalf("held again within the TTL: retry %v, %v, until %v (was %v)", retry, err, held.until, until)
+	}
+	held.until = time.Now().Add(-time.Millisecond)
+	if retry, err := r.checkHeld(ctx, &held); retry || !errors.Is(err, ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
+		t.Fatalf("held past the TTL: retry %v, %v", retry, err)
+	}
+	if _, err := cli.Put(ctx, r.key, "{}"); err != nil { // the same key, now under no lease
+		t.Fatal(err)
+	}
+	if retry, err := r.checkHeld(ctx, &heldWatch{}); retry || !errors.Is(err, ErrIDHeld) || !strings.Contains(err.Error(), "without a lease") {
+		t.Fatalf("a key under no lease: retry %v, %v", retry, err)
+	}
+	etcd.Stop()
+	r.opTimeout = 100 * time.Millisecond
+	held = heldWatch{}
+	if retry, err := r.checkHeld(ctx, &held); retry || err != nil || !held.until.IsZero() {
+		t.Fatalf("etcd down: retry %v, %v, until %v", retry, err, held.until)
+	}
+}
