@@ -151,9 +151,15 @@ func TestRegistrationRidesOutLostLeases(t *testing.T) {
 	r.lease.stopKeepAlive()
 	<-r.lease.Done()
 	r.lease.keepAliveLost()
+	var heldLog strings.Builder
+	r.log = zerolog.New(&heldLog)
 	if err := r.ensureRegistered(ctx, next); !errors.Is(err, registry.ErrInstanceExists) || errs("create") != 1 {
 		t.Fatalf("a key held by another lease: %v, %v create errors", err, errs("create"))
 	}
+	if strings.Contains(heldLog.String(), "cannot adopt") { // not adoptable is no error
+		t.Fatalf("a key held by another server's agent: %s", heldLog.String())
+	}
+	r.log = zerolog.Nop()
 	registered(false)
 	if l, _, exists, err := r.holder(ctx); l != other.ID || !exists || err != nil {
 		t.Fatalf("holder: %x, %v, %v; want %x", l, exists, err, other.ID)
