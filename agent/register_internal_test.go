@@ -71,7 +71,11 @@ func TestRegistrationRidesOutLostLeases(t *testing.T) {
 	if first == 0 || first != r.lease.ID() || r.claimSince != claim || r.current.ClaimSince != claim || count("register") != 1 {
 		t.Fatalf("first registration: lease %x (ours %x), claim %d (current %d), want %d; %v registers", first, r.lease.ID(), r.claimSince, r.current.ClaimSince, claim, count("register"))
 	}
-	// A second instance inherits it, and its registration says its warning.
+	// A second instance inherits the oldest claim (not a younger key's, even one whose value
+	// does not decode), and its registration says its warning.
+	if _, err := cli.Put(ctx, registry.InstanceKey(r.prefix, "app", "app-9"), "not json"); err != nil {
+		t.Fatal(err)
+	}
 	var logs strings.Builder
 	r2 := &runner{
 		cfg: Config{Service: "app", ID: "app-2", Address: "10.0.0.2", Port: 8080}, prefix: r.prefix, log: zerolog.New(&logs), cli: cli,
