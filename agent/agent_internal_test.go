@@ -6,6 +6,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
@@ -80,5 +81,43 @@ func TestRunnerHelpers(t *testing.T) {
 		if reason := r.addressResult(nil); reason != "" || !r.addrAnswered || fails("address") != 3 || lines("answers now") != 1 {
 			t.Fatalf("answered: reason %q, answered %v, log %q", reason, r.addrAnswered, logs.String())
 		}
+	}
+}
+
+func TestOpTimeoutIsHalfTheTTLWithinBounds(t *testing.T) {
+	for ttl, want := range map[time.Duration]time.Duration{
+		time.Second: time.Second, 2 * time.Second: time.Second, 3 * time.Second: 1500 * time.Millisecond,
+		4 * time.Second: 2 * time.Second, 10 * time.Second: 5 * time.Second, time.Minute: 5 * time.Second,
+	} {
+		if got := opTimeoutFor(ttl); got != want {
+			t.Errorf("opTimeoutFor(%v) = %v, want %v", ttl, got, want)
+		}
+	}
+}
+
+// TestServeMetricsListensOnTheFirstFreeAddress: a fixed address that is busy is an error
+// naming the flag; a free one is served and published.
+func TestServeMetricsListensOnTheFirstFreeAddress(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	r := &runner{cfg: Config{Address: "10.0.0.1", MetricsAddr: busy.Addr().String()}, log: zerolog.Nop(), m: newMetrics("app", "a")}
+	if _, err := r.serveMetrics(); err == nil || !strings.HasPrefix(err.Error(), "--metrics-addr: ") || r.metricsAddr != "" {
+		t.Fatalf("a busy address: %v, published %q", err, r.metricsAddr)
+	}
+	r.cfg.MetricsAddr = "no port"
+	if _, err := r.serveMetrics(); err == nil || !strings.HasPrefix(err.Error(), "--metrics-addr: ") {
+		t.Fatalf("no port: %v", err)
+	}
+	r.cfg.MetricsAddr = "0.0.0.0:0"
+	stop, err := r.serveMetrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if !strings.HasPrefix(r.metricsAddr, "10.0.0.1:") || strings.HasSuffix(r.metricsAddr, ":0") {
+		t.Fatalf("published %q, want the instance's address and the port listened on", r.metricsAddr)
 	}
 }
