@@ -750,3 +750,32 @@ func TestLoopbackAddressIsFlagged(t *testing.T) {
 		t.Errorf("/healthz: %s %q; want 200 with the loopback warning", resp.Status, body)
 	}
 }
+
+// TestStopWhileTheIDIsHeld: an agent stopped while it waits for another lease's key to
+// expire returns nil (it was stopped, not refused), at once.
+func TestStopWhileTheIDIsHeld(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	other, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another server's key: never adopted, waited for.
+	held := registry.Instance{ID: "app-1", Address: "127.0.0.2", Port: 1, State: registry.StateAvailable}
+	if err := registry.CreateInstance(ctx, cli, "/tether", "app", held, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	r := startLogging(t, cfg, zerolog.New(&logs))
+	eventually.Saying(t, "the agent waiting for the holder's lease", 5*time.Second, func() (bool, string) {
+		return strings.Contains(logs.String(), "held by another lease"), logs.String()
+	})
+	r.cancel()
+	if err := r.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run stopped while the id is held: %v, want nil", err)
+	}
+}
