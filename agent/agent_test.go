@@ -769,11 +769,35 @@ func TestStopWhileTheIDIsHeld(t *testing.T) {
 	if err := registry.CreateInstance(ctx, cli, "/tether", "app", held, other.ID); err != nil {
 		t.Fatal(err)
 	}
+	cfg.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
 	var logs syncbuf.Buffer
 	r := startLogging(t, cfg, zerolog.New(&logs))
 	eventually.Saying(t, "the agent waiting for the holder's lease", 5*time.Second, func() (bool, string) {
 		return strings.Contains(logs.String(), "held by another lease"), logs.String()
 	})
+	// It tries again at the backoff's pace, at most 250 ms apart: not in a busy loop. Each
+	// attempt counts a failed create; the first five waits take 600 ms at least.
+	attempts := func() float64 {
+		resp, err := http.Get("http://" + cfg.MetricsAddr + "/metrics")
+		if err != nil {
+			return 0
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(l, `tether_agent_etcd_errors_total{op="create"} `); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return 0
+	}
+	first := attempts()
+	since := time.Now()
+	eventually.True(t, "five more attempts", 10*time.Second, func() bool { return attempts() >= first+5 })
+	if d := time.Since(since); d < 300*time.Millisecond {
+		t.Errorf("five attempts in %v: the agent does not wait between them", d)
+	}
 	r.cancel()
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run stopped while the id is held: %v, want nil", err)
