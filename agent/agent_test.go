@@ -580,7 +580,8 @@ func TestIDTakenWhileCutOffStops(t *testing.T) {
 	cli := etcd.Client(t)
 	b := agenttest.NewBackend(t)
 	cfg := config(etcd, b, "app-1")
-	r := start(t, cfg)
+	var logs syncbuf.Buffer
+	r := startLogging(t, cfg, zerolog.New(&logs))
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	// Another agent takes the key: the first finds it at its next write.
@@ -601,6 +602,11 @@ func TestIDTakenWhileCutOffStops(t *testing.T) {
 	err = r.wait(t, 20*time.Second)
 	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
 		t.Fatalf("agent cut off from its id: %v, want ErrIDHeld naming the id", err)
+	}
+	// Meanwhile (the holder's TTL and a margin, 4 s) it tried again at most every 250 ms,
+	// not in a busy loop.
+	if n := strings.Count(logs.String(), "cannot write the instance to etcd"); n > 40 {
+		t.Errorf("%d failed writes while the id was held: the agent does not wait between them", n)
 	}
 	etcdtest.WaitInstance(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease == int64(other.ID) && in.Address == "127.0.0.2"
