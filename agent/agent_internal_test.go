@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"net"
 	"strings"
@@ -10,6 +11,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+	"github.com/tetherlb/tether/internal/eventually"
+	"github.com/tetherlb/tether/internal/syncbuf"
+	"github.com/tetherlb/tether/registry"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // TestRunnerHelpers: the published metrics address, the load's rounding, the joined
@@ -119,5 +125,51 @@ func TestServeMetricsListensOnTheFirstFreeAddress(t *testing.T) {
 	defer stop()
 	if !strings.HasPrefix(r.metricsAddr, "10.0.0.1:") || strings.HasSuffix(r.metricsAddr, ":0") {
 		t.Fatalf("published %q, want the instance's address and the port listened on", r.metricsAddr)
+	}
+}
+
+// TestRegisterFirstNamesAnUnreachableEtcd: at start, an etcd that refuses connections is
+// said at once, by name, and retried until the agent is stopped.
+func TestRegisterFirstNamesAnUnreachableEtcd(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := l.Addr().String()
+	l.Close() // nothing listens there now
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	var logs syncbuf.Buffer
+	r := &runner{
+		cfg: Config{Etcd: clientv3.Config{Endpoints: []string{ep}}, Service: "app", ID: "app-1", Address: "127.0.0.1", Port: 1},
+		key: registry.InstanceKey("/tether/", "app", "app-1"), prefix: "/tether/", log: zerolog.New(&logs), cli: cli,
+		m: newMetrics("app", "app-1"), load: hostSampler{}, failing: map[string]bool{}, addrAnswered: true,
+		opTimeout: 200 * time.Millisecond, lease: lease{cli: cli, ttl: 2 * time.Second, opTimeout: 200 * time.Millisecond},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.registerFirst(ctx, context.Background()) }()
+	eventually.Saying(t, "the unreachable etcd named", 5*time.Second, func() (bool, string) {
+		return strings.Contains(logs.String(), "cannot register: etcd is not reachable") && strings.Contains(logs.String(), ep), logs.String()
+	})
+	// No --etcd-dial-timeout: the request timeout bounds the check, which sees the refusal.
+	if !strings.Contains(logs.String(), "refused") {
+		t.Errorf("the log does not say the connection was refused:\n%s", logs.String())
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("registerFirst: %v, want the context's end", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("registerFirst still running 5 s after the stop")
+	}
+	if strings.Contains(logs.String(), "cannot register yet") {
+		t.Errorf("a registration was tried against an unreachable etcd:\n%s", logs.String())
 	}
 }

@@ -808,4 +808,7 @@ func TestStopWhileTheIDIsHeld(t *testing.T) {
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run stopped while the id is held: %v, want nil", err)
 	}
+	if !strings.Contains(logs.String(), "stopped before the instance was registered") {
+		t.Errorf("the log does not say the agent stopped before it registered:\n%s", logs.String())
+	}
 }
