@@ -172,4 +172,9 @@ func TestRegisterFirstNamesAnUnreachableEtcd(t *testing.T) {
 	if strings.Contains(logs.String(), "cannot register yet") {
 		t.Errorf("a registration was tried against an unreachable etcd:\n%s", logs.String())
 	}
+	// A --etcd-dial-timeout shorter than the request timeout bounds the check.
+	r.cfg.Etcd.DialTimeout = time.Nanosecond
+	if err := r.reachable(context.Background()); err == nil || !strings.Contains(err.Error(), "no answer within 1ns") {
+		t.Errorf("reachable with a dial timeout of 1ns: %v", err)
+	}
 }
