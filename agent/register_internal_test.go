@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -270,5 +271,87 @@ func TestCheckHeldWaitsForTheHoldersTTL(t *testing.T) {
 	held = heldWatch{}
 	if retry, err := r.checkHeld(ctx, &held); retry || err != nil || !held.until.IsZero() {
 		t.Fatalf("etcd down: retry %v, %v, until %v", retry, err, held.until)
+	}
+}
+
+// TestSyncAndDeregister: sync writes a changed state (and says so), nothing when nothing
+// changed, an operator drain's report once; deregister marks the instance leaving, leaves
+// the control planes DrainSettle to see it, deletes the key and revokes the lease.
+func TestSyncAndDeregister(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var logs syncbuf.Buffer
+	cfg := Config{Service: "app", ID: "app-1", Address: "10.0.0.1", Port: 8080, TTL: 10 * time.Second, Heartbeat: time.Hour,
+		DrainSettle: 300 * time.Millisecond, SessionsURL: "http://127.0.0.1:1/sessions"}
+	r := &runner{
+		cfg: cfg, prefix: "/tether/", key: registry.InstanceKey("/tether/", "app", "app-1"), log: zerolog.New(&logs), cli: cli,
+		m: newMetrics("app", "app-1"), opTimeout: 2 * time.Second, failing: map[string]bool{},
+		lease: lease{cli: cli, ttl: cfg.TTL, opTimeout: 2 * time.Second},
+	}
+	defer r.lease.stopKeepAlive()
+	count := func(name string) float64 { return testutil.ToFloat64(r.m.writes.WithLabelValues(name)) }
+	r.current = r.instance()
+	r.current.State = registry.StateAvailable
+	if err := r.sync(ctx); err != nil || !r.registered {
+		t.Fatalf("first sync: %v, registered %v", err, r.registered)
+	}
+	r.current.State, r.current.Reason = registry.StateFull, "sessions 10 >= 10"
+	if err := r.sync(ctx); err != nil || count(writeState) != 1 || strings.Count(logs.String(), "state changed") != 1 {
+		t.Fatalf("a state change: %v, %v state writes, log %s", err, count(writeState), logs.String())
+	}
+	r.current.Load.CPU = 0.1 // inside the dead band
+	if err := r.sync(ctx); err != nil || count(writeLoad) != 0 || count(writeState) != 1 || strings.Count(logs.String(), "state changed") != 1 {
+		t.Fatalf("nothing to write: %v, %v load writes, %v state writes, log %s", err, count(writeLoad), count(writeState), logs.String())
+	}
+	r.reportDrain = true
+	for range 2 {
+		if err := r.sync(ctx); err != nil || count(writeDrain) != 1 || r.reportDrain || strings.Count(logs.String(), "state changed") != 1 {
+			t.Fatalf("a drain's report: %v, %v drain writes, reportDrain %v", err, count(writeDrain), r.reportDrain)
+		}
+	}
+
+	r.draining = true // as at the signal
+	w := cli.Watch(ctx, r.key)
+	start := time.Now()
+	if err := r.deregister(ctx, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < cfg.DrainSettle {
+		t.Errorf("deregister took %v: the leaving mark was not given DrainSettle (%v) before the key went\n%s", d, cfg.DrainSettle, logs.String())
+	}
+	var leaving, deleted bool
+	for !deleted {
+		select {
+		case resp := <-w:
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					deleted = true
+					continue
+				}
+				in, err := registry.DecodeInstance("app", "app-1", ev.Kv.Value)
+				leaving = err == nil && in.Leaving && in.State == registry.StateDraining
+			}
+		case <-ctx.Done():
+			t.Fatal("the key was not deleted")
+		}
+	}
+	if !leaving || r.registered || r.lease.ID() != 0 || testutil.ToFloat64(r.m.etcdErrors.WithLabelValues("delete")) != 0 || count(writeLeaving) != 1 {
+		t.Fatalf("deregister: last value leaving %v, registered %v, lease %x, %v delete errors", leaving, r.registered, r.lease.ID(),
+			testutil.ToFloat64(r.m.etcdErrors.WithLabelValues("delete")))
+	}
+	if !strings.Contains(logs.String(), `"why":"test","sessions":0,"message":"drain finished; removing the instance"`) {
+		t.Errorf("the drain's end does not say the sessions left:\n%s", logs.String())
+	}
+	r.cfg.SessionsURL, r.cfg.DrainSettle = "", 0
+	if err := r.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.deregister(ctx, "again"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), `"why":"again","message":"drain finished`) {
+		t.Errorf("without --sessions-url the drain's end names no session count:\n%s", logs.String())
 	}
 }
