@@ -56,6 +56,11 @@ func TestUnknownSessionsAndLeavingMark(t *testing.T) {
 	etcdtest.WaitInstance(t, cli, "probed", 5*time.Second, "sessions unknown while the probe fails", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.SessionsUnknown
 	})
+	// A sessions probe that answers: the count, known.
+	start(t, config(etcd, b2, "counted"))
+	etcdtest.WaitInstance(t, cli, "counted", 5*time.Second, "sessions counted", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.Load.Sessions == 4 && !in.Load.SessionsUnknown
+	})
 }
 
 // TestDrainSettleStartsWhenDrainingIsWritten: the sample that may find no sessions left is
