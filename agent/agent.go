@@ -583,8 +583,11 @@ func joinReasons(a, b string) string {
 }
 
 // hostname is the host's name, "" when it cannot be read (the key is then never adopted).
-func hostname() string {
-	h, err := os.Hostname()
+func hostname() string { return usableHostname(os.Hostname()) }
+
+// usableHostname is os.Hostname's answer as published: "" when it failed or is longer than
+// the registry accepts.
+func usableHostname(h string, err error) string {
 	if err != nil || len(h) > 255 {
 		return ""
 	}

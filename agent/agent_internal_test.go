@@ -54,6 +54,14 @@ func TestRunnerHelpers(t *testing.T) {
 	if h := hostname(); h == "" || len(h) > 255 {
 		t.Errorf("hostname %q", h)
 	}
+	for h, want := range map[string]string{"web1": "web1", strings.Repeat("a", 255): strings.Repeat("a", 255), strings.Repeat("a", 256): ""} {
+		if got := usableHostname(h, nil); got != want {
+			t.Errorf("usableHostname of %d characters: %d", len(h), len(got))
+		}
+	}
+	if got := usableHostname("web1", errors.New("no name")); got != "" {
+		t.Errorf("usableHostname after an error: %q", got)
+	}
 
 	var logs strings.Builder
 	r := &runner{cfg: Config{Address: "10.0.0.1", Port: 8080}, log: zerolog.New(&logs), m: newMetrics("app", "a"), failing: map[string]bool{}}
