@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -120,6 +122,26 @@ func TestServeMetricsListensOnTheFirstFreeAddress(t *testing.T) {
 	r := &runner{cfg: Config{Address: "10.0.0.1", MetricsAddr: busy.Addr().String()}, log: zerolog.Nop(), m: newMetrics("app", "a")}
 	if _, err := r.serveMetrics(); err == nil || !strings.HasPrefix(err.Error(), "--metrics-addr: ") || r.metricsAddr != "" {
 		t.Fatalf("a busy address: %v, published %q", err, r.metricsAddr)
+	}
+	// A whole range busy: the error names it. On an address of its own (127.0.0.0/8 is all
+	// loopback on Linux), so that no other test's agent shares these ports.
+	if runtime.GOOS == "linux" {
+		var held []net.Listener
+		for i := range MetricsPortCount {
+			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.77", strconv.Itoa(MetricsPortFirst+i)))
+			if err != nil {
+				t.Fatalf("cannot hold a port of the range: %v", err)
+			}
+			held = append(held, l)
+		}
+		r.cfg.MetricsAddr = "127.0.0.77:auto"
+		_, err := r.serveMetrics()
+		for _, l := range held {
+			l.Close()
+		}
+		if want := "--metrics-addr 127.0.0.77:auto: no free port in 127.0.0.77:18100-127.0.0.77:18199: "; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Fatalf("a busy range: %v, want %q", err, want)
+		}
 	}
 	r.cfg.MetricsAddr = "no port"
 	if _, err := r.serveMetrics(); err == nil || !strings.HasPrefix(err.Error(), "--metrics-addr: ") {
