@@ -129,10 +129,9 @@ func TestServeMetricsListensOnTheFirstFreeAddress(t *testing.T) {
 		var held []net.Listener
 		for i := range MetricsPortCount {
 			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.77", strconv.Itoa(MetricsPortFirst+i)))
-			if err != nil {
-				t.Fatalf("cannot hold a port of the range: %v", err)
+			if err == nil { // else busy already
+				held = append(held, l)
 			}
-			held = append(held, l)
 		}
 		r.cfg.MetricsAddr = "127.0.0.77:auto"
 		_, err := r.serveMetrics()
