@@ -137,6 +137,9 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
 	'agent@(healthcheck|probe|identity|address)\.go@$(AGENT_HOST_TESTS)' \
 	'agent@drain\.go@$(AGENT_DRAIN_TESTS)' \
+	'agent@(metrics|sampler|sample_cgroup|sample_host|sample_process)\.go@$(AGENT_METRICS_TESTS)' \
+	'agent@(lease|adopt|adopt_unix)\.go@$(AGENT_LEASE_TESTS)' \
+	'agent@agent\.go@$(AGENT_RUN_TESTS)' \
 	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane@publish\.go@$(PUBLISH_TESTS)' \
@@ -163,6 +166,14 @@ AGENT_UNIT_TESTS := ^(TestValidateNamesFlag|TestValidHostName|TestDefaultID|Test
 AGENT_HOST_TESTS := ^(TestWisejDefaultFile|TestExampleFileDisabled|TestCommentedFile|TestBrokenFiles|TestWisej3MaxMemoryInMB|TestPrimaryAddress|TestPickIP|TestResolveIdentity|TestSystemHostInterfaces|TestSystemRouteSource|TestDefaultID|TestRedactURL|TestSessionsParsing|TestDefiniteDialFailure|TestDialAddressAndItsReason|TestProbeStatusAndCountBounds|TestHealthCheckBoundsAreExact|TestStripCommentsKeepsLineBreaks)$$
 # The agent's tests of the operators' drains (etcd, in-process agents: 1.5 s).
 AGENT_DRAIN_TESTS := ^Test(AgentReportsOperatorDrain|AgentWithoutDrainsPermission|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
+# The agent's metrics and samplers: the samplers' tests and one etcd test serving /metrics (1 s).
+AGENT_METRICS_TESTS := ^Test(ProcessAndHostSamplersScale|MetricsSayWhatWasObserved|CgroupSamplerEdges|LoopbackAddressIsFlagged|CgroupSampler|HostAndProcessSamplers|NewDrainOfADrainingInstanceIsReportedAtOnce)$$
+# The agent's lease, registration and adoption driven against etcd by hand (3 s).
+AGENT_LEASE_TESTS := ^Test(LeaseRenewKeepsOrReplaces|AdoptTakesTheKeyInPlace|AdoptableIsProvablyTheSameServer|RegistrationRidesOutLostLeases)$$
+# The agent's run loop: the etcd tests that cover every block of agent.go any test covers with an
+# operator (not TestEtcdOutageAndLostLease: it adds only the lost keep-alive's case, 12 s), the
+# drain tests, and the tests written for agent.go's survivors (16 s).
+AGENT_RUN_TESTS := ^Test(RunnerHelpers|SyncAndDeregister|RegisterFirstNamesAnUnreachableEtcd|DrainWaitsForSessions|DrainDecidesOnFreshSample|StopWhileTheIDIsHeld|OpTimeoutIsHalfTheTTLWithinBounds|ServeMetricsListensOnTheFirstFreeAddress|MetricsAutoPortPerAgent|CheckHeldWaitsForTheHoldersTTL|LoopbackAddressIsFlagged|UnknownSessionsAndLeavingMark|AddressThatDoesNotAnswerIsNotAvailable|NewDrainOfADrainingInstanceIsReportedAtOnce|DuplicateID|ThresholdsCrossedAndBack|IDTakenWhileCutOffStops|WaitsForEtcdWithAuth)$$
 # The control plane's tests of its coalescer and two-phase publication driven by hand (no etcd).
 PHASE_UNIT_TESTS := ^(TestCoalescer|TestFirstPhaseIsDrainingAndReachableBySession|TestApplyCostsWhatChangedAndForgetsNothing|TestScaleOutFromAllFullSaysAMoment|TestSourceIPFullServerHasAFirstPhase|TestSingleEnvoyIsServedANewEndpointAtOnce|TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy|TestEnvoyJoining|TestHeldEnvoyCountsForTheNextEndpoint|TestEnvoyKnowsOnlyTheClustersItSubscribes|TestNACKingEnvoyHoldsNothingBack|TestRefusedStateIsNotWaitedFor|TestRecurringVersionMapsToItsLatestRevision|TestClosedLaggingStreamIsNoLongerReported|TestLargeServiceKeepsItsEndpointsPhases|TestSettleAndCloseInputs|TestRememberedVersionsAreBounded|TestPromotionTellsThePublisher|TestLaggingEnvoyIsReportedUntilItCatchesUp|TestReconnectedEnvoyCountsByItsStream|TestSeventeenClustersInOneEvaluation|TestEnvoyWithoutAnACKKnowsNothing|TestReplicaReportsAndWaits)
 # The control plane's tests of its publish loop in a synctest bubble (fake time, no etcd):

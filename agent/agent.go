@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer cli.Close()
-	opTimeout := min(max(cfg.TTL/2, time.Second), 5*time.Second)
+	opTimeout := opTimeoutFor(cfg.TTL)
 	r := &runner{
 		cfg: cfg, prefix: prefix, key: registry.InstanceKey(prefix, cfg.Service, cfg.ID), log: log, cli: cli,
 		m:         newMetrics(cfg.Service, cfg.ID),
@@ -127,6 +127,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 		defer stop()
 	}
 	return r.run(ctx, skipDrain)
+}
+
+// opTimeoutFor bounds each etcd request by half the lease's TTL, so that a request stuck on
+// a dead member leaves time for another attempt before the lease lapses (1-5 s).
+func opTimeoutFor(ttl time.Duration) time.Duration {
+	return min(max(ttl/2, time.Second), 5*time.Second)
 }
 
 // loopbackWarning says that a control plane refuses an instance on loopback address addr.
@@ -577,8 +583,11 @@ func joinReasons(a, b string) string {
 }
 
 // hostname is the host's name, "" when it cannot be read (the key is then never adopted).
-func hostname() string {
-	h, err := os.Hostname()
+func hostname() string { return usableHostname(os.Hostname()) }
+
+// usableHostname is os.Hostname's answer as published: "" when it failed or is longer than
+// the registry accepts.
+func usableHostname(h string, err error) string {
 	if err != nil || len(h) > 255 {
 		return ""
 	}

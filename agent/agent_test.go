@@ -580,7 +580,8 @@ func TestIDTakenWhileCutOffStops(t *testing.T) {
 	cli := etcd.Client(t)
 	b := agenttest.NewBackend(t)
 	cfg := config(etcd, b, "app-1")
-	r := start(t, cfg)
+	var logs syncbuf.Buffer
+	r := startLogging(t, cfg, zerolog.New(&logs))
 	etcdtest.WaitInstance(t, cli, "app-1", 5*time.Second, "registered", state(registry.StateAvailable))
 
 	// Another agent takes the key: the first finds it at its next write.
@@ -601,6 +602,11 @@ func TestIDTakenWhileCutOffStops(t *testing.T) {
 	err = r.wait(t, 20*time.Second)
 	if !errors.Is(err, agent.ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
 		t.Fatalf("agent cut off from its id: %v, want ErrIDHeld naming the id", err)
+	}
+	// Meanwhile (the holder's TTL and a margin, 4 s) it tried again at most every 250 ms,
+	// not in a busy loop.
+	if n := strings.Count(logs.String(), "cannot write the instance to etcd"); n > 40 {
+		t.Errorf("%d failed writes while the id was held: the agent does not wait between them", n)
 	}
 	etcdtest.WaitInstance(t, cli, "app-1", time.Second, "the other agent's key untouched", func(in *registry.Instance, lease int64) bool {
 		return in != nil && lease == int64(other.ID) && in.Address == "127.0.0.2"
@@ -748,5 +754,61 @@ func TestLoopbackAddressIsFlagged(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "--allow-loopback-backends") {
 		t.Errorf("/healthz: %s %q; want 200 with the loopback warning", resp.Status, body)
+	}
+}
+
+// TestStopWhileTheIDIsHeld: an agent stopped while it waits for another lease's key to
+// expire returns nil (it was stopped, not refused), at once.
+func TestStopWhileTheIDIsHeld(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	cli := etcd.Client(t)
+	b := agenttest.NewBackend(t)
+	cfg := config(etcd, b, "app-1")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	other, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another server's key: never adopted, waited for.
+	held := registry.Instance{ID: "app-1", Address: "127.0.0.2", Port: 1, State: registry.StateAvailable}
+	if err := registry.CreateInstance(ctx, cli, "/tether", "app", held, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	cfg.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
+	var logs syncbuf.Buffer
+	r := startLogging(t, cfg, zerolog.New(&logs))
+	eventually.Saying(t, "the agent waiting for the holder's lease", 5*time.Second, func() (bool, string) {
+		return strings.Contains(logs.String(), "held by another lease"), logs.String()
+	})
+	// It tries again at the backoff's pace, at most 250 ms apart: not in a busy loop. Each
+	// attempt counts a failed create; the first five waits take 600 ms at least.
+	attempts := func() float64 {
+		resp, err := http.Get("http://" + cfg.MetricsAddr + "/metrics")
+		if err != nil {
+			return 0
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(l, `tether_agent_etcd_errors_total{op="create"} `); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return 0
+	}
+	first := attempts()
+	since := time.Now()
+	eventually.True(t, "five more attempts", 10*time.Second, func() bool { return attempts() >= first+5 })
+	if d := time.Since(since); d < 300*time.Millisecond {
+		t.Errorf("five attempts in %v: the agent does not wait between them", d)
+	}
+	r.cancel()
+	if err := r.wait(t, 5*time.Second); err != nil {
+		t.Fatalf("Run stopped while the id is held: %v, want nil", err)
+	}
+	if !strings.Contains(logs.String(), "stopped before the instance was registered") {
+		t.Errorf("the log does not say the agent stopped before it registered:\n%s", logs.String())
 	}
 }

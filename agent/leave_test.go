@@ -3,12 +3,15 @@ package agent_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 	"github.com/tetherlb/tether/internal/eventually"
+	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -24,7 +27,8 @@ func TestUnknownSessionsAndLeavingMark(t *testing.T) {
 	cfg := config(etcd, b, "blind")
 	cfg.SessionsURL = ""
 	cfg.DrainTimeout = 300 * time.Millisecond
-	r := start(t, cfg)
+	var logs syncbuf.Buffer
+	r := startLogging(t, cfg, zerolog.New(&logs))
 	etcdtest.WaitInstance(t, cli, "blind", 5*time.Second, "registered with its sessions unknown", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.State == registry.StateAvailable && in.Load.SessionsUnknown && !in.Leaving
 	})
@@ -39,6 +43,9 @@ func TestUnknownSessionsAndLeavingMark(t *testing.T) {
 	if err := r.wait(t, 5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+	if !strings.Contains(logs.String(), "draining: no --sessions-url, so waiting the whole drain timeout; signal again to stop now") {
+		t.Errorf("the drain's log line does not say it waits the whole timeout:\n%s", logs.String())
+	}
 
 	// A failing sessions probe: unknown until it answers again, then the count.
 	b2 := agenttest.NewBackend(t)
@@ -48,6 +55,11 @@ func TestUnknownSessionsAndLeavingMark(t *testing.T) {
 	start(t, cfg2)
 	etcdtest.WaitInstance(t, cli, "probed", 5*time.Second, "sessions unknown while the probe fails", func(in *registry.Instance, _ int64) bool {
 		return in != nil && in.Load.SessionsUnknown
+	})
+	// A sessions probe that answers: the count, known.
+	start(t, config(etcd, b2, "counted"))
+	etcdtest.WaitInstance(t, cli, "counted", 5*time.Second, "sessions counted", func(in *registry.Instance, _ int64) bool {
+		return in != nil && in.Load.Sessions == 4 && !in.Load.SessionsUnknown
 	})
 }
 
