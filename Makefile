@@ -137,7 +137,7 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
 	'agent@(healthcheck|probe|identity|address)\.go@$(AGENT_HOST_TESTS)' \
 	'agent@drain\.go@$(AGENT_DRAIN_TESTS)' \
-	'controlplane@(guard|drains)\.go@^Test(RemovalGuard|Drain)' \
+	'controlplane@(guard|drains|kept)\.go@^Test(RemovalGuard|Drain)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane@publish\.go@$(PUBLISH_TESTS)' \
 	'controlplane@replicas\.go@$(REPLICA_TESTS)' \
