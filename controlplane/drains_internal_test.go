@@ -68,8 +68,8 @@ func TestDrainsSurviveAHold(t *testing.T) {
 	now := time.Now()
 	g.apply(&registry.State{Revision: 1, Services: map[string]*registry.Service{"app": all}, Drains: drains}, now)
 	held, _ := g.apply(&registry.State{Revision: 2, Services: map[string]*registry.Service{"app": left}, Drains: drains}, now)
-	if g.heldCount() != 3 {
-		t.Fatalf("held %d, want 3", g.heldCount())
+	if g.held.count() != 3 {
+		t.Fatalf("held %d, want 3", g.held.count())
 	}
 	var a drainApplier
 	out := a.apply(held)

@@ -1,13 +1,13 @@
 package controlplane
 
 import (
-	"github.com/tetherlb/tether/internal/mutation"
 	"maps"
 	"sort"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/tetherlb/tether/internal/mutation"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -44,7 +44,7 @@ type removalGuard struct {
 
 	last    *registry.State // the last state returned by apply, held instances included
 	windows map[string]*removalWindow
-	held    map[string]*heldService
+	held    kept // served in place of the registry
 }
 
 // removalWindow counts one service's removals since its first one.
@@ -55,21 +55,9 @@ type removalWindow struct {
 	mass  bool                         // the share was crossed: later removals are held at once
 }
 
-// heldService is what the guard serves for a service in place of the registry.
-type heldService struct {
-	svc   *registry.Service // the service as last served, for when it left the registry too
-	insts map[string]heldInstance
-}
-
-// heldInstance is an instance kept in the configuration after it left the registry.
-type heldInstance struct {
-	inst  registry.Instance
-	until time.Time
-}
-
 func newRemovalGuard(share float64, grace, window time.Duration, log zerolog.Logger, onHold func(string, int)) *removalGuard {
 	return &removalGuard{share: share, grace: grace, window: window, log: log, onHold: onHold,
-		windows: map[string]*removalWindow{}, held: map[string]*heldService{}}
+		windows: map[string]*removalWindow{}, held: kept{}}
 }
 
 // apply returns next with held instances added back, and the time of the next release (zero
@@ -155,14 +143,9 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 			hold = append(hold, in)
 		}
 	}
-	if h == nil {
-		h = &heldService{insts: map[string]heldInstance{}}
-		g.held[name] = h
-	}
-	h.svc = prev
 	ids := make([]string, 0, len(hold))
 	for _, in := range hold {
-		h.insts[in.ID] = heldInstance{inst: in, until: now.Add(g.grace)}
+		g.held.keep(name, prev, in, now.Add(g.grace))
 		ids = append(ids, in.ID)
 	}
 	sort.Strings(ids)
@@ -241,7 +224,7 @@ func beforeDepartures(name string, cur *registry.Service, deps []registry.Depart
 
 // windowBase is what a window's removals are a share of: the service's instances that could
 // lapse, those leaving on purpose and those already held (no longer the service's) left out.
-func windowBase(prev *registry.Service, h *heldService) int {
+func windowBase(prev *registry.Service, h *keptService) int {
 	base := 0
 	for id, in := range prev.Instances {
 		if in.Leaving {
@@ -259,75 +242,7 @@ func windowBase(prev *registry.Service, h *heldService) int {
 
 // serve returns next with the held instances that are still gone and within their grace.
 func (g *removalGuard) serve(next *registry.State, now time.Time) (*registry.State, time.Time) {
-	out := next
-	var release time.Time
-	names := make([]string, 0, len(g.held))
-	for name := range g.held {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		h, svc := g.held[name], next.Services[name]
-		var add []registry.Instance
-		for id, hi := range h.insts {
-			if svc != nil {
-				if _, back := svc.Instances[id]; back {
-					delete(h.insts, id) // served fresh from the registry
-					continue
-				}
-			}
-			if !now.Before(hi.until) {
-				delete(h.insts, id)
-				g.log.Warn().Str("service", name).Str("instance", id).Msg("grace period over: removing the held instance")
-				continue
-			}
-			add = append(add, hi.inst)
-			if release.IsZero() || hi.until.Before(release) {
-				release = hi.until
-			}
-		}
-		if len(h.insts) == 0 {
-			delete(g.held, name)
-		}
-		if len(add) == 0 {
-			continue
-		}
-		out = serveKept(out, next, name, svc, h.svc, add)
-	}
-	return out, release
-}
-
-// serveKept returns out (a copy of next the first time, sharing next's services) with the
-// service name served with the kept instances added: to the registry's service svc, or, when
-// the service left the registry altogether, to its configuration as last served (last),
-// never the defaults, which would change its cookie. The guard and the vanish grace both
-// keep instances this way.
-func serveKept(out, next *registry.State, name string, svc, last *registry.Service, add []registry.Instance) *registry.State {
-	if out == next {
-		c := *next // every field (drains included), with services of its own
-		c.Services = maps.Clone(next.Services)
-		out = &c
-	}
-	var cp registry.Service
-	if svc != nil {
-		cp = *svc
-		cp.Instances = maps.Clone(svc.Instances)
-	} else {
-		cp = *last
-		cp.Instances = make(map[string]registry.Instance, len(add))
-	}
-	for _, in := range add {
-		cp.Instances[in.ID] = in
-	}
-	out.Services[name] = &cp
-	return out
-}
-
-// heldCount returns how many instances are held now.
-func (g *removalGuard) heldCount() int {
-	n := 0
-	for _, h := range g.held {
-		n += len(h.insts)
-	}
-	return n
+	return g.held.serve(next, now, func(name, id string) {
+		g.log.Warn().Str("service", name).Str("instance", id).Msg("grace period over: removing the held instance")
+	})
 }

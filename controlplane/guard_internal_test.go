@@ -183,8 +183,8 @@ func TestRemovalGuardServesReturningInstanceFresh(t *testing.T) {
 	if in := out.Services["app"].Instances["m1"]; in.State != registry.StateFull || in.Load.Sessions != 9 {
 		t.Errorf("returning m1 served as %+v, want the registry's (full, 9 sessions)", in)
 	}
-	if g.heldCount() != 1 {
-		t.Errorf("%d held, want m2 only", g.heldCount())
+	if g.held.count() != 1 {
+		t.Errorf("%d held, want m2 only", g.held.count())
 	}
 	out, _ = g.apply(reg(3, "m1 full 9", "m3 available 5"), release)
 	if got := served(out); !slices.Equal(got, []string{"m1", "m3"}) {
@@ -222,8 +222,8 @@ func TestRemovalGuardDisabledHoldsNothing(t *testing.T) {
 			t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 			g.apply(reg(1, six...), t0)
 			out, release := g.apply(reg(2), t0.Add(time.Second))
-			if got := served(out); got != nil || !release.IsZero() || holds != 0 || g.heldCount() != 0 {
-				t.Errorf("served %v, release %v, %d holds, %d held: want nothing held", got, release, holds, g.heldCount())
+			if got := served(out); got != nil || !release.IsZero() || holds != 0 || g.held.count() != 0 {
+				t.Errorf("served %v, release %v, %d holds, %d held: want nothing held", got, release, holds, g.held.count())
 			}
 		})
 	}

@@ -187,7 +187,7 @@ func (p *publisher) publishLatest() bool {
 	var release time.Time
 	if p.guard != nil {
 		st, release = p.guard.apply(st, start)
-		p.m.held.Set(float64(p.guard.heldCount()))
+		p.m.held.Set(float64(p.guard.held.count()))
 	}
 	if p.vanish != nil {
 		var r time.Time
@@ -195,7 +195,7 @@ func (p *publisher) publishLatest() bool {
 		if release.IsZero() || (!r.IsZero() && r.Before(release)) {
 			release = r
 		}
-		p.m.vanished.Set(float64(p.vanish.heldCount()))
+		p.m.vanished.Set(float64(p.vanish.held.count()))
 	}
 	p.releaseAt = release
 	kept := st

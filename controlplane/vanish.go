@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/tetherlb/tether/registry"
@@ -34,19 +33,8 @@ type vanishGrace struct {
 	// lookback bounds which departures of a first state are kept (see recentDeparture).
 	lookback time.Duration
 
-	lastIn *registry.State           // the last state given to apply
-	held   map[string]*vanishService // by service name
-}
-
-// vanishService is a service's instances kept after they left the registry.
-type vanishService struct {
-	svc   *registry.Service // the service as last seen, for when it left the registry too
-	insts map[string]vanished
-}
-
-type vanished struct {
-	inst  registry.Instance // as served meanwhile: DRAINING
-	until time.Time
+	lastIn *registry.State // the last state given to apply
+	held   kept
 }
 
 // leftDeliberately says whether an instance's leaving was a deregistration, which the grace
@@ -55,7 +43,7 @@ type vanished struct {
 func leftDeliberately(in registry.Instance) bool { return in.Leaving }
 
 func newVanishGrace(grace time.Duration) *vanishGrace {
-	return &vanishGrace{grace: grace, held: map[string]*vanishService{}}
+	return &vanishGrace{grace: grace, held: kept{}}
 }
 
 // apply returns next with the instances still within their grace added back, and when the
@@ -95,66 +83,12 @@ func (g *vanishGrace) apply(next *registry.State, now time.Time) (*registry.Stat
 			}
 		}
 	}
-	return g.serve(next, now)
+	return g.held.serve(next, now, func(string, string) {})
 }
 
 // keep holds in, an instance of svc (as last seen) that left the registry, for the grace.
 func (g *vanishGrace) keep(name string, svc *registry.Service, in registry.Instance, now time.Time) {
-	h := g.held[name]
-	if h == nil {
-		h = &vanishService{insts: map[string]vanished{}}
-		g.held[name] = h
-	}
-	h.svc = svc
 	in.State = registry.StateDraining
 	in.Reason = fmt.Sprintf("left the registry without draining: kept %s for its agent to come back", g.grace)
-	h.insts[in.ID] = vanished{inst: in, until: now.Add(g.grace)}
-}
-
-// serve adds back the held instances that are still gone and within their grace.
-func (g *vanishGrace) serve(next *registry.State, now time.Time) (*registry.State, time.Time) {
-	out := next
-	var release time.Time
-	names := make([]string, 0, len(g.held))
-	for name := range g.held {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		h, svc := g.held[name], next.Services[name]
-		var add []registry.Instance
-		for id, v := range h.insts {
-			if svc != nil {
-				if _, back := svc.Instances[id]; back {
-					delete(h.insts, id)
-					continue
-				}
-			}
-			if !now.Before(v.until) {
-				delete(h.insts, id)
-				continue
-			}
-			add = append(add, v.inst)
-			if release.IsZero() || v.until.Before(release) {
-				release = v.until
-			}
-		}
-		if len(h.insts) == 0 {
-			delete(g.held, name)
-		}
-		if len(add) == 0 {
-			continue
-		}
-		out = serveKept(out, next, name, svc, h.svc, add)
-	}
-	return out, release
-}
-
-// heldCount returns how many instances are kept now.
-func (g *vanishGrace) heldCount() int {
-	n := 0
-	for _, h := range g.held {
-		n += len(h.insts)
-	}
-	return n
+	g.held.keep(name, svc, in, now.Add(g.grace))
 }

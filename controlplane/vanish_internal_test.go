@@ -56,8 +56,8 @@ func TestVanishGrace(t *testing.T) {
 		t.Error("a gone before the end of its grace")
 	}
 	out, rel = g.apply(in, t0.Add(6*time.Second))
-	if _, ok := out.Services["app"].Instances["a"]; ok || !rel.IsZero() || g.heldCount() != 0 {
-		t.Errorf("a still kept at the end of its grace (release %v, held %d)", rel, g.heldCount())
+	if _, ok := out.Services["app"].Instances["a"]; ok || !rel.IsZero() || g.held.count() != 0 {
+		t.Errorf("a still kept at the end of its grace (release %v, held %d)", rel, g.held.count())
 	}
 
 	// Back within the grace: served from the registry as written.
@@ -65,8 +65,8 @@ func TestVanishGrace(t *testing.T) {
 	g.apply(vanishState(1, a, b), t0)
 	g.apply(vanishState(2, b), t0.Add(time.Second))
 	out, rel = g.apply(vanishState(3, a, b), t0.Add(2*time.Second))
-	if k := out.Services["app"].Instances["a"]; k.State != registry.StateAvailable || !rel.IsZero() || g.heldCount() != 0 {
-		t.Errorf("a back: served %+v, release %v, held %d; want as the registry says, nothing held", k, rel, g.heldCount())
+	if k := out.Services["app"].Instances["a"]; k.State != registry.StateAvailable || !rel.IsZero() || g.held.count() != 0 {
+		t.Errorf("a back: served %+v, release %v, held %d; want as the registry says, nothing held", k, rel, g.held.count())
 	}
 
 	// The whole service gone: kept with its configuration.
@@ -120,8 +120,8 @@ func TestVanishGraceKeepsTheFirstStatesDepartures(t *testing.T) {
 	if s == nil || s.Created != 7 || s.Config.Affinity.CookieName != registry.DefaultCookieName("gone") || s.Instances["g"].State != registry.StateDraining || len(s.Instances) != 1 {
 		t.Fatalf("the service gone altogether served as %+v, want its departure with the defaults and its keys' claim", s)
 	}
-	if !rel.Equal(t0.Add(5*time.Second)) || g.heldCount() != 2 {
-		t.Errorf("release at %v, %d held; want %v (the grace from the first state), 2", rel, g.heldCount(), t0.Add(5*time.Second))
+	if !rel.Equal(t0.Add(5*time.Second)) || g.held.count() != 2 {
+		t.Errorf("release at %v, %d held; want %v (the grace from the first state), 2", rel, g.held.count(), t0.Add(5*time.Second))
 	}
 	if len(first.Services["app"].Instances) != 1 || len(first.Services) != 1 {
 		t.Error("apply modified its input")
@@ -134,7 +134,7 @@ func TestVanishGraceKeepsTheFirstStatesDepartures(t *testing.T) {
 		t.Error("a later state's departure was kept: only the first state's were not seen go")
 	}
 	out, rel = g.apply(later, t0.Add(5*time.Second))
-	if len(out.Services["app"].Instances) != 1 || out.Services["gone"] != nil || !rel.IsZero() || g.heldCount() != 0 {
+	if len(out.Services["app"].Instances) != 1 || out.Services["gone"] != nil || !rel.IsZero() || g.held.count() != 0 {
 		t.Errorf("at the grace's end: %v served, gone %v, release %v; want b alone", out.Services["app"].Instances, out.Services["gone"], rel)
 	}
 }
