@@ -66,6 +66,7 @@ func (f *follow) next(t *testing.T, want map[string]int) {
 			t.Fatalf("set %v, want %v", got, want)
 		}
 	case err := <-f.done:
+		f.done <- err // for the cleanup
 		t.Fatalf("Follow returned %v waiting for %v", err, want)
 	case <-time.After(waitTimeout):
 		t.Fatalf("no set of %v", want)
@@ -78,7 +79,13 @@ func TestFollowListsThenWatches(t *testing.T) {
 	mustPut(t, cli, followPfx+"a", "1")
 	mustPut(t, cli, followPfx+"b", "not a number")
 	mustPut(t, cli, "/tether/followers", "9") // past the prefix's slash: not under it
-	mustPut(t, cli, followPfx+"c", "3")
+	rev := mustPut(t, cli, followPfx+"c", "3")
+	// History up to the listing's revision compacted: the watch starts after it, not in it.
+	ctx, cancelCompact := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancelCompact()
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("compact: %v", err)
+	}
 
 	f := &follow{}
 	cancel := startFollow(t, cli, f)
