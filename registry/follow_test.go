@@ -50,7 +50,10 @@ func startFollow(t *testing.T, cli *clientv3.Client, f *follow) (cancel func()) 
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-f.done:
+		case err := <-f.done:
+			if err == nil {
+				t.Error("Follow returned nil")
+			}
 		case <-time.After(waitTimeout):
 			t.Error("Follow did not return after its context ended")
 		}
