@@ -132,8 +132,8 @@ soak:
 GREMLINS := github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
 MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'internal/ctl@wait\.go@$(CTL_WAIT_TESTS)' \
-	'registry@(drain|keys|partial|state|types|validate)\.go@$(REGISTRY_UNIT_TESTS)' \
-	'registry@(history|list|replica|watch|write)\.go@$(REGISTRY_ETCD_TESTS)' \
+	'registry@(drain|keys|limit|partial|state|types|validate)\.go@$(REGISTRY_UNIT_TESTS)' \
+	'registry@(follow|history|list|replica|watch|write)\.go@$(REGISTRY_ETCD_TESTS)' \
 	'agent@(config|writepolicy|admission)\.go@$(AGENT_UNIT_TESTS)' \
 	'agent@(healthcheck|probe|identity|address)\.go@$(AGENT_HOST_TESTS)' \
 	'agent@drain\.go@$(AGENT_DRAIN_TESTS)' \
@@ -154,11 +154,11 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 # and a lapsed lease (they cover no other mutant of wait.go).
 CTL_WAIT_TESTS := ^(TestWaitReturnsAtZeroSessions|TestUndoAndWaitEndings|TestCtrlCDuringAReadOfWait|TestWaitNeverCallsUnknownSessionsDone|TestWaitCountsOnlyAnEmptyDeliberateLeaveAsDone|TestDeparturesReadEachLastValue|TestProgressCountsEveryDrainedInstance)$$
 # The registry's tests that need no etcd: they decide the pure files' mutants in seconds.
-REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestDrainLimits|TestApplyDrains|TestDrainEvents|TestDefaultsForEnvoy|Fuzz|TestRejectedKey|TestRejectedConfigErrorFollowsTheValue|TestReplicaReports|TestBuildState|TestApplyEvents|TestRebuildState|TestInstance|TestServiceConfigRules|TestParseKey|TestNormalizePrefix|TestValueLimitsAreExact)
+REGISTRY_UNIT_TESTS := ^(TestDecode|TestDrainName|TestDrainLimits|TestApplyDrains|TestDrainEvents|TestDefaultsForEnvoy|Fuzz|TestRejectedKey|TestRejectedConfigErrorFollowsTheValue|TestReplicaReports|TestBuildState|TestApplyEvents|TestRebuildState|TestInstance|TestServiceConfigRules|TestParseKey|TestNormalizePrefix|TestValueLimitsAreExact|TestLimit)
 # The registry's etcd tests that cover its etcd-backed files (every block any test covers):
 # the others (an etcd restart, a second watch, a wait for etcd) cover nothing more and take a
 # third of the time.
-REGISTRY_ETCD_TESTS := ^(TestReplicaReportsAreNotRegistryContent|TestCreateUpdateDeleteInstance|TestWatcherRefuses(LoopbackUnlessAllowed|DeniedCIDRs)|TestWatcherServiceGoneAndBackInOneResponse|TestWatcherSharesUnchangedServices|TestRejectedConfig(IsServedAlikeByEveryWatcher|WithoutHistory)|TestWatcherCreatedRevisions|TestWatcherRejectsBadEntriesAlone|TestWatcherFollowsChanges|TestLeastPrivilegeRoles|TestWatcherRelistsAfter(Compaction|RestoreFromBackup)|TestWatcherLeaseExpiry|TestWatcherRevisionCheckRacesNoWrite|TestWatcherConfirmsItsRevision|TestWatcherRelistsWhenClusterChanges|TestWatcher(ReadsDeparturesBeforeItsFirstListing|DeparturesAfterACompaction)|TestDecodeReplicaBoundsAreExact|TestListReadsPagesAtOneRevision|TestWatcherReadsDeparturesAcrossManyRevisions|TestCreateAgainAndAdoptInstance|TestWatcherServesTheLastValidConfigFromHistory|TestWatcherConfirmsAReadingOnceCaughtUp|TestInstanceValueLimitIsExact|TestWatcherReadNoticesAnotherClusterAtTheSameRevision)$$
+REGISTRY_ETCD_TESTS := ^(TestReplicaReportsAreNotRegistryContent|TestCreateUpdateDeleteInstance|TestWatcherRefuses(LoopbackUnlessAllowed|DeniedCIDRs)|TestWatcherServiceGoneAndBackInOneResponse|TestWatcherSharesUnchangedServices|TestRejectedConfig(IsServedAlikeByEveryWatcher|WithoutHistory)|TestWatcherCreatedRevisions|TestWatcherRejectsBadEntriesAlone|TestWatcherFollowsChanges|TestLeastPrivilegeRoles|TestWatcherRelistsAfter(Compaction|RestoreFromBackup)|TestWatcherLeaseExpiry|TestWatcherRevisionCheckRacesNoWrite|TestWatcherConfirmsItsRevision|TestWatcherRelistsWhenClusterChanges|TestWatcher(ReadsDeparturesBeforeItsFirstListing|DeparturesAfterACompaction)|TestDecodeReplicaBoundsAreExact|TestListReadsPagesAtOneRevision|TestWatcherReadsDeparturesAcrossManyRevisions|TestCreateAgainAndAdoptInstance|TestWatcherServesTheLastValidConfigFromHistory|TestWatcherConfirmsAReadingOnceCaughtUp|TestInstanceValueLimitIsExact|TestWatcherReadNoticesAnotherClusterAtTheSameRevision|TestFollow(ListsThenWatches|RelistsAfterCompaction))$$
 # The agent's tests of its configuration and pure state machines (no etcd, no process).
 AGENT_UNIT_TESTS := ^(TestValidateNamesFlag|TestValidHostName|TestDefaultID|TestMetricsListenAddrs|TestSessionsHysteresis|TestReasonFixedWhileFull|TestCPUNeedsConsecutiveSamples|TestMemoryThresholds|TestThresholdsAreExact|TestUnlimitedNeverFull|TestHealthTracker|TestWriteReasonDeadBand|TestSessionStep|TestBackoffBounds)$$
 # The agent's tests of what it reads from its host and backend: HealthCheck.json, its identity
