@@ -198,14 +198,18 @@ PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1
 mutate:
-	@set -e; for spec in $(MUTATE); do \
+	@set -e; tally=$$(mktemp -d); trap 'rm -rf $$tally' EXIT; for spec in $(MUTATE); do \
 	  dir=$${spec%%@*}; rest=$${spec#*@}; keep=$${rest%%@*}; run=$${rest#*@}; \
 	  if [ -n "$(PKG)" ] && [ "$$dir" != "$(PKG)" ]; then continue; fi; \
 	  ex="-E /"; for f in $$(cd $$dir && ls *.go | grep -v '_test\.go$$' | grep -Ev "^($$keep)$$" || true); do ex="$$ex -E ^$$f\$$"; done; \
 	  echo "== $$dir: files $$keep, tests $${run:-all}"; \
-	  GOFLAGS="-count=1 -vet=off -ldflags=-w $${run:+-run=$$run}" $(GO) run $(GREMLINS) unleash --workers $(MUTATE_WORKERS) \
-	    --timeout-coefficient $(MUTATE_TIMEOUT) -S lt $$ex ./$$dir; \
-	done
+	  { GOFLAGS="-count=1 -vet=off -ldflags=-w $${run:+-run=$$run}" $(GO) run $(GREMLINS) unleash --workers $(MUTATE_WORKERS) \
+	    --timeout-coefficient $(MUTATE_TIMEOUT) -S lt $$ex ./$$dir 2>&1; echo $$? >$$tally/rc; } | tee $$tally/out; \
+	  [ "$$(cat $$tally/rc)" = 0 ]; \
+	  sed -n "s|^Killed: \([0-9]*\), Lived: \([0-9]*\), Not covered: \([0-9]*\).*|$$dir \1 \2 \3|p" $$tally/out >>$$tally/sum; \
+	done; \
+	echo "== efficacy per package, its entries together (equivalent mutants count as lived here: docs/reliability.md names them)"; \
+	awk '{k[$$1]+=$$2; l[$$1]+=$$3; n[$$1]+=$$4} END {for (p in k) {e = k[p]+l[p] ? sprintf("%.1f%%", 100*k[p]/(k[p]+l[p])) : "none run"; printf "%-24s killed %4d  lived %3d  not covered %3d  efficacy %s\n", p, k[p], l[p], n[p], e}}' $$tally/sum | sort
 
 clean:
 	rm -rf $(BIN) .tether-data
