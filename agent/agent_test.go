@@ -439,19 +439,10 @@ func TestRestartWaitsForCrashedAgentsLease(t *testing.T) {
 	b := agenttest.NewBackend(t)
 	cfg := config(etcd, b, "app-1")
 	// A crashed agent: its key under a lease nobody keeps alive.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	dead, err := cli.Grant(ctx, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := registry.Instance{ID: "app-1", Address: "127.0.0.1", Port: 1, State: registry.StateAvailable}
-	if err := registry.CreateInstance(ctx, cli, "/tether", "app", old, dead.ID); err != nil {
-		t.Fatal(err)
-	}
+	dead := keyOfAnotherLease(t, cli, 2, registry.Instance{ID: "app-1", Address: "127.0.0.1", Port: 1, State: registry.StateAvailable})
 	r := start(t, cfg)
 	etcdtest.WaitInstance(t, cli, "app-1", 10*time.Second, "registered once the dead lease expired", func(in *registry.Instance, lease int64) bool {
-		return in != nil && lease != int64(dead.ID) && in.Port == cfg.Port
+		return in != nil && lease != int64(dead) && in.Port == cfg.Port
 	})
 	select {
 	case err := <-r.done:
@@ -662,27 +653,20 @@ func TestRestartAdoptsOnlyADeadPredecessorsKey(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			id := "adopt-" + strconv.Itoa(i)
 			cfg := config(etcd, b, id)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			dead, err := cli.Grant(ctx, 3) // nobody keeps it alive: a crashed agent's
-			if err != nil {
-				t.Fatal(err)
-			}
+			// A crashed agent's key: its lease nobody keeps alive.
 			old := registry.Instance{ID: id, Address: tc.address, Port: cfg.Port, State: registry.StateAvailable, Agent: tc.agent}
-			if err := registry.CreateInstance(ctx, cli, "/tether", "app", old, dead.ID); err != nil {
-				t.Fatal(err)
-			}
+			dead := keyOfAnotherLease(t, cli, 3, old)
 			w := etcdtest.WatchInstance(t, cli, id)
 			start(t, cfg)
 			ours := func(in *registry.Instance, lease int64) bool {
-				return in != nil && lease != int64(dead.ID) && in.Agent.PID == os.Getpid()
+				return in != nil && lease != int64(dead) && in.Agent.PID == os.Getpid()
 			}
 			if tc.adopt {
 				w.Next(t, 2*time.Second, "adopted at once", ours, func(in *registry.Instance, _ int64) bool { return in != nil })
 				return
 			}
 			w.Next(t, 10*time.Second, "registered after the old lease expired", ours, func(in *registry.Instance, lease int64) bool {
-				return lease == int64(dead.ID) || in == nil // the old key untouched until it expires
+				return lease == int64(dead) || in == nil // the old key untouched until it expires
 			})
 		})
 	}
@@ -764,17 +748,8 @@ func TestStopWhileTheIDIsHeld(t *testing.T) {
 	cli := etcd.Client(t)
 	b := agenttest.NewBackend(t)
 	cfg := config(etcd, b, "app-1")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	other, err := cli.Grant(ctx, 60)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Another server's key: never adopted, waited for.
-	held := registry.Instance{ID: "app-1", Address: "127.0.0.2", Port: 1, State: registry.StateAvailable}
-	if err := registry.CreateInstance(ctx, cli, "/tether", "app", held, other.ID); err != nil {
-		t.Fatal(err)
-	}
+	keyOfAnotherLease(t, cli, 60, registry.Instance{ID: "app-1", Address: "127.0.0.2", Port: 1, State: registry.StateAvailable})
 	cfg.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
 	var logs syncbuf.Buffer
 	r := startLogging(t, cfg, zerolog.New(&logs))
@@ -811,4 +786,20 @@ func TestStopWhileTheIDIsHeld(t *testing.T) {
 	if !strings.Contains(logs.String(), "stopped before the instance was registered") {
 		t.Errorf("the log does not say the agent stopped before it registered:\n%s", logs.String())
 	}
+}
+
+// keyOfAnotherLease writes in as an instance key of the service app under a new lease of ttl
+// seconds that nothing keeps alive: a crashed agent's key, or another server's.
+func keyOfAnotherLease(t *testing.T, cli *clientv3.Client, ttl int64, in registry.Instance) clientv3.LeaseID {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l, err := cli.Grant(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := registry.CreateInstance(ctx, cli, "/tether", "app", in, l.ID); err != nil {
+		t.Fatal(err)
+	}
+	return l.ID
 }
