@@ -78,3 +78,26 @@ func TestDefaultXDSAddrIsLoopback(t *testing.T) {
 		t.Errorf("the default --xds-addr %s listens on %s, beyond loopback", DefaultConfig().XDSAddr, ln.Addr())
 	}
 }
+
+// TestCacheWakesThePhaser: the cache the control plane builds tells the phaser of every
+// answer and stream close (answers.signal). Without it a promotion waits for the next registry
+// change or --publish-settle, which TestNewEndpointIsKnownEverywhereFirst shows only when no
+// registry write happens to follow the ACK.
+func TestCacheWakesThePhaser(t *testing.T) {
+	in := newAnswers()
+	cb := newXDSCache(zerolog.Nop(), newMetrics(), in, 0, 0, 0).Callbacks(nil)
+	if err := cb.OnStreamOpen(context.Background(), 1, ""); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-in.wake:
+		t.Fatal("woken by a stream's opening; want only answers and closes")
+	default:
+	}
+	cb.OnStreamClosed(1, &core.Node{Id: "envoy", Cluster: "edge"})
+	select {
+	case <-in.wake:
+	default:
+		t.Fatal("a stream closed and the phaser was not woken")
+	}
+}
