@@ -13,8 +13,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// deadAndLivePIDs returns the PID of a process that has exited and of one still running.
-func deadAndLivePIDs(t *testing.T) (dead, live int) {
+// DeadAndLivePIDs returns the PID of a process that has exited and of one still running
+// (exported for the agent_test package's adoption test).
+func DeadAndLivePIDs(t *testing.T) (dead, live int) {
 	t.Helper()
 	exited := exec.Command("true")
 	if err := exited.Run(); err != nil {
@@ -30,7 +31,7 @@ func deadAndLivePIDs(t *testing.T) (dead, live int) {
 
 // TestAdoptableIsProvablyTheSameServer: each condition of adoptable at its edge.
 func TestAdoptableIsProvablyTheSameServer(t *testing.T) {
-	dead, live := deadAndLivePIDs(t)
+	dead, live := DeadAndLivePIDs(t)
 	r := &runner{cfg: Config{Address: "10.0.0.1", Port: 8080}, hostname: "web1"}
 	past := processStart.Add(-time.Hour)
 	ok := registry.Instance{Address: "10.0.0.1", Port: 8080, Agent: registry.AgentInfo{Host: "web1", PID: dead, StartedAt: past}}
@@ -74,7 +75,7 @@ func TestAdoptableIsProvablyTheSameServer(t *testing.T) {
 // one transaction (same key, new lease, new value), and leaves alone a key that is gone,
 // not under a lease, already ours, undecodable or not provably the predecessor's.
 func TestAdoptTakesTheKeyInPlace(t *testing.T) {
-	dead, live := deadAndLivePIDs(t)
+	dead, live := DeadAndLivePIDs(t)
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
 	lcli := etcd.Client(t) // the lease's: closed before etcd stops, whose graceful stop waits for open keep-alive streams

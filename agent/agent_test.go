@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -626,15 +625,7 @@ func TestRestartAdoptsOnlyADeadPredecessorsKey(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	cli := etcd.Client(t)
 	b := agenttest.NewBackend(t)
-	exited := exec.Command("true")
-	if err := exited.Run(); err != nil {
-		t.Skip("cannot run true:", err)
-	}
-	running := exec.Command("sleep", "60")
-	if err := running.Start(); err != nil {
-		t.Skip("cannot run sleep:", err)
-	}
-	t.Cleanup(func() { _ = running.Process.Kill(); _ = running.Wait() })
+	dead, live := agent.DeadAndLivePIDs(t)
 	past := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
 	i := 0
 	for _, tc := range []struct {
@@ -643,10 +634,10 @@ func TestRestartAdoptsOnlyADeadPredecessorsKey(t *testing.T) {
 		agent   registry.AgentInfo
 		adopt   bool
 	}{
-		{"dead process, same server", "127.0.0.1", registry.AgentInfo{Host: host, PID: exited.ProcessState.Pid(), StartedAt: past}, true},
-		{"live process, same server", "127.0.0.1", registry.AgentInfo{Host: host, PID: running.Process.Pid, StartedAt: past}, false},
-		{"dead process, another address", "127.0.0.2", registry.AgentInfo{Host: host, PID: exited.ProcessState.Pid(), StartedAt: past}, false},
-		{"dead process, another host", "127.0.0.1", registry.AgentInfo{Host: host + "-other", PID: exited.ProcessState.Pid(), StartedAt: past}, false},
+		{"dead process, same server", "127.0.0.1", registry.AgentInfo{Host: host, PID: dead, StartedAt: past}, true},
+		{"live process, same server", "127.0.0.1", registry.AgentInfo{Host: host, PID: live, StartedAt: past}, false},
+		{"dead process, another address", "127.0.0.2", registry.AgentInfo{Host: host, PID: dead, StartedAt: past}, false},
+		{"dead process, another host", "127.0.0.1", registry.AgentInfo{Host: host + "-other", PID: dead, StartedAt: past}, false},
 		{"no process recorded", "127.0.0.1", registry.AgentInfo{StartedAt: past}, false},
 	} {
 		i++

@@ -1,14 +1,12 @@
 package controlplane
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,25 +14,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tetherlb/tether/internal/eventually"
+	"github.com/tetherlb/tether/internal/syncbuf"
 )
-
-// syncBuffer is a log sink the listener's goroutine and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) count(sub string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Count(s.b.String(), sub)
-}
 
 // The peer limiter driven over real loopback connections: a peer gets exactly max
 // connections, the next are closed as accepted and each counted, the refusal logged once
@@ -45,7 +26,7 @@ func TestPeerLimiterCountsEachPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	var refused atomic.Int64
 	l := newPeerLimiter(ln, 2, zerolog.New(&logs), func() { refused.Add(1) })
 	accepted := make(chan net.Conn, 16)
@@ -109,7 +90,7 @@ func TestPeerLimiterCountsEachPeer(t *testing.T) {
 	refusedNow("127.0.0.1", 2)
 	// Another address: its own two. (Its first accepted, the refusals before are logged.)
 	b1 := accept("the first from 127.0.0.2" + dial("127.0.0.2").LocalAddr().String())
-	if n := logs.count("xDS connection refused"); n != 1 {
+	if n := strings.Count(logs.String(), "xDS connection refused"); n != 1 {
 		t.Errorf("%d refusals logged while the peer stayed at its bound, want 1", n)
 	}
 	b2 := accept("the second from 127.0.0.2" + dial("127.0.0.2").LocalAddr().String())
@@ -122,7 +103,7 @@ func TestPeerLimiterCountsEachPeer(t *testing.T) {
 	refusedNow("127.0.0.1", 4)
 	b1.Close()
 	b3 := accept("a connection from 127.0.0.2 once one closed" + dial("127.0.0.2").LocalAddr().String())
-	if n := logs.count("xDS connection refused"); n != 3 {
+	if n := strings.Count(logs.String(), "xDS connection refused"); n != 3 {
 		t.Errorf("%d refusals logged, want 3: one per peer at its bound, again once it left it", n)
 	}
 

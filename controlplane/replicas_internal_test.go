@@ -309,11 +309,7 @@ func TestReplicaLinkRelistsAfterCompaction(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	p := etcdtest.NewProxy(t, srv.ClientURL)
-	wcli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.URL()}, DialTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { wcli.Close() })
+	wcli := p.Client(t)
 	l := newReplicaLink(wcli, "/tether", &net.TCPAddr{Port: 2}, time.Minute, 0, zerolog.Nop(), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

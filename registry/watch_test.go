@@ -296,11 +296,7 @@ func TestWatcherRelistsAfterCompaction(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
 	p := etcdtest.NewProxy(t, srv.ClientURL)
-	wcli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.URL()}, DialTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { wcli.Close() })
+	wcli := p.Client(t)
 
 	mustPut(t, cli, instKey, exampleInstance)
 	mustPut(t, cli, "/tether/instances/web/w1", withField(t, exampleInstance, "id", "w1"))

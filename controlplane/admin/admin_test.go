@@ -296,23 +296,7 @@ func TestEventsStreamIsQuietBetweenHeartbeats(t *testing.T) {
 	_, lines := stream(t, ctx, url)
 	next(t, ctx, lines, "data: ")
 	// Five more ticks read the unchanged source, then a change is sent.
-	for range 6 {
-		select {
-		case <-reads:
-		case <-ctx.Done():
-			t.Fatal("the stream stopped reading its source")
-		}
-	}
-	src.set(snapshotOf(2, registry.StateAvailable))
-	for {
-		l := next(t, ctx, lines, "")
-		if strings.HasPrefix(l, ":") {
-			t.Fatalf("a comment before the heartbeat is due: %q", l)
-		}
-		if strings.HasPrefix(l, "data: ") {
-			break
-		}
-	}
+	changeAfterReads(t, ctx, reads, 6, func() { src.set(snapshotOf(2, registry.StateAvailable)) }, lines)
 }
 
 // The event stream as the control plane serves it (default interval, heartbeat and write
@@ -326,23 +310,33 @@ func TestEventsStreamWithDefaults(t *testing.T) {
 	_, lines := stream(t, ctx, srv.URL+"/api/events")
 	next(t, ctx, lines, "data: ")
 	// Two ticks of the unchanged source (a second), then a change.
-	for range 3 {
+	changeAfterReads(t, ctx, src.reads, 3, func() {
+		src.mu.Lock()
+		src.pub = snapshotOf(2, registry.StateAvailable)
+		src.mu.Unlock()
+	}, lines)
+}
+
+// changeAfterReads waits for n reads of an event stream's source, makes change, and wants
+// the next line of the stream to be the changed document, no heartbeat comment before it:
+// the stream sent nothing while nothing changed and sent the change at its next tick.
+func changeAfterReads(t *testing.T, ctx context.Context, reads <-chan struct{}, n int, change func(), lines <-chan string) {
+	t.Helper()
+	for range n {
 		select {
-		case <-src.reads:
+		case <-reads:
 		case <-ctx.Done():
 			t.Fatal("the stream stopped reading its source")
 		}
 	}
-	src.mu.Lock()
-	src.pub = snapshotOf(2, registry.StateAvailable)
-	src.mu.Unlock()
+	change()
 	for {
 		l := next(t, ctx, lines, "")
 		if strings.HasPrefix(l, ":") {
 			t.Fatalf("a comment before the heartbeat is due: %q", l)
 		}
 		if strings.HasPrefix(l, "data: ") {
-			break
+			return
 		}
 	}
 }
