@@ -29,14 +29,7 @@ var Types = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3
 var endpointIndex = typeIndex(resourcev3.EndpointType)
 
 // typeIndex returns the index of typeURL in Types, or -1 for a type not served.
-func typeIndex(typeURL string) int {
-	for i, t := range Types {
-		if t == typeURL {
-			return i
-		}
-	}
-	return -1
-}
+func typeIndex(typeURL string) int { return slices.Index(Types, typeURL) }
 
 // Defaults of Options.
 const (
@@ -231,11 +224,7 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 // respondAllLocked answers every armed watcher, streams in key order (the first-sync queue
 // then serves them in a stable order).
 func (c *Cache) respondAllLocked() {
-	keys := make([]StreamKey, 0, len(c.streams))
-	for k := range c.streams {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b StreamKey) int {
+	keys := slices.SortedFunc(maps.Keys(c.streams), func(a, b StreamKey) int {
 		if a.Delta != b.Delta {
 			if a.Delta {
 				return 1
@@ -299,11 +288,7 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 	}
 	names := old.names // the same names: no need to sort them again
 	if added || len(entries) != len(old.entries) {
-		names = make([]string, 0, len(entries))
-		for n := range entries {
-			names = append(names, n)
-		}
-		sort.Strings(names)
+		names = slices.Sorted(maps.Keys(entries))
 	}
 	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: typeVersion(names, entries), items: items}
 	ts.fillAll()
@@ -408,10 +393,6 @@ func typeVersion(names []string, entries map[string]*entry) string {
 func (c *Cache) Versions() map[string]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.versionsLocked()
-}
-
-func (c *Cache) versionsLocked() map[string]string {
 	out := make(map[string]string, len(Types))
 	for i, url := range Types {
 		out[url] = c.types[i].version
@@ -423,12 +404,7 @@ func (c *Cache) versionsLocked() map[string]string {
 func (c *Cache) Groups() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]string, 0, len(c.groups))
-	for g := range c.groups {
-		out = append(out, g)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(c.groups))
 }
 
 // Fetch is not supported: Tether's Envoys use streams (ADS).

@@ -1,8 +1,9 @@
 package xdscache
 
 import (
+	"cmp"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -120,17 +121,11 @@ func (c *Cache) Streams() []ClientInfo {
 	for _, st := range c.streams {
 		ci := st.info
 		ci.Missing = slices.Clone(ci.Missing)
-		ci.Acked = make(map[string]string, len(st.info.Acked))
-		for k, v := range st.info.Acked {
-			ci.Acked[k] = v
-		}
+		ci.Acked = maps.Clone(ci.Acked)
 		out = append(out, ci)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].StreamID != out[j].StreamID {
-			return out[i].StreamID < out[j].StreamID
-		}
-		return out[i].Variant < out[j].Variant
+	slices.SortFunc(out, func(a, b ClientInfo) int {
+		return cmp.Or(cmp.Compare(a.StreamID, b.StreamID), strings.Compare(a.Variant, b.Variant))
 	})
 	return out
 }

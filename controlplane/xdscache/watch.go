@@ -190,9 +190,7 @@ func (c *Cache) closeStream(key StreamKey) {
 			c.inflight--
 			freed = true
 		}
-	}
-	for _, w := range st.watchers {
-		if w != nil && w.charged > 0 {
+		if w.charged > 0 {
 			c.uncharge(w)
 			charged = true
 		}
