@@ -283,16 +283,11 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 			changed = append(changed, name)
 		}
 	}
-	if len(changed) == 0 { // no name added or removed either
-		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, allSize: old.allSize, items: items}, nil, nil
-	}
 	names := old.names // the same names: no need to sort them again
 	if added || len(entries) != len(old.entries) {
 		names = slices.Sorted(maps.Keys(entries))
 	}
-	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: typeVersion(names, entries), items: items}
-	ts.fillAll()
-	sort.Strings(changed)
+	ts, changed := old.next(entries, names, items, changed)
 	return ts, changed, nil
 }
 
@@ -328,27 +323,27 @@ func (c *Cache) buildInPlace(old *typeState, items []types.Resource) (*typeState
 			changed = append(changed, name)
 		}
 	}
-	ts := &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, allSize: old.allSize, items: items}
-	if len(changed) == 0 {
-		return ts, nil, true, nil
-	}
-	ts.version = typeVersion(ts.names, entries)
-	ts.fillAll()
-	sort.Strings(changed)
+	ts, changed := old.next(entries, old.names, items, changed)
 	return ts, changed, true, nil
 }
 
-// fillAll builds the SotW full-state body of a full type.
-func (ts *typeState) fillAll() {
-	if !ts.full {
-		return
+// next returns the state that follows old with entries (their sorted names) and items. Only
+// when names changed are its version and SotW full-state body made anew.
+func (old *typeState) next(entries map[string]*entry, names []string, items []types.Resource, changed []string) (*typeState, []string) {
+	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: old.version, all: old.all, allSize: old.allSize, items: items}
+	if len(changed) == 0 {
+		return ts, nil
 	}
-	ts.all, ts.allSize = make([]*anypb.Any, len(ts.names)), 0
-	for i, n := range ts.names {
-		e := ts.entries[n]
-		ts.all[i] = e.any
-		ts.allSize += e.size
+	ts.version = typeVersion(names, entries)
+	if ts.full {
+		ts.all, ts.allSize = make([]*anypb.Any, len(names)), 0
+		for i, n := range names {
+			ts.all[i] = entries[n].any
+			ts.allSize += entries[n].size
+		}
 	}
+	sort.Strings(changed)
+	return ts, changed
 }
 
 // responseOverhead is about what a response adds to its resources: type URL, version, nonce.
