@@ -113,11 +113,7 @@ func Handler(src Source, opts Options, onShutdown func(func())) http.Handler {
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mon := newMonitor(func() (*Snapshot, []string, []xdscache.ClientInfo) {
-		return src.Snapshot(), src.Groups(), src.Streams()
-	}, onShutdown)
-	mon.minEnvoy = opts.MinEnvoyVersion
-	mon.phase = func() (map[string]map[string]EndpointPhase, []LaggingEnvoy) { return src.Phases(), src.Lagging() }
+	mon := newMonitor(src, opts.MinEnvoyVersion, onShutdown)
 	mux.HandleFunc("GET /{$}", mon.index)
 	mux.HandleFunc("GET /ui/", mon.asset)
 	mux.HandleFunc("GET /api/state", mon.state)
