@@ -8,6 +8,7 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 )
 
 // StreamKey names a stream: go-control-plane numbers SotW and delta streams apart, so an ID
@@ -82,10 +83,7 @@ func (c *Cache) responded(key StreamKey, typeURL, nonce, version string) {
 // (two-phase publication reads the watchers' own record, see Acks). Only an answer to a nonce
 // this stream was sent counts (a NACK in the Observer's metric, labelled by a type the
 // callbacks have checked is served): a client cannot mint metric series or log lines.
-func (c *Cache) answered(st *stream, typeURL, nonce string, nack interface {
-	GetCode() int32
-	GetMessage() string
-}) {
+func (c *Cache) answered(st *stream, typeURL, nonce string, nack *rpcstatus.Status) {
 	if nonce == "" {
 		return
 	}

@@ -269,9 +269,7 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 			}
 			c.resources[typeURL], c.follows[typeURL] = held, follows
 		}
-		for n := range got {
-			upd.Names = append(upd.Names, n)
-		}
+		upd.Names = slices.Collect(maps.Keys(got))
 		c.versions[typeURL] = resp.GetVersionInfo()
 		follow, followNames := c.followLocked(typeURL)
 		names := c.subs[typeURL]
