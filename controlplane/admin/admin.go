@@ -85,7 +85,6 @@ type LaggingEnvoy struct {
 // (/, /ui/, /api/state, /api/events). onShutdown registers a function the server calls when
 // it shuts down (http.Server.RegisterOnShutdown): it ends the monitor's event streams.
 func Handler(src Source, opts Options, onShutdown func(func())) http.Handler {
-	a := &server{src: src, opts: opts}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{Registry: opts.Metrics}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -108,27 +107,18 @@ func Handler(src Source, opts Options, onShutdown func(func())) http.Handler {
 			_, _ = w.Write([]byte("not ready: the registry has not been listed from etcd and published yet\n"))
 		}
 	})
-	mux.HandleFunc("GET /debug/config", a.debugConfig)
+	mux.HandleFunc("GET /debug/config", debugConfig(src))
 	// Go's profiler, for "why is it slow" on a live control plane (loopback by default, like
 	// the rest of the admin; it shows code and command line, no secrets: there is no password flag).
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mon := newMonitor(func() (*Snapshot, []string, []xdscache.ClientInfo) {
-		return src.Snapshot(), src.Groups(), src.Streams()
-	}, onShutdown)
-	mon.minEnvoy = opts.MinEnvoyVersion
-	mon.phase = func() (map[string]map[string]EndpointPhase, []LaggingEnvoy) { return src.Phases(), src.Lagging() }
+	mon := newMonitor(src, opts.MinEnvoyVersion, onShutdown)
 	mux.HandleFunc("GET /{$}", mon.index)
 	mux.HandleFunc("GET /ui/", mon.asset)
 	mux.HandleFunc("GET /api/state", mon.state)
 	mux.HandleFunc("GET /api/events", mon.events)
 	return hostGuard(opts.Hosts, opts.Addr, mux)
-}
-
-type server struct {
-	src  Source
-	opts Options
 }
 
 // hostGuard answers only requests whose Host header is a loopback name or IP, the admin
@@ -141,11 +131,9 @@ func hostGuard(hosts []string, addr net.Addr, next http.Handler) http.Handler {
 		allowed[normalHost(h)] = true
 	}
 	var own netip.Addr
-	if addr != nil {
-		if ta, ok := addr.(*net.TCPAddr); ok {
-			own, _ = netip.AddrFromSlice(ta.IP)
-			own = own.Unmap()
-		}
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		own, _ = netip.AddrFromSlice(ta.IP)
+		own = own.Unmap()
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host := r.Host
@@ -189,54 +177,49 @@ type DebugConfig struct {
 
 // debugConfig shows the resources served to every group (all groups get the default
 // gateway: the same resources). The generated configuration holds no secrets.
-func (a *server) debugConfig(w http.ResponseWriter, _ *http.Request) {
-	pub := a.src.Snapshot()
-	if pub == nil {
-		http.Error(w, "no configuration published yet", http.StatusServiceUnavailable)
-		return
-	}
-	out := DebugConfig{
-		Revision: pub.State.Revision, PublishedAt: pub.At, Translate: pub.Translate.String(),
-		Groups: a.src.Groups(), Versions: pub.Versions, Problems: pub.Resources.Problems,
-		Rejected: pub.State.Rejected, Clients: a.src.Streams(), Resources: map[string]json.RawMessage{},
-		Lagging: a.src.Lagging(),
-	}
-	for i, l := range out.Lagging {
-		for _, c := range out.Clients {
-			if c.StreamID == l.StreamID && c.Variant == l.Variant {
-				out.Lagging[i].NodeID = c.NodeID
+func debugConfig(src Source) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		pub := src.Snapshot()
+		if pub == nil {
+			http.Error(w, "no configuration published yet", http.StatusServiceUnavailable)
+			return
+		}
+		out := DebugConfig{
+			Revision: pub.State.Revision, PublishedAt: pub.At, Translate: pub.Translate.String(),
+			Groups: src.Groups(), Versions: pub.Versions, Problems: pub.Resources.Problems,
+			Rejected: pub.State.Rejected, Clients: src.Streams(), Lagging: src.Lagging(),
+			Resources: map[string]json.RawMessage{
+				"listeners": jsonList(pub.Resources.Listeners), "routes": jsonList(pub.Resources.Routes),
+				"clusters": jsonList(pub.Resources.Clusters), "endpoints": jsonList(pub.Resources.Endpoints),
+			},
+		}
+		for i, l := range out.Lagging {
+			for _, c := range out.Clients {
+				if c.StreamID == l.StreamID && c.Variant == l.Variant {
+					out.Lagging[i].NodeID = c.NodeID
+				}
 			}
 		}
-	}
-	if out.Problems == nil {
-		out.Problems = []translate.Problem{}
-	}
-	add := func(name string, msgs []proto.Message) {
-		list := make([]json.RawMessage, 0, len(msgs))
-		for _, m := range msgs {
-			b, err := protojson.Marshal(m)
-			if err != nil {
-				b, _ = json.Marshal(map[string]string{"error": err.Error()})
-			}
-			list = append(list, b)
+		if out.Problems == nil {
+			out.Problems = []translate.Problem{}
 		}
-		b, _ := json.Marshal(list)
-		out.Resources[name] = b
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(out)
 	}
-	add("listeners", toMessages(pub.Resources.Listeners))
-	add("routes", toMessages(pub.Resources.Routes))
-	add("clusters", toMessages(pub.Resources.Clusters))
-	add("endpoints", toMessages(pub.Resources.Endpoints))
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(out)
 }
 
-func toMessages[T proto.Message](in []T) []proto.Message {
-	out := make([]proto.Message, len(in))
-	for i, m := range in {
-		out[i] = m
+// jsonList is msgs as a JSON list, a message that cannot be marshalled shown as its error.
+func jsonList[T proto.Message](msgs []T) json.RawMessage {
+	list := make([]json.RawMessage, 0, len(msgs))
+	for _, m := range msgs {
+		b, err := protojson.Marshal(m)
+		if err != nil {
+			b, _ = json.Marshal(map[string]string{"error": err.Error()})
+		}
+		list = append(list, b)
 	}
-	return out
+	b, _ := json.Marshal(list)
+	return b
 }

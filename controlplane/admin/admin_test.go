@@ -57,6 +57,11 @@ func (s *source) Lagging() []LaggingEnvoy {
 	return s.lagging
 }
 func (s *source) Ready() <-chan struct{} { return s.ready }
+func (s *source) set(p *Snapshot) {
+	s.mu.Lock()
+	s.pub = p
+	s.mu.Unlock()
+}
 func (s *source) Unconfirmed(time.Time) (time.Duration, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -246,12 +251,17 @@ func TestMonitorShowsPhasesAndLagging(t *testing.T) {
 // Before the first publication, with no group and no Envoy, the first document is built (not the
 // empty one the monitor starts with).
 func TestMonitorFirstDocumentOfNothing(t *testing.T) {
-	m := newMonitor(func() (*Snapshot, []string, []xdscache.ClientInfo) { return nil, nil, nil }, func(func()) {})
+	m := newMonitor(noGroups{&source{}}, "", func(func()) {})
 	seq, body := m.current()
 	if seq == 0 || !strings.Contains(string(body), `"ready":false`) {
 		t.Errorf("first document: %d %s", seq, body)
 	}
 }
+
+// noGroups is a source that lists no gateway group.
+type noGroups struct{ *source }
+
+func (noGroups) Groups() []string { return nil }
 
 // An Envoy is in sync only with a published snapshot that has versions, each one ACKed.
 func TestInSyncNeedsVersions(t *testing.T) {
@@ -280,15 +290,8 @@ func TestMonitorPageHeaders(t *testing.T) {
 // With nothing changed the stream writes nothing until a heartbeat is due: ticks alone send no
 // comment.
 func TestEventsStreamIsQuietBetweenHeartbeats(t *testing.T) {
-	src := &fakeSource{pub: snapshotOf(1, registry.StateAvailable)}
-	reads := make(chan struct{}, 64)
-	m := newMonitor(func() (*Snapshot, []string, []xdscache.ClientInfo) {
-		select {
-		case reads <- struct{}{}:
-		default:
-		}
-		return src.get()
-	}, nil)
+	src := &source{pub: snapshotOf(1, registry.StateAvailable), reads: make(chan struct{}, 64)}
+	m := newMonitor(src, "", nil)
 	m.interval, m.heartbeat = time.Millisecond, time.Hour
 	_, url := serveMonitor(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -296,7 +299,7 @@ func TestEventsStreamIsQuietBetweenHeartbeats(t *testing.T) {
 	_, lines := stream(t, ctx, url)
 	next(t, ctx, lines, "data: ")
 	// Five more ticks read the unchanged source, then a change is sent.
-	changeAfterReads(t, ctx, reads, 6, func() { src.set(snapshotOf(2, registry.StateAvailable)) }, lines)
+	changeAfterReads(t, ctx, src.reads, 6, func() { src.set(snapshotOf(2, registry.StateAvailable)) }, lines)
 }
 
 // The event stream as the control plane serves it (default interval, heartbeat and write
@@ -310,11 +313,7 @@ func TestEventsStreamWithDefaults(t *testing.T) {
 	_, lines := stream(t, ctx, srv.URL+"/api/events")
 	next(t, ctx, lines, "data: ")
 	// Two ticks of the unchanged source (a second), then a change.
-	changeAfterReads(t, ctx, src.reads, 3, func() {
-		src.mu.Lock()
-		src.pub = snapshotOf(2, registry.StateAvailable)
-		src.mu.Unlock()
-	}, lines)
+	changeAfterReads(t, ctx, src.reads, 3, func() { src.set(snapshotOf(2, registry.StateAvailable)) }, lines)
 }
 
 // changeAfterReads waits for n reads of an event stream's source, makes change, and wants

@@ -82,15 +82,9 @@ type EnvoyStatus struct {
 	LaggingEndpoint string     `json:"laggingEndpoint,omitempty"`
 }
 
-// monitorSource returns what the monitor shows: the published snapshot (nil before the
-// first), the gateway groups and the connected Envoys.
-type monitorSource func() (*Snapshot, []string, []xdscache.ClientInfo)
-
 // monitor serves the web page, /api/state and the /api/events stream of server-sent events.
 type monitor struct {
-	source monitorSource
-	// phase, when set, tells what Envoys know of each endpoint and which Envoys lag.
-	phase      func() (map[string]map[string]EndpointPhase, []LaggingEnvoy)
+	src        Source
 	onShutdown func(func()) // registers a function called when the admin server shuts down
 	minEnvoy   string       // Options.MinEnvoyVersion
 	interval   time.Duration
@@ -111,9 +105,9 @@ type monitor struct {
 	body    []byte // the document without generatedAt
 }
 
-func newMonitor(src monitorSource, onShutdown func(func())) *monitor {
+func newMonitor(src Source, minEnvoy string, onShutdown func(func())) *monitor {
 	return &monitor{
-		source: src, onShutdown: onShutdown, interval: monitorInterval, heartbeat: monitorHeartbeat,
+		src: src, minEnvoy: minEnvoy, onShutdown: onShutdown, interval: monitorInterval, heartbeat: monitorHeartbeat,
 		slots: make(chan struct{}, maxMonitorStreams), stop: make(chan struct{}),
 		// Request paths /ui/... are the embedded files' paths.
 		assets: http.FileServerFS(uiFiles),
@@ -125,12 +119,8 @@ func newMonitor(src monitorSource, onShutdown func(func())) *monitor {
 func (m *monitor) current() (uint64, []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	pub, groups, clients := m.source()
-	var phases map[string]map[string]EndpointPhase
-	var lagging []LaggingEnvoy
-	if m.phase != nil {
-		phases, lagging = m.phase()
-	}
+	pub, groups, clients := m.src.Snapshot(), m.src.Groups(), m.src.Streams()
+	phases, lagging := m.src.Phases(), m.src.Lagging()
 	if m.seq > 0 && pub == m.pub && slices.Equal(groups, m.groups) && reflect.DeepEqual(clients, m.clients) &&
 		reflect.DeepEqual(phases, m.phases) && reflect.DeepEqual(lagging, m.lagging) {
 		return m.seq, m.body

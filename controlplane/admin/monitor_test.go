@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,25 +22,6 @@ import (
 
 // defaultGroup is the control plane's default gateway group, which is always listed.
 const defaultGroup = "default"
-
-// fakeSource is a monitorSource whose snapshot a test swaps.
-type fakeSource struct {
-	mu      sync.Mutex
-	pub     *Snapshot
-	clients []xdscache.ClientInfo
-}
-
-func (f *fakeSource) get() (*Snapshot, []string, []xdscache.ClientInfo) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.pub, []string{defaultGroup}, f.clients
-}
-
-func (f *fakeSource) set(p *Snapshot) {
-	f.mu.Lock()
-	f.pub = p
-	f.mu.Unlock()
-}
 
 func snapshotOf(sessions int, state registry.InstanceState) *Snapshot {
 	in := registry.Instance{ID: "app-1", Address: "10.0.0.1", Port: 5000, State: state,
@@ -105,8 +85,8 @@ func TestStamped(t *testing.T) {
 }
 
 func TestMonitorCurrentRebuildsOnlyOnChange(t *testing.T) {
-	src := &fakeSource{pub: snapshotOf(1, registry.StateAvailable)}
-	m := newMonitor(src.get, func(func()) {})
+	src := &source{pub: snapshotOf(1, registry.StateAvailable)}
+	m := newMonitor(src, "", func(func()) {})
 	s1, b1 := m.current()
 	s2, _ := m.current()
 	if s1 != s2 {
@@ -118,7 +98,7 @@ func TestMonitorCurrentRebuildsOnlyOnChange(t *testing.T) {
 		t.Errorf("changed source: sequence %d -> %d", s2, s3)
 	}
 	src.mu.Lock()
-	src.clients = []xdscache.ClientInfo{{StreamID: 9, Group: "gw", Acked: map[string]string{}}}
+	src.streams = []xdscache.ClientInfo{{StreamID: 9, Group: "gw", Acked: map[string]string{}}}
 	src.mu.Unlock()
 	if s4, _ := m.current(); s4 == s3 {
 		t.Error("a new Envoy did not change the document")
@@ -184,8 +164,8 @@ func next(t *testing.T, ctx context.Context, lines <-chan string, prefix string)
 }
 
 func TestEventsStream(t *testing.T) {
-	src := &fakeSource{pub: snapshotOf(1, registry.StateAvailable)}
-	m := newMonitor(src.get, nil)
+	src := &source{pub: snapshotOf(1, registry.StateAvailable)}
+	m := newMonitor(src, "", nil)
 	m.interval, m.heartbeat = 10*time.Millisecond, 50*time.Millisecond
 	m.slots = make(chan struct{}, 1)
 	srv, url := serveMonitor(t, m)

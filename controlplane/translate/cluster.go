@@ -52,7 +52,7 @@ const (
 // which override_host_status refuses: its pinned sessions would move. A dead server is taken
 // out by its agent (unhealthy, or its lease expiring), and initial requests meanwhile retry
 // connect failures on another host.
-func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Cluster {
+func cluster(svc string, cfg registry.ServiceConfig) *clusterv3.Cluster {
 	var notes []string
 	c := &clusterv3.Cluster{
 		Name:                 ClusterName(svc),
@@ -109,13 +109,9 @@ func cluster(svc string, cfg registry.ServiceConfig, p *packer) *clusterv3.Clust
 		}}
 	}
 	if len(notes) > 0 {
-		vals := make([]any, len(notes))
-		for i, n := range notes {
-			vals[i] = n
-		}
-		list, err := structpb.NewList(vals)
-		if err != nil && p.err == nil {
-			p.err = err
+		list := &structpb.ListValue{}
+		for _, n := range notes {
+			list.Values = append(list.Values, structpb.NewStringValue(n))
 		}
 		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
 			metadataNamespace: {Fields: map[string]*structpb.Value{"notes": structpb.NewListValue(list)}},

@@ -321,8 +321,7 @@ func TestHealthCheckHost(t *testing.T) {
 		{[]string{"*"}, "app.internal", "app.internal"},
 	} {
 		cfg.Domains, cfg.HealthCheck.Host = tc.domains, tc.host
-		var p packer
-		c := cluster("app", cfg, &p)
+		c := cluster("app", cfg)
 		if got := c.GetHealthChecks()[0].GetHttpHealthCheck().GetHost(); got != tc.want || strings.HasPrefix(got, clusterPrefix) {
 			t.Errorf("domains %v host %q: Host header %q, want %q", tc.domains, tc.host, got, tc.want)
 		}

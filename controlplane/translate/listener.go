@@ -192,33 +192,24 @@ func localReplyMappers() []*hcmv3.ResponseMapper {
 		return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{
 			AndFilter: &accesslogv3.AndFilter{Filters: fs}}}
 	}
-	set := func(k, v string) *corev3.HeaderValueOption {
-		return &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: k, Value: v},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		}
-	}
-	body := func(s string) *corev3.DataSource {
-		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: s}}
-	}
-	noStore := set("cache-control", "no-store")
+	noStore := overwrite("cache-control", "no-store")
 	fromReq := func(h string) string { return "%REQ(" + h + ")%" }
 	return []*hcmv3.ResponseMapper{
 		{Filter: and(flag("UO"), header(replyHeader, "")),
-			Body: body(overflowBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
+			Body: inline(overflowBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
 		{Filter: and(flag("UH"), header(replyHeader, replyGone), header(expireCookieHeader, "")),
-			Body:         body(goneBody),
-			HeadersToAdd: []*corev3.HeaderValueOption{noStore, set("set-cookie", fromReq(expireCookieHeader))}},
+			Body:         inline(goneBody),
+			HeadersToAdd: []*corev3.HeaderValueOption{noStore, overwrite("set-cookie", fromReq(expireCookieHeader))}},
 		{Filter: and(flag("UH"), header(replyHeader, replyGone)),
-			Body: body(goneBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
+			Body: inline(goneBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
 		{Filter: and(flag("UH"), header(replyHeader, replyOverload), header(returnURLHeader, "")),
 			StatusCode:   u32(302),
-			Body:         body("No server can take a new session right now.\n"),
-			HeadersToAdd: []*corev3.HeaderValueOption{noStore, set("location", fromReq(returnURLHeader))}},
+			Body:         inline("No server can take a new session right now.\n"),
+			HeadersToAdd: []*corev3.HeaderValueOption{noStore, overwrite("location", fromReq(returnURLHeader))}},
 		{Filter: and(flag("UH"), header(replyHeader, replyOverload), header(retryAfterHeader, "")),
-			Body:         body(overloadBody),
-			HeadersToAdd: []*corev3.HeaderValueOption{noStore, set("retry-after", fromReq(retryAfterHeader))}},
+			Body:         inline(overloadBody),
+			HeadersToAdd: []*corev3.HeaderValueOption{noStore, overwrite("retry-after", fromReq(retryAfterHeader))}},
 		{Filter: and(flag("UH"), header(replyHeader, replyOverload)),
-			Body: body(overloadBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
+			Body: inline(overloadBody), HeadersToAdd: []*corev3.HeaderValueOption{noStore}},
 	}
 }

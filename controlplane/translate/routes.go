@@ -246,11 +246,7 @@ func hashPolicy(a registry.Affinity) []*routev3.RouteAction_HashPolicy {
 func requestMutations(svc string, cfg registry.ServiceConfig, session bool) []*mutationv3.HeaderMutation {
 	var out []*mutationv3.HeaderMutation
 	set := func(k, v string) {
-		out = append(out, &mutationv3.HeaderMutation{Action: &mutationv3.HeaderMutation_Append{
-			Append: &corev3.HeaderValueOption{
-				Header:       &corev3.HeaderValue{Key: k, Value: formatLiteral(v)},
-				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			}}})
+		out = append(out, &mutationv3.HeaderMutation{Action: &mutationv3.HeaderMutation_Append{Append: overwrite(k, formatLiteral(v))}})
 	}
 	remove := func(k string) {
 		out = append(out, &mutationv3.HeaderMutation{Action: &mutationv3.HeaderMutation_Remove{Remove: k}})
@@ -350,7 +346,7 @@ func sameSite(a registry.Affinity) string {
 func setOverload(r *routev3.Route, o registry.Overload) {
 	dr := &routev3.DirectResponseAction{Status: overloadStatus(o)}
 	if o.ReturnURL == "" {
-		dr.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: overloadBody}}
+		dr.Body = inline(overloadBody)
 	}
 	r.Action = &routev3.Route_DirectResponse{DirectResponse: dr}
 	r.ResponseHeadersToAdd = overloadHeaders(o)
@@ -361,14 +357,8 @@ func setOverload(r *routev3.Route, o registry.Overload) {
 // overload reply: its Retry-After (600 s by default) or its page (returnUrl) would tell a user
 // to come back much later than a wait that ends within seconds.
 func setStarting(r *routev3.Route, seconds int) {
-	r.Action = &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
-		Status: 503,
-		Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: startingBody}},
-	}}
-	r.ResponseHeadersToAdd = []*corev3.HeaderValueOption{
-		{Header: &corev3.HeaderValue{Key: "cache-control", Value: "no-store"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
-		{Header: &corev3.HeaderValue{Key: "retry-after", Value: strconv.Itoa(seconds)}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
-	}
+	r.Action = &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 503, Body: inline(startingBody)}}
+	r.ResponseHeadersToAdd = []*corev3.HeaderValueOption{overwrite("cache-control", "no-store"), overwrite("retry-after", strconv.Itoa(seconds))}
 }
 
 // overloadStatus is 302 when the overload reply redirects to returnUrl, else overload.status.
@@ -382,18 +372,23 @@ func overloadStatus(o registry.Overload) uint32 {
 // overloadHeaders are the headers of the overload reply: Location for a redirect,
 // Retry-After otherwise, and no caching either way.
 func overloadHeaders(o registry.Overload) []*corev3.HeaderValueOption {
-	set := func(k, v string) *corev3.HeaderValueOption {
-		return &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: k, Value: v},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		}
-	}
-	h := []*corev3.HeaderValueOption{set("cache-control", "no-store")}
+	h := []*corev3.HeaderValueOption{overwrite("cache-control", "no-store")}
 	switch {
 	case o.ReturnURL != "":
-		h = append(h, set("location", formatLiteral(o.ReturnURL)))
+		h = append(h, overwrite("location", formatLiteral(o.ReturnURL)))
 	case o.RetryAfterSeconds > 0:
-		h = append(h, set("retry-after", strconv.Itoa(o.RetryAfterSeconds)))
+		h = append(h, overwrite("retry-after", strconv.Itoa(o.RetryAfterSeconds)))
 	}
 	return h
+}
+
+// overwrite sets header key to value, replacing any value it has.
+func overwrite(key, value string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, Value: value},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
+}
+
+// inline is a reply body given in the configuration.
+func inline(body string) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: body}}
 }

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -87,7 +88,7 @@ func misconfigured(svc *registry.Service) *ServiceResources {
 	sr.PathPrefix = cfg.PathPrefix
 	r := &routev3.Route{Name: svc.Name + "/misconfigured", Match: match(cfg.PathPrefix),
 		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 503,
-			Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: misconfiguredBody}}}},
+			Body: inline(misconfiguredBody)}},
 		ResponseHeadersToAdd: overloadHeaders(registry.Overload{RetryAfterSeconds: 60})}
 	if err := r.ValidateAll(); err != nil {
 		sr.Domains, sr.PathPrefix = nil, ""
@@ -128,7 +129,7 @@ func translateService(svc *registry.Service, opts Options) (*ServiceResources, e
 	}
 	var p packer
 	sr.Endpoints = endpoints(svc.Name, cfg, insts)
-	sr.Cluster = cluster(svc.Name, cfg, &p)
+	sr.Cluster = cluster(svc.Name, cfg)
 	sr.Routes = routes(svc.Name, cfg, newUsers(sr, opts), &p)
 	if cfg.LBPolicy == registry.LBRandom && cfg.Weights == registry.WeightsLoad {
 		// Served as configured, but said: Envoy's random load balancer ignores endpoint
@@ -157,13 +158,8 @@ func translateService(svc *registry.Service, opts Options) (*ServiceResources, e
 // those Envoy could not route to. The watcher only hands out validated instances; this
 // guards hand-built States.
 func usableInstances(svc *registry.Service, sr *ServiceResources) []registry.Instance {
-	ids := make([]string, 0, len(svc.Instances))
-	for id := range svc.Instances {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	out := make([]registry.Instance, 0, len(ids))
-	for _, id := range ids {
+	out := make([]registry.Instance, 0, len(svc.Instances))
+	for _, id := range slices.Sorted(maps.Keys(svc.Instances)) {
 		in := svc.Instances[id]
 		if in.ID == "" {
 			in.ID = id

@@ -91,6 +91,7 @@ package translate
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -345,12 +346,7 @@ func routeConfig(byDomain map[string][]*ServiceResources) *routev3.RouteConfigur
 		IgnorePortInHostMatching: true, // for every service alike: see hostDomains
 		VirtualHosts:             make([]*routev3.VirtualHost, 0, len(byDomain)),
 	}
-	domains := make([]string, 0, len(byDomain))
-	for d := range byDomain {
-		domains = append(domains, d)
-	}
-	slices.Sort(domains)
-	for _, d := range domains {
+	for _, d := range slices.Sorted(maps.Keys(byDomain)) {
 		parts := byDomain[d]
 		slices.SortStableFunc(parts, func(a, b *ServiceResources) int {
 			if c := cmp.Compare(len(b.PathPrefix), len(a.PathPrefix)); c != 0 {

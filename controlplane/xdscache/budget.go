@@ -1,6 +1,9 @@
 package xdscache
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // A budget of response bytes in flight, all streams together.
 //
@@ -85,7 +88,7 @@ func (c *Cache) admit(w *watcher, size int64) bool {
 		w.waiting = true
 		if mine {
 			// Keeps its place at the head; its wait is counted already.
-			b.queue = append([]*watcher{w}, b.queue...)
+			b.queue = slices.Insert(b.queue, 0, w)
 		} else {
 			b.Waited++
 			b.queue = append(b.queue, w)
@@ -193,12 +196,5 @@ func (c *Cache) dropWaiting(w *watcher) {
 		return
 	}
 	w.waiting = false
-	q := c.budget.queue[:0]
-	for _, x := range c.budget.queue {
-		if x != w {
-			q = append(q, x)
-		}
-	}
-	clear(c.budget.queue[len(q):])
-	c.budget.queue = q
+	c.budget.queue = slices.DeleteFunc(c.budget.queue, func(x *watcher) bool { return x == w })
 }

@@ -29,14 +29,7 @@ var Types = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3
 var endpointIndex = typeIndex(resourcev3.EndpointType)
 
 // typeIndex returns the index of typeURL in Types, or -1 for a type not served.
-func typeIndex(typeURL string) int {
-	for i, t := range Types {
-		if t == typeURL {
-			return i
-		}
-	}
-	return -1
-}
+func typeIndex(typeURL string) int { return slices.Index(Types, typeURL) }
 
 // Defaults of Options.
 const (
@@ -231,11 +224,7 @@ func (c *Cache) Update(res map[string][]types.Resource, ready func(versions map[
 // respondAllLocked answers every armed watcher, streams in key order (the first-sync queue
 // then serves them in a stable order).
 func (c *Cache) respondAllLocked() {
-	keys := make([]StreamKey, 0, len(c.streams))
-	for k := range c.streams {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b StreamKey) int {
+	keys := slices.SortedFunc(maps.Keys(c.streams), func(a, b StreamKey) int {
 		if a.Delta != b.Delta {
 			if a.Delta {
 				return 1
@@ -294,20 +283,11 @@ func (c *Cache) build(old *typeState, items []types.Resource) (*typeState, []str
 			changed = append(changed, name)
 		}
 	}
-	if len(changed) == 0 { // no name added or removed either
-		return &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, allSize: old.allSize, items: items}, nil, nil
-	}
 	names := old.names // the same names: no need to sort them again
 	if added || len(entries) != len(old.entries) {
-		names = make([]string, 0, len(entries))
-		for n := range entries {
-			names = append(names, n)
-		}
-		sort.Strings(names)
+		names = slices.Sorted(maps.Keys(entries))
 	}
-	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: typeVersion(names, entries), items: items}
-	ts.fillAll()
-	sort.Strings(changed)
+	ts, changed := old.next(entries, names, items, changed)
 	return ts, changed, nil
 }
 
@@ -343,27 +323,27 @@ func (c *Cache) buildInPlace(old *typeState, items []types.Resource) (*typeState
 			changed = append(changed, name)
 		}
 	}
-	ts := &typeState{url: old.url, full: old.full, entries: entries, names: old.names, version: old.version, all: old.all, allSize: old.allSize, items: items}
-	if len(changed) == 0 {
-		return ts, nil, true, nil
-	}
-	ts.version = typeVersion(ts.names, entries)
-	ts.fillAll()
-	sort.Strings(changed)
+	ts, changed := old.next(entries, old.names, items, changed)
 	return ts, changed, true, nil
 }
 
-// fillAll builds the SotW full-state body of a full type.
-func (ts *typeState) fillAll() {
-	if !ts.full {
-		return
+// next returns the state that follows old with entries (their sorted names) and items. Only
+// when names changed are its version and SotW full-state body made anew.
+func (old *typeState) next(entries map[string]*entry, names []string, items []types.Resource, changed []string) (*typeState, []string) {
+	ts := &typeState{url: old.url, full: old.full, entries: entries, names: names, version: old.version, all: old.all, allSize: old.allSize, items: items}
+	if len(changed) == 0 {
+		return ts, nil
 	}
-	ts.all, ts.allSize = make([]*anypb.Any, len(ts.names)), 0
-	for i, n := range ts.names {
-		e := ts.entries[n]
-		ts.all[i] = e.any
-		ts.allSize += e.size
+	ts.version = typeVersion(names, entries)
+	if ts.full {
+		ts.all, ts.allSize = make([]*anypb.Any, len(names)), 0
+		for i, n := range names {
+			ts.all[i] = entries[n].any
+			ts.allSize += entries[n].size
+		}
 	}
+	sort.Strings(changed)
+	return ts, changed
 }
 
 // responseOverhead is about what a response adds to its resources: type URL, version, nonce.
@@ -408,10 +388,6 @@ func typeVersion(names []string, entries map[string]*entry) string {
 func (c *Cache) Versions() map[string]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.versionsLocked()
-}
-
-func (c *Cache) versionsLocked() map[string]string {
 	out := make(map[string]string, len(Types))
 	for i, url := range Types {
 		out[url] = c.types[i].version
@@ -423,12 +399,7 @@ func (c *Cache) versionsLocked() map[string]string {
 func (c *Cache) Groups() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]string, 0, len(c.groups))
-	for g := range c.groups {
-		out = append(out, g)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(c.groups))
 }
 
 // Fetch is not supported: Tether's Envoys use streams (ADS).

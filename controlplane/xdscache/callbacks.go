@@ -30,10 +30,7 @@ type callbacks struct {
 // errType refuses a type not served: each one would add a watch to the stream.
 // The type is the client's: it is cut so that the error carries no client-sized text.
 func errType(typeURL string) error {
-	if len(typeURL) > MaxFieldBytes {
-		typeURL = typeURL[:MaxFieldBytes] + "..."
-	}
-	return status.Errorf(codes.InvalidArgument, "type %q is not served; this control plane serves %s", typeURL, strings.Join(Types, ", "))
+	return status.Errorf(codes.InvalidArgument, "type %q is not served; this control plane serves %s", truncate(typeURL, MaxFieldBytes), strings.Join(Types, ", "))
 }
 
 func (b callbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {

@@ -1,12 +1,14 @@
 package xdscache
 
 import (
+	"cmp"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 )
 
 // StreamKey names a stream: go-control-plane numbers SotW and delta streams apart, so an ID
@@ -81,10 +83,7 @@ func (c *Cache) responded(key StreamKey, typeURL, nonce, version string) {
 // (two-phase publication reads the watchers' own record, see Acks). Only an answer to a nonce
 // this stream was sent counts (a NACK in the Observer's metric, labelled by a type the
 // callbacks have checked is served): a client cannot mint metric series or log lines.
-func (c *Cache) answered(st *stream, typeURL, nonce string, nack interface {
-	GetCode() int32
-	GetMessage() string
-}) {
+func (c *Cache) answered(st *stream, typeURL, nonce string, nack *rpcstatus.Status) {
 	if nonce == "" {
 		return
 	}
@@ -120,17 +119,11 @@ func (c *Cache) Streams() []ClientInfo {
 	for _, st := range c.streams {
 		ci := st.info
 		ci.Missing = slices.Clone(ci.Missing)
-		ci.Acked = make(map[string]string, len(st.info.Acked))
-		for k, v := range st.info.Acked {
-			ci.Acked[k] = v
-		}
+		ci.Acked = maps.Clone(ci.Acked)
 		out = append(out, ci)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].StreamID != out[j].StreamID {
-			return out[i].StreamID < out[j].StreamID
-		}
-		return out[i].Variant < out[j].Variant
+	slices.SortFunc(out, func(a, b ClientInfo) int {
+		return cmp.Or(cmp.Compare(a.StreamID, b.StreamID), strings.Compare(a.Variant, b.Variant))
 	})
 	return out
 }

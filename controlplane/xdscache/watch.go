@@ -3,6 +3,7 @@ package xdscache
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -190,9 +191,7 @@ func (c *Cache) closeStream(key StreamKey) {
 			c.inflight--
 			freed = true
 		}
-	}
-	for _, w := range st.watchers {
-		if w != nil && w.charged > 0 {
+		if w.charged > 0 {
 			c.uncharge(w)
 			charged = true
 		}
@@ -636,26 +635,20 @@ func (w *watcher) hasPending() bool { return w.pendingAll || len(w.pending) > 0 
 // sent. A first sync (pendingAll) lists every name subscribed (every name of the type, for a
 // wildcard) and every name held, without keeping a copy of them in the meantime.
 func pendingNames(w *watcher, ts *typeState) []string {
-	var names []string
+	var all []string
+	var held heldSet
 	if w.pendingAll {
-		all := ts.names
+		all, held = ts.names, w.held
 		if !w.wildcard {
-			all = nil
-			for n := range w.names {
-				all = append(all, n)
-			}
+			all = slices.Collect(maps.Keys(w.names))
 		}
-		names = make([]string, 0, len(all)+len(w.held)+len(w.pending))
-		names = append(names, all...)
-		for _, r := range w.held {
-			names = append(names, r.name)
-		}
-	} else {
-		names = make([]string, 0, len(w.pending))
 	}
-	for n := range w.pending {
-		names = append(names, n)
+	names := make([]string, 0, len(all)+len(held)+len(w.pending))
+	names = append(names, all...)
+	for _, r := range held {
+		names = append(names, r.name)
 	}
+	names = slices.AppendSeq(names, maps.Keys(w.pending))
 	sort.Strings(names)
 	return slices.Compact(names)
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -268,9 +269,7 @@ func (c *Client) runSotW(ctx context.Context, ads discovery.AggregatedDiscoveryS
 			}
 			c.resources[typeURL], c.follows[typeURL] = held, follows
 		}
-		for n := range got {
-			upd.Names = append(upd.Names, n)
-		}
+		upd.Names = slices.Collect(maps.Keys(got))
 		c.versions[typeURL] = resp.GetVersionInfo()
 		follow, followNames := c.followLocked(typeURL)
 		names := c.subs[typeURL]
@@ -407,14 +406,8 @@ func (c *Client) resume() []resumeRequest {
 		if !wildcard && len(c.subs[t]) == 0 {
 			continue
 		}
-		r := resumeRequest{typeURL: t, version: c.versions[t], names: append([]string(nil), c.subs[t]...)}
-		if len(c.rversions[t]) > 0 {
-			r.versions = make(map[string]string, len(c.rversions[t]))
-			for n, v := range c.rversions[t] {
-				r.versions[n] = v
-			}
-		}
-		out = append(out, r)
+		out = append(out, resumeRequest{typeURL: t, version: c.versions[t], names: slices.Clone(c.subs[t]),
+			versions: maps.Clone(c.rversions[t])})
 	}
 	return out
 }
@@ -447,12 +440,8 @@ func (c *Client) followLocked(typeURL string) (string, []string) {
 		return "", nil
 	}
 	// Forget resources no longer subscribed.
-	keep := map[string]bool{}
-	for _, n := range names {
-		keep[n] = true
-	}
 	for n := range c.resources[f] {
-		if !keep[n] {
+		if _, keep := slices.BinarySearch(names, n); !keep {
 			delete(c.resources[f], n)
 			delete(c.rversions[f], n)
 		}
@@ -558,21 +547,14 @@ func (c *Client) unpack(a *anypb.Any, name string) (proto.Message, string, []str
 func wireName(a *anypb.Any) (string, error) {
 	b := a.GetValue()
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, typ, n := protowire.ConsumeField(b) // n covers the tag and the whole value
 		if n < 0 {
 			return "", fmt.Errorf("read name of %s: %w", a.GetTypeUrl(), protowire.ParseError(n))
 		}
-		b = b[n:]
 		if num == 1 && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return "", fmt.Errorf("read name of %s: %w", a.GetTypeUrl(), protowire.ParseError(n))
-			}
+			_, _, tag := protowire.ConsumeTag(b)
+			v, _ := protowire.ConsumeBytes(b[tag:])
 			return string(v), nil
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return "", fmt.Errorf("read name of %s: %w", a.GetTypeUrl(), protowire.ParseError(n))
 		}
 		b = b[n:]
 	}
@@ -594,20 +576,10 @@ type View struct {
 func (c *Client) View() View {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v := View{Resources: map[string]map[string]proto.Message{}, Versions: map[string]string{},
+	v := View{Resources: map[string]map[string]proto.Message{}, Versions: maps.Clone(c.versions),
 		ResourceVersions: map[string]map[string]string{}, Bytes: c.bytes, Responses: c.responses, NACKs: c.nacks}
 	for t, rs := range c.resources {
-		v.Resources[t] = make(map[string]proto.Message, len(rs))
-		for n, m := range rs {
-			v.Resources[t][n] = m
-		}
-		v.ResourceVersions[t] = make(map[string]string, len(c.rversions[t]))
-		for n, rv := range c.rversions[t] {
-			v.ResourceVersions[t][n] = rv
-		}
-	}
-	for t, ver := range c.versions {
-		v.Versions[t] = ver
+		v.Resources[t], v.ResourceVersions[t] = maps.Clone(rs), maps.Clone(c.rversions[t])
 	}
 	return v
 }
@@ -653,19 +625,15 @@ func (c *Client) WaitFor(ctx context.Context, cond func(View) bool) error {
 	}
 }
 
+// diff returns the names of cur not in old and those of old not in cur; both are sorted.
 func diff(old, cur []string) (sub, unsub []string) {
-	o, n := map[string]bool{}, map[string]bool{}
-	for _, v := range old {
-		o[v] = true
-	}
 	for _, v := range cur {
-		n[v] = true
-		if !o[v] {
+		if _, ok := slices.BinarySearch(old, v); !ok {
 			sub = append(sub, v)
 		}
 	}
 	for _, v := range old {
-		if !n[v] {
+		if _, ok := slices.BinarySearch(cur, v); !ok {
 			unsub = append(unsub, v)
 		}
 	}
