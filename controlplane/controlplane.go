@@ -3,6 +3,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -182,20 +183,15 @@ func DefaultConfig() Config {
 // negative where the flag's help says so), so that a caller names only what it changes.
 func (c *Config) withDefaults() {
 	d := DefaultConfig()
-	for _, f := range []struct {
-		v   *string
-		def string
-	}{{&c.Prefix, d.Prefix}, {&c.XDSAddr, d.XDSAddr}, {&c.AdminAddr, d.AdminAddr}, {&c.EmbeddedClientURL, d.EmbeddedClientURL},
-		{&c.EmbeddedPeerURL, d.EmbeddedPeerURL}, {&c.DataDir, d.DataDir}} {
-		if *f.v == "" {
-			*f.v = f.def
-		}
-	}
+	c.Prefix = cmp.Or(c.Prefix, d.Prefix)
+	c.XDSAddr = cmp.Or(c.XDSAddr, d.XDSAddr)
+	c.AdminAddr = cmp.Or(c.AdminAddr, d.AdminAddr)
+	c.EmbeddedClientURL = cmp.Or(c.EmbeddedClientURL, d.EmbeddedClientURL)
+	c.EmbeddedPeerURL = cmp.Or(c.EmbeddedPeerURL, d.EmbeddedPeerURL)
+	c.DataDir = cmp.Or(c.DataDir, d.DataDir)
+	c.ListenPort = cmp.Or(c.ListenPort, d.ListenPort)
 	if p, err := registry.NormalizePrefix(c.Prefix); err == nil {
 		c.Prefix = p
-	}
-	if c.ListenPort == 0 {
-		c.ListenPort = d.ListenPort
 	}
 	for _, f := range []struct{ v, def *time.Duration }{{&c.CoalesceQuiet, &d.CoalesceQuiet}, {&c.CoalesceMax, &d.CoalesceMax},
 		{&c.PublishSettle, &d.PublishSettle}, {&c.HoldGrace, &d.HoldGrace}, {&c.HoldWindow, &d.HoldWindow}, {&c.ShutdownTimeout, &d.ShutdownTimeout}} {
@@ -203,18 +199,11 @@ func (c *Config) withDefaults() {
 			*f.v = *f.def
 		}
 	}
-	if c.VanishGrace == 0 {
-		c.VanishGrace = d.VanishGrace
-	}
-	if c.StaleAfter == 0 {
-		c.StaleAfter = d.StaleAfter
-	}
-	if c.HoldShare == 0 {
-		c.HoldShare = d.HoldShare
-	}
-	if c.MaxInflightBytes == 0 {
-		c.MaxInflightBytes = d.MaxInflightBytes
-	}
+	// Negative is meaningful for these (off, or no bound): only zero takes the default.
+	c.VanishGrace = cmp.Or(c.VanishGrace, d.VanishGrace)
+	c.StaleAfter = cmp.Or(c.StaleAfter, d.StaleAfter)
+	c.HoldShare = cmp.Or(c.HoldShare, d.HoldShare)
+	c.MaxInflightBytes = cmp.Or(c.MaxInflightBytes, d.MaxInflightBytes)
 	for _, f := range []struct{ v, def *int }{{&c.InitialSyncs, &d.InitialSyncs}, {&c.MaxServices, &d.MaxServices},
 		{&c.MaxInstancesPerService, &d.MaxInstancesPerService}, {&c.MaxConnsPerPeer, &d.MaxConnsPerPeer}, {&c.MaxStreamsPerConn, &d.MaxStreamsPerConn}} {
 		if *f.v <= 0 {
@@ -355,13 +344,9 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		cp.embedded = e
 		cfg.Etcd.Endpoints = e.Endpoints
 	}
-	if cfg.Etcd.DialTimeout == 0 {
-		cfg.Etcd.DialTimeout = 5 * time.Second
-	}
+	cfg.Etcd.DialTimeout = cmp.Or(cfg.Etcd.DialTimeout, 5*time.Second)
 	cfg.Etcd.Context = ctx
-	if cfg.Etcd.Logger == nil {
-		cfg.Etcd.Logger = zap.NewNop() // etcd client retries are reported by the watcher
-	}
+	cfg.Etcd.Logger = cmp.Or(cfg.Etcd.Logger, zap.NewNop()) // etcd client retries are reported by the watcher
 	// With --etcd-user the client authenticates at once: wait for etcd as without a user.
 	cli, err := etcdconn.Dial(ctx, cfg.Etcd, func(err error, wait time.Duration) {
 		cp.log.Warn().Err(err).Strs("endpoints", cfg.Etcd.Endpoints).Dur("retryIn", wait).Msg("etcd not reachable yet")
