@@ -62,9 +62,7 @@ func (k kept) serve(next *registry.State, now time.Time, expired func(service, i
 				continue
 			}
 			add = append(add, ki.inst)
-			if release.IsZero() || ki.until.Before(release) {
-				release = ki.until
-			}
+			release = earliest(release, ki.until)
 		}
 		if len(h.insts) == 0 {
 			delete(k, name)

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"github.com/tetherlb/tether/internal/mutation"
 	"maps"
@@ -236,9 +237,6 @@ func (in *answers) closed(typeURL string, a xdscache.StreamAck) {
 	in.signal()
 }
 
-// holding is xdscache.Options.HoldFirstEndpoints.
-func (in *answers) holding() bool { return in.hold.Load() }
-
 // take returns the closes queued since the last take.
 func (in *answers) take() []goneClose {
 	in.mu.Lock()
@@ -253,17 +251,25 @@ func (in *answers) take() []goneClose {
 // remembered.
 func (ph *phaser) readClosedLocked() {
 	for _, c := range ph.in.take() {
-		a := c.a
-		_, lag := ph.lagging[a.StreamKey]
-		if lag || (a.NACKed && !a.Waiting) || !a.Watching {
-			continue
+		if !ph.holdsNothingLocked(c.a) {
+			ph.gone[goneKey{c.a.Node, c.a.Group}] = goneEnvoy{rev: ph.ackedRevLocked(c.a), until: c.at.Add(rememberFor(ph.settle))}
 		}
-		rev := int64(-1)
-		if r, ok := ph.revs[a.Version]; ok && a.Whole {
-			rev = r
-		}
-		ph.gone[goneKey{a.Node, a.Group}] = goneEnvoy{rev: rev, until: c.at.Add(rememberFor(ph.settle))}
 	}
+}
+
+// holdsNothingLocked reports whether an Envoy holds no endpoint back: it is lagging, its last
+// answer is a NACK, or it does not ask for endpoints (see streamView.exempt).
+func (ph *phaser) holdsNothingLocked(a xdscache.StreamAck) bool {
+	_, lag := ph.lagging[a.StreamKey]
+	return lag || (a.NACKed && !a.Waiting) || !a.Watching
+}
+
+// ackedRevLocked is the revision of the state of a's whole ACK; -1 when none is known.
+func (ph *phaser) ackedRevLocked(a xdscache.StreamAck) int64 {
+	if r, ok := ph.revs[a.Version]; ok && a.Whole {
+		return r
+	}
+	return -1
 }
 
 type phaseMemo struct {
@@ -316,7 +322,8 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 	defer ph.mu.Unlock()
 	svcs := make(map[string]*svcReach, len(st.Services))
 	phased := map[string][]string{} // service -> instance IDs in their first phase
-	single := -1                    // whether the single-Envoy rule applies: -1 not read yet
+	// Whether the single-Envoy rule applies, read at the first new endpoint to phase.
+	single := sync.OnceValue(func() bool { return ph.singleEnvoyLocked(now) })
 	for name, svc := range st.Services {
 		old := ph.svcs[name]
 		if old != nil && old.svc == svc && old.first == 0 {
@@ -334,13 +341,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 			if e == nil {
 				phased := ph.started || (ph.recalled != nil && !ph.recalled[k])
 				e = &epPhase{rev: st.Revision, svcRev: svc.Revision, start: now, first: phased && !mutation.On(mutation.PromoteAtOnce)}
-				if e.first && single < 0 {
-					single = 0
-					if ph.singleEnvoyLocked(now) {
-						single = 1
-					}
-				}
-				if e.first && single == 1 {
+				if e.first && single() {
 					e.first, e.fast = false, true
 					ph.fast[k] = e
 				}
@@ -371,7 +372,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 	ph.svcs = svcs
 	ph.started, ph.recalled = true, nil
 	ph.releaseLocked()
-	ph.m.firstPhase.Set(float64(ph.countFirstLocked()))
+	ph.m.firstPhase.Set(float64(len(ph.first)))
 	return ph.phaseState(st, phased)
 }
 
@@ -449,10 +450,6 @@ func (ph *phaser) releaseLocked() {
 		ph.in.hold.Store(false)
 		ph.xds.ReleaseHeld()
 	}
-}
-
-func (ph *phaser) countFirstLocked() int {
-	return len(ph.first)
 }
 
 func hostPort(in registry.Instance) string {
@@ -598,12 +595,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 		ph.link.report(-1, 0)
 		return time.Time{}, 0
 	}
-	var next time.Time
-	wait := func(deadline time.Time) {
-		if next.IsZero() || deadline.Before(next) {
-			next = deadline
-		}
-	}
+	var next time.Time // the earliest deadline waited for
 	// First by revision alone, which costs one look per stream: an endpoint that a stream
 	// holding it back has not reached yet (its whole ACK is of an older revision) waits,
 	// without a look at anyone's subscriptions. Only the rest (every stream that holds back
@@ -622,12 +614,12 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 	for _, k := range waiting {
 		e := ph.reach[k]
 		if until := ph.deadline(e); behind < e.rev && now.Before(until) {
-			wait(until)
+			next = earliest(next, until)
 			continue
 		}
 		if peers && peersHeld < e.svcRev {
 			if now.Before(e.start.Add(ph.settle)) {
-				wait(e.start.Add(ph.settle))
+				next = earliest(next, e.start.Add(ph.settle))
 				continue
 			}
 			if !e.peerWait && ph.peerSettle > ph.settle {
@@ -636,7 +628,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 					Msg("another control-plane replica has not reported that its Envoys hold a new endpoint within --publish-settle: it may be cut off from etcd, and its Envoys would not hold the endpoint; waiting for it until it has stepped down (--stale-after) and its Envoys have had --publish-settle to move")
 			}
 			if until := ph.deadline(e); now.Before(until) {
-				wait(until)
+				next = earliest(next, until)
 				continue
 			}
 			ph.log.Warn().Str("replica", peer).Str("endpoint", k.cluster+"/"+k.id).Dur("waited", now.Sub(e.start)).
@@ -678,7 +670,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 		}
 		if len(blockers) > 0 {
 			if now.Before(deadline) {
-				wait(deadline)
+				next = earliest(next, deadline)
 				continue
 			}
 			outcome = "settled"
@@ -769,11 +761,8 @@ func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone boo
 		if len(subs) < len(clusters.names) {
 			subs = make([]bool, 256*len(clusters.names))
 		}
-		v := streamView{key: key, group: a.Group, rev: -1, subs: subs[:len(clusters.names):len(clusters.names)]}
+		v := streamView{key: key, group: a.Group, rev: ph.ackedRevLocked(a), subs: subs[:len(clusters.names):len(clusters.names)]}
 		subs = subs[len(clusters.names):]
-		if r, ok := ph.revs[a.Version]; ok && a.Whole {
-			v.rev = r
-		}
 		for i, cl := range clusters.names {
 			v.subs[i] = subscribed(cl)
 		}
@@ -781,11 +770,10 @@ func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone boo
 			delete(ph.lagging, key)
 			ph.log.Info().Int64("stream", a.ID).Bool("delta", a.Delta).Str("group", a.Group).Msg("lagging Envoy caught up")
 		}
-		_, lag := ph.lagging[key]
 		// A stream that has not asked for endpoints holds none and routes to none (Envoy asks
 		// for clusters, then their endpoints): it holds nothing back, and is not reported as
 		// lagging for it. When it asks, it is sent the endpoints as they are then.
-		v.exempt = lag || (a.NACKed && !a.Waiting) || !a.Watching
+		v.exempt = ph.holdsNothingLocked(a)
 		v.watching, v.unserved = a.Watching, a.Watching && !a.Served
 		if back != nil && a.Watching && a.Node != "" {
 			back[goneKey{a.Node, a.Group}] = true
@@ -862,11 +850,8 @@ func (ph *phaser) laggingEnvoys() []admin.LaggingEnvoy {
 	for k, l := range ph.lagging {
 		out = append(out, admin.LaggingEnvoy{StreamID: k.ID, Variant: k.Variant(), Group: l.group, Since: l.since, Endpoint: l.endpoint})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].StreamID != out[j].StreamID {
-			return out[i].StreamID < out[j].StreamID
-		}
-		return out[i].Variant < out[j].Variant
+	slices.SortFunc(out, func(a, b admin.LaggingEnvoy) int {
+		return cmp.Or(cmp.Compare(a.StreamID, b.StreamID), strings.Compare(a.Variant, b.Variant))
 	})
 	return out
 }
@@ -901,13 +886,12 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 		}
 	}
 	slices.SortFunc(eps, func(a, b memoryEndpoint) int {
-		return strings.Compare(a.Cluster+"\x00"+a.ID+"\x00"+a.Address, b.Cluster+"\x00"+b.ID+"\x00"+b.Address)
+		return cmp.Or(strings.Compare(a.Cluster, b.Cluster), strings.Compare(a.ID, b.ID), strings.Compare(a.Address, b.Address))
 	})
 	envoys := map[memoryEnvoy]bool{}
 	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) {
-		_, lag := ph.lagging[a.StreamKey]
 		// As readClosedLocked: an Envoy that holds nothing back is not remembered.
-		if exempt := lag || (a.NACKed && !a.Waiting) || !a.Watching; !exempt && a.Node != "" {
+		if !ph.holdsNothingLocked(a) && a.Node != "" {
 			envoys[memoryEnvoy{Node: a.Node, Group: a.Group}] = true
 		}
 	})
@@ -920,10 +904,7 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 			envoys[memoryEnvoy{Node: k.node, Group: k.group}] = true
 		}
 	}
-	out := make([]memoryEnvoy, 0, len(envoys))
-	for e := range envoys {
-		out = append(out, e)
-	}
-	slices.SortFunc(out, func(a, b memoryEnvoy) int { return strings.Compare(a.Group+"\x00"+a.Node, b.Group+"\x00"+b.Node) })
-	return eps, out
+	return eps, slices.SortedFunc(maps.Keys(envoys), func(a, b memoryEnvoy) int {
+		return cmp.Or(strings.Compare(a.Group, b.Group), strings.Compare(a.Node, b.Node))
+	})
 }

@@ -148,12 +148,9 @@ func (p *publisher) run(ctx context.Context) {
 			due, pending = p.co.due()
 		}
 		// The next wake-up: the coalescer's push or the guard's release, whichever is first.
-		var next time.Time
+		next := p.releaseAt
 		if pending {
-			next = due
-		}
-		if !p.releaseAt.IsZero() && (next.IsZero() || p.releaseAt.Before(next)) {
-			next = p.releaseAt
+			next = earliest(next, due)
 		}
 		arm(timer, next)
 	}
@@ -192,9 +189,7 @@ func (p *publisher) publishLatest() bool {
 	if p.vanish != nil {
 		var r time.Time
 		st, r = p.vanish.apply(st, start)
-		if release.IsZero() || (!r.IsZero() && r.Before(release)) {
-			release = r
-		}
+		release = earliest(release, r)
 		p.m.vanished.Set(float64(p.vanish.held.count()))
 	}
 	p.releaseAt = release

@@ -75,7 +75,7 @@ func newXDSCache(log zerolog.Logger, m *metrics, in *answers, initialSyncs, maxS
 		Observer: streamLog{log, m}, MaxInitialSyncs: initialSyncs, NamesBeforeUpdate: before, MaxInflightBytes: maxInflight,
 		OnRefuse: func(reason string) { m.refused.WithLabelValues(reason).Inc() }}
 	if in != nil {
-		opts.OnAnswer, opts.OnClose, opts.HoldFirstEndpoints = in.signal, in.closed, in.holding
+		opts.OnAnswer, opts.OnClose, opts.HoldFirstEndpoints = in.signal, in.closed, in.hold.Load
 	}
 	return xdscache.New(opts)
 }
