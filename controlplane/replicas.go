@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -118,7 +119,7 @@ func sanitizeName(s string) string {
 	out := make([]byte, 0, len(s))
 	for i := 0; i < len(s) && len(out) < 40; i++ {
 		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' {
+		if isAlnum(c) || c == '-' || c == '.' || c == '_' {
 			out = append(out, c)
 		}
 	}
@@ -169,10 +170,7 @@ func (l *replicaLink) known(now time.Time) []string {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []string
-	for name := range l.peers {
-		out = append(out, name)
-	}
+	out := slices.Collect(maps.Keys(l.peers))
 	for name, g := range l.gone {
 		if now.Before(g.until) {
 			out = append(out, name)
@@ -206,6 +204,10 @@ func (l *replicaLink) wanted() bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.peerWantsLocked()
+}
+
+func (l *replicaLink) peerWantsLocked() bool {
 	for _, p := range l.peers {
 		if p.Wants > l.written.Held {
 			return true
@@ -244,18 +246,7 @@ func (l *replicaLink) kickUnlock() {
 // needWriteLocked: the first report, a change of Wants, or a Held that some peer waits for
 // and that moved since the last write.
 func (l *replicaLink) needWriteLocked() bool {
-	if l.written.Held < 0 || l.wants != l.written.Wants {
-		return true
-	}
-	if l.held == l.written.Held {
-		return false
-	}
-	for _, p := range l.peers {
-		if p.Wants > l.written.Held {
-			return true
-		}
-	}
-	return false
+	return l.written.Held < 0 || l.wants != l.written.Wants || (l.held != l.written.Held && l.peerWantsLocked())
 }
 
 // run keeps this replica's report in etcd and follows the others' until ctx ends.
@@ -272,11 +263,7 @@ func (l *replicaLink) run(ctx context.Context) {
 			return
 		}
 		l.log.Warn().Err(err).Msg("replica report: retrying")
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+		etcdconn.Sleep(ctx, time.Second)
 	}
 }
 
