@@ -17,10 +17,10 @@ import (
 const DefaultVanishGrace = 5 * time.Second
 
 // vanishGrace keeps an instance that vanished from the registry without its agent marking it
-// leaving (its lease lapsed, its key was deleted) in the configuration for grace, served as DRAINING: its
-// sticky sessions still reach it, no new session is sent to a server that may be dead. It
-// comes back from the registry as it is written as soon as the agent registers again. An
-// instance its stopping agent marked leaving was deregistered on purpose and goes at once.
+// leaving (its lease lapsed, its key was deleted) in the configuration for grace, served as
+// DRAINING: its sticky sessions still reach it, no new session is sent to a server that may be
+// dead. It comes back from the registry as it is written as soon as the agent registers again.
+// An instance its stopping agent marked leaving was deregistered on purpose and goes at once.
 //
 // It runs after the removal guard, on what the guard serves: instances the guard holds are
 // not gone, and the guard counts removals as the agents made them.
