@@ -573,7 +573,7 @@ func (cp *ControlPlane) Stop() error {
 }
 
 // Ready is closed once the first full registry list is translated and published.
-func (cp *ControlPlane) Ready() <-chan struct{} { return cp.pub.ready() }
+func (cp *ControlPlane) Ready() <-chan struct{} { return cp.pub.readyCh }
 
 // XDSAddr is the bound xDS address.
 func (cp *ControlPlane) XDSAddr() string { return cp.xdsLn.Addr().String() }

@@ -83,7 +83,7 @@ type publisher struct {
 	latest  *registry.State
 	since   time.Time // when the oldest unpublished state arrived
 	current *published
-	readyCh chan struct{}
+	readyCh chan struct{} // closed once the first snapshot is published
 	isReady bool
 }
 
@@ -152,15 +152,10 @@ func (p *publisher) run(ctx context.Context) {
 		if pending {
 			next = earliest(next, due)
 		}
-		arm(timer, next)
-	}
-}
-
-// arm sets t to fire at when, or stops it when when is zero.
-func arm(t *time.Timer, when time.Time) {
-	t.Stop()
-	if !when.IsZero() {
-		t.Reset(time.Until(when))
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
 	}
 }
 
@@ -302,10 +297,8 @@ var countedStates = [...]registry.InstanceState{registry.StateAvailable, registr
 type stateCounts [len(countedStates)]int
 
 func stateIndex(s registry.InstanceState) int {
-	for i, c := range countedStates {
-		if c == s {
-			return i
-		}
+	if i := slices.Index(countedStates[:], s); i >= 0 {
+		return i
 	}
 	return len(countedStates) - 1 // validation admits no other state; counted as unhealthy if one came
 }
@@ -381,9 +374,6 @@ func toResources[T types.Resource](in []T) []types.Resource {
 	}
 	return out
 }
-
-// ready is closed once the first snapshot is published.
-func (p *publisher) ready() <-chan struct{} { return p.readyCh }
 
 // snapshotNow returns the current published snapshot, or nil before the first.
 func (p *publisher) snapshotNow() *published {
