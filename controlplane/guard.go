@@ -102,11 +102,10 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 	h := g.held[name]
 	w := g.windows[name]
 	if w != nil && next != nil {
-		for id := range w.gone {
-			if _, back := next.Instances[id]; back {
-				delete(w.gone, id)
-			}
-		}
+		maps.DeleteFunc(w.gone, func(id string, _ registry.Instance) bool {
+			_, back := next.Instances[id]
+			return back
+		})
 	}
 	var gone []registry.Instance
 	for id, in := range prev.Instances {

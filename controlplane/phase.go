@@ -110,7 +110,6 @@ type epPhase struct {
 	start    time.Time // when it became reachable
 	first    bool      // in its first phase
 	promoted bool      // promoted; published as its state says from the next publication
-	known    int       // Envoys that know it, at the last evaluation (first phase only)
 	// svcRev is its service's revision when it became reachable: what other replicas'
 	// Envoys must hold (replicaLink). A replica's own state revision may be a later write
 	// that others never see as a registry change.
@@ -650,14 +649,14 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 	promoted := 0
 	for _, k := range phase {
 		e := ph.reach[k]
-		e.known = 0
+		known := 0 // Envoys that know it
 		var blockers []*streamView
 		ci := clusters.index[k.cluster]
 		for i := range views {
 			v := &views[i]
 			switch {
 			case v.rev >= e.rev && v.subs[ci]:
-				e.known++
+				known++
 			case !v.exempt && (!e.fast || !v.unserved):
 				// An Envoy never served endpoints is served this one in its first response.
 				blockers = append(blockers, v)
@@ -697,7 +696,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 		promoted++
 		ph.m.promotions.WithLabelValues(outcome).Observe(now.Sub(e.start).Seconds())
 		ph.log.Debug().Str("endpoint", k.cluster+"/"+k.id).Str("outcome", outcome).Dur("after", now.Sub(e.start)).
-			Int("known", e.known).Int("envoys", len(views)).Msg("endpoint promoted")
+			Int("known", known).Int("envoys", len(views)).Msg("endpoint promoted")
 	}
 	ph.releaseLocked()
 	ph.m.lagging.Set(float64(len(ph.lagging)))
