@@ -129,16 +129,8 @@ const (
 	// same host) exposes nothing and needs no warning. Envoys on other hosts take an
 	// explicit --xds-addr (with TLS, or a warning at start); the container image sets
 	// TETHER_XDS_ADDR=:18000, since loopback in a container reaches no Envoy.
-	DefaultXDSAddr           = "127.0.0.1:18000"
-	DefaultAdminAddr         = "127.0.0.1:18001"
-	DefaultListenPort        = 10000
-	DefaultEmbeddedClientURL = "http://127.0.0.1:2379"
-	DefaultEmbeddedPeerURL   = "http://127.0.0.1:2380"
-	DefaultCoalesceQuiet     = 5 * time.Millisecond
-	DefaultCoalesceMax       = 50 * time.Millisecond
-	DefaultHoldShare         = 0.5
-	DefaultHoldGrace         = 30 * time.Second
-	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
+	DefaultXDSAddr    = "127.0.0.1:18000"
+	DefaultHoldWindow = 10 * time.Second // the agents' default --ttl
 	// DefaultMaxServices and DefaultMaxInstancesPerService are far above Tether's use (tens
 	// of services of a few to a few dozen servers; performance.md measures 1,000 services
 	// and 1,000 Envoys) and far below harm: at the bounds a registry is 2,000 clusters and
@@ -155,19 +147,19 @@ const (
 func DefaultConfig() Config {
 	return Config{
 		DataDir:                "tether-data",
-		EmbeddedClientURL:      DefaultEmbeddedClientURL,
-		EmbeddedPeerURL:        DefaultEmbeddedPeerURL,
+		EmbeddedClientURL:      "http://127.0.0.1:2379",
+		EmbeddedPeerURL:        "http://127.0.0.1:2380",
 		Prefix:                 registry.DefaultPrefix,
 		XDSAddr:                DefaultXDSAddr,
-		AdminAddr:              DefaultAdminAddr,
-		ListenPort:             DefaultListenPort,
-		CoalesceQuiet:          DefaultCoalesceQuiet,
-		CoalesceMax:            DefaultCoalesceMax,
+		AdminAddr:              "127.0.0.1:18001",
+		ListenPort:             translate.DefaultListenPort,
+		CoalesceQuiet:          5 * time.Millisecond,
+		CoalesceMax:            50 * time.Millisecond,
 		PublishSettle:          DefaultPublishSettle,
 		InitialSyncs:           xdscache.DefaultMaxInitialSyncs,
 		MaxInflightBytes:       xdscache.DefaultMaxInflightBytes,
-		HoldShare:              DefaultHoldShare,
-		HoldGrace:              DefaultHoldGrace,
+		HoldShare:              0.5,
+		HoldGrace:              30 * time.Second,
 		HoldWindow:             DefaultHoldWindow,
 		VanishGrace:            DefaultVanishGrace,
 		StaleAfter:             DefaultStaleAfter,
