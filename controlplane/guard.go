@@ -188,7 +188,7 @@ func departedBy(st *registry.State, now time.Time, lookback time.Duration) map[s
 // heartbeat (its longest time between writes) plus its lease TTL: lookback includes both, so
 // a value older than lookback was deleted earlier than any guard would still hold it. An
 // agent's clock running ahead keeps a departure counted longer (held, the safe side); one
-// running behind by more than the slack drops it (the behaviour before this memory).
+// running behind by more than the slack drops it.
 func recentDeparture(d registry.Departure, now time.Time, lookback time.Duration) bool {
 	return lookback > 0 && !d.Instance.UpdatedAt.Before(now.Add(-lookback))
 }

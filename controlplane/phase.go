@@ -523,8 +523,8 @@ func (ph *phaser) published(rev int64, eds string) {
 // thousand Envoys ACK each push; at 1,000 Envoys evaluating on every ACK took half the control
 // plane's CPU). So the next evaluation waits in proportion to the streams the last one read,
 // evalPerStream each (about 20 times what reading one costs), at most evalEvery: 5 ms from
-// 1,000 streams, as before, while with a few Envoys the ACK that completes a new endpoint's
-// knowledge is evaluated as it arrives. The pause goes by count, not by the evaluation's
+// 1,000 streams, while with a few Envoys the ACK that completes a new endpoint's knowledge is
+// evaluated as it arrives. The pause goes by count, not by the evaluation's
 // measured time: that includes waiting for the cache's lock, which the push that triggered
 // the evaluation holds while it sends.
 func (ph *phaser) run(ctx context.Context) {

@@ -26,16 +26,15 @@ import (
 // replicaLink shares what this replica's Envoys hold with the other replicas, through etcd
 // (registry.Replica). Replicas read the same registry, but each promotes a new endpoint on
 // its own Envoys' ACKs: an Envoy on another replica that has not taken the endpoint in yet
-// would move a session placed there (the simulation found it with two replicas). So each
-// replica writes, under its own lease, the revision its Envoys hold (Held) and the one it
-// waits for (Wants), and an endpoint is promoted only once every other live replica holds
-// its revision, or its settle time is over.
+// would move a session placed there. So each replica writes, under its own lease, the
+// revision its Envoys hold (Held) and the one it waits for (Wants), and an endpoint is
+// promoted only once every other live replica holds its revision, or its settle time is over.
 //
 // Writes are few: a replica writes when what it wants changes (an endpoint enters or leaves
 // its first phase: one write per promotion round), and its Held only while another replica
 // wants more than it last wrote. A group of replicas with nothing in a first phase writes
-// nothing. A replica that cannot write (an etcd role of before this link: read-only) logs it
-// once and promotes on its own Envoys as before; the others then do not know of it.
+// nothing. A replica that cannot write (a read-only etcd role) logs it once and promotes on its
+// own Envoys' ACKs; the others then do not know of it.
 type replicaLink struct {
 	cli    *clientv3.Client
 	prefix string
@@ -85,7 +84,7 @@ type goneReplica struct {
 // plus its check's tick (staleAfter/10), closing its Envoys' streams; they reconnect to a
 // current replica, which serves them the endpoint. One settle time more lets them move. With
 // --stale-after off a cut-off replica never steps down, and waiting longer would gain
-// nothing: the settle time alone bounds the wait, as before.
+// nothing: the settle time alone bounds the wait.
 func silentFor(settle, staleAfter time.Duration) time.Duration {
 	settle = settleOrDefault(settle)
 	if staleAfter <= 0 || mutation.On(mutation.PeerSettleOnly) {
