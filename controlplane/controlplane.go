@@ -499,18 +499,11 @@ func loopback(a net.Addr) bool {
 	return ok && t.IP.IsLoopback()
 }
 
-func kindLabel(k registry.KeyKind) string {
-	switch k {
-	case registry.KeyService:
-		return "service"
-	case registry.KeyInstance:
-		return "instance"
-	case registry.KeyDrain:
-		return "drain"
-	default:
-		return "unknown"
-	}
-}
+// kindLabels are tether_registry_rejected_entries_total's labels by key kind; "unknown" for
+// any other.
+var kindLabels = map[registry.KeyKind]string{registry.KeyService: "service", registry.KeyInstance: "instance", registry.KeyDrain: "drain"}
+
+func kindLabel(k registry.KeyKind) string { return cmp.Or(kindLabels[k], "unknown") }
 
 // goRun runs f in the control plane's group; an error from it stops the whole control plane.
 func (cp *ControlPlane) goRun(name string, f func() error) {
