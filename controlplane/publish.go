@@ -42,41 +42,38 @@ type publisher struct {
 	tr  *translate.Cache
 	// translateState is tr.Translate; a test swaps it to make a translation Envoy would reject.
 	translateState func(*registry.State) *translate.Resources
-	// co and problems are touched by the run goroutine only.
+	notify         chan struct{}
+
+	// Once run has started, only its goroutine touches the fields down to mu.
 	co       coalescer
 	problems problemLog
-	// consistent is the last translation that passed the consistency check; only the run
-	// goroutine touches it.
+	// consistent is the last translation that passed the consistency check.
 	consistent consistencyMemo
 	// counted are the instance counts by state of each service last observed (by pointer: the
 	// registry is copy-on-write), so that a push counts only the services that changed.
 	counted map[*registry.Service]stateCounts
-
-	notify chan struct{}
 	// limits bound the services and instances served, before the guard (which then never
-	// sees a key left out as a removal); only the run goroutine touches limitMemo and over.
+	// sees a key left out as a removal).
 	limits    registryLimits
 	limitMemo map[*registry.Service]*registry.Service
 	over      registry.Over
 	guard     *removalGuard
-	// vanish keeps an instance that left the registry without draining for a short grace
+	// vanish keeps an instance that left the registry unmarked by its agent for a short grace
 	// (after the guard; nil: off).
 	vanish *vanishGrace
-	// releaseAt is when the guard releases its next held instance (zero: none held), and
-	// lastRaw the registry state last published (before the guard); only the run goroutine
-	// touches them.
+	// releaseAt is when the guard or the vanish grace releases its next held instance (zero:
+	// none held), and lastRaw the registry state last published (before the guard).
 	releaseAt time.Time
 	lastRaw   *registry.State
 	// drains applies the operators' drains after the guard (which sees the registry as the
 	// agents wrote it) and before translation.
 	drains drainApplier
 	// phase publishes new endpoints as DRAINING until every Envoy knows them (nil: off);
-	// repub asks for a publication of the same registry state (a promotion); only the run
-	// goroutine touches it.
+	// repub asks for a publication of the same registry state (a promotion).
 	phase *phaser
 	repub bool
 	// recall is the memory of the last run, whose instances missing from the first state
-	// are departures (see memory.go); only the run goroutine touches it.
+	// are departures (see memory.go).
 	recall *memory
 
 	mu      sync.Mutex
