@@ -57,7 +57,7 @@ func (c *coalescer) due() (at time.Time, ok bool) {
 // before it.
 func (c *coalescer) pushed(now time.Time) {
 	c.lastPush = now
-	c.first, c.last, c.promoteAt = time.Time{}, time.Time{}, time.Time{}
+	c.discard()
 }
 
 // discard forgets the unpushed changes and promotion without counting a push: they turned out

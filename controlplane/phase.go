@@ -217,12 +217,7 @@ type answers struct {
 func newAnswers() *answers { return &answers{wake: make(chan struct{}, 1)} }
 
 // signal wakes the evaluation; it never blocks.
-func (in *answers) signal() {
-	select {
-	case in.wake <- struct{}{}:
-	default:
-	}
-}
+func (in *answers) signal() { wake(in.wake) }
 
 // closed records that a stream closed with what it acknowledged of typeURL
 // (xdscache.Options.OnClose).
@@ -708,10 +703,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 	}
 	ph.link.report(max(min(behind, ph.latestRev), 0), wants)
 	if promoted > 0 {
-		select {
-		case ph.promoted <- struct{}{}:
-		default:
-		}
+		wake(ph.promoted)
 	}
 	return next, read
 }

@@ -101,13 +101,19 @@ func newPublisher(log zerolog.Logger, m *metrics, xds *xdscache.Cache, phase *ph
 // offer records the newest registry state; the publish loop picks it up.
 func (p *publisher) offer(st *registry.State) {
 	p.mu.Lock()
-	if p.latest == nil || p.since.IsZero() {
+	if p.since.IsZero() {
 		p.since = time.Now()
 	}
 	p.latest = st
 	p.mu.Unlock()
+	wake(p.notify)
+}
+
+// wake sends on a channel of capacity one without blocking: a wake-up already pending covers
+// this one.
+func wake(ch chan<- struct{}) {
 	select {
-	case p.notify <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }

@@ -235,10 +235,7 @@ func (l *replicaLink) kickUnlock() {
 	need := l.needWriteLocked()
 	l.mu.Unlock()
 	if need {
-		select {
-		case l.dirty <- struct{}{}:
-		default:
-		}
+		wake(l.dirty)
 	}
 }
 
