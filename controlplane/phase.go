@@ -71,8 +71,9 @@ import (
 // not: it may be an Envoy reconnecting, serving what it held; one whose stream closed is
 // remembered and counts too), whose first endpoint response is held back (answers.hold,
 // xdscache.Options.HoldFirstEndpoints, turned on before the count) until E has ACKed an
-// assignment holding the endpoint, or the settle time ends as it would for a promotion. A starting Envoy serves no one before every cluster holds its first
-// assignment (docs/envoy-rules.md row 37), so a held Envoy places no user anywhere. After E
+// assignment holding the endpoint, or the settle time ends as it would for a promotion. A
+// starting Envoy serves no one before every cluster holds its first assignment
+// (docs/envoy-rules.md row 37), so a held Envoy places no user anywhere. After E
 // holds it, every Envoy holds it: E, and the others from their first response on. An Envoy
 // that joins once E holds it is served it in its first response, as under the first phase
 // after a promotion. Once the rule applied, E is waited for, not the streams never served
@@ -519,9 +520,9 @@ func (ph *phaser) published(rev int64, eds string) {
 // plane's CPU). So the next evaluation waits in proportion to the streams the last one read,
 // evalPerStream each (about 20 times what reading one costs), at most evalEvery: 5 ms from
 // 1,000 streams, while with a few Envoys the ACK that completes a new endpoint's knowledge is
-// evaluated as it arrives. The pause goes by count, not by the evaluation's
-// measured time: that includes waiting for the cache's lock, which the push that triggered
-// the evaluation holds while it sends.
+// evaluated as it arrives. The pause goes by count, not by the evaluation's measured time:
+// that includes waiting for the cache's lock, which the push that triggered the evaluation
+// holds while it sends.
 func (ph *phaser) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
