@@ -50,14 +50,14 @@ func (c *coalescer) due() (at time.Time, ok bool) {
 	if c.lastPush.IsZero() || c.first.Sub(c.lastPush) >= c.quiet {
 		return c.first, true // the first change after a quiet period: leading edge
 	}
-	return minTime(c.last.Add(c.quiet), c.first.Add(c.max)), true
+	return earliest(c.last.Add(c.quiet), c.first.Add(c.max)), true
 }
 
 // pushed records that a push ended at now holding every change and promotion recorded
 // before it.
 func (c *coalescer) pushed(now time.Time) {
 	c.lastPush = now
-	c.first, c.last, c.promoteAt = time.Time{}, time.Time{}, time.Time{}
+	c.discard()
 }
 
 // discard forgets the unpushed changes and promotion without counting a push: they turned out
@@ -66,8 +66,9 @@ func (c *coalescer) discard() {
 	c.first, c.last, c.promoteAt = time.Time{}, time.Time{}, time.Time{}
 }
 
-func minTime(a, b time.Time) time.Time {
-	if b.Before(a) {
+// earliest returns the earlier of a and b, a zero time standing for none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
 		return b
 	}
 	return a

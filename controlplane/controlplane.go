@@ -3,6 +3,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -128,16 +129,8 @@ const (
 	// same host) exposes nothing and needs no warning. Envoys on other hosts take an
 	// explicit --xds-addr (with TLS, or a warning at start); the container image sets
 	// TETHER_XDS_ADDR=:18000, since loopback in a container reaches no Envoy.
-	DefaultXDSAddr           = "127.0.0.1:18000"
-	DefaultAdminAddr         = "127.0.0.1:18001"
-	DefaultListenPort        = 10000
-	DefaultEmbeddedClientURL = "http://127.0.0.1:2379"
-	DefaultEmbeddedPeerURL   = "http://127.0.0.1:2380"
-	DefaultCoalesceQuiet     = 5 * time.Millisecond
-	DefaultCoalesceMax       = 50 * time.Millisecond
-	DefaultHoldShare         = 0.5
-	DefaultHoldGrace         = 30 * time.Second
-	DefaultHoldWindow        = 10 * time.Second // the agents' default --ttl
+	DefaultXDSAddr    = "127.0.0.1:18000"
+	DefaultHoldWindow = 10 * time.Second // the agents' default --ttl
 	// DefaultMaxServices and DefaultMaxInstancesPerService are far above Tether's use (tens
 	// of services of a few to a few dozen servers; performance.md measures 1,000 services
 	// and 1,000 Envoys) and far below harm: at the bounds a registry is 2,000 clusters and
@@ -154,19 +147,19 @@ const (
 func DefaultConfig() Config {
 	return Config{
 		DataDir:                "tether-data",
-		EmbeddedClientURL:      DefaultEmbeddedClientURL,
-		EmbeddedPeerURL:        DefaultEmbeddedPeerURL,
+		EmbeddedClientURL:      "http://127.0.0.1:2379",
+		EmbeddedPeerURL:        "http://127.0.0.1:2380",
 		Prefix:                 registry.DefaultPrefix,
 		XDSAddr:                DefaultXDSAddr,
-		AdminAddr:              DefaultAdminAddr,
-		ListenPort:             DefaultListenPort,
-		CoalesceQuiet:          DefaultCoalesceQuiet,
-		CoalesceMax:            DefaultCoalesceMax,
+		AdminAddr:              "127.0.0.1:18001",
+		ListenPort:             translate.DefaultListenPort,
+		CoalesceQuiet:          5 * time.Millisecond,
+		CoalesceMax:            50 * time.Millisecond,
 		PublishSettle:          DefaultPublishSettle,
 		InitialSyncs:           xdscache.DefaultMaxInitialSyncs,
 		MaxInflightBytes:       xdscache.DefaultMaxInflightBytes,
-		HoldShare:              DefaultHoldShare,
-		HoldGrace:              DefaultHoldGrace,
+		HoldShare:              0.5,
+		HoldGrace:              30 * time.Second,
 		HoldWindow:             DefaultHoldWindow,
 		VanishGrace:            DefaultVanishGrace,
 		StaleAfter:             DefaultStaleAfter,
@@ -182,20 +175,15 @@ func DefaultConfig() Config {
 // negative where the flag's help says so), so that a caller names only what it changes.
 func (c *Config) withDefaults() {
 	d := DefaultConfig()
-	for _, f := range []struct {
-		v   *string
-		def string
-	}{{&c.Prefix, d.Prefix}, {&c.XDSAddr, d.XDSAddr}, {&c.AdminAddr, d.AdminAddr}, {&c.EmbeddedClientURL, d.EmbeddedClientURL},
-		{&c.EmbeddedPeerURL, d.EmbeddedPeerURL}, {&c.DataDir, d.DataDir}} {
-		if *f.v == "" {
-			*f.v = f.def
-		}
-	}
+	c.Prefix = cmp.Or(c.Prefix, d.Prefix)
+	c.XDSAddr = cmp.Or(c.XDSAddr, d.XDSAddr)
+	c.AdminAddr = cmp.Or(c.AdminAddr, d.AdminAddr)
+	c.EmbeddedClientURL = cmp.Or(c.EmbeddedClientURL, d.EmbeddedClientURL)
+	c.EmbeddedPeerURL = cmp.Or(c.EmbeddedPeerURL, d.EmbeddedPeerURL)
+	c.DataDir = cmp.Or(c.DataDir, d.DataDir)
+	c.ListenPort = cmp.Or(c.ListenPort, d.ListenPort)
 	if p, err := registry.NormalizePrefix(c.Prefix); err == nil {
 		c.Prefix = p
-	}
-	if c.ListenPort == 0 {
-		c.ListenPort = d.ListenPort
 	}
 	for _, f := range []struct{ v, def *time.Duration }{{&c.CoalesceQuiet, &d.CoalesceQuiet}, {&c.CoalesceMax, &d.CoalesceMax},
 		{&c.PublishSettle, &d.PublishSettle}, {&c.HoldGrace, &d.HoldGrace}, {&c.HoldWindow, &d.HoldWindow}, {&c.ShutdownTimeout, &d.ShutdownTimeout}} {
@@ -203,18 +191,11 @@ func (c *Config) withDefaults() {
 			*f.v = *f.def
 		}
 	}
-	if c.VanishGrace == 0 {
-		c.VanishGrace = d.VanishGrace
-	}
-	if c.StaleAfter == 0 {
-		c.StaleAfter = d.StaleAfter
-	}
-	if c.HoldShare == 0 {
-		c.HoldShare = d.HoldShare
-	}
-	if c.MaxInflightBytes == 0 {
-		c.MaxInflightBytes = d.MaxInflightBytes
-	}
+	// Negative is meaningful for these (off, or no bound): only zero takes the default.
+	c.VanishGrace = cmp.Or(c.VanishGrace, d.VanishGrace)
+	c.StaleAfter = cmp.Or(c.StaleAfter, d.StaleAfter)
+	c.HoldShare = cmp.Or(c.HoldShare, d.HoldShare)
+	c.MaxInflightBytes = cmp.Or(c.MaxInflightBytes, d.MaxInflightBytes)
 	for _, f := range []struct{ v, def *int }{{&c.InitialSyncs, &d.InitialSyncs}, {&c.MaxServices, &d.MaxServices},
 		{&c.MaxInstancesPerService, &d.MaxInstancesPerService}, {&c.MaxConnsPerPeer, &d.MaxConnsPerPeer}, {&c.MaxStreamsPerConn, &d.MaxStreamsPerConn}} {
 		if *f.v <= 0 {
@@ -355,13 +336,9 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		cp.embedded = e
 		cfg.Etcd.Endpoints = e.Endpoints
 	}
-	if cfg.Etcd.DialTimeout == 0 {
-		cfg.Etcd.DialTimeout = 5 * time.Second
-	}
+	cfg.Etcd.DialTimeout = cmp.Or(cfg.Etcd.DialTimeout, 5*time.Second)
 	cfg.Etcd.Context = ctx
-	if cfg.Etcd.Logger == nil {
-		cfg.Etcd.Logger = zap.NewNop() // etcd client retries are reported by the watcher
-	}
+	cfg.Etcd.Logger = cmp.Or(cfg.Etcd.Logger, zap.NewNop()) // etcd client retries are reported by the watcher
 	// With --etcd-user the client authenticates at once: wait for etcd as without a user.
 	cli, err := etcdconn.Dial(ctx, cfg.Etcd, func(err error, wait time.Duration) {
 		cp.log.Warn().Err(err).Strs("endpoints", cfg.Etcd.Endpoints).Dur("retryIn", wait).Msg("etcd not reachable yet")
@@ -522,18 +499,11 @@ func loopback(a net.Addr) bool {
 	return ok && t.IP.IsLoopback()
 }
 
-func kindLabel(k registry.KeyKind) string {
-	switch k {
-	case registry.KeyService:
-		return "service"
-	case registry.KeyInstance:
-		return "instance"
-	case registry.KeyDrain:
-		return "drain"
-	default:
-		return "unknown"
-	}
-}
+// kindLabels are tether_registry_rejected_entries_total's labels by key kind; "unknown" for
+// any other.
+var kindLabels = map[registry.KeyKind]string{registry.KeyService: "service", registry.KeyInstance: "instance", registry.KeyDrain: "drain"}
+
+func kindLabel(k registry.KeyKind) string { return cmp.Or(kindLabels[k], "unknown") }
 
 // goRun runs f in the control plane's group; an error from it stops the whole control plane.
 func (cp *ControlPlane) goRun(name string, f func() error) {
@@ -588,7 +558,7 @@ func (cp *ControlPlane) Stop() error {
 }
 
 // Ready is closed once the first full registry list is translated and published.
-func (cp *ControlPlane) Ready() <-chan struct{} { return cp.pub.ready() }
+func (cp *ControlPlane) Ready() <-chan struct{} { return cp.pub.readyCh }
 
 // XDSAddr is the bound xDS address.
 func (cp *ControlPlane) XDSAddr() string { return cp.xdsLn.Addr().String() }

@@ -82,9 +82,6 @@ func (a *drainApplier) report() {
 	}
 	for name, marks := range now {
 		was := a.marked[name]
-		if maps.Equal(was, marks) {
-			continue
-		}
 		for id, mark := range marks {
 			if old, ok := was[id]; !ok || old.Name != mark.Name {
 				a.log.Info().Str("service", name).Str("instance", id).Str("drain", mark.Name).

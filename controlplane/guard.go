@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -88,7 +89,9 @@ func (g *removalGuard) apply(next *registry.State, now time.Time) (*registry.Sta
 	} else {
 		g.seed(next, now)
 	}
-	out, release := g.serve(next, now)
+	out, release := g.held.serve(next, now, func(name, id string) {
+		g.log.Warn().Str("service", name).Str("instance", id).Msg("grace period over: removing the held instance")
+	})
 	g.last = out
 	return out, release
 }
@@ -99,11 +102,10 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 	h := g.held[name]
 	w := g.windows[name]
 	if w != nil && next != nil {
-		for id := range w.gone {
-			if _, back := next.Instances[id]; back {
-				delete(w.gone, id)
-			}
-		}
+		maps.DeleteFunc(w.gone, func(id string, _ registry.Instance) bool {
+			_, back := next.Instances[id]
+			return back
+		})
 	}
 	var gone []registry.Instance
 	for id, in := range prev.Instances {
@@ -138,10 +140,7 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 	hold := gone
 	if !w.mass {
 		w.mass = true
-		hold = make([]registry.Instance, 0, len(w.gone))
-		for _, in := range w.gone {
-			hold = append(hold, in)
-		}
+		hold = slices.Collect(maps.Values(w.gone))
 	}
 	ids := make([]string, 0, len(hold))
 	for _, in := range hold {
@@ -166,12 +165,7 @@ func (g *removalGuard) count(name string, prev, next *registry.Service, now time
 // is older than lookback are left out (see recentDeparture).
 func (g *removalGuard) seed(next *registry.State, now time.Time) {
 	gone := departedBy(next, now, g.lookback)
-	names := make([]string, 0, len(gone))
-	for name := range gone {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(gone)) {
 		g.count(name, beforeDepartures(name, next.Services[name], gone[name]), next.Services[name], now)
 	}
 }
@@ -180,7 +174,7 @@ func (g *removalGuard) seed(next *registry.State, now time.Time) {
 func departedBy(st *registry.State, now time.Time, lookback time.Duration) map[string][]registry.Departure {
 	out := map[string][]registry.Departure{}
 	for _, d := range st.Departures {
-		if leftDeliberately(d.Instance) || !recentDeparture(d, now, lookback) {
+		if d.Instance.Leaving || !recentDeparture(d, now, lookback) {
 			continue
 		}
 		out[d.Service] = append(out[d.Service], d)
@@ -194,7 +188,7 @@ func departedBy(st *registry.State, now time.Time, lookback time.Duration) map[s
 // heartbeat (its longest time between writes) plus its lease TTL: lookback includes both, so
 // a value older than lookback was deleted earlier than any guard would still hold it. An
 // agent's clock running ahead keeps a departure counted longer (held, the safe side); one
-// running behind by more than the slack drops it (the behaviour before this memory).
+// running behind by more than the slack drops it.
 func recentDeparture(d registry.Departure, now time.Time, lookback time.Duration) bool {
 	return lookback > 0 && !d.Instance.UpdatedAt.Before(now.Add(-lookback))
 }
@@ -238,11 +232,4 @@ func windowBase(prev *registry.Service, h *keptService) int {
 		base++
 	}
 	return base
-}
-
-// serve returns next with the held instances that are still gone and within their grace.
-func (g *removalGuard) serve(next *registry.State, now time.Time) (*registry.State, time.Time) {
-	return g.held.serve(next, now, func(name, id string) {
-		g.log.Warn().Str("service", name).Str("instance", id).Msg("grace period over: removing the held instance")
-	})
 }

@@ -2,7 +2,7 @@ package controlplane
 
 import (
 	"maps"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/tetherlb/tether/registry"
@@ -41,12 +41,7 @@ func (k kept) keep(name string, svc *registry.Service, in registry.Instance, unt
 func (k kept) serve(next *registry.State, now time.Time, expired func(service, id string)) (*registry.State, time.Time) {
 	out := next
 	var release time.Time
-	names := make([]string, 0, len(k))
-	for name := range k {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(k)) {
 		h, svc := k[name], next.Services[name]
 		var add []registry.Instance
 		for id, ki := range h.insts {
@@ -62,9 +57,7 @@ func (k kept) serve(next *registry.State, now time.Time, expired func(service, i
 				continue
 			}
 			add = append(add, ki.inst)
-			if release.IsZero() || ki.until.Before(release) {
-				release = ki.until
-			}
+			release = earliest(release, ki.until)
 		}
 		if len(h.insts) == 0 {
 			delete(k, name)

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -125,13 +126,11 @@ func writeMemory(path string, m *memory) error {
 	if err != nil {
 		return fmt.Errorf("state file: %w", err)
 	}
-	_, werr := f.Write(b)
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("state file: %w", err)
+	_, err = f.Write(b)
+	if err = errors.Join(err, f.Close()); err == nil {
+		err = os.Rename(f.Name(), path)
 	}
-	if err := os.Rename(f.Name(), path); err != nil {
+	if err != nil {
 		os.Remove(f.Name())
 		return fmt.Errorf("state file: %w", err)
 	}
@@ -180,10 +179,7 @@ func memoryOf(prefix string, kept *registry.State, ph *phaser, now time.Time) *m
 			}
 		}
 		slices.SortFunc(m.Instances, func(a, b memoryInstance) int {
-			if a.Service != b.Service {
-				return strings.Compare(a.Service, b.Service)
-			}
-			return strings.Compare(a.Instance.ID, b.Instance.ID)
+			return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Instance.ID, b.Instance.ID))
 		})
 	}
 	if ph != nil {

@@ -17,7 +17,7 @@ const (
 	// costs gRPC's transport buffers, ~100 KiB, and a goroutine or two).
 	DefaultMaxConnsPerPeer = 64
 	// DefaultMaxStreamsPerConn is HTTP/2's MAX_CONCURRENT_STREAMS for xDS connections. An
-	// Envoy opens one ADS stream, or one per type (four) without ADS; it was 1<<20, so one
+	// Envoy opens one ADS stream, or one per type (four) without ADS; unbounded, one
 	// connection could hold a million streams, each with its own subscriptions and node.
 	DefaultMaxStreamsPerConn = 16
 )

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"github.com/tetherlb/tether/internal/mutation"
 	"maps"
@@ -70,8 +71,9 @@ import (
 // not: it may be an Envoy reconnecting, serving what it held; one whose stream closed is
 // remembered and counts too), whose first endpoint response is held back (answers.hold,
 // xdscache.Options.HoldFirstEndpoints, turned on before the count) until E has ACKed an
-// assignment holding the endpoint, or the settle time ends as it would for a promotion. A starting Envoy serves no one before every cluster holds its first
-// assignment (docs/envoy-rules.md row 37), so a held Envoy places no user anywhere. After E
+// assignment holding the endpoint, or the settle time ends as it would for a promotion. A
+// starting Envoy serves no one before every cluster holds its first assignment
+// (docs/envoy-rules.md row 37), so a held Envoy places no user anywhere. After E
 // holds it, every Envoy holds it: E, and the others from their first response on. An Envoy
 // that joins once E holds it is served it in its first response, as under the first phase
 // after a promotion. Once the rule applied, E is waited for, not the streams never served
@@ -109,7 +111,6 @@ type epPhase struct {
 	start    time.Time // when it became reachable
 	first    bool      // in its first phase
 	promoted bool      // promoted; published as its state says from the next publication
-	known    int       // Envoys that know it, at the last evaluation (first phase only)
 	// svcRev is its service's revision when it became reachable: what other replicas'
 	// Envoys must hold (replicaLink). A replica's own state revision may be a later write
 	// that others never see as a registry change.
@@ -217,12 +218,7 @@ type answers struct {
 func newAnswers() *answers { return &answers{wake: make(chan struct{}, 1)} }
 
 // signal wakes the evaluation; it never blocks.
-func (in *answers) signal() {
-	select {
-	case in.wake <- struct{}{}:
-	default:
-	}
-}
+func (in *answers) signal() { wake(in.wake) }
 
 // closed records that a stream closed with what it acknowledged of typeURL
 // (xdscache.Options.OnClose).
@@ -235,9 +231,6 @@ func (in *answers) closed(typeURL string, a xdscache.StreamAck) {
 	in.mu.Unlock()
 	in.signal()
 }
-
-// holding is xdscache.Options.HoldFirstEndpoints.
-func (in *answers) holding() bool { return in.hold.Load() }
 
 // take returns the closes queued since the last take.
 func (in *answers) take() []goneClose {
@@ -253,17 +246,25 @@ func (in *answers) take() []goneClose {
 // remembered.
 func (ph *phaser) readClosedLocked() {
 	for _, c := range ph.in.take() {
-		a := c.a
-		_, lag := ph.lagging[a.StreamKey]
-		if lag || (a.NACKed && !a.Waiting) || !a.Watching {
-			continue
+		if !ph.holdsNothingLocked(c.a) {
+			ph.gone[goneKey{c.a.Node, c.a.Group}] = goneEnvoy{rev: ph.ackedRevLocked(c.a), until: c.at.Add(rememberFor(ph.settle))}
 		}
-		rev := int64(-1)
-		if r, ok := ph.revs[a.Version]; ok && a.Whole {
-			rev = r
-		}
-		ph.gone[goneKey{a.Node, a.Group}] = goneEnvoy{rev: rev, until: c.at.Add(rememberFor(ph.settle))}
 	}
+}
+
+// holdsNothingLocked reports whether an Envoy holds no endpoint back: it is lagging, its last
+// answer is a NACK, or it does not ask for endpoints (see streamView.exempt).
+func (ph *phaser) holdsNothingLocked(a xdscache.StreamAck) bool {
+	_, lag := ph.lagging[a.StreamKey]
+	return lag || (a.NACKed && !a.Waiting) || !a.Watching
+}
+
+// ackedRevLocked is the revision of the state of a's whole ACK; -1 when none is known.
+func (ph *phaser) ackedRevLocked(a xdscache.StreamAck) int64 {
+	if r, ok := ph.revs[a.Version]; ok && a.Whole {
+		return r
+	}
+	return -1
 }
 
 type phaseMemo struct {
@@ -316,7 +317,8 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 	defer ph.mu.Unlock()
 	svcs := make(map[string]*svcReach, len(st.Services))
 	phased := map[string][]string{} // service -> instance IDs in their first phase
-	single := -1                    // whether the single-Envoy rule applies: -1 not read yet
+	// Whether the single-Envoy rule applies, read at the first new endpoint to phase.
+	single := sync.OnceValue(func() bool { return ph.singleEnvoyLocked(now) })
 	for name, svc := range st.Services {
 		old := ph.svcs[name]
 		if old != nil && old.svc == svc && old.first == 0 {
@@ -334,13 +336,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 			if e == nil {
 				phased := ph.started || (ph.recalled != nil && !ph.recalled[k])
 				e = &epPhase{rev: st.Revision, svcRev: svc.Revision, start: now, first: phased && !mutation.On(mutation.PromoteAtOnce)}
-				if e.first && single < 0 {
-					single = 0
-					if ph.singleEnvoyLocked(now) {
-						single = 1
-					}
-				}
-				if e.first && single == 1 {
+				if e.first && single() {
 					e.first, e.fast = false, true
 					ph.fast[k] = e
 				}
@@ -371,7 +367,7 @@ func (ph *phaser) apply(st *registry.State, now time.Time) *registry.State {
 	ph.svcs = svcs
 	ph.started, ph.recalled = true, nil
 	ph.releaseLocked()
-	ph.m.firstPhase.Set(float64(ph.countFirstLocked()))
+	ph.m.firstPhase.Set(float64(len(ph.first)))
 	return ph.phaseState(st, phased)
 }
 
@@ -451,10 +447,6 @@ func (ph *phaser) releaseLocked() {
 	}
 }
 
-func (ph *phaser) countFirstLocked() int {
-	return len(ph.first)
-}
-
 func hostPort(in registry.Instance) string {
 	return net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
 }
@@ -527,10 +519,10 @@ func (ph *phaser) published(rev int64, eds string) {
 // thousand Envoys ACK each push; at 1,000 Envoys evaluating on every ACK took half the control
 // plane's CPU). So the next evaluation waits in proportion to the streams the last one read,
 // evalPerStream each (about 20 times what reading one costs), at most evalEvery: 5 ms from
-// 1,000 streams, as before, while with a few Envoys the ACK that completes a new endpoint's
-// knowledge is evaluated as it arrives. The pause goes by count, not by the evaluation's
-// measured time: that includes waiting for the cache's lock, which the push that triggered
-// the evaluation holds while it sends.
+// 1,000 streams, while with a few Envoys the ACK that completes a new endpoint's knowledge is
+// evaluated as it arrives. The pause goes by count, not by the evaluation's measured time:
+// that includes waiting for the cache's lock, which the push that triggered the evaluation
+// holds while it sends.
 func (ph *phaser) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -598,12 +590,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 		ph.link.report(-1, 0)
 		return time.Time{}, 0
 	}
-	var next time.Time
-	wait := func(deadline time.Time) {
-		if next.IsZero() || deadline.Before(next) {
-			next = deadline
-		}
-	}
+	var next time.Time // the earliest deadline waited for
 	// First by revision alone, which costs one look per stream: an endpoint that a stream
 	// holding it back has not reached yet (its whole ACK is of an older revision) waits,
 	// without a look at anyone's subscriptions. Only the rest (every stream that holds back
@@ -622,12 +609,12 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 	for _, k := range waiting {
 		e := ph.reach[k]
 		if until := ph.deadline(e); behind < e.rev && now.Before(until) {
-			wait(until)
+			next = earliest(next, until)
 			continue
 		}
 		if peers && peersHeld < e.svcRev {
 			if now.Before(e.start.Add(ph.settle)) {
-				wait(e.start.Add(ph.settle))
+				next = earliest(next, e.start.Add(ph.settle))
 				continue
 			}
 			if !e.peerWait && ph.peerSettle > ph.settle {
@@ -636,7 +623,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 					Msg("another control-plane replica has not reported that its Envoys hold a new endpoint within --publish-settle: it may be cut off from etcd, and its Envoys would not hold the endpoint; waiting for it until it has stepped down (--stale-after) and its Envoys have had --publish-settle to move")
 			}
 			if until := ph.deadline(e); now.Before(until) {
-				wait(until)
+				next = earliest(next, until)
 				continue
 			}
 			ph.log.Warn().Str("replica", peer).Str("endpoint", k.cluster+"/"+k.id).Dur("waited", now.Sub(e.start)).
@@ -658,14 +645,14 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 	promoted := 0
 	for _, k := range phase {
 		e := ph.reach[k]
-		e.known = 0
+		known := 0 // Envoys that know it
 		var blockers []*streamView
 		ci := clusters.index[k.cluster]
 		for i := range views {
 			v := &views[i]
 			switch {
 			case v.rev >= e.rev && v.subs[ci]:
-				e.known++
+				known++
 			case !v.exempt && (!e.fast || !v.unserved):
 				// An Envoy never served endpoints is served this one in its first response.
 				blockers = append(blockers, v)
@@ -678,7 +665,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 		}
 		if len(blockers) > 0 {
 			if now.Before(deadline) {
-				wait(deadline)
+				next = earliest(next, deadline)
 				continue
 			}
 			outcome = "settled"
@@ -705,7 +692,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 		promoted++
 		ph.m.promotions.WithLabelValues(outcome).Observe(now.Sub(e.start).Seconds())
 		ph.log.Debug().Str("endpoint", k.cluster+"/"+k.id).Str("outcome", outcome).Dur("after", now.Sub(e.start)).
-			Int("known", e.known).Int("envoys", len(views)).Msg("endpoint promoted")
+			Int("known", known).Int("envoys", len(views)).Msg("endpoint promoted")
 	}
 	ph.releaseLocked()
 	ph.m.lagging.Set(float64(len(ph.lagging)))
@@ -717,10 +704,7 @@ func (ph *phaser) evaluate(now time.Time) (time.Time, int) {
 	}
 	ph.link.report(max(min(behind, ph.latestRev), 0), wants)
 	if promoted > 0 {
-		select {
-		case ph.promoted <- struct{}{}:
-		default:
-		}
+		wake(ph.promoted)
 	}
 	return next, read
 }
@@ -769,11 +753,8 @@ func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone boo
 		if len(subs) < len(clusters.names) {
 			subs = make([]bool, 256*len(clusters.names))
 		}
-		v := streamView{key: key, group: a.Group, rev: -1, subs: subs[:len(clusters.names):len(clusters.names)]}
+		v := streamView{key: key, group: a.Group, rev: ph.ackedRevLocked(a), subs: subs[:len(clusters.names):len(clusters.names)]}
 		subs = subs[len(clusters.names):]
-		if r, ok := ph.revs[a.Version]; ok && a.Whole {
-			v.rev = r
-		}
 		for i, cl := range clusters.names {
 			v.subs[i] = subscribed(cl)
 		}
@@ -781,11 +762,10 @@ func (ph *phaser) viewsLocked(clusters clusterIndex, now time.Time, withGone boo
 			delete(ph.lagging, key)
 			ph.log.Info().Int64("stream", a.ID).Bool("delta", a.Delta).Str("group", a.Group).Msg("lagging Envoy caught up")
 		}
-		_, lag := ph.lagging[key]
 		// A stream that has not asked for endpoints holds none and routes to none (Envoy asks
 		// for clusters, then their endpoints): it holds nothing back, and is not reported as
 		// lagging for it. When it asks, it is sent the endpoints as they are then.
-		v.exempt = lag || (a.NACKed && !a.Waiting) || !a.Watching
+		v.exempt = ph.holdsNothingLocked(a)
 		v.watching, v.unserved = a.Watching, a.Watching && !a.Served
 		if back != nil && a.Watching && a.Node != "" {
 			back[goneKey{a.Node, a.Group}] = true
@@ -862,11 +842,8 @@ func (ph *phaser) laggingEnvoys() []admin.LaggingEnvoy {
 	for k, l := range ph.lagging {
 		out = append(out, admin.LaggingEnvoy{StreamID: k.ID, Variant: k.Variant(), Group: l.group, Since: l.since, Endpoint: l.endpoint})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].StreamID != out[j].StreamID {
-			return out[i].StreamID < out[j].StreamID
-		}
-		return out[i].Variant < out[j].Variant
+	slices.SortFunc(out, func(a, b admin.LaggingEnvoy) int {
+		return cmp.Or(cmp.Compare(a.StreamID, b.StreamID), strings.Compare(a.Variant, b.Variant))
 	})
 	return out
 }
@@ -901,13 +878,12 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 		}
 	}
 	slices.SortFunc(eps, func(a, b memoryEndpoint) int {
-		return strings.Compare(a.Cluster+"\x00"+a.ID+"\x00"+a.Address, b.Cluster+"\x00"+b.ID+"\x00"+b.Address)
+		return cmp.Or(strings.Compare(a.Cluster, b.Cluster), strings.Compare(a.ID, b.ID), strings.Compare(a.Address, b.Address))
 	})
 	envoys := map[memoryEnvoy]bool{}
 	ph.xds.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) {
-		_, lag := ph.lagging[a.StreamKey]
 		// As readClosedLocked: an Envoy that holds nothing back is not remembered.
-		if exempt := lag || (a.NACKed && !a.Waiting) || !a.Watching; !exempt && a.Node != "" {
+		if !ph.holdsNothingLocked(a) && a.Node != "" {
 			envoys[memoryEnvoy{Node: a.Node, Group: a.Group}] = true
 		}
 	})
@@ -920,10 +896,7 @@ func (ph *phaser) remembered(now time.Time) ([]memoryEndpoint, []memoryEnvoy) {
 			envoys[memoryEnvoy{Node: k.node, Group: k.group}] = true
 		}
 	}
-	out := make([]memoryEnvoy, 0, len(envoys))
-	for e := range envoys {
-		out = append(out, e)
-	}
-	slices.SortFunc(out, func(a, b memoryEnvoy) int { return strings.Compare(a.Group+"\x00"+a.Node, b.Group+"\x00"+b.Node) })
-	return eps, out
+	return eps, slices.SortedFunc(maps.Keys(envoys), func(a, b memoryEnvoy) int {
+		return cmp.Or(strings.Compare(a.Group, b.Group), strings.Compare(a.Node, b.Node))
+	})
 }

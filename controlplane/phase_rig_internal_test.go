@@ -36,7 +36,7 @@ type phaseRig struct {
 func newPhaseRig(t *testing.T, settle time.Duration) *phaseRig {
 	t.Helper()
 	in := newAnswers()
-	cache := xdscache.New(xdscache.Options{Logger: zerolog.Nop(), OnClose: in.closed, HoldFirstEndpoints: in.holding})
+	cache := xdscache.New(xdscache.Options{Logger: zerolog.Nop(), OnClose: in.closed, HoldFirstEndpoints: in.hold.Load})
 	ph := newPhaser(zerolog.Nop(), newMetrics(), settle, cache, in, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -42,48 +42,45 @@ type publisher struct {
 	tr  *translate.Cache
 	// translateState is tr.Translate; a test swaps it to make a translation Envoy would reject.
 	translateState func(*registry.State) *translate.Resources
-	// co and problems are touched by the run goroutine only.
+	notify         chan struct{}
+
+	// Once run has started, only its goroutine touches the fields down to mu.
 	co       coalescer
 	problems problemLog
-	// consistent is the last translation that passed the consistency check; only the run
-	// goroutine touches it.
+	// consistent is the last translation that passed the consistency check.
 	consistent consistencyMemo
 	// counted are the instance counts by state of each service last observed (by pointer: the
 	// registry is copy-on-write), so that a push counts only the services that changed.
 	counted map[*registry.Service]stateCounts
-
-	notify chan struct{}
 	// limits bound the services and instances served, before the guard (which then never
-	// sees a key left out as a removal); only the run goroutine touches limitMemo and over.
+	// sees a key left out as a removal).
 	limits    registryLimits
 	limitMemo map[*registry.Service]*registry.Service
 	over      registry.Over
 	guard     *removalGuard
-	// vanish keeps an instance that left the registry without draining for a short grace
+	// vanish keeps an instance that left the registry unmarked by its agent for a short grace
 	// (after the guard; nil: off).
 	vanish *vanishGrace
-	// releaseAt is when the guard releases its next held instance (zero: none held), and
-	// lastRaw the registry state last published (before the guard); only the run goroutine
-	// touches them.
+	// releaseAt is when the guard or the vanish grace releases its next held instance (zero:
+	// none held), and lastRaw the registry state last published (before the guard).
 	releaseAt time.Time
 	lastRaw   *registry.State
 	// drains applies the operators' drains after the guard (which sees the registry as the
 	// agents wrote it) and before translation.
 	drains drainApplier
 	// phase publishes new endpoints as DRAINING until every Envoy knows them (nil: off);
-	// repub asks for a publication of the same registry state (a promotion); only the run
-	// goroutine touches it.
+	// repub asks for a publication of the same registry state (a promotion).
 	phase *phaser
 	repub bool
 	// recall is the memory of the last run, whose instances missing from the first state
-	// are departures (see memory.go); only the run goroutine touches it.
+	// are departures (see memory.go).
 	recall *memory
 
 	mu      sync.Mutex
 	latest  *registry.State
 	since   time.Time // when the oldest unpublished state arrived
 	current *published
-	readyCh chan struct{}
+	readyCh chan struct{} // closed once the first snapshot is published
 	isReady bool
 }
 
@@ -104,13 +101,19 @@ func newPublisher(log zerolog.Logger, m *metrics, xds *xdscache.Cache, phase *ph
 // offer records the newest registry state; the publish loop picks it up.
 func (p *publisher) offer(st *registry.State) {
 	p.mu.Lock()
-	if p.latest == nil || p.since.IsZero() {
+	if p.since.IsZero() {
 		p.since = time.Now()
 	}
 	p.latest = st
 	p.mu.Unlock()
+	wake(p.notify)
+}
+
+// wake sends on a channel of capacity one without blocking: a wake-up already pending covers
+// this one.
+func wake(ch chan<- struct{}) {
 	select {
-	case p.notify <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
@@ -148,22 +151,14 @@ func (p *publisher) run(ctx context.Context) {
 			due, pending = p.co.due()
 		}
 		// The next wake-up: the coalescer's push or the guard's release, whichever is first.
-		var next time.Time
+		next := p.releaseAt
 		if pending {
-			next = due
+			next = earliest(next, due)
 		}
-		if !p.releaseAt.IsZero() && (next.IsZero() || p.releaseAt.Before(next)) {
-			next = p.releaseAt
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
 		}
-		arm(timer, next)
-	}
-}
-
-// arm sets t to fire at when, or stops it when when is zero.
-func arm(t *time.Timer, when time.Time) {
-	t.Stop()
-	if !when.IsZero() {
-		t.Reset(time.Until(when))
 	}
 }
 
@@ -192,9 +187,7 @@ func (p *publisher) publishLatest() bool {
 	if p.vanish != nil {
 		var r time.Time
 		st, r = p.vanish.apply(st, start)
-		if release.IsZero() || (!r.IsZero() && r.Before(release)) {
-			release = r
-		}
+		release = earliest(release, r)
 		p.m.vanished.Set(float64(p.vanish.held.count()))
 	}
 	p.releaseAt = release
@@ -307,10 +300,8 @@ var countedStates = [...]registry.InstanceState{registry.StateAvailable, registr
 type stateCounts [len(countedStates)]int
 
 func stateIndex(s registry.InstanceState) int {
-	for i, c := range countedStates {
-		if c == s {
-			return i
-		}
+	if i := slices.Index(countedStates[:], s); i >= 0 {
+		return i
 	}
 	return len(countedStates) - 1 // validation admits no other state; counted as unhealthy if one came
 }
@@ -386,9 +377,6 @@ func toResources[T types.Resource](in []T) []types.Resource {
 	}
 	return out
 }
-
-// ready is closed once the first snapshot is published.
-func (p *publisher) ready() <-chan struct{} { return p.readyCh }
 
 // snapshotNow returns the current published snapshot, or nil before the first.
 func (p *publisher) snapshotNow() *published {

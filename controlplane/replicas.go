@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -25,16 +26,15 @@ import (
 // replicaLink shares what this replica's Envoys hold with the other replicas, through etcd
 // (registry.Replica). Replicas read the same registry, but each promotes a new endpoint on
 // its own Envoys' ACKs: an Envoy on another replica that has not taken the endpoint in yet
-// would move a session placed there (the simulation found it with two replicas). So each
-// replica writes, under its own lease, the revision its Envoys hold (Held) and the one it
-// waits for (Wants), and an endpoint is promoted only once every other live replica holds
-// its revision, or its settle time is over.
+// would move a session placed there. So each replica writes, under its own lease, the
+// revision its Envoys hold (Held) and the one it waits for (Wants), and an endpoint is
+// promoted only once every other live replica holds its revision, or its settle time is over.
 //
 // Writes are few: a replica writes when what it wants changes (an endpoint enters or leaves
 // its first phase: one write per promotion round), and its Held only while another replica
 // wants more than it last wrote. A group of replicas with nothing in a first phase writes
-// nothing. A replica that cannot write (an etcd role of before this link: read-only) logs it
-// once and promotes on its own Envoys as before; the others then do not know of it.
+// nothing. A replica that cannot write (a read-only etcd role) logs it once and promotes on its
+// own Envoys' ACKs; the others then do not know of it.
 type replicaLink struct {
 	cli    *clientv3.Client
 	prefix string
@@ -84,7 +84,7 @@ type goneReplica struct {
 // plus its check's tick (staleAfter/10), closing its Envoys' streams; they reconnect to a
 // current replica, which serves them the endpoint. One settle time more lets them move. With
 // --stale-after off a cut-off replica never steps down, and waiting longer would gain
-// nothing: the settle time alone bounds the wait, as before.
+// nothing: the settle time alone bounds the wait.
 func silentFor(settle, staleAfter time.Duration) time.Duration {
 	settle = settleOrDefault(settle)
 	if staleAfter <= 0 || mutation.On(mutation.PeerSettleOnly) {
@@ -118,7 +118,7 @@ func sanitizeName(s string) string {
 	out := make([]byte, 0, len(s))
 	for i := 0; i < len(s) && len(out) < 40; i++ {
 		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' {
+		if isAlnum(c) || c == '-' || c == '.' || c == '_' {
 			out = append(out, c)
 		}
 	}
@@ -169,10 +169,7 @@ func (l *replicaLink) known(now time.Time) []string {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []string
-	for name := range l.peers {
-		out = append(out, name)
-	}
+	out := slices.Collect(maps.Keys(l.peers))
 	for name, g := range l.gone {
 		if now.Before(g.until) {
 			out = append(out, name)
@@ -206,6 +203,10 @@ func (l *replicaLink) wanted() bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.peerWantsLocked()
+}
+
+func (l *replicaLink) peerWantsLocked() bool {
 	for _, p := range l.peers {
 		if p.Wants > l.written.Held {
 			return true
@@ -234,28 +235,14 @@ func (l *replicaLink) kickUnlock() {
 	need := l.needWriteLocked()
 	l.mu.Unlock()
 	if need {
-		select {
-		case l.dirty <- struct{}{}:
-		default:
-		}
+		wake(l.dirty)
 	}
 }
 
 // needWriteLocked: the first report, a change of Wants, or a Held that some peer waits for
 // and that moved since the last write.
 func (l *replicaLink) needWriteLocked() bool {
-	if l.written.Held < 0 || l.wants != l.written.Wants {
-		return true
-	}
-	if l.held == l.written.Held {
-		return false
-	}
-	for _, p := range l.peers {
-		if p.Wants > l.written.Held {
-			return true
-		}
-	}
-	return false
+	return l.written.Held < 0 || l.wants != l.written.Wants || (l.held != l.written.Held && l.peerWantsLocked())
 }
 
 // run keeps this replica's report in etcd and follows the others' until ctx ends.
@@ -272,11 +259,7 @@ func (l *replicaLink) run(ctx context.Context) {
 			return
 		}
 		l.log.Warn().Err(err).Msg("replica report: retrying")
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+		etcdconn.Sleep(ctx, time.Second)
 	}
 }
 

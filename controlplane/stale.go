@@ -114,7 +114,7 @@ func (c *streamCutter) closeAll(cause error) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for s := range c.streams {
-		s.cut(cause)
+		s.cancel(cause)
 	}
 	return len(c.streams)
 }
@@ -128,8 +128,6 @@ type cutStream struct {
 }
 
 func (s *cutStream) Context() context.Context { return s.ctx }
-
-func (s *cutStream) cut(cause error) { s.cancel(cause) }
 
 // RecvMsg receives in a goroutine so that a cut ends it at once. The abandoned receive ends
 // when the handler returns and gRPC cancels the stream; the caller never reads m after an

@@ -7,21 +7,20 @@ import (
 	"github.com/tetherlb/tether/registry"
 )
 
-// DefaultVanishGrace is how long an instance that left the registry without its agent marking it
-// leaving stays
-// in the configuration, as DRAINING. It covers the moments an agent is away while its server
-// still serves: a lost lease re-registered at the agent's next keep-alive (a third of the
-// default 10 s TTL, plus a round trip), and an agent restarted by its service manager just
-// after its crashed predecessor's lease lapsed (a restart within the lease adopts the key and
-// leaves no gap). Short, because for a server that really died its users lose their sessions
-// anyway, and in strict mode they see "server gone" only after it.
+// DefaultVanishGrace is how long an instance that left the registry without its agent marking
+// it leaving stays in the configuration, as DRAINING. It covers the moments an agent is away
+// while its server still serves: a lost lease re-registered at the agent's next keep-alive (a
+// third of the default 10 s TTL, plus a round trip), and an agent restarted by its service
+// manager just after its crashed predecessor's lease lapsed (a restart within the lease adopts
+// the key and leaves no gap). Short, because for a server that really died its users lose
+// their sessions anyway, and in strict mode they see "server gone" only after it.
 const DefaultVanishGrace = 5 * time.Second
 
-// vanishGrace keeps an instance that vanished from the registry while not draining (its
-// lease lapsed, its key was deleted) in the configuration for grace, served as DRAINING: its
-// sticky sessions still reach it, no new session is sent to a server that may be dead. It
-// comes back from the registry as it is written as soon as the agent registers again. An
-// instance that was draining when it left was deregistered on purpose and goes at once.
+// vanishGrace keeps an instance that vanished from the registry without its agent marking it
+// leaving (its lease lapsed, its key was deleted) in the configuration for grace, served as
+// DRAINING: its sticky sessions still reach it, no new session is sent to a server that may be
+// dead. It comes back from the registry as it is written as soon as the agent registers again.
+// An instance its stopping agent marked leaving was deregistered on purpose and goes at once.
 //
 // It runs after the removal guard, on what the guard serves: instances the guard holds are
 // not gone, and the guard counts removals as the agents made them.
@@ -36,11 +35,6 @@ type vanishGrace struct {
 	lastIn *registry.State // the last state given to apply
 	held   kept
 }
-
-// leftDeliberately says whether an instance's leaving was a deregistration, which the grace
-// must not delay: its stopping agent marked its last value leaving (the guard's test too). An
-// operator-drained instance whose lease lapses is draining, not leaving, and keeps the grace.
-func leftDeliberately(in registry.Instance) bool { return in.Leaving }
 
 func newVanishGrace(grace time.Duration) *vanishGrace {
 	return &vanishGrace{grace: grace, held: kept{}}
@@ -62,8 +56,7 @@ func (g *vanishGrace) apply(next *registry.State, now time.Time) (*registry.Stat
 				g.keep(name, before, d.Instance, now)
 			}
 		}
-	}
-	if prev != nil {
+	} else {
 		// Only a service whose pointer changed can have lost instances (copy-on-write).
 		for name, ps := range prev.Services {
 			ns := next.Services[name]
@@ -76,7 +69,10 @@ func (g *vanishGrace) apply(next *registry.State, now time.Time) (*registry.Stat
 						continue
 					}
 				}
-				if leftDeliberately(in) {
+				// Deregistered by its stopping agent, which marked its last value leaving: the
+				// grace must not delay that. An operator-drained instance whose lease lapses is
+				// draining, not leaving, and keeps the grace.
+				if in.Leaving {
 					continue
 				}
 				g.keep(name, ps, in, now)

@@ -1,6 +1,8 @@
 package controlplane
 
 import (
+	"cmp"
+
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/rs/zerolog"
@@ -12,12 +14,7 @@ import (
 const DefaultGroup = "default"
 
 // groupName is the gateway group of a node cluster.
-func groupName(cluster string) string {
-	if cluster == "" {
-		return DefaultGroup
-	}
-	return cluster
-}
+func groupName(cluster string) string { return cmp.Or(cluster, DefaultGroup) }
 
 // streamLog logs and counts what the xDS streams do, and checks each Envoy's version against
 // MinEnvoyVersion (xdscache.Observer: called under the cache's lock).
@@ -75,7 +72,7 @@ func newXDSCache(log zerolog.Logger, m *metrics, in *answers, initialSyncs, maxS
 		Observer: streamLog{log, m}, MaxInitialSyncs: initialSyncs, NamesBeforeUpdate: before, MaxInflightBytes: maxInflight,
 		OnRefuse: func(reason string) { m.refused.WithLabelValues(reason).Inc() }}
 	if in != nil {
-		opts.OnAnswer, opts.OnClose, opts.HoldFirstEndpoints = in.signal, in.closed, in.holding
+		opts.OnAnswer, opts.OnClose, opts.HoldFirstEndpoints = in.signal, in.closed, in.hold.Load
 	}
 	return xdscache.New(opts)
 }
