@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,7 +179,7 @@ func (e *envoy) endpoints() string {
 		return fmt.Sprintf("error: %v", err)
 	}
 	var b strings.Builder
-	for _, name := range sortedKeys(t.hosts) {
+	for _, name := range slices.Sorted(maps.Keys(t.hosts)) {
 		fmt.Fprintf(&b, "%s: %s\n", name, strings.Join(t.sortedHosts(name), " "))
 	}
 	return b.String()

@@ -15,12 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,7 +97,11 @@ const (
 	shopDom = "shop.test"
 )
 
-const shopConfig = `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true}}`
+const (
+	shopConfig = `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true}}`
+	// badShopConfig is an operator's invalid edit of it (an lbPolicy Tether does not know).
+	badShopConfig = `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true},"lbPolicy":"fastest"}`
+)
 
 // Sim is one run.
 type Sim struct {
@@ -476,9 +481,7 @@ func (s *Sim) addServer(service string, version int, withSessions bool) (*server
 		srv.stop(true)
 		return nil, err
 	}
-	s.mu.Lock()
-	s.servers[id], s.agents[id] = srv, a
-	s.mu.Unlock()
+	s.locked(func() { s.servers[id], s.agents[id] = srv, a })
 	s.event([]string{id}, "server %s (%s v%d, capacity %d, sessions-url %v) and its agent start on %s", id, service, version, srv.capacity, withSessions, srv.addr())
 	s.joinLate(false)
 	return srv, nil
@@ -543,6 +546,13 @@ func (s *Sim) joinedEnvoys() []*envoy {
 	return out
 }
 
+// locked runs f under s.mu.
+func (s *Sim) locked(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f()
+}
+
 // event records what happened; subjects (server IDs, user names) let a trace pick it.
 type event struct {
 	at       time.Duration
@@ -552,9 +562,7 @@ type event struct {
 
 func (s *Sim) event(subjects []string, format string, args ...any) {
 	ev := event{at: time.Since(s.start), subjects: subjects, what: fmt.Sprintf(format, args...)}
-	s.mu.Lock()
-	s.events = append(s.events, ev)
-	s.mu.Unlock()
+	s.locked(func() { s.events = append(s.events, ev) })
 	if s.opts.Log != nil {
 		fmt.Fprintf(s.opts.Log, "%8.3fs %s\n", ev.at.Seconds(), ev.what)
 	}
@@ -602,14 +610,7 @@ func (s *Sim) teardown() {
 		s.real.stop()
 	}
 	s.mu.Lock()
-	agents := make([]*agentProc, 0, len(s.agents))
-	for _, a := range s.agents {
-		agents = append(agents, a)
-	}
-	servers := make([]*server, 0, len(s.servers))
-	for _, srv := range s.servers {
-		servers = append(servers, srv)
-	}
+	agents, servers := slices.Collect(maps.Values(s.agents)), slices.Collect(maps.Values(s.servers))
 	s.mu.Unlock()
 	for _, a := range agents {
 		if a.running() {
@@ -631,13 +632,4 @@ func (s *Sim) teardown() {
 	if s.etcd != nil {
 		s.etcd.stop()
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
