@@ -157,7 +157,7 @@ type harness struct {
 	log      zerolog.Logger
 	etcd     *etcdembed.Server
 	cli      *clientv3.Client
-	cp       *childControlPlane
+	cp       *ControlPlane
 	svcs     []*svcState
 	nextID   atomic.Int64
 	variants []xdsclient.Variant
@@ -240,7 +240,7 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	conns := (cfg.Envoys + cfg.ClientsPerConn - 1) / cfg.ClientsPerConn
 	cpArgs := append([]string{"--max-conns-per-peer", strconv.Itoa(conns + 16), "--max-streams-per-conn", strconv.Itoa(cfg.ClientsPerConn + 16),
 		"--max-services", strconv.Itoa(cfg.Services + 1), "--max-instances-per-service", strconv.Itoa(cfg.Instances + 1)}, cfg.ControlPlaneArgs...)
-	cp, err := startControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), readyTimeout, cpArgs)
+	cp, err := StartControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), cpArgs)
 	if err != nil {
 		return nil, err
 	}
@@ -253,11 +253,11 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	}
 	rep.ConnectSeconds = time.Since(start).Seconds()
 	h.log.Info().Int("envoys", cfg.Envoys).Dur("took", time.Since(start)).Msg("simulated Envoys hold the full configuration")
-	u, err := h.cp.usage(ctx)
+	u, err := h.cp.Usage(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rep.ConnectPeakRSSBytes = u.peakRSS
+	rep.ConnectPeakRSSBytes = u.PeakRSS
 	reset := h.cp.resetPeakRSS()
 	if reset != nil {
 		h.log.Warn().Err(reset).Msg("the scenario's peak memory is not told apart from the connection's")
@@ -274,10 +274,10 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		return nil, err
 	}
 	if reset == nil {
-		if u, err = h.cp.usage(ctx); err != nil {
+		if u, err = h.cp.Usage(ctx); err != nil {
 			return nil, err
 		}
-		rep.ScenarioPeakRSSBytes = u.peakRSS
+		rep.ScenarioPeakRSSBytes = u.PeakRSS
 	}
 	if err := h.bursts(ctx, rep); err != nil {
 		return nil, err
@@ -298,10 +298,10 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		}
 		rep.Variants[i].FirstConfigMs = float64(d.Microseconds()) / 1000
 	}
-	if u, err = h.cp.usage(ctx); err != nil {
+	if u, err = h.cp.Usage(ctx); err != nil {
 		return nil, err
 	}
-	rep.ControlPlanePeakRSSBytes = max(u.peakRSS, rep.ConnectPeakRSSBytes)
+	rep.ControlPlanePeakRSSBytes = max(u.PeakRSS, rep.ConnectPeakRSSBytes)
 	for _, e := range h.envoys {
 		if e.failed.Load() {
 			rep.Variants[e.variant].StreamErrors++
@@ -311,11 +311,11 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 }
 
 func (h *harness) startEtcd(ctx context.Context, dir string) error {
-	client, err := freeAddr()
+	client, err := FreeAddr()
 	if err != nil {
 		return err
 	}
-	peer, err := freeAddr()
+	peer, err := FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -346,7 +346,7 @@ func (h *harness) connect(ctx context.Context) error {
 	h.holds = newHoldings(clusters, h.cfg.Envoys)
 	for i := range h.cfg.Envoys {
 		if i%h.cfg.ClientsPerConn == 0 {
-			conn, err := dial(h.cp.xds)
+			conn, err := dial(h.cp.XDSAddr)
 			if err != nil {
 				return err
 			}
@@ -422,7 +422,7 @@ func dial(addr string) (*grpc.ClientConn, error) {
 // firstConfig connects one more Envoy of variant and times how long it takes to hold the
 // full configuration.
 func (h *harness) firstConfig(ctx context.Context, variant xdsclient.Variant, vi int) (time.Duration, error) {
-	conn, err := dial(h.cp.xds)
+	conn, err := dial(h.cp.XDSAddr)
 	if err != nil {
 		return 0, err
 	}
@@ -463,7 +463,7 @@ func (h *harness) close(cancel context.CancelFunc) error {
 		c.Close()
 	}
 	if h.cp != nil {
-		errs = append(errs, h.cp.stop())
+		errs = append(errs, h.cp.Stop())
 	}
 	if h.cli != nil {
 		h.cli.Close()

@@ -19,8 +19,8 @@ type Latency struct {
 	Max     float64 `json:"maxMs"`
 }
 
-// summarize computes p50, p99 and max of samples (it sorts them in place).
-func summarize(samples []time.Duration) Latency {
+// Summarize computes p50, p99 and max of samples (it sorts them in place).
+func Summarize(samples []time.Duration) Latency {
 	if len(samples) == 0 {
 		return Latency{}
 	}
