@@ -93,24 +93,14 @@ type Config struct {
 }
 
 func (c *Config) withDefaults() error {
-	if c.Instances <= 0 {
-		c.Instances = 100
-	}
-	if c.Services <= 0 {
-		c.Services = max(c.Instances/10, 1)
-	}
+	orDefault(&c.Instances, 100)
+	orDefault(&c.Services, max(c.Instances/10, 1))
 	if c.Services > c.Instances {
 		return fmt.Errorf("services (%d) must not outnumber instances (%d)", c.Services, c.Instances)
 	}
-	if c.Envoys <= 0 {
-		c.Envoys = 10
-	}
-	if c.Rate <= 0 {
-		c.Rate = 200
-	}
-	if c.Duration <= 0 {
-		c.Duration = 30 * time.Second
-	}
+	orDefault(&c.Envoys, 10)
+	orDefault(&c.Rate, 200)
+	orDefault(&c.Duration, 30*time.Second)
 	switch c.Variant {
 	case "":
 		c.Variant = VariantBoth
@@ -118,28 +108,23 @@ func (c *Config) withDefaults() error {
 	default:
 		return fmt.Errorf("variant %q: want sotw, delta or both", c.Variant)
 	}
-	if c.ChangeTimeout <= 0 {
-		c.ChangeTimeout = 10 * time.Second
-	}
-	if c.ClientsPerConn <= 0 {
-		c.ClientsPerConn = 100
-	}
-	if c.LoadProbes <= 0 {
-		c.LoadProbes = 5
-	}
-	if c.Spaced <= 0 {
-		c.Spaced = 50
-	}
-	if c.SpacedGap <= 0 {
-		c.SpacedGap = 250 * time.Millisecond
-	}
-	if c.BurstSize <= 0 {
-		c.BurstSize = 500
-	}
+	orDefault(&c.ChangeTimeout, 10*time.Second)
+	orDefault(&c.ClientsPerConn, 100)
+	orDefault(&c.LoadProbes, 5)
+	orDefault(&c.Spaced, 50)
+	orDefault(&c.SpacedGap, 250*time.Millisecond)
+	orDefault(&c.BurstSize, 500)
 	if c.SpacedKind != "" && !slices.ContainsFunc(kindShares, func(k kindShare) bool { return k.kind == c.SpacedKind }) {
 		return fmt.Errorf("spaced kind %q: want %s, %s, %s or %s", c.SpacedKind, KindLoad, KindState, KindRegister, KindExpire)
 	}
 	return nil
+}
+
+// orDefault sets *v to d unless *v is positive.
+func orDefault[T int | float64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }
 
 // Limits of the phases outside the scenario.
@@ -183,11 +168,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, err
 	}
 	h := &harness{cfg: cfg, log: cfg.Logger, obs: newObserver()}
-	switch cfg.Variant {
-	case VariantBoth:
+	h.variants = []xdsclient.Variant{cfg.Variant}
+	if cfg.Variant == VariantBoth {
 		h.variants = []xdsclient.Variant{xdsclient.Delta, xdsclient.SotW}
-	default:
-		h.variants = []xdsclient.Variant{cfg.Variant}
 	}
 	dir := cfg.WorkDir
 	if dir != "" {
@@ -195,8 +178,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		if _, err := os.Stat(filepath.Join(dir, "etcd")); err == nil {
 			return nil, fmt.Errorf("work dir %s already holds etcd data from an earlier run: give an empty or new directory", dir)
 		}
-	}
-	if dir == "" {
+	} else {
 		if dir, err = os.MkdirTemp("", "tether-bench-"); err != nil {
 			return nil, fmt.Errorf("work dir: %w", err)
 		}

@@ -27,7 +27,6 @@ import (
 // until thawed, as an Envoy busy applying a large configuration.
 type envoy struct {
 	name    string
-	group   string
 	replica int
 	cli     *xdsclient.Client
 	// joined: its stream runs. In a late-join run (sim.go) only the first Envoy starts with
@@ -49,7 +48,7 @@ type envoy struct {
 }
 
 func newEnvoy(name, group string, v xdsclient.Variant, replica int) *envoy {
-	e := &envoy{name: name, group: group, replica: replica, cli: xdsclient.New(v, name, group)}
+	e := &envoy{name: name, replica: replica, cli: xdsclient.New(v, name, group)}
 	e.cli.NACK = e.nack
 	return e
 }

@@ -47,9 +47,8 @@ type Options struct {
 	// Users, Servers and Envoys are the simulated users, the app's first servers and the
 	// Envoys of the gateway group.
 	Users, Servers, Envoys int
-	// AgentBin is the tether-agent binary (see BuildAgent); Dir a scratch directory (a
-	// temporary one when empty, removed at the end).
-	AgentBin, Dir string
+	// AgentBin is the tether-agent binary (see BuildAgent); empty builds one.
+	AgentBin string
 	// Mutations are switched on for the run (internal/mutation; only with the simmutate tag).
 	Mutations []string
 	// Faults, when set, restricts the schedule to these fault kinds.
@@ -105,10 +104,9 @@ const (
 
 // Sim is one run.
 type Sim struct {
-	opts     Options
-	dir      string
-	agentBin string
-	start    time.Time
+	opts  Options
+	dir   string
+	start time.Time
 
 	etcd         *etcdCluster
 	etcdEndpoint string          // every member, comma-separated, for the agents and drain
@@ -190,28 +188,22 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 	}
 	defer mutation.Set()
 	s := &Sim{opts: opts, servers: map[string]*server{}, agents: map[string]*agentProc{}, faults: map[string]int{}, version: 1}
-	s.dir = opts.Dir
-	if s.dir == "" {
-		d, err := os.MkdirTemp("", "tether-sim-")
-		if err != nil {
-			return Result{}, err
-		}
-		s.dir = d
-		defer func() {
-			if err == nil && len(res.Violations) == 0 {
-				_ = os.RemoveAll(d)
-				return
-			}
-			// Kept for its logs; etcd's data (a 64 MB WAL a member) would fill a soak's disk.
-			members, _ := filepath.Glob(filepath.Join(d, "etcd-*"))
-			for _, m := range members {
-				_ = os.RemoveAll(m)
-			}
-		}()
+	if s.dir, err = os.MkdirTemp("", "tether-sim-"); err != nil {
+		return Result{}, err
 	}
-	s.agentBin = opts.AgentBin
-	if s.agentBin == "" {
-		if s.agentBin, err = BuildAgent(ctx, s.dir); err != nil {
+	defer func() {
+		if len(res.Violations) == 0 {
+			_ = os.RemoveAll(s.dir)
+			return
+		}
+		// Kept for its logs; etcd's data (a 64 MB WAL a member) would fill a soak's disk.
+		members, _ := filepath.Glob(filepath.Join(s.dir, "etcd-*"))
+		for _, m := range members {
+			_ = os.RemoveAll(m)
+		}
+	}()
+	if s.opts.AgentBin == "" {
+		if s.opts.AgentBin, err = BuildAgent(ctx, s.dir); err != nil {
 			return Result{}, err
 		}
 	}
@@ -414,10 +406,12 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 		XDSAddr: slot.addr, AdminAddr: "127.0.0.1:0",
 		HoldWindow: cpHoldWindow, HoldGrace: cpHoldGrace, PublishSettle: cpPublishSettle,
 		AllowLoopback: true, ShutdownTimeout: 2 * time.Second,
-		VanishGrace: vanishGrace(s.opts.NoVanishGrace),
 		// As the binary keeps it in its data directory: what it served, read back at a restart.
 		StateFile: filepath.Join(s.dir, fmt.Sprintf("controlplane-%d-state.json", i)),
 		Logger:    zerolog.New(logf).Level(zerolog.InfoLevel).With().Timestamp().Logger(),
+	}
+	if s.opts.NoVanishGrace {
+		cfg.VanishGrace = -1
 	}
 	var cp *controlplane.ControlPlane
 	for attempt := 0; ; attempt++ {
@@ -439,13 +433,6 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 		return fmt.Errorf("control plane %d not ready after 10s", i)
 	}
 	return nil
-}
-
-func vanishGrace(off bool) time.Duration {
-	if off {
-		return -1
-	}
-	return 0 // the default
 }
 
 func (s *Sim) stopCP(i int) {
