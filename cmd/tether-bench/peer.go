@@ -14,6 +14,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -29,7 +30,6 @@ import (
 	"math/big"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -39,7 +39,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/shirou/gopsutil/v4/process"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -158,15 +157,15 @@ func runPeer(ctx context.Context, c peerConfig, stdout io.Writer) (err error) {
 	if c.throttle != "" {
 		targs = append(targs, "--providers.providersThrottleDuration="+c.throttle)
 	}
-	traefik, err := startChild(filepath.Join(dir, "traefik.log"), c.traefik, targs...)
+	traefik, err := bench.StartChild(filepath.Join(dir, "traefik.log"), c.traefik, targs...)
 	if err != nil {
 		return err
 	}
-	defer traefik.stop()
+	defer func() { err = errors.Join(err, traefik.Stop()) }()
 
 	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer wcancel()
-	conn, err := grpc.NewClient("passthrough:///"+tether.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("passthrough:///"+tether.XDSAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
@@ -208,11 +207,14 @@ func runPeer(ctx context.Context, c peerConfig, stdout io.Writer) (err error) {
 		return fmt.Errorf("traefik (log %s): %w", filepath.Join(dir, "traefik.log"), err)
 	}
 
-	cpu0, _, err := tether.Usage(ctx)
+	t0, err := tether.Usage(ctx)
 	if err != nil {
 		return err
 	}
-	r0 := traefik.usage()
+	r0, err := traefik.Usage(ctx)
+	if err != nil {
+		return err
+	}
 	var changes []*change
 	var traefikAdd, traefikRemove []time.Duration
 	for i := range c.changes {
@@ -241,12 +243,15 @@ func runPeer(ctx context.Context, c peerConfig, stdout io.Writer) (err error) {
 	if err := obs.wait(ctx, changes, c.timeout+40*time.Second); err != nil {
 		return err
 	}
-	cpu1, peak, err := tether.Usage(ctx)
+	t1, err := tether.Usage(ctx)
 	if err != nil {
 		return err
 	}
-	r1 := traefik.usage()
-	return report(stdout, c, changes, traefikAdd, traefikRemove, [2]float64{cpu1 - cpu0, r1.cpu - r0.cpu}, [2]int64{peak, r1.peak})
+	r1, err := traefik.Usage(ctx)
+	if err != nil {
+		return err
+	}
+	return report(stdout, c, changes, traefikAdd, traefikRemove, [2]float64{t1.CPUSeconds - t0.CPUSeconds, r1.CPUSeconds - r0.CPUSeconds}, [2]int64{t1.PeakRSS, r1.PeakRSS})
 }
 
 func twoAddrs() (string, string, error) {
@@ -280,7 +285,7 @@ func report(out io.Writer, c peerConfig, changes []*change, traefikAdd, traefikR
 		tetherFlags += " " + c.cpArgs
 	}
 	fmt.Fprintf(out, "%d services x %d servers, %d changes %s apart (%d adds, %d removals); Traefik throttle %s, default certificate %v, API polled every %s; Tether %s, %d Envoy(s), done when every one holds it\n",
-		c.services, c.servers, len(changes), c.gap, len(usable), len(gone), orDefault(c.throttle, "2s (default)"), c.defaultCert, c.poll, tetherFlags, c.envoys)
+		c.services, c.servers, len(changes), c.gap, len(usable), len(gone), cmp.Or(c.throttle, "2s (default)"), c.defaultCert, c.poll, tetherFlags, c.envoys)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "system\tdone when\tn\tp50 ms\tp99 ms\tmax ms\t")
 	row := func(sys, what string, d []time.Duration) {
@@ -304,13 +309,6 @@ func report(out io.Writer, c peerConfig, changes []*change, traefikAdd, traefikR
 	fmt.Fprintf(out, "CPU s over the changes: tether %.2f, traefik %.2f; peak RSS MB: tether %.0f, traefik %.0f\n",
 		cpu[0], cpu[1], float64(peak[0])/(1<<20), float64(peak[1])/(1<<20))
 	return nil
-}
-
-func orDefault(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
 }
 
 // world is the registry both systems read, and the harness's record of it.
@@ -609,60 +607,6 @@ func measure(ctx context.Context, ch *change, tr *traefikAPI, c peerConfig) (tim
 		case <-tick.C:
 		}
 	}
-}
-
-// child is a process the harness started.
-type child struct {
-	cmd  *exec.Cmd
-	proc *process.Process
-	log  *os.File
-}
-
-type procUsage struct {
-	cpu  float64
-	peak int64
-}
-
-func startChild(logPath, bin string, args ...string) (*child, error) {
-	f, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	p, err := process.NewProcess(int32(cmd.Process.Pid))
-	if err != nil {
-		_ = cmd.Process.Kill()
-		f.Close()
-		return nil, err
-	}
-	return &child{cmd: cmd, proc: p, log: f}, nil
-}
-
-func (c *child) usage() procUsage {
-	var u procUsage
-	if t, err := c.proc.Times(); err == nil {
-		u.cpu = t.User + t.System
-	}
-	u.peak, _ = bench.PeakRSS(c.cmd.Process.Pid)
-	return u
-}
-
-func (c *child) stop() {
-	_ = c.cmd.Process.Signal(os.Interrupt)
-	done := make(chan error, 1)
-	go func() { done <- c.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-done
-	}
-	c.log.Close()
 }
 
 // selfSigned returns a PEM certificate and key for Traefik's default certificate.

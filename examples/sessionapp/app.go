@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -73,9 +74,7 @@ type App struct {
 
 // New builds an App from cfg, filling defaults.
 func New(cfg Config) *App {
-	if cfg.Cookie == "" {
-		cfg.Cookie = "sessionapp_id"
-	}
+	cfg.Cookie = cmp.Or(cfg.Cookie, "sessionapp_id")
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = 20 * time.Minute
 	}
@@ -127,9 +126,7 @@ func (a *App) registerMetrics() {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sessionapp_refusing", Help: "1 when the app refuses new sessions with 503.",
 		}, func() float64 {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			if a.refusing {
+			if a.isRefusing() {
 				return 1
 			}
 			return 0
@@ -248,10 +245,7 @@ func (a *App) session(w http.ResponseWriter, r *http.Request, bump int64) (sessi
 	if v, ok := a.lookup(r, bump); ok {
 		return v, true
 	}
-	a.mu.Lock()
-	refusing := a.refusing
-	a.mu.Unlock()
-	if refusing {
+	if a.isRefusing() {
 		a.refused.Inc()
 		w.Header().Set("Retry-After", strconv.Itoa(int(a.cfg.RetryAfter.Seconds())))
 		http.Error(w, fmt.Sprintf("%s is not accepting new sessions", a.cfg.Name), http.StatusServiceUnavailable)
@@ -269,12 +263,7 @@ func (a *App) session(w http.ResponseWriter, r *http.Request, bump int64) (sessi
 	return sessionView{ID: s.id, Counter: s.counter, New: true}, true
 }
 
-func prefix(id string) string {
-	if len(id) > 8 {
-		return id[:8]
-	}
-	return id
-}
+func prefix(id string) string { return id[:min(len(id), 8)] }
 
 var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>sessionapp {{.Instance}}</title>
@@ -435,10 +424,7 @@ func (a *App) handleHealth(w http.ResponseWriter, _ *http.Request) {
 // --available-url, never a liveness check: an Envoy health check on it would move the
 // sessions of a full server.
 func (a *App) handleReady(w http.ResponseWriter, _ *http.Request) {
-	a.mu.Lock()
-	refusing := a.refusing
-	a.mu.Unlock()
-	if refusing {
+	if a.isRefusing() {
 		http.Error(w, a.cfg.Name+" is full", http.StatusServiceUnavailable)
 		return
 	}
@@ -512,11 +498,13 @@ func (a *App) handleSetLoad(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, a.loadStatus())
 }
 
-func (a *App) refuseStatus() map[string]bool {
+func (a *App) isRefusing() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return map[string]bool{"refusing": a.refusing}
+	return a.refusing
 }
+
+func (a *App) refuseStatus() map[string]bool { return map[string]bool{"refusing": a.isRefusing()} }
 
 func (a *App) handleGetRefuse(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.refuseStatus()) }
 

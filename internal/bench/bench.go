@@ -93,24 +93,14 @@ type Config struct {
 }
 
 func (c *Config) withDefaults() error {
-	if c.Instances <= 0 {
-		c.Instances = 100
-	}
-	if c.Services <= 0 {
-		c.Services = max(c.Instances/10, 1)
-	}
+	orDefault(&c.Instances, 100)
+	orDefault(&c.Services, max(c.Instances/10, 1))
 	if c.Services > c.Instances {
 		return fmt.Errorf("services (%d) must not outnumber instances (%d)", c.Services, c.Instances)
 	}
-	if c.Envoys <= 0 {
-		c.Envoys = 10
-	}
-	if c.Rate <= 0 {
-		c.Rate = 200
-	}
-	if c.Duration <= 0 {
-		c.Duration = 30 * time.Second
-	}
+	orDefault(&c.Envoys, 10)
+	orDefault(&c.Rate, 200)
+	orDefault(&c.Duration, 30*time.Second)
 	switch c.Variant {
 	case "":
 		c.Variant = VariantBoth
@@ -118,28 +108,23 @@ func (c *Config) withDefaults() error {
 	default:
 		return fmt.Errorf("variant %q: want sotw, delta or both", c.Variant)
 	}
-	if c.ChangeTimeout <= 0 {
-		c.ChangeTimeout = 10 * time.Second
-	}
-	if c.ClientsPerConn <= 0 {
-		c.ClientsPerConn = 100
-	}
-	if c.LoadProbes <= 0 {
-		c.LoadProbes = 5
-	}
-	if c.Spaced <= 0 {
-		c.Spaced = 50
-	}
-	if c.SpacedGap <= 0 {
-		c.SpacedGap = 250 * time.Millisecond
-	}
-	if c.BurstSize <= 0 {
-		c.BurstSize = 500
-	}
+	orDefault(&c.ChangeTimeout, 10*time.Second)
+	orDefault(&c.ClientsPerConn, 100)
+	orDefault(&c.LoadProbes, 5)
+	orDefault(&c.Spaced, 50)
+	orDefault(&c.SpacedGap, 250*time.Millisecond)
+	orDefault(&c.BurstSize, 500)
 	if c.SpacedKind != "" && !slices.ContainsFunc(kindShares, func(k kindShare) bool { return k.kind == c.SpacedKind }) {
 		return fmt.Errorf("spaced kind %q: want %s, %s, %s or %s", c.SpacedKind, KindLoad, KindState, KindRegister, KindExpire)
 	}
 	return nil
+}
+
+// orDefault sets *v to d unless *v is positive.
+func orDefault[T int | float64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }
 
 // Limits of the phases outside the scenario.
@@ -157,7 +142,7 @@ type harness struct {
 	log      zerolog.Logger
 	etcd     *etcdembed.Server
 	cli      *clientv3.Client
-	cp       *childControlPlane
+	cp       *ControlPlane
 	svcs     []*svcState
 	nextID   atomic.Int64
 	variants []xdsclient.Variant
@@ -183,11 +168,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, err
 	}
 	h := &harness{cfg: cfg, log: cfg.Logger, obs: newObserver()}
-	switch cfg.Variant {
-	case VariantBoth:
+	h.variants = []xdsclient.Variant{cfg.Variant}
+	if cfg.Variant == VariantBoth {
 		h.variants = []xdsclient.Variant{xdsclient.Delta, xdsclient.SotW}
-	default:
-		h.variants = []xdsclient.Variant{cfg.Variant}
 	}
 	dir := cfg.WorkDir
 	if dir != "" {
@@ -195,8 +178,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		if _, err := os.Stat(filepath.Join(dir, "etcd")); err == nil {
 			return nil, fmt.Errorf("work dir %s already holds etcd data from an earlier run: give an empty or new directory", dir)
 		}
-	}
-	if dir == "" {
+	} else {
 		if dir, err = os.MkdirTemp("", "tether-bench-"); err != nil {
 			return nil, fmt.Errorf("work dir: %w", err)
 		}
@@ -240,7 +222,7 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	conns := (cfg.Envoys + cfg.ClientsPerConn - 1) / cfg.ClientsPerConn
 	cpArgs := append([]string{"--max-conns-per-peer", strconv.Itoa(conns + 16), "--max-streams-per-conn", strconv.Itoa(cfg.ClientsPerConn + 16),
 		"--max-services", strconv.Itoa(cfg.Services + 1), "--max-instances-per-service", strconv.Itoa(cfg.Instances + 1)}, cfg.ControlPlaneArgs...)
-	cp, err := startControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), readyTimeout, cpArgs)
+	cp, err := StartControlPlane(ctx, bin, h.etcd.Endpoints, filepath.Join(dir, "controlplane.log"), cpArgs)
 	if err != nil {
 		return nil, err
 	}
@@ -253,11 +235,11 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 	}
 	rep.ConnectSeconds = time.Since(start).Seconds()
 	h.log.Info().Int("envoys", cfg.Envoys).Dur("took", time.Since(start)).Msg("simulated Envoys hold the full configuration")
-	u, err := h.cp.usage(ctx)
+	u, err := h.cp.Usage(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rep.ConnectPeakRSSBytes = u.peakRSS
+	rep.ConnectPeakRSSBytes = u.PeakRSS
 	reset := h.cp.resetPeakRSS()
 	if reset != nil {
 		h.log.Warn().Err(reset).Msg("the scenario's peak memory is not told apart from the connection's")
@@ -274,10 +256,10 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		return nil, err
 	}
 	if reset == nil {
-		if u, err = h.cp.usage(ctx); err != nil {
+		if u, err = h.cp.Usage(ctx); err != nil {
 			return nil, err
 		}
-		rep.ScenarioPeakRSSBytes = u.peakRSS
+		rep.ScenarioPeakRSSBytes = u.PeakRSS
 	}
 	if err := h.bursts(ctx, rep); err != nil {
 		return nil, err
@@ -298,10 +280,10 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 		}
 		rep.Variants[i].FirstConfigMs = float64(d.Microseconds()) / 1000
 	}
-	if u, err = h.cp.usage(ctx); err != nil {
+	if u, err = h.cp.Usage(ctx); err != nil {
 		return nil, err
 	}
-	rep.ControlPlanePeakRSSBytes = max(u.peakRSS, rep.ConnectPeakRSSBytes)
+	rep.ControlPlanePeakRSSBytes = max(u.PeakRSS, rep.ConnectPeakRSSBytes)
 	for _, e := range h.envoys {
 		if e.failed.Load() {
 			rep.Variants[e.variant].StreamErrors++
@@ -311,11 +293,11 @@ func (h *harness) run(ctx context.Context, dir string) (*Report, error) {
 }
 
 func (h *harness) startEtcd(ctx context.Context, dir string) error {
-	client, err := freeAddr()
+	client, err := FreeAddr()
 	if err != nil {
 		return err
 	}
-	peer, err := freeAddr()
+	peer, err := FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -346,7 +328,7 @@ func (h *harness) connect(ctx context.Context) error {
 	h.holds = newHoldings(clusters, h.cfg.Envoys)
 	for i := range h.cfg.Envoys {
 		if i%h.cfg.ClientsPerConn == 0 {
-			conn, err := dial(h.cp.xds)
+			conn, err := dial(h.cp.XDSAddr)
 			if err != nil {
 				return err
 			}
@@ -422,7 +404,7 @@ func dial(addr string) (*grpc.ClientConn, error) {
 // firstConfig connects one more Envoy of variant and times how long it takes to hold the
 // full configuration.
 func (h *harness) firstConfig(ctx context.Context, variant xdsclient.Variant, vi int) (time.Duration, error) {
-	conn, err := dial(h.cp.xds)
+	conn, err := dial(h.cp.XDSAddr)
 	if err != nil {
 		return 0, err
 	}
@@ -463,7 +445,7 @@ func (h *harness) close(cancel context.CancelFunc) error {
 		c.Close()
 	}
 	if h.cp != nil {
-		errs = append(errs, h.cp.stop())
+		errs = append(errs, h.cp.Stop())
 	}
 	if h.cli != nil {
 		h.cli.Close()

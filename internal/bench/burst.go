@@ -121,17 +121,17 @@ func (h *harness) bursts(ctx context.Context, rep *Report) error {
 			}
 		}
 		done()
-		br.Propagation = summarize(lat)
+		br.Propagation = Summarize(lat)
 		br.AllHeldMs = float64(last.Microseconds()) / 1000
 		rep.Bursts = append(rep.Bursts, br)
 		h.log.Info().Int("burst", b).Int("changes", br.Changes).Float64("allHeldMs", br.AllHeldMs).Int("missed", br.Missed).Msg("burst held")
 	}
 	if reset == nil {
-		u, err := h.cp.usage(ctx)
+		u, err := h.cp.Usage(ctx)
 		if err != nil {
 			return err
 		}
-		rep.BurstPeakRSSBytes = u.peakRSS
+		rep.BurstPeakRSSBytes = u.PeakRSS
 	}
 	return nil
 }

@@ -36,20 +36,48 @@ func BuildControlPlane(ctx context.Context, dir string) (string, error) {
 	return bin, nil
 }
 
-// childControlPlane is tether-controlplane running as a child process, so that its CPU time
-// and memory are its own and not mixed with the harness's.
-type childControlPlane struct {
-	cmd   *exec.Cmd
-	proc  *process.Process
-	xds   string
-	admin string
-	log   *os.File
-	done  chan struct{}
-	err   error
+// Child is a process the harness started, its output in a log file, so that its CPU time and
+// memory are its own and not mixed with the harness's.
+type Child struct {
+	cmd  *exec.Cmd
+	proc *process.Process
+	log  *os.File
+	done chan struct{}
+	err  error
 }
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr() (string, error) {
+// StartChild starts bin with args, its stdout and stderr in logPath.
+func StartChild(logPath, bin string, args ...string) (*Child, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, fmt.Errorf("log of %s: %w", bin, err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	c := &Child{cmd: cmd, log: logf, done: make(chan struct{})}
+	go func() {
+		c.err = cmd.Wait()
+		close(c.done)
+	}()
+	if c.proc, err = process.NewProcess(int32(cmd.Process.Pid)); err != nil {
+		return nil, errors.Join(fmt.Errorf("inspect process of %s: %w", bin, err), c.Stop())
+	}
+	return c, nil
+}
+
+// ControlPlane is tether-controlplane running as a child process.
+type ControlPlane struct {
+	*Child
+	XDSAddr string // where it serves xDS
+	admin   string
+}
+
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("find a free port: %w", err)
@@ -58,47 +86,33 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// startControlPlane starts bin against etcd endpoints and waits until /readyz answers 200.
-// The control plane's logs (warnings and errors) go to logPath.
-func startControlPlane(ctx context.Context, bin string, endpoints []string, logPath string, readyTimeout time.Duration, extra []string) (*childControlPlane, error) {
-	xds, err := freeAddr()
+// StartControlPlane starts bin against etcd endpoints with extra flags and waits until
+// /readyz answers 200. The control plane's logs (warnings and errors) go to logPath.
+func StartControlPlane(ctx context.Context, bin string, endpoints []string, logPath string, extra []string) (*ControlPlane, error) {
+	xds, err := FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	admin, err := freeAddr()
+	admin, err := FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, fmt.Errorf("control plane log: %w", err)
-	}
-	args := append([]string{
+	child, err := StartChild(logPath, bin, append([]string{
 		"--etcd-endpoints", strings.Join(endpoints, ","),
 		"--xds-addr", xds, "--admin-addr", admin,
-		"--log-level", "warn", "--log-format", "json"}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+		"--log-level", "warn", "--log-format", "json"}, extra...)...)
+	if err != nil {
+		return nil, err
 	}
-	c := &childControlPlane{cmd: cmd, xds: xds, admin: admin, log: logf, done: make(chan struct{})}
-	go func() {
-		c.err = cmd.Wait()
-		close(c.done)
-	}()
-	if c.proc, err = process.NewProcess(int32(cmd.Process.Pid)); err != nil {
-		return nil, errors.Join(fmt.Errorf("inspect control plane process: %w", err), c.stop())
-	}
-	if err := c.waitReady(ctx, readyTimeout); err != nil {
-		return nil, errors.Join(err, c.stop())
+	c := &ControlPlane{Child: child, XDSAddr: xds, admin: admin}
+	if err := c.waitReady(ctx); err != nil {
+		return nil, errors.Join(err, c.Stop())
 	}
 	return c, nil
 }
 
-func (c *childControlPlane) waitReady(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+func (c *ControlPlane) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	client := &http.Client{Timeout: time.Second}
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -119,33 +133,34 @@ func (c *childControlPlane) waitReady(ctx context.Context, timeout time.Duration
 		case <-c.done:
 			return fmt.Errorf("control plane exited before it was ready: %v (log: %s)", c.err, c.log.Name())
 		case <-ctx.Done():
-			return fmt.Errorf("control plane not ready after %s (log: %s)", timeout, c.log.Name())
+			return fmt.Errorf("control plane not ready after %s (log: %s)", readyTimeout, c.log.Name())
 		case <-tick.C:
 		}
 	}
 }
 
-// usage is the control plane's CPU time so far and its peak resident memory.
-type usage struct {
-	cpuSeconds float64
-	peakRSS    int64
+// Usage is a process's CPU time so far and its peak resident memory.
+type Usage struct {
+	CPUSeconds float64
+	PeakRSS    int64
 }
 
-func (c *childControlPlane) usage(ctx context.Context) (usage, error) {
+// Usage reads the process's CPU time and peak resident memory.
+func (c *Child) Usage(ctx context.Context) (Usage, error) {
 	t, err := c.proc.TimesWithContext(ctx)
 	if err != nil {
-		return usage{}, fmt.Errorf("control plane CPU times: %w", err)
+		return Usage{}, fmt.Errorf("CPU times of %s: %w", c.cmd.Path, err)
 	}
 	hwm, err := peakRSS(c.cmd.Process.Pid)
 	if err != nil {
-		return usage{}, err
+		return Usage{}, err
 	}
-	return usage{cpuSeconds: t.User + t.System, peakRSS: hwm}, nil
+	return Usage{CPUSeconds: t.User + t.System, PeakRSS: hwm}, nil
 }
 
 // resetPeakRSS starts a new VmHWM measurement of the control plane (Linux's clear_refs 5),
 // so that the scenario's peak is told apart from the initial connection of every Envoy.
-func (c *childControlPlane) resetPeakRSS() error {
+func (c *ControlPlane) resetPeakRSS() error {
 	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", c.cmd.Process.Pid), []byte("5"), 0); err != nil {
 		return fmt.Errorf("reset peak RSS: %w", err)
 	}
@@ -172,7 +187,7 @@ func peakRSS(pid int) (int64, error) {
 }
 
 // metrics scrapes the control plane's /metrics and sums every sample by metric name.
-func (c *childControlPlane) metrics(ctx context.Context) (map[string]float64, error) {
+func (c *ControlPlane) metrics(ctx context.Context) (map[string]float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.admin+"/metrics", nil)
@@ -207,8 +222,8 @@ func parseMetrics(r io.Reader) (map[string]float64, error) {
 	return out, nil
 }
 
-// stop sends SIGTERM, waits up to 15 s for a graceful exit, then kills the process.
-func (c *childControlPlane) stop() error {
+// Stop sends SIGTERM, waits up to 15 s for a graceful exit, then kills the process.
+func (c *Child) Stop() error {
 	defer c.log.Close()
 	select {
 	case <-c.done:
@@ -216,7 +231,7 @@ func (c *childControlPlane) stop() error {
 	default:
 	}
 	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("stop control plane: %w", err)
+		return fmt.Errorf("stop %s: %w", c.cmd.Path, err)
 	}
 	t := time.NewTimer(15 * time.Second)
 	defer t.Stop()
@@ -226,41 +241,6 @@ func (c *childControlPlane) stop() error {
 	case <-t.C:
 		kerr := c.cmd.Process.Kill()
 		<-c.done
-		return errors.Join(errors.New("control plane did not stop within 15 s of SIGTERM; killed"), kerr)
+		return errors.Join(fmt.Errorf("%s did not stop within 15 s of SIGTERM; killed", c.cmd.Path), kerr)
 	}
 }
-
-// ControlPlane is tether-controlplane as a child process, for harnesses outside this package
-// (tether-bench's peer comparison, build tag peer).
-type ControlPlane struct{ c *childControlPlane }
-
-// StartControlPlane starts bin against etcd endpoints with extra flags, its log in logPath,
-// and waits until it is ready.
-func StartControlPlane(ctx context.Context, bin string, endpoints []string, logPath string, extra []string) (*ControlPlane, error) {
-	c, err := startControlPlane(ctx, bin, endpoints, logPath, readyTimeout, extra)
-	if err != nil {
-		return nil, err
-	}
-	return &ControlPlane{c}, nil
-}
-
-// XDSAddr is where the control plane serves xDS.
-func (c *ControlPlane) XDSAddr() string { return c.c.xds }
-
-// Usage returns the control plane's CPU seconds so far and its peak RSS in bytes.
-func (c *ControlPlane) Usage(ctx context.Context) (float64, int64, error) {
-	u, err := c.c.usage(ctx)
-	return u.cpuSeconds, u.peakRSS, err
-}
-
-// Stop stops the control plane (see childControlPlane.stop).
-func (c *ControlPlane) Stop() error { return c.c.stop() }
-
-// FreeAddr returns a loopback address with a port that was free a moment ago.
-func FreeAddr() (string, error) { return freeAddr() }
-
-// PeakRSS reads a process's peak resident set size (Linux).
-func PeakRSS(pid int) (int64, error) { return peakRSS(pid) }
-
-// Summarize computes p50, p99 and max of samples (it sorts them in place).
-func Summarize(samples []time.Duration) Latency { return summarize(samples) }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"slices"
@@ -19,8 +20,8 @@ type Latency struct {
 	Max     float64 `json:"maxMs"`
 }
 
-// summarize computes p50, p99 and max of samples (it sorts them in place).
-func summarize(samples []time.Duration) Latency {
+// Summarize computes p50, p99 and max of samples (it sorts them in place).
+func Summarize(samples []time.Duration) Latency {
 	if len(samples) == 0 {
 		return Latency{}
 	}
@@ -169,13 +170,9 @@ func WriteTable(w io.Writer, reports []*Report) error {
 	cols = []string{"N", "S", "E", "variant", "CP flags", "changes", "etcd floor p50", "floor p99", "propagation p50", "p99", "over floor p50", "over floor p99", "over floor max", "missed", "CP event to push", "CP translate", ""}
 	fmt.Fprintln(tw, strings.Join(cols, "\t"))
 	for _, r := range reports {
-		flags := strings.Join(r.ControlPlaneArgs, " ")
-		if flags == "" {
-			flags = "defaults"
-		}
 		for _, v := range r.Variants {
 			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%.2f\t%.2f\t\n",
-				r.Instances, r.Services, v.Envoys, v.Variant, flags, r.SpacedChanges, r.SpacedFloor.P50, r.SpacedFloor.P99,
+				r.Instances, r.Services, v.Envoys, v.Variant, r.cpFlags(), r.SpacedChanges, r.SpacedFloor.P50, r.SpacedFloor.P99,
 				v.SpacedPropagation.P50, v.SpacedPropagation.P99, v.SpacedOverFloor.P50, v.SpacedOverFloor.P99, v.SpacedOverFloor.Max, v.SpacedMissed,
 				r.SpacedEventToPushMeanMs, r.SpacedTranslateMeanMs)
 		}
@@ -186,6 +183,9 @@ func WriteTable(w io.Writer, reports []*Report) error {
 	return writeBursts(w, reports)
 }
 
+// cpFlags are the control plane's extra flags as the tables show them.
+func (r *Report) cpFlags() string { return cmp.Or(strings.Join(r.ControlPlaneArgs, " "), "defaults") }
+
 // writeBursts prints the bursts of the reports that made any.
 func writeBursts(w io.Writer, reports []*Report) error {
 	if !slices.ContainsFunc(reports, func(r *Report) bool { return len(r.Bursts) > 0 }) {
@@ -195,12 +195,8 @@ func writeBursts(w io.Writer, reports []*Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, strings.Join([]string{"N", "S", "E", "CP flags", "burst", "changes", "p50", "p99", "all held", "missed", "CP MB bursts", ""}, "\t"))
 	for _, r := range reports {
-		flags := strings.Join(r.ControlPlaneArgs, " ")
-		if flags == "" {
-			flags = "defaults"
-		}
 		for i, b := range r.Bursts {
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.0f\t\n", r.Instances, r.Services, r.Envoys, flags, i+1, b.Changes,
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.0f\t\n", r.Instances, r.Services, r.Envoys, r.cpFlags(), i+1, b.Changes,
 				b.Propagation.P50, b.Propagation.P99, b.AllHeldMs, b.Missed, float64(r.BurstPeakRSSBytes)/(1<<20))
 		}
 	}

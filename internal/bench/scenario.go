@@ -373,7 +373,7 @@ func (h *harness) scenario(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	u0, err := h.cp.usage(ctx)
+	u0, err := h.cp.Usage(ctx)
 	if err != nil {
 		return err
 	}
@@ -429,7 +429,7 @@ func (h *harness) scenario(ctx context.Context, rep *Report) error {
 		return fmt.Errorf("scenario: %w", err)
 	}
 	wall := time.Since(start).Seconds()
-	u1, err := h.cp.usage(ctx)
+	u1, err := h.cp.Usage(ctx)
 	if err != nil {
 		return err
 	}
@@ -442,10 +442,10 @@ func (h *harness) scenario(ctx context.Context, rep *Report) error {
 	rep.DurationSeconds = wall
 	rep.Changes = res.kinds
 	rep.Skipped = res.skipped
-	rep.EtcdFloor = summarize(res.floor)
+	rep.EtcdFloor = Summarize(res.floor)
 	rep.FloorMissed = res.floorNo
-	rep.EtcdWrite = summarize(res.write)
-	rep.ControlPlaneCPUSeconds = u1.cpuSeconds - u0.cpuSeconds
+	rep.EtcdWrite = Summarize(res.write)
+	rep.ControlPlaneCPUSeconds = u1.CPUSeconds - u0.CPUSeconds
 	rep.ControlPlaneCores = rep.ControlPlaneCPUSeconds / wall
 	rep.HarnessCores = (cpuSelf() - self0) / wall
 	rep.PushesPerSecond = (m1["tether_snapshots_total"] - m0["tether_snapshots_total"]) / wall
@@ -461,7 +461,7 @@ func (h *harness) scenario(ctx context.Context, rep *Report) error {
 		changes += n
 	}
 	for i, v := range h.variants {
-		vr := VariantReport{Variant: v, Envoys: h.envoysOf(i), Propagation: summarize(res.lat[i]), Missed: res.missed[i]}
+		vr := VariantReport{Variant: v, Envoys: h.envoysOf(i), Propagation: Summarize(res.lat[i]), Missed: res.missed[i]}
 		if rep.HeldExpiries < res.unseenExpiry {
 			vr.Missed += res.unseenExpiries[i]
 		}

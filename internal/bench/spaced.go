@@ -63,7 +63,7 @@ func (h *harness) spaced(ctx context.Context, rep *Report) error {
 			}
 		}
 	}
-	rep.SpacedFloor = summarize(floor)
+	rep.SpacedFloor = Summarize(floor)
 	m1, err := h.cp.metrics(ctx)
 	if err != nil {
 		return err
@@ -71,8 +71,8 @@ func (h *harness) spaced(ctx context.Context, rep *Report) error {
 	rep.SpacedTranslateMeanMs = meanDelta(m0, m1, "tether_translate_duration_seconds")
 	rep.SpacedEventToPushMeanMs = meanDelta(m0, m1, "tether_event_to_push_seconds")
 	for v := range h.variants {
-		rep.Variants[v].SpacedPropagation = summarize(prop[v])
-		rep.Variants[v].SpacedOverFloor = summarize(over[v])
+		rep.Variants[v].SpacedPropagation = Summarize(prop[v])
+		rep.Variants[v].SpacedOverFloor = Summarize(over[v])
 	}
 	return nil
 }

@@ -3,6 +3,7 @@
 package cptest
 
 import (
+	"cmp"
 	"context"
 	"reflect"
 	"testing"
@@ -20,18 +21,10 @@ import (
 // calls controlplane.Start itself.
 func Start(t testing.TB, cfg controlplane.Config) *controlplane.ControlPlane {
 	t.Helper()
-	if cfg.XDSAddr == "" {
-		cfg.XDSAddr = "127.0.0.1:0"
-	}
-	if cfg.AdminAddr == "" {
-		cfg.AdminAddr = "127.0.0.1:0"
-	}
-	if cfg.ShutdownTimeout == 0 {
-		cfg.ShutdownTimeout = 2 * time.Second
-	}
-	if cfg.Etcd.DialTimeout == 0 {
-		cfg.Etcd.DialTimeout = 2 * time.Second
-	}
+	cfg.XDSAddr = cmp.Or(cfg.XDSAddr, "127.0.0.1:0")
+	cfg.AdminAddr = cmp.Or(cfg.AdminAddr, "127.0.0.1:0")
+	cfg.ShutdownTimeout = cmp.Or(cfg.ShutdownTimeout, 2*time.Second)
+	cfg.Etcd.DialTimeout = cmp.Or(cfg.Etcd.DialTimeout, 2*time.Second)
 	if reflect.ValueOf(cfg.Logger).IsZero() {
 		cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	}

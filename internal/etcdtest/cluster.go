@@ -177,12 +177,7 @@ func (c *Cluster) Endpoints() []string {
 // Client returns a client of every member, closed when the test ends.
 func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("etcd client: %v", err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return newClient(t, c.Endpoints()...)
 }
 
 // Leader returns the member that leads the cluster, waiting (up to 30 s) for one that every

@@ -164,9 +164,15 @@ func (s *Server) Endpoints() []string { return []string{s.ClientURL} }
 // Client returns a new client, closed when the test ends.
 func (s *Server) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	return newClient(t, s.Endpoints()...)
+}
+
+// newClient returns a client of endpoints, closed when the test ends.
+func newClient(t testing.TB, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
-		t.Fatalf("etcd client: %v", err)
+		t.Fatalf("etcd client of %v: %v", endpoints, err)
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli

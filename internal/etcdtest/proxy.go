@@ -2,10 +2,8 @@ package etcdtest
 
 import (
 	"testing"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tetherlb/tether/internal/netcut"
 )
@@ -36,10 +34,5 @@ func (p *Proxy) Cut() { p.SetCut(true) }
 // Client returns a client that reaches etcd through the proxy only; it closes with the test.
 func (p *Proxy) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.URL()}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("etcd client through the proxy: %v", err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return newClient(t, p.URL())
 }

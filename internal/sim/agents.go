@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -35,12 +34,9 @@ const (
 
 // agentProc is one agent process beside a server.
 type agentProc struct {
-	srv          *server
 	withSessions bool // runs with --sessions-url
 	cmd          *exec.Cmd
 	done         chan struct{}
-	mu           sync.Mutex
-	exitErr      error
 }
 
 func (s *Sim) startAgent(srv *server, withSessions bool) (*agentProc, error) {
@@ -62,19 +58,16 @@ func (s *Sim) startAgent(srv *server, withSessions bool) (*agentProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(s.agentBin, args...) //nolint:gosec // G204: the agent binary the run built or was given, with its own flags
+	cmd := exec.Command(s.opts.AgentBin, args...) //nolint:gosec // G204: the agent binary the run built or was given, with its own flags
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close()
 		return nil, fmt.Errorf("start agent %s: %w", srv.id, err)
 	}
-	a := &agentProc{srv: srv, withSessions: withSessions, cmd: cmd, done: make(chan struct{})}
+	a := &agentProc{withSessions: withSessions, cmd: cmd, done: make(chan struct{})}
 	go func() {
-		err := cmd.Wait()
+		_ = cmd.Wait()
 		_ = logf.Close()
-		a.mu.Lock()
-		a.exitErr = err
-		a.mu.Unlock()
 		close(a.done)
 	}()
 	return a, nil

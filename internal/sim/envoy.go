@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,7 +27,6 @@ import (
 // until thawed, as an Envoy busy applying a large configuration.
 type envoy struct {
 	name    string
-	group   string
 	replica int
 	cli     *xdsclient.Client
 	// joined: its stream runs. In a late-join run (sim.go) only the first Envoy starts with
@@ -47,7 +48,7 @@ type envoy struct {
 }
 
 func newEnvoy(name, group string, v xdsclient.Variant, replica int) *envoy {
-	e := &envoy{name: name, group: group, replica: replica, cli: xdsclient.New(v, name, group)}
+	e := &envoy{name: name, replica: replica, cli: xdsclient.New(v, name, group)}
 	e.cli.NACK = e.nack
 	return e
 }
@@ -177,7 +178,7 @@ func (e *envoy) endpoints() string {
 		return fmt.Sprintf("error: %v", err)
 	}
 	var b strings.Builder
-	for _, name := range sortedKeys(t.hosts) {
+	for _, name := range slices.Sorted(maps.Keys(t.hosts)) {
 		fmt.Fprintf(&b, "%s: %s\n", name, strings.Join(t.sortedHosts(name), " "))
 	}
 	return b.String()

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -182,8 +183,7 @@ func (t *tables) route(ctx context.Context, client *http.Client, rng *rand.Rand,
 		return response{status: http.StatusNotFound, header: http.Header{}}, nil
 	}
 	if dr := r.GetDirectResponse(); dr != nil {
-		h := http.Header{}
-		return response{status: int(dr.GetStatus()), header: h, route: r.GetName()}, nil
+		return response{status: int(dr.GetStatus()), header: http.Header{}, route: r.GetName()}, nil
 	}
 	if rd := r.GetRedirect(); rd != nil {
 		return response{status: http.StatusFound, header: http.Header{}, route: r.GetName()}, nil
@@ -243,7 +243,7 @@ func (t *tables) route(ctx context.Context, client *http.Client, rng *rand.Rand,
 			resp = t.localReply(resp, "UF", hdr)
 			resp.err = err
 			if sess != nil {
-				t.encodeSessionFor(&resp, sess, cookieAddr, h)
+				t.encodeSession(&resp, sess, cookieAddr, h)
 			}
 			return resp, nil
 		}
@@ -254,7 +254,7 @@ func (t *tables) route(ctx context.Context, client *http.Client, rng *rand.Rand,
 		break
 	}
 	if sess != nil {
-		t.encodeSession(&resp, sess, cookieAddr)
+		t.encodeSession(&resp, sess, cookieAddr, resp.upstream)
 	}
 	return resp, nil
 }
@@ -483,10 +483,8 @@ func overrideHost(cl *clusterv3.Cluster, hosts []host, addr string, sess *sessio
 		if hh.addr != addr {
 			continue
 		}
-		for _, s := range cl.GetCommonLbConfig().GetOverrideHostStatus().GetStatuses() {
-			if s == hh.health {
-				return hh.addr, false, "used"
-			}
+		if slices.Contains(cl.GetCommonLbConfig().GetOverrideHostStatus().GetStatuses(), hh.health) {
+			return hh.addr, false, "used"
 		}
 		why = "host " + hh.health.String() + ", not in override_host_status"
 		break
@@ -516,7 +514,7 @@ func (t *tables) choose(cl *clusterv3.Cluster, ra *routev3.RouteAction, hosts []
 	}
 	fresh := healthy[:0:0]
 	for _, h := range healthy {
-		if !contains(tried, h.addr) {
+		if !slices.Contains(tried, h.addr) {
 			fresh = append(fresh, h)
 		}
 	}
@@ -559,15 +557,6 @@ func (t *tables) choose(cl *clusterv3.Cluster, ra *routev3.RouteAction, hosts []
 	return healthy[len(healthy)-1].addr
 }
 
-func contains(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 // retriable is the route's retry policy (row 6): 503 and connect failures (status 0) are
 // retried on another host when the route has a policy.
 func retriable(rp *routev3.RetryPolicy, status int) bool {
@@ -581,26 +570,15 @@ func retriable(rp *routev3.RetryPolicy, status int) bool {
 	if strings.Contains(on, "5xx") && status >= 500 {
 		return true
 	}
-	if strings.Contains(on, "retriable-status-codes") {
-		for _, c := range rp.GetRetriableStatusCodes() {
-			if int(c) == status {
-				return true
-			}
-		}
-	}
-	return false
+	return strings.Contains(on, "retriable-status-codes") && slices.Contains(rp.GetRetriableStatusCodes(), uint32(status))
 }
 
 // encodeSession is the stateful-session filter's encode path (StatefulSession::encodeHeaders,
-// stateful_session.cc; cookie.cc onUpdate): whenever the response came from an upstream host,
-// whatever its status, and that host is not the one the request's cookie named, the response
-// sets the cookie to that host. After retries the host is the last attempt's. A local reply
-// has no upstream host and sets nothing.
-func (t *tables) encodeSession(resp *response, sess *sessionCfg, cookieAddr string) {
-	t.encodeSessionFor(resp, sess, cookieAddr, resp.upstream)
-}
-
-func (t *tables) encodeSessionFor(resp *response, sess *sessionCfg, cookieAddr, host string) {
+// stateful_session.cc; cookie.cc onUpdate): whenever the response came from an upstream host
+// (host), whatever its status, and that host is not the one the request's cookie named, the
+// response sets the cookie to that host. After retries the host is the last attempt's. A
+// local reply has no upstream host and sets nothing.
+func (t *tables) encodeSession(resp *response, sess *sessionCfg, cookieAddr, host string) {
 	if host == "" || host == cookieAddr {
 		return
 	}
@@ -662,7 +640,7 @@ func filterHolds(f *accesslogv3.AccessLogFilter, flag string, hdr http.Header) (
 		}
 		return true, nil
 	case f.GetResponseFlagFilter() != nil:
-		return contains(f.GetResponseFlagFilter().GetFlags(), flag), nil
+		return slices.Contains(f.GetResponseFlagFilter().GetFlags(), flag), nil
 	case f.GetHeaderFilter() != nil:
 		hm := f.GetHeaderFilter().GetHeader()
 		v, present := hdr.Get(hm.GetName()), len(hdr.Values(hm.GetName())) > 0

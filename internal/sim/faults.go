@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"math/rand/v2"
 	"sort"
@@ -91,7 +92,7 @@ func makeSchedule(seed int64, d time.Duration, only []string, topo topology) []s
 	total := 0
 	weights := map[string]int{}
 	for _, f := range faultWeights {
-		if len(only) > 0 && !contains(only, f.kind) {
+		if len(only) > 0 && !slices.Contains(only, f.kind) {
 			continue
 		}
 		if (f.kind == FaultEtcdMember || f.kind == FaultEtcdLeader) && topo.members < 3 || f.kind == FaultCutOff && topo.replicas < 2 {
@@ -129,9 +130,7 @@ func (s *Sim) inject(ctx context.Context) {
 			return
 		case <-time.After(time.Until(s.start.Add(f.at))):
 		}
-		s.mu.Lock()
-		s.faults[f.kind]++
-		s.mu.Unlock()
+		s.locked(func() { s.faults[f.kind]++ })
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -165,6 +164,12 @@ func (s *Sim) pickServer(service string, pick uint64, withAgent bool) *server {
 	return s.servers[ids[pick%uint64(len(ids))]]
 }
 
+// pickEnvoy chooses a joined Envoy by the fault's pick.
+func (s *Sim) pickEnvoy(pick uint64) *envoy {
+	envoys := s.joinedEnvoys()
+	return envoys[pick%uint64(len(envoys))]
+}
+
 func (s *Sim) apply(ctx context.Context, f scheduled) {
 	switch f.kind {
 	case FaultLeaseStorm, FaultLeaseStagger:
@@ -191,9 +196,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			s.event([]string{srv.id}, "restart of %s's agent failed: %v", srv.id, err)
 			return
 		}
-		s.mu.Lock()
-		s.agents[srv.id] = na
-		s.mu.Unlock()
+		s.locked(func() { s.agents[srv.id] = na })
 		s.event([]string{srv.id}, "%s's agent restarted", srv.id)
 	case FaultAgentStop, FaultServerCrash:
 		srv := s.pickServer(svcApp, f.pick, true)
@@ -213,9 +216,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			s.event([]string{srv.id}, "%s's agent exited; %s stops with %d sessions", srv.id, srv.id, srv.sessionCount())
 			srv.stop(true)
 		}
-		if _, err := s.addServer(svcApp, s.currentVersion(), f.pick%4 != 0); err != nil {
-			s.event(nil, "join failed: %v", err)
-		}
+		s.join(f.pick%4 != 0)
 	case FaultDrainID:
 		srv := s.pickServer(svcApp, f.pick, false)
 		if srv == nil {
@@ -239,14 +240,10 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		s.event(nil, "fault: control plane %d stops; starts again in %s (a server joins meanwhile: %v)", i, f.dur.Round(time.Millisecond), join)
 		s.stopCP(i)
 		if join {
-			if _, err := s.addServer(svcApp, s.currentVersion(), true); err != nil {
-				s.event(nil, "join failed: %v", err)
-			}
+			s.join(true)
 		}
 		sleep(ctx, f.dur)
-		s.mu.Lock()
-		s.lastCPRestart = time.Now()
-		s.mu.Unlock()
+		s.locked(func() { s.lastCPRestart = time.Now() })
 		if err := s.startCP(context.WithoutCancel(ctx), i); err != nil {
 			s.event(nil, "control plane %d did not start again: %v", i, err)
 			return
@@ -262,8 +259,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		}
 	case FaultBadConfig:
 		key := registry.ServiceKey(registry.DefaultPrefix, svcShop)
-		bad := `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true},"lbPolicy":"fastest"}`
-		if _, err := s.cli.Put(ctx, key, bad); err != nil {
+		if _, err := s.cli.Put(ctx, key, badShopConfig); err != nil {
 			return
 		}
 		s.event(nil, "fault: an operator writes an invalid shop configuration (lbPolicy fastest); fixed in %s", f.dur.Round(time.Millisecond))
@@ -276,8 +272,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 		// meanwhile (the embedded etcd every hour, production ones every 5-60 minutes), and a
 		// control plane restarts before anyone fixes it.
 		key := registry.ServiceKey(registry.DefaultPrefix, svcShop)
-		bad := `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true},"lbPolicy":"fastest"}`
-		put, err := s.cli.Put(ctx, key, bad)
+		put, err := s.cli.Put(ctx, key, badShopConfig)
 		if err != nil {
 			return
 		}
@@ -287,9 +282,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			return
 		}
 		s.stopCP(0)
-		s.mu.Lock()
-		s.lastCPRestart = time.Now()
-		s.mu.Unlock()
+		s.locked(func() { s.lastCPRestart = time.Now() })
 		if err := s.startCP(context.WithoutCancel(ctx), 0); err != nil {
 			s.event(nil, "control plane 0 did not start again: %v", err)
 		}
@@ -334,9 +327,7 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			p.SetCut(true)
 		}
 		if join {
-			if _, err := s.addServer(svcApp, s.currentVersion(), true); err != nil {
-				s.event(nil, "join failed: %v", err)
-			}
+			s.join(true)
 		}
 		sleep(ctx, d)
 		for _, p := range s.cuts {
@@ -384,45 +375,43 @@ func (s *Sim) apply(ctx context.Context, f scheduled) {
 			srv.setRefusing(false)
 		}
 	case FaultJoin:
-		if _, err := s.addServer(svcApp, s.currentVersion(), f.pick%4 != 0); err != nil {
-			s.event(nil, "join failed: %v", err)
-		}
+		s.join(f.pick%4 != 0)
 	case FaultMassDelete:
 		// What a mistaken `etcdctl del --prefix` does: every instance gone in one revision.
 		resp, err := s.cli.Delete(ctx, registry.InstancesPrefix(registry.DefaultPrefix), clientv3.WithPrefix())
 		if err == nil {
-			s.mu.Lock()
-			s.lastStorm = time.Now()
-			s.mu.Unlock()
+			s.locked(func() { s.lastStorm = time.Now() })
 			s.event(nil, "fault: every instance key deleted in one transaction (%d keys)", resp.Deleted)
 		}
 	case FaultSlowJoin:
 		// An Envoy busy applying a large configuration when a server joins: two-phase
 		// publication must keep the new server from new sessions until that Envoy knows it.
-		envoys := s.joinedEnvoys()
-		e := envoys[f.pick%uint64(len(envoys))]
+		e := s.pickEnvoy(f.pick)
 		s.event(nil, "fault: %s applies and ACKs endpoints late while a server joins, for %s", e.name, maxSlow.Round(time.Millisecond))
 		e.freeze()
-		if _, err := s.addServer(svcApp, s.currentVersion(), f.pick%4 != 0); err != nil {
-			s.event(nil, "join failed: %v", err)
-		}
+		s.join(f.pick%4 != 0)
 		sleep(ctx, maxSlow)
 		e.thaw()
 	case FaultEnvoyReconnect:
-		envoys := s.joinedEnvoys()
-		e := envoys[f.pick%uint64(len(envoys))]
+		e := s.pickEnvoy(f.pick)
 		s.event(nil, "fault: %s's stream breaks; it reconnects", e.name)
 		e.reconnect()
 	case FaultEnvoySlow:
 		// Slower than --publish-settle, an Envoy is reported lagging and no longer holds a
 		// promotion back (design.md, two-phase publication): a documented limit, not drawn.
 		d := min(f.dur, maxSlow)
-		envoys := s.joinedEnvoys()
-		e := envoys[f.pick%uint64(len(envoys))]
+		e := s.pickEnvoy(f.pick)
 		s.event(nil, "fault: %s applies and ACKs endpoints late, for %s", e.name, d.Round(time.Millisecond))
 		e.freeze()
 		sleep(ctx, d)
 		e.thaw()
+	}
+}
+
+// join adds a server of app at the current version.
+func (s *Sim) join(withSessions bool) {
+	if _, err := s.addServer(svcApp, s.currentVersion(), withSessions); err != nil {
+		s.event(nil, "join failed: %v", err)
 	}
 }
 
@@ -450,14 +439,8 @@ func (s *Sim) leaseStorm(ctx context.Context, f scheduled) {
 		return
 	}
 	s.event(nil, "fault: %s: %d leases revoked", f.kind, len(resp.Leases))
-	s.mu.Lock()
-	s.lastStorm = time.Now()
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.lastStorm = time.Now()
-		s.mu.Unlock()
-	}()
+	s.locked(func() { s.lastStorm = time.Now() })
+	defer s.locked(func() { s.lastStorm = time.Now() })
 	for _, l := range resp.Leases {
 		if f.kind == FaultLeaseStagger {
 			sleep(ctx, time.Duration(f.pick%300)*time.Millisecond)

@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,7 +44,7 @@ static_resources:
         explicit_http_config: {http2_protocol_options: {}}
     load_assignment:
       cluster_name: xds_cluster
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %d}}}}]}]
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %s}}}}]}]
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: %d}}
 `
@@ -53,7 +54,7 @@ func (s *Sim) startRealEnvoy(listen int) (*realEnvoy, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, xdsPort, err := splitPort(s.cpAddr(0))
+	_, xdsPort, err := net.SplitHostPort(s.cpAddr(0))
 	if err != nil {
 		return nil, err
 	}
@@ -79,16 +80,6 @@ func (s *Sim) startRealEnvoy(listen int) (*realEnvoy, error) {
 		close(r.done)
 	}()
 	return r, nil
-}
-
-func splitPort(addr string) (string, int, error) {
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			p, err := strconv.Atoi(addr[i+1:])
-			return addr[:i], p, err
-		}
-	}
-	return "", 0, fmt.Errorf("address %q has no port", addr)
 }
 
 // serve sends one request through the real Envoy. What Envoy did inside (the override, the

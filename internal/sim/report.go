@@ -3,6 +3,8 @@ package sim
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -15,7 +17,7 @@ func WriteTable(w io.Writer, results []Result) {
 	total := 0
 	for _, r := range results {
 		var fs []string
-		for _, k := range sortedKeys(r.Faults) {
+		for _, k := range slices.Sorted(maps.Keys(r.Faults)) {
 			fs = append(fs, fmt.Sprintf("%s %d", k, r.Faults[k]))
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Seed, r.Topology, strings.Join(fs, ", "), r.Stats.Requests,
@@ -69,7 +71,7 @@ func WriteKinds(w io.Writer, results []Result) {
 	}
 	fmt.Fprintln(w, "\nviolations by invariant and likely cause:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	for _, k := range sortedKeys(count) {
+	for _, k := range slices.Sorted(maps.Keys(count)) {
 		fmt.Fprintf(tw, "  invariant %s\t%d\tseeds %s\n", k, count[k], strings.Join(seeds[k], ","))
 	}
 	_ = tw.Flush()

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -71,7 +73,7 @@ func (s *Sim) checkStatus(ctx context.Context) {
 			for cl := range t.hosts {
 				held[cl] = strings.Join(t.sortedHosts(cl), " ")
 			}
-			for _, cl := range sortedKeys(said) {
+			for _, cl := range slices.Sorted(maps.Keys(said)) {
 				if said[cl] != held[cl] {
 					s.violate(6, "the admin state differs from what the Envoys hold", []string{e.name}, time.Now(),
 						"control plane %d says %s holds [%s], %s holds [%s]", i, cl, said[cl], e.name, held[cl])

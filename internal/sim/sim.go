@@ -15,12 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,9 +47,8 @@ type Options struct {
 	// Users, Servers and Envoys are the simulated users, the app's first servers and the
 	// Envoys of the gateway group.
 	Users, Servers, Envoys int
-	// AgentBin is the tether-agent binary (see BuildAgent); Dir a scratch directory (a
-	// temporary one when empty, removed at the end).
-	AgentBin, Dir string
+	// AgentBin is the tether-agent binary (see BuildAgent); empty builds one.
+	AgentBin string
 	// Mutations are switched on for the run (internal/mutation; only with the simmutate tag).
 	Mutations []string
 	// Faults, when set, restricts the schedule to these fault kinds.
@@ -96,14 +96,17 @@ const (
 	shopDom = "shop.test"
 )
 
-const shopConfig = `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true}}`
+const (
+	shopConfig = `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true}}`
+	// badShopConfig is an operator's invalid edit of it (an lbPolicy Tether does not know).
+	badShopConfig = `{"domains":["shop.test"],"affinity":{"mode":"cookie","strict":true},"lbPolicy":"fastest"}`
+)
 
 // Sim is one run.
 type Sim struct {
-	opts     Options
-	dir      string
-	agentBin string
-	start    time.Time
+	opts  Options
+	dir   string
+	start time.Time
 
 	etcd         *etcdCluster
 	etcdEndpoint string          // every member, comma-separated, for the agents and drain
@@ -185,28 +188,22 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 	}
 	defer mutation.Set()
 	s := &Sim{opts: opts, servers: map[string]*server{}, agents: map[string]*agentProc{}, faults: map[string]int{}, version: 1}
-	s.dir = opts.Dir
-	if s.dir == "" {
-		d, err := os.MkdirTemp("", "tether-sim-")
-		if err != nil {
-			return Result{}, err
-		}
-		s.dir = d
-		defer func() {
-			if err == nil && len(res.Violations) == 0 {
-				_ = os.RemoveAll(d)
-				return
-			}
-			// Kept for its logs; etcd's data (a 64 MB WAL a member) would fill a soak's disk.
-			members, _ := filepath.Glob(filepath.Join(d, "etcd-*"))
-			for _, m := range members {
-				_ = os.RemoveAll(m)
-			}
-		}()
+	if s.dir, err = os.MkdirTemp("", "tether-sim-"); err != nil {
+		return Result{}, err
 	}
-	s.agentBin = opts.AgentBin
-	if s.agentBin == "" {
-		if s.agentBin, err = BuildAgent(ctx, s.dir); err != nil {
+	defer func() {
+		if len(res.Violations) == 0 {
+			_ = os.RemoveAll(s.dir)
+			return
+		}
+		// Kept for its logs; etcd's data (a 64 MB WAL a member) would fill a soak's disk.
+		members, _ := filepath.Glob(filepath.Join(s.dir, "etcd-*"))
+		for _, m := range members {
+			_ = os.RemoveAll(m)
+		}
+	}()
+	if s.opts.AgentBin == "" {
+		if s.opts.AgentBin, err = BuildAgent(ctx, s.dir); err != nil {
 			return Result{}, err
 		}
 	}
@@ -409,10 +406,12 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 		XDSAddr: slot.addr, AdminAddr: "127.0.0.1:0",
 		HoldWindow: cpHoldWindow, HoldGrace: cpHoldGrace, PublishSettle: cpPublishSettle,
 		AllowLoopback: true, ShutdownTimeout: 2 * time.Second,
-		VanishGrace: vanishGrace(s.opts.NoVanishGrace),
 		// As the binary keeps it in its data directory: what it served, read back at a restart.
 		StateFile: filepath.Join(s.dir, fmt.Sprintf("controlplane-%d-state.json", i)),
 		Logger:    zerolog.New(logf).Level(zerolog.InfoLevel).With().Timestamp().Logger(),
+	}
+	if s.opts.NoVanishGrace {
+		cfg.VanishGrace = -1
 	}
 	var cp *controlplane.ControlPlane
 	for attempt := 0; ; attempt++ {
@@ -434,13 +433,6 @@ func (s *Sim) startCP(ctx context.Context, i int) error {
 		return fmt.Errorf("control plane %d not ready after 10s", i)
 	}
 	return nil
-}
-
-func vanishGrace(off bool) time.Duration {
-	if off {
-		return -1
-	}
-	return 0 // the default
 }
 
 func (s *Sim) stopCP(i int) {
@@ -476,9 +468,7 @@ func (s *Sim) addServer(service string, version int, withSessions bool) (*server
 		srv.stop(true)
 		return nil, err
 	}
-	s.mu.Lock()
-	s.servers[id], s.agents[id] = srv, a
-	s.mu.Unlock()
+	s.locked(func() { s.servers[id], s.agents[id] = srv, a })
 	s.event([]string{id}, "server %s (%s v%d, capacity %d, sessions-url %v) and its agent start on %s", id, service, version, srv.capacity, withSessions, srv.addr())
 	s.joinLate(false)
 	return srv, nil
@@ -543,6 +533,13 @@ func (s *Sim) joinedEnvoys() []*envoy {
 	return out
 }
 
+// locked runs f under s.mu.
+func (s *Sim) locked(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f()
+}
+
 // event records what happened; subjects (server IDs, user names) let a trace pick it.
 type event struct {
 	at       time.Duration
@@ -552,9 +549,7 @@ type event struct {
 
 func (s *Sim) event(subjects []string, format string, args ...any) {
 	ev := event{at: time.Since(s.start), subjects: subjects, what: fmt.Sprintf(format, args...)}
-	s.mu.Lock()
-	s.events = append(s.events, ev)
-	s.mu.Unlock()
+	s.locked(func() { s.events = append(s.events, ev) })
 	if s.opts.Log != nil {
 		fmt.Fprintf(s.opts.Log, "%8.3fs %s\n", ev.at.Seconds(), ev.what)
 	}
@@ -602,14 +597,7 @@ func (s *Sim) teardown() {
 		s.real.stop()
 	}
 	s.mu.Lock()
-	agents := make([]*agentProc, 0, len(s.agents))
-	for _, a := range s.agents {
-		agents = append(agents, a)
-	}
-	servers := make([]*server, 0, len(s.servers))
-	for _, srv := range s.servers {
-		servers = append(servers, srv)
-	}
+	agents, servers := slices.Collect(maps.Values(s.agents)), slices.Collect(maps.Values(s.servers))
 	s.mu.Unlock()
 	for _, a := range agents {
 		if a.running() {
@@ -631,13 +619,4 @@ func (s *Sim) teardown() {
 	if s.etcd != nil {
 		s.etcd.stop()
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

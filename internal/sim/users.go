@@ -125,13 +125,9 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 	if ctx.Err() != nil {
 		return
 	}
-	s.mu.Lock()
-	s.stats.Requests++
-	s.mu.Unlock()
+	s.locked(func() { s.stats.Requests++ })
 	if err != nil {
-		s.mu.Lock()
-		s.stats.Errors++
-		s.mu.Unlock()
+		s.locked(func() { s.stats.Errors++ })
 		s.event([]string{u.name}, "%s: %s %s via %s: the Envoy model failed: %v", u.name, method, path, name, err)
 		return
 	}
@@ -156,9 +152,7 @@ func (s *Sim) request(ctx context.Context, u *user, method, path string, crossSi
 	}
 	if got == u.server && !refused {
 		if path == "/logout" {
-			s.mu.Lock()
-			s.stats.Kept++
-			s.mu.Unlock()
+			s.locked(func() { s.stats.Kept++ })
 			s.event([]string{u.name, got}, "%s: logs out of %s, session kept to the end", u.name, got)
 		}
 		return
@@ -178,9 +172,7 @@ func (s *Sim) firstRequest(u *user, resp response, got string, refused bool, pin
 	case got != "" && !refused && resp.status == http.StatusOK:
 		s.startSession(u, got, desc, replica)
 	case refused || resp.status >= 500:
-		s.mu.Lock()
-		s.stats.Refused++
-		s.mu.Unlock()
+		s.locked(func() { s.stats.Refused++ })
 		if pinned != "" {
 			s.violate(2, "a refused first request sets the session cookie", []string{u.name, got}, time.Now(), "%s: first request refused by %s, and the response pins the user to it (%s)", u.name, got, desc)
 			u.jar = map[string]jarCookie{}
@@ -192,9 +184,7 @@ func (s *Sim) startSession(u *user, server, desc string, replica int) {
 	u.server, u.since, u.via = server, time.Now(), replica
 	u.signIn = u.rng.IntN(signInShare) == 0
 	u.until = time.Now().Add(minLifetime + time.Duration(u.rng.Int64N(int64(maxLifetime-minLifetime))))
-	s.mu.Lock()
-	s.stats.Sessions++
-	s.mu.Unlock()
+	s.locked(func() { s.stats.Sessions++ })
 	s.event([]string{u.name, server}, "%s: session on %s (%s)", u.name, server, desc)
 }
 
@@ -210,14 +200,10 @@ func (s *Sim) lost(u *user, resp response, crossSite bool, desc string, replica 
 	down, stopped := srv.down(time.Now())
 	switch {
 	case down && stopped:
-		s.mu.Lock()
-		s.stats.LostStopped++
-		s.mu.Unlock()
+		s.locked(func() { s.stats.LostStopped++ })
 		s.event([]string{u.name, u.server}, "%s: loses its session: %s was stopped (%s)", u.name, u.server, desc)
 	case down:
-		s.mu.Lock()
-		s.stats.LostDied++
-		s.mu.Unlock()
+		s.locked(func() { s.stats.LostDied++ })
 		s.event([]string{u.name, u.server}, "%s: loses its session: %s died (%s)", u.name, u.server, desc)
 	default:
 		s.violate(1, s.classify(u, srv, resp, crossSite, replica), []string{u.name, u.server}, u.since, "%s: its server %s is alive and was not stopped, yet %s", u.name, u.server, desc)
@@ -288,8 +274,6 @@ func (s *Sim) classify(u *user, srv *server, resp response, crossSite bool, repl
 		return "the service left the route table (no route: 404)"
 	case resp.cluster == "" && resp.flag == "" && resp.header.Get(serverHeader) == "":
 		return fmt.Sprintf("the service's requests are answered by route %s, not forwarded", resp.route)
-	case resp.cluster != "" && resp.cluster != "tether_"+u.service:
-		return "routed to another service's cluster (" + resp.cluster + ")"
 	case resp.override == "host not in the assignment":
 		switch {
 		case len(s.cps) > 1 && replica != u.via && now.Sub(started) < cpPublishSettle+recentCause:
