@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -81,7 +82,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if err := resolveIdentity(ctx, &cfg); err != nil {
+	if err := systemHost.resolveIdentity(ctx, &cfg); err != nil {
 		return err
 	}
 	prefix, _ := registry.NormalizePrefix(cfg.Prefix)
@@ -228,10 +229,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			timer := time.NewTimer(r.cfg.DrainTimeout)
 			defer timer.Stop()
 			drainDeadline = timer.C
-			stopNow := r.cfg.StopNow
-			if stopNow == "" {
-				stopNow = "signal again to stop now"
-			}
+			stopNow := cmp.Or(r.cfg.StopNow, "signal again to stop now")
 			ev := r.log.Info().Dur("timeout", r.cfg.DrainTimeout)
 			if r.cfg.SessionsURL == "" {
 				ev.Msg("draining: no --sessions-url, so waiting the whole drain timeout; " + stopNow)
@@ -267,14 +265,10 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			if err := r.sync(bg); err != nil {
 				d := r.backoff.Next()
 				if errors.Is(err, registry.ErrInstanceExists) {
-					retryNow, herr := r.checkHeld(bg, &held)
-					if herr != nil {
+					var herr error
+					if d, herr = r.checkHeld(bg, &held, d); herr != nil {
 						return herr // the same end as a duplicate id at start
 					}
-					if retryNow {
-						d = 0
-					}
-					d = min(d, 250*time.Millisecond)
 				}
 				retryAt = time.Now().Add(d)
 				retry.Reset(d)
@@ -315,14 +309,9 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		if errors.Is(err, errUnreachable) {
 			r.log.Error().Err(err).Dur("retryIn", delay).Msg("cannot register: etcd is not reachable; retrying")
 		} else if errors.Is(err, registry.ErrInstanceExists) {
-			retryNow, herr := r.checkHeld(bg, &held)
-			if herr != nil {
-				return herr
+			if delay, err = r.checkHeld(bg, &held, delay); err != nil {
+				return err
 			}
-			if retryNow {
-				delay = 0
-			}
-			delay = min(delay, 250*time.Millisecond)
 		} else {
 			r.log.Warn().Err(err).Strs("endpoints", r.cfg.Etcd.Endpoints).Dur("retryIn", delay).Msg("cannot register yet")
 		}
@@ -353,26 +342,28 @@ type heldWatch struct{ until time.Time }
 
 // checkHeld inspects the key after ErrInstanceExists. A key held by another lease may be a
 // crashed agent's (or, after this agent was cut off, its own former key's successor): it
-// waits for that lease's remaining TTL plus a margin, then returns ErrIDHeld. retryNow is set
-// when the key is gone.
-func (r *runner) checkHeld(ctx context.Context, held *heldWatch) (retryNow bool, err error) {
+// waits for that lease's remaining TTL plus a margin, then returns ErrIDHeld. It returns the
+// wait before the next attempt: none when the key is gone, else delay, at most 250ms so that
+// the holder's expiry is seen soon.
+func (r *runner) checkHeld(ctx context.Context, held *heldWatch, delay time.Duration) (time.Duration, error) {
+	wait := min(delay, 250*time.Millisecond)
 	lease, remaining, exists, herr := r.holder(ctx)
 	switch {
 	case herr != nil:
 		r.log.Warn().Err(herr).Msg("cannot inspect the key's holder")
 	case exists && lease == 0:
-		return false, fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
+		return wait, fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
 	case !exists:
-		return true, nil
+		return 0, nil
 	case held.until.IsZero():
 		held.until = time.Now().Add(remaining + heldMargin)
 		r.log.Warn().Str("key", r.key).Str("holder", fmt.Sprintf("%x", int64(lease))).Dur("leaseLeft", remaining).
 			Msg("instance id is held by another lease; waiting for it to expire in case it was a crashed agent's")
 	case time.Now().After(held.until):
-		return false, fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
+		return wait, fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
 			ErrIDHeld, r.cfg.ID, r.key, int64(lease))
 	}
-	return false, nil
+	return wait, nil
 }
 
 // sync brings etcd up to date with r.current: registration when needed, else a write when

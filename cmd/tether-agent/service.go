@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,17 +81,14 @@ func serviceCommand(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "service %s stopped\n", name)
 		}
 	}
-	var usage usageError
-	switch {
-	case err == nil:
+	if err == nil {
 		return 0
-	case errors.As(err, &usage):
-		fmt.Fprintf(stderr, "tether-agent service %s: %v\n", verb, err)
-		return 2
-	default:
-		fmt.Fprintf(stderr, "tether-agent service %s: %v\n", verb, err)
-		return 1
 	}
+	fmt.Fprintf(stderr, "tether-agent service %s: %v\n", verb, err)
+	if errors.As(err, new(usageError)) {
+		return 2
+	}
+	return 1
 }
 
 // stopReporter turns the stopping service's status, polled every second, into a line every
@@ -205,13 +203,8 @@ func install(name string, args []string, stdout, stderr io.Writer) error {
 // serviceArgs is the command line stored for the service: every flag given, --name=value,
 // in name order, with file paths made absolute.
 func serviceArgs(o *options) ([]string, error) {
-	names := make([]string, 0, len(o.given))
-	for n := range o.given {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	out := make([]string, 0, len(names))
-	for _, n := range names {
+	out := make([]string, 0, len(o.given))
+	for _, n := range slices.Sorted(maps.Keys(o.given)) {
 		v := o.given[n]
 		if slices.Contains(pathFlags, n) && v != "" {
 			abs, err := filepath.Abs(v)
