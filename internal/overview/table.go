@@ -45,10 +45,10 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 		unknown = fmt.Sprintf(" (not counted on %d: their agents measure none)", sm.SessionsUnknown)
 	}
 	fmt.Fprintf(w, "\nrevision %d: %s, %s (%d available, %d full, %d draining, %d unhealthy), %s%s\n",
-		ov.Revision, plural(sm.Services, "service"), plural(sm.Instances, "instance"),
-		sm.Available, sm.Full, sm.Draining, sm.Unhealthy, plural(sm.Sessions, "session"), unknown)
+		ov.Revision, Plural(sm.Services, "service"), Plural(sm.Instances, "instance"),
+		sm.Available, sm.Full, sm.Draining, sm.Unhealthy, Plural(sm.Sessions, "session"), unknown)
 	if len(ov.Drains) > 0 {
-		fmt.Fprintf(w, "\n%s:\n", plural(len(ov.Drains), "drain"))
+		fmt.Fprintf(w, "\n%s:\n", Plural(len(ov.Drains), "drain"))
 		if err := WriteDrains(w, ov.Drains, now); err != nil {
 			return err
 		}
@@ -56,7 +56,7 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 	if len(ov.Rejected) == 0 {
 		return nil
 	}
-	fmt.Fprintf(w, "\n%s left out (invalid values):\n", plural(len(ov.Rejected), "rejected key"))
+	fmt.Fprintf(w, "\n%s left out (invalid values):\n", Plural(len(ov.Rejected), "rejected key"))
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "KEY\tERROR")
 	for _, r := range ov.Rejected {
@@ -153,7 +153,8 @@ func orDash(s string) string {
 	return s
 }
 
-func plural(n int, word string) string {
+// Plural is n and word, with an s unless n is 1: "1 session", "3 sessions".
+func Plural(n int, word string) string {
 	if n == 1 {
 		return "1 " + word
 	}
