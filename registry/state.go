@@ -19,12 +19,9 @@ import (
 // addresses are accepted. Service.Revision is the highest ModRevision among the service's
 // keys.
 func BuildState(prefix string, rev int64, kvs []*mvccpb.KeyValue, reject func(key string, err error)) *State {
-	b := newStateBuilder(buildOptions{prefix: prefix, reject: reject, log: zerolog.Nop(), allowLoopback: true}, nil)
-	for _, kv := range kvs {
-		b.put(kv)
-	}
-	b.st.Revision = rev
-	return b.st
+	// Without lastValidConfig no history is read, and nothing can fail.
+	st, _ := rebuildState(buildOptions{prefix: prefix, reject: reject, log: zerolog.Nop(), allowLoopback: true}, rev, kvs, nil)
+	return st
 }
 
 // buildOptions are what a stateBuilder applies besides the keys themselves.
