@@ -216,7 +216,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	var drainDeadline, settle <-chan time.Time
 	settled := false      // a sample taken DrainSettle after "draining" reached etcd
 	var retryAt time.Time // after a failed write, ticks wait for the backoff
-	var held heldWatch    // the key taken by another lease while this agent was cut off
+	var held time.Time    // the key taken by another lease while this agent was cut off (see checkHeld)
 	done := ctx.Done()
 	for {
 		force := false
@@ -226,9 +226,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			if r.cfg.DrainTimeout == 0 {
 				return r.deregister(bg, "--drain-timeout is 0")
 			}
-			timer := time.NewTimer(r.cfg.DrainTimeout)
-			defer timer.Stop()
-			drainDeadline = timer.C
+			drainDeadline = time.After(r.cfg.DrainTimeout)
 			stopNow := cmp.Or(r.cfg.StopNow, "signal again to stop now")
 			ev := r.log.Info().Dur("timeout", r.cfg.DrainTimeout)
 			if r.cfg.SessionsURL == "" {
@@ -274,13 +272,11 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 				retry.Reset(d)
 				r.log.Warn().Err(err).Dur("retryIn", d).Msg("cannot write the instance to etcd")
 			} else {
-				held = heldWatch{}
+				held = time.Time{}
 			}
 		}
 		if r.draining && !settled && settle == nil && r.registered && r.written.State == registry.StateDraining {
-			t := time.NewTimer(r.cfg.DrainSettle)
-			defer t.Stop()
-			settle = t.C
+			settle = time.After(r.cfg.DrainSettle)
 		}
 		if settled && r.cfg.SessionsURL != "" && r.sessionsKnown && r.lastLoad.Sessions == 0 {
 			return r.deregister(bg, "no sessions left")
@@ -293,7 +289,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 // concluding another live agent holds the ID. Other errors (etcd unreachable) are retried
 // with backoff until ctx ends.
 func (r *runner) registerFirst(ctx, bg context.Context) error {
-	var held heldWatch
+	var held time.Time
 	for {
 		r.sample(bg)
 		// A refused connection is known at once: say where and why, rather than wait for a
@@ -336,16 +332,13 @@ func (r *runner) reachable(ctx context.Context) error {
 	return nil
 }
 
-// heldWatch follows a key held by another lease: when it was first seen held, and until when
-// that lease may still be a crashed agent's.
-type heldWatch struct{ until time.Time }
-
 // checkHeld inspects the key after ErrInstanceExists. A key held by another lease may be a
 // crashed agent's (or, after this agent was cut off, its own former key's successor): it
-// waits for that lease's remaining TTL plus a margin, then returns ErrIDHeld. It returns the
-// wait before the next attempt: none when the key is gone, else delay, at most 250ms so that
-// the holder's expiry is seen soon.
-func (r *runner) checkHeld(ctx context.Context, held *heldWatch, delay time.Duration) (time.Duration, error) {
+// waits for that lease's remaining TTL plus a margin (until *held, zero before the key is
+// first seen held), then returns ErrIDHeld. It returns the wait before the next attempt:
+// none when the key is gone, else delay, at most 250ms so that the holder's expiry is seen
+// soon.
+func (r *runner) checkHeld(ctx context.Context, held *time.Time, delay time.Duration) (time.Duration, error) {
 	wait := min(delay, 250*time.Millisecond)
 	lease, remaining, exists, herr := r.holder(ctx)
 	switch {
@@ -355,11 +348,11 @@ func (r *runner) checkHeld(ctx context.Context, held *heldWatch, delay time.Dura
 		return wait, fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
 	case !exists:
 		return 0, nil
-	case held.until.IsZero():
-		held.until = time.Now().Add(remaining + heldMargin)
+	case held.IsZero():
+		*held = time.Now().Add(remaining + heldMargin)
 		r.log.Warn().Str("key", r.key).Str("holder", fmt.Sprintf("%x", int64(lease))).Dur("leaseLeft", remaining).
 			Msg("instance id is held by another lease; waiting for it to expire in case it was a crashed agent's")
-	case time.Now().After(held.until):
+	case time.Now().After(*held):
 		return wait, fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
 			ErrIDHeld, r.cfg.ID, r.key, int64(lease))
 	}
@@ -430,12 +423,7 @@ func (r *runner) markLeaving(ctx context.Context) {
 		r.log.Warn().Err(err).Msg("cannot mark the instance as leaving; removing it anyway")
 		return
 	}
-	t := time.NewTimer(r.cfg.DrainSettle)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+	etcdconn.Sleep(ctx, r.cfg.DrainSettle)
 }
 
 // sample measures load and probes the backend (concurrently, each bounded by ProbeTimeout),

@@ -123,10 +123,8 @@ func ParseHealthCheck(b []byte, wisej string) (HealthCheck, error) {
 	if len(errs) > 0 {
 		return hc, errors.Join(errs...)
 	}
-	if err := hc.setMemory(maxMemory, wisej); err != nil {
-		errs = append(errs, err)
-	}
-	return hc, errors.Join(append(errs, hc.validate())...)
+	err = errors.Join(hc.setMemory(maxMemory, wisej), hc.validate()) // before hc is returned: setMemory sets it
+	return hc, err
 }
 
 // healthCheckFields are the fields of Wisej's HealthCheck.json, returUrl being Wisej's own

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -444,10 +445,8 @@ func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
 	if [12]byte(b[:12]) == ([12]byte{}) {
 		return last, true
 	}
-	for _, p := range nat64 {
-		if p.Contains(ip) {
-			return last, true
-		}
+	if slices.ContainsFunc(nat64, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+		return last, true
 	}
 	return netip.Addr{}, false
 }
@@ -498,12 +497,7 @@ func IsLoopback(addr string) bool {
 	if err != nil {
 		return false
 	}
-	for _, a := range forms(ip) {
-		if a.IsLoopback() {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(forms(ip), netip.Addr.IsLoopback)
 }
 
 // DeniedBy returns the first of cidrs that holds addr, or the IPv4 address it carries
