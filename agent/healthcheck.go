@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -112,9 +113,7 @@ func ParseHealthCheck(b []byte, wisej string) (HealthCheck, error) {
 	var misspelt string
 	field("returUrl", &misspelt) // Wisej's own spelling
 	field("returnUrl", &hc.ReturnURL)
-	if hc.ReturnURL == "" {
-		hc.ReturnURL = misspelt
-	}
+	hc.ReturnURL = cmp.Or(hc.ReturnURL, misspelt)
 	// Wisej's file has a fixed set of fields: a misspelt one would silently leave a limit
 	// off (a "maxSesions" server takes any number of sessions).
 	for _, k := range slices.Sorted(maps.Keys(raw)) {

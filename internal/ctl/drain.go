@@ -7,6 +7,7 @@
 package ctl
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -294,11 +295,7 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 	}
 	st := snap.st
 	if st.Services[c.svc] == nil && len(st.Drains[c.svc]) == 0 && !force {
-		known := slices.Sorted(maps.Keys(st.Services))
-		list := "none"
-		if len(known) > 0 {
-			list = strings.Join(known, ", ")
-		}
+		list := cmp.Or(strings.Join(slices.Sorted(maps.Keys(st.Services)), ", "), "none")
 		return exitUsage, fmt.Errorf("unknown service %q: it has no configuration and no instance under %s (known services: %s); pass --force to drain it before it exists", c.svc, c.prefix, list)
 	}
 	ids := matched(st, c.svc, d)

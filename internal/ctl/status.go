@@ -111,12 +111,9 @@ func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
 	return err
 }
 
-// refuseLoopback moves the instances on loopback addresses to the rejected keys, with the
-// control plane's own words.
+// refuseLoopback moves the instances on loopback addresses to the rejected keys (of a State
+// from BuildState: its own maps), with the control plane's own words.
 func refuseLoopback(st *registry.State, prefix string) {
-	if st.Rejected == nil {
-		st.Rejected = map[string]string{}
-	}
 	for name, s := range st.Services {
 		for id, in := range s.Instances {
 			if registry.IsLoopback(in.Address) {
