@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -105,9 +106,7 @@ func (r *stopReporter) line(p winsvc.Progress) string {
 	if p.CheckPoint != r.checkPoint {
 		r.checkPoint, r.changed = p.CheckPoint, p.Elapsed
 	}
-	if r.next == 0 {
-		r.next = r.every
-	}
+	r.next = cmp.Or(r.next, r.every)
 	if p.Elapsed < r.next {
 		return ""
 	}
@@ -180,11 +179,8 @@ func install(name string, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	exe, err := os.Executable()
+	exe, err := os.Executable() // absolute, as the service's command line must be
 	if err != nil {
-		return fmt.Errorf("path of tether-agent: %w", err)
-	}
-	if exe, err = filepath.Abs(exe); err != nil {
 		return fmt.Errorf("path of tether-agent: %w", err)
 	}
 	err = winsvc.InstallService(winsvc.InstallOptions{
