@@ -119,15 +119,17 @@ func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(stri
 }
 
 // parseInterspersed parses flags placed before, between or after the positional arguments
-// (`drain app/a1 --wait` as well as `drain --wait app/a1`).
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
+// (`drain app/a1 --wait` as well as `drain --wait app/a1`) and returns those. After -h or a
+// bad flag (which the flag package has reported) ok is false and code is the exit code.
+func parseInterspersed(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			return nil, exitOK, false
+		} else if err != nil {
+			return nil, exitUsage, false
 		}
 		if fs.NArg() == 0 {
-			return pos, nil
+			return pos, exitOK, true
 		}
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
@@ -162,14 +164,14 @@ Flags:
 	// A bad flag gets its one-line error (printed by the flag package) and a pointer to -h,
 	// not the whole usage; -h itself gets the usage alone.
 	fs.Usage = func() {}
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			usage()
-			return exitOK
-		}
+	pos, code, ok := parseInterspersed(fs, args)
+	switch {
+	case !ok && code == exitOK:
+		usage()
+		return code
+	case !ok:
 		fmt.Fprintln(stderr, "see tether-controlplane drain -h")
-		return exitUsage
+		return code
 	}
 	svc, d, err := target(pos, labels)
 	if err != nil {
@@ -505,12 +507,9 @@ func Drains(ctx context.Context, args []string, lookup func(string) (string, boo
 	fs := c.flags("drains", "Usage: tether-controlplane drains [SERVICE] [flags]\n\nLists the operators' drains: what each selects, since when, the instances it drains now and their sessions.\n\nFlags:\n",
 		stderr, "request-timeout", "time limit of each etcd request")
 	asJSON := fs.Bool("json", false, "print the drains as JSON")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	pos, code, ok := parseInterspersed(fs, args)
+	if !ok {
+		return code
 	}
 	if len(pos) > 1 {
 		return c.fail(exitUsage, fmt.Errorf("unexpected argument %q (see -h)", pos[1]))

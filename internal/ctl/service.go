@@ -2,8 +2,6 @@ package ctl
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -30,12 +28,9 @@ Use put rather than etcdctl put: an invalid configuration is refused with every 
 
 Flags:
 `, stderr, "timeout", "time limit for the etcd request")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	pos, code, ok := parseInterspersed(fs, args)
+	if !ok {
+		return code
 	}
 	if len(pos) < 2 {
 		fs.Usage()
