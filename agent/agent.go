@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -81,7 +82,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger, skipDrain <-chan s
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if err := resolveIdentity(ctx, &cfg); err != nil {
+	if err := systemHost.resolveIdentity(ctx, &cfg); err != nil {
 		return err
 	}
 	prefix, _ := registry.NormalizePrefix(cfg.Prefix)
@@ -215,7 +216,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 	var drainDeadline, settle <-chan time.Time
 	settled := false      // a sample taken DrainSettle after "draining" reached etcd
 	var retryAt time.Time // after a failed write, ticks wait for the backoff
-	var held heldWatch    // the key taken by another lease while this agent was cut off
+	var held time.Time    // the key taken by another lease while this agent was cut off (see checkHeld)
 	done := ctx.Done()
 	for {
 		force := false
@@ -225,13 +226,8 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			if r.cfg.DrainTimeout == 0 {
 				return r.deregister(bg, "--drain-timeout is 0")
 			}
-			timer := time.NewTimer(r.cfg.DrainTimeout)
-			defer timer.Stop()
-			drainDeadline = timer.C
-			stopNow := r.cfg.StopNow
-			if stopNow == "" {
-				stopNow = "signal again to stop now"
-			}
+			drainDeadline = time.After(r.cfg.DrainTimeout)
+			stopNow := cmp.Or(r.cfg.StopNow, "signal again to stop now")
 			ev := r.log.Info().Dur("timeout", r.cfg.DrainTimeout)
 			if r.cfg.SessionsURL == "" {
 				ev.Msg("draining: no --sessions-url, so waiting the whole drain timeout; " + stopNow)
@@ -267,26 +263,20 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 			if err := r.sync(bg); err != nil {
 				d := r.backoff.Next()
 				if errors.Is(err, registry.ErrInstanceExists) {
-					retryNow, herr := r.checkHeld(bg, &held)
-					if herr != nil {
+					var herr error
+					if d, herr = r.checkHeld(bg, &held, d); herr != nil {
 						return herr // the same end as a duplicate id at start
 					}
-					if retryNow {
-						d = 0
-					}
-					d = min(d, 250*time.Millisecond)
 				}
 				retryAt = time.Now().Add(d)
 				retry.Reset(d)
 				r.log.Warn().Err(err).Dur("retryIn", d).Msg("cannot write the instance to etcd")
 			} else {
-				held = heldWatch{}
+				held = time.Time{}
 			}
 		}
 		if r.draining && !settled && settle == nil && r.registered && r.written.State == registry.StateDraining {
-			t := time.NewTimer(r.cfg.DrainSettle)
-			defer t.Stop()
-			settle = t.C
+			settle = time.After(r.cfg.DrainSettle)
 		}
 		if settled && r.cfg.SessionsURL != "" && r.sessionsKnown && r.lastLoad.Sessions == 0 {
 			return r.deregister(bg, "no sessions left")
@@ -299,7 +289,7 @@ func (r *runner) run(ctx context.Context, skipDrain <-chan struct{}) error {
 // concluding another live agent holds the ID. Other errors (etcd unreachable) are retried
 // with backoff until ctx ends.
 func (r *runner) registerFirst(ctx, bg context.Context) error {
-	var held heldWatch
+	var held time.Time
 	for {
 		r.sample(bg)
 		// A refused connection is known at once: say where and why, rather than wait for a
@@ -315,14 +305,9 @@ func (r *runner) registerFirst(ctx, bg context.Context) error {
 		if errors.Is(err, errUnreachable) {
 			r.log.Error().Err(err).Dur("retryIn", delay).Msg("cannot register: etcd is not reachable; retrying")
 		} else if errors.Is(err, registry.ErrInstanceExists) {
-			retryNow, herr := r.checkHeld(bg, &held)
-			if herr != nil {
-				return herr
+			if delay, err = r.checkHeld(bg, &held, delay); err != nil {
+				return err
 			}
-			if retryNow {
-				delay = 0
-			}
-			delay = min(delay, 250*time.Millisecond)
 		} else {
 			r.log.Warn().Err(err).Strs("endpoints", r.cfg.Etcd.Endpoints).Dur("retryIn", delay).Msg("cannot register yet")
 		}
@@ -347,32 +332,31 @@ func (r *runner) reachable(ctx context.Context) error {
 	return nil
 }
 
-// heldWatch follows a key held by another lease: when it was first seen held, and until when
-// that lease may still be a crashed agent's.
-type heldWatch struct{ until time.Time }
-
 // checkHeld inspects the key after ErrInstanceExists. A key held by another lease may be a
 // crashed agent's (or, after this agent was cut off, its own former key's successor): it
-// waits for that lease's remaining TTL plus a margin, then returns ErrIDHeld. retryNow is set
-// when the key is gone.
-func (r *runner) checkHeld(ctx context.Context, held *heldWatch) (retryNow bool, err error) {
+// waits for that lease's remaining TTL plus a margin (until *held, zero before the key is
+// first seen held), then returns ErrIDHeld. It returns the wait before the next attempt:
+// none when the key is gone, else delay, at most 250ms so that the holder's expiry is seen
+// soon.
+func (r *runner) checkHeld(ctx context.Context, held *time.Time, delay time.Duration) (time.Duration, error) {
+	wait := min(delay, 250*time.Millisecond)
 	lease, remaining, exists, herr := r.holder(ctx)
 	switch {
 	case herr != nil:
 		r.log.Warn().Err(herr).Msg("cannot inspect the key's holder")
 	case exists && lease == 0:
-		return false, fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
+		return wait, fmt.Errorf("%w: key %s exists without a lease (written by hand?); delete it or choose another --id", ErrIDHeld, r.key)
 	case !exists:
-		return true, nil
-	case held.until.IsZero():
-		held.until = time.Now().Add(remaining + heldMargin)
+		return 0, nil
+	case held.IsZero():
+		*held = time.Now().Add(remaining + heldMargin)
 		r.log.Warn().Str("key", r.key).Str("holder", fmt.Sprintf("%x", int64(lease))).Dur("leaseLeft", remaining).
 			Msg("instance id is held by another lease; waiting for it to expire in case it was a crashed agent's")
-	case time.Now().After(held.until):
-		return false, fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
+	case time.Now().After(*held):
+		return wait, fmt.Errorf("%w: id %q (key %s, lease %x) is still held after its lease TTL: stop the other agent or start this one with another --id",
 			ErrIDHeld, r.cfg.ID, r.key, int64(lease))
 	}
-	return false, nil
+	return wait, nil
 }
 
 // sync brings etcd up to date with r.current: registration when needed, else a write when
@@ -439,12 +423,7 @@ func (r *runner) markLeaving(ctx context.Context) {
 		r.log.Warn().Err(err).Msg("cannot mark the instance as leaving; removing it anyway")
 		return
 	}
-	t := time.NewTimer(r.cfg.DrainSettle)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+	etcdconn.Sleep(ctx, r.cfg.DrainSettle)
 }
 
 // sample measures load and probes the backend (concurrently, each bounded by ProbeTimeout),

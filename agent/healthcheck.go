@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -112,9 +113,7 @@ func ParseHealthCheck(b []byte, wisej string) (HealthCheck, error) {
 	var misspelt string
 	field("returUrl", &misspelt) // Wisej's own spelling
 	field("returnUrl", &hc.ReturnURL)
-	if hc.ReturnURL == "" {
-		hc.ReturnURL = misspelt
-	}
+	hc.ReturnURL = cmp.Or(hc.ReturnURL, misspelt)
 	// Wisej's file has a fixed set of fields: a misspelt one would silently leave a limit
 	// off (a "maxSesions" server takes any number of sessions).
 	for _, k := range slices.Sorted(maps.Keys(raw)) {
@@ -123,10 +122,8 @@ func ParseHealthCheck(b []byte, wisej string) (HealthCheck, error) {
 	if len(errs) > 0 {
 		return hc, errors.Join(errs...)
 	}
-	if err := hc.setMemory(maxMemory, wisej); err != nil {
-		errs = append(errs, err)
-	}
-	return hc, errors.Join(append(errs, hc.validate())...)
+	err = errors.Join(hc.setMemory(maxMemory, wisej), hc.validate()) // before hc is returned: setMemory sets it
+	return hc, err
 }
 
 // healthCheckFields are the fields of Wisej's HealthCheck.json, returUrl being Wisej's own

@@ -88,10 +88,6 @@ var systemHost = host{
 
 // resolveIdentity fills the ID and turns the address into an IP literal (Envoy's EDS does
 // not resolve names).
-func resolveIdentity(ctx context.Context, cfg *Config) error {
-	return systemHost.resolveIdentity(ctx, cfg)
-}
-
 func (h host) resolveIdentity(ctx context.Context, cfg *Config) error {
 	if cfg.ID == "" {
 		name, err := h.hostname()

@@ -232,9 +232,9 @@ func TestCheckHeldWaitsForTheHoldersTTL(t *testing.T) {
 	defer cancel()
 	r := &runner{cfg: Config{Service: "app", ID: "app-1"}, prefix: "/tether/", key: registry.InstanceKey("/tether/", "app", "app-1"),
 		log: zerolog.Nop(), cli: cli, opTimeout: 2 * time.Second}
-	var held heldWatch
-	if retry, err := r.checkHeld(ctx, &held); !retry || err != nil || !held.until.IsZero() {
-		t.Fatalf("no key: retry %v, %v, until %v", retry, err, held.until)
+	var held time.Time
+	if wait, err := r.checkHeld(ctx, &held, time.Second); wait != 0 || err != nil || !held.IsZero() {
+		t.Fatalf("no key: wait %v, %v, until %v", wait, err, held)
 	}
 	g, err := cli.Grant(ctx, 30)
 	if err != nil {
@@ -245,32 +245,32 @@ func TestCheckHeldWaitsForTheHoldersTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := time.Now()
-	if retry, err := r.checkHeld(ctx, &held); retry || err != nil {
-		t.Fatalf("held: retry %v, %v", retry, err)
+	if wait, err := r.checkHeld(ctx, &held, time.Second); wait == 0 || err != nil {
+		t.Fatalf("held: wait %v, %v", wait, err)
 	}
 	// TimeToLive rounds down: 29 or 30 s left, and a margin of 2 s.
-	if lo, hi := before.Add(29*time.Second+2*time.Second), time.Now().Add(30*time.Second+2*time.Second); held.until.Before(lo) || held.until.After(hi) {
-		t.Fatalf("held until %v, want between %v and %v", held.until, lo, hi)
+	if lo, hi := before.Add(29*time.Second+2*time.Second), time.Now().Add(30*time.Second+2*time.Second); held.Before(lo) || held.After(hi) {
+		t.Fatalf("held until %v, want between %v and %v", held, lo, hi)
 	}
-	until := held.until
-	if retry, err := r.checkHeld(ctx, &held); retry || err != nil || held.until != until {
-		t.Fatalf("held again within the TTL: retry %v, %v, until %v (was %v)", retry, err, held.until, until)
+	until := held
+	if wait, err := r.checkHeld(ctx, &held, time.Second); wait == 0 || err != nil || held != until {
+		t.Fatalf("held again within the TTL: wait %v, %v, until %v (was %v)", wait, err, held, until)
 	}
-	held.until = time.Now().Add(-time.Millisecond)
-	if retry, err := r.checkHeld(ctx, &held); retry || !errors.Is(err, ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
-		t.Fatalf("held past the TTL: retry %v, %v", retry, err)
+	held = time.Now().Add(-time.Millisecond)
+	if wait, err := r.checkHeld(ctx, &held, time.Second); wait == 0 || !errors.Is(err, ErrIDHeld) || !strings.Contains(err.Error(), `"app-1"`) {
+		t.Fatalf("held past the TTL: wait %v, %v", wait, err)
 	}
 	if _, err := cli.Put(ctx, r.key, "{}"); err != nil { // the same key, now under no lease
 		t.Fatal(err)
 	}
-	if retry, err := r.checkHeld(ctx, &heldWatch{}); retry || !errors.Is(err, ErrIDHeld) || !strings.Contains(err.Error(), "without a lease") {
-		t.Fatalf("a key under no lease: retry %v, %v", retry, err)
+	if wait, err := r.checkHeld(ctx, &time.Time{}, time.Second); wait == 0 || !errors.Is(err, ErrIDHeld) || !strings.Contains(err.Error(), "without a lease") {
+		t.Fatalf("a key under no lease: wait %v, %v", wait, err)
 	}
 	etcd.Stop()
 	r.opTimeout = 100 * time.Millisecond
-	held = heldWatch{}
-	if retry, err := r.checkHeld(ctx, &held); retry || err != nil || !held.until.IsZero() {
-		t.Fatalf("etcd down: retry %v, %v, until %v", retry, err, held.until)
+	held = time.Time{}
+	if wait, err := r.checkHeld(ctx, &held, time.Second); wait == 0 || err != nil || !held.IsZero() {
+		t.Fatalf("etcd down: wait %v, %v, until %v", wait, err, held)
 	}
 }
 

@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -106,9 +104,8 @@ func (s *cgroupSampler) readKV(name string) (map[string]uint64, error) {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
 	kv := map[string]uint64{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
 		if len(f) != 2 {
 			continue
 		}

@@ -48,7 +48,7 @@ func writeReason(last, next registry.Instance, sinceLast, heartbeat time.Duratio
 	switch {
 	case last.Thresholds != th,
 		last.Load.SessionsUnknown != next.Load.SessionsUnknown,
-		abs(last.Load.Sessions-next.Load.Sessions) >= step,
+		d(float64(last.Load.Sessions), float64(next.Load.Sessions)) >= float64(step),
 		d(last.Load.CPU, next.Load.CPU) >= percentStep,
 		d(last.Load.Memory, next.Load.Memory) >= percentStep,
 		th.MaxMemoryMB > 0 && d(last.Load.MemoryMB, next.Load.MemoryMB) >= th.MaxMemoryMB*memoryMBStep:
@@ -58,11 +58,4 @@ func writeReason(last, next registry.Instance, sinceLast, heartbeat time.Duratio
 		return writeHeartbeat
 	}
 	return ""
-}
-
-func abs(n int) int {
-	if n < 0 {
-		return -n
-	}
-	return n
 }

@@ -125,10 +125,7 @@ func DecodeDrain(service, name string, raw []byte) (Drain, error) {
 	if len(d.Labels) == 0 {
 		d.Labels = nil
 	}
-	if err := d.Validate(); err != nil {
-		return d, err
-	}
-	return d, nil
+	return d, d.Validate()
 }
 
 // Matches reports whether the drain selects inst.
@@ -334,20 +331,6 @@ func DeleteDrain(ctx context.Context, cli *clientv3.Client, prefix, service, nam
 		return false, fmt.Errorf("delete %s: %w", key, err)
 	}
 	return resp.Deleted > 0, nil
-}
-
-func parseDrainKey(prefix, key string) (KeyKind, string, string, error) {
-	svc, name, ok := strings.Cut(strings.TrimPrefix(key, DrainsPrefix(prefix)), "/")
-	if !ok {
-		return KeyUnknown, "", "", fmt.Errorf("key %q: want %s<service>/<name>", key, DrainsPrefix(prefix))
-	}
-	if err := ValidateServiceName(svc); err != nil {
-		return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
-	}
-	if err := ValidateDrainName(name); err != nil {
-		return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
-	}
-	return KeyDrain, svc, name, nil
 }
 
 // putDrain applies a drain's value to the builder's state; it returns the decoding error.

@@ -57,22 +57,27 @@ func ParseKey(prefix, key string) (KeyKind, string, string, error) {
 		}
 		return KeyService, svc, "", nil
 	case strings.HasPrefix(key, InstancesPrefix(prefix)):
-		rest := strings.TrimPrefix(key, InstancesPrefix(prefix))
-		svc, id, ok := strings.Cut(rest, "/")
-		if !ok {
-			return KeyUnknown, "", "", fmt.Errorf("key %q: want %s<service>/<id>", key, InstancesPrefix(prefix))
-		}
-		if err := ValidateServiceName(svc); err != nil {
-			return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
-		}
-		if err := ValidateInstanceID(id); err != nil {
-			return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
-		}
-		return KeyInstance, svc, id, nil
+		return parseServiceKey(key, InstancesPrefix(prefix), "id", KeyInstance, ValidateInstanceID)
 	case strings.HasPrefix(key, DrainsPrefix(prefix)):
-		return parseDrainKey(prefix, key)
+		return parseServiceKey(key, DrainsPrefix(prefix), "name", KeyDrain, ValidateDrainName)
 	case strings.HasPrefix(key, ReplicasPrefix(prefix)):
 		return parseReplicaKey(prefix, key)
 	}
 	return KeyUnknown, "", "", fmt.Errorf("key %q is neither under %s nor %s nor %s", key, ServicesPrefix(prefix), InstancesPrefix(prefix), DrainsPrefix(prefix))
+}
+
+// parseServiceKey is ParseKey for a key <base><service>/<name> of kind, name checked by valid.
+func parseServiceKey(key, base, name string, kind KeyKind, valid func(string) error) (KeyKind, string, string, error) {
+	svc, id, ok := strings.Cut(strings.TrimPrefix(key, base), "/")
+	if !ok {
+		return KeyUnknown, "", "", fmt.Errorf("key %q: want %s<service>/<%s>", key, base, name)
+	}
+	err := ValidateServiceName(svc)
+	if err == nil {
+		err = valid(id)
+	}
+	if err != nil {
+		return KeyUnknown, "", "", fmt.Errorf("key %q: %w", key, err)
+	}
+	return kind, svc, id, nil
 }

@@ -3,7 +3,6 @@ package registry
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -206,12 +205,4 @@ func fieldOf(err error) string {
 		t = t.Field(i).Type
 	}
 	return f
-}
-
-// String is the partial configuration's problems in words.
-func (p PartialConfig) String() string {
-	if p.Identity != nil {
-		return fmt.Sprintf("identity invalid: %v", p.Identity)
-	}
-	return strings.Join(p.Defaulted, "; ")
 }

@@ -19,12 +19,9 @@ import (
 // addresses are accepted. Service.Revision is the highest ModRevision among the service's
 // keys.
 func BuildState(prefix string, rev int64, kvs []*mvccpb.KeyValue, reject func(key string, err error)) *State {
-	b := newStateBuilder(buildOptions{prefix: prefix, reject: reject, log: zerolog.Nop(), allowLoopback: true}, nil)
-	for _, kv := range kvs {
-		b.put(kv)
-	}
-	b.st.Revision = rev
-	return b.st
+	// Without lastValidConfig no history is read, and nothing can fail.
+	st, _ := rebuildState(buildOptions{prefix: prefix, reject: reject, log: zerolog.Nop(), allowLoopback: true}, rev, kvs, nil)
+	return st
 }
 
 // buildOptions are what a stateBuilder applies besides the keys themselves.
@@ -199,13 +196,7 @@ func (b *stateBuilder) setConfig(svc string, cfg ServiceConfig, configErr string
 //     names valid ones, kept reserved (Config.Domains, Config.PathPrefix) so that the
 //     translation answers them with 503 instead of another service's servers.
 func (b *stateBuilder) rejectConfig(key, svc string, err error, kv *mvccpb.KeyValue) {
-	if b.st.Rejected[key] != err.Error() {
-		b.st.Rejected[key] = err.Error()
-		b.changed = true
-	}
-	if b.reject != nil {
-		b.reject(key, err)
-	}
+	b.recordRejected(key, err)
 	part := DecodeServiceConfigPartial(svc, kv.Value)
 	ev := b.log.Warn().Str("key", key).Int64("revision", kv.ModRevision).Err(err)
 	if part.Identity == nil {
@@ -284,23 +275,30 @@ func (b *stateBuilder) del(key string, rev int64) {
 // rejectKey records a rejected value. The key's last good value, if any, stays.
 func (b *stateBuilder) rejectKey(key string, kind KeyKind, svc, id string, err error, rev int64) {
 	kept := b.keepLastGood(kind, svc, id, rev)
-	if b.st.Rejected[key] != err.Error() {
-		b.st.Rejected[key] = err.Error()
-		b.changed = true
-		// Logged when the key's rejection appears or changes, not on each rewrite of the same
-		// bad value (an agent rewrites its instance every few seconds), nor again on a re-list.
-		if b.fallback == nil || b.fallback.Rejected[key] != err.Error() {
-			ev := b.log.Warn().Str("key", key).Int64("revision", rev).Err(err)
-			if kept {
-				ev.Msg("registry value rejected; keeping the last valid value of this key")
-			} else {
-				ev.Msg("registry value rejected; leaving the key out")
-			}
+	// Logged when the key's rejection appears or changes, not on each rewrite of the same bad
+	// value (an agent rewrites its instance every few seconds), nor again on a re-list.
+	if b.recordRejected(key, err) && (b.fallback == nil || b.fallback.Rejected[key] != err.Error()) {
+		ev := b.log.Warn().Str("key", key).Int64("revision", rev).Err(err)
+		if kept {
+			ev.Msg("registry value rejected; keeping the last valid value of this key")
+		} else {
+			ev.Msg("registry value rejected; leaving the key out")
 		}
 	}
+}
+
+// recordRejected records key's rejection in the state and tells the reject hook; it reports
+// whether the rejection is new or changed.
+func (b *stateBuilder) recordRejected(key string, err error) bool {
 	if b.reject != nil {
 		b.reject(key, err)
 	}
+	if b.st.Rejected[key] == err.Error() {
+		return false
+	}
+	b.st.Rejected[key] = err.Error()
+	b.changed = true
+	return true
 }
 
 // keepLastGood reports whether the instance key has a last good value, taking it from the

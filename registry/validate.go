@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -120,10 +121,7 @@ func DecodeServiceConfig(service string, raw []byte) (ServiceConfig, error) {
 	if cfg.Affinity.HeaderName == "" {
 		cfg.Affinity.HeaderName = DefaultServiceConfig(service).Affinity.HeaderName
 	}
-	if err := cfg.Validate(); err != nil {
-		return cfg, err
-	}
-	return cfg, nil
+	return cfg, cfg.Validate()
 }
 
 // DecodeInstance decodes and validates the value of <prefix>/instances/<service>/<id>.
@@ -151,10 +149,7 @@ func DecodeInstance(service, id string, raw []byte) (Instance, error) {
 	if len(inst.Labels) == 0 {
 		inst.Labels = nil
 	}
-	if err := inst.Validate(); err != nil {
-		return inst, err
-	}
-	return inst, nil
+	return inst, inst.Validate()
 }
 
 // Validate checks every field of the configuration.
@@ -237,23 +232,21 @@ func (c *ServiceConfig) Validate() error {
 		add("healthCheck.path: %q must be empty (no active check) or start with '/'", h.Path)
 	}
 	// Checked even when the check is off, so that turning it on cannot meet a bad value.
-	{
-		if h.Interval.D() < 100*time.Millisecond || h.Interval.D() > time.Hour {
-			add("healthCheck.interval: %s must be between 100ms and 1h", h.Interval.D())
-		}
-		if h.Timeout.D() < 10*time.Millisecond || h.Timeout.D() > time.Hour {
-			add("healthCheck.timeout: %s must be between 10ms and 1h", h.Timeout.D())
-		}
-		if len(h.ExpectedStatuses) == 0 || len(h.ExpectedStatuses) > 100 {
-			add("healthCheck.expectedStatuses: need 1 to 100 status codes")
-		}
-		if h.Host != "" && (len(h.Host) > maxShortString || !hostHeaderRE.MatchString(h.Host)) {
-			add("healthCheck.host: %q must be a host name or address, optionally with a port", h.Host)
-		}
-		for _, s := range h.ExpectedStatuses {
-			if s < 100 || s > 599 {
-				add("healthCheck.expectedStatuses: %d is not an HTTP status (100-599)", s)
-			}
+	if h.Interval.D() < 100*time.Millisecond || h.Interval.D() > time.Hour {
+		add("healthCheck.interval: %s must be between 100ms and 1h", h.Interval.D())
+	}
+	if h.Timeout.D() < 10*time.Millisecond || h.Timeout.D() > time.Hour {
+		add("healthCheck.timeout: %s must be between 10ms and 1h", h.Timeout.D())
+	}
+	if len(h.ExpectedStatuses) == 0 || len(h.ExpectedStatuses) > 100 {
+		add("healthCheck.expectedStatuses: need 1 to 100 status codes")
+	}
+	if h.Host != "" && (len(h.Host) > maxShortString || !hostHeaderRE.MatchString(h.Host)) {
+		add("healthCheck.host: %q must be a host name or address, optionally with a port", h.Host)
+	}
+	for _, s := range h.ExpectedStatuses {
+		if s < 100 || s > 599 {
+			add("healthCheck.expectedStatuses: %d is not an HTTP status (100-599)", s)
 		}
 	}
 	o := c.Overload
@@ -452,10 +445,8 @@ func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
 	if [12]byte(b[:12]) == ([12]byte{}) {
 		return last, true
 	}
-	for _, p := range nat64 {
-		if p.Contains(ip) {
-			return last, true
-		}
+	if slices.ContainsFunc(nat64, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+		return last, true
 	}
 	return netip.Addr{}, false
 }
@@ -506,12 +497,7 @@ func IsLoopback(addr string) bool {
 	if err != nil {
 		return false
 	}
-	for _, a := range forms(ip) {
-		if a.IsLoopback() {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(forms(ip), netip.Addr.IsLoopback)
 }
 
 // DeniedBy returns the first of cidrs that holds addr, or the IPv4 address it carries

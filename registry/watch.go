@@ -364,18 +364,12 @@ func (w *Watcher) checkRestoredEvery(ctx context.Context, cluster uint64, applie
 			found <- why
 			return
 		}
-		r := reading{at: started, rev: resp.Header.Revision}
+		// The newest replaces an unread one; this goroutine is the only sender, so once the
+		// buffer of one is emptied the send cannot block.
 		select {
-		case readings <- r:
+		case <-readings:
 		default:
-			select { // replace the unread one
-			case <-readings:
-			default:
-			}
-			select {
-			case readings <- r:
-			default:
-			}
 		}
+		readings <- reading{at: started, rev: resp.Header.Revision}
 	}
 }

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,17 +82,14 @@ func serviceCommand(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "service %s stopped\n", name)
 		}
 	}
-	var usage usageError
-	switch {
-	case err == nil:
+	if err == nil {
 		return 0
-	case errors.As(err, &usage):
-		fmt.Fprintf(stderr, "tether-agent service %s: %v\n", verb, err)
-		return 2
-	default:
-		fmt.Fprintf(stderr, "tether-agent service %s: %v\n", verb, err)
-		return 1
 	}
+	fmt.Fprintf(stderr, "tether-agent service %s: %v\n", verb, err)
+	if errors.As(err, new(usageError)) {
+		return 2
+	}
+	return 1
 }
 
 // stopReporter turns the stopping service's status, polled every second, into a line every
@@ -107,9 +106,7 @@ func (r *stopReporter) line(p winsvc.Progress) string {
 	if p.CheckPoint != r.checkPoint {
 		r.checkPoint, r.changed = p.CheckPoint, p.Elapsed
 	}
-	if r.next == 0 {
-		r.next = r.every
-	}
+	r.next = cmp.Or(r.next, r.every)
 	if p.Elapsed < r.next {
 		return ""
 	}
@@ -182,11 +179,8 @@ func install(name string, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	exe, err := os.Executable()
+	exe, err := os.Executable() // absolute, as the service's command line must be
 	if err != nil {
-		return fmt.Errorf("path of tether-agent: %w", err)
-	}
-	if exe, err = filepath.Abs(exe); err != nil {
 		return fmt.Errorf("path of tether-agent: %w", err)
 	}
 	err = winsvc.InstallService(winsvc.InstallOptions{
@@ -205,13 +199,8 @@ func install(name string, args []string, stdout, stderr io.Writer) error {
 // serviceArgs is the command line stored for the service: every flag given, --name=value,
 // in name order, with file paths made absolute.
 func serviceArgs(o *options) ([]string, error) {
-	names := make([]string, 0, len(o.given))
-	for n := range o.given {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	out := make([]string, 0, len(names))
-	for _, n := range names {
+	out := make([]string, 0, len(o.given))
+	for _, n := range slices.Sorted(maps.Keys(o.given)) {
 		v := o.given[n]
 		if slices.Contains(pathFlags, n) && v != "" {
 			abs, err := filepath.Abs(v)

@@ -7,6 +7,7 @@
 package ctl
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -53,17 +54,21 @@ const (
 // pollInterval is how often --wait reads the registry; tests shorten it.
 var pollInterval = time.Second
 
-// common holds the flags every command takes: etcd's, --prefix and a time limit.
+// common holds the flags every command takes (etcd's, --prefix and a time limit) and where
+// the command's errors go.
 type common struct {
 	etcd        etcdconn.Flags
 	prefix      *string
 	timeoutFlag string
 	timeout     *time.Duration
+	name        string
+	stderr      io.Writer
 }
 
 // flags returns the flag set of `tether-controlplane name` with the common flags; -h prints
 // usage, then the flags.
 func (c *common) flags(name, usage string, stderr io.Writer, timeoutFlag, timeoutUsage string) *flag.FlagSet {
+	c.name, c.stderr = name, stderr
 	fs := flag.NewFlagSet("tether-controlplane "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -75,6 +80,12 @@ func (c *common) flags(name, usage string, stderr io.Writer, timeoutFlag, timeou
 	c.timeoutFlag = timeoutFlag
 	c.timeout = fs.Duration(timeoutFlag, defaultOpTimeout, timeoutUsage)
 	return fs
+}
+
+// fail prints err as the command's error and returns code.
+func (c *common) fail(code int, err error) int {
+	fmt.Fprintf(c.stderr, "tether-controlplane %s: %v\n", c.name, err)
+	return code
 }
 
 // check reads the environment into the flags of fs and checks the common ones; its errors
@@ -94,29 +105,31 @@ func (c *common) check(fs *flag.FlagSet, lookup func(string) (string, bool)) (st
 	return p, ec, err
 }
 
-// connect checks the common flags and opens an etcd client.
-func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(string) (string, bool)) (*clientv3.Client, string, int, error) {
+// connect checks the common flags and opens an etcd client for a command on service svc.
+func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(string) (string, bool), svc string, stdout io.Writer) (*command, int, error) {
 	p, ec, err := c.check(fs, lookup)
 	if err != nil {
-		return nil, "", exitUsage, err
+		return nil, exitUsage, err
 	}
 	cl, err := etcdconn.Open(ctx, ec)
 	if err != nil {
-		return nil, "", exitFailure, err
+		return nil, exitFailure, err
 	}
-	return cl, p, exitOK, nil
+	return &command{cli: cl, prefix: p, svc: svc, stdout: stdout, stderr: c.stderr, opTimeout: *c.timeout}, exitOK, nil
 }
 
 // parseInterspersed parses flags placed before, between or after the positional arguments
-// (`drain app/a1 --wait` as well as `drain --wait app/a1`).
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
+// (`drain app/a1 --wait` as well as `drain --wait app/a1`) and returns those. After -h or a
+// bad flag (which the flag package has reported) ok is false and code is the exit code.
+func parseInterspersed(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			return nil, exitOK, false
+		} else if err != nil {
+			return nil, exitUsage, false
 		}
 		if fs.NArg() == 0 {
-			return pos, nil
+			return pos, exitOK, true
 		}
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
@@ -151,45 +164,40 @@ Flags:
 	// A bad flag gets its one-line error (printed by the flag package) and a pointer to -h,
 	// not the whole usage; -h itself gets the usage alone.
 	fs.Usage = func() {}
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			usage()
-			return exitOK
-		}
+	pos, code, ok := parseInterspersed(fs, args)
+	switch {
+	case !ok && code == exitOK:
+		usage()
+		return code
+	case !ok:
 		fmt.Fprintln(stderr, "see tether-controlplane drain -h")
-		return exitUsage
-	}
-	fail := func(code int, err error) int {
-		fmt.Fprintf(stderr, "tether-controlplane drain: %v\n", err)
 		return code
 	}
 	svc, d, err := target(pos, labels)
 	if err != nil {
-		return fail(exitUsage, err)
+		return c.fail(exitUsage, err)
 	}
 	d.Reason = *reason
 	switch {
 	case *undo && *wait:
-		return fail(exitUsage, errors.New("--undo and --wait do not go together"))
+		return c.fail(exitUsage, errors.New("--undo and --wait do not go together"))
 	case *wait && *timeout <= 0:
-		return fail(exitUsage, fmt.Errorf("--timeout: %s must be positive, e.g. 30m", *timeout))
+		return c.fail(exitUsage, fmt.Errorf("--timeout: %s must be positive, e.g. 30m", *timeout))
 	case len(d.Reason) > registry.MaxReason:
-		return fail(exitUsage, fmt.Errorf("--reason: over %d characters", registry.MaxReason))
+		return c.fail(exitUsage, fmt.Errorf("--reason: over %d characters", registry.MaxReason))
 	}
-	cl, prefix, code, err := c.connect(ctx, fs, lookup)
+	cmd, code, err := c.connect(ctx, fs, lookup, svc, stdout)
 	if err != nil {
-		return fail(code, err)
+		return c.fail(code, err)
 	}
-	defer cl.Close()
-	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.timeout}
+	defer cmd.cli.Close()
 	if *undo {
 		code, err = cmd.undo(ctx, d)
 	} else {
 		code, err = cmd.drain(ctx, d, *force, *wait, *timeout)
 	}
 	if err != nil {
-		return fail(code, err)
+		return c.fail(code, err)
 	}
 	return code
 }
@@ -289,11 +297,7 @@ func (c *command) drain(ctx context.Context, d registry.Drain, force, wait bool,
 	}
 	st := snap.st
 	if st.Services[c.svc] == nil && len(st.Drains[c.svc]) == 0 && !force {
-		known := slices.Sorted(maps.Keys(st.Services))
-		list := "none"
-		if len(known) > 0 {
-			list = strings.Join(known, ", ")
-		}
+		list := cmp.Or(strings.Join(slices.Sorted(maps.Keys(st.Services)), ", "), "none")
 		return exitUsage, fmt.Errorf("unknown service %q: it has no configuration and no instance under %s (known services: %s); pass --force to drain it before it exists", c.svc, c.prefix, list)
 	}
 	ids := matched(st, c.svc, d)
@@ -421,21 +425,14 @@ func describe(st *registry.State, svc string, ids []string) string {
 		// and the source address is the only session source-ip has (envoy-rules row 12).
 		return fmt.Sprintf("%s takes no new sessions, and its users move to other servers at their next request (source-ip affinity)", strings.Join(ids, ", "))
 	}
-	count := plural(n, "session")
+	count := overview.Plural(n, "session")
 	if len(unknown) > 0 {
 		count = fmt.Sprintf("sessions (%s counted; unknown on %s, whose agents measure none)", count, strings.Join(unknown, ", "))
 	}
 	if len(ids) == 1 {
 		return fmt.Sprintf("%s keeps its %s and takes no new ones", ids[0], count)
 	}
-	return fmt.Sprintf("%s (%s) keep their %s and take no new ones", plural(len(ids), "instance"), strings.Join(ids, ", "), count)
-}
-
-func plural(n int, word string) string {
-	if n == 1 {
-		return "1 " + word
-	}
-	return fmt.Sprintf("%d %ss", n, word)
+	return fmt.Sprintf("%s (%s) keep their %s and take no new ones", overview.Plural(len(ids), "instance"), strings.Join(ids, ", "), count)
 }
 
 // undo deletes every drain of the service with d's selector.
@@ -510,36 +507,28 @@ func Drains(ctx context.Context, args []string, lookup func(string) (string, boo
 	fs := c.flags("drains", "Usage: tether-controlplane drains [SERVICE] [flags]\n\nLists the operators' drains: what each selects, since when, the instances it drains now and their sessions.\n\nFlags:\n",
 		stderr, "request-timeout", "time limit of each etcd request")
 	asJSON := fs.Bool("json", false, "print the drains as JSON")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	fail := func(code int, err error) int {
-		fmt.Fprintf(stderr, "tether-controlplane drains: %v\n", err)
+	pos, code, ok := parseInterspersed(fs, args)
+	if !ok {
 		return code
 	}
 	if len(pos) > 1 {
-		return fail(exitUsage, fmt.Errorf("unexpected argument %q (see -h)", pos[1]))
+		return c.fail(exitUsage, fmt.Errorf("unexpected argument %q (see -h)", pos[1]))
 	}
 	svc := ""
 	if len(pos) == 1 {
 		svc = pos[0]
 		if err := registry.ValidateServiceName(svc); err != nil {
-			return fail(exitUsage, err)
+			return c.fail(exitUsage, err)
 		}
 	}
-	cl, prefix, code, err := c.connect(ctx, fs, lookup)
+	cmd, code, err := c.connect(ctx, fs, lookup, svc, stdout)
 	if err != nil {
-		return fail(code, err)
+		return c.fail(code, err)
 	}
-	defer cl.Close()
-	cmd := &command{cli: cl, prefix: prefix, svc: svc, stdout: stdout, stderr: stderr, opTimeout: *c.timeout}
+	defer cmd.cli.Close()
 	snap, err := cmd.read(ctx)
 	if err != nil {
-		return fail(exitFailure, err)
+		return c.fail(exitFailure, err)
 	}
 	drains := overview.FromState(snap.st).Drains
 	if svc != "" {
@@ -547,7 +536,7 @@ func Drains(ctx context.Context, args []string, lookup func(string) (string, boo
 	}
 	var bad []string
 	for key := range snap.st.Rejected {
-		if strings.HasPrefix(key, registry.DrainsPrefix(prefix)) {
+		if strings.HasPrefix(key, registry.DrainsPrefix(cmd.prefix)) {
 			bad = append(bad, key)
 		}
 	}
@@ -556,12 +545,12 @@ func Drains(ctx context.Context, args []string, lookup func(string) (string, boo
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(drains); err != nil {
-			return fail(exitFailure, err)
+			return c.fail(exitFailure, err)
 		}
 	} else if len(drains) == 0 {
 		fmt.Fprintln(stdout, "no drains")
 	} else if err := overview.WriteDrains(stdout, drains, time.Now()); err != nil {
-		return fail(exitFailure, err)
+		return c.fail(exitFailure, err)
 	}
 	for _, key := range bad {
 		fmt.Fprintf(stderr, "warning: %s is not a valid drain and is ignored: %s\n", key, strings.ReplaceAll(snap.st.Rejected[key], "\n", "; "))

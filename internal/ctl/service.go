@@ -2,11 +2,10 @@ package ctl
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -29,16 +28,9 @@ Use put rather than etcdctl put: an invalid configuration is refused with every 
 
 Flags:
 `, stderr, "timeout", "time limit for the etcd request")
-	fail := func(code int, err error) int {
-		fmt.Fprintf(stderr, "tether-controlplane service: %v\n", err)
+	pos, code, ok := parseInterspersed(fs, args)
+	if !ok {
 		return code
-	}
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
 	}
 	if len(pos) < 2 {
 		fs.Usage()
@@ -48,17 +40,17 @@ Flags:
 	want := map[string]int{"put": 3, "get": 2, "delete": 2}
 	n, ok := want[verb]
 	if !ok {
-		return fail(2, fmt.Errorf("unknown subcommand %q: use put, get or delete", verb))
+		return c.fail(2, fmt.Errorf("unknown subcommand %q: use put, get or delete", verb))
 	}
 	if len(pos) != n {
-		return fail(2, fmt.Errorf("%s takes %d arguments, got %d (see -h)", verb, n-1, len(pos)-1))
+		return c.fail(2, fmt.Errorf("%s takes %d arguments, got %d (see -h)", verb, n-1, len(pos)-1))
 	}
 	if err := registry.ValidateServiceName(svc); err != nil {
-		return fail(2, err)
+		return c.fail(2, err)
 	}
 	p, ec, err := c.check(fs, lookup)
 	if err != nil {
-		return fail(2, err)
+		return c.fail(2, err)
 	}
 	var raw []byte
 	if verb == "put" {
@@ -68,13 +60,12 @@ Flags:
 			raw, err = os.ReadFile(pos[2])
 		}
 		if err != nil {
-			return fail(2, fmt.Errorf("read %s: %w", pos[2], err))
+			return c.fail(2, fmt.Errorf("read %s: %w", pos[2], err))
 		}
 		if _, err := registry.DecodeServiceConfig(svc, raw); err != nil {
 			fmt.Fprintf(stderr, "tether-controlplane service: the configuration of %s is invalid; nothing written:\n", svc)
-			for _, e := range unjoin(err) {
-				fmt.Fprintf(stderr, "  %v\n", e)
-			}
+			// One field's error a line (ServiceConfig.Validate joins them with newlines).
+			fmt.Fprintf(stderr, "  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
 			return 2
 		}
 	}
@@ -83,23 +74,23 @@ Flags:
 	ec.Context = ctx
 	cl, err := clientv3.New(ec)
 	if err != nil {
-		return fail(1, fmt.Errorf("etcd client for %v: %w", ec.Endpoints, err))
+		return c.fail(1, fmt.Errorf("etcd client for %v: %w", ec.Endpoints, err))
 	}
 	defer cl.Close()
 	key := registry.ServiceKey(p, svc)
 	switch verb {
 	case "put":
 		if _, err := cl.Put(ctx, key, string(raw)); err != nil {
-			return fail(1, fmt.Errorf("put %s: %w", key, err))
+			return c.fail(1, fmt.Errorf("put %s: %w", key, err))
 		}
 		fmt.Fprintf(stdout, "%s: configuration written\n", key)
 	case "get":
 		resp, err := cl.Get(ctx, key)
 		if err != nil {
-			return fail(1, fmt.Errorf("get %s: %w", key, err))
+			return c.fail(1, fmt.Errorf("get %s: %w", key, err))
 		}
 		if len(resp.Kvs) == 0 {
-			return fail(1, fmt.Errorf("%s: no configuration (the service runs with the defaults)", key))
+			return c.fail(1, fmt.Errorf("%s: no configuration (the service runs with the defaults)", key))
 		}
 		fmt.Fprintf(stdout, "%s\n", resp.Kvs[0].Value)
 		if _, err := registry.DecodeServiceConfig(svc, resp.Kvs[0].Value); err != nil {
@@ -108,20 +99,12 @@ Flags:
 	case "delete":
 		resp, err := cl.Delete(ctx, key)
 		if err != nil {
-			return fail(1, fmt.Errorf("delete %s: %w", key, err))
+			return c.fail(1, fmt.Errorf("delete %s: %w", key, err))
 		}
 		if resp.Deleted == 0 {
-			return fail(1, fmt.Errorf("%s: no configuration to delete", key))
+			return c.fail(1, fmt.Errorf("%s: no configuration to delete", key))
 		}
 		fmt.Fprintf(stdout, "%s: configuration deleted\n", key)
 	}
 	return 0
-}
-
-// unjoin lists the errors that err joins (ServiceConfig.Validate joins one per field).
-func unjoin(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
 }

@@ -35,27 +35,23 @@ func Status(ctx context.Context, args []string, lookup func(string) (string, boo
 		}
 		return 2
 	}
-	fail := func(code int, err error) int {
-		fmt.Fprintf(stderr, "tether-controlplane status: %v\n", err)
-		return code
-	}
 	if fs.NArg() > 0 {
-		return fail(2, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)))
+		return c.fail(2, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)))
 	}
 	p, ec, err := c.check(fs, lookup)
 	if err != nil {
-		return fail(2, err)
+		return c.fail(2, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *c.timeout)
 	defer cancel()
 	cli, err := etcdconn.Open(ctx, ec)
 	if err != nil {
-		return fail(1, err)
+		return c.fail(1, err)
 	}
 	defer cli.Close()
 	snap, err := read(ctx, cli, p, *allowLoopback)
 	if err != nil {
-		return fail(1, err)
+		return c.fail(1, err)
 	}
 	ov := overview.FromState(snap.st)
 	if *asJSON {
@@ -66,11 +62,11 @@ func Status(ctx context.Context, args []string, lookup func(string) (string, boo
 		err = overview.WriteTable(stdout, ov, time.Now())
 	}
 	if err != nil {
-		return fail(1, err)
+		return c.fail(1, err)
 	}
 	if *admin != "" {
 		if err := writeOldEnvoys(ctx, stdout, *admin); err != nil {
-			return fail(1, err)
+			return c.fail(1, err)
 		}
 	}
 	return 0
@@ -115,12 +111,9 @@ func writeOldEnvoys(ctx context.Context, w io.Writer, addr string) error {
 	return err
 }
 
-// refuseLoopback moves the instances on loopback addresses to the rejected keys, with the
-// control plane's own words.
+// refuseLoopback moves the instances on loopback addresses to the rejected keys (of a State
+// from BuildState: its own maps), with the control plane's own words.
 func refuseLoopback(st *registry.State, prefix string) {
-	if st.Rejected == nil {
-		st.Rejected = map[string]string{}
-	}
 	for name, s := range st.Services {
 		for id, in := range s.Instances {
 			if registry.IsLoopback(in.Address) {

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/internal/etcdconn"
+	"github.com/tetherlb/tether/internal/overview"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -70,7 +71,7 @@ func (c *command) wait(ctx context.Context, name string, d registry.Drain, timeo
 				deps.requestProgress()
 			}
 			if !time.Now().Before(deadline) {
-				return exitTimeout, fmt.Errorf("timed out after %s with %s left on %s (%s)", timeout, plural(r.sessions, "session"), c.what(d), strings.Join(r.pending, "; "))
+				return exitTimeout, fmt.Errorf("timed out after %s with %s left on %s (%s)", timeout, overview.Plural(r.sessions, "session"), c.what(d), strings.Join(r.pending, "; "))
 			}
 		}
 		select {
@@ -153,7 +154,7 @@ func progress(snap *snapshot, prefix, svc string, d registry.Drain, drainRev int
 		}
 	}
 	r.done = len(r.pending) == 0
-	r.line = fmt.Sprintf("%s on %s (%s)", plural(r.sessions, "session"), plural(listed, "drained instance"), strings.Join(parts, ", "))
+	r.line = fmt.Sprintf("%s on %s (%s)", overview.Plural(r.sessions, "session"), overview.Plural(listed, "drained instance"), strings.Join(parts, ", "))
 	return r
 }
 
@@ -170,7 +171,7 @@ func count(l registry.Load) string {
 	if !l.SessionsKnown() {
 		return "sessions unknown"
 	}
-	return plural(l.Sessions, "session")
+	return overview.Plural(l.Sessions, "session")
 }
 
 // departure is the last value of a deleted instance key.

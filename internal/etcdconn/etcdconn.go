@@ -59,7 +59,7 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // Dial returns a client for cfg, retrying while etcd is unreachable until ctx ends.
-// onRetry, when not nil, is told each failed attempt and the wait before the next.
+// onRetry is told each failed attempt and the wait before the next.
 func Dial(ctx context.Context, cfg clientv3.Config, onRetry func(err error, wait time.Duration)) (*clientv3.Client, error) {
 	var b Backoff
 	for {
@@ -71,9 +71,7 @@ func Dial(ctx context.Context, cfg clientv3.Config, onRetry func(err error, wait
 			return nil, err
 		}
 		wait := b.Next()
-		if onRetry != nil {
-			onRetry(err, wait)
-		}
+		onRetry(err, wait)
 		if !Sleep(ctx, wait) {
 			return nil, errors.Join(ctx.Err(), err)
 		}

@@ -4,6 +4,7 @@
 package etcdembed
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/url"
@@ -67,12 +68,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	} else {
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(QuietLogger(zapcore.Lock(os.Stderr)))
 	}
-	if c.TickMs > 0 {
-		cfg.TickMs = c.TickMs
-	}
-	if c.ElectionMs > 0 {
-		cfg.ElectionMs = c.ElectionMs
-	}
+	cfg.TickMs, cfg.ElectionMs = cmp.Or(c.TickMs, cfg.TickMs), cmp.Or(c.ElectionMs, cfg.ElectionMs)
 	// Keep one hour of history so that watchers can resume; older revisions are compacted.
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"

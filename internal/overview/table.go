@@ -1,6 +1,7 @@
 package overview
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -30,10 +31,10 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 		for _, in := range s.Instances {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 				clean(s.Name, 0), clean(in.ID, 0), net.JoinHostPort(in.Address, strconv.Itoa(in.Port)),
-				stateText(in.State), orDash(clean(in.Reason, maxReason)),
+				stateText(in.State), cmp.Or(clean(in.Reason, maxReason), "-"),
 				sessions(in.Load, in.Thresholds.MaxSessions),
 				percent(in.Load.CPU, in.Thresholds.MaxCPU), memory(in.Load, in.Thresholds),
-				orDash(clean(in.Zone, 0)), orDash(clean(in.Agent.Version, 0)), age(in.UpdatedAt, now))
+				cmp.Or(clean(in.Zone, 0), "-"), cmp.Or(clean(in.Agent.Version, 0), "-"), age(in.UpdatedAt, now))
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -45,10 +46,10 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 		unknown = fmt.Sprintf(" (not counted on %d: their agents measure none)", sm.SessionsUnknown)
 	}
 	fmt.Fprintf(w, "\nrevision %d: %s, %s (%d available, %d full, %d draining, %d unhealthy), %s%s\n",
-		ov.Revision, plural(sm.Services, "service"), plural(sm.Instances, "instance"),
-		sm.Available, sm.Full, sm.Draining, sm.Unhealthy, plural(sm.Sessions, "session"), unknown)
+		ov.Revision, Plural(sm.Services, "service"), Plural(sm.Instances, "instance"),
+		sm.Available, sm.Full, sm.Draining, sm.Unhealthy, Plural(sm.Sessions, "session"), unknown)
 	if len(ov.Drains) > 0 {
-		fmt.Fprintf(w, "\n%s:\n", plural(len(ov.Drains), "drain"))
+		fmt.Fprintf(w, "\n%s:\n", Plural(len(ov.Drains), "drain"))
 		if err := WriteDrains(w, ov.Drains, now); err != nil {
 			return err
 		}
@@ -56,7 +57,7 @@ func WriteTable(w io.Writer, ov Overview, now time.Time) error {
 	if len(ov.Rejected) == 0 {
 		return nil
 	}
-	fmt.Fprintf(w, "\n%s left out (invalid values):\n", plural(len(ov.Rejected), "rejected key"))
+	fmt.Fprintf(w, "\n%s left out (invalid values):\n", Plural(len(ov.Rejected), "rejected key"))
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "KEY\tERROR")
 	for _, r := range ov.Rejected {
@@ -146,14 +147,8 @@ func clean(s string, limit int) string {
 	return string(r)
 }
 
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func plural(n int, word string) string {
+// Plural is n and word, with an s unless n is 1: "1 session", "3 sessions".
+func Plural(n int, word string) string {
 	if n == 1 {
 		return "1 " + word
 	}
@@ -166,12 +161,9 @@ func WriteDrains(w io.Writer, drains []Drain, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tDRAIN\tSELECTS\tAGE\tINSTANCES\tSESSIONS\tREASON")
 	for _, d := range drains {
-		insts := strings.Join(d.Matched, ",")
-		if insts == "" {
-			insts = "(none)"
-		}
+		insts := cmp.Or(strings.Join(d.Matched, ","), "(none)")
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clean(d.Service, 0), clean(d.Name, 0),
-			clean(d.Selector(), 64), age(d.CreatedAt, now), clean(insts, 64), drainSessions(d), orDash(clean(d.Reason, maxReason)))
+			clean(d.Selector(), 64), age(d.CreatedAt, now), clean(insts, 64), drainSessions(d), cmp.Or(clean(d.Reason, maxReason), "-"))
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write table: %w", err)

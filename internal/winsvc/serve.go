@@ -32,10 +32,6 @@ const (
 	Stopped
 )
 
-func (s State) String() string {
-	return [...]string{"start-pending", "running", "stop-pending", "stopped"}[s]
-}
-
 // Status is one report to the SCM. While stopping, CheckPoint grows at least once per
 // WaitHint so that the SCM sees progress during a long drain.
 type Status struct {
@@ -97,9 +93,7 @@ func Serve(requests <-chan Request, report func(Status), run RunFunc, opt Option
 			}
 			if req == Shutdown && !shutdown { // also during a drain a stop began
 				shutdown = true
-				t := time.NewTimer(opt.ShutdownGrace)
-				defer t.Stop()
-				grace = t.C
+				grace = time.After(opt.ShutdownGrace)
 			}
 			if cur.State == Running {
 				opt.Log.Info().Bool("shutdown", shutdown).Msg("service stopping: draining")

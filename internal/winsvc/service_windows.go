@@ -144,15 +144,11 @@ func InstallService(o InstallOptions) error {
 // UninstallService stops nothing: it deletes the service (Windows removes it once stopped) and its
 // event log source.
 func UninstallService(name string) error {
-	m, err := mgr.Connect()
+	m, s, err := open(name)
 	if err != nil {
-		return fmt.Errorf("connect to the service manager (run as Administrator): %w", err)
+		return err
 	}
 	defer m.Disconnect()
-	s, err := m.OpenService(name)
-	if err != nil {
-		return fmt.Errorf("service %q: %w", name, err)
-	}
 	defer s.Close()
 	if err := s.Delete(); err != nil {
 		return fmt.Errorf("delete service %q: %w", name, err)
