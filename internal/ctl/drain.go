@@ -88,12 +88,9 @@ func (c *common) fail(code int, err error) int {
 	return code
 }
 
-// check reads the environment into the flags of fs and checks the common ones; its errors
-// are usage errors. It returns the normalized prefix and the etcd client configuration.
-func (c *common) check(fs *flag.FlagSet, lookup func(string) (string, bool)) (string, clientv3.Config, error) {
-	if err := cli.BindEnv(fs, lookup); err != nil {
-		return "", clientv3.Config{}, err
-	}
+// check checks the common flags; its errors are usage errors. It returns the normalized
+// prefix and the etcd client configuration.
+func (c *common) check(lookup func(string) (string, bool)) (string, clientv3.Config, error) {
 	if *c.timeout <= 0 {
 		return "", clientv3.Config{}, fmt.Errorf("--%s: %s must be positive, e.g. 10s", c.timeoutFlag, *c.timeout)
 	}
@@ -106,8 +103,8 @@ func (c *common) check(fs *flag.FlagSet, lookup func(string) (string, bool)) (st
 }
 
 // connect checks the common flags and opens an etcd client for a command on service svc.
-func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(string) (string, bool), svc string, stdout io.Writer) (*command, int, error) {
-	p, ec, err := c.check(fs, lookup)
+func (c *common) connect(ctx context.Context, lookup func(string) (string, bool), svc string, stdout io.Writer) (*command, int, error) {
+	p, ec, err := c.check(lookup)
 	if err != nil {
 		return nil, exitUsage, err
 	}
@@ -118,10 +115,11 @@ func (c *common) connect(ctx context.Context, fs *flag.FlagSet, lookup func(stri
 	return &command{cli: cl, prefix: p, svc: svc, stdout: stdout, stderr: c.stderr, opTimeout: *c.timeout}, exitOK, nil
 }
 
-// parseInterspersed parses flags placed before, between or after the positional arguments
-// (`drain app/a1 --wait` as well as `drain --wait app/a1`) and returns those. After -h or a
-// bad flag (which the flag package has reported) ok is false and code is the exit code.
-func parseInterspersed(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
+// parse parses flags placed before, between or after the positional arguments, then reads
+// TETHER_<FLAG> into each flag not given, before the command reads any flag (a bad variable
+// is said here). ok is false when the command ends with code: 0 for -h, 2 for a bad flag or
+// variable.
+func (c *common) parse(fs *flag.FlagSet, args []string, lookup func(string) (string, bool)) (pos []string, code int, ok bool) {
 	for {
 		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 			return nil, exitOK, false
@@ -129,11 +127,15 @@ func parseInterspersed(fs *flag.FlagSet, args []string) (pos []string, code int,
 			return nil, exitUsage, false
 		}
 		if fs.NArg() == 0 {
-			return pos, exitOK, true
+			break
 		}
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+	if err := cli.BindEnv(fs, lookup); err != nil {
+		return nil, c.fail(exitUsage, err), false
+	}
+	return pos, exitOK, true
 }
 
 // Drain runs `tether-controlplane drain`; args follow "drain". It returns the exit code.
@@ -164,7 +166,7 @@ Flags:
 	// A bad flag gets its one-line error (printed by the flag package) and a pointer to -h,
 	// not the whole usage; -h itself gets the usage alone.
 	fs.Usage = func() {}
-	pos, code, ok := parseInterspersed(fs, args)
+	pos, code, ok := c.parse(fs, args, lookup)
 	switch {
 	case !ok && code == exitOK:
 		usage()
@@ -186,7 +188,7 @@ Flags:
 	case len(d.Reason) > registry.MaxReason:
 		return c.fail(exitUsage, fmt.Errorf("--reason: over %d characters", registry.MaxReason))
 	}
-	cmd, code, err := c.connect(ctx, fs, lookup, svc, stdout)
+	cmd, code, err := c.connect(ctx, lookup, svc, stdout)
 	if err != nil {
 		return c.fail(code, err)
 	}
@@ -507,7 +509,7 @@ func Drains(ctx context.Context, args []string, lookup func(string) (string, boo
 	fs := c.flags("drains", "Usage: tether-controlplane drains [SERVICE] [flags]\n\nLists the operators' drains: what each selects, since when, the instances it drains now and their sessions.\n\nFlags:\n",
 		stderr, "request-timeout", "time limit of each etcd request")
 	asJSON := fs.Bool("json", false, "print the drains as JSON")
-	pos, code, ok := parseInterspersed(fs, args)
+	pos, code, ok := c.parse(fs, args, lookup)
 	if !ok {
 		return code
 	}
@@ -521,7 +523,7 @@ func Drains(ctx context.Context, args []string, lookup func(string) (string, boo
 			return c.fail(exitUsage, err)
 		}
 	}
-	cmd, code, err := c.connect(ctx, fs, lookup, svc, stdout)
+	cmd, code, err := c.connect(ctx, lookup, svc, stdout)
 	if err != nil {
 		return c.fail(code, err)
 	}

@@ -403,6 +403,42 @@ func TestDrainErrors(t *testing.T) {
 	}
 }
 
+// TestDrainFlagsFromTheEnvironment: every flag of the drain command reads TETHER_<FLAG>, as
+// reference.md promises, and is read from it before the command uses it: the selection and
+// the note, and the checks of --undo, --wait and --timeout.
+func TestDrainFlagsFromTheEnvironment(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	putInstance(t, cli, "a1", 5001, "1", registry.StateAvailable, 0)
+	putInstance(t, cli, "b1", 5002, "2", registry.StateAvailable, 0)
+	env := map[string]string{"TETHER_LABEL": "version=1", "TETHER_REASON": "from the environment"}
+	if r := runCmd(t, srv.ClientURL, env, "drain", "app"); r.code != 0 {
+		t.Fatalf("drain app with TETHER_LABEL: %+v", r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, registry.DrainKey("/tether", "app", "version=1"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("the drain version=1: %v, %d keys", err, len(resp.Kvs))
+	}
+	d, err := registry.DecodeDrain("app", "version=1", resp.Kvs[0].Value)
+	if err != nil || d.Labels["version"] != "1" || len(d.Labels) != 1 || d.Reason != "from the environment" {
+		t.Errorf("drain written: %+v, %v", d, err)
+	}
+	for _, c := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"TETHER_UNDO": "true", "TETHER_WAIT": "true"}, "do not go together"},
+		{map[string]string{"TETHER_WAIT": "true", "TETHER_TIMEOUT": "0s"}, "--timeout: 0s must be positive"},
+		{map[string]string{"TETHER_REASON": strings.Repeat("x", registry.MaxReason+1)}, "--reason: over"},
+	} {
+		if r := runCmd(t, srv.ClientURL, c.env, "drain", "app/a1"); r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("drain app/a1 with %v: exit %d, stderr %q; want exit 2 and %q", c.env, r.code, r.stderr, c.want)
+		}
+	}
+}
+
 // TestOperatorRole: with the roles of examples/etcd-roles.sh, the operator user drains and
 // undrains with the command, the agent user cannot.
 func TestOperatorRole(t *testing.T) {

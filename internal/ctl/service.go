@@ -28,7 +28,7 @@ Use put rather than etcdctl put: an invalid configuration is refused with every 
 
 Flags:
 `, stderr, "timeout", "time limit for the etcd request")
-	pos, code, ok := parseInterspersed(fs, args)
+	pos, code, ok := c.parse(fs, args, lookup)
 	if !ok {
 		return code
 	}
@@ -48,7 +48,7 @@ Flags:
 	if err := registry.ValidateServiceName(svc); err != nil {
 		return c.fail(2, err)
 	}
-	p, ec, err := c.check(fs, lookup)
+	p, ec, err := c.check(lookup)
 	if err != nil {
 		return c.fail(2, err)
 	}

@@ -3,8 +3,6 @@ package ctl
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -29,16 +27,14 @@ func Status(ctx context.Context, args []string, lookup func(string) (string, boo
 	asJSON := fs.Bool("json", false, "print the overview as JSON instead of a table")
 	allowLoopback := fs.Bool("allow-loopback-backends", false, "show instances on loopback addresses as served, as a control plane started with --allow-loopback-backends does (without it they are rejected, as the control plane rejects them)")
 	admin := fs.String("admin-addr", "", "a control plane's admin address (host:port, e.g. 127.0.0.1:18001): also list its connected Envoys older than Tether's minimum version ("+controlplane.MinEnvoyVersion+")")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	pos, code, ok := c.parse(fs, args, lookup)
+	if !ok {
+		return code
 	}
-	if fs.NArg() > 0 {
-		return c.fail(2, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)))
+	if len(pos) > 0 {
+		return c.fail(2, fmt.Errorf("unexpected argument %q (see -h)", pos[0]))
 	}
-	p, ec, err := c.check(fs, lookup)
+	p, ec, err := c.check(lookup)
 	if err != nil {
 		return c.fail(2, err)
 	}
