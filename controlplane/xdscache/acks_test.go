@@ -51,7 +51,7 @@ func TestAcksAreExact(t *testing.T) {
 	s := openSotW(t, conn)
 	node := &corev3.Node{Id: "n", Cluster: "g"}
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNames: []string{"a"}})
-	r1 := s.next(t, "endpoints")
+	r1 := s.recv(t, "endpoints")
 	eventually.True(t, "response outstanding", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Waiting })
 	if a, subA, subB := ackOf(c); a.Version != "" || a.Group != "g" || !subA || subB {
 		t.Fatalf("before any ACK: %+v (a %v, b %v)", a, subA, subB)
@@ -71,7 +71,7 @@ func TestAcksAreExact(t *testing.T) {
 	}
 	// The ACK of r1, adding b: r1 covers a only.
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: r1.GetNonce(), ResourceNames: []string{"a", "b"}})
-	r2 := s.next(t, "b's assignment")
+	r2 := s.recv(t, "b's assignment")
 	if len(r2.GetResources()) != 1 {
 		t.Fatalf("response to b's subscription has %d assignments, want 1", len(r2.GetResources()))
 	}
@@ -85,7 +85,7 @@ func TestAcksAreExact(t *testing.T) {
 	}
 	// A NACK keeps the version acknowledged before.
 	update(t, c, res(5002))
-	r3 := s.next(t, "the change")
+	r3 := s.recv(t, "the change")
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: r3.GetNonce(),
 		ResourceNames: []string{"a", "b"}, ErrorDetail: &rpcstatus.Status{Code: 3, Message: "no"}})
 	eventually.True(t, "NACK", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
@@ -251,7 +251,7 @@ func TestNACKThenACKIsNotWhole(t *testing.T) {
 					s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names, ErrorDetail: err})
 				}
 				next = func(what string) (string, string, []string) {
-					r := s.next(t, what)
+					r := s.recv(t, what)
 					var got []string
 					for _, x := range r.GetResources() {
 						var m endpointv3.ClusterLoadAssignment
@@ -424,26 +424,26 @@ func TestSubscriptionSwitchesForgetTheOldNames(t *testing.T) {
 		s.send(t, req)
 	}
 	ask([]string{"a"}, nil, false)
-	r1 := s.next(t, "a")
+	r1 := s.recv(t, "a")
 	ask([]string{"a"}, r1, false)
 	eventually.True(t, "the ACK of a", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Whole && !a.Waiting })
 	update(t, c, res(5002))
-	r2 := s.next(t, "a's change")
+	r2 := s.recv(t, "a's change")
 	ask([]string{"a"}, r2, true)
 	eventually.True(t, "the NACK of a's change", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
 	ask([]string{"*"}, r2, false) // every assignment
-	r3 := s.next(t, "every assignment")
+	r3 := s.recv(t, "every assignment")
 	if a, subA, subB := ackOf(c); a.Whole || !a.Waiting || !subA || !subB {
 		t.Fatalf("after switching to every assignment, its response unanswered: %+v (a %v, b %v); want not whole, both subscribed", a, subA, subB)
 	}
 	ask([]string{"*"}, r3, false)
 	eventually.True(t, "the ACK of every assignment", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Whole && !a.Waiting })
 	ask([]string{"b"}, r3, false)
-	r4 := s.next(t, "b alone")
+	r4 := s.recv(t, "b alone")
 	ask([]string{"b"}, r4, false)
 	eventually.True(t, "b alone subscribed", 10*time.Second, func() bool { a, subA, subB := ackOf(c); return subB && !subA && !a.Waiting })
 	update(t, c, res(5003))
-	if r5 := s.next(t, "the change of both"); len(r5.GetResources()) != 1 {
+	if r5 := s.recv(t, "the change of both"); len(r5.GetResources()) != 1 {
 		t.Fatalf("subscribed to b alone, the change of a and b sent %d assignments; want b's", len(r5.GetResources()))
 	}
 }
