@@ -306,9 +306,7 @@ func envoyClusterHosts(t testing.TB, ev *envoy, name string) []string {
 // service is added with its own overload reply, reconfigured and removed, each change held
 // for longer than Envoy's drain time; Envoy never modifies its listener.
 func TestEnvoyWebSocketSurvivesServiceChanges(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{})
 	cli := e.etcd.Client(t)
 	modified := envoyStat(t, ev, "listener_manager.listener_modified")
 
@@ -362,9 +360,7 @@ func TestEnvoyWebSocketSurvivesServiceChanges(t *testing.T) {
 // stay on it for longer than several health-check periods, Envoy keeps it DRAINING (never
 // failed by a health check), and new users go elsewhere.
 func TestEnvoyFullServerKeepsSessions(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnvWith(t, envConfig{AvailablePath: "/ready"})
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{AvailablePath: "/ready"})
 
 	pins := pin(t, ev.base, []string{"app1"}, 2, 60)["app1"]
 	e.setRefuse(t, "app1", true)
@@ -401,9 +397,7 @@ func TestEnvoyFullServerKeepsSessions(t *testing.T) {
 // TestEnvoyLongPoll: a session's 90 s long poll (SignalR's fallback transports hold requests
 // about that long) completes through Envoy: no route timeout cuts it.
 func TestEnvoyLongPoll(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	_, ev := envoyEnv(t, envConfig{})
 
 	b := newBrowser(t, ev.base)
 	p := b.mustPage(t)
@@ -461,9 +455,7 @@ func TestLongServiceNameWithoutEnvoy(t *testing.T) {
 // cookie regex over RE2 program size 100 and with it every route) and its users get their
 // sticky cookie.
 func TestEnvoyLongServiceName(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnvWith(t, envConfig{Service: longService})
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{Service: longService})
 
 	b := newBrowser(t, ev.base)
 	first := b.mustPage(t)
