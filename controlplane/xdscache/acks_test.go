@@ -26,6 +26,21 @@ func ackOf(c *Cache) (a StreamAck, subA, subB bool) {
 	return
 }
 
+// sotwWatch binds req to the SotW stream 1 of c and creates its watch with sub, as the
+// server does for each request of a stream.
+func sotwWatch(t *testing.T, c *Cache, req *discovery.DiscoveryRequest, sub cachev3.Subscription) (chan cachev3.Response, func()) {
+	t.Helper()
+	if err := c.bindSotw(1, req); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan cachev3.Response, 1)
+	cancel, err := c.CreateWatch(req, sub, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch, cancel
+}
+
 // TestAcksAreExact: the cache records what an Envoy acknowledged: a SotW ACK repeating the
 // version sent, a delta ACK carrying the last response's nonce; an ACK is whole only if it
 // covers every name subscribed (a name added after the response is not covered); a NACK keeps
@@ -150,18 +165,7 @@ func TestSotWResendsADroppedResponse(t *testing.T) {
 	c.open(StreamKey{false, 1}, "")
 	names := []string{"a", "b"}
 	sub := streamv3.NewSotwSubscription(names, false)
-	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
-		t.Helper()
-		if err := c.bindSotw(1, req); err != nil {
-			t.Fatal(err)
-		}
-		ch := make(chan cachev3.Response, 1)
-		cancel, err := c.CreateWatch(req, sub, ch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ch, cancel
-	}
+	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) { return sotwWatch(t, c, req, sub) }
 	ch, cancel := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
 	r1, err := (<-ch).GetDiscoveryResponse()
 	if err != nil {
@@ -500,16 +504,7 @@ func TestCancelDisarmsOnlyItsOwnWatch(t *testing.T) {
 	c.open(StreamKey{false, 1}, "")
 	names := []string{"a"}
 	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
-		t.Helper()
-		if err := c.bindSotw(1, req); err != nil {
-			t.Fatal(err)
-		}
-		ch := make(chan cachev3.Response, 1)
-		cancel, err := c.CreateWatch(req, streamv3.NewSotwSubscription(names, false), ch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ch, cancel
+		return sotwWatch(t, c, req, streamv3.NewSotwSubscription(names, false))
 	}
 	ch, cancel1 := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
 	r1, err := (<-ch).GetDiscoveryResponse()
