@@ -131,33 +131,27 @@ func TestListenerStableWithoutEnvoy(t *testing.T) {
 	routesVersion := func(v xdsclient.View) string {
 		return v.ResourceVersions[resourcev3.RouteType][translate.RouteConfigName]
 	}
+	// firstHealth is the health of the other service's first endpoint (UNKNOWN without one).
+	firstHealth := func(v xdsclient.View) corev3.HealthStatus {
+		cla, _ := v.Resources[resourcev3.EndpointType][otherCluster].(*endpointv3.ClusterLoadAssignment)
+		for _, loc := range cla.GetEndpoints() {
+			for _, lb := range loc.GetLbEndpoints() {
+				return lb.GetHealthStatus()
+			}
+		}
+		return corev3.HealthStatus_UNKNOWN
+	}
 
 	e.addOther(t, cli, "127.0.0.1", 9, registry.Overload{Status: 429, RetryAfterSeconds: 30})
 	waitView("the other service's cluster", func(v xdsclient.View) bool { return v.Resources[resourcev3.ClusterType][otherCluster] != nil })
 	// A new instance is DRAINING until every Envoy knows it (two-phase publication): wait
 	// for its promotion, so that DRAINING below is the registry's state.
-	waitView("the other service's instance promoted", func(v xdsclient.View) bool {
-		cla, _ := v.Resources[resourcev3.EndpointType][otherCluster].(*endpointv3.ClusterLoadAssignment)
-		for _, loc := range cla.GetEndpoints() {
-			for _, lb := range loc.GetLbEndpoints() {
-				return lb.GetHealthStatus() == corev3.HealthStatus_HEALTHY
-			}
-		}
-		return false
-	})
+	waitView("the other service's instance promoted", func(v xdsclient.View) bool { return firstHealth(v) == corev3.HealthStatus_HEALTHY })
 	routes := routesVersion(sim.View())
 	e.addOther(t, cli, "127.0.0.1", 9, registry.Overload{Status: 503, ReturnURL: "https://status.example.com/busy%20now"})
 	waitView("the other service's new overload reply in the routes", func(v xdsclient.View) bool { return routesVersion(v) != routes })
 	putOtherInstance(t, cli, "127.0.0.1", 9, registry.StateDraining)
-	waitView("the other service's instance draining", func(v xdsclient.View) bool {
-		cla, _ := v.Resources[resourcev3.EndpointType][otherCluster].(*endpointv3.ClusterLoadAssignment)
-		for _, loc := range cla.GetEndpoints() {
-			for _, lb := range loc.GetLbEndpoints() {
-				return lb.GetHealthStatus() == corev3.HealthStatus_DRAINING
-			}
-		}
-		return false
-	})
+	waitView("the other service's instance draining", func(v xdsclient.View) bool { return firstHealth(v) == corev3.HealthStatus_DRAINING })
 	removeOther(t, cli)
 	waitView("the other service gone", func(v xdsclient.View) bool { return v.Resources[resourcev3.ClusterType][otherCluster] == nil })
 
