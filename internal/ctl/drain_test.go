@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/controlplane/admin"
@@ -69,16 +71,21 @@ func putInstance(t *testing.T, cli *clientv3.Client, id string, port int, versio
 	}
 }
 
-// health returns the EDS health of every endpoint of the view, by instance ID.
-func health(v xdsclient.View) map[string]string {
-	out := map[string]string{}
-	for _, m := range v.Resources[resourcev3.EndpointType] {
+// eachHealth calls f with the instance ID and EDS health of every endpoint of the assignments.
+func eachHealth(assignments map[string]proto.Message, f func(id, health string)) {
+	for _, m := range assignments {
 		for _, l := range m.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
 			for _, e := range l.GetLbEndpoints() {
-				out[e.GetEndpoint().GetHostname()] = e.GetHealthStatus().String()
+				f(e.GetEndpoint().GetHostname(), e.GetHealthStatus().String())
 			}
 		}
 	}
+}
+
+// health returns the EDS health of every endpoint of the view, by instance ID.
+func health(v xdsclient.View) map[string]string {
+	out := map[string]string{}
+	eachHealth(v.Resources[resourcev3.EndpointType], func(id, h string) { out[id] = h })
 	return out
 }
 
@@ -105,14 +112,7 @@ func start(t *testing.T) *fixture {
 		}
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		for _, m := range u.Resources {
-			for _, l := range m.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
-				for _, e := range l.GetLbEndpoints() {
-					id := e.GetEndpoint().GetHostname()
-					f.seen[id] = append(f.seen[id], e.GetHealthStatus().String())
-				}
-			}
-		}
+		eachHealth(u.Resources, func(id, h string) { f.seen[id] = append(f.seen[id], h) })
 	}
 	conn, err := grpc.NewClient(f.cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -225,11 +225,8 @@ func TestDrainByIDLabelUndoAndLater(t *testing.T) {
 	// An instance registering under the drain is DRAINING from its very first push.
 	putInstance(t, f.cli, "a3", 5005, "1", registry.StateAvailable, 0)
 	f.waitHealth(t, "a3 registered drained", map[string]string{"a3": "DRAINING"})
-	for _, h := range f.seenOf("a3") {
-		if h != "DRAINING" {
-			t.Errorf("a3 was given %v: it must never be HEALTHY under the drain", f.seenOf("a3"))
-			break
-		}
+	if slices.ContainsFunc(f.seenOf("a3"), func(h string) bool { return h != "DRAINING" }) {
+		t.Errorf("a3 was given %v: it must never be HEALTHY under the drain", f.seenOf("a3"))
 	}
 
 	// Undoing the instance alone names the label drain that holds it.
