@@ -165,7 +165,9 @@ func TestSotWResendsADroppedResponse(t *testing.T) {
 	c.open(StreamKey{false, 1}, "")
 	names := []string{"a", "b"}
 	sub := streamv3.NewSotwSubscription(names, false)
-	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) { return sotwWatch(t, c, req, sub) }
+	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
+		return sotwWatch(t, c, req, sub)
+	}
 	ch, cancel := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
 	r1, err := (<-ch).GetDiscoveryResponse()
 	if err != nil {
