@@ -13,9 +13,7 @@ import (
 // real Envoy while its agent keeps running: the sessions pinned to app1 keep reaching it, new
 // clients start elsewhere; removing the drain makes app1 HEALTHY again.
 func TestEnvoyOperatorDrainKeepsSessions(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{})
 	cli := e.etcd.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

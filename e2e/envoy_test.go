@@ -126,6 +126,15 @@ type envoy struct {
 	base  string // the listener, http://127.0.0.1:port
 }
 
+// envoyEnv starts an environment by cfg (newEnvWith) and an Envoy on it, or skips the test
+// when there is no Envoy to run.
+func envoyEnv(t testing.TB, cfg envConfig) (*env, *envoy) {
+	t.Helper()
+	bin := envoyBin(t)
+	e := newEnvWith(t, cfg)
+	return e, e.startEnvoy(t, bin)
+}
+
 // startEnvoy runs Envoy from a rendered copy of envoy/bootstrap.yaml and waits until it is
 // live, sees app1..app3 healthy, and answers on the listener.
 func (e *env) startEnvoy(t testing.TB, bin string) *envoy {

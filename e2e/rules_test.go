@@ -131,33 +131,27 @@ func TestListenerStableWithoutEnvoy(t *testing.T) {
 	routesVersion := func(v xdsclient.View) string {
 		return v.ResourceVersions[resourcev3.RouteType][translate.RouteConfigName]
 	}
+	// firstHealth is the health of the other service's first endpoint (UNKNOWN without one).
+	firstHealth := func(v xdsclient.View) corev3.HealthStatus {
+		cla, _ := v.Resources[resourcev3.EndpointType][otherCluster].(*endpointv3.ClusterLoadAssignment)
+		for _, loc := range cla.GetEndpoints() {
+			for _, lb := range loc.GetLbEndpoints() {
+				return lb.GetHealthStatus()
+			}
+		}
+		return corev3.HealthStatus_UNKNOWN
+	}
 
 	e.addOther(t, cli, "127.0.0.1", 9, registry.Overload{Status: 429, RetryAfterSeconds: 30})
 	waitView("the other service's cluster", func(v xdsclient.View) bool { return v.Resources[resourcev3.ClusterType][otherCluster] != nil })
 	// A new instance is DRAINING until every Envoy knows it (two-phase publication): wait
 	// for its promotion, so that DRAINING below is the registry's state.
-	waitView("the other service's instance promoted", func(v xdsclient.View) bool {
-		cla, _ := v.Resources[resourcev3.EndpointType][otherCluster].(*endpointv3.ClusterLoadAssignment)
-		for _, loc := range cla.GetEndpoints() {
-			for _, lb := range loc.GetLbEndpoints() {
-				return lb.GetHealthStatus() == corev3.HealthStatus_HEALTHY
-			}
-		}
-		return false
-	})
+	waitView("the other service's instance promoted", func(v xdsclient.View) bool { return firstHealth(v) == corev3.HealthStatus_HEALTHY })
 	routes := routesVersion(sim.View())
 	e.addOther(t, cli, "127.0.0.1", 9, registry.Overload{Status: 503, ReturnURL: "https://status.example.com/busy%20now"})
 	waitView("the other service's new overload reply in the routes", func(v xdsclient.View) bool { return routesVersion(v) != routes })
 	putOtherInstance(t, cli, "127.0.0.1", 9, registry.StateDraining)
-	waitView("the other service's instance draining", func(v xdsclient.View) bool {
-		cla, _ := v.Resources[resourcev3.EndpointType][otherCluster].(*endpointv3.ClusterLoadAssignment)
-		for _, loc := range cla.GetEndpoints() {
-			for _, lb := range loc.GetLbEndpoints() {
-				return lb.GetHealthStatus() == corev3.HealthStatus_DRAINING
-			}
-		}
-		return false
-	})
+	waitView("the other service's instance draining", func(v xdsclient.View) bool { return firstHealth(v) == corev3.HealthStatus_DRAINING })
 	removeOther(t, cli)
 	waitView("the other service gone", func(v xdsclient.View) bool { return v.Resources[resourcev3.ClusterType][otherCluster] == nil })
 
@@ -306,9 +300,7 @@ func envoyClusterHosts(t testing.TB, ev *envoy, name string) []string {
 // service is added with its own overload reply, reconfigured and removed, each change held
 // for longer than Envoy's drain time; Envoy never modifies its listener.
 func TestEnvoyWebSocketSurvivesServiceChanges(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{})
 	cli := e.etcd.Client(t)
 	modified := envoyStat(t, ev, "listener_manager.listener_modified")
 
@@ -362,9 +354,7 @@ func TestEnvoyWebSocketSurvivesServiceChanges(t *testing.T) {
 // stay on it for longer than several health-check periods, Envoy keeps it DRAINING (never
 // failed by a health check), and new users go elsewhere.
 func TestEnvoyFullServerKeepsSessions(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnvWith(t, envConfig{AvailablePath: "/ready"})
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{AvailablePath: "/ready"})
 
 	pins := pin(t, ev.base, []string{"app1"}, 2, 60)["app1"]
 	e.setRefuse(t, "app1", true)
@@ -401,9 +391,7 @@ func TestEnvoyFullServerKeepsSessions(t *testing.T) {
 // TestEnvoyLongPoll: a session's 90 s long poll (SignalR's fallback transports hold requests
 // about that long) completes through Envoy: no route timeout cuts it.
 func TestEnvoyLongPoll(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	_, ev := envoyEnv(t, envConfig{})
 
 	b := newBrowser(t, ev.base)
 	p := b.mustPage(t)
@@ -461,9 +449,7 @@ func TestLongServiceNameWithoutEnvoy(t *testing.T) {
 // cookie regex over RE2 program size 100 and with it every route) and its users get their
 // sticky cookie.
 func TestEnvoyLongServiceName(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnvWith(t, envConfig{Service: longService})
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{Service: longService})
 
 	b := newBrowser(t, ev.base)
 	first := b.mustPage(t)

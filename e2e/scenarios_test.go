@@ -66,9 +66,7 @@ func (p *pinnedBrowser) next(t *testing.T, what string) {
 // TestEnvoyStickyCookie: Envoy's cookie keeps a browser-like client on one instance and one
 // session across 50 requests.
 func TestEnvoyStickyCookie(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	_, ev := envoyEnv(t, envConfig{})
 
 	b := newBrowser(t, ev.base)
 	first := b.mustPage(t)
@@ -90,9 +88,7 @@ func TestEnvoyStickyCookie(t *testing.T) {
 // TestEnvoyWebSocket: a WebSocket through Envoy reaches the session's instance and stays up,
 // both ways, for 3 s.
 func TestEnvoyWebSocket(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	_, ev := envoyEnv(t, envConfig{})
 
 	b := newBrowser(t, ev.base)
 	p := b.mustPage(t)
@@ -112,9 +108,7 @@ func TestEnvoyWebSocket(t *testing.T) {
 // TestEnvoyFullInstance: a full instance (its agent publishes "full", Envoy sees DRAINING)
 // keeps the sessions it holds and gets no new ones.
 func TestEnvoyFullInstance(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{})
 
 	p1 := pin(t, ev.base, []string{"app1"}, 1, 40)["app1"][0]
 	e.setFull(t, "app1", true)
@@ -141,9 +135,7 @@ func TestEnvoyFullInstance(t *testing.T) {
 // clients all get a 200 from app1 or app3, because Envoy retries the initial request on
 // another instance, and their cookie then points at the instance that answered.
 func TestEnvoyRetryInitial503(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{})
 
 	e.setRefuse(t, "app2", true)
 	if status, body, err := plainGet(e.backends["app2"].url("/")); err != nil || status != http.StatusServiceUnavailable {
@@ -177,9 +169,7 @@ func TestEnvoyRetryInitial503(t *testing.T) {
 // TestEnvoyRemoveInstance: removing app3 from the registry (its agent stops) moves app3's
 // sessions to the other instances and leaves the sessions of app1 and app2 where they were.
 func TestEnvoyRemoveInstance(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{})
 
 	pins := pin(t, ev.base, names, 2, 60)
 	e.backends["app3"].stop(t)
@@ -234,9 +224,7 @@ func refusedCount(t *testing.T, b *backend) int {
 // row 30). Without the match_delegate wrapper the refusal set a cookie for the last instance
 // tried, and the next request went down the session route, without retry, to that instance.
 func TestEnvoyRefusedEverywhereSetsNoCookie(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	e, ev := envoyEnv(t, envConfig{})
 	for _, n := range names {
 		e.setRefuse(t, n, true)
 	}
@@ -282,9 +270,7 @@ func TestEnvoyRefusedEverywhereSetsNoCookie(t *testing.T) {
 // (the default sameSite "auto", envoy-rules row 32), and the POST must then reach the server
 // the first page came from, for every one of several users (load balancing would move some).
 func TestEnvoyCrossSitePostKeepsServer(t *testing.T) {
-	bin := envoyBin(t)
-	e := newEnv(t)
-	ev := e.startEnvoy(t, bin)
+	_, ev := envoyEnv(t, envConfig{})
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: requestTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	for i := range 10 {

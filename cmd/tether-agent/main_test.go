@@ -21,6 +21,7 @@ import (
 
 	"github.com/tetherlb/tether/internal/agenttest"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/syncbuf"
 	"github.com/tetherlb/tether/internal/winsvc"
 	"github.com/tetherlb/tether/registry"
@@ -112,6 +113,13 @@ func agentArgs(b *agenttest.Backend, etcd *etcdtest.Server, id string, extra ...
 	}, extra...)
 }
 
+// agentSetup starts an etcd, with a client of it, and a backend for an agent under test.
+func agentSetup(t *testing.T) (*etcdtest.Server, *clientv3.Client, *agenttest.Backend) {
+	t.Helper()
+	etcd := etcdtest.Start(t)
+	return etcd, etcd.Client(t), agenttest.NewBackend(t)
+}
+
 func inState(s registry.InstanceState) etcdtest.InstanceCond {
 	return func(in *registry.Instance, _ int64) bool { return in != nil && in.State == s }
 }
@@ -119,9 +127,7 @@ func inState(s registry.InstanceState) etcdtest.InstanceCond {
 func absent(in *registry.Instance, _ int64) bool { return in == nil }
 
 func TestKill9KeyExpires(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	b := agenttest.NewBackend(t)
+	etcd, cli, b := agentSetup(t)
 	p := startAgent(t, agentArgs(b, etcd, "k9")...)
 	etcdtest.WaitInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -152,9 +158,7 @@ func TestKill9KeyExpires(t *testing.T) {
 }
 
 func TestSIGTERMDrainsThenExits0(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	b := agenttest.NewBackend(t)
+	etcd, cli, b := agentSetup(t)
 	b.Sessions.Store(2)
 	p := startAgent(t, agentArgs(b, etcd, "drain", "--drain-timeout", "1m", "--max-sessions", "100")...)
 	etcdtest.WaitInstance(t, cli, "drain", 10*time.Second, "registered", inState(registry.StateAvailable))
@@ -178,9 +182,7 @@ func TestSIGTERMDrainsThenExits0(t *testing.T) {
 }
 
 func TestDrainTimeoutExits0(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	b := agenttest.NewBackend(t)
+	etcd, cli, b := agentSetup(t)
 	b.Sessions.Store(5)
 	p := startAgent(t, agentArgs(b, etcd, "dt", "--drain-timeout", "1s")...)
 	etcdtest.WaitInstance(t, cli, "dt", 10*time.Second, "registered", inState(registry.StateAvailable))
@@ -199,9 +201,7 @@ func TestDrainTimeoutExits0(t *testing.T) {
 }
 
 func TestDuplicateIDExitsNonZero(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	b := agenttest.NewBackend(t)
+	etcd, cli, b := agentSetup(t)
 	startAgent(t, agentArgs(b, etcd, "dup")...)
 	etcdtest.WaitInstance(t, cli, "dup", 10*time.Second, "first registered", inState(registry.StateAvailable))
 	second := startAgent(t, agentArgs(b, etcd, "dup")...)
@@ -273,13 +273,10 @@ func TestRefusedEtcdNamesEndpoint(t *testing.T) {
 	b := agenttest.NewBackend(t)
 	p := startAgent(t, "--etcd-endpoints", ep, "--service", "app", "--id", "r1", "--address", "127.0.0.1", "--port", strconv.Itoa(b.Port),
 		"--ttl", "2s", "--interval", "100ms", "--metrics-addr", "", "--log-format", "json")
-	deadline := time.Now().Add(3 * time.Second)
-	for !strings.Contains(p.out.String(), "connection refused") || !strings.Contains(p.out.String(), ep) || !strings.Contains(p.out.String(), "--etcd-endpoints") {
-		if time.Now().After(deadline) {
-			t.Fatalf("after 3s the log does not name %s, the refused connection and --etcd-endpoints:\n%s", ep, p.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually.Saying(t, fmt.Sprintf("a log naming %s, the refused connection and --etcd-endpoints", ep), 3*time.Second, func() (bool, string) {
+		out := p.out.String()
+		return strings.Contains(out, "connection refused") && strings.Contains(out, ep) && strings.Contains(out, "--etcd-endpoints"), "\n" + out
+	})
 	select {
 	case <-p.done:
 		t.Fatalf("agent exited; it should keep trying:\n%s", p.out.String())
@@ -323,9 +320,7 @@ func TestDefaultMetricsAddrBesideNodeExporter(t *testing.T) {
 	if l, err := net.Listen("tcp", "127.0.0.1:9100"); err == nil { // else something holds it already
 		t.Cleanup(func() { l.Close() })
 	}
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	b := agenttest.NewBackend(t)
+	etcd, cli, b := agentSetup(t)
 	var args []string
 	for _, a := range agentArgs(b, etcd, "ne") {
 		if a == "--metrics-addr" {
@@ -408,11 +403,12 @@ func TestServiceArgsRoundTrip(t *testing.T) {
 }
 
 func TestServiceCommandInput(t *testing.T) {
-	cases := []struct {
+	type serviceCase struct {
 		args []string
 		code int
 		want string
-	}{
+	}
+	cases := []serviceCase{
 		{[]string{}, 2, "Usage"},
 		{[]string{"restart"}, 2, "Usage"},
 		{[]string{"start"}, 2, "--name"},
@@ -420,11 +416,7 @@ func TestServiceCommandInput(t *testing.T) {
 		{[]string{"install", "--service", "app", "--port", "5000", "--etcd-user", "u"}, 2, "--etcd-password-file"},
 	}
 	if runtime.GOOS != "windows" {
-		cases = append(cases, struct {
-			args []string
-			code int
-			want string
-		}{[]string{"stop", "--service", "app", "--port", "5000"}, 1, "only on Windows"})
+		cases = append(cases, serviceCase{[]string{"stop", "--service", "app", "--port", "5000"}, 1, "only on Windows"})
 	}
 	for _, c := range cases {
 		var out, errOut bytes.Buffer
@@ -470,9 +462,7 @@ func TestStopReporter(t *testing.T) {
 // lives: the new agent adopts the key in one etcd transaction, so the instance never leaves
 // the registry, and the key is bound to the new lease long before the old one expires.
 func TestKill9RestartAdoptsKey(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	cli := etcd.Client(t)
-	b := agenttest.NewBackend(t)
+	etcd, cli, b := agentSetup(t)
 	args := agentArgs(b, etcd, "k9", "--ttl", "6s")
 	p := startAgent(t, args...)
 	first := etcdtest.WaitInstance(t, cli, "k9", 10*time.Second, "registered", inState(registry.StateAvailable))

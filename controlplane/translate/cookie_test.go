@@ -79,18 +79,10 @@ func parseEnvoyCookie(v string) (addr string, expires uint64, err error) {
 func envoyCookieValue(entries []string, name string) string {
 	for _, h := range entries {
 		for _, s := range strings.Split(h, ";") {
-			if s == "" {
+			k, v, ok := strings.Cut(s, "=")
+			if !ok || strings.TrimLeft(k, " ") != name {
 				continue
 			}
-			eq := strings.IndexByte(s, '=')
-			if eq < 0 {
-				continue
-			}
-			k := strings.TrimLeft(s[:eq], " ")
-			if k != name {
-				continue
-			}
-			v := s[eq+1:]
 			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 				v = v[1 : len(v)-1]
 			}

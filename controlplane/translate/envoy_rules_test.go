@@ -53,11 +53,7 @@ func instance(id, addr string) registry.Instance {
 // nextState copies st's service map (the watcher's copy-on-write: unchanged services keep
 // their pointers) at the next revision.
 func nextState(st *registry.State) *registry.State {
-	n := &registry.State{Revision: st.Revision + 1, Services: map[string]*registry.Service{}}
-	for k, v := range st.Services {
-		n.Services[k] = v
-	}
-	return n
+	return &registry.State{Revision: st.Revision + 1, Services: maps.Clone(st.Services)}
 }
 
 // Rule: a changed listener drains every connection on its old filter chain

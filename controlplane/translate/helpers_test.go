@@ -50,10 +50,10 @@ func checkResources(t testing.TB, res *Resources) {
 		validateDeep(t, m)
 	}
 	snap, err := cachev3.NewSnapshot("1", map[resourcev3.Type][]types.Resource{
-		resourcev3.ListenerType: toResources(res.Listeners),
-		resourcev3.RouteType:    toResources(res.Routes),
-		resourcev3.ClusterType:  toResources(res.Clusters),
-		resourcev3.EndpointType: toResources(res.Endpoints),
+		resourcev3.ListenerType: as[types.Resource](res.Listeners),
+		resourcev3.RouteType:    as[types.Resource](res.Routes),
+		resourcev3.ClusterType:  as[types.Resource](res.Clusters),
+		resourcev3.EndpointType: as[types.Resource](res.Endpoints),
 	})
 	if err != nil {
 		t.Fatalf("NewSnapshot: %v", err)
@@ -63,29 +63,8 @@ func checkResources(t testing.TB, res *Resources) {
 	}
 }
 
-func toResources[T types.Resource](in []T) []types.Resource {
-	out := make([]types.Resource, len(in))
-	for i, r := range in {
-		out[i] = r
-	}
-	return out
-}
-
 func allMessages(res *Resources) []proto.Message {
-	var out []proto.Message
-	for _, m := range res.Listeners {
-		out = append(out, m)
-	}
-	for _, m := range res.Routes {
-		out = append(out, m)
-	}
-	for _, m := range res.Clusters {
-		out = append(out, m)
-	}
-	for _, m := range res.Endpoints {
-		out = append(out, m)
-	}
-	return out
+	return slices.Concat(as[proto.Message](res.Listeners), as[proto.Message](res.Routes), as[proto.Message](res.Clusters), as[proto.Message](res.Endpoints))
 }
 
 func validateDeep(t testing.TB, m proto.Message) {
@@ -148,10 +127,10 @@ func renderYAML(t testing.TB, res *Resources) []byte {
 		return out
 	}
 	doc := map[string]any{
-		"listeners": js(toMessages(res.Listeners)),
-		"routes":    js(toMessages(res.Routes)),
-		"clusters":  js(toMessages(res.Clusters)),
-		"endpoints": js(toMessages(res.Endpoints)),
+		"listeners": js(as[proto.Message](res.Listeners)),
+		"routes":    js(as[proto.Message](res.Routes)),
+		"clusters":  js(as[proto.Message](res.Clusters)),
+		"endpoints": js(as[proto.Message](res.Endpoints)),
 		"problems":  res.Problems,
 	}
 	if res.Problems == nil {
@@ -168,10 +147,11 @@ func renderYAML(t testing.TB, res *Resources) []byte {
 	return y
 }
 
-func toMessages[T proto.Message](in []T) []proto.Message {
-	out := make([]proto.Message, len(in))
+// as converts a slice of resources to a slice of an interface they implement.
+func as[O, I any](in []I) []O {
+	out := make([]O, len(in))
 	for i, m := range in {
-		out[i] = m
+		out[i] = any(m).(O)
 	}
 	return out
 }

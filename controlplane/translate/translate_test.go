@@ -466,10 +466,7 @@ func TestCacheRetranslatesOnlyChanged(t *testing.T) {
 	r1 := c.Translate(st1)
 
 	// The watcher's next State: same pointers for unchanged services, a new one for api.
-	st2 := &registry.State{Revision: 2, Services: map[string]*registry.Service{}}
-	for k, v := range st1.Services {
-		st2.Services[k] = v
-	}
+	st2 := &registry.State{Revision: 2, Services: maps.Clone(st1.Services)}
 	api := *st1.Services["api"]
 	api.Instances = map[string]registry.Instance{}
 	for id, in := range st1.Services["api"].Instances {
@@ -533,10 +530,7 @@ func TestCacheRetranslatesOnlyChanged(t *testing.T) {
 // Envoy receives one ClusterLoadAssignment, not the shared route configuration.
 func TestRegistrationTouchesOnlyEndpoints(t *testing.T) {
 	st1 := loadState(t, filepath.Join("testdata", "states", "mixed-domains.json"))
-	st2 := &registry.State{Revision: 2, Services: map[string]*registry.Service{}}
-	for k, v := range st1.Services {
-		st2.Services[k] = v
-	}
+	st2 := &registry.State{Revision: 2, Services: maps.Clone(st1.Services)}
 	api := *st1.Services["api"]
 	api.Instances = map[string]registry.Instance{}
 	var extra registry.Instance
@@ -551,9 +545,9 @@ func TestRegistrationTouchesOnlyEndpoints(t *testing.T) {
 	st2.Services["api"] = &api
 	r1, r2 := Translate(st1, Options{}), Translate(st2, Options{})
 	for i, pair := range [][2][]proto.Message{
-		{toMessages(r1.Listeners), toMessages(r2.Listeners)},
-		{toMessages(r1.Routes), toMessages(r2.Routes)},
-		{toMessages(r1.Clusters), toMessages(r2.Clusters)},
+		{as[proto.Message](r1.Listeners), as[proto.Message](r2.Listeners)},
+		{as[proto.Message](r1.Routes), as[proto.Message](r2.Routes)},
+		{as[proto.Message](r1.Clusters), as[proto.Message](r2.Clusters)},
 	} {
 		for j := range pair[0] {
 			if !proto.Equal(pair[0][j], pair[1][j]) {
@@ -654,11 +648,9 @@ func TestCacheDomainChangeReachesRoutes(t *testing.T) {
 	api := *st.Services["api"]
 	api.Config.Domains = []string{"moved.example.com"}
 	next.Services["api"] = &api
-	var found bool
-	for _, vh := range c.Translate(next).Routes[0].GetVirtualHosts() {
-		found = found || slices.Contains(vh.GetDomains(), "moved.example.com")
-	}
-	if !found {
+	if !slices.ContainsFunc(c.Translate(next).Routes[0].GetVirtualHosts(), func(vh *routev3.VirtualHost) bool {
+		return slices.Contains(vh.GetDomains(), "moved.example.com")
+	}) {
 		t.Error("the new domain of api is in no virtual host")
 	}
 }

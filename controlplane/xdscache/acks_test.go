@@ -26,6 +26,21 @@ func ackOf(c *Cache) (a StreamAck, subA, subB bool) {
 	return
 }
 
+// sotwWatch binds req to the SotW stream 1 of c and creates its watch with sub, as the
+// server does for each request of a stream.
+func sotwWatch(t *testing.T, c *Cache, req *discovery.DiscoveryRequest, sub cachev3.Subscription) (chan cachev3.Response, func()) {
+	t.Helper()
+	if err := c.bindSotw(1, req); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan cachev3.Response, 1)
+	cancel, err := c.CreateWatch(req, sub, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch, cancel
+}
+
 // TestAcksAreExact: the cache records what an Envoy acknowledged: a SotW ACK repeating the
 // version sent, a delta ACK carrying the last response's nonce; an ACK is whole only if it
 // covers every name subscribed (a name added after the response is not covered); a NACK keeps
@@ -51,7 +66,7 @@ func TestAcksAreExact(t *testing.T) {
 	s := openSotW(t, conn)
 	node := &corev3.Node{Id: "n", Cluster: "g"}
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNames: []string{"a"}})
-	r1 := s.next(t, "endpoints")
+	r1 := s.recv(t, "endpoints")
 	eventually.True(t, "response outstanding", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Waiting })
 	if a, subA, subB := ackOf(c); a.Version != "" || a.Group != "g" || !subA || subB {
 		t.Fatalf("before any ACK: %+v (a %v, b %v)", a, subA, subB)
@@ -71,7 +86,7 @@ func TestAcksAreExact(t *testing.T) {
 	}
 	// The ACK of r1, adding b: r1 covers a only.
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: r1.GetNonce(), ResourceNames: []string{"a", "b"}})
-	r2 := s.next(t, "b's assignment")
+	r2 := s.recv(t, "b's assignment")
 	if len(r2.GetResources()) != 1 {
 		t.Fatalf("response to b's subscription has %d assignments, want 1", len(r2.GetResources()))
 	}
@@ -85,7 +100,7 @@ func TestAcksAreExact(t *testing.T) {
 	}
 	// A NACK keeps the version acknowledged before.
 	update(t, c, res(5002))
-	r3 := s.next(t, "the change")
+	r3 := s.recv(t, "the change")
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r2.GetVersionInfo(), ResponseNonce: r3.GetNonce(),
 		ResourceNames: []string{"a", "b"}, ErrorDetail: &rpcstatus.Status{Code: 3, Message: "no"}})
 	eventually.True(t, "NACK", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
@@ -151,16 +166,7 @@ func TestSotWResendsADroppedResponse(t *testing.T) {
 	names := []string{"a", "b"}
 	sub := streamv3.NewSotwSubscription(names, false)
 	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
-		t.Helper()
-		if err := c.bindSotw(1, req); err != nil {
-			t.Fatal(err)
-		}
-		ch := make(chan cachev3.Response, 1)
-		cancel, err := c.CreateWatch(req, sub, ch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ch, cancel
+		return sotwWatch(t, c, req, sub)
 	}
 	ch, cancel := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
 	r1, err := (<-ch).GetDiscoveryResponse()
@@ -251,7 +257,7 @@ func TestNACKThenACKIsNotWhole(t *testing.T) {
 					s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names, ErrorDetail: err})
 				}
 				next = func(what string) (string, string, []string) {
-					r := s.next(t, what)
+					r := s.recv(t, what)
 					var got []string
 					for _, x := range r.GetResources() {
 						var m endpointv3.ClusterLoadAssignment
@@ -424,26 +430,26 @@ func TestSubscriptionSwitchesForgetTheOldNames(t *testing.T) {
 		s.send(t, req)
 	}
 	ask([]string{"a"}, nil, false)
-	r1 := s.next(t, "a")
+	r1 := s.recv(t, "a")
 	ask([]string{"a"}, r1, false)
 	eventually.True(t, "the ACK of a", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Whole && !a.Waiting })
 	update(t, c, res(5002))
-	r2 := s.next(t, "a's change")
+	r2 := s.recv(t, "a's change")
 	ask([]string{"a"}, r2, true)
 	eventually.True(t, "the NACK of a's change", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.NACKed })
 	ask([]string{"*"}, r2, false) // every assignment
-	r3 := s.next(t, "every assignment")
+	r3 := s.recv(t, "every assignment")
 	if a, subA, subB := ackOf(c); a.Whole || !a.Waiting || !subA || !subB {
 		t.Fatalf("after switching to every assignment, its response unanswered: %+v (a %v, b %v); want not whole, both subscribed", a, subA, subB)
 	}
 	ask([]string{"*"}, r3, false)
 	eventually.True(t, "the ACK of every assignment", 10*time.Second, func() bool { a, _, _ := ackOf(c); return a.Whole && !a.Waiting })
 	ask([]string{"b"}, r3, false)
-	r4 := s.next(t, "b alone")
+	r4 := s.recv(t, "b alone")
 	ask([]string{"b"}, r4, false)
 	eventually.True(t, "b alone subscribed", 10*time.Second, func() bool { a, subA, subB := ackOf(c); return subB && !subA && !a.Waiting })
 	update(t, c, res(5003))
-	if r5 := s.next(t, "the change of both"); len(r5.GetResources()) != 1 {
+	if r5 := s.recv(t, "the change of both"); len(r5.GetResources()) != 1 {
 		t.Fatalf("subscribed to b alone, the change of a and b sent %d assignments; want b's", len(r5.GetResources()))
 	}
 }
@@ -500,16 +506,7 @@ func TestCancelDisarmsOnlyItsOwnWatch(t *testing.T) {
 	c.open(StreamKey{false, 1}, "")
 	names := []string{"a"}
 	watch := func(req *discovery.DiscoveryRequest) (chan cachev3.Response, func()) {
-		t.Helper()
-		if err := c.bindSotw(1, req); err != nil {
-			t.Fatal(err)
-		}
-		ch := make(chan cachev3.Response, 1)
-		cancel, err := c.CreateWatch(req, streamv3.NewSotwSubscription(names, false), ch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ch, cancel
+		return sotwWatch(t, c, req, streamv3.NewSotwSubscription(names, false))
 	}
 	ch, cancel1 := watch(&discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"}, ResourceNames: names})
 	r1, err := (<-ch).GetDiscoveryResponse()

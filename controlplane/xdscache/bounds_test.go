@@ -118,7 +118,7 @@ func TestSubscribedNamesBounded(t *testing.T) {
 	ok := openSotW(t, conn)
 	ok.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n"},
 		ResourceNames: append(unknownNames("z", DefaultNameMargin), "a", "b")})
-	if resp := ok.next(t, "at the bound"); len(resp.GetResources()) != 2 {
+	if resp := ok.recv(t, "at the bound"); len(resp.GetResources()) != 2 {
 		t.Errorf("got %d resources; want 2", len(resp.GetResources()))
 	}
 }
@@ -191,12 +191,12 @@ func TestClientSizedFieldsBounded(t *testing.T) {
 	}
 	s := openSotW(t, conn)
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, VersionInfo: at('v'), ResourceNames: []string{"a", at('s')}})
-	r1 := s.next(t, "sotw: every field at its bound")
+	r1 := s.recv(t, "sotw: every field at its bound")
 	// A nonce this server never sent: it drops the request, and must not end the stream.
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: at('o'), ResourceNames: []string{"a", at('s')}})
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: r1.GetNonce(), ResourceNames: []string{"a", at('s')}})
 	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: {cla("a", 2)}})
-	if r2 := s.next(t, "sotw: the change after a nonce at its bound"); len(r2.GetResources()) != 1 {
+	if r2 := s.recv(t, "sotw: the change after a nonce at its bound"); len(r2.GetResources()) != 1 {
 		t.Errorf("sotw change: %d assignments; want 1", len(r2.GetResources()))
 	}
 	if got := r.get(RefuseField); got != refused {
@@ -221,7 +221,7 @@ func TestNameBoundFollowsRecentPeak(t *testing.T) {
 	// The cache answers no one before its first update (it holds no configuration yet); the
 	// stream that asked for 4,000 names before it is answered by it, not refused.
 	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: many})
-	if resp := s.next(t, "asked before the first update"); len(resp.GetResources()) != 0 {
+	if resp := s.recv(t, "asked before the first update"); len(resp.GetResources()) != 0 {
 		t.Fatalf("got %d resources", len(resp.GetResources()))
 	}
 	update(t, c, map[string][]types.Resource{resourcev3.EndpointType: many[:2]})
@@ -231,7 +231,7 @@ func TestNameBoundFollowsRecentPeak(t *testing.T) {
 	}
 	s2 := openSotW(t, conn)
 	s2.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "n2"}, ResourceNames: names})
-	if resp := s2.next(t, "just after a mass removal"); len(resp.GetResources()) != 2 {
+	if resp := s2.recv(t, "just after a mass removal"); len(resp.GetResources()) != 2 {
 		t.Fatalf("got %d resources; want 2", len(resp.GetResources()))
 	}
 	if got := r.get(RefuseNames); got != 0 {

@@ -293,7 +293,7 @@ func TestRemovalsAndFullStateCountTheirBytes(t *testing.T) {
 	inflight := c.Budget().InFlight
 	s := openSotW(t, conn)
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "s"}})
-	sr := s.next(t, "every cluster")
+	sr := s.recv(t, "every cluster")
 	if b, sent := c.Budget(), int64(proto.Size(sr)); b.InFlight-inflight < sent {
 		t.Errorf("a SotW response of every cluster: %d bytes counted, %d sent", b.InFlight-inflight, sent)
 	}

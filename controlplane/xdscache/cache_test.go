@@ -129,23 +129,62 @@ func serve(t *testing.T, c *Cache) *grpc.ClientConn {
 	return conn
 }
 
-// sotwStream is a raw ADS stream whose responses arrive on a channel.
-type sotwStream struct {
-	s      discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+// adsStream is a raw ADS stream, state of the world or delta, whose responses arrive on a
+// channel.
+type adsStream[Req, Resp any] struct {
+	s      adsClient[Req, Resp]
 	cancel context.CancelFunc
-	resp   chan *discovery.DiscoveryResponse
+	resp   chan Resp
 	err    chan error
+}
+
+type adsClient[Req, Resp any] interface {
+	Send(Req) error
+	Recv() (Resp, error)
+	CloseSend() error
+}
+
+type sotwStream = adsStream[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse]
+
+// deltaStream is a raw delta ADS stream.
+type deltaStream struct {
+	*adsStream[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse]
+}
+
+// next returns the next response, ACKed.
+func (d *deltaStream) next(t *testing.T, what string) (names, removed []string) {
+	t.Helper()
+	r := d.recv(t, what)
+	for _, res := range r.GetResources() {
+		names = append(names, res.GetName())
+	}
+	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
+	return names, r.GetRemovedResources()
 }
 
 func openSotW(t *testing.T, conn *grpc.ClientConn) *sotwStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	return receive[*discovery.DiscoveryRequest, *discovery.DiscoveryResponse](t, s, err, cancel)
+}
+
+func openDelta(t *testing.T, conn *grpc.ClientConn) *deltaStream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	return &deltaStream{receive[*discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse](t, s, err, cancel)}
+}
+
+// receive reads the responses of the stream s, opened with err and ended by cancel, into
+// the channels of an adsStream.
+func receive[Req, Resp any](t *testing.T, s adsClient[Req, Resp], err error, cancel context.CancelFunc) *adsStream[Req, Resp] {
+	t.Helper()
+	t.Cleanup(cancel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &sotwStream{s: s, cancel: cancel, resp: make(chan *discovery.DiscoveryResponse, 16), err: make(chan error, 1)}
+	st := &adsStream[Req, Resp]{s: s, cancel: cancel, resp: make(chan Resp, 16), err: make(chan error, 1)}
 	go func() {
 		for {
 			r, err := s.Recv()
@@ -159,14 +198,15 @@ func openSotW(t *testing.T, conn *grpc.ClientConn) *sotwStream {
 	return st
 }
 
-func (s *sotwStream) send(t *testing.T, req *discovery.DiscoveryRequest) {
+func (s *adsStream[Req, Resp]) send(t *testing.T, req Req) {
 	t.Helper()
 	if err := s.s.Send(req); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func (s *sotwStream) next(t *testing.T, what string) *discovery.DiscoveryResponse {
+// recv returns the next response, not ACKed.
+func (s *adsStream[Req, Resp]) recv(t *testing.T, what string) Resp {
 	t.Helper()
 	select {
 	case r := <-s.resp:
@@ -176,7 +216,7 @@ func (s *sotwStream) next(t *testing.T, what string) *discovery.DiscoveryRespons
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s: no response within 10 s", what)
 	}
-	return nil
+	return *new(Resp)
 }
 
 // TestUnknownTypeEndsStream: a type other than the four served ends the stream (each would
@@ -234,7 +274,7 @@ func TestGroupForgotten(t *testing.T) {
 	conn := serve(t, c)
 	s := openSotW(t, conn)
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "n", Cluster: "edge"}})
-	if r := s.next(t, "clusters"); len(r.GetResources()) != 1 || r.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
+	if r := s.recv(t, "clusters"); len(r.GetResources()) != 1 || r.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
 		t.Fatalf("response %v", r)
 	}
 	if g := c.Groups(); !slices.Equal(g, []string{"edge"}) {
@@ -302,11 +342,11 @@ func TestInitialSyncsBounded(t *testing.T) {
 	}
 	r := got[first[0]]
 	first[0].send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()})
-	if got := waiting.next(t, "the queued Envoy's first response after an ACK freed a slot"); len(got.GetResources()) != 1 {
+	if got := waiting.recv(t, "the queued Envoy's first response after an ACK freed a slot"); len(got.GetResources()) != 1 {
 		t.Errorf("queued Envoy got %d clusters; want 1", len(got.GetResources()))
 	}
 	update(t, c, map[string][]types.Resource{resourcev3.ClusterType: {cluster("x", 2*time.Second)}})
-	if got := first[0].next(t, "the change"); got.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
+	if got := first[0].recv(t, "the change"); got.GetVersionInfo() != c.Versions()[resourcev3.ClusterType] {
 		t.Errorf("change delivered with version %s; want %s", got.GetVersionInfo(), c.Versions()[resourcev3.ClusterType])
 	}
 }
@@ -337,10 +377,10 @@ func TestSotWPushes(t *testing.T) {
 	s := openSotW(t, conn)
 	node := &corev3.Node{Id: "n"}
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node})
-	cds := s.next(t, "clusters")
+	cds := s.recv(t, "clusters")
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: cds.GetNonce()})
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"a", "b"}})
-	eds := s.next(t, "endpoints")
+	eds := s.recv(t, "endpoints")
 	if len(eds.GetResources()) != 2 {
 		t.Fatalf("first endpoints response has %d assignments; want 2", len(eds.GetResources()))
 	}
@@ -349,7 +389,7 @@ func TestSotWPushes(t *testing.T) {
 	v := update(t, c, res(5002)) // b's cluster and assignment change
 	got := map[string]*discovery.DiscoveryResponse{}
 	for len(got) < 2 {
-		r := s.next(t, "the change")
+		r := s.recv(t, "the change")
 		got[r.GetTypeUrl()] = r
 	}
 	if r := got[resourcev3.ClusterType]; len(r.GetResources()) != 2 || r.GetVersionInfo() != v[resourcev3.ClusterType] {
@@ -369,7 +409,7 @@ func TestSotWPushes(t *testing.T) {
 	v = update(t, c, res(5003))
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: cds.GetNonce()})
 	for {
-		r := s.next(t, "the clusters changed while the Envoy held the push")
+		r := s.recv(t, "the clusters changed while the Envoy held the push")
 		if r.GetTypeUrl() == resourcev3.ClusterType {
 			if len(r.GetResources()) != 2 || r.GetVersionInfo() != v[resourcev3.ClusterType] {
 				t.Errorf("cluster push: %d clusters, version %s; want both clusters, version %s", len(r.GetResources()), r.GetVersionInfo(), v[resourcev3.ClusterType])
@@ -377,67 +417,6 @@ func TestSotWPushes(t *testing.T) {
 			break
 		}
 	}
-}
-
-// deltaStream is a raw delta ADS stream whose responses arrive on a channel.
-type deltaStream struct {
-	s    discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	resp chan *discovery.DeltaDiscoveryResponse
-	err  chan error
-}
-
-func openDelta(t *testing.T, conn *grpc.ClientConn) *deltaStream {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &deltaStream{s: s, resp: make(chan *discovery.DeltaDiscoveryResponse, 16), err: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := s.Recv()
-			if err != nil {
-				d.err <- err
-				return
-			}
-			d.resp <- r
-		}
-	}()
-	return d
-}
-
-func (d *deltaStream) send(t *testing.T, req *discovery.DeltaDiscoveryRequest) {
-	t.Helper()
-	if err := d.s.Send(req); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// recv returns the next response, not ACKed.
-func (d *deltaStream) recv(t *testing.T, what string) *discovery.DeltaDiscoveryResponse {
-	t.Helper()
-	select {
-	case r := <-d.resp:
-		return r
-	case err := <-d.err:
-		t.Fatalf("%s: stream ended: %v", what, err)
-	case <-time.After(10 * time.Second):
-		t.Fatalf("%s: no response within 10 s", what)
-	}
-	return nil
-}
-
-// next returns the next response, ACKed.
-func (d *deltaStream) next(t *testing.T, what string) (names, removed []string) {
-	t.Helper()
-	r := d.recv(t, what)
-	for _, res := range r.GetResources() {
-		names = append(names, res.GetName())
-	}
-	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
-	return names, r.GetRemovedResources()
 }
 
 // TestDeltaSubscriptions follows one delta Envoy's endpoint subscription through the changes
@@ -642,7 +621,7 @@ func TestSubscribedNamesAreInterned(t *testing.T) {
 	s := openSotW(t, serve(t, c))
 	node := &corev3.Node{Id: "n"}
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResourceNames: []string{"a", "b"}})
-	eds := s.next(t, "endpoints")
+	eds := s.recv(t, "endpoints")
 	watcher := func() *watcher {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -696,7 +675,7 @@ func TestDeltaNamesAreInterned(t *testing.T) {
 	d.next(t, "endpoints")
 	s := openSotW(t, conn)
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: node, ResourceNames: []string{decoded("x")}})
-	s.next(t, "sotw clusters")
+	s.recv(t, "sotw clusters")
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	canon := func(t int, n string) bool {
@@ -854,7 +833,7 @@ func TestNothingBeforeTheFirstUpdate(t *testing.T) {
 	default:
 	}
 	versions := update(t, c, map[string][]types.Resource{})
-	if r := s.next(t, "sotw: the first configuration"); len(r.GetResources()) != 0 || r.GetVersionInfo() != versions[resourcev3.ListenerType] {
+	if r := s.recv(t, "sotw: the first configuration"); len(r.GetResources()) != 0 || r.GetVersionInfo() != versions[resourcev3.ListenerType] {
 		t.Errorf("sotw: %d listeners at version %q; want the empty set at %q", len(r.GetResources()), r.GetVersionInfo(), versions[resourcev3.ListenerType])
 	}
 	if _, removed := d.next(t, "delta: the first configuration"); !slices.Equal(removed, []string{"gone"}) {
@@ -878,11 +857,11 @@ func TestSilentEnvoysFreeTheirSlots(t *testing.T) {
 		silent = append(silent, s)
 	}
 	for _, s := range silent {
-		s.next(t, "a silent Envoy's first response") // never answered
+		s.recv(t, "a silent Envoy's first response") // never answered
 	}
 	late := openSotW(t, conn)
 	late.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "late"}})
-	if r := late.next(t, "the ninth Envoy's first response, once the silent Envoys' slots time out"); len(r.GetResources()) != 1 {
+	if r := late.recv(t, "the ninth Envoy's first response, once the silent Envoys' slots time out"); len(r.GetResources()) != 1 {
 		t.Fatalf("the ninth Envoy got %d clusters, want 1", len(r.GetResources()))
 	}
 	if waited := time.Since(start); waited < timeout {

@@ -59,7 +59,7 @@ func TestStreamsShowWhatEachEnvoyAcked(t *testing.T) {
 	conn := serve(t, c)
 	s := openSotW(t, conn)
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, Node: &corev3.Node{Id: "s", Cluster: "g"}})
-	r1 := s.next(t, "clusters")
+	r1 := s.recv(t, "clusters")
 	s.send(t, &discovery.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r1.GetVersionInfo(), ResponseNonce: r1.GetNonce()})
 	d := openDelta(t, conn)
 	d.send(t, &discovery.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: &corev3.Node{Id: "d", Cluster: "g"}, ResourceNamesSubscribe: []string{"a"}})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/controlplane/admin"
@@ -69,16 +71,21 @@ func putInstance(t *testing.T, cli *clientv3.Client, id string, port int, versio
 	}
 }
 
-// health returns the EDS health of every endpoint of the view, by instance ID.
-func health(v xdsclient.View) map[string]string {
-	out := map[string]string{}
-	for _, m := range v.Resources[resourcev3.EndpointType] {
+// eachHealth calls f with the instance ID and EDS health of every endpoint of the assignments.
+func eachHealth(assignments map[string]proto.Message, f func(id, health string)) {
+	for _, m := range assignments {
 		for _, l := range m.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
 			for _, e := range l.GetLbEndpoints() {
-				out[e.GetEndpoint().GetHostname()] = e.GetHealthStatus().String()
+				f(e.GetEndpoint().GetHostname(), e.GetHealthStatus().String())
 			}
 		}
 	}
+}
+
+// health returns the EDS health of every endpoint of the view, by instance ID.
+func health(v xdsclient.View) map[string]string {
+	out := map[string]string{}
+	eachHealth(v.Resources[resourcev3.EndpointType], func(id, h string) { out[id] = h })
 	return out
 }
 
@@ -105,14 +112,7 @@ func start(t *testing.T) *fixture {
 		}
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		for _, m := range u.Resources {
-			for _, l := range m.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
-				for _, e := range l.GetLbEndpoints() {
-					id := e.GetEndpoint().GetHostname()
-					f.seen[id] = append(f.seen[id], e.GetHealthStatus().String())
-				}
-			}
-		}
+		eachHealth(u.Resources, func(id, h string) { f.seen[id] = append(f.seen[id], h) })
 	}
 	conn, err := grpc.NewClient(f.cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -152,17 +152,23 @@ func (f *fixture) waitHealth(t *testing.T, what string, want map[string]string) 
 
 func (f *fixture) apiState(t *testing.T) admin.MonitorState {
 	t.Helper()
+	var ms admin.MonitorState
+	f.getAPIState(t, &ms)
+	return ms
+}
+
+// getAPIState decodes the control plane's /api/state into v.
+func (f *fixture) getAPIState(t *testing.T, v any) {
+	t.Helper()
 	resp, err := http.Get("http://" + f.cp.AdminAddr() + "/api/state")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var ms admin.MonitorState
-	if err := json.Unmarshal(b, &ms); err != nil {
+	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("decode /api/state: %v\n%s", err, b)
 	}
-	return ms
 }
 
 func (f *fixture) seenOf(id string) []string {
@@ -219,11 +225,8 @@ func TestDrainByIDLabelUndoAndLater(t *testing.T) {
 	// An instance registering under the drain is DRAINING from its very first push.
 	putInstance(t, f.cli, "a3", 5005, "1", registry.StateAvailable, 0)
 	f.waitHealth(t, "a3 registered drained", map[string]string{"a3": "DRAINING"})
-	for _, h := range f.seenOf("a3") {
-		if h != "DRAINING" {
-			t.Errorf("a3 was given %v: it must never be HEALTHY under the drain", f.seenOf("a3"))
-			break
-		}
+	if slices.ContainsFunc(f.seenOf("a3"), func(h string) bool { return h != "DRAINING" }) {
+		t.Errorf("a3 was given %v: it must never be HEALTHY under the drain", f.seenOf("a3"))
 	}
 
 	// Undoing the instance alone names the label drain that holds it.
@@ -302,11 +305,7 @@ func TestWaitReturnsAtZeroSessions(t *testing.T) {
 	var out, errb syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	done := make(chan int, 1)
-	go func() {
-		done <- Drain(ctx, []string{"app", "--label", "version=1", "--wait", "--timeout", "20s", "--etcd-endpoints", etcd},
-			func(string) (string, bool) { return "", false }, &out, &errb)
-	}()
+	done := startDrain(ctx, &out, &errb, "app", "--label", "version=1", "--wait", "--timeout", "20s", "--etcd-endpoints", etcd)
 	waitOutput(t, &out, "8 sessions on 2 drained instances")
 	f.waitHealth(t, "drained", map[string]string{"a1": "DRAINING", "a2": "DRAINING", "b1": "HEALTHY"})
 	// a1's 0 is news; a2 has not reported since the drain: not done yet, even at 3+0.
@@ -321,13 +320,8 @@ func TestWaitReturnsAtZeroSessions(t *testing.T) {
 	putInstance(t, f.cli, "a2", 5002, "1", registry.StateDraining, 1)
 	waitOutput(t, &out, "1 session on 2 drained instances (a1: 0, a2: 1)")
 	putInstance(t, f.cli, "a2", 5002, "1", registry.StateDraining, 0)
-	select {
-	case code := <-done:
-		if code != 0 || !strings.Contains(out.String(), "no sessions left on the instances of app with labels version=1") {
-			t.Errorf("--wait: exit %d\n%s\n%s", code, out.String(), errb.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("--wait did not return at zero sessions:\n%s", out.String())
+	if code := exitOf(t, done, 15*time.Second, &out); code != 0 || !strings.Contains(out.String(), "no sessions left on the instances of app with labels version=1") {
+		t.Errorf("--wait: exit %d\n%s\n%s", code, out.String(), errb.String())
 	}
 	t.Logf("--wait printed:\n%s", out.String())
 
@@ -514,19 +508,11 @@ func TestDrainMessages(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wout, werr syncbuf.Buffer
-	done := make(chan int, 1)
-	go func() {
-		done <- Drain(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
-	}()
+	done := startDrain(ctx, &wout, &werr, "app/a2", "--wait", "--etcd-endpoints", srv.ClientURL)
 	waitOutput(t, &wout, "5 sessions")
 	cancel()
-	select {
-	case code := <-done:
-		if code != 130 || !strings.Contains(werr.String(), "the drain stays in place") || strings.Contains(werr.String(), "context canceled") {
-			t.Errorf("Ctrl-C during --wait: exit %d, %q; want 130 saying the drain stays", code, werr.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("--wait did not stop within 10s of its context ending")
+	if code := exitOf(t, done, 10*time.Second, &wout); code != 130 || !strings.Contains(werr.String(), "the drain stays in place") || strings.Contains(werr.String(), "context canceled") {
+		t.Errorf("Ctrl-C during --wait: exit %d, %q; want 130 saying the drain stays", code, werr.String())
 	}
 }
 
@@ -571,20 +557,10 @@ func TestUndoAndWaitEndings(t *testing.T) {
 		var out, errb syncbuf.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		done := make(chan int, 1)
-		go func() {
-			done <- Drain(ctx, []string{"app", "--label", "version=2", "--wait", "--timeout", "25s", "--etcd-endpoints", etcd},
-				func(string) (string, bool) { return "", false }, &out, &errb)
-		}()
+		done := startDrain(ctx, &out, &errb, "app", "--label", "version=2", "--wait", "--timeout", "25s", "--etcd-endpoints", etcd)
 		waitOutput(t, &out, "4 sessions on 1 drained instance")
 		end(cancel)
-		select {
-		case code := <-done:
-			return code, errb.String()
-		case <-time.After(20 * time.Second):
-			t.Fatalf("--wait did not end:\n%s", out.String())
-			return 0, ""
-		}
+		return exitOf(t, done, 20*time.Second, &out), errb.String()
 	}
 	code, stderr := waitOn(func(context.CancelFunc) {
 		if _, err := cli.Delete(context.Background(), registry.DrainKey("/tether", "app", "version=2")); err != nil {
@@ -618,20 +594,12 @@ func TestCtrlCDuringAReadOfWait(t *testing.T) {
 	for i := range 20 {
 		ctx, cancel := context.WithCancel(context.Background())
 		var wout, werr syncbuf.Buffer
-		done := make(chan int, 1)
-		go func() {
-			done <- Drain(ctx, []string{"app/a2", "--wait", "--etcd-endpoints", srv.ClientURL}, func(string) (string, bool) { return "", false }, &wout, &werr)
-		}()
+		done := startDrain(ctx, &wout, &werr, "app/a2", "--wait", "--etcd-endpoints", srv.ClientURL)
 		waitOutput(t, &wout, "5 sessions")
 		time.Sleep(time.Duration(i) * 100 * time.Microsecond)
 		cancel()
-		select {
-		case code := <-done:
-			if code != 130 || strings.Contains(werr.String(), "warning") {
-				t.Fatalf("run %d: Ctrl-C during --wait: exit %d, %q; want 130 and no warning (a read cut by Ctrl-C is no failure)", i, code, werr.String())
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("run %d: --wait still running 10 s after Ctrl-C", i)
+		if code := exitOf(t, done, 10*time.Second, &wout); code != 130 || strings.Contains(werr.String(), "warning") {
+			t.Fatalf("run %d: Ctrl-C during --wait: exit %d, %q; want 130 and no warning (a read cut by Ctrl-C is no failure)", i, code, werr.String())
 		}
 	}
 }
@@ -647,11 +615,7 @@ func TestWaitSaysItRetriesWhileEtcdIsDown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var wout, werr syncbuf.Buffer
-	done := make(chan int, 1)
-	go func() {
-		done <- Drain(ctx, []string{"app/a2", "--wait", "--request-timeout", "500ms", "--etcd-endpoints", srv.ClientURL},
-			func(string) (string, bool) { return "", false }, &wout, &werr)
-	}()
+	done := startDrain(ctx, &wout, &werr, "app/a2", "--wait", "--request-timeout", "500ms", "--etcd-endpoints", srv.ClientURL)
 	waitOutput(t, &wout, "5 sessions")
 	srv.Stop()
 	waitOutput(t, &werr, "; trying again")

@@ -3,8 +3,6 @@ package ctl
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -49,8 +47,13 @@ func startWait(t *testing.T, etcd string, out, errb *syncbuf.Buffer, args ...str
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
+	return startDrain(ctx, out, errb, append(args, "--wait", "--etcd-endpoints", etcd)...)
+}
+
+// startDrain runs `drain ARGS` with no environment in the background; its exit code arrives
+// on the channel.
+func startDrain(ctx context.Context, out, errb *syncbuf.Buffer, args ...string) <-chan int {
 	done := make(chan int, 1)
-	args = append(args, "--wait", "--etcd-endpoints", etcd)
 	go func() { done <- Drain(ctx, args, func(string) (string, bool) { return "", false }, out, errb) }()
 	return done
 }
@@ -114,18 +117,10 @@ func TestWaitNeverCallsUnknownSessionsDone(t *testing.T) {
 	}
 	// The monitor's drains card says "safe to stop" from /api/state: the unknown count must
 	// be there for it.
-	resp, err := http.Get("http://" + f.cp.AdminAddr() + "/api/state")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	var st struct {
 		Drains []map[string]any `json:"drains"`
 	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		t.Fatal(err)
-	}
+	f.getAPIState(t, &st)
 	if len(st.Drains) != 1 || !strings.Contains(toJSON(st.Drains[0]["sessionsUnknown"]), "x1") {
 		t.Errorf("/api/state drains %v: want x1 among sessionsUnknown", st.Drains)
 	}

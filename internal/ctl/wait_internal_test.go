@@ -3,12 +3,14 @@ package ctl
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -70,17 +72,13 @@ func TestDeparturesReadEachLastValue(t *testing.T) {
 	}
 	last := r.Header.Revision
 
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, _, lagging := d.departed("x1", last); !lagging {
-			break
+	eventually.True(t, fmt.Sprintf("the departures up to revision %d read", last), 10*time.Second, func() bool {
+		_, _, lagging := d.departed("x1", last)
+		if lagging {
+			d.requestProgress()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the departures up to revision %d were not read within 10s", last)
-		}
-		d.requestProgress()
-		time.Sleep(20 * time.Millisecond)
-	}
+		return !lagging
+	})
 	if dep, ok, _ := d.departed("x1", last); !ok || !dep.valid || !dep.in.LeftEmpty() || dep.rev != x1 {
 		t.Errorf("x1 (deregistered empty at %d): %+v, ok %v", x1, dep, ok)
 	}
@@ -109,19 +107,14 @@ func TestDeparturesReadEachLastValue(t *testing.T) {
 		t.Fatal(err)
 	}
 	lost := followDepartures(ctx, cli, "/tether", "app", listed+1)
-	deadline = time.Now().Add(10 * time.Second)
-	for {
+	var known bool
+	eventually.True(t, "a watch from a compacted revision no longer lagging", 10*time.Second, func() bool {
 		_, ok, lagging := lost.departed("x1", last)
-		if !lagging {
-			if ok {
-				t.Error("a departure known from a compacted history")
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a watch from a compacted revision still lagging after 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
+		known = ok
+		return !lagging
+	})
+	if known {
+		t.Error("a departure known from a compacted history")
 	}
 }
 
