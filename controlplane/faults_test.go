@@ -178,11 +178,7 @@ func TestControlPlaneRestartResync(t *testing.T) {
 	}
 
 	cp2 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
-	select {
-	case <-cp2.Ready():
-	case <-time.After(15 * time.Second):
-		t.Fatal("the second control plane is not ready")
-	}
+	waitReady(t, cp2, 15*time.Second, "the second control plane")
 	rec.start()
 	runClient(t, delta, cp2.XDSAddr(), nil)
 	runClient(t, sotw, cp2.XDSAddr(), nil)

@@ -75,9 +75,7 @@ func TestRestartWaitsForAReplicaStillDown(t *testing.T) {
 	a := xdsclient.New(xdsclient.Delta, "envoy-a", "edge")
 	sa := runClient(t, a, cpA.XDSAddr(), nil)
 	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a, b)
 	eventually.True(t, "A's state file names B", 15*time.Second, func() bool { return len(readStateFile(t, cfg("a").StateFile).Replicas) == 1 })
 	for _, cp := range []*controlplane.ControlPlane{cpA, cpB} {
 		if err := cp.Stop(); err != nil {
@@ -94,7 +92,7 @@ func TestRestartWaitsForAReplicaStillDown(t *testing.T) {
 	if h := health(a.View(), 5003); h != core.HealthStatus_DRAINING {
 		t.Fatalf("a3, which joined while both replicas were down, is %v at A's Envoy while B's Envoy serves without it; want DRAINING", h)
 	}
-	waitFor(t, a, "a3 HEALTHY once B would have stepped down", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a3 HEALTHY once B would have stepped down", 5003, core.HealthStatus_HEALTHY, a)
 	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="settled"}`); n != 1 {
 		t.Errorf("settled promotions = %v, want 1 (a3, without B's report)", n)
 	}
@@ -178,9 +176,7 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 		runClient(t, c, cp2.XDSAddr(), nil)
 	}
 	back := time.Now()
-	for _, c := range clients {
-		waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, clients...)
 	t.Logf("a3 promoted %s after the last Envoys came back (%s after the restart)", time.Since(back).Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
 	for i, c := range clients {
 		if drained[i].Load() {
@@ -205,7 +201,7 @@ func TestRestartWithoutStateFileServesAsBefore(t *testing.T) {
 	c := xdsclient.New(xdsclient.Delta, "envoy-0", "edge")
 	d := everDraining(c, 5001)
 	run(t, cp, c)
-	waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, c)
 	if d.Load() {
 		t.Error("a1 was sent DRAINING by a control plane without memory")
 	}
@@ -264,13 +260,9 @@ func TestRestartAfterStormAndCompactionHoldsWhatItServed(t *testing.T) {
 	}
 	cp2 := cptest.Start(t, cfg)
 	runClient(t, c, cp2.XDSAddr(), nil)
-	select {
-	case <-cp2.Ready():
-	case <-time.After(15 * time.Second):
-		t.Fatal("the second control plane is not ready")
-	}
+	waitReady(t, cp2, 15*time.Second, "the second control plane")
 	eventually.True(t, "the storm's instances held", 15*time.Second, func() bool { return metric(t, cp2, "tether_held_instances") == 3 })
 	if lost.Load() || len(endpoints(c.View())) != 4 {
-		t.Fatalf("after the restart the Envoy holds %v; want the four servers, three held", endpointPorts(endpoints(c.View())))
+		t.Fatalf("after the restart the Envoy holds %v; want the four servers, three held", ports(c.View()))
 	}
 }
