@@ -47,16 +47,6 @@ func readStateFile(t *testing.T, path string) stateFile {
 	return m
 }
 
-// stateFileEnvoys returns the nodes of the Envoys a state file names.
-func stateFileEnvoys(t *testing.T, path string) []string {
-	t.Helper()
-	var nodes []string
-	for _, e := range readStateFile(t, path).Envoys {
-		nodes = append(nodes, e.Node)
-	}
-	return nodes
-}
-
 // TestRestartWaitsForAReplicaStillDown: both replicas were down when a server joined, and
 // the first back must not promote it on its own Envoy's ACK: the other's Envoy still serves
 // without it (the simulation found it with joins during restarts). The state file names the
@@ -151,7 +141,7 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 		_ = s.wait(t, 10*time.Second)
 	}
 	// What the rest rests on: the file written at the stop names the three Envoys.
-	if envoys := stateFileEnvoys(t, state); len(envoys) != 3 {
+	if envoys := readStateFile(t, state).Envoys; len(envoys) != 3 {
 		t.Fatalf("the state file written at the stop names the Envoys %v; want envoy-0, envoy-1 and envoy-2", envoys)
 	}
 

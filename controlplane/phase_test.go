@@ -11,8 +11,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane"
@@ -191,14 +189,9 @@ func TestStreamWithoutEndpointsHoldsNothingBack(t *testing.T) {
 	a := connect(t, cp, xdsclient.Delta, "envoy-a", "edge")
 	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a)
 
-	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, cp)).StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
