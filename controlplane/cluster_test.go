@@ -328,7 +328,7 @@ func TestClusterReplicasHandOver(t *testing.T) {
 			got = append(got, u.TypeURL+" "+n)
 		}
 	}
-	if want := []string{resourcev3.EndpointType + " tether_app"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if want := []string{resourcev3.EndpointType + " tether_app"}; !slices.Equal(got, want) {
 		t.Errorf("received from the second replica %v; want only %v", got, want)
 	}
 	after := x.View()
