@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tetherlb/tether/controlplane"
+	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/etcdtest"
 )
 
@@ -17,13 +18,8 @@ import (
 // configuration or the profiler through a browser on the control plane's host.
 func TestAdminRefusesForeignHosts(t *testing.T) {
 	srv := etcdtest.Start(t)
-	cp := startCPWith(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, Logger: testLogger(t),
-		AdminHosts: []string{"tether.example.com"}})
-	select {
-	case <-cp.Ready():
-	case <-time.After(10 * time.Second):
-		t.Fatal("control plane not ready within 10s")
-	}
+	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, AdminHosts: []string{"tether.example.com"}})
+	waitReady(t, cp, 10*time.Second, "the control plane")
 	status := func(path, host string) int {
 		t.Helper()
 		req, err := http.NewRequest(http.MethodGet, "http://"+cp.AdminAddr()+path, nil)

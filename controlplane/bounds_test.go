@@ -56,7 +56,7 @@ func openStream(t *testing.T, conn *grpc.ClientConn, node string) (context.Cance
 	return cancel, done
 }
 
-// clients returns the node IDs of cp's streams.
+// nodes returns the node IDs of cp's streams.
 func nodes(cp *controlplane.ControlPlane) map[string]bool {
 	out := map[string]bool{}
 	for _, c := range cp.Clients() {

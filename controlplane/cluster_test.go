@@ -302,11 +302,7 @@ func TestClusterReplicasHandOver(t *testing.T) {
 	eps := c.Endpoints()
 	slices.Reverse(eps)
 	cp2 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: eps}, HoldShare: -1})
-	select {
-	case <-cp2.Ready():
-	case <-time.After(15 * time.Second):
-		t.Fatal("the second replica is not ready")
-	}
+	waitReady(t, cp2, 15*time.Second, "the second replica")
 
 	x := xdsclient.New(xdsclient.Delta, "envoy-1", "default")
 	var rec recorder
@@ -332,7 +328,7 @@ func TestClusterReplicasHandOver(t *testing.T) {
 			got = append(got, u.TypeURL+" "+n)
 		}
 	}
-	if want := []string{resourcev3.EndpointType + " tether_app"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if want := []string{resourcev3.EndpointType + " tether_app"}; !slices.Equal(got, want) {
 		t.Errorf("received from the second replica %v; want only %v", got, want)
 	}
 	after := x.View()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -24,7 +25,6 @@ import (
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -81,9 +81,15 @@ func startCP(t testing.TB, endpoints []string) *controlplane.ControlPlane {
 	return cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: endpoints}})
 }
 
-// startCPWith is cptest.Start under the name admin_host_test.go calls, until it moves to
-// controlplane/admin.
-var startCPWith = cptest.Start
+// waitReady waits for cp's first listing of the registry.
+func waitReady(t *testing.T, cp *controlplane.ControlPlane, within time.Duration, who string) {
+	t.Helper()
+	select {
+	case <-cp.Ready():
+	case <-time.After(within):
+		t.Fatalf("%s not ready within %s", who, within)
+	}
+}
 
 func connect(t *testing.T, cp *controlplane.ControlPlane, v xdsclient.Variant, node, group string) *xdsclient.Client {
 	t.Helper()
@@ -325,16 +331,8 @@ func TestReplicasServeIdenticalVersions(t *testing.T) {
 	for _, variant := range []xdsclient.Variant{xdsclient.SotW, xdsclient.Delta} {
 		c1 := connect(t, cp1, variant, "envoy-1", "default")
 		c2 := connect(t, cp2, variant, "envoy-2", "default")
-		full := func(v xdsclient.View) bool {
-			for _, typ := range xdsclient.Types {
-				if len(v.Resources[typ]) == 0 {
-					return false
-				}
-			}
-			return len(endpoints(v)) == 2
-		}
-		waitFor(t, c1, "full config from replica 1", full)
-		waitFor(t, c2, "full config from replica 2", full)
+		waitFor(t, c1, "full config from replica 1", complete(2))
+		waitFor(t, c2, "full config from replica 2", complete(2))
 		v1, v2 := c1.View(), c2.View()
 		for _, typ := range xdsclient.Types {
 			// Every type's version (SotW version_info, delta system_version_info) is derived
@@ -370,12 +368,7 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 			}
 			return ""
 		}
-		conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := c.Start(ctx, conn)
+		s := runClient(t, c, cp.XDSAddr(), nil)
 		waitFor(t, c, "a NACK sent", func(v xdsclient.View) bool { return v.NACKs > 0 })
 		want := float64(i + 1)
 		eventually.Saying(t, fmt.Sprintf("%s: tether_xds_nacks_total{type=\"Cluster\"} >= %v", variant, want), 5*time.Second, func() (bool, string) {
@@ -391,16 +384,8 @@ func TestNACKIsCountedAndLogged(t *testing.T) {
 		if nacks < 1 {
 			t.Errorf("%s: Clients() shows %d NACKs for the client; want >= 1", variant, nacks)
 		}
-		select {
-		case err := <-done:
-			t.Fatalf("%s: the NACKing client's stream ended: %v", variant, err)
-		default:
-		}
-		cancel()
-		if err := <-done; err != nil {
-			t.Logf("%s: client stopped: %v", variant, err)
-		}
-		conn.Close()
+		s.running(t, string(variant)+": the NACKing client")
+		s.stop(t)
 	}
 }
 
@@ -482,11 +467,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 			t.Fatalf("start: %v", err)
 		}
 	}
-	select {
-	case <-cp.Ready():
-	case <-time.After(15 * time.Second):
-		t.Fatal("not ready with embedded etcd")
-	}
+	waitReady(t, cp, 15*time.Second, "the control plane with embedded etcd")
 	get(t, "http://"+cp.AdminAddr()+"/readyz", http.StatusOK)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{clientURL}, DialTimeout: 2 * time.Second})
 	if err != nil {
@@ -617,16 +598,11 @@ func TestLightClientHoldsTheSameNames(t *testing.T) {
 		run(t, cp, light)
 		waitFor(t, light, "light config", func(v xdsclient.View) bool {
 			for _, typ := range xdsclient.Types {
-				if len(v.Resources[typ]) != len(fv.Resources[typ]) || len(v.ResourceVersions[typ]) != len(fv.ResourceVersions[typ]) {
+				if len(v.Resources[typ]) != len(fv.Resources[typ]) || !maps.Equal(v.ResourceVersions[typ], fv.ResourceVersions[typ]) {
 					return false
 				}
 				for name := range fv.Resources[typ] {
 					if _, ok := v.Resources[typ][name]; !ok {
-						return false
-					}
-				}
-				for name, rv := range fv.ResourceVersions[typ] {
-					if v.ResourceVersions[typ][name] != rv {
 						return false
 					}
 				}

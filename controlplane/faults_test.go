@@ -3,7 +3,9 @@ package controlplane_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -178,11 +180,7 @@ func TestControlPlaneRestartResync(t *testing.T) {
 	}
 
 	cp2 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}})
-	select {
-	case <-cp2.Ready():
-	case <-time.After(15 * time.Second):
-		t.Fatal("the second control plane is not ready")
-	}
+	waitReady(t, cp2, 15*time.Second, "the second control plane")
 	rec.start()
 	runClient(t, delta, cp2.XDSAddr(), nil)
 	runClient(t, sotw, cp2.XDSAddr(), nil)
@@ -229,7 +227,7 @@ func TestControlPlaneRestartResync(t *testing.T) {
 			t.Errorf("delta: %s removed %v after the reconnect", u.TypeURL, u.Removed)
 		}
 	}
-	if want := []string{resourcev3.EndpointType + " " + appEndpoints}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if want := []string{resourcev3.EndpointType + " " + appEndpoints}; !slices.Equal(got, want) {
 		t.Errorf("delta: resources received since the reconnect = %v; want only %v", got, want)
 	}
 	after := delta.View()
@@ -275,7 +273,7 @@ func TestEtcdOutageKeepsServing(t *testing.T) {
 		if variant == xdsclient.Delta {
 			v := c.View()
 			for _, typ := range xdsclient.Types {
-				if fmt.Sprint(v.ResourceVersions[typ]) != fmt.Sprint(reference.ResourceVersions[typ]) {
+				if !maps.Equal(v.ResourceVersions[typ], reference.ResourceVersions[typ]) {
 					t.Errorf("new Envoy during the outage: %s versions %v; want the last good %v", typ, v.ResourceVersions[typ], reference.ResourceVersions[typ])
 				}
 			}

@@ -2,8 +2,8 @@ package controlplane
 
 import (
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"testing"
 	"time"
 
@@ -43,16 +43,10 @@ func reg(rev int64, insts ...string) *registry.State {
 
 // served returns the served instance IDs of app, sorted.
 func served(st *registry.State) []string {
-	svc := st.Services["app"]
-	if svc == nil {
-		return nil
+	if svc := st.Services["app"]; svc != nil {
+		return slices.Sorted(maps.Keys(svc.Instances))
 	}
-	var ids []string
-	for id := range svc.Instances {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
+	return nil
 }
 
 func TestRemovalGuard(t *testing.T) {
@@ -158,7 +152,6 @@ func TestRemovalGuard(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newRemovalGuard(tc.share, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
-			t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 			for i, s := range tc.steps {
 				out, _ := g.apply(s.reg, t0.Add(s.at))
 				if got := served(out); !slices.Equal(got, s.want) {
@@ -173,7 +166,6 @@ func TestRemovalGuard(t *testing.T) {
 // load, state), not as held, and is not released when the grace period ends.
 func TestRemovalGuardServesReturningInstanceFresh(t *testing.T) {
 	g := newRemovalGuard(0.5, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
-	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	g.apply(reg(1, "m1 available 5", "m2 available 5", "m3 available 5"), t0)
 	out, release := g.apply(reg(2, "m3 available 5"), t0.Add(time.Second))
 	if got := served(out); len(got) != 3 || release != t0.Add(11*time.Second) {
@@ -196,7 +188,6 @@ func TestRemovalGuardServesReturningInstanceFresh(t *testing.T) {
 // configuration as last served: never the defaults, whose cookie name would end every session.
 func TestRemovalGuardKeepsConfigOfVanishedService(t *testing.T) {
 	g := newRemovalGuard(0.5, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
-	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	g.apply(reg(1, "m1", "m2", "l1 leaving"), t0)
 	out, _ := g.apply(reg(2), t0.Add(time.Second))
 	svc := out.Services["app"]
@@ -219,7 +210,6 @@ func TestRemovalGuardDisabledHoldsNothing(t *testing.T) {
 		t.Run(fmt.Sprintf("share %g grace %s", c.share, c.grace), func(t *testing.T) {
 			holds := 0
 			g := newRemovalGuard(c.share, c.grace, 10*time.Second, zerolog.Nop(), func(string, int) { holds++ })
-			t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 			g.apply(reg(1, six...), t0)
 			out, release := g.apply(reg(2), t0.Add(time.Second))
 			if got := served(out); got != nil || !release.IsZero() || holds != 0 || g.held.count() != 0 {
@@ -233,7 +223,6 @@ func TestRemovalGuardDisabledHoldsNothing(t *testing.T) {
 // the other consumers: held instances go into a copy, never into the state passed in.
 func TestRemovalGuardLeavesItsInputAlone(t *testing.T) {
 	g := newRemovalGuard(0.5, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
-	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	g.apply(reg(1, "m1", "m2", "m3"), t0)
 	for i, next := range []*registry.State{reg(2, "m3"), reg(3)} {
 		before := served(next)

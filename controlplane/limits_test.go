@@ -2,8 +2,8 @@ package controlplane_test
 
 import (
 	"context"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -18,22 +18,10 @@ import (
 )
 
 func clusterNames(v xdsclient.View) []string {
-	var out []string
-	for n := range v.Resources[resourcev3.ClusterType] {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(v.Resources[resourcev3.ClusterType]))
 }
 
-func ports(v xdsclient.View) []uint32 {
-	var out []uint32
-	for p := range endpoints(v) {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
-}
+func ports(v xdsclient.View) []uint32 { return slices.Sorted(maps.Keys(endpoints(v))) }
 
 // TestRegistryLimits: past --max-services and --max-instances-per-service the newest keys
 // (by etcd create revision) are left out and reported (rejected list, metric), never the

@@ -47,16 +47,6 @@ func readStateFile(t *testing.T, path string) stateFile {
 	return m
 }
 
-// stateFileEnvoys returns the nodes of the Envoys a state file names.
-func stateFileEnvoys(t *testing.T, path string) []string {
-	t.Helper()
-	var nodes []string
-	for _, e := range readStateFile(t, path).Envoys {
-		nodes = append(nodes, e.Node)
-	}
-	return nodes
-}
-
 // TestRestartWaitsForAReplicaStillDown: both replicas were down when a server joined, and
 // the first back must not promote it on its own Envoy's ACK: the other's Envoy still serves
 // without it (the simulation found it with joins during restarts). The state file names the
@@ -75,9 +65,7 @@ func TestRestartWaitsForAReplicaStillDown(t *testing.T) {
 	a := xdsclient.New(xdsclient.Delta, "envoy-a", "edge")
 	sa := runClient(t, a, cpA.XDSAddr(), nil)
 	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a, b)
 	eventually.True(t, "A's state file names B", 15*time.Second, func() bool { return len(readStateFile(t, cfg("a").StateFile).Replicas) == 1 })
 	for _, cp := range []*controlplane.ControlPlane{cpA, cpB} {
 		if err := cp.Stop(); err != nil {
@@ -94,7 +82,7 @@ func TestRestartWaitsForAReplicaStillDown(t *testing.T) {
 	if h := health(a.View(), 5003); h != core.HealthStatus_DRAINING {
 		t.Fatalf("a3, which joined while both replicas were down, is %v at A's Envoy while B's Envoy serves without it; want DRAINING", h)
 	}
-	waitFor(t, a, "a3 HEALTHY once B would have stepped down", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a3 HEALTHY once B would have stepped down", 5003, core.HealthStatus_HEALTHY, a)
 	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="settled"}`); n != 1 {
 		t.Errorf("settled promotions = %v, want 1 (a3, without B's report)", n)
 	}
@@ -153,7 +141,7 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 		_ = s.wait(t, 10*time.Second)
 	}
 	// What the rest rests on: the file written at the stop names the three Envoys.
-	if envoys := stateFileEnvoys(t, state); len(envoys) != 3 {
+	if envoys := readStateFile(t, state).Envoys; len(envoys) != 3 {
 		t.Fatalf("the state file written at the stop names the Envoys %v; want envoy-0, envoy-1 and envoy-2", envoys)
 	}
 
@@ -178,9 +166,7 @@ func TestRestartPhasesServersThatJoinedWhileDown(t *testing.T) {
 		runClient(t, c, cp2.XDSAddr(), nil)
 	}
 	back := time.Now()
-	for _, c := range clients {
-		waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, clients...)
 	t.Logf("a3 promoted %s after the last Envoys came back (%s after the restart)", time.Since(back).Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
 	for i, c := range clients {
 		if drained[i].Load() {
@@ -205,7 +191,7 @@ func TestRestartWithoutStateFileServesAsBefore(t *testing.T) {
 	c := xdsclient.New(xdsclient.Delta, "envoy-0", "edge")
 	d := everDraining(c, 5001)
 	run(t, cp, c)
-	waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, c)
 	if d.Load() {
 		t.Error("a1 was sent DRAINING by a control plane without memory")
 	}
@@ -264,13 +250,9 @@ func TestRestartAfterStormAndCompactionHoldsWhatItServed(t *testing.T) {
 	}
 	cp2 := cptest.Start(t, cfg)
 	runClient(t, c, cp2.XDSAddr(), nil)
-	select {
-	case <-cp2.Ready():
-	case <-time.After(15 * time.Second):
-		t.Fatal("the second control plane is not ready")
-	}
+	waitReady(t, cp2, 15*time.Second, "the second control plane")
 	eventually.True(t, "the storm's instances held", 15*time.Second, func() bool { return metric(t, cp2, "tether_held_instances") == 3 })
 	if lost.Load() || len(endpoints(c.View())) != 4 {
-		t.Fatalf("after the restart the Envoy holds %v; want the four servers, three held", endpointPorts(endpoints(c.View())))
+		t.Fatalf("after the restart the Envoy holds %v; want the four servers, three held", ports(c.View()))
 	}
 }

@@ -81,11 +81,7 @@ func TestMonitorInBrowser(t *testing.T) {
 	cli := etcd.Client(t)
 	lease := registerDemo(t, cli)
 	cp := startCP(t, etcd.Endpoints())
-	select {
-	case <-cp.Ready():
-	case <-time.After(15 * time.Second):
-		t.Fatal("control plane not ready")
-	}
+	waitReady(t, cp, 15*time.Second, "the control plane")
 
 	// Everything the browser does is bounded by this context.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

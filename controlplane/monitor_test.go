@@ -19,6 +19,7 @@ import (
 	"github.com/tetherlb/tether/controlplane"
 	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/internal/etcdtest"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
 	"github.com/tetherlb/tether/registry"
 )
@@ -73,17 +74,12 @@ func apiState(t *testing.T, cp *controlplane.ControlPlane) admin.MonitorState {
 // waitState polls /api/state until cond holds, for at most 15 s.
 func waitState(t *testing.T, cp *controlplane.ControlPlane, what string, cond func(admin.MonitorState) bool) admin.MonitorState {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		ms := apiState(t, cp)
-		if cond(ms) {
-			return ms
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s; last state: %+v", what, ms)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var ms admin.MonitorState
+	eventually.Saying(t, what, 15*time.Second, func() (bool, string) {
+		ms = apiState(t, cp)
+		return cond(ms), fmt.Sprintf("%+v", ms)
+	})
+	return ms
 }
 
 func instanceOf(ms admin.MonitorState, id string) (inst registry.Instance, weight uint32, health string, ok bool) {

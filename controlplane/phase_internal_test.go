@@ -87,13 +87,7 @@ func TestFirstPhaseIsDrainingAndReachableBySession(t *testing.T) {
 		t.Error("an unchanged state was phased into a new service copy")
 	}
 	// Promoted: served as the state says from the next publication.
-	ph.mu.Lock()
-	for _, e := range ph.reach {
-		if e.first {
-			e.promoted = true
-		}
-	}
-	ph.mu.Unlock()
+	promoteAll(ph)
 	checkFirstIndex(t, ph)
 	got, _ = servedHealth(t, ph.apply(next, now))
 	checkFirstIndex(t, ph)
@@ -105,6 +99,15 @@ func TestFirstPhaseIsDrainingAndReachableBySession(t *testing.T) {
 	got, _ = servedHealth(t, ph.apply(phaseState(4, map[string]registry.InstanceState{"old": registry.StateAvailable, "new": registry.StateAvailable}), now))
 	if got["new"] != corev3.HealthStatus_DRAINING || got["old"] != corev3.HealthStatus_HEALTHY {
 		t.Errorf("back from unhealthy = %v, want new DRAINING again, old HEALTHY", got)
+	}
+}
+
+// promoteAll ends every first phase, as evaluations would.
+func promoteAll(ph *phaser) {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	for _, e := range ph.reach {
+		e.promoted = e.promoted || e.first
 	}
 }
 
@@ -245,11 +248,7 @@ func TestScaleOutFromAllFullSaysAMoment(t *testing.T) {
 		if dr.GetStatus() != 503 || err != nil || ra < 1 || time.Duration(ra)*time.Second > settle || hdr["location"] != "" {
 			t.Errorf("returnUrl %q: first-phase reply status %d, headers %v; want 503 with Retry-After between 1 and %v, no redirect", returnURL, dr.GetStatus(), hdr, settle)
 		}
-		ph.mu.Lock()
-		for _, e := range ph.reach {
-			e.promoted = e.promoted || e.first
-		}
-		ph.mu.Unlock()
+		promoteAll(ph)
 		res = translate.Translate(ph.apply(next, now), translate.Options{ListenPort: 10000, PublishSettle: settle})
 		if routeNamed(t, res, "app/initial").GetDirectResponse() != nil {
 			t.Errorf("returnUrl %q: promoted, the initial route still answers directly", returnURL)
@@ -289,11 +288,7 @@ func TestSourceIPFullServerHasAFirstPhase(t *testing.T) {
 	if got["old"] != corev3.HealthStatus_HEALTHY || got["newfull"] != corev3.HealthStatus_DRAINING {
 		t.Errorf("first phase = %v, want old HEALTHY (full, in the ring), newfull DRAINING", got)
 	}
-	ph.mu.Lock()
-	for _, e := range ph.reach {
-		e.promoted = e.promoted || e.first
-	}
-	ph.mu.Unlock()
+	promoteAll(ph)
 	if got, _ = servedHealth(t, ph.apply(next, now)); got["newfull"] != corev3.HealthStatus_HEALTHY {
 		t.Errorf("promoted = %v, want newfull HEALTHY (full, in the ring)", got)
 	}

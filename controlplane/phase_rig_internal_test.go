@@ -19,6 +19,7 @@ import (
 
 	"github.com/tetherlb/tether/controlplane/translate"
 	"github.com/tetherlb/tether/controlplane/xdscache"
+	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -165,6 +166,28 @@ func (e *rawEnvoy) next(what string) *discovery.DiscoveryResponse {
 	return nil
 }
 
+// join opens a stream of node that subscribes to clusters and ACKs the response, and waits
+// until the cache holds the ACK.
+func (r *phaseRig) join(node string, clusters ...string) *rawEnvoy {
+	r.t.Helper()
+	e := r.envoy(node)
+	e.subscribe(clusters...)
+	e.ack()
+	r.acked(node, e.acked)
+	return e
+}
+
+// ackNext has each Envoy take its next response (what) and ACK it, and waits until the cache
+// holds each one's ACK of version.
+func (r *phaseRig) ackNext(version, what string, es ...*rawEnvoy) {
+	r.t.Helper()
+	for _, e := range es {
+		e.next(e.node + ": " + what)
+		e.ack()
+		r.acked(e.node, version)
+	}
+}
+
 // ack ACKs the last response.
 func (e *rawEnvoy) ack() {
 	e.t.Helper()
@@ -182,33 +205,23 @@ func (e *rawEnvoy) nack() {
 // waitAck waits until the cache records what the Envoy of node last answered.
 func (r *phaseRig) waitAck(node string, cond func(a xdscache.StreamAck) bool) {
 	r.t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+	eventually.True(r.t, node+": the cache to record the answer", 10*time.Second, func() bool {
 		found := false
 		r.cache.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) {
 			found = found || (a.Node == node && cond(a))
 		})
-		if found {
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%s: the cache did not record the answer within 10 s", node)
-		}
-	}
+		return found
+	})
 }
 
 // closed waits until the cache holds no stream of node.
 func (r *phaseRig) closed(node string) {
 	r.t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+	eventually.True(r.t, node+": its stream closed", 10*time.Second, func() bool {
 		open := false
 		r.cache.Acks(resourcev3.EndpointType, func(a xdscache.StreamAck, _ func(string) bool) { open = open || a.Node == node })
-		if !open {
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%s: its stream not closed within 10 s", node)
-		}
-	}
+		return !open
+	})
 }
 
 // acked waits until the cache holds node's ACK of version.

@@ -45,11 +45,7 @@ func singleRig(t *testing.T, nodes ...string) (*phaseRig, []*rawEnvoy) {
 	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
 	var es []*rawEnvoy
 	for _, n := range nodes {
-		e := r.envoy(n)
-		e.subscribe(translate.ClusterName("app"))
-		e.ack()
-		r.acked(n, e.acked)
-		es = append(es, e)
+		es = append(es, r.join(n, translate.ClusterName("app")))
 	}
 	return r, es
 }
@@ -96,10 +92,7 @@ func TestFirstPhaseHoldsWithTwoEnvoysAPeerOrARememberedEnvoy(t *testing.T) {
 		r.ph.recall(&memory{Promoted: []memoryEndpoint{{Cluster: translate.ClusterName("app"), ID: "old", Address: "10.0.0.1:5001"}},
 			Envoys: []memoryEnvoy{{Node: "a", Group: "edge"}, {Node: "b", Group: "edge"}}}, r.at(0))
 		r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
-		a := r.envoy("a") // back; b is still reconnecting
-		a.subscribe(translate.ClusterName("app"))
-		a.ack()
-		r.acked("a", a.acked)
+		a := r.join("a", translate.ClusterName("app")) // back; b is still reconnecting
 		addNew(r)
 		if got := statusIn(t, a.next("a: the new endpoint"), 5003); got != corev3.HealthStatus_DRAINING {
 			t.Errorf("a was first sent the new endpoint as %v while b is remembered, want DRAINING", got)
@@ -137,11 +130,7 @@ func TestEnvoyJoiningBeforeTheEndpointIsHeldIsServedItFirst(t *testing.T) {
 func TestEnvoyJoiningInTheFirstPhaseIsWaitedFor(t *testing.T) {
 	r, es := singleRig(t, "a", "b")
 	v2 := addNew(r)
-	for _, e := range es {
-		e.next(e.node + ": the new endpoint")
-		e.ack()
-		r.acked(e.node, v2)
-	}
+	r.ackNext(v2, "the new endpoint", es...)
 	c := r.envoy("c")
 	if got := statusIn(t, c.subscribe(translate.ClusterName("app")), 5003); got != corev3.HealthStatus_DRAINING {
 		t.Fatalf("c joining in the first phase was served the endpoint as %v, want DRAINING", got)

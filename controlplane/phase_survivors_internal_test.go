@@ -77,9 +77,7 @@ func newEndpointAckedByA(r *phaseRig) *rawEnvoy {
 		e.ack()
 	}
 	v2 := r.publish(phaseStateOf(2, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
-	a.next("a: the new endpoint")
-	a.ack()
-	r.acked("a", v2)
+	r.ackNext(v2, "the new endpoint", a)
 	b.next("b: the new endpoint")
 	return b
 }
@@ -104,11 +102,8 @@ func TestRefusedStateIsNotWaitedFor(t *testing.T) {
 	r := newPhaseRig(t, settle)
 	r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})), r.at(0))
 	// Two Envoys: with one, a new endpoint is served at once (singleEnvoyLocked).
-	for _, e := range []*rawEnvoy{r.envoy("a"), r.envoy("b")} {
-		e.subscribe(translate.ClusterName("app"))
-		e.ack()
-		r.acked(e.node, e.acked)
-	}
+	r.join("a", translate.ClusterName("app"))
+	r.join("b", translate.ClusterName("app"))
 	r.ph.apply(phaseStateOf(2, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
 	if next, _ := r.ph.evaluate(r.at(2 * time.Second)); !next.IsZero() {
 		t.Errorf("an evaluation is scheduled at %v for an endpoint no Envoy was sent", next.Sub(r.start))
@@ -290,16 +285,8 @@ func TestReconnectedEnvoyCountsByItsStream(t *testing.T) {
 	r, es := singleRig(t, "a", "b")
 	es[1].cancel()
 	r.closed("b")
-	b := r.envoy("b")
-	b.subscribe(translate.ClusterName("app"))
-	b.ack()
-	r.acked("b", b.acked)
-	v2 := addNew(r)
-	for _, e := range []*rawEnvoy{es[0], b} {
-		e.next(e.node + ": the new endpoint")
-		e.ack()
-		r.acked(e.node, v2)
-	}
+	b := r.join("b", translate.ClusterName("app"))
+	r.ackNext(addNew(r), "the new endpoint", es[0], b)
 	if r.ph.evaluate(r.at(2 * time.Second)); !r.promoted("app", "new") {
 		t.Fatal("app/new not promoted though a and the reconnected b ACKed it: b was still waited for as remembered")
 	}
@@ -331,12 +318,7 @@ func TestSeventeenClustersInOneEvaluation(t *testing.T) {
 		e.subscribe(names...)
 		e.ack()
 	}
-	v2 := r.publish(state(2), r.at(time.Second))
-	for _, e := range es {
-		e.next(e.node + ": the new endpoints")
-		e.ack()
-		r.acked(e.node, v2)
-	}
+	r.ackNext(r.publish(state(2), r.at(time.Second)), "the new endpoints", es...)
 	r.ph.evaluate(r.at(2 * time.Second))
 	for i := range n {
 		if !r.promoted(fmt.Sprint("s", i), "new") {
@@ -358,9 +340,7 @@ func TestEnvoyWithoutAnACKKnowsNothing(t *testing.T) {
 		b.subscribe(app) // never ACKed
 		r.acked("a", a.acked)
 		v1 := r.publish(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001, "new": 5003})), r.at(time.Second))
-		a.next("a: the new endpoint")
-		a.ack()
-		r.acked("a", v1)
+		r.ackNext(v1, "the new endpoint", a)
 		if r.ph.evaluate(r.at(2 * time.Second)); r.promoted("app", "new") {
 			t.Fatal("app/new (revision 1) promoted while b had ACKed nothing")
 		}
@@ -384,12 +364,7 @@ func TestReplicaReportsAndWaits(t *testing.T) {
 	link := newReplicaLink(nil, "/tether", &net.TCPAddr{Port: 1}, time.Minute, 0, zerolog.Nop(), func() {})
 	link.peers["other-2"] = registry.Replica{Held: 1}
 	r.ph.link = link
-	v2 := addNew(r)
-	for _, e := range es {
-		e.next(e.node + ": the new endpoint")
-		e.ack()
-		r.acked(e.node, v2)
-	}
+	r.ackNext(addNew(r), "the new endpoint", es...)
 	if r.ph.evaluate(r.at(2 * time.Second)); r.promoted("app", "new") {
 		t.Fatal("app/new promoted while the other replica's Envoys hold revision 1")
 	}

@@ -2,8 +2,6 @@ package controlplane_test
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,12 +11,9 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherlb/tether/controlplane"
-	"github.com/tetherlb/tether/controlplane/admin"
 	"github.com/tetherlb/tether/internal/cptest"
 	"github.com/tetherlb/tether/internal/eventually"
 	"github.com/tetherlb/tether/internal/xdsclient"
@@ -30,6 +25,14 @@ func health(v xdsclient.View, port uint32) core.HealthStatus {
 		return e.GetHealthStatus()
 	}
 	return -1
+}
+
+// waitHealth waits until each client holds the endpoint on port with status h.
+func waitHealth(t *testing.T, what string, port uint32, h core.HealthStatus, clients ...*xdsclient.Client) {
+	t.Helper()
+	for _, c := range clients {
+		waitFor(t, c, what, func(v xdsclient.View) bool { return health(v, port) == h })
+	}
 }
 
 // seen records what a client is sent of the endpoint on port: the first status, and
@@ -69,11 +72,7 @@ func (s *seen) firstWas(t *testing.T, who string, want core.HealthStatus) {
 // instancePhase reads /api/state: the served endpoint of instance id of service app.
 func instancePhase(t *testing.T, cp *controlplane.ControlPlane, id string) (firstPhase bool, known, envoys int, ok bool) {
 	t.Helper()
-	var ms admin.MonitorState
-	if err := json.Unmarshal([]byte(get(t, "http://"+cp.AdminAddr()+"/api/state", http.StatusOK)), &ms); err != nil {
-		t.Fatalf("/api/state: %v", err)
-	}
-	for _, svc := range ms.Services {
+	for _, svc := range apiState(t, cp).Services {
 		for _, in := range svc.Instances {
 			if svc.Name == "app" && in.ID == id && in.Envoy != nil {
 				return in.Envoy.FirstPhase, in.Envoy.KnownBy, in.Envoy.Envoys, true
@@ -96,15 +95,11 @@ func TestNewEndpointIsKnownEverywhereFirst(t *testing.T) {
 	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
 	sb := watchEndpoint(b, 5003)
 	run(t, cp, b)
-	for _, c := range []*xdsclient.Client{a, b} {
-		// Instances of the first publication are not phased.
-		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
-	}
+	// Instances of the first publication are not phased.
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a, b)
 	b.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
-	}
+	waitHealth(t, "a3 DRAINING", 5003, core.HealthStatus_DRAINING, a, b)
 	// The control plane has seen a's ACK: a knows it, b does not.
 	eventually.True(t, "a3 known by 1 of 2 Envoys", 15*time.Second, func() bool {
 		first, known, envoys, ok := instancePhase(t, cp, "a3")
@@ -117,9 +112,7 @@ func TestNewEndpointIsKnownEverywhereFirst(t *testing.T) {
 	sa.firstWas(t, "envoy-a", core.HealthStatus_DRAINING)
 	sb.firstWas(t, "envoy-b", core.HealthStatus_DRAINING)
 	b.ReleaseACKs()
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, a, b)
 	eventually.True(t, "a3 out of its first phase, known by both", 15*time.Second, func() bool {
 		first, known, envoys, ok := instancePhase(t, cp, "a3")
 		return ok && !first && known == 2 && envoys == 2
@@ -145,14 +138,12 @@ func TestSilentEnvoyDelaysPromotionBySettle(t *testing.T) {
 	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
 	a := connect(t, cp, xdsclient.Delta, "envoy-a", "edge")
 	b := connect(t, cp, xdsclient.SotW, "envoy-b", "edge")
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a, b)
 	b.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
-	waitFor(t, a, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	waitHealth(t, "a3 DRAINING", 5003, core.HealthStatus_DRAINING, a)
 	drainingAt := time.Now()
-	waitFor(t, a, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, a)
 	if took := time.Since(drainingAt); took < settle/2 {
 		t.Errorf("a3 promoted after %s although an Envoy never answered (settle %s)", took, settle)
 	}
@@ -166,12 +157,8 @@ func TestSilentEnvoyDelaysPromotionBySettle(t *testing.T) {
 	if len(lag) != 1 || lag[0].NodeID != "envoy-b" || lag[0].Endpoint != "tether_app/a3" {
 		t.Fatalf("/debug/config lagging = %+v, want envoy-b holding tether_app/a3", lag)
 	}
-	var ms admin.MonitorState
-	if err := json.Unmarshal([]byte(get(t, "http://"+cp.AdminAddr()+"/api/state", http.StatusOK)), &ms); err != nil {
-		t.Fatal(err)
-	}
 	reported := false
-	for _, g := range ms.Groups {
+	for _, g := range apiState(t, cp).Groups {
 		for _, e := range g.Envoys {
 			reported = reported || (e.NodeID == "envoy-b" && e.LaggingSince != nil)
 		}
@@ -181,12 +168,12 @@ func TestSilentEnvoyDelaysPromotionBySettle(t *testing.T) {
 	}
 	// A lagging Envoy holds nothing back: the next new instance waits for a alone.
 	put(t, cli, "/tether/instances/app/a4", instanceJSON("a4", 5004, "available", 0))
-	waitFor(t, a, "a4 HEALTHY", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a4 HEALTHY", 5004, core.HealthStatus_HEALTHY, a)
 	if n := metric(t, cp, `tether_promotion_seconds_count{outcome="acked"}`); n != 1 {
 		t.Errorf("acked promotions = %v, want 1 (a4, not held by the lagging Envoy)", n)
 	}
 	b.ReleaseACKs()
-	waitFor(t, b, "a4 HEALTHY at b", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a4 HEALTHY at b", 5004, core.HealthStatus_HEALTHY, b)
 	eventually.True(t, "envoy-b caught up", 15*time.Second, func() bool { return metric(t, cp, "tether_lagging_envoys") == 0 })
 }
 
@@ -200,16 +187,11 @@ func TestStreamWithoutEndpointsHoldsNothingBack(t *testing.T) {
 	cli := srv.Client(t)
 	cp := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: srv.Endpoints()}, PublishSettle: settle})
 	a := connect(t, cp, xdsclient.Delta, "envoy-a", "edge")
-	waitFor(t, a, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a)
 
-	conn, err := grpc.NewClient(cp.XDSAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, cp)).StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +208,7 @@ func TestStreamWithoutEndpointsHoldsNothingBack(t *testing.T) {
 
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
 	start := time.Now()
-	waitFor(t, a, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, a)
 	if took := time.Since(start); took >= settle {
 		t.Errorf("a3 promoted after %s: the stream without endpoints held it for the settle time", took)
 	}
@@ -253,12 +235,12 @@ func TestDisconnectedEnvoyIsWaitedForAndItsHeldVersionsAreItsACK(t *testing.T) {
 	connect(t, cp, xdsclient.Delta, "envoy-c", "edge")
 	b := xdsclient.New(xdsclient.Delta, "envoy-b", "edge")
 	s := runClient(t, b, cp.XDSAddr(), nil)
-	waitFor(t, b, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, b)
 	// Its ACK of that must have arrived before ACKs are held, or the push of a3 waits for it.
 	eventually.True(t, "a1 known by both Envoys", 15*time.Second, func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 2 })
 	b.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
-	waitFor(t, b, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	waitHealth(t, "a3 DRAINING", 5003, core.HealthStatus_DRAINING, b)
 	s.stop(t)
 	b.ReleaseACKs()
 	time.Sleep(300 * time.Millisecond) // a promotion for want of Envoys would come within evalEvery
@@ -267,7 +249,7 @@ func TestDisconnectedEnvoyIsWaitedForAndItsHeldVersionsAreItsACK(t *testing.T) {
 	}
 	back := time.Now()
 	runClient(t, b, cp.XDSAddr(), nil)
-	waitFor(t, b, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, b)
 	if took := time.Since(back); took > settle/2 {
 		t.Errorf("a3 promoted %s after the Envoy came back holding it; want at once, not at the settle time (%s)", took, settle)
 	}
@@ -287,11 +269,11 @@ func TestSingleEnvoyThenASecondJoins(t *testing.T) {
 	a := xdsclient.New(xdsclient.Delta, "envoy-a", "edge")
 	sa := watchEndpoint(a, 5003)
 	run(t, cp, a)
-	waitFor(t, a, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a)
 	eventually.True(t, "a1 known by the Envoy", 15*time.Second, func() bool { _, known, _, _ := instancePhase(t, cp, "a1"); return known == 1 })
 	a.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
-	waitFor(t, a, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, a)
 	sa.firstWas(t, "the only Envoy", core.HealthStatus_HEALTHY)
 
 	b := xdsclient.New(xdsclient.SotW, "envoy-b", "edge")
@@ -311,12 +293,12 @@ func TestSingleEnvoyThenASecondJoins(t *testing.T) {
 		t.Fatalf("b was served %d assignments while a did not hold the endpoint served to it at once", n)
 	}
 	a.ReleaseACKs()
-	waitFor(t, b, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, b)
 	sb.firstWas(t, "the Envoy that joined before a held it", core.HealthStatus_HEALTHY)
 
 	c := xdsclient.New(xdsclient.Delta, "envoy-c", "edge")
 	sc := watchEndpoint(c, 5003)
 	run(t, cp, c)
-	waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, c)
 	sc.firstWas(t, "the Envoy that joined later", core.HealthStatus_HEALTHY)
 }

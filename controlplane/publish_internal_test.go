@@ -39,11 +39,16 @@ import (
 func startPublisher(t *testing.T, quiet, maxDelay time.Duration) (*publisher, *metrics) {
 	m := newMetrics()
 	p := newPublisher(zerolog.Nop(), m, newXDSCache(zerolog.Nop(), m, nil, 0, 0, 0), nil, translate.Options{ListenPort: 10000}, quiet, maxDelay, nil)
+	runPublisher(t, p)
+	return p, m
+}
+
+// runPublisher runs p's loop until the test's bubble ends.
+func runPublisher(t *testing.T, p *publisher) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return p, m
 }
 
 // oneInstance returns a registry state at revision rev whose only instance carries sessions.
@@ -205,10 +210,7 @@ func TestPersistentProblemsAreLoggedOnce(t *testing.T) {
 		var buf syncbuf.Buffer
 		m := newMetrics()
 		p := newPublisher(zerolog.New(&buf), m, newXDSCache(zerolog.Nop(), m, nil, 0, 0, 0), nil, translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); p.run(ctx) }()
-		defer func() { cancel(); <-done }()
+		runPublisher(t, p)
 
 		const services, pushes = 50, 20
 		st := &registry.State{Services: map[string]*registry.Service{}}
@@ -438,10 +440,7 @@ func TestLimitsAndCountsArePublished(t *testing.T) {
 				m := newMetrics()
 				p := newPublisher(zerolog.New(&buf), m, newXDSCache(zerolog.Nop(), m, nil, 0, 0, 0), nil, translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
 				p.limits = c.limits
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan struct{})
-				go func() { defer close(done); p.run(ctx) }()
-				defer func() { cancel(); <-done }()
+				runPublisher(t, p)
 
 				st := stateWith(1, map[string][]string{"app": {"a", "b", "c", "d"}, "zzz": {"z"}})
 				app := st.Services["app"]
@@ -581,10 +580,7 @@ func TestPublisherPhasesAndRepublishesPromotions(t *testing.T) {
 		p := newPublisher(zerolog.Nop(), m, cache, ph, translate.Options{ListenPort: 10000}, time.Millisecond, 10*time.Millisecond, nil)
 		ph.recall(&memory{Promoted: []memoryEndpoint{{Cluster: translate.ClusterName("app"), ID: "old", Address: "10.0.0.1:5001"}},
 			Envoys: []memoryEnvoy{{Node: "a", Group: "edge"}}}, time.Now())
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); p.run(ctx) }()
-		defer func() { cancel(); <-done }()
+		runPublisher(t, p)
 
 		p.offer(phaseStateOf(1, phaseService("app", map[string]int{"old": 5001})))
 		synctest.Wait()

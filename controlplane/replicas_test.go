@@ -53,16 +53,12 @@ func TestReplicasWaitForEachOthersEnvoys(t *testing.T) {
 	sa := watchEndpoint(a, 5003)
 	run(t, cpA, a)
 	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a, b)
 	eventually.True(t, "both replicas' reports", 15*time.Second, func() bool { return len(replicaReports(t, cli)) == 2 })
 
 	b.HoldACKs(resourcev3.EndpointType)
 	rev := put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
-	}
+	waitHealth(t, "a3 DRAINING", 5003, core.HealthStatus_DRAINING, a, b)
 	// A's own Envoy knows a3, and A says it waits for the other replica: it has evaluated.
 	eventually.True(t, "a3 known by A's only Envoy", 15*time.Second, func() bool {
 		first, known, envoys, ok := instancePhase(t, cpA, "a3")
@@ -81,9 +77,7 @@ func TestReplicasWaitForEachOthersEnvoys(t *testing.T) {
 		t.Fatal("replica A promoted a3 while the Envoy on replica B did not know it")
 	}
 	b.ReleaseACKs()
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a3 HEALTHY", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a3 HEALTHY", 5003, core.HealthStatus_HEALTHY, a, b)
 	eventually.True(t, "nothing wanted once promoted", 15*time.Second, func() bool {
 		for _, r := range replicaReports(t, cli) {
 			if r.Wants != 0 {
@@ -108,18 +102,16 @@ func TestStoppedReplicaIsWaitedForUntilSettle(t *testing.T) {
 	cpB := cptest.Start(t, cfg)
 	a := connect(t, cpA, xdsclient.Delta, "envoy-a", "edge")
 	b := connect(t, cpB, xdsclient.SotW, "envoy-b", "edge")
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a, b)
 	eventually.True(t, "both replicas' reports", 15*time.Second, func() bool { return len(replicaReports(t, cli)) == 2 })
 	b.HoldACKs(resourcev3.EndpointType)
 	put(t, cli, "/tether/instances/app/a4", instanceJSON("a4", 5004, "available", 0))
-	waitFor(t, a, "a4 DRAINING", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_DRAINING })
+	waitHealth(t, "a4 DRAINING", 5004, core.HealthStatus_DRAINING, a)
 	if err := cpB.Stop(); err != nil {
 		t.Fatalf("stop replica B: %v", err)
 	}
 	eventually.True(t, "B's report gone", 15*time.Second, func() bool { return len(replicaReports(t, cli)) == 1 })
-	waitFor(t, a, "a4 HEALTHY at its settle time", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a4 HEALTHY at its settle time", 5004, core.HealthStatus_HEALTHY, a)
 	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="settled"}`); n != 1 {
 		t.Errorf("settled promotions = %v, want 1: a4 was promoted before the stopped replica's settle time", n)
 	}
@@ -152,15 +144,13 @@ func TestCutOffReplicaIsWaitedForUntilItStepsDown(t *testing.T) {
 	a := connect(t, cpA, xdsclient.Delta, "envoy-a", "edge")
 	b := xdsclient.New(xdsclient.SotW, "envoy-b", "edge")
 	sb := runClient(t, b, cpB.XDSAddr(), nil)
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a1 HEALTHY", func(v xdsclient.View) bool { return health(v, 5001) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a1 HEALTHY", 5001, core.HealthStatus_HEALTHY, a, b)
 	eventually.True(t, "both replicas' reports", 15*time.Second, func() bool { return len(replicaReports(t, cli)) == 2 })
 
 	// A cut shorter than the step-down: A waits past its settle time, then promotes on B's report.
 	way.SetCut(true)
 	put(t, cli, "/tether/instances/app/a3", instanceJSON("a3", 5003, "available", 0))
-	waitFor(t, a, "a3 DRAINING", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_DRAINING })
+	waitHealth(t, "a3 DRAINING", 5003, core.HealthStatus_DRAINING, a)
 	time.Sleep(settle + settle*3/4) // A would have promoted at its settle time
 	if h := health(a.View(), 5003); h != core.HealthStatus_DRAINING {
 		t.Fatalf("a3 is %v at A's Envoy past A's settle time, while B, cut off from etcd, could not know it", h)
@@ -169,9 +159,7 @@ func TestCutOffReplicaIsWaitedForUntilItStepsDown(t *testing.T) {
 		t.Fatalf("B's Envoy holds a3 (%v) while B is cut off: the test did not cut it", h)
 	}
 	way.SetCut(false)
-	for _, c := range []*xdsclient.Client{a, b} {
-		waitFor(t, c, "a3 HEALTHY once B reports", func(v xdsclient.View) bool { return health(v, 5003) == core.HealthStatus_HEALTHY })
-	}
+	waitHealth(t, "a3 HEALTHY once B reports", 5003, core.HealthStatus_HEALTHY, a, b)
 	if n := metric(t, cpA, `tether_promotion_seconds_count{outcome="acked"}`); n != 1 {
 		t.Errorf("A's acked promotions = %v, want 1 (a3, on B's report)", n)
 	}
@@ -180,8 +168,8 @@ func TestCutOffReplicaIsWaitedForUntilItStepsDown(t *testing.T) {
 	// A cut longer than the step-down: A promotes only after B has closed its Envoys' streams.
 	way.SetCut(true)
 	put(t, cli, "/tether/instances/app/a4", instanceJSON("a4", 5004, "available", 0))
-	waitFor(t, a, "a4 DRAINING", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_DRAINING })
-	waitFor(t, a, "a4 HEALTHY once B has stepped down", func(v xdsclient.View) bool { return health(v, 5004) == core.HealthStatus_HEALTHY })
+	waitHealth(t, "a4 DRAINING", 5004, core.HealthStatus_DRAINING, a)
+	waitHealth(t, "a4 HEALTHY once B has stepped down", 5004, core.HealthStatus_HEALTHY, a)
 	select {
 	case err := <-sb.done:
 		sb.done <- err

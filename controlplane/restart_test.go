@@ -3,12 +3,13 @@ package controlplane_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -76,7 +77,7 @@ func TestStartDuringStormHoldsWhatEtcdDeleted(t *testing.T) {
 	for port, h := range want {
 		e := eps[port]
 		if e == nil {
-			t.Errorf("the first configuration lacks port %d (%d endpoints: %v)", port, len(eps), endpointPorts(eps))
+			t.Errorf("the first configuration lacks port %d (%d endpoints: %v)", port, len(eps), slices.Sorted(maps.Keys(eps)))
 			continue
 		}
 		if e.GetHealthStatus() != h {
@@ -84,7 +85,7 @@ func TestStartDuringStormHoldsWhatEtcdDeleted(t *testing.T) {
 		}
 	}
 	if len(eps) != len(want) {
-		t.Errorf("the first configuration holds %v; want exactly %d endpoints (not the leaving m5 nor the long-gone m6)", endpointPorts(eps), len(want))
+		t.Errorf("the first configuration holds %v; want exactly %d endpoints (not the leaving m5 nor the long-gone m6)", slices.Sorted(maps.Keys(eps)), len(want))
 	}
 	if got := metric(t, cp, "tether_held_instances"); got != 3 {
 		t.Errorf("tether_held_instances = %v; want 3", got)
@@ -96,14 +97,6 @@ func TestStartDuringStormHoldsWhatEtcdDeleted(t *testing.T) {
 	if held := time.Since(started); held < grace-200*time.Millisecond {
 		t.Errorf("held instances released %s after the start; want the %s grace", held, grace)
 	}
-}
-
-func endpointPorts(eps map[uint32]*endpointv3.LbEndpoint) []uint32 {
-	var out []uint32
-	for p := range eps {
-		out = append(out, p)
-	}
-	return out
 }
 
 // Envoys reconnect as soon as a restarted control plane's port is open, before it has read
@@ -143,11 +136,7 @@ func TestRestartReconnectBeforeFirstStateLosesNothing(t *testing.T) {
 	for _, c := range clients {
 		runClient(t, c, cp2.XDSAddr(), nil) // at once: the new control plane may not be ready yet
 	}
-	select {
-	case <-cp2.Ready():
-	case <-time.After(15 * time.Second):
-		t.Fatal("the second control plane is not ready")
-	}
+	waitReady(t, cp2, 15*time.Second, "the second control plane")
 	for i, c := range clients {
 		waitFor(t, c, c.Node.Id+": full config from the second control plane", complete(3))
 		for _, u := range recs[i].updates() {

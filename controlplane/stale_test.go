@@ -58,11 +58,7 @@ func TestCutOffReplicaStepsDown(t *testing.T) {
 	cp1 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: []string{cut.ClientURL}}, StaleAfter: bound})
 	cp2 := cptest.Start(t, controlplane.Config{Etcd: clientv3.Config{Endpoints: []string{c.Members[1].ClientURL, c.Members[2].ClientURL}}, StaleAfter: bound})
 	for _, cp := range []*controlplane.ControlPlane{cp1, cp2} {
-		select {
-		case <-cp.Ready():
-		case <-time.After(15 * time.Second):
-			t.Fatal("a replica is not ready")
-		}
+		waitReady(t, cp, 15*time.Second, "a replica")
 	}
 	x := xdsclient.New(xdsclient.Delta, "envoy-0", "default")
 	s := runClient(t, x, cp1.XDSAddr(), nil)
