@@ -189,11 +189,11 @@ REPLICA_TESTS := ^(TestSilentForAndRemember|TestReplicaName|TestReplicaLinkBookk
 CP_WIRING_TESTS := ^(TestCacheWakesThePhaser|TestConfigDefaults|TestConfigValidateBounds|TestConfigHelpers|TestEmbeddedEtcd|TestHostileValuesRejectedAlone|TestStartReleasesListenersOnFailure|TestRestartAfterStormAndCompactionHoldsWhatItServed|TestOldEnvoyIsReported|TestPersistentProblemsAreLoggedOnce|TestStartWaitsForEtcdWithAuth|TestXDSTLS|TestNACKIsCountedAndLogged|TestXDSConnectionsBounded|TestEtcdMutualTLSAndAuth|TestRunEndsWithItsContext|TestStartFailsOnATakenXDSAddress|TestNoPlaintextWarningOnLoopbackOrTLS|TestNamesBeforeTheFirstPublicationFollowMaxServices|TestServerFailureStopsTheControlPlane|TestShutdownCutsAdminRequestsPastItsBound|TestNewEndpointIsKnownEverywhereFirst|TestLostLeaseKeepsTheServer)$$
 # The vanish grace driven by hand, and the etcd tests of a lost lease and of a replica cut off
 # from etcd (the only ones that step a replica down: 18 s).
-VANISH_STALE_TESTS := ^(TestVanishGrace|TestVanishGraceKeepsTheFirstStatesDepartures|TestStaleBoundAndItsCheck|TestLostLeaseKeepsTheServer|TestCutOffReplicaStepsDown)$$
+VANISH_STALE_TESTS := ^(TestNegativeStaleAfterChecksNothing|TestVanishGrace|TestVanishGraceKeepsTheFirstStatesDepartures|TestStaleBoundAndItsCheck|TestLostLeaseKeepsTheServer|TestCutOffReplicaStepsDown)$$
 # The state file's pure parts by hand, and the three restarts that write and read one (6 s).
 MEMORY_TESTS := ^(TestMemoryFileRoundTrip|TestMemoryFileWriteErrors|TestRecalledDepartures|TestMemoryOf|TestMemoryWriterWritesChangesAndLogsFailuresOnce|TestRestartWaitsForAReplicaStillDown|TestRestartPhasesServersThatJoinedWhileDown|TestRestartAfterStormAndCompactionHoldsWhatItServed)$$
 # The peer limiter over loopback connections and the Envoy version comparison, by hand.
-PEER_VERSION_TESTS := ^(TestPeerLimiterCountsEachPeer|TestEnvoyVersionsCompareExactly)$$
+PEER_VERSION_TESTS := ^(TestPeerOfAConnectionWithoutAnAddress|TestPeerLimiterCountsEachPeer|TestEnvoyVersionsCompareExactly)$$
 PKG            ?=
 MUTATE_TIMEOUT ?= 10
 MUTATE_WORKERS ?= 1

@@ -116,3 +116,27 @@ func TestPeerLimiterCountsEachPeer(t *testing.T) {
 		t.Errorf("127.0.0.2 still counted (%d open) once all its connections closed", open)
 	}
 }
+
+// A connection that is not TCP (net.Pipe, as in-process tests dial) has no peer address: all
+// such connections count as one peer.
+func TestPeerOfAConnectionWithoutAnAddress(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if got := peerOf(a); got.IsValid() {
+		t.Errorf("peer of a pipe: %v, want the zero address", got)
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	c, err := net.Dial("tcp", tcp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := peerOf(c); got != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("peer of a loopback connection: %v, want 127.0.0.1", got)
+	}
+}

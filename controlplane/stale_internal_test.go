@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -24,5 +25,24 @@ func TestStaleBoundAndItsCheck(t *testing.T) {
 		if got := staleCheckEvery(c.bound); got != c.want {
 			t.Errorf("a bound of %v checked every %v, want %v", c.bound, got, c.want)
 		}
+	}
+}
+
+// A negative --stale-after turns the step-down off: the replica is never stale, whatever its
+// watcher last confirmed (it is not even asked), and no check runs.
+func TestNegativeStaleAfterChecksNothing(t *testing.T) {
+	off := &ControlPlane{cfg: Config{StaleAfter: -time.Second}} // no watcher: reading it would panic
+	if age, stale := off.unconfirmedFor(time.Now()); age != 0 || stale {
+		t.Errorf("--stale-after -1s: unconfirmed for %v, stale %v; want 0, false", age, stale)
+	}
+	done := make(chan struct{})
+	go func() {
+		off.watchConfirmation(context.Background())
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("--stale-after -1s: the step-down check runs")
 	}
 }
