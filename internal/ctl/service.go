@@ -7,8 +7,7 @@ import (
 	"os"
 	"strings"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
+	"github.com/tetherlb/tether/internal/etcdconn"
 	"github.com/tetherlb/tether/registry"
 )
 
@@ -71,10 +70,9 @@ Flags:
 	}
 	ctx, cancel := context.WithTimeout(ctx, *c.timeout)
 	defer cancel()
-	ec.Context = ctx
-	cl, err := clientv3.New(ec)
+	cl, err := etcdconn.Open(ctx, ec)
 	if err != nil {
-		return c.fail(1, fmt.Errorf("etcd client for %v: %w", ec.Endpoints, err))
+		return c.fail(1, err)
 	}
 	defer cl.Close()
 	key := registry.ServiceKey(p, svc)

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,5 +56,15 @@ func TestServicePutValidatesThenWrites(t *testing.T) {
 	}
 	if code, _, _ := runService(t, "put", "Bad_Name", good); code != 2 {
 		t.Errorf("bad service name: exit %d, want 2", code)
+	}
+}
+
+// An etcd that is not there is said at once and plainly, as by the other commands
+// (etcdconn.Open), not as the request's deadline.
+func TestServiceSaysEtcdIsUnreachable(t *testing.T) {
+	ep := fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
+	code, _, errOut := runService(t, "get", "shop", "--etcd-endpoints", ep, "--timeout", "5s")
+	if code != 1 || !strings.Contains(errOut, "no etcd endpoint reachable") || strings.Contains(errOut, "deadline") {
+		t.Errorf("get against no etcd: exit %d, %q; want 1 saying no etcd endpoint is reachable", code, errOut)
 	}
 }

@@ -92,9 +92,9 @@ func permanent(err error) bool {
 	return false
 }
 
-// Open returns a client for a one-shot command (status, drain, drains) bound to ctx, once an
-// endpoint accepts a connection (see Reachable): etcd being down is then said at once and
-// plainly, not as a request's "context deadline exceeded".
+// Open returns a client for a one-shot command (status, drain, drains, service) bound to
+// ctx, once an endpoint accepts a connection (see Reachable): etcd being down is then said at
+// once and plainly, not as a request's "context deadline exceeded".
 func Open(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error) {
 	if err := Reachable(ctx, cfg.Endpoints, cfg.DialTimeout); err != nil {
 		return nil, err
