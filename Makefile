@@ -140,7 +140,7 @@ MUTATE   ?= 'internal/ctl@(drain|service|status)\.go@' \
 	'agent@(metrics|sampler|sample_cgroup|sample_host|sample_process)\.go@$(AGENT_METRICS_TESTS)' \
 	'agent@(lease|adopt|adopt_unix)\.go@$(AGENT_LEASE_TESTS)' \
 	'agent@agent\.go@$(AGENT_RUN_TESTS)' \
-	'controlplane@(guard|drains|kept)\.go@^Test(RemovalGuard|Drain)' \
+	'controlplane@(guard|drains|kept)\.go@^Test(RemovalGuard|Drain|HeldInstancesKeepTheirServicesClaim)' \
 	'controlplane@(coalesce|phase)\.go@$(PHASE_UNIT_TESTS)' \
 	'controlplane@publish\.go@$(PUBLISH_TESTS)' \
 	'controlplane@replicas\.go@$(REPLICA_TESTS)' \

@@ -235,3 +235,30 @@ func TestRemovalGuardLeavesItsInputAlone(t *testing.T) {
 		}
 	}
 }
+
+// An unconfigured service's claim to its domains is its oldest instance's. Held instances
+// keep the claim they had while a newer instance is all the registry holds (a server that
+// joined just after a lease storm): a younger service claiming the same domain, a typo of the
+// name, must not take the route from the held instances' users (soak seed 1567242511).
+func TestHeldInstancesKeepTheirServicesClaim(t *testing.T) {
+	unconfigured := func(st *registry.State, created int64) *registry.State {
+		if svc := st.Services["app"]; svc != nil {
+			svc.Configured, svc.Created = false, created
+		}
+		return st
+	}
+	g := newRemovalGuard(0.5, 10*time.Second, 10*time.Second, zerolog.Nop(), nil)
+	g.apply(unconfigured(reg(1, "m1", "m2", "m3"), 4), t0)
+	out, _ := g.apply(unconfigured(reg(2, "n1"), 569), t0.Add(time.Second))
+	if got := served(out); !slices.Equal(got, []string{"m1", "m2", "m3", "n1"}) {
+		t.Fatalf("served %v, want m1, m2 and m3 held beside n1", got)
+	}
+	if c := out.Services["app"].Created; c != 4 {
+		t.Errorf("the service's claim while its instances are held: revision %d, want 4 (theirs), not 569 (n1's)", c)
+	}
+	// Once nothing is held, the claim is the registry's again.
+	out, _ = g.apply(unconfigured(reg(3, "n1"), 569), t0.Add(12*time.Second))
+	if c := out.Services["app"].Created; !slices.Equal(served(out), []string{"n1"}) || c != 569 {
+		t.Errorf("after the grace: served %v, claim %d; want n1 alone and 569", served(out), c)
+	}
+}

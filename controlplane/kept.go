@@ -73,7 +73,10 @@ func (k kept) serve(next *registry.State, now time.Time, expired func(service, i
 // serveKept returns out (a copy of next the first time, sharing next's services) with the
 // service name served with the kept instances added: to the registry's service svc, or, when
 // the service left the registry altogether, to its configuration as last served (last),
-// never the defaults, which would change its cookie.
+// never the defaults, which would change its cookie. An unconfigured service keeps the claim
+// to its domains it had with the kept instances (its oldest instance's): one that joined
+// after they left (nothing to inherit a claim from) must not let a younger service claiming
+// the same domain take the route from their users.
 func serveKept(out, next *registry.State, name string, svc, last *registry.Service, add []registry.Instance) *registry.State {
 	if out == next {
 		c := *next // every field (drains included), with services of its own
@@ -84,6 +87,9 @@ func serveKept(out, next *registry.State, name string, svc, last *registry.Servi
 	if svc != nil {
 		cp = *svc
 		cp.Instances = maps.Clone(svc.Instances)
+		if !cp.Configured && !last.Configured && last.Created > 0 && last.Created < cp.Created {
+			cp.Created = last.Created
+		}
 	} else {
 		cp = *last
 		cp.Instances = make(map[string]registry.Instance, len(add))
