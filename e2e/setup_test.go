@@ -60,6 +60,14 @@ func TestSetupWithoutEnvoy(t *testing.T) {
 
 	sim := simulatedEnvoy(t, e.cp.XDSAddr())
 	e.waitSim(t, sim, "app1..app3 HEALTHY", allHealthy())
+	// Routes are resources of their own: the response that makes a route forward to the
+	// service may come after the endpoints' (a service whose servers are all in their first
+	// phase answers "a server is starting" until one is promoted).
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := sim.WaitFor(ctx, func(v xdsclient.View) bool { return forwardsTo(v, translate.ClusterName(service)) }); err != nil {
+		t.Fatalf("simulated Envoy, waiting for a route forwarding to %s: %v", translate.ClusterName(service), err)
+	}
 	v := sim.View()
 	l, _ := v.Resources[resourcev3.ListenerType][translate.ListenerName].(*listenerv3.Listener)
 	if got := l.GetAddress().GetSocketAddress().GetPortValue(); int(got) != e.listenPort {
@@ -236,4 +244,17 @@ func sessionCookie(r *routev3.Route) (string, []string, error) {
 		attrs = append(attrs, at.GetName())
 	}
 	return cs.GetCookie().GetName(), attrs, nil
+}
+
+// forwardsTo reports whether a route of v forwards to cluster.
+func forwardsTo(v xdsclient.View, cluster string) bool {
+	rc, _ := v.Resources[resourcev3.RouteType][translate.RouteConfigName].(*routev3.RouteConfiguration)
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			if r.GetRoute().GetCluster() == cluster {
+				return true
+			}
+		}
+	}
+	return false
 }
